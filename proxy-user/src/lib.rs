@@ -1,0 +1,15 @@
+//! Keel: an eBPF-accelerated node-level service-mesh proxy.
+//!
+//! Config flows `source` -> `wire` -> `policy` (validated `Snapshot`) -> `routing` tables, once per change.
+//! Connections flow `ebpf` (kernel record) -> `l7`/`l4` (classify, route, filters) -> `upstream`.
+
+pub mod admin;
+pub mod ebpf;
+pub mod l4;
+pub mod l7;
+pub mod policy;
+pub mod routing;
+pub mod source;
+pub mod state;
+pub mod upstream;
+pub mod wire;

@@ -1,0 +1,572 @@
+//! The validated, immutable config model (a `Snapshot`).
+//!
+//! Everything here has already been converted from the wire types (`crate::wire`) and checked: hosts are
+//! lower-case FQDNs, regexes are compiled, weights are validated. The request path reads these values and
+//! never re-validates. Field names follow Istio's so a user can grep from YAML to code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cluster DNS domain used to expand short names (`reviews` -> `reviews.<ns>.svc.cluster.local`).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Where a resource came from, for error messages and tie-breaking ("oldest wins").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// `kind` as written in the YAML, e.g. `VirtualService`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// File the resource was read from (absent for API-server sources).
+    pub file: Option<String>,
+    /// 1-based line of the document's first line in `file`.
+    pub line: Option<usize>,
+    /// `metadata.creationTimestamp` as RFC 3339, if given; else the load order breaks ties.
+    pub creation_timestamp: Option<String>,
+    /// Position in load order (file name order, then document order).
+    pub order: usize,
+}
+
+impl Meta {
+    /// `kind namespace/name`, the way errors name a resource.
+    pub fn display_name(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Label set (`metadata.labels`, selectors).
+pub type Labels = BTreeMap<String, String>;
+
+/// True if every key/value of `selector` is present in `labels` (an empty selector selects all).
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Keel's equivalent of Istio's MeshConfig (the parts a node proxy needs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
+    /// `outboundTrafficPolicy.mode`; default `ALLOW_ANY`.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Route timeout applied when a route sets none. `None` = disabled (current Istio);
+    /// the seed tutorials' behaviour is 15 s.
+    pub default_http_timeout: Option<Duration>,
+    /// Append `-shadow` to the host of mirrored requests (Envoy's historic behaviour).
+    pub mirror_shadow_suffix: bool,
+    /// Namespace whose resources apply mesh-wide (Istio's `rootNamespace`); default `istio-system`.
+    pub root_namespace: String,
+    /// Give up sniffing the protocol of an auto-detect port after this long and treat it as TCP.
+    pub protocol_detection_timeout: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
+            default_http_timeout: Some(Duration::from_secs(15)),
+            mirror_shadow_suffix: true,
+            root_namespace: "istio-system".to_string(),
+            protocol_detection_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundTrafficPolicy {
+    AllowAny,
+    RegistryOnly,
+}
+
+/// The port protocol as Istio decides it (`appProtocol`, else the port-name prefix, else sniffed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    GrpcWeb,
+    Https,
+    Tls,
+    Tcp,
+    Mongo,
+    Redis,
+    Mysql,
+    Udp,
+    /// Not declared: sniff HTTP/1, HTTP/2 prior knowledge, else opaque TCP.
+    Auto,
+}
+
+impl Protocol {
+    /// Istio's rule: `appProtocol` wins, else the port name up to the first `-`, else auto
+    /// (well-known TCP ports excepted).
+    pub fn from_port(app_protocol: Option<&str>, name: Option<&str>, port: u16) -> Protocol {
+        if let Some(p) = app_protocol.and_then(Self::parse) {
+            return p;
+        }
+        if let Some(p) = name
+            .map(|n| n.split('-').next().unwrap_or(n))
+            .and_then(Self::parse)
+        {
+            return p;
+        }
+        match port {
+            25 | 53 | 3306 | 27017 => Protocol::Tcp,
+            _ => Protocol::Auto,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Protocol> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "http" | "kubernetes.io/ws" => Protocol::Http,
+            "http2" | "kubernetes.io/h2c" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "grpc-web" => Protocol::GrpcWeb,
+            "https" | "kubernetes.io/wss" => Protocol::Https,
+            "tls" => Protocol::Tls,
+            "tcp" => Protocol::Tcp,
+            "mongo" => Protocol::Mongo,
+            "redis" => Protocol::Redis,
+            "mysql" => Protocol::Mysql,
+            "udp" => Protocol::Udp,
+            _ => return None,
+        })
+    }
+
+    /// Ports whose traffic goes through the `http` routes.
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+        )
+    }
+
+    /// Upstream speaks HTTP/2 (prior knowledge) on this port.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// Index of a service in `Snapshot::services`.
+pub type ServiceId = usize;
+/// Index of a pod in `Snapshot::pods`.
+pub type PodId = usize;
+
+/// A Kubernetes Service (later also ServiceEntry hosts) as the mesh sees it.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub meta: Meta,
+    /// Lower-case FQDN, e.g. `reviews.default.svc.cluster.local`.
+    pub hostname: String,
+    /// Cluster IPs (`spec.clusterIP` and `spec.clusterIPs`); empty for headless services.
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector`; `None` means endpoints are not derived from pods.
+    pub selector: Option<Labels>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A named container port, resolved per pod.
+    Name(String),
+}
+
+/// A pod known to the node (file mode: `Pod` resources; cluster mode: pods scheduled on this node).
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub meta: Meta,
+    pub labels: Labels,
+    pub annotations: Labels,
+    /// `status.podIP` (plus `status.podIPs`).
+    pub ips: Vec<IpAddr>,
+    /// Ready to receive traffic (phase Running or unset, and not marked not-ready).
+    pub ready: bool,
+    /// False when annotated `keel.io/capture: "false"`.
+    pub capture: bool,
+    /// Named container ports (`spec.containers[].ports[]`), for named `targetPort`s.
+    pub container_ports: Vec<(String, u16)>,
+}
+
+/// One backend address of a service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: std::net::SocketAddr,
+    pub pod: PodId,
+}
+
+/// `StringMatch` with its regex compiled (RE2 full match).
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored `^(?:re)$` at conversion time.
+    Regex(regex::Regex),
+    /// `{}` or `regex: "*"`: the header / parameter is present, any value.
+    Present,
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(re) => re.is_match(value),
+            StringMatch::Present => true,
+        }
+    }
+}
+
+/// One `HTTPMatchRequest`: all conditions must hold.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMatch {
+    pub name: Option<String>,
+    pub uri: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    /// Lower-case header names.
+    pub headers: Vec<(String, StringMatch)>,
+    pub without_headers: Vec<(String, StringMatch)>,
+    pub query_params: Vec<(String, StringMatch)>,
+    pub ignore_uri_case: bool,
+    // Static predicates, evaluated per client class when routing tables are built:
+    pub port: Option<u16>,
+    pub source_labels: Option<Labels>,
+    pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
+}
+
+/// `Destination`: a service host, optional subset and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// Lower-case FQDN after short-name expansion in the rule's namespace.
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// `Headers` operations for requests or responses.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightedDestination {
+    pub destination: Destination,
+    /// Relative weight (`w / Σw`); 0-weight entries are dropped at conversion when there are several.
+    pub weight: u32,
+    pub headers: Headers,
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    /// Default 301.
+    pub redirect_code: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Option<bytes::Bytes>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HttpAction {
+    Route(Vec<WeightedDestination>),
+    Redirect(Redirect),
+    DirectResponse(DirectResponse),
+    /// Root VS delegating to `namespace/name`; resolved when routing tables are built.
+    Delegate {
+        name: String,
+        namespace: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    /// `uriRegexRewrite`: (compiled match, rewrite template).
+    pub uri_regex: Option<(regex::Regex, String)>,
+    pub authority: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    /// `retryOn` tokens, e.g. `5xx`, `connect-failure`, or numeric status codes.
+    pub retry_on: Vec<String>,
+    pub retry_remote_localities: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FaultDelay {
+    pub fixed_delay: Duration,
+    /// Percentage 0..=100 of requests; `None` = never (Istio: no percentage, no fault).
+    pub percentage: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FaultAbort {
+    pub http_status: Option<u16>,
+    pub grpc_status: Option<String>,
+    pub percentage: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub destination: Destination,
+    /// 0..=100; 100 when unset.
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: Option<bool>,
+}
+
+/// One `HTTPRoute`.
+#[derive(Debug, Clone)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    /// Empty = catch-all.
+    pub matches: Vec<HttpMatch>,
+    pub action: HttpAction,
+    pub rewrite: Option<Rewrite>,
+    /// `None` = not set on the route (mesh default applies).
+    pub timeout: Option<Duration>,
+    pub retries: Option<Retries>,
+    pub fault: Option<Fault>,
+    pub mirrors: Vec<Mirror>,
+    pub cors_policy: Option<CorsPolicy>,
+    pub headers: Headers,
+}
+
+/// `L4MatchAttributes` (TCP) / `TLSMatchAttributes` share these.
+#[derive(Debug, Clone, Default)]
+pub struct L4Match {
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u16>,
+    pub source_labels: Option<Labels>,
+    pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
+    /// TLS only.
+    pub sni_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct L4Route {
+    pub matches: Vec<L4Match>,
+    pub route: Vec<WeightedDestination>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VirtualService {
+    pub meta: Meta,
+    /// Lower-case FQDNs or wildcards (`*.foo.com`); empty for delegates.
+    pub hosts: Vec<String>,
+    /// Empty = `["mesh"]`.
+    pub gateways: Vec<String>,
+    pub http: Vec<HttpRoute>,
+    pub tcp: Vec<L4Route>,
+    pub tls: Vec<L4Route>,
+    /// Empty = exported everywhere (`*`).
+    pub export_to: Vec<String>,
+}
+
+impl VirtualService {
+    /// Applies to sidecars (and so to Keel's node proxy): `gateways` empty or containing `mesh`.
+    pub fn applies_to_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadBalancer {
+    /// Istio's default.
+    LeastRequest,
+    RoundRobin,
+    Random,
+    Passthrough,
+    /// `consistentHash`: sticky sessions.
+    ConsistentHash(ConsistentHash),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashKey {
+    Header(String),
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<Duration>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsistentHash {
+    pub key: HashKey,
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectionPool {
+    pub tcp_max_connections: Option<u32>,
+    pub tcp_connect_timeout: Option<Duration>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `portLevelSettings`: port -> policy replacing whole blocks for that port.
+    pub port_level: Vec<(u16, TrafficPolicy)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subset {
+    pub name: String,
+    pub labels: Labels,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DestinationRule {
+    pub meta: Meta,
+    /// Lower-case FQDN or wildcard.
+    pub host: String,
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub subsets: Vec<Subset>,
+    pub export_to: Vec<String>,
+    /// Selects client pods; `None` = all.
+    pub workload_selector: Option<Labels>,
+}
+
+impl DestinationRule {
+    pub fn subset(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().find(|s| s.name == name)
+    }
+}
+
+/// One validated, immutable view of the whole config. Built once per change, shared with `Arc`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub mesh: MeshConfig,
+    pub services: Vec<Service>,
+    pub pods: Vec<Pod>,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    /// (cluster IP, service port) -> (service, index into `ports`).
+    pub service_by_vip: HashMap<(IpAddr, u16), (ServiceId, usize)>,
+    /// FQDN -> service.
+    pub service_by_host: HashMap<String, ServiceId>,
+    /// `namespace/name` -> pod.
+    pub pod_by_name: HashMap<String, PodId>,
+}
+
+impl Snapshot {
+    /// The address:port pairs the kernel must redirect (every cluster IP x service port, TCP).
+    pub fn meshed_destinations(&self) -> Vec<std::net::SocketAddr> {
+        let mut out: Vec<_> = self
+            .service_by_vip
+            .keys()
+            .map(|(ip, port)| std::net::SocketAddr::new(*ip, *port))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Ready endpoints of `service` port `port_index` whose pods carry all `subset_labels`.
+    pub fn endpoints(
+        &self,
+        service: ServiceId,
+        port_index: usize,
+        subset_labels: Option<&Labels>,
+    ) -> Vec<Endpoint> {
+        let Some(svc) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let (Some(selector), Some(port)) = (svc.selector.as_ref(), svc.ports.get(port_index))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (pod_id, pod) in self.pods.iter().enumerate() {
+            if !pod.ready
+                || pod.meta.namespace != svc.meta.namespace
+                || !selector_matches(selector, &pod.labels)
+                || !subset_labels.is_none_or(|l| selector_matches(l, &pod.labels))
+            {
+                continue;
+            }
+            let target = match &port.target_port {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Name(name) => pod
+                    .container_ports
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, p)| *p),
+            };
+            let Some(target) = target else { continue };
+            for ip in &pod.ips {
+                out.push(Endpoint {
+                    addr: std::net::SocketAddr::new(*ip, target),
+                    pod: pod_id,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Shared handle to the current snapshot.
+pub type SharedSnapshot = Arc<Snapshot>;
