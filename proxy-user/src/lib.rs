@@ -3,6 +3,7 @@
 //! Config flows `source` -> `wire` -> `policy` (validated `Snapshot`) -> `routing` tables, once per change.
 //! Connections flow `ebpf` (kernel record) -> `l7`/`l4` (classify, route, filters) -> `upstream`.
 
+pub mod accept;
 pub mod admin;
 pub mod ebpf;
 pub mod l4;

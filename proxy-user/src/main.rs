@@ -1,3 +1,254 @@
-fn main() -> anyhow::Result<()> {
+//! `keel`: the node proxy binary.
+
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use keel::admin::{self, AdminContext, ConnLog, Stats};
+use keel::ebpf::Redirector;
+use keel::state::{self, State};
+use keel::upstream::pool::HttpPools;
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "eBPF-accelerated node-level service-mesh proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the socket redirect to a cgroup root and serve the pods under it.
+    Run(RunArgs),
+    /// Check a config directory; exit 1 with every error, 0 with a one-line summary.
+    Validate {
+        /// Directory of Kubernetes and Istio YAML (as for `kubectl apply -f DIR`).
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Directory of Kubernetes and Istio YAML.
+    #[arg(long)]
+    config: PathBuf,
+    /// cgroup v2 directory under which every pod has `<namespace>/<pod>`.
+    #[arg(long)]
+    cgroup: PathBuf,
+    /// Address pods' connections are redirected to; the proxy listens here (node IP / bridge IP).
+    #[arg(long)]
+    proxy_addr: SocketAddr,
+    /// Localhost address of the admin API.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Data-plane worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { dir, format } => {
+            keel::policy::run_validate(&dir, matches!(format, Format::Json)).map(|valid| {
+                if valid {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::from(1)
+                }
+            })
+        }
+        Command::Run(args) => run(args).map(|()| std::process::ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing();
+    if args.admin_addr.ip().is_unspecified() {
+        bail!("--admin-addr must be a specific (localhost) address, not {}", args.admin_addr);
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .thread_name("keel-worker")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let report = keel::policy::load_dir(&args.config)
+        .with_context(|| format!("reading config directory {}", args.config.display()))?;
+    for e in &report.errors {
+        tracing::error!("rejected: {e}");
+    }
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    let snapshot = Arc::new(report.snapshot);
+    let cgroup_root = args.cgroup.clone();
+    if !cgroup_root.is_dir() {
+        bail!("cgroup root {} is not a directory", cgroup_root.display());
+    }
+
+    let state = Arc::new(State::default());
+    state.publish(
+        Arc::clone(&snapshot),
+        state::resolve_pod_cgroups(&snapshot, &cgroup_root),
+    );
+
+    // Listen before attaching, so no redirected connection finds the port closed.
+    let listener = tokio::net::TcpListener::bind(args.proxy_addr)
+        .await
+        .with_context(|| format!("cannot listen on --proxy-addr {}", args.proxy_addr))?;
+    let (proxy_v4, proxy_v6) = match args.proxy_addr {
+        SocketAddr::V4(a) => (Some(a), None::<SocketAddrV6>),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => (Some(SocketAddrV4::new(v4, a.port())), None),
+            None => (None, Some(a)),
+        },
+    };
+    let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6)
+        .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
+    sync_kernel(&mut redirector, &state)?;
+    let conn_table = redirector.conn_table();
+    let redirector = Arc::new(Mutex::new(redirector));
+
+    let stats = Arc::new(Stats::default());
+    let conn_log = Arc::new(ConnLog::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let kernel_stats = {
+        let redirector = Arc::clone(&redirector);
+        Arc::new(move || {
+            redirector
+                .lock()
+                .ok()
+                .and_then(|r| r.stats().ok())
+        })
+    };
+    admin::spawn(
+        args.admin_addr,
+        AdminContext {
+            ready: Arc::clone(&ready),
+            stats: Arc::clone(&stats),
+            conn_log: Arc::clone(&conn_log),
+            state: Arc::clone(&state),
+            kernel_stats,
+        },
+    )?;
+
+    let acceptor = keel::accept::Acceptor {
+        state: Arc::clone(&state),
+        pools: HttpPools::new(),
+        stats,
+        conn_log,
+        conn_table,
+    };
+    let accept_task = tokio::spawn(acceptor.run(listener));
+    let sync_task = tokio::spawn(pod_sync_loop(
+        Arc::clone(&redirector),
+        Arc::clone(&state),
+        cgroup_root.clone(),
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        proxy = %args.proxy_addr,
+        admin = %args.admin_addr,
+        cgroup = %cgroup_root.display(),
+        services = snapshot.services.len(),
+        meshed = snapshot.meshed_destinations().len(),
+        pods = state.load().pod_by_cgroup.len(),
+        "keel serving"
+    );
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down: detaching programs");
+    ready.store(false, Ordering::Release);
+    accept_task.abort();
+    sync_task.abort();
+    // Dropping the last handle detaches the programs and frees the maps.
+    drop(redirector);
+    Ok(())
+}
+
+/// Publish the current snapshot's meshed destinations and captured pods to the kernel.
+fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()> {
+    let node = state.load();
+    redirector
+        .set_meshed_destinations(&node.snapshot.meshed_destinations())
+        .context("publishing meshed destinations")?;
+    let pods: Vec<(u64, u32)> = node
+        .pod_by_cgroup
+        .iter()
+        .map(|(&cg, &pod)| (cg, u32::try_from(pod).unwrap_or(u32::MAX)))
+        .collect();
+    redirector
+        .set_pod_cgroups(&pods)
+        .context("publishing pod cgroups")?;
+    Ok(())
+}
+
+/// Pods' cgroups come and go independently of the config: re-resolve them every second.
+async fn pod_sync_loop(redirector: Arc<Mutex<Redirector>>, state: Arc<State>, root: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let node = state.load();
+        let resolved = state::resolve_pod_cgroups(&node.snapshot, &root);
+        if resolved == node.pod_by_cgroup {
+            continue;
+        }
+        state.update_pod_cgroups(resolved);
+        let result = match redirector.lock() {
+            Ok(mut r) => sync_kernel(&mut r, &state),
+            Err(_) => Err(anyhow::anyhow!("redirector lock poisoned")),
+        };
+        if let Err(e) = result {
+            tracing::error!("kernel sync failed: {e:#}");
+        }
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     Ok(())
 }

@@ -1,1 +1,27 @@
+//! Keel's privileged end-to-end test kit.
+//!
+//! - [`podnet`]: [`PodNet`], real pods (netns + veth + bridge + cgroup v2) with RAII cleanup;
+//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c server, TCP echo, JSON-reporting clients) in pods;
+//! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
+//! - [`config`]: temporary config directories and Service/Pod YAML;
+//! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
+//!
+//! Used by the tests in `tests/tests/` and by `cargo xtask demo`. Everything runs on this machine only:
+//! pods have no default route and the service CIDR is blackholed on the host.
 
+pub mod agent;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod keel;
+pub mod podnet;
+pub mod process;
+
+pub use agent::{
+    Agent, ConnMode, ConnectOutcome, EchoBody, HttpGet, HttpGetReport, TcpConnectReport,
+    TcpEchoReport,
+};
+pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
+pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};
+pub use podnet::{cleanup_all_stale, cleanup_stale, leftovers, Pod, PodNet, PROXY_PORT, SERVICE_CIDR};
+pub use process::Proc;

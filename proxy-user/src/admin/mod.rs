@@ -1,1 +1,200 @@
-//! TODO(owner): module `admin`.
+//! Admin endpoint (localhost only, on its own thread so it never competes with the data plane's
+//! runtime): readiness, counters, recent connections and a config summary.
+//!
+//! - `GET /ready`              200 once the programs are attached and the proxy is serving
+//! - `GET /stats`              JSON counters, including the kernel's
+//! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
+//! - `GET /config_dump`        JSON summary of the active snapshot
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use crate::ebpf::KernelStats;
+use crate::state::State;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Data-plane counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: Counter,
+    /// Connections to the proxy port with no kernel record: closed at once.
+    pub refused_no_record: Counter,
+    pub refused_unknown_pod: Counter,
+    pub refused_unknown_destination: Counter,
+    pub http_requests: Counter,
+    pub tcp_connections: Counter,
+}
+
+/// One accepted connection as the kernel described it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnLogEntry {
+    pub source_pod: String,
+    pub source_addr: String,
+    pub original_dst: String,
+    pub service: String,
+    pub protocol: String,
+}
+
+/// The last `CAPACITY` accepted connections (one lock per connection, never per request).
+#[derive(Debug, Default)]
+pub struct ConnLog {
+    entries: Mutex<VecDeque<ConnLogEntry>>,
+}
+
+impl ConnLog {
+    const CAPACITY: usize = 1024;
+
+    pub fn push(&self, entry: ConnLogEntry) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() == Self::CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnLogEntry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What the admin server reads.
+#[derive(Clone)]
+pub struct AdminContext {
+    pub ready: Arc<AtomicBool>,
+    pub stats: Arc<Stats>,
+    pub conn_log: Arc<ConnLog>,
+    pub state: Arc<State>,
+    /// Reads the kernel's counters (owned by the task that owns the eBPF objects).
+    pub kernel_stats: Arc<dyn Fn() -> Option<KernelStats> + Send + Sync>,
+}
+
+/// Serve the admin API on `addr` from a dedicated thread with its own single-threaded runtime.
+pub fn spawn(addr: SocketAddr, ctx: AdminContext) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let std_listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind admin address {addr}: {e}"))?;
+    std_listener.set_nonblocking(true)?;
+    let handle = std::thread::Builder::new()
+        .name("keel-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin runtime failed to start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let ctx = ctx.clone();
+                            async move { Ok::<_, Infallible>(route(&ctx, req)) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        })?;
+    Ok(handle)
+}
+
+fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/ready" => {
+            if ctx.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/stats" => json(&serde_json::json!({
+            "accepted": ctx.stats.accepted.get(),
+            "refused_no_record": ctx.stats.refused_no_record.get(),
+            "refused_unknown_pod": ctx.stats.refused_unknown_pod.get(),
+            "refused_unknown_destination": ctx.stats.refused_unknown_destination.get(),
+            "http_requests": ctx.stats.http_requests.get(),
+            "tcp_connections": ctx.stats.tcp_connections.get(),
+            "kernel": (ctx.kernel_stats)(),
+        })),
+        "/debug/connections" => json(&ctx.conn_log.snapshot()),
+        "/config_dump" => {
+            let node = ctx.state.load();
+            let snap = &node.snapshot;
+            json(&serde_json::json!({
+                "services": snap.services.iter().map(|s| serde_json::json!({
+                    "host": s.hostname,
+                    "cluster_ips": s.cluster_ips,
+                    "ports": s.ports.iter().map(|p| serde_json::json!({"port": p.port, "protocol": format!("{:?}", p.protocol)})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "virtual_services": snap.virtual_services.iter().map(|v| v.meta.display_name()).collect::<Vec<_>>(),
+                "destination_rules": snap.destination_rules.iter().map(|d| d.meta.display_name()).collect::<Vec<_>>(),
+                "captured_pods": node.pod_by_cgroup.values().map(|p| node.pod_name(*p)).collect::<Vec<_>>(),
+                "meshed_destinations": snap.meshed_destinations(),
+            }))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "serialization failed\n"),
+    }
+}

@@ -1,1 +1,585 @@
-//! TODO(owner): module `ebpf`.
+//! The kernel side of connection capture: load and attach the eBPF programs, publish the desired
+//! state into their maps, and read back what they recorded.
+//!
+//! # How a pod's connection reaches the proxy
+//! The programs are attached at one cgroup root under which every pod has its own cgroup
+//! (`<root>/<namespace>/<pod>`, possibly with container cgroups below). On `connect()` of a TCP
+//! socket to a destination in the meshed set ([`Redirector::set_meshed_destinations`]) from a task
+//! whose cgroup, or an ancestor of it at most [`POD_SEARCH_DEPTH`] levels below the root, is a
+//! captured pod ([`Redirector::set_pod_cgroups`]), the kernel records `{original destination, pod}`
+//! under the socket's cookie and rewrites the destination to the proxy. When the client side is
+//! established it re-files the record under the 4-tuple, which the proxy finds with
+//! [`ConnTable::lookup`] on `accept()`. Both records are deleted when the client socket closes.
+//!
+//! # Identity model
+//! The pod is identified by the cgroup of the task that calls `connect()`, which a pod cannot
+//! choose, not by an address or a UID. Only captured pods are in the pod set: the proxy's own
+//! cgroup and opted-out pods are never inserted, and that is what prevents redirect loops (a UID
+//! exemption would let any process sharing the proxy's UID escape capture).
+//!
+//! # When the maps are full
+//! The cookie record is inserted (`BPF_NOEXIST`) before the destination is rewritten. If the map is
+//! full (more than [`CONN_MAX`] connections in flight) the connection is left alone and goes
+//! direct, counted in [`KernelStats::skipped_map_full`]: a connection is never redirected without a
+//! record, so the proxy never has to guess. The tuple map has the same capacity and only holds
+//! entries whose cookie record is alive, so it cannot be the one that fails. Plain hash maps, not
+//! LRU: eviction would drop the record of a live connection.
+//!
+//! # Lifetime
+//! Programs are attached with bpf_links owned by this process and nothing is pinned: dropping the
+//! [`Redirector`], exiting, or being SIGKILLed detaches everything.
+//!
+//! Invariant: one [`Redirector`] (one owner task) writes `MESHED_DESTS` and `POD_CGROUPS`; its
+//! mirrors of those maps are therefore exact. Readers use [`ConnTable`] without locks.
+
+mod addr;
+mod kernel_log;
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+use std::fs::File;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use proxy_common::{
+    ConnTuple, ConnValue, DestKey, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED, CONN_MAX,
+    MESHED_DESTS_MAX, POD_CGROUPS_MAX,
+};
+
+pub use proxy_common::POD_SEARCH_DEPTH;
+
+use kernel_log::LogPump;
+
+/// The eBPF object built by `build.rs` from the `proxy-ebpf` crate.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+
+/// Program names in the object (the entry functions of `proxy-ebpf`).
+const PROG_CONNECT4: &str = "keel_connect4";
+const PROG_CONNECT6: &str = "keel_connect6";
+const PROG_SOCKOPS: &str = "keel_sockops";
+
+/// `statfs.f_type` of cgroup v2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Errors of the eBPF layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The attach root cannot be opened or inspected.
+    #[error("cgroup root {path}: {source}")]
+    CgroupRoot {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Neither a v4 nor a v6 proxy address was given, or one is unspecified (0.0.0.0 / ::).
+    #[error("invalid proxy address: {0}")]
+    InvalidProxyAddress(String),
+    /// The object failed to load (parse, BTF, map creation).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program is missing from the object (build mismatch).
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// A program failed to load (verifier) or attach.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// The underlying error.
+        source: ProgramError,
+    },
+    /// A map is missing from the object (build mismatch).
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// The underlying error.
+        source: MapError,
+    },
+    /// More entries were requested than the map holds; nothing was changed.
+    #[error("{what}: {count} entries requested, capacity is {max}")]
+    Capacity {
+        /// Which set.
+        what: &'static str,
+        /// Entries requested.
+        count: usize,
+        /// Map capacity.
+        max: u32,
+    },
+    /// The same cgroup id was given twice with different pod indexes; nothing was changed.
+    #[error("cgroup id {cgroup_id} given for pods {first} and {second}")]
+    DuplicatePodCgroup {
+        /// The cgroup id.
+        cgroup_id: u64,
+        /// One pod index.
+        first: u32,
+        /// The other pod index.
+        second: u32,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call may succeed (transient kernel conditions such as ENOMEM on
+    /// a map update); configuration and build errors are permanent.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Map { .. })
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// Sums of the kernel's per-CPU counters since attach. See `proxy_common::STAT_*` for meanings.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KernelStats {
+    /// Connections redirected to the proxy (with a record).
+    pub redirected: u64,
+    /// Meshed destination, but the task is not in a captured pod's cgroup (e.g. the proxy).
+    pub skipped_not_pod: u64,
+    /// Meshed destination from a pod, but the connection map was full: the connection went direct.
+    pub skipped_map_full: u64,
+    /// Redirected connections that reached ESTABLISHED and were filed under their 4-tuple.
+    pub established: u64,
+    /// Redirected connections closed (records deleted).
+    pub closed: u64,
+    /// TCP connects under the root to destinations that are not meshed (or loopback).
+    pub skipped_not_meshed: u64,
+    /// Meshed destination from a pod, but no proxy address of that family is configured.
+    pub skipped_no_proxy: u64,
+    /// A socket connected again after an attempt that failed before the SYN; record replaced.
+    pub reconnected: u64,
+    /// Tuple record could not be inserted (should never happen); the proxy will refuse it.
+    pub tuple_insert_failed: u64,
+    /// Could not enable the close callback; the record was dropped and the proxy will refuse it.
+    pub cb_flags_failed: u64,
+    /// The attach root was not among the connecting task's ancestors.
+    pub root_not_ancestor: u64,
+    /// The object and this binary disagree on the ABI version: nothing is redirected.
+    pub abi_mismatch: u64,
+}
+
+/// What the kernel recorded about a redirected connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRecord {
+    /// The destination the pod connected to (IPv4 for v4 and v4-mapped destinations).
+    pub original_dst: SocketAddr,
+    /// The cgroup id found in the pod set (the pod's cgroup; the task may be in a child of it).
+    pub pod_cgroup_id: u64,
+    /// The pod index published with [`Redirector::set_pod_cgroups`].
+    pub pod_index: u32,
+}
+
+impl From<&ConnValue> for ConnRecord {
+    fn from(value: &ConnValue) -> Self {
+        Self {
+            original_dst: addr::socket_addr(value.original_addr, value.original_port),
+            pod_cgroup_id: value.pod_cgroup_id,
+            pod_index: value.pod_index,
+        }
+    }
+}
+
+/// A cheap, cloneable read handle on the kernel's connection records, for the accept path. Each
+/// lookup is one `bpf_map_lookup_elem` syscall on a shared fd: no lock, no copy of the table.
+#[derive(Clone)]
+pub struct ConnTable {
+    map: Arc<HashMap<MapData, ConnTuple, ConnValue>>,
+}
+
+impl std::fmt::Debug for ConnTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnTable").finish_non_exhaustive()
+    }
+}
+
+impl ConnTable {
+    /// The kernel's record for an accepted connection: `peer` is the client address as accepted,
+    /// `local` the proxy address it was accepted on. IPv4 and v4-mapped forms are equivalent.
+    /// `None` means the connection was not redirected by the kernel (or has already closed on the
+    /// client side): the caller must refuse it, since it cannot know the pod or the destination.
+    pub fn lookup(&self, peer: SocketAddr, local: SocketAddr) -> Option<ConnRecord> {
+        let key = ConnTuple {
+            client_addr: addr::to_words(peer.ip()),
+            proxy_addr: addr::to_words(local.ip()),
+            client_port: peer.port(),
+            proxy_port: local.port(),
+        };
+        match self.map.get(&key, 0) {
+            Ok(value) => Some(ConnRecord::from(&value)),
+            Err(MapError::KeyNotFound) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, %peer, %local, "connection record lookup failed");
+                None
+            }
+        }
+    }
+}
+
+/// Owner of the loaded programs, their links and the writable maps. Dropping it detaches
+/// everything. There should be one per process, owned by one task that applies desired-state
+/// diffs; readers get a [`ConnTable`].
+pub struct Redirector {
+    /// Holds the programs and therefore the links: dropping it detaches them.
+    _ebpf: Ebpf,
+    meshed: HashMap<MapData, DestKey, u32>,
+    pods: HashMap<MapData, u64, u32>,
+    cookies: HashMap<MapData, u64, ConnValue>,
+    stats: PerCpuArray<MapData, u64>,
+    conns: ConnTable,
+    /// Mirror of `MESHED_DESTS` (this struct is its only writer).
+    meshed_current: HashSet<DestKey>,
+    /// Mirror of `POD_CGROUPS` (this struct is its only writer).
+    pods_current: StdHashMap<u64, u32>,
+    /// Declared last so it is dropped after the programs are detached.
+    _log: Option<LogPump>,
+}
+
+impl std::fmt::Debug for Redirector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirector")
+            .field("meshed", &self.meshed_current.len())
+            .field("pods", &self.pods_current.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redirector {
+    /// Load the programs, set the proxy addresses, attach connect4/connect6/sockops to
+    /// `cgroup_root` (bpf_link based so links die with the process: after SIGKILL nothing stays
+    /// attached; no pins).
+    ///
+    /// Nothing is redirected until destinations and pods are published. v4 destinations (also
+    /// v4-mapped ones on v6 sockets) go to `proxy_v4`, native v6 ones to `proxy_v6`; a family
+    /// without a proxy address is not redirected. The addresses must be ones the proxy listens on.
+    pub fn attach(
+        cgroup_root: &Path,
+        proxy_v4: Option<SocketAddrV4>,
+        proxy_v6: Option<SocketAddrV6>,
+    ) -> Result<Self, Error> {
+        let config = proxy_config(cgroup_root, proxy_v4, proxy_v6)?;
+        let root = File::open(cgroup_root).map_err(|source| Error::CgroupRoot {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
+
+        let log_level = kernel_log::kernel_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(proxy_common::PROXY_CONFIG, &config, true)
+            .override_global(kernel_log::LEVEL_GLOBAL, &log_level, false)
+            .load(EBPF_OBJECT)?;
+        // Start draining before attaching, so records from the first connections are not lost.
+        let log = LogPump::start(&mut ebpf);
+
+        // sockops first: a connection redirected before sockops is attached would never be filed
+        // under its tuple, and the proxy would refuse it.
+        {
+            let name = PROG_SOCKOPS;
+            let prog: &mut SockOps = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+            prog.attach(&root, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        for name in [PROG_CONNECT4, PROG_CONNECT6] {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+            prog.attach(&root, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+        }
+
+        let meshed = take_hash(&mut ebpf, proxy_common::MESHED_DESTS)?;
+        let pods = take_hash(&mut ebpf, proxy_common::POD_CGROUPS)?;
+        let cookies = take_hash(&mut ebpf, proxy_common::CONN_BY_COOKIE)?;
+        let tuples = take_hash(&mut ebpf, proxy_common::CONN_BY_TUPLE)?;
+        let stats_name = proxy_common::STATS;
+        let stats = ebpf
+            .take_map(stats_name)
+            .ok_or(Error::MissingMap(stats_name))?
+            .try_into()
+            .map_err(map_err(stats_name))?;
+
+        tracing::info!(
+            root = %cgroup_root.display(),
+            root_cgroup_id = config.root_cgroup_id,
+            ?proxy_v4,
+            ?proxy_v6,
+            "eBPF redirect attached"
+        );
+        Ok(Self {
+            _ebpf: ebpf,
+            meshed,
+            pods,
+            cookies,
+            stats,
+            conns: ConnTable {
+                map: Arc::new(tuples),
+            },
+            meshed_current: HashSet::new(),
+            pods_current: StdHashMap::new(),
+            _log: log,
+        })
+    }
+
+    /// Make exactly this set the meshed destinations (apply a diff: insert new, delete gone).
+    /// Duplicates are ignored. Fails without changing anything if the set exceeds the map's
+    /// capacity (16,384); on a map error part of the diff may be applied, and calling again with
+    /// the same set completes it.
+    pub fn set_meshed_destinations(&mut self, dests: &[SocketAddr]) -> Result<(), Error> {
+        let name = proxy_common::MESHED_DESTS;
+        let desired: HashSet<DestKey> = dests
+            .iter()
+            .map(|dest| DestKey {
+                addr: addr::to_words(dest.ip()),
+                port: dest.port(),
+                _pad: 0,
+            })
+            .collect();
+        check_capacity("meshed destinations", desired.len(), MESHED_DESTS_MAX)?;
+        // Deletes first, so the inserts always have room.
+        let gone: Vec<DestKey> = self.meshed_current.difference(&desired).copied().collect();
+        for key in gone {
+            remove_tolerant(&mut self.meshed, &key).map_err(map_err(name))?;
+            self.meshed_current.remove(&key);
+        }
+        let new: Vec<DestKey> = desired.difference(&self.meshed_current).copied().collect();
+        for key in new {
+            self.meshed.insert(key, 0, 0).map_err(map_err(name))?;
+            self.meshed_current.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Make exactly this set the captured pods: (cgroup id, pod index). Only captured pods may be
+    /// listed: never the proxy's own cgroup or an opted-out pod (see the module's identity model).
+    /// Fails without changing anything on over-capacity (4,096) or on a cgroup id listed with two
+    /// different indexes.
+    pub fn set_pod_cgroups(&mut self, pods: &[(u64, u32)]) -> Result<(), Error> {
+        let name = proxy_common::POD_CGROUPS;
+        let mut desired: StdHashMap<u64, u32> = StdHashMap::with_capacity(pods.len());
+        for &(cgroup_id, index) in pods {
+            if let Some(first) = desired.insert(cgroup_id, index) {
+                if first != index {
+                    return Err(Error::DuplicatePodCgroup {
+                        cgroup_id,
+                        first,
+                        second: index,
+                    });
+                }
+            }
+        }
+        check_capacity("pod cgroups", desired.len(), POD_CGROUPS_MAX)?;
+        let gone: Vec<u64> = self
+            .pods_current
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            remove_tolerant(&mut self.pods, &id).map_err(map_err(name))?;
+            self.pods_current.remove(&id);
+        }
+        for (&id, &index) in &desired {
+            if self.pods_current.get(&id) != Some(&index) {
+                self.pods.insert(id, index, 0).map_err(map_err(name))?;
+                self.pods_current.insert(id, index);
+            }
+        }
+        Ok(())
+    }
+
+    /// A cheap, cloneable, Send+Sync read handle for the accept path (no mutex per lookup).
+    pub fn conn_table(&self) -> ConnTable {
+        self.conns.clone()
+    }
+
+    /// Sum of the per-CPU counters.
+    pub fn stats(&self) -> Result<KernelStats, Error> {
+        let name = proxy_common::STATS;
+        let read = |index: u32| -> Result<u64, Error> {
+            let values = self.stats.get(&index, 0).map_err(map_err(name))?;
+            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(KernelStats {
+            redirected: read(proxy_common::STAT_REDIRECTED)?,
+            skipped_not_pod: read(proxy_common::STAT_SKIPPED_NOT_POD)?,
+            skipped_map_full: read(proxy_common::STAT_SKIPPED_MAP_FULL)?,
+            established: read(proxy_common::STAT_ESTABLISHED)?,
+            closed: read(proxy_common::STAT_CLOSED)?,
+            skipped_not_meshed: read(proxy_common::STAT_SKIPPED_NOT_MESHED)?,
+            skipped_no_proxy: read(proxy_common::STAT_SKIPPED_NO_PROXY)?,
+            reconnected: read(proxy_common::STAT_RECONNECTED)?,
+            tuple_insert_failed: read(proxy_common::STAT_TUPLE_INSERT_FAILED)?,
+            cb_flags_failed: read(proxy_common::STAT_CB_FLAGS_FAILED)?,
+            root_not_ancestor: read(proxy_common::STAT_ROOT_NOT_ANCESTOR)?,
+            abi_mismatch: read(proxy_common::STAT_ABI_MISMATCH)?,
+        })
+    }
+
+    /// Delete cookie records that never reached ESTABLISHED and are older than `max_age`, and
+    /// return how many. They come from connects whose rewrite happened but that failed before the
+    /// SYN was sent (e.g. no ephemeral port), which sockops never sees; left alone they would
+    /// slowly fill the map and push new connections to go direct. A connect can stay in SYN_SENT
+    /// for ~2 minutes with default `tcp_syn_retries`, so `max_age` should be several minutes.
+    pub fn sweep_unestablished(&mut self, max_age: Duration) -> Result<usize, Error> {
+        let name = proxy_common::CONN_BY_COOKIE;
+        let now = monotonic_ns();
+        let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        let mut stale = Vec::new();
+        for entry in self.cookies.iter() {
+            // Entries can vanish while we iterate (sockets closing); skip those.
+            let Ok((cookie, value)) = entry else { continue };
+            if value.flags & CONN_F_ESTABLISHED == 0 && now.saturating_sub(value.ktime_ns) > max_age
+            {
+                stale.push(cookie);
+            }
+        }
+        for cookie in &stale {
+            remove_tolerant(&mut self.cookies, cookie).map_err(map_err(name))?;
+        }
+        Ok(stale.len())
+    }
+}
+
+/// cgroup v2 id of a cgroup directory (its inode number). Fails if `path` is not on cgroup v2.
+pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
+    ensure_cgroup2(path)?;
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+/// The kernel's id for a cgroup v2 directory is its kernfs node id, which `stat` reports as the
+/// inode number on 64-bit systems. Anything not on cgroup2 would give a meaningless id.
+fn ensure_cgroup2(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `buf` is a valid out-pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's integer type differs between libc targets"
+    )]
+    if buf.f_type as i64 != CGROUP2_SUPER_MAGIC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not on a cgroup v2 file system", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn proxy_config(
+    cgroup_root: &Path,
+    proxy_v4: Option<SocketAddrV4>,
+    proxy_v6: Option<SocketAddrV6>,
+) -> Result<ProxyConfig, Error> {
+    if proxy_v4.is_none() && proxy_v6.is_none() {
+        return Err(Error::InvalidProxyAddress(
+            "neither an IPv4 nor an IPv6 proxy address".into(),
+        ));
+    }
+    let root_cgroup_id = cgroup_id(cgroup_root).map_err(|source| Error::CgroupRoot {
+        path: cgroup_root.to_owned(),
+        source,
+    })?;
+    let mut config = ProxyConfig {
+        root_cgroup_id,
+        abi_version: ABI_VERSION,
+        ..ProxyConfig::EMPTY
+    };
+    if let Some(v4) = proxy_v4 {
+        // Unspecified or port 0 would make the kernel connect somewhere the proxy is not.
+        if v4.ip().is_unspecified() || v4.port() == 0 {
+            return Err(Error::InvalidProxyAddress(v4.to_string()));
+        }
+        config.proxy_v4_addr = u32::from_ne_bytes(v4.ip().octets());
+        config.proxy_v4_port = v4.port();
+        config.has_v4 = 1;
+    }
+    if let Some(v6) = proxy_v6 {
+        if v6.ip().is_unspecified() || v6.port() == 0 || v6.ip().to_ipv4_mapped().is_some() {
+            return Err(Error::InvalidProxyAddress(v6.to_string()));
+        }
+        config.proxy_v6_addr = addr::to_words(std::net::IpAddr::V6(*v6.ip()));
+        config.proxy_v6_port = v6.port();
+        config.has_v6 = 1;
+    }
+    Ok(config)
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, Error> {
+    ebpf.take_map(name)
+        .ok_or(Error::MissingMap(name))?
+        .try_into()
+        .map_err(map_err(name))
+}
+
+/// Remove `key`, treating "already gone" as success (the kernel may have deleted it).
+fn remove_tolerant<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<(), MapError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), Error> {
+    if count > max as usize {
+        return Err(Error::Capacity { what, count, max });
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+// The accept path shares one handle across tasks and threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<ConnTable>();
+};
+
+/// Capacity of the connection maps (in-flight redirected connections), re-exported for docs and
+/// metrics.
+pub const CONNECTION_CAPACITY: u32 = CONN_MAX;

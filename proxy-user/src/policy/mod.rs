@@ -1,5 +1,15 @@
 //! Validated config model and the conversion from wire types.
+//!
+//! `model` is the contract the data path codes against; `convert` builds it from loaded documents with the
+//! checks in `validate`, reporting typed errors (`error`); `report` renders the result for `keel validate`.
 
+pub mod convert;
+pub mod error;
 pub mod model;
+pub mod report;
+pub mod validate;
 
+pub use convert::{build, load_dir, LoadReport};
+pub use error::{ConfigError, ConfigWarning, Invalid};
 pub use model::*;
+pub use report::{run_validate, summary};

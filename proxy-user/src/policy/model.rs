@@ -511,6 +511,12 @@ pub struct Snapshot {
     pub service_by_host: HashMap<String, ServiceId>,
     /// `namespace/name` -> pod.
     pub pod_by_name: HashMap<String, PodId>,
+    /// ServiceEntries (validated; not yet used by the data path).
+    pub service_entries: Vec<ServiceEntry>,
+    /// Sidecars (validated; not yet used by the data path).
+    pub sidecars: Vec<Sidecar>,
+    /// Gateways (validated; Keel only uses them to check VirtualService references).
+    pub gateways: Vec<Gateway>,
 }
 
 impl Snapshot {
@@ -570,3 +576,127 @@ impl Snapshot {
 
 /// Shared handle to the current snapshot.
 pub type SharedSnapshot = Arc<Snapshot>;
+
+// ---------------------------------------------------------------------------------------------------------
+// Added with the config loader (additive): resources the data path may consult later. They are validated
+// and kept in the snapshot, but nothing on the request path depends on them yet.
+
+/// `ServiceEntry.location`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshLocation {
+    /// Outside the mesh (default).
+    MeshExternal,
+    /// Part of the mesh.
+    MeshInternal,
+}
+
+/// `ServiceEntry.resolution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Forward to the address the client dialled (default).
+    None,
+    /// Use `endpoints` / `workloadSelector`.
+    Static,
+    /// Resolve endpoint names (or the host) and use every address.
+    Dns,
+    /// Resolve and use the first address only.
+    DnsRoundRobin,
+    /// Resolve the request's Host/SNI at request time (wildcard hosts).
+    DynamicDns,
+}
+
+/// One port of a ServiceEntry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEntryPort {
+    /// Port number.
+    pub number: u16,
+    /// Port name (unique within the entry).
+    pub name: String,
+    /// Declared protocol.
+    pub protocol: Protocol,
+    /// Endpoint port when different from `number`.
+    pub target_port: Option<u16>,
+}
+
+/// One static endpoint (`WorkloadEntry`) of a ServiceEntry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadEntry {
+    /// IP, host name (DNS resolutions) or `unix://` path.
+    pub address: String,
+    /// Port name -> endpoint port.
+    pub ports: BTreeMap<String, u16>,
+    /// Labels (DestinationRule subsets select on these).
+    pub labels: Labels,
+    /// Load-balancing weight (0 = unset).
+    pub weight: u32,
+}
+
+/// A validated `ServiceEntry`.
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    /// Where it came from.
+    pub meta: Meta,
+    /// Lower-case hosts, used as given (no short-name expansion), wildcards allowed.
+    pub hosts: Vec<String>,
+    /// VIPs or CIDRs, as written.
+    pub addresses: Vec<String>,
+    /// Ports.
+    pub ports: Vec<ServiceEntryPort>,
+    /// Mesh-internal or external.
+    pub location: MeshLocation,
+    /// How endpoints are found.
+    pub resolution: Resolution,
+    /// Static endpoints.
+    pub endpoints: Vec<WorkloadEntry>,
+    /// Pods selected as endpoints (exclusive with `endpoints`).
+    pub workload_selector: Option<Labels>,
+    /// Empty = exported everywhere.
+    pub export_to: Vec<String>,
+}
+
+/// One `egress` listener of a `Sidecar`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarEgress {
+    /// Restrict to this port.
+    pub port: Option<u16>,
+    /// `namespace/dnsName` imports, as written (`*/*`, `./reviews.default.svc.cluster.local`, `~/*`).
+    pub hosts: Vec<String>,
+}
+
+/// A validated `Sidecar` (egress scoping for the selected client pods).
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    /// Where it came from.
+    pub meta: Meta,
+    /// Selected client pods in the Sidecar's namespace; `None` = the whole namespace.
+    pub workload_selector: Option<Labels>,
+    /// Egress listeners.
+    pub egress: Vec<SidecarEgress>,
+    /// Overrides the mesh `outboundTrafficPolicy` for the selected clients.
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// One server of a `Gateway`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayServer {
+    /// Listening port.
+    pub port: u16,
+    /// Port name.
+    pub name: Option<String>,
+    /// Declared protocol.
+    pub protocol: Protocol,
+    /// `namespace/dnsName` hosts.
+    pub hosts: Vec<String>,
+}
+
+/// A validated `Gateway`. Keel is not a gateway; these are kept so VirtualService `gateways` references
+/// can be checked.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Where it came from.
+    pub meta: Meta,
+    /// Gateway pod selector.
+    pub selector: Labels,
+    /// Servers.
+    pub servers: Vec<GatewayServer>,
+}

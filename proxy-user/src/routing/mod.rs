@@ -1,1 +1,306 @@
-//! TODO(owner): module `routing`.
+//! Routing: pure functions from (routing table, client, request facts) to a `RouteDecision`.
+//!
+//! Istio semantics: `http` rules are ordered, the first rule with a matching block wins; inside a block
+//! every condition must hold. Static conditions (`port`, `sourceLabels`, `sourceNamespace`, `gateways`)
+//! are client facts: a block whose static conditions fail does not exist for that client, and a
+//! VirtualService left with no blocks for a client falls back to the default route.
+
+pub mod table;
+
+use http::HeaderMap;
+
+use crate::policy::{HttpAction, HttpMatch, L4Match, Labels, StringMatch};
+pub use table::{
+    CompiledHttpRoute, CompiledL4Route, CompiledVirtualService, RouteTable, ServicePortRoutes,
+    Target, WeightedTarget,
+};
+
+/// What routing knows about the client pod (a kernel fact, never a request header).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub namespace: String,
+    pub labels: Labels,
+}
+
+/// The parts of a request that match conditions read.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// `:path` including the query string.
+    pub path_and_query: &'a str,
+    /// `:authority` / `Host`, including a port if the client sent one.
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// The result of routing one HTTP request.
+#[derive(Debug)]
+pub enum RouteDecision<'a> {
+    /// Forward to a destination of `route` (`None` = the default route of a service with no
+    /// applicable VirtualService).
+    Forward {
+        route: Option<&'a CompiledHttpRoute>,
+        target: &'a Target,
+        /// Index of the chosen destination in the route's `route` list.
+        destination_index: Option<usize>,
+    },
+    /// A rule with `redirect` or `directResponse`, or a delegate (handled by the caller).
+    Local(&'a CompiledHttpRoute),
+    /// No rule matched: Envoy answers 404 with an empty body (`NR`).
+    NoRoute,
+    /// The matched rule has no destination left (all weights zero).
+    NoDestination,
+}
+
+/// The VirtualService that applies to `client` for this service port, if any.
+pub fn virtual_service_for<'a>(
+    routes: &'a ServicePortRoutes,
+    client: &ClientInfo,
+) -> Option<&'a CompiledVirtualService> {
+    routes
+        .virtual_services
+        .iter()
+        .find(|vs| vs.visible_to(&client.namespace))
+        .map(|vs| vs.as_ref())
+}
+
+/// Route an HTTP request.
+pub fn route_http<'a>(
+    routes: &'a ServicePortRoutes,
+    client: &ClientInfo,
+    request: &RequestFacts<'_>,
+) -> RouteDecision<'a> {
+    let default = RouteDecision::Forward {
+        route: None,
+        target: &routes.default_target,
+        destination_index: None,
+    };
+    let Some(vs) = virtual_service_for(routes, client) else {
+        return default;
+    };
+    let mut any_rule_for_client = false;
+    for route in &vs.http {
+        let blocks_for_client: Vec<&HttpMatch> = route
+            .spec
+            .matches
+            .iter()
+            .filter(|m| static_match(m, routes.port, client))
+            .collect();
+        let is_catch_all = route.spec.matches.is_empty();
+        if !is_catch_all && blocks_for_client.is_empty() {
+            continue;
+        }
+        any_rule_for_client = true;
+        let matched = is_catch_all || blocks_for_client.iter().any(|m| request_match(m, request));
+        if !matched {
+            continue;
+        }
+        return match &route.spec.action {
+            HttpAction::Route(_) => match route.targets.pick() {
+                Some(t) => RouteDecision::Forward {
+                    route: Some(route),
+                    target: &t.target,
+                    destination_index: Some(t.index),
+                },
+                None => RouteDecision::NoDestination,
+            },
+            HttpAction::Redirect(_)
+            | HttpAction::DirectResponse(_)
+            | HttpAction::Delegate { .. } => RouteDecision::Local(route),
+        };
+    }
+    if any_rule_for_client {
+        RouteDecision::NoRoute
+    } else {
+        default
+    }
+}
+
+/// Route an opaque TCP connection: the first `tcp` rule whose static conditions hold, else the
+/// default route. `None` = the rule had no destination left.
+pub fn route_tcp<'a>(
+    routes: &'a ServicePortRoutes,
+    client: &ClientInfo,
+    original_dst: std::net::SocketAddr,
+) -> Option<&'a Target> {
+    let Some(vs) = virtual_service_for(routes, client) else {
+        return Some(&routes.default_target);
+    };
+    if vs.tcp.is_empty() {
+        return Some(&routes.default_target);
+    }
+    for route in &vs.tcp {
+        let matched = route.matches.is_empty()
+            || route
+                .matches
+                .iter()
+                .any(|m| l4_match(m, routes.port, client, original_dst));
+        if matched {
+            return route.targets.pick().map(|t| &t.target);
+        }
+    }
+    // Envoy's TCP proxy with no matching route closes the connection.
+    None
+}
+
+fn static_match(m: &HttpMatch, port: u16, client: &ClientInfo) -> bool {
+    if m.port.is_some_and(|p| p != port) {
+        return false;
+    }
+    if !m.gateways.is_empty() {
+        // A block naming gateways applies to sidecars only if it names `mesh`; then source
+        // conditions of the block are not evaluated (Istio's `sourceMatchHTTP`).
+        return m.gateways.iter().any(|g| g == "mesh");
+    }
+    source_match(&m.source_labels, &m.source_namespace, client)
+}
+
+fn source_match(labels: &Option<Labels>, namespace: &Option<String>, client: &ClientInfo) -> bool {
+    labels
+        .as_ref()
+        .is_none_or(|l| crate::policy::selector_matches(l, &client.labels))
+        && namespace.as_ref().is_none_or(|ns| *ns == client.namespace)
+}
+
+fn l4_match(
+    m: &L4Match,
+    port: u16,
+    client: &ClientInfo,
+    original_dst: std::net::SocketAddr,
+) -> bool {
+    if m.port.is_some_and(|p| p != port) {
+        return false;
+    }
+    if !m.destination_subnets.is_empty()
+        && !m
+            .destination_subnets
+            .iter()
+            .any(|s| subnet_contains(s, original_dst.ip()))
+    {
+        return false;
+    }
+    if !m.gateways.is_empty() {
+        return m.gateways.iter().any(|g| g == "mesh");
+    }
+    source_match(&m.source_labels, &m.source_namespace, client)
+}
+
+/// `a.b.c.d/len` or a bare address contains `ip`.
+fn subnet_contains(subnet: &str, ip: std::net::IpAddr) -> bool {
+    let (addr, len) = match subnet.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        None => (subnet, None),
+    };
+    let Ok(net) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    match (net.to_canonical(), ip.to_canonical()) {
+        (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Request-time conditions of one match block.
+pub fn request_match(m: &HttpMatch, req: &RequestFacts<'_>) -> bool {
+    if let Some(uri) = &m.uri {
+        if !uri_match(uri, req.path_and_query, m.ignore_uri_case) {
+            return false;
+        }
+    }
+    if m.method.as_ref().is_some_and(|s| !s.matches(req.method))
+        || m.authority.as_ref().is_some_and(|s| !s.matches(req.authority))
+        || m.scheme.as_ref().is_some_and(|s| !s.matches(req.scheme))
+    {
+        return false;
+    }
+    for (name, matcher) in &m.headers {
+        match header_value(req, name) {
+            Some(v) if matcher.matches(&v) => {}
+            _ => return false,
+        }
+    }
+    for (name, matcher) in &m.without_headers {
+        let present_and_matching = match (header_value(req, name), matcher) {
+            (None, StringMatch::Present) => false,
+            // Envoy's `treat_missing_header_as_empty`: an absent header is compared as "".
+            (None, m) => m.matches(""),
+            (Some(v), m) => m.matches(&v),
+        };
+        if present_and_matching {
+            return false;
+        }
+    }
+    if !m.query_params.is_empty() {
+        let query = req
+            .path_and_query
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("");
+        for (name, matcher) in &m.query_params {
+            match first_query_value(query, name) {
+                Some(v) if matcher.matches(v) => {}
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+/// `exact` and `regex` see the path without the query string; `prefix` sees the whole `:path`.
+fn uri_match(matcher: &StringMatch, path_and_query: &str, ignore_case: bool) -> bool {
+    let path = path_and_query
+        .split_once('?')
+        .map(|(p, _)| p)
+        .unwrap_or(path_and_query);
+    match matcher {
+        StringMatch::Exact(s) if ignore_case => path.eq_ignore_ascii_case(s),
+        StringMatch::Exact(s) => path == s,
+        StringMatch::Prefix(p) if ignore_case => path_and_query
+            .get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+        StringMatch::Prefix(p) => path_and_query.starts_with(p.as_str()),
+        StringMatch::Regex(re) => re.is_match(path),
+        StringMatch::Present => true,
+    }
+}
+
+/// A header's value as Envoy matches it: several occurrences joined with `,`; pseudo-headers map to
+/// request fields.
+fn header_value(req: &RequestFacts<'_>, name: &str) -> Option<String> {
+    match name {
+        ":method" => return Some(req.method.to_string()),
+        ":path" => return Some(req.path_and_query.to_string()),
+        ":authority" | "host" => return Some(req.authority.to_string()),
+        ":scheme" => return Some(req.scheme.to_string()),
+        _ => {}
+    }
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut out = String::from_utf8_lossy(first.as_bytes()).into_owned();
+    for v in values {
+        out.push(',');
+        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(out)
+}
+
+/// The first value of query parameter `name` (not percent-decoded, as Envoy matches).
+fn first_query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,101 @@
-//! TODO(owner): module `state`.
+//! The node's current state: one validated snapshot, the routing table built from it, and which
+//! kernel cgroup ids belong to which pods. Published atomically; readers never lock.
+//!
+//! Invariant: a request loads the state once when it starts and keeps that `Arc` to the end, so an
+//! in-flight request finishes under the config it started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::{PodId, Snapshot};
+use crate::routing::{ClientInfo, RouteTable};
+use crate::upstream::ClusterRegistry;
+
+/// Everything the request path reads, consistent with one snapshot.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    pub snapshot: Arc<Snapshot>,
+    pub routes: Arc<RouteTable>,
+    /// Kernel cgroup id -> captured pod.
+    pub pod_by_cgroup: HashMap<u64, PodId>,
+}
+
+impl NodeState {
+    /// The client facts routing needs, for the pod the kernel attributed a connection to.
+    pub fn client(&self, pod: PodId) -> Option<ClientInfo> {
+        self.snapshot.pods.get(pod).map(|p| ClientInfo {
+            namespace: p.meta.namespace.clone(),
+            labels: p.labels.clone(),
+        })
+    }
+
+    /// `namespace/name` of a pod, for logs.
+    pub fn pod_name(&self, pod: PodId) -> String {
+        self.snapshot
+            .pods
+            .get(pod)
+            .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
+            .unwrap_or_else(|| "<unknown>".to_string())
+    }
+}
+
+/// Holds the current `NodeState` and the clusters that outlive snapshots.
+#[derive(Debug, Default)]
+pub struct State {
+    current: ArcSwap<NodeState>,
+    registry: ClusterRegistry,
+}
+
+impl State {
+    /// The current state; hold the `Arc` for the duration of a request.
+    pub fn load(&self) -> Arc<NodeState> {
+        self.current.load_full()
+    }
+
+    /// Publish a new snapshot with the pod cgroup mapping resolved for it.
+    pub fn publish(&self, snapshot: Arc<Snapshot>, pod_by_cgroup: HashMap<u64, PodId>) {
+        let routes = Arc::new(RouteTable::build(&snapshot, &self.registry));
+        self.current.store(Arc::new(NodeState {
+            snapshot,
+            routes,
+            pod_by_cgroup,
+        }));
+    }
+
+    /// Replace only the pod cgroup mapping (pods appeared or went), keeping snapshot and routes.
+    pub fn update_pod_cgroups(&self, pod_by_cgroup: HashMap<u64, PodId>) {
+        let cur = self.load();
+        if cur.pod_by_cgroup == pod_by_cgroup {
+            return;
+        }
+        // Routes depend only on the snapshot, so they are shared, not rebuilt.
+        self.current.store(Arc::new(NodeState {
+            snapshot: Arc::clone(&cur.snapshot),
+            routes: Arc::clone(&cur.routes),
+            pod_by_cgroup,
+        }));
+    }
+}
+
+/// Where a pod's cgroup lives in file mode: `<cgroup root>/<namespace>/<pod name>`.
+pub fn pod_cgroup_path(cgroup_root: &Path, namespace: &str, name: &str) -> PathBuf {
+    cgroup_root.join(namespace).join(name)
+}
+
+/// Kernel cgroup ids of the captured pods of `snapshot` whose cgroup exists now. Pods annotated
+/// `keel.io/capture: "false"` are left out, so the kernel never redirects them.
+pub fn resolve_pod_cgroups(snapshot: &Snapshot, cgroup_root: &Path) -> HashMap<u64, PodId> {
+    snapshot
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, pod)| pod.capture)
+        .filter_map(|(id, pod)| {
+            let path = pod_cgroup_path(cgroup_root, &pod.meta.namespace, &pod.meta.name);
+            crate::ebpf::cgroup_id(&path).ok().map(|cg| (cg, id))
+        })
+        .collect()
+}

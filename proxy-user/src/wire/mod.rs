@@ -1,1 +1,115 @@
-//! TODO(owner): module `wire`.
+//! Wire types: the YAML/JSON shapes of Kubernetes, Istio and Keel resources, as serde structs.
+//!
+//! No logic lives here beyond what a format needs (duration syntax, kind classification). Conversion to
+//! the validated model and every semantic check happen in `crate::policy`.
+
+pub mod duration;
+pub mod istio;
+pub mod k8s;
+pub mod keel;
+
+pub use duration::{parse_duration, DurationError};
+
+/// Istio's networking API group; `v1alpha3`, `v1beta1` and `v1` share one schema.
+pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
+
+/// The resource kinds Keel understands, decided from `apiVersion` + `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `v1/Namespace`.
+    Namespace,
+    /// `v1/Service`.
+    Service,
+    /// `v1/Pod`.
+    Pod,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice,
+    /// `networking.istio.io/*/VirtualService`.
+    VirtualService,
+    /// `networking.istio.io/*/DestinationRule`.
+    DestinationRule,
+    /// `networking.istio.io/*/ServiceEntry`.
+    ServiceEntry,
+    /// `networking.istio.io/*/Sidecar`.
+    Sidecar,
+    /// `networking.istio.io/*/Gateway`.
+    Gateway,
+    /// `keel.io/v1alpha1/MeshConfig`.
+    MeshConfig,
+}
+
+impl Kind {
+    /// Classifies a document; `None` for kinds Keel ignores (`Deployment`, `ConfigMap`, ...) and for
+    /// known kinds under an API version Keel does not speak (e.g. `networking.istio.io/v2`).
+    pub fn classify(api_version: &str, kind: &str) -> Option<Kind> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let istio = group == ISTIO_NETWORKING_GROUP && matches!(version, "v1alpha3" | "v1beta1" | "v1");
+        Some(match (group, version, kind) {
+            ("", "v1", "Namespace") => Kind::Namespace,
+            ("", "v1", "Service") => Kind::Service,
+            ("", "v1", "Pod") => Kind::Pod,
+            ("discovery.k8s.io", "v1" | "v1beta1", "EndpointSlice") => Kind::EndpointSlice,
+            (_, _, "VirtualService") if istio => Kind::VirtualService,
+            (_, _, "DestinationRule") if istio => Kind::DestinationRule,
+            (_, _, "ServiceEntry") if istio => Kind::ServiceEntry,
+            (_, _, "Sidecar") if istio => Kind::Sidecar,
+            (_, _, "Gateway") if istio => Kind::Gateway,
+            _ if api_version == keel::KEEL_API_VERSION && kind == "MeshConfig" => Kind::MeshConfig,
+            _ => return None,
+        })
+    }
+
+    /// The `kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::Pod => "Pod",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::Sidecar => "Sidecar",
+            Kind::Gateway => "Gateway",
+            Kind::MeshConfig => "MeshConfig",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_known_kinds_and_ignores_others() {
+        for v in ["networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.istio.io/v1"] {
+            assert_eq!(Kind::classify(v, "VirtualService"), Some(Kind::VirtualService));
+        }
+        assert_eq!(Kind::classify("v1", "Service"), Some(Kind::Service));
+        assert_eq!(Kind::classify("keel.io/v1alpha1", "MeshConfig"), Some(Kind::MeshConfig));
+        assert_eq!(Kind::classify("apps/v1", "Deployment"), None);
+        assert_eq!(Kind::classify("v1", "ConfigMap"), None);
+        assert_eq!(Kind::classify("networking.istio.io/v2", "VirtualService"), None);
+    }
+
+    #[test]
+    fn accepts_camel_and_snake_case_spellings() {
+        let camel: istio::HttpRoute =
+            serde_yaml::from_str("mirrorPercent: 50\nmirrorPercentage: {value: 10}").expect("camel");
+        let snake: istio::HttpRoute =
+            serde_yaml::from_str("mirror_percent: 50\nmirror_percentage: {value: 10}").expect("snake");
+        assert_eq!(camel, snake);
+        assert_eq!(camel.mirror_percent, Some(50));
+        let od: istio::OutlierDetection =
+            serde_yaml::from_str("consecutive5xxErrors: 3\nconsecutive_gateway_errors: 2").expect("od");
+        assert_eq!(od.consecutive_5xx_errors, Some(3));
+        assert_eq!(od.consecutive_gateway_errors, Some(2));
+    }
+
+    #[test]
+    fn rejects_unknown_istio_fields() {
+        let err = serde_yaml::from_str::<istio::Destination>("host: a\nsubnet: v1")
+            .expect_err("unknown field must fail");
+        assert!(err.to_string().contains("unknown field `subnet`"), "{err}");
+    }
+}

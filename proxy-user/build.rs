@@ -1,0 +1,35 @@
+//! Builds the eBPF object (`proxy-ebpf`, for `bpfel-unknown-none` with the nightly toolchain and
+//! bpf-linker) into `OUT_DIR/proxy-ebpf`, which `src/ebpf` embeds with `include_bytes_aligned!`.
+//!
+//! `proxy-ebpf` is also a build-dependency of this crate (its empty library target), so cargo
+//! reruns this script when the eBPF crate or `proxy-common` changes.
+
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+/// Name of the eBPF crate in the workspace.
+const EBPF_PACKAGE: &str = "proxy-ebpf";
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = metadata
+        .packages
+        .iter()
+        .find(|package| package.name == EBPF_PACKAGE)
+        .ok_or_else(|| anyhow!("package {EBPF_PACKAGE} not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", ebpf.manifest_path))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: EBPF_PACKAGE,
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

@@ -1,0 +1,127 @@
+//! Accept: every connection the kernel redirected arrives here. Its original destination and client
+//! pod come from the kernel's record for the 4-tuple, never from the bytes the client sends; a
+//! connection without a record (someone dialled the proxy port directly) is closed at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::admin::{ConnLog, ConnLogEntry, Stats};
+use crate::ebpf::ConnTable;
+use crate::l4::{self, Sniffed};
+use crate::policy::Protocol;
+use crate::routing::ClientInfo;
+use crate::state::State;
+use crate::upstream::pool::HttpPools;
+
+/// What the request path knows about one accepted connection.
+pub struct ConnContext {
+    pub state: Arc<State>,
+    pub pools: HttpPools,
+    pub stats: Arc<Stats>,
+    /// Where the client meant to connect (a Service VIP:port), from the kernel.
+    pub original_dst: SocketAddr,
+    /// The client pod's routing facts, resolved once per connection.
+    pub client: ClientInfo,
+}
+
+/// Shared by the accept loop and handed to every connection.
+#[derive(Clone)]
+pub struct Acceptor {
+    pub state: Arc<State>,
+    pub pools: HttpPools,
+    pub stats: Arc<Stats>,
+    pub conn_log: Arc<ConnLog>,
+    pub conn_table: ConnTable,
+}
+
+impl Acceptor {
+    /// Accept until the listener fails or the task is dropped.
+    pub async fn run(self, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.handle(stream, peer).await });
+        }
+    }
+
+    async fn handle(self, stream: TcpStream, peer: SocketAddr) {
+        self.stats.accepted.inc();
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let Some(record) = self.conn_table.lookup(peer, local) else {
+            self.stats.refused_no_record.inc();
+            tracing::debug!(%peer, "no kernel record for connection; closing");
+            return;
+        };
+        let node = self.state.load();
+        let Some(&pod) = node.pod_by_cgroup.get(&record.pod_cgroup_id) else {
+            self.stats.refused_unknown_pod.inc();
+            tracing::debug!(%peer, cgroup = record.pod_cgroup_id, "record names no known pod; closing");
+            return;
+        };
+        let Some(client) = node.client(pod) else {
+            return;
+        };
+        let original_dst = SocketAddr::new(
+            record.original_dst.ip().to_canonical(),
+            record.original_dst.port(),
+        );
+        let Some(routes) = node.routes.lookup(original_dst) else {
+            self.stats.refused_unknown_destination.inc();
+            tracing::debug!(%peer, dst = %original_dst, "destination no longer meshed; closing");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let declared = routes.protocol;
+        let hostname = routes.hostname.clone();
+        let detection_timeout = node.snapshot.mesh.protocol_detection_timeout;
+        let source_pod = node.pod_name(pod);
+        drop(node);
+
+        let kind = if declared.is_http() {
+            if declared.is_http2() {
+                Sniffed::Http2
+            } else {
+                Sniffed::Http1
+            }
+        } else if declared == Protocol::Auto {
+            l4::sniff(&stream, detection_timeout).await
+        } else {
+            Sniffed::Opaque
+        };
+        self.conn_log.push(ConnLogEntry {
+            source_pod,
+            source_addr: peer.to_string(),
+            original_dst: original_dst.to_string(),
+            service: hostname,
+            protocol: match kind {
+                Sniffed::Http1 | Sniffed::Http2 => "http",
+                Sniffed::Opaque => "tcp",
+            }
+            .to_string(),
+        });
+        let ctx = Arc::new(ConnContext {
+            state: self.state,
+            pools: self.pools,
+            stats: self.stats,
+            original_dst,
+            client,
+        });
+        match kind {
+            Sniffed::Http1 | Sniffed::Http2 => crate::l7::serve(stream, ctx).await,
+            Sniffed::Opaque => l4::proxy(stream, ctx).await,
+        }
+    }
+}

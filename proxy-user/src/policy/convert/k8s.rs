@@ -1,0 +1,233 @@
+//! Kubernetes `Service` and `Pod` -> model.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::Ctx;
+use crate::policy::error::*;
+use crate::policy::model::*;
+use crate::policy::validate as v;
+use crate::source::FieldPath;
+use crate::wire::k8s as wk;
+
+/// Annotation that opts a pod out of Keel's redirect (`"false"`).
+pub const CAPTURE_ANNOTATION: &str = "keel.io/capture";
+
+pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
+    let spec_path = FieldPath::root().key("spec");
+    let spec = &svc.spec;
+    let labels_path = FieldPath::root().key("metadata").key("labels");
+    ctx.check(&labels_path, v::labels(&svc.metadata.labels));
+
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    match type_ {
+        "ClusterIP" | "NodePort" | "LoadBalancer" => {}
+        "ExternalName" => ctx.warn(
+            &spec_path.key("type"),
+            "ExternalName services are known by host, but Keel cannot forward to an external name yet",
+        ),
+        other => ctx.err(
+            &spec_path.key("type"),
+            Invalid::Enum {
+                value: other.to_string(),
+                allowed: "ClusterIP, NodePort, LoadBalancer, ExternalName",
+            },
+        ),
+    }
+
+    // clusterIP and clusterIPs: "None" (headless) and "" mean no VIP.
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    let mut add_ip = |ctx: &mut Ctx<'_>, path: &FieldPath, s: &str| {
+        if s.is_empty() || s == "None" {
+            return;
+        }
+        if let Some(ip) = ctx.check(path, v::ip(s)) {
+            if !cluster_ips.contains(&ip) {
+                cluster_ips.push(ip);
+            }
+        }
+    };
+    if let Some(ip) = &spec.cluster_ip {
+        add_ip(ctx, &spec_path.key("clusterIP"), ip);
+    }
+    for (i, ip) in spec.cluster_ips.iter().enumerate() {
+        add_ip(ctx, &spec_path.key("clusterIPs").index(i), ip);
+    }
+
+    let mut ports = Vec::new();
+    let mut seen_ports = BTreeSet::new();
+    let mut seen_names = BTreeSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let path = spec_path.key("ports").index(i);
+        let Some(port) = ctx.check(&path.key("port"), v::port(p.port)) else {
+            continue;
+        };
+        let l4 = p.protocol.as_deref().unwrap_or("TCP");
+        if !matches!(l4, "TCP" | "UDP" | "SCTP") {
+            ctx.err(
+                &path.key("protocol"),
+                Invalid::Enum {
+                    value: l4.to_string(),
+                    allowed: "TCP, UDP, SCTP",
+                },
+            );
+            continue;
+        }
+        if !seen_ports.insert((port, l4)) {
+            ctx.err(&path.key("port"), InvalidPort::Duplicate(p.port));
+        }
+        match &p.name {
+            Some(name) => {
+                ctx.check(&path.key("name"), v::dns1123_label(name));
+                if !seen_names.insert(name.clone()) {
+                    ctx.err(&path.key("name"), InvalidPort::DuplicateName(name.clone()));
+                }
+            }
+            // Kubernetes requires names as soon as a Service has more than one port.
+            None if spec.ports.len() > 1 => {
+                ctx.err(&path.key("name"), InvalidPort::MissingName(" when a Service has several ports"))
+            }
+            None => {}
+        }
+        let target_port = match &p.target_port {
+            None => TargetPort::Number(port),
+            Some(wk::IntOrString::Int(n)) => match ctx.check(&path.key("targetPort"), v::port(*n)) {
+                Some(t) => TargetPort::Number(t),
+                None => continue,
+            },
+            Some(wk::IntOrString::String(s)) => match s.parse::<i64>() {
+                // A quoted number is still a number for Kubernetes.
+                Ok(n) => match ctx.check(&path.key("targetPort"), v::port(n)) {
+                    Some(t) => TargetPort::Number(t),
+                    None => continue,
+                },
+                Err(_) => {
+                    if ctx.check(&path.key("targetPort"), v::dns1123_label(s)).is_none() {
+                        continue;
+                    }
+                    TargetPort::Name(s.clone())
+                }
+            },
+        };
+        let protocol = if l4 == "UDP" {
+            Protocol::Udp
+        } else {
+            Protocol::from_port(p.app_protocol.as_deref(), p.name.as_deref(), port)
+        };
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            port,
+            target_port,
+            protocol,
+        });
+    }
+
+    let selector = match &spec.selector {
+        Some(sel) if !sel.is_empty() => {
+            ctx.check(&spec_path.key("selector"), v::labels(sel));
+            Some(sel.clone())
+        }
+        // An empty selector selects nothing in Kubernetes (endpoints are managed by hand).
+        _ => None,
+    };
+    let hostname = format!("{}.{}.svc.{CLUSTER_DOMAIN}", ctx.meta.name, ctx.meta.namespace).to_ascii_lowercase();
+    Some(Service {
+        meta: ctx.meta.clone(),
+        hostname,
+        cluster_ips,
+        ports,
+        selector,
+    })
+}
+
+pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
+    let meta_path = FieldPath::root().key("metadata");
+    let status_path = FieldPath::root().key("status");
+    ctx.check(&meta_path.key("labels"), v::labels(&pod.metadata.labels));
+
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Some(ip) = pod.status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(ip) = ctx.check(&status_path.key("podIP"), v::ip(ip)) {
+            ips.push(ip);
+        }
+    }
+    for (i, p) in pod.status.pod_ips.iter().enumerate() {
+        if let Some(ip) = ctx.check(&status_path.key("podIPs").index(i).key("ip"), v::ip(&p.ip)) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+
+    let phase = pod.status.phase.as_deref();
+    if let Some(p) = phase {
+        if !matches!(p, "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown") {
+            ctx.err(
+                &status_path.key("phase"),
+                Invalid::Enum {
+                    value: p.to_string(),
+                    allowed: "Pending, Running, Succeeded, Failed, Unknown",
+                },
+            );
+        }
+    }
+    // Hand-written pod files usually omit status: treat "no phase" as running, and only an explicit
+    // `Ready: False` condition as not ready.
+    let ready_condition_false = pod
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "False");
+    let ready = matches!(phase, None | Some("Running")) && !ready_condition_false;
+
+    let capture = pod
+        .metadata
+        .annotations
+        .get(CAPTURE_ANNOTATION)
+        .is_none_or(|v| v != "false");
+    if let Some(v) = pod.metadata.annotations.get(CAPTURE_ANNOTATION) {
+        if v != "false" && v != "true" {
+            ctx.err(
+                &meta_path.key("annotations").key(CAPTURE_ANNOTATION),
+                Invalid::Enum {
+                    value: v.clone(),
+                    allowed: "\"true\", \"false\"",
+                },
+            );
+        }
+    }
+    if pod.spec.host_network == Some(true) && capture {
+        ctx.warn(
+            &FieldPath::root().key("spec").key("hostNetwork"),
+            "host-network pods share the node's address and cannot be identified as clients",
+        );
+    }
+
+    let mut container_ports = Vec::new();
+    for (ci, c) in pod.spec.containers.iter().enumerate() {
+        for (pi, p) in c.ports.iter().enumerate() {
+            let path = FieldPath::root()
+                .key("spec")
+                .key("containers")
+                .index(ci)
+                .key("ports")
+                .index(pi);
+            let Some(port) = ctx.check(&path.key("containerPort"), v::port(p.container_port)) else {
+                continue;
+            };
+            if let Some(name) = &p.name {
+                ctx.check(&path.key("name"), v::dns1123_label(name));
+                container_ports.push((name.clone(), port));
+            }
+        }
+    }
+    Some(Pod {
+        meta: ctx.meta.clone(),
+        labels: pod.metadata.labels.clone(),
+        annotations: pod.metadata.annotations.clone(),
+        ips,
+        ready,
+        capture,
+        container_ports,
+    })
+}

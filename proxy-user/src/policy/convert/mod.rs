@@ -1,0 +1,575 @@
+//! Wire documents -> validated [`Snapshot`], one resource at a time.
+//!
+//! Two phases, as in the style guide: (1) each document is decoded and converted on its own; every problem
+//! is collected with its field path, and a resource with any error is dropped alone; (2) the surviving
+//! resources are assembled into a snapshot (indexes, VIP conflicts) and cross-resource checks emit
+//! warnings (unknown subsets, unreachable rules, ...). Nothing here panics on user input.
+
+mod destination_rule;
+mod k8s;
+mod other;
+mod virtual_service;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::error::*;
+use super::model::*;
+use crate::source::{self, Document, FieldPath};
+use crate::wire::Kind;
+
+/// The outcome of loading a config directory: the snapshot built from every valid resource, plus what was
+/// rejected (errors) and what looks suspicious (warnings).
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Built from every resource that passed validation.
+    pub snapshot: Snapshot,
+    /// One entry per problem; a resource with any error is not in the snapshot.
+    pub errors: Vec<ConfigError>,
+    /// Problems that do not stop a resource from loading.
+    pub warnings: Vec<ConfigWarning>,
+    /// Documents ignored because Keel does not know their kind.
+    pub ignored: usize,
+}
+
+impl LoadReport {
+    /// True when nothing was rejected.
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Reads `dir` (its `*.yaml`/`*.yml` files, not subdirectories) and builds a snapshot.
+pub fn load_dir(dir: &Path) -> Result<LoadReport, source::Error> {
+    let docs = source::read_dir(dir)?;
+    Ok(build(&docs))
+}
+
+/// Builds a snapshot from already-split documents (in load order).
+pub fn build(docs: &[Document]) -> LoadReport {
+    let mut b = Builder::default();
+    for (order, doc) in docs.iter().enumerate() {
+        b.document(order, doc);
+    }
+    b.finish()
+}
+
+/// Per-resource conversion context: where we are and what went wrong so far.
+pub(crate) struct Ctx<'a> {
+    pub doc: &'a Document,
+    pub meta: Meta,
+    pub errors: Vec<(FieldPath, Invalid)>,
+    pub warnings: Vec<(FieldPath, String)>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(doc: &'a Document, meta: Meta) -> Self {
+        Ctx {
+            doc,
+            meta,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The resource's namespace.
+    pub fn ns(&self) -> &str {
+        &self.meta.namespace
+    }
+
+    /// Records an error at `path`.
+    pub fn err(&mut self, path: &FieldPath, e: impl Into<Invalid>) {
+        self.errors.push((path.clone(), e.into()));
+    }
+
+    /// Records a warning at `path`.
+    pub fn warn(&mut self, path: &FieldPath, msg: impl Into<String>) {
+        self.warnings.push((path.clone(), msg.into()));
+    }
+
+    /// Unwraps `r`, recording its error at `path`.
+    pub fn check<T, E: Into<Invalid>>(&mut self, path: &FieldPath, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    /// The location of `path` in this resource (for messages about it).
+    pub fn location(&self, path: &FieldPath) -> Location {
+        location(self.doc, &self.meta, path)
+    }
+}
+
+fn location(doc: &Document, meta: &Meta, path: &FieldPath) -> Location {
+    Location {
+        file: doc.file.clone(),
+        line: if path.0.is_empty() { doc.line } else { doc.line_of(path) },
+        kind: meta.kind.clone(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        field: path.to_string(),
+    }
+}
+
+/// A subset (or host) reference from a route, checked once every DestinationRule is known.
+pub(crate) struct DestinationRef {
+    pub at: Location,
+    pub client_namespace: String,
+    pub destination: Destination,
+}
+
+#[derive(Default)]
+struct Builder {
+    report: LoadReport,
+    /// `(kind, namespace, name)` -> `file:line` of the first definition.
+    seen: HashMap<(Kind, String, String), String>,
+    mesh_first: Option<String>,
+    /// Services waiting for VIP/host indexing (in load order).
+    services: Vec<(Service, Location)>,
+    refs: Vec<DestinationRef>,
+    /// Gateway references from VirtualServices: (where, `ns/name`).
+    gateway_refs: Vec<(Location, String)>,
+    /// Per VirtualService: (index in snapshot, location of `spec.hosts`).
+    vs_locations: Vec<Location>,
+    dr_locations: Vec<Location>,
+}
+
+impl Builder {
+    fn document(&mut self, order: usize, doc: &Document) {
+        let unknown_meta = |kind: &str| Meta {
+            kind: kind.to_string(),
+            namespace: String::new(),
+            name: "?".to_string(),
+            file: Some(doc.file.clone()),
+            line: Some(doc.line),
+            creation_timestamp: None,
+            order,
+        };
+        let value = match doc.value() {
+            Ok(v) => v,
+            Err(e) => {
+                let mut at = location(doc, &unknown_meta("document"), &FieldPath::root());
+                at.line = e.line;
+                self.report.errors.push(ConfigError {
+                    at,
+                    reason: InvalidDocument::Syntax(e.message).into(),
+                });
+                return;
+            }
+        };
+        let str_at = |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let api_version = str_at(&value, "apiVersion");
+        let kind_str = str_at(&value, "kind");
+        let (Some(api_version), Some(kind_str)) = (api_version, kind_str) else {
+            let reason = if !value.is_mapping() {
+                "the document is not a mapping"
+            } else {
+                "apiVersion and kind are required"
+            };
+            self.report.errors.push(ConfigError {
+                at: location(doc, &unknown_meta("document"), &FieldPath::root()),
+                reason: InvalidDocument::NotAnObject(reason).into(),
+            });
+            return;
+        };
+        let metadata = value.get("metadata");
+        let name = metadata.and_then(|m| str_at(m, "name"));
+        let Some(kind) = Kind::classify(&api_version, &kind_str) else {
+            self.report.ignored += 1;
+            let mut meta = unknown_meta(&kind_str);
+            meta.name = name.unwrap_or_else(|| "?".to_string());
+            self.report.warnings.push(ConfigWarning {
+                at: location(doc, &meta, &FieldPath::root()),
+                message: format!("ignoring {api_version} {kind_str}: not a kind Keel reads"),
+            });
+            return;
+        };
+        let cluster_scoped = matches!(kind, Kind::Namespace | Kind::MeshConfig);
+        let namespace = if cluster_scoped {
+            String::new()
+        } else {
+            metadata
+                .and_then(|m| str_at(m, "namespace"))
+                .unwrap_or_else(|| "default".to_string())
+        };
+        let meta = Meta {
+            kind: kind_str.clone(),
+            namespace,
+            name: name.clone().unwrap_or_else(|| "?".to_string()),
+            file: Some(doc.file.clone()),
+            line: Some(doc.line),
+            creation_timestamp: metadata.and_then(|m| str_at(m, "creationTimestamp")),
+            order,
+        };
+        let mut ctx = Ctx::new(doc, meta);
+        let metadata_path = FieldPath::root().key("metadata");
+        if name.is_none() && kind != Kind::MeshConfig {
+            ctx.err(&metadata_path.key("name"), InvalidDocument::MissingName);
+        } else if let Some(name) = &name {
+            let r = match kind {
+                // Services and namespaces are DNS labels (they become host-name labels).
+                Kind::Service | Kind::Namespace => super::validate::dns1123_label(name),
+                _ => super::validate::dns1123_subdomain(name),
+            };
+            ctx.check(&metadata_path.key("name"), r);
+        }
+        if !cluster_scoped {
+            let ns = ctx.meta.namespace.clone();
+            ctx.check(&metadata_path.key("namespace"), super::validate::dns1123_label(&ns));
+        }
+        if !ctx.errors.is_empty() {
+            self.flush(ctx);
+            return;
+        }
+        // Duplicates: the first definition wins, later ones are rejected.
+        let here = format!("{}:{}", doc.file, doc.line);
+        if kind == Kind::MeshConfig {
+            if let Some(first) = &self.mesh_first {
+                ctx.err(
+                    &FieldPath::root(),
+                    InvalidDocument::SecondMeshConfig { first: first.clone() },
+                );
+                self.flush(ctx);
+                return;
+            }
+        } else {
+            let key = (kind, ctx.meta.namespace.clone(), ctx.meta.name.clone());
+            if let Some(first) = self.seen.get(&key) {
+                ctx.err(&metadata_path.key("name"), InvalidDocument::Duplicate { first: first.clone() });
+                self.flush(ctx);
+                return;
+            }
+        }
+        let accepted = self.convert(kind, &mut ctx);
+        if accepted {
+            if kind == Kind::MeshConfig {
+                self.mesh_first = Some(here);
+            } else {
+                self.seen
+                    .insert((kind, ctx.meta.namespace.clone(), ctx.meta.name.clone()), here);
+            }
+        }
+        self.flush(ctx);
+    }
+
+    /// Decodes and converts one resource; returns whether it was accepted.
+    fn convert(&mut self, kind: Kind, ctx: &mut Ctx<'_>) -> bool {
+        macro_rules! decode {
+            ($t:ty) => {
+                match ctx.doc.decode::<$t>() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let mut at = ctx.location(&e.path);
+                        at.line = e.line;
+                        self.report.errors.push(ConfigError {
+                            at,
+                            reason: InvalidDocument::Schema(e.message).into(),
+                        });
+                        return false;
+                    }
+                }
+            };
+        }
+        use crate::wire::istio::IstioObject;
+        use crate::wire::{istio, k8s as wk, keel};
+        match kind {
+            Kind::Namespace => {
+                let _ns: wk::Namespace = decode!(wk::Namespace);
+                true
+            }
+            Kind::EndpointSlice => {
+                let _slice: wk::EndpointSlice = decode!(wk::EndpointSlice);
+                ctx.warn(
+                    &FieldPath::root(),
+                    "EndpointSlices are read but not used: in file mode endpoints come from Pods",
+                );
+                true
+            }
+            Kind::Service => {
+                let svc = decode!(wk::Service);
+                match k8s::service(ctx, &svc) {
+                    Some(s) if ctx.errors.is_empty() => {
+                        let at = ctx.location(&FieldPath::root());
+                        self.services.push((s, at));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::Pod => {
+                let pod = decode!(wk::Pod);
+                match k8s::pod(ctx, &pod) {
+                    Some(p) if ctx.errors.is_empty() => {
+                        let key = format!("{}/{}", p.meta.namespace, p.meta.name);
+                        self.report.snapshot.pod_by_name.insert(key, self.report.snapshot.pods.len());
+                        self.report.snapshot.pods.push(p);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::VirtualService => {
+                let obj = decode!(IstioObject<istio::VirtualServiceSpec>);
+                let mut refs = Vec::new();
+                let mut gw_refs = Vec::new();
+                match virtual_service::convert(ctx, &obj.spec, &mut refs, &mut gw_refs) {
+                    Some(vs) if ctx.errors.is_empty() => {
+                        self.refs.extend(refs);
+                        self.gateway_refs.extend(gw_refs);
+                        self.vs_locations.push(ctx.location(&FieldPath::parse("spec.hosts")));
+                        self.report.snapshot.virtual_services.push(vs);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::DestinationRule => {
+                let obj = decode!(IstioObject<istio::DestinationRuleSpec>);
+                match destination_rule::convert(ctx, &obj.spec) {
+                    Some(dr) if ctx.errors.is_empty() => {
+                        self.dr_locations.push(ctx.location(&FieldPath::parse("spec.host")));
+                        self.report.snapshot.destination_rules.push(dr);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::ServiceEntry => {
+                let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
+                match other::service_entry(ctx, &obj.spec) {
+                    Some(se) if ctx.errors.is_empty() => {
+                        self.report.snapshot.service_entries.push(se);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::Sidecar => {
+                let obj = decode!(IstioObject<istio::SidecarSpec>);
+                match other::sidecar(ctx, &obj.spec) {
+                    Some(sc) if ctx.errors.is_empty() => {
+                        self.report.snapshot.sidecars.push(sc);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::Gateway => {
+                let obj = decode!(IstioObject<istio::GatewaySpec>);
+                match other::gateway(ctx, &obj.spec) {
+                    Some(gw) if ctx.errors.is_empty() => {
+                        self.report.snapshot.gateways.push(gw);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::MeshConfig => {
+                let obj = decode!(keel::MeshConfigObject);
+                match other::mesh_config(ctx, &obj.spec) {
+                    Some(mesh) if ctx.errors.is_empty() => {
+                        self.report.snapshot.mesh = mesh;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Moves a resource's errors and warnings into the report.
+    fn flush(&mut self, ctx: Ctx<'_>) {
+        for (path, reason) in ctx.errors.iter() {
+            self.report.errors.push(ConfigError {
+                at: location(ctx.doc, &ctx.meta, path),
+                reason: reason.clone(),
+            });
+        }
+        for (path, message) in ctx.warnings {
+            self.report.warnings.push(ConfigWarning {
+                at: location(ctx.doc, &ctx.meta, &path),
+                message,
+            });
+        }
+    }
+
+    fn finish(mut self) -> LoadReport {
+        self.index_services();
+        self.cross_checks();
+        self.report
+    }
+
+    /// Indexes services by host and VIP; a service whose host or VIP:port is already taken is rejected.
+    fn index_services(&mut self) {
+        let snap = &mut self.report.snapshot;
+        for (svc, at) in std::mem::take(&mut self.services) {
+            let id = snap.services.len();
+            let mut conflict = None;
+            for ip in &svc.cluster_ips {
+                for port in &svc.ports {
+                    if port.protocol == Protocol::Udp {
+                        continue;
+                    }
+                    if let Some((other, _)) = snap.service_by_vip.get(&(*ip, port.port)) {
+                        conflict = Some((
+                            std::net::SocketAddr::new(*ip, port.port).to_string(),
+                            snap.services.get(*other).map(|s| s.meta.display_name()).unwrap_or_default(),
+                        ));
+                    }
+                }
+            }
+            if let Some((addr, other)) = conflict {
+                let mut at = at;
+                at.field = "spec.clusterIP".to_string();
+                self.report.errors.push(ConfigError {
+                    at,
+                    reason: InvalidPort::VipConflict { addr, other }.into(),
+                });
+                continue;
+            }
+            for ip in &svc.cluster_ips {
+                for (i, port) in svc.ports.iter().enumerate() {
+                    // The kernel redirects TCP only; a UDP port of a Service is not meshed.
+                    if port.protocol != Protocol::Udp {
+                        snap.service_by_vip.insert((*ip, port.port), (id, i));
+                    }
+                }
+            }
+            snap.service_by_host.insert(svc.hostname.clone(), id);
+            snap.services.push(svc);
+        }
+    }
+
+    fn cross_checks(&mut self) {
+        let snap = &self.report.snapshot;
+        let mut warnings = Vec::new();
+        // Destination hosts and subsets.
+        for r in &self.refs {
+            let host = &r.destination.host;
+            let known_service = snap.service_by_host.contains_key(host)
+                || snap
+                    .service_entries
+                    .iter()
+                    .any(|se| se.hosts.iter().any(|h| super::validate::host_subset_of(host, h)));
+            if !known_service {
+                warnings.push(ConfigWarning {
+                    at: r.at.clone(),
+                    message: format!(
+                        "host {host:?} is not a known Service or ServiceEntry host; requests routed there fail (503 NC)"
+                    ),
+                });
+                continue;
+            }
+            if let Some(subset) = &r.destination.subset {
+                let defined = snap.destination_rules.iter().any(|dr| {
+                    dr_visible(dr, &r.client_namespace, host, &snap.mesh.root_namespace)
+                        && super::validate::host_subset_of(host, &dr.host)
+                        && dr.subset(subset).is_some()
+                });
+                if !defined {
+                    warnings.push(ConfigWarning {
+                        at: r.at.clone(),
+                        message: format!(
+                            "subset {subset:?} of {host} is not defined in any DestinationRule for that host; requests routed there fail (503 NC)"
+                        ),
+                    });
+                }
+            }
+        }
+        // Gateways referenced by VirtualServices.
+        for (at, gw) in &self.gateway_refs {
+            let exists = snap
+                .gateways
+                .iter()
+                .any(|g| format!("{}/{}", g.meta.namespace, g.meta.name) == *gw);
+            if !exists {
+                warnings.push(ConfigWarning {
+                    at: at.clone(),
+                    message: format!("gateway {gw:?} is not defined in this config"),
+                });
+            }
+        }
+        // Several VirtualServices for one host: Istio does not merge them for sidecars.
+        let mut by_host: HashMap<&str, usize> = HashMap::new();
+        for (i, vs) in snap.virtual_services.iter().enumerate() {
+            if !vs.applies_to_mesh() {
+                continue;
+            }
+            for h in &vs.hosts {
+                match by_host.get(h.as_str()) {
+                    Some(&first) => {
+                        let first_vs = &snap.virtual_services[first];
+                        if let Some(at) = self.vs_locations.get(i) {
+                            warnings.push(ConfigWarning {
+                                at: at.clone(),
+                                message: format!(
+                                    "host {h:?} is also claimed by {}; virtual services are not merged, only the oldest applies",
+                                    first_vs.meta.display_name()
+                                ),
+                            });
+                        }
+                    }
+                    None => {
+                        by_host.insert(h, i);
+                    }
+                }
+            }
+        }
+        // Destination rules whose host is unknown, and duplicate subsets across rules for one host.
+        for (i, dr) in snap.destination_rules.iter().enumerate() {
+            let Some(at) = self.dr_locations.get(i) else { continue };
+            let known = dr.host.starts_with('*')
+                || snap.service_by_host.contains_key(&dr.host)
+                || snap
+                    .service_entries
+                    .iter()
+                    .any(|se| se.hosts.iter().any(|h| super::validate::host_subset_of(&dr.host, h)));
+            if !known {
+                warnings.push(ConfigWarning {
+                    at: at.clone(),
+                    message: format!("host {:?} is not a known Service or ServiceEntry host; this rule has no effect", dr.host),
+                });
+            }
+            for earlier in &snap.destination_rules[..i] {
+                if earlier.host == dr.host
+                    && earlier.meta.namespace == dr.meta.namespace
+                    && earlier.workload_selector == dr.workload_selector
+                {
+                    for s in &dr.subsets {
+                        if earlier.subset(&s.name).is_some() {
+                            warnings.push(ConfigWarning {
+                                at: at.clone(),
+                                message: format!(
+                                    "subset {:?} is also defined by {}; the first definition wins",
+                                    s.name,
+                                    earlier.meta.display_name()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.report.warnings.extend(warnings);
+    }
+}
+
+/// Whether a DestinationRule may apply to clients in `client_ns` for `host` (§2.0): rules in the client's
+/// own namespace always, rules in the service's namespace or the root namespace when exported to it.
+fn dr_visible(dr: &DestinationRule, client_ns: &str, host: &str, root_ns: &str) -> bool {
+    if dr.meta.namespace == client_ns {
+        return true;
+    }
+    let exported = dr.export_to.is_empty() || dr.export_to.iter().any(|e| e == "*" || e == client_ns);
+    let service_ns = host
+        .strip_suffix(&format!(".svc.{CLUSTER_DOMAIN}"))
+        .and_then(|h| h.split('.').nth(1));
+    exported && (service_ns == Some(dr.meta.namespace.as_str()) || dr.meta.namespace == root_ns)
+}
+
+#[cfg(test)]
+mod tests;

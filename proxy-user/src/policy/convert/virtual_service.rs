@@ -1,0 +1,1260 @@
+//! `VirtualService` -> model, with Istio's validation rules (§1.0–1.18 of the reference).
+
+use base64::Engine as _;
+
+use super::{Ctx, DestinationRef};
+use crate::policy::error::*;
+use crate::policy::model::*;
+use crate::policy::validate::{self as v, MatchField, StarHost};
+use crate::source::FieldPath;
+use crate::wire::istio as w;
+
+/// Largest direct-response body Istio accepts, and the size above which it warns.
+const MAX_DIRECT_BODY: usize = 1024 * 1024;
+const WARN_DIRECT_BODY: usize = 100 * 1024;
+
+pub(super) fn convert(
+    ctx: &mut Ctx<'_>,
+    spec: &w::VirtualServiceSpec,
+    refs: &mut Vec<DestinationRef>,
+    gateway_refs: &mut Vec<(Location, String)>,
+) -> Option<VirtualService> {
+    let spec_path = FieldPath::root().key("spec");
+    let ns = ctx.ns().to_string();
+
+    let gateways = gateway_names(ctx, &spec_path.key("gateways"), &spec.gateways, gateway_refs);
+    let mesh_bound = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
+    let is_delegate = spec.hosts.is_empty();
+
+    // Hosts.
+    let mut hosts: Vec<String> = Vec::new();
+    if is_delegate {
+        // A VS without hosts can only be used as a delegate, which cannot bind gateways or carry L4 routes.
+        if !spec.gateways.is_empty() {
+            ctx.err(
+                &spec_path.key("gateways"),
+                InvalidHttpRoute::Delegate("a delegate virtual service (no hosts) must not set gateways"),
+            );
+        }
+        if !spec.tcp.is_empty() || !spec.tls.is_empty() {
+            ctx.err(
+                &spec_path,
+                InvalidHttpRoute::Delegate("a delegate virtual service (no hosts) must not have tcp or tls routes"),
+            );
+        }
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        let path = spec_path.key("hosts").index(i);
+        let star = if mesh_bound {
+            StarHost::Rejected(" for virtual services bound to the mesh gateway")
+        } else {
+            StarHost::Allowed
+        };
+        if ctx.check(&path, v::wildcard_host(h, star)).is_none() {
+            continue;
+        }
+        let fqdn = v::resolve_short_name(h, &ns);
+        if hosts.contains(&fqdn) {
+            ctx.err(&path, InvalidHost::Duplicate(fqdn));
+            continue;
+        }
+        if let Some(other) = hosts.iter().find(|o| v::hosts_overlap(o, &fqdn)) {
+            ctx.err(&path, InvalidHost::Overlap(other.clone(), fqdn.clone()));
+            continue;
+        }
+        hosts.push(fqdn);
+    }
+
+    if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
+        ctx.err(
+            &spec_path,
+            InvalidHttpRoute::Missing("at least one of http, tcp or tls"),
+        );
+    }
+    let export_to = ctx
+        .check(
+            &spec_path.key("exportTo"),
+            v::export_to(&spec.export_to, &ns, v::ExportKind::Config),
+        )
+        .unwrap_or_default();
+
+    let mut r = RouteCtx {
+        refs,
+        gateway_refs,
+        is_delegate,
+        mesh_bound,
+    };
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        if let Some(hr) = http_route(ctx, &mut r, &spec_path.key("http").index(i), route) {
+            http.push(hr);
+        }
+    }
+    unreachable_http_rules(ctx, &spec_path, &http);
+
+    let mut tcp = Vec::new();
+    for (i, route) in spec.tcp.iter().enumerate() {
+        let path = spec_path.key("tcp").index(i);
+        let matches = route
+            .match_
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let mp = path.key("match").index(j);
+                if m.source_subnet.is_some() {
+                    ctx.warn(&mp.key("sourceSubnet"), "sourceSubnet is not implemented by Istio and is ignored");
+                }
+                l4_match(
+                    ctx,
+                    &mut r,
+                    &mp,
+                    &m.destination_subnets,
+                    m.port,
+                    &m.source_labels,
+                    &m.gateways,
+                    &m.source_namespace,
+                )
+            })
+            .collect::<Vec<_>>();
+        let dests = l4_destinations(ctx, &mut r, &path, &route.route);
+        tcp.push(L4Route {
+            matches,
+            route: dests,
+        });
+    }
+    // The first TCP rule without effective conditions takes every connection; later rules are dead.
+    let mut tcp_catch_all = None;
+    for (i, route) in spec.tcp.iter().enumerate() {
+        if let Some(k) = tcp_catch_all {
+            ctx.warn(
+                &spec_path.key("tcp").index(i),
+                format!("this rule follows the catch-all rule spec.tcp[{k}] and can never match"),
+            );
+            continue;
+        }
+        let unconditional = |m: &w::L4MatchAttributes| {
+            m.destination_subnets.is_empty()
+                && m.port.is_none()
+                && m.source_labels.is_none()
+                && m.source_namespace.is_none()
+                && m.gateways.is_empty()
+        };
+        if route.match_.is_empty() || route.match_.iter().any(unconditional) {
+            tcp_catch_all = Some(i);
+        }
+    }
+
+    let mut tls = Vec::new();
+    for (i, route) in spec.tls.iter().enumerate() {
+        let path = spec_path.key("tls").index(i);
+        if route.match_.is_empty() {
+            ctx.err(&path.key("match"), InvalidL4Route::NoMatch);
+        }
+        let mut matches = Vec::new();
+        for (j, m) in route.match_.iter().enumerate() {
+            let mp = path.key("match").index(j);
+            let mut lm = l4_match(
+                ctx,
+                &mut r,
+                &mp,
+                &m.destination_subnets,
+                m.port,
+                &m.source_labels,
+                &m.gateways,
+                &m.source_namespace,
+            );
+            if m.sni_hosts.is_empty() {
+                ctx.err(&mp.key("sniHosts"), InvalidL4Route::NoSni);
+            }
+            for (k, sni) in m.sni_hosts.iter().enumerate() {
+                let sp = mp.key("sniHosts").index(k);
+                if ctx.check(&sp, v::wildcard_host(sni, StarHost::Allowed)).is_none() {
+                    continue;
+                }
+                let sni_l = sni.to_ascii_lowercase();
+                if sni_l.parse::<std::net::IpAddr>().is_ok() {
+                    ctx.warn(&sp, "an IP address as SNI host never matches: clients send names in SNI");
+                }
+                let fqdn = v::resolve_short_name(&sni_l, &ns);
+                if !hosts.iter().any(|h| v::host_subset_of(&fqdn, h) || v::host_subset_of(&sni_l, h)) {
+                    ctx.err(&sp, InvalidL4Route::SniNotInHosts(sni.clone()));
+                }
+                lm.sni_hosts.push(sni_l);
+            }
+            matches.push(lm);
+        }
+        let dests = l4_destinations(ctx, &mut r, &path, &route.route);
+        tls.push(L4Route {
+            matches,
+            route: dests,
+        });
+    }
+
+    Some(VirtualService {
+        meta: ctx.meta.clone(),
+        hosts,
+        gateways,
+        http,
+        tcp,
+        tls,
+        export_to,
+    })
+}
+
+/// What route conversion needs besides the resource context.
+struct RouteCtx<'r> {
+    refs: &'r mut Vec<DestinationRef>,
+    gateway_refs: &'r mut Vec<(Location, String)>,
+    is_delegate: bool,
+    mesh_bound: bool,
+}
+
+/// Normalises gateway names to `mesh` or `namespace/name`.
+fn gateway_names(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    names: &[String],
+    refs: &mut Vec<(Location, String)>,
+) -> Vec<String> {
+    let ns = ctx.ns().to_string();
+    let mut out = Vec::new();
+    for (i, g) in names.iter().enumerate() {
+        let p = path.index(i);
+        if g == "mesh" {
+            out.push(g.clone());
+            continue;
+        }
+        let full = if let Some((gns, name)) = g.split_once('/') {
+            let ok_ns = ctx.check(&p, v::dns1123_label(gns)).is_some();
+            let ok_name = ctx.check(&p, v::dns1123_subdomain(name)).is_some();
+            if !(ok_ns && ok_name) {
+                continue;
+            }
+            g.clone()
+        } else if g.contains('.') {
+            // Legacy `name.namespace.svc.cluster.local` form.
+            let mut parts = g.split('.');
+            let (Some(name), Some(gns)) = (parts.next(), parts.next()) else {
+                ctx.err(&p, InvalidName::Dns1123Subdomain(g.clone()));
+                continue;
+            };
+            if ctx.check(&p, v::dns1123_label(gns)).is_none() || ctx.check(&p, v::dns1123_label(name)).is_none() {
+                continue;
+            }
+            ctx.warn(&p, format!("gateway name {g:?} uses the legacy FQDN form; write \"{gns}/{name}\""));
+            format!("{gns}/{name}")
+        } else {
+            if ctx.check(&p, v::dns1123_subdomain(g)).is_none() {
+                continue;
+            }
+            format!("{ns}/{g}")
+        };
+        refs.push((ctx.location(&p), full.clone()));
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    out
+}
+
+fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: &w::HttpRoute) -> Option<HttpRoute> {
+    let before = ctx.errors.len();
+    let has_route = !route.route.is_empty();
+    let has_redirect = route.redirect.is_some();
+    let has_direct = route.direct_response.is_some();
+    let has_delegate = route.delegate.is_some();
+    let conflicts: [(&'static str, bool, &'static str, bool); 9] = [
+        ("route", has_route, "redirect", has_redirect),
+        ("route", has_route, "directResponse", has_direct),
+        ("redirect", has_redirect, "directResponse", has_direct),
+        ("fault", route.fault.is_some(), "redirect", has_redirect),
+        ("fault", route.fault.is_some(), "directResponse", has_direct),
+        ("rewrite", route.rewrite.is_some(), "redirect", has_redirect),
+        ("rewrite", route.rewrite.is_some(), "directResponse", has_direct),
+        ("delegate", has_delegate, "route", has_route),
+        ("delegate", has_delegate, "redirect", has_redirect),
+    ];
+    for (a, ha, b, hb) in conflicts {
+        if ha && hb {
+            ctx.err(path, InvalidHttpRoute::Conflict(a, b));
+        }
+    }
+    if route.mirror.is_some() && !route.mirrors.is_empty() {
+        ctx.err(path, InvalidHttpRoute::Conflict("mirror", "mirrors"));
+    }
+    if !(has_route || has_redirect || has_direct || has_delegate) {
+        ctx.err(path, InvalidHttpRoute::NoAction);
+    }
+
+    let matches: Vec<HttpMatch> = route
+        .match_
+        .iter()
+        .enumerate()
+        .map(|(j, m)| http_match(ctx, r, &path.key("match").index(j), m))
+        .collect();
+
+    let (route_headers, header_authority) = headers(ctx, &path.key("headers"), route.headers.as_ref(), true);
+
+    let action = if let Some(d) = &route.delegate {
+        let dp = path.key("delegate");
+        if r.is_delegate {
+            ctx.err(&dp, InvalidHttpRoute::Delegate("a delegate virtual service cannot delegate again"));
+        }
+        let name = d.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            ctx.err(&dp.key("name"), InvalidHttpRoute::Missing("delegate.name"));
+        } else {
+            ctx.check(&dp.key("name"), v::dns1123_subdomain(&name));
+        }
+        let namespace = d.namespace.clone().unwrap_or_else(|| ctx.ns().to_string());
+        ctx.check(&dp.key("namespace"), v::dns1123_label(&namespace));
+        HttpAction::Delegate { name, namespace }
+    } else if let Some(rd) = &route.redirect {
+        HttpAction::Redirect(redirect(ctx, &path.key("redirect"), rd)?)
+    } else if let Some(dr) = &route.direct_response {
+        HttpAction::DirectResponse(direct_response(ctx, &path.key("directResponse"), dr)?)
+    } else {
+        HttpAction::Route(http_destinations(ctx, r, path, &route.route))
+    };
+
+    let mut rewrite = route
+        .rewrite
+        .as_ref()
+        .and_then(|rw| rewrite_of(ctx, &path.key("rewrite"), rw));
+    if let Some(authority) = header_authority {
+        match &mut rewrite {
+            Some(rw) if rw.authority.is_some() => ctx.err(&path.key("headers"), InvalidHeader::AuthorityTwice),
+            Some(rw) => rw.authority = Some(authority),
+            None => {
+                rewrite = Some(Rewrite {
+                    uri: None,
+                    uri_regex: None,
+                    authority: Some(authority),
+                })
+            }
+        }
+    }
+
+    let timeout = route
+        .timeout
+        .as_deref()
+        .and_then(|t| ctx.check(&path.key("timeout"), v::duration_ms(t)));
+    let retries = route
+        .retries
+        .as_ref()
+        .and_then(|rt| retries(ctx, &path.key("retries"), rt));
+    let fault = route.fault.as_ref().and_then(|f| fault(ctx, &path.key("fault"), f));
+    let mirrors = mirrors(ctx, r, path, route);
+    let cors_policy = route
+        .cors_policy
+        .as_ref()
+        .and_then(|c| cors(ctx, &path.key("corsPolicy"), c));
+
+    if ctx.errors.len() > before {
+        return None;
+    }
+    Some(HttpRoute {
+        name: route.name.clone(),
+        matches,
+        action,
+        rewrite,
+        timeout,
+        retries,
+        fault,
+        mirrors,
+        cors_policy,
+        headers: route_headers,
+    })
+}
+
+fn http_match(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, m: &w::HttpMatchRequest) -> HttpMatch {
+    let sm = |ctx: &mut Ctx<'_>, key: &str, m: &Option<w::StringMatch>, f: MatchField| {
+        m.as_ref()
+            .and_then(|m| ctx.check(&path.key(key), v::string_match(m, f)))
+    };
+    let uri = sm(ctx, "uri", &m.uri, MatchField::Uri);
+    let scheme = sm(ctx, "scheme", &m.scheme, MatchField::Other);
+    let method = sm(ctx, "method", &m.method, MatchField::Other);
+    let authority = sm(ctx, "authority", &m.authority, MatchField::Other);
+    let headers = header_matches(ctx, r, &path.key("headers"), &m.headers);
+    let without_headers = header_matches(ctx, r, &path.key("withoutHeaders"), &m.without_headers);
+    let mut query_params = Vec::new();
+    for (k, qm) in &m.query_params {
+        let qp = path.key("queryParams").key(k.clone());
+        if k.is_empty() {
+            ctx.err(&qp, InvalidHttpRoute::Value("query parameter name must not be empty".into()));
+            continue;
+        }
+        match qm {
+            None => ctx.err(&qp, InvalidStringMatch::Null),
+            Some(qm) => {
+                if let Some(sm) = ctx.check(&qp, v::string_match(qm, MatchField::Other)) {
+                    query_params.push((k.clone(), sm));
+                }
+            }
+        }
+    }
+    let port = m.port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    let source_labels = m.source_labels.as_ref().map(|l| {
+        ctx.check(&path.key("sourceLabels"), v::labels(l));
+        l.clone()
+    });
+    let source_namespace = m.source_namespace.as_ref().map(|n| {
+        ctx.check(&path.key("sourceNamespace"), v::dns1123_label(n));
+        n.clone()
+    });
+    let gateways = gateway_names(ctx, &path.key("gateways"), &m.gateways, r.gateway_refs);
+    if m.stat_prefix.is_some() {
+        ctx.warn(&path.key("statPrefix"), "statPrefix is accepted but Keel does not emit per-route stats");
+    }
+    HttpMatch {
+        name: m.name.clone(),
+        uri,
+        scheme,
+        method,
+        authority,
+        headers,
+        without_headers,
+        query_params,
+        ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
+        port,
+        source_labels,
+        source_namespace,
+        gateways,
+    }
+}
+
+fn header_matches(
+    ctx: &mut Ctx<'_>,
+    r: &RouteCtx<'_>,
+    path: &FieldPath,
+    map: &std::collections::BTreeMap<String, Option<w::StringMatch>>,
+) -> Vec<(String, StringMatch)> {
+    let mut out = Vec::new();
+    for (k, m) in map {
+        let hp = path.key(k.clone());
+        if k.starts_with("@request.auth.claims") {
+            if r.mesh_bound {
+                ctx.err(&hp, InvalidHeader::JwtClaim(k.clone()));
+            }
+            continue;
+        }
+        // Istio skips these keys: they are spelled as match fields of their own.
+        if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
+            ctx.warn(&hp, format!("header key {k:?} is ignored; use the {k} field of the match instead"));
+            continue;
+        }
+        let Some(name) = ctx.check(&hp, v::header_match_name(k)) else {
+            continue;
+        };
+        match m {
+            None => ctx.err(&hp, InvalidStringMatch::Null),
+            Some(m) => {
+                if let Some(sm) = ctx.check(&hp, v::string_match(m, MatchField::Other)) {
+                    out.push((name, sm));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Converts header operations; returns them plus an authority taken from `:authority`/`host` in request
+/// `set`/`add` (which Istio turns into an authority rewrite).
+fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: Option<&w::Headers>, route_level: bool) -> (Headers, Option<String>) {
+    let mut out = Headers::default();
+    let mut authority: Option<String> = None;
+    let Some(h) = h else {
+        return (out, None);
+    };
+    if let Some(req) = &h.request {
+        let rp = path.key("request");
+        let mut authorities = 0;
+        for (op, map, target) in [("set", &req.set, 0), ("add", &req.add, 1)] {
+            for (k, val) in map {
+                let kp = rp.key(op).key(k.clone());
+                let lower = k.to_ascii_lowercase();
+                if lower == ":authority" || lower == "host" {
+                    authorities += 1;
+                    let Some(val) = ctx.check(&kp, v::header_value(k, val)) else { continue };
+                    if route_level {
+                        authority = Some(val);
+                    } else {
+                        // Per destination, the data path rewrites Host by setting it (see model docs).
+                        out.request.set.push(("host".to_string(), val));
+                    }
+                    continue;
+                }
+                if lower.starts_with(':') {
+                    ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
+                    continue;
+                }
+                let (Some(name), Some(val)) = (ctx.check(&kp, v::header_name(k)), ctx.check(&kp, v::header_value(k, val)))
+                else {
+                    continue;
+                };
+                if target == 0 {
+                    out.request.set.push((name, val));
+                } else {
+                    out.request.add.push((name, val));
+                }
+            }
+        }
+        if authorities > 1 {
+            ctx.err(&rp, InvalidHeader::AuthorityTwice);
+        }
+        for (i, k) in req.remove.iter().enumerate() {
+            let kp = rp.key("remove").index(i);
+            let lower = k.to_ascii_lowercase();
+            if lower.starts_with(':') || lower == "host" {
+                ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
+            } else if let Some(name) = ctx.check(&kp, v::header_name(k)) {
+                out.request.remove.push(name);
+            }
+        }
+    }
+    if let Some(resp) = &h.response {
+        let rp = path.key("response");
+        for (op, map) in [("set", &resp.set), ("add", &resp.add)] {
+            for (k, val) in map {
+                let kp = rp.key(op).key(k.clone());
+                let lower = k.to_ascii_lowercase();
+                if lower.starts_with(':') || lower == "host" {
+                    ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
+                    continue;
+                }
+                let (Some(name), Some(val)) = (ctx.check(&kp, v::header_name(k)), ctx.check(&kp, v::header_value(k, val)))
+                else {
+                    continue;
+                };
+                if op == "set" {
+                    out.response.set.push((name, val));
+                } else {
+                    out.response.add.push((name, val));
+                }
+            }
+        }
+        for (i, k) in resp.remove.iter().enumerate() {
+            let kp = rp.key("remove").index(i);
+            let lower = k.to_ascii_lowercase();
+            if lower.starts_with(':') || lower == "host" {
+                ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
+            } else if let Some(name) = ctx.check(&kp, v::header_name(k)) {
+                out.response.remove.push(name);
+            }
+        }
+    }
+    (out, authority)
+}
+
+/// Converts a `Destination`, expanding the host in the VirtualService's namespace.
+fn destination(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    d: Option<&w::Destination>,
+) -> Option<Destination> {
+    let Some(d) = d else {
+        ctx.err(path, InvalidHttpRoute::Missing("destination"));
+        return None;
+    };
+    let host = match d.host.as_deref() {
+        None | Some("") => {
+            ctx.err(&path.key("host"), InvalidHost::Empty);
+            return None;
+        }
+        Some(h) => h,
+    };
+    ctx.check(
+        &path.key("host"),
+        v::wildcard_host(host, StarHost::Rejected(" as a destination")),
+    )?;
+    let subset = match &d.subset {
+        Some(s) if !s.is_empty() => {
+            ctx.check(&path.key("subset"), v::dns1123_label(s))?;
+            Some(s.clone())
+        }
+        _ => None,
+    };
+    let port = match &d.port {
+        None => None,
+        Some(p) => match p.number {
+            None => {
+                ctx.err(&path.key("port"), InvalidPort::Missing);
+                return None;
+            }
+            Some(n) => Some(ctx.check(&path.key("port").key("number"), v::port(n))?),
+        },
+    };
+    let dest = Destination {
+        host: v::resolve_short_name(host, ctx.ns()),
+        subset,
+        port,
+    };
+    if r.mesh_bound {
+        r.refs.push(DestinationRef {
+            at: ctx.location(path),
+            client_namespace: ctx.ns().to_string(),
+            destination: dest.clone(),
+        });
+    }
+    Some(dest)
+}
+
+/// Checks a weight and returns it as `u32`.
+fn weight(ctx: &mut Ctx<'_>, path: &FieldPath, w: Option<i64>) -> Option<u32> {
+    let w = w.unwrap_or(0);
+    if w < 0 {
+        ctx.err(path, InvalidWeight::Negative(w));
+        return None;
+    }
+    if w > i64::from(i32::MAX) {
+        ctx.err(path, InvalidWeight::TooLarge(w));
+        return None;
+    }
+    u32::try_from(w).ok()
+}
+
+/// Applies Istio's weight rules: one destination gets 100%; among several, weight-0 entries are dropped
+/// and an all-zero list is an error.
+fn normalise_weights(ctx: &mut Ctx<'_>, path: &FieldPath, mut dests: Vec<WeightedDestination>, count: usize) -> Vec<WeightedDestination> {
+    if count == 1 {
+        for d in &mut dests {
+            d.weight = 100;
+        }
+        return dests;
+    }
+    if count > 1 && dests.len() == count && dests.iter().all(|d| d.weight == 0) {
+        ctx.err(path, InvalidWeight::AllZero);
+        return Vec::new();
+    }
+    dests.retain(|d| d.weight > 0);
+    dests
+}
+
+fn http_destinations(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    route: &[w::HttpRouteDestination],
+) -> Vec<WeightedDestination> {
+    let mut out = Vec::new();
+    for (i, d) in route.iter().enumerate() {
+        let p = path.key("route").index(i);
+        let dest = destination(ctx, r, &p.key("destination"), d.destination.as_ref());
+        let weight = weight(ctx, &p.key("weight"), d.weight);
+        let (headers, _) = headers(ctx, &p.key("headers"), d.headers.as_ref(), false);
+        if let (Some(destination), Some(weight)) = (dest, weight) {
+            out.push(WeightedDestination {
+                destination,
+                weight,
+                headers,
+            });
+        }
+    }
+    normalise_weights(ctx, &path.key("route"), out, route.len())
+}
+
+fn l4_destinations(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    route: &[w::RouteDestination],
+) -> Vec<WeightedDestination> {
+    if route.is_empty() {
+        ctx.err(&path.key("route"), InvalidL4Route::NoRoute);
+    }
+    let mut out = Vec::new();
+    for (i, d) in route.iter().enumerate() {
+        let p = path.key("route").index(i);
+        let dest = destination(ctx, r, &p.key("destination"), d.destination.as_ref());
+        let weight = weight(ctx, &p.key("weight"), d.weight);
+        if let (Some(destination), Some(weight)) = (dest, weight) {
+            out.push(WeightedDestination {
+                destination,
+                weight,
+                headers: Headers::default(),
+            });
+        }
+    }
+    normalise_weights(ctx, &path.key("route"), out, route.len())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn l4_match(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    subnets: &[String],
+    port: Option<i64>,
+    source_labels: &Option<w::LabelMap>,
+    gateways: &[String],
+    source_namespace: &Option<String>,
+) -> L4Match {
+    for (i, s) in subnets.iter().enumerate() {
+        if v::cidr(s).is_err() {
+            ctx.err(&path.key("destinationSubnets").index(i), InvalidL4Route::Subnet(s.clone()));
+        }
+    }
+    let port = port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    if let Some(l) = source_labels {
+        ctx.check(&path.key("sourceLabels"), v::labels(l));
+    }
+    if let Some(n) = source_namespace {
+        ctx.check(&path.key("sourceNamespace"), v::dns1123_label(n));
+    }
+    let gateways = gateway_names(ctx, &path.key("gateways"), gateways, r.gateway_refs);
+    L4Match {
+        destination_subnets: subnets.to_vec(),
+        port,
+        source_labels: source_labels.clone(),
+        source_namespace: source_namespace.clone(),
+        gateways,
+        sni_hosts: Vec::new(),
+    }
+}
+
+fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option<Redirect> {
+    let before = ctx.errors.len();
+    if rd.uri.is_none()
+        && rd.authority.is_none()
+        && rd.scheme.is_none()
+        && rd.port.is_none()
+        && rd.derive_port.is_none()
+        && rd.prefix_rewrite.is_none()
+    {
+        ctx.err(path, InvalidHttpRoute::Missing("one of uri, authority, scheme, port or derivePort"));
+    }
+    if rd.uri.is_some() && rd.prefix_rewrite.is_some() {
+        ctx.err(path, InvalidHttpRoute::Conflict("uri", "prefixRewrite"));
+    } else if rd.prefix_rewrite.is_some() {
+        ctx.err(
+            &path.key("prefixRewrite"),
+            Invalid::Unsupported("redirect.prefixRewrite (Istio alpha)".into()),
+        );
+    }
+    if rd.port.is_some() && rd.derive_port.is_some() {
+        ctx.err(path, InvalidHttpRoute::Conflict("port", "derivePort"));
+    }
+    let port = rd.port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    match rd.derive_port.as_deref() {
+        None | Some("FROM_PROTOCOL_DEFAULT") => {}
+        Some("FROM_REQUEST_PORT") => ctx.err(
+            &path.key("derivePort"),
+            Invalid::Unsupported("derivePort: FROM_REQUEST_PORT".into()),
+        ),
+        Some(other) => ctx.err(
+            &path.key("derivePort"),
+            Invalid::Enum {
+                value: other.to_string(),
+                allowed: "FROM_PROTOCOL_DEFAULT, FROM_REQUEST_PORT",
+            },
+        ),
+    }
+    if let Some(s) = &rd.scheme {
+        if s != "http" && s != "https" {
+            ctx.err(
+                &path.key("scheme"),
+                Invalid::Enum {
+                    value: s.clone(),
+                    allowed: "http, https",
+                },
+            );
+        }
+    }
+    let code = rd.redirect_code.unwrap_or(301);
+    if !(300..=399).contains(&code) {
+        ctx.err(
+            &path.key("redirectCode"),
+            InvalidHttpRoute::Status {
+                value: code,
+                range: "300..399",
+            },
+        );
+    } else if ![301, 302, 303, 307, 308].contains(&code) {
+        // Istio validates 300..399 but can only translate these five; Envoy would reject the route.
+        ctx.err(
+            &path.key("redirectCode"),
+            InvalidHttpRoute::Value(format!(
+                "redirectCode {code} cannot be served (only 301, 302, 303, 307, 308)"
+            )),
+        );
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    Some(Redirect {
+        uri: rd.uri.clone(),
+        authority: rd.authority.clone(),
+        port,
+        scheme: rd.scheme.clone(),
+        redirect_code: u16::try_from(code).unwrap_or(301),
+    })
+}
+
+fn direct_response(ctx: &mut Ctx<'_>, path: &FieldPath, dr: &w::HttpDirectResponse) -> Option<DirectResponse> {
+    let status = match dr.status {
+        None => {
+            ctx.err(&path.key("status"), InvalidHttpRoute::Missing("directResponse.status"));
+            return None;
+        }
+        Some(s) if !(200..=599).contains(&s) => {
+            ctx.err(
+                &path.key("status"),
+                InvalidHttpRoute::Status {
+                    value: s,
+                    range: "200..599",
+                },
+            );
+            return None;
+        }
+        Some(s) => u16::try_from(s).ok()?,
+    };
+    let body = match &dr.body {
+        None => None,
+        Some(b) => match (&b.string, &b.bytes) {
+            (Some(_), Some(_)) => {
+                ctx.err(&path.key("body"), InvalidHttpRoute::Conflict("string", "bytes"));
+                return None;
+            }
+            (Some(s), None) => Some(bytes::Bytes::from(s.clone())),
+            (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                Ok(raw) => Some(bytes::Bytes::from(raw)),
+                Err(e) => {
+                    ctx.err(&path.key("body").key("bytes"), InvalidHttpRoute::Value(format!("body.bytes is not valid base64: {e}")));
+                    return None;
+                }
+            },
+            (None, None) => None,
+        },
+    };
+    if let Some(b) = &body {
+        if b.len() > MAX_DIRECT_BODY {
+            ctx.err(
+                &path.key("body"),
+                InvalidHttpRoute::Value(format!("body is {} bytes (at most 1 MiB allowed)", b.len())),
+            );
+            return None;
+        }
+        if b.len() > WARN_DIRECT_BODY {
+            ctx.warn(&path.key("body"), format!("body is {} bytes; large direct responses cost memory per route", b.len()));
+        }
+    }
+    Some(DirectResponse { status, body })
+}
+
+/// Turns an RE2-style replacement (`\1`) into the `regex` crate's syntax (`${1}`), escaping `$`.
+fn rewrite_template(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                let mut n = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    n.push(d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{n}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Option<Rewrite> {
+    if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+        ctx.err(path, InvalidHttpRoute::Conflict("uri", "uriRegexRewrite"));
+        return None;
+    }
+    if rw.uri.is_none() && rw.uri_regex_rewrite.is_none() && rw.authority.is_none() {
+        ctx.err(path, InvalidHttpRoute::Missing("one of uri, uriRegexRewrite or authority"));
+        return None;
+    }
+    let uri_regex = match &rw.uri_regex_rewrite {
+        None => None,
+        Some(rr) => {
+            let rp = path.key("uriRegexRewrite");
+            let (Some(m), Some(t)) = (&rr.match_, &rr.rewrite) else {
+                ctx.err(&rp, InvalidHttpRoute::Missing("uriRegexRewrite.match and uriRegexRewrite.rewrite"));
+                return None;
+            };
+            let re = ctx.check(&rp.key("match"), v::plain_regex(m))?;
+            Some((re, rewrite_template(t)))
+        }
+    };
+    if let Some(a) = &rw.authority {
+        if a.is_empty() {
+            ctx.err(&path.key("authority"), InvalidHttpRoute::Value("authority must not be empty".into()));
+            return None;
+        }
+    }
+    Some(Rewrite {
+        uri: rw.uri.clone(),
+        uri_regex,
+        authority: rw.authority.clone(),
+    })
+}
+
+fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Retries> {
+    let attempts = rt.attempts.unwrap_or(0);
+    if attempts < 0 {
+        ctx.err(
+            &path.key("attempts"),
+            InvalidHttpRoute::Value(format!("attempts {attempts} must not be negative")),
+        );
+        return None;
+    }
+    if attempts == 0 && (rt.per_try_timeout.is_some() || rt.retry_on.is_some() || rt.retry_remote_localities.is_some()) {
+        ctx.err(
+            path,
+            InvalidHttpRoute::Value(
+                "attempts is 0 (retries disabled) but perTryTimeout, retryOn or retryRemoteLocalities is set".into(),
+            ),
+        );
+        return None;
+    }
+    let per_try_timeout = match &rt.per_try_timeout {
+        None => None,
+        Some(t) => Some(ctx.check(&path.key("perTryTimeout"), v::duration_ms(t))?),
+    };
+    let retry_on = match &rt.retry_on {
+        None => v::DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
+        Some(s) => ctx.check(&path.key("retryOn"), v::retry_on(s))?,
+    };
+    if let Some(b) = &rt.backoff {
+        ctx.check(&path.key("backoff"), v::duration_ms(b))?;
+        ctx.warn(&path.key("backoff"), "backoff is accepted but Keel uses a fixed 25ms base interval");
+    }
+    if rt.retry_ignore_previous_hosts == Some(false) {
+        ctx.warn(
+            &path.key("retryIgnorePreviousHosts"),
+            "retryIgnorePreviousHosts: false is accepted but Keel always prefers hosts not yet tried",
+        );
+    }
+    Some(Retries {
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        per_try_timeout,
+        retry_on,
+        retry_remote_localities: rt.retry_remote_localities.unwrap_or(false),
+    })
+}
+
+/// `percentage` wins over the deprecated integer `percent`; neither = never (Istio's default).
+fn fault_pct(ctx: &mut Ctx<'_>, path: &FieldPath, pct: Option<&w::Percent>, percent: Option<i64>) -> Option<Option<f64>> {
+    if let Some(p) = pct {
+        let v = p.value.unwrap_or(0.0);
+        return Some(Some(ctx.check(&path.key("percentage").key("value"), v::fault_percentage(v))?));
+    }
+    if let Some(p) = percent {
+        ctx.warn(&path.key("percent"), "percent is deprecated; use percentage.value");
+        if !(0..=100).contains(&p) {
+            ctx.err(
+                &path.key("percent"),
+                InvalidHttpRoute::Percentage {
+                    value: p as f64,
+                    range: "[0, 100]",
+                },
+            );
+            return None;
+        }
+        return Some(Some(p as f64));
+    }
+    Some(None)
+}
+
+fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Option<Fault> {
+    if f.delay.is_none() && f.abort.is_none() {
+        ctx.err(path, InvalidHttpRoute::Missing("fault.delay or fault.abort"));
+        return None;
+    }
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => {
+            let dp = path.key("delay");
+            if d.exponential_delay.is_some() {
+                ctx.err(&dp.key("exponentialDelay"), Invalid::Unsupported("exponentialDelay (not supported by Istio either)".into()));
+                return None;
+            }
+            let Some(fixed) = &d.fixed_delay else {
+                ctx.err(&dp, InvalidHttpRoute::Missing("delay.fixedDelay"));
+                return None;
+            };
+            let fixed_delay = ctx.check(&dp.key("fixedDelay"), v::duration_ms(fixed))?;
+            let percentage = fault_pct(ctx, &dp, d.percentage.as_ref(), d.percent)?;
+            if percentage.is_none() {
+                ctx.warn(&dp, "delay has no percentage: it is never injected (set percentage.value)");
+            }
+            Some(FaultDelay {
+                fixed_delay,
+                percentage,
+            })
+        }
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => {
+            let ap = path.key("abort");
+            let set = [a.http_status.is_some(), a.grpc_status.is_some(), a.http2_error.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if set > 1 {
+                ctx.err(&ap, InvalidHttpRoute::Conflict("httpStatus", "grpcStatus/http2Error"));
+                return None;
+            }
+            if a.http2_error.is_some() {
+                ctx.err(&ap.key("http2Error"), Invalid::Unsupported("http2Error (not supported by Istio either)".into()));
+                return None;
+            }
+            let http_status = match a.http_status {
+                None => None,
+                Some(s) if (200..=599).contains(&s) => u16::try_from(s).ok(),
+                Some(s) => {
+                    ctx.err(
+                        &ap.key("httpStatus"),
+                        InvalidHttpRoute::Status {
+                            value: s,
+                            range: "200..599",
+                        },
+                    );
+                    return None;
+                }
+            };
+            if let Some(g) = &a.grpc_status {
+                if !v::GRPC_STATUS.contains(&g.as_str()) {
+                    ctx.err(&ap.key("grpcStatus"), InvalidHttpRoute::GrpcStatus(g.clone()));
+                    return None;
+                }
+            }
+            let percentage = fault_pct(ctx, &ap, a.percentage.as_ref(), None)?;
+            if percentage.is_none() {
+                ctx.warn(&ap, "abort has no percentage: it is never injected (set percentage.value)");
+            }
+            if set == 0 {
+                ctx.warn(&ap, "abort has no httpStatus or grpcStatus and does nothing");
+                None
+            } else {
+                Some(FaultAbort {
+                    http_status,
+                    grpc_status: a.grpc_status.clone(),
+                    percentage,
+                })
+            }
+        }
+    };
+    Some(Fault { delay, abort })
+}
+
+/// A mirror percentage in [0, 100].
+fn mirror_pct(ctx: &mut Ctx<'_>, path: &FieldPath, v: f64) -> Option<f64> {
+    if (0.0..=100.0).contains(&v) {
+        Some(v)
+    } else {
+        ctx.err(
+            path,
+            InvalidHttpRoute::Percentage {
+                value: v,
+                range: "[0, 100]",
+            },
+        );
+        None
+    }
+}
+
+/// `mirror` + `mirrorPercentage` > `mirror_percent` > 100%, or `mirrors[]` with their own percentages. A
+/// mirror whose percentage is exactly 0 is disabled and dropped.
+fn mirrors(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: &w::HttpRoute) -> Vec<Mirror> {
+    let mut out = Vec::new();
+    if route.mirror_percent.is_some() {
+        ctx.warn(&path.key("mirrorPercent"), "mirror_percent is deprecated; use mirrorPercentage");
+    }
+    if let Some(m) = &route.mirror {
+        let dest = destination(ctx, r, &path.key("mirror"), Some(m));
+        let pct = if let Some(p) = &route.mirror_percentage {
+            mirror_pct(ctx, &path.key("mirrorPercentage").key("value"), p.value.unwrap_or(0.0))
+        } else if let Some(p) = route.mirror_percent {
+            mirror_pct(ctx, &path.key("mirrorPercent"), p as f64)
+        } else {
+            Some(100.0)
+        };
+        if let (Some(destination), Some(percentage)) = (dest, pct) {
+            if percentage > 0.0 {
+                out.push(Mirror {
+                    destination,
+                    percentage,
+                });
+            }
+        }
+    } else if route.mirror_percentage.is_some() || route.mirror_percent.is_some() {
+        ctx.warn(path, "mirrorPercentage/mirror_percent without mirror has no effect");
+    }
+    for (i, m) in route.mirrors.iter().enumerate() {
+        let mp = path.key("mirrors").index(i);
+        let dest = destination(ctx, r, &mp.key("destination"), m.destination.as_ref());
+        let pct = match &m.percentage {
+            Some(p) => mirror_pct(ctx, &mp.key("percentage").key("value"), p.value.unwrap_or(0.0)),
+            None => Some(100.0),
+        };
+        if let (Some(destination), Some(percentage)) = (dest, pct) {
+            if percentage > 0.0 {
+                out.push(Mirror {
+                    destination,
+                    percentage,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPolicy> {
+    let before = ctx.errors.len();
+    let mut allow_origins = Vec::new();
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        let op = path.key("allowOrigins").index(i);
+        if o.exact.is_none() && o.prefix.is_none() && o.regex.is_none() {
+            ctx.err(&op, InvalidHttpRoute::Value("an origin matcher must set exact, prefix or regex".into()));
+            continue;
+        }
+        if let Some(sm) = ctx.check(&op, v::string_match(o, MatchField::Other)) {
+            allow_origins.push(sm);
+        }
+    }
+    if !c.allow_origin.is_empty() {
+        ctx.warn(&path.key("allowOrigin"), "allowOrigin is deprecated; use allowOrigins");
+        // The deprecated list only counts when the new one is absent.
+        if c.allow_origins.is_empty() {
+            allow_origins.extend(c.allow_origin.iter().map(|o| StringMatch::Exact(o.clone())));
+        }
+    }
+    for (i, m) in c.allow_methods.iter().enumerate() {
+        if !v::CORS_METHODS.contains(&m.as_str()) {
+            ctx.err(
+                &path.key("allowMethods").index(i),
+                Invalid::Enum {
+                    value: m.clone(),
+                    allowed: "GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH",
+                },
+            );
+        }
+    }
+    for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
+        for (i, h) in list.iter().enumerate() {
+            if h != "*" {
+                ctx.check(&path.key(field).index(i), v::header_name(h));
+            }
+        }
+    }
+    let max_age = match &c.max_age {
+        None => None,
+        Some(s) => match v::duration(s) {
+            Ok(d) if d.subsec_nanos() != 0 => {
+                ctx.err(&path.key("maxAge"), InvalidDuration::SubSecond(s.clone()));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                ctx.err(&path.key("maxAge"), e);
+                None
+            }
+        },
+    };
+    match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED") | Some("FORWARD") => {}
+        Some("IGNORE") => ctx.err(
+            &path.key("unmatchedPreflights"),
+            Invalid::Unsupported("unmatchedPreflights: IGNORE".into()),
+        ),
+        Some(other) => ctx.err(
+            &path.key("unmatchedPreflights"),
+            Invalid::Enum {
+                value: other.to_string(),
+                allowed: "UNSPECIFIED, FORWARD, IGNORE",
+            },
+        ),
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    Some(CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age,
+        allow_credentials: c.allow_credentials,
+    })
+}
+
+/// A match block that matches every request for every client.
+fn is_catch_all_match(m: &HttpMatch) -> bool {
+    let uri_all = match &m.uri {
+        None | Some(StringMatch::Present) => true,
+        Some(StringMatch::Prefix(p)) => p.is_empty() || p == "/",
+        Some(StringMatch::Regex(re)) => re.as_str() == "^(?:.*)$",
+        Some(StringMatch::Exact(_)) => false,
+    };
+    uri_all
+        && m.scheme.is_none()
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
+        && m.port.is_none()
+        && m.source_labels.is_none()
+        && m.source_namespace.is_none()
+        && m.gateways.is_empty()
+}
+
+/// The only condition of `m` is a URI prefix: return it.
+fn only_uri_prefix(m: &HttpMatch) -> Option<&str> {
+    let plain = HttpMatch {
+        uri: None,
+        name: None,
+        ..m.clone()
+    };
+    match &m.uri {
+        Some(StringMatch::Prefix(p)) if is_catch_all_match(&plain) && !m.ignore_uri_case => Some(p),
+        _ => None,
+    }
+}
+
+/// Warns about rules that can never match: everything after a catch-all rule, and match blocks shadowed by
+/// an earlier bare prefix match (`/api` before `/api/v2`).
+fn unreachable_http_rules(ctx: &mut Ctx<'_>, spec_path: &FieldPath, http: &[HttpRoute]) {
+    let mut catch_all: Option<usize> = None;
+    let mut prefixes: Vec<(usize, String)> = Vec::new();
+    for (i, route) in http.iter().enumerate() {
+        let path = spec_path.key("http").index(i);
+        if let Some(k) = catch_all {
+            ctx.warn(&path, format!("this rule follows the catch-all rule spec.http[{k}] and can never match"));
+            continue;
+        }
+        for (j, m) in route.matches.iter().enumerate() {
+            let shadow = match &m.uri {
+                Some(StringMatch::Prefix(p)) | Some(StringMatch::Exact(p)) if !m.ignore_uri_case => {
+                    prefixes.iter().find(|(_, q)| p.starts_with(q.as_str()))
+                }
+                _ => None,
+            };
+            if let Some((k, q)) = shadow {
+                ctx.warn(
+                    &path.key("match").index(j),
+                    format!("this match can never be reached: spec.http[{k}] already matches every URI starting with {q:?}"),
+                );
+            }
+        }
+        if route.matches.is_empty() || route.matches.iter().any(is_catch_all_match) {
+            catch_all = Some(i);
+        }
+        for m in &route.matches {
+            if let Some(p) = only_uri_prefix(m) {
+                prefixes.push((i, p.to_string()));
+            }
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Field-level checks shared by the converters: names, hosts, durations, string matches, headers, labels,
+//! exportTo, addresses. Each returns the converted value or a typed `Invalid*` reason; the caller adds the
+//! field path and the resource.
+//!
+//! The rules follow Istio's validation webhook (see `shared/reference/istio-semantics.md` §1.18, §2.8,
+//! §3.1): config that istiod would reject is rejected here too, so a file that `keel validate` accepts
+//! can be applied to a real mesh.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::error::*;
+use super::model::{StringMatch, CLUSTER_DOMAIN};
+use crate::wire::{istio, parse_duration};
+
+/// Longest regex Istio accepts.
+pub const MAX_REGEX_LEN: usize = 1024;
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Dot-separated DNS-1123 labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// Checks a namespace or other DNS-1123 label.
+pub fn dns1123_label(s: &str) -> Result<(), InvalidName> {
+    if s.is_empty() {
+        return Err(InvalidName::Empty);
+    }
+    if is_dns1123_label(s) {
+        Ok(())
+    } else {
+        Err(InvalidName::Dns1123Label(s.to_string()))
+    }
+}
+
+/// Checks a resource name (DNS-1123 subdomain, what most kinds require).
+pub fn dns1123_subdomain(s: &str) -> Result<(), InvalidName> {
+    if s.is_empty() {
+        return Err(InvalidName::Empty);
+    }
+    if is_dns1123_subdomain(s) {
+        Ok(())
+    } else {
+        Err(InvalidName::Dns1123Subdomain(s.to_string()))
+    }
+}
+
+/// A label key: optional DNS-subdomain prefix + `/` + name of at most 63 `[A-Za-z0-9._-]`, alnum at ends.
+pub fn label_key(key: &str) -> Result<(), InvalidName> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| !p.is_empty() && is_dns1123_subdomain(p));
+    if prefix_ok && !name.is_empty() && is_label_value(name) {
+        Ok(())
+    } else {
+        Err(InvalidName::LabelKey(key.to_string()))
+    }
+}
+
+/// Empty, or at most 63 `[A-Za-z0-9._-]` starting and ending with an alphanumeric.
+fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.is_empty()
+        || (b.len() <= 63
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
+}
+
+/// Checks every key and value of a label map / selector.
+pub fn labels(map: &std::collections::BTreeMap<String, String>) -> Result<(), InvalidName> {
+    for (k, v) in map {
+        label_key(k)?;
+        if !is_label_value(v) {
+            return Err(InvalidName::LabelValue {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Expands a short name in `namespace` and lower-cases it: `reviews` -> `reviews.<ns>.svc.cluster.local`.
+/// Names containing a dot are taken as qualified; `*` and IP addresses are left alone.
+pub fn resolve_short_name(host: &str, namespace: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if host.contains('.') || host == "*" || host.contains(':') || host.parse::<IpAddr>().is_ok() {
+        return host;
+    }
+    format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}")
+}
+
+/// Where a bare `*` host is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StarHost {
+    /// Allowed (DestinationRule, Sidecar egress).
+    Allowed,
+    /// Rejected with the given explanation.
+    Rejected(&'static str),
+}
+
+/// Checks a host that may start with a `*.` wildcard label (or be an IP address).
+pub fn wildcard_host(host: &str, star: StarHost) -> Result<(), InvalidHost> {
+    if host.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if host == "*" {
+        return match star {
+            StarHost::Allowed => Ok(()),
+            StarHost::Rejected(why) => Err(InvalidHost::Star(why)),
+        };
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.len() > 255 {
+        return Err(InvalidHost::TooLong(host.to_string()));
+    }
+    let rest = host.strip_prefix("*.").unwrap_or(host);
+    if rest.contains('*') {
+        return Err(InvalidHost::Wildcard(host.to_string()));
+    }
+    // A trailing dot (absolute name) is tolerated, as by Envoy and Istio.
+    let rest = rest.strip_suffix('.').unwrap_or(rest);
+    for label in rest.split('.') {
+        if !is_dns1123_label(&label.to_ascii_lowercase()) {
+            return Err(InvalidHost::Label {
+                host: host.to_string(),
+                label: label.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// True if wildcard-or-exact host `a` matches every name `b` matches (Istio's `SubsetOf`).
+pub fn host_subset_of(a: &str, b: &str) -> bool {
+    if b == "*" {
+        return true;
+    }
+    if let Some(bsuf) = b.strip_prefix('*') {
+        let asuf = a.strip_prefix('*').unwrap_or(a);
+        return asuf.ends_with(bsuf);
+    }
+    a == b
+}
+
+/// True if some name matches both hosts.
+pub fn hosts_overlap(a: &str, b: &str) -> bool {
+    host_subset_of(a, b) || host_subset_of(b, a)
+}
+
+/// Parses a duration string.
+pub fn duration(s: &str) -> Result<Duration, InvalidDuration> {
+    Ok(parse_duration(s)?)
+}
+
+/// Istio's usual rule for durations: at least 1ms, whole milliseconds.
+pub fn duration_ms(s: &str) -> Result<Duration, InvalidDuration> {
+    let d = duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(InvalidDuration::TooShort {
+            value: s.to_string(),
+            min: "1ms",
+        });
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(InvalidDuration::SubMillisecond(s.to_string()));
+    }
+    Ok(d)
+}
+
+/// Like [`duration_ms`] but `0s` is allowed (e.g. `tcp.idleTimeout: 0s` disables the timeout).
+pub fn duration_ms_or_zero(s: &str) -> Result<Duration, InvalidDuration> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Ok(d);
+    }
+    duration_ms(s)
+}
+
+/// Where a `StringMatch` is used; `uri` alone may have an empty prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchField {
+    /// `uri`.
+    Uri,
+    /// Anything else (headers, query params, method, scheme, authority, CORS origins).
+    Other,
+}
+
+/// Converts a `StringMatch`, compiling regexes anchored (RE2 full match).
+pub fn string_match(m: &istio::StringMatch, field: MatchField) -> Result<StringMatch, InvalidStringMatch> {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set > 1 {
+        return Err(InvalidStringMatch::Several);
+    }
+    if let Some(e) = &m.exact {
+        return Ok(StringMatch::Exact(e.clone()));
+    }
+    if let Some(p) = &m.prefix {
+        if p.is_empty() && field != MatchField::Uri {
+            return Err(InvalidStringMatch::EmptyPrefix);
+        }
+        return Ok(StringMatch::Prefix(p.clone()));
+    }
+    if let Some(r) = &m.regex {
+        // Istio turns `regex: "*"` (not a valid RE2) into a presence match, as it does `{}`.
+        if r == "*" {
+            return Ok(StringMatch::Present);
+        }
+        return Ok(StringMatch::Regex(anchored_regex(r)?));
+    }
+    Ok(StringMatch::Present)
+}
+
+/// Compiles `re` as a full-match regex (`^(?:re)$`).
+pub fn anchored_regex(re: &str) -> Result<regex::Regex, InvalidStringMatch> {
+    regex_len(re)?;
+    regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| InvalidStringMatch::Regex {
+        regex: re.to_string(),
+        error: first_line(&e.to_string()),
+    })
+}
+
+/// Compiles `re` unanchored (for `uriRegexRewrite`, which replaces every match).
+pub fn plain_regex(re: &str) -> Result<regex::Regex, InvalidStringMatch> {
+    regex_len(re)?;
+    regex::Regex::new(re).map_err(|e| InvalidStringMatch::Regex {
+        regex: re.to_string(),
+        error: first_line(&e.to_string()),
+    })
+}
+
+/// Non-empty and at most [`MAX_REGEX_LEN`] bytes.
+fn regex_len(re: &str) -> Result<(), InvalidStringMatch> {
+    if re.is_empty() {
+        return Err(InvalidStringMatch::EmptyRegex);
+    }
+    if re.len() > MAX_REGEX_LEN {
+        return Err(InvalidStringMatch::RegexTooLong(re.len()));
+    }
+    Ok(())
+}
+
+/// The regex crate's errors are multi-line ASCII art; the last non-empty line says what is wrong.
+fn first_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+/// An HTTP header name: RFC 9110 token characters. Returns it lower-cased.
+pub fn header_name(name: &str) -> Result<String, InvalidHeader> {
+    let ok = !name.is_empty()
+        && name.bytes().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                )
+        });
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(InvalidHeader::Name(name.to_string()))
+    }
+}
+
+/// Pseudo-headers allowed as match keys.
+pub const MATCHABLE_PSEUDO_HEADERS: &[&str] = &[":method", ":scheme", ":authority", ":path", ":status"];
+
+/// A header *match* key: a token, or one of the pseudo-headers Envoy exposes. Returns it lower-cased.
+pub fn header_match_name(name: &str) -> Result<String, InvalidHeader> {
+    let lower = name.to_ascii_lowercase();
+    if MATCHABLE_PSEUDO_HEADERS.contains(&lower.as_str()) {
+        return Ok(lower);
+    }
+    header_name(name)
+}
+
+/// A header value for set/add: no control characters; `%%` is a literal `%`; other `%…%` formatters (Envoy
+/// substitutions such as `%HOSTNAME%`) are not supported by Keel. Returns the value with `%%` unescaped.
+pub fn header_value(name: &str, value: &str) -> Result<String, Invalid> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(InvalidHeader::Value {
+            name: name.to_string(),
+            value: value.to_string(),
+            reason: "control characters are not allowed",
+        }
+        .into());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(r) = after.strip_prefix('%') {
+            out.push('%');
+            rest = r;
+        } else if let Some(end) = after.find('%') {
+            return Err(Invalid::Unsupported(format!(
+                "header {name:?}: Envoy substitution %{}% (write %% for a literal %)",
+                &after[..end]
+            )));
+        } else {
+            return Err(InvalidHeader::Value {
+                name: name.to_string(),
+                value: value.to_string(),
+                reason: "a literal % must be written %%",
+            }
+            .into());
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// An IP address.
+pub fn ip(s: &str) -> Result<IpAddr, InvalidAddress> {
+    s.trim().parse().map_err(|_| InvalidAddress::Ip(s.to_string()))
+}
+
+/// An IP address or CIDR (`10.0.0.0/8`, `::1/128`).
+pub fn cidr(s: &str) -> Result<(), InvalidAddress> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| InvalidAddress::Cidr(s.to_string()))?;
+    if let Some(len) = len {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match len.parse::<u8>() {
+            Ok(n) if n <= max => {}
+            _ => return Err(InvalidAddress::Cidr(s.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// A port number in 1..=65535.
+pub fn port(n: i64) -> Result<u16, InvalidPort> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(InvalidPort::OutOfRange(n)),
+    }
+}
+
+/// Which resource kind an `exportTo` belongs to (`~` is only for ServiceEntry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// VirtualService / DestinationRule.
+    Config,
+    /// ServiceEntry.
+    Service,
+}
+
+/// Checks `exportTo` entries relative to the resource's namespace.
+pub fn export_to(entries: &[String], namespace: &str, kind: ExportKind) -> Result<Vec<String>, InvalidExportTo> {
+    let mut seen: Vec<String> = Vec::new();
+    for e in entries {
+        match e.as_str() {
+            "*" => {}
+            "." => {}
+            "~" => {
+                if kind == ExportKind::Config {
+                    return Err(InvalidExportTo::Tilde("not allowed for Istio configuration objects"));
+                }
+            }
+            ns if is_dns1123_label(ns) => {}
+            other => return Err(InvalidExportTo::Namespace(other.to_string())),
+        }
+        // `.` and the resource's own namespace are the same entry.
+        let canonical = if e == "." { namespace.to_string() } else { e.clone() };
+        if seen.contains(&canonical) {
+            return Err(InvalidExportTo::Duplicate(e.clone()));
+        }
+        seen.push(canonical);
+    }
+    if seen.len() > 1 {
+        if seen.iter().any(|e| e == "*") {
+            return Err(InvalidExportTo::StarWithOthers);
+        }
+        if seen.iter().any(|e| e == "~") {
+            return Err(InvalidExportTo::Tilde("exclusive: it cannot be combined with other entries"));
+        }
+    }
+    Ok(entries.to_vec())
+}
+
+/// Retry conditions Envoy/Istio understand (plus numeric HTTP status codes).
+pub const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// The retry conditions used when a route sets `retries` without `retryOn`, and by the default policy.
+pub const DEFAULT_RETRY_ON: &[&str] = &[
+    "connect-failure",
+    "refused-stream",
+    "unavailable",
+    "cancelled",
+    "retriable-status-codes",
+];
+
+/// gRPC status names accepted by `fault.abort.grpcStatus`.
+pub const GRPC_STATUS: &[&str] = &[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Methods accepted in CORS `allowMethods`.
+pub const CORS_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+/// Checks a `retryOn` list: comma-separated, no spaces (Istio does not trim them).
+pub fn retry_on(s: &str) -> Result<Vec<String>, InvalidHttpRoute> {
+    let mut out = Vec::new();
+    for token in s.split(',') {
+        let known = RETRY_ON.contains(&token)
+            || (token.len() == 3 && token.parse::<u16>().is_ok_and(|c| (100..600).contains(&c)));
+        if !known {
+            return Err(InvalidHttpRoute::RetryOn(token.to_string()));
+        }
+        out.push(token.to_string());
+    }
+    Ok(out)
+}
+
+/// A percentage in `[0, 100]`; non-zero values below 0.0001 are rejected as Envoy cannot express them.
+pub fn fault_percentage(v: f64) -> Result<f64, InvalidHttpRoute> {
+    if !(0.0..=100.0).contains(&v) || (v > 0.0 && v < 0.0001) {
+        return Err(InvalidHttpRoute::Percentage {
+            value: v,
+            range: "{0} or [0.0001, 100]",
+        });
+    }
+    Ok(v)
+}
+
+/// True if `n` is prime (maglev table sizes).
+pub fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut i = 2u64;
+    while i.saturating_mul(i) <= n {
+        if n % i == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_expand_in_the_resource_namespace() {
+        let cases = [
+            ("reviews", "foo", "reviews.foo.svc.cluster.local"),
+            ("Reviews", "default", "reviews.default.svc.cluster.local"),
+            ("reviews.default", "foo", "reviews.default"),
+            ("reviews.default.svc.cluster.local", "foo", "reviews.default.svc.cluster.local"),
+            ("*", "foo", "*"),
+            ("10.0.0.1", "foo", "10.0.0.1"),
+        ];
+        for (host, ns, want) in cases {
+            assert_eq!(resolve_short_name(host, ns), want);
+        }
+    }
+
+    #[test]
+    fn wildcard_only_as_whole_first_label() {
+        assert!(wildcard_host("*.foo.com", StarHost::Allowed).is_ok());
+        assert!(wildcard_host("foo.com", StarHost::Allowed).is_ok());
+        assert!(wildcard_host("*", StarHost::Allowed).is_ok());
+        assert!(matches!(wildcard_host("*foo.com", StarHost::Allowed), Err(InvalidHost::Wildcard(_))));
+        assert!(matches!(wildcard_host("foo.*.com", StarHost::Allowed), Err(InvalidHost::Wildcard(_))));
+        assert!(matches!(wildcard_host("*", StarHost::Rejected("")), Err(InvalidHost::Star(_))));
+        assert!(matches!(wildcard_host("foo_bar.com", StarHost::Allowed), Err(InvalidHost::Label { .. })));
+        assert!(hosts_overlap("*.foo.com", "a.foo.com"));
+        assert!(hosts_overlap("*.foo.com", "*.com"));
+        assert!(!hosts_overlap("a.foo.com", "b.foo.com"));
+    }
+
+    #[test]
+    fn durations_follow_istio_minimums() {
+        assert_eq!(duration_ms("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(matches!(duration_ms("0s"), Err(InvalidDuration::TooShort { .. })));
+        assert!(matches!(duration_ms("1500us"), Err(InvalidDuration::SubMillisecond(_))));
+        assert_eq!(duration_ms_or_zero("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn regexes_are_full_match() {
+        let re = anchored_regex("/v[0-9]+").expect("compiles");
+        assert!(re.is_match("/v12"));
+        assert!(!re.is_match("/v12/x"));
+        assert!(!re.is_match("/xv12"));
+        assert!(matches!(anchored_regex("("), Err(InvalidStringMatch::Regex { .. })));
+        assert!(matches!(anchored_regex(""), Err(InvalidStringMatch::EmptyRegex)));
+        assert!(matches!(
+            anchored_regex(&"a".repeat(1025)),
+            Err(InvalidStringMatch::RegexTooLong(1025))
+        ));
+    }
+
+    #[test]
+    fn header_values_unescape_percent() {
+        assert_eq!(header_value("x", "100%%").ok(), Some("100%".to_string()));
+        assert!(matches!(header_value("x", "%HOSTNAME%"), Err(Invalid::Unsupported(_))));
+        assert!(header_value("x", "50%").is_err());
+        assert!(header_name("x-user").is_ok());
+        assert!(header_name("bad header").is_err());
+    }
+
+    #[test]
+    fn export_to_rules() {
+        let v = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(export_to(&v(&["*"]), "ns", ExportKind::Config).is_ok());
+        assert!(export_to(&v(&[".", "other"]), "ns", ExportKind::Config).is_ok());
+        assert_eq!(
+            export_to(&v(&["*", "."]), "ns", ExportKind::Config),
+            Err(InvalidExportTo::StarWithOthers)
+        );
+        assert!(matches!(
+            export_to(&v(&[".", "ns"]), "ns", ExportKind::Config),
+            Err(InvalidExportTo::Duplicate(_))
+        ));
+        assert!(matches!(export_to(&v(&["~"]), "ns", ExportKind::Config), Err(InvalidExportTo::Tilde(_))));
+        assert!(export_to(&v(&["~"]), "ns", ExportKind::Service).is_ok());
+        assert!(matches!(
+            export_to(&v(&["Bad_NS"]), "ns", ExportKind::Config),
+            Err(InvalidExportTo::Namespace(_))
+        ));
+    }
+
+    #[test]
+    fn retry_on_tokens() {
+        assert!(retry_on("5xx,connect-failure,503").is_ok());
+        assert_eq!(retry_on("5xx, reset"), Err(InvalidHttpRoute::RetryOn(" reset".into())));
+        assert!(retry_on("bogus").is_err());
+    }
+}

@@ -1,0 +1,1289 @@
+//! Istio `networking.istio.io` resources (`v1alpha3`, `v1beta1`, `v1`: the same schema).
+//!
+//! Field names follow the protobuf JSON mapping: lowerCamelCase, and every multi-word field also accepts its
+//! original snake_case name (`mirror_percent`, `exportTo`/`export_to`), as Istio's own decoder does.
+//! Every `spec` type denies unknown fields, so a typo (`subnet:` for `subset:`) is an error instead of a
+//! silently ignored rule. Oneofs are plain optional fields here; `policy::validate` rejects combinations.
+//! Integers are `i64` so that out-of-range values (negative weights, port 70000) reach validation and get a
+//! precise message rather than a generic deserialization error. Durations stay strings
+//! (see [`crate::wire::duration`]) for the same reason.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::k8s::ObjectMeta;
+
+/// An Istio object: `apiVersion`, `kind`, `metadata`, `spec` (and an ignored `status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioObject<S> {
+    /// `networking.istio.io/v1alpha3`, `v1beta1` or `v1`.
+    pub api_version: String,
+    /// Resource kind.
+    pub kind: String,
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// The resource spec.
+    pub spec: S,
+    /// Written by istiod; read and ignored so `kubectl get -o yaml` output loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_yaml::Value>,
+}
+
+/// Label map (`sourceLabels`, subset `labels`, selectors).
+pub type LabelMap = BTreeMap<String, String>;
+
+// ---------------------------------------------------------------------------------------------------------
+// VirtualService
+
+/// `VirtualService.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceSpec {
+    /// Destination hosts; required unless this is a delegate VS.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Gateways (`mesh` = sidecars); empty means `mesh`.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Ordered HTTP rules.
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    /// Ordered TLS (SNI) rules.
+    #[serde(default)]
+    pub tls: Vec<TlsRoute>,
+    /// Ordered TCP rules.
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
+    /// Namespaces this VS is visible to (`*`, `.`, names).
+    #[serde(default, alias = "export_to")]
+    pub export_to: Vec<String>,
+}
+
+/// `Destination`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    /// Service host (short name, FQDN or ServiceEntry host).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// DestinationRule subset name.
+    #[serde(default)]
+    pub subset: Option<String>,
+    /// Service port.
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+}
+
+/// `PortSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSelector {
+    /// Port number.
+    #[serde(default)]
+    pub number: Option<i64>,
+}
+
+/// `HTTPRoute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    /// Route name (access logs).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Match blocks (ORed); absent = catch-all.
+    #[serde(default, rename = "match")]
+    pub match_: Vec<HttpMatchRequest>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<HttpRouteDestination>,
+    /// Redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<HttpRedirect>,
+    /// Local response instead of forwarding.
+    #[serde(default, alias = "direct_response")]
+    pub direct_response: Option<HttpDirectResponse>,
+    /// Delegate to another VS.
+    #[serde(default)]
+    pub delegate: Option<Delegate>,
+    /// Path/authority rewrite.
+    #[serde(default)]
+    pub rewrite: Option<HttpRewrite>,
+    /// Route timeout (duration string).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retries: Option<HttpRetry>,
+    /// Fault injection.
+    #[serde(default)]
+    pub fault: Option<HttpFaultInjection>,
+    /// Single mirror destination (exclusive with `mirrors`).
+    #[serde(default)]
+    pub mirror: Option<Destination>,
+    /// Several mirror destinations.
+    #[serde(default)]
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    /// Deprecated integer mirror percentage.
+    #[serde(default, alias = "mirror_percent")]
+    pub mirror_percent: Option<i64>,
+    /// Mirror percentage (wins over `mirror_percent`).
+    #[serde(default, alias = "mirror_percentage")]
+    pub mirror_percentage: Option<Percent>,
+    /// CORS policy.
+    #[serde(default, alias = "cors_policy")]
+    pub cors_policy: Option<CorsPolicy>,
+    /// Header manipulation.
+    #[serde(default)]
+    pub headers: Option<Headers>,
+}
+
+/// `Delegate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegate {
+    /// Delegate VS name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Delegate VS namespace (default: the root VS's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// `Headers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Headers {
+    /// Operations on the request sent upstream.
+    #[serde(default)]
+    pub request: Option<HeaderOperations>,
+    /// Operations on the response sent to the client.
+    #[serde(default)]
+    pub response: Option<HeaderOperations>,
+}
+
+/// `Headers.HeaderOperations`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOperations {
+    /// Overwrite.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `TLSRoute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// Match blocks (required).
+    #[serde(default, rename = "match")]
+    pub match_: Vec<TlsMatchAttributes>,
+    /// Destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `TCPRoute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    /// Match blocks; absent = catch-all.
+    #[serde(default, rename = "match")]
+    pub match_: Vec<L4MatchAttributes>,
+    /// Destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `HTTPMatchRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatchRequest {
+    /// Match name (appended to the route name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `:path` match.
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    /// `:scheme` match.
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    /// `:method` match.
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    /// `:authority` / `Host` match.
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    /// Header matches (`null` values are rejected by validation).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<StringMatch>>,
+    /// Service port the request was sent to.
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Client workload labels.
+    #[serde(default, alias = "source_labels")]
+    pub source_labels: Option<LabelMap>,
+    /// Gateways this block applies to.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Query parameter matches.
+    #[serde(default, alias = "query_params")]
+    pub query_params: BTreeMap<String, Option<StringMatch>>,
+    /// Case-insensitive `exact`/`prefix` URI match.
+    #[serde(default, alias = "ignore_uri_case")]
+    pub ignore_uri_case: Option<bool>,
+    /// Negated header matches.
+    #[serde(default, alias = "without_headers")]
+    pub without_headers: BTreeMap<String, Option<StringMatch>>,
+    /// Client namespace.
+    #[serde(default, alias = "source_namespace")]
+    pub source_namespace: Option<String>,
+    /// Envoy route stat prefix.
+    #[serde(default, alias = "stat_prefix")]
+    pub stat_prefix: Option<String>,
+}
+
+/// `HTTPRouteDestination`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteDestination {
+    /// Target.
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    /// Relative weight.
+    #[serde(default)]
+    pub weight: Option<i64>,
+    /// Per-destination header operations.
+    #[serde(default)]
+    pub headers: Option<Headers>,
+}
+
+/// `RouteDestination` (TCP/TLS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestination {
+    /// Target.
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    /// Relative weight.
+    #[serde(default)]
+    pub weight: Option<i64>,
+}
+
+/// `L4MatchAttributes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    /// Destination IPs/CIDRs.
+    #[serde(default, alias = "destination_subnets")]
+    pub destination_subnets: Vec<String>,
+    /// Service port.
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Hidden in Istio's API and unused; accepted so such YAML still loads.
+    #[serde(default, alias = "source_subnet")]
+    pub source_subnet: Option<String>,
+    /// Client workload labels.
+    #[serde(default, alias = "source_labels")]
+    pub source_labels: Option<LabelMap>,
+    /// Gateways.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Client namespace.
+    #[serde(default, alias = "source_namespace")]
+    pub source_namespace: Option<String>,
+}
+
+/// `TLSMatchAttributes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    /// SNI values (required).
+    #[serde(default, alias = "sni_hosts")]
+    pub sni_hosts: Vec<String>,
+    /// Destination IPs/CIDRs.
+    #[serde(default, alias = "destination_subnets")]
+    pub destination_subnets: Vec<String>,
+    /// Service port.
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Client workload labels.
+    #[serde(default, alias = "source_labels")]
+    pub source_labels: Option<LabelMap>,
+    /// Gateways.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Client namespace.
+    #[serde(default, alias = "source_namespace")]
+    pub source_namespace: Option<String>,
+}
+
+/// `HTTPRedirect`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRedirect {
+    /// New path.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// New authority.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// New port.
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
+    #[serde(default, alias = "derive_port")]
+    pub derive_port: Option<String>,
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Status code (default 301).
+    #[serde(default, alias = "redirect_code")]
+    pub redirect_code: Option<i64>,
+    /// Replace the matched prefix (Istio 1.31-alpha).
+    #[serde(default, alias = "prefix_rewrite")]
+    pub prefix_rewrite: Option<String>,
+}
+
+/// `HTTPDirectResponse`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpDirectResponse {
+    /// Status code.
+    #[serde(default)]
+    pub status: Option<i64>,
+    /// Body.
+    #[serde(default)]
+    pub body: Option<HttpBody>,
+}
+
+/// `HTTPBody` (oneof `string` / `bytes`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBody {
+    /// Text body.
+    #[serde(default)]
+    pub string: Option<String>,
+    /// Base64-encoded binary body.
+    #[serde(default)]
+    pub bytes: Option<String>,
+}
+
+/// `HTTPRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRewrite {
+    /// Replacement for the matched path part.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// New authority.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Regex path rewrite.
+    #[serde(default, alias = "uri_regex_rewrite")]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `RegexRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// RE2 pattern.
+    #[serde(default, rename = "match")]
+    pub match_: Option<String>,
+    /// Replacement (`\1` capture references).
+    #[serde(default)]
+    pub rewrite: Option<String>,
+}
+
+/// `StringMatch`: at most one of the three; none at all means "present".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StringMatch {
+    /// Exact value.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// RE2 regex, full match.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// `HTTPRetry`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRetry {
+    /// Number of retries.
+    #[serde(default)]
+    pub attempts: Option<i64>,
+    /// Per-attempt timeout.
+    #[serde(default, alias = "per_try_timeout")]
+    pub per_try_timeout: Option<String>,
+    /// Comma-separated retry conditions.
+    #[serde(default, alias = "retry_on")]
+    pub retry_on: Option<String>,
+    /// Prefer other localities on retry.
+    #[serde(default, alias = "retry_remote_localities")]
+    pub retry_remote_localities: Option<bool>,
+    /// Avoid hosts already tried (Istio default true).
+    #[serde(default, alias = "retry_ignore_previous_hosts")]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// Base back-off interval.
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+/// `CorsPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Deprecated exact origins.
+    #[serde(default, alias = "allow_origin")]
+    pub allow_origin: Vec<String>,
+    /// Origin matchers.
+    #[serde(default, alias = "allow_origins")]
+    pub allow_origins: Vec<StringMatch>,
+    /// Allowed methods.
+    #[serde(default, alias = "allow_methods")]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers.
+    #[serde(default, alias = "allow_headers")]
+    pub allow_headers: Vec<String>,
+    /// Exposed response headers.
+    #[serde(default, alias = "expose_headers")]
+    pub expose_headers: Vec<String>,
+    /// Preflight cache duration.
+    #[serde(default, alias = "max_age")]
+    pub max_age: Option<String>,
+    /// `access-control-allow-credentials`.
+    #[serde(default, alias = "allow_credentials")]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED`, `FORWARD`, `IGNORE`.
+    #[serde(default, alias = "unmatched_preflights")]
+    pub unmatched_preflights: Option<String>,
+}
+
+/// `HTTPFaultInjection`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpFaultInjection {
+    /// Delay fault.
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    /// Abort fault.
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `HTTPFaultInjection.Delay`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    /// Deprecated integer percentage.
+    #[serde(default)]
+    pub percent: Option<i64>,
+    /// Fixed delay.
+    #[serde(default, alias = "fixed_delay")]
+    pub fixed_delay: Option<String>,
+    /// Not supported by Istio.
+    #[serde(default, alias = "exponential_delay")]
+    pub exponential_delay: Option<String>,
+    /// Fraction of requests delayed.
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+/// `HTTPFaultInjection.Abort`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    /// HTTP status to return.
+    #[serde(default, alias = "http_status")]
+    pub http_status: Option<i64>,
+    /// gRPC status name to return.
+    #[serde(default, alias = "grpc_status")]
+    pub grpc_status: Option<String>,
+    /// Not supported by Istio.
+    #[serde(default, alias = "http2_error")]
+    pub http2_error: Option<String>,
+    /// Fraction of requests aborted.
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+/// `HTTPMirrorPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMirrorPolicy {
+    /// Mirror target.
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    /// Fraction mirrored (default 100).
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+/// `Percent`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Percent {
+    /// 0..=100.
+    #[serde(default)]
+    pub value: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// DestinationRule
+
+/// `DestinationRule.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRuleSpec {
+    /// Service host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Policy for all ports/subsets.
+    #[serde(default, alias = "traffic_policy")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Named subsets.
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    /// Visibility.
+    #[serde(default, alias = "export_to")]
+    pub export_to: Vec<String>,
+    /// Client selector (`matchLabels`).
+    #[serde(default, alias = "workload_selector")]
+    pub workload_selector: Option<MatchLabelsSelector>,
+}
+
+/// `istio.type.v1beta1.WorkloadSelector` (used by DestinationRule).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchLabelsSelector {
+    /// Labels the client must carry.
+    #[serde(default, alias = "match_labels")]
+    pub match_labels: LabelMap,
+}
+
+/// `TrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    /// Load balancing.
+    #[serde(default, alias = "load_balancer")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// Connection pool / circuit breaker.
+    #[serde(default, alias = "connection_pool")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Outlier detection.
+    #[serde(default, alias = "outlier_detection")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Upstream TLS.
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettings>,
+    /// Per-port overrides.
+    #[serde(default, alias = "port_level_settings")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// HTTP CONNECT/POST tunnelling.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSettings>,
+    /// PROXY protocol towards the upstream.
+    #[serde(default, alias = "proxy_protocol")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Retry budget.
+    #[serde(default, alias = "retry_budget")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `TrafficPolicy.PortTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    /// The port.
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+    /// Load balancing.
+    #[serde(default, alias = "load_balancer")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// Connection pool.
+    #[serde(default, alias = "connection_pool")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Outlier detection.
+    #[serde(default, alias = "outlier_detection")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Upstream TLS.
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `TrafficPolicy.TunnelSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// `CONNECT` or `POST`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Tunnel proxy host.
+    #[serde(default, alias = "target_host")]
+    pub target_host: Option<String>,
+    /// Tunnel proxy port.
+    #[serde(default, alias = "target_port")]
+    pub target_port: Option<i64>,
+}
+
+/// `TrafficPolicy.ProxyProtocol`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// `V1` or `V2`.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `TrafficPolicy.RetryBudget`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent of active requests that may be retries.
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// Retries always allowed.
+    #[serde(default, alias = "min_retry_concurrency")]
+    pub min_retry_concurrency: Option<i64>,
+    /// Window.
+    #[serde(default, alias = "budget_interval")]
+    pub budget_interval: Option<String>,
+}
+
+/// `Subset`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    /// Subset name (DNS-1123 label).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Endpoint labels.
+    #[serde(default)]
+    pub labels: LabelMap,
+    /// Subset policy (block-wise override).
+    #[serde(default, alias = "traffic_policy")]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `LoadBalancerSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    /// `UNSPECIFIED`, `LEAST_CONN`, `RANDOM`, `PASSTHROUGH`, `ROUND_ROBIN`, `LEAST_REQUEST`.
+    #[serde(default)]
+    pub simple: Option<String>,
+    /// Consistent hashing (sticky sessions).
+    #[serde(default, alias = "consistent_hash")]
+    pub consistent_hash: Option<ConsistentHashLb>,
+    /// Locality weighting / failover.
+    #[serde(default, alias = "locality_lb_setting")]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Zone-aware routing (Istio 1.31-alpha).
+    #[serde(default, alias = "zone_aware_lb_setting")]
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
+    /// Deprecated slow-start window.
+    #[serde(default, alias = "warmup_duration_secs")]
+    pub warmup_duration_secs: Option<String>,
+    /// Slow start.
+    #[serde(default)]
+    pub warmup: Option<WarmupConfiguration>,
+}
+
+/// `ZoneAwareLoadBalancerSetting` (Istio 1.31-alpha).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneAwareLbSetting {
+    /// Enable zone-aware routing.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Region failover.
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    /// Label-based priorities.
+    #[serde(default, alias = "failover_priority")]
+    pub failover_priority: Vec<String>,
+    /// Minimum cluster size for zone-aware routing.
+    #[serde(default, alias = "min_cluster_size")]
+    pub min_cluster_size: Option<i64>,
+}
+
+/// `LoadBalancerSettings.ConsistentHashLB`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashLb {
+    /// Hash a request header.
+    #[serde(default, alias = "http_header_name")]
+    pub http_header_name: Option<String>,
+    /// Hash a cookie (generated when absent and `ttl` is set).
+    #[serde(default, alias = "http_cookie")]
+    pub http_cookie: Option<HttpCookie>,
+    /// Hash the client IP.
+    #[serde(default, alias = "use_source_ip")]
+    pub use_source_ip: Option<bool>,
+    /// Hash a query parameter.
+    #[serde(default, alias = "http_query_parameter_name")]
+    pub http_query_parameter_name: Option<String>,
+    /// Ring hash algorithm.
+    #[serde(default, alias = "ring_hash")]
+    pub ring_hash: Option<RingHash>,
+    /// Maglev algorithm.
+    #[serde(default)]
+    pub maglev: Option<Maglev>,
+    /// Deprecated ring size.
+    #[serde(default, alias = "minimum_ring_size")]
+    pub minimum_ring_size: Option<i64>,
+}
+
+/// `ConsistentHashLB.RingHash`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    /// Minimum ring size (Envoy default 1024).
+    #[serde(default, alias = "minimum_ring_size")]
+    pub minimum_ring_size: Option<i64>,
+}
+
+/// `ConsistentHashLB.MagLev`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    /// Table size (prime).
+    #[serde(default, alias = "table_size")]
+    pub table_size: Option<i64>,
+}
+
+/// `ConsistentHashLB.HTTPCookie`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCookie {
+    /// Cookie name (required).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Cookie path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Lifetime of a generated cookie.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Extra cookie attributes.
+    #[serde(default)]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// `HTTPCookie.Attribute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CookieAttribute {
+    /// Attribute name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Attribute value.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// `WarmupConfiguration`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmupConfiguration {
+    /// Slow-start window (required).
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// Starting weight percent (default 10).
+    #[serde(default, alias = "minimum_percent")]
+    pub minimum_percent: Option<f64>,
+    /// Curve (default 1.0, > 0).
+    #[serde(default)]
+    pub aggression: Option<f64>,
+}
+
+/// `LocalityLoadBalancerSetting`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Weighted distribution.
+    #[serde(default)]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region failover.
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    /// Label-based priorities.
+    #[serde(default, alias = "failover_priority")]
+    pub failover_priority: Vec<String>,
+    /// Enable/disable locality LB.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `LocalityLoadBalancerSetting.Distribute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    /// Origin locality.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Locality -> weight.
+    #[serde(default)]
+    pub to: BTreeMap<String, i64>,
+}
+
+/// `LocalityLoadBalancerSetting.Failover`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// Origin region.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Failover region.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// `ConnectionPoolSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPoolSettings {
+    /// TCP limits.
+    #[serde(default)]
+    pub tcp: Option<TcpSettings>,
+    /// HTTP limits.
+    #[serde(default)]
+    pub http: Option<HttpSettings>,
+}
+
+/// `ConnectionPoolSettings.TCPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    /// Max upstream connections.
+    #[serde(default, alias = "max_connections")]
+    pub max_connections: Option<i64>,
+    /// Connect timeout.
+    #[serde(default, alias = "connect_timeout")]
+    pub connect_timeout: Option<String>,
+    /// TCP keepalive.
+    #[serde(default, alias = "tcp_keepalive")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Max connection age.
+    #[serde(default, alias = "max_connection_duration")]
+    pub max_connection_duration: Option<String>,
+    /// Idle timeout.
+    #[serde(default, alias = "idle_timeout")]
+    pub idle_timeout: Option<String>,
+}
+
+/// `TCPSettings.TcpKeepalive`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Probes before dropping.
+    #[serde(default)]
+    pub probes: Option<i64>,
+    /// Idle time before probing.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Probe interval.
+    #[serde(default)]
+    pub interval: Option<String>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Max queued requests.
+    #[serde(default, alias = "http1_max_pending_requests")]
+    pub http1_max_pending_requests: Option<i64>,
+    /// Max outstanding requests.
+    #[serde(default, alias = "http2_max_requests")]
+    pub http2_max_requests: Option<i64>,
+    /// Requests per connection (1 disables keep-alive).
+    #[serde(default, alias = "max_requests_per_connection")]
+    pub max_requests_per_connection: Option<i64>,
+    /// Max concurrent retries.
+    #[serde(default, alias = "max_retries")]
+    pub max_retries: Option<i64>,
+    /// Upstream idle timeout.
+    #[serde(default, alias = "idle_timeout")]
+    pub idle_timeout: Option<String>,
+    /// `DEFAULT`, `DO_NOT_UPGRADE`, `UPGRADE`.
+    #[serde(default, alias = "h2_upgrade_policy")]
+    pub h2_upgrade_policy: Option<String>,
+    /// Use the client's HTTP version upstream.
+    #[serde(default, alias = "use_client_protocol")]
+    pub use_client_protocol: Option<bool>,
+    /// HTTP/2 max concurrent streams.
+    #[serde(default, alias = "max_concurrent_streams")]
+    pub max_concurrent_streams: Option<i64>,
+    /// HTTP/2 keepalive (1.31-alpha).
+    #[serde(default, alias = "http2_keep_alive")]
+    pub http2_keep_alive: Option<ConnectionKeepalive>,
+}
+
+/// `HTTPSettings.ConnectionKeepalive`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionKeepalive {
+    /// Ping interval.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Ping timeout.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// `OutlierDetection`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Deprecated; ignored by Istio (warning).
+    #[serde(default, alias = "consecutive_errors")]
+    pub consecutive_errors: Option<i64>,
+    /// Count local-origin failures separately.
+    #[serde(default, alias = "split_external_local_origin_errors")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Local-origin failure threshold (needs split).
+    #[serde(default, alias = "consecutive_local_origin_failures")]
+    pub consecutive_local_origin_failures: Option<i64>,
+    /// 502/503/504 threshold.
+    #[serde(default, alias = "consecutive_gateway_errors")]
+    pub consecutive_gateway_errors: Option<i64>,
+    /// 5xx threshold (default 5).
+    #[serde(default, alias = "consecutive_5xx_errors")]
+    pub consecutive_5xx_errors: Option<i64>,
+    /// Sweep interval (default 10s).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Base ejection time (default 30s).
+    #[serde(default, alias = "base_ejection_time")]
+    pub base_ejection_time: Option<String>,
+    /// Max ejected percent (default 10).
+    #[serde(default, alias = "max_ejection_percent")]
+    pub max_ejection_percent: Option<i64>,
+    /// Panic threshold (default 0).
+    #[serde(default, alias = "min_health_percent")]
+    pub min_health_percent: Option<i64>,
+    /// Status codes that count as errors (1.31-alpha).
+    #[serde(default, alias = "outlier_detection_http_error_codes")]
+    pub outlier_detection_http_error_codes: Vec<i64>,
+}
+
+/// `ClientTLSSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL`, `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Client certificate file.
+    #[serde(default, alias = "client_certificate")]
+    pub client_certificate: Option<String>,
+    /// Client key file.
+    #[serde(default, alias = "private_key")]
+    pub private_key: Option<String>,
+    /// CA bundle file.
+    #[serde(default, alias = "ca_certificates")]
+    pub ca_certificates: Option<String>,
+    /// Kubernetes secret with the credentials.
+    #[serde(default, alias = "credential_name")]
+    pub credential_name: Option<String>,
+    /// Accepted server SANs.
+    #[serde(default, alias = "subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+    /// SNI to send.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Skip server verification.
+    #[serde(default, alias = "insecure_skip_verify")]
+    pub insecure_skip_verify: Option<bool>,
+    /// CRL file.
+    #[serde(default, alias = "ca_crl")]
+    pub ca_crl: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// ServiceEntry, Sidecar, Gateway
+
+/// `ServiceEntry.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    /// Hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// VIPs / CIDRs.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ServiceEntryPort>,
+    /// `MESH_EXTERNAL` (default) or `MESH_INTERNAL`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `NONE` (default), `STATIC`, `DNS`, `DNS_ROUND_ROBIN`, `DYNAMIC_DNS`.
+    #[serde(default)]
+    pub resolution: Option<String>,
+    /// Static endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntry>,
+    /// Pod/WorkloadEntry selector.
+    #[serde(default, alias = "workload_selector")]
+    pub workload_selector: Option<WorkloadSelector>,
+    /// Visibility (`~` allowed here).
+    #[serde(default, alias = "export_to")]
+    pub export_to: Vec<String>,
+    /// SANs to verify.
+    #[serde(default, alias = "subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// `ServicePort` of a ServiceEntry / `Port` of a Gateway server / `SidecarPort`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntryPort {
+    /// Port number.
+    #[serde(default)]
+    pub number: Option<i64>,
+    /// `HTTP`, `HTTPS`, `GRPC`, `HTTP2`, `MONGO`, `TCP`, `TLS`, ...
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Port name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Endpoint port.
+    #[serde(default, alias = "target_port")]
+    pub target_port: Option<i64>,
+}
+
+/// `WorkloadEntry` (ServiceEntry endpoint).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntry {
+    /// IP, hostname or `unix://` path.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Port name -> endpoint port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, i64>,
+    /// Labels (matched by DR subsets).
+    #[serde(default)]
+    pub labels: LabelMap,
+    /// Network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// `region/zone/subzone`.
+    #[serde(default)]
+    pub locality: Option<String>,
+    /// LB weight.
+    #[serde(default)]
+    pub weight: Option<i64>,
+    /// Service account.
+    #[serde(default, alias = "service_account")]
+    pub service_account: Option<String>,
+}
+
+/// `WorkloadSelector` (ServiceEntry, Sidecar: field `labels`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    /// Labels.
+    #[serde(default)]
+    pub labels: LabelMap,
+}
+
+/// `Sidecar.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarSpec {
+    /// Client selector.
+    #[serde(default, alias = "workload_selector")]
+    pub workload_selector: Option<WorkloadSelector>,
+    /// Inbound listeners.
+    #[serde(default)]
+    pub ingress: Vec<IstioIngressListener>,
+    /// Outbound scoping.
+    #[serde(default)]
+    pub egress: Vec<IstioEgressListener>,
+    /// Inbound pool.
+    #[serde(default, alias = "inbound_connection_pool")]
+    pub inbound_connection_pool: Option<ConnectionPoolSettings>,
+    /// Unknown destinations.
+    #[serde(default, alias = "outbound_traffic_policy")]
+    pub outbound_traffic_policy: Option<SidecarOutboundTrafficPolicy>,
+}
+
+/// `IstioIngressListener`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioIngressListener {
+    /// Port.
+    #[serde(default)]
+    pub port: Option<ServiceEntryPort>,
+    /// Bind address.
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// `DEFAULT`, `IPTABLES`, `NONE`.
+    #[serde(default, alias = "capture_mode")]
+    pub capture_mode: Option<String>,
+    /// `127.0.0.1:PORT` etc.
+    #[serde(default, alias = "default_endpoint")]
+    pub default_endpoint: Option<String>,
+    /// Inbound TLS.
+    #[serde(default)]
+    pub tls: Option<ServerTlsSettings>,
+    /// Inbound pool.
+    #[serde(default, alias = "connection_pool")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+}
+
+/// `IstioEgressListener`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioEgressListener {
+    /// Port.
+    #[serde(default)]
+    pub port: Option<ServiceEntryPort>,
+    /// Bind address.
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// Capture mode.
+    #[serde(default, alias = "capture_mode")]
+    pub capture_mode: Option<String>,
+    /// `namespace/dnsName` imports.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `Sidecar.OutboundTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarOutboundTrafficPolicy {
+    /// `REGISTRY_ONLY` or `ALLOW_ANY`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Egress proxy destination.
+    #[serde(default, alias = "egress_proxy")]
+    pub egress_proxy: Option<Destination>,
+}
+
+/// `Gateway.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Servers.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    /// Gateway pod selector.
+    #[serde(default)]
+    pub selector: LabelMap,
+}
+
+/// `Server`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    /// Port.
+    #[serde(default)]
+    pub port: Option<ServiceEntryPort>,
+    /// Bind address.
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// `ns/dnsName` hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// TLS.
+    #[serde(default)]
+    pub tls: Option<ServerTlsSettings>,
+    /// Default endpoint.
+    #[serde(default, alias = "default_endpoint")]
+    pub default_endpoint: Option<String>,
+    /// Server name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `ServerTLSSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// Redirect HTTP to HTTPS.
+    #[serde(default, alias = "https_redirect")]
+    pub https_redirect: Option<bool>,
+    /// `PASSTHROUGH`, `SIMPLE`, `MUTUAL`, `AUTO_PASSTHROUGH`, `ISTIO_MUTUAL`, `OPTIONAL_MUTUAL`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Certificate file.
+    #[serde(default, alias = "server_certificate")]
+    pub server_certificate: Option<String>,
+    /// Key file.
+    #[serde(default, alias = "private_key")]
+    pub private_key: Option<String>,
+    /// CA file.
+    #[serde(default, alias = "ca_certificates")]
+    pub ca_certificates: Option<String>,
+    /// CRL file.
+    #[serde(default, alias = "ca_crl")]
+    pub ca_crl: Option<String>,
+    /// Secret name.
+    #[serde(default, alias = "credential_name")]
+    pub credential_name: Option<String>,
+    /// Secret names.
+    #[serde(default, alias = "credential_names")]
+    pub credential_names: Vec<String>,
+    /// CA secret name.
+    #[serde(default, alias = "ca_cert_credential_name")]
+    pub ca_cert_credential_name: Option<String>,
+    /// Certificates.
+    #[serde(default, alias = "tls_certificates")]
+    pub tls_certificates: Vec<TlsCertificate>,
+    /// Accepted client SANs.
+    #[serde(default, alias = "subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+    /// SPKI pins.
+    #[serde(default, alias = "verify_certificate_spki")]
+    pub verify_certificate_spki: Vec<String>,
+    /// Certificate hash pins.
+    #[serde(default, alias = "verify_certificate_hash")]
+    pub verify_certificate_hash: Vec<String>,
+    /// Minimum TLS version.
+    #[serde(default, alias = "min_protocol_version")]
+    pub min_protocol_version: Option<String>,
+    /// Maximum TLS version.
+    #[serde(default, alias = "max_protocol_version")]
+    pub max_protocol_version: Option<String>,
+    /// Cipher suites.
+    #[serde(default, alias = "cipher_suites")]
+    pub cipher_suites: Vec<String>,
+    /// Skip client verification.
+    #[serde(default, alias = "insecure_skip_verify")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// `ServerTLSSettings.TLSCertificate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// Certificate file.
+    #[serde(default, alias = "server_certificate")]
+    pub server_certificate: Option<String>,
+    /// Key file.
+    #[serde(default, alias = "private_key")]
+    pub private_key: Option<String>,
+    /// CA file.
+    #[serde(default, alias = "ca_certificates")]
+    pub ca_certificates: Option<String>,
+}

@@ -1,0 +1,369 @@
+//! The `pod-agent` helper: its JSON report types (shared by the binary and the tests) and wrappers that
+//! run it inside a [`Pod`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::podnet::Pod;
+use crate::process::Proc;
+
+/// How long a server gets to bind and print its `listening` line.
+const SERVER_READY: Duration = Duration::from_secs(10);
+/// Slack on top of a client's own global timeout before the test kills it.
+const CLIENT_SLACK: Duration = Duration::from_secs(5);
+
+/// The first line a server prints once it is accepting: `{"listening":"0.0.0.0:9080"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listening {
+    /// The bound address.
+    pub listening: String,
+}
+
+/// What `http-server` answers to every request (status 200, `content-type: application/json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EchoBody {
+    /// `--pod` of the server.
+    pub pod: String,
+    /// `--version` of the server.
+    pub version: String,
+    /// The TCP peer of the request's connection, `ip:port`.
+    pub peer: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
+    /// Request method.
+    pub method: String,
+    /// Request path (with query).
+    pub path: String,
+    /// Request headers, lower-case names; repeated headers joined with `, `.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Result of `http-get`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HttpGetReport {
+    /// The URL requested.
+    pub url: String,
+    /// The TCP address connected to.
+    pub connect_to: String,
+    /// Requests asked for (`--count`).
+    pub requested: u64,
+    /// Requests that got a response (any status).
+    pub responses: u64,
+    /// Requests that failed without a response.
+    pub errors: u64,
+    /// Responses by status code.
+    pub by_status: BTreeMap<String, u64>,
+    /// Responses by the body's `version` (`<none>` if the body is not an [`EchoBody`]).
+    pub by_version: BTreeMap<String, u64>,
+    /// Responses by the body's `pod`.
+    pub by_pod: BTreeMap<String, u64>,
+    /// Responses by the protocol the backend saw.
+    pub by_protocol: BTreeMap<String, u64>,
+    /// Responses by the peer IP the backend saw (the proxy's address when proxied).
+    pub by_peer_ip: BTreeMap<String, u64>,
+    /// TCP connections opened.
+    pub connections: u64,
+    /// Local (`getsockname`) addresses of the first connections, as the proxy sees the client.
+    pub local_addrs: Vec<String>,
+    /// The first error, if any.
+    pub first_error: Option<String>,
+    /// The last response body parsed as an [`EchoBody`], if it was one.
+    pub last_body: Option<EchoBody>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+    /// The global timeout cut the run short.
+    pub timed_out: bool,
+}
+
+impl HttpGetReport {
+    /// Responses with status `code`.
+    pub fn status(&self, code: u16) -> u64 {
+        self.by_status.get(&code.to_string()).copied().unwrap_or(0)
+    }
+
+    /// Fraction (0..=1) of responses whose body said `version`.
+    pub fn version_share(&self, version: &str) -> f64 {
+        if self.responses == 0 {
+            return 0.0;
+        }
+        self.by_version.get(version).copied().unwrap_or(0) as f64 / self.responses as f64
+    }
+}
+
+/// Result of `tcp-echo-client`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TcpEchoReport {
+    /// Address connected to.
+    pub addr: String,
+    /// Local address of the connection.
+    pub local_addr: Option<String>,
+    /// Bytes written before the half-close.
+    pub sent: u64,
+    /// Bytes read until EOF.
+    pub received: u64,
+    /// Received bytes equal sent bytes.
+    pub matched: bool,
+    /// The server's EOF arrived after our half-close (it finished writing, then shut down).
+    pub got_eof: bool,
+    /// What failed, if anything.
+    pub error: Option<String>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// How a `tcp-connect` attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectOutcome {
+    /// connect() got ECONNREFUSED.
+    Refused,
+    /// connect() got ENETUNREACH / EHOSTUNREACH (e.g. no route: the pod has no default route).
+    Unreachable,
+    /// connect() did not finish in time.
+    Timeout,
+    /// Connected; the first read saw a reset.
+    Reset,
+    /// Connected; the first read saw EOF with no data.
+    Eof,
+    /// Connected; the server sent data first.
+    Data,
+    /// Connected; nothing arrived within the read timeout.
+    ReadTimeout,
+    /// Any other error.
+    Error,
+}
+
+/// Result of `tcp-connect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpConnectReport {
+    /// Address connected to.
+    pub addr: String,
+    /// How it ended.
+    pub outcome: ConnectOutcome,
+    /// connect() succeeded.
+    pub connected: bool,
+    /// Local address when connected.
+    pub local_addr: Option<String>,
+    /// What the server said (lossy UTF-8, at most 4 KiB).
+    pub data: String,
+    /// The OS error text, if any.
+    pub error: Option<String>,
+    /// Time from connect() to the outcome.
+    pub elapsed_ms: u64,
+}
+
+/// Connection reuse for `http-get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnMode {
+    /// All requests on one connection (reconnect only if the server closes it).
+    KeepAlive,
+    /// A new connection per request.
+    NewConn,
+}
+
+/// Arguments of an `http-get` run; build with [`HttpGet::new`] and the chained setters.
+#[derive(Debug, Clone)]
+pub struct HttpGet {
+    /// URL whose authority becomes `Host` / `:authority`, e.g. `http://reviews:9080/`.
+    pub url: String,
+    /// Where to connect (the "DNS answer"); default: the URL's host, which must then be an IP.
+    pub connect_to: Option<SocketAddr>,
+    /// Number of requests (sequential).
+    pub count: u32,
+    /// Connection reuse.
+    pub mode: ConnMode,
+    /// HTTP/2 prior knowledge (h2c) instead of HTTP/1.1.
+    pub http2: bool,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Global timeout of the whole run.
+    pub timeout: Duration,
+}
+
+impl HttpGet {
+    /// One keep-alive HTTP/1.1 request to `url`, 30 s timeout.
+    pub fn new(url: impl Into<String>) -> HttpGet {
+        HttpGet {
+            url: url.into(),
+            connect_to: None,
+            count: 1,
+            mode: ConnMode::KeepAlive,
+            http2: false,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Connect to `addr` instead of resolving the URL's host.
+    pub fn connect_to(mut self, addr: SocketAddr) -> Self {
+        self.connect_to = Some(addr);
+        self
+    }
+
+    /// Number of requests.
+    pub fn count(mut self, n: u32) -> Self {
+        self.count = n;
+        self
+    }
+
+    /// New connection per request.
+    pub fn new_conn(mut self) -> Self {
+        self.mode = ConnMode::NewConn;
+        self
+    }
+
+    /// HTTP/2 prior knowledge.
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
+    }
+
+    /// Adds a request header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Global timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The `pod-agent` command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "http-get".to_string(),
+            "--url".to_string(),
+            self.url.clone(),
+            "--count".to_string(),
+            self.count.to_string(),
+            "--timeout-secs".to_string(),
+            self.timeout.as_secs().max(1).to_string(),
+        ];
+        if let Some(c) = self.connect_to {
+            a.extend(["--connect-to".to_string(), c.to_string()]);
+        }
+        a.push(
+            match self.mode {
+                ConnMode::KeepAlive => "--keepalive",
+                ConnMode::NewConn => "--new-conn",
+            }
+            .to_string(),
+        );
+        if self.http2 {
+            a.push("--http2".to_string());
+        }
+        for (k, v) in &self.headers {
+            a.extend(["--header".to_string(), format!("{k}:{v}")]);
+        }
+        a
+    }
+}
+
+/// Runs `pod-agent` subcommands inside pods.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    bin: PathBuf,
+}
+
+impl Agent {
+    /// Uses the binary at `bin`.
+    pub fn new(bin: impl Into<PathBuf>) -> Agent {
+        Agent { bin: bin.into() }
+    }
+
+    /// `POD_AGENT_BIN`, else `default`, else `target/release/pod-agent`; fails if missing.
+    pub fn from_env(default: Option<&str>) -> Result<Agent> {
+        Ok(Agent::new(crate::host::pod_agent_bin(default)?))
+    }
+
+    /// The binary's path.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Starts `http-server --listen 0.0.0.0:<port>` in `pod` and waits until it listens.
+    pub fn http_server(&self, pod: &Pod, port: u16, version: &str) -> Result<Proc> {
+        self.http_server_on(pod, &format!("0.0.0.0:{port}"), version)
+    }
+
+    /// Starts `http-server --listen <listen>` in `pod` and waits until it listens.
+    pub fn http_server_on(&self, pod: &Pod, listen: &str, version: &str) -> Result<Proc> {
+        let args = [
+            "http-server",
+            "--listen",
+            listen,
+            "--pod",
+            &pod.name,
+            "--version",
+            version,
+        ];
+        self.server(pod, &args, "http-server")
+    }
+
+    /// Starts `tcp-echo --listen 0.0.0.0:<port>` in `pod` and waits until it listens.
+    pub fn tcp_echo_server(&self, pod: &Pod, port: u16) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        self.server(pod, &["tcp-echo", "--listen", &listen], "tcp-echo")
+    }
+
+    fn server(&self, pod: &Pod, args: &[&str], label: &str) -> Result<Proc> {
+        let mut proc = pod.spawn(&self.bin, args, label)?;
+        proc.wait_for_stdout_line(SERVER_READY, |l| {
+            serde_json::from_str::<Listening>(l).is_ok()
+        })
+        .with_context(|| format!("starting {label} in pod {}", pod.full_name()))?;
+        Ok(proc)
+    }
+
+    /// Runs `http-get` in `pod` and returns its report (whatever the responses were).
+    pub fn http_get(&self, pod: &Pod, req: &HttpGet) -> Result<HttpGetReport> {
+        let args = req.to_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.client(pod, &args, req.timeout + CLIENT_SLACK)
+    }
+
+    /// Runs `tcp-echo-client` in `pod`.
+    pub fn tcp_echo(&self, pod: &Pod, addr: SocketAddr, payload_size: usize) -> Result<TcpEchoReport> {
+        let addr = addr.to_string();
+        let size = payload_size.to_string();
+        self.client(
+            pod,
+            &["tcp-echo-client", "--addr", &addr, "--payload-size", &size],
+            Duration::from_secs(30) + CLIENT_SLACK,
+        )
+    }
+
+    /// Runs `tcp-connect` in `pod`, optionally sending `send` after connecting.
+    pub fn tcp_connect(&self, pod: &Pod, addr: SocketAddr, send: Option<&str>) -> Result<TcpConnectReport> {
+        let addr = addr.to_string();
+        let mut args = vec!["tcp-connect", "--addr", &addr];
+        if let Some(s) = send {
+            args.extend(["--send", s]);
+        }
+        self.client(pod, &args, Duration::from_secs(10) + CLIENT_SLACK)
+    }
+
+    fn client<T: serde::de::DeserializeOwned>(
+        &self,
+        pod: &Pod,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<T> {
+        let (status, stdout, stderr) = pod.exec(&self.bin, args, timeout)?;
+        let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{'));
+        line.and_then(|l| serde_json::from_str(l).ok()).with_context(|| {
+            format!(
+                "pod-agent {} in pod {} printed no report (exit {status}); stdout:\n{stdout}\nstderr:\n{stderr}",
+                args.join(" "),
+                pod.full_name()
+            )
+        })
+    }
+}

@@ -1,0 +1,982 @@
+//! [`PodNet`]: real "pods" on one machine — network namespaces on a bridge, each in its own cgroup v2 —
+//! torn down by an RAII guard, also when a test panics.
+//!
+//! Layout for `PodNet::new("kt", 12)` (the *id* is `kt-12`; the subnet index `12` picks everything else):
+//!
+//! ```text
+//! host netns   bridge kb12  10.244.12.1/24  (keel listens here on :15001)
+//!              blackhole 10.96.0.0/16 metric 40012   (service VIPs never leave the host)
+//!   pod netns  kt-12-<namespace>-<pod>: lo up, eth0 10.244.12.<s>/24, NO default route
+//!              veth kv12h<s> (host side, in the bridge) <-> eth0 (pod side)
+//! cgroup v2    <cg2>/kt-12/pods/<namespace>/<pod>    the root Keel attaches to is <cg2>/kt-12/pods
+//!              <cg2>/kt-12/system                     where keel itself runs
+//!              <cg2>/kt-12/outside/<namespace>/<pod>  pods outside the root (negative tests)
+//! ```
+//!
+//! Invariants that keep the machine safe and the cleanup exact:
+//! - Traffic never leaves the machine: pods have no default route and the service CIDR is blackholed on
+//!   the host, so a connect() that Keel does not redirect fails instead of escaping.
+//! - One live owner per subnet index, enforced by an `flock` on `/run/keel-podnet/subnet-<n>.lock` (held
+//!   for the guard's life, released by the kernel if the process dies). Anything named after index `n`
+//!   whose lock is free is a leftover of a crashed run and may be deleted.
+//! - Everything the guard creates is named from `(prefix, n)` or tagged with the link alias
+//!   `keel-podnet:<prefix>-<n>`, and our blackhole route has its own metric `40000 + n`, so cleanup never
+//!   touches what another run (or the host) owns, and a route someone else added is never removed.
+//! - No sysctl is changed: everything is on one bridge, so `ip_forward` stays as it was.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::Value;
+
+use crate::host::{self, run};
+use crate::process::Proc;
+
+/// Default Kubernetes service CIDR; blackholed on the host while a [`PodNet`] lives.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Port Keel's redirect listener uses on the bridge IP.
+pub const PROXY_PORT: u16 = 15001;
+
+const LOCK_DIR: &str = "/run/keel-podnet";
+const ROUTE_METRIC_BASE: u32 = 40_000;
+const LINK_ALIAS_PREFIX: &str = "keel-podnet:";
+/// How long teardown waits for killed processes to leave their cgroups.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// A test pod network. See the module docs for the layout. Dropping it removes everything it made.
+#[derive(Debug)]
+pub struct PodNet {
+    prefix: String,
+    index: u8,
+    service_cidr: String,
+    cgroup2: PathBuf,
+    work_dir: PathBuf,
+    pods: Vec<Pod>,
+    torn_down: bool,
+    /// Held for the guard's whole life; see the module invariants.
+    _lock: Flock<File>,
+}
+
+/// One pod: a network namespace with `eth0` on the bridge, and a cgroup. Plain data; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Kubernetes namespace (also the middle level of the cgroup path).
+    pub namespace: String,
+    /// Pod name (the cgroup leaf and the `Pod` resource name in configs).
+    pub name: String,
+    /// `status.podIP`.
+    pub ip: Ipv4Addr,
+    /// Network namespace name (`ip netns`), `<prefix>-<n>-<namespace>-<name>`.
+    pub netns: String,
+    /// The pod's cgroup directory.
+    pub cgroup: PathBuf,
+    /// Host end of the veth pair (pod end is `eth0`).
+    pub host_veth: String,
+    /// Whether the cgroup is under the PodNet's capture root.
+    pub under_root: bool,
+    log_dir: PathBuf,
+}
+
+impl PodNet {
+    /// Builds the bridge, blackhole route and cgroup skeleton for subnet `10.244.<index>.0/24`, after
+    /// removing any leftovers of an earlier crashed run that used the same index.
+    ///
+    /// `prefix` names the namespaces and cgroups (short, `[a-z0-9-]`); `index` must be unique among
+    /// concurrently running networks on this host (tests use one per test).
+    pub fn new(prefix: &str, index: u8) -> Result<PodNet> {
+        PodNet::new_with_service_cidr(prefix, index, SERVICE_CIDR)
+    }
+
+    /// Like [`PodNet::new`], blackholing `service_cidr` instead of [`SERVICE_CIDR`].
+    pub fn new_with_service_cidr(prefix: &str, index: u8, service_cidr: &str) -> Result<PodNet> {
+        host::require_privileged_env()?;
+        ensure!(
+            is_dns_label(prefix) && prefix.len() <= 20,
+            "PodNet prefix {prefix:?} must be a short DNS label ([a-z0-9-], at most 20 chars)"
+        );
+        ensure!(
+            index < 255,
+            "subnet index {index} is out of range (0..=254)"
+        );
+        let cgroup2 = host::cgroup2_mount()?;
+        let (lock, previous_owner) = lock_index(index, prefix)?;
+
+        // Whoever held this index before us is gone (we got the lock): remove what they left.
+        let mut stale_prefixes = vec![prefix.to_string()];
+        if let Some(p) = previous_owner.filter(|p| p != prefix && is_dns_label(p)) {
+            stale_prefixes.push(p);
+        }
+        for p in &stale_prefixes {
+            let problems = clean_index(&cgroup2, p, index);
+            if !problems.is_empty() {
+                bail!(
+                    "could not remove leftovers of an earlier run on subnet index {index}: {}",
+                    problems.join("; ")
+                );
+            }
+        }
+
+        let work_dir = std::env::temp_dir().join(format!("keel-podnet-{prefix}-{index}"));
+        let _ = std::fs::remove_dir_all(&work_dir);
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("creating work dir {}", work_dir.display()))?;
+
+        let mut net = PodNet {
+            prefix: prefix.to_string(),
+            index,
+            service_cidr: service_cidr.to_string(),
+            cgroup2,
+            work_dir,
+            pods: Vec::new(),
+            torn_down: false,
+            _lock: lock,
+        };
+        // From here on, a failure drops `net`, which removes whatever was already built.
+        net.build_host_side()?;
+        Ok(net)
+    }
+
+    fn build_host_side(&mut self) -> Result<()> {
+        self.check_subnet_free()?;
+        let bridge = self.bridge();
+        let alias = self.link_alias();
+        // STP off (the default) and forward_delay 0: ports forward as soon as they are up.
+        run(
+            "ip",
+            &["link", "add", &bridge, "type", "bridge", "forward_delay", "0"],
+        )?;
+        run("ip", &["link", "set", &bridge, "alias", &alias])?;
+        let cidr = format!("{}/24", self.bridge_ip());
+        run("ip", &["addr", "add", &cidr, "dev", &bridge])?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+
+        // Our own blackhole with our own metric: `replace` makes it idempotent, and deleting exactly
+        // this (dst, metric) later never removes a route that the host or another run added.
+        let metric = self.route_metric().to_string();
+        run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                "blackhole",
+                &self.service_cidr,
+                "metric",
+                &metric,
+            ],
+        )?;
+
+        for dir in [self.cgroup_root(), self.system_cgroup()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating cgroup {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Refuses to build on a subnet some other interface already uses (routing would be ambiguous).
+    fn check_subnet_free(&self) -> Result<()> {
+        let addrs = ip_json(&["-4", "addr", "show"])?;
+        let net = format!("10.244.{}.", self.index);
+        for link in addrs.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                if let Some(local) = a["local"].as_str() {
+                    if local.starts_with(&net) {
+                        bail!(
+                            "subnet 10.244.{}.0/24 is already in use on this host ({} has {local}); \
+                             pick another subnet index",
+                            self.index,
+                            link["ifname"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `<prefix>-<index>`, the tag on everything this network owns.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.prefix, self.index)
+    }
+
+    /// The name prefix given to [`PodNet::new`].
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The subnet index given to [`PodNet::new`].
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The host bridge, `kb<index>`.
+    pub fn bridge(&self) -> String {
+        format!("kb{}", self.index)
+    }
+
+    /// `10.244.<index>.1`, the host's address on the bridge (Keel's proxy address, and the source
+    /// address backends see for proxied connections).
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index, 1)
+    }
+
+    /// `10.244.<index>.<suffix>`.
+    pub fn pod_ip(&self, suffix: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index, suffix)
+    }
+
+    /// `10.244.<index>.0/24`.
+    pub fn subnet(&self) -> String {
+        format!("10.244.{}.0/24", self.index)
+    }
+
+    /// The blackholed service CIDR.
+    pub fn service_cidr(&self) -> &str {
+        &self.service_cidr
+    }
+
+    /// `<bridge ip>:15001`, the address to give `keel run --proxy-addr`.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.bridge_ip(), PROXY_PORT))
+    }
+
+    /// `<cg2>/<prefix>-<index>`, parent of everything below.
+    pub fn base_cgroup(&self) -> PathBuf {
+        self.cgroup2.join(self.id())
+    }
+
+    /// `<cg2>/<prefix>-<index>/pods`: the cgroup root Keel attaches to (`keel run --cgroup`).
+    pub fn cgroup_root(&self) -> PathBuf {
+        self.base_cgroup().join("pods")
+    }
+
+    /// `<cg2>/<prefix>-<index>/system`: where keel runs by default (outside the capture root).
+    pub fn system_cgroup(&self) -> PathBuf {
+        self.base_cgroup().join("system")
+    }
+
+    /// Creates (if needed) a cgroup anywhere under [`PodNet::base_cgroup`], e.g.
+    /// `cgroup_root().join("keel-system/keel")` to run keel inside its own capture root.
+    pub fn ensure_cgroup(&self, path: &Path) -> Result<PathBuf> {
+        ensure!(
+            path.starts_with(self.base_cgroup()),
+            "cgroup {} is not under this network's {}",
+            path.display(),
+            self.base_cgroup().display()
+        );
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(path.to_path_buf())
+    }
+
+    /// Scratch directory for logs and configs; removed with the network.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// The pods added so far.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// Adds a pod whose cgroup is `<cgroup_root>/<namespace>/<name>` (captured by Keel).
+    pub fn add_pod(&mut self, namespace: &str, name: &str, ip_suffix: u8) -> Result<Pod> {
+        let cgroup = self.cgroup_root().join(namespace).join(name);
+        self.add_pod_at(namespace, name, ip_suffix, cgroup, true)
+    }
+
+    /// Adds a pod whose cgroup is `<base>/outside/<namespace>/<name>`, NOT under the capture root.
+    pub fn add_pod_outside_root(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip_suffix: u8,
+    ) -> Result<Pod> {
+        let cgroup = self
+            .base_cgroup()
+            .join("outside")
+            .join(namespace)
+            .join(name);
+        self.add_pod_at(namespace, name, ip_suffix, cgroup, false)
+    }
+
+    fn add_pod_at(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip_suffix: u8,
+        cgroup: PathBuf,
+        under_root: bool,
+    ) -> Result<Pod> {
+        ensure!(
+            is_dns_label(namespace) && is_dns_label(name),
+            "namespace {namespace:?} and pod name {name:?} must be DNS labels ([a-z0-9-])"
+        );
+        ensure!(
+            (2..=254).contains(&ip_suffix),
+            "pod IP suffix {ip_suffix} must be in 2..=254 (.1 is the bridge)"
+        );
+        if let Some(p) = self
+            .pods
+            .iter()
+            .find(|p| p.ip.octets()[3] == ip_suffix || (p.namespace == namespace && p.name == name))
+        {
+            bail!(
+                "pod {namespace}/{name} ({}) clashes with {}/{} ({})",
+                self.pod_ip(ip_suffix),
+                p.namespace,
+                p.name,
+                p.ip
+            );
+        }
+        let pod = Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            ip: self.pod_ip(ip_suffix),
+            netns: format!("{}-{namespace}-{name}", self.id()),
+            cgroup,
+            // Named by index and IP suffix: always <= 9 chars, well within IFNAMSIZ (15).
+            host_veth: format!("kv{}h{ip_suffix}", self.index),
+            under_root,
+            log_dir: self.work_dir.join("logs"),
+        };
+        // Record first, so a failure half-way still gets cleaned up by Drop.
+        self.pods.push(pod.clone());
+
+        let ns = pod.netns.as_str();
+        let hv = pod.host_veth.as_str();
+        run("ip", &["netns", "add", ns])?;
+        run(
+            "ip",
+            &[
+                "link", "add", hv, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
+        run("ip", &["link", "set", hv, "alias", &self.link_alias()])?;
+        run("ip", &["link", "set", hv, "master", &self.bridge(), "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        let cidr = format!("{}/24", pod.ip);
+        run("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        // Deliberately no default route: only 10.244.<n>.0/24 is reachable from the pod.
+        std::fs::create_dir_all(&pod.cgroup)
+            .with_context(|| format!("creating pod cgroup {}", pod.cgroup.display()))?;
+        Ok(pod)
+    }
+
+    /// Runs `cmd` as a child that first joins `cgroup` (which must be under this network), in the host
+    /// netns. Used to start keel in [`PodNet::system_cgroup`] or elsewhere.
+    pub fn spawn_in_cgroup(&self, cgroup: &Path, cmd: Command, label: &str) -> Result<Proc> {
+        self.ensure_cgroup(cgroup)?;
+        let cmd = enter(cmd, Some(cgroup), None)?;
+        Proc::spawn(cmd, label, &self.work_dir.join("logs"))
+    }
+
+    fn link_alias(&self) -> String {
+        format!("{LINK_ALIAS_PREFIX}{}", self.id())
+    }
+
+    fn route_metric(&self) -> u32 {
+        ROUTE_METRIC_BASE + u32::from(self.index)
+    }
+
+    /// Removes everything now and reports what could not be removed (Drop does the same, but can only
+    /// print). Afterwards [`leftovers`] for this id is empty.
+    pub fn teardown(mut self) -> Result<()> {
+        let problems = self.teardown_inner();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "PodNet {} teardown left things behind: {}",
+                self.id(),
+                problems.join("; ")
+            ))
+        }
+    }
+
+    fn teardown_inner(&mut self) -> Vec<String> {
+        if self.torn_down {
+            return Vec::new();
+        }
+        self.torn_down = true;
+        let mut problems = clean_index(&self.cgroup2, &self.prefix, self.index);
+        // Our own route may use a non-default CIDR; clean_index removes any blackhole with our metric.
+        if std::env::var_os("KEEL_TEST_KEEP_LOGS").is_none() {
+            if let Err(e) = std::fs::remove_dir_all(&self.work_dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    problems.push(format!("removing {}: {e}", self.work_dir.display()));
+                }
+            }
+        }
+        problems.extend(leftovers(&self.prefix, self.index));
+        problems
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        let problems = self.teardown_inner();
+        if !problems.is_empty() {
+            // Never panic in Drop (it may run during a panic); say it loudly instead.
+            eprintln!(
+                "keel-tests: PodNet {} teardown problems: {}",
+                self.id(),
+                problems.join("; ")
+            );
+        }
+    }
+}
+
+impl Pod {
+    /// `<namespace>/<name>`, the way Keel names a source pod.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// `<pod ip>:<port>`.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.ip, port))
+    }
+
+    /// A `Command` whose child joins this pod's cgroup (writes `0` to `cgroup.procs`) and enters its
+    /// network namespace before exec. Spawn it with [`Pod::spawn`] to have it killed on drop; anything
+    /// spawned otherwise is still killed by the network's teardown (it kills the whole cgroup tree).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let cmd = Command::new(program);
+        match enter(cmd, Some(&self.cgroup), Some(&self.netns)) {
+            Ok(cmd) => cmd,
+            Err(_) => {
+                // Only reachable with a NUL byte in a path, which DNS-label names rule out; make the
+                // spawn fail rather than run the program outside the pod.
+                let mut cmd = Command::new("/nonexistent/keel-tests-pod-command");
+                // SAFETY: returns an error without touching shared state.
+                unsafe {
+                    cmd.pre_exec(|| Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
+                }
+                cmd
+            }
+        }
+    }
+
+    /// Spawns `program args...` in this pod as a [`Proc`] (killed and reaped on drop).
+    pub fn spawn(&self, program: &Path, args: &[&str], label: &str) -> Result<Proc> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        Proc::spawn(cmd, &format!("{}-{label}", self.name), &self.log_dir)
+    }
+
+    /// Runs `program args...` in this pod to completion within `timeout` (killed if it overstays) and
+    /// returns its exit status and stdout.
+    pub fn exec(
+        &self,
+        program: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String, String)> {
+        let label = args.first().copied().unwrap_or("exec");
+        let mut proc = self.spawn(program, args, label)?;
+        let status = proc.wait_or_kill(timeout).with_context(|| {
+            format!(
+                "running {} {} in pod {}",
+                program.display(),
+                args.join(" "),
+                self.full_name()
+            )
+        })?;
+        Ok((status, proc.stdout(), proc.stderr()))
+    }
+}
+
+/// Adds a `pre_exec` hook to `cmd` that joins `cgroup` and/or enters the named netns.
+fn enter(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&str>) -> Result<Command> {
+    let procs = cgroup
+        .map(|c| cstring(&c.join("cgroup.procs")))
+        .transpose()?;
+    let ns = netns
+        .map(|n| cstring(&Path::new("/run/netns").join(n)))
+        .transpose()?;
+    // SAFETY: the closure only makes async-signal-safe syscalls on pre-built C strings.
+    unsafe {
+        cmd.pre_exec(move || enter_in_child(procs.as_deref(), ns.as_deref()));
+    }
+    Ok(cmd)
+}
+
+/// Runs between fork and exec: no allocation, no locks, only raw syscalls.
+fn enter_in_child(
+    cgroup_procs: Option<&std::ffi::CStr>,
+    netns: Option<&std::ffi::CStr>,
+) -> std::io::Result<()> {
+    if let Some(procs) = cgroup_procs {
+        // SAFETY: valid NUL-terminated path; fd closed below.
+        let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // "0" moves the writing process itself.
+        // SAFETY: writing one byte from a static buffer to an fd we own.
+        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closing the fd we opened.
+        unsafe { libc::close(fd) };
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    if let Some(ns) = netns {
+        // SAFETY: valid NUL-terminated path; fd closed below.
+        let fd = unsafe { libc::open(ns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd refers to a network namespace file from `ip netns add`.
+        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closing the fd we opened.
+        unsafe { libc::close(fd) };
+        if rc != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn cstring(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .with_context(|| format!("path {} contains a NUL byte", p.display()))
+}
+
+/// True for a lower-case DNS label (`[a-z0-9]([a-z0-9-]*[a-z0-9])?`).
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Ownership lock and cleanup of one (prefix, index).
+
+/// Takes the lock for `index`; returns it and the prefix of its previous holder (if recorded).
+fn lock_index(index: u8, prefix: &str) -> Result<(Flock<File>, Option<String>)> {
+    match try_lock_index(index)? {
+        Some((mut lock, previous)) => {
+            let previous_prefix = previous
+                .split_whitespace()
+                .nth(1)
+                .map(std::string::ToString::to_string);
+            lock.set_len(0).context("truncating lock file")?;
+            lock.rewind().context("rewinding lock file")?;
+            write!(lock, "{} {prefix}", std::process::id()).context("writing lock file")?;
+            Ok((lock, previous_prefix))
+        }
+        None => {
+            let holder = std::fs::read_to_string(lock_path(index)).unwrap_or_default();
+            bail!(
+                "subnet index {index} is in use by a live PodNet (pid and prefix: {:?}); \
+                 every concurrently running network needs its own index",
+                holder.trim()
+            )
+        }
+    }
+}
+
+fn lock_path(index: u8) -> PathBuf {
+    Path::new(LOCK_DIR).join(format!("subnet-{index}.lock"))
+}
+
+/// `Some((lock, previous contents))` if nobody holds the lock for `index`; `None` if someone does.
+/// The file is never deleted: unlinking a lock file races with a concurrent opener.
+fn try_lock_index(index: u8) -> Result<Option<(Flock<File>, String)>> {
+    std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    let path = lock_path(index);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let mut previous = String::new();
+            // Contents are only a hint for cleanup; unreadable contents are not an error.
+            let _ = lock.read_to_string(&mut previous);
+            Ok(Some((lock, previous)))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(anyhow!("flock {}: {e}", path.display())),
+    }
+}
+
+/// Removes every leftover of `(prefix, index)`. Caller holds the lock for `index`. Returns problems.
+fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
+    let mut problems = Vec::new();
+    let id = format!("{prefix}-{index}");
+    let base = cgroup2.join(&id);
+    let netns_prefix = format!("{id}-");
+    let netns: Vec<String> = list_netns()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&netns_prefix))
+        .collect();
+
+    // 1. Kill every process: the whole cgroup tree (pods and keel), and anything else inside the netns.
+    if base.exists() {
+        if let Err(e) = kill_cgroup_tree(&base) {
+            problems.push(format!("killing cgroup {}: {e:#}", base.display()));
+        }
+    }
+    for ns in &netns {
+        if let Ok(out) = run("ip", &["netns", "pids", ns]) {
+            for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    if base.exists() && !wait_cgroup_empty(&base, KILL_WAIT) {
+        problems.push(format!(
+            "processes still in {} after SIGKILL",
+            base.display()
+        ));
+    }
+
+    // 2. Links: deleting the host end of a veth deletes both ends. Only links tagged for an owner of
+    //    this index (any prefix: we hold the index lock, so they are all stale or ours).
+    let alias_suffix = format!("-{index}");
+    match ip_json(&["link", "show"]) {
+        Ok(links) => {
+            let mut ours: Vec<(String, bool)> = links
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| {
+                    l["ifalias"].as_str().is_some_and(|a| {
+                        a.strip_prefix(LINK_ALIAS_PREFIX)
+                            .is_some_and(|owner| owner.ends_with(&alias_suffix))
+                    })
+                })
+                .filter_map(|l| {
+                    let name = l["ifname"].as_str()?.to_string();
+                    let is_bridge = l["linkinfo"]["info_kind"].as_str() == Some("bridge")
+                        || name == format!("kb{index}");
+                    Some((name, is_bridge))
+                })
+                .collect();
+            // Ports before the bridge.
+            ours.sort_by_key(|(_, is_bridge)| *is_bridge);
+            for (name, _) in ours {
+                if let Err(e) = run("ip", &["link", "del", &name]) {
+                    if link_exists(&name) {
+                        problems.push(format!("deleting link {name}: {e:#}"));
+                    }
+                }
+            }
+        }
+        Err(e) => problems.push(format!("listing links: {e:#}")),
+    }
+
+    // 3. Network namespaces.
+    for ns in &netns {
+        if let Err(e) = run("ip", &["netns", "del", ns]) {
+            problems.push(format!("deleting netns {ns}: {e:#}"));
+        }
+    }
+
+    // 4. Our blackhole route(s): exactly those with our metric.
+    let metric = ROUTE_METRIC_BASE + u32::from(index);
+    for dst in blackholes_with_metric(metric) {
+        if let Err(e) = run(
+            "ip",
+            &[
+                "route",
+                "del",
+                "blackhole",
+                &dst,
+                "metric",
+                &metric.to_string(),
+            ],
+        ) {
+            problems.push(format!("deleting blackhole route {dst} metric {metric}: {e:#}"));
+        }
+    }
+
+    // 5. Cgroups, leaf first.
+    if base.exists() {
+        if let Err(e) = remove_cgroup_tree(&base) {
+            problems.push(format!("removing cgroup {}: {e:#}", base.display()));
+        }
+    }
+    problems
+}
+
+/// What is left of `(prefix, index)` on this host: an empty list means fully cleaned up.
+pub fn leftovers(prefix: &str, index: u8) -> Vec<String> {
+    let mut left = Vec::new();
+    let id = format!("{prefix}-{index}");
+    for ns in list_netns().unwrap_or_default() {
+        if ns.starts_with(&format!("{id}-")) {
+            left.push(format!("netns {ns}"));
+        }
+    }
+    if let Ok(links) = ip_json(&["link", "show"]) {
+        for l in links.as_array().into_iter().flatten() {
+            let name = l["ifname"].as_str().unwrap_or("");
+            let tagged = l["ifalias"].as_str() == Some(&format!("{LINK_ALIAS_PREFIX}{id}"));
+            if tagged {
+                left.push(format!("link {name}"));
+            }
+        }
+    }
+    for dst in blackholes_with_metric(ROUTE_METRIC_BASE + u32::from(index)) {
+        left.push(format!("route blackhole {dst} metric {}", ROUTE_METRIC_BASE + u32::from(index)));
+    }
+    if let Ok(cg2) = host::cgroup2_mount() {
+        let base = cg2.join(&id);
+        if base.exists() {
+            left.push(format!("cgroup {}", base.display()));
+        }
+    }
+    left
+}
+
+/// Removes leftovers of earlier crashed runs that used `prefix`: every index whose lock is free.
+/// Networks of live runs are left alone. Returns a description of what was found and removed.
+pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
+    host::require_privileged_env()?;
+    let cgroup2 = host::cgroup2_mount()?;
+    let mut indices = std::collections::BTreeSet::new();
+    let parse_index = |rest: &str| -> Option<u8> {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let after = &rest[digits.len()..];
+        (!digits.is_empty() && (after.is_empty() || after.starts_with('-')))
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    let id_prefix = format!("{prefix}-");
+    for ns in list_netns()? {
+        if let Some(i) = ns.strip_prefix(&id_prefix).and_then(parse_index) {
+            indices.insert(i);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&cgroup2) {
+        for e in entries.flatten() {
+            if let Some(i) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&id_prefix))
+                .and_then(parse_index)
+            {
+                indices.insert(i);
+            }
+        }
+    }
+    for l in ip_json(&["link", "show"])?.as_array().into_iter().flatten() {
+        if let Some(i) = l["ifalias"]
+            .as_str()
+            .and_then(|a| a.strip_prefix(LINK_ALIAS_PREFIX))
+            .and_then(|owner| owner.strip_prefix(&id_prefix))
+            .and_then(parse_index)
+        {
+            indices.insert(i);
+        }
+    }
+
+    let mut report = Vec::new();
+    for index in indices {
+        let Some((_lock, _)) = try_lock_index(index)? else {
+            report.push(format!("{prefix}-{index}: in use by a live run, left alone"));
+            continue;
+        };
+        let found = leftovers(prefix, index);
+        let problems = clean_index(&cgroup2, prefix, index);
+        if !problems.is_empty() {
+            bail!(
+                "cleaning stale {prefix}-{index}: {}",
+                problems.join("; ")
+            );
+        }
+        report.push(format!("{prefix}-{index}: removed {}", found.join(", ")));
+    }
+    Ok(report)
+}
+
+/// Removes the leftovers of every crashed run on this host, whatever its prefix: for each subnet index
+/// whose lock is free, the last owner recorded in the lock file is the only one that can have left
+/// anything (each new owner cleans up after the previous one). Live networks are left alone.
+pub fn cleanup_all_stale() -> Result<Vec<String>> {
+    host::require_privileged_env()?;
+    let cgroup2 = host::cgroup2_mount()?;
+    let mut report = Vec::new();
+    let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
+        return Ok(report);
+    };
+    let mut indices: Vec<u8> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("subnet-")?
+                .strip_suffix(".lock")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    indices.sort_unstable();
+    for index in indices {
+        let Some((_lock, previous)) = try_lock_index(index)? else {
+            continue;
+        };
+        let Some(prefix) = previous.split_whitespace().nth(1).filter(|p| is_dns_label(p)) else {
+            continue;
+        };
+        let found = leftovers(prefix, index);
+        if found.is_empty() {
+            continue;
+        }
+        let problems = clean_index(&cgroup2, prefix, index);
+        if !problems.is_empty() {
+            bail!("cleaning stale {prefix}-{index}: {}", problems.join("; "));
+        }
+        report.push(format!("{prefix}-{index}: removed {}", found.join(", ")));
+    }
+    Ok(report)
+}
+
+fn list_netns() -> Result<Vec<String>> {
+    let v = ip_json(&["netns", "list"])?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn blackholes_with_metric(metric: u32) -> Vec<String> {
+    ip_json(&["route", "show", "type", "blackhole"])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["metric"].as_u64() == Some(u64::from(metric)))
+        .filter_map(|r| r["dst"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `ip -j -d <args>` parsed; empty output (e.g. no netns) is an empty array.
+fn ip_json(args: &[&str]) -> Result<Value> {
+    let mut full = vec!["-j", "-d"];
+    full.extend_from_slice(args);
+    let out = run("ip", &full)?;
+    if out.trim().is_empty() {
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_str(&out).with_context(|| format!("parsing `ip {}` output", full.join(" ")))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// cgroup v2 helpers.
+
+/// SIGKILLs every process in the subtree: `cgroup.kill` (Linux 5.14+), else pid by pid.
+fn kill_cgroup_tree(base: &Path) -> Result<()> {
+    let kill_file = base.join("cgroup.kill");
+    if kill_file.exists() {
+        std::fs::write(&kill_file, "1")
+            .with_context(|| format!("writing {}", kill_file.display()))?;
+        return Ok(());
+    }
+    for dir in cgroup_dirs_leaf_first(base)? {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Waits until no live process is left in the subtree (`populated 0` in `cgroup.events`).
+fn wait_cgroup_empty(base: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let events = std::fs::read_to_string(base.join("cgroup.events")).unwrap_or_default();
+        if events.lines().any(|l| l.trim() == "populated 0") || !base.exists() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every cgroup directory under and including `base`, deepest first.
+fn cgroup_dirs_leaf_first(base: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+        out.push(dir);
+    }
+    // Parents were pushed before their children; the deepest paths have the most components.
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(out)
+}
+
+/// rmdir every cgroup of the subtree, leaf first. A cgroup whose last process just died may stay busy
+/// for a moment, so EBUSY is retried briefly.
+fn remove_cgroup_tree(base: &Path) -> Result<()> {
+    for dir in cgroup_dirs_leaf_first(base)? {
+        let deadline = Instant::now() + KILL_WAIT;
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e).with_context(|| format!("rmdir {}", dir.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("reviews-v1"));
+        assert!(is_dns_label("kt"));
+        assert!(!is_dns_label("Reviews"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a_b"));
+        assert!(!is_dns_label(""));
+    }
+}

@@ -1,0 +1,232 @@
+//! Shared fixtures of the e2e test files (each file is its own crate and uses what it needs).
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use anyhow::{ensure, Result};
+use keel_tests::config::service_yaml;
+use keel_tests::{Agent, ConfigDir, ConnectionRecord, HttpGetReport, Keel, Pod, PodNet, Proc, SvcPort};
+
+/// The `pod-agent` built with these tests (override with `POD_AGENT_BIN`).
+pub fn agent() -> Result<Agent> {
+    Agent::from_env(Some(env!("CARGO_BIN_EXE_pod-agent")))
+}
+
+/// `10.96.0.<last>:<port>`, a Service VIP in the default service CIDR.
+pub fn vip(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, last), port))
+}
+
+/// Percentage of `part` in `total`.
+pub fn percent(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / total as f64
+    }
+}
+
+/// The reviews Service VIP used by the fixtures.
+pub const REVIEWS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+/// The reviews Service port (and the backends' port).
+pub const REVIEWS_PORT: u16 = 9080;
+/// What an application in a pod would ask for: `http://reviews:9080/`.
+pub const REVIEWS_URL: &str = "http://reviews:9080/";
+/// The FQDN keel reports for the reviews Service.
+pub const REVIEWS_FQDN: &str = "reviews.default.svc.cluster.local";
+
+/// `10.96.0.20:9080`.
+pub fn reviews_vip() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(REVIEWS_IP, REVIEWS_PORT))
+}
+
+/// A pod plus the labels and annotations of its `Pod` resource.
+pub struct PodSpec {
+    pub pod: Pod,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+}
+
+/// A pod network with a client pod `default/sleep` and `reviews-<version>` backends serving HTTP on
+/// 9080 behind the `reviews` Service (10.96.0.20:9080, port name `http`), plus the config dir describing
+/// it. Field order is drop order: servers die before the network goes.
+pub struct Fixture {
+    pub servers: Vec<Proc>,
+    pub config: ConfigDir,
+    pub agent: Agent,
+    pub sleep: Pod,
+    pub reviews: Vec<Pod>,
+    pub specs: Vec<PodSpec>,
+    pub services: Vec<String>,
+    pub net: PodNet,
+}
+
+impl Fixture {
+    /// Builds the network, starts one server per version (pods `.11`, `.12`, ...), writes
+    /// `services.yaml` and `pods.yaml`.
+    pub fn reviews(prefix: &str, index: u8, versions: &[&str]) -> Result<Fixture> {
+        let agent = agent()?;
+        let mut net = PodNet::new(prefix, index)?;
+        let config = ConfigDir::new(&format!("{prefix}-{index}"))?;
+        let sleep = net.add_pod("default", "sleep", 2)?;
+        let mut fx = Fixture {
+            servers: Vec::new(),
+            config,
+            agent,
+            sleep: sleep.clone(),
+            reviews: Vec::new(),
+            specs: vec![PodSpec {
+                pod: sleep,
+                labels: labels(&[("app", "sleep")]),
+                annotations: Vec::new(),
+            }],
+            services: Vec::new(),
+            net,
+        };
+        for (i, v) in versions.iter().enumerate() {
+            let suffix = u8::try_from(11 + i)?;
+            let pod = fx.net.add_pod("default", &format!("reviews-{v}"), suffix)?;
+            fx.servers.push(fx.agent.http_server(&pod, REVIEWS_PORT, v)?);
+            fx.specs.push(PodSpec {
+                pod: pod.clone(),
+                labels: labels(&[("app", "reviews"), ("version", v)]),
+                annotations: Vec::new(),
+            });
+            fx.reviews.push(pod);
+        }
+        fx.add_service(service_yaml(
+            "reviews",
+            "default",
+            REVIEWS_IP,
+            &[SvcPort {
+                name: "http",
+                port: REVIEWS_PORT,
+                target_port: REVIEWS_PORT,
+            }],
+            &[("app", "reviews")],
+        ))?;
+        fx.write_pods()?;
+        Ok(fx)
+    }
+
+    /// Adds a pod (captured or not) with a `Pod` resource, and rewrites `pods.yaml`.
+    pub fn add_pod(
+        &mut self,
+        name: &str,
+        suffix: u8,
+        labels_: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+        outside_root: bool,
+    ) -> Result<Pod> {
+        let pod = if outside_root {
+            self.net.add_pod_outside_root("default", name, suffix)?
+        } else {
+            self.net.add_pod("default", name, suffix)?
+        };
+        self.specs.push(PodSpec {
+            pod: pod.clone(),
+            labels: labels(labels_),
+            annotations: labels(annotations),
+        });
+        self.write_pods()?;
+        Ok(pod)
+    }
+
+    /// Adds a Service document and rewrites `services.yaml`.
+    pub fn add_service(&mut self, yaml: String) -> Result<()> {
+        self.services.push(yaml);
+        self.config.write("services.yaml", &self.services.join("---\n"))?;
+        Ok(())
+    }
+
+    fn write_pods(&self) -> Result<()> {
+        let docs: Vec<String> = self
+            .specs
+            .iter()
+            .map(|s| {
+                let l: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let a: Vec<(&str, &str)> = s
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                keel_tests::pod_yaml(&s.pod, &l, &a)
+            })
+            .collect();
+        self.config.write("pods.yaml", &docs.join("---\n"))?;
+        Ok(())
+    }
+
+    /// Starts keel on this fixture's network and config with the default options.
+    pub fn start_keel(&self) -> Result<Keel> {
+        Keel::start(&self.net, self.config.path())
+    }
+
+    /// `count` keep-alive GETs of `http://reviews:9080/` from `sleep`, connecting to the VIP.
+    pub fn get_reviews(&self, count: u32) -> Result<HttpGetReport> {
+        self.agent.http_get(
+            &self.sleep,
+            &keel_tests::HttpGet::new(REVIEWS_URL)
+                .connect_to(reviews_vip())
+                .count(count),
+        )
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+/// Checks that every response was a 200 from a backend that saw the proxy (the bridge IP) as its peer.
+pub fn ensure_all_ok_via_proxy(r: &HttpGetReport, net: &PodNet) -> Result<()> {
+    ensure!(
+        r.errors == 0 && !r.timed_out && r.status(200) == r.requested,
+        "expected {} x 200, got {r:?}",
+        r.requested
+    );
+    let bridge = net.bridge_ip().to_string();
+    ensure!(
+        r.by_peer_ip.get(&bridge).copied() == Some(r.requested),
+        "backends should see the proxy ({bridge}) as peer: {:?}",
+        r.by_peer_ip
+    );
+    Ok(())
+}
+
+/// The records of `/debug/connections` whose client address is one of `local_addrs`.
+pub fn records_from<'a>(records: &'a [ConnectionRecord], local_addrs: &[String]) -> Vec<&'a ConnectionRecord> {
+    records
+        .iter()
+        .filter(|r| local_addrs.contains(&r.source_addr))
+        .collect()
+}
+
+/// A DestinationRule with one subset per version (`version: <v>` label).
+pub fn reviews_destination_rule(versions: &[&str]) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\n  \
+         namespace: default\nspec:\n  host: reviews\n  subsets:\n",
+    );
+    for v in versions {
+        y.push_str(&format!("  - name: {v}\n    labels:\n      version: {v}\n"));
+    }
+    y
+}
+
+/// A VirtualService splitting `reviews` by subset weights.
+pub fn reviews_weighted_virtual_service(weights: &[(&str, u32)]) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n  \
+         namespace: default\nspec:\n  hosts:\n  - reviews\n  http:\n  - route:\n",
+    );
+    for (subset, w) in weights {
+        y.push_str(&format!(
+            "    - destination:\n        host: reviews\n        subset: {subset}\n      weight: {w}\n"
+        ));
+    }
+    y
+}

@@ -1,0 +1,87 @@
+//! keel's exit leaves nothing behind: after SIGTERM and after SIGKILL, no program is attached under the
+//! cgroup root, nothing new is pinned in bpffs, pods go direct again (here: unreachable, since pods have
+//! no route), and a new keel starts cleanly on the same root and serves.
+//!
+//! Subnet indices 40..=49 belong to this file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use common::{ensure_all_ok_via_proxy, reviews_vip, Fixture};
+use keel_tests::keel::{attached_programs, bpffs_entries};
+use keel_tests::ConnectOutcome;
+
+const PREFIX: &str = "ktlife";
+
+enum Stop {
+    Term,
+    Kill,
+}
+
+fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
+    let fx = Fixture::reviews(PREFIX, index, &["v1"])?;
+    let root = fx.net.cgroup_root();
+    let pins_before = bpffs_entries();
+    ensure!(
+        attached_programs(&root)?.is_empty(),
+        "programs attached before keel started"
+    );
+
+    let mut keel = fx.start_keel()?;
+    ensure!(
+        !attached_programs(&root)?.is_empty(),
+        "bpftool shows nothing attached under {} while keel is ready",
+        root.display()
+    );
+    ensure_all_ok_via_proxy(&fx.get_reviews(3)?, &fx.net)?;
+
+    match stop {
+        Stop::Term => {
+            let status = keel.terminate(Duration::from_secs(10))?;
+            ensure!(status.success(), "keel should exit 0 on SIGTERM, got {status}");
+        }
+        Stop::Kill => {
+            keel.kill()?;
+        }
+    }
+    drop(keel);
+
+    // Links die with the process's fds; allow the kernel a moment to release them.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut attached = attached_programs(&root)?;
+    while !attached.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        attached = attached_programs(&root)?;
+    }
+    ensure!(attached.is_empty(), "still attached after keel exited: {attached:?}");
+    let new_pins: Vec<_> = bpffs_entries()
+        .into_iter()
+        .filter(|p| !pins_before.contains(p))
+        .collect();
+    ensure!(new_pins.is_empty(), "pins left under /sys/fs/bpf: {new_pins:?}");
+
+    // Fail-open: with keel gone, a VIP connect goes direct, which in a pod without routes is unreachable.
+    let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
+    ensure!(
+        c.outcome == ConnectOutcome::Unreachable,
+        "after keel exited, VIP connects must not be redirected anywhere: {c:?}"
+    );
+
+    // A new keel starts cleanly on the same root and serves.
+    let keel = fx.start_keel()?;
+    ensure_all_ok_via_proxy(&fx.get_reviews(3)?, &fx.net)?;
+    drop(keel);
+    Ok(())
+}
+
+#[test]
+fn sigterm_detaches_everything_and_a_new_keel_starts_cleanly() -> Result<()> {
+    exit_leaves_nothing_behind(40, Stop::Term)
+}
+
+#[test]
+fn sigkill_detaches_everything_and_a_new_keel_starts_cleanly() -> Result<()> {
+    exit_leaves_nothing_behind(41, Stop::Kill)
+}

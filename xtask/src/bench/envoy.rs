@@ -1,0 +1,286 @@
+//! Envoy bootstrap configs (static resources) for the two Envoy-based modes, shaped like what istiod
+//! and Cilium generate for the same VirtualService/DestinationRule:
+//!
+//! - sidecar outbound (`virtualOutbound`, 15001, original-dst): one HTTP connection manager for the
+//!   service port with a virtual host per service (Istio's `80` route) whose route is the weighted
+//!   canary over the clusters `outbound|80|v1|<fqdn>` / `outbound|80|v2|<fqdn>`; endpoints are pod
+//!   IP:targetPort, where the server pod's iptables sends the connection to its inbound sidecar;
+//! - sidecar inbound (`virtualInbound`, 15006, original-dst): per app port an HTTP connection manager
+//!   forwarding to the app on the pod IP (Envoy runs as UID 1337, which the pod's iptables exempts);
+//! - node Envoy: one listener on the bridge IP with the outbound route table.
+//!
+//! Like Istio: codec AUTO downstream (HTTP/1.1 or h2c), h2c upstream for `http2` ports, Istio's default
+//! retry policy, unlimited circuit breakers, round-robin (Istio's default is LEAST_REQUEST; with two
+//! endpoints per subset-of-one the choice does not matter). Configs are JSON (a YAML subset, and what
+//! Envoy reads for `*.json`).
+
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+use super::mesh::{Service, SERVICE_PORT};
+
+/// Admin port of every sidecar (inside its own pod netns, on 127.0.0.1), like Istio's 15000.
+pub const SIDECAR_ADMIN_PORT: u16 = 15000;
+/// Outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound capture port.
+pub const INBOUND_PORT: u16 = 15006;
+/// UID the sidecars run as; the pods' iptables rules let its traffic through uncaptured.
+pub const PROXY_UID: u32 = 1337;
+/// Worker threads per Envoy (`--concurrency`), as the brief for the bench fixes it.
+pub const CONCURRENCY: u32 = 2;
+
+/// Outbound cluster name, Istio's format `outbound|<port>|<subset>|<fqdn>`.
+pub fn outbound_cluster(s: &Service, subset: Option<&str>) -> String {
+    format!("outbound|{SERVICE_PORT}|{}|{}", subset.unwrap_or(""), s.fqdn())
+}
+
+fn admin(port: u16) -> Value {
+    json!({ "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } })
+}
+
+fn router() -> Value {
+    json!([{
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+    }])
+}
+
+fn original_dst_filter() -> Value {
+    json!([{
+        "name": "envoy.filters.listener.original_dst",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+        }
+    }])
+}
+
+fn hcm(stat_prefix: &str, route_config: Value) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            "route_config": route_config,
+            "http_filters": router(),
+            // Istio sets these on sidecars: no idle stream timeout surprises under load.
+            "stream_idle_timeout": "0s",
+            "normalize_path": true,
+            "use_remote_address": false
+        }
+    })
+}
+
+/// Istio's default per-route retry policy.
+fn istio_retry_policy() -> Value {
+    json!({
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "num_retries": 2,
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" }
+        }],
+        "host_selection_retry_max_attempts": "5"
+    })
+}
+
+/// The outbound route table (Istio's RDS route named after the port): one virtual host per service.
+fn outbound_routes(services: &[Service]) -> Value {
+    let vhosts: Vec<Value> = services
+        .iter()
+        .map(|s| {
+            let clusters: Vec<Value> = s
+                .route()
+                .iter()
+                .map(|(subset, weight)| {
+                    json!({ "name": outbound_cluster(s, Some(subset)), "weight": weight })
+                })
+                .collect();
+            json!({
+                "name": format!("{}:{SERVICE_PORT}", s.fqdn()),
+                "domains": s.domains(),
+                "routes": [{
+                    "name": "canary",
+                    "match": { "prefix": "/" },
+                    "route": {
+                        "weighted_clusters": { "clusters": clusters },
+                        "timeout": "0s",
+                        "retry_policy": istio_retry_policy(),
+                        "max_grpc_timeout": "0s"
+                    }
+                }]
+            })
+        })
+        .collect();
+    json!({ "name": SERVICE_PORT.to_string(), "virtual_hosts": vhosts, "validate_clusters": false })
+}
+
+fn static_cluster(name: &str, endpoints: &[(Ipv4Addr, u16)], http2: bool) -> Value {
+    let lb_endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, port)| {
+            json!({ "endpoint": { "address": { "socket_address": {
+                "address": ip.to_string(), "port_value": port } } } })
+        })
+        .collect();
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "lb_policy": "ROUND_ROBIN",
+        "circuit_breakers": { "thresholds": [{
+            "max_connections": 4294967295u32,
+            "max_pending_requests": 4294967295u32,
+            "max_requests": 4294967295u32,
+            "max_retries": 4294967295u32
+        }] },
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": lb_endpoints }] }
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        });
+    }
+    c
+}
+
+/// Istio's three clusters per service port: all endpoints, subset v1, subset v2.
+fn outbound_clusters(services: &[Service]) -> Vec<Value> {
+    let mut clusters = Vec::new();
+    for s in services {
+        for subset in [None, Some("v1"), Some("v2")] {
+            let eps: Vec<(Ipv4Addr, u16)> = s
+                .subset_endpoints(subset)
+                .iter()
+                .map(|e| (e.ip, s.target_port))
+                .collect();
+            clusters.push(static_cluster(&outbound_cluster(s, subset), &eps, s.http2));
+        }
+    }
+    clusters
+}
+
+/// A sidecar: outbound listener for `services`, inbound listener for the app ports of this pod
+/// (`(port, http2)`, app reached at `pod_ip:port`).
+pub fn sidecar(services: &[Service], pod_ip: Ipv4Addr, app_ports: &[(u16, bool)]) -> Value {
+    let outbound = json!({
+        "name": "virtualOutbound",
+        "address": { "socket_address": { "address": "0.0.0.0", "port_value": OUTBOUND_PORT } },
+        "use_original_dst": true,
+        "listener_filters": original_dst_filter(),
+        "filter_chains": [{
+            "filter_chain_match": { "destination_port": SERVICE_PORT },
+            "filters": [hcm(&format!("outbound_0.0.0.0_{SERVICE_PORT}"), outbound_routes(services))]
+        }]
+    });
+    let mut clusters = outbound_clusters(services);
+    let mut inbound_chains = Vec::new();
+    for &(port, http2) in app_ports {
+        let name = format!("inbound|{port}||");
+        inbound_chains.push(json!({
+            "filter_chain_match": { "destination_port": port },
+            "filters": [hcm(&format!("inbound_0.0.0.0_{port}"), json!({
+                "name": name,
+                "virtual_hosts": [{
+                    "name": format!("inbound|http|{port}"),
+                    "domains": ["*"],
+                    "routes": [{
+                        "name": "default",
+                        "match": { "prefix": "/" },
+                        "route": { "cluster": name, "timeout": "0s", "max_grpc_timeout": "0s" }
+                    }]
+                }],
+                "validate_clusters": false
+            }))]
+        }));
+        clusters.push(static_cluster(&name, &[(pod_ip, port)], http2));
+    }
+    let mut listeners = vec![outbound];
+    if !inbound_chains.is_empty() {
+        listeners.push(json!({
+            "name": "virtualInbound",
+            "address": { "socket_address": { "address": "0.0.0.0", "port_value": INBOUND_PORT } },
+            "listener_filters": original_dst_filter(),
+            "filter_chains": inbound_chains
+        }));
+    }
+    json!({
+        "node": { "id": format!("sidecar~{pod_ip}~bench"), "cluster": "bench" },
+        "admin": admin(SIDECAR_ADMIN_PORT),
+        "static_resources": { "listeners": listeners, "clusters": clusters }
+    })
+}
+
+/// The shared node Envoy: one listener on `listen:port`, routing on `Host` (clients address the VIP).
+pub fn node(services: &[Service], listen: Ipv4Addr, port: u16, admin_port: u16) -> Value {
+    json!({
+        "node": { "id": "node~bench", "cluster": "bench" },
+        "admin": admin(admin_port),
+        "static_resources": {
+            "listeners": [{
+                "name": format!("{listen}_{port}"),
+                "address": { "socket_address": { "address": listen.to_string(), "port_value": port } },
+                "filter_chains": [{
+                    "filters": [hcm("node_http", outbound_routes(services))]
+                }]
+            }],
+            "clusters": outbound_clusters(services)
+        }
+    })
+}
+
+/// Sum of `upstream_rq_total` over clusters whose name starts with `cluster.<prefix>|` in the text
+/// output of Envoy's admin `/stats`.
+pub fn sum_upstream_rq(stats_text: &str, prefix: &str) -> u64 {
+    let want = format!("cluster.{prefix}|");
+    stats_text
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.starts_with(&want) && k.ends_with(".upstream_rq_total"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::mesh::{vip, Endpoint, APP_PORT_H1};
+
+    #[test]
+    fn sums_only_the_asked_direction() {
+        let text = "cluster.outbound|80|v1|b.bench.svc.cluster.local.upstream_rq_total: 7\n\
+                    cluster.outbound|80|v2|b.bench.svc.cluster.local.upstream_rq_total: 3\n\
+                    cluster.outbound|80|v2|b.bench.svc.cluster.local.upstream_rq_200: 3\n\
+                    cluster.inbound|8080||.upstream_rq_total: 5\n";
+        assert_eq!(sum_upstream_rq(text, "outbound"), 10);
+        assert_eq!(sum_upstream_rq(text, "inbound"), 5);
+    }
+
+    #[test]
+    fn sidecar_has_weighted_route_and_three_clusters_per_service() {
+        let s = Service {
+            name: "b".into(),
+            vip: vip(0),
+            target_port: APP_PORT_H1,
+            http2: false,
+            app: "b".into(),
+            endpoints: vec![Endpoint {
+                pod: "p".into(),
+                ip: Ipv4Addr::new(10, 244, 9, 10),
+                version: "v1".into(),
+            }],
+            v1_weight: 90,
+        };
+        let c = sidecar(&[s], Ipv4Addr::new(10, 244, 9, 2), &[(8080, false)]);
+        let clusters = c["static_resources"]["clusters"].as_array().map(Vec::len);
+        assert_eq!(clusters, Some(4));
+        let route = &c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+        assert_eq!(route["weighted_clusters"]["clusters"][1]["weight"], 10);
+    }
+}

@@ -1,0 +1,262 @@
+//! `cargo xtask bench`: Keel against the data paths it replaces, on one node's pod network, in one run.
+//!
+//! Four modes carry the same workload to the same kind of backend (nginx answering with its identity):
+//!
+//! | mode | path |
+//! |---|---|
+//! | `direct` | client pod -> server pod IP (no mesh: the floor) |
+//! | `sidecar` | Istio's shape: iptables REDIRECT in each pod, Envoy outbound (15001) in the client pod and Envoy inbound (15006) in each server pod, UID 1337 excluded |
+//! | `node-envoy` | one shared Envoy on the bridge IP (Cilium's shape); the client netns DNATs the service CIDR to it |
+//! | `keel` | Keel's eBPF connect() redirect and node proxy |
+//!
+//! Modes are interleaved within every round (their order rotates per round), so slow drift of the
+//! machine (other builds, thermal, page cache) spreads over all modes instead of biasing one; the
+//! report takes medians over rounds. Every mode proves its path before it is measured, and every
+//! measured run checks that the proxies' own request counters moved by the number of requests the load
+//! generator saw, so a misrouted path cannot pass as fast.
+//!
+//! Invariants (network safety): all pods are network namespaces made here with no default route;
+//! clients that need a route to the service CIDR get one via the bridge, where the host blackholes it;
+//! every process is a [`keel_tests::Proc`] or inside the [`keel_tests::PodNet`]'s cgroups, killed on
+//! drop; every load run is bounded by a duration and a process timeout.
+
+mod chart;
+mod envoy;
+mod install;
+mod load;
+mod mesh;
+mod procs;
+mod report;
+mod rig;
+mod scale;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+/// The data paths under comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Client pod -> server pod IP, no mesh.
+    Direct,
+    /// Istio-style Envoy sidecar pair with iptables capture.
+    Sidecar,
+    /// One shared Envoy per node.
+    NodeEnvoy,
+    /// Keel's eBPF redirect and node proxy.
+    Keel,
+}
+
+impl Mode {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Sidecar => "sidecar",
+            Mode::NodeEnvoy => "node-envoy",
+            Mode::Keel => "keel",
+        }
+    }
+}
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Short variant for the test suite: 1 round, 2 s per run, memory at 10 pods only. Checks that
+    /// every mode's path is correct and that a report is produced; asserts nothing about speed.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Interleaved rounds; the report shows the median over rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Fixed request rate of the latency runs, requests per second (all connections together).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Concurrent connections of every load run (HTTP/2: streams, over connections/4 connections).
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Output directory [default: bench/results/<UTC date>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Modes to run, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Direct, Mode::Sidecar, Mode::NodeEnvoy, Mode::Keel])]
+    pub modes: Vec<Mode>,
+    /// Percent of requests the canary route sends to subset v1 (the rest go to v2).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub v1_weight: u32,
+    /// Pod/service counts for the memory-vs-node-size runs, comma separated (empty: skip).
+    #[arg(long, value_delimiter = ',', default_values_t = [10u16, 50, 100])]
+    pub scale: Vec<u16>,
+    /// Subnet index of the bench's pod network (10.244.<n>.0/24); the memory runs use <n>+1.
+    #[arg(long, default_value_t = 200)]
+    pub net_index: u8,
+    /// Do not install missing tools (fail instead).
+    #[arg(long)]
+    pub no_install: bool,
+}
+
+/// Everything one run of the bench settles before measuring.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub smoke: bool,
+    pub rounds: usize,
+    pub rate: u32,
+    pub connections: u32,
+    pub duration_s: u64,
+    pub modes: Vec<Mode>,
+    pub v1_weight: u32,
+    pub scale: Vec<u16>,
+    pub body_bytes: usize,
+}
+
+/// Runs the bench; see the module docs.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    keel_tests::host::require_root()?;
+    let settings = settings(&args)?;
+    let tools = install::ensure(!args.no_install)?;
+    let keel_bin = if settings.modes.contains(&Mode::Keel) {
+        Some(keel_tests::host::keel_bin().context(
+            "keel mode needs the release binary (`cargo build --release -p proxy-user`), \
+             or leave it out with --modes direct,sidecar,node-envoy",
+        )?)
+    } else {
+        None
+    };
+    let machine = report::Machine::detect(&tools)?;
+    let out_dir = match &args.out {
+        Some(p) => p.clone(),
+        None => bench_root()?.join("results").join(report::utc_date()),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+    eprintln!(
+        "bench: {} round(s) x {} workloads x modes [{}], {} s per run; results in {}",
+        settings.rounds,
+        load::Workload::ALL.len(),
+        settings
+            .modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.duration_s,
+        out_dir.display()
+    );
+
+    let (verification, runs) = {
+        let mut rig = rig::Rig::build(&settings, &tools, keel_bin.as_deref(), args.net_index)?;
+        let verification = rig.verify_all()?;
+        let runs = measure(&mut rig, &settings)?;
+        rig.teardown()?;
+        (verification, runs)
+    };
+
+    let memory = if settings.scale.is_empty() {
+        Vec::new()
+    } else {
+        let scale_index = args
+            .net_index
+            .checked_add(1)
+            .filter(|i| *i < 255)
+            .context("--net-index must leave room for <n>+1 (the memory runs' network)")?;
+        scale::run(&settings, &tools, keel_bin.as_deref(), scale_index)?
+    };
+
+    let results = report::Results {
+        machine,
+        settings,
+        verification,
+        runs,
+        memory,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    report::write(&out_dir, &results)?;
+    chart::latency(&out_dir.join("latency.png"), &results, &tools.font)?;
+    chart::memory(&out_dir.join("memory.png"), &results, &tools.font)?;
+    if args.out.is_none() {
+        report::write_latest(&bench_root()?, &out_dir)?;
+    }
+    eprintln!(
+        "bench: done in {:.0} s; report: {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.join("report.md").display()
+    );
+    Ok(())
+}
+
+fn settings(args: &BenchArgs) -> Result<Settings> {
+    if args.modes.is_empty() {
+        bail!("--modes is empty");
+    }
+    let mut modes = args.modes.clone();
+    modes.sort();
+    modes.dedup();
+    let smoke = args.smoke;
+    Ok(Settings {
+        smoke,
+        rounds: if smoke { 1 } else { args.rounds.max(1) },
+        rate: args.rate.max(1),
+        connections: args.connections.max(1),
+        duration_s: if smoke { 2 } else { args.duration.max(1) },
+        modes,
+        v1_weight: args.v1_weight,
+        scale: if smoke {
+            args.scale.iter().copied().filter(|n| *n <= 10).take(1).collect()
+        } else {
+            args.scale.clone()
+        },
+        body_bytes: mesh::BODY_BYTES,
+    })
+}
+
+/// `<workspace>/bench`: where results and `LATEST.md` live.
+fn bench_root() -> Result<PathBuf> {
+    let root = keel_tests::host::workspace_root();
+    if !root.join("Cargo.toml").is_file() {
+        bail!(
+            "cannot find the workspace root (looked at {})",
+            root.display()
+        );
+    }
+    Ok(root.join("bench"))
+}
+
+/// All measured runs: every round, every workload, every mode, in the interleaved order they ran.
+fn measure(rig: &mut rig::Rig, settings: &Settings) -> Result<Vec<load::RunResult>> {
+    let mut runs = Vec::new();
+    // A short unrecorded warm-up per mode and workload: first connections, Envoy's lazy init, page
+    // faults of fresh worker threads, nginx's first accept, are not what the bench compares.
+    let warmup = Duration::from_secs(1);
+    for workload in load::Workload::ALL {
+        for &mode in &settings.modes {
+            rig.run_load(mode, workload, settings, warmup, 0)
+                .with_context(|| format!("warm-up of {} / {}", mode.name(), workload.name()))?;
+        }
+    }
+    let duration = Duration::from_secs(settings.duration_s);
+    for round in 0..settings.rounds {
+        for workload in load::Workload::ALL {
+            // Rotate the mode order every round so no mode always runs first (or right after the
+            // heaviest one).
+            let n = settings.modes.len();
+            for k in 0..n {
+                let mode = settings.modes[(k + round) % n];
+                let r = rig
+                    .run_load(mode, workload, settings, duration, round + 1)
+                    .with_context(|| {
+                        format!("round {} {} / {}", round + 1, mode.name(), workload.name())
+                    })?;
+                eprintln!("bench: {}", r.one_line());
+                runs.push(r);
+            }
+        }
+    }
+    Ok(runs)
+}

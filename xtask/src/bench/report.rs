@@ -1,0 +1,497 @@
+//! The bench's outputs: `raw.json` (every run), `report.md` (medians over rounds, ratios, targets) and
+//! `bench/LATEST.md` (a pointer to the newest report).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::install::Tools;
+use super::load::{RunResult, Workload};
+use super::rig::Verification;
+use super::scale::MemoryPoint;
+use super::{Mode, Settings};
+
+/// The machine and tool versions a run was measured with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub date_utc: String,
+    pub nproc: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub memory: String,
+    pub envoy: String,
+    pub oha: String,
+    pub nginx: String,
+}
+
+impl Machine {
+    /// Reads `nproc`, `uname -r`, the CPU model and the tools' versions.
+    pub fn detect(tools: &Tools) -> Result<Machine> {
+        let first_line = |program: &str, args: &[&str]| -> String {
+            std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map(|o| {
+                    // nginx prints its version on stderr.
+                    let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+                    String::from_utf8_lossy(&text)
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        };
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+        let memory = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
+            .unwrap_or_else(|| "unknown".into());
+        let envoy_version = first_line(&tools.envoy.to_string_lossy(), &["--version"]);
+        Ok(Machine {
+            date_utc: utc_date(),
+            nproc: first_line("nproc", &[]),
+            kernel: first_line("uname", &["-r"]),
+            cpu_model,
+            memory,
+            envoy: envoy_version
+                .split('/')
+                .nth(1)
+                .map(|v| format!("Envoy {v}"))
+                .unwrap_or(envoy_version),
+            oha: first_line(&tools.oha.to_string_lossy(), &["--version"]),
+            nginx: first_line(&tools.nginx.to_string_lossy(), &["-v"]),
+        })
+    }
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub verification: Vec<Verification>,
+    pub runs: Vec<RunResult>,
+    pub memory: Vec<MemoryPoint>,
+    pub elapsed_s: f64,
+}
+
+/// Medians over rounds of one (workload, mode).
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub latency_ms: [f64; 4],
+    pub rps: f64,
+    pub cpu_per_1k: f64,
+    pub softirq_per_1k: f64,
+    pub rss_mib: f64,
+    pub rounds: usize,
+}
+
+/// Median of the finite values (NaN if none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Results {
+    /// Medians over the measured rounds (warm-ups are not in `runs`).
+    pub fn summary(&self, workload: Workload, mode: Mode) -> Option<Summary> {
+        let runs: Vec<&RunResult> = self
+            .runs
+            .iter()
+            .filter(|r| r.workload == workload && r.mode == mode)
+            .collect();
+        if runs.is_empty() {
+            return None;
+        }
+        let med = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
+        Some(Summary {
+            latency_ms: [0, 1, 2, 3].map(|i| med(&|r| r.oha.latency_ms[i])),
+            rps: med(&|r| r.oha.rps()),
+            cpu_per_1k: med(&|r| r.cpu_per_1k()),
+            softirq_per_1k: med(&|r| r.softirq_per_1k()),
+            rss_mib: med(&|r| r.proxy_rss_kib as f64 / 1024.0),
+            rounds: runs.len(),
+        })
+    }
+}
+
+/// Writes `raw.json` and `report.md` into `dir`.
+pub fn write(dir: &Path, results: &Results) -> Result<()> {
+    let raw = dir.join("raw.json");
+    std::fs::write(
+        &raw,
+        serde_json::to_string_pretty(results).context("serializing results")?,
+    )
+    .with_context(|| format!("writing {}", raw.display()))?;
+    let md = dir.join("report.md");
+    std::fs::write(&md, markdown(results)).with_context(|| format!("writing {}", md.display()))?;
+    Ok(())
+}
+
+/// Points `<bench>/LATEST.md` at `out_dir`'s report.
+pub fn write_latest(bench_root: &Path, out_dir: &Path) -> Result<()> {
+    let rel = out_dir
+        .strip_prefix(bench_root)
+        .unwrap_or(out_dir)
+        .to_string_lossy()
+        .into_owned();
+    let text = format!(
+        "# Latest benchmark\n\n[`{rel}/report.md`]({rel}/report.md) — produced by `cargo xtask bench`.\n\n\
+         ![latency percentiles per mode]({rel}/latency.png)\n\n![proxy memory vs pods on the node]({rel}/memory.png)\n"
+    );
+    let path = bench_root.join("LATEST.md");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn fmt(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "—".into()
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+/// One target: what was measured against its goal.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: &'static str,
+    pub goal: String,
+    pub value: String,
+    /// `Some(met)` when measurable.
+    pub met: Option<bool>,
+}
+
+/// The issue's targets (reported, not asserted).
+pub fn targets(r: &Results) -> Vec<Target> {
+    let s = |w, m| r.summary(w, m);
+    let mut out = Vec::new();
+
+    let lat = (
+        s(Workload::Http1Rate, Mode::Keel),
+        s(Workload::Http1Rate, Mode::Sidecar),
+        s(Workload::Http1Rate, Mode::Direct),
+    );
+    out.push(match lat {
+        (Some(k), Some(sc), Some(d)) => {
+            let added_k = k.latency_ms[0] - d.latency_ms[0];
+            let added_sc = sc.latency_ms[0] - d.latency_ms[0];
+            let share = added_k / added_sc;
+            Target {
+                name: "added p50 (http1-rate)",
+                goal: "keel's added p50 over direct ≤ 15 % of the sidecar pair's".into(),
+                value: format!(
+                    "keel +{:.3} ms, sidecar +{:.3} ms: {:.0} %",
+                    added_k,
+                    added_sc,
+                    share * 100.0
+                ),
+                met: share.is_finite().then_some(share <= 0.15),
+            }
+        }
+        _ => na("added p50 (http1-rate)", "needs direct, sidecar and keel"),
+    });
+
+    let max = |m| s(Workload::Http1Max, m).map(|x| x.rps);
+    out.push(match (max(Mode::Keel), max(Mode::Sidecar)) {
+        (Some(k), Some(sc)) => Target {
+            name: "max throughput vs sidecar (http1-max)",
+            goal: "keel ≥ 4× sidecar".into(),
+            value: format!("{k:.0} vs {sc:.0} rps: {:.2}×", k / sc),
+            met: Some(k >= 4.0 * sc),
+        },
+        _ => na("max throughput vs sidecar (http1-max)", "needs sidecar and keel"),
+    });
+    out.push(match (max(Mode::Keel), max(Mode::NodeEnvoy)) {
+        (Some(k), Some(ne)) => Target {
+            name: "max throughput vs node Envoy (http1-max)",
+            goal: "keel ≥ 2× node-envoy".into(),
+            value: format!("{k:.0} vs {ne:.0} rps: {:.2}×", k / ne),
+            met: Some(k >= 2.0 * ne),
+        },
+        _ => na("max throughput vs node Envoy (http1-max)", "needs node-envoy and keel"),
+    });
+
+    let cpu = |m| s(Workload::Http1Rate, m).map(|x| x.cpu_per_1k);
+    out.push(match (cpu(Mode::Keel), cpu(Mode::Sidecar)) {
+        (Some(k), Some(sc)) => Target {
+            name: "proxy CPU per 1k requests (http1-rate)",
+            goal: "keel ≤ 20 % of sidecars".into(),
+            value: format!("{k:.4} vs {sc:.4} CPU-s: {:.0} %", k / sc * 100.0),
+            met: Some(k <= 0.2 * sc),
+        },
+        _ => na("proxy CPU per 1k requests (http1-rate)", "needs sidecar and keel"),
+    });
+
+    let mem = r
+        .memory
+        .iter()
+        .filter(|p| p.keel_rss_kib.is_some() && p.sidecars_rss_kib.is_some())
+        .max_by_key(|p| p.pods);
+    out.push(match mem {
+        Some(p) => {
+            let k = p.keel_rss_kib.unwrap_or(0) as f64;
+            let sc = p.sidecars_rss_kib.unwrap_or(0) as f64;
+            Target {
+                name: "memory at 100 pods",
+                goal: "keel ≤ 2 % of the sidecars' total RSS".into(),
+                value: format!(
+                    "{} pods{}: keel {:.1} MiB vs sidecars {:.0} MiB: {:.2} %",
+                    p.pods,
+                    if p.pods == 100 { "" } else { " (largest measured)" },
+                    k / 1024.0,
+                    sc / 1024.0,
+                    k / sc * 100.0
+                ),
+                met: (p.pods >= 100).then_some(k <= 0.02 * sc),
+            }
+        }
+        None => na("memory at 100 pods", "needs the memory runs with sidecar and keel"),
+    });
+    out
+}
+
+fn na(name: &'static str, why: &str) -> Target {
+    Target {
+        name,
+        goal: String::new(),
+        value: format!("not measured ({why})"),
+        met: None,
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(r: &Results) -> String {
+    let m = &r.machine;
+    let s = &r.settings;
+    let mut o = String::new();
+    let _ = writeln!(o, "# Keel data-path benchmark — {}\n", m.date_utc);
+    if s.smoke {
+        let _ = writeln!(
+            o,
+            "> **Smoke run** (`--smoke`): 1 round of {} s per run. It checks the paths and the harness; \
+             its numbers are not measurements.\n",
+            s.duration_s
+        );
+    }
+    let _ = writeln!(
+        o,
+        "Machine: {} cores ({}), Linux {}, {} RAM. Tools: {}, {}, {}. Produced by `cargo xtask bench` \
+         in {:.0} s.\n",
+        m.nproc, m.cpu_model, m.kernel, m.memory, m.envoy, m.oha, m.nginx, r.elapsed_s
+    );
+    let _ = writeln!(
+        o,
+        "Settings: {} interleaved round(s) (mode order rotates each round), {} s per run, medians over \
+         rounds; {} connections; fixed rate {} rps; canary v1 {} % / v2 {} %; backend nginx `return 200` \
+         with a {} B body; Envoy `--concurrency {}`; Keel with its default workers.\n",
+        s.rounds,
+        s.duration_s,
+        s.connections,
+        s.rate,
+        s.v1_weight,
+        100 - s.v1_weight,
+        s.body_bytes,
+        super::envoy::CONCURRENCY
+    );
+
+    let _ = writeln!(o, "## Targets (reported, not asserted)\n");
+    let _ = writeln!(o, "| target | goal | measured | status |\n|---|---|---|---|");
+    for t in targets(r) {
+        let status = match t.met {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "—",
+        };
+        let _ = writeln!(o, "| {} | {} | {} | {status} |", t.name, t.goal, t.value);
+    }
+    o.push('\n');
+
+    for w in Workload::ALL {
+        let rows: Vec<(Mode, Summary)> = s
+            .modes
+            .iter()
+            .filter_map(|&mode| r.summary(w, mode).map(|x| (mode, x)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let find = |mode| rows.iter().find(|(m, _)| *m == mode).map(|(_, x)| *x);
+        let sidecar = find(Mode::Sidecar);
+        let direct = find(Mode::Direct);
+        let _ = writeln!(o, "## {}\n\n{}.\n", w.name(), w.describe(s));
+        let _ = writeln!(
+            o,
+            "| mode | p50 ms | p90 ms | p99 ms | p99.9 ms | rps | proxy CPU-s / 1k req | softirq CPU-s / 1k req (machine) | proxy RSS MiB | p50 ÷ sidecar | p50 ÷ direct | rps ÷ sidecar | rps ÷ direct | CPU ÷ sidecar |"
+        );
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for (mode, x) in &rows {
+            let [p50, p90, p99, p999] = x.latency_ms;
+            let vs = |other: Option<Summary>, f: fn(&Summary) -> f64| {
+                other.map(|y| ratio(f(x), f(&y))).unwrap_or_else(|| "—".into())
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                mode.name(),
+                fmt(p50, 3),
+                fmt(p90, 3),
+                fmt(p99, 3),
+                fmt(p999, 3),
+                fmt(x.rps, 0),
+                if *mode == Mode::Direct { "—".into() } else { fmt(x.cpu_per_1k, 4) },
+                fmt(x.softirq_per_1k, 4),
+                if *mode == Mode::Direct { "—".into() } else { fmt(x.rss_mib, 1) },
+                vs(sidecar, |y| y.latency_ms[0]),
+                vs(direct, |y| y.latency_ms[0]),
+                vs(sidecar, |y| y.rps),
+                vs(direct, |y| y.rps),
+                if *mode == Mode::Direct { "—".into() } else { vs(sidecar, |y| y.cpu_per_1k) },
+            );
+        }
+        o.push('\n');
+    }
+
+    if !r.memory.is_empty() {
+        let _ = writeln!(o, "## Proxy memory as the node grows\n");
+        let _ = writeln!(
+            o,
+            "N pods and N services; N sidecars (N Envoy processes, each with the config of all N services) \
+             vs one node Envoy vs one Keel. Idle proxies, {} after ready. RSS sums count pages shared between \
+             the sidecars (Envoy's binary) once per process; PSS counts them once in total.\n",
+            "a few seconds"
+        );
+        let _ = writeln!(
+            o,
+            "| pods | sidecars RSS MiB | sidecars PSS MiB | node Envoy RSS MiB | Keel RSS MiB | Keel ÷ sidecars RSS |\n|---|---|---|---|---|---|"
+        );
+        let mib = |v: Option<u64>| v.map(|k| fmt(k as f64 / 1024.0, 1)).unwrap_or_else(|| "—".into());
+        for p in &r.memory {
+            let share = match (p.keel_rss_kib, p.sidecars_rss_kib) {
+                (Some(k), Some(sc)) if sc > 0 => format!("{:.2} %", k as f64 / sc as f64 * 100.0),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {share} |",
+                p.pods,
+                mib(p.sidecars_rss_kib),
+                mib(p.sidecars_pss_kib),
+                mib(p.node_envoy_rss_kib),
+                mib(p.keel_rss_kib)
+            );
+        }
+        o.push('\n');
+    }
+
+    let _ = writeln!(o, "## Path verification (before measuring)\n");
+    let _ = writeln!(o, "| mode | requests (HTTP/1.1 + h2c) | answers per backend | request counters moved by |\n|---|---|---|---|");
+    for v in &r.verification {
+        let backends: Vec<String> = v.backends.iter().map(|(b, n)| format!("{b}: {n}")).collect();
+        let counters: Vec<String> = v.counters.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            v.mode.name(),
+            v.requests,
+            backends.join(", "),
+            if counters.is_empty() { "— (no proxy)".into() } else { counters.join("; ") }
+        );
+    }
+    o.push('\n');
+    let _ = writeln!(o, "{}", METHOD);
+    o
+}
+
+const METHOD: &str = "## How it was measured
+
+- Every mode gets its own client pod (netns + cgroup) on the same bridge, so each mode's capture (iptables
+  in the client netns, or Keel's eBPF on the pod cgroup root, which only the keel client is under) touches
+  only its own traffic. All modes' proxies stay up for the whole run; modes are interleaved within each round.
+- Load: oha (one worker thread) inside the client pod. Fixed-rate runs use `-q` with `--latency-correction`
+  (coordinated omission), so latency includes time a request waited to be sent.
+- `direct` sends to backend v1's pod IP; the meshed modes send to the Service VIP (the canary spreads
+  requests over v1 and v2).
+- Proxy CPU: `utime + stime` from `/proc/<pid>/stat` of every proxy process of the mode (all threads),
+  before and after each run. Softirq: machine-wide `softirq` of `/proc/stat`, which the kernel charges to
+  no process (packet processing on veth/bridge/TCP); clients and backends contribute alike in every mode,
+  so a mode's excess over `direct` is what its extra hops cost the kernel. Keel's eBPF programs run in the
+  client's connect() and are charged to the client, not to Keel.
+- Memory: VmRSS of the mode's proxy processes after each run (median over rounds).
+- Every run checks that the proxies' request counters (Envoy `cluster.*.upstream_rq_total`, Keel
+  `/stats` `http_requests`) moved by the number of requests oha completed, and that all answers were 200.
+";
+
+/// Today's UTC date, `YYYY-MM-DD` (civil-from-days, no time zone database needed).
+pub fn utc_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![f64::NAN]).is_nan());
+    }
+}

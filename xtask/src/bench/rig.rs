@@ -1,0 +1,745 @@
+//! The bench's pod network with every mode's data path up at once, and running load through one.
+//!
+//! Layout on `10.244.<n>.0/24` (pods in namespace `bench`):
+//!
+//! | pod | .ip | cgroup | role |
+//! |---|---|---|---|
+//! | client-direct, client-sidecar, client-node, client-keel | .2-.5 | only client-keel under Keel's root | one client per mode, so each mode's capture (iptables or eBPF) touches only its own client |
+//! | bench-v1, bench-v2 | .10, .11 | outside the root | nginx backends of `direct`, `node-envoy`, `keel` |
+//! | bench-sc-v1, bench-sc-v2 | .12, .13 | outside the root | nginx backends with inbound Envoy sidecars (`sidecar`) |
+//!
+//! Services: `bench` (port 80 named `http` -> 8080) and `bench-h2` (port 80 named `http2` -> 8081, h2c),
+//! both a v1/v2 weighted canary. All modes' proxies stay up for the whole run (idle while another mode
+//! is measured), so modes can be interleaved without restarts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use keel_tests::{ConfigDir, Keel, KeelOptions, Pod, PodNet, Proc};
+use serde::Serialize;
+
+use super::envoy;
+use super::install::Tools;
+use super::load::{self, RunResult, Workload};
+use super::mesh::{self, Endpoint, PodDef, Service, APP_PORT_H1, APP_PORT_H2, NAMESPACE};
+use super::procs;
+use super::{Mode, Settings};
+
+/// Port of the node Envoy's listener on the bridge IP.
+pub const NODE_ENVOY_PORT: u16 = 15080;
+/// Requests per verification (HTTP/1.1); enough that a 50/50 canary shows both subsets with
+/// certainty for practical purposes (a miss has probability 2^-99 at 50/50, 1e-5 at 90/10 for v2).
+const VERIFY_H1: usize = 100;
+/// Requests per verification over h2c.
+const VERIFY_H2: usize = 40;
+/// How long a proxy or backend gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a request counter is read.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Envoy in a pod netns (admin on 127.0.0.1:15000 there): sum of `cluster.<prefix>|*.upstream_rq_total`.
+    EnvoyInPod { netns: String, prefix: &'static str },
+    /// Envoy in the host netns.
+    EnvoyHost {
+        admin: SocketAddr,
+        prefix: &'static str,
+    },
+    /// Keel's admin `/stats` `http_requests`.
+    Keel { admin: SocketAddr },
+}
+
+/// A counter that must move by exactly the number of requests sent through a mode's path (the sum
+/// of its sources, e.g. the inbound sidecars of both backends).
+#[derive(Debug, Clone)]
+struct Counter {
+    label: String,
+    sources: Vec<Source>,
+}
+
+struct ModeRig {
+    mode: Mode,
+    client: Pod,
+    url_h1: String,
+    url_h2: String,
+    /// Backend identities the canary may answer with.
+    subsets: Vec<&'static str>,
+    counters: Vec<Counter>,
+    /// Proxy processes (their CPU and memory are the mode's cost).
+    proxies: Vec<Proc>,
+    keel: Option<Keel>,
+    /// Keel's config; kept for the rig's life so the directory stays for inspection.
+    _config: Option<ConfigDir>,
+}
+
+impl ModeRig {
+    fn proxy_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.proxies.iter().map(Proc::pid).collect();
+        if let Some(k) = &self.keel {
+            pids.push(k.pid());
+        }
+        pids
+    }
+}
+
+/// What the check before measuring saw for one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub mode: Mode,
+    /// HTTP/1.1 and h2c requests sent.
+    pub requests: usize,
+    /// Responses per backend identity.
+    pub backends: BTreeMap<String, u64>,
+    /// How much each request counter moved.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// The running network. Field order is drop order: processes die before the network is removed.
+pub struct Rig {
+    modes: Vec<ModeRig>,
+    backends: Vec<Proc>,
+    tools: Tools,
+    clk_tck: f64,
+    net: Option<PodNet>,
+}
+
+impl Rig {
+    /// Builds the network and starts every selected mode's backends and proxies.
+    pub fn build(
+        settings: &Settings,
+        tools: &Tools,
+        keel_bin: Option<&Path>,
+        index: u8,
+    ) -> Result<Rig> {
+        load::check_oha(&tools.oha)?;
+        let mut net = PodNet::new("kbench", index).context("building the bench's pod network")?;
+        eprintln!("bench: pod network {} on {}", net.id(), net.subnet());
+        let mut rig = Rig {
+            modes: Vec::new(),
+            backends: Vec::new(),
+            tools: tools.clone(),
+            clk_tck: procs::clk_tck()?,
+            net: None,
+        };
+        let want = |m: Mode| settings.modes.contains(&m);
+
+        let plain = [("bench-v1", 10u8, "v1"), ("bench-v2", 11, "v2")];
+        let with_sidecar = [("bench-sc-v1", 12u8, "v1"), ("bench-sc-v2", 13, "v2")];
+        let mut plain_eps = Vec::new();
+        if want(Mode::Direct) || want(Mode::NodeEnvoy) || want(Mode::Keel) {
+            for (name, suffix, version) in plain {
+                let pod = net.add_pod_outside_root(NAMESPACE, name, suffix)?;
+                rig.backends.push(start_nginx(&net, &pod, tools, version)?);
+                plain_eps.push(Endpoint {
+                    pod: name.into(),
+                    ip: pod.ip,
+                    version: version.into(),
+                });
+            }
+        }
+        let mut sc_pods = Vec::new();
+        if want(Mode::Sidecar) {
+            for (name, suffix, version) in with_sidecar {
+                let pod = net.add_pod_outside_root(NAMESPACE, name, suffix)?;
+                rig.backends.push(start_nginx(&net, &pod, tools, version)?);
+                sc_pods.push((pod, version));
+            }
+        }
+        for b in &mut rig.backends {
+            if let Some(st) = b.try_wait()? {
+                bail!("{} exited ({st}): {}", b.label(), b.stderr_tail());
+            }
+        }
+
+        for &mode in &settings.modes {
+            let m = match mode {
+                Mode::Direct => {
+                    let client = net.add_pod_outside_root(NAMESPACE, "client-direct", 2)?;
+                    let v1 = plain_eps.first().context("no v1 backend")?;
+                    ModeRig {
+                        mode,
+                        client,
+                        url_h1: format!("http://{}:{APP_PORT_H1}/", v1.ip),
+                        url_h2: format!("http://{}:{APP_PORT_H2}/", v1.ip),
+                        subsets: vec!["v1"],
+                        counters: Vec::new(),
+                        proxies: Vec::new(),
+                        keel: None,
+                        _config: None,
+                    }
+                }
+                Mode::Sidecar => {
+                    let eps = sc_pods
+                        .iter()
+                        .map(|(p, v)| Endpoint {
+                            pod: p.name.clone(),
+                            ip: p.ip,
+                            version: (*v).into(),
+                        })
+                        .collect();
+                    let services = services(eps, settings.v1_weight);
+                    sidecar_mode(&mut net, tools, &services, &sc_pods)?
+                }
+                Mode::NodeEnvoy => {
+                    let services = services(plain_eps.clone(), settings.v1_weight);
+                    node_envoy_mode(&mut net, tools, &services)?
+                }
+                Mode::Keel => {
+                    let services = services(plain_eps.clone(), settings.v1_weight);
+                    // keel_tests starts the binary the run checked for (KEEL_BIN or
+                    // target/release/keel), as the e2e tests do.
+                    keel_bin.context("keel mode without a keel binary")?;
+                    keel_mode(&mut net, &services)?
+                }
+            };
+            rig.modes.push(m);
+        }
+        rig.net = Some(net);
+        Ok(rig)
+    }
+
+    fn mode(&self, mode: Mode) -> Result<&ModeRig> {
+        self.modes
+            .iter()
+            .find(|m| m.mode == mode)
+            .with_context(|| format!("mode {} is not set up", mode.name()))
+    }
+
+    /// Proves every mode's path: all responses 200 from the expected subsets (both, for the canary)
+    /// and every request counter of the path moved by exactly the number of requests sent.
+    pub fn verify_all(&mut self) -> Result<Vec<Verification>> {
+        let mut out = Vec::new();
+        for i in 0..self.modes.len() {
+            let v = self.verify(i)?;
+            eprintln!(
+                "bench: verified {}: {} requests, backends {:?}, counters {:?}",
+                v.mode.name(),
+                v.requests,
+                v.backends,
+                v.counters
+            );
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn verify(&self, i: usize) -> Result<Verification> {
+        let m = &self.modes[i];
+        let before = read_counters(&self.tools, &m.counters)?;
+        let mut backends: BTreeMap<String, u64> = BTreeMap::new();
+        for (url, n, http2) in [
+            (&m.url_h1, VERIFY_H1, false),
+            (&m.url_h2, VERIFY_H2, true),
+        ] {
+            let args = load::curl_args(url, n, http2);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (status, stdout, stderr) =
+                m.client
+                    .exec(&self.tools.curl, &args, Duration::from_secs(60))?;
+            let lines = load::parse_curl(&stdout);
+            ensure!(
+                status.success() && lines.len() == n,
+                "{}: curl {url} x{n} (http2: {http2}) failed ({status}): got {} answers; {}",
+                m.mode.name(),
+                lines.len(),
+                stderr.trim()
+            );
+            for (code, backend) in lines {
+                ensure!(
+                    code == "200",
+                    "{}: {url} answered {code} (backend {backend:?})",
+                    m.mode.name()
+                );
+                *backends.entry(backend).or_default() += 1;
+            }
+        }
+        let seen: Vec<&str> = backends.keys().map(String::as_str).collect();
+        ensure!(
+            seen == m.subsets,
+            "{}: expected answers from {:?}, got {backends:?}",
+            m.mode.name(),
+            m.subsets
+        );
+        let after = read_counters(&self.tools, &m.counters)?;
+        let requests = VERIFY_H1 + VERIFY_H2;
+        let counters = deltas(&m.counters, &before, &after);
+        for (label, d) in &counters {
+            ensure!(
+                *d == requests as u64,
+                "{}: {label} moved by {d}, but {requests} requests were sent: traffic is not taking \
+                 this mode's path",
+                m.mode.name()
+            );
+        }
+        Ok(Verification {
+            mode: m.mode,
+            requests,
+            backends,
+            counters,
+        })
+    }
+
+    /// Runs `workload` through `mode` for `duration` and measures it (round 0 = warm-up).
+    pub fn run_load(
+        &self,
+        mode: Mode,
+        workload: Workload,
+        settings: &Settings,
+        duration: Duration,
+        round: usize,
+    ) -> Result<RunResult> {
+        let m = self.mode(mode)?;
+        let url = if workload.http2() { &m.url_h2 } else { &m.url_h1 };
+        let args = load::oha_args(workload, settings, url, duration);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pids = m.proxy_pids();
+
+        let counters_before = read_counters(&self.tools, &m.counters)?;
+        let cpu_before = cpu_sum(&pids)?;
+        let softirq_before = procs::softirq_ticks()?;
+        let (status, stdout, stderr) =
+            m.client
+                .exec(&self.tools.oha, &args, duration + Duration::from_secs(30))?;
+        let softirq_after = procs::softirq_ticks()?;
+        let cpu_after = cpu_sum(&pids)?;
+        let counters_after = read_counters(&self.tools, &m.counters)?;
+        ensure!(
+            status.success(),
+            "oha failed ({status}): {}",
+            keel_tests::process::tail(&stderr, 4096)
+        );
+        let mut rss = 0;
+        for &pid in &pids {
+            rss += procs::memory_kib(pid)?.0;
+        }
+        let r = RunResult {
+            round,
+            mode,
+            workload,
+            oha: load::parse_oha(&stdout)
+                .with_context(|| format!("oha output: {}", keel_tests::process::tail(&stdout, 2048)))?,
+            proxy_cpu_s: cpu_after.saturating_sub(cpu_before) as f64 / self.clk_tck,
+            softirq_s: softirq_after.saturating_sub(softirq_before) as f64 / self.clk_tck,
+            proxy_rss_kib: rss,
+            counter_deltas: deltas(&m.counters, &counters_before, &counters_after),
+        };
+        load::check_run(&r)?;
+        Ok(r)
+    }
+
+    /// Stops every process and removes the network, reporting anything left behind.
+    pub fn teardown(mut self) -> Result<()> {
+        self.modes.clear();
+        self.backends.clear();
+        match self.net.take() {
+            Some(net) => net.teardown(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The two services of the bench (`bench` over HTTP/1.1, `bench-h2` over h2c) on `endpoints`.
+pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32) -> Vec<Service> {
+    vec![
+        Service {
+            name: "bench".into(),
+            vip: mesh::vip(0),
+            target_port: APP_PORT_H1,
+            http2: false,
+            app: "bench".into(),
+            endpoints: endpoints.clone(),
+            v1_weight,
+        },
+        Service {
+            name: "bench-h2".into(),
+            vip: mesh::vip(1),
+            target_port: APP_PORT_H2,
+            http2: true,
+            app: "bench".into(),
+            endpoints,
+            v1_weight,
+        },
+    ]
+}
+
+fn start_nginx(net: &PodNet, pod: &Pod, tools: &Tools, identity: &str) -> Result<Proc> {
+    let dir = net.work_dir().join(format!("nginx-{}", pod.name));
+    std::fs::create_dir_all(dir.join("tmp"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, mesh::nginx_conf(&dir.to_string_lossy(), identity))
+        .with_context(|| format!("writing {}", conf.display()))?;
+    let args = [
+        "-p",
+        &*dir.to_string_lossy(),
+        "-c",
+        &*conf.to_string_lossy(),
+        "-e",
+        "stderr",
+    ]
+    .map(str::to_string);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = pod.spawn(&tools.nginx, &args, "nginx")?;
+    wait_http_in_pod(tools, &pod.netns, &format!("http://{}:{APP_PORT_H1}/", pod.ip), &mut p)?;
+    Ok(p)
+}
+
+/// Polls `url` from inside `netns` until it answers 200; fails early if `proc` exits.
+fn wait_http_in_pod(tools: &Tools, netns: &str, url: &str, proc: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(st) = proc.try_wait()? {
+            bail!(
+                "{} exited ({st}) before it answered {url}: {}",
+                proc.label(),
+                proc.stderr_tail()
+            );
+        }
+        let code = keel_tests::host::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                netns,
+                &tools.curl.to_string_lossy(),
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                "-w",
+                "%{http_code}",
+                url,
+            ],
+        )
+        .unwrap_or_default();
+        if code.trim() == "200" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} did not answer {url} with 200 within {READY_TIMEOUT:?} (last: {code:?}); stderr: {}",
+                proc.label(),
+                proc.stderr_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `iptables args` inside `netns`.
+fn iptables(tools: &Tools, netns: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["netns", "exec", netns, tools.iptables.to_str().context("iptables path")?];
+    full.extend_from_slice(args);
+    keel_tests::host::run("ip", &full).map(|_| ())
+}
+
+/// Istio's capture, as istio-iptables installs it (reduced to what the bench exercises): all
+/// outbound TCP to 15001 except the proxy's own (UID 1337) and loopback; all inbound TCP to 15006.
+fn istio_iptables(tools: &Tools, netns: &str) -> Result<()> {
+    let uid = envoy::PROXY_UID.to_string();
+    let out = envoy::OUTBOUND_PORT.to_string();
+    let inb = envoy::INBOUND_PORT.to_string();
+    let rules: [&[&str]; 10] = [
+        &["-t", "nat", "-N", "ISTIO_INBOUND"],
+        &["-t", "nat", "-N", "ISTIO_IN_REDIRECT"],
+        &["-t", "nat", "-N", "ISTIO_OUTPUT"],
+        &["-t", "nat", "-A", "ISTIO_IN_REDIRECT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", &inb],
+        &["-t", "nat", "-A", "ISTIO_INBOUND", "-p", "tcp", "-j", "ISTIO_IN_REDIRECT"],
+        &["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"],
+        &["-t", "nat", "-A", "ISTIO_OUTPUT", "-m", "owner", "--uid-owner", &uid, "-j", "RETURN"],
+        &["-t", "nat", "-A", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN"],
+        &["-t", "nat", "-A", "ISTIO_OUTPUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", &out],
+        &["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "ISTIO_OUTPUT"],
+    ];
+    for r in rules {
+        iptables(tools, netns, r).with_context(|| format!("istio capture rules in {netns}"))?;
+    }
+    Ok(())
+}
+
+/// A route to the service CIDR via the bridge, for clients whose VIP traffic is captured by
+/// iptables (which runs after the routing decision, so a connect() to a VIP needs a route). If the
+/// capture ever failed, the packets would reach the host and die in its blackhole route.
+fn service_route(net: &PodNet, pod: &Pod) -> Result<()> {
+    keel_tests::host::run(
+        "ip",
+        &[
+            "-n",
+            &pod.netns,
+            "route",
+            "add",
+            net.service_cidr(),
+            "via",
+            &net.bridge_ip().to_string(),
+        ],
+    )
+    .map(|_| ())
+}
+
+fn write_envoy_config(net: &PodNet, name: &str, config: &serde_json::Value) -> Result<PathBuf> {
+    let path = net.work_dir().join(format!("envoy-{name}.json"));
+    let text = serde_json::to_string_pretty(config).context("serializing Envoy config")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn envoy_args(config: &Path, admin_log: &str) -> Vec<String> {
+    vec![
+        "-c".into(),
+        config.to_string_lossy().into_owned(),
+        "--concurrency".into(),
+        envoy::CONCURRENCY.to_string(),
+        // No shared-memory hot-restart region: N sidecars on one host would need N base ids.
+        "--disable-hot-restart".into(),
+        "--log-level".into(),
+        "warn".into(),
+        "--service-node".into(),
+        admin_log.into(),
+        "--service-cluster".into(),
+        "bench".into(),
+    ]
+}
+
+/// Starts a sidecar Envoy in `pod` as UID 1337 and waits for its admin `/ready`.
+pub fn start_sidecar(tools: &Tools, pod: &Pod, config: &Path) -> Result<Proc> {
+    let uid = envoy::PROXY_UID.to_string();
+    let mut args: Vec<String> = vec![
+        "--reuid".into(),
+        uid.clone(),
+        "--regid".into(),
+        uid,
+        "--clear-groups".into(),
+        tools.envoy.to_string_lossy().into_owned(),
+    ];
+    args.extend(envoy_args(config, &pod.name));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    pod.spawn(&tools.setpriv, &args, "envoy")
+}
+
+/// Waits for a sidecar's admin `/ready` (inside its pod).
+pub fn wait_sidecar_ready(tools: &Tools, pod: &Pod, proc: &mut Proc) -> Result<()> {
+    let url = format!("http://127.0.0.1:{}/ready", envoy::SIDECAR_ADMIN_PORT);
+    wait_http_in_pod(tools, &pod.netns, &url, proc)
+}
+
+fn sidecar_mode(
+    net: &mut PodNet,
+    tools: &Tools,
+    services: &[Service],
+    servers: &[(Pod, &str)],
+) -> Result<ModeRig> {
+    let client = net.add_pod_outside_root(NAMESPACE, "client-sidecar", 3)?;
+    service_route(net, &client)?;
+    let mut proxies = Vec::new();
+    let mut pods = vec![(client.clone(), Vec::new())];
+    for (pod, _) in servers {
+        pods.push((pod.clone(), vec![(APP_PORT_H1, false), (APP_PORT_H2, true)]));
+    }
+    for (pod, app_ports) in &pods {
+        istio_iptables(tools, &pod.netns)?;
+        let cfg = envoy::sidecar(services, pod.ip, app_ports);
+        let path = write_envoy_config(net, &pod.name, &cfg)?;
+        proxies.push(start_sidecar(tools, pod, &path)?);
+    }
+    for ((pod, _), proc) in pods.iter().zip(proxies.iter_mut()) {
+        wait_sidecar_ready(tools, pod, proc)?;
+    }
+    let in_pod = |pod: &Pod, prefix| Source::EnvoyInPod {
+        netns: pod.netns.clone(),
+        prefix,
+    };
+    Ok(ModeRig {
+        mode: Mode::Sidecar,
+        url_h1: format!("http://{}/", services[0].vip),
+        url_h2: format!("http://{}/", services[1].vip),
+        subsets: vec!["v1", "v2"],
+        counters: vec![
+            Counter {
+                label: "client sidecar outbound upstream_rq_total".into(),
+                sources: vec![in_pod(&client, "outbound")],
+            },
+            Counter {
+                label: "server sidecars inbound upstream_rq_total".into(),
+                sources: servers.iter().map(|(p, _)| in_pod(p, "inbound")).collect(),
+            },
+        ],
+        client,
+        proxies,
+        keel: None,
+        _config: None,
+    })
+}
+
+fn node_envoy_mode(net: &mut PodNet, tools: &Tools, services: &[Service]) -> Result<ModeRig> {
+    let client = net.add_pod_outside_root(NAMESPACE, "client-node", 4)?;
+    service_route(net, &client)?;
+    let to = format!("{}:{NODE_ENVOY_PORT}", net.bridge_ip());
+    // Cilium sends a pod's service traffic to the node's Envoy from eBPF; a DNAT in the client's
+    // netns is the same hop without Cilium. Envoy routes on Host (the VIP).
+    iptables(
+        tools,
+        &client.netns,
+        &[
+            "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", net.service_cidr(), "-j", "DNAT",
+            "--to-destination", &to,
+        ],
+    )?;
+    let admin = keel_tests::keel::free_local_port()?;
+    let cfg = envoy::node(services, net.bridge_ip(), NODE_ENVOY_PORT, admin.port());
+    let path = write_envoy_config(net, "node", &cfg)?;
+    let mut cmd = Command::new(&tools.envoy);
+    cmd.args(envoy_args(&path, "node"));
+    let mut proc = net.spawn_in_cgroup(&net.system_cgroup(), cmd, "node-envoy")?;
+    wait_host_ready(admin, &mut proc)?;
+    Ok(ModeRig {
+        mode: Mode::NodeEnvoy,
+        url_h1: format!("http://{}/", services[0].vip),
+        url_h2: format!("http://{}/", services[1].vip),
+        subsets: vec!["v1", "v2"],
+        counters: vec![Counter {
+            label: "node envoy upstream_rq_total".into(),
+            sources: vec![Source::EnvoyHost {
+                admin,
+                prefix: "outbound",
+            }],
+        }],
+        client,
+        proxies: vec![proc],
+        keel: None,
+        _config: None,
+    })
+}
+
+/// Waits for an Envoy admin `/ready` in the host netns.
+pub fn wait_host_ready(admin: SocketAddr, proc: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(st) = proc.try_wait()? {
+            bail!("{} exited ({st}): {}", proc.label(), proc.stderr_tail());
+        }
+        if let Ok(r) = keel_tests::http::get(admin, "/ready", Duration::from_secs(1)) {
+            if r.status == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} not ready within {READY_TIMEOUT:?}: {}",
+                proc.label(),
+                proc.stderr_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn keel_mode(net: &mut PodNet, services: &[Service]) -> Result<ModeRig> {
+    let client = net.add_pod(NAMESPACE, "client-keel", 5)?;
+    let mut pods: Vec<PodDef> = services[0]
+        .endpoints
+        .iter()
+        .map(|e| PodDef {
+            name: e.pod.clone(),
+            ip: e.ip,
+            labels: vec![
+                ("app".into(), services[0].app.clone()),
+                ("version".into(), e.version.clone()),
+            ],
+        })
+        .collect();
+    pods.push(PodDef {
+        name: client.name.clone(),
+        ip: client.ip,
+        labels: vec![("app".into(), "client".into())],
+    });
+    let config = ConfigDir::new("bench")?;
+    config.write("bench.yaml", &mesh::keel_yaml(services, &pods))?;
+    let keel = Keel::start_with(net, KeelOptions::new(net, config.path())?)
+        .context("starting keel")?;
+    let admin = keel.options().admin_addr;
+    Ok(ModeRig {
+        mode: Mode::Keel,
+        url_h1: format!("http://{}/", services[0].vip),
+        url_h2: format!("http://{}/", services[1].vip),
+        subsets: vec!["v1", "v2"],
+        counters: vec![Counter {
+            label: "keel http_requests".into(),
+            sources: vec![Source::Keel { admin }],
+        }],
+        client,
+        proxies: Vec::new(),
+        keel: Some(keel),
+        _config: Some(config),
+    })
+}
+
+fn read_source(tools: &Tools, s: &Source) -> Result<u64> {
+    match s {
+        Source::EnvoyInPod { netns, prefix } => {
+            let url = format!(
+                "http://127.0.0.1:{}/stats?filter=upstream_rq_total",
+                envoy::SIDECAR_ADMIN_PORT
+            );
+            let text = keel_tests::host::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    netns,
+                    tools.curl.to_str().context("curl path")?,
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    &url,
+                ],
+            )
+            .with_context(|| format!("reading Envoy stats in {netns}"))?;
+            Ok(envoy::sum_upstream_rq(&text, prefix))
+        }
+        Source::EnvoyHost { admin, prefix } => {
+            let r = keel_tests::http::get(
+                *admin,
+                "/stats?filter=upstream_rq_total",
+                Duration::from_secs(5),
+            )
+            .with_context(|| format!("reading Envoy stats at {admin}"))?;
+            Ok(envoy::sum_upstream_rq(&r.text(), prefix))
+        }
+        Source::Keel { admin } => {
+            let v = keel_tests::admin_get(*admin, "/stats")?;
+            v["http_requests"]
+                .as_u64()
+                .context("keel's /stats has no numeric http_requests")
+        }
+    }
+}
+
+fn read_counters(tools: &Tools, counters: &[Counter]) -> Result<Vec<u64>> {
+    counters
+        .iter()
+        .map(|c| {
+            c.sources
+                .iter()
+                .map(|s| read_source(tools, s))
+                .sum::<Result<u64>>()
+                .with_context(|| format!("reading {}", c.label))
+        })
+        .collect()
+}
+
+fn deltas(counters: &[Counter], before: &[u64], after: &[u64]) -> Vec<(String, u64)> {
+    counters
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(c, (b, a))| (c.label.clone(), a.saturating_sub(*b)))
+        .collect()
+}
+
+fn cpu_sum(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| procs::cpu_ticks(p)).sum()
+}
