@@ -149,7 +149,7 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> u32 {
         port,
         _pad: 0,
     };
-    if MESHED_DESTS.get_ptr(&key).is_none() {
+    if MESHED_DESTS.get_ptr(key).is_none() {
         return STAT_SKIPPED_NOT_MESHED;
     }
 
@@ -192,13 +192,13 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> u32 {
     };
     // Admission first, rewrite second: if there is no room, the connection goes direct.
     let mut stat = STAT_REDIRECTED;
-    if let Err(err) = CONN_BY_COOKIE.insert(&cookie, &record, BPF_NOEXIST as u64) {
+    if let Err(err) = CONN_BY_COOKIE.insert(cookie, record, BPF_NOEXIST as u64) {
         // EEXIST: the same socket connects again after a failed attempt that never reached
         // tcp_connect() (so sockops never saw it). Cookies are never reused, so the old record is
         // this socket's own and is replaced in place, which needs no free slot.
         if i64::from(err) != -EEXIST
             || CONN_BY_COOKIE
-                .insert(&cookie, &record, BPF_EXIST as u64)
+                .insert(cookie, record, BPF_EXIST as u64)
                 .is_err()
         {
             debug!(ctx, "keel: conn map full, cookie {} goes direct", cookie);
@@ -233,7 +233,7 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> u32 {
 fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
     // SAFETY: no preconditions.
     let current = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(index) = POD_CGROUPS.get_ptr(&current) {
+    if let Some(index) = POD_CGROUPS.get_ptr(current) {
         // SAFETY: a non-null pointer into the map value.
         return Ok((current, unsafe { *index }));
     }
@@ -262,7 +262,7 @@ fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
         if id == 0 || id == current {
             break;
         }
-        if let Some(index) = POD_CGROUPS.get_ptr(&id) {
+        if let Some(index) = POD_CGROUPS.get_ptr(id) {
             // SAFETY: a non-null pointer into the map value.
             return Ok((id, unsafe { *index }));
         }
@@ -287,14 +287,14 @@ fn try_sockops(ctx: &SockOpsContext) -> u32 {
 fn on_connect(ctx: &SockOpsContext) -> u32 {
     // SAFETY: the helper accepts this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if CONN_BY_COOKIE.get_ptr(&cookie).is_none() {
+    if CONN_BY_COOKIE.get_ptr(cookie).is_none() {
         return STATS_LEN;
     }
     let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
     if ctx.set_cb_flags(flags as i32).is_err() {
         // Without the close callback the records would leak; without a record the proxy refuses
         // the connection, which is the lesser harm.
-        let _ = CONN_BY_COOKIE.remove(&cookie);
+        let _ = CONN_BY_COOKIE.remove(cookie);
         return STAT_CB_FLAGS_FAILED;
     }
     STATS_LEN
@@ -305,20 +305,45 @@ fn on_connect(ctx: &SockOpsContext) -> u32 {
 fn on_established(ctx: &SockOpsContext) -> u32 {
     // SAFETY: the helper accepts this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(record) = CONN_BY_COOKIE.get_ptr_mut(&cookie) else {
+    let Some(record) = CONN_BY_COOKIE.get_ptr_mut(cookie) else {
         return STATS_LEN;
     };
-    let (client_addr, proxy_addr) = match ctx.family() {
-        AF_INET => (v4_mapped(ctx.local_ip4()), v4_mapped(ctx.remote_ip4())),
-        AF_INET6 => (ctx.local_ip6(), ctx.remote_ip6()),
+    // Read every field unconditionally and pick afterwards: when the loads sit in the match arms,
+    // LLVM merges them into one load from `ctx + variable offset`, which the verifier rejects
+    // ("dereference of modified ctx ptr").
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context pointer; the verifier checks every field access.
+    let (family, local4, remote4, local6, remote6, local_port, raw_remote_port) = unsafe {
+        (
+            read(&raw const (*ops).family),
+            read(&raw const (*ops).local_ip4),
+            read(&raw const (*ops).remote_ip4),
+            [
+                read(&raw const (*ops).local_ip6[0]),
+                read(&raw const (*ops).local_ip6[1]),
+                read(&raw const (*ops).local_ip6[2]),
+                read(&raw const (*ops).local_ip6[3]),
+            ],
+            [
+                read(&raw const (*ops).remote_ip6[0]),
+                read(&raw const (*ops).remote_ip6[1]),
+                read(&raw const (*ops).remote_ip6[2]),
+                read(&raw const (*ops).remote_ip6[3]),
+            ],
+            read(&raw const (*ops).local_port),
+            read(&raw const (*ops).remote_port),
+        )
+    };
+    let (client_addr, proxy_addr) = match family {
+        AF_INET => (v4_mapped(local4), v4_mapped(remote4)),
+        AF_INET6 => (local6, remote6),
         _ => return STATS_LEN,
     };
-    let raw_remote_port = ctx.remote_port();
     let tuple = ConnTuple {
         client_addr,
         proxy_addr,
         // local_port is in host byte order.
-        client_port: ctx.local_port() as u16,
+        client_port: local_port as u16,
         proxy_port: remote_port(raw_remote_port),
     };
     // SAFETY: a non-null pointer into the map value; sockops callbacks of one socket run under its
@@ -328,10 +353,7 @@ fn on_established(ctx: &SockOpsContext) -> u32 {
     value.flags |= CONN_F_ESTABLISHED;
     // BPF_ANY: a leftover entry for the same tuple can only be stale (this socket owns the tuple
     // now), and overwriting it needs no free slot.
-    if CONN_BY_TUPLE
-        .insert(&tuple, &value, BPF_ANY as u64)
-        .is_err()
-    {
+    if CONN_BY_TUPLE.insert(tuple, value, BPF_ANY as u64).is_err() {
         return STAT_TUPLE_INSERT_FAILED;
     }
     // SAFETY: as above.
@@ -352,15 +374,15 @@ fn on_established(ctx: &SockOpsContext) -> u32 {
 fn on_close(ctx: &SockOpsContext) -> u32 {
     // SAFETY: the helper accepts this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(record) = CONN_BY_COOKIE.get_ptr(&cookie) else {
+    let Some(record) = CONN_BY_COOKIE.get_ptr(cookie) else {
         return STATS_LEN;
     };
     // SAFETY: a non-null pointer into the map value.
     let record = unsafe { *record };
     if record.flags & CONN_F_ESTABLISHED != 0 {
-        let _ = CONN_BY_TUPLE.remove(&record.tuple);
+        let _ = CONN_BY_TUPLE.remove(record.tuple);
     }
-    let _ = CONN_BY_COOKIE.remove(&cookie);
+    let _ = CONN_BY_COOKIE.remove(cookie);
     STAT_CLOSED
 }
 

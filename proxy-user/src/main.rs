@@ -15,7 +15,11 @@ use keel::state::{self, State};
 use keel::upstream::pool::HttpPools;
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "eBPF-accelerated node-level service-mesh proxy")]
+#[command(
+    name = "keel",
+    version,
+    about = "eBPF-accelerated node-level service-mesh proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,10 @@ fn init_tracing() {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing();
     if args.admin_addr.ip().is_unspecified() {
-        bail!("--admin-addr must be a specific (localhost) address, not {}", args.admin_addr);
+        bail!(
+            "--admin-addr must be a specific (localhost) address, not {}",
+            args.admin_addr
+        );
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
@@ -152,12 +159,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let kernel_stats = {
         let redirector = Arc::clone(&redirector);
-        Arc::new(move || {
-            redirector
-                .lock()
-                .ok()
-                .and_then(|r| r.stats().ok())
-        })
+        Arc::new(move || redirector.lock().ok().and_then(|r| r.stats().ok()))
     };
     admin::spawn(
         args.admin_addr,

@@ -1,1 +1,197 @@
-fn main() {}
+//! `cargo xtask`: Keel's developer commands.
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `setup` | installs the eBPF toolchain if missing (idempotent: a second run installs nothing) |
+//! | `build` | setup, then the release binaries `keel` and `pod-agent` |
+//! | `test` | setup, build, fmt, clippy, unit tests, then the privileged e2e tests (root only) |
+//! | `demo [--keep]` | the Bookinfo-style demo of `config/demo` on a real pod network, through keel |
+//! | `bench` | keel against Envoy sidecars and a node Envoy on one pod network |
+//! | `cleanup` | removes pod networks left behind by crashed runs |
+//!
+//! Privilege is scoped here: only `test` (its e2e part), `demo`, `bench` and `cleanup` need root, and
+//! they say so instead of failing half-way.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Keel's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain (rust-src, LLVM 22, bpf-linker, bpftool, iproute2, iptables) if missing.
+    Setup,
+    /// Setup, then build the release binaries (keel, pod-agent).
+    Build,
+    /// Setup, build, fmt, clippy, unit tests, then the privileged e2e tests (must run as root).
+    Test {
+        /// Only run e2e tests whose name contains this filter (passed to the test binaries).
+        #[arg(long)]
+        e2e_filter: Option<String>,
+    },
+    /// Run the demo mesh of config/demo through keel and show the canary split.
+    Demo(demo::DemoArgs),
+    /// Benchmark keel against the data paths it replaces.
+    Bench(bench::BenchArgs),
+    /// Remove pod networks, cgroups and routes left behind by crashed test or demo runs.
+    Cleanup,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => build().map(|_| ()),
+        Cmd::Test { e2e_filter } => test(e2e_filter.as_deref()),
+        Cmd::Demo(args) => demo::run(&args),
+        Cmd::Bench(args) => {
+            build()?;
+            bench::run(args)
+        }
+        Cmd::Cleanup => cleanup(),
+    }
+}
+
+/// The workspace root (xtask lives in `<root>/xtask`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `cargo` as invoked by `cargo xtask` (`CARGO`), else from PATH.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd`, echoing it first; fails with the command line if it does not exit 0.
+pub fn run_step(mut cmd: Command) -> Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("xtask: $ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {shown}"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Cargo's target directory, as `cargo metadata` reports it (honours `CARGO_TARGET_DIR` and config).
+fn target_dir() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    v["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+/// Paths of the release binaries that `build` produces.
+pub struct Binaries {
+    /// `keel`.
+    pub keel: PathBuf,
+    /// `pod-agent`.
+    pub pod_agent: PathBuf,
+}
+
+fn build() -> Result<Binaries> {
+    setup::run()?;
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "proxy-user",
+        "-p",
+        "keel-tests",
+        "--bins",
+    ]);
+    run_step(cmd)?;
+    let release = target_dir()?.join("release");
+    Ok(Binaries {
+        keel: release.join("keel"),
+        pod_agent: release.join("pod-agent"),
+    })
+}
+
+/// Prefixes the e2e tests, the demo and the bench give their pod networks (see each file).
+const TEST_NET_NOTE: &str = "e2e tests use subnet indices 10..=59, the demo 0, the bench 200..=201";
+
+fn test(e2e_filter: Option<&str>) -> Result<()> {
+    // Fail before doing anything slow: the e2e part cannot run without root, and skipping it would
+    // report a green run that tested nothing that matters.
+    keel_tests::host::require_root()
+        .context("`cargo xtask test` runs privileged e2e tests and must run as root")?;
+    let bins = build()?;
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run_step(fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_step(clippy)?;
+
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "keel-tests"]);
+    run_step(unit)?;
+
+    // Leftovers of an earlier crashed run would make the e2e tests' networks fail to build.
+    for line in keel_tests::cleanup_all_stale()? {
+        eprintln!("xtask: stale pod network cleaned: {line}");
+    }
+    eprintln!("xtask: privileged e2e tests ({TEST_NET_NOTE})");
+    let mut e2e = cargo();
+    e2e.args(["test", "--release", "-p", "keel-tests", "--", "--test-threads=1"])
+        .env("KEEL_BIN", &bins.keel)
+        .env("POD_AGENT_BIN", &bins.pod_agent);
+    if let Some(f) = e2e_filter {
+        e2e.arg(f);
+    }
+    run_step(e2e)?;
+    eprintln!("xtask: all checks passed");
+    Ok(())
+}
+
+fn cleanup() -> Result<()> {
+    keel_tests::host::require_root().context("`cargo xtask cleanup` needs root")?;
+    let report = keel_tests::cleanup_all_stale()?;
+    if report.is_empty() {
+        eprintln!("xtask: nothing to clean up");
+    }
+    for line in report {
+        eprintln!("xtask: {line}");
+    }
+    Ok(())
+}

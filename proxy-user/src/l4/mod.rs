@@ -94,18 +94,19 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         tracing::debug!(cluster = %cluster.key, "no healthy upstream; closing");
         return;
     };
-    let upstream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(in_flight.addr())).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(endpoint = %in_flight.addr(), error = %e, "upstream connect failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(endpoint = %in_flight.addr(), "upstream connect timed out");
-                return;
-            }
-        };
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(in_flight.addr()))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %in_flight.addr(), error = %e, "upstream connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %in_flight.addr(), "upstream connect timed out");
+            return;
+        }
+    };
     let _ = upstream.set_nodelay(true);
     let mut upstream = upstream;
     // copy_bidirectional forwards each direction's EOF as a write shutdown (half-close).
@@ -126,7 +127,10 @@ mod tests {
     fn classifies_prefixes() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Sniffed::Http1));
         assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Some(Sniffed::Http2));
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Sniffed::Http2)
+        );
         assert_eq!(classify(b"PRI * HT"), None);
         assert_eq!(classify(b"\x16\x03\x01"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"hello"), Some(Sniffed::Opaque));

@@ -155,7 +155,9 @@ pub enum InvalidWeight {
     #[error("weight {0} is too large")]
     TooLarge(i64),
     /// Several destinations whose weights add up to 0.
-    #[error("total destination weight = 0 (with several destinations at least one needs a weight > 0)")]
+    #[error(
+        "total destination weight = 0 (with several destinations at least one needs a weight > 0)"
+    )]
     AllZero,
 }
 
@@ -210,7 +212,9 @@ pub enum InvalidHeader {
     #[error("authority is rewritten in more than one place (rewrite.authority, headers set/add :authority or host)")]
     AuthorityTwice,
     /// JWT-claim based routing outside gateways.
-    #[error("header {0:?}: JWT claim routing (@request.auth.claims) is only supported on gateways")]
+    #[error(
+        "header {0:?}: JWT claim routing (@request.auth.claims) is only supported on gateways"
+    )]
     JwtClaim(String),
 }
 

@@ -272,6 +272,8 @@ pub struct WeightedDestination {
     pub destination: Destination,
     /// Relative weight (`w / Σw`); 0-weight entries are dropped at conversion when there are several.
     pub weight: u32,
+    /// Per-destination header ops; a `("host", v)` entry in `request.set` is this destination's authority
+    /// rewrite (Istio turns `:authority`/`host` set/add into `host_rewrite_literal`).
     pub headers: Headers,
 }
 
@@ -306,8 +308,11 @@ pub enum HttpAction {
 #[derive(Debug, Clone)]
 pub struct Rewrite {
     pub uri: Option<String>,
-    /// `uriRegexRewrite`: (compiled match, rewrite template).
+    /// `uriRegexRewrite`: (compiled match, rewrite template). The match is unanchored (every match in the
+    /// path is replaced); the template is already in the `regex` crate's syntax (Istio's `\1` became
+    /// `${1}`, a literal `$` became `$$`), so `re.replace_all(path, template.as_str())` is the rewrite.
     pub uri_regex: Option<(regex::Regex, String)>,
+    /// New authority; also carries `:authority`/`host` from the route's `headers.request.set/add`.
     pub authority: Option<String>,
 }
 

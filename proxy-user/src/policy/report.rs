@@ -58,7 +58,11 @@ pub fn summary(report: &LoadReport) -> String {
         plural(c.destination_rules, "destination rule", "destination rules"),
     ];
     if c.service_entries > 0 {
-        parts.push(plural(c.service_entries, "service entry", "service entries"));
+        parts.push(plural(
+            c.service_entries,
+            "service entry",
+            "service entries",
+        ));
     }
     if c.sidecars > 0 {
         parts.push(plural(c.sidecars, "sidecar", "sidecars"));

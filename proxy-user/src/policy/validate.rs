@@ -21,7 +21,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -74,7 +75,8 @@ fn is_label_value(v: &str) -> bool {
     let b = v.as_bytes();
     b.is_empty()
         || (b.len() <= 63
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric())
 }
@@ -202,7 +204,10 @@ pub enum MatchField {
 }
 
 /// Converts a `StringMatch`, compiling regexes anchored (RE2 full match).
-pub fn string_match(m: &istio::StringMatch, field: MatchField) -> Result<StringMatch, InvalidStringMatch> {
+pub fn string_match(
+    m: &istio::StringMatch,
+    field: MatchField,
+) -> Result<StringMatch, InvalidStringMatch> {
     let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
         .iter()
         .filter(|b| **b)
@@ -276,7 +281,20 @@ pub fn header_name(name: &str) -> Result<String, InvalidHeader> {
             c.is_ascii_alphanumeric()
                 || matches!(
                     c,
-                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
                 )
         });
     if ok {
@@ -287,7 +305,8 @@ pub fn header_name(name: &str) -> Result<String, InvalidHeader> {
 }
 
 /// Pseudo-headers allowed as match keys.
-pub const MATCHABLE_PSEUDO_HEADERS: &[&str] = &[":method", ":scheme", ":authority", ":path", ":status"];
+pub const MATCHABLE_PSEUDO_HEADERS: &[&str] =
+    &[":method", ":scheme", ":authority", ":path", ":status"];
 
 /// A header *match* key: a token, or one of the pseudo-headers Envoy exposes. Returns it lower-cased.
 pub fn header_match_name(name: &str) -> Result<String, InvalidHeader> {
@@ -337,7 +356,9 @@ pub fn header_value(name: &str, value: &str) -> Result<String, Invalid> {
 
 /// An IP address.
 pub fn ip(s: &str) -> Result<IpAddr, InvalidAddress> {
-    s.trim().parse().map_err(|_| InvalidAddress::Ip(s.to_string()))
+    s.trim()
+        .parse()
+        .map_err(|_| InvalidAddress::Ip(s.to_string()))
 }
 
 /// An IP address or CIDR (`10.0.0.0/8`, `::1/128`).
@@ -346,7 +367,9 @@ pub fn cidr(s: &str) -> Result<(), InvalidAddress> {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let ip: IpAddr = addr.parse().map_err(|_| InvalidAddress::Cidr(s.to_string()))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| InvalidAddress::Cidr(s.to_string()))?;
     if let Some(len) = len {
         let max = if ip.is_ipv4() { 32 } else { 128 };
         match len.parse::<u8>() {
@@ -375,7 +398,11 @@ pub enum ExportKind {
 }
 
 /// Checks `exportTo` entries relative to the resource's namespace.
-pub fn export_to(entries: &[String], namespace: &str, kind: ExportKind) -> Result<Vec<String>, InvalidExportTo> {
+pub fn export_to(
+    entries: &[String],
+    namespace: &str,
+    kind: ExportKind,
+) -> Result<Vec<String>, InvalidExportTo> {
     let mut seen: Vec<String> = Vec::new();
     for e in entries {
         match e.as_str() {
@@ -383,14 +410,20 @@ pub fn export_to(entries: &[String], namespace: &str, kind: ExportKind) -> Resul
             "." => {}
             "~" => {
                 if kind == ExportKind::Config {
-                    return Err(InvalidExportTo::Tilde("not allowed for Istio configuration objects"));
+                    return Err(InvalidExportTo::Tilde(
+                        "not allowed for Istio configuration objects",
+                    ));
                 }
             }
             ns if is_dns1123_label(ns) => {}
             other => return Err(InvalidExportTo::Namespace(other.to_string())),
         }
         // `.` and the resource's own namespace are the same entry.
-        let canonical = if e == "." { namespace.to_string() } else { e.clone() };
+        let canonical = if e == "." {
+            namespace.to_string()
+        } else {
+            e.clone()
+        };
         if seen.contains(&canonical) {
             return Err(InvalidExportTo::Duplicate(e.clone()));
         }
@@ -401,7 +434,9 @@ pub fn export_to(entries: &[String], namespace: &str, kind: ExportKind) -> Resul
             return Err(InvalidExportTo::StarWithOthers);
         }
         if seen.iter().any(|e| e == "~") {
-            return Err(InvalidExportTo::Tilde("exclusive: it cannot be combined with other entries"));
+            return Err(InvalidExportTo::Tilde(
+                "exclusive: it cannot be combined with other entries",
+            ));
         }
     }
     Ok(entries.to_vec())
@@ -458,7 +493,9 @@ pub const GRPC_STATUS: &[&str] = &[
 ];
 
 /// Methods accepted in CORS `allowMethods`.
-pub const CORS_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+pub const CORS_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// Checks a `retryOn` list: comma-separated, no spaces (Istio does not trim them).
 pub fn retry_on(s: &str) -> Result<Vec<String>, InvalidHttpRoute> {
@@ -492,7 +529,7 @@ pub fn is_prime(n: u64) -> bool {
     }
     let mut i = 2u64;
     while i.saturating_mul(i) <= n {
-        if n % i == 0 {
+        if n.is_multiple_of(i) {
             return false;
         }
         i += 1;
@@ -510,7 +547,11 @@ mod tests {
             ("reviews", "foo", "reviews.foo.svc.cluster.local"),
             ("Reviews", "default", "reviews.default.svc.cluster.local"),
             ("reviews.default", "foo", "reviews.default"),
-            ("reviews.default.svc.cluster.local", "foo", "reviews.default.svc.cluster.local"),
+            (
+                "reviews.default.svc.cluster.local",
+                "foo",
+                "reviews.default.svc.cluster.local",
+            ),
             ("*", "foo", "*"),
             ("10.0.0.1", "foo", "10.0.0.1"),
         ];
@@ -524,10 +565,22 @@ mod tests {
         assert!(wildcard_host("*.foo.com", StarHost::Allowed).is_ok());
         assert!(wildcard_host("foo.com", StarHost::Allowed).is_ok());
         assert!(wildcard_host("*", StarHost::Allowed).is_ok());
-        assert!(matches!(wildcard_host("*foo.com", StarHost::Allowed), Err(InvalidHost::Wildcard(_))));
-        assert!(matches!(wildcard_host("foo.*.com", StarHost::Allowed), Err(InvalidHost::Wildcard(_))));
-        assert!(matches!(wildcard_host("*", StarHost::Rejected("")), Err(InvalidHost::Star(_))));
-        assert!(matches!(wildcard_host("foo_bar.com", StarHost::Allowed), Err(InvalidHost::Label { .. })));
+        assert!(matches!(
+            wildcard_host("*foo.com", StarHost::Allowed),
+            Err(InvalidHost::Wildcard(_))
+        ));
+        assert!(matches!(
+            wildcard_host("foo.*.com", StarHost::Allowed),
+            Err(InvalidHost::Wildcard(_))
+        ));
+        assert!(matches!(
+            wildcard_host("*", StarHost::Rejected("")),
+            Err(InvalidHost::Star(_))
+        ));
+        assert!(matches!(
+            wildcard_host("foo_bar.com", StarHost::Allowed),
+            Err(InvalidHost::Label { .. })
+        ));
         assert!(hosts_overlap("*.foo.com", "a.foo.com"));
         assert!(hosts_overlap("*.foo.com", "*.com"));
         assert!(!hosts_overlap("a.foo.com", "b.foo.com"));
@@ -536,8 +589,14 @@ mod tests {
     #[test]
     fn durations_follow_istio_minimums() {
         assert_eq!(duration_ms("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(matches!(duration_ms("0s"), Err(InvalidDuration::TooShort { .. })));
-        assert!(matches!(duration_ms("1500us"), Err(InvalidDuration::SubMillisecond(_))));
+        assert!(matches!(
+            duration_ms("0s"),
+            Err(InvalidDuration::TooShort { .. })
+        ));
+        assert!(matches!(
+            duration_ms("1500us"),
+            Err(InvalidDuration::SubMillisecond(_))
+        ));
         assert_eq!(duration_ms_or_zero("0s"), Ok(Duration::ZERO));
     }
 
@@ -547,8 +606,14 @@ mod tests {
         assert!(re.is_match("/v12"));
         assert!(!re.is_match("/v12/x"));
         assert!(!re.is_match("/xv12"));
-        assert!(matches!(anchored_regex("("), Err(InvalidStringMatch::Regex { .. })));
-        assert!(matches!(anchored_regex(""), Err(InvalidStringMatch::EmptyRegex)));
+        assert!(matches!(
+            anchored_regex("("),
+            Err(InvalidStringMatch::Regex { .. })
+        ));
+        assert!(matches!(
+            anchored_regex(""),
+            Err(InvalidStringMatch::EmptyRegex)
+        ));
         assert!(matches!(
             anchored_regex(&"a".repeat(1025)),
             Err(InvalidStringMatch::RegexTooLong(1025))
@@ -558,7 +623,10 @@ mod tests {
     #[test]
     fn header_values_unescape_percent() {
         assert_eq!(header_value("x", "100%%").ok(), Some("100%".to_string()));
-        assert!(matches!(header_value("x", "%HOSTNAME%"), Err(Invalid::Unsupported(_))));
+        assert!(matches!(
+            header_value("x", "%HOSTNAME%"),
+            Err(Invalid::Unsupported(_))
+        ));
         assert!(header_value("x", "50%").is_err());
         assert!(header_name("x-user").is_ok());
         assert!(header_name("bad header").is_err());
@@ -577,7 +645,10 @@ mod tests {
             export_to(&v(&[".", "ns"]), "ns", ExportKind::Config),
             Err(InvalidExportTo::Duplicate(_))
         ));
-        assert!(matches!(export_to(&v(&["~"]), "ns", ExportKind::Config), Err(InvalidExportTo::Tilde(_))));
+        assert!(matches!(
+            export_to(&v(&["~"]), "ns", ExportKind::Config),
+            Err(InvalidExportTo::Tilde(_))
+        ));
         assert!(export_to(&v(&["~"]), "ns", ExportKind::Service).is_ok());
         assert!(matches!(
             export_to(&v(&["Bad_NS"]), "ns", ExportKind::Config),
@@ -588,7 +659,10 @@ mod tests {
     #[test]
     fn retry_on_tokens() {
         assert!(retry_on("5xx,connect-failure,503").is_ok());
-        assert_eq!(retry_on("5xx, reset"), Err(InvalidHttpRoute::RetryOn(" reset".into())));
+        assert_eq!(
+            retry_on("5xx, reset"),
+            Err(InvalidHttpRoute::RetryOn(" reset".into()))
+        );
         assert!(retry_on("bogus").is_err());
     }
 }

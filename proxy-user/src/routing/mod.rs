@@ -203,7 +203,11 @@ fn subnet_contains(subnet: &str, ip: std::net::IpAddr) -> bool {
         }
         (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
             let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(n) & mask == u128::from(i) & mask
         }
         _ => false,
@@ -218,7 +222,9 @@ pub fn request_match(m: &HttpMatch, req: &RequestFacts<'_>) -> bool {
         }
     }
     if m.method.as_ref().is_some_and(|s| !s.matches(req.method))
-        || m.authority.as_ref().is_some_and(|s| !s.matches(req.authority))
+        || m.authority
+            .as_ref()
+            .is_some_and(|s| !s.matches(req.authority))
         || m.scheme.as_ref().is_some_and(|s| !s.matches(req.scheme))
     {
         return false;

@@ -251,7 +251,12 @@ impl<'a> Builder<'a> {
                 let mirrors = route
                     .mirrors
                     .iter()
-                    .map(|m| (self.resolve(&m.destination, request_port, &ns), m.percentage))
+                    .map(|m| {
+                        (
+                            self.resolve(&m.destination, request_port, &ns),
+                            m.percentage,
+                        )
+                    })
                     .collect();
                 CompiledHttpRoute {
                     spec: route.clone(),
@@ -300,7 +305,7 @@ impl<'a> Builder<'a> {
             });
         };
         let svc = &snapshot.services[service];
-        let port = dest.port.unwrap_or_else(|| match svc.ports.as_slice() {
+        let port = dest.port.unwrap_or(match svc.ports.as_slice() {
             [only] => only.port,
             _ => request_port,
         });
@@ -315,7 +320,8 @@ impl<'a> Builder<'a> {
         let subset_labels: Option<Labels> = match &dest.subset {
             None => None,
             Some(name) => {
-                let rule = self.destination_rule_for(&dest.host, rule_namespace, &svc.meta.namespace);
+                let rule =
+                    self.destination_rule_for(&dest.host, rule_namespace, &svc.meta.namespace);
                 match rule.and_then(|r| r.subset(name)) {
                     Some(subset) => Some(subset.labels.clone()),
                     None => return Target::Missing(key),
@@ -364,7 +370,11 @@ impl<'a> Builder<'a> {
 fn creation_order(m: &crate::policy::Meta) -> (Option<String>, usize) {
     // Resources without a timestamp sort after those with one (they are "newer" than any applied one).
     (
-        Some(m.creation_timestamp.clone().unwrap_or_else(|| "~".to_string())),
+        Some(
+            m.creation_timestamp
+                .clone()
+                .unwrap_or_else(|| "~".to_string()),
+        ),
         m.order,
     )
 }

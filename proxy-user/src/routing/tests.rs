@@ -198,7 +198,11 @@ fn first_matching_rule_wins_in_order() {
         (vec![], "v1"),
     ];
     for (headers, want) in cases {
-        assert_eq!(decide(&snap, &c, "/", &headers), want, "headers {headers:?}");
+        assert_eq!(
+            decide(&snap, &c, "/", &headers),
+            want,
+            "headers {headers:?}"
+        );
     }
 }
 
@@ -223,13 +227,19 @@ fn conditions_in_a_block_are_anded_blocks_are_ored() {
         ("/betax", vec![], "404"),
     ];
     for (path, headers, want) in cases {
-        assert_eq!(decide(&snap, &c, path, &headers), want, "{path} {headers:?}");
+        assert_eq!(
+            decide(&snap, &c, path, &headers),
+            want,
+            "{path} {headers:?}"
+        );
     }
 }
 
 #[test]
 fn string_matches_follow_envoy() {
-    let cases: Vec<(HttpMatch, &str, Vec<(&str, &str)>, bool)> = vec![
+    // (match block, :path, request headers, expected)
+    type Case<'a> = (HttpMatch, &'a str, Vec<(&'a str, &'a str)>, bool);
+    let cases: Vec<Case> = vec![
         // Regex is a full match.
         (
             HttpMatch {
@@ -364,7 +374,11 @@ fn string_matches_follow_envoy() {
             scheme: "http",
             headers: &map,
         };
-        assert_eq!(request_match(&m, &facts), want, "case {i}: {path} {headers:?}");
+        assert_eq!(
+            request_match(&m, &facts),
+            want,
+            "case {i}: {path} {headers:?}"
+        );
     }
 }
 
@@ -385,7 +399,12 @@ fn source_labels_only_virtual_service_falls_back_to_default_for_other_clients() 
         "v3"
     );
     assert_eq!(
-        decide(&snap, &client("default", &[("app", "productpage")]), "/", &[]),
+        decide(
+            &snap,
+            &client("default", &[("app", "productpage")]),
+            "/",
+            &[]
+        ),
         "default"
     );
 }

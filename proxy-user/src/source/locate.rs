@@ -58,7 +58,8 @@ pub fn line_of(text: &str, path: &FieldPath) -> Option<usize> {
                     .iter()
                     .position(|l| {
                         l.indent < line.indent
-                            || (l.indent == line.indent && !(same_indent_list && is_item(l.content)))
+                            || (l.indent == line.indent
+                                && !(same_indent_list && is_item(l.content)))
                     })
                     .unwrap_or(rest.len());
                 scope = rest[..end].to_vec();
@@ -84,7 +85,12 @@ pub fn line_of(text: &str, path: &FieldPath) -> Option<usize> {
                         lineno: item.lineno,
                     });
                 }
-                body.extend(scope[start + 1..end].iter().copied().filter(|l| l.indent > base));
+                body.extend(
+                    scope[start + 1..end]
+                        .iter()
+                        .copied()
+                        .filter(|l| l.indent > base),
+                );
                 scope = body;
             }
         }
@@ -101,11 +107,17 @@ fn is_item(content: &str) -> bool {
 fn key_of(content: &str) -> Option<&str> {
     if let Some(rest) = content.strip_prefix('"') {
         let end = rest.find('"')?;
-        return rest[end + 1..].trim_start().starts_with(':').then(|| &rest[..end]);
+        return rest[end + 1..]
+            .trim_start()
+            .starts_with(':')
+            .then(|| &rest[..end]);
     }
     if let Some(rest) = content.strip_prefix('\'') {
         let end = rest.find('\'')?;
-        return rest[end + 1..].trim_start().starts_with(':').then(|| &rest[..end]);
+        return rest[end + 1..]
+            .trim_start()
+            .starts_with(':')
+            .then(|| &rest[..end]);
     }
     // A plain key ends at the first ": " or a trailing ':'.
     let end = content
@@ -167,6 +179,9 @@ spec:
     fn same_indent_lists_are_found() {
         let text = "spec:\n  hosts:\n  - a\n  - b\n  gateways:\n  - mesh\n";
         assert_eq!(line_of(text, &FieldPath::parse("spec.hosts[1]")), Some(4));
-        assert_eq!(line_of(text, &FieldPath::parse("spec.gateways[0]")), Some(6));
+        assert_eq!(
+            line_of(text, &FieldPath::parse("spec.gateways[0]")),
+            Some(6)
+        );
     }
 }

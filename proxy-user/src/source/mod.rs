@@ -133,7 +133,9 @@ impl fmt::Display for FieldPath {
 
 /// Keys that can be written bare in a path; others (`app.kubernetes.io/name`, `:authority`) get `["…"]`.
 fn is_plain_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A document that could not be decoded into its wire type.
@@ -181,12 +183,31 @@ impl Document {
         if let Some(pos) = message.find(" at line ") {
             message.truncate(pos);
         }
+        // It also prefixes its own idea of the path (`spec.http[0]: unknown field`); ours is reported apart.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if !prefix.is_empty() && !prefix.contains(' ') && !rest.is_empty() {
+                message = rest.to_string();
+            }
+        }
         DecodeError {
             path,
             line,
-            message,
+            message: without_snake_case_alternatives(&message),
         }
     }
+}
+
+/// Unknown-field errors list every accepted name, including the snake_case aliases of each camelCase
+/// field; listing both spellings doubles the noise, so keep the camelCase ones.
+fn without_snake_case_alternatives(message: &str) -> String {
+    let Some((head, list)) = message.split_once("expected one of ") else {
+        return message.to_string();
+    };
+    let kept: Vec<&str> = list
+        .split(", ")
+        .filter(|name| !name.trim_matches('`').contains('_'))
+        .collect();
+    format!("{head}expected one of {}", kept.join(", "))
 }
 
 fn convert_path(p: &serde_path_to_error::Path) -> FieldPath {
@@ -305,10 +326,18 @@ mod tests {
 
     #[test]
     fn field_path_round_trips() {
-        for s in ["spec.http[1].route[0].weight", "metadata.labels[\"app.kubernetes.io/name\"]", "spec"] {
+        for s in [
+            "spec.http[1].route[0].weight",
+            "metadata.labels[\"app.kubernetes.io/name\"]",
+            "spec",
+        ] {
             assert_eq!(FieldPath::parse(s).to_string(), s);
         }
-        let p = FieldPath::root().key("spec").key("http").index(1).key(":authority");
+        let p = FieldPath::root()
+            .key("spec")
+            .key("http")
+            .index(1)
+            .key(":authority");
         assert_eq!(p.to_string(), "spec.http[1][\":authority\"]");
     }
 
@@ -321,8 +350,15 @@ mod tests {
         let err = docs[1]
             .decode::<crate::wire::istio::IstioObject<crate::wire::istio::VirtualServiceSpec>>()
             .expect_err("unknown field");
-        assert!(err.message.contains("unknown field `subnet`"), "{}", err.message);
-        assert_eq!(err.path.to_string(), "spec.http[0].route[0].destination.subnet");
+        assert!(
+            err.message.contains("unknown field `subnet`"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            err.path.to_string(),
+            "spec.http[0].route[0].destination.subnet"
+        );
         assert_eq!(err.line, 8);
     }
 }

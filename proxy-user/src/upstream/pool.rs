@@ -54,9 +54,9 @@ impl HttpPools {
         match protocol {
             UpstreamProtocol::Http2 => &self.http2,
             UpstreamProtocol::SameAsDownstream if downstream_http2 => &self.http2,
-            UpstreamProtocol::SameAsDownstream | UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => {
-                &self.http1
-            }
+            UpstreamProtocol::SameAsDownstream
+            | UpstreamProtocol::Http1
+            | UpstreamProtocol::Tcp => &self.http1,
         }
     }
 }

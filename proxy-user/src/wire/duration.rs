@@ -87,14 +87,17 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             });
         };
         total = total
-            .checked_add(scaled(num, *scale).ok_or_else(|| DurationError::Overflow(input.to_string()))?)
+            .checked_add(
+                scaled(num, *scale).ok_or_else(|| DurationError::Overflow(input.to_string()))?,
+            )
             .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
         rest = next;
     }
     if total > MAX_NANOS {
         return Err(DurationError::Overflow(input.to_string()));
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| DurationError::Overflow(input.to_string()))?;
+    let secs = u64::try_from(total / 1_000_000_000)
+        .map_err(|_| DurationError::Overflow(input.to_string()))?;
     // The remainder is < 1e9 and so always fits in u32.
     let nanos = u32::try_from(total % 1_000_000_000).unwrap_or(0);
     Ok(Duration::new(secs, nanos))
@@ -145,12 +148,33 @@ mod tests {
     #[test]
     fn rejects_bad_input_with_typed_errors() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert!(matches!(parse_duration("-1s"), Err(DurationError::Signed(_))));
-        assert!(matches!(parse_duration("10"), Err(DurationError::MissingUnit(_))));
-        assert!(matches!(parse_duration("5sec"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("1d"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("s"), Err(DurationError::Malformed(_))));
-        assert!(matches!(parse_duration("1..2s"), Err(DurationError::Malformed(_))));
-        assert!(matches!(parse_duration("99999999999999999h"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse_duration("-1s"),
+            Err(DurationError::Signed(_))
+        ));
+        assert!(matches!(
+            parse_duration("10"),
+            Err(DurationError::MissingUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("5sec"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("1d"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_duration("1..2s"),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_duration("99999999999999999h"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 }

@@ -81,7 +81,7 @@ pub struct Destination {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSelector {
     /// Port number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub number: Option<i64>,
 }
 
@@ -126,7 +126,11 @@ pub struct HttpRoute {
     #[serde(default)]
     pub mirrors: Vec<HttpMirrorPolicy>,
     /// Deprecated integer mirror percentage.
-    #[serde(default, alias = "mirror_percent")]
+    #[serde(
+        default,
+        alias = "mirror_percent",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub mirror_percent: Option<i64>,
     /// Mirror percentage (wins over `mirror_percent`).
     #[serde(default, alias = "mirror_percentage")]
@@ -225,7 +229,7 @@ pub struct HttpMatchRequest {
     #[serde(default)]
     pub headers: BTreeMap<String, Option<StringMatch>>,
     /// Service port the request was sent to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// Client workload labels.
     #[serde(default, alias = "source_labels")]
@@ -258,7 +262,7 @@ pub struct HttpRouteDestination {
     #[serde(default)]
     pub destination: Option<Destination>,
     /// Relative weight.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub weight: Option<i64>,
     /// Per-destination header operations.
     #[serde(default)]
@@ -273,7 +277,7 @@ pub struct RouteDestination {
     #[serde(default)]
     pub destination: Option<Destination>,
     /// Relative weight.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub weight: Option<i64>,
 }
 
@@ -285,7 +289,7 @@ pub struct L4MatchAttributes {
     #[serde(default, alias = "destination_subnets")]
     pub destination_subnets: Vec<String>,
     /// Service port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// Hidden in Istio's API and unused; accepted so such YAML still loads.
     #[serde(default, alias = "source_subnet")]
@@ -312,7 +316,7 @@ pub struct TlsMatchAttributes {
     #[serde(default, alias = "destination_subnets")]
     pub destination_subnets: Vec<String>,
     /// Service port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// Client workload labels.
     #[serde(default, alias = "source_labels")]
@@ -336,7 +340,7 @@ pub struct HttpRedirect {
     #[serde(default)]
     pub authority: Option<String>,
     /// New port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
     #[serde(default, alias = "derive_port")]
@@ -345,7 +349,11 @@ pub struct HttpRedirect {
     #[serde(default)]
     pub scheme: Option<String>,
     /// Status code (default 301).
-    #[serde(default, alias = "redirect_code")]
+    #[serde(
+        default,
+        alias = "redirect_code",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub redirect_code: Option<i64>,
     /// Replace the matched prefix (Istio 1.31-alpha).
     #[serde(default, alias = "prefix_rewrite")]
@@ -357,7 +365,7 @@ pub struct HttpRedirect {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpDirectResponse {
     /// Status code.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub status: Option<i64>,
     /// Body.
     #[serde(default)]
@@ -423,7 +431,7 @@ pub struct StringMatch {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
     /// Number of retries.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub attempts: Option<i64>,
     /// Per-attempt timeout.
     #[serde(default, alias = "per_try_timeout")]
@@ -489,7 +497,7 @@ pub struct HttpFaultInjection {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     /// Deprecated integer percentage.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub percent: Option<i64>,
     /// Fixed delay.
     #[serde(default, alias = "fixed_delay")]
@@ -507,7 +515,11 @@ pub struct FaultDelay {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     /// HTTP status to return.
-    #[serde(default, alias = "http_status")]
+    #[serde(
+        default,
+        alias = "http_status",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub http_status: Option<i64>,
     /// gRPC status name to return.
     #[serde(default, alias = "grpc_status")]
@@ -636,7 +648,11 @@ pub struct TunnelSettings {
     #[serde(default, alias = "target_host")]
     pub target_host: Option<String>,
     /// Tunnel proxy port.
-    #[serde(default, alias = "target_port")]
+    #[serde(
+        default,
+        alias = "target_port",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub target_port: Option<i64>,
 }
 
@@ -657,7 +673,11 @@ pub struct RetryBudget {
     #[serde(default)]
     pub percent: Option<f64>,
     /// Retries always allowed.
-    #[serde(default, alias = "min_retry_concurrency")]
+    #[serde(
+        default,
+        alias = "min_retry_concurrency",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub min_retry_concurrency: Option<i64>,
     /// Window.
     #[serde(default, alias = "budget_interval")]
@@ -717,7 +737,11 @@ pub struct ZoneAwareLbSetting {
     #[serde(default, alias = "failover_priority")]
     pub failover_priority: Vec<String>,
     /// Minimum cluster size for zone-aware routing.
-    #[serde(default, alias = "min_cluster_size")]
+    #[serde(
+        default,
+        alias = "min_cluster_size",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub min_cluster_size: Option<i64>,
 }
 
@@ -744,7 +768,11 @@ pub struct ConsistentHashLb {
     #[serde(default)]
     pub maglev: Option<Maglev>,
     /// Deprecated ring size.
-    #[serde(default, alias = "minimum_ring_size")]
+    #[serde(
+        default,
+        alias = "minimum_ring_size",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub minimum_ring_size: Option<i64>,
 }
 
@@ -753,7 +781,11 @@ pub struct ConsistentHashLb {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RingHash {
     /// Minimum ring size (Envoy default 1024).
-    #[serde(default, alias = "minimum_ring_size")]
+    #[serde(
+        default,
+        alias = "minimum_ring_size",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub minimum_ring_size: Option<i64>,
 }
 
@@ -762,7 +794,11 @@ pub struct RingHash {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Maglev {
     /// Table size (prime).
-    #[serde(default, alias = "table_size")]
+    #[serde(
+        default,
+        alias = "table_size",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub table_size: Option<i64>,
 }
 
@@ -870,7 +906,11 @@ pub struct ConnectionPoolSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     /// Max upstream connections.
-    #[serde(default, alias = "max_connections")]
+    #[serde(
+        default,
+        alias = "max_connections",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub max_connections: Option<i64>,
     /// Connect timeout.
     #[serde(default, alias = "connect_timeout")]
@@ -891,7 +931,7 @@ pub struct TcpSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpKeepalive {
     /// Probes before dropping.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub probes: Option<i64>,
     /// Idle time before probing.
     #[serde(default)]
@@ -906,16 +946,32 @@ pub struct TcpKeepalive {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     /// Max queued requests.
-    #[serde(default, alias = "http1_max_pending_requests")]
+    #[serde(
+        default,
+        alias = "http1_max_pending_requests",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub http1_max_pending_requests: Option<i64>,
     /// Max outstanding requests.
-    #[serde(default, alias = "http2_max_requests")]
+    #[serde(
+        default,
+        alias = "http2_max_requests",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub http2_max_requests: Option<i64>,
     /// Requests per connection (1 disables keep-alive).
-    #[serde(default, alias = "max_requests_per_connection")]
+    #[serde(
+        default,
+        alias = "max_requests_per_connection",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub max_requests_per_connection: Option<i64>,
     /// Max concurrent retries.
-    #[serde(default, alias = "max_retries")]
+    #[serde(
+        default,
+        alias = "max_retries",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub max_retries: Option<i64>,
     /// Upstream idle timeout.
     #[serde(default, alias = "idle_timeout")]
@@ -927,7 +983,11 @@ pub struct HttpSettings {
     #[serde(default, alias = "use_client_protocol")]
     pub use_client_protocol: Option<bool>,
     /// HTTP/2 max concurrent streams.
-    #[serde(default, alias = "max_concurrent_streams")]
+    #[serde(
+        default,
+        alias = "max_concurrent_streams",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub max_concurrent_streams: Option<i64>,
     /// HTTP/2 keepalive (1.31-alpha).
     #[serde(default, alias = "http2_keep_alive")]
@@ -951,19 +1011,35 @@ pub struct ConnectionKeepalive {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Deprecated; ignored by Istio (warning).
-    #[serde(default, alias = "consecutive_errors")]
+    #[serde(
+        default,
+        alias = "consecutive_errors",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub consecutive_errors: Option<i64>,
     /// Count local-origin failures separately.
     #[serde(default, alias = "split_external_local_origin_errors")]
     pub split_external_local_origin_errors: Option<bool>,
     /// Local-origin failure threshold (needs split).
-    #[serde(default, alias = "consecutive_local_origin_failures")]
+    #[serde(
+        default,
+        alias = "consecutive_local_origin_failures",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub consecutive_local_origin_failures: Option<i64>,
     /// 502/503/504 threshold.
-    #[serde(default, alias = "consecutive_gateway_errors")]
+    #[serde(
+        default,
+        alias = "consecutive_gateway_errors",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub consecutive_gateway_errors: Option<i64>,
     /// 5xx threshold (default 5).
-    #[serde(default, alias = "consecutive_5xx_errors")]
+    #[serde(
+        default,
+        alias = "consecutive_5xx_errors",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub consecutive_5xx_errors: Option<i64>,
     /// Sweep interval (default 10s).
     #[serde(default)]
@@ -972,10 +1048,18 @@ pub struct OutlierDetection {
     #[serde(default, alias = "base_ejection_time")]
     pub base_ejection_time: Option<String>,
     /// Max ejected percent (default 10).
-    #[serde(default, alias = "max_ejection_percent")]
+    #[serde(
+        default,
+        alias = "max_ejection_percent",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub max_ejection_percent: Option<i64>,
     /// Panic threshold (default 0).
-    #[serde(default, alias = "min_health_percent")]
+    #[serde(
+        default,
+        alias = "min_health_percent",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub min_health_percent: Option<i64>,
     /// Status codes that count as errors (1.31-alpha).
     #[serde(default, alias = "outlier_detection_http_error_codes")]
@@ -1056,7 +1140,7 @@ pub struct ServiceEntrySpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntryPort {
     /// Port number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub number: Option<i64>,
     /// `HTTP`, `HTTPS`, `GRPC`, `HTTP2`, `MONGO`, `TCP`, `TLS`, ...
     #[serde(default)]
@@ -1065,7 +1149,11 @@ pub struct ServiceEntryPort {
     #[serde(default)]
     pub name: Option<String>,
     /// Endpoint port.
-    #[serde(default, alias = "target_port")]
+    #[serde(
+        default,
+        alias = "target_port",
+        deserialize_with = "super::num::opt_i64"
+    )]
     pub target_port: Option<i64>,
 }
 
@@ -1089,7 +1177,7 @@ pub struct WorkloadEntry {
     #[serde(default)]
     pub locality: Option<String>,
     /// LB weight.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub weight: Option<i64>,
     /// Service account.
     #[serde(default, alias = "service_account")]

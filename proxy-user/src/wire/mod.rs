@@ -7,6 +7,7 @@ pub mod duration;
 pub mod istio;
 pub mod k8s;
 pub mod keel;
+pub mod num;
 
 pub use duration::{parse_duration, DurationError};
 
@@ -43,7 +44,8 @@ impl Kind {
     /// known kinds under an API version Keel does not speak (e.g. `networking.istio.io/v2`).
     pub fn classify(api_version: &str, kind: &str) -> Option<Kind> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let istio = group == ISTIO_NETWORKING_GROUP && matches!(version, "v1alpha3" | "v1beta1" | "v1");
+        let istio =
+            group == ISTIO_NETWORKING_GROUP && matches!(version, "v1alpha3" | "v1beta1" | "v1");
         Some(match (group, version, kind) {
             ("", "v1", "Namespace") => Kind::Namespace,
             ("", "v1", "Service") => Kind::Service,
@@ -82,26 +84,42 @@ mod tests {
 
     #[test]
     fn classifies_known_kinds_and_ignores_others() {
-        for v in ["networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.istio.io/v1"] {
-            assert_eq!(Kind::classify(v, "VirtualService"), Some(Kind::VirtualService));
+        for v in [
+            "networking.istio.io/v1alpha3",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1",
+        ] {
+            assert_eq!(
+                Kind::classify(v, "VirtualService"),
+                Some(Kind::VirtualService)
+            );
         }
         assert_eq!(Kind::classify("v1", "Service"), Some(Kind::Service));
-        assert_eq!(Kind::classify("keel.io/v1alpha1", "MeshConfig"), Some(Kind::MeshConfig));
+        assert_eq!(
+            Kind::classify("keel.io/v1alpha1", "MeshConfig"),
+            Some(Kind::MeshConfig)
+        );
         assert_eq!(Kind::classify("apps/v1", "Deployment"), None);
         assert_eq!(Kind::classify("v1", "ConfigMap"), None);
-        assert_eq!(Kind::classify("networking.istio.io/v2", "VirtualService"), None);
+        assert_eq!(
+            Kind::classify("networking.istio.io/v2", "VirtualService"),
+            None
+        );
     }
 
     #[test]
     fn accepts_camel_and_snake_case_spellings() {
         let camel: istio::HttpRoute =
-            serde_yaml::from_str("mirrorPercent: 50\nmirrorPercentage: {value: 10}").expect("camel");
+            serde_yaml::from_str("mirrorPercent: 50\nmirrorPercentage: {value: 10}")
+                .expect("camel");
         let snake: istio::HttpRoute =
-            serde_yaml::from_str("mirror_percent: 50\nmirror_percentage: {value: 10}").expect("snake");
+            serde_yaml::from_str("mirror_percent: 50\nmirror_percentage: {value: 10}")
+                .expect("snake");
         assert_eq!(camel, snake);
         assert_eq!(camel.mirror_percent, Some(50));
         let od: istio::OutlierDetection =
-            serde_yaml::from_str("consecutive5xxErrors: 3\nconsecutive_gateway_errors: 2").expect("od");
+            serde_yaml::from_str("consecutive5xxErrors: 3\nconsecutive_gateway_errors: 2")
+                .expect("od");
         assert_eq!(od.consecutive_5xx_errors, Some(3));
         assert_eq!(od.consecutive_gateway_errors, Some(2));
     }

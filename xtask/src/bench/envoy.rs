@@ -107,8 +107,7 @@ fn outbound_routes(services: &[Service]) -> Value {
                     "route": {
                         "weighted_clusters": { "clusters": clusters },
                         "timeout": "0s",
-                        "retry_policy": istio_retry_policy(),
-                        "max_grpc_timeout": "0s"
+                        "retry_policy": istio_retry_policy()
                     }
                 }]
             })
@@ -192,7 +191,7 @@ pub fn sidecar(services: &[Service], pod_ip: Ipv4Addr, app_ports: &[(u16, bool)]
                     "routes": [{
                         "name": "default",
                         "match": { "prefix": "/" },
-                        "route": { "cluster": name, "timeout": "0s", "max_grpc_timeout": "0s" }
+                        "route": { "cluster": name, "timeout": "0s" }
                     }]
                 }],
                 "validate_clusters": false

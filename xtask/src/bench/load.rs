@@ -91,12 +91,14 @@ pub fn oha_args(workload: Workload, s: &Settings, url: &str, duration: Duration)
         "json".into(),
         "-z".into(),
         format!("{}ms", duration.as_millis()),
-        // One OS thread: the client shares two cores with backends and proxies; oha at 1k rps (or a
-        // closed loop over 16 connections) does not need more, and a second thread would take CPU
-        // from the proxies under test.
-        "--worker-threads".into(),
-        "1".into(),
     ];
+    if workload.fixed_rate() {
+        // One OS thread: the client shares the cores with backends and proxies, and a fixed 1k rps
+        // does not need more; a second thread would only take CPU from the proxies under test. The
+        // maximum-throughput run keeps oha's default (one per physical core), so the client is not
+        // what caps `direct`.
+        a.extend(["--worker-threads".into(), "1".into()]);
+    }
     match workload {
         Workload::Http1Rate | Workload::Http1NewConnRate => {
             a.extend(["-c".into(), s.connections.to_string()]);

@@ -97,7 +97,6 @@ pub struct Summary {
     pub cpu_per_1k: f64,
     pub softirq_per_1k: f64,
     pub rss_mib: f64,
-    pub rounds: usize,
 }
 
 /// Median of the finite values (NaN if none).
@@ -133,7 +132,6 @@ impl Results {
             cpu_per_1k: med(&|r| r.cpu_per_1k()),
             softirq_per_1k: med(&|r| r.softirq_per_1k()),
             rss_mib: med(&|r| r.proxy_rss_kib as f64 / 1024.0),
-            rounds: runs.len(),
         })
     }
 }
@@ -387,9 +385,8 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "N pods and N services; N sidecars (N Envoy processes, each with the config of all N services) \
-             vs one node Envoy vs one Keel. Idle proxies, {} after ready. RSS sums count pages shared between \
-             the sidecars (Envoy's binary) once per process; PSS counts them once in total.\n",
-            "a few seconds"
+             vs one node Envoy vs one Keel. Idle proxies, a few seconds after ready. RSS sums count pages shared \
+             between the sidecars (Envoy's binary) once per process; PSS counts them once in total.\n"
         );
         let _ = writeln!(
             o,
@@ -438,7 +435,7 @@ const METHOD: &str = "## How it was measured
 - Every mode gets its own client pod (netns + cgroup) on the same bridge, so each mode's capture (iptables
   in the client netns, or Keel's eBPF on the pod cgroup root, which only the keel client is under) touches
   only its own traffic. All modes' proxies stay up for the whole run; modes are interleaved within each round.
-- Load: oha (one worker thread) inside the client pod. Fixed-rate runs use `-q` with `--latency-correction`
+- Load: oha inside the client pod (one worker thread for fixed-rate runs, its default for `http1-max`). Fixed-rate runs use `-q` with `--latency-correction`
   (coordinated omission), so latency includes time a request waited to be sent.
 - `direct` sends to backend v1's pod IP; the meshed modes send to the Service VIP (the canary spreads
   requests over v1 and v2).

@@ -27,7 +27,10 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         }
         Some(h) => h,
     };
-    ctx.check(&spec_path.key("host"), v::wildcard_host(host, StarHost::Allowed))?;
+    ctx.check(
+        &spec_path.key("host"),
+        v::wildcard_host(host, StarHost::Allowed),
+    )?;
     let host = v::resolve_short_name(host, &ns);
 
     let top_policy = spec
@@ -41,7 +44,10 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         let sp = spec_path.key("subsets").index(i);
         let name = match s.name.as_deref() {
             None | Some("") => {
-                ctx.err(&sp.key("name"), InvalidTrafficPolicy::Missing("subset name"));
+                ctx.err(
+                    &sp.key("name"),
+                    InvalidTrafficPolicy::Missing("subset name"),
+                );
                 continue;
             }
             Some(n) => n,
@@ -50,7 +56,10 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
             continue;
         }
         if !names.insert(name.to_string()) {
-            ctx.err(&sp.key("name"), InvalidTrafficPolicy::DuplicateSubset(name.to_string()));
+            ctx.err(
+                &sp.key("name"),
+                InvalidTrafficPolicy::DuplicateSubset(name.to_string()),
+            );
             continue;
         }
         ctx.check(&sp.key("labels"), v::labels(&s.labels));
@@ -72,10 +81,16 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         )
         .unwrap_or_default();
     let workload_selector = spec.workload_selector.as_ref().map(|ws| {
-        ctx.check(&spec_path.key("workloadSelector").key("matchLabels"), v::labels(&ws.match_labels));
+        ctx.check(
+            &spec_path.key("workloadSelector").key("matchLabels"),
+            v::labels(&ws.match_labels),
+        );
         // A selector-DR only makes sense for clients in its own namespace.
         if !export_to.iter().all(|e| e == "." || *e == ns) {
-            ctx.err(&spec_path.key("exportTo"), InvalidExportTo::WorkloadSelector);
+            ctx.err(
+                &spec_path.key("exportTo"),
+                InvalidExportTo::WorkloadSelector,
+            );
         }
         ws.match_labels.clone()
     });
@@ -91,7 +106,12 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
 }
 
 /// Converts a `TrafficPolicy` (top level, subset, or — with `allow_port_level = false` — a port entry).
-fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::TrafficPolicy, allow_port_level: bool) -> Option<TrafficPolicy> {
+fn traffic_policy(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    tp: &w::TrafficPolicy,
+    allow_port_level: bool,
+) -> Option<TrafficPolicy> {
     if tp.load_balancer.is_none()
         && tp.connection_pool.is_none()
         && tp.outlier_detection.is_none()
@@ -105,21 +125,46 @@ fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::TrafficPolicy, al
         return None;
     }
     if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("tunnel", "proxyProtocol"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict("tunnel", "proxyProtocol"),
+        );
     }
     if tp.tunnel.is_some() {
-        ctx.err(&path.key("tunnel"), Invalid::Unsupported("trafficPolicy.tunnel".into()));
+        ctx.err(
+            &path.key("tunnel"),
+            Invalid::Unsupported("trafficPolicy.tunnel".into()),
+        );
     }
     if tp.proxy_protocol.is_some() {
-        ctx.err(&path.key("proxyProtocol"), Invalid::Unsupported("trafficPolicy.proxyProtocol".into()));
+        ctx.err(
+            &path.key("proxyProtocol"),
+            Invalid::Unsupported("trafficPolicy.proxyProtocol".into()),
+        );
     }
     if let Some(rb) = &tp.retry_budget {
         let rp = path.key("retryBudget");
         if let Some(p) = rb.percent {
-            range(ctx, &rp.key("percent"), "percent", p, 0.0, 100.0, "[0, 100]");
+            range(
+                ctx,
+                &rp.key("percent"),
+                "percent",
+                p,
+                0.0,
+                100.0,
+                "[0, 100]",
+            );
         }
         if let Some(m) = rb.min_retry_concurrency {
-            range(ctx, &rp.key("minRetryConcurrency"), "minRetryConcurrency", m as f64, 0.0, f64::from(u32::MAX), ">= 0");
+            range(
+                ctx,
+                &rp.key("minRetryConcurrency"),
+                "minRetryConcurrency",
+                m as f64,
+                0.0,
+                f64::from(u32::MAX),
+                ">= 0",
+            );
         }
         if let Some(d) = &rb.budget_interval {
             ctx.check(&rp.key("budgetInterval"), v::duration_ms(d));
@@ -143,7 +188,10 @@ fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::TrafficPolicy, al
     }
     let mut port_level = Vec::new();
     if !tp.port_level_settings.is_empty() && !allow_port_level {
-        ctx.err(&path.key("portLevelSettings"), InvalidTrafficPolicy::Value("portLevelSettings cannot be nested".into()));
+        ctx.err(
+            &path.key("portLevelSettings"),
+            InvalidTrafficPolicy::Value("portLevelSettings cannot be nested".into()),
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
@@ -170,7 +218,10 @@ fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::TrafficPolicy, al
             ..Default::default()
         };
         if as_policy == w::TrafficPolicy::default() {
-            ctx.err(&pp, InvalidTrafficPolicy::Empty("a portLevelSettings entry (besides port)"));
+            ctx.err(
+                &pp,
+                InvalidTrafficPolicy::Empty("a portLevelSettings entry (besides port)"),
+            );
             continue;
         }
         if let Some(p) = traffic_policy(ctx, &pp, &as_policy, false) {
@@ -186,7 +237,15 @@ fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::TrafficPolicy, al
 }
 
 /// Records an error unless `lo <= value <= hi`.
-fn range(ctx: &mut Ctx<'_>, path: &FieldPath, field: &'static str, value: f64, lo: f64, hi: f64, desc: &'static str) -> bool {
+fn range(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    field: &'static str,
+    value: f64,
+    lo: f64,
+    hi: f64,
+    desc: &'static str,
+) -> bool {
     if value < lo || value > hi {
         ctx.err(
             path,
@@ -201,37 +260,67 @@ fn range(ctx: &mut Ctx<'_>, path: &FieldPath, field: &'static str, value: f64, l
     true
 }
 
-fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettings) -> Option<LoadBalancer> {
+fn load_balancer(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    lb: &w::LoadBalancerSettings,
+) -> Option<LoadBalancer> {
     if lb.simple.is_some() && lb.consistent_hash.is_some() {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("simple", "consistentHash"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict("simple", "consistentHash"),
+        );
         return None;
     }
     if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("localityLbSetting", "zoneAwareLbSetting"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict("localityLbSetting", "zoneAwareLbSetting"),
+        );
     }
     if let Some(l) = &lb.locality_lb_setting {
         locality(ctx, &path.key("localityLbSetting"), l);
     }
     if lb.zone_aware_lb_setting.is_some() {
-        ctx.warn(&path.key("zoneAwareLbSetting"), "zoneAwareLbSetting is accepted but not applied: Keel sees one node's locality");
+        ctx.warn(
+            &path.key("zoneAwareLbSetting"),
+            "zoneAwareLbSetting is accepted but not applied: Keel sees one node's locality",
+        );
     }
     if lb.warmup.is_some() && lb.warmup_duration_secs.is_some() {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("warmup", "warmupDurationSecs"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict("warmup", "warmupDurationSecs"),
+        );
     }
     if let Some(d) = &lb.warmup_duration_secs {
         ctx.check(&path.key("warmupDurationSecs"), v::duration_ms(d));
-        ctx.warn(&path.key("warmupDurationSecs"), "warmupDurationSecs is deprecated and not applied by Keel (no slow start)");
+        ctx.warn(
+            &path.key("warmupDurationSecs"),
+            "warmupDurationSecs is deprecated and not applied by Keel (no slow start)",
+        );
     }
     if let Some(wu) = &lb.warmup {
         let wp = path.key("warmup");
         match &wu.duration {
-            None => ctx.err(&wp.key("duration"), InvalidTrafficPolicy::Missing("warmup.duration")),
+            None => ctx.err(
+                &wp.key("duration"),
+                InvalidTrafficPolicy::Missing("warmup.duration"),
+            ),
             Some(d) => {
                 ctx.check(&wp.key("duration"), v::duration_ms(d));
             }
         }
         if let Some(m) = wu.minimum_percent {
-            range(ctx, &wp.key("minimumPercent"), "minimumPercent", m, 0.0, 100.0, "[0, 100]");
+            range(
+                ctx,
+                &wp.key("minimumPercent"),
+                "minimumPercent",
+                m,
+                0.0,
+                100.0,
+                "[0, 100]",
+            );
         }
         if let Some(a) = wu.aggression {
             if a <= 0.0 {
@@ -245,13 +334,19 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettin
                 );
             }
         }
-        ctx.warn(&wp, "warmup is accepted but not applied: Keel has no slow start");
+        ctx.warn(
+            &wp,
+            "warmup is accepted but not applied: Keel has no slow start",
+        );
     }
     if let Some(s) = &lb.simple {
         return Some(match s.as_str() {
             "UNSPECIFIED" | "LEAST_REQUEST" => LoadBalancer::LeastRequest,
             "LEAST_CONN" => {
-                ctx.warn(&path.key("simple"), "LEAST_CONN is deprecated; it means LEAST_REQUEST");
+                ctx.warn(
+                    &path.key("simple"),
+                    "LEAST_CONN is deprecated; it means LEAST_REQUEST",
+                );
                 LoadBalancer::LeastRequest
             }
             "RANDOM" => LoadBalancer::Random,
@@ -283,7 +378,9 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettin
     if keys == 0 {
         ctx.err(
             &cp,
-            InvalidTrafficPolicy::Missing("one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName"),
+            InvalidTrafficPolicy::Missing(
+                "one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+            ),
         );
         return None;
     }
@@ -301,26 +398,51 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettin
         return None;
     }
     if ch.minimum_ring_size.is_some() && (ch.ring_hash.is_some() || ch.maglev.is_some()) {
-        ctx.err(&cp, InvalidTrafficPolicy::Conflict("minimumRingSize", "ringHash/maglev"));
+        ctx.err(
+            &cp,
+            InvalidTrafficPolicy::Conflict("minimumRingSize", "ringHash/maglev"),
+        );
         return None;
     }
     if ch.minimum_ring_size.is_some() {
-        ctx.warn(&cp.key("minimumRingSize"), "minimumRingSize is deprecated; use ringHash.minimumRingSize");
+        ctx.warn(
+            &cp.key("minimumRingSize"),
+            "minimumRingSize is deprecated; use ringHash.minimumRingSize",
+        );
     }
     if let Some(m) = &ch.maglev {
         match m.table_size {
-            None | Some(0) => ctx.err(&cp.key("maglev").key("tableSize"), InvalidTrafficPolicy::Missing("maglev.tableSize")),
-            Some(n) if n < 0 || n >= MAGLEV_MAX || !v::is_prime(n.unsigned_abs()) => ctx.err(
+            None | Some(0) => ctx.err(
                 &cp.key("maglev").key("tableSize"),
-                InvalidTrafficPolicy::Value(format!("maglev.tableSize {n} must be a prime below {MAGLEV_MAX}")),
+                InvalidTrafficPolicy::Missing("maglev.tableSize"),
             ),
-            Some(_) => ctx.warn(&cp.key("maglev"), "maglev is accepted; Keel uses its ring hash (same stickiness)"),
+            Some(n) if !(0..MAGLEV_MAX).contains(&n) || !v::is_prime(n.unsigned_abs()) => ctx.err(
+                &cp.key("maglev").key("tableSize"),
+                InvalidTrafficPolicy::Value(format!(
+                    "maglev.tableSize {n} must be a prime below {MAGLEV_MAX}"
+                )),
+            ),
+            Some(_) => ctx.warn(
+                &cp.key("maglev"),
+                "maglev is accepted; Keel uses its ring hash (same stickiness)",
+            ),
         }
     }
-    let ring = ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size);
+    let ring = ch
+        .ring_hash
+        .as_ref()
+        .and_then(|r| r.minimum_ring_size)
+        .or(ch.minimum_ring_size);
     let minimum_ring_size = match ring {
         Some(n) if n < 0 => {
-            ctx.err(&cp, InvalidTrafficPolicy::Range { field: "minimumRingSize", value: n as f64, range: ">= 0" });
+            ctx.err(
+                &cp,
+                InvalidTrafficPolicy::Range {
+                    field: "minimumRingSize",
+                    value: n as f64,
+                    range: ">= 0",
+                },
+            );
             return None;
         }
         Some(n) => u64::try_from(n).ok(),
@@ -332,7 +454,10 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettin
         let kp = cp.key("httpCookie");
         let name = match c.name.as_deref() {
             None | Some("") => {
-                ctx.err(&kp.key("name"), InvalidTrafficPolicy::Missing("httpCookie.name"));
+                ctx.err(
+                    &kp.key("name"),
+                    InvalidTrafficPolicy::Missing("httpCookie.name"),
+                );
                 return None;
             }
             Some(n) => n.to_string(),
@@ -345,26 +470,36 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettin
         for (i, a) in c.attributes.iter().enumerate() {
             let ap = kp.key("attributes").index(i);
             match a.name.as_deref() {
-                None | Some("") => ctx.err(&ap.key("name"), InvalidTrafficPolicy::Missing("attribute name")),
-                Some(n) if !attr_names.insert(n.to_string()) => {
-                    ctx.err(&ap.key("name"), InvalidTrafficPolicy::Value(format!("duplicate cookie attribute {n:?}")))
-                }
+                None | Some("") => ctx.err(
+                    &ap.key("name"),
+                    InvalidTrafficPolicy::Missing("attribute name"),
+                ),
+                Some(n) if !attr_names.insert(n.to_string()) => ctx.err(
+                    &ap.key("name"),
+                    InvalidTrafficPolicy::Value(format!("duplicate cookie attribute {n:?}")),
+                ),
                 Some(_) => {}
             }
         }
         if !c.attributes.is_empty() {
-            ctx.warn(&kp.key("attributes"), "cookie attributes are accepted but not added to generated cookies");
+            ctx.warn(
+                &kp.key("attributes"),
+                "cookie attributes are accepted but not added to generated cookies",
+            );
         }
         HashKey::Cookie {
             name,
             path: c.path.clone(),
-            ttl: ttl.map(|d: Duration| d),
+            ttl,
         }
     } else if ch.use_source_ip == Some(true) {
         HashKey::SourceIp
     } else if let Some(q) = &ch.http_query_parameter_name {
         if q.is_empty() {
-            ctx.err(&cp.key("httpQueryParameterName"), InvalidTrafficPolicy::Missing("httpQueryParameterName"));
+            ctx.err(
+                &cp.key("httpQueryParameterName"),
+                InvalidTrafficPolicy::Missing("httpQueryParameterName"),
+            );
             return None;
         }
         HashKey::QueryParameter(q.clone())
@@ -379,40 +514,72 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &w::LoadBalancerSettin
 
 fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
     if !l.distribute.is_empty() && !l.failover.is_empty() {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("distribute", "failover"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict("distribute", "failover"),
+        );
     }
     for (i, d) in l.distribute.iter().enumerate() {
         let dp = path.key("distribute").index(i);
         if d.from.as_deref().unwrap_or("").is_empty() {
-            ctx.err(&dp.key("from"), InvalidTrafficPolicy::Missing("distribute.from"));
+            ctx.err(
+                &dp.key("from"),
+                InvalidTrafficPolicy::Missing("distribute.from"),
+            );
         }
         let mut sum = 0i64;
         for (loc, wgt) in &d.to {
             if !(1..=100).contains(wgt) {
                 ctx.err(
                     &dp.key("to").key(loc.clone()),
-                    InvalidTrafficPolicy::Range { field: "weight", value: *wgt as f64, range: "1..100" },
+                    InvalidTrafficPolicy::Range {
+                        field: "weight",
+                        value: *wgt as f64,
+                        range: "1..100",
+                    },
                 );
             }
             sum += wgt;
         }
         if sum != 100 {
-            ctx.err(&dp.key("to"), InvalidTrafficPolicy::Value(format!("distribute weights sum to {sum}, not 100")));
+            ctx.err(
+                &dp.key("to"),
+                InvalidTrafficPolicy::Value(format!("distribute weights sum to {sum}, not 100")),
+            );
         }
     }
     for (i, f) in l.failover.iter().enumerate() {
         let fp = path.key("failover").index(i);
-        let (from, to) = (f.from.as_deref().unwrap_or(""), f.to.as_deref().unwrap_or(""));
+        let (from, to) = (
+            f.from.as_deref().unwrap_or(""),
+            f.to.as_deref().unwrap_or(""),
+        );
         if from.is_empty() || to.is_empty() {
-            ctx.err(&fp, InvalidTrafficPolicy::Missing("failover.from and failover.to"));
+            ctx.err(
+                &fp,
+                InvalidTrafficPolicy::Missing("failover.from and failover.to"),
+            );
         } else if from == to {
-            ctx.err(&fp, InvalidTrafficPolicy::Value("failover from and to must be different regions".into()));
+            ctx.err(
+                &fp,
+                InvalidTrafficPolicy::Value(
+                    "failover from and to must be different regions".into(),
+                ),
+            );
         } else if from.contains(['/', '*']) || to.contains(['/', '*']) {
-            ctx.err(&fp, InvalidTrafficPolicy::Value("failover names regions: no '/' or '*'".into()));
+            ctx.err(
+                &fp,
+                InvalidTrafficPolicy::Value("failover names regions: no '/' or '*'".into()),
+            );
         }
     }
-    if l.enabled != Some(false) && (!l.distribute.is_empty() || !l.failover.is_empty() || !l.failover_priority.is_empty()) {
-        ctx.warn(path, "localityLbSetting is accepted but not applied: Keel treats all localities alike");
+    if l.enabled != Some(false)
+        && (!l.distribute.is_empty() || !l.failover.is_empty() || !l.failover_priority.is_empty())
+    {
+        ctx.warn(
+            path,
+            "localityLbSetting is accepted but not applied: Keel treats all localities alike",
+        );
     }
 }
 
@@ -420,7 +587,14 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
 fn limit(ctx: &mut Ctx<'_>, path: &FieldPath, field: &'static str, v: Option<i64>) -> Option<u32> {
     let n = v?;
     if n < 0 || n > i64::from(i32::MAX) {
-        ctx.err(path, InvalidTrafficPolicy::Range { field, value: n as f64, range: "0..2147483647" });
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Range {
+                field,
+                value: n as f64,
+                range: "0..2147483647",
+            },
+        );
         return None;
     }
     if n == 0 {
@@ -429,16 +603,28 @@ fn limit(ctx: &mut Ctx<'_>, path: &FieldPath, field: &'static str, v: Option<i64
     u32::try_from(n).ok()
 }
 
-fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSettings) -> Option<ConnectionPool> {
+fn connection_pool(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    cp: &w::ConnectionPoolSettings,
+) -> Option<ConnectionPool> {
     if cp.tcp.is_none() && cp.http.is_none() {
-        ctx.err(path, InvalidTrafficPolicy::Empty("connectionPool (tcp or http)"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Empty("connectionPool (tcp or http)"),
+        );
         return None;
     }
     let mut out = ConnectionPool::default();
     let mut tcp_idle = None;
     if let Some(tcp) = &cp.tcp {
         let tp = path.key("tcp");
-        out.tcp_max_connections = limit(ctx, &tp.key("maxConnections"), "maxConnections", tcp.max_connections);
+        out.tcp_max_connections = limit(
+            ctx,
+            &tp.key("maxConnections"),
+            "maxConnections",
+            tcp.max_connections,
+        );
         out.tcp_connect_timeout = tcp
             .connect_timeout
             .as_deref()
@@ -446,18 +632,32 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSe
         if let Some(ka) = &tcp.tcp_keepalive {
             let kp = tp.key("tcpKeepalive");
             if let Some(p) = ka.probes {
-                range(ctx, &kp.key("probes"), "probes", p as f64, 0.0, f64::from(u32::MAX), ">= 0");
+                range(
+                    ctx,
+                    &kp.key("probes"),
+                    "probes",
+                    p as f64,
+                    0.0,
+                    f64::from(u32::MAX),
+                    ">= 0",
+                );
             }
             for (k, d) in [("time", &ka.time), ("interval", &ka.interval)] {
                 if let Some(d) = d {
                     ctx.check(&kp.key(k), v::duration_ms(d));
                 }
             }
-            ctx.warn(&kp, "tcpKeepalive is accepted but not applied: Keel uses the OS keepalive settings");
+            ctx.warn(
+                &kp,
+                "tcpKeepalive is accepted but not applied: Keel uses the OS keepalive settings",
+            );
         }
         if let Some(d) = &tcp.max_connection_duration {
             ctx.check(&tp.key("maxConnectionDuration"), v::duration_ms(d));
-            ctx.warn(&tp.key("maxConnectionDuration"), "maxConnectionDuration is accepted but not applied");
+            ctx.warn(
+                &tp.key("maxConnectionDuration"),
+                "maxConnectionDuration is accepted but not applied",
+            );
         }
         tcp_idle = tcp
             .idle_timeout
@@ -473,7 +673,12 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSe
             "http1MaxPendingRequests",
             http.http1_max_pending_requests,
         );
-        out.http2_max_requests = limit(ctx, &hp.key("http2MaxRequests"), "http2MaxRequests", http.http2_max_requests);
+        out.http2_max_requests = limit(
+            ctx,
+            &hp.key("http2MaxRequests"),
+            "http2MaxRequests",
+            http.http2_max_requests,
+        );
         out.max_requests_per_connection = limit(
             ctx,
             &hp.key("maxRequestsPerConnection"),
@@ -501,14 +706,28 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSe
             ),
         }
         if policy == "UPGRADE" && http.use_client_protocol == Some(true) {
-            ctx.err(&hp, InvalidTrafficPolicy::Conflict("h2UpgradePolicy: UPGRADE", "useClientProtocol"));
+            ctx.err(
+                &hp,
+                InvalidTrafficPolicy::Conflict("h2UpgradePolicy: UPGRADE", "useClientProtocol"),
+            );
         }
         if http.use_client_protocol == Some(true) {
-            ctx.warn(&hp.key("useClientProtocol"), "useClientProtocol is accepted but not applied");
+            ctx.warn(
+                &hp.key("useClientProtocol"),
+                "useClientProtocol is accepted but not applied",
+            );
         }
         if let Some(n) = http.max_concurrent_streams {
-            limit(ctx, &hp.key("maxConcurrentStreams"), "maxConcurrentStreams", Some(n));
-            ctx.warn(&hp.key("maxConcurrentStreams"), "maxConcurrentStreams is accepted but not applied");
+            limit(
+                ctx,
+                &hp.key("maxConcurrentStreams"),
+                "maxConcurrentStreams",
+                Some(n),
+            );
+            ctx.warn(
+                &hp.key("maxConcurrentStreams"),
+                "maxConcurrentStreams is accepted but not applied",
+            );
         }
         if let Some(ka) = &http.http2_keep_alive {
             let kp = hp.key("http2KeepAlive");
@@ -517,7 +736,12 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSe
                     ctx.check(&kp.key("interval"), v::duration_ms(i));
                     ctx.check(&kp.key("timeout"), v::duration_ms(t));
                 }
-                _ => ctx.err(&kp, InvalidTrafficPolicy::Missing("http2KeepAlive.interval and http2KeepAlive.timeout")),
+                _ => ctx.err(
+                    &kp,
+                    InvalidTrafficPolicy::Missing(
+                        "http2KeepAlive.interval and http2KeepAlive.timeout",
+                    ),
+                ),
             }
             ctx.warn(&kp, "http2KeepAlive is accepted but not applied");
         }
@@ -527,7 +751,11 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSe
     Some(out)
 }
 
-fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &w::OutlierDetection) -> Option<OutlierDetection> {
+fn outlier_detection(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    od: &w::OutlierDetection,
+) -> Option<OutlierDetection> {
     let before = ctx.errors.len();
     if od.consecutive_errors.is_some() {
         ctx.warn(
@@ -535,26 +763,47 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &w::OutlierDetecti
             "consecutiveErrors is deprecated and ignored (as in Istio); use consecutive5xxErrors",
         );
     }
-    let count = |ctx: &mut Ctx<'_>, key: &str, field: &'static str, v: Option<i64>| -> Option<Option<u32>> {
+    let count = |ctx: &mut Ctx<'_>,
+                 key: &str,
+                 field: &'static str,
+                 v: Option<i64>|
+     -> Option<Option<u32>> {
         match v {
             None => Some(None),
             Some(n) if n < 0 || n > i64::from(u32::MAX) => {
-                ctx.err(&path.key(key), InvalidTrafficPolicy::Range { field, value: n as f64, range: ">= 0" });
+                ctx.err(
+                    &path.key(key),
+                    InvalidTrafficPolicy::Range {
+                        field,
+                        value: n as f64,
+                        range: ">= 0",
+                    },
+                );
                 None
             }
             Some(n) => Some(u32::try_from(n).ok()),
         }
     };
     // Unset = Envoy's default of 5 while the block is present; an explicit 0 disables the check.
-    let c5 = count(ctx, "consecutive5xxErrors", "consecutive5xxErrors", od.consecutive_5xx_errors);
+    let c5 = count(
+        ctx,
+        "consecutive5xxErrors",
+        "consecutive5xxErrors",
+        od.consecutive_5xx_errors,
+    );
     let consecutive_5xx_errors = match c5 {
         Some(None) => Some(5),
         Some(Some(0)) | None => None,
         Some(Some(n)) => Some(n),
     };
-    let consecutive_gateway_errors = count(ctx, "consecutiveGatewayErrors", "consecutiveGatewayErrors", od.consecutive_gateway_errors)
-        .flatten()
-        .filter(|n| *n > 0);
+    let consecutive_gateway_errors = count(
+        ctx,
+        "consecutiveGatewayErrors",
+        "consecutiveGatewayErrors",
+        od.consecutive_gateway_errors,
+    )
+    .flatten()
+    .filter(|n| *n > 0);
     let local = count(
         ctx,
         "consecutiveLocalOriginFailures",
@@ -565,7 +814,10 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &w::OutlierDetecti
     if local.flatten().is_some() && !split {
         ctx.err(
             &path.key("consecutiveLocalOriginFailures"),
-            InvalidTrafficPolicy::Value("consecutiveLocalOriginFailures requires splitExternalLocalOriginErrors: true".into()),
+            InvalidTrafficPolicy::Value(
+                "consecutiveLocalOriginFailures requires splitExternalLocalOriginErrors: true"
+                    .into(),
+            ),
         );
     }
     if split {
@@ -576,25 +828,56 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &w::OutlierDetecti
     }
     let dur = |ctx: &mut Ctx<'_>, key: &str, v: &Option<String>, default: Duration| match v {
         None => default,
-        Some(s) => ctx.check(&path.key(key), v::duration_ms(s)).unwrap_or(default),
+        Some(s) => ctx
+            .check(&path.key(key), v::duration_ms(s))
+            .unwrap_or(default),
     };
     let interval = dur(ctx, "interval", &od.interval, Duration::from_secs(10));
-    let base_ejection_time = dur(ctx, "baseEjectionTime", &od.base_ejection_time, Duration::from_secs(30));
-    let pct = |ctx: &mut Ctx<'_>, key: &str, field: &'static str, v: Option<i64>, default: u32| match v {
-        None => default,
-        Some(n) if (0..=100).contains(&n) => u32::try_from(n).unwrap_or(default),
-        Some(n) => {
-            ctx.err(&path.key(key), InvalidTrafficPolicy::Range { field, value: n as f64, range: "0..100" });
-            default
-        }
-    };
-    let max_ejection_percent = pct(ctx, "maxEjectionPercent", "maxEjectionPercent", od.max_ejection_percent, 10);
-    let min_health_percent = pct(ctx, "minHealthPercent", "minHealthPercent", od.min_health_percent, 0);
+    let base_ejection_time = dur(
+        ctx,
+        "baseEjectionTime",
+        &od.base_ejection_time,
+        Duration::from_secs(30),
+    );
+    let pct =
+        |ctx: &mut Ctx<'_>, key: &str, field: &'static str, v: Option<i64>, default: u32| match v {
+            None => default,
+            Some(n) if (0..=100).contains(&n) => u32::try_from(n).unwrap_or(default),
+            Some(n) => {
+                ctx.err(
+                    &path.key(key),
+                    InvalidTrafficPolicy::Range {
+                        field,
+                        value: n as f64,
+                        range: "0..100",
+                    },
+                );
+                default
+            }
+        };
+    let max_ejection_percent = pct(
+        ctx,
+        "maxEjectionPercent",
+        "maxEjectionPercent",
+        od.max_ejection_percent,
+        10,
+    );
+    let min_health_percent = pct(
+        ctx,
+        "minHealthPercent",
+        "minHealthPercent",
+        od.min_health_percent,
+        0,
+    );
     for (i, c) in od.outlier_detection_http_error_codes.iter().enumerate() {
         if !(100..=599).contains(c) {
             ctx.err(
                 &path.key("outlierDetectionHttpErrorCodes").index(i),
-                InvalidTrafficPolicy::Range { field: "status code", value: *c as f64, range: "100..599" },
+                InvalidTrafficPolicy::Range {
+                    field: "status code",
+                    value: *c as f64,
+                    range: "100..599",
+                },
             );
         }
     }
@@ -629,18 +912,36 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) {
         );
         return;
     }
-    let files = tls.client_certificate.is_some() || tls.private_key.is_some() || tls.ca_certificates.is_some();
+    let files = tls.client_certificate.is_some()
+        || tls.private_key.is_some()
+        || tls.ca_certificates.is_some();
     if tls.credential_name.is_some() && files {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("credentialName", "clientCertificate/privateKey/caCertificates"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict(
+                "credentialName",
+                "clientCertificate/privateKey/caCertificates",
+            ),
+        );
     }
     if mode == "MUTUAL"
         && tls.credential_name.is_none()
         && (tls.client_certificate.is_none() || tls.private_key.is_none())
     {
-        ctx.err(path, InvalidTrafficPolicy::Missing("clientCertificate and privateKey (or credentialName) for MUTUAL"));
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Missing(
+                "clientCertificate and privateKey (or credentialName) for MUTUAL",
+            ),
+        );
     }
-    if tls.insecure_skip_verify == Some(true) && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty()) {
-        ctx.err(path, InvalidTrafficPolicy::Conflict("insecureSkipVerify", "caCertificates/subjectAltNames"));
+    if tls.insecure_skip_verify == Some(true)
+        && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty())
+    {
+        ctx.err(
+            path,
+            InvalidTrafficPolicy::Conflict("insecureSkipVerify", "caCertificates/subjectAltNames"),
+        );
     }
     if mode != "DISABLE" {
         ctx.warn(

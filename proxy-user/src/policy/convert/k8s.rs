@@ -84,17 +84,20 @@ pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
                 }
             }
             // Kubernetes requires names as soon as a Service has more than one port.
-            None if spec.ports.len() > 1 => {
-                ctx.err(&path.key("name"), InvalidPort::MissingName(" when a Service has several ports"))
-            }
+            None if spec.ports.len() > 1 => ctx.err(
+                &path.key("name"),
+                InvalidPort::MissingName(" when a Service has several ports"),
+            ),
             None => {}
         }
         let target_port = match &p.target_port {
             None => TargetPort::Number(port),
-            Some(wk::IntOrString::Int(n)) => match ctx.check(&path.key("targetPort"), v::port(*n)) {
-                Some(t) => TargetPort::Number(t),
-                None => continue,
-            },
+            Some(wk::IntOrString::Int(n)) => {
+                match ctx.check(&path.key("targetPort"), v::port(*n)) {
+                    Some(t) => TargetPort::Number(t),
+                    None => continue,
+                }
+            }
             Some(wk::IntOrString::String(s)) => match s.parse::<i64>() {
                 // A quoted number is still a number for Kubernetes.
                 Ok(n) => match ctx.check(&path.key("targetPort"), v::port(n)) {
@@ -102,7 +105,10 @@ pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
                     None => continue,
                 },
                 Err(_) => {
-                    if ctx.check(&path.key("targetPort"), v::dns1123_label(s)).is_none() {
+                    if ctx
+                        .check(&path.key("targetPort"), v::dns1123_label(s))
+                        .is_none()
+                    {
                         continue;
                     }
                     TargetPort::Name(s.clone())
@@ -130,7 +136,11 @@ pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
         // An empty selector selects nothing in Kubernetes (endpoints are managed by hand).
         _ => None,
     };
-    let hostname = format!("{}.{}.svc.{CLUSTER_DOMAIN}", ctx.meta.name, ctx.meta.namespace).to_ascii_lowercase();
+    let hostname = format!(
+        "{}.{}.svc.{CLUSTER_DOMAIN}",
+        ctx.meta.name, ctx.meta.namespace
+    )
+    .to_ascii_lowercase();
     Some(Service {
         meta: ctx.meta.clone(),
         hostname,
@@ -161,7 +171,10 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
 
     let phase = pod.status.phase.as_deref();
     if let Some(p) = phase {
-        if !matches!(p, "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown") {
+        if !matches!(
+            p,
+            "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown"
+        ) {
             ctx.err(
                 &status_path.key("phase"),
                 Invalid::Enum {
@@ -212,7 +225,8 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
                 .index(ci)
                 .key("ports")
                 .index(pi);
-            let Some(port) = ctx.check(&path.key("containerPort"), v::port(p.container_port)) else {
+            let Some(port) = ctx.check(&path.key("containerPort"), v::port(p.container_port))
+            else {
                 continue;
             };
             if let Some(name) = &p.name {

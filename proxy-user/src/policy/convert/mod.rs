@@ -107,7 +107,11 @@ impl<'a> Ctx<'a> {
 fn location(doc: &Document, meta: &Meta, path: &FieldPath) -> Location {
     Location {
         file: doc.file.clone(),
-        line: if path.0.is_empty() { doc.line } else { doc.line_of(path) },
+        line: if path.0.is_empty() {
+            doc.line
+        } else {
+            doc.line_of(path)
+        },
         kind: meta.kind.clone(),
         namespace: meta.namespace.clone(),
         name: meta.name.clone(),
@@ -135,7 +139,8 @@ struct Builder {
     gateway_refs: Vec<(Location, String)>,
     /// Per VirtualService: (index in snapshot, location of `spec.hosts`).
     vs_locations: Vec<Location>,
-    dr_locations: Vec<Location>,
+    /// Per DestinationRule: location of `spec.host`, of `spec.trafficPolicy` and of each subset name.
+    dr_locations: Vec<(Location, Location, Vec<Location>)>,
 }
 
 impl Builder {
@@ -161,7 +166,8 @@ impl Builder {
                 return;
             }
         };
-        let str_at = |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let str_at =
+            |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let api_version = str_at(&value, "apiVersion");
         let kind_str = str_at(&value, "kind");
         let (Some(api_version), Some(kind_str)) = (api_version, kind_str) else {
@@ -182,6 +188,9 @@ impl Builder {
             self.report.ignored += 1;
             let mut meta = unknown_meta(&kind_str);
             meta.name = name.unwrap_or_else(|| "?".to_string());
+            meta.namespace = metadata
+                .and_then(|m| str_at(m, "namespace"))
+                .unwrap_or_else(|| "default".to_string());
             self.report.warnings.push(ConfigWarning {
                 at: location(doc, &meta, &FieldPath::root()),
                 message: format!("ignoring {api_version} {kind_str}: not a kind Keel reads"),
@@ -219,7 +228,10 @@ impl Builder {
         }
         if !cluster_scoped {
             let ns = ctx.meta.namespace.clone();
-            ctx.check(&metadata_path.key("namespace"), super::validate::dns1123_label(&ns));
+            ctx.check(
+                &metadata_path.key("namespace"),
+                super::validate::dns1123_label(&ns),
+            );
         }
         if !ctx.errors.is_empty() {
             self.flush(ctx);
@@ -231,7 +243,9 @@ impl Builder {
             if let Some(first) = &self.mesh_first {
                 ctx.err(
                     &FieldPath::root(),
-                    InvalidDocument::SecondMeshConfig { first: first.clone() },
+                    InvalidDocument::SecondMeshConfig {
+                        first: first.clone(),
+                    },
                 );
                 self.flush(ctx);
                 return;
@@ -239,7 +253,12 @@ impl Builder {
         } else {
             let key = (kind, ctx.meta.namespace.clone(), ctx.meta.name.clone());
             if let Some(first) = self.seen.get(&key) {
-                ctx.err(&metadata_path.key("name"), InvalidDocument::Duplicate { first: first.clone() });
+                ctx.err(
+                    &metadata_path.key("name"),
+                    InvalidDocument::Duplicate {
+                        first: first.clone(),
+                    },
+                );
                 self.flush(ctx);
                 return;
             }
@@ -249,8 +268,10 @@ impl Builder {
             if kind == Kind::MeshConfig {
                 self.mesh_first = Some(here);
             } else {
-                self.seen
-                    .insert((kind, ctx.meta.namespace.clone(), ctx.meta.name.clone()), here);
+                self.seen.insert(
+                    (kind, ctx.meta.namespace.clone(), ctx.meta.name.clone()),
+                    here,
+                );
             }
         }
         self.flush(ctx);
@@ -305,7 +326,10 @@ impl Builder {
                 match k8s::pod(ctx, &pod) {
                     Some(p) if ctx.errors.is_empty() => {
                         let key = format!("{}/{}", p.meta.namespace, p.meta.name);
-                        self.report.snapshot.pod_by_name.insert(key, self.report.snapshot.pods.len());
+                        self.report
+                            .snapshot
+                            .pod_by_name
+                            .insert(key, self.report.snapshot.pods.len());
                         self.report.snapshot.pods.push(p);
                         true
                     }
@@ -320,7 +344,8 @@ impl Builder {
                     Some(vs) if ctx.errors.is_empty() => {
                         self.refs.extend(refs);
                         self.gateway_refs.extend(gw_refs);
-                        self.vs_locations.push(ctx.location(&FieldPath::parse("spec.hosts")));
+                        self.vs_locations
+                            .push(ctx.location(&FieldPath::parse("spec.hosts")));
                         self.report.snapshot.virtual_services.push(vs);
                         true
                     }
@@ -331,7 +356,16 @@ impl Builder {
                 let obj = decode!(IstioObject<istio::DestinationRuleSpec>);
                 match destination_rule::convert(ctx, &obj.spec) {
                     Some(dr) if ctx.errors.is_empty() => {
-                        self.dr_locations.push(ctx.location(&FieldPath::parse("spec.host")));
+                        let subsets = (0..dr.subsets.len())
+                            .map(|i| {
+                                ctx.location(&FieldPath::parse(&format!("spec.subsets[{i}].name")))
+                            })
+                            .collect();
+                        self.dr_locations.push((
+                            ctx.location(&FieldPath::parse("spec.host")),
+                            ctx.location(&FieldPath::parse("spec.trafficPolicy")),
+                            subsets,
+                        ));
                         self.report.snapshot.destination_rules.push(dr);
                         true
                     }
@@ -417,7 +451,10 @@ impl Builder {
                     if let Some((other, _)) = snap.service_by_vip.get(&(*ip, port.port)) {
                         conflict = Some((
                             std::net::SocketAddr::new(*ip, port.port).to_string(),
-                            snap.services.get(*other).map(|s| s.meta.display_name()).unwrap_or_default(),
+                            snap.services
+                                .get(*other)
+                                .map(|s| s.meta.display_name())
+                                .unwrap_or_default(),
                         ));
                     }
                 }
@@ -451,10 +488,11 @@ impl Builder {
         for r in &self.refs {
             let host = &r.destination.host;
             let known_service = snap.service_by_host.contains_key(host)
-                || snap
-                    .service_entries
-                    .iter()
-                    .any(|se| se.hosts.iter().any(|h| super::validate::host_subset_of(host, h)));
+                || snap.service_entries.iter().any(|se| {
+                    se.hosts
+                        .iter()
+                        .any(|h| super::validate::host_subset_of(host, h))
+                });
             if !known_service {
                 warnings.push(ConfigWarning {
                     at: r.at.clone(),
@@ -519,38 +557,60 @@ impl Builder {
                 }
             }
         }
-        // Destination rules whose host is unknown, and duplicate subsets across rules for one host.
+        // Destination rules whose host is unknown, and what merging several rules for one host drops (§2.0:
+        // subsets are concatenated, first definition wins; only the first top-level trafficPolicy counts).
         for (i, dr) in snap.destination_rules.iter().enumerate() {
-            let Some(at) = self.dr_locations.get(i) else { continue };
+            let Some((host_at, policy_at, subset_ats)) = self.dr_locations.get(i) else {
+                continue;
+            };
             let known = dr.host.starts_with('*')
                 || snap.service_by_host.contains_key(&dr.host)
-                || snap
-                    .service_entries
-                    .iter()
-                    .any(|se| se.hosts.iter().any(|h| super::validate::host_subset_of(&dr.host, h)));
+                || snap.service_entries.iter().any(|se| {
+                    se.hosts
+                        .iter()
+                        .any(|h| super::validate::host_subset_of(&dr.host, h))
+                });
             if !known {
                 warnings.push(ConfigWarning {
-                    at: at.clone(),
-                    message: format!("host {:?} is not a known Service or ServiceEntry host; this rule has no effect", dr.host),
+                    at: host_at.clone(),
+                    message: format!(
+                        "host {:?} is not a known Service or ServiceEntry host; this rule has no effect",
+                        dr.host
+                    ),
                 });
             }
-            for earlier in &snap.destination_rules[..i] {
-                if earlier.host == dr.host
+            let merged_with = |earlier: &&DestinationRule| {
+                earlier.host == dr.host
                     && earlier.meta.namespace == dr.meta.namespace
                     && earlier.workload_selector == dr.workload_selector
-                {
-                    for s in &dr.subsets {
-                        if earlier.subset(&s.name).is_some() {
-                            warnings.push(ConfigWarning {
-                                at: at.clone(),
-                                message: format!(
-                                    "subset {:?} is also defined by {}; the first definition wins",
-                                    s.name,
-                                    earlier.meta.display_name()
-                                ),
-                            });
-                        }
-                    }
+                    && earlier.export_to == dr.export_to
+            };
+            let earlier: Vec<&DestinationRule> = snap.destination_rules[..i]
+                .iter()
+                .filter(merged_with)
+                .collect();
+            for (s, at) in dr.subsets.iter().zip(subset_ats) {
+                if let Some(first) = earlier.iter().find(|e| e.subset(&s.name).is_some()) {
+                    warnings.push(ConfigWarning {
+                        at: at.clone(),
+                        message: format!(
+                            "subset {:?} is also defined by {}; the first definition wins",
+                            s.name,
+                            first.meta.display_name()
+                        ),
+                    });
+                }
+            }
+            if dr.traffic_policy.is_some() {
+                if let Some(first) = earlier.iter().find(|e| e.traffic_policy.is_some()) {
+                    warnings.push(ConfigWarning {
+                        at: policy_at.clone(),
+                        message: format!(
+                            "ignored: {} already sets a trafficPolicy for {} and the first one wins",
+                            first.meta.display_name(),
+                            dr.host
+                        ),
+                    });
                 }
             }
         }
@@ -564,7 +624,8 @@ fn dr_visible(dr: &DestinationRule, client_ns: &str, host: &str, root_ns: &str) 
     if dr.meta.namespace == client_ns {
         return true;
     }
-    let exported = dr.export_to.is_empty() || dr.export_to.iter().any(|e| e == "*" || e == client_ns);
+    let exported =
+        dr.export_to.is_empty() || dr.export_to.iter().any(|e| e == "*" || e == client_ns);
     let service_ns = host
         .strip_suffix(&format!(".svc.{CLUSTER_DOMAIN}"))
         .and_then(|h| h.split('.').nth(1));

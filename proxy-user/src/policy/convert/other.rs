@@ -25,7 +25,13 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
     let mut hosts: Vec<String> = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
         let hp = sp.key("hosts").index(i);
-        if ctx.check(&hp, v::wildcard_host(h, StarHost::Rejected(" in a ServiceEntry"))).is_none() {
+        if ctx
+            .check(
+                &hp,
+                v::wildcard_host(h, StarHost::Rejected(" in a ServiceEntry")),
+            )
+            .is_none()
+        {
             continue;
         }
         let h = h.to_ascii_lowercase();
@@ -92,7 +98,10 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         }
         let name = match p.name.as_deref() {
             None | Some("") => {
-                ctx.err(&pp.key("name"), InvalidPort::MissingName(" for ServiceEntry ports"));
+                ctx.err(
+                    &pp.key("name"),
+                    InvalidPort::MissingName(" for ServiceEntry ports"),
+                );
                 continue;
             }
             Some(n) => n.to_string(),
@@ -120,16 +129,25 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
             None | Some(0) => None,
             Some(t) => ctx.check(&pp.key("targetPort"), v::port(t)),
         };
-        if resolution == Resolution::None && spec.addresses.is_empty() && !protocol.is_http() && protocol != Protocol::Tls && protocol != Protocol::Https {
+        if resolution == Resolution::None
+            && spec.addresses.is_empty()
+            && !protocol.is_http()
+            && protocol != Protocol::Tls
+            && protocol != Protocol::Https
+        {
             ctx.warn(
                 &pp,
                 format!("TCP port {port} without addresses matches traffic to any IP on that port"),
             );
         }
-        if resolution == Resolution::DynamicDns && !(protocol.is_http() || matches!(protocol, Protocol::Tls | Protocol::Https)) {
+        if resolution == Resolution::DynamicDns
+            && !(protocol.is_http() || matches!(protocol, Protocol::Tls | Protocol::Https))
+        {
             ctx.err(
                 &pp.key("protocol"),
-                Invalid::Other("DYNAMIC_DNS only supports HTTP, HTTP2, GRPC, HTTPS and TLS ports".into()),
+                Invalid::Other(
+                    "DYNAMIC_DNS only supports HTTP, HTTP2, GRPC, HTTPS and TLS ports".into(),
+                ),
             );
         }
         ports.push(ServiceEntryPort {
@@ -141,7 +159,10 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
     }
 
     if !spec.endpoints.is_empty() && spec.workload_selector.is_some() {
-        ctx.err(&sp, InvalidHttpRoute::Conflict("endpoints", "workloadSelector"));
+        ctx.err(
+            &sp,
+            InvalidHttpRoute::Conflict("endpoints", "workloadSelector"),
+        );
     }
     match resolution {
         Resolution::None if !spec.endpoints.is_empty() || spec.workload_selector.is_some() => ctx.err(
@@ -174,8 +195,17 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         }
         _ => {}
     }
-    if resolution != Resolution::None && hosts.len() > 1 && ports.iter().any(|p| !(p.protocol.is_http() || matches!(p.protocol, Protocol::Tls | Protocol::Https))) && spec.addresses.is_empty() {
-        ctx.warn(&sp.key("hosts"), "several hosts share non-HTTP ports without addresses: only the port tells them apart");
+    if resolution != Resolution::None
+        && hosts.len() > 1
+        && ports.iter().any(|p| {
+            !(p.protocol.is_http() || matches!(p.protocol, Protocol::Tls | Protocol::Https))
+        })
+        && spec.addresses.is_empty()
+    {
+        ctx.warn(
+            &sp.key("hosts"),
+            "several hosts share non-HTTP ports without addresses: only the port tells them apart",
+        );
     }
 
     let mut endpoints = Vec::new();
@@ -190,14 +220,26 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         let is_unix = address.starts_with("unix://");
         if resolution == Resolution::Static && !(is_ip || is_unix) {
             ctx.err(&ep.key("address"), InvalidAddress::Ip(address.clone()));
-        } else if !(is_ip || is_unix) && ctx.check(&ep.key("address"), v::wildcard_host(&address, StarHost::Rejected(" as an endpoint address"))).is_none() {
+        } else if !(is_ip || is_unix)
+            && ctx
+                .check(
+                    &ep.key("address"),
+                    v::wildcard_host(&address, StarHost::Rejected(" as an endpoint address")),
+                )
+                .is_none()
+        {
             continue;
         }
         let mut eports = std::collections::BTreeMap::new();
         for (name, num) in &e.ports {
             let pp = ep.key("ports").key(name.clone());
             if !names.contains(name) {
-                ctx.err(&pp, Invalid::Other(format!("endpoint port {name:?} is not a declared port name")));
+                ctx.err(
+                    &pp,
+                    Invalid::Other(format!(
+                        "endpoint port {name:?} is not a declared port name"
+                    )),
+                );
                 continue;
             }
             if let Some(p) = ctx.check(&pp, v::port(*num)) {
@@ -221,11 +263,17 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         });
     }
     let workload_selector = spec.workload_selector.as_ref().map(|ws| {
-        ctx.check(&sp.key("workloadSelector").key("labels"), v::labels(&ws.labels));
+        ctx.check(
+            &sp.key("workloadSelector").key("labels"),
+            v::labels(&ws.labels),
+        );
         ws.labels.clone()
     });
     let export_to = ctx
-        .check(&sp.key("exportTo"), v::export_to(&spec.export_to, &ns, v::ExportKind::Service))
+        .check(
+            &sp.key("exportTo"),
+            v::export_to(&spec.export_to, &ns, v::ExportKind::Service),
+        )
         .unwrap_or_default();
     Some(ServiceEntry {
         meta: ctx.meta.clone(),
@@ -246,7 +294,12 @@ fn ns_host(ctx: &mut Ctx<'_>, path: &FieldPath, s: &str, sidecar: bool) {
         Some((n, h)) => (n, h),
         None if !sidecar => ("*", s),
         None => {
-            ctx.err(path, Invalid::Other(format!("{s:?} must be namespace/dnsName (e.g. \"./*\", \"istio-system/*\")")));
+            ctx.err(
+                path,
+                Invalid::Other(format!(
+                    "{s:?} must be namespace/dnsName (e.g. \"./*\", \"istio-system/*\")"
+                )),
+            );
             return;
         }
     };
@@ -267,17 +320,26 @@ fn ns_host(ctx: &mut Ctx<'_>, path: &FieldPath, s: &str, sidecar: bool) {
 pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sidecar> {
     let sp = FieldPath::root().key("spec");
     let workload_selector = spec.workload_selector.as_ref().map(|ws| {
-        ctx.check(&sp.key("workloadSelector").key("labels"), v::labels(&ws.labels));
+        ctx.check(
+            &sp.key("workloadSelector").key("labels"),
+            v::labels(&ws.labels),
+        );
         ws.labels.clone()
     });
     if spec.egress.is_empty() {
-        ctx.err(&sp.key("egress"), Invalid::Other("at least one egress listener is required".into()));
+        ctx.err(
+            &sp.key("egress"),
+            Invalid::Other("at least one egress listener is required".into()),
+        );
     }
     let mut egress = Vec::new();
     for (i, e) in spec.egress.iter().enumerate() {
         let ep = sp.key("egress").index(i);
         if e.hosts.is_empty() {
-            ctx.err(&ep.key("hosts"), Invalid::Other("an egress listener needs at least one host".into()));
+            ctx.err(
+                &ep.key("hosts"),
+                Invalid::Other("an egress listener needs at least one host".into()),
+            );
         }
         for (j, h) in e.hosts.iter().enumerate() {
             ns_host(ctx, &ep.key("hosts").index(j), h, true);
@@ -287,7 +349,10 @@ pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sideca
             Some(n) => ctx.check(&ep.key("port").key("number"), v::port(n)),
         };
         if e.bind.is_some() || e.capture_mode.is_some() {
-            ctx.warn(&ep, "bind and captureMode have no meaning for Keel's eBPF redirect");
+            ctx.warn(
+                &ep,
+                "bind and captureMode have no meaning for Keel's eBPF redirect",
+            );
         }
         egress.push(SidecarEgress {
             port,
@@ -295,10 +360,16 @@ pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sideca
         });
     }
     if !spec.ingress.is_empty() {
-        ctx.warn(&sp.key("ingress"), "ingress listeners are accepted but not applied: Keel handles outbound traffic only");
+        ctx.warn(
+            &sp.key("ingress"),
+            "ingress listeners are accepted but not applied: Keel handles outbound traffic only",
+        );
     }
     if spec.inbound_connection_pool.is_some() {
-        ctx.warn(&sp.key("inboundConnectionPool"), "inboundConnectionPool is accepted but not applied");
+        ctx.warn(
+            &sp.key("inboundConnectionPool"),
+            "inboundConnectionPool is accepted but not applied",
+        );
     }
     let outbound_traffic_policy = match &spec.outbound_traffic_policy {
         None => None,
@@ -309,7 +380,12 @@ pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sideca
                     Invalid::Unsupported("outboundTrafficPolicy.egressProxy".into()),
                 );
             }
-            outbound_mode(ctx, &sp.key("outboundTrafficPolicy").key("mode"), o.mode.as_deref(), "REGISTRY_ONLY")
+            outbound_mode(
+                ctx,
+                &sp.key("outboundTrafficPolicy").key("mode"),
+                o.mode.as_deref(),
+                "REGISTRY_ONLY",
+            )
         }
     };
     Some(Sidecar {
@@ -322,7 +398,12 @@ pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sideca
 
 /// `ALLOW_ANY` / `REGISTRY_ONLY`; an absent mode means `default` (which differs between Sidecar's proto
 /// enum, where 0 is REGISTRY_ONLY, and Keel's MeshConfig, where it is ALLOW_ANY).
-fn outbound_mode(ctx: &mut Ctx<'_>, path: &FieldPath, mode: Option<&str>, default: &str) -> Option<OutboundTrafficPolicy> {
+fn outbound_mode(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    mode: Option<&str>,
+    default: &str,
+) -> Option<OutboundTrafficPolicy> {
     match mode.unwrap_or(default) {
         "ALLOW_ANY" => Some(OutboundTrafficPolicy::AllowAny),
         "REGISTRY_ONLY" => Some(OutboundTrafficPolicy::RegistryOnly),
@@ -343,7 +424,10 @@ pub(super) fn gateway(ctx: &mut Ctx<'_>, spec: &w::GatewaySpec) -> Option<Gatewa
     let sp = FieldPath::root().key("spec");
     ctx.check(&sp.key("selector"), v::labels(&spec.selector));
     if spec.servers.is_empty() {
-        ctx.err(&sp.key("servers"), Invalid::Other("at least one server is required".into()));
+        ctx.err(
+            &sp.key("servers"),
+            Invalid::Other("at least one server is required".into()),
+        );
     }
     let mut servers = Vec::new();
     for (i, s) in spec.servers.iter().enumerate() {
@@ -352,7 +436,10 @@ pub(super) fn gateway(ctx: &mut Ctx<'_>, spec: &w::GatewaySpec) -> Option<Gatewa
             ctx.err(&p.key("port"), InvalidPort::Missing);
             continue;
         };
-        let Some(number) = port.number.and_then(|n| ctx.check(&p.key("port").key("number"), v::port(n))) else {
+        let Some(number) = port
+            .number
+            .and_then(|n| ctx.check(&p.key("port").key("number"), v::port(n)))
+        else {
             if port.number.is_none() {
                 ctx.err(&p.key("port").key("number"), InvalidPort::Missing);
             }
@@ -360,7 +447,10 @@ pub(super) fn gateway(ctx: &mut Ctx<'_>, spec: &w::GatewaySpec) -> Option<Gatewa
         };
         let protocol = match port.protocol.as_deref() {
             None => {
-                ctx.err(&p.key("port").key("protocol"), Invalid::Other("port.protocol is required".into()));
+                ctx.err(
+                    &p.key("port").key("protocol"),
+                    Invalid::Other("port.protocol is required".into()),
+                );
                 continue;
             }
             Some(s) => match port_protocol(s) {
@@ -387,7 +477,12 @@ pub(super) fn gateway(ctx: &mut Ctx<'_>, spec: &w::GatewaySpec) -> Option<Gatewa
             if let Some(mode) = &tls.mode {
                 if !matches!(
                     mode.as_str(),
-                    "PASSTHROUGH" | "SIMPLE" | "MUTUAL" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL"
+                    "PASSTHROUGH"
+                        | "SIMPLE"
+                        | "MUTUAL"
+                        | "AUTO_PASSTHROUGH"
+                        | "ISTIO_MUTUAL"
+                        | "OPTIONAL_MUTUAL"
                 ) {
                     ctx.err(
                         &p.key("tls").key("mode"),
@@ -417,7 +512,12 @@ pub(super) fn mesh_config(ctx: &mut Ctx<'_>, spec: &wkeel::MeshConfigSpec) -> Op
     let sp = FieldPath::root().key("spec");
     let mut mesh = MeshConfig::default();
     if let Some(o) = &spec.outbound_traffic_policy {
-        if let Some(m) = outbound_mode(ctx, &sp.key("outboundTrafficPolicy").key("mode"), o.mode.as_deref(), "ALLOW_ANY") {
+        if let Some(m) = outbound_mode(
+            ctx,
+            &sp.key("outboundTrafficPolicy").key("mode"),
+            o.mode.as_deref(),
+            "ALLOW_ANY",
+        ) {
             mesh.outbound_traffic_policy = m;
         }
     }
@@ -425,19 +525,28 @@ pub(super) fn mesh_config(ctx: &mut Ctx<'_>, spec: &wkeel::MeshConfigSpec) -> Op
         // "0s" means "no default timeout" (today's Istio); anything else must be a valid route timeout.
         match v::duration(t) {
             Ok(d) if d.is_zero() => mesh.default_http_timeout = None,
-            _ => mesh.default_http_timeout = ctx.check(&sp.key("defaultHttpTimeout"), v::duration_ms(t)),
+            _ => {
+                mesh.default_http_timeout =
+                    ctx.check(&sp.key("defaultHttpTimeout"), v::duration_ms(t))
+            }
         }
     }
     if let Some(b) = spec.mirror_shadow_suffix {
         mesh.mirror_shadow_suffix = b;
     }
     if let Some(ns) = &spec.root_namespace {
-        if ctx.check(&sp.key("rootNamespace"), v::dns1123_label(ns)).is_some() {
+        if ctx
+            .check(&sp.key("rootNamespace"), v::dns1123_label(ns))
+            .is_some()
+        {
             mesh.root_namespace = ns.clone();
         }
     }
     if let Some(t) = &spec.protocol_detection_timeout {
-        if let Some(d) = ctx.check(&sp.key("protocolDetectionTimeout"), v::duration_ms_or_zero(t)) {
+        if let Some(d) = ctx.check(
+            &sp.key("protocolDetectionTimeout"),
+            v::duration_ms_or_zero(t),
+        ) {
             mesh.protocol_detection_timeout = d;
         }
     }

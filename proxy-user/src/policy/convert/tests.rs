@@ -6,7 +6,10 @@ use super::*;
 use crate::source::split_documents;
 
 fn config_dir(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("config").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("config")
+        .join(rel)
 }
 
 fn load(yaml: &str) -> LoadReport {
@@ -17,7 +20,11 @@ fn assert_clean(dir: &str) -> LoadReport {
     let path = config_dir(dir);
     let report = load_dir(&path).unwrap_or_else(|e| panic!("{e}"));
     let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{dir} has errors:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{dir} has errors:\n{}",
+        errors.join("\n")
+    );
     report
 }
 
@@ -25,7 +32,11 @@ fn assert_clean(dir: &str) -> LoadReport {
 fn demo_loads_cleanly() {
     let report = assert_clean("demo");
     let warnings: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
-    assert!(warnings.is_empty(), "demo has warnings:\n{}", warnings.join("\n"));
+    assert!(
+        warnings.is_empty(),
+        "demo has warnings:\n{}",
+        warnings.join("\n")
+    );
     let s = &report.snapshot;
     assert_eq!(s.services.len(), 4);
     assert_eq!(s.pods.len(), 7);
@@ -42,7 +53,10 @@ fn demo_loads_cleanly() {
         .iter()
         .map(|d| (d.destination.subset.as_deref(), d.weight))
         .collect();
-    assert_eq!(split, vec![(Some("v1"), 10), (Some("v2"), 10), (Some("v3"), 80)]);
+    assert_eq!(
+        split,
+        vec![(Some("v1"), 10), (Some("v2"), 10), (Some("v3"), 80)]
+    );
     let dr = s
         .destination_rules
         .iter()
@@ -56,4 +70,692 @@ fn demo_loads_cleanly() {
         crate::policy::summary(&report),
         "4 services, 7 pods, 1 virtual service, 4 destination rules"
     );
+}
+
+/// A VirtualService document named `t` in namespace `ns1` with the given `spec` body (indented 2).
+fn vs(spec: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: t\n  namespace: ns1\nspec:\n{spec}")
+}
+
+fn dr(spec: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: t\n  namespace: ns1\nspec:\n{spec}")
+}
+
+/// Invalid samples: each must produce exactly one rejected resource whose error line contains `want`.
+#[test]
+fn invalid_resources_are_rejected_with_precise_errors() {
+    let route = "    route:\n    - destination:\n        host: reviews\n";
+    let item = "  - route:\n    - destination:\n        host: reviews\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "negative weight",
+            vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: -1\n    - destination: {host: reviews, subset: v2}\n      weight: 10\n"),
+            "test.yaml:11: VirtualService ns1/t: spec.http[0].route[0].weight: weight -1 must not be negative",
+        ),
+        (
+            "all zero weights",
+            vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 0\n    - destination: {host: reviews, subset: v2}\n"),
+            "spec.http[0].route: total destination weight = 0",
+        ),
+        (
+            "mirror and mirrors",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    mirror: {{host: reviews}}\n    mirrors:\n    - destination: {{host: reviews}}\n", item)),
+            "spec.http[0]: mirror and mirrors cannot be set together",
+        ),
+        (
+            "route and redirect",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    redirect: {{uri: /x}}\n", item)),
+            "spec.http[0]: route and redirect cannot be set together",
+        ),
+        (
+            "no action",
+            vs("  hosts: [reviews]\n  http:\n  - timeout: 1s\n"),
+            "HTTP route, redirect, direct_response or delegate is required",
+        ),
+        (
+            "bad regex",
+            vs(&format!("  hosts: [reviews]\n  http:\n  - match:\n    - uri:\n        regex: \"(\"\n{route}")),
+            "test.yaml:10: VirtualService ns1/t: spec.http[0].match[0].uri: invalid regex \"(\"",
+        ),
+        (
+            "regex too long",
+            vs(&format!("  hosts: [reviews]\n  http:\n  - match:\n    - uri:\n        regex: \"{}\"\n{route}", "a".repeat(1025))),
+            "regex is 1025 characters long",
+        ),
+        (
+            "empty header prefix",
+            vs(&format!("  hosts: [reviews]\n  http:\n  - match:\n    - headers:\n        end-user:\n          prefix: \"\"\n{route}")),
+            "spec.http[0].match[0].headers.end-user: empty prefix is only allowed for uri",
+        ),
+        (
+            "bad duration",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    timeout: 5sec\n", item)),
+            "spec.http[0].timeout: duration \"5sec\" has unknown unit \"sec\"",
+        ),
+        (
+            "zero timeout",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    timeout: 0s\n", item)),
+            "spec.http[0].timeout: duration \"0s\" must be at least 1ms",
+        ),
+        (
+            "star host bound to mesh",
+            vs(&format!("  hosts: [\"*\"]\n  http:\n{}", item)),
+            "spec.hosts[0]: wildcard host \"*\" is not allowed here for virtual services bound to the mesh gateway",
+        ),
+        (
+            "partial wildcard",
+            vs(&format!("  hosts: [\"foo*.com\"]\n  http:\n{}", item)),
+            "a wildcard is only allowed as the whole first label",
+        ),
+        (
+            "overlapping hosts",
+            vs(&format!("  hosts: [\"*.foo.com\", a.foo.com]\n  http:\n{}", item)),
+            "hosts \"*.foo.com\" and \"a.foo.com\" overlap",
+        ),
+        (
+            "no routes at all",
+            vs("  hosts: [reviews]\n"),
+            "spec: at least one of http, tcp or tls is required",
+        ),
+        (
+            "unknown field",
+            vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n        subnet: v1\n"),
+            "test.yaml:12: VirtualService ns1/t: spec.http[0].route[0].destination.subnet: unknown field `subnet`",
+        ),
+        (
+            "mirror percentage out of range",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    mirror: {{host: reviews}}\n    mirrorPercentage: {{value: 150}}\n", item)),
+            "spec.http[0].mirrorPercentage.value: percentage 150 must be in [0, 100]",
+        ),
+        (
+            "port out of range",
+            vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n        port:\n          number: 70000\n"),
+            "spec.http[0].route[0].destination.port.number: port number 70000 is out of range 1..65535",
+        ),
+        (
+            "retry on with space",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    retries: {{attempts: 3, retryOn: \"5xx, reset\"}}\n", item)),
+            "unknown retryOn condition \" reset\"",
+        ),
+        (
+            "attempts zero with perTryTimeout",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    retries: {{attempts: 0, perTryTimeout: 1s}}\n", item)),
+            "attempts is 0 (retries disabled) but perTryTimeout",
+        ),
+        (
+            "fault percentage too small",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    fault:\n      abort:\n        httpStatus: 500\n        percentage: {{value: 0.00005}}\n", item)),
+            "spec.http[0].fault.abort.percentage.value: percentage 0.00005 must be in {0} or [0.0001, 100]",
+        ),
+        (
+            "bad grpc status",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    fault:\n      abort:\n        grpcStatus: \"14\"\n        percentage: {{value: 1}}\n", item)),
+            "unknown gRPC status \"14\"",
+        ),
+        (
+            "redirect code not translatable",
+            vs("  hosts: [reviews]\n  http:\n  - redirect:\n      uri: /new\n      redirectCode: 399\n"),
+            "redirectCode 399 cannot be served",
+        ),
+        (
+            "direct response status",
+            vs("  hosts: [reviews]\n  http:\n  - directResponse:\n      status: 700\n"),
+            "spec.http[0].directResponse.status: status 700 must be in 200..599",
+        ),
+        (
+            "authority twice",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    rewrite: {{authority: a}}\n    headers:\n      request:\n        set: {{\":authority\": b}}\n", item)),
+            "authority is rewritten in more than one place",
+        ),
+        (
+            "pseudo header in remove",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    headers:\n      request:\n        remove: [\":path\"]\n", item)),
+            "spec.http[0].headers.request.remove[0]: header \":path\" cannot be used here",
+        ),
+        (
+            "exportTo star with others",
+            vs(&format!("  hosts: [reviews]\n  exportTo: [\"*\", \".\"]\n  http:\n{}", item)),
+            "spec.exportTo: \"*\" cannot be combined with other exportTo entries",
+        ),
+        (
+            "tilde exportTo on VS",
+            vs(&format!("  hosts: [reviews]\n  exportTo: [\"~\"]\n  http:\n{}", item)),
+            "not allowed for Istio configuration objects",
+        ),
+        (
+            "rewrite uri and regex",
+            vs(&format!("  hosts: [reviews]\n  http:\n{}    rewrite:\n      uri: /a\n      uriRegexRewrite: {{match: a, rewrite: b}}\n", item)),
+            "uri and uriRegexRewrite cannot be set together",
+        ),
+        (
+            "tls route sni outside hosts",
+            vs("  hosts: [a.example.com]\n  tls:\n  - match:\n    - sniHosts: [b.example.com]\n    route:\n    - destination: {host: a.example.com}\n"),
+            "SNI host \"b.example.com\" is not a subset of any of the virtual service's hosts",
+        ),
+        (
+            "tcp route without route",
+            vs("  hosts: [reviews]\n  tcp:\n  - match:\n    - port: 27017\n"),
+            "spec.tcp[0].route: route is required",
+        ),
+        (
+            "delegate with gateways",
+            vs("  gateways: [mesh]\n  http:\n  - route:\n    - destination: {host: reviews}\n"),
+            "a delegate virtual service (no hosts) must not set gateways",
+        ),
+        (
+            "duplicate subset",
+            dr("  host: reviews\n  subsets:\n  - name: v1\n    labels: {version: v1}\n  - name: v1\n    labels: {version: v2}\n"),
+            "test.yaml:11: DestinationRule ns1/t: spec.subsets[1].name: duplicate subset \"v1\"",
+        ),
+        (
+            "bad subset name",
+            dr("  host: reviews\n  subsets:\n  - name: V_1\n"),
+            "\"V_1\" is not a valid DNS-1123 label",
+        ),
+        (
+            "empty traffic policy",
+            dr("  host: reviews\n  trafficPolicy: {}\n"),
+            "spec.trafficPolicy: trafficPolicy must set at least one field",
+        ),
+        (
+            "simple and consistent hash",
+            dr("  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      consistentHash: {useSourceIp: true}\n"),
+            "simple and consistentHash cannot be set together",
+        ),
+        (
+            "unknown lb",
+            dr("  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: FASTEST\n"),
+            "spec.trafficPolicy.loadBalancer.simple: unknown value \"FASTEST\"",
+        ),
+        (
+            "cookie without name",
+            dr("  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpCookie: {ttl: 10s}\n"),
+            "httpCookie.name is required",
+        ),
+        (
+            "maglev not prime",
+            dr("  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 1000}\n"),
+            "maglev.tableSize 1000 must be a prime",
+        ),
+        (
+            "max ejection percent",
+            dr("  host: reviews\n  trafficPolicy:\n    outlierDetection:\n      maxEjectionPercent: 150\n"),
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent: maxEjectionPercent 150 must be in 0..100",
+        ),
+        (
+            "negative max connections",
+            dr("  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: -1}\n"),
+            "maxConnections -1 must be in 0..2147483647",
+        ),
+        (
+            "empty connection pool",
+            dr("  host: reviews\n  trafficPolicy:\n    connectionPool: {}\n"),
+            "connectionPool (tcp or http) must set at least one field",
+        ),
+        (
+            "port level without port",
+            dr("  host: reviews\n  trafficPolicy:\n    portLevelSettings:\n    - loadBalancer: {simple: RANDOM}\n"),
+            "spec.trafficPolicy.portLevelSettings[0].port: port number is required",
+        ),
+        (
+            "workload selector exported elsewhere",
+            dr("  host: reviews\n  exportTo: [\"*\"]\n  workloadSelector:\n    matchLabels: {app: sleep}\n  subsets:\n  - name: v1\n"),
+            "can only be exported to its own namespace",
+        ),
+        (
+            "mutual tls without certs",
+            dr("  host: reviews\n  trafficPolicy:\n    tls: {mode: MUTUAL}\n"),
+            "clientCertificate and privateKey",
+        ),
+        (
+            "service port out of range",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  clusterIP: 10.96.0.5\n  ports:\n  - port: 0\n".to_string(),
+            "test.yaml:8: Service default/s: spec.ports[0].port: port number 0 is out of range",
+        ),
+        (
+            "service bad cluster ip",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  clusterIP: 10.96.0.500\n  ports:\n  - port: 80\n".to_string(),
+            "spec.clusterIP: \"10.96.0.500\" is not an IP address",
+        ),
+        (
+            "multi-port service without names",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: 80\n  - port: 81\n".to_string(),
+            "port name is required when a Service has several ports",
+        ),
+        (
+            "pod bad ip",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nstatus:\n  podIP: nope\n".to_string(),
+            "test.yaml:6: Pod default/p: status.podIP: \"nope\" is not an IP address",
+        ),
+        (
+            "missing name",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: x\n".to_string(),
+            "metadata.name: metadata.name is required",
+        ),
+        (
+            "service entry star host",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se\nspec:\n  hosts: [\"*\"]\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n".to_string(),
+            "wildcard host \"*\" is not allowed here in a ServiceEntry",
+        ),
+        (
+            "service entry none with endpoints",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se\nspec:\n  hosts: [a.com]\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n  resolution: NONE\n  endpoints:\n  - address: 1.2.3.4\n".to_string(),
+            "resolution NONE forwards to the dialled address",
+        ),
+        (
+            "mesh config bad mode",
+            "apiVersion: keel.io/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: m\nspec:\n  outboundTrafficPolicy:\n    mode: DENY\n".to_string(),
+            "test.yaml:7: MeshConfig m: spec.outboundTrafficPolicy.mode: unknown value \"DENY\"",
+        ),
+        (
+            "yaml syntax",
+            "apiVersion: v1\nkind: Pod\nmetadata: [unclosed\n".to_string(),
+            "YAML syntax error",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, yaml, want) in cases {
+        let report = load(&yaml);
+        let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+        if !errors.iter().any(|e| e.contains(want)) {
+            failures.push(format!(
+                "{name}: expected an error containing {want:?}, got {errors:#?}"
+            ));
+        }
+        let s = &report.snapshot;
+        let kept = s.virtual_services.len()
+            + s.destination_rules.len()
+            + s.services.len()
+            + s.pods.len()
+            + s.service_entries.len();
+        if kept != 0 {
+            failures.push(format!("{name}: the invalid resource must be dropped"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A bad resource is dropped alone; the rest still builds the snapshot.
+#[test]
+fn rejection_is_per_resource() {
+    let yaml = format!(
+        "{}\n---\n{}",
+        vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      weight: -5\n"),
+        vs("  hosts: [ratings]\n  http:\n  - route:\n    - destination: {host: ratings}\n").replace("name: t", "name: ok")
+    );
+    let report = load(&yaml);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(report.snapshot.virtual_services.len(), 1);
+    assert_eq!(report.snapshot.virtual_services[0].meta.name, "ok");
+}
+
+#[test]
+fn weights_follow_istio_rules() {
+    let one = load(&vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n      weight: 0\n"));
+    let HttpAction::Route(d) = &one.snapshot.virtual_services[0].http[0].action else {
+        panic!("route");
+    };
+    assert_eq!(d[0].weight, 100, "a single destination always gets 100%");
+
+    let rel = load(&vs("  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 1\n    - destination: {host: reviews, subset: v2}\n      weight: 3\n    - destination: {host: reviews, subset: v3}\n      weight: 0\n"));
+    assert!(rel.errors.is_empty(), "{:?}", rel.errors);
+    let HttpAction::Route(d) = &rel.snapshot.virtual_services[0].http[0].action else {
+        panic!("route");
+    };
+    let w: Vec<u32> = d.iter().map(|d| d.weight).collect();
+    assert_eq!(
+        w,
+        vec![1, 3],
+        "weight-0 entries are dropped, the rest stay relative"
+    );
+}
+
+#[test]
+fn conversion_details() {
+    let report = load(&vs(concat!(
+        "  hosts: [reviews, reviews.other, \"*.example.com\"]\n",
+        "  http:\n",
+        "  - match:\n",
+        "    - headers:\n",
+        "        End-User: {exact: jason}\n",
+        "        x-any: {}\n",
+        "      queryParams:\n",
+        "        v: {regex: \"\\\\d+\"}\n",
+        "    mirror: {host: reviews, subset: v2}\n",
+        "    mirror_percent: 30\n",
+        "    route:\n",
+        "    - destination: {host: reviews, subset: v1}\n",
+        "    rewrite:\n",
+        "      uriRegexRewrite: {match: \"^/service/([^/]+)(/.*)$\", rewrite: \"/p\\\\2/\\\\1\"}\n",
+        "    headers:\n",
+        "      request:\n",
+        "        set: {host: other, x-pct: \"100%%\"}\n",
+        "    retries: {attempts: 3}\n",
+        "    fault:\n",
+        "      delay: {fixedDelay: 100ms, percent: 50}\n",
+        "  - route:\n",
+        "    - destination: {host: reviews, subset: v1}\n",
+        "    mirrorPercentage: {value: 5}\n",
+        "    mirror_percent: 50\n",
+        "    mirror: {host: reviews}\n",
+    )));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let vs = &report.snapshot.virtual_services[0];
+    assert_eq!(
+        vs.hosts,
+        vec![
+            "reviews.ns1.svc.cluster.local",
+            "reviews.other",
+            "*.example.com"
+        ]
+    );
+    let r0 = &vs.http[0];
+    let m = &r0.matches[0];
+    assert_eq!(m.headers[0].0, "end-user", "header names are lower-cased");
+    assert!(matches!(m.headers[1].1, StringMatch::Present));
+    let StringMatch::Regex(re) = &m.query_params[0].1 else {
+        panic!("regex");
+    };
+    assert!(
+        re.is_match("123") && !re.is_match("a123"),
+        "regexes are anchored"
+    );
+    assert_eq!(
+        r0.mirrors[0].percentage, 30.0,
+        "mirror_percent applies without mirrorPercentage"
+    );
+    assert_eq!(
+        vs.http[1].mirrors[0].percentage, 5.0,
+        "mirrorPercentage wins over mirror_percent"
+    );
+    let rw = r0.rewrite.as_ref().expect("rewrite");
+    assert_eq!(
+        rw.authority.as_deref(),
+        Some("other"),
+        "host in request.set becomes an authority rewrite"
+    );
+    let (re, tpl) = rw.uri_regex.as_ref().expect("regex rewrite");
+    assert_eq!(
+        re.replace_all("/service/update/v1/api", tpl.as_str()),
+        "/p/v1/api/update"
+    );
+    assert_eq!(
+        r0.headers.request.set,
+        vec![("x-pct".to_string(), "100%".to_string())]
+    );
+    let retries = r0.retries.as_ref().expect("retries");
+    assert_eq!(retries.retry_on, crate::policy::validate::DEFAULT_RETRY_ON);
+    let delay = r0
+        .fault
+        .as_ref()
+        .and_then(|f| f.delay.as_ref())
+        .expect("delay");
+    assert_eq!(delay.percentage, Some(50.0));
+    let warnings: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("mirror_percent is deprecated")),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn warnings_for_unreachable_rules_and_unknown_subsets() {
+    let yaml = format!(
+        "{}\n---\n{}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: reviews\n  namespace: ns1\nspec:\n  ports:\n  - port: 9080\n",
+        vs(concat!(
+            "  hosts: [reviews]\n",
+            "  http:\n",
+            "  - match:\n",
+            "    - uri: {prefix: /api}\n",
+            "    route:\n",
+            "    - destination: {host: reviews, subset: v1}\n",
+            "  - match:\n",
+            "    - uri: {prefix: /api/v2}\n",
+            "    route:\n",
+            "    - destination: {host: reviews, subset: v9}\n",
+            "  - route:\n",
+            "    - destination: {host: reviews, subset: v1}\n",
+            "  - route:\n",
+            "    - destination: {host: reviews, subset: v2}\n",
+        )),
+        dr("  host: reviews\n  subsets:\n  - name: v1\n  - name: v2\n")
+    );
+    let report = load(&yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let warnings: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    let expect = [
+        "spec.http[1].match[0]: warning: this match can never be reached: spec.http[0] already matches every URI starting with \"/api\"",
+        "spec.http[3]: warning: this rule follows the catch-all rule spec.http[2] and can never match",
+        "spec.http[1].route[0].destination: warning: subset \"v9\" of reviews.ns1.svc.cluster.local is not defined",
+        "test.yaml:35: Deployment default/d: warning: ignoring apps/v1 Deployment",
+    ];
+    for want in expect {
+        assert!(
+            warnings.iter().any(|w| w.contains(want)),
+            "missing {want:?} in {warnings:#?}"
+        );
+    }
+    assert_eq!(report.ignored, 1);
+}
+
+#[test]
+fn duplicates_and_vip_conflicts_are_rejected() {
+    let svc = |name: &str, ip: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n")
+    };
+    let yaml = [
+        svc("a", "10.96.0.1"),
+        svc("a", "10.96.0.2"),
+        svc("b", "10.96.0.1"),
+    ]
+    .join("---\n");
+    let report = load(&yaml);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].contains(
+            "Service default/a: metadata.name: duplicate resource (first defined at test.yaml:1)"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].contains("10.96.0.1:80 is already the address of Service default/a"),
+        "{errors:#?}"
+    );
+    assert_eq!(report.snapshot.services.len(), 1);
+}
+
+#[test]
+fn pods_readiness_capture_and_ports() {
+    let pod = |extra: &str| format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n{extra}");
+    let cases = [
+        ("status:\n  podIP: 10.244.0.9\n", true, true),
+        ("status:\n  phase: Pending\n  podIP: 10.244.0.9\n", false, true),
+        ("status:\n  phase: Running\n  podIP: 10.244.0.9\n  conditions:\n  - {type: Ready, status: \"False\"}\n", false, true),
+        ("  annotations:\n    keel.io/capture: \"false\"\nstatus:\n  podIP: 10.244.0.9\n", true, false),
+    ];
+    for (extra, ready, capture) in cases {
+        let report = load(&pod(extra));
+        assert!(report.errors.is_empty(), "{extra}: {:?}", report.errors);
+        let p = &report.snapshot.pods[0];
+        assert_eq!((p.ready, p.capture), (ready, capture), "{extra}");
+        assert_eq!(
+            p.ips,
+            vec!["10.244.0.9".parse::<std::net::IpAddr>().expect("ip")]
+        );
+    }
+}
+
+#[test]
+fn mesh_config_maps_to_policy() {
+    let report = load("apiVersion: keel.io/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: m\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n  defaultHttpTimeout: 0s\n  mirrorShadowSuffix: false\n  rootNamespace: mesh-root\n  protocolDetectionTimeout: 250ms\n");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let m = &report.snapshot.mesh;
+    assert_eq!(
+        m.outbound_traffic_policy,
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    assert_eq!(m.default_http_timeout, None);
+    assert!(!m.mirror_shadow_suffix);
+    assert_eq!(m.root_namespace, "mesh-root");
+    assert_eq!(
+        m.protocol_detection_timeout,
+        std::time::Duration::from_millis(250)
+    );
+}
+
+#[test]
+fn traffic_policy_conversion() {
+    let report = load(&dr(concat!(
+        "  host: reviews\n",
+        "  trafficPolicy:\n",
+        "    loadBalancer:\n",
+        "      consistentHash:\n",
+        "        httpCookie: {name: user, ttl: 60s, path: /}\n",
+        "    connectionPool:\n",
+        "      tcp: {maxConnections: 1, idleTimeout: 0s}\n",
+        "      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n",
+        "    outlierDetection:\n",
+        "      consecutiveErrors: 7\n",
+        "      interval: 1s\n",
+        "    portLevelSettings:\n",
+        "    - port: {number: 9080}\n",
+        "      loadBalancer: {simple: RANDOM}\n",
+    )));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let tp = report.snapshot.destination_rules[0]
+        .traffic_policy
+        .as_ref()
+        .expect("policy");
+    assert_eq!(
+        tp.load_balancer,
+        Some(LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Cookie {
+                name: "user".into(),
+                path: Some("/".into()),
+                ttl: Some(std::time::Duration::from_secs(60)),
+            },
+            minimum_ring_size: None,
+        }))
+    );
+    let cp = tp.connection_pool.as_ref().expect("pool");
+    assert_eq!(cp.tcp_max_connections, Some(1));
+    assert_eq!(cp.http1_max_pending_requests, Some(1));
+    assert_eq!(cp.idle_timeout, Some(std::time::Duration::ZERO));
+    let od = tp.outlier_detection.as_ref().expect("od");
+    assert_eq!(
+        od.consecutive_5xx_errors,
+        Some(5),
+        "deprecated consecutiveErrors is ignored, default 5"
+    );
+    assert_eq!(od.interval, std::time::Duration::from_secs(1));
+    assert_eq!(od.base_ejection_time, std::time::Duration::from_secs(30));
+    assert_eq!(od.max_ejection_percent, 10);
+    assert_eq!(tp.port_level[0].0, 9080);
+    assert_eq!(tp.port_level[0].1.load_balancer, Some(LoadBalancer::Random));
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("consecutiveErrors is deprecated")));
+}
+
+#[test]
+fn json_report_serialises() {
+    let report = load(&vs("  hosts: [reviews]\n"));
+    let json = serde_json::to_value(crate::policy::report::JsonReport::new(
+        std::path::Path::new("x"),
+        &report,
+    ))
+    .expect("json");
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["errors"][0]["kind"], "VirtualService");
+    assert_eq!(json["errors"][0]["field"], "spec");
+    assert_eq!(json["errors"][0]["code"], "InvalidHttpRoute");
+}
+
+/// Documents of every `*.yaml` file of `dir` whose name satisfies `keep`.
+fn docs_of(dir: &str, keep: impl Fn(&str) -> bool) -> Vec<crate::source::Document> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(config_dir(dir))
+        .expect("config dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        out.extend(split_documents(&f.display().to_string(), &text));
+    }
+    out
+}
+
+#[test]
+fn examples_dir_loads_without_errors() {
+    let report = assert_clean("examples");
+    // The seed-mistake fixtures live in examples/testdata and must not be loaded with the examples.
+    assert!(report.errors.is_empty());
+    assert!(report.snapshot.virtual_services.len() > 30);
+}
+
+/// Each example with the support files (`00-*`, which link the demo's services, pods and subsets): no
+/// errors, and no references to unknown hosts or subsets.
+#[test]
+fn each_example_is_valid_with_its_support_files() {
+    let support = docs_of("examples", |n| n.starts_with("00-"));
+    let examples: Vec<String> = std::fs::read_dir(config_dir("examples"))
+        .expect("examples")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && !n.starts_with("00-"))
+        .collect();
+    assert!(examples.len() > 40, "{examples:?}");
+    let mut failures = Vec::new();
+    for name in examples {
+        let mut docs = support.clone();
+        docs.extend(docs_of("examples", |n| n == name));
+        let report = build(&docs);
+        for e in &report.errors {
+            failures.push(format!("{name}: error: {e}"));
+        }
+        for w in &report.warnings {
+            if w.message.contains("not defined") || w.message.contains("not a known") {
+                failures.push(format!("{name}: {w}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The seeds' broken YAML (kept in examples/testdata/seed-mistakes) is rejected with the documented error.
+#[test]
+fn seed_mistakes_are_caught() {
+    let dir = config_dir("examples/testdata/seed-mistakes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("seed-mistakes")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10);
+    let mut failures = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        // The second comment line of each fixture states the expected error.
+        let want = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.strip_prefix("#   "))
+            .expect("expected-error comment")
+            .to_string();
+        let report = build(&split_documents(&f.display().to_string(), &text));
+        let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+        if !errors.iter().any(|e| e.contains(&want)) {
+            failures.push(format!("{}: wanted {want:?}, got {errors:#?}", f.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

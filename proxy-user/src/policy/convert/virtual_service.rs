@@ -22,7 +22,12 @@ pub(super) fn convert(
     let spec_path = FieldPath::root().key("spec");
     let ns = ctx.ns().to_string();
 
-    let gateways = gateway_names(ctx, &spec_path.key("gateways"), &spec.gateways, gateway_refs);
+    let gateways = gateway_names(
+        ctx,
+        &spec_path.key("gateways"),
+        &spec.gateways,
+        gateway_refs,
+    );
     let mesh_bound = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
     let is_delegate = spec.hosts.is_empty();
 
@@ -33,13 +38,17 @@ pub(super) fn convert(
         if !spec.gateways.is_empty() {
             ctx.err(
                 &spec_path.key("gateways"),
-                InvalidHttpRoute::Delegate("a delegate virtual service (no hosts) must not set gateways"),
+                InvalidHttpRoute::Delegate(
+                    "a delegate virtual service (no hosts) must not set gateways",
+                ),
             );
         }
         if !spec.tcp.is_empty() || !spec.tls.is_empty() {
             ctx.err(
                 &spec_path,
-                InvalidHttpRoute::Delegate("a delegate virtual service (no hosts) must not have tcp or tls routes"),
+                InvalidHttpRoute::Delegate(
+                    "a delegate virtual service (no hosts) must not have tcp or tls routes",
+                ),
             );
         }
     }
@@ -90,7 +99,10 @@ pub(super) fn convert(
             http.push(hr);
         }
     }
-    unreachable_http_rules(ctx, &spec_path, &http);
+    // Rule indexes only line up with the YAML when every rule converted; a rejected VS gets no lint.
+    if ctx.errors.is_empty() {
+        unreachable_http_rules(ctx, &spec_path, &http);
+    }
 
     let mut tcp = Vec::new();
     for (i, route) in spec.tcp.iter().enumerate() {
@@ -102,7 +114,10 @@ pub(super) fn convert(
             .map(|(j, m)| {
                 let mp = path.key("match").index(j);
                 if m.source_subnet.is_some() {
-                    ctx.warn(&mp.key("sourceSubnet"), "sourceSubnet is not implemented by Istio and is ignored");
+                    ctx.warn(
+                        &mp.key("sourceSubnet"),
+                        "sourceSubnet is not implemented by Istio and is ignored",
+                    );
                 }
                 l4_match(
                     ctx,
@@ -168,15 +183,24 @@ pub(super) fn convert(
             }
             for (k, sni) in m.sni_hosts.iter().enumerate() {
                 let sp = mp.key("sniHosts").index(k);
-                if ctx.check(&sp, v::wildcard_host(sni, StarHost::Allowed)).is_none() {
+                if ctx
+                    .check(&sp, v::wildcard_host(sni, StarHost::Allowed))
+                    .is_none()
+                {
                     continue;
                 }
                 let sni_l = sni.to_ascii_lowercase();
                 if sni_l.parse::<std::net::IpAddr>().is_ok() {
-                    ctx.warn(&sp, "an IP address as SNI host never matches: clients send names in SNI");
+                    ctx.warn(
+                        &sp,
+                        "an IP address as SNI host never matches: clients send names in SNI",
+                    );
                 }
                 let fqdn = v::resolve_short_name(&sni_l, &ns);
-                if !hosts.iter().any(|h| v::host_subset_of(&fqdn, h) || v::host_subset_of(&sni_l, h)) {
+                if !hosts
+                    .iter()
+                    .any(|h| v::host_subset_of(&fqdn, h) || v::host_subset_of(&sni_l, h))
+                {
                     ctx.err(&sp, InvalidL4Route::SniNotInHosts(sni.clone()));
                 }
                 lm.sni_hosts.push(sni_l);
@@ -238,10 +262,15 @@ fn gateway_names(
                 ctx.err(&p, InvalidName::Dns1123Subdomain(g.clone()));
                 continue;
             };
-            if ctx.check(&p, v::dns1123_label(gns)).is_none() || ctx.check(&p, v::dns1123_label(name)).is_none() {
+            if ctx.check(&p, v::dns1123_label(gns)).is_none()
+                || ctx.check(&p, v::dns1123_label(name)).is_none()
+            {
                 continue;
             }
-            ctx.warn(&p, format!("gateway name {g:?} uses the legacy FQDN form; write \"{gns}/{name}\""));
+            ctx.warn(
+                &p,
+                format!("gateway name {g:?} uses the legacy FQDN form; write \"{gns}/{name}\""),
+            );
             format!("{gns}/{name}")
         } else {
             if ctx.check(&p, v::dns1123_subdomain(g)).is_none() {
@@ -257,7 +286,12 @@ fn gateway_names(
     out
 }
 
-fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: &w::HttpRoute) -> Option<HttpRoute> {
+fn http_route(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    route: &w::HttpRoute,
+) -> Option<HttpRoute> {
     let before = ctx.errors.len();
     let has_route = !route.route.is_empty();
     let has_redirect = route.redirect.is_some();
@@ -270,7 +304,12 @@ fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: 
         ("fault", route.fault.is_some(), "redirect", has_redirect),
         ("fault", route.fault.is_some(), "directResponse", has_direct),
         ("rewrite", route.rewrite.is_some(), "redirect", has_redirect),
-        ("rewrite", route.rewrite.is_some(), "directResponse", has_direct),
+        (
+            "rewrite",
+            route.rewrite.is_some(),
+            "directResponse",
+            has_direct,
+        ),
         ("delegate", has_delegate, "route", has_route),
         ("delegate", has_delegate, "redirect", has_redirect),
     ];
@@ -293,12 +332,16 @@ fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: 
         .map(|(j, m)| http_match(ctx, r, &path.key("match").index(j), m))
         .collect();
 
-    let (route_headers, header_authority) = headers(ctx, &path.key("headers"), route.headers.as_ref(), true);
+    let (route_headers, header_authority) =
+        headers(ctx, &path.key("headers"), route.headers.as_ref(), true);
 
     let action = if let Some(d) = &route.delegate {
         let dp = path.key("delegate");
         if r.is_delegate {
-            ctx.err(&dp, InvalidHttpRoute::Delegate("a delegate virtual service cannot delegate again"));
+            ctx.err(
+                &dp,
+                InvalidHttpRoute::Delegate("a delegate virtual service cannot delegate again"),
+            );
         }
         let name = d.name.clone().unwrap_or_default();
         if name.is_empty() {
@@ -323,7 +366,9 @@ fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: 
         .and_then(|rw| rewrite_of(ctx, &path.key("rewrite"), rw));
     if let Some(authority) = header_authority {
         match &mut rewrite {
-            Some(rw) if rw.authority.is_some() => ctx.err(&path.key("headers"), InvalidHeader::AuthorityTwice),
+            Some(rw) if rw.authority.is_some() => {
+                ctx.err(&path.key("headers"), InvalidHeader::AuthorityTwice)
+            }
             Some(rw) => rw.authority = Some(authority),
             None => {
                 rewrite = Some(Rewrite {
@@ -343,7 +388,10 @@ fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: 
         .retries
         .as_ref()
         .and_then(|rt| retries(ctx, &path.key("retries"), rt));
-    let fault = route.fault.as_ref().and_then(|f| fault(ctx, &path.key("fault"), f));
+    let fault = route
+        .fault
+        .as_ref()
+        .and_then(|f| fault(ctx, &path.key("fault"), f));
     let mirrors = mirrors(ctx, r, path, route);
     let cors_policy = route
         .cors_policy
@@ -367,7 +415,12 @@ fn http_route(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: 
     })
 }
 
-fn http_match(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, m: &w::HttpMatchRequest) -> HttpMatch {
+fn http_match(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    m: &w::HttpMatchRequest,
+) -> HttpMatch {
     let sm = |ctx: &mut Ctx<'_>, key: &str, m: &Option<w::StringMatch>, f: MatchField| {
         m.as_ref()
             .and_then(|m| ctx.check(&path.key(key), v::string_match(m, f)))
@@ -382,7 +435,10 @@ fn http_match(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, m: &w::
     for (k, qm) in &m.query_params {
         let qp = path.key("queryParams").key(k.clone());
         if k.is_empty() {
-            ctx.err(&qp, InvalidHttpRoute::Value("query parameter name must not be empty".into()));
+            ctx.err(
+                &qp,
+                InvalidHttpRoute::Value("query parameter name must not be empty".into()),
+            );
             continue;
         }
         match qm {
@@ -394,7 +450,9 @@ fn http_match(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, m: &w::
             }
         }
     }
-    let port = m.port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    let port = m
+        .port
+        .and_then(|p| ctx.check(&path.key("port"), v::port(p)));
     let source_labels = m.source_labels.as_ref().map(|l| {
         ctx.check(&path.key("sourceLabels"), v::labels(l));
         l.clone()
@@ -405,7 +463,10 @@ fn http_match(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, m: &w::
     });
     let gateways = gateway_names(ctx, &path.key("gateways"), &m.gateways, r.gateway_refs);
     if m.stat_prefix.is_some() {
-        ctx.warn(&path.key("statPrefix"), "statPrefix is accepted but Keel does not emit per-route stats");
+        ctx.warn(
+            &path.key("statPrefix"),
+            "statPrefix is accepted but Keel does not emit per-route stats",
+        );
     }
     HttpMatch {
         name: m.name.clone(),
@@ -441,7 +502,10 @@ fn header_matches(
         }
         // Istio skips these keys: they are spelled as match fields of their own.
         if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
-            ctx.warn(&hp, format!("header key {k:?} is ignored; use the {k} field of the match instead"));
+            ctx.warn(
+                &hp,
+                format!("header key {k:?} is ignored; use the {k} field of the match instead"),
+            );
             continue;
         }
         let Some(name) = ctx.check(&hp, v::header_match_name(k)) else {
@@ -461,7 +525,12 @@ fn header_matches(
 
 /// Converts header operations; returns them plus an authority taken from `:authority`/`host` in request
 /// `set`/`add` (which Istio turns into an authority rewrite).
-fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: Option<&w::Headers>, route_level: bool) -> (Headers, Option<String>) {
+fn headers(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    h: Option<&w::Headers>,
+    route_level: bool,
+) -> (Headers, Option<String>) {
     let mut out = Headers::default();
     let mut authority: Option<String> = None;
     let Some(h) = h else {
@@ -476,7 +545,9 @@ fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: Option<&w::Headers>, route_le
                 let lower = k.to_ascii_lowercase();
                 if lower == ":authority" || lower == "host" {
                     authorities += 1;
-                    let Some(val) = ctx.check(&kp, v::header_value(k, val)) else { continue };
+                    let Some(val) = ctx.check(&kp, v::header_value(k, val)) else {
+                        continue;
+                    };
                     if route_level {
                         authority = Some(val);
                     } else {
@@ -489,8 +560,10 @@ fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: Option<&w::Headers>, route_le
                     ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
                     continue;
                 }
-                let (Some(name), Some(val)) = (ctx.check(&kp, v::header_name(k)), ctx.check(&kp, v::header_value(k, val)))
-                else {
+                let (Some(name), Some(val)) = (
+                    ctx.check(&kp, v::header_name(k)),
+                    ctx.check(&kp, v::header_value(k, val)),
+                ) else {
                     continue;
                 };
                 if target == 0 {
@@ -523,8 +596,10 @@ fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: Option<&w::Headers>, route_le
                     ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
                     continue;
                 }
-                let (Some(name), Some(val)) = (ctx.check(&kp, v::header_name(k)), ctx.check(&kp, v::header_value(k, val)))
-                else {
+                let (Some(name), Some(val)) = (
+                    ctx.check(&kp, v::header_name(k)),
+                    ctx.check(&kp, v::header_value(k, val)),
+                ) else {
                     continue;
                 };
                 if op == "set" {
@@ -617,7 +692,12 @@ fn weight(ctx: &mut Ctx<'_>, path: &FieldPath, w: Option<i64>) -> Option<u32> {
 
 /// Applies Istio's weight rules: one destination gets 100%; among several, weight-0 entries are dropped
 /// and an all-zero list is an error.
-fn normalise_weights(ctx: &mut Ctx<'_>, path: &FieldPath, mut dests: Vec<WeightedDestination>, count: usize) -> Vec<WeightedDestination> {
+fn normalise_weights(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    mut dests: Vec<WeightedDestination>,
+    count: usize,
+) -> Vec<WeightedDestination> {
     if count == 1 {
         for d in &mut dests {
             d.weight = 100;
@@ -680,7 +760,10 @@ fn l4_destinations(
     normalise_weights(ctx, &path.key("route"), out, route.len())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "TCP and TLS matches share these fields but not a type"
+)]
 fn l4_match(
     ctx: &mut Ctx<'_>,
     r: &mut RouteCtx<'_>,
@@ -693,7 +776,10 @@ fn l4_match(
 ) -> L4Match {
     for (i, s) in subnets.iter().enumerate() {
         if v::cidr(s).is_err() {
-            ctx.err(&path.key("destinationSubnets").index(i), InvalidL4Route::Subnet(s.clone()));
+            ctx.err(
+                &path.key("destinationSubnets").index(i),
+                InvalidL4Route::Subnet(s.clone()),
+            );
         }
     }
     let port = port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
@@ -723,7 +809,10 @@ fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option
         && rd.derive_port.is_none()
         && rd.prefix_rewrite.is_none()
     {
-        ctx.err(path, InvalidHttpRoute::Missing("one of uri, authority, scheme, port or derivePort"));
+        ctx.err(
+            path,
+            InvalidHttpRoute::Missing("one of uri, authority, scheme, port or derivePort"),
+        );
     }
     if rd.uri.is_some() && rd.prefix_rewrite.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("uri", "prefixRewrite"));
@@ -736,7 +825,9 @@ fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option
     if rd.port.is_some() && rd.derive_port.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("port", "derivePort"));
     }
-    let port = rd.port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    let port = rd
+        .port
+        .and_then(|p| ctx.check(&path.key("port"), v::port(p)));
     match rd.derive_port.as_deref() {
         None | Some("FROM_PROTOCOL_DEFAULT") => {}
         Some("FROM_REQUEST_PORT") => ctx.err(
@@ -792,10 +883,17 @@ fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option
     })
 }
 
-fn direct_response(ctx: &mut Ctx<'_>, path: &FieldPath, dr: &w::HttpDirectResponse) -> Option<DirectResponse> {
+fn direct_response(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    dr: &w::HttpDirectResponse,
+) -> Option<DirectResponse> {
     let status = match dr.status {
         None => {
-            ctx.err(&path.key("status"), InvalidHttpRoute::Missing("directResponse.status"));
+            ctx.err(
+                &path.key("status"),
+                InvalidHttpRoute::Missing("directResponse.status"),
+            );
             return None;
         }
         Some(s) if !(200..=599).contains(&s) => {
@@ -814,14 +912,21 @@ fn direct_response(ctx: &mut Ctx<'_>, path: &FieldPath, dr: &w::HttpDirectRespon
         None => None,
         Some(b) => match (&b.string, &b.bytes) {
             (Some(_), Some(_)) => {
-                ctx.err(&path.key("body"), InvalidHttpRoute::Conflict("string", "bytes"));
+                ctx.err(
+                    &path.key("body"),
+                    InvalidHttpRoute::Conflict("string", "bytes"),
+                );
                 return None;
             }
             (Some(s), None) => Some(bytes::Bytes::from(s.clone())),
-            (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+            (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim())
+            {
                 Ok(raw) => Some(bytes::Bytes::from(raw)),
                 Err(e) => {
-                    ctx.err(&path.key("body").key("bytes"), InvalidHttpRoute::Value(format!("body.bytes is not valid base64: {e}")));
+                    ctx.err(
+                        &path.key("body").key("bytes"),
+                        InvalidHttpRoute::Value(format!("body.bytes is not valid base64: {e}")),
+                    );
                     return None;
                 }
             },
@@ -832,12 +937,21 @@ fn direct_response(ctx: &mut Ctx<'_>, path: &FieldPath, dr: &w::HttpDirectRespon
         if b.len() > MAX_DIRECT_BODY {
             ctx.err(
                 &path.key("body"),
-                InvalidHttpRoute::Value(format!("body is {} bytes (at most 1 MiB allowed)", b.len())),
+                InvalidHttpRoute::Value(format!(
+                    "body is {} bytes (at most 1 MiB allowed)",
+                    b.len()
+                )),
             );
             return None;
         }
         if b.len() > WARN_DIRECT_BODY {
-            ctx.warn(&path.key("body"), format!("body is {} bytes; large direct responses cost memory per route", b.len()));
+            ctx.warn(
+                &path.key("body"),
+                format!(
+                    "body is {} bytes; large direct responses cost memory per route",
+                    b.len()
+                ),
+            );
         }
     }
     Some(DirectResponse { status, body })
@@ -870,7 +984,10 @@ fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Optio
         return None;
     }
     if rw.uri.is_none() && rw.uri_regex_rewrite.is_none() && rw.authority.is_none() {
-        ctx.err(path, InvalidHttpRoute::Missing("one of uri, uriRegexRewrite or authority"));
+        ctx.err(
+            path,
+            InvalidHttpRoute::Missing("one of uri, uriRegexRewrite or authority"),
+        );
         return None;
     }
     let uri_regex = match &rw.uri_regex_rewrite {
@@ -878,7 +995,10 @@ fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Optio
         Some(rr) => {
             let rp = path.key("uriRegexRewrite");
             let (Some(m), Some(t)) = (&rr.match_, &rr.rewrite) else {
-                ctx.err(&rp, InvalidHttpRoute::Missing("uriRegexRewrite.match and uriRegexRewrite.rewrite"));
+                ctx.err(
+                    &rp,
+                    InvalidHttpRoute::Missing("uriRegexRewrite.match and uriRegexRewrite.rewrite"),
+                );
                 return None;
             };
             let re = ctx.check(&rp.key("match"), v::plain_regex(m))?;
@@ -887,7 +1007,10 @@ fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Optio
     };
     if let Some(a) = &rw.authority {
         if a.is_empty() {
-            ctx.err(&path.key("authority"), InvalidHttpRoute::Value("authority must not be empty".into()));
+            ctx.err(
+                &path.key("authority"),
+                InvalidHttpRoute::Value("authority must not be empty".into()),
+            );
             return None;
         }
     }
@@ -907,7 +1030,11 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
         );
         return None;
     }
-    if attempts == 0 && (rt.per_try_timeout.is_some() || rt.retry_on.is_some() || rt.retry_remote_localities.is_some()) {
+    if attempts == 0
+        && (rt.per_try_timeout.is_some()
+            || rt.retry_on.is_some()
+            || rt.retry_remote_localities.is_some())
+    {
         ctx.err(
             path,
             InvalidHttpRoute::Value(
@@ -926,7 +1053,10 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
     };
     if let Some(b) = &rt.backoff {
         ctx.check(&path.key("backoff"), v::duration_ms(b))?;
-        ctx.warn(&path.key("backoff"), "backoff is accepted but Keel uses a fixed 25ms base interval");
+        ctx.warn(
+            &path.key("backoff"),
+            "backoff is accepted but Keel uses a fixed 25ms base interval",
+        );
     }
     if rt.retry_ignore_previous_hosts == Some(false) {
         ctx.warn(
@@ -943,13 +1073,24 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
 }
 
 /// `percentage` wins over the deprecated integer `percent`; neither = never (Istio's default).
-fn fault_pct(ctx: &mut Ctx<'_>, path: &FieldPath, pct: Option<&w::Percent>, percent: Option<i64>) -> Option<Option<f64>> {
+fn fault_pct(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    pct: Option<&w::Percent>,
+    percent: Option<i64>,
+) -> Option<Option<f64>> {
     if let Some(p) = pct {
         let v = p.value.unwrap_or(0.0);
-        return Some(Some(ctx.check(&path.key("percentage").key("value"), v::fault_percentage(v))?));
+        return Some(Some(ctx.check(
+            &path.key("percentage").key("value"),
+            v::fault_percentage(v),
+        )?));
     }
     if let Some(p) = percent {
-        ctx.warn(&path.key("percent"), "percent is deprecated; use percentage.value");
+        ctx.warn(
+            &path.key("percent"),
+            "percent is deprecated; use percentage.value",
+        );
         if !(0..=100).contains(&p) {
             ctx.err(
                 &path.key("percent"),
@@ -967,7 +1108,10 @@ fn fault_pct(ctx: &mut Ctx<'_>, path: &FieldPath, pct: Option<&w::Percent>, perc
 
 fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Option<Fault> {
     if f.delay.is_none() && f.abort.is_none() {
-        ctx.err(path, InvalidHttpRoute::Missing("fault.delay or fault.abort"));
+        ctx.err(
+            path,
+            InvalidHttpRoute::Missing("fault.delay or fault.abort"),
+        );
         return None;
     }
     let delay = match &f.delay {
@@ -975,7 +1119,10 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
         Some(d) => {
             let dp = path.key("delay");
             if d.exponential_delay.is_some() {
-                ctx.err(&dp.key("exponentialDelay"), Invalid::Unsupported("exponentialDelay (not supported by Istio either)".into()));
+                ctx.err(
+                    &dp.key("exponentialDelay"),
+                    Invalid::Unsupported("exponentialDelay (not supported by Istio either)".into()),
+                );
                 return None;
             }
             let Some(fixed) = &d.fixed_delay else {
@@ -985,7 +1132,10 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
             let fixed_delay = ctx.check(&dp.key("fixedDelay"), v::duration_ms(fixed))?;
             let percentage = fault_pct(ctx, &dp, d.percentage.as_ref(), d.percent)?;
             if percentage.is_none() {
-                ctx.warn(&dp, "delay has no percentage: it is never injected (set percentage.value)");
+                ctx.warn(
+                    &dp,
+                    "delay has no percentage: it is never injected (set percentage.value)",
+                );
             }
             Some(FaultDelay {
                 fixed_delay,
@@ -997,16 +1147,26 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
         None => None,
         Some(a) => {
             let ap = path.key("abort");
-            let set = [a.http_status.is_some(), a.grpc_status.is_some(), a.http2_error.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let set = [
+                a.http_status.is_some(),
+                a.grpc_status.is_some(),
+                a.http2_error.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if set > 1 {
-                ctx.err(&ap, InvalidHttpRoute::Conflict("httpStatus", "grpcStatus/http2Error"));
+                ctx.err(
+                    &ap,
+                    InvalidHttpRoute::Conflict("httpStatus", "grpcStatus/http2Error"),
+                );
                 return None;
             }
             if a.http2_error.is_some() {
-                ctx.err(&ap.key("http2Error"), Invalid::Unsupported("http2Error (not supported by Istio either)".into()));
+                ctx.err(
+                    &ap.key("http2Error"),
+                    Invalid::Unsupported("http2Error (not supported by Istio either)".into()),
+                );
                 return None;
             }
             let http_status = match a.http_status {
@@ -1025,16 +1185,25 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
             };
             if let Some(g) = &a.grpc_status {
                 if !v::GRPC_STATUS.contains(&g.as_str()) {
-                    ctx.err(&ap.key("grpcStatus"), InvalidHttpRoute::GrpcStatus(g.clone()));
+                    ctx.err(
+                        &ap.key("grpcStatus"),
+                        InvalidHttpRoute::GrpcStatus(g.clone()),
+                    );
                     return None;
                 }
             }
             let percentage = fault_pct(ctx, &ap, a.percentage.as_ref(), None)?;
             if percentage.is_none() {
-                ctx.warn(&ap, "abort has no percentage: it is never injected (set percentage.value)");
+                ctx.warn(
+                    &ap,
+                    "abort has no percentage: it is never injected (set percentage.value)",
+                );
             }
             if set == 0 {
-                ctx.warn(&ap, "abort has no httpStatus or grpcStatus and does nothing");
+                ctx.warn(
+                    &ap,
+                    "abort has no httpStatus or grpcStatus and does nothing",
+                );
                 None
             } else {
                 Some(FaultAbort {
@@ -1066,15 +1235,27 @@ fn mirror_pct(ctx: &mut Ctx<'_>, path: &FieldPath, v: f64) -> Option<f64> {
 
 /// `mirror` + `mirrorPercentage` > `mirror_percent` > 100%, or `mirrors[]` with their own percentages. A
 /// mirror whose percentage is exactly 0 is disabled and dropped.
-fn mirrors(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: &w::HttpRoute) -> Vec<Mirror> {
+fn mirrors(
+    ctx: &mut Ctx<'_>,
+    r: &mut RouteCtx<'_>,
+    path: &FieldPath,
+    route: &w::HttpRoute,
+) -> Vec<Mirror> {
     let mut out = Vec::new();
     if route.mirror_percent.is_some() {
-        ctx.warn(&path.key("mirrorPercent"), "mirror_percent is deprecated; use mirrorPercentage");
+        ctx.warn(
+            &path.key("mirrorPercent"),
+            "mirror_percent is deprecated; use mirrorPercentage",
+        );
     }
     if let Some(m) = &route.mirror {
         let dest = destination(ctx, r, &path.key("mirror"), Some(m));
         let pct = if let Some(p) = &route.mirror_percentage {
-            mirror_pct(ctx, &path.key("mirrorPercentage").key("value"), p.value.unwrap_or(0.0))
+            mirror_pct(
+                ctx,
+                &path.key("mirrorPercentage").key("value"),
+                p.value.unwrap_or(0.0),
+            )
         } else if let Some(p) = route.mirror_percent {
             mirror_pct(ctx, &path.key("mirrorPercent"), p as f64)
         } else {
@@ -1089,13 +1270,20 @@ fn mirrors(ctx: &mut Ctx<'_>, r: &mut RouteCtx<'_>, path: &FieldPath, route: &w:
             }
         }
     } else if route.mirror_percentage.is_some() || route.mirror_percent.is_some() {
-        ctx.warn(path, "mirrorPercentage/mirror_percent without mirror has no effect");
+        ctx.warn(
+            path,
+            "mirrorPercentage/mirror_percent without mirror has no effect",
+        );
     }
     for (i, m) in route.mirrors.iter().enumerate() {
         let mp = path.key("mirrors").index(i);
         let dest = destination(ctx, r, &mp.key("destination"), m.destination.as_ref());
         let pct = match &m.percentage {
-            Some(p) => mirror_pct(ctx, &mp.key("percentage").key("value"), p.value.unwrap_or(0.0)),
+            Some(p) => mirror_pct(
+                ctx,
+                &mp.key("percentage").key("value"),
+                p.value.unwrap_or(0.0),
+            ),
             None => Some(100.0),
         };
         if let (Some(destination), Some(percentage)) = (dest, pct) {
@@ -1116,7 +1304,10 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
     for (i, o) in c.allow_origins.iter().enumerate() {
         let op = path.key("allowOrigins").index(i);
         if o.exact.is_none() && o.prefix.is_none() && o.regex.is_none() {
-            ctx.err(&op, InvalidHttpRoute::Value("an origin matcher must set exact, prefix or regex".into()));
+            ctx.err(
+                &op,
+                InvalidHttpRoute::Value("an origin matcher must set exact, prefix or regex".into()),
+            );
             continue;
         }
         if let Some(sm) = ctx.check(&op, v::string_match(o, MatchField::Other)) {
@@ -1124,7 +1315,10 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
         }
     }
     if !c.allow_origin.is_empty() {
-        ctx.warn(&path.key("allowOrigin"), "allowOrigin is deprecated; use allowOrigins");
+        ctx.warn(
+            &path.key("allowOrigin"),
+            "allowOrigin is deprecated; use allowOrigins",
+        );
         // The deprecated list only counts when the new one is absent.
         if c.allow_origins.is_empty() {
             allow_origins.extend(c.allow_origin.iter().map(|o| StringMatch::Exact(o.clone())));
@@ -1141,7 +1335,10 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
             );
         }
     }
-    for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
+    for (field, list) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
         for (i, h) in list.iter().enumerate() {
             if h != "*" {
                 ctx.check(&path.key(field).index(i), v::header_name(h));
@@ -1231,12 +1428,17 @@ fn unreachable_http_rules(ctx: &mut Ctx<'_>, spec_path: &FieldPath, http: &[Http
     for (i, route) in http.iter().enumerate() {
         let path = spec_path.key("http").index(i);
         if let Some(k) = catch_all {
-            ctx.warn(&path, format!("this rule follows the catch-all rule spec.http[{k}] and can never match"));
+            ctx.warn(
+                &path,
+                format!("this rule follows the catch-all rule spec.http[{k}] and can never match"),
+            );
             continue;
         }
         for (j, m) in route.matches.iter().enumerate() {
             let shadow = match &m.uri {
-                Some(StringMatch::Prefix(p)) | Some(StringMatch::Exact(p)) if !m.ignore_uri_case => {
+                Some(StringMatch::Prefix(p)) | Some(StringMatch::Exact(p))
+                    if !m.ignore_uri_case =>
+                {
                     prefixes.iter().find(|(_, q)| p.starts_with(q.as_str()))
                 }
                 _ => None,

@@ -1,0 +1,90 @@
+//! Lenient integers, as Istio's YAML path reads them.
+//!
+//! Istio turns YAML into JSON before decoding protobuf, and that step writes `100.0` as `100`; protobuf
+//! JSON also accepts 64-bit integers as strings (`"1024"`). Tutorials rely on both (`weight: 100.0`,
+//! `mirror_percent: 100.0`), so integer fields accept an integer, an integral float or a numeric string.
+//! A fractional value (`10.5`) is still an error.
+
+use serde::de::{self, Deserializer, Visitor};
+
+struct OptI64;
+
+impl<'de> Visitor<'de> for OptI64 {
+    type Value = Option<i64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(OptI64)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        i64::try_from(v)
+            .map(Some)
+            .map_err(|_| E::custom(format!("integer {v} is too large")))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // Integral floats within i64 range convert exactly; the bound check keeps the cast lossless.
+        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "integral and well within i64 range"
+            )]
+            return Ok(Some(v as i64));
+        }
+        Err(E::invalid_type(de::Unexpected::Float(v), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        v.trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| E::invalid_type(de::Unexpected::Str(v), &self))
+    }
+}
+
+/// `deserialize_with` for `Option<i64>` fields.
+pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    d.deserialize_option(OptI64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(serde::Deserialize)]
+    struct T {
+        #[serde(default, deserialize_with = "super::opt_i64")]
+        n: Option<i64>,
+    }
+
+    #[test]
+    fn accepts_integral_forms() {
+        for (text, want) in [
+            ("n: 100", Some(100)),
+            ("n: 100.0", Some(100)),
+            ("n: \"1024\"", Some(1024)),
+            ("n: -1", Some(-1)),
+            ("n: null", None),
+            ("{}", None),
+        ] {
+            let t: T = serde_yaml::from_str(text).expect(text);
+            assert_eq!(t.n, want, "{text}");
+        }
+        assert!(serde_yaml::from_str::<T>("n: 10.5").is_err());
+        assert!(serde_yaml::from_str::<T>("n: abc").is_err());
+    }
+}
