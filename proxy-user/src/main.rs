@@ -1,7 +1,7 @@
 //! `keel`: the node proxy binary.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use keel::admin::{self, AdminContext, ConnLog, Stats};
+use keel::admin::{self, AdminContext, ConfigStatus, ConnLog, Stats};
 use keel::ebpf::Redirector;
+use keel::state::reload::{self, Reloader};
 use keel::state::{self, State};
 use keel::upstream::pool::HttpPools;
 
@@ -117,19 +118,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
-    let report = keel::policy::load_dir(&args.config)
-        .with_context(|| format!("reading config directory {}", args.config.display()))?;
-    for e in &report.errors {
-        tracing::error!("rejected: {e}");
-    }
-    for w in &report.warnings {
-        tracing::warn!("{w}");
-    }
-    let snapshot = Arc::new(report.snapshot);
     let cgroup_root = args.cgroup.clone();
     if !cgroup_root.is_dir() {
         bail!("cgroup root {} is not a directory", cgroup_root.display());
     }
+    let mut reloader = Reloader::new(&args.config);
+    let fingerprint = reload::fingerprint(&args.config)
+        .with_context(|| format!("reading config directory {}", args.config.display()))?;
+    let first = reloader
+        .load()
+        .with_context(|| format!("reading config directory {}", args.config.display()))?;
+    let config_status = Arc::new(Mutex::new(report_load(&first)));
+    let snapshot = Arc::new(first.serving);
 
     let state = Arc::new(State::default());
     state.publish(
@@ -168,6 +168,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             stats: Arc::clone(&stats),
             conn_log: Arc::clone(&conn_log),
             state: Arc::clone(&state),
+            config_status: Arc::clone(&config_status),
             kernel_stats,
         },
     )?;
@@ -175,16 +176,20 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let acceptor = keel::accept::Acceptor {
         state: Arc::clone(&state),
         pools: HttpPools::new(),
-        stats,
+        stats: Arc::clone(&stats),
         conn_log,
         conn_table,
     };
     let accept_task = tokio::spawn(acceptor.run(listener));
-    let sync_task = tokio::spawn(pod_sync_loop(
-        Arc::clone(&redirector),
-        Arc::clone(&state),
-        cgroup_root.clone(),
-    ));
+    let control_task = tokio::spawn(control_loop(Control {
+        redirector: Arc::clone(&redirector),
+        state: Arc::clone(&state),
+        cgroup_root: cgroup_root.clone(),
+        reloader,
+        fingerprint,
+        stats,
+        config_status,
+    }));
     ready.store(true, Ordering::Release);
     tracing::info!(
         proxy = %args.proxy_addr,
@@ -200,10 +205,42 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: detaching programs");
     ready.store(false, Ordering::Release);
     accept_task.abort();
-    sync_task.abort();
+    control_task.abort();
+    let _ = control_task.await;
     // Dropping the last handle detaches the programs and frees the maps.
     drop(redirector);
     Ok(())
+}
+
+/// Log a load's problems and turn them into the admin's config status.
+fn report_load(loaded: &reload::Reloaded) -> ConfigStatus {
+    for e in &loaded.on_disk.errors {
+        tracing::error!("config rejected: {e}");
+    }
+    for w in &loaded.on_disk.warnings {
+        tracing::warn!("config: {w}");
+    }
+    if loaded.kept_previous > 0 {
+        tracing::warn!(
+            resources = loaded.kept_previous,
+            "rejected resources keep serving their last good version"
+        );
+    }
+    ConfigStatus {
+        errors: loaded
+            .on_disk
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+        warnings: loaded
+            .on_disk
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect(),
+        kept_previous: loaded.kept_previous,
+    }
 }
 
 /// Publish the current snapshot's meshed destinations and captured pods to the kernel.
@@ -223,24 +260,107 @@ fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Pods' cgroups come and go independently of the config: re-resolve them every second.
-async fn pod_sync_loop(redirector: Arc<Mutex<Redirector>>, state: Arc<State>, root: PathBuf) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// The one task that changes what the node serves and what the kernel redirects.
+struct Control {
+    redirector: Arc<Mutex<Redirector>>,
+    state: Arc<State>,
+    cgroup_root: PathBuf,
+    reloader: Reloader,
+    fingerprint: reload::Fingerprint,
+    stats: Arc<Stats>,
+    config_status: Arc<Mutex<ConfigStatus>>,
+}
+
+/// How often the config directory is checked: a change applies well within a second.
+const CONFIG_POLL: Duration = Duration::from_millis(250);
+/// Pods' cgroups come and go independently of the config.
+const POD_RESCAN_EVERY: u32 = 4;
+/// Records of connects that never got a SYN out are swept this often, when this old.
+const SWEEP_EVERY: u32 = 240;
+const SWEEP_AGE: Duration = Duration::from_secs(300);
+
+async fn control_loop(mut c: Control) {
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
     loop {
         tick.tick().await;
-        let node = state.load();
-        let resolved = state::resolve_pod_cgroups(&node.snapshot, &root);
-        if resolved == node.pod_by_cgroup {
-            continue;
+        n = n.wrapping_add(1);
+        let mut changed = false;
+        match reload::fingerprint(c.reloader.dir()) {
+            Ok(fp) if fp != c.fingerprint => {
+                c.fingerprint = fp;
+                changed |= c.reload().await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read config directory; keeping current config")
+            }
         }
-        state.update_pod_cgroups(resolved);
-        let result = match redirector.lock() {
-            Ok(mut r) => sync_kernel(&mut r, &state),
-            Err(_) => Err(anyhow::anyhow!("redirector lock poisoned")),
+        if n.is_multiple_of(POD_RESCAN_EVERY) {
+            let node = c.state.load();
+            let resolved = state::resolve_pod_cgroups(&node.snapshot, &c.cgroup_root);
+            if resolved != node.pod_by_cgroup {
+                c.state.update_pod_cgroups(resolved);
+                changed = true;
+            }
+        }
+        let Ok(mut redirector) = c.redirector.lock() else {
+            tracing::error!("redirector lock poisoned; stopping control loop");
+            return;
         };
-        if let Err(e) = result {
-            tracing::error!("kernel sync failed: {e:#}");
+        if changed {
+            if let Err(e) = sync_kernel(&mut redirector, &c.state) {
+                tracing::error!("kernel sync failed: {e:#}");
+            }
         }
+        if n.is_multiple_of(SWEEP_EVERY) {
+            match redirector.sweep_unestablished(SWEEP_AGE) {
+                Ok(0) => {}
+                Ok(swept) => tracing::info!(swept, "removed stale connection records"),
+                Err(e) => tracing::warn!(error = %e, "sweeping connection records failed"),
+            }
+        }
+    }
+}
+
+impl Control {
+    /// Load the config directory off the runtime's workers and publish it. True if published.
+    async fn reload(&mut self) -> bool {
+        let mut reloader = std::mem::replace(&mut self.reloader, Reloader::new(Path::new("")));
+        let (reloader, loaded) = match tokio::task::spawn_blocking(move || {
+            let loaded = reloader.load();
+            (reloader, loaded)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "config load task failed");
+                return false;
+            }
+        };
+        self.reloader = reloader;
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read config directory; keeping current config");
+                return false;
+            }
+        };
+        let status = report_load(&loaded);
+        if !status.errors.is_empty() {
+            self.stats.config_rejections.inc();
+        }
+        if let Ok(mut s) = self.config_status.lock() {
+            *s = status;
+        }
+        let snapshot = Arc::new(loaded.serving);
+        let pods = state::resolve_pod_cgroups(&snapshot, &self.cgroup_root);
+        self.state.publish(snapshot, pods);
+        self.stats.config_reloads.inc();
+        tracing::info!("config reloaded");
+        true
     }
 }
 

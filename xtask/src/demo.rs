@@ -124,7 +124,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .unwrap_or_else(|| crate::workspace_root().join("config").join("demo"));
     let config = load(&dir)?;
     let index = subnet_index(&config.pods)?;
-    let bins = crate::build()?;
+    let bins = crate::build_bins(!args.without_keel)?;
     install_signal_handlers()?;
     for line in keel_tests::cleanup_stale(PREFIX)? {
         eprintln!("demo: {line}");

@@ -119,17 +119,19 @@ pub struct Binaries {
 }
 
 fn build() -> Result<Binaries> {
+    build_bins(true)
+}
+
+/// Setup, then the release binaries; `with_keel: false` builds only `pod-agent` (for runs that do
+/// not start keel, e.g. `demo --without-keel`).
+fn build_bins(with_keel: bool) -> Result<Binaries> {
     setup::run()?;
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "proxy-user",
-        "-p",
-        "keel-tests",
-        "--bins",
-    ]);
+    cmd.args(["build", "--release"]);
+    if with_keel {
+        cmd.args(["-p", "proxy-user"]);
+    }
+    cmd.args(["-p", "keel-tests", "--bins"]);
     run_step(cmd)?;
     let release = target_dir()?.join("release");
     Ok(Binaries {

@@ -5,6 +5,7 @@
 //! - `GET /stats`              JSON counters, including the kernel's
 //! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
 //! - `GET /config_dump`        JSON summary of the active snapshot
+//! - `GET /config_status`      JSON errors and warnings of the latest config load
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -45,6 +46,20 @@ pub struct Stats {
     pub refused_unknown_destination: Counter,
     pub http_requests: Counter,
     pub tcp_connections: Counter,
+    /// Config loads that changed what is served.
+    pub config_reloads: Counter,
+    /// Config loads in which at least one resource was rejected (the last good version kept serving).
+    pub config_rejections: Counter,
+}
+
+/// The outcome of the latest config load, for `/config_status`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ConfigStatus {
+    /// Every error of the latest load (`FILE:LINE: KIND NS/NAME: FIELD: REASON`).
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Rejected resources still served at their previous version.
+    pub kept_previous: usize,
 }
 
 /// One accepted connection as the kernel described it.
@@ -91,6 +106,7 @@ pub struct AdminContext {
     pub stats: Arc<Stats>,
     pub conn_log: Arc<ConnLog>,
     pub state: Arc<State>,
+    pub config_status: Arc<Mutex<ConfigStatus>>,
     /// Reads the kernel's counters (owned by the task that owns the eBPF objects).
     pub kernel_stats: Arc<dyn Fn() -> Option<KernelStats> + Send + Sync>,
 }
@@ -157,9 +173,19 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "refused_unknown_destination": ctx.stats.refused_unknown_destination.get(),
             "http_requests": ctx.stats.http_requests.get(),
             "tcp_connections": ctx.stats.tcp_connections.get(),
+            "config_reloads": ctx.stats.config_reloads.get(),
+            "config_rejections": ctx.stats.config_rejections.get(),
             "kernel": (ctx.kernel_stats)(),
         })),
         "/debug/connections" => json(&ctx.conn_log.snapshot()),
+        "/config_status" => {
+            let status = ctx
+                .config_status
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            json(&status)
+        }
         "/config_dump" => {
             let node = ctx.state.load();
             let snap = &node.snapshot;

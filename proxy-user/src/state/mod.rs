@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod reload;
+
 use arc_swap::ArcSwap;
 
 use crate::policy::{PodId, Snapshot};
