@@ -11,8 +11,8 @@ use crate::admin::{ConnLog, ConnLogEntry, Stats};
 use crate::ebpf::ConnTable;
 use crate::l4::{self, Sniffed};
 use crate::policy::Protocol;
-use crate::routing::ClientInfo;
-use crate::state::State;
+use crate::routing::{ClientView, Outbound};
+use crate::state::{NodeState, State};
 use crate::upstream::pool::HttpPools;
 
 /// What the request path knows about one accepted connection.
@@ -22,8 +22,25 @@ pub struct ConnContext {
     pub stats: Arc<Stats>,
     /// Where the client meant to connect (a Service VIP:port), from the kernel.
     pub original_dst: SocketAddr,
-    /// The client pod's routing facts, resolved once per connection.
-    pub client: ClientInfo,
+    /// Kernel cgroup id of the client pod (stable across config pushes, unlike a `PodId`).
+    pub pod_cgroup_id: u64,
+    /// What the client pod's class sees of the mesh, resolved once per connection.
+    pub view: Arc<ClientView>,
+}
+
+impl ConnContext {
+    /// The client's view under `node`: the connection's own view while the route table is the one it
+    /// was accepted under; after a push, the pod's view in the new table, so requests on a kept-alive
+    /// connection follow new config as Envoy's do. A pod gone from the new config keeps its old view.
+    pub fn view_under(&self, node: &NodeState) -> Arc<ClientView> {
+        if node.routes.id() == self.view.table_id() {
+            return Arc::clone(&self.view);
+        }
+        node.pod_by_cgroup
+            .get(&self.pod_cgroup_id)
+            .and_then(|&pod| node.routes.view_for_pod(pod))
+            .map_or_else(|| Arc::clone(&self.view), Arc::clone)
+    }
 }
 
 /// Shared by the accept loop and handed to every connection.
@@ -71,21 +88,27 @@ impl Acceptor {
             tracing::debug!(%peer, cgroup = record.pod_cgroup_id, "record names no known pod; closing");
             return;
         };
-        let Some(client) = node.client(pod) else {
+        // Every captured pod of the snapshot has a view; a pod without one is not ours to serve.
+        let Some(view) = node.routes.view_for_pod(pod).cloned() else {
+            self.stats.refused_unknown_pod.inc();
             return;
         };
         let original_dst = SocketAddr::new(
             record.original_dst.ip().to_canonical(),
             record.original_dst.port(),
         );
-        let Some(routes) = node.routes.lookup(original_dst) else {
-            self.stats.refused_unknown_destination.inc();
-            tracing::debug!(%peer, dst = %original_dst, "destination no longer meshed; closing");
-            return;
+        // Unknown destinations (hidden from this client, or no longer meshed) follow the client's
+        // outbound traffic policy: passthrough, or blocked by l7 (502) / l4 (close).
+        let (declared, hostname) = match view.lookup(original_dst) {
+            Outbound::Service(routes) => (routes.protocol, routes.hostname.clone()),
+            Outbound::Passthrough { protocol } => (protocol, "PassthroughCluster".to_string()),
+            Outbound::Blocked { protocol } => {
+                self.stats.refused_unknown_destination.inc();
+                tracing::debug!(%peer, dst = %original_dst, "destination unknown to the client under REGISTRY_ONLY");
+                (protocol, "BlackHoleCluster".to_string())
+            }
         };
         let _ = stream.set_nodelay(true);
-        let declared = routes.protocol;
-        let hostname = routes.hostname.clone();
         let detection_timeout = node.snapshot.mesh.protocol_detection_timeout;
         let source_pod = node.pod_name(pod);
         drop(node);
@@ -107,7 +130,8 @@ impl Acceptor {
             original_dst: original_dst.to_string(),
             service: hostname,
             protocol: match kind {
-                Sniffed::Http1 | Sniffed::Http2 => "http",
+                Sniffed::Http1 => "http",
+                Sniffed::Http2 => "http2",
                 Sniffed::Opaque => "tcp",
             }
             .to_string(),
@@ -117,7 +141,8 @@ impl Acceptor {
             pools: self.pools,
             stats: self.stats,
             original_dst,
-            client,
+            pod_cgroup_id: record.pod_cgroup_id,
+            view,
         });
         match kind {
             Sniffed::Http1 | Sniffed::Http2 => crate::l7::serve(stream, ctx).await,

@@ -330,7 +330,12 @@ impl Agent {
     }
 
     /// Runs `tcp-echo-client` in `pod`.
-    pub fn tcp_echo(&self, pod: &Pod, addr: SocketAddr, payload_size: usize) -> Result<TcpEchoReport> {
+    pub fn tcp_echo(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        payload_size: usize,
+    ) -> Result<TcpEchoReport> {
         let addr = addr.to_string();
         let size = payload_size.to_string();
         self.client(
@@ -341,7 +346,12 @@ impl Agent {
     }
 
     /// Runs `tcp-connect` in `pod`, optionally sending `send` after connecting.
-    pub fn tcp_connect(&self, pod: &Pod, addr: SocketAddr, send: Option<&str>) -> Result<TcpConnectReport> {
+    pub fn tcp_connect(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        send: Option<&str>,
+    ) -> Result<TcpConnectReport> {
         let addr = addr.to_string();
         let mut args = vec!["tcp-connect", "--addr", &addr];
         if let Some(s) = send {
@@ -357,7 +367,10 @@ impl Agent {
         timeout: Duration,
     ) -> Result<T> {
         let (status, stdout, stderr) = pod.exec(&self.bin, args, timeout)?;
-        let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{'));
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'));
         line.and_then(|l| serde_json::from_str(l).ok()).with_context(|| {
             format!(
                 "pod-agent {} in pod {} printed no report (exit {status}); stdout:\n{stdout}\nstderr:\n{stderr}",

@@ -23,10 +23,8 @@ impl ConfigDir {
     /// A fresh empty directory under the system temp dir, named after `label`.
     pub fn new(label: &str) -> Result<ConfigDir> {
         let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "keel-config-{label}-{}-{n}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("keel-config-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .with_context(|| format!("creating config dir {}", path.display()))?;

@@ -47,10 +47,15 @@ pub fn require_privileged_env() -> Result<()> {
     Ok(())
 }
 
-/// The full path of `tool` if it is an executable file in a `PATH` directory.
+/// Where root's tools live even when a minimal environment leaves them off `PATH`.
+const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// The full path of `tool` if it is an executable file in a `PATH` directory, or in an sbin
+/// directory (`ip` and `bpftool` live there, and CI environments do not always have it on `PATH`).
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(SBIN_DIRS.iter().map(PathBuf::from))
         .map(|dir| dir.join(tool))
         .find(|p| is_executable(p))
 }
@@ -171,7 +176,12 @@ pub fn pod_agent_bin(default: Option<&str>) -> Result<PathBuf> {
 
 /// Runs `program args...` to completion; fails with its stderr if it exits non-zero.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
+    let resolved = if program.contains('/') {
+        None
+    } else {
+        find_on_path(program)
+    };
+    let out = Command::new(resolved.as_deref().unwrap_or(Path::new(program)))
         .args(args)
         .output()
         .with_context(|| format!("spawning `{program} {}`", args.join(" ")))?;

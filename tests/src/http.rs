@@ -53,7 +53,10 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpRespon
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse> {
     let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("incomplete response ({} bytes, no end of headers)", raw.len());
+        bail!(
+            "incomplete response ({} bytes, no end of headers)",
+            raw.len()
+        );
     };
     let head = String::from_utf8_lossy(&raw[..head_end]);
     let mut lines = head.split("\r\n");

@@ -10,6 +10,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,8 @@ use crate::host;
 use crate::http;
 use crate::podnet::PodNet;
 use crate::process::Proc;
+
+static NEXT_VALIDATE: AtomicU64 = AtomicU64::new(0);
 
 /// How long keel gets to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -59,6 +62,8 @@ pub struct KeelOptions {
     pub extra_args: Vec<String>,
     /// How long to wait for `/ready`.
     pub ready_timeout: Duration,
+    /// The keel binary; `None` means [`host::keel_bin`] (`KEEL_BIN`, default `target/release/keel`).
+    pub binary: Option<PathBuf>,
 }
 
 impl KeelOptions {
@@ -72,6 +77,7 @@ impl KeelOptions {
             process_cgroup: net.system_cgroup(),
             extra_args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            binary: None,
         })
     }
 }
@@ -93,7 +99,10 @@ impl Keel {
     /// Starts keel with `opts` inside `opts.process_cgroup` and waits until `/ready` answers 200;
     /// fails with keel's stderr if it exits or is not ready within `opts.ready_timeout`.
     pub fn start_with(net: &PodNet, opts: KeelOptions) -> Result<Keel> {
-        let bin = host::keel_bin()?;
+        let bin = match &opts.binary {
+            Some(b) => b.clone(),
+            None => host::keel_bin()?,
+        };
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .arg("--config")
@@ -209,9 +218,14 @@ impl Drop for Keel {
 pub fn admin_get(admin: SocketAddr, path: &str) -> Result<Value> {
     let r = http::get(admin, path, ADMIN_TIMEOUT)?;
     if r.status != 200 {
-        bail!("GET {path} on keel admin {admin} answered {}: {}", r.status, r.text());
+        bail!(
+            "GET {path} on keel admin {admin} answered {}: {}",
+            r.status,
+            r.text()
+        );
     }
-    r.json().with_context(|| format!("GET {path} on keel admin {admin}"))
+    r.json()
+        .with_context(|| format!("GET {path} on keel admin {admin}"))
 }
 
 /// A localhost address with a port that was free a moment ago (bind to :0, read, release).
@@ -243,7 +257,9 @@ pub fn validate(dir: &Path) -> Result<ValidateOutput> {
     let bin = host::keel_bin()?;
     let mut cmd = Command::new(&bin);
     cmd.arg("validate").arg(dir);
-    let logs = std::env::temp_dir().join(format!("keel-validate-{}", std::process::id()));
+    // One directory per call: tests in one process run validate concurrently.
+    let n = NEXT_VALIDATE.fetch_add(1, Ordering::Relaxed);
+    let logs = std::env::temp_dir().join(format!("keel-validate-{}-{n}", std::process::id()));
     let mut proc = Proc::spawn(cmd, "keel-validate", &logs)?;
     let status = proc.wait_or_kill(Duration::from_secs(30))?;
     let out = ValidateOutput {

@@ -152,7 +152,15 @@ impl PodNet {
         // STP off (the default) and forward_delay 0: ports forward as soon as they are up.
         run(
             "ip",
-            &["link", "add", &bridge, "type", "bridge", "forward_delay", "0"],
+            &[
+                "link",
+                "add",
+                &bridge,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+            ],
         )?;
         run("ip", &["link", "set", &bridge, "alias", &alias])?;
         let cidr = format!("{}/24", self.bridge_ip());
@@ -711,7 +719,9 @@ fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
                 &metric.to_string(),
             ],
         ) {
-            problems.push(format!("deleting blackhole route {dst} metric {metric}: {e:#}"));
+            problems.push(format!(
+                "deleting blackhole route {dst} metric {metric}: {e:#}"
+            ));
         }
     }
 
@@ -743,7 +753,10 @@ pub fn leftovers(prefix: &str, index: u8) -> Vec<String> {
         }
     }
     for dst in blackholes_with_metric(ROUTE_METRIC_BASE + u32::from(index)) {
-        left.push(format!("route blackhole {dst} metric {}", ROUTE_METRIC_BASE + u32::from(index)));
+        left.push(format!(
+            "route blackhole {dst} metric {}",
+            ROUTE_METRIC_BASE + u32::from(index)
+        ));
     }
     if let Ok(cg2) = host::cgroup2_mount() {
         let base = cg2.join(&id);
@@ -799,16 +812,15 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
     let mut report = Vec::new();
     for index in indices {
         let Some((_lock, _)) = try_lock_index(index)? else {
-            report.push(format!("{prefix}-{index}: in use by a live run, left alone"));
+            report.push(format!(
+                "{prefix}-{index}: in use by a live run, left alone"
+            ));
             continue;
         };
         let found = leftovers(prefix, index);
         let problems = clean_index(&cgroup2, prefix, index);
         if !problems.is_empty() {
-            bail!(
-                "cleaning stale {prefix}-{index}: {}",
-                problems.join("; ")
-            );
+            bail!("cleaning stale {prefix}-{index}: {}", problems.join("; "));
         }
         report.push(format!("{prefix}-{index}: removed {}", found.join(", ")));
     }
@@ -840,7 +852,11 @@ pub fn cleanup_all_stale() -> Result<Vec<String>> {
         let Some((_lock, previous)) = try_lock_index(index)? else {
             continue;
         };
-        let Some(prefix) = previous.split_whitespace().nth(1).filter(|p| is_dns_label(p)) else {
+        let Some(prefix) = previous
+            .split_whitespace()
+            .nth(1)
+            .filter(|p| is_dns_label(p))
+        else {
             continue;
         };
         let found = leftovers(prefix, index);
@@ -904,7 +920,10 @@ fn kill_cgroup_tree(base: &Path) -> Result<()> {
     }
     for dir in cgroup_dirs_leaf_first(base)? {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -934,7 +953,9 @@ fn cgroup_dirs_leaf_first(base: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![base.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
                 stack.push(entry.path());

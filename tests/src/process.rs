@@ -36,7 +36,13 @@ impl Proc {
         let n = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
         let safe: String = label
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let stdout_path = log_dir.join(format!("{safe}.{n}.out"));
         let stderr_path = log_dir.join(format!("{safe}.{n}.err"));

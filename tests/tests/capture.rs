@@ -44,11 +44,16 @@ fn no_loop_when_keel_runs_inside_its_own_capture_root() -> Result<()> {
 
     let records = keel.connections()?;
     let ours = records_from(&records, &r.local_addrs);
-    ensure!(ours.len() == 20, "20 client connections expected: {records:?}");
+    ensure!(
+        ours.len() == 20,
+        "20 client connections expected: {records:?}"
+    );
     let bridge = fx.net.bridge_ip().to_string();
     let from_keel: Vec<_> = records
         .iter()
-        .filter(|rec| rec.source_addr.starts_with(&format!("{bridge}:")) || rec.source_pod.is_empty())
+        .filter(|rec| {
+            rec.source_addr.starts_with(&format!("{bridge}:")) || rec.source_pod.is_empty()
+        })
         .collect();
     ensure!(
         from_keel.is_empty(),
@@ -71,7 +76,10 @@ fn direct_connection_to_the_proxy_port_is_closed_at_once() -> Result<()> {
 
     let attempts = [
         (&fx.sleep, None),
-        (&fx.sleep, Some("GET / HTTP/1.1\r\nHost: reviews:9080\r\n\r\n")),
+        (
+            &fx.sleep,
+            Some("GET / HTTP/1.1\r\nHost: reviews:9080\r\n\r\n"),
+        ),
         (&stray, Some("GET / HTTP/1.1\r\nHost: reviews:9080\r\n\r\n")),
     ];
     for (pod, send) in attempts {
@@ -117,7 +125,10 @@ fn pod_outside_the_cgroup_root_is_not_redirected() -> Result<()> {
     );
     let stray_ip = format!("{}:", stray.ip);
     ensure!(
-        !keel.connections()?.iter().any(|r| r.source_addr.starts_with(&stray_ip)),
+        !keel
+            .connections()?
+            .iter()
+            .any(|r| r.source_addr.starts_with(&stray_ip)),
         "keel saw a connection from the uncaptured pod"
     );
     Ok(())
@@ -143,7 +154,10 @@ fn pod_annotated_capture_false_is_not_redirected() -> Result<()> {
     );
     let nocap_ip = format!("{}:", nocap.ip);
     ensure!(
-        !keel.connections()?.iter().any(|r| r.source_addr.starts_with(&nocap_ip)),
+        !keel
+            .connections()?
+            .iter()
+            .any(|r| r.source_addr.starts_with(&nocap_ip)),
         "keel saw a connection from the pod annotated capture=false"
     );
     Ok(())
@@ -153,17 +167,23 @@ fn pod_annotated_capture_false_is_not_redirected() -> Result<()> {
 fn loopback_and_the_pods_own_ip_are_not_redirected() -> Result<()> {
     let fx = Fixture::reviews(PREFIX, 34, &["v1"])?;
     // The client pod itself serves on the service port, on all its addresses.
-    let _own = fx.agent.http_server(&fx.sleep, common::REVIEWS_PORT, "self")?;
+    let _own = fx
+        .agent
+        .http_server(&fx.sleep, common::REVIEWS_PORT, "self")?;
     let keel = fx.start_keel()?;
 
     let own_ip = fx.sleep.ip.to_string();
     for (url, peer_ip) in [
-        ("http://127.0.0.1:9080/".to_string(), "127.0.0.1".to_string()),
+        (
+            "http://127.0.0.1:9080/".to_string(),
+            "127.0.0.1".to_string(),
+        ),
         (format!("http://{own_ip}:9080/"), own_ip.clone()),
     ] {
-        let r = fx
-            .agent
-            .http_get(&fx.sleep, &HttpGet::new(&url).count(3).timeout(Duration::from_secs(10)))?;
+        let r = fx.agent.http_get(
+            &fx.sleep,
+            &HttpGet::new(&url).count(3).timeout(Duration::from_secs(10)),
+        )?;
         ensure!(
             r.status(200) == 3
                 && r.by_pod.get("sleep") == Some(&3)
@@ -179,8 +199,14 @@ fn loopback_and_the_pods_own_ip_are_not_redirected() -> Result<()> {
     let leaked: Vec<_> = keel
         .connections()?
         .into_iter()
-        .filter(|rec| rec.original_dst.starts_with("127.") || rec.original_dst.starts_with(&format!("{own_ip}:")))
+        .filter(|rec| {
+            rec.original_dst.starts_with("127.")
+                || rec.original_dst.starts_with(&format!("{own_ip}:"))
+        })
         .collect();
-    ensure!(leaked.is_empty(), "loopback/own-IP connections went through keel: {leaked:?}");
+    ensure!(
+        leaked.is_empty(),
+        "loopback/own-IP connections went through keel: {leaked:?}"
+    );
     Ok(())
 }

@@ -40,7 +40,10 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
     match stop {
         Stop::Term => {
             let status = keel.terminate(Duration::from_secs(10))?;
-            ensure!(status.success(), "keel should exit 0 on SIGTERM, got {status}");
+            ensure!(
+                status.success(),
+                "keel should exit 0 on SIGTERM, got {status}"
+            );
         }
         Stop::Kill => {
             keel.kill()?;
@@ -55,12 +58,18 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
         attached = attached_programs(&root)?;
     }
-    ensure!(attached.is_empty(), "still attached after keel exited: {attached:?}");
+    ensure!(
+        attached.is_empty(),
+        "still attached after keel exited: {attached:?}"
+    );
     let new_pins: Vec<_> = bpffs_entries()
         .into_iter()
         .filter(|p| !pins_before.contains(p))
         .collect();
-    ensure!(new_pins.is_empty(), "pins left under /sys/fs/bpf: {new_pins:?}");
+    ensure!(
+        new_pins.is_empty(),
+        "pins left under /sys/fs/bpf: {new_pins:?}"
+    );
 
     // Fail-open: with keel gone, a VIP connect goes direct, which in a pod without routes is unreachable.
     let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;

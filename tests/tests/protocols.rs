@@ -24,7 +24,11 @@ fn http1_keepalive_serves_many_requests_on_one_connection() -> Result<()> {
         "keel must keep the client connection alive: {} connections for 500 requests",
         r.connections
     );
-    ensure!(r.by_protocol.get("HTTP/1.1") == Some(&500), "{:?}", r.by_protocol);
+    ensure!(
+        r.by_protocol.get("HTTP/1.1") == Some(&500),
+        "{:?}",
+        r.by_protocol
+    );
 
     let records = keel.connections()?;
     let ours = records_from(&records, &r.local_addrs);
@@ -38,7 +42,13 @@ fn http1_keepalive_serves_many_requests_on_one_connection() -> Result<()> {
 #[test]
 fn http2_prior_knowledge_on_an_http2_port() -> Result<()> {
     let mut fx = Fixture::reviews(PREFIX, 21, &[])?;
-    let grpc = fx.add_pod("greeter-v1", 11, &[("app", "greeter"), ("version", "v1")], &[], false)?;
+    let grpc = fx.add_pod(
+        "greeter-v1",
+        11,
+        &[("app", "greeter"), ("version", "v1")],
+        &[],
+        false,
+    )?;
     fx.servers.push(fx.agent.http_server(&grpc, 9090, "v1")?);
     fx.add_service(service_yaml(
         "greeter",
@@ -74,7 +84,8 @@ fn http2_prior_knowledge_on_an_http2_port() -> Result<()> {
             && ours[0].protocol == "http2"
             && ours[0].service == "greeter.default.svc.cluster.local"
             && ours[0].original_dst == "10.96.0.30:9090",
-        "{ours:?}"
+        "expected one connection record with protocol \"http2\" (port name `http2`) for \
+         greeter.default.svc.cluster.local at 10.96.0.30:9090: {ours:?}"
     );
     Ok(())
 }
@@ -111,7 +122,10 @@ fn opaque_tcp_echo_with_half_close() -> Result<()> {
 
     let records = keel.connections()?;
     let ours = records_from(&records, &local_addrs);
-    ensure!(ours.len() == 2, "two tcp connections expected: {ours:?} in {records:?}");
+    ensure!(
+        ours.len() == 2,
+        "two tcp connections expected: {ours:?} in {records:?}"
+    );
     for rec in ours {
         ensure!(
             rec.protocol == "tcp"

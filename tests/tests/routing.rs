@@ -56,7 +56,10 @@ fn check_split(fx: &Fixture, req: &HttpGet, weights: &[(&str, u32)]) -> Result<(
     let mut table = String::new();
     let mut bad = Vec::new();
     for (version, weight) in weights {
-        let got = percent(r.by_version.get(*version).copied().unwrap_or(0), r.responses);
+        let got = percent(
+            r.by_version.get(*version).copied().unwrap_or(0),
+            r.responses,
+        );
         table.push_str(&format!("{version}: weight {weight} got {got:.1}%\n"));
         if (got - f64::from(*weight)).abs() > TOLERANCE_POINTS {
             bad.push(*version);
@@ -77,11 +80,15 @@ fn check_split(fx: &Fixture, req: &HttpGet, weights: &[(&str, u32)]) -> Result<(
 #[test]
 fn weighted_split_10_10_80_over_2000_requests() -> Result<()> {
     let fx = Fixture::reviews(PREFIX, 11, &["v1", "v2", "v3"])?;
-    fx.config
-        .write("destinationrule.yaml", &reviews_destination_rule(&["v1", "v2", "v3"]))?;
+    fx.config.write(
+        "destinationrule.yaml",
+        &reviews_destination_rule(&["v1", "v2", "v3"]),
+    )?;
     let weights = [("v1", 10), ("v2", 10), ("v3", 80)];
-    fx.config
-        .write("virtualservice.yaml", &reviews_weighted_virtual_service(&weights))?;
+    fx.config.write(
+        "virtualservice.yaml",
+        &reviews_weighted_virtual_service(&weights),
+    )?;
     let _keel = fx.start_keel()?;
 
     // Keep-alive: weights apply per request, not per connection.
@@ -94,11 +101,15 @@ fn weighted_split_10_10_80_over_2000_requests() -> Result<()> {
 #[test]
 fn weighted_split_25_75_over_2000_requests() -> Result<()> {
     let fx = Fixture::reviews(PREFIX, 12, &["v1", "v2", "v3"])?;
-    fx.config
-        .write("destinationrule.yaml", &reviews_destination_rule(&["v1", "v2", "v3"]))?;
+    fx.config.write(
+        "destinationrule.yaml",
+        &reviews_destination_rule(&["v1", "v2", "v3"]),
+    )?;
     let weights = [("v1", 25), ("v3", 75)];
-    fx.config
-        .write("virtualservice.yaml", &reviews_weighted_virtual_service(&weights))?;
+    fx.config.write(
+        "virtualservice.yaml",
+        &reviews_weighted_virtual_service(&weights),
+    )?;
     let _keel = fx.start_keel()?;
 
     // A new connection per request this time, so the per-connection path is covered too; v2 has a

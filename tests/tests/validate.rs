@@ -87,7 +87,11 @@ fn valid_config_exits_0_with_a_one_line_summary() -> Result<()> {
         out.code,
         out.combined()
     );
-    let lines: Vec<&str> = out.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     ensure!(
         lines.len() == 1,
         "expected a one-line summary on stdout, got {} lines:\n{}",
@@ -129,7 +133,13 @@ fn invalid_regex_exits_1_naming_file_resource_field_and_reason() -> Result<()> {
     // File, kind and name, the field, and the regex compiler's reason.
     ensure_rejected(
         &dir,
-        &["virtualservice.yaml", "VirtualService", "reviews", "regex", "unclosed"],
+        &[
+            "virtualservice.yaml",
+            "VirtualService",
+            "reviews",
+            "regex",
+            "unclosed",
+        ],
     )
 }
 
@@ -142,7 +152,13 @@ fn negative_weight_exits_1_naming_file_resource_field_and_reason() -> Result<()>
     )?;
     ensure_rejected(
         &dir,
-        &["virtualservice.yaml", "VirtualService", "reviews", "weight", "-10"],
+        &[
+            "virtualservice.yaml",
+            "VirtualService",
+            "reviews",
+            "weight",
+            "-10",
+        ],
     )
 }
 
@@ -151,10 +167,20 @@ fn unknown_field_exits_1_naming_it() -> Result<()> {
     let dir = base_config("unknown-field")?;
     dir.write(
         "virtualservice.yaml",
-        &replaced(VALID_VIRTUAL_SERVICE, "  - route:\n    - destination:", "  - rout:\n    - destination:")?,
+        &replaced(
+            VALID_VIRTUAL_SERVICE,
+            "  - route:\n    - destination:",
+            "  - rout:\n    - destination:",
+        )?,
     )?;
     ensure_rejected(
         &dir,
-        &["virtualservice.yaml", "VirtualService", "reviews", "rout", "unknown"],
+        &[
+            "virtualservice.yaml",
+            "VirtualService",
+            "reviews",
+            "rout",
+            "unknown",
+        ],
     )
 }

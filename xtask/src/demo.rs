@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use keel_tests::{Agent, HttpGet, Keel, PodNet, Proc};
+use keel_tests::{Agent, HttpGet, Keel, KeelOptions, PodNet, Proc};
 use serde_yaml::Value;
 
 const PREFIX: &str = "kdemo";
@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Check the pod network and backends only (pod to pod, no keel).
     #[arg(long)]
     without_keel: bool,
+    /// Use the binaries already built (`KEEL_BIN`/`POD_AGENT_BIN` or target/release) instead of
+    /// running setup and the release build first.
+    #[arg(long)]
+    no_build: bool,
 }
 
 /// A pod as the demo YAML declares it.
@@ -117,14 +121,22 @@ fn check_interrupted() -> Result<()> {
 
 /// Runs the demo; see the module docs.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    keel_tests::host::require_root().context("the demo builds network namespaces and needs root")?;
+    keel_tests::host::require_root()
+        .context("the demo builds network namespaces and needs root")?;
     let dir = args
         .config
         .clone()
         .unwrap_or_else(|| crate::workspace_root().join("config").join("demo"));
     let config = load(&dir)?;
     let index = subnet_index(&config.pods)?;
-    let bins = crate::build_bins(!args.without_keel)?;
+    let bins = if args.no_build {
+        crate::Binaries {
+            keel: keel_tests::host::keel_bin()?,
+            pod_agent: keel_tests::host::pod_agent_bin(None)?,
+        }
+    } else {
+        crate::build_bins(!args.without_keel)?
+    };
     install_signal_handlers()?;
     for line in keel_tests::cleanup_stale(PREFIX)? {
         eprintln!("demo: {line}");
@@ -132,7 +144,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     let agent = Agent::new(&bins.pod_agent);
     let mut net = PodNet::new(PREFIX, index)?;
-    let result = run_on(&mut net, &agent, &config, &dir, args);
+    let result = run_on(&mut net, &agent, &bins.keel, &config, &dir, args);
     // Teardown explicitly to report problems; Drop would only print them.
     let teardown = net.teardown();
     match (result, teardown) {
@@ -149,6 +161,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 fn run_on(
     net: &mut PodNet,
     agent: &Agent,
+    keel_bin: &Path,
     config: &DemoConfig,
     dir: &Path,
     args: &DemoArgs,
@@ -176,7 +189,11 @@ fn run_on(
                 if serving.contains_key(&(p.name.clone(), target)) {
                     continue;
                 }
-                let version = p.labels.get("version").cloned().unwrap_or_else(|| "-".into());
+                let version = p
+                    .labels
+                    .get("version")
+                    .cloned()
+                    .unwrap_or_else(|| "-".into());
                 let proc = if port.name.starts_with("tcp") {
                     agent.tcp_echo_server(pod, target)?
                 } else {
@@ -225,7 +242,9 @@ fn run_on(
     let vip = SocketAddr::V4(SocketAddrV4::new(showcase.cluster_ip, port.port));
 
     eprintln!("demo: starting keel on {}", dir.display());
-    let keel = Keel::start(net, dir)?;
+    let mut opts = KeelOptions::new(net, dir)?;
+    opts.binary = Some(keel_bin.to_path_buf());
+    let keel = Keel::start_with(net, opts)?;
     eprintln!(
         "demo: keel ready (admin http://{})",
         keel.options().admin_addr
@@ -287,14 +306,22 @@ fn print_split(report: &keel_tests::HttpGetReport, weights: &BTreeMap<String, u3
         "\n{SHOWCASE}: {} responses over {} connection(s) in {} ms",
         report.responses, report.connections, report.elapsed_ms
     );
-    println!("{:<10} {:>10} {:>10} {:>9}", "version", "configured", "observed", "requests");
+    println!(
+        "{:<10} {:>10} {:>10} {:>9}",
+        "version", "configured", "observed", "requests"
+    );
     let mut versions: Vec<&String> = weights.keys().chain(report.by_version.keys()).collect();
     versions.sort();
     versions.dedup();
     for v in versions {
         let configured = weights
             .get(v)
-            .map(|w| format!("{:.1}%", 100.0 * f64::from(*w) / f64::from(total_weight.max(1))))
+            .map(|w| {
+                format!(
+                    "{:.1}%",
+                    100.0 * f64::from(*w) / f64::from(total_weight.max(1))
+                )
+            })
             .unwrap_or_else(|| "-".to_string());
         let n = report.by_version.get(v).copied().unwrap_or(0);
         let observed = if report.responses == 0 {
@@ -333,7 +360,11 @@ fn load(dir: &Path) -> Result<DemoConfig> {
             }
         }
     }
-    ensure!(!config.pods.is_empty(), "no Pod resources in {}", dir.display());
+    ensure!(
+        !config.pods.is_empty(),
+        "no Pod resources in {}",
+        dir.display()
+    );
     Ok(config)
 }
 
@@ -362,7 +393,9 @@ fn namespace_of(v: &Value) -> String {
 }
 
 fn parse_pod(v: &Value) -> Result<DemoPod> {
-    let name = v["metadata"]["name"].as_str().context("Pod without metadata.name")?;
+    let name = v["metadata"]["name"]
+        .as_str()
+        .context("Pod without metadata.name")?;
     let ip: Ipv4Addr = v["status"]["podIP"]
         .as_str()
         .with_context(|| format!("Pod {name} has no status.podIP"))?
@@ -386,7 +419,9 @@ fn parse_pod(v: &Value) -> Result<DemoPod> {
 }
 
 fn parse_service(v: &Value) -> Result<DemoService> {
-    let name = v["metadata"]["name"].as_str().context("Service without metadata.name")?;
+    let name = v["metadata"]["name"]
+        .as_str()
+        .context("Service without metadata.name")?;
     let cluster_ip: Ipv4Addr = v["spec"]["clusterIP"]
         .as_str()
         .with_context(|| format!("Service {name} has no spec.clusterIP"))?
@@ -428,7 +463,10 @@ fn parse_service(v: &Value) -> Result<DemoService> {
 fn selects(svc: &DemoService, pod: &DemoPod) -> bool {
     !svc.selector.is_empty()
         && svc.namespace == pod.namespace
-        && svc.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        && svc
+            .selector
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
 }
 
 fn resolve_target(t: &Target, pod: &DemoPod) -> Result<u16> {
@@ -469,12 +507,19 @@ fn subnet_index(pods: &[DemoPod]) -> Result<u8> {
 /// A route with a single destination and no weight counts as 100.
 fn configured_weights(config: &DemoConfig, svc: &DemoService) -> BTreeMap<String, u32> {
     let fqdn = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace);
-    let names_svc = |host: &str| host == svc.name || host == fqdn || host == format!("{}.{}", svc.name, svc.namespace);
+    let names_svc = |host: &str| {
+        host == svc.name || host == fqdn || host == format!("{}.{}", svc.name, svc.namespace)
+    };
     let subset_versions: BTreeMap<String, String> = config
         .destination_rules
         .iter()
         .filter(|dr| dr["spec"]["host"].as_str().is_some_and(names_svc))
-        .flat_map(|dr| dr["spec"]["subsets"].as_sequence().cloned().unwrap_or_default())
+        .flat_map(|dr| {
+            dr["spec"]["subsets"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|s| {
             Some((
                 s["name"].as_str()?.to_string(),

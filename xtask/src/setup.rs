@@ -74,7 +74,10 @@ fn dpkg_installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .stderr(Stdio::null())
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed"
+        })
         .unwrap_or(false)
 }
 
@@ -93,7 +96,10 @@ fn apt(installed: &mut Vec<String>) -> Result<()> {
             missing.join(" ")
         );
     }
-    eprintln!("xtask setup: installing Debian packages {}", missing.join(" "));
+    eprintln!(
+        "xtask setup: installing Debian packages {}",
+        missing.join(" ")
+    );
     let mut update = Command::new("apt-get");
     update.args(["update", "-q"]);
     run_step(update)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
-use crate::routing::{self, Target};
+use crate::routing::{self, TcpDecision};
 
 /// Istio's default `connectTimeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,21 +78,21 @@ pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
 /// Relay an opaque TCP connection to an endpoint of the routed cluster.
 pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     ctx.stats.tcp_connections.inc();
-    let node = ctx.state.load();
-    let Some(routes) = node.routes.lookup(ctx.original_dst) else {
-        return;
-    };
-    let cluster = match routing::route_tcp(routes, &ctx.client, ctx.original_dst) {
-        Some(Target::Cluster(c)) => Arc::clone(c),
-        _ => {
-            tracing::debug!(dst = %ctx.original_dst, "no TCP route or cluster; closing");
+    // A TCP connection is routed once, under the view it was accepted with.
+    let target = match routing::route_tcp(&ctx.view, ctx.original_dst) {
+        TcpDecision::Forward(t) | TcpDecision::Passthrough(t) => t.clone(),
+        TcpDecision::Close => {
+            tracing::debug!(dst = %ctx.original_dst, "no TCP route, or unknown destination under REGISTRY_ONLY; closing");
             return;
         }
     };
-    drop(node);
-    let Some(in_flight) = cluster.pick() else {
-        tracing::debug!(cluster = %cluster.key, "no healthy upstream; closing");
-        return;
+    let cluster = target.key();
+    let in_flight = match target.pick(ctx.original_dst).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(%cluster, error = ?e, "no upstream endpoint; closing");
+            return;
+        }
     };
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(in_flight.addr()))
         .await
@@ -112,9 +112,9 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     // copy_bidirectional forwards each direction's EOF as a write shutdown (half-close).
     match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         Ok((up, down)) => {
-            tracing::trace!(cluster = %cluster.key, sent = up, received = down, "tcp done")
+            tracing::trace!(%cluster, sent = up, received = down, "tcp done")
         }
-        Err(e) => tracing::debug!(cluster = %cluster.key, error = %e, "tcp relay ended"),
+        Err(e) => tracing::debug!(%cluster, error = %e, "tcp relay ended"),
     }
     drop(in_flight);
 }

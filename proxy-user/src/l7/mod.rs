@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::policy::{DirectResponse, HttpAction, Redirect};
-use crate::routing::{self, RequestFacts, RouteDecision, Target};
+use crate::routing::{self, PickError, RequestFacts, RouteDecision};
 use crate::upstream::pool::ProxyBody;
-use crate::upstream::Cluster;
+use crate::upstream::UpstreamProtocol;
 use rescue::LocalReply;
 
 /// Istio's default retry policy: 2 retries on connection failures.
@@ -57,10 +57,7 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, LocalReply> {
     // The state is loaded once per request: in-flight requests finish under their config.
     let node = ctx.state.load();
-    let routes = node
-        .routes
-        .lookup(ctx.original_dst)
-        .ok_or(LocalReply::ClusterNotFound)?;
+    let view = ctx.view_under(&node);
     let authority = request_authority(&req);
     let path_and_query = req
         .uri()
@@ -75,29 +72,35 @@ async fn forward(
         scheme: "http",
         headers: req.headers(),
     };
-    let decision = routing::route_http(routes, &ctx.client, &facts);
-    let (route, target) = match decision {
-        RouteDecision::Forward { route, target, .. } => (route, target),
+    let decision = routing::route_http(&view, ctx.original_dst, &facts);
+    let (route, target, passthrough) = match decision {
+        RouteDecision::Forward { route, target, .. } => (route, target, false),
+        RouteDecision::Passthrough(target) => (None, target, true),
+        // Envoy's `block_all` virtual host: a direct 502 with an empty body.
+        RouteDecision::Blocked => {
+            return Err(LocalReply::Direct {
+                status: 502,
+                body: Bytes::new(),
+            })
+        }
         RouteDecision::NoRoute => return Err(LocalReply::NoRoute),
         RouteDecision::NoDestination => return Err(LocalReply::ClusterNotFound),
         RouteDecision::Local(route) => {
             return Ok(local_action(&route.spec.action, &facts).into_response());
         }
     };
-    let cluster = match target {
-        Target::Cluster(c) => Arc::clone(c),
-        Target::Missing(_) => return Err(LocalReply::ClusterNotFound),
-    };
-    // Route timeout: unset -> mesh default; `0s` -> disabled.
+    let protocol = target.protocol().ok_or(LocalReply::ClusterNotFound)?;
+    // Route timeout: unset -> mesh default; `0s` -> disabled. Passthrough has none (`timeout: 0s`).
     let timeout = route
         .and_then(|r| r.spec.timeout)
         .or(node.snapshot.mesh.default_http_timeout)
-        .filter(|t| !t.is_zero());
+        .filter(|t| !t.is_zero() && !passthrough);
     let downstream_h2 = req.version() == Version::HTTP_2;
     let (parts, body) = req.into_parts();
     let body_is_empty = hyper::body::Body::is_end_stream(&body);
     let mut body = Some(body.boxed());
-    let attempts = if body_is_empty {
+    // Passthrough carries no retry policy.
+    let attempts = if body_is_empty && !passthrough {
         1 + DEFAULT_RETRY_ATTEMPTS
     } else {
         1
@@ -105,7 +108,10 @@ async fn forward(
     let work = async {
         let mut last = LocalReply::NoHealthyUpstream;
         for attempt in 1..=attempts {
-            let in_flight = cluster.pick().ok_or(LocalReply::NoHealthyUpstream)?;
+            let in_flight = target.pick(ctx.original_dst).await.map_err(|e| match e {
+                PickError::NoCluster => LocalReply::ClusterNotFound,
+                PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,
+            })?;
             let body = body
                 .take()
                 .unwrap_or_else(|| http_body_util::Empty::new().map_err(|e| match e {}).boxed());
@@ -115,12 +121,12 @@ async fn forward(
                 &authority,
                 in_flight.addr(),
                 attempt,
-                &cluster,
+                protocol,
                 downstream_h2,
             )?;
             match ctx
                 .pools
-                .client(cluster.protocol, downstream_h2)
+                .client(protocol, downstream_h2)
                 .request(upstream_req)
                 .await
             {
@@ -136,11 +142,11 @@ async fn forward(
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(e) if e.is_connect() => {
-                    tracing::debug!(cluster = %cluster.key, endpoint = %in_flight.addr(), error = %e, "upstream connect failed");
+                    tracing::debug!(cluster = %target.key(), endpoint = %in_flight.addr(), error = %e, "upstream connect failed");
                     last = LocalReply::ConnectFailure;
                 }
                 Err(e) => {
-                    tracing::debug!(cluster = %cluster.key, endpoint = %in_flight.addr(), error = %e, "upstream request failed");
+                    tracing::debug!(cluster = %target.key(), endpoint = %in_flight.addr(), error = %e, "upstream request failed");
                     return Err(LocalReply::UpstreamReset);
                 }
             }
@@ -163,7 +169,7 @@ fn upstream_request(
     authority: &str,
     endpoint: SocketAddr,
     attempt: u32,
-    cluster: &Cluster,
+    protocol: UpstreamProtocol,
     downstream_h2: bool,
 ) -> Result<Request<ProxyBody>, LocalReply> {
     let path = parts
@@ -177,9 +183,9 @@ fn upstream_request(
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
-    let upstream_h2 = match cluster.protocol {
-        crate::upstream::UpstreamProtocol::Http2 => true,
-        crate::upstream::UpstreamProtocol::SameAsDownstream => downstream_h2,
+    let upstream_h2 = match protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::SameAsDownstream => downstream_h2,
         _ => false,
     };
     *req.version_mut() = if upstream_h2 {

@@ -516,23 +516,78 @@ pub struct Snapshot {
     pub service_by_host: HashMap<String, ServiceId>,
     /// `namespace/name` -> pod.
     pub pod_by_name: HashMap<String, PodId>,
-    /// ServiceEntries (validated; not yet used by the data path).
+    /// ServiceEntries: registry hosts for routing, and (exact addresses) meshed destinations.
     pub service_entries: Vec<ServiceEntry>,
-    /// Sidecars (validated; not yet used by the data path).
+    /// Sidecars: per-client egress imports and outbound traffic policy (see `routing::scope`).
     pub sidecars: Vec<Sidecar>,
     /// Gateways (validated; Keel only uses them to check VirtualService references).
     pub gateways: Vec<Gateway>,
 }
 
 impl Snapshot {
-    /// The address:port pairs the kernel must redirect (every cluster IP x service port, TCP).
+    /// The address:port pairs the kernel must redirect: every cluster IP x service port (TCP), and
+    /// every exact ServiceEntry address x entry port ([`Snapshot::service_entry_destinations`]).
     pub fn meshed_destinations(&self) -> Vec<std::net::SocketAddr> {
         let mut out: Vec<_> = self
             .service_by_vip
             .keys()
             .map(|(ip, port)| std::net::SocketAddr::new(*ip, *port))
+            .chain(
+                self.service_entry_destinations()
+                    .into_iter()
+                    .map(|d| d.addr),
+            )
             .collect();
         out.sort();
+        out.dedup();
+        out
+    }
+
+    /// ServiceEntry `addresses` x `ports` the kernel can capture, in precedence order (entries oldest
+    /// first, then as written).
+    ///
+    /// The kernel's meshed set is an exact `(ip, port)` map, so only single addresses (`10.0.0.1`,
+    /// `10.0.0.1/32`, `fd00::1/128`) are capturable; wider CIDRs are left out (see
+    /// [`service_entry_cidr`]; conversion warns about them). Left out as well: UDP ports (the kernel
+    /// redirects TCP only), an address:port a Kubernetes Service already owns (the Service wins), and
+    /// entries whose hosts are all Kubernetes Service hosts (such an entry only decorates the Service,
+    /// §3.1). Several entries may list the same address:port: all are returned, the router picks per
+    /// client the first one visible to it.
+    pub fn service_entry_destinations(&self) -> Vec<ServiceEntryDestination> {
+        let mut entries: Vec<usize> = (0..self.service_entries.len()).collect();
+        entries.sort_by_key(|&i| {
+            let m = &self.service_entries[i].meta;
+            (
+                m.creation_timestamp.is_none(),
+                m.creation_timestamp.clone(),
+                m.order,
+            )
+        });
+        let mut out = Vec::new();
+        for entry in entries {
+            let se = &self.service_entries[entry];
+            if se
+                .hosts
+                .iter()
+                .all(|h| self.service_by_host.contains_key(h))
+            {
+                continue;
+            }
+            for ip in se.addresses.iter().filter_map(|a| exact_address(a)) {
+                for (port_index, port) in se.ports.iter().enumerate() {
+                    if port.protocol == Protocol::Udp
+                        || self.service_by_vip.contains_key(&(ip, port.number))
+                    {
+                        continue;
+                    }
+                    out.push(ServiceEntryDestination {
+                        addr: std::net::SocketAddr::new(ip, port.number),
+                        entry,
+                        port_index,
+                    });
+                }
+            }
+        }
         out
     }
 
@@ -579,12 +634,41 @@ impl Snapshot {
     }
 }
 
+/// One capturable ServiceEntry address:port ([`Snapshot::service_entry_destinations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceEntryDestination {
+    /// The exact address:port the kernel redirects.
+    pub addr: std::net::SocketAddr,
+    /// Index into `Snapshot::service_entries`.
+    pub entry: usize,
+    /// Index into that entry's `ports`.
+    pub port_index: usize,
+}
+
+/// A ServiceEntry address that names exactly one IP (`a.b.c.d`, `a.b.c.d/32`, `x::y/128`), canonical
+/// (IPv4-mapped IPv6 becomes IPv4); `None` for a wider CIDR or anything unparsable.
+pub fn exact_address(address: &str) -> Option<IpAddr> {
+    let (ip, len) = match address.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (address, None),
+    };
+    let ip: IpAddr = ip.parse().ok()?;
+    let full = if ip.is_ipv4() { "32" } else { "128" };
+    (len.is_none_or(|l| l == full)).then_some(ip.to_canonical())
+}
+
+/// A ServiceEntry address that is a real range (`10.0.0.0/24`): such traffic cannot be captured by the
+/// kernel's exact-match map. Returns `None` for single addresses and unparsable text.
+pub fn service_entry_cidr(address: &str) -> Option<&str> {
+    (exact_address(address).is_none() && address.contains('/')).then_some(address)
+}
+
 /// Shared handle to the current snapshot.
 pub type SharedSnapshot = Arc<Snapshot>;
 
 // ---------------------------------------------------------------------------------------------------------
-// Added with the config loader (additive): resources the data path may consult later. They are validated
-// and kept in the snapshot, but nothing on the request path depends on them yet.
+// Added with the config loader (additive). ServiceEntry and Sidecar feed the per-client routing views
+// (`routing::view`); Gateway is only used to check VirtualService references.
 
 /// `ServiceEntry.location`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

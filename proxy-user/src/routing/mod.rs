@@ -1,19 +1,31 @@
-//! Routing: pure functions from (routing table, client, request facts) to a `RouteDecision`.
+//! Routing: pure functions from (client view, original destination, request facts) to a
+//! `RouteDecision`.
 //!
 //! Istio semantics: `http` rules are ordered, the first rule with a matching block wins; inside a block
-//! every condition must hold. Static conditions (`port`, `sourceLabels`, `sourceNamespace`, `gateways`)
-//! are client facts: a block whose static conditions fail does not exist for that client, and a
-//! VirtualService left with no blocks for a client falls back to the default route.
+//! every condition must hold. Everything that depends on the client rather than the request —
+//! `exportTo`, `Sidecar` imports, static conditions (`port`, `sourceLabels`, `sourceNamespace`,
+//! `gateways`), DestinationRule choice, delegation — is decided when the tables are built, once per
+//! class of equivalent clients (`view`); the request path only evaluates request conditions.
+//!
+//! The request path: `accept` resolves the client's [`ClientView`] once per connection
+//! ([`RouteTable::view_for_pod`]); `l7` calls [`route_http`] per request, `l4` calls [`route_tcp`]
+//! per connection; a [`Target`] then picks the endpoint ([`Target::pick`]).
 
+mod catalog;
+pub mod delegate;
+pub mod scope;
 pub mod table;
+pub mod target;
+pub mod view;
+
+use std::net::SocketAddr;
 
 use http::HeaderMap;
 
-use crate::policy::{HttpAction, HttpMatch, L4Match, Labels, StringMatch};
-pub use table::{
-    CompiledHttpRoute, CompiledL4Route, CompiledVirtualService, RouteTable, ServicePortRoutes,
-    Target, WeightedTarget,
-};
+use crate::policy::{HttpAction, HttpMatch, Labels, StringMatch};
+pub use table::{destination_rules_for, RouteTable};
+pub use target::{PickError, Picked, Target, WeightedTarget, WeightedTargets};
+pub use view::{ClientClass, ClientView, CompiledHttpRoute, Outbound, ServicePortRoutes};
 
 /// What routing knows about the client pod (a kernel fact, never a request header).
 #[derive(Debug, Clone)]
@@ -45,7 +57,12 @@ pub enum RouteDecision<'a> {
         /// Index of the chosen destination in the route's `route` list.
         destination_index: Option<usize>,
     },
-    /// A rule with `redirect` or `directResponse`, or a delegate (handled by the caller).
+    /// Unknown destination for this client under `ALLOW_ANY`: forward to the original destination
+    /// with no timeout and no retries (Istio's `allow_any` virtual host -> `PassthroughCluster`).
+    Passthrough(&'a Target),
+    /// Unknown destination under `REGISTRY_ONLY`: Envoy's `block_all` answers 502 with an empty body.
+    Blocked,
+    /// A rule with `redirect` or `directResponse` (handled by the caller).
     Local(&'a CompiledHttpRoute),
     /// No rule matched: Envoy answers 404 with an empty body (`NR`).
     NoRoute,
@@ -53,46 +70,53 @@ pub enum RouteDecision<'a> {
     NoDestination,
 }
 
-/// The VirtualService that applies to `client` for this service port, if any.
-pub fn virtual_service_for<'a>(
-    routes: &'a ServicePortRoutes,
-    client: &ClientInfo,
-) -> Option<&'a CompiledVirtualService> {
-    routes
-        .virtual_services
-        .iter()
-        .find(|vs| vs.visible_to(&client.namespace))
-        .map(|vs| vs.as_ref())
+/// The result of routing one opaque TCP connection.
+#[derive(Debug, Clone, Copy)]
+pub enum TcpDecision<'a> {
+    /// Relay to an endpoint of this target.
+    Forward(&'a Target),
+    /// Unknown destination under `ALLOW_ANY`: relay to the original destination.
+    Passthrough(&'a Target),
+    /// Unknown destination under `REGISTRY_ONLY` (`BlackHoleCluster`), or the rule has no
+    /// destination left: close the connection.
+    Close,
 }
 
-/// Route an HTTP request.
+/// Route an HTTP request of a client (its `view`) that dialled `original_dst`.
 pub fn route_http<'a>(
-    routes: &'a ServicePortRoutes,
-    client: &ClientInfo,
+    view: &'a ClientView,
+    original_dst: SocketAddr,
     request: &RequestFacts<'_>,
 ) -> RouteDecision<'a> {
-    let default = RouteDecision::Forward {
-        route: None,
-        target: &routes.default_target,
-        destination_index: None,
+    match view.lookup(original_dst) {
+        Outbound::Service(routes) => route_service_http(routes, request),
+        Outbound::Passthrough { .. } => RouteDecision::Passthrough(view.passthrough()),
+        Outbound::Blocked { .. } => RouteDecision::Blocked,
+    }
+}
+
+/// Route an HTTP request over one service port's rules for a client: the first rule with a block
+/// that matches wins; no VirtualService for the client means the default route.
+pub fn route_service_http<'a>(
+    routes: &'a ServicePortRoutes,
+    request: &RequestFacts<'_>,
+) -> RouteDecision<'a> {
+    let Some(rules) = &routes.http else {
+        return RouteDecision::Forward {
+            route: None,
+            target: &routes.default_target,
+            destination_index: None,
+        };
     };
-    let Some(vs) = virtual_service_for(routes, client) else {
-        return default;
-    };
-    let mut any_rule_for_client = false;
-    for route in &vs.http {
-        let blocks_for_client: Vec<&HttpMatch> = route
-            .spec
-            .matches
-            .iter()
-            .filter(|m| static_match(m, routes.port, client))
-            .collect();
-        let is_catch_all = route.spec.matches.is_empty();
-        if !is_catch_all && blocks_for_client.is_empty() {
-            continue;
-        }
-        any_rule_for_client = true;
-        let matched = is_catch_all || blocks_for_client.iter().any(|m| request_match(m, request));
+    for route in rules {
+        let matched = route.blocks.is_empty()
+            || route.blocks.iter().any(|&i| {
+                route
+                    .spec
+                    .matches
+                    .get(i)
+                    .is_some_and(|m| request_match(m, request))
+            });
         if !matched {
             continue;
         }
@@ -110,41 +134,27 @@ pub fn route_http<'a>(
             | HttpAction::Delegate { .. } => RouteDecision::Local(route),
         };
     }
-    if any_rule_for_client {
-        RouteDecision::NoRoute
-    } else {
-        default
+    RouteDecision::NoRoute
+}
+
+/// Route an opaque TCP connection of a client that dialled `original_dst`: the `tcp` rule chosen for
+/// the client when the view was built, else the default route.
+pub fn route_tcp(view: &ClientView, original_dst: SocketAddr) -> TcpDecision<'_> {
+    match view.lookup(original_dst) {
+        Outbound::Service(routes) => match &routes.tcp {
+            None => TcpDecision::Forward(&routes.default_target),
+            Some(targets) => targets
+                .pick()
+                .map_or(TcpDecision::Close, |t| TcpDecision::Forward(&t.target)),
+        },
+        Outbound::Passthrough { .. } => TcpDecision::Passthrough(view.passthrough()),
+        Outbound::Blocked { .. } => TcpDecision::Close,
     }
 }
 
-/// Route an opaque TCP connection: the first `tcp` rule whose static conditions hold, else the
-/// default route. `None` = the rule had no destination left.
-pub fn route_tcp<'a>(
-    routes: &'a ServicePortRoutes,
-    client: &ClientInfo,
-    original_dst: std::net::SocketAddr,
-) -> Option<&'a Target> {
-    let Some(vs) = virtual_service_for(routes, client) else {
-        return Some(&routes.default_target);
-    };
-    if vs.tcp.is_empty() {
-        return Some(&routes.default_target);
-    }
-    for route in &vs.tcp {
-        let matched = route.matches.is_empty()
-            || route
-                .matches
-                .iter()
-                .any(|m| l4_match(m, routes.port, client, original_dst));
-        if matched {
-            return route.targets.pick().map(|t| &t.target);
-        }
-    }
-    // Envoy's TCP proxy with no matching route closes the connection.
-    None
-}
-
-fn static_match(m: &HttpMatch, port: u16, client: &ClientInfo) -> bool {
+/// Static conditions of an HTTP match block for a client on service port `port`; a block failing
+/// them does not exist for that client.
+pub(crate) fn static_match(m: &HttpMatch, port: u16, client: &ClientInfo) -> bool {
     if m.port.is_some_and(|p| p != port) {
         return false;
     }
@@ -156,38 +166,19 @@ fn static_match(m: &HttpMatch, port: u16, client: &ClientInfo) -> bool {
     source_match(&m.source_labels, &m.source_namespace, client)
 }
 
-fn source_match(labels: &Option<Labels>, namespace: &Option<String>, client: &ClientInfo) -> bool {
+pub(crate) fn source_match(
+    labels: &Option<Labels>,
+    namespace: &Option<String>,
+    client: &ClientInfo,
+) -> bool {
     labels
         .as_ref()
         .is_none_or(|l| crate::policy::selector_matches(l, &client.labels))
         && namespace.as_ref().is_none_or(|ns| *ns == client.namespace)
 }
 
-fn l4_match(
-    m: &L4Match,
-    port: u16,
-    client: &ClientInfo,
-    original_dst: std::net::SocketAddr,
-) -> bool {
-    if m.port.is_some_and(|p| p != port) {
-        return false;
-    }
-    if !m.destination_subnets.is_empty()
-        && !m
-            .destination_subnets
-            .iter()
-            .any(|s| subnet_contains(s, original_dst.ip()))
-    {
-        return false;
-    }
-    if !m.gateways.is_empty() {
-        return m.gateways.iter().any(|g| g == "mesh");
-    }
-    source_match(&m.source_labels, &m.source_namespace, client)
-}
-
 /// `a.b.c.d/len` or a bare address contains `ip`.
-fn subnet_contains(subnet: &str, ip: std::net::IpAddr) -> bool {
+pub(crate) fn subnet_contains(subnet: &str, ip: std::net::IpAddr) -> bool {
     let (addr, len) = match subnet.split_once('/') {
         Some((a, l)) => (a, l.parse::<u32>().ok()),
         None => (subnet, None),

@@ -1,380 +1,717 @@
 //! Routing tables: built once per snapshot, read by every request.
 //!
-//! For every meshed destination (cluster IP, port) the table holds the *logical* service port: the
-//! VirtualServices that may apply to it in precedence order, already compiled (destinations resolved to
-//! clusters), plus the default route used when no VirtualService applies to a client.
+//! The table holds one [`ClientView`] per class of equivalent clients (see `view`), built eagerly for
+//! every captured pod of the snapshot, so the request path only looks a view up by pod. A view maps
+//! each meshed destination (Service cluster IP or ServiceEntry address, port) to the service port the
+//! client sees there, with its VirtualService rules already chosen, delegated, filtered by static
+//! conditions and resolved to targets through the DestinationRules that apply to that client.
+//!
+//! Clusters come from the `ClusterRegistry`, so their balancer state survives pushes; a cluster is
+//! shared by every view that resolves to the same [`ClusterKey`] (name plus the resources that shaped
+//! it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::policy::{
-    Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels, Protocol, ServiceId,
-    Snapshot, VirtualService,
+    selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels, Meta,
+    PodId, Protocol, Resolution, Snapshot, VirtualService,
 };
-use crate::upstream::{Cluster, ClusterKey, ClusterRegistry, UpstreamProtocol};
+use crate::upstream::{ClusterKey, ClusterRegistry, UpstreamProtocol};
 
-/// Where a destination leads: a cluster, or nowhere (unknown host or subset: Envoy answers 503 `NC`).
-#[derive(Debug, Clone)]
-pub enum Target {
-    Cluster(Arc<Cluster>),
-    Missing(ClusterKey),
-}
+use super::catalog::{Catalog, CatalogId, Kind, PortInfo};
+use super::scope::{exported_to, select_sidecar, EgressScope};
+use super::target::{DnsTarget, OriginalDst, Target, WeightedTarget, WeightedTargets};
+use super::view::{ClientClass, ClientView, CompiledHttpRoute, ServicePortRoutes};
+use super::{static_match, subnet_contains, ClientInfo};
 
-impl Target {
-    /// The cluster key, for logs and metrics.
-    pub fn key(&self) -> &ClusterKey {
-        match self {
-            Target::Cluster(c) => &c.key,
-            Target::Missing(k) => k,
-        }
-    }
-}
-
-/// A destination of a route with its relative weight.
-#[derive(Debug, Clone)]
-pub struct WeightedTarget {
-    pub target: Target,
-    pub weight: u32,
-    /// Index into the route's `route` list (for per-destination header operations).
-    pub index: usize,
-}
-
-/// Destinations of one route; picked per request by weight.
-#[derive(Debug, Clone, Default)]
-pub struct WeightedTargets {
-    pub targets: Vec<WeightedTarget>,
-    total: u64,
-}
-
-impl WeightedTargets {
-    fn new(targets: Vec<WeightedTarget>) -> Self {
-        // One destination always takes all traffic, whatever its weight.
-        let targets: Vec<WeightedTarget> = if targets.len() == 1 {
-            targets
-                .into_iter()
-                .map(|mut t| {
-                    t.weight = t.weight.max(1);
-                    t
-                })
-                .collect()
-        } else {
-            targets.into_iter().filter(|t| t.weight > 0).collect()
-        };
-        let total = targets.iter().map(|t| u64::from(t.weight)).sum();
-        Self { targets, total }
-    }
-
-    /// Pick by weight with a draw in `0..total` (Envoy's weighted clusters: cumulative ranges in order).
-    pub fn pick_with(&self, draw: u64) -> Option<&WeightedTarget> {
-        let mut acc = 0u64;
-        for t in &self.targets {
-            acc += u64::from(t.weight);
-            if draw < acc {
-                return Some(t);
-            }
-        }
-        self.targets.last()
-    }
-
-    /// Pick by weight with a random draw.
-    pub fn pick(&self) -> Option<&WeightedTarget> {
-        if self.total == 0 {
-            return None;
-        }
-        self.pick_with(rand::random_range(0..self.total))
-    }
-}
-
-/// One `http` rule of a VirtualService with its destinations resolved.
-#[derive(Debug, Clone)]
-pub struct CompiledHttpRoute {
-    pub spec: HttpRoute,
-    pub targets: WeightedTargets,
-    pub mirrors: Vec<(Target, f64)>,
-}
-
-/// One `tcp` rule of a VirtualService with its destinations resolved.
-#[derive(Debug, Clone)]
-pub struct CompiledL4Route {
-    pub matches: Vec<L4Match>,
-    pub targets: WeightedTargets,
-}
-
-/// A VirtualService compiled for one service port.
-#[derive(Debug, Clone)]
-pub struct CompiledVirtualService {
-    /// `kind namespace/name`, for logs.
-    pub name: String,
-    pub namespace: String,
-    pub export_to: Vec<String>,
-    pub http: Vec<CompiledHttpRoute>,
-    pub tcp: Vec<CompiledL4Route>,
-}
-
-impl CompiledVirtualService {
-    /// `exportTo` as Istio reads it: empty or `*` = everywhere, `.` = own namespace, else listed names.
-    pub fn visible_to(&self, client_namespace: &str) -> bool {
-        self.export_to.is_empty()
-            || self.export_to.iter().any(|e| {
-                e == "*"
-                    || e == client_namespace
-                    || (e == "." && self.namespace == client_namespace)
-            })
-    }
-}
-
-/// The logical service port a meshed destination leads to.
-#[derive(Debug, Clone)]
-pub struct ServicePortRoutes {
-    pub service: ServiceId,
-    pub hostname: String,
-    pub port: u16,
-    pub protocol: Protocol,
-    /// Candidates in precedence order: exact host before wildcard, then oldest first.
-    pub virtual_services: Vec<Arc<CompiledVirtualService>>,
-    /// The route used when no VirtualService applies: all ready endpoints, balanced.
-    pub default_target: Target,
-}
+/// Gives every table a distinct id, so a connection can tell whether its view is current.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// All routing state derived from one snapshot.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_destination: HashMap<(IpAddr, u16), Arc<ServicePortRoutes>>,
+    id: u64,
+    /// The label keys that tell client classes apart.
+    class_keys: BTreeSet<String>,
+    /// Pod -> its class's view (`None` for pods the kernel does not capture).
+    views_by_pod: Vec<Option<Arc<ClientView>>>,
+    views_by_class: HashMap<ClientClass, Arc<ClientView>>,
+    /// Every meshed destination, for callers that only ask "is this meshed at all".
+    index: Arc<HashMap<(IpAddr, u16), usize>>,
 }
 
 impl RouteTable {
     /// Build the table for `snapshot`, reusing clusters from `registry` so their state survives.
     pub fn build(snapshot: &Snapshot, registry: &ClusterRegistry) -> RouteTable {
-        let mut builder = Builder {
-            snapshot,
-            registry,
-            live: HashSet::new(),
-        };
-        let mut by_destination = HashMap::new();
-        let mut per_port: HashMap<(ServiceId, usize), Arc<ServicePortRoutes>> = HashMap::new();
-        for (&(ip, port), &(service, port_index)) in &snapshot.service_by_vip {
-            let routes = per_port
-                .entry((service, port_index))
-                .or_insert_with(|| Arc::new(builder.service_port(service, port_index)))
-                .clone();
-            by_destination.insert((ip, port), routes);
+        let mut builder = Builder::new(snapshot, registry);
+        let class_keys = class_label_keys(snapshot);
+        let mut views_by_class: HashMap<ClientClass, Arc<ClientView>> = HashMap::new();
+        let mut views_by_pod = vec![None; snapshot.pods.len()];
+        for (pod_id, pod) in snapshot.pods.iter().enumerate() {
+            // Only captured pods ever reach the proxy.
+            if !pod.capture {
+                continue;
+            }
+            let class = ClientClass::of(&pod.meta.namespace, &pod.labels, &class_keys);
+            let view = match views_by_class.get(&class) {
+                Some(v) => Arc::clone(v),
+                None => {
+                    let v = Arc::new(builder.view(class.clone()));
+                    views_by_class.insert(class, Arc::clone(&v));
+                    v
+                }
+            };
+            views_by_pod[pod_id] = Some(view);
         }
         registry.retain(&builder.live);
-        RouteTable { by_destination }
+        RouteTable {
+            id: builder.table_id,
+            class_keys,
+            views_by_pod,
+            views_by_class,
+            index: builder.index,
+        }
     }
 
-    /// The service port a connection's original destination belongs to.
-    pub fn lookup(&self, original_dst: SocketAddr) -> Option<&Arc<ServicePortRoutes>> {
-        self.by_destination
-            .get(&(original_dst.ip().to_canonical(), original_dst.port()))
+    /// The view of a captured pod of this table's snapshot.
+    pub fn view_for_pod(&self, pod: PodId) -> Option<&Arc<ClientView>> {
+        self.views_by_pod.get(pod).and_then(Option::as_ref)
+    }
+
+    /// The view of any client of a class some captured pod belongs to (admin, tests).
+    pub fn view_for(&self, client: &ClientInfo) -> Option<&Arc<ClientView>> {
+        self.views_by_class.get(&ClientClass::of(
+            &client.namespace,
+            &client.labels,
+            &self.class_keys,
+        ))
+    }
+
+    /// Number of distinct client views (one per class).
+    pub fn view_count(&self) -> usize {
+        self.views_by_class.len()
+    }
+
+    /// Whether `dst` is a meshed destination of this table (for any client).
+    pub fn is_meshed(&self, dst: SocketAddr) -> bool {
+        self.index
+            .contains_key(&(dst.ip().to_canonical(), dst.port()))
+    }
+
+    /// This table's id (see [`ClientView::table_id`]).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }
+
+/// The label keys any client-selecting field reads: match `sourceLabels` (HTTP, TCP, TLS, delegates
+/// included), DestinationRule and Sidecar `workloadSelector`.
+fn class_label_keys(snapshot: &Snapshot) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut add =
+        |labels: Option<&Labels>| keys.extend(labels.into_iter().flat_map(|l| l.keys().cloned()));
+    for vs in &snapshot.virtual_services {
+        for m in vs.http.iter().flat_map(|r| &r.matches) {
+            add(m.source_labels.as_ref());
+        }
+        for m in vs.tcp.iter().chain(&vs.tls).flat_map(|r| &r.matches) {
+            add(m.source_labels.as_ref());
+        }
+    }
+    for dr in &snapshot.destination_rules {
+        add(dr.workload_selector.as_ref());
+    }
+    for sc in &snapshot.sidecars {
+        add(sc.workload_selector.as_ref());
+    }
+    keys
+}
+
+/// One meshed destination and the registry services that may own it, in precedence order (the
+/// Kubernetes Service, else ServiceEntries oldest first); each client gets the first it sees.
+struct Slot {
+    addr: SocketAddr,
+    candidates: Vec<(CatalogId, usize)>,
+}
+
+/// A resolved target is shared by every view that asks for the same thing.
+type TargetMemo = HashMap<(CatalogId, u16, Option<String>, String), Target>;
 
 struct Builder<'a> {
     snapshot: &'a Snapshot,
     registry: &'a ClusterRegistry,
+    table_id: u64,
+    catalog: Catalog<'a>,
+    slots: Vec<Slot>,
+    index: Arc<HashMap<(IpAddr, u16), usize>>,
+    protocols: Arc<Vec<Protocol>>,
+    /// Mesh-bound VirtualServices with hosts, with their delegation-expanded `http` rules.
+    virtual_services: Vec<(&'a VirtualService, Vec<Arc<HttpRoute>>)>,
+    /// Hostname -> indices into `virtual_services` in precedence order.
+    vs_by_host: HashMap<&'a str, Vec<usize>>,
+    targets: TargetMemo,
+    passthrough: Target,
     live: HashSet<ClusterKey>,
 }
 
 impl<'a> Builder<'a> {
-    fn service_port(&mut self, service: ServiceId, port_index: usize) -> ServicePortRoutes {
-        let svc = &self.snapshot.services[service];
-        let port = &svc.ports[port_index];
-        let default_target = self.resolve(
-            &Destination {
-                host: svc.hostname.clone(),
-                subset: None,
-                port: Some(port.port),
-            },
-            port.port,
-            &svc.meta.namespace,
-        );
-        let virtual_services = self
-            .virtual_services_for(&svc.hostname)
-            .into_iter()
-            .map(|vs| Arc::new(self.compile_vs(vs, port.port)))
+    fn new(snapshot: &'a Snapshot, registry: &'a ClusterRegistry) -> Self {
+        let catalog = Catalog::new(snapshot);
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut index: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        let mut add = |addr: SocketAddr, candidate: (CatalogId, usize)| {
+            let key = (addr.ip().to_canonical(), addr.port());
+            let slot = *index.entry(key).or_insert_with(|| {
+                slots.push(Slot {
+                    addr,
+                    candidates: Vec::new(),
+                });
+                slots.len() - 1
+            });
+            slots[slot].candidates.push(candidate);
+        };
+        // Sorted so slot numbering (and so logs) do not depend on hash order.
+        let mut vips: Vec<_> = snapshot.service_by_vip.iter().collect();
+        vips.sort();
+        for (&(ip, port), &(service, port_index)) in vips {
+            if let Some(id) = catalog.kube(service) {
+                add(SocketAddr::new(ip, port), (id, port_index));
+            }
+        }
+        for d in snapshot.service_entry_destinations() {
+            if let Some(id) = catalog.entry(d.entry) {
+                add(d.addr, (id, d.port_index));
+            }
+        }
+        let protocols = slots
+            .iter()
+            .map(|s| {
+                s.candidates
+                    .first()
+                    .and_then(|&(id, pi)| catalog.services[id].port_at(pi))
+                    .map_or(Protocol::Auto, |p| p.protocol)
+            })
             .collect();
-        ServicePortRoutes {
-            service,
-            hostname: svc.hostname.clone(),
-            port: port.port,
-            protocol: port.protocol,
+        let virtual_services = snapshot
+            .virtual_services
+            .iter()
+            .filter(|vs| vs.applies_to_mesh() && !vs.hosts.is_empty())
+            .map(|vs| {
+                (
+                    vs,
+                    super::delegate::expand_http(vs, &snapshot.virtual_services),
+                )
+            })
+            .collect();
+        Builder {
+            snapshot,
+            registry,
+            table_id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            catalog,
+            slots,
+            index: Arc::new(index),
+            protocols: Arc::new(protocols),
             virtual_services,
+            vs_by_host: HashMap::new(),
+            targets: HashMap::new(),
+            passthrough: Target::OriginalDst(Arc::new(OriginalDst {
+                key: ClusterKey {
+                    host: "PassthroughCluster".to_string(),
+                    port: 0,
+                    subset: None,
+                    scope: String::new(),
+                },
+                protocol: UpstreamProtocol::SameAsDownstream,
+            })),
+            live: HashSet::new(),
+        }
+    }
+
+    /// The view of one client class.
+    fn view(&mut self, class: ClientClass) -> ClientView {
+        let client = class.client();
+        let scope = select_sidecar(
+            &self.snapshot.sidecars,
+            &client.namespace,
+            &client.labels,
+            &self.snapshot.mesh.root_namespace,
+        )
+        .map(EgressScope::from_sidecar)
+        .unwrap_or_else(EgressScope::everything);
+        let outbound_traffic_policy = scope
+            .outbound_traffic_policy
+            .unwrap_or(self.snapshot.mesh.outbound_traffic_policy);
+        let mut slots = Vec::with_capacity(self.slots.len());
+        for slot in 0..self.slots.len() {
+            let addr = self.slots[slot].addr;
+            let seen = self.slots[slot]
+                .candidates
+                .iter()
+                .filter_map(|&(id, pi)| Some((id, self.catalog.services[id].port_at(pi)?)))
+                .find(|&(id, port)| self.visible(&client, &scope, id, port.number));
+            slots.push(seen.map(|(id, port)| self.service_port(&client, &scope, id, port, addr)));
+        }
+        ClientView {
+            table_id: self.table_id,
+            sidecar: scope.sidecar.clone(),
+            class,
+            outbound_traffic_policy,
+            index: Arc::clone(&self.index),
+            protocols: Arc::clone(&self.protocols),
+            slots,
+            passthrough: self.passthrough.clone(),
+        }
+    }
+
+    /// A service port is visible to a client when exported to its namespace and imported by its
+    /// Sidecar.
+    fn visible(&self, client: &ClientInfo, scope: &EgressScope, id: CatalogId, port: u16) -> bool {
+        let svc = &self.catalog.services[id];
+        exported_to(svc.export_to, svc.namespace, &client.namespace)
+            && scope.imports_service(&client.namespace, svc.namespace, svc.hostname, port)
+    }
+
+    /// The routes a client gets for one service port at `addr`.
+    fn service_port(
+        &mut self,
+        client: &ClientInfo,
+        scope: &EgressScope,
+        id: CatalogId,
+        port: PortInfo,
+        addr: SocketAddr,
+    ) -> ServicePortRoutes {
+        let hostname = self.catalog.services[id].hostname;
+        let default_target = self.resolve_in(client, id, port.number, None);
+        let mut chosen = None;
+        // The oldest visible, imported VirtualService that leaves this client any rule wins; one that
+        // leaves none is skipped, as istiod then builds no virtual host from it (§1.0).
+        for vs_index in self.virtual_services_for(hostname) {
+            let vs = self.virtual_services[vs_index].0;
+            if !exported_to(&vs.export_to, &vs.meta.namespace, &client.namespace)
+                || !scope.imports_virtual_service(&client.namespace, &vs.meta.namespace, &vs.hosts)
+            {
+                continue;
+            }
+            let http = self.compile_http(client, scope, vs_index, port.number);
+            let tcp = self.compile_tcp(client, scope, vs, port.number, addr);
+            let applies = match port.protocol {
+                p if p.is_http() => !http.is_empty(),
+                Protocol::Auto => !http.is_empty() || tcp.is_some(),
+                _ => tcp.is_some(),
+            };
+            if applies {
+                chosen = Some((vs.meta.display_name(), http, tcp));
+                break;
+            }
+        }
+        let (virtual_service, http, tcp) = match chosen {
+            Some((name, http, tcp)) => (Some(name), (!http.is_empty()).then_some(http), tcp),
+            None => (None, None, None),
+        };
+        ServicePortRoutes {
+            hostname: hostname.to_string(),
+            port: port.number,
+            protocol: port.protocol,
+            virtual_service,
+            http,
+            tcp,
             default_target,
         }
     }
 
-    /// VirtualServices bound to the mesh whose hosts cover `hostname`: exact hosts first, then
-    /// wildcards from most to least specific, each group oldest first.
-    fn virtual_services_for(&self, hostname: &str) -> Vec<&'a VirtualService> {
-        let mut found: Vec<(usize, &VirtualService)> = Vec::new();
-        for vs in &self.snapshot.virtual_services {
-            if !vs.applies_to_mesh() {
+    /// VirtualServices whose hosts cover `hostname`: exact hosts first, then wildcards from most to
+    /// least specific, each group oldest first.
+    fn virtual_services_for(&mut self, hostname: &'a str) -> Vec<usize> {
+        if let Some(found) = self.vs_by_host.get(hostname) {
+            return found.clone();
+        }
+        let mut found: Vec<(usize, usize)> = self
+            .virtual_services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (vs, _))| {
+                vs.hosts
+                    .iter()
+                    .filter_map(|h| host_match_rank(h, hostname))
+                    .min()
+                    .map(|rank| (rank, i))
+            })
+            .collect();
+        found.sort_by(|&(ra, a), &(rb, b)| {
+            ra.cmp(&rb).then_with(|| {
+                creation_order(&self.virtual_services[a].0.meta)
+                    .cmp(&creation_order(&self.virtual_services[b].0.meta))
+            })
+        });
+        let found: Vec<usize> = found.into_iter().map(|(_, i)| i).collect();
+        self.vs_by_host.insert(hostname, found.clone());
+        found
+    }
+
+    /// The `http` rules of a VirtualService that exist for `client` on `port`.
+    fn compile_http(
+        &mut self,
+        client: &ClientInfo,
+        scope: &EgressScope,
+        vs_index: usize,
+        port: u16,
+    ) -> Vec<CompiledHttpRoute> {
+        let routes = self.virtual_services[vs_index].1.clone();
+        let mut out = Vec::new();
+        for spec in routes {
+            let blocks: Vec<usize> = spec
+                .matches
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| static_match(m, port, client))
+                .map(|(i, _)| i)
+                .collect();
+            if !spec.matches.is_empty() && blocks.is_empty() {
                 continue;
             }
-            // Rank: 0 for an exact host; for wildcards, shorter suffixes rank after longer ones.
-            let rank = vs
-                .hosts
+            let targets = match &spec.action {
+                HttpAction::Route(dests) => dests
+                    .iter()
+                    .enumerate()
+                    .map(|(index, d)| WeightedTarget {
+                        target: self.resolve(client, scope, &d.destination, port),
+                        weight: d.weight,
+                        index,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mirrors = spec
+                .mirrors
                 .iter()
-                .filter_map(|h| host_match_rank(h, hostname))
-                .min();
-            if let Some(rank) = rank {
-                found.push((rank, vs));
+                .map(|m| {
+                    (
+                        self.resolve(client, scope, &m.destination, port),
+                        m.percentage,
+                    )
+                })
+                .collect();
+            let catch_all = spec.matches.is_empty();
+            out.push(CompiledHttpRoute {
+                spec,
+                blocks,
+                targets: WeightedTargets::new(targets),
+                mirrors,
+            });
+            // Istio stops generating routes after a catch-all: later rules are unreachable.
+            if catch_all {
+                break;
             }
         }
-        found.sort_by(|(ra, a), (rb, b)| {
-            ra.cmp(rb)
-                .then_with(|| creation_order(&a.meta).cmp(&creation_order(&b.meta)))
-        });
-        found.into_iter().map(|(_, vs)| vs).collect()
+        out
     }
 
-    fn compile_vs(&mut self, vs: &VirtualService, request_port: u16) -> CompiledVirtualService {
-        let ns = vs.meta.namespace.clone();
-        let http = vs
-            .http
-            .iter()
-            .map(|route| {
-                let targets = match &route.action {
-                    HttpAction::Route(dests) => dests
-                        .iter()
-                        .enumerate()
-                        .map(|(index, d)| WeightedTarget {
-                            target: self.resolve(&d.destination, request_port, &ns),
-                            weight: d.weight,
-                            index,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let mirrors = route
-                    .mirrors
+    /// The first `tcp` rule whose conditions hold for `client` at `addr`. Every L4 condition is static
+    /// for a node proxy (the destination address is fixed per slot), so this is decided here.
+    fn compile_tcp(
+        &mut self,
+        client: &ClientInfo,
+        scope: &EgressScope,
+        vs: &VirtualService,
+        port: u16,
+        addr: SocketAddr,
+    ) -> Option<WeightedTargets> {
+        let route = vs.tcp.iter().find(|r| {
+            r.matches.is_empty()
+                || r.matches
                     .iter()
-                    .map(|m| {
-                        (
-                            self.resolve(&m.destination, request_port, &ns),
-                            m.percentage,
-                        )
-                    })
-                    .collect();
-                CompiledHttpRoute {
-                    spec: route.clone(),
-                    targets: WeightedTargets::new(targets),
-                    mirrors,
-                }
-            })
-            .collect();
-        let tcp = vs
-            .tcp
+                    .any(|m| l4_static_match(m, port, client, addr))
+        })?;
+        let targets = route
+            .route
             .iter()
-            .map(|route| CompiledL4Route {
-                matches: route.matches.clone(),
-                targets: WeightedTargets::new(
-                    route
-                        .route
-                        .iter()
-                        .enumerate()
-                        .map(|(index, d)| WeightedTarget {
-                            target: self.resolve(&d.destination, request_port, &ns),
-                            weight: d.weight,
-                            index,
-                        })
-                        .collect(),
-                ),
+            .enumerate()
+            .map(|(index, d)| WeightedTarget {
+                target: self.resolve(client, scope, &d.destination, port),
+                weight: d.weight,
+                index,
             })
             .collect();
-        CompiledVirtualService {
-            name: vs.meta.display_name(),
-            namespace: ns,
-            export_to: vs.export_to.clone(),
-            http,
-            tcp,
-        }
+        Some(WeightedTargets::new(targets))
     }
 
-    /// Resolve a destination to a cluster: port = `destination.port`, else the service's only port,
-    /// else the port the request arrived on; subset labels from the applicable DestinationRule.
-    fn resolve(&mut self, dest: &Destination, request_port: u16, rule_namespace: &str) -> Target {
-        let snapshot = self.snapshot;
-        let Some(&service) = snapshot.service_by_host.get(&dest.host) else {
-            return Target::Missing(ClusterKey {
-                host: dest.host.clone(),
-                port: dest.port.unwrap_or(request_port),
-                subset: dest.subset.clone(),
-            });
-        };
-        let svc = &snapshot.services[service];
-        let port = dest.port.unwrap_or(match svc.ports.as_slice() {
-            [only] => only.port,
-            _ => request_port,
+    /// Resolve a route destination for a client: the host must name a service the client sees;
+    /// port = `destination.port`, else the service's only port, else the port the request came on.
+    fn resolve(
+        &mut self,
+        client: &ClientInfo,
+        scope: &EgressScope,
+        dest: &Destination,
+        request_port: u16,
+    ) -> Target {
+        let catalog = &self.catalog;
+        let found = catalog.find(&dest.host, |id| {
+            let svc = &catalog.services[id];
+            exported_to(svc.export_to, svc.namespace, &client.namespace)
         });
-        let key = ClusterKey {
-            host: dest.host.clone(),
-            port,
-            subset: dest.subset.clone(),
+        let missing = |port| {
+            Target::Missing(ClusterKey {
+                host: dest.host.clone(),
+                port,
+                subset: dest.subset.clone(),
+                scope: String::new(),
+            })
         };
-        let Some(port_index) = svc.ports.iter().position(|p| p.port == port) else {
+        let Some(id) = found else {
+            return missing(dest.port.unwrap_or(request_port));
+        };
+        let port = dest
+            .port
+            .unwrap_or_else(|| self.catalog.services[id].default_port(request_port));
+        // Istio builds no cluster for a service the client's Sidecar does not import.
+        if !self.visible(client, scope, id, port) {
+            return missing(port);
+        }
+        // A wildcard ServiceEntry resolves the concrete host the route named.
+        let host = if self.catalog.services[id].hostname.starts_with('*') {
+            dest.host.as_str()
+        } else {
+            self.catalog.services[id].hostname
+        };
+        self.resolve_host_in(client, id, host, port, dest.subset.as_deref())
+    }
+
+    /// The cluster of registry service `id`, `port`, optional `subset`, for a client.
+    fn resolve_in(
+        &mut self,
+        client: &ClientInfo,
+        id: CatalogId,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Target {
+        let host = self.catalog.services[id].hostname;
+        self.resolve_host_in(client, id, host, port, subset)
+    }
+
+    fn resolve_host_in(
+        &mut self,
+        client: &ClientInfo,
+        id: CatalogId,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Target {
+        let svc = self.catalog.services[id];
+        let rules = destination_rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        let mut scope = match svc.kind {
+            Kind::Kube { .. } => String::new(),
+            Kind::Entry(se) => format!("se:{}/{}", se.meta.namespace, se.meta.name),
+        };
+        if let Some(first) = rules.first() {
+            if !scope.is_empty() {
+                scope.push(';');
+            }
+            scope.push_str(&format!("dr:{}/{}", first.meta.namespace, first.meta.name));
+        }
+        let key = ClusterKey {
+            host: host.to_string(),
+            port,
+            subset: subset.map(str::to_string),
+            scope,
+        };
+        let Some(port_info) = svc.port(port) else {
             return Target::Missing(key);
         };
-        let subset_labels: Option<Labels> = match &dest.subset {
+        // Subsets of the rules at the chosen level are merged: the first definition wins.
+        let subset_labels: Option<&Labels> = match subset {
             None => None,
-            Some(name) => {
-                let rule =
-                    self.destination_rule_for(&dest.host, rule_namespace, &svc.meta.namespace);
-                match rule.and_then(|r| r.subset(name)) {
-                    Some(subset) => Some(subset.labels.clone()),
-                    None => return Target::Missing(key),
+            Some(name) => match rules.iter().find_map(|r| r.subset(name)) {
+                Some(s) => Some(&s.labels),
+                None => return Target::Missing(key),
+            },
+        };
+        let memo = (id, port, key.subset.clone(), key.scope.clone());
+        if key.host == svc.hostname {
+            if let Some(t) = self.targets.get(&memo) {
+                return t.clone();
+            }
+        }
+        let protocol = upstream_protocol(port_info.protocol);
+        let target = match svc.kind {
+            Kind::Kube { id: service, .. } => {
+                let endpoints = self
+                    .snapshot
+                    .endpoints(service, port_info.index, subset_labels)
+                    .into_iter()
+                    .map(|e| e.addr)
+                    .collect();
+                self.live.insert(key.clone());
+                Target::Cluster(self.registry.ensure(key, protocol, endpoints))
+            }
+            Kind::Entry(se) => {
+                let se_port = &se.ports[port_info.index];
+                // `endpoints[].ports` maps port names to endpoint ports, else `targetPort`, else the
+                // service port.
+                let endpoint_port = |ports: &std::collections::BTreeMap<String, u16>| {
+                    ports
+                        .get(&se_port.name)
+                        .copied()
+                        .or(se_port.target_port)
+                        .unwrap_or(se_port.number)
+                };
+                let in_subset =
+                    |labels: &Labels| subset_labels.is_none_or(|s| selector_matches(s, labels));
+                match se.resolution {
+                    Resolution::None => {
+                        Target::OriginalDst(Arc::new(OriginalDst { key, protocol }))
+                    }
+                    Resolution::Static => {
+                        let mut endpoints: Vec<SocketAddr> = se
+                            .endpoints
+                            .iter()
+                            .filter(|e| in_subset(&e.labels))
+                            // `unix://` endpoints cannot be reached from a node proxy.
+                            .filter_map(|e| {
+                                let ip: IpAddr = e.address.parse().ok()?;
+                                Some(SocketAddr::new(ip, endpoint_port(&e.ports)))
+                            })
+                            .collect();
+                        if let Some(selector) = &se.workload_selector {
+                            let port = se_port.target_port.unwrap_or(se_port.number);
+                            endpoints.extend(
+                                self.snapshot
+                                    .pods
+                                    .iter()
+                                    .filter(|p| {
+                                        p.ready
+                                            && p.meta.namespace == se.meta.namespace
+                                            && selector_matches(selector, &p.labels)
+                                            && in_subset(&p.labels)
+                                    })
+                                    .flat_map(|p| {
+                                        p.ips.iter().map(move |ip| SocketAddr::new(*ip, port))
+                                    }),
+                            );
+                        }
+                        self.live.insert(key.clone());
+                        Target::Cluster(self.registry.ensure(key, protocol, endpoints))
+                    }
+                    Resolution::Dns | Resolution::DnsRoundRobin => {
+                        let names = if se.endpoints.is_empty() {
+                            vec![(
+                                host.to_string(),
+                                se_port.target_port.unwrap_or(se_port.number),
+                            )]
+                        } else {
+                            se.endpoints
+                                .iter()
+                                .filter(|e| in_subset(&e.labels))
+                                .map(|e| (e.address.clone(), endpoint_port(&e.ports)))
+                                .collect()
+                        };
+                        Target::Dns(Arc::new(DnsTarget {
+                            key,
+                            protocol,
+                            names,
+                            first_only: se.resolution == Resolution::DnsRoundRobin,
+                        }))
+                    }
+                    // Resolving the request's Host/SNI per request is not implemented.
+                    Resolution::DynamicDns => Target::Missing(key),
                 }
             }
         };
-        let protocol = match svc.ports[port_index].protocol {
-            p if p.is_http2() => UpstreamProtocol::Http2,
-            Protocol::Auto => UpstreamProtocol::SameAsDownstream,
-            p if p.is_http() => UpstreamProtocol::Http1,
-            _ => UpstreamProtocol::Tcp,
-        };
-        let endpoints = snapshot
-            .endpoints(service, port_index, subset_labels.as_ref())
-            .into_iter()
-            .map(|e| e.addr)
-            .collect();
-        self.live.insert(key.clone());
-        Target::Cluster(self.registry.ensure(key, protocol, endpoints))
-    }
-
-    /// The DestinationRule for `host`: one in the rule's namespace, then the service's namespace,
-    /// then the root namespace; among several, the oldest.
-    fn destination_rule_for(
-        &self,
-        host: &str,
-        rule_namespace: &str,
-        service_namespace: &str,
-    ) -> Option<&'a DestinationRule> {
-        let root = self.snapshot.mesh.root_namespace.as_str();
-        let candidates = |ns: &str| {
-            self.snapshot
-                .destination_rules
-                .iter()
-                .filter(move |dr| dr.meta.namespace == ns)
-                .filter(|dr| host_match_rank(&dr.host, host).is_some())
-                .min_by_key(|dr| creation_order(&dr.meta))
-        };
-        [rule_namespace, service_namespace, root]
-            .into_iter()
-            .find_map(candidates)
+        if target.key().host == svc.hostname {
+            self.targets.insert(memo, target.clone());
+        }
+        target
     }
 }
 
-/// Istio's "oldest wins": creation timestamp (RFC 3339 sorts as text), then load order.
-fn creation_order(m: &crate::policy::Meta) -> (Option<String>, usize) {
-    // Resources without a timestamp sort after those with one (they are "newer" than any applied one).
+/// The DestinationRules that apply to `client` for `host` of a service in `service_namespace` (§2.0):
+/// the first namespace of (client's, service's, root) with a rule for the host wins, lower levels are
+/// not merged in. Rules outside the client's namespace count only when exported to it; a rule with a
+/// `workloadSelector` only for clients in its namespace whose labels match, and is then preferred over
+/// selector-less rules. Among several rules for the most specific host, oldest first (subsets merge,
+/// first definition wins).
+pub fn destination_rules_for<'s>(
+    snapshot: &'s Snapshot,
+    client: &ClientInfo,
+    host: &str,
+    service_namespace: &str,
+) -> Vec<&'s DestinationRule> {
+    let mut levels: Vec<&str> = vec![client.namespace.as_str()];
+    for ns in [service_namespace, snapshot.mesh.root_namespace.as_str()] {
+        if !levels.contains(&ns) {
+            levels.push(ns);
+        }
+    }
+    for level in levels {
+        let candidates: Vec<(usize, &DestinationRule)> = snapshot
+            .destination_rules
+            .iter()
+            .filter(|dr| dr.meta.namespace == level)
+            .filter(|dr| {
+                level == client.namespace
+                    || exported_to(&dr.export_to, &dr.meta.namespace, &client.namespace)
+            })
+            .filter(|dr| {
+                dr.workload_selector.as_ref().is_none_or(|sel| {
+                    dr.meta.namespace == client.namespace && selector_matches(sel, &client.labels)
+                })
+            })
+            .filter_map(|dr| host_match_rank(&dr.host, host).map(|rank| (rank, dr)))
+            .collect();
+        let Some(best) = candidates.iter().map(|(rank, _)| *rank).min() else {
+            continue;
+        };
+        let mut rules: Vec<&DestinationRule> = candidates
+            .into_iter()
+            .filter(|(rank, _)| *rank == best)
+            .map(|(_, dr)| dr)
+            .collect();
+        if rules.iter().any(|dr| dr.workload_selector.is_some()) {
+            rules.retain(|dr| dr.workload_selector.is_some());
+        }
+        rules.sort_by_key(|dr| creation_order(&dr.meta));
+        return rules;
+    }
+    Vec::new()
+}
+
+/// Static conditions of an L4 match block for `client` reaching `addr`.
+fn l4_static_match(m: &L4Match, port: u16, client: &ClientInfo, addr: SocketAddr) -> bool {
+    if m.port.is_some_and(|p| p != port) {
+        return false;
+    }
+    if !m.destination_subnets.is_empty()
+        && !m
+            .destination_subnets
+            .iter()
+            .any(|s| subnet_contains(s, addr.ip()))
+    {
+        return false;
+    }
+    if !m.gateways.is_empty() {
+        return m.gateways.iter().any(|g| g == "mesh");
+    }
+    super::source_match(&m.source_labels, &m.source_namespace, client)
+}
+
+/// How the proxy speaks to endpoints of a port with this protocol.
+fn upstream_protocol(protocol: Protocol) -> UpstreamProtocol {
+    match protocol {
+        p if p.is_http2() => UpstreamProtocol::Http2,
+        Protocol::Auto => UpstreamProtocol::SameAsDownstream,
+        p if p.is_http() => UpstreamProtocol::Http1,
+        _ => UpstreamProtocol::Tcp,
+    }
+}
+
+/// Istio's "oldest wins": creation timestamp (RFC 3339 sorts as text), then load order. Resources
+/// without a timestamp sort after those with one (they are "newer" than any applied one).
+pub fn creation_order(m: &Meta) -> (bool, Option<&str>, usize) {
     (
-        Some(
-            m.creation_timestamp
-                .clone()
-                .unwrap_or_else(|| "~".to_string()),
-        ),
+        m.creation_timestamp.is_none(),
+        m.creation_timestamp.as_deref(),
         m.order,
     )
 }
@@ -407,32 +744,5 @@ mod tests {
         assert!(host_match_rank("*.b.c", "x.a.b.c").is_some());
         assert_eq!(host_match_rank("*.b.c", "b.c"), None);
         assert!(host_match_rank("*.b.c", "a.b.c") < host_match_rank("*.c", "a.b.c"));
-    }
-
-    fn wt(weight: u32, index: usize) -> WeightedTarget {
-        WeightedTarget {
-            target: Target::Missing(ClusterKey {
-                host: format!("h{index}"),
-                port: 80,
-                subset: None,
-            }),
-            weight,
-            index,
-        }
-    }
-
-    #[test]
-    fn weights_are_relative_and_zero_is_dropped() {
-        let t = WeightedTargets::new(vec![wt(1, 0), wt(0, 1), wt(3, 2)]);
-        assert_eq!(t.total, 4);
-        assert_eq!(t.pick_with(0).map(|t| t.index), Some(0));
-        assert_eq!(t.pick_with(1).map(|t| t.index), Some(2));
-        assert_eq!(t.pick_with(3).map(|t| t.index), Some(2));
-    }
-
-    #[test]
-    fn single_destination_takes_all_even_with_weight_zero() {
-        let t = WeightedTargets::new(vec![wt(0, 0)]);
-        assert_eq!(t.pick().map(|t| t.index), Some(0));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::HeaderMap;
 
@@ -133,13 +134,39 @@ fn client(ns: &str, pairs: &[(&str, &str)]) -> ClientInfo {
     }
 }
 
+/// `snap` plus a captured, not-ready (so never an endpoint) pod of the client's class.
+fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
+    let mut snap = snap.clone();
+    let order = snap.pods.len() + 100;
+    snap.pods.push(Pod {
+        meta: meta("Pod", &client.namespace, &format!("client-{order}"), order),
+        labels: client.labels.clone(),
+        annotations: Labels::new(),
+        ips: Vec::new(),
+        ready: false,
+        capture: true,
+        container_ports: Vec::new(),
+    });
+    snap
+}
+
+/// The view of `client` in a table built from `snap` (with a pod of the client's class added).
+fn view_of(snap: &Snapshot, client: &ClientInfo) -> Arc<ClientView> {
+    let registry = ClusterRegistry::default();
+    let table = RouteTable::build(&with_client(snap, client), &registry);
+    Arc::clone(
+        table
+            .view_for(client)
+            .expect("a view for the client's class"),
+    )
+}
+
+const REVIEWS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 20)), 9080);
+
 /// Route `path` with `headers` and return the chosen subset, or what else happened.
 fn decide(snap: &Snapshot, client: &ClientInfo, path: &str, headers: &[(&str, &str)]) -> String {
-    let registry = ClusterRegistry::default();
-    let table = RouteTable::build(snap, &registry);
-    let routes = table
-        .lookup(SocketAddr::from(([10, 96, 0, 20], 9080)))
-        .expect("service port in table");
+    let view = view_of(snap, client);
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         map.append(
@@ -154,11 +181,13 @@ fn decide(snap: &Snapshot, client: &ClientInfo, path: &str, headers: &[(&str, &s
         scheme: "http",
         headers: &map,
     };
-    match route_http(routes, client, &facts) {
+    match route_http(&view, REVIEWS, &facts) {
         RouteDecision::Forward { target, .. } => match target {
-            Target::Cluster(c) => c.key.subset.clone().unwrap_or_else(|| "default".into()),
             Target::Missing(k) => format!("missing {k}"),
+            t => t.key().subset.clone().unwrap_or_else(|| "default".into()),
         },
+        RouteDecision::Passthrough(_) => "passthrough".into(),
+        RouteDecision::Blocked => "502".into(),
         RouteDecision::Local(_) => "local".into(),
         RouteDecision::NoRoute => "404".into(),
         RouteDecision::NoDestination => "no destination".into(),
@@ -168,14 +197,13 @@ fn decide(snap: &Snapshot, client: &ClientInfo, path: &str, headers: &[(&str, &s
 #[test]
 fn no_virtual_service_uses_the_default_route_with_all_endpoints() {
     let snap = snapshot(Vec::new());
-    let registry = ClusterRegistry::default();
-    let table = RouteTable::build(&snap, &registry);
-    let routes = table
-        .lookup(SocketAddr::from(([10, 96, 0, 20], 9080)))
-        .expect("route");
+    let view = view_of(&snap, &client("default", &[]));
+    let Outbound::Service(routes) = view.lookup(REVIEWS) else {
+        panic!("reviews is a service for the client");
+    };
     match &routes.default_target {
         Target::Cluster(c) => assert_eq!(c.endpoint_addrs().len(), 3),
-        Target::Missing(k) => panic!("default route missing: {k}"),
+        t => panic!("default route is not a cluster: {}", t.key()),
     }
     assert_eq!(decide(&snap, &client("default", &[]), "/", &[]), "default");
 }
@@ -450,12 +478,7 @@ fn weighted_split_follows_weights() {
         Vec::new(),
         vec![dest("v1", 10), dest("v2", 10), dest("v3", 80)],
     )]);
-    let c = client("default", &[]);
-    let registry = ClusterRegistry::default();
-    let table = RouteTable::build(&snap, &registry);
-    let routes = table
-        .lookup(SocketAddr::from(([10, 96, 0, 20], 9080)))
-        .expect("route");
+    let view = view_of(&snap, &client("default", &[]));
     let map = HeaderMap::new();
     let facts = RequestFacts {
         method: "GET",
@@ -466,7 +489,7 @@ fn weighted_split_follows_weights() {
     };
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..10_000 {
-        if let RouteDecision::Forward { target, .. } = route_http(routes, &c, &facts) {
+        if let RouteDecision::Forward { target, .. } = route_http(&view, REVIEWS, &facts) {
             *counts
                 .entry(target.key().subset.clone().unwrap_or_default())
                 .or_default() += 1;
@@ -477,11 +500,748 @@ fn weighted_split_follows_weights() {
         assert!(got.abs_diff(want) < 300, "{subset}: {got} vs {want}");
     }
     // Subset clusters hold only the pods carrying the subset's labels.
-    if let Some(vs) = routes.virtual_services.first() {
-        for t in &vs.http[0].targets.targets {
-            if let Target::Cluster(c) = &t.target {
-                assert_eq!(c.endpoint_addrs().len(), 1, "{}", c.key);
-            }
+    let Outbound::Service(routes) = view.lookup(REVIEWS) else {
+        panic!("reviews is a service for the client");
+    };
+    let rules = routes.http.as_ref().expect("the VirtualService applies");
+    for t in &rules[0].targets.targets {
+        match &t.target {
+            Target::Cluster(c) => assert_eq!(c.endpoint_addrs().len(), 1, "{}", c.key),
+            other => panic!("not a cluster: {}", other.key()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-client views, ServiceEntry, Sidecar, delegation and the outbound traffic policy. These fixtures are
+// YAML so each case reads like the config a user writes; they go through the real conversion.
+
+/// `reviews` (10.96.0.20:9080, http) in `default` with pods v1/v2/v3 at 10.244.0.10-12, plus `extra`
+/// documents and one captured client pod (no IP, so never an endpoint) per entry of `clients`.
+fn load(extra: &str, clients: &[(&str, &[(&str, &str)])]) -> Snapshot {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.20\n  selector: {app: reviews}\n  ports:\n  - {name: http, port: 9080, targetPort: 9080}\n",
+    );
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-{v}, namespace: default, labels: {{app: reviews, version: {v}}}}}\n\
+             spec: {{containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: 10.244.0.{}}}\n",
+            10 + i
+        ));
+    }
+    for (i, (ns, labels)) in clients.iter().enumerate() {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client-{i}, namespace: {ns}, labels: {{{}}}}}\n\
+             spec: {{containers: [{{name: c, image: i}}]}}\n",
+            labels.join(", ")
+        ));
+    }
+    if !extra.is_empty() {
+        yaml.push_str("---\n");
+        yaml.push_str(extra);
+    }
+    let report = crate::policy::build(&crate::source::split_documents("test.yaml", &yaml));
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "fixture errors:\n{}", errors.join("\n"));
+    report.snapshot
+}
+
+/// A target as a short literal: endpoint addresses, `original-dst`, `dns name:port`, or `missing`.
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Cluster(c) => {
+            let mut addrs: Vec<String> = c.endpoint_addrs().iter().map(|a| a.to_string()).collect();
+            addrs.sort();
+            addrs.join(",")
+        }
+        Target::OriginalDst(_) => "original-dst".into(),
+        Target::Dns(d) => {
+            let names: Vec<String> = d.names.iter().map(|(n, p)| format!("{n}:{p}")).collect();
+            format!("dns {}", names.join(","))
+        }
+        Target::Missing(k) => format!("missing {k}"),
+    }
+}
+
+/// Route a plain `GET path` from `client` to `dst` under `table`.
+fn get(
+    table: &RouteTable,
+    client: &ClientInfo,
+    dst: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> String {
+    let view = table
+        .view_for(client)
+        .expect("a view for the client's class");
+    let dst: SocketAddr = dst.parse().expect("dst");
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    let facts = RequestFacts {
+        method: "GET",
+        path_and_query: path,
+        authority: "host",
+        scheme: "http",
+        headers: &map,
+    };
+    match route_http(view, dst, &facts) {
+        RouteDecision::Forward { target, .. } => describe(target),
+        RouteDecision::Passthrough(_) => "passthrough".into(),
+        RouteDecision::Blocked => "502".into(),
+        RouteDecision::Local(_) => "local".into(),
+        RouteDecision::NoRoute => "404".into(),
+        RouteDecision::NoDestination => "no destination".into(),
+    }
+}
+
+fn tcp(table: &RouteTable, client: &ClientInfo, dst: &str) -> String {
+    let view = table
+        .view_for(client)
+        .expect("a view for the client's class");
+    match route_tcp(view, dst.parse().expect("dst")) {
+        TcpDecision::Forward(t) => describe(t),
+        TcpDecision::Passthrough(_) => "passthrough".into(),
+        TcpDecision::Close => "close".into(),
+    }
+}
+
+const V1: &str = "10.244.0.10:9080";
+const V2: &str = "10.244.0.11:9080";
+const V3: &str = "10.244.0.12:9080";
+const ALL: &str = "10.244.0.10:9080,10.244.0.11:9080,10.244.0.12:9080";
+const VIP: &str = "10.96.0.20:9080";
+
+/// A VirtualService for reviews in `ns` sending everything to subset `subset`, exported as given.
+fn vs_to_subset(ns: &str, name: &str, subset: &str, export_to: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  hosts: [reviews.default.svc.cluster.local]\n  exportTo: {export_to}\n  http:\n  \
+         - route:\n    - destination: {{host: reviews.default.svc.cluster.local, subset: {subset}}}\n"
+    )
+}
+
+/// A DestinationRule for reviews in `ns` whose subset `s` selects `version: <version>`.
+fn dr_subset_s(ns: &str, name: &str, version: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  host: reviews.default.svc.cluster.local\n{extra_spec}  subsets:\n  - name: s\n    labels: {{version: {version}}}\n"
+    )
+}
+
+#[test]
+fn export_to_dot_star_and_named_namespaces() {
+    let dr = dr_subset_s("default", "reviews", "v2", "");
+    // (exportTo, client namespace, expected endpoints)
+    let cases = [
+        ("[.]", "default", V2),
+        ("[.]", "team-a", ALL),
+        ("['*']", "team-a", V2),
+        ("[team-a]", "team-a", V2),
+        ("[team-a]", "team-b", ALL),
+        ("[]", "team-b", V2),
+    ];
+    for (export_to, ns, want) in cases {
+        let snap = load(
+            &format!("{}---\n{dr}", vs_to_subset("default", "r", "s", export_to)),
+            &[(ns, &[])],
+        );
+        let table = RouteTable::build(&snap, &ClusterRegistry::default());
+        assert_eq!(
+            get(&table, &client(ns, &[]), VIP, "/", &[]),
+            want,
+            "exportTo {export_to} seen from {ns}"
+        );
+    }
+}
+
+#[test]
+fn destination_rule_lookup_is_client_namespace_then_service_namespace_then_root() {
+    // The VirtualService routes everyone to subset `s`; three namespaces define `s` differently.
+    let vs = vs_to_subset("default", "r", "s", "['*']");
+    let client_ns = dr_subset_s("team-a", "mine", "v1", "");
+    let service_ns = dr_subset_s("default", "svc", "v2", "");
+    let service_ns_private = dr_subset_s("default", "svc", "v2", "  exportTo: [.]\n");
+    let root = dr_subset_s("istio-system", "mesh", "v3", "");
+    // (DRs present, client namespace, expected endpoints)
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (vec![&client_ns, &service_ns, &root], "team-a", V1),
+        (vec![&client_ns, &service_ns, &root], "team-b", V2),
+        (vec![&client_ns, &service_ns, &root], "default", V2),
+        (vec![&client_ns, &root], "team-b", V3),
+        // A service-namespace rule not exported to the client is skipped; the root one applies.
+        (vec![&service_ns_private, &root], "team-b", V3),
+        // A rule in some third namespace is never used, whatever its exportTo.
+        (
+            vec![&client_ns],
+            "team-b",
+            "missing outbound|9080|s|reviews.default.svc.cluster.local",
+        ),
+    ];
+    for (drs, ns, want) in cases {
+        let extra = std::iter::once(vs.as_str())
+            .chain(drs)
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let snap = load(&extra, &[(ns, &[])]);
+        let table = RouteTable::build(&snap, &ClusterRegistry::default());
+        assert_eq!(
+            get(&table, &client(ns, &[]), VIP, "/", &[]),
+            want,
+            "client in {ns}"
+        );
+    }
+    // Both clients' `s` clusters coexist: same Istio name, different rules, different endpoints.
+    let extra = [vs.as_str(), &client_ns, &service_ns].join("---\n");
+    let snap = load(&extra, &[("team-a", &[]), ("team-b", &[])]);
+    let registry = ClusterRegistry::default();
+    let table = RouteTable::build(&snap, &registry);
+    assert_eq!(get(&table, &client("team-a", &[]), VIP, "/", &[]), V1);
+    assert_eq!(get(&table, &client("team-b", &[]), VIP, "/", &[]), V2);
+}
+
+#[test]
+fn destination_rule_workload_selector_selects_clients_in_its_namespace() {
+    let vs = vs_to_subset("default", "r", "s", "['*']");
+    let selected = dr_subset_s(
+        "default",
+        "for-productpage",
+        "v3",
+        "  workloadSelector: {matchLabels: {app: productpage}}\n",
+    );
+    let plain = dr_subset_s("default", "reviews", "v1", "");
+    let extra = [vs.as_str(), &selected, &plain].join("---\n");
+    let clients: [(&str, &[(&str, &str)]); 3] = [
+        ("default", &[("app", "productpage")]),
+        ("default", &[("app", "other")]),
+        ("team-a", &[("app", "productpage")]),
+    ];
+    let snap = load(&extra, &clients);
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    let cases = [
+        (client("default", &[("app", "productpage")]), V3),
+        (client("default", &[("app", "other")]), V1),
+        // Selector rules only apply in their own namespace.
+        (client("team-a", &[("app", "productpage")]), V1),
+    ];
+    for (c, want) in cases {
+        assert_eq!(get(&table, &c, VIP, "/", &[]), want, "{c:?}");
+    }
+}
+
+#[test]
+fn clients_differing_only_in_irrelevant_labels_share_one_view() {
+    let extra = vs_to_subset("default", "r", "v1", "['*']");
+    let clients: [(&str, &[(&str, &str)]); 3] = [
+        ("default", &[("pod-template-hash", "a")]),
+        ("default", &[("pod-template-hash", "b")]),
+        ("team-a", &[]),
+    ];
+    let snap = load(&extra, &clients);
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    assert_eq!(table.view_count(), 2, "one view per namespace");
+    let a = table.view_for(&client("default", &[("pod-template-hash", "a")]));
+    let b = table.view_for(&client("default", &[("pod-template-hash", "b")]));
+    assert!(matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b)));
+}
+
+/// A Sidecar in `ns` (optionally selecting `app: <selector>`) importing `hosts`, with `policy`.
+fn sidecar(
+    ns: &str,
+    name: &str,
+    selector: Option<&str>,
+    hosts: &str,
+    policy: Option<&str>,
+) -> String {
+    let mut y = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n"
+    );
+    if let Some(app) = selector {
+        y.push_str(&format!("  workloadSelector: {{labels: {{app: {app}}}}}\n"));
+    }
+    y.push_str(&format!("  egress:\n  - hosts: {hosts}\n"));
+    if let Some(mode) = policy {
+        y.push_str(&format!("  outboundTrafficPolicy: {{mode: {mode}}}\n"));
+    }
+    y
+}
+
+#[test]
+fn sidecar_egress_hosts_restrict_what_a_client_imports() {
+    let vs = vs_to_subset("default", "r", "s", "['*']");
+    let dr = dr_subset_s("default", "reviews", "v2", "");
+    // (Sidecars, client namespace, client app label, expected)
+    let cases: Vec<(Vec<String>, &str, &str, &str)> = vec![
+        // No Sidecar: everything exported is imported.
+        (vec![], "team-a", "x", V2),
+        // `./*` imports only the client's namespace: reviews is unknown -> passthrough.
+        (
+            vec![sidecar("team-a", "own", None, "['./*']", Some("ALLOW_ANY"))],
+            "team-a",
+            "x",
+            "passthrough",
+        ),
+        (
+            vec![sidecar(
+                "team-a",
+                "own",
+                None,
+                "['./*']",
+                Some("REGISTRY_ONLY"),
+            )],
+            "team-a",
+            "x",
+            "502",
+        ),
+        // Named namespace and host.
+        (
+            vec![sidecar(
+                "team-a",
+                "own",
+                None,
+                "['default/reviews.default.svc.cluster.local']",
+                None,
+            )],
+            "team-a",
+            "x",
+            V2,
+        ),
+        (
+            vec![sidecar("team-a", "own", None, "['*/*']", None)],
+            "team-a",
+            "x",
+            V2,
+        ),
+        // `~/*` imports nothing; without its own outboundTrafficPolicy the mesh's ALLOW_ANY holds.
+        (
+            vec![sidecar("team-a", "own", None, "['~/*']", None)],
+            "team-a",
+            "x",
+            "passthrough",
+        ),
+        // An exclusion wins over an include for the same host.
+        (
+            vec![sidecar(
+                "team-a",
+                "own",
+                None,
+                "['*/*', '~default/reviews.default.svc.cluster.local']",
+                Some("REGISTRY_ONLY"),
+            )],
+            "team-a",
+            "x",
+            "502",
+        ),
+        // The workload-selected Sidecar beats the namespace default for the pods it selects only.
+        (
+            vec![
+                sidecar("team-a", "own", None, "['./*']", Some("ALLOW_ANY")),
+                sidecar("team-a", "wide", Some("x"), "['*/*']", None),
+            ],
+            "team-a",
+            "x",
+            V2,
+        ),
+        (
+            vec![
+                sidecar("team-a", "own", None, "['./*']", Some("ALLOW_ANY")),
+                sidecar("team-a", "wide", Some("x"), "['*/*']", None),
+            ],
+            "team-a",
+            "y",
+            "passthrough",
+        ),
+        // The root namespace's Sidecar applies to namespaces without one.
+        (
+            vec![sidecar(
+                "istio-system",
+                "mesh",
+                None,
+                "['./*']",
+                Some("ALLOW_ANY"),
+            )],
+            "team-a",
+            "x",
+            "passthrough",
+        ),
+        (
+            vec![
+                sidecar("istio-system", "mesh", None, "['./*']", Some("ALLOW_ANY")),
+                sidecar("team-a", "own", None, "['*/*']", None),
+            ],
+            "team-a",
+            "x",
+            V2,
+        ),
+    ];
+    for (i, (sidecars, ns, app, want)) in cases.into_iter().enumerate() {
+        let mut docs = vec![vs.clone(), dr.clone()];
+        docs.extend(sidecars);
+        let snap = load(&docs.join("---\n"), &[(ns, &[("app", app)])]);
+        let table = RouteTable::build(&snap, &ClusterRegistry::default());
+        assert_eq!(
+            get(&table, &client(ns, &[("app", app)]), VIP, "/", &[]),
+            want,
+            "case {i}"
+        );
+    }
+}
+
+#[test]
+fn sidecar_that_imports_the_service_but_not_the_virtual_service_gets_the_default_route() {
+    // The VirtualService lives in `routes`; the Sidecar imports only `default/*`.
+    let vs = vs_to_subset("routes", "r", "s", "['*']");
+    let dr = dr_subset_s("default", "reviews", "v2", "");
+    let sc = sidecar("team-a", "own", None, "['default/*']", None);
+    let snap = load(&[vs.as_str(), &dr, &sc].join("---\n"), &[("team-a", &[])]);
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    assert_eq!(get(&table, &client("team-a", &[]), VIP, "/", &[]), ALL);
+}
+
+#[test]
+fn delegation_merges_root_and_delegate_matches_in_the_root_position() {
+    let extra = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: root, namespace: default}\n\
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - name: api
+    match:
+    - uri: {prefix: /api}
+    delegate: {name: api, namespace: team-api}
+  - route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: team-api}
+spec:
+  http:
+  - name: jason
+    match:
+    - headers: {end-user: {exact: jason}}
+    route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v2}
+  - match:
+    - uri: {prefix: /api/v3}
+    route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v3}
+  - match:
+    - uri: {prefix: /other}
+    route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v3}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+";
+    let snap = load(extra, &[("default", &[])]);
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    let c = client("default", &[]);
+    // (path, headers, expected)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        // Root prefix AND delegate header.
+        ("/api/x", &[("end-user", "jason")], V2),
+        // Delegate prefix narrowing the root prefix.
+        ("/api/v3/x", &[], V3),
+        // No delegate rule matched: evaluation continues with the root's next rule.
+        ("/api/x", &[], V1),
+        // The header alone is not enough: the root's /api condition is merged in.
+        ("/x", &[("end-user", "jason")], V1),
+        // `/other` cannot narrow `/api`: that delegate rule is dropped.
+        ("/other", &[], V1),
+        ("/api/other", &[], V1),
+    ];
+    for (path, headers, want) in cases {
+        assert_eq!(
+            get(&table, &c, VIP, path, headers),
+            want,
+            "{path} {headers:?}"
+        );
+    }
+    // Merged names are root-leaf, as Istio names them.
+    let view = table.view_for(&c).expect("view");
+    let Outbound::Service(routes) = view.lookup(VIP.parse().expect("dst")) else {
+        panic!("reviews is a service");
+    };
+    let names: Vec<Option<&str>> = routes
+        .http
+        .iter()
+        .flatten()
+        .map(|r| r.spec.name.as_deref())
+        .collect();
+    assert_eq!(names, vec![Some("api-jason"), Some("api"), None]);
+}
+
+#[test]
+fn delegate_merge_conflict_rules_follow_istio() {
+    let prefix = |p: &str| HttpMatch {
+        uri: Some(StringMatch::Prefix(p.into())),
+        ..Default::default()
+    };
+    let exact_uri = |p: &str| HttpMatch {
+        uri: Some(exact(p)),
+        ..Default::default()
+    };
+    let regex_uri = HttpMatch {
+        uri: Some(regex("/a.*")),
+        ..Default::default()
+    };
+    let with_port = |p: u16| HttpMatch {
+        port: Some(p),
+        ..Default::default()
+    };
+    // (root block, leaf block, conflict?)
+    let cases = [
+        (prefix("/a"), prefix("/a/b"), false),
+        (prefix("/a/b"), prefix("/a"), true),
+        (prefix("/a"), exact_uri("/a/x"), false),
+        (exact_uri("/a"), exact_uri("/a"), false),
+        (exact_uri("/a"), exact_uri("/b"), true),
+        (exact_uri("/a"), prefix("/a"), true),
+        (regex_uri.clone(), prefix("/a"), true),
+        (prefix("/a"), regex_uri, true),
+        (HttpMatch::default(), prefix("/x"), false),
+        (with_port(80), with_port(8080), true),
+        (with_port(80), HttpMatch::default(), false),
+    ];
+    for (i, (root, leaf, want)) in cases.iter().enumerate() {
+        assert_eq!(delegate::has_conflict(root, leaf), *want, "case {i}");
+    }
+    // A leaf block fitting no root block makes the whole merge fail.
+    assert!(delegate::merge_matches(&[prefix("/a")], &[prefix("/a/b"), prefix("/z")]).is_none());
+    // An empty side takes the other's blocks.
+    assert_eq!(
+        delegate::merge_matches(&[], &[prefix("/z")]).map(|m| m.len()),
+        Some(1)
+    );
+}
+
+#[test]
+fn delegate_not_exported_to_the_root_namespace_is_dropped() {
+    let extra = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: root, namespace: default}\n\
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - delegate: {name: api, namespace: team-api}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: team-api}
+spec:
+  exportTo: [.]
+  http:
+  - route:
+    - destination: {host: reviews.default.svc.cluster.local}
+";
+    let snap = load(extra, &[("default", &[])]);
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    // The root VS is left without rules, so the default route applies.
+    assert_eq!(get(&table, &client("default", &[]), VIP, "/", &[]), ALL);
+}
+
+/// A ServiceEntry `ext/<name>` for `host` at `addresses` on HTTP port 80, with `rest` appended.
+fn service_entry(name: &str, host: &str, addresses: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: ext}}\n\
+         spec:\n  hosts: [{host}]\n  addresses: {addresses}\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n{rest}"
+    )
+}
+
+#[test]
+fn service_entry_addresses_are_meshed_and_resolve_by_resolution() {
+    let static_se = service_entry(
+        "static",
+        "static.example.com",
+        "[240.0.0.1, 240.0.0.2/32, 240.1.0.0/16]",
+        "  resolution: STATIC\n  endpoints:\n  - {address: 192.0.2.10, ports: {http: 8080}}\n  - {address: 192.0.2.11}\n",
+    );
+    let none_se = service_entry(
+        "none",
+        "none.example.com",
+        "[240.0.0.3]",
+        "  resolution: NONE\n",
+    );
+    let dns_se = service_entry(
+        "dns",
+        "dns.example.com",
+        "[240.0.0.4]",
+        "  resolution: DNS\n  endpoints:\n  - {address: 192.0.2.20}\n",
+    );
+    let snap = load(
+        &[static_se.as_str(), &none_se, &dns_se].join("---\n"),
+        &[("default", &[])],
+    );
+    let meshed: Vec<String> = snap
+        .meshed_destinations()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    // Exact addresses (and /32) are published; the /16 range cannot be (exact-match kernel map).
+    assert_eq!(
+        meshed,
+        vec![
+            "10.96.0.20:9080",
+            "240.0.0.1:80",
+            "240.0.0.2:80",
+            "240.0.0.3:80",
+            "240.0.0.4:80"
+        ]
+    );
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    let c = client("default", &[]);
+    let cases = [
+        // STATIC: endpoint addresses, port from `endpoints[].ports`, else the service port.
+        ("240.0.0.1:80", "192.0.2.10:8080,192.0.2.11:80"),
+        ("240.0.0.2:80", "192.0.2.10:8080,192.0.2.11:80"),
+        // NONE: the address the client dialled.
+        ("240.0.0.3:80", "original-dst"),
+        // DNS: resolved when connecting.
+        ("240.0.0.4:80", "dns 192.0.2.20:80"),
+    ];
+    for (dst, want) in cases {
+        assert_eq!(get(&table, &c, dst, "/", &[]), want, "{dst}");
+        assert_eq!(tcp(&table, &c, dst), want, "{dst} as TCP");
+    }
+}
+
+#[test]
+fn service_entry_hosts_are_route_destinations_and_honour_export_to() {
+    let se = service_entry(
+        "api",
+        "api.example.com",
+        "[240.0.0.1]",
+        "  resolution: STATIC\n  exportTo: [default]\n  endpoints:\n  - {address: 192.0.2.10, labels: {v: a}}\n  - {address: 192.0.2.11, labels: {v: b}}\n",
+    );
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\n\
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - route:
+    - destination: {host: api.example.com, subset: b, port: {number: 80}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.example.com
+  subsets:
+  - {name: b, labels: {v: b}}
+";
+    let snap = load(
+        &[se.as_str(), vs].join("---\n"),
+        &[("default", &[]), ("team-a", &[])],
+    );
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    let cases = [
+        // The VS sends reviews traffic to the entry's subset.
+        ("default", VIP, "192.0.2.11:80"),
+        ("default", "240.0.0.1:80", "192.0.2.10:80,192.0.2.11:80"),
+        // team-a does not see the entry: its route target is missing, its address is unknown.
+        ("team-a", VIP, "missing outbound|80|b|api.example.com"),
+        ("team-a", "240.0.0.1:80", "passthrough"),
+    ];
+    for (ns, dst, want) in cases {
+        assert_eq!(
+            get(&table, &client(ns, &[]), dst, "/", &[]),
+            want,
+            "{ns} -> {dst}"
+        );
+    }
+}
+
+#[test]
+fn unknown_destinations_pass_through_under_allow_any_and_are_blocked_under_registry_only() {
+    let hidden = service_entry(
+        "hidden",
+        "hidden.example.com",
+        "[240.0.0.9]",
+        "  resolution: NONE\n  exportTo: [.]\n",
+    );
+    for (mode, http_want, tcp_want) in [
+        ("ALLOW_ANY", "passthrough", "passthrough"),
+        ("REGISTRY_ONLY", "502", "close"),
+    ] {
+        let mesh = format!(
+            "apiVersion: keel.io/v1alpha1\nkind: MeshConfig\nmetadata: {{name: keel}}\nspec:\n  outboundTrafficPolicy: {{mode: {mode}}}\n"
+        );
+        let snap = load(
+            &[hidden.as_str(), &mesh].join("---\n"),
+            &[("default", &[]), ("ext", &[])],
+        );
+        let table = RouteTable::build(&snap, &ClusterRegistry::default());
+        let c = client("default", &[]);
+        // Hidden by exportTo, and not meshed at all (stale redirect): both are unknown traffic.
+        for dst in ["240.0.0.9:80", "198.51.100.1:443"] {
+            assert_eq!(get(&table, &c, dst, "/", &[]), http_want, "{mode} {dst}");
+            assert_eq!(tcp(&table, &c, dst), tcp_want, "{mode} {dst}");
+        }
+        // The entry's own namespace sees it regardless of the policy.
+        assert_eq!(
+            get(&table, &client("ext", &[]), "240.0.0.9:80", "/", &[]),
+            "original-dst"
+        );
+        // Known services are unaffected.
+        assert_eq!(get(&table, &c, VIP, "/", &[]), ALL);
+    }
+}
+
+#[test]
+fn tcp_rules_are_decided_per_client_and_destination() {
+    let extra = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: default}\n\
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: reviews}
+  ports:
+  - {name: tcp, port: 5432, targetPort: 5432}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  tcp:
+  - match:
+    - sourceLabels: {app: admin}
+    route:
+    - destination: {host: db.default.svc.cluster.local, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+";
+    let clients: [(&str, &[(&str, &str)]); 2] =
+        [("default", &[("app", "admin")]), ("default", &[])];
+    let snap = load(extra, &clients);
+    let table = RouteTable::build(&snap, &ClusterRegistry::default());
+    assert_eq!(
+        tcp(
+            &table,
+            &client("default", &[("app", "admin")]),
+            "10.96.0.30:5432"
+        ),
+        "10.244.0.10:5432"
+    );
+    // No rule for this client: the default route (all endpoints), as istiod adds the service's
+    // default filter chain.
+    assert_eq!(
+        tcp(&table, &client("default", &[]), "10.96.0.30:5432"),
+        "10.244.0.10:5432,10.244.0.11:5432,10.244.0.12:5432"
+    );
 }

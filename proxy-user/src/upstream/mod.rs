@@ -14,12 +14,17 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-/// Istio's cluster identity: `outbound|<port>|<subset>|<host>`.
+/// Istio's cluster identity: `outbound|<port>|<subset>|<host>`, plus the config that shaped it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClusterKey {
     pub host: String,
     pub port: u16,
     pub subset: Option<String>,
+    /// Which resources defined the cluster beyond its Istio name (e.g. `dr:ns/name`, `se:ns/name`);
+    /// empty for a plain Kubernetes Service. Istio builds clusters per client sidecar, so two clients
+    /// that see different DestinationRules for one host get different `v1` subsets under the same
+    /// name; a node proxy keeps them apart with this. Not part of the displayed name.
+    pub scope: String,
 }
 
 impl std::fmt::Display for ClusterKey {
@@ -218,6 +223,7 @@ mod tests {
             host: "a".into(),
             port: 80,
             subset: None,
+            scope: String::new(),
         };
         let c = reg.ensure(
             key,
@@ -242,6 +248,7 @@ mod tests {
             host: "a".into(),
             port: 80,
             subset: None,
+            scope: String::new(),
         };
         let c = reg.ensure(key, UpstreamProtocol::Http1, vec![addr(1), addr(2)]);
         let held: Vec<_> = (0..10).filter_map(|_| c.pick()).collect();
@@ -257,6 +264,7 @@ mod tests {
             host: "a".into(),
             port: 80,
             subset: Some("v1".into()),
+            scope: String::new(),
         };
         let c1 = reg.ensure(key.clone(), UpstreamProtocol::Http1, vec![addr(1)]);
         let c2 = reg.ensure(key.clone(), UpstreamProtocol::Http1, vec![]);

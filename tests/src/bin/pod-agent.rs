@@ -173,7 +173,10 @@ fn main() -> Result<()> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string(v).context("serialising report")?);
+    println!(
+        "{}",
+        serde_json::to_string(v).context("serialising report")?
+    );
     Ok(())
 }
 
@@ -222,7 +225,12 @@ async fn http_server(listen: SocketAddr, pod: String, version: String) -> Result
     }
 }
 
-async fn echo(req: Request<Incoming>, peer: SocketAddr, pod: &str, version: &str) -> Response<Full<Bytes>> {
+async fn echo(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    pod: &str,
+    version: &str,
+) -> Response<Full<Bytes>> {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -336,7 +344,10 @@ async fn http_get(args: GetArgs, timeout: Duration) -> HttpGetReport {
 }
 
 async fn http_get_loop(args: &GetArgs, report: &mut HttpGetReport) -> Result<()> {
-    let uri: Uri = args.url.parse().with_context(|| format!("bad URL {:?}", args.url))?;
+    let uri: Uri = args
+        .url
+        .parse()
+        .with_context(|| format!("bad URL {:?}", args.url))?;
     let authority = uri
         .authority()
         .with_context(|| format!("URL {:?} has no host", args.url))?
@@ -344,7 +355,10 @@ async fn http_get_loop(args: &GetArgs, report: &mut HttpGetReport) -> Result<()>
     let addr = match args.connect_to {
         Some(a) => a,
         None => {
-            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let ip: std::net::IpAddr = host
                 .parse()
                 .with_context(|| format!("URL host {host:?} is not an IP; pass --connect-to"))?;
@@ -372,7 +386,11 @@ async fn http_get_loop(args: &GetArgs, report: &mut HttpGetReport) -> Result<()>
             }
         }
         let Some(s) = sender.as_mut() else { continue };
-        let mut builder = Request::get(if args.http2 { uri.clone() } else { path.parse()? });
+        let mut builder = Request::get(if args.http2 {
+            uri.clone()
+        } else {
+            path.parse()?
+        });
         if !args.http2 {
             builder = builder.header(HOST, host_value.clone());
             if args.new_conn {
@@ -382,7 +400,9 @@ async fn http_get_loop(args: &GetArgs, report: &mut HttpGetReport) -> Result<()>
         for (k, v) in &args.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        let req = builder.body(Empty::<Bytes>::new()).context("building request")?;
+        let req = builder
+            .body(Empty::<Bytes>::new())
+            .context("building request")?;
         match send(s, req).await {
             Ok((status, body)) => {
                 report.responses += 1;

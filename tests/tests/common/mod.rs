@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::{ensure, Result};
 use keel_tests::config::service_yaml;
-use keel_tests::{Agent, ConfigDir, ConnectionRecord, HttpGetReport, Keel, Pod, PodNet, Proc, SvcPort};
+use keel_tests::{
+    Agent, ConfigDir, ConnectionRecord, HttpGetReport, Keel, Pod, PodNet, Proc, SvcPort,
+};
 
 /// The `pod-agent` built with these tests (override with `POD_AGENT_BIN`).
 pub fn agent() -> Result<Agent> {
@@ -87,7 +89,8 @@ impl Fixture {
         for (i, v) in versions.iter().enumerate() {
             let suffix = u8::try_from(11 + i)?;
             let pod = fx.net.add_pod("default", &format!("reviews-{v}"), suffix)?;
-            fx.servers.push(fx.agent.http_server(&pod, REVIEWS_PORT, v)?);
+            fx.servers
+                .push(fx.agent.http_server(&pod, REVIEWS_PORT, v)?);
             fx.specs.push(PodSpec {
                 pod: pod.clone(),
                 labels: labels(&[("app", "reviews"), ("version", v)]),
@@ -136,7 +139,8 @@ impl Fixture {
     /// Adds a Service document and rewrites `services.yaml`.
     pub fn add_service(&mut self, yaml: String) -> Result<()> {
         self.services.push(yaml);
-        self.config.write("services.yaml", &self.services.join("---\n"))?;
+        self.config
+            .write("services.yaml", &self.services.join("---\n"))?;
         Ok(())
     }
 
@@ -145,7 +149,11 @@ impl Fixture {
             .specs
             .iter()
             .map(|s| {
-                let l: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let l: Vec<(&str, &str)> = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let a: Vec<(&str, &str)> = s
                     .annotations
                     .iter()
@@ -198,7 +206,10 @@ pub fn ensure_all_ok_via_proxy(r: &HttpGetReport, net: &PodNet) -> Result<()> {
 }
 
 /// The records of `/debug/connections` whose client address is one of `local_addrs`.
-pub fn records_from<'a>(records: &'a [ConnectionRecord], local_addrs: &[String]) -> Vec<&'a ConnectionRecord> {
+pub fn records_from<'a>(
+    records: &'a [ConnectionRecord],
+    local_addrs: &[String],
+) -> Vec<&'a ConnectionRecord> {
     records
         .iter()
         .filter(|r| local_addrs.contains(&r.source_addr))

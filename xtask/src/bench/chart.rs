@@ -30,7 +30,8 @@ fn register_font(font: &Path) -> Result<()> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let bytes = std::fs::read(font).map_err(|e| format!("reading {}: {e}", font.display()))?;
+            let bytes =
+                std::fs::read(font).map_err(|e| format!("reading {}: {e}", font.display()))?;
             // plotters keeps fonts for the process's life; leaking the one font file is the API's ask.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font(FONT, FontStyle::Normal, bytes)
@@ -57,9 +58,7 @@ pub fn latency(path: &Path, r: &Results, font: &Path) -> Result<()> {
         "Latency percentiles per mode (median of {} round(s), {} rps, {} conns) — {}",
         r.settings.rounds, r.settings.rate, r.settings.connections, r.machine.date_utc
     );
-    let root = root
-        .titled(&title, (FONT, 22))
-        .map_err(plot_err("title"))?;
+    let root = root.titled(&title, (FONT, 22)).map_err(plot_err("title"))?;
     let panels = root.split_evenly((1, workloads.len()));
     for (panel, w) in panels.iter().zip(workloads) {
         let series: Vec<(Mode, [f64; 4])> = r
@@ -88,7 +87,8 @@ pub fn latency(path: &Path, r: &Results, font: &Path) -> Result<()> {
                     .unwrap_or_default(),
                 SegmentValue::Last => String::new(),
             })
-            .y_label_formatter(&|v| format!("{v:.2}"))
+            .y_label_formatter(&|v| log_label(*v, 2))
+            .light_line_style(WHITE)
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 14))
             .draw()
@@ -104,7 +104,9 @@ pub fn latency(path: &Path, r: &Results, font: &Path) -> Result<()> {
                 .draw_series(LineSeries::new(points.clone(), c.stroke_width(3)))
                 .map_err(plot_err("latency line"))?
                 .label(mode.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                });
             chart
                 .draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))
                 .map_err(plot_err("latency points"))?;
@@ -130,9 +132,15 @@ pub fn memory(path: &Path, r: &Results, font: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err("background"))?;
     type Getter = fn(&super::scale::MemoryPoint) -> Option<u64>;
     let lines: [(&str, RGBColor, Getter); 4] = [
-        ("sidecars (sum of RSS)", color(Mode::Sidecar), |p| p.sidecars_rss_kib),
-        ("sidecars (sum of PSS)", RGBColor(255, 152, 150), |p| p.sidecars_pss_kib),
-        ("node Envoy (RSS)", color(Mode::NodeEnvoy), |p| p.node_envoy_rss_kib),
+        ("sidecars (sum of RSS)", color(Mode::Sidecar), |p| {
+            p.sidecars_rss_kib
+        }),
+        ("sidecars (sum of PSS)", RGBColor(255, 152, 150), |p| {
+            p.sidecars_pss_kib
+        }),
+        ("node Envoy (RSS)", color(Mode::NodeEnvoy), |p| {
+            p.node_envoy_rss_kib
+        }),
         ("keel (RSS)", color(Mode::Keel), |p| p.keel_rss_kib),
     ];
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -145,7 +153,10 @@ pub fn memory(path: &Path, r: &Results, font: &Path) -> Result<()> {
     let max_pods = r.memory.iter().map(|p| p.pods).max().unwrap_or(10);
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Proxy memory vs pods (and services) on the node — {}", r.machine.date_utc),
+            format!(
+                "Proxy memory vs pods (and services) on the node — {}",
+                r.machine.date_utc
+            ),
             (FONT, 20),
         )
         .margin(14)
@@ -158,7 +169,8 @@ pub fn memory(path: &Path, r: &Results, font: &Path) -> Result<()> {
         .x_desc("pods and services on the node")
         .y_desc("resident memory, MiB (log)")
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| log_label(*v, 0))
+        .light_line_style(WHITE)
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
         .draw()
@@ -192,6 +204,23 @@ pub fn memory(path: &Path, r: &Results, font: &Path) -> Result<()> {
     root.present()
         .map_err(plot_err("memory.png"))
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A log axis gets a tick at every 1..9 x 10^k; label only 1, 2 and 5 x 10^k so labels never overlap.
+fn log_label(v: f64, decimals: usize) -> String {
+    if !(v.is_finite() && v > 0.0) {
+        return String::new();
+    }
+    let mantissa = v / 10f64.powf(v.log10().floor());
+    if [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 0.05)
+    {
+        let decimals = if v >= 1.0 { 0 } else { decimals };
+        format!("{v:.decimals$}")
+    } else {
+        String::new()
+    }
 }
 
 /// Log-axis bounds with headroom around the finite positive values (a decade if there are none).

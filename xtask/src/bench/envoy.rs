@@ -33,7 +33,11 @@ pub const CONCURRENCY: u32 = 2;
 
 /// Outbound cluster name, Istio's format `outbound|<port>|<subset>|<fqdn>`.
 pub fn outbound_cluster(s: &Service, subset: Option<&str>) -> String {
-    format!("outbound|{SERVICE_PORT}|{}|{}", subset.unwrap_or(""), s.fqdn())
+    format!(
+        "outbound|{SERVICE_PORT}|{}|{}",
+        subset.unwrap_or(""),
+        s.fqdn()
+    )
 }
 
 fn admin(port: u16) -> Value {

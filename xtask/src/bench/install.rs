@@ -185,9 +185,7 @@ fn envoy_copy() -> Result<Option<PathBuf>> {
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd
-        .status()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");
     }

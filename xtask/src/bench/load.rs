@@ -102,7 +102,11 @@ pub fn oha_args(workload: Workload, s: &Settings, url: &str, duration: Duration)
     match workload {
         Workload::Http1Rate | Workload::Http1NewConnRate => {
             a.extend(["-c".into(), s.connections.to_string()]);
-            a.extend(["-q".into(), s.rate.to_string(), "--latency-correction".into()]);
+            a.extend([
+                "-q".into(),
+                s.rate.to_string(),
+                "--latency-correction".into(),
+            ]);
             if workload == Workload::Http1NewConnRate {
                 a.push("--disable-keepalive".into());
             }
@@ -305,7 +309,10 @@ pub fn curl_args(url: &str, n: usize, http2: bool) -> Vec<String> {
         "--max-time".into(),
         "20".into(),
         "-w".into(),
-        format!("%{{http_code}} %header{{{}}}\\n", super::mesh::BACKEND_HEADER),
+        format!(
+            "%{{http_code}} %header{{{}}}\\n",
+            super::mesh::BACKEND_HEADER
+        ),
     ];
     if http2 {
         a.push("--http2-prior-knowledge".into());

@@ -90,7 +90,7 @@ pub struct BenchArgs {
     /// Percent of requests the canary route sends to subset v1 (the rest go to v2).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub v1_weight: u32,
-    /// Pod/service counts for the memory-vs-node-size runs, comma separated (empty: skip).
+    /// Pod/service counts for the memory-vs-node-size runs, comma separated (`0`: skip them).
     #[arg(long, value_delimiter = ',', default_values_t = [10u16, 50, 100])]
     pub scale: Vec<u16>,
     /// Subnet index of the bench's pod network (10.244.<n>.0/24); the memory runs use <n>+1.
@@ -150,10 +150,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         out_dir.display()
     );
 
+    // (mode, workload or path) -> why it failed; the report shows them and the run fails at the end.
+    let mut failures: Vec<(Mode, String, String)> = Vec::new();
     let (verification, runs) = {
-        let mut rig = rig::Rig::build(&settings, &tools, keel_bin.as_deref(), args.net_index)?;
-        let verification = rig.verify_all()?;
-        let runs = measure(&mut rig, &settings)?;
+        let rig = rig::Rig::build(&settings, &tools, keel_bin.as_deref(), args.net_index)?;
+        let verification = rig.verify_all();
+        let runs = measure(&rig, &settings, &verification, &mut failures);
         rig.teardown()?;
         (verification, runs)
     };
@@ -166,7 +168,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .checked_add(1)
             .filter(|i| *i < 255)
             .context("--net-index must leave room for <n>+1 (the memory runs' network)")?;
-        scale::run(&settings, &tools, keel_bin.as_deref(), scale_index)?
+        scale::run(
+            &settings,
+            &tools,
+            keel_bin.as_deref(),
+            scale_index,
+            &mut failures,
+        )?
     };
 
     let results = report::Results {
@@ -175,18 +183,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         verification,
         runs,
         memory,
+        failures: failures
+            .into_iter()
+            .map(|(mode, what, error)| report::Failure { mode, what, error })
+            .collect(),
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     report::write(&out_dir, &results)?;
     chart::latency(&out_dir.join("latency.png"), &results, &tools.font)?;
     chart::memory(&out_dir.join("memory.png"), &results, &tools.font)?;
+    let report_path = out_dir.join("report.md");
+    if !results.failures.is_empty() {
+        // The report is written (it says what failed), but a run with a broken path is not "latest".
+        bail!(
+            "{} check(s) or run(s) failed; see {}:\n{}",
+            results.failures.len(),
+            report_path.display(),
+            results
+                .failures
+                .iter()
+                .map(|f| format!("- {} {}: {}", f.mode.name(), f.what, f.error))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     if args.out.is_none() {
         report::write_latest(&bench_root()?, &out_dir)?;
     }
     eprintln!(
         "bench: done in {:.0} s; report: {}",
         started.elapsed().as_secs_f64(),
-        out_dir.join("report.md").display()
+        report_path.display()
     );
     Ok(())
 }
@@ -207,11 +234,13 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         duration_s: if smoke { 2 } else { args.duration.max(1) },
         modes,
         v1_weight: args.v1_weight,
-        scale: if smoke {
-            args.scale.iter().copied().filter(|n| *n <= 10).take(1).collect()
-        } else {
-            args.scale.clone()
-        },
+        scale: args
+            .scale
+            .iter()
+            .copied()
+            .filter(|n| *n > 0 && (!smoke || *n <= 10))
+            .take(if smoke { 1 } else { usize::MAX })
+            .collect(),
         body_bytes: mesh::BODY_BYTES,
     })
 }
@@ -229,34 +258,66 @@ fn bench_root() -> Result<PathBuf> {
 }
 
 /// All measured runs: every round, every workload, every mode, in the interleaved order they ran.
-fn measure(rig: &mut rig::Rig, settings: &Settings) -> Result<Vec<load::RunResult>> {
+/// A (mode, workload) whose path check failed is never run; one whose run fails is recorded in
+/// `failures` and not run again, so the other modes still get measured.
+fn measure(
+    rig: &rig::Rig,
+    settings: &Settings,
+    verification: &[rig::Verification],
+    failures: &mut Vec<(Mode, String, String)>,
+) -> Vec<load::RunResult> {
+    for v in verification {
+        if let Some(e) = &v.error {
+            failures.push((v.mode, format!("path check ({})", v.protocol), e.clone()));
+        }
+    }
+    let path_ok = |mode: Mode, w: load::Workload| {
+        let protocol = if w.http2() { "h2c" } else { "http/1.1" };
+        verification
+            .iter()
+            .any(|v| v.mode == mode && v.protocol == protocol && v.error.is_none())
+    };
+    let mut broken: Vec<(Mode, load::Workload)> = Vec::new();
     let mut runs = Vec::new();
+    let mut run = |mode: Mode, w: load::Workload, duration: Duration, round: usize| {
+        if !path_ok(mode, w) || broken.contains(&(mode, w)) {
+            return;
+        }
+        match rig.run_load(mode, w, settings, duration, round) {
+            Ok(r) if round > 0 => {
+                eprintln!("bench: {}", r.one_line());
+                runs.push(r);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let what = if round == 0 {
+                    format!("{} warm-up", w.name())
+                } else {
+                    format!("{} round {round}", w.name())
+                };
+                eprintln!("bench: RUN FAILED {} {what}: {e:#}", mode.name());
+                failures.push((mode, what, format!("{e:#}")));
+                broken.push((mode, w));
+            }
+        }
+    };
     // A short unrecorded warm-up per mode and workload: first connections, Envoy's lazy init, page
     // faults of fresh worker threads, nginx's first accept, are not what the bench compares.
-    let warmup = Duration::from_secs(1);
-    for workload in load::Workload::ALL {
+    for w in load::Workload::ALL {
         for &mode in &settings.modes {
-            rig.run_load(mode, workload, settings, warmup, 0)
-                .with_context(|| format!("warm-up of {} / {}", mode.name(), workload.name()))?;
+            run(mode, w, Duration::from_secs(1), 0);
         }
     }
     let duration = Duration::from_secs(settings.duration_s);
     for round in 0..settings.rounds {
-        for workload in load::Workload::ALL {
+        for w in load::Workload::ALL {
             // Rotate the mode order every round so no mode always runs first (or right after the
             // heaviest one).
             let n = settings.modes.len();
             for k in 0..n {
-                let mode = settings.modes[(k + round) % n];
-                let r = rig
-                    .run_load(mode, workload, settings, duration, round + 1)
-                    .with_context(|| {
-                        format!("round {} {} / {}", round + 1, mode.name(), workload.name())
-                    })?;
-                eprintln!("bench: {}", r.one_line());
-                runs.push(r);
+                run(settings.modes[(k + round) % n], w, duration, round + 1);
             }
         }
     }
-    Ok(runs)
+    runs
 }

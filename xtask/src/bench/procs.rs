@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn kib_fields() {
-        assert_eq!(kib_field("Name:\tx\nVmRSS:\t  1234 kB\n", "VmRSS:"), Some(1234));
+        assert_eq!(
+            kib_field("Name:\tx\nVmRSS:\t  1234 kB\n", "VmRSS:"),
+            Some(1234)
+        );
         assert_eq!(kib_field("Pss:  77 kB\n", "Pss:"), Some(77));
         assert_eq!(kib_field("", "Pss:"), None);
     }

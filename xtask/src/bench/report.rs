@@ -35,7 +35,11 @@ impl Machine {
                 .output()
                 .map(|o| {
                     // nginx prints its version on stderr.
-                    let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+                    let text = if o.stdout.is_empty() {
+                        o.stderr
+                    } else {
+                        o.stdout
+                    };
                     String::from_utf8_lossy(&text)
                         .lines()
                         .find(|l| !l.trim().is_empty())
@@ -67,13 +71,15 @@ impl Machine {
             kernel: first_line("uname", &["-r"]),
             cpu_model,
             memory,
+            // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
             envoy: envoy_version
-                .split('/')
-                .nth(1)
+                .split_once("version: ")
+                .and_then(|(_, v)| v.split('/').nth(1))
                 .map(|v| format!("Envoy {v}"))
                 .unwrap_or(envoy_version),
             oha: first_line(&tools.oha.to_string_lossy(), &["--version"]),
-            nginx: first_line(&tools.nginx.to_string_lossy(), &["-v"]),
+            nginx: first_line(&tools.nginx.to_string_lossy(), &["-v"])
+                .replace("nginx version: nginx/", "nginx "),
         })
     }
 }
@@ -86,7 +92,19 @@ pub struct Results {
     pub verification: Vec<Verification>,
     pub runs: Vec<RunResult>,
     pub memory: Vec<MemoryPoint>,
+    /// Path checks and runs that failed (their numbers are missing from the tables).
+    pub failures: Vec<Failure>,
     pub elapsed_s: f64,
+}
+
+/// A path check, run or memory measurement that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub mode: Mode,
+    /// Which check or run.
+    pub what: String,
+    /// The error, with its causes.
+    pub error: String,
 }
 
 /// Medians over rounds of one (workload, mode).
@@ -217,7 +235,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 met: share.is_finite().then_some(share <= 0.15),
             }
         }
-        _ => na("added p50 (http1-rate)", "needs direct, sidecar and keel"),
+        _ => na(
+            "added p50 (http1-rate)",
+            "keel's added p50 over direct ≤ 15 % of the sidecar pair's",
+            "needs direct, sidecar and keel",
+        ),
     });
 
     let max = |m| s(Workload::Http1Max, m).map(|x| x.rps);
@@ -228,7 +250,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
             value: format!("{k:.0} vs {sc:.0} rps: {:.2}×", k / sc),
             met: Some(k >= 4.0 * sc),
         },
-        _ => na("max throughput vs sidecar (http1-max)", "needs sidecar and keel"),
+        _ => na(
+            "max throughput vs sidecar (http1-max)",
+            "keel ≥ 4× sidecar",
+            "needs sidecar and keel",
+        ),
     });
     out.push(match (max(Mode::Keel), max(Mode::NodeEnvoy)) {
         (Some(k), Some(ne)) => Target {
@@ -237,7 +263,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
             value: format!("{k:.0} vs {ne:.0} rps: {:.2}×", k / ne),
             met: Some(k >= 2.0 * ne),
         },
-        _ => na("max throughput vs node Envoy (http1-max)", "needs node-envoy and keel"),
+        _ => na(
+            "max throughput vs node Envoy (http1-max)",
+            "keel ≥ 2× node-envoy",
+            "needs node-envoy and keel",
+        ),
     });
 
     let cpu = |m| s(Workload::Http1Rate, m).map(|x| x.cpu_per_1k);
@@ -248,7 +278,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
             value: format!("{k:.4} vs {sc:.4} CPU-s: {:.0} %", k / sc * 100.0),
             met: Some(k <= 0.2 * sc),
         },
-        _ => na("proxy CPU per 1k requests (http1-rate)", "needs sidecar and keel"),
+        _ => na(
+            "proxy CPU per 1k requests (http1-rate)",
+            "keel ≤ 20 % of sidecars",
+            "needs sidecar and keel",
+        ),
     });
 
     let mem = r
@@ -266,7 +300,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 value: format!(
                     "{} pods{}: keel {:.1} MiB vs sidecars {:.0} MiB: {:.2} %",
                     p.pods,
-                    if p.pods == 100 { "" } else { " (largest measured)" },
+                    if p.pods == 100 {
+                        ""
+                    } else {
+                        " (largest measured)"
+                    },
                     k / 1024.0,
                     sc / 1024.0,
                     k / sc * 100.0
@@ -274,15 +312,19 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 met: (p.pods >= 100).then_some(k <= 0.02 * sc),
             }
         }
-        None => na("memory at 100 pods", "needs the memory runs with sidecar and keel"),
+        None => na(
+            "memory at 100 pods",
+            "keel ≤ 2 % of the sidecars' total RSS",
+            "needs the memory runs with sidecar and keel",
+        ),
     });
     out
 }
 
-fn na(name: &'static str, why: &str) -> Target {
+fn na(name: &'static str, goal: &str, why: &str) -> Target {
     Target {
         name,
-        goal: String::new(),
+        goal: goal.into(),
         value: format!("not measured ({why})"),
         met: None,
     }
@@ -323,8 +365,27 @@ pub fn markdown(r: &Results) -> String {
         super::envoy::CONCURRENCY
     );
 
+    if !r.failures.is_empty() {
+        let _ = writeln!(
+            o,
+            "## Failures\n\nThese paths or runs failed; their numbers are missing below.\n\n| mode | what | error |\n|---|---|---|"
+        );
+        for f in &r.failures {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} |",
+                f.mode.name(),
+                f.what,
+                f.error.replace('|', "\\|").replace('\n', " ")
+            );
+        }
+        o.push('\n');
+    }
     let _ = writeln!(o, "## Targets (reported, not asserted)\n");
-    let _ = writeln!(o, "| target | goal | measured | status |\n|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| target | goal | measured | status |\n|---|---|---|---|"
+    );
     for t in targets(r) {
         let status = match t.met {
             Some(true) => "met",
@@ -348,33 +409,72 @@ pub fn markdown(r: &Results) -> String {
         let sidecar = find(Mode::Sidecar);
         let direct = find(Mode::Direct);
         let _ = writeln!(o, "## {}\n\n{}.\n", w.name(), w.describe(s));
+        // Fixed-rate runs compare latency (their rps is the same by design); the maximum-throughput
+        // run compares rps.
+        let ratio_heads = if w.fixed_rate() {
+            "p50 ÷ sidecar | p50 ÷ direct | p99 ÷ sidecar | p99 ÷ direct | CPU ÷ sidecar"
+        } else {
+            "rps ÷ sidecar | rps ÷ direct | p50 ÷ sidecar | CPU ÷ sidecar | softirq ÷ sidecar"
+        };
         let _ = writeln!(
             o,
-            "| mode | p50 ms | p90 ms | p99 ms | p99.9 ms | rps | proxy CPU-s / 1k req | softirq CPU-s / 1k req (machine) | proxy RSS MiB | p50 ÷ sidecar | p50 ÷ direct | rps ÷ sidecar | rps ÷ direct | CPU ÷ sidecar |"
+            "| mode | p50 ms | p90 ms | p99 ms | p99.9 ms | rps | proxy CPU-s / 1k req | softirq CPU-s / 1k req (machine) | proxy RSS MiB | {ratio_heads} |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for (mode, x) in &rows {
             let [p50, p90, p99, p999] = x.latency_ms;
+            let proxied = *mode != Mode::Direct;
             let vs = |other: Option<Summary>, f: fn(&Summary) -> f64| {
-                other.map(|y| ratio(f(x), f(&y))).unwrap_or_else(|| "—".into())
+                other
+                    .map(|y| ratio(f(x), f(&y)))
+                    .unwrap_or_else(|| "—".into())
+            };
+            let cpu_vs = if proxied {
+                vs(sidecar, |y| y.cpu_per_1k)
+            } else {
+                "—".into()
+            };
+            let ratios = if w.fixed_rate() {
+                [
+                    vs(sidecar, |y| y.latency_ms[0]),
+                    vs(direct, |y| y.latency_ms[0]),
+                    vs(sidecar, |y| y.latency_ms[2]),
+                    vs(direct, |y| y.latency_ms[2]),
+                    cpu_vs,
+                ]
+            } else {
+                [
+                    vs(sidecar, |y| y.rps),
+                    vs(direct, |y| y.rps),
+                    vs(sidecar, |y| y.latency_ms[0]),
+                    cpu_vs,
+                    vs(sidecar, |y| y.softirq_per_1k),
+                ]
             };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 mode.name(),
                 fmt(p50, 3),
                 fmt(p90, 3),
                 fmt(p99, 3),
                 fmt(p999, 3),
                 fmt(x.rps, 0),
-                if *mode == Mode::Direct { "—".into() } else { fmt(x.cpu_per_1k, 4) },
+                if proxied {
+                    fmt(x.cpu_per_1k, 4)
+                } else {
+                    "—".into()
+                },
                 fmt(x.softirq_per_1k, 4),
-                if *mode == Mode::Direct { "—".into() } else { fmt(x.rss_mib, 1) },
-                vs(sidecar, |y| y.latency_ms[0]),
-                vs(direct, |y| y.latency_ms[0]),
-                vs(sidecar, |y| y.rps),
-                vs(direct, |y| y.rps),
-                if *mode == Mode::Direct { "—".into() } else { vs(sidecar, |y| y.cpu_per_1k) },
+                if proxied {
+                    fmt(x.rss_mib, 1)
+                } else {
+                    "—".into()
+                },
+                ratios.join(" | "),
             );
         }
         o.push('\n');
@@ -392,7 +492,10 @@ pub fn markdown(r: &Results) -> String {
             o,
             "| pods | sidecars RSS MiB | sidecars PSS MiB | node Envoy RSS MiB | Keel RSS MiB | Keel ÷ sidecars RSS |\n|---|---|---|---|---|---|"
         );
-        let mib = |v: Option<u64>| v.map(|k| fmt(k as f64 / 1024.0, 1)).unwrap_or_else(|| "—".into());
+        let mib = |v: Option<u64>| {
+            v.map(|k| fmt(k as f64 / 1024.0, 1))
+                .unwrap_or_else(|| "—".into())
+        };
         for p in &r.memory {
             let share = match (p.keel_rss_kib, p.sidecars_rss_kib) {
                 (Some(k), Some(sc)) if sc > 0 => format!("{:.2} %", k as f64 / sc as f64 * 100.0),
@@ -412,17 +515,38 @@ pub fn markdown(r: &Results) -> String {
     }
 
     let _ = writeln!(o, "## Path verification (before measuring)\n");
-    let _ = writeln!(o, "| mode | requests (HTTP/1.1 + h2c) | answers per backend | request counters moved by |\n|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| mode | protocol | requests | answers per backend | request counters moved by | result |\n|---|---|---|---|---|---|"
+    );
     for v in &r.verification {
-        let backends: Vec<String> = v.backends.iter().map(|(b, n)| format!("{b}: {n}")).collect();
-        let counters: Vec<String> = v.counters.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+        let backends: Vec<String> = v
+            .backends
+            .iter()
+            .map(|(b, n)| format!("{b}: {n}"))
+            .collect();
+        let counters: Vec<String> = v
+            .counters
+            .iter()
+            .map(|(l, n)| format!("{l}: {n}"))
+            .collect();
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             v.mode.name(),
+            v.protocol,
             v.requests,
             backends.join(", "),
-            if counters.is_empty() { "— (no proxy)".into() } else { counters.join("; ") }
+            if counters.is_empty() {
+                "— (no proxy)".into()
+            } else {
+                counters.join("; ")
+            },
+            if v.error.is_some() {
+                "FAILED (see Failures)"
+            } else {
+                "ok"
+            }
         );
     }
     o.push('\n');
@@ -471,7 +595,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+    (
+        y,
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
 }
 
 #[cfg(test)]

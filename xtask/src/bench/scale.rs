@@ -44,6 +44,7 @@ pub fn run(
     tools: &Tools,
     keel_available: Option<&std::path::Path>,
     index: u8,
+    failures: &mut Vec<(Mode, String, String)>,
 ) -> Result<Vec<MemoryPoint>> {
     let mut points = Vec::new();
     for &n in &settings.scale {
@@ -87,16 +88,34 @@ pub fn run(
             keel_rss_kib: None,
         };
         let want = |m: Mode| settings.modes.contains(&m);
+        // A proxy that fails to start at some size is a finding, not a reason to lose the others.
+        let mut record = |mode: Mode, e: anyhow::Error| {
+            eprintln!(
+                "bench: MEMORY RUN FAILED {} at {n} pods: {e:#}",
+                mode.name()
+            );
+            failures.push((mode, format!("memory at {n} pods"), format!("{e:#}")));
+        };
         if want(Mode::Sidecar) {
-            let (rss, pss) = sidecars(&net, tools, &services, &pods)?;
-            point.sidecars_rss_kib = Some(rss);
-            point.sidecars_pss_kib = Some(pss);
+            match sidecars(&net, tools, &services, &pods) {
+                Ok((rss, pss)) => {
+                    point.sidecars_rss_kib = Some(rss);
+                    point.sidecars_pss_kib = Some(pss);
+                }
+                Err(e) => record(Mode::Sidecar, e),
+            }
         }
         if want(Mode::NodeEnvoy) {
-            point.node_envoy_rss_kib = Some(node_envoy(&net, tools, &services)?);
+            match node_envoy(&net, tools, &services) {
+                Ok(rss) => point.node_envoy_rss_kib = Some(rss),
+                Err(e) => record(Mode::NodeEnvoy, e),
+            }
         }
         if want(Mode::Keel) && keel_available.is_some() {
-            point.keel_rss_kib = Some(keel(&mut net, &services, &pods)?);
+            match keel(&mut net, &services, &pods) {
+                Ok(rss) => point.keel_rss_kib = Some(rss),
+                Err(e) => record(Mode::Keel, e),
+            }
         }
         eprintln!("bench: memory {point:?}");
         net.teardown()?;
@@ -130,7 +149,12 @@ fn sidecars(net: &PodNet, tools: &Tools, services: &[Service], pods: &[Pod]) -> 
 
 fn node_envoy(net: &PodNet, tools: &Tools, services: &[Service]) -> Result<u64> {
     let admin = keel_tests::keel::free_local_port()?;
-    let cfg = envoy::node(services, net.bridge_ip(), rig::NODE_ENVOY_PORT, admin.port());
+    let cfg = envoy::node(
+        services,
+        net.bridge_ip(),
+        rig::NODE_ENVOY_PORT,
+        admin.port(),
+    );
     let path = net.work_dir().join("envoy-node.json");
     std::fs::write(&path, serde_json::to_string(&cfg)?)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -171,8 +195,8 @@ fn keel(net: &mut PodNet, services: &[Service], pods: &[Pod]) -> Result<u64> {
         .collect();
     let config = ConfigDir::new("bench-scale")?;
     config.write("scale.yaml", &mesh::keel_yaml(services, &defs))?;
-    let keel = Keel::start_with(net, KeelOptions::new(net, config.path())?)
-        .context("starting keel")?;
+    let keel =
+        Keel::start_with(net, KeelOptions::new(net, config.path())?).context("starting keel")?;
     std::thread::sleep(SETTLE);
     Ok(procs::memory_kib(keel.pid())?.0)
 }

@@ -78,6 +78,12 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
             ctx.err(&ap, InvalidAddress::Cidr(a.clone()));
         } else if a.contains('/') && !matches!(resolution, Resolution::None | Resolution::Static) {
             ctx.err(&ap, InvalidAddress::Ip(a.clone()));
+        } else if service_entry_cidr(a).is_some() {
+            // The kernel's meshed set is an exact (ip, port) map: a range cannot be published.
+            ctx.warn(
+                &ap,
+                format!("CIDR {a} is not captured: Keel's kernel redirect matches exact addresses only (list single IPs)"),
+            );
         }
     }
 

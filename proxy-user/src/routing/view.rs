@@ -1,0 +1,140 @@
+//! Per-client views (§0.1 "Crucial framing", Appendix A.1): what one class of equivalent clients sees
+//! of the mesh, computed once per snapshot when the tables are built, never per request.
+//!
+//! Two clients are equivalent when they share a namespace and the values of every label some
+//! `sourceLabels`, DestinationRule `workloadSelector` or Sidecar `workloadSelector` mentions: every
+//! client-dependent decision (exportTo, Sidecar imports, static match conditions, DestinationRule
+//! choice) reads only those facts, so one view serves the whole class.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::policy::{HttpRoute, Labels, OutboundTrafficPolicy, Protocol};
+
+use super::target::{Target, WeightedTargets};
+use super::ClientInfo;
+
+/// The facts that decide a client's view: its namespace and the labels that matter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientClass {
+    pub namespace: String,
+    /// The client's labels restricted to the keys some selector reads.
+    pub labels: Labels,
+}
+
+impl ClientClass {
+    /// The class of a client given the label keys that matter.
+    pub fn of(namespace: &str, labels: &Labels, keys: &BTreeSet<String>) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            labels: labels
+                .iter()
+                .filter(|(k, _)| keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// The class as routing facts (label keys that do not matter are absent).
+    pub fn client(&self) -> ClientInfo {
+        ClientInfo {
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// One `http` rule of a VirtualService, compiled for one client and service port.
+#[derive(Debug, Clone)]
+pub struct CompiledHttpRoute {
+    /// The rule (after delegation), shared by every view.
+    pub spec: Arc<HttpRoute>,
+    /// Indices into `spec.matches` of the blocks whose static conditions hold for this client.
+    /// Empty means the rule has no blocks (catch-all): a rule whose blocks all fail is not compiled.
+    pub blocks: Vec<usize>,
+    pub targets: WeightedTargets,
+    pub mirrors: Vec<(Target, f64)>,
+}
+
+/// The *logical* service port one meshed destination is for one client.
+#[derive(Debug, Clone)]
+pub struct ServicePortRoutes {
+    pub hostname: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// `kind namespace/name` of the VirtualService in force for this client, if any.
+    pub virtual_service: Option<String>,
+    /// The VirtualService's HTTP rules for this client; `None` = the default route.
+    pub http: Option<Vec<CompiledHttpRoute>>,
+    /// The first `tcp` rule whose static conditions hold (port, source, `destinationSubnets` against
+    /// this destination); `None` = the default route.
+    pub tcp: Option<WeightedTargets>,
+    /// The route used when no VirtualService rule applies: the whole service, balanced.
+    pub default_target: Target,
+}
+
+/// What an original destination is for a client.
+#[derive(Debug, Clone, Copy)]
+pub enum Outbound<'a> {
+    /// A service port the client sees.
+    Service(&'a ServicePortRoutes),
+    /// Unknown to this client (not meshed, not exported to it, or not imported by its Sidecar)
+    /// under `ALLOW_ANY`: forward to the original destination (`PassthroughCluster`).
+    Passthrough { protocol: Protocol },
+    /// Unknown under `REGISTRY_ONLY`: HTTP gets 502 (`block_all`), TCP is closed (`BlackHoleCluster`).
+    Blocked { protocol: Protocol },
+}
+
+/// Everything one class of clients sees, indexed by original destination.
+#[derive(Debug)]
+pub struct ClientView {
+    /// Identifies the route table this view belongs to.
+    pub(super) table_id: u64,
+    pub class: ClientClass,
+    /// `namespace/name` of the Sidecar in force, if any.
+    pub sidecar: Option<String>,
+    /// Mesh policy, or the Sidecar's override.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Meshed destination -> slot (shared by every view of the table).
+    pub(super) index: Arc<HashMap<(IpAddr, u16), usize>>,
+    /// Declared protocol per slot (shared), for traffic the client does not see.
+    pub(super) protocols: Arc<Vec<Protocol>>,
+    /// Per slot: the service port this client sees there, if any.
+    pub(super) slots: Vec<Option<ServicePortRoutes>>,
+    /// Istio's `PassthroughCluster` (shared).
+    pub(super) passthrough: Target,
+}
+
+impl ClientView {
+    /// What `original_dst` is for this client. A destination the table does not know (it stopped
+    /// being meshed after the kernel redirected the connection) is unknown traffic with a sniffed
+    /// protocol.
+    pub fn lookup(&self, original_dst: SocketAddr) -> Outbound<'_> {
+        let key = (original_dst.ip().to_canonical(), original_dst.port());
+        let slot = self.index.get(&key).copied();
+        if let Some(routes) = slot
+            .and_then(|s| self.slots.get(s))
+            .and_then(Option::as_ref)
+        {
+            return Outbound::Service(routes);
+        }
+        let protocol = slot
+            .and_then(|s| self.protocols.get(s).copied())
+            .unwrap_or(Protocol::Auto);
+        match self.outbound_traffic_policy {
+            OutboundTrafficPolicy::AllowAny => Outbound::Passthrough { protocol },
+            OutboundTrafficPolicy::RegistryOnly => Outbound::Blocked { protocol },
+        }
+    }
+
+    /// Istio's `PassthroughCluster`: forward to the original destination.
+    pub fn passthrough(&self) -> &Target {
+        &self.passthrough
+    }
+
+    /// The id of the [`super::RouteTable`] this view was built with.
+    pub fn table_id(&self) -> u64 {
+        self.table_id
+    }
+}
