@@ -329,6 +329,39 @@ impl Agent {
         self.client(pod, &args, req.timeout + CLIENT_SLACK)
     }
 
+    /// Runs `http-load` in `pod`: `rate` requests/s over `connections` keep-alive connections for
+    /// `duration`.
+    pub fn http_load(
+        &self,
+        pod: &Pod,
+        url: &str,
+        connect_to: SocketAddr,
+        rate: u32,
+        connections: u32,
+        duration: Duration,
+    ) -> Result<HttpLoadReport> {
+        let connect_to = connect_to.to_string();
+        let (rate, connections) = (rate.to_string(), connections.to_string());
+        let secs = duration.as_secs().max(1).to_string();
+        self.client(
+            pod,
+            &[
+                "http-load",
+                "--url",
+                url,
+                "--connect-to",
+                &connect_to,
+                "--rate",
+                &rate,
+                "--connections",
+                &connections,
+                "--duration-secs",
+                &secs,
+            ],
+            duration + Duration::from_secs(10) + CLIENT_SLACK,
+        )
+    }
+
     /// Runs `tcp-echo-client` in `pod`.
     pub fn tcp_echo(
         &self,
@@ -379,4 +412,13 @@ impl Agent {
             )
         })
     }
+}
+
+/// What `pod-agent http-load` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct HttpLoadReport {
+    /// (request start, Unix ms; status, 0 = failed; backend version from the echo body).
+    pub samples: Vec<(u64, u16, String)>,
+    /// Connections opened.
+    pub connections: u64,
 }

@@ -18,8 +18,8 @@ pub mod podnet;
 pub mod process;
 
 pub use agent::{
-    Agent, ConnMode, ConnectOutcome, EchoBody, HttpGet, HttpGetReport, TcpConnectReport,
-    TcpEchoReport,
+    Agent, ConnMode, ConnectOutcome, EchoBody, HttpGet, HttpGetReport, HttpLoadReport,
+    TcpConnectReport, TcpEchoReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};

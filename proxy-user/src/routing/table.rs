@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::policy::{
-    selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels, Meta,
-    PodId, Protocol, Resolution, Snapshot, VirtualService,
+    selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels,
+    MeshLocation, Meta, PodId, Protocol, Resolution, Snapshot, VirtualService,
 };
 use crate::upstream::{ClusterKey, ClusterRegistry, UpstreamProtocol};
 
@@ -311,10 +311,15 @@ impl<'a> Builder<'a> {
             Some((name, http, tcp)) => (Some(name), (!http.is_empty()).then_some(http), tcp),
             None => (None, None, None),
         };
+        let location = match self.catalog.services[id].kind {
+            Kind::Kube { .. } => MeshLocation::MeshInternal,
+            Kind::Entry(se) => se.location,
+        };
         ServicePortRoutes {
             hostname: hostname.to_string(),
             port: port.number,
             protocol: port.protocol,
+            location,
             virtual_service,
             http,
             tcp,

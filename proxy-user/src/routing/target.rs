@@ -33,6 +33,7 @@ pub enum Target {
 pub struct OriginalDst {
     /// Name for logs: `outbound|<port>||<host>` for a ServiceEntry, `PassthroughCluster` otherwise.
     pub key: ClusterKey,
+    /// How to speak to the destination.
     pub protocol: UpstreamProtocol,
 }
 
@@ -42,7 +43,9 @@ pub struct OriginalDst {
 /// record's TTL is honoured trivially; there is no balancer or outlier state for these endpoints yet.
 #[derive(Debug)]
 pub struct DnsTarget {
+    /// Istio's cluster name (plus scope).
     pub key: ClusterKey,
+    /// How to speak to the endpoints.
     pub protocol: UpstreamProtocol,
     /// `(name, port)` pairs: the entry's endpoint addresses, or its host when it lists none.
     pub names: Vec<(String, u16)>,
@@ -152,7 +155,9 @@ impl DnsTarget {
 /// A destination of a route with its relative weight.
 #[derive(Debug, Clone)]
 pub struct WeightedTarget {
+    /// Where this destination leads.
     pub target: Target,
+    /// Relative weight.
     pub weight: u32,
     /// Index into the route's `route` list (for per-destination header operations).
     pub index: usize,
@@ -161,6 +166,7 @@ pub struct WeightedTarget {
 /// Destinations of one route; picked per request by weight.
 #[derive(Debug, Clone, Default)]
 pub struct WeightedTargets {
+    /// Destinations with non-zero weight, in route order.
     pub targets: Vec<WeightedTarget>,
     total: u64,
 }

@@ -1080,6 +1080,20 @@ fn service_entry_addresses_are_meshed_and_resolve_by_resolution() {
         "[240.0.0.4]",
         "  resolution: DNS\n  endpoints:\n  - {address: 192.0.2.20}\n",
     );
+    // The /16 is accepted (Istio allows CIDRs for STATIC) but conversion warns it is not captured.
+    let report = crate::policy::build(&crate::source::split_documents("t.yaml", &static_se));
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("CIDR 240.1.0.0/16 is not captured")),
+        "{:?}",
+        report
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+    );
     let snap = load(
         &[static_se.as_str(), &none_se, &dns_se].join("---\n"),
         &[("default", &[])],
@@ -1115,6 +1129,17 @@ fn service_entry_addresses_are_meshed_and_resolve_by_resolution() {
         assert_eq!(get(&table, &c, dst, "/", &[]), want, "{dst}");
         assert_eq!(tcp(&table, &c, dst), want, "{dst} as TCP");
     }
+    let view = table.view_for(&c).expect("view");
+    let Outbound::Service(routes) = view.lookup("240.0.0.3:80".parse().expect("dst")) else {
+        panic!("the entry is a service");
+    };
+    assert_eq!(
+        (routes.hostname.as_str(), routes.location),
+        (
+            "none.example.com",
+            crate::policy::MeshLocation::MeshExternal
+        )
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::policy::{HttpRoute, Labels, OutboundTrafficPolicy, Protocol};
+use crate::policy::{HttpRoute, Labels, MeshLocation, OutboundTrafficPolicy, Protocol};
 
 use super::target::{Target, WeightedTargets};
 use super::ClientInfo;
@@ -18,6 +18,7 @@ use super::ClientInfo;
 /// The facts that decide a client's view: its namespace and the labels that matter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientClass {
+    /// The client pod's namespace.
     pub namespace: String,
     /// The client's labels restricted to the keys some selector reads.
     pub labels: Labels,
@@ -53,16 +54,24 @@ pub struct CompiledHttpRoute {
     /// Indices into `spec.matches` of the blocks whose static conditions hold for this client.
     /// Empty means the rule has no blocks (catch-all): a rule whose blocks all fail is not compiled.
     pub blocks: Vec<usize>,
+    /// The rule's destinations, resolved for this client.
     pub targets: WeightedTargets,
+    /// Mirror targets with their percentage (0..=100).
     pub mirrors: Vec<(Target, f64)>,
 }
 
 /// The *logical* service port one meshed destination is for one client.
 #[derive(Debug, Clone)]
 pub struct ServicePortRoutes {
+    /// The service's host (Kubernetes FQDN or ServiceEntry host).
     pub hostname: String,
+    /// The service port.
     pub port: u16,
+    /// The port's declared protocol (decides HTTP vs TCP handling and sniffing).
     pub protocol: Protocol,
+    /// ServiceEntry `location` (Kubernetes Services are `MeshInternal`), for telemetry and, later,
+    /// mTLS decisions.
+    pub location: MeshLocation,
     /// `kind namespace/name` of the VirtualService in force for this client, if any.
     pub virtual_service: Option<String>,
     /// The VirtualService's HTTP rules for this client; `None` = the default route.
@@ -91,6 +100,7 @@ pub enum Outbound<'a> {
 pub struct ClientView {
     /// Identifies the route table this view belongs to.
     pub(super) table_id: u64,
+    /// The class this view serves.
     pub class: ClientClass,
     /// `namespace/name` of the Sidecar in force, if any.
     pub sidecar: Option<String>,

@@ -20,7 +20,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel_tests::agent::{
-    ConnectOutcome, EchoBody, HttpGetReport, Listening, TcpConnectReport, TcpEchoReport,
+    ConnectOutcome, EchoBody, HttpGetReport, HttpLoadReport, Listening, TcpConnectReport,
+    TcpEchoReport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -77,6 +78,20 @@ enum Cmd {
         /// Global timeout of the whole run.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+    },
+    /// Paced keep-alive load: `rate` requests/s over `connections` connections for `duration_secs`;
+    /// reports every request's start time (Unix ms), status (0 = failed) and backend version.
+    HttpLoad {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connect_to: Option<SocketAddr>,
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
+        #[arg(long)]
+        duration_secs: u64,
     },
     /// Sends a payload, half-closes, and checks the echo.
     TcpEchoClient {
@@ -136,6 +151,24 @@ fn main() -> Result<()> {
                 let report = http_get(args, Duration::from_secs(timeout_secs)).await;
                 print_json(&report)?;
                 Ok(report.errors == 0 && !report.timed_out && report.responses == report.requested)
+            }
+            Cmd::HttpLoad {
+                url,
+                connect_to,
+                rate,
+                connections,
+                duration_secs,
+            } => {
+                let report = http_load(
+                    &url,
+                    connect_to,
+                    rate,
+                    connections,
+                    Duration::from_secs(duration_secs),
+                )
+                .await?;
+                print_json(&report)?;
+                Ok(report.samples.iter().all(|s| s.1 != 0))
             }
             Cmd::TcpEchoClient {
                 addr,
@@ -495,6 +528,100 @@ async fn send(s: &mut Sender, req: Request<Empty<Bytes>>) -> Result<(u16, Bytes)
         .map_err(|e| anyhow::anyhow!("reading body: {e}"))?
         .to_bytes();
     Ok((status, body))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Paced load.
+
+async fn http_load(
+    url: &str,
+    connect_to: Option<SocketAddr>,
+    rate: u32,
+    connections: u32,
+    duration: Duration,
+) -> Result<HttpLoadReport> {
+    let uri: Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    let addr = match connect_to {
+        Some(a) => a,
+        None => uri
+            .authority()
+            .context("URL has no authority")?
+            .as_str()
+            .parse()
+            .context("URL host must be ip:port without --connect-to")?,
+    };
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let connections = connections.clamp(1, 64);
+    // Each connection sends its share of the rate on its own clock.
+    let period = Duration::from_secs_f64(f64::from(connections) / f64::from(rate.max(1)));
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (authority, path) = (authority.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples: Vec<(u64, u16, String)> = Vec::new();
+            let mut scratch = HttpGetReport::default();
+            let mut sender: Option<Sender> = None;
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while tokio::time::Instant::now() < deadline {
+                tick.tick().await;
+                let started = unix_ms();
+                if sender.as_ref().is_none_or(sender_closed) {
+                    sender = connect(addr, false, &mut scratch).await.ok();
+                }
+                let Some(s) = sender.as_mut() else {
+                    samples.push((started, 0, String::new()));
+                    continue;
+                };
+                let req = Request::get(path.as_str())
+                    .header(HOST, authority.as_str())
+                    .body(Empty::<Bytes>::new());
+                let Ok(req) = req else {
+                    samples.push((started, 0, String::new()));
+                    continue;
+                };
+                match tokio::time::timeout(Duration::from_secs(5), send(s, req)).await {
+                    Ok(Ok((status, body))) => {
+                        let version = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| {
+                                v.get("version").and_then(|v| v.as_str()).map(String::from)
+                            })
+                            .unwrap_or_default();
+                        samples.push((started, status, version));
+                    }
+                    _ => {
+                        sender = None;
+                        samples.push((started, 0, String::new()));
+                    }
+                }
+            }
+            (samples, scratch.connections)
+        }));
+    }
+    let mut report = HttpLoadReport::default();
+    for t in tasks {
+        let (samples, conns) = t.await.context("load task panicked")?;
+        report.samples.extend(samples);
+        report.connections += conns;
+    }
+    report.samples.sort_by_key(|s| s.0);
+    Ok(report)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 // ------------------------------------------------------------------------------------------------

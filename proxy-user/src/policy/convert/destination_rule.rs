@@ -521,14 +521,18 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
     }
     for (i, d) in l.distribute.iter().enumerate() {
         let dp = path.key("distribute").index(i);
-        if d.from.as_deref().unwrap_or("").is_empty() {
-            ctx.err(
+        match d.from.as_deref().unwrap_or("") {
+            "" => ctx.err(
                 &dp.key("from"),
                 InvalidTrafficPolicy::Missing("distribute.from"),
-            );
+            ),
+            from => {
+                ctx.check(&dp.key("from"), locality_pattern(from));
+            }
         }
         let mut sum = 0i64;
         for (loc, wgt) in &d.to {
+            ctx.check(&dp.key("to").key(loc.clone()), locality_pattern(loc));
             if !(1..=100).contains(wgt) {
                 ctx.err(
                     &dp.key("to").key(loc.clone()),
@@ -573,6 +577,20 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
             );
         }
     }
+    // Istio: with `failover` the region/zone/subzone order is fixed, so priority labels cannot name them.
+    if !l.failover.is_empty() {
+        for (i, label) in l.failover_priority.iter().enumerate() {
+            let key = label.split_once('=').map_or(label.as_str(), |(k, _)| k);
+            if TOPOLOGY_LABELS.contains(&key) {
+                ctx.err(
+                    &path.key("failoverPriority").index(i),
+                    InvalidTrafficPolicy::Value(format!(
+                        "failoverPriority cannot list the topology label {key:?} together with failover"
+                    )),
+                );
+            }
+        }
+    }
     if l.enabled != Some(false)
         && (!l.distribute.is_empty() || !l.failover.is_empty() || !l.failover_priority.is_empty())
     {
@@ -581,6 +599,25 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
             "localityLbSetting is accepted but not applied: Keel treats all localities alike",
         );
     }
+}
+
+/// The node topology labels that locality load balancing orders by (region, zone, subzone).
+const TOPOLOGY_LABELS: &[&str] = &[
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+];
+
+/// A locality pattern `region/zone/subzone`: at most one `*`, and only as the last character (Istio's
+/// `validateLocalities`).
+fn locality_pattern(loc: &str) -> Result<(), InvalidTrafficPolicy> {
+    let stars = loc.matches('*').count();
+    if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
+        return Err(InvalidTrafficPolicy::Value(format!(
+            "locality {loc:?}: a wildcard '*' may only appear once, at the end"
+        )));
+    }
+    Ok(())
 }
 
 /// A non-negative count; 0 means "Istio default" (unlimited), which the model writes as `None`.

@@ -201,17 +201,19 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         }
         _ => {}
     }
-    if resolution != Resolution::None
-        && hosts.len() > 1
-        && ports.iter().any(|p| {
+    // Istio rejects this (§3.1): with plain TCP nothing (no Host header, no SNI) tells the hosts apart, and
+    // unlike NONE the other resolutions do use the hosts. Addresses do not help: they are shared by all hosts.
+    if resolution != Resolution::None && hosts.len() > 1 {
+        if let Some(i) = ports.iter().position(|p| {
             !(p.protocol.is_http() || matches!(p.protocol, Protocol::Tls | Protocol::Https))
-        })
-        && spec.addresses.is_empty()
-    {
-        ctx.warn(
-            &sp.key("hosts"),
-            "several hosts share non-HTTP ports without addresses: only the port tells them apart",
-        );
+        }) {
+            ctx.err(
+                &sp.key("ports").index(i).key("protocol"),
+                Invalid::Other(
+                    "several hosts with a non-HTTP, non-TLS port: only resolution NONE allows that (nothing tells the hosts apart)".into(),
+                ),
+            );
+        }
     }
 
     let mut endpoints = Vec::new();
