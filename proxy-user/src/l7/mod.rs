@@ -115,19 +115,22 @@ async fn forward(
             let body = body
                 .take()
                 .unwrap_or_else(|| http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+            let upstream_h2 = match protocol {
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::SameAsDownstream => downstream_h2,
+                UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
+            };
             let upstream_req = upstream_request(
                 &parts,
                 body,
                 &authority,
                 in_flight.addr(),
                 attempt,
-                protocol,
-                downstream_h2,
+                upstream_h2,
             )?;
             match ctx
                 .pools
-                .client(protocol, downstream_h2)
-                .request(upstream_req)
+                .send(in_flight.addr(), upstream_h2, upstream_req)
                 .await
             {
                 Ok(resp) => {
@@ -161,33 +164,33 @@ async fn forward(
     }
 }
 
-/// The request as sent to one endpoint: absolute URI to the endpoint, the client's Host kept,
-/// hop-by-hop headers dropped, Envoy's standard request headers added.
+/// The request as sent to one endpoint: the client's authority kept (`Host` for HTTP/1.1 with the
+/// endpoint in the URI; `:authority` for HTTP/2, whose connection is chosen by endpoint), hop-by-hop
+/// headers dropped, Envoy's standard request headers added.
 fn upstream_request(
     parts: &http::request::Parts,
     body: ProxyBody,
     authority: &str,
     endpoint: SocketAddr,
     attempt: u32,
-    protocol: UpstreamProtocol,
-    downstream_h2: bool,
+    upstream_h2: bool,
 ) -> Result<Request<ProxyBody>, LocalReply> {
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let uri: Uri = format!("http://{endpoint}{path}")
+    let uri_authority = if upstream_h2 && !authority.is_empty() {
+        authority.to_string()
+    } else {
+        endpoint.to_string()
+    };
+    let uri: Uri = format!("http://{uri_authority}{path}")
         .parse()
         .map_err(|_| LocalReply::BadRequest)?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
-    let upstream_h2 = match protocol {
-        UpstreamProtocol::Http2 => true,
-        UpstreamProtocol::SameAsDownstream => downstream_h2,
-        _ => false,
-    };
     *req.version_mut() = if upstream_h2 {
         Version::HTTP_2
     } else {
@@ -199,7 +202,11 @@ fn upstream_request(
             headers.append(name.clone(), value.clone());
         }
     }
-    if !headers.contains_key(HOST) {
+    if upstream_h2 {
+        // HTTP/2 carries the authority as `:authority`; a `host` header next to it is a duplicate
+        // that servers reject.
+        headers.remove(HOST);
+    } else if !headers.contains_key(HOST) {
         if let Ok(v) = HeaderValue::from_str(authority) {
             headers.insert(HOST, v);
         }

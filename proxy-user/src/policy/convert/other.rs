@@ -77,7 +77,12 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         if v::cidr(a).is_err() {
             ctx.err(&ap, InvalidAddress::Cidr(a.clone()));
         } else if a.contains('/') && !matches!(resolution, Resolution::None | Resolution::Static) {
-            ctx.err(&ap, InvalidAddress::Ip(a.clone()));
+            ctx.err(
+                &ap,
+                Invalid::Other(format!(
+                    "CIDR {a} is only allowed with resolution NONE or STATIC (list single IPs)"
+                )),
+            );
         } else if service_entry_cidr(a).is_some() {
             // The kernel's meshed set is an exact (ip, port) map: a range cannot be published.
             ctx.warn(
