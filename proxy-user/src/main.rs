@@ -60,7 +60,8 @@ struct RunArgs {
     /// Localhost address of the admin API.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
-    /// Data-plane worker threads (default: one per core).
+    /// Data-plane worker threads, each with its own listener and upstream pools (default: one per
+    /// core).
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -105,15 +106,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             args.admin_addr
         );
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
-    let runtime = runtime
+    // The control runtime: config, kernel maps, signals. The data plane runs on its own workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("keel-worker")
         .build()
-        .context("starting the runtime")?;
+        .context("starting the control runtime")?;
     runtime.block_on(serve(args))
 }
 
@@ -137,9 +134,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         state::resolve_pod_cgroups(&snapshot, &cgroup_root),
     );
 
-    // Listen before attaching, so no redirected connection finds the port closed.
-    let listener = tokio::net::TcpListener::bind(args.proxy_addr)
-        .await
+    // Listen before attaching, so no redirected connection finds the port closed. One listener per
+    // worker (SO_REUSEPORT): the kernel spreads connections, and each connection, its requests and
+    // its upstream connections stay on one thread (no cross-thread wakeups on the request path).
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let listeners = (0..workers)
+        .map(|_| worker::bind_reuseport(args.proxy_addr))
+        .collect::<std::io::Result<Vec<_>>>()
         .with_context(|| format!("cannot listen on --proxy-addr {}", args.proxy_addr))?;
     let (proxy_v4, proxy_v6) = match args.proxy_addr {
         SocketAddr::V4(a) => (Some(a), None::<SocketAddrV6>),
@@ -173,14 +177,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         },
     )?;
 
-    let acceptor = keel::accept::Acceptor {
-        state: Arc::clone(&state),
-        pools: HttpPools::new(),
-        stats: Arc::clone(&stats),
-        conn_log,
-        conn_table,
-    };
-    let accept_task = tokio::spawn(acceptor.run(listener));
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let acceptor = keel::accept::Acceptor {
+            state: Arc::clone(&state),
+            pools: HttpPools::new(),
+            stats: Arc::clone(&stats),
+            conn_log: Arc::clone(&conn_log),
+            conn_table: conn_table.clone(),
+        };
+        worker::spawn(i, listener, acceptor)?;
+    }
     let control_task = tokio::spawn(control_loop(Control {
         redirector: Arc::clone(&redirector),
         state: Arc::clone(&state),
@@ -204,7 +210,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     shutdown_signal().await?;
     tracing::info!("shutting down: detaching programs");
     ready.store(false, Ordering::Release);
-    accept_task.abort();
     control_task.abort();
     let _ = control_task.await;
     // Dropping the last handle detaches the programs and frees the maps.
@@ -361,6 +366,51 @@ impl Control {
         self.stats.config_reloads.inc();
         tracing::info!("config reloaded");
         true
+    }
+}
+
+/// Data-plane workers: one thread, one single-threaded runtime, one listener each.
+mod worker {
+    use std::net::SocketAddr;
+
+    use anyhow::Context;
+
+    /// A listening socket on `addr` that other workers' sockets share (SO_REUSEPORT).
+    pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(4096)?;
+        listener.into_std()
+    }
+
+    /// Run `acceptor` on `listener` in a new thread until the process exits.
+    pub fn spawn(
+        index: usize,
+        listener: std::net::TcpListener,
+        acceptor: keel::accept::Acceptor,
+    ) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a worker runtime")?;
+        std::thread::Builder::new()
+            .name(format!("keel-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => acceptor.run(l).await,
+                        Err(e) => tracing::error!(error = %e, "worker listener failed"),
+                    }
+                })
+            })
+            .context("starting a worker thread")?;
+        Ok(())
     }
 }
 

@@ -136,6 +136,55 @@ impl Fixture {
         Ok(pod)
     }
 
+    /// Adds a captured pod in `namespace` (cgroup `<root>/<namespace>/<name>`) with a `Pod` resource
+    /// carrying `labels_`, and rewrites `pods.yaml`.
+    pub fn add_pod_in(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        suffix: u8,
+        labels_: &[(&str, &str)],
+    ) -> Result<Pod> {
+        let pod = self.net.add_pod(namespace, name, suffix)?;
+        self.specs.push(PodSpec {
+            pod: pod.clone(),
+            labels: labels(labels_),
+            annotations: Vec::new(),
+        });
+        self.write_pods()?;
+        Ok(pod)
+    }
+
+    /// Adds a captured pod in `namespace` serving HTTP on `port` whose echo body says `version`.
+    pub fn add_http_backend(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        suffix: u8,
+        port: u16,
+        version: &str,
+        labels_: &[(&str, &str)],
+    ) -> Result<Pod> {
+        let pod = self.add_pod_in(namespace, name, suffix, labels_)?;
+        self.servers
+            .push(self.agent.http_server(&pod, port, version)?);
+        Ok(pod)
+    }
+
+    /// `count` keep-alive GETs of `url` from `client`, connecting to `addr`.
+    pub fn get_from(
+        &self,
+        client: &Pod,
+        url: &str,
+        addr: SocketAddr,
+        count: u32,
+    ) -> Result<HttpGetReport> {
+        self.agent.http_get(
+            client,
+            &keel_tests::HttpGet::new(url).connect_to(addr).count(count),
+        )
+    }
+
     /// Adds a Service document and rewrites `services.yaml`.
     pub fn add_service(&mut self, yaml: String) -> Result<()> {
         self.services.push(yaml);
