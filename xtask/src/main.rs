@@ -201,6 +201,26 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
         e2e.arg(f);
     }
     run_step(e2e)?;
+
+    // The benchmark harness in its short form: every data path (direct, Envoy sidecars, node Envoy,
+    // keel) must verify and produce a report. Correctness only; speed is not judged here.
+    if e2e_filter.is_none() {
+        eprintln!("xtask: bench --smoke (harness and data paths, no speed assertions)");
+        let out = std::env::temp_dir().join(format!("keel-bench-smoke-{}", std::process::id()));
+        let parsed = Cli::try_parse_from([
+            "cargo xtask",
+            "bench",
+            "--smoke",
+            "--out",
+            &out.display().to_string(),
+        ])
+        .context("bench --smoke arguments")?;
+        let Cmd::Bench(args) = parsed.cmd else {
+            bail!("bench --smoke did not parse as the bench command");
+        };
+        bench::run(args).context("bench --smoke")?;
+        let _ = std::fs::remove_dir_all(&out);
+    }
     eprintln!("xtask: all checks passed");
     Ok(())
 }

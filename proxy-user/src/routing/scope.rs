@@ -11,7 +11,7 @@ pub fn exported_to(export_to: &[String], own_namespace: &str, client_namespace: 
     export_to.is_empty()
         || export_to.iter().any(|e| match e.as_str() {
             "*" => true,
-            "." => true,
+            "." => own_namespace == client_namespace,
             "~" => false,
             ns => ns == client_namespace,
         })
