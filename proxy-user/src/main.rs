@@ -129,10 +129,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let snapshot = Arc::new(first.serving);
 
     let state = Arc::new(State::default());
-    state.publish(
+    drop(state.publish(
         Arc::clone(&snapshot),
         state::resolve_pod_cgroups(&snapshot, &cgroup_root),
-    );
+    ));
+    state::release_freed_memory();
 
     // Listen before attaching, so no redirected connection finds the port closed. One listener per
     // worker (SO_REUSEPORT): the kernel spreads connections, and each connection, its requests and
@@ -284,6 +285,27 @@ const POD_RESCAN_EVERY: u32 = 4;
 const SWEEP_EVERY: u32 = 240;
 const SWEEP_AGE: Duration = Duration::from_secs(300);
 
+/// A change is applied once the directory stops changing for this long...
+const CONFIG_SETTLE: Duration = Duration::from_millis(50);
+/// ...or after this long if it keeps changing.
+const CONFIG_SETTLE_MAX: Duration = Duration::from_secs(2);
+
+/// Waits until the directory's fingerprint stays `fp` for [`CONFIG_SETTLE`] (at most
+/// [`CONFIG_SETTLE_MAX`]) and returns the last one. A bulk update (a checkout rewriting thousands of
+/// files) then costs one load that sees all of it, instead of one load of a half-written directory
+/// followed by another.
+async fn settled_fingerprint(dir: &Path, mut fp: reload::Fingerprint) -> reload::Fingerprint {
+    let deadline = tokio::time::Instant::now() + CONFIG_SETTLE_MAX;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(CONFIG_SETTLE).await;
+        match reload::fingerprint(dir) {
+            Ok(next) if next != fp => fp = next,
+            _ => break,
+        }
+    }
+    fp
+}
+
 async fn control_loop(mut c: Control) {
     let mut tick = tokio::time::interval(CONFIG_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,7 +316,7 @@ async fn control_loop(mut c: Control) {
         let mut changed = false;
         match reload::fingerprint(c.reloader.dir()) {
             Ok(fp) if fp != c.fingerprint => {
-                c.fingerprint = fp;
+                c.fingerprint = settled_fingerprint(c.reloader.dir(), fp).await;
                 changed |= c.reload().await;
             }
             Ok(_) => {}
@@ -330,11 +352,19 @@ async fn control_loop(mut c: Control) {
 }
 
 impl Control {
-    /// Load the config directory off the runtime's workers and publish it. True if published.
+    /// Load the config directory and publish it, both off the runtime's workers (building the
+    /// routing tables of a large config takes a while). True if published.
     async fn reload(&mut self) -> bool {
         let mut reloader = std::mem::replace(&mut self.reloader, Reloader::new(Path::new("")));
+        let state = Arc::clone(&self.state);
+        let cgroup_root = self.cgroup_root.clone();
         let (reloader, loaded) = match tokio::task::spawn_blocking(move || {
-            let loaded = reloader.load();
+            let loaded = reloader.load().map(|mut loaded| {
+                let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
+                let pods = state::resolve_pod_cgroups(&snapshot, &cgroup_root);
+                let previous = state.publish(snapshot, pods);
+                (loaded, previous)
+            });
             (reloader, loaded)
         })
         .await
@@ -346,7 +376,7 @@ impl Control {
             }
         };
         self.reloader = reloader;
-        let loaded = match loaded {
+        let (loaded, previous) = match loaded {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read config directory; keeping current config");
@@ -360,11 +390,14 @@ impl Control {
         if let Ok(mut s) = self.config_status.lock() {
             *s = status;
         }
-        let snapshot = Arc::new(loaded.serving);
-        let pods = state::resolve_pod_cgroups(&snapshot, &self.cgroup_root);
-        self.state.publish(snapshot, pods);
         self.stats.config_reloads.inc();
         tracing::info!("config reloaded");
+        // The new config serves already; free the old one (requests still holding it keep it alive)
+        // off the workers, and hand the freed memory back.
+        drop(tokio::task::spawn_blocking(move || {
+            drop(previous);
+            state::release_freed_memory();
+        }));
         true
     }
 }

@@ -598,6 +598,18 @@ impl Snapshot {
         port_index: usize,
         subset_labels: Option<&Labels>,
     ) -> Vec<Endpoint> {
+        self.endpoints_among(service, port_index, subset_labels, 0..self.pods.len())
+    }
+
+    /// [`Snapshot::endpoints`] looked for among `candidates` only: ascending pod ids that include
+    /// every pod the service (and subset) can select, e.g. from an index by label.
+    pub fn endpoints_among(
+        &self,
+        service: ServiceId,
+        port_index: usize,
+        subset_labels: Option<&Labels>,
+        candidates: impl IntoIterator<Item = PodId>,
+    ) -> Vec<Endpoint> {
         let Some(svc) = self.services.get(service) else {
             return Vec::new();
         };
@@ -606,7 +618,10 @@ impl Snapshot {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (pod_id, pod) in self.pods.iter().enumerate() {
+        for pod_id in candidates {
+            let Some(pod) = self.pods.get(pod_id) else {
+                continue;
+            };
             if !pod.ready
                 || pod.meta.namespace != svc.meta.namespace
                 || !selector_matches(selector, &pod.labels)

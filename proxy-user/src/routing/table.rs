@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::policy::{
     selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels,
-    MeshLocation, Meta, PodId, Protocol, Resolution, Snapshot, VirtualService,
+    MeshLocation, Meta, PodId, Protocol, Resolution, Service, Snapshot, VirtualService,
 };
 use crate::upstream::{ClusterKey, ClusterRegistry, UpstreamProtocol};
 
@@ -152,6 +152,12 @@ struct Builder<'a> {
     virtual_services: Vec<(&'a VirtualService, Vec<Arc<HttpRoute>>)>,
     /// Hostname -> indices into `virtual_services` in precedence order.
     vs_by_host: HashMap<&'a str, Vec<usize>>,
+    /// Exact host -> indices into `virtual_services` naming it (ascending).
+    vs_exact: HashMap<&'a str, Vec<usize>>,
+    /// Indices into `virtual_services` with some wildcard host (ascending).
+    vs_wildcard: Vec<usize>,
+    destination_rules: DestinationRuleIndex<'a>,
+    pods: PodIndex<'a>,
     targets: TargetMemo,
     passthrough: Target,
     live: HashSet<ClusterKey>,
@@ -195,7 +201,7 @@ impl<'a> Builder<'a> {
                     .map_or(Protocol::Auto, |p| p.protocol)
             })
             .collect();
-        let virtual_services = snapshot
+        let virtual_services: Vec<(&VirtualService, Vec<Arc<HttpRoute>>)> = snapshot
             .virtual_services
             .iter()
             .filter(|vs| vs.applies_to_mesh() && !vs.hosts.is_empty())
@@ -206,6 +212,20 @@ impl<'a> Builder<'a> {
                 )
             })
             .collect();
+        let mut vs_exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut vs_wildcard: Vec<usize> = Vec::new();
+        for (i, (vs, _)) in virtual_services.iter().enumerate() {
+            for h in &vs.hosts {
+                let list = if h.starts_with('*') {
+                    &mut vs_wildcard
+                } else {
+                    vs_exact.entry(h.as_str()).or_default()
+                };
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
         Builder {
             snapshot,
             registry,
@@ -216,6 +236,10 @@ impl<'a> Builder<'a> {
             protocols: Arc::new(protocols),
             virtual_services,
             vs_by_host: HashMap::new(),
+            vs_exact,
+            vs_wildcard,
+            destination_rules: DestinationRuleIndex::new(snapshot),
+            pods: PodIndex::new(snapshot),
             targets: HashMap::new(),
             passthrough: Target::OriginalDst(Arc::new(OriginalDst {
                 key: ClusterKey {
@@ -333,12 +357,23 @@ impl<'a> Builder<'a> {
         if let Some(found) = self.vs_by_host.get(hostname) {
             return found.clone();
         }
-        let mut found: Vec<(usize, usize)> = self
-            .virtual_services
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (vs, _))| {
-                vs.hosts
+        // Only a VirtualService naming `hostname` exactly or with a wildcard host can cover it.
+        let mut candidates: Vec<usize> = self
+            .vs_exact
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .chain(&self.vs_wildcard)
+            .copied()
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut found: Vec<(usize, usize)> = candidates
+            .into_iter()
+            .filter_map(|i| {
+                self.virtual_services[i]
+                    .0
+                    .hosts
                     .iter()
                     .filter_map(|h| host_match_rank(h, hostname))
                     .min()
@@ -505,7 +540,9 @@ impl<'a> Builder<'a> {
         subset: Option<&str>,
     ) -> Target {
         let svc = self.catalog.services[id];
-        let rules = destination_rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        let rules =
+            self.destination_rules
+                .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
         let mut scope = match svc.kind {
             Kind::Kube { .. } => String::new(),
             Kind::Entry(se) => format!("se:{}/{}", se.meta.namespace, se.meta.name),
@@ -542,9 +579,12 @@ impl<'a> Builder<'a> {
         let protocol = upstream_protocol(port_info.protocol);
         let target = match svc.kind {
             Kind::Kube { id: service, .. } => {
+                let candidates = self
+                    .pods
+                    .candidates(&self.snapshot.services[service], subset_labels);
                 let endpoints = self
                     .snapshot
-                    .endpoints(service, port_info.index, subset_labels)
+                    .endpoints_among(service, port_info.index, subset_labels, candidates)
                     .into_iter()
                     .map(|e| e.addr)
                     .collect();
@@ -643,6 +683,21 @@ pub fn destination_rules_for<'s>(
     host: &str,
     service_namespace: &str,
 ) -> Vec<&'s DestinationRule> {
+    select_destination_rules(snapshot, client, host, service_namespace, |_| {
+        (0..snapshot.destination_rules.len()).collect()
+    })
+}
+
+/// [`destination_rules_for`] with the rules of each namespace level drawn from `candidates(level)`:
+/// ascending indices into `snapshot.destination_rules` that include every rule of that namespace
+/// whose host may cover `host` (others are filtered out here as before).
+fn select_destination_rules<'s>(
+    snapshot: &'s Snapshot,
+    client: &ClientInfo,
+    host: &str,
+    service_namespace: &str,
+    candidates: impl Fn(&str) -> Vec<usize>,
+) -> Vec<&'s DestinationRule> {
     let mut levels: Vec<&str> = vec![client.namespace.as_str()];
     for ns in [service_namespace, snapshot.mesh.root_namespace.as_str()] {
         if !levels.contains(&ns) {
@@ -650,9 +705,9 @@ pub fn destination_rules_for<'s>(
         }
     }
     for level in levels {
-        let candidates: Vec<(usize, &DestinationRule)> = snapshot
-            .destination_rules
-            .iter()
+        let candidates: Vec<(usize, &DestinationRule)> = candidates(level)
+            .into_iter()
+            .filter_map(|i| snapshot.destination_rules.get(i))
             .filter(|dr| dr.meta.namespace == level)
             .filter(|dr| {
                 level == client.namespace
@@ -680,6 +735,104 @@ pub fn destination_rules_for<'s>(
         return rules;
     }
     Vec::new()
+}
+
+/// The DestinationRules of a snapshot by namespace and host, so choosing a client's rules for one
+/// host reads the few rules that can cover it instead of every rule of the snapshot.
+struct DestinationRuleIndex<'s> {
+    /// (namespace, host) -> rules with exactly that host (no leading `*`), ascending.
+    exact: HashMap<(&'s str, &'s str), Vec<usize>>,
+    /// namespace -> rules with a wildcard host (`*`, `*.suffix`), ascending.
+    wildcard: HashMap<&'s str, Vec<usize>>,
+}
+
+impl<'s> DestinationRuleIndex<'s> {
+    fn new(snapshot: &'s Snapshot) -> Self {
+        let mut exact: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, dr) in snapshot.destination_rules.iter().enumerate() {
+            let ns = dr.meta.namespace.as_str();
+            // A host without a leading `*` covers only itself (see `host_match_rank`).
+            if dr.host.starts_with('*') {
+                wildcard.entry(ns).or_default().push(i);
+            } else {
+                exact.entry((ns, dr.host.as_str())).or_default().push(i);
+            }
+        }
+        DestinationRuleIndex { exact, wildcard }
+    }
+
+    /// [`destination_rules_for`], from the index.
+    fn rules_for(
+        &self,
+        snapshot: &'s Snapshot,
+        client: &ClientInfo,
+        host: &str,
+        service_namespace: &str,
+    ) -> Vec<&'s DestinationRule> {
+        select_destination_rules(snapshot, client, host, service_namespace, |level| {
+            let mut found: Vec<usize> = self
+                .exact
+                .get(&(level, host))
+                .into_iter()
+                .flatten()
+                .chain(self.wildcard.get(level).into_iter().flatten())
+                .copied()
+                .collect();
+            found.sort_unstable();
+            found
+        })
+    }
+}
+
+/// Pods by namespace and by label, so a service's endpoints are looked for among the pods that
+/// carry its selector's rarest label instead of among every pod of the snapshot.
+struct PodIndex<'s> {
+    by_namespace: HashMap<&'s str, Vec<PodId>>,
+    by_label: HashMap<(&'s str, &'s str, &'s str), Vec<PodId>>,
+}
+
+impl<'s> PodIndex<'s> {
+    fn new(snapshot: &'s Snapshot) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<PodId>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str, &str), Vec<PodId>> = HashMap::new();
+        for (id, pod) in snapshot.pods.iter().enumerate() {
+            let ns = pod.meta.namespace.as_str();
+            by_namespace.entry(ns).or_default().push(id);
+            for (k, v) in &pod.labels {
+                by_label
+                    .entry((ns, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(id);
+            }
+        }
+        PodIndex {
+            by_namespace,
+            by_label,
+        }
+    }
+
+    /// Ascending ids of a superset of the pods `service` (and `subset_labels`) can select: the
+    /// pods of its namespace that carry the rarest of the labels they must all carry.
+    fn candidates(&self, service: &Service, subset_labels: Option<&Labels>) -> Vec<PodId> {
+        let Some(selector) = &service.selector else {
+            return Vec::new();
+        };
+        let ns = service.meta.namespace.as_str();
+        let rarest = selector
+            .iter()
+            .chain(subset_labels.into_iter().flatten())
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(ns, k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|pods| pods.len());
+        match rarest {
+            Some(pods) => pods.to_vec(),
+            None => self.by_namespace.get(ns).cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// Static conditions of an L4 match block for `client` reaching `addr`.
@@ -741,6 +894,127 @@ pub fn host_match_rank(pattern: &str, hostname: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const INDEXED: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: open, namespace: default}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r1, namespace: default, labels: {app: reviews, version: v1}}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r2, namespace: default, labels: {app: reviews, version: v2}}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r3, namespace: other, labels: {app: reviews, version: v1}}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: exact, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: wild, namespace: default}
+spec:
+  host: \"*.default.svc.cluster.local\"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mine, namespace: other}
+spec:
+  host: \"*.svc.cluster.local\"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: selected, namespace: other}
+spec:
+  host: reviews.default.svc.cluster.local
+  workloadSelector: {matchLabels: {app: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: root, namespace: istio-system}
+spec:
+  host: \"*\"
+";
+
+    #[test]
+    fn indexes_choose_what_the_full_scans_choose() {
+        let docs = crate::source::split_documents("indexed.yaml", INDEXED);
+        let report = crate::policy::build(&docs);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let snap = &report.snapshot;
+        let rules = DestinationRuleIndex::new(snap);
+        let names = |v: Vec<&DestinationRule>| -> Vec<String> {
+            v.into_iter().map(|d| d.meta.name.clone()).collect()
+        };
+        let clients = [
+            ClientInfo {
+                namespace: "default".into(),
+                labels: Labels::new(),
+            },
+            ClientInfo {
+                namespace: "other".into(),
+                labels: [("app".to_string(), "client".to_string())].into(),
+            },
+            ClientInfo {
+                namespace: "other".into(),
+                labels: Labels::new(),
+            },
+            ClientInfo {
+                namespace: "third".into(),
+                labels: Labels::new(),
+            },
+        ];
+        let hosts = [
+            ("reviews.default.svc.cluster.local", "default"),
+            ("open.default.svc.cluster.local", "default"),
+            ("unknown.example.com", "default"),
+        ];
+        for client in &clients {
+            for (host, ns) in hosts {
+                assert_eq!(
+                    names(rules.rules_for(snap, client, host, ns)),
+                    names(destination_rules_for(snap, client, host, ns)),
+                    "{client:?} {host}"
+                );
+            }
+        }
+        let pods = PodIndex::new(snap);
+        let v1: Labels = [("version".to_string(), "v1".to_string())].into();
+        for (service, svc) in snap.services.iter().enumerate() {
+            for subset in [None, Some(&v1)] {
+                assert_eq!(
+                    snap.endpoints_among(service, 0, subset, pods.candidates(svc, subset)),
+                    snap.endpoints(service, 0, subset),
+                    "{} {subset:?}",
+                    svc.hostname
+                );
+            }
+        }
+    }
 
     #[test]
     fn wildcard_ranks() {

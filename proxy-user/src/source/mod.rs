@@ -164,6 +164,17 @@ impl Document {
         })
     }
 
+    /// [`Document::decode`] from the document's already parsed [`Document::value`], without parsing
+    /// the text again. Anything that does not decode from the value (a scalar the typed decoder reads
+    /// differently from its untyped form, e.g. `1.0` as a string, or an invalid document) is decoded
+    /// from the text, so results and errors (field path, file line) are exactly those of `decode`.
+    pub fn decode_value<T: DeserializeOwned>(
+        &self,
+        value: &serde_yaml::Value,
+    ) -> Result<T, DecodeError> {
+        T::deserialize(value).or_else(|_| self.decode())
+    }
+
     /// The file line of a field, best effort (falls back to the nearest located parent, then the
     /// document's first line).
     pub fn line_of(&self, path: &FieldPath) -> usize {

@@ -47,7 +47,8 @@ pub fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
 /// The outcome of one load.
 #[derive(Debug)]
 pub struct Reloaded {
-    /// The report of the resources as they are on disk (what the user wrote, with its errors).
+    /// The report of the resources as they are on disk (what the user wrote, with its errors). Its
+    /// `snapshot` is left empty: the snapshot to serve is `serving` (not kept twice).
     pub on_disk: LoadReport,
     /// The snapshot to serve: accepted resources plus the last good version of rejected ones.
     pub serving: policy::Snapshot,
@@ -81,16 +82,36 @@ impl Reloader {
     /// Load the directory now.
     pub fn load(&mut self) -> Result<Reloaded, source::Error> {
         let docs = source::read_dir(&self.dir)?;
-        let on_disk = policy::build(&docs);
+        // Each document's resource: known without parsing for a document unchanged since the last
+        // load; the others are parsed on a second thread while the documents are converted.
+        let cached: Vec<Option<ResourceKey>> = docs.iter().map(|d| self.unchanged_key(d)).collect();
+        let (mut on_disk, parsed) = std::thread::scope(|scope| {
+            let uncached_keys = || -> Vec<Option<ResourceKey>> {
+                docs.iter()
+                    .zip(&cached)
+                    .map(|(doc, c)| if c.is_some() { None } else { resource_key(doc) })
+                    .collect()
+            };
+            let keys = std::thread::Builder::new()
+                .name("keel-config-keys".to_string())
+                .spawn_scoped(scope, uncached_keys);
+            let on_disk = policy::build(&docs);
+            let parsed = match keys {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => uncached_keys(),
+            };
+            (on_disk, parsed)
+        });
         let rejected = rejected_documents(&docs, &on_disk.errors);
 
-        let mut serving_docs = Vec::with_capacity(docs.len());
         let mut present: HashSet<ResourceKey> = HashSet::new();
         let mut replaced: Vec<ResourceKey> = Vec::new();
-        let mut accepted: Vec<(ResourceKey, Document)> = Vec::new();
         let mut positions: HashMap<(String, usize), ResourceKey> = HashMap::new();
-        for (i, doc) in docs.iter().enumerate() {
-            let key = resource_key(doc).or_else(|| {
+        let mut keys: Vec<Option<ResourceKey>> = Vec::with_capacity(docs.len());
+        for (i, ((doc, cached), parsed)) in docs.iter().zip(cached).zip(parsed).enumerate() {
+            let key = cached.or(parsed).or_else(|| {
                 // Unparseable now: it is most likely what used to be at the same place.
                 self.last_position
                     .get(&(doc.file.clone(), doc.index))
@@ -99,28 +120,30 @@ impl Reloader {
             if let Some(k) = &key {
                 present.insert(k.clone());
                 positions.insert((doc.file.clone(), doc.index), k.clone());
-            }
-            if rejected.contains(&i) {
-                if let Some(k) = key {
-                    replaced.push(k);
+                if rejected.contains(&i) {
+                    replaced.push(k.clone());
                 }
-            } else {
-                if let Some(k) = key {
-                    accepted.push((k, doc.clone()));
-                }
-                serving_docs.push(doc.clone());
             }
+            keys.push(key);
         }
         let mut kept_previous = 0;
-        for key in &replaced {
-            if let Some(prev) = self.last_good.get(key) {
-                serving_docs.push(prev.clone());
-                kept_previous += 1;
-            }
-        }
+        let on_disk_snapshot = std::mem::take(&mut on_disk.snapshot);
         let serving = if replaced.is_empty() {
-            on_disk.snapshot.clone()
+            on_disk_snapshot
         } else {
+            drop(on_disk_snapshot);
+            let mut serving_docs: Vec<Document> = docs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !rejected.contains(i))
+                .map(|(_, doc)| doc.clone())
+                .collect();
+            for key in &replaced {
+                if let Some(prev) = self.last_good.get(key) {
+                    serving_docs.push(prev.clone());
+                    kept_previous += 1;
+                }
+            }
             policy::build(&serving_docs).snapshot
         };
 
@@ -128,14 +151,24 @@ impl Reloader {
         // are forgotten; rejected ones keep their previous version.
         self.last_good.retain(|k, _| present.contains(k));
         self.last_position = positions;
-        for (key, doc) in accepted {
-            self.last_good.insert(key, doc);
+        for (i, (doc, key)) in docs.into_iter().zip(keys).enumerate() {
+            if let (Some(key), false) = (key, rejected.contains(&i)) {
+                self.last_good.insert(key, doc);
+            }
         }
         Ok(Reloaded {
             on_disk,
             serving,
             kept_previous,
         })
+    }
+
+    /// The resource of a document whose text is the last good version of the resource last found at
+    /// its place (file, index): what [`resource_key`] (or the place) would say, without parsing.
+    fn unchanged_key(&self, doc: &Document) -> Option<ResourceKey> {
+        let key = self.last_position.get(&(doc.file.clone(), doc.index))?;
+        let prev = self.last_good.get(key)?;
+        (prev.file == doc.file && prev.text == doc.text).then(|| key.clone())
     }
 }
 

@@ -21,6 +21,7 @@
 //! drop; every load run is bounded by a duration and a process timeout.
 
 mod chart;
+mod config_scale;
 mod envoy;
 mod install;
 mod load;
@@ -99,6 +100,14 @@ pub struct BenchArgs {
     /// Do not install missing tools (fail instead).
     #[arg(long)]
     pub no_install: bool,
+    /// Run only the config-scale benchmark (load/reload time and memory of Keel with a large mesh
+    /// config; needs only keel and pod-agent). The full bench runs it too, as its own section.
+    #[arg(long)]
+    pub config_scale: bool,
+    /// Services of the config-scale benchmark, each with 2 endpoint pods, a VirtualService and a
+    /// DestinationRule (`--smoke`: 500; `0`: skip it in the full bench).
+    #[arg(long, default_value_t = 5000)]
+    pub config_scale_services: usize,
 }
 
 /// Everything one run of the bench settles before measuring.
@@ -113,6 +122,8 @@ pub struct Settings {
     pub v1_weight: u32,
     pub scale: Vec<u16>,
     pub body_bytes: usize,
+    /// Services of the config-scale benchmark (0: not run).
+    pub config_scale_services: usize,
 }
 
 /// Runs the bench; see the module docs.
@@ -120,6 +131,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     keel_tests::host::require_root()?;
     let settings = settings(&args)?;
+    if args.config_scale {
+        return run_config_scale_only(&args, &settings, started);
+    }
     let tools = install::ensure(!args.no_install)?;
     let keel_bin = if settings.modes.contains(&Mode::Keel) {
         Some(keel_tests::host::keel_bin().context(
@@ -177,12 +191,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?
     };
 
+    let config_scale = if settings.config_scale_services == 0 {
+        None
+    } else {
+        match config_scale::run(
+            settings.config_scale_services,
+            settings.config_rounds(),
+            config_scale_index(&args)?,
+        ) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("bench: CONFIG SCALE FAILED: {e:#}");
+                failures.push((Mode::Keel, "config scale".to_string(), format!("{e:#}")));
+                None
+            }
+        }
+    };
+
     let results = report::Results {
         machine,
         settings,
         verification,
         runs,
         memory,
+        config_scale,
         failures: failures
             .into_iter()
             .map(|(mode, what, error)| report::Failure { mode, what, error })
@@ -242,7 +274,83 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
             .take(if smoke { 1 } else { usize::MAX })
             .collect(),
         body_bytes: mesh::BODY_BYTES,
+        config_scale_services: if smoke {
+            args.config_scale_services.min(500)
+        } else {
+            args.config_scale_services
+        },
     })
+}
+
+impl Settings {
+    /// Runs per config-scale measurement (medians of 3; the smoke run checks it works, once).
+    fn config_rounds(&self) -> usize {
+        if self.smoke {
+            1
+        } else {
+            3
+        }
+    }
+}
+
+/// Subnet index of the config-scale network: `--net-index` + 2 (the memory runs use + 1).
+fn config_scale_index(args: &BenchArgs) -> Result<u8> {
+    args.net_index
+        .checked_add(2)
+        .filter(|i| *i < 255)
+        .context("--net-index must leave room for <n>+2 (the config-scale network)")
+}
+
+/// `--config-scale`: only the config-scale benchmark, with its own `report.md` and `raw.json`.
+fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant) -> Result<()> {
+    if settings.config_scale_services == 0 {
+        bail!("--config-scale with --config-scale-services 0 has nothing to run");
+    }
+    keel_tests::host::keel_bin().context(
+        "the config-scale benchmark needs the release binary (`cargo build --release -p proxy-user`)",
+    )?;
+    let out_dir = match &args.out {
+        Some(p) => p.clone(),
+        None => bench_root()?
+            .join("results")
+            .join(format!("{}-config-scale", report::utc_date())),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+    let result = config_scale::run(
+        settings.config_scale_services,
+        settings.config_rounds(),
+        config_scale_index(args)?,
+    )?;
+    let raw = serde_json::json!({
+        "machine": report::machine_basics(),
+        "settings": settings,
+        "config_scale": &result,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let raw_path = out_dir.join("raw.json");
+    std::fs::write(&raw_path, serde_json::to_string_pretty(&raw)?)
+        .with_context(|| format!("writing {}", raw_path.display()))?;
+    let mut md = format!(
+        "# Keel config-scale benchmark — {}\n\n{}{}\n",
+        report::utc_date(),
+        if settings.smoke {
+            "> **Smoke run** (`--smoke`): reduced size, one run each; it checks the harness, its \
+             numbers are not the issue's measurement.\n\n"
+        } else {
+            ""
+        },
+        report::machine_line(),
+    );
+    md.push_str(&config_scale::markdown(&result));
+    let md_path = out_dir.join("report.md");
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    eprintln!(
+        "bench: config scale done in {:.0} s; report: {}",
+        started.elapsed().as_secs_f64(),
+        md_path.display()
+    );
+    Ok(())
 }
 
 /// `<workspace>/bench`: where results and `LATEST.md` live.

@@ -92,6 +92,8 @@ pub struct Results {
     pub verification: Vec<Verification>,
     pub runs: Vec<RunResult>,
     pub memory: Vec<MemoryPoint>,
+    /// The config-scale benchmark (absent when skipped or failed).
+    pub config_scale: Option<super::config_scale::ConfigScaleResult>,
     /// Path checks and runs that failed (their numbers are missing from the tables).
     pub failures: Vec<Failure>,
     pub elapsed_s: f64,
@@ -318,6 +320,25 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "needs the memory runs with sidecar and keel",
         ),
     });
+    let config_goal =
+        "load and apply < 2 s (start->ready, one-VS and all-VS reload), bounded memory";
+    out.push(match &r.config_scale {
+        Some(c) => Target {
+            name: "config scale",
+            goal: config_goal.into(),
+            value: format!(
+                "{}; memory bounded: {}",
+                c.target_summary(),
+                if c.memory_bounded() { "yes" } else { "no" }
+            ),
+            met: Some(c.target_met() && c.memory_bounded()),
+        },
+        None => na(
+            "config scale",
+            config_goal,
+            "skipped (--config-scale-services 0) or failed",
+        ),
+    });
     out
 }
 
@@ -514,6 +535,10 @@ pub fn markdown(r: &Results) -> String {
         o.push('\n');
     }
 
+    if let Some(c) = &r.config_scale {
+        o.push_str(&super::config_scale::markdown(c));
+    }
+
     let _ = writeln!(o, "## Path verification (before measuring)\n");
     let _ = writeln!(
         o,
@@ -572,6 +597,41 @@ const METHOD: &str = "## How it was measured
 - Every run checks that the proxies' request counters (Envoy `cluster.*.upstream_rq_total`, Keel
   `/stats` `http_requests`) moved by the number of requests oha completed, and that all answers were 200.
 ";
+
+/// The machine facts that need no bench tool: cores, CPU model, kernel, memory.
+pub fn machine_basics() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let meminfo = read("/proc/meminfo");
+    serde_json::json!({
+        "date_utc": utc_date(),
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu_model": cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_default(),
+        "memory_kib": meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok()),
+    })
+}
+
+/// [`machine_basics`] as one Markdown line.
+pub fn machine_line() -> String {
+    let m = machine_basics();
+    format!(
+        "Machine: {} cores ({}), Linux {}, {:.1} GiB RAM. Produced by `cargo xtask bench --config-scale`.\n",
+        m["nproc"],
+        m["cpu_model"].as_str().unwrap_or("unknown"),
+        m["kernel"].as_str().unwrap_or("unknown"),
+        m["memory_kib"].as_u64().unwrap_or(0) as f64 / 1024.0 / 1024.0
+    )
+}
 
 /// Today's UTC date, `YYYY-MM-DD` (civil-from-days, no time zone database needed).
 pub fn utc_date() -> String {

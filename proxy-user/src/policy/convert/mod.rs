@@ -263,7 +263,7 @@ impl Builder {
                 return;
             }
         }
-        let accepted = self.convert(kind, &mut ctx);
+        let accepted = self.convert(kind, &mut ctx, &value);
         if accepted {
             if kind == Kind::MeshConfig {
                 self.mesh_first = Some(here);
@@ -278,10 +278,11 @@ impl Builder {
     }
 
     /// Decodes and converts one resource; returns whether it was accepted.
-    fn convert(&mut self, kind: Kind, ctx: &mut Ctx<'_>) -> bool {
+    fn convert(&mut self, kind: Kind, ctx: &mut Ctx<'_>, value: &serde_yaml::Value) -> bool {
         macro_rules! decode {
             ($t:ty) => {
-                match ctx.doc.decode::<$t>() {
+                // From the value parsed above: the text is not parsed twice.
+                match ctx.doc.decode_value::<$t>(value) {
                     Ok(v) => v,
                     Err(e) => {
                         let mut at = ctx.location(&e.path);
@@ -484,6 +485,17 @@ impl Builder {
     fn cross_checks(&mut self) {
         let snap = &self.report.snapshot;
         let mut warnings = Vec::new();
+        // DestinationRules by host (ascending), so each check below reads only the rules that can
+        // cover a host: a host without a leading `*` covers only itself (`host_subset_of`).
+        let mut dr_by_host: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut dr_wildcards: Vec<usize> = Vec::new();
+        for (i, dr) in snap.destination_rules.iter().enumerate() {
+            if dr.host.starts_with('*') {
+                dr_wildcards.push(i);
+            } else {
+                dr_by_host.entry(dr.host.as_str()).or_default().push(i);
+            }
+        }
         // Destination hosts and subsets.
         for r in &self.refs {
             let host = &r.destination.host;
@@ -503,11 +515,17 @@ impl Builder {
                 continue;
             }
             if let Some(subset) = &r.destination.subset {
-                let defined = snap.destination_rules.iter().any(|dr| {
-                    dr_visible(dr, &r.client_namespace, host, &snap.mesh.root_namespace)
-                        && super::validate::host_subset_of(host, &dr.host)
-                        && dr.subset(subset).is_some()
-                });
+                let defined = dr_by_host
+                    .get(host.as_str())
+                    .into_iter()
+                    .flatten()
+                    .chain(&dr_wildcards)
+                    .map(|&i| &snap.destination_rules[i])
+                    .any(|dr| {
+                        dr_visible(dr, &r.client_namespace, host, &snap.mesh.root_namespace)
+                            && super::validate::host_subset_of(host, &dr.host)
+                            && dr.subset(subset).is_some()
+                    });
                 if !defined {
                     warnings.push(ConfigWarning {
                         at: r.at.clone(),
@@ -585,8 +603,13 @@ impl Builder {
                     && earlier.workload_selector == dr.workload_selector
                     && earlier.export_to == dr.export_to
             };
-            let earlier: Vec<&DestinationRule> = snap.destination_rules[..i]
+            // Rules merged with this one share its host: only those can be earlier definitions.
+            let earlier: Vec<&DestinationRule> = dr_by_host
+                .get(dr.host.as_str())
+                .map_or(&dr_wildcards, |same_host| same_host)
                 .iter()
+                .take_while(|&&j| j < i)
+                .map(|&j| &snap.destination_rules[j])
                 .filter(merged_with)
                 .collect();
             for (s, at) in dr.subsets.iter().zip(subset_ats) {
