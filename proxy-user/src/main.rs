@@ -60,6 +60,10 @@ struct RunArgs {
     /// Localhost address of the admin API.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// Redirected connections the kernel tracks at once (both connection maps are this size).
+    /// Beyond it, new connections are not redirected: they go direct, never misrouted.
+    #[arg(long, default_value_t = keel::ebpf::CONNECTION_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    max_connections: u32,
     /// Data-plane worker threads, each with its own listener and upstream pools (default: one per
     /// core).
     #[arg(long)]
@@ -153,7 +157,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             None => (None, Some(a)),
         },
     };
-    let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6)
+    let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
         .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
     sync_kernel(&mut redirector, &state)?;
     let conn_table = redirector.conn_table();

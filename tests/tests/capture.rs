@@ -1,6 +1,7 @@
 //! What is and is not captured: no redirect loop when keel runs inside its own capture root; direct
 //! connections to keel's port (no kernel record) are closed at once; pods outside the root, pods
-//! annotated `keel.io/capture: "false"`, loopback and the pod's own IP go direct.
+//! annotated `keel.io/capture: "false"`, loopback and the pod's own IP go direct; when the kernel's
+//! connection maps are full, new connections go direct and the recorded ones keep working.
 //!
 //! "Not redirected" is observable because pods have no default route: a VIP connect that keel does not
 //! redirect fails at once with "network unreachable" (and the host blackholes the service CIDR).
@@ -208,5 +209,68 @@ fn loopback_and_the_pods_own_ip_are_not_redirected() -> Result<()> {
         leaked.is_empty(),
         "loopback/own-IP connections went through keel: {leaked:?}"
     );
+    Ok(())
+}
+
+/// `kernel.<name>` from `/stats`.
+fn kernel_stat(keel: &Keel, name: &str) -> Result<u64> {
+    let stats = keel.stats()?;
+    stats["kernel"][name]
+        .as_u64()
+        .with_context(|| format!("/stats has no numeric kernel.{name}: {stats}"))
+}
+
+#[test]
+fn full_connection_map_sends_new_connections_direct_never_misrouted() -> Result<()> {
+    const CAPACITY: u32 = 3;
+    let fx = Fixture::reviews(PREFIX, 35, &["v1"])?;
+    let mut opts = KeelOptions::new(&fx.net, fx.config.path())?;
+    opts.extra_args = vec!["--max-connections".into(), CAPACITY.to_string()];
+    let keel = Keel::start_with(&fx.net, opts)?;
+
+    // Fill the kernel's connection maps with CAPACITY long-lived keep-alive connections.
+    let agent = fx.agent.clone();
+    let sleep = fx.sleep.clone();
+    let load = std::thread::spawn(move || {
+        agent.http_load(
+            &sleep,
+            REVIEWS_URL,
+            reviews_vip(),
+            30,
+            CAPACITY,
+            Duration::from_secs(5),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let full_before = kernel_stat(&keel, "skipped_map_full")?;
+
+    // One more connection: no room for a record, so the kernel must leave it alone. Pods have no
+    // route to the VIP, so "left alone" shows as unreachable; a misroute would connect somewhere.
+    let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
+    ensure!(
+        c.outcome == ConnectOutcome::Unreachable,
+        "with the map full a new connection must go direct (unreachable here), got {c:?}"
+    );
+    ensure!(
+        kernel_stat(&keel, "skipped_map_full")? > full_before,
+        "the kernel must count the connection it could not record"
+    );
+
+    // The connections that hold the records keep working: nothing was evicted or misrouted.
+    let held = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let failed = held.samples.iter().filter(|s| s.1 != 200).count();
+    ensure!(
+        failed == 0 && held.connections == u64::from(CAPACITY),
+        "the {CAPACITY} recorded connections must keep being served on their own connections: \
+         {failed} failed, {} connections",
+        held.connections
+    );
+
+    // Closed connections free their records: new connections are redirected again.
+    std::thread::sleep(Duration::from_millis(300));
+    let r = fx.get_reviews(5)?;
+    ensure_all_ok_via_proxy(&r, &fx.net)?;
     Ok(())
 }

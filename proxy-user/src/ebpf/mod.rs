@@ -69,6 +69,9 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Errors of the eBPF layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `max_connections` must be at least 1.
+    #[error("the connection maps need room for at least one connection")]
+    InvalidCapacity,
     /// The attach root cannot be opened or inspected.
     #[error("cgroup root {path}: {source}")]
     CgroupRoot {
@@ -261,11 +264,18 @@ impl Redirector {
     /// Nothing is redirected until destinations and pods are published. v4 destinations (also
     /// v4-mapped ones on v6 sockets) go to `proxy_v4`, native v6 ones to `proxy_v6`; a family
     /// without a proxy address is not redirected. The addresses must be ones the proxy listens on.
+    ///
+    /// `max_connections` sizes both connection maps (default [`CONNECTION_CAPACITY`]): beyond it,
+    /// new connections are not redirected and go direct.
     pub fn attach(
         cgroup_root: &Path,
         proxy_v4: Option<SocketAddrV4>,
         proxy_v6: Option<SocketAddrV6>,
+        max_connections: u32,
     ) -> Result<Self, Error> {
+        if max_connections == 0 {
+            return Err(Error::InvalidCapacity);
+        }
         let config = proxy_config(cgroup_root, proxy_v4, proxy_v6)?;
         let root = File::open(cgroup_root).map_err(|source| Error::CgroupRoot {
             path: cgroup_root.to_owned(),
@@ -276,6 +286,9 @@ impl Redirector {
         let mut ebpf = EbpfLoader::new()
             .override_global(proxy_common::PROXY_CONFIG, &config, true)
             .override_global(kernel_log::LEVEL_GLOBAL, &log_level, false)
+            // Equal sizes keep the invariant that the tuple map is never the one that is full.
+            .map_max_entries(proxy_common::CONN_BY_COOKIE, max_connections)
+            .map_max_entries(proxy_common::CONN_BY_TUPLE, max_connections)
             .load(EBPF_OBJECT)?;
         // Start draining before attaching, so records from the first connections are not lost.
         let log = LogPump::start(&mut ebpf);
