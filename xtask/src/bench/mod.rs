@@ -108,6 +108,9 @@ pub struct BenchArgs {
     /// DestinationRule (`--smoke`: 500; `0`: skip it in the full bench).
     #[arg(long, default_value_t = 5000)]
     pub config_scale_services: usize,
+    /// Keel's data-plane workers (`keel run --workers`); default: Keel's own (one per core).
+    #[arg(long)]
+    pub keel_workers: Option<usize>,
 }
 
 /// Everything one run of the bench settles before measuring.
@@ -124,6 +127,8 @@ pub struct Settings {
     pub body_bytes: usize,
     /// Services of the config-scale benchmark (0: not run).
     pub config_scale_services: usize,
+    /// `keel run --workers`, if set.
+    pub keel_workers: Option<usize>,
 }
 
 /// Runs the bench; see the module docs.
@@ -274,6 +279,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
             .take(if smoke { 1 } else { usize::MAX })
             .collect(),
         body_bytes: mesh::BODY_BYTES,
+        keel_workers: args.keel_workers,
         config_scale_services: if smoke {
             args.config_scale_services.min(500)
         } else {

@@ -375,7 +375,7 @@ pub fn markdown(r: &Results) -> String {
         o,
         "Settings: {} interleaved round(s) (mode order rotates each round), {} s per run, medians over \
          rounds; {} connections; fixed rate {} rps; canary v1 {} % / v2 {} %; backend nginx `return 200` \
-         with a {} B body; Envoy `--concurrency {}`; Keel with its default workers.\n",
+         with a {} B body; Envoy `--concurrency {}`; Keel with {}.\n",
         s.rounds,
         s.duration_s,
         s.connections,
@@ -383,7 +383,11 @@ pub fn markdown(r: &Results) -> String {
         s.v1_weight,
         100 - s.v1_weight,
         s.body_bytes,
-        super::envoy::CONCURRENCY
+        super::envoy::CONCURRENCY,
+        match s.keel_workers {
+            Some(w) => format!("`--workers {w}`"),
+            None => "its default workers (one per core)".to_string(),
+        }
     );
 
     if !r.failures.is_empty() {

@@ -197,7 +197,7 @@ impl Rig {
                     // keel_tests starts the binary the run checked for (KEEL_BIN or
                     // target/release/keel), as the e2e tests do.
                     keel_bin.context("keel mode without a keel binary")?;
-                    keel_mode(&mut net, &services)?
+                    keel_mode(&mut net, &services, settings.keel_workers)?
                 }
             };
             rig.modes.push(m);
@@ -756,7 +756,7 @@ pub fn wait_host_ready(admin: SocketAddr, proc: &mut Proc) -> Result<()> {
     }
 }
 
-fn keel_mode(net: &mut PodNet, services: &[Service]) -> Result<ModeRig> {
+fn keel_mode(net: &mut PodNet, services: &[Service], workers: Option<usize>) -> Result<ModeRig> {
     let client = net.add_pod(NAMESPACE, "client-keel", 5)?;
     let mut pods: Vec<PodDef> = services[0]
         .endpoints
@@ -777,8 +777,11 @@ fn keel_mode(net: &mut PodNet, services: &[Service]) -> Result<ModeRig> {
     });
     let config = ConfigDir::new("bench")?;
     config.write("bench.yaml", &mesh::keel_yaml(services, &pods))?;
-    let keel =
-        Keel::start_with(net, KeelOptions::new(net, config.path())?).context("starting keel")?;
+    let mut opts = KeelOptions::new(net, config.path())?;
+    if let Some(w) = workers {
+        opts.extra_args = vec!["--workers".into(), w.to_string()];
+    }
+    let keel = Keel::start_with(net, opts).context("starting keel")?;
     let admin = keel.options().admin_addr;
     Ok(ModeRig {
         mode: Mode::Keel,
