@@ -23,7 +23,9 @@ use std::net::SocketAddr;
 use http::HeaderMap;
 
 use crate::policy::{HttpAction, HttpMatch, Labels, StringMatch};
-pub use table::{destination_rules_for, RouteTable};
+#[cfg(test)]
+pub use table::destination_rules_for;
+pub use table::RouteTable;
 pub use target::{PickError, Picked, Target, WeightedTarget, WeightedTargets};
 pub use view::{ClientClass, ClientView, CompiledHttpRoute, Outbound, ServicePortRoutes};
 

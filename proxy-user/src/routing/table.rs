@@ -677,6 +677,10 @@ impl<'a> Builder<'a> {
 /// `workloadSelector` only for clients in its namespace whose labels match, and is then preferred over
 /// selector-less rules. Among several rules for the most specific host, oldest first (subsets merge,
 /// first definition wins).
+///
+/// The request path uses the indexed lookup built with the table; this linear version is the
+/// readable specification the tests check the index against.
+#[cfg(test)]
 pub fn destination_rules_for<'s>(
     snapshot: &'s Snapshot,
     client: &ClientInfo,
