@@ -50,6 +50,31 @@ pub struct Stats {
     pub config_reloads: Counter,
     /// Config loads in which at least one resource was rejected (the last good version kept serving).
     pub config_rejections: Counter,
+    /// Request-path counters, named as Envoy names them (node-wide totals; per-cluster and per-client
+    /// stats are not kept yet).
+    pub upstream_rq_retry: Counter,
+    /// Requests whose retries ran out while the last outcome was still retriable.
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// Retried requests that ended in a non-retriable response.
+    pub upstream_rq_retry_success: Counter,
+    /// Requests abandoned for retry because the body outgrew the retry buffer.
+    pub retry_or_shadow_abandoned: Counter,
+    /// Route (global) timeouts.
+    pub upstream_rq_timeout: Counter,
+    /// Per-try timeouts.
+    pub upstream_rq_per_try_timeout: Counter,
+    /// Fault delays injected.
+    pub fault_delays_injected: Counter,
+    /// Fault aborts injected.
+    pub fault_aborts_injected: Counter,
+    /// Mirrored requests sent.
+    pub mirror_requests: Counter,
+    /// Mirrored requests dropped (over the in-flight budget, body too large or not complete).
+    pub mirror_dropped: Counter,
+    /// CORS preflights answered by the proxy.
+    pub cors_preflights_answered: Counter,
+    /// Protocol upgrades (WebSocket, ...) relayed.
+    pub upgrades: Counter,
 }
 
 /// The outcome of the latest config load, for `/config_status`.
@@ -175,6 +200,18 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "tcp_connections": ctx.stats.tcp_connections.get(),
             "config_reloads": ctx.stats.config_reloads.get(),
             "config_rejections": ctx.stats.config_rejections.get(),
+            "upstream_rq_retry": ctx.stats.upstream_rq_retry.get(),
+            "upstream_rq_retry_limit_exceeded": ctx.stats.upstream_rq_retry_limit_exceeded.get(),
+            "upstream_rq_retry_success": ctx.stats.upstream_rq_retry_success.get(),
+            "retry_or_shadow_abandoned": ctx.stats.retry_or_shadow_abandoned.get(),
+            "upstream_rq_timeout": ctx.stats.upstream_rq_timeout.get(),
+            "upstream_rq_per_try_timeout": ctx.stats.upstream_rq_per_try_timeout.get(),
+            "fault_delays_injected": ctx.stats.fault_delays_injected.get(),
+            "fault_aborts_injected": ctx.stats.fault_aborts_injected.get(),
+            "mirror_requests": ctx.stats.mirror_requests.get(),
+            "mirror_dropped": ctx.stats.mirror_dropped.get(),
+            "cors_preflights_answered": ctx.stats.cors_preflights_answered.get(),
+            "upgrades": ctx.stats.upgrades.get(),
             "kernel": (ctx.kernel_stats)(),
         })),
         "/debug/connections" => json(&ctx.conn_log.snapshot()),

@@ -1,30 +1,42 @@
 //! HTTP request path: serve a redirected connection with hyper (HTTP/1.1 and h2c), route every
-//! request, and forward it to the chosen cluster's endpoint.
+//! request, run the route's filters in Envoy's order and forward it.
+//!
+//! ```text
+//! route (pure) -> fault -> CORS -> header operations / rewrite -> router (retries, mirrors)
+//!              -> response headers
+//! ```
+//! Every failure becomes an Envoy-style local reply in `rescue`; every request ends with a status
+//! and response flags (`outcome`).
 
+pub mod body;
+pub mod filters;
+pub mod forward;
+pub mod grpc;
 pub mod rescue;
+mod upgrade;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
+use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::policy::{DirectResponse, HttpAction, Redirect};
-use crate::routing::{self, PickError, RequestFacts, RouteDecision};
-use crate::upstream::pool::ProxyBody;
+use crate::routing::{self, CompiledHttpRoute, RequestFacts, RouteDecision, RoutePolicy, Target};
+use crate::upstream::pool::{BoxError, ProxyBody};
 use crate::upstream::UpstreamProtocol;
+use body::{RecordedBody, RETRY_BUFFER_LIMIT};
+use filters::{fault, mirror};
+use forward::UpstreamRequest;
 use rescue::LocalReply;
-
-/// Istio's default retry policy: 2 retries on connection failures.
-const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 
 /// Serve one redirected connection as HTTP until the client closes it.
 pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
@@ -35,29 +47,44 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new());
     if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
     {
         tracing::debug!(error = %e, "downstream connection ended with an error");
     }
 }
 
-/// Route and forward one request; every failure becomes an Envoy-style local reply.
+/// Route and forward one request; every response leaves with Envoy's `server` header.
 async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
     ctx.stats.http_requests.inc();
-    match forward(ctx, req).await {
-        Ok(resp) => resp,
-        Err(reply) => reply.into_response(),
+    let mut flags = ResponseFlags::default();
+    let mut resp = process(ctx, req, &mut flags).await;
+    resp.headers_mut()
+        .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
+    if flags != ResponseFlags::default() {
+        tracing::debug!(status = resp.status().as_u16(), flags = %flags, "request finished");
     }
+    resp
 }
 
-async fn forward(
+/// What routing chose for a request that goes upstream.
+struct Chosen<'a> {
+    route: Option<&'a CompiledHttpRoute>,
+    policy: &'a RoutePolicy,
+    target: &'a Target,
+    destination_index: Option<usize>,
+    matched_block: Option<usize>,
+}
+
+async fn process(
     ctx: &ConnContext,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, LocalReply> {
+    mut req: Request<Incoming>,
+    flags: &mut ResponseFlags,
+) -> Response<ProxyBody> {
     // The state is loaded once per request: in-flight requests finish under their config.
     let node = ctx.state.load();
     let view = ctx.view_under(&node);
+    let grpc = grpc::is_grpc(req.headers());
     let authority = request_authority(&req);
     let path_and_query = req
         .uri()
@@ -72,160 +99,313 @@ async fn forward(
         scheme: "http",
         headers: req.headers(),
     };
-    let decision = routing::route_http(&view, ctx.original_dst, &facts);
-    let (route, target, passthrough) = match decision {
-        RouteDecision::Forward { route, target, .. } => (route, target, false),
-        RouteDecision::Passthrough(target) => (None, target, true),
-        // Envoy's `block_all` virtual host: a direct 502 with an empty body.
-        RouteDecision::Blocked => {
-            return Err(LocalReply::Direct {
-                status: 502,
-                body: Bytes::new(),
-            })
-        }
-        RouteDecision::NoRoute => return Err(LocalReply::NoRoute),
-        RouteDecision::NoDestination => return Err(LocalReply::ClusterNotFound),
-        RouteDecision::Local(route) => {
-            return Ok(local_action(&route.spec.action, &facts).into_response());
-        }
-    };
-    let protocol = target.protocol().ok_or(LocalReply::ClusterNotFound)?;
-    // Route timeout: unset -> mesh default; `0s` -> disabled. Passthrough has none (`timeout: 0s`).
-    let timeout = route
-        .and_then(|r| r.spec.timeout)
-        .or(node.snapshot.mesh.default_http_timeout)
-        .filter(|t| !t.is_zero() && !passthrough);
-    let downstream_h2 = req.version() == Version::HTTP_2;
-    let (parts, body) = req.into_parts();
-    let body_is_empty = hyper::body::Body::is_end_stream(&body);
-    let mut body = Some(body.boxed());
-    // Passthrough carries no retry policy.
-    let attempts = if body_is_empty && !passthrough {
-        1 + DEFAULT_RETRY_ATTEMPTS
-    } else {
-        1
-    };
-    let work = async {
-        let mut last = LocalReply::NoHealthyUpstream;
-        for attempt in 1..=attempts {
-            let in_flight = target.pick(ctx.original_dst).await.map_err(|e| match e {
-                PickError::NoCluster => LocalReply::ClusterNotFound,
-                PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,
-            })?;
-            let body = body
-                .take()
-                .unwrap_or_else(|| http_body_util::Empty::new().map_err(|e| match e {}).boxed());
-            let upstream_h2 = match protocol {
-                UpstreamProtocol::Http2 => true,
-                UpstreamProtocol::SameAsDownstream => downstream_h2,
-                UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
-            };
-            let upstream_req = upstream_request(
-                &parts,
-                body,
-                &authority,
-                in_flight.addr(),
-                attempt,
-                upstream_h2,
-            )?;
-            match ctx
-                .pools
-                .send(in_flight.addr(), upstream_h2, upstream_req)
-                .await
-            {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    // Keep the endpoint counted as busy until the response body is done.
-                    let body = body
-                        .map_frame(move |f| {
-                            let _held = &in_flight;
-                            f
-                        })
-                        .boxed();
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Err(e) if e.is_connect() => {
-                    tracing::debug!(cluster = %target.key(), endpoint = %in_flight.addr(), error = %e, "upstream connect failed");
-                    last = LocalReply::ConnectFailure;
-                }
-                Err(e) => {
-                    tracing::debug!(cluster = %target.key(), endpoint = %in_flight.addr(), error = %e, "upstream request failed");
-                    return Err(LocalReply::UpstreamReset);
-                }
+    let passthrough_policy;
+    let chosen = match routing::route_http(&view, ctx.original_dst, &facts) {
+        RouteDecision::Forward {
+            route,
+            policy,
+            target,
+            destination_index,
+            matched_block,
+        } => Chosen {
+            route,
+            policy,
+            target,
+            destination_index,
+            matched_block,
+        },
+        RouteDecision::Passthrough(target) => {
+            passthrough_policy = RoutePolicy::passthrough();
+            Chosen {
+                route: None,
+                policy: &passthrough_policy,
+                target,
+                destination_index: None,
+                matched_block: None,
             }
         }
-        Err(last)
+        // Envoy's `block_all` virtual host: a direct 502 with an empty body.
+        RouteDecision::Blocked => {
+            return reply(
+                LocalReply::Direct {
+                    status: 502,
+                    body: Bytes::new(),
+                },
+                grpc,
+                flags,
+            )
+        }
+        RouteDecision::NoRoute => return reply(LocalReply::NoRoute, grpc, flags),
+        RouteDecision::NoDestination => return reply(LocalReply::ClusterNotFound, grpc, flags),
+        RouteDecision::Local(route) => {
+            let local = local_action(&route.spec.action, &facts);
+            return reply(local, grpc, flags);
+        }
     };
-    match timeout {
+
+    // Fault: delay, then maybe abort; the route timeout starts after the delay.
+    if let Some(f) = &chosen.policy.fault {
+        let action = fault::decide_random(f);
+        if let Some(delay) = action.delay {
+            flags.set(ResponseFlag::DelayInjected);
+            ctx.stats.fault_delays_injected.inc();
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(abort) = action.abort {
+            ctx.stats.fault_aborts_injected.inc();
+            return reply(LocalReply::FaultAbort(abort), grpc, flags);
+        }
+    }
+
+    let Some(protocol) = chosen.target.protocol() else {
+        return reply(LocalReply::ClusterNotFound, grpc, flags);
+    };
+    let downstream_h2 = req.version() == Version::HTTP_2;
+    let upstream_h2 = match protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::SameAsDownstream => downstream_h2,
+        UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
+    };
+    let upgrade = if upstream_h2 {
+        None
+    } else {
+        upgrade::requested(req.version(), req.headers())
+    };
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let timeout = grpc::effective_timeout(chosen.policy.timeout, grpc, req.headers());
+    let (parts, incoming) = req.into_parts();
+    let upstream = shaped_request(&parts, &authority, &path_and_query, &chosen, timeout);
+    let body = RecordedBody::new(incoming.map_err(BoxError::from).boxed(), RETRY_BUFFER_LIMIT);
+    let started = Instant::now();
+
+    if let (Some(protocol_name), Some(on_upgrade)) = (upgrade, on_upgrade) {
+        return forward_upgrade(
+            ctx,
+            &chosen,
+            &upstream,
+            &body,
+            protocol_name,
+            on_upgrade,
+            timeout,
+            grpc,
+            flags,
+        )
+        .await;
+    }
+
+    // Mirrors see the shaped request; they are started before the primary and never awaited.
+    if let Some(route) = chosen.route {
+        for (target, percentage) in &route.mirrors {
+            if mirror::fires(*percentage, rand::random_range(0.0..100.0)) {
+                mirror::spawn(
+                    mirror::MirrorJob {
+                        target: target.clone(),
+                        original_dst: ctx.original_dst,
+                        request: upstream.clone(),
+                        body: body.clone(),
+                        timeout,
+                        downstream_h2,
+                        shadow_suffix: chosen.policy.mirror_shadow_suffix,
+                    },
+                    ctx.pools.clone(),
+                    Arc::clone(&ctx.stats),
+                );
+            }
+        }
+    }
+
+    let work = forward::forward(
+        ctx,
+        chosen.target,
+        &chosen.policy.retry,
+        &upstream,
+        &body,
+        upstream_h2,
+        flags,
+    );
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                ctx.stats.upstream_rq_timeout.inc();
+                Err(LocalReply::UpstreamTimeout)
+            }
+        },
+        None => work.await,
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(local) => return reply(local, grpc, flags),
+    };
+    let upstream_ms = started.elapsed().as_millis();
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(
+        HeaderName::from_static("x-envoy-upstream-service-time"),
+        HeaderValue::from(u64::try_from(upstream_ms).unwrap_or(u64::MAX)),
+    );
+    // The route timeout covers the whole response, body included.
+    let body = match timeout {
+        Some(t) => deadline_body(body, started + t),
+        None => body,
+    };
+    let _ = chosen.destination_index;
+    Response::from_parts(parts, body)
+}
+
+/// Forward an `Upgrade` request (no retries, no mirrors): 101 then a byte relay.
+#[allow(clippy::too_many_arguments)]
+async fn forward_upgrade(
+    ctx: &ConnContext,
+    chosen: &Chosen<'_>,
+    upstream: &UpstreamRequest,
+    body: &RecordedBody,
+    protocol: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    timeout: Option<Duration>,
+    grpc: bool,
+    flags: &mut ResponseFlags,
+) -> Response<ProxyBody> {
+    let picked = match chosen.target.pick(ctx.original_dst).await {
+        Ok(p) => p,
+        Err(routing::PickError::NoCluster) => {
+            return reply(LocalReply::ClusterNotFound, grpc, flags)
+        }
+        Err(routing::PickError::NoHealthyUpstream) => {
+            return reply(LocalReply::NoHealthyUpstream, grpc, flags)
+        }
+    };
+    let req = match upstream.build(picked.addr(), 1, false, body.attempt()) {
+        Ok(r) => r,
+        Err(local) => return reply(local, grpc, flags),
+    };
+    let work = upgrade::proxy(picked.addr(), req, protocol, on_upgrade);
+    let result = match timeout {
         Some(t) => tokio::time::timeout(t, work)
             .await
             .unwrap_or(Err(LocalReply::UpstreamTimeout)),
         None => work.await,
+    };
+    match result {
+        Ok(resp) => {
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                ctx.stats.upgrades.inc();
+            }
+            resp
+        }
+        Err(local) => reply(local, grpc, flags),
     }
 }
 
-/// The request as sent to one endpoint: the client's authority kept (`Host` for HTTP/1.1 with the
-/// endpoint in the URI; `:authority` for HTTP/2, whose connection is chosen by endpoint), hop-by-hop
-/// headers dropped, Envoy's standard request headers added.
-fn upstream_request(
+/// The request every attempt sends: hop-by-hop headers dropped, Envoy's standard request headers
+/// added.
+fn shaped_request(
     parts: &http::request::Parts,
-    body: ProxyBody,
     authority: &str,
-    endpoint: SocketAddr,
-    attempt: u32,
-    upstream_h2: bool,
-) -> Result<Request<ProxyBody>, LocalReply> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri_authority = if upstream_h2 && !authority.is_empty() {
-        authority.to_string()
-    } else {
-        endpoint.to_string()
-    };
-    let uri: Uri = format!("http://{uri_authority}{path}")
-        .parse()
-        .map_err(|_| LocalReply::BadRequest)?;
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = if upstream_h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    let headers = req.headers_mut();
+    path_and_query: &str,
+    chosen: &Chosen<'_>,
+    timeout: Option<Duration>,
+) -> UpstreamRequest {
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
-        if !is_hop_by_hop(name) {
-            headers.append(name.clone(), value.clone());
+        if name == HOST
+            || (is_hop_by_hop(name) && name != http::header::TE)
+            || listed.contains(name)
+        {
+            continue;
         }
-    }
-    if upstream_h2 {
-        // HTTP/2 carries the authority as `:authority`; a `host` header next to it is a duplicate
-        // that servers reject.
-        headers.remove(HOST);
-    } else if !headers.contains_key(HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            headers.insert(HOST, v);
+        // `te` may only say `trailers` beyond this hop (gRPC needs it).
+        if name == http::header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            continue;
         }
+        headers.append(name.clone(), value.clone());
     }
     if !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&request_id()) {
+        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    headers.insert(
-        HeaderName::from_static("x-envoy-attempt-count"),
-        HeaderValue::from(attempt),
-    );
-    Ok(req)
+    // The client's connection is plaintext; an outbound sidecar keeps a value the client set.
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    if let Some(t) = forward::expected_timeout(timeout, chosen.policy.retry.per_try_timeout) {
+        headers.insert(
+            HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+            HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        );
+    }
+    let _ = chosen.matched_block;
+    UpstreamRequest {
+        method: parts.method.clone(),
+        path_and_query: path_and_query.to_string(),
+        authority: authority.to_string(),
+        headers,
+    }
 }
+
+/// A local reply, with its response flag recorded.
+fn reply(local: LocalReply, grpc: bool, flags: &mut ResponseFlags) -> Response<ProxyBody> {
+    if let Some(flag) = local.response_flag() {
+        flags.set(flag);
+    }
+    local.into_response(grpc)
+}
+
+/// End the response body with an error when `deadline` passes (the route timeout covers the whole
+/// response): hyper then resets the stream or closes the connection, as Envoy does.
+fn deadline_body(body: ProxyBody, deadline: Instant) -> ProxyBody {
+    DeadlineBody {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
+    }
+    .boxed()
+}
+
+struct DeadlineBody {
+    inner: ProxyBody,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The error a body reports when the route timeout expires mid-response.
+#[derive(Debug, thiserror::Error)]
+#[error("route timeout expired while streaming the response")]
+struct ResponseTimeout;
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            // An error makes hyper abort the message: HTTP/1 closes the connection, HTTP/2 resets
+            // the stream, so the client never mistakes a cut response for a whole one.
+            return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+use std::future::Future as _;
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -241,6 +421,32 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Headers the `Connection` header names as hop-by-hop.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// `:authority` for HTTP/2, `Host` for HTTP/1.
 fn request_authority<B>(req: &Request<B>) -> String {
     req.uri()
@@ -253,21 +459,6 @@ fn request_authority<B>(req: &Request<B>) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_default()
-}
-
-/// A UUID-v4-shaped request id, as Envoy generates when the client sent none.
-fn request_id() -> String {
-    let r: u128 = rand::random();
-    let b = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let h = format!("{b:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// `redirect` and `directResponse` rules answer without an upstream.
@@ -302,16 +493,3 @@ fn redirect_location(r: &Redirect, facts: &RequestFacts<'_>) -> String {
 
 /// How long an idle downstream HTTP/1 keep-alive connection may wait for its next request header.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_look_like_uuid_v4() {
-        let id = request_id();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
-        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-    }
-}

@@ -323,6 +323,10 @@ pub struct Retries {
     /// `retryOn` tokens, e.g. `5xx`, `connect-failure`, or numeric status codes.
     pub retry_on: Vec<String>,
     pub retry_remote_localities: bool,
+    /// `backoff`: base interval of the jittered exponential back-off; `None` = Envoy's 25 ms.
+    pub backoff: Option<Duration>,
+    /// `retryIgnorePreviousHosts`: a retry avoids endpoints already tried (default true).
+    pub retry_ignore_previous_hosts: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@
 
 mod catalog;
 pub mod delegate;
+pub mod policy;
 pub mod scope;
 pub mod table;
 pub mod target;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use http::HeaderMap;
 
 use crate::policy::{HttpAction, HttpMatch, Labels, StringMatch};
+pub use policy::RoutePolicy;
 #[cfg(test)]
 pub use table::destination_rules_for;
 pub use table::RouteTable;
@@ -55,9 +57,13 @@ pub enum RouteDecision<'a> {
     /// applicable VirtualService).
     Forward {
         route: Option<&'a CompiledHttpRoute>,
+        /// What to do with the request (the rule's, or the default route's).
+        policy: &'a RoutePolicy,
         target: &'a Target,
         /// Index of the chosen destination in the route's `route` list.
         destination_index: Option<usize>,
+        /// Index into the rule's `matches` of the block that matched (`None`: catch-all rule).
+        matched_block: Option<usize>,
     },
     /// Unknown destination for this client under `ALLOW_ANY`: forward to the original destination
     /// with no timeout and no retries (Istio's `allow_any` virtual host -> `PassthroughCluster`).
@@ -106,28 +112,35 @@ pub fn route_service_http<'a>(
     let Some(rules) = &routes.http else {
         return RouteDecision::Forward {
             route: None,
+            policy: &routes.default_policy,
             target: &routes.default_target,
             destination_index: None,
+            matched_block: None,
         };
     };
     for route in rules {
-        let matched = route.blocks.is_empty()
-            || route.blocks.iter().any(|&i| {
+        let matched_block = if route.blocks.is_empty() {
+            None
+        } else {
+            match route.blocks.iter().copied().find(|&i| {
                 route
                     .spec
                     .matches
                     .get(i)
                     .is_some_and(|m| request_match(m, request))
-            });
-        if !matched {
-            continue;
-        }
+            }) {
+                Some(i) => Some(i),
+                None => continue,
+            }
+        };
         return match &route.spec.action {
             HttpAction::Route(_) => match route.targets.pick() {
                 Some(t) => RouteDecision::Forward {
                     route: Some(route),
+                    policy: &route.policy,
                     target: &t.target,
                     destination_index: Some(t.index),
+                    matched_block,
                 },
                 None => RouteDecision::NoDestination,
             },

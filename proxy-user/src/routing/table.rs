@@ -22,6 +22,7 @@ use crate::policy::{
 use crate::upstream::{ClusterKey, ClusterRegistry, UpstreamProtocol};
 
 use super::catalog::{Catalog, CatalogId, Kind, PortInfo};
+use super::policy::RoutePolicy;
 use super::scope::{exported_to, select_sidecar, EgressScope};
 use super::target::{DnsTarget, OriginalDst, Target, WeightedTarget, WeightedTargets};
 use super::view::{ClientClass, ClientView, CompiledHttpRoute, ServicePortRoutes};
@@ -137,6 +138,9 @@ struct Slot {
     candidates: Vec<(CatalogId, usize)>,
 }
 
+/// A delegation-expanded `http` rule and its policy.
+type RuleWithPolicy = (Arc<HttpRoute>, Arc<RoutePolicy>);
+
 /// A resolved target is shared by every view that asks for the same thing.
 type TargetMemo = HashMap<(CatalogId, u16, Option<String>, String), Target>;
 
@@ -148,8 +152,11 @@ struct Builder<'a> {
     slots: Vec<Slot>,
     index: Arc<HashMap<(IpAddr, u16), usize>>,
     protocols: Arc<Vec<Protocol>>,
-    /// Mesh-bound VirtualServices with hosts, with their delegation-expanded `http` rules.
-    virtual_services: Vec<(&'a VirtualService, Vec<Arc<HttpRoute>>)>,
+    /// Mesh-bound VirtualServices with hosts, with their delegation-expanded `http` rules and each
+    /// rule's policy (resolved once here, shared by every view).
+    virtual_services: Vec<(&'a VirtualService, Vec<RuleWithPolicy>)>,
+    /// The policy of default routes (no VirtualService), shared by every view.
+    default_policy: Arc<RoutePolicy>,
     /// Hostname -> indices into `virtual_services` in precedence order.
     vs_by_host: HashMap<&'a str, Vec<usize>>,
     /// Exact host -> indices into `virtual_services` naming it (ascending).
@@ -201,15 +208,19 @@ impl<'a> Builder<'a> {
                     .map_or(Protocol::Auto, |p| p.protocol)
             })
             .collect();
-        let virtual_services: Vec<(&VirtualService, Vec<Arc<HttpRoute>>)> = snapshot
+        let virtual_services: Vec<(&VirtualService, Vec<RuleWithPolicy>)> = snapshot
             .virtual_services
             .iter()
             .filter(|vs| vs.applies_to_mesh() && !vs.hosts.is_empty())
             .map(|vs| {
-                (
-                    vs,
-                    super::delegate::expand_http(vs, &snapshot.virtual_services),
-                )
+                let rules = super::delegate::expand_http(vs, &snapshot.virtual_services)
+                    .into_iter()
+                    .map(|spec| {
+                        let policy = Arc::new(RoutePolicy::for_route(&spec, &snapshot.mesh));
+                        (spec, policy)
+                    })
+                    .collect();
+                (vs, rules)
             })
             .collect();
         let mut vs_exact: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -235,6 +246,7 @@ impl<'a> Builder<'a> {
             index: Arc::new(index),
             protocols: Arc::new(protocols),
             virtual_services,
+            default_policy: Arc::new(RoutePolicy::default_route(&snapshot.mesh)),
             vs_by_host: HashMap::new(),
             vs_exact,
             vs_wildcard,
@@ -348,6 +360,7 @@ impl<'a> Builder<'a> {
             http,
             tcp,
             default_target,
+            default_policy: Arc::clone(&self.default_policy),
         }
     }
 
@@ -401,7 +414,7 @@ impl<'a> Builder<'a> {
     ) -> Vec<CompiledHttpRoute> {
         let routes = self.virtual_services[vs_index].1.clone();
         let mut out = Vec::new();
-        for spec in routes {
+        for (spec, policy) in routes {
             let blocks: Vec<usize> = spec
                 .matches
                 .iter()
@@ -437,6 +450,7 @@ impl<'a> Builder<'a> {
             let catch_all = spec.matches.is_empty();
             out.push(CompiledHttpRoute {
                 spec,
+                policy,
                 blocks,
                 targets: WeightedTargets::new(targets),
                 mirrors,

@@ -125,6 +125,27 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Choose the endpoint for a retry, avoiding `tried` endpoints when another one is available:
+    /// up to `attempts` picks (Envoy's `previous_hosts` predicate with
+    /// `host_selection_retry_max_attempts`), else the last pick.
+    pub async fn pick_avoiding(
+        &self,
+        original_dst: SocketAddr,
+        tried: &[SocketAddr],
+        attempts: u32,
+    ) -> Result<Picked, PickError> {
+        let mut picked = self.pick(original_dst).await?;
+        for _ in 1..attempts.max(1) {
+            if !tried.contains(&picked.addr) {
+                break;
+            }
+            picked = self.pick(original_dst).await?;
+        }
+        Ok(picked)
+    }
+}
+
 impl DnsTarget {
     /// Resolve every name (bounded by [`DNS_TIMEOUT`]) and pick one address at random; `None` when
     /// nothing resolves. IP literals resolve without a query.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::policy::{HttpRoute, Labels, MeshLocation, OutboundTrafficPolicy, Protocol};
 
+use super::policy::RoutePolicy;
 use super::target::{Target, WeightedTargets};
 use super::ClientInfo;
 
@@ -51,6 +52,8 @@ impl ClientClass {
 pub struct CompiledHttpRoute {
     /// The rule (after delegation), shared by every view.
     pub spec: Arc<HttpRoute>,
+    /// What the request path does for this rule (timeout, retries, fault, ...), shared by every view.
+    pub policy: Arc<RoutePolicy>,
     /// Indices into `spec.matches` of the blocks whose static conditions hold for this client.
     /// Empty means the rule has no blocks (catch-all): a rule whose blocks all fail is not compiled.
     pub blocks: Vec<usize>,
@@ -81,6 +84,8 @@ pub struct ServicePortRoutes {
     pub tcp: Option<WeightedTargets>,
     /// The route used when no VirtualService rule applies: the whole service, balanced.
     pub default_target: Target,
+    /// The default route's policy (mesh timeout, Istio's default retries).
+    pub default_policy: Arc<RoutePolicy>,
 }
 
 /// What an original destination is for a client.

@@ -20,8 +20,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-/// Body type of requests the proxy sends upstream.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Any error a body can end with (hyper's, or the proxy's own, e.g. a route timeout mid-response).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body type of requests the proxy sends upstream and of responses it sends downstream.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Istio's default `connectTimeout` for upstream connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +54,31 @@ impl SendError {
     /// The request never left the proxy, so another attempt cannot duplicate it.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
+    }
+
+    /// The HTTP/2 stream was reset by the peer (as opposed to the connection closing).
+    pub fn is_stream_reset(&self) -> bool {
+        self.h2_error().is_some_and(h2::Error::is_reset)
+    }
+
+    /// The HTTP/2 peer refused the stream (`REFUSED_STREAM`): it did not process the request.
+    pub fn is_refused_stream(&self) -> bool {
+        self.h2_error()
+            .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM))
+    }
+
+    fn h2_error(&self) -> Option<&h2::Error> {
+        let SendError::Request { source, .. } = self else {
+            return None;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                return Some(h2);
+            }
+            cause = e.source();
+        }
+        None
     }
 }
 

@@ -1051,24 +1051,17 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
         None => v::DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
         Some(s) => ctx.check(&path.key("retryOn"), v::retry_on(s))?,
     };
-    if let Some(b) = &rt.backoff {
-        ctx.check(&path.key("backoff"), v::duration_ms(b))?;
-        ctx.warn(
-            &path.key("backoff"),
-            "backoff is accepted but Keel uses a fixed 25ms base interval",
-        );
-    }
-    if rt.retry_ignore_previous_hosts == Some(false) {
-        ctx.warn(
-            &path.key("retryIgnorePreviousHosts"),
-            "retryIgnorePreviousHosts: false is accepted but Keel always prefers hosts not yet tried",
-        );
-    }
+    let backoff = match &rt.backoff {
+        None => None,
+        Some(b) => Some(ctx.check(&path.key("backoff"), v::duration_ms(b))?),
+    };
     Some(Retries {
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         per_try_timeout,
         retry_on,
         retry_remote_localities: rt.retry_remote_localities.unwrap_or(false),
+        backoff,
+        retry_ignore_previous_hosts: rt.retry_ignore_previous_hosts.unwrap_or(true),
     })
 }
 

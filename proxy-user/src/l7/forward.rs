@@ -1,0 +1,205 @@
+//! The router filter: send the shaped request to an endpoint of the chosen target, classify each
+//! attempt ([`AttemptOutcome`]) and retry as the route's [`RetryPolicy`] says (§1.11): retriable
+//! outcomes only, jittered exponential back-off, previous hosts avoided, the body replayed from its
+//! recording. The route timeout is applied by the caller around all of this.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+
+use crate::accept::ConnContext;
+use crate::outcome::{AttemptOutcome, ResponseFlag, ResponseFlags};
+use crate::routing::policy::{RetryPolicy, HOST_SELECTION_ATTEMPTS};
+use crate::routing::{PickError, Picked, Target};
+use crate::upstream::pool::{BoxError, ProxyBody};
+
+use super::body::RecordedBody;
+use super::rescue::LocalReply;
+
+/// The request as every attempt sends it, after the request filters ran: attempts differ only in
+/// the endpoint, `x-envoy-attempt-count` and the body reader.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// Method.
+    pub method: Method,
+    /// `:path` after rewrites.
+    pub path_and_query: String,
+    /// `:authority` / `Host` after rewrites.
+    pub authority: String,
+    /// End-to-end headers after header operations (no hop-by-hop headers, no `host`).
+    pub headers: HeaderMap,
+}
+
+impl UpstreamRequest {
+    /// The request for one attempt to `endpoint`. HTTP/1.1: the URI names the endpoint (the pool
+    /// dials it) and `Host` carries the authority; HTTP/2: `:authority` carries it and the
+    /// connection is chosen by endpoint.
+    pub fn build(
+        &self,
+        endpoint: SocketAddr,
+        attempt: u32,
+        upstream_h2: bool,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, LocalReply> {
+        let uri_authority = if upstream_h2 && !self.authority.is_empty() {
+            self.authority.clone()
+        } else {
+            endpoint.to_string()
+        };
+        let uri: Uri = format!("http://{uri_authority}{}", self.path_and_query)
+            .parse()
+            .map_err(|_| LocalReply::BadRequest)?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = if upstream_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let headers = req.headers_mut();
+        headers.clone_from(&self.headers);
+        if !upstream_h2 {
+            if let Ok(v) = HeaderValue::from_str(&self.authority) {
+                headers.insert(HOST, v);
+            }
+            // `te: trailers` only means something to an HTTP/2 (gRPC) upstream.
+            headers.remove(http::header::TE);
+        }
+        headers.insert(
+            HeaderName::from_static("x-envoy-attempt-count"),
+            HeaderValue::from(attempt),
+        );
+        Ok(req)
+    }
+}
+
+/// Send `req` to `target` with retries. On success the response body holds the endpoint's load
+/// accounting until it is done.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    ctx: &ConnContext,
+    target: &Target,
+    retry: &RetryPolicy,
+    req: &UpstreamRequest,
+    body: &RecordedBody,
+    upstream_h2: bool,
+    flags: &mut ResponseFlags,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let picked = pick(ctx, target, retry, &tried).await?;
+        let endpoint = picked.addr();
+        tried.push(endpoint);
+        let upstream_req = req.build(endpoint, attempt, upstream_h2, body.attempt())?;
+        let send = ctx.pools.send(endpoint, upstream_h2, upstream_req);
+        let result = match retry.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, send).await.ok(),
+            None => Some(send.await),
+        };
+        let mut stream_reset = false;
+        let (outcome, response) = match result {
+            None => {
+                ctx.stats.upstream_rq_per_try_timeout.inc();
+                (AttemptOutcome::PerTryTimeout, None)
+            }
+            Some(Ok(resp)) => (
+                AttemptOutcome::from_response(resp.status().as_u16(), resp.headers()),
+                Some(resp),
+            ),
+            Some(Err(e)) if e.is_connect() => {
+                tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream connect failed");
+                (AttemptOutcome::ConnectFailure, None)
+            }
+            Some(Err(e)) => {
+                tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream request failed");
+                stream_reset = e.is_stream_reset();
+                (
+                    AttemptOutcome::Reset {
+                        refused_stream: e.is_refused_stream(),
+                    },
+                    None,
+                )
+            }
+        };
+        let retriable = outcome.is_retriable(&retry.retry_on);
+        let retries_left = attempt <= retry.num_retries;
+        if retriable && retries_left {
+            if body.replayable() {
+                ctx.stats.upstream_rq_retry.inc();
+                // Dropping an unread response closes its HTTP/1 connection; the pool dials anew.
+                drop(response);
+                drop(picked);
+                let pause = retry.backoff(attempt, rand::random_range(0.0..1.0));
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            ctx.stats.retry_or_shadow_abandoned.inc();
+        } else if retriable && retry.num_retries > 0 {
+            flags.set(ResponseFlag::UpstreamRetryLimitExceeded);
+            ctx.stats.upstream_rq_retry_limit_exceeded.inc();
+        } else if attempt > 1 {
+            ctx.stats.upstream_rq_retry_success.inc();
+        }
+        if let Some(flag) = outcome.flag() {
+            flags.set(if stream_reset {
+                ResponseFlag::UpstreamRemoteReset
+            } else {
+                flag
+            });
+        }
+        let retried = attempt > 1;
+        return match (response, outcome) {
+            (Some(resp), _) => Ok(hold_until_done(resp, picked)),
+            (None, AttemptOutcome::PerTryTimeout) => Err(LocalReply::UpstreamTimeout),
+            (None, AttemptOutcome::ConnectFailure) => Err(LocalReply::ConnectFailure { retried }),
+            (None, _) => Err(LocalReply::UpstreamReset {
+                retried,
+                remote: stream_reset,
+            }),
+        };
+    }
+}
+
+/// The endpoint of one attempt: retries avoid endpoints already tried when the policy says so.
+async fn pick(
+    ctx: &ConnContext,
+    target: &Target,
+    retry: &RetryPolicy,
+    tried: &[SocketAddr],
+) -> Result<Picked, LocalReply> {
+    let picked = if tried.is_empty() || !retry.ignore_previous_hosts {
+        target.pick(ctx.original_dst).await
+    } else {
+        target
+            .pick_avoiding(ctx.original_dst, tried, HOST_SELECTION_ATTEMPTS)
+            .await
+    };
+    picked.map_err(|e| match e {
+        PickError::NoCluster => LocalReply::ClusterNotFound,
+        PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,
+    })
+}
+
+/// Keep the endpoint counted as busy until the response body is done.
+fn hold_until_done(resp: Response<hyper::body::Incoming>, picked: Picked) -> Response<ProxyBody> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .map_frame(move |f| {
+            let _held = &picked;
+            f
+        })
+        .map_err(BoxError::from)
+        .boxed();
+    Response::from_parts(parts, body)
+}
+
+/// How long the route timeout gives a request from now; for `x-envoy-expected-rq-timeout-ms`.
+pub fn expected_timeout(route: Option<Duration>, per_try: Option<Duration>) -> Option<Duration> {
+    per_try.or(route)
+}
