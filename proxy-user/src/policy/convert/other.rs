@@ -335,7 +335,7 @@ fn service_entry_not_applied(
         {
             ctx.not_applied(
                 &ep.key("address"),
-                Some("a node proxy cannot reach a pod's unix socket; Keel sends nothing to this endpoint"),
+                Some("Keel does not connect to unix sockets; it sends nothing to this endpoint"),
             );
         }
         if e.weight.is_some() {

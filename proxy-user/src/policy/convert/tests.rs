@@ -833,7 +833,7 @@ fn other_kinds_report_fields_not_applied() {
         ("spec.endpoints[0].locality", "Keel treats all localities alike"),
         ("spec.endpoints[0].network", "Keel treats all endpoints as one network"),
         ("spec.endpoints[0].serviceAccount", "Keel connects to upstreams in plaintext and checks no identity"),
-        ("spec.endpoints[1].address", "a node proxy cannot reach a pod's unix socket; Keel sends nothing to this endpoint"),
+        ("spec.endpoints[1].address", "Keel does not connect to unix sockets; it sends nothing to this endpoint"),
         ("spec.subjectAltNames", "Keel connects to upstreams in plaintext and checks no certificate"),
         ("spec.ingress", "Keel handles outbound traffic only"),
         ("spec.inboundConnectionPool.http.http1MaxPendingRequests", "Keel handles outbound traffic only"),
