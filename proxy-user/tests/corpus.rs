@@ -424,3 +424,139 @@ fn seed_examples_and_demo_validate() {
         );
     }
 }
+
+/// `resource (file, kind, namespace, name)` of every error, i.e. the resources that were rejected.
+fn rejected_resources(report: &LoadReport) -> BTreeSet<(String, String, String, String)> {
+    report
+        .errors
+        .iter()
+        .map(|e| {
+            let a = &e.at;
+            (
+                a.file.clone(),
+                a.kind.clone(),
+                a.namespace.clone(),
+                a.name.clone(),
+            )
+        })
+        .collect()
+}
+
+/// "Accepted, not applied" is said of accepted resources only: a rejected resource gets its errors, never
+/// that warning, in every sample of the corpus.
+#[test]
+fn rejected_resources_are_never_accepted_not_applied() {
+    let mut failures = Vec::new();
+    for s in samples("valid").into_iter().chain(samples("invalid")) {
+        let rejected = rejected_resources(&s.report);
+        for w in &s.report.warnings {
+            let a = &w.at;
+            let key = (
+                a.file.clone(),
+                a.kind.clone(),
+                a.namespace.clone(),
+                a.name.clone(),
+            );
+            if w.message.starts_with("accepted, not applied") && rejected.contains(&key) {
+                failures.push(format!("{}: {w}", s.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `keel validate` prints one `accepted, not applied: <field>` warning per DestinationRule traffic-policy
+/// field set, in text and in JSON, and still exits 0: the rule is valid.
+#[test]
+fn validate_reports_traffic_policy_fields_not_applied() {
+    let dir = sample_dir("valid", "dr-warn-not-applied");
+    let file = dir.join("sample.yaml");
+    let want = [
+        (
+            "spec.trafficPolicy.loadBalancer.simple",
+            "simple: ROUND_ROBIN",
+            "Keel balances every cluster by least request",
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+            "maxConnections: 100",
+            "Keel has no circuit breaking: it limits no connections or requests",
+        ),
+        (
+            "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes",
+            "outlierDetectionHttpErrorCodes:",
+            "Keel ejects no endpoints: every ready endpoint stays in the balancer",
+        ),
+        (
+            "spec.trafficPolicy.tls.mode",
+            "mode: SIMPLE",
+            "Keel connects to upstreams in plaintext",
+        ),
+        (
+            "spec.trafficPolicy.portLevelSettings[0].outlierDetection.baseEjectionTime",
+            "baseEjectionTime: 1m",
+            "Keel ejects no endpoints: every ready endpoint stays in the balancer",
+        ),
+        (
+            "spec.subsets[1].trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
+            "name: session",
+            "Keel balances every cluster by least request; no request is pinned to an endpoint",
+        ),
+    ];
+
+    let (code, stdout) = keel(&["validate", dir.to_str().expect("utf-8 path")]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let not_applied = stdout
+        .lines()
+        .filter(|l| l.contains(": warning: accepted, not applied: "))
+        .count();
+    assert_eq!(not_applied, 18, "{stdout}");
+    for (field, needle, today) in want {
+        let line = format!(
+            "sample.yaml:{}: DestinationRule default/dr-warn-not-applied: {field}: warning: accepted, not applied: {field}: {today}",
+            line_of(&file, needle)
+        );
+        assert!(
+            stdout.lines().any(|l| l.ends_with(&line)),
+            "{line} not in:\n{stdout}"
+        );
+    }
+    // Values that ask for what Keel does anyway are not reported.
+    for quiet in [
+        "portLevelSettings[0].loadBalancer",
+        "portLevelSettings[0].tls",
+        "h2UpgradePolicy",
+    ] {
+        assert!(!stdout.contains(quiet), "{quiet} reported:\n{stdout}");
+    }
+
+    let (code, stdout) = keel(&[
+        "validate",
+        dir.to_str().expect("utf-8 path"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert_eq!(json["valid"], true);
+    let warnings = json["warnings"].as_array().expect("warnings array");
+    assert_eq!(warnings.len(), 18, "{json:#}");
+    for (field, needle, today) in want {
+        let w = warnings
+            .iter()
+            .find(|w| w["field"] == field)
+            .unwrap_or_else(|| panic!("no warning for {field} in {json:#}"));
+        assert_eq!(w["kind"], "DestinationRule", "{w}");
+        assert_eq!(w["name"], "dr-warn-not-applied", "{w}");
+        assert_eq!(
+            w["line"].as_u64(),
+            u64::try_from(line_of(&file, needle)).ok(),
+            "{w}"
+        );
+        assert_eq!(
+            w["message"],
+            format!("accepted, not applied: {field}: {today}"),
+            "{w}"
+        );
+    }
+}

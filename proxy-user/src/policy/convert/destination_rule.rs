@@ -1,17 +1,20 @@
 //! `DestinationRule` -> model, with Istio's validation rules (§2.0–2.8 of the reference).
 //!
-//! Settings Keel validates but does not (yet) apply produce a warning naming the field, so nothing is
-//! ignored silently; settings whose absence would change behaviour in a way users rely on (tunnelling,
-//! PROXY protocol) are rejected as unsupported.
+//! Keel's request path applies a DestinationRule's `host`, `subsets` (labels select endpoints),
+//! `exportTo` and `workloadSelector`. It applies no `trafficPolicy` (top level, subset or port level):
+//! every such field is validated as Istio does, and each one set yields an `accepted, not applied`
+//! warning saying what Keel does instead ([`traffic_policy_not_applied`]). Settings whose absence would
+//! change behaviour in a way users rely on (tunnelling, PROXY protocol) are rejected as unsupported.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::fields::set_fields;
 use super::Ctx;
 use crate::policy::error::*;
 use crate::policy::model::*;
 use crate::policy::validate::{self as v, StarHost};
-use crate::source::FieldPath;
+use crate::source::{FieldPath, Segment};
 use crate::wire::istio as w;
 
 /// Maglev table sizes must be prime and below this.
@@ -95,6 +98,19 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         ws.match_labels.clone()
     });
 
+    // Only an accepted rule is "accepted, not applied".
+    if ctx.errors.is_empty() {
+        if let Some(tp) = &spec.traffic_policy {
+            traffic_policy_not_applied(ctx, &spec_path.key("trafficPolicy"), tp);
+        }
+        for (i, s) in spec.subsets.iter().enumerate() {
+            if let Some(tp) = &s.traffic_policy {
+                let path = spec_path.key("subsets").index(i).key("trafficPolicy");
+                traffic_policy_not_applied(ctx, &path, tp);
+            }
+        }
+    }
+
     Some(DestinationRule {
         meta: ctx.meta.clone(),
         host,
@@ -169,7 +185,6 @@ fn traffic_policy(
         if let Some(d) = &rb.budget_interval {
             ctx.check(&rp.key("budgetInterval"), v::duration_ms(d));
         }
-        ctx.warn(&rp, "retryBudget is validated but not applied: Keel limits retries with connectionPool.http.maxRetries only");
     }
     let load_balancer = tp
         .load_balancer
@@ -281,12 +296,6 @@ fn load_balancer(
     if let Some(l) = &lb.locality_lb_setting {
         locality(ctx, &path.key("localityLbSetting"), l);
     }
-    if lb.zone_aware_lb_setting.is_some() {
-        ctx.warn(
-            &path.key("zoneAwareLbSetting"),
-            "zoneAwareLbSetting is accepted but not applied: Keel sees one node's locality",
-        );
-    }
     if lb.warmup.is_some() && lb.warmup_duration_secs.is_some() {
         ctx.err(
             path,
@@ -295,10 +304,6 @@ fn load_balancer(
     }
     if let Some(d) = &lb.warmup_duration_secs {
         ctx.check(&path.key("warmupDurationSecs"), v::duration_ms(d));
-        ctx.warn(
-            &path.key("warmupDurationSecs"),
-            "warmupDurationSecs is deprecated and not applied by Keel (no slow start)",
-        );
     }
     if let Some(wu) = &lb.warmup {
         let wp = path.key("warmup");
@@ -334,10 +339,6 @@ fn load_balancer(
                 );
             }
         }
-        ctx.warn(
-            &wp,
-            "warmup is accepted but not applied: Keel has no slow start",
-        );
     }
     if let Some(s) = &lb.simple {
         return Some(match s.as_str() {
@@ -404,12 +405,6 @@ fn load_balancer(
         );
         return None;
     }
-    if ch.minimum_ring_size.is_some() {
-        ctx.warn(
-            &cp.key("minimumRingSize"),
-            "minimumRingSize is deprecated; use ringHash.minimumRingSize",
-        );
-    }
     if let Some(m) = &ch.maglev {
         match m.table_size {
             None | Some(0) => ctx.err(
@@ -422,10 +417,7 @@ fn load_balancer(
                     "maglev.tableSize {n} must be a prime below {MAGLEV_MAX}"
                 )),
             ),
-            Some(_) => ctx.warn(
-                &cp.key("maglev"),
-                "maglev is accepted; Keel uses its ring hash (same stickiness)",
-            ),
+            Some(_) => {}
         }
     }
     let ring = ch
@@ -480,12 +472,6 @@ fn load_balancer(
                 ),
                 Some(_) => {}
             }
-        }
-        if !c.attributes.is_empty() {
-            ctx.warn(
-                &kp.key("attributes"),
-                "cookie attributes are accepted but not added to generated cookies",
-            );
         }
         HashKey::Cookie {
             name,
@@ -591,14 +577,6 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
             }
         }
     }
-    if l.enabled != Some(false)
-        && (!l.distribute.is_empty() || !l.failover.is_empty() || !l.failover_priority.is_empty())
-    {
-        ctx.warn(
-            path,
-            "localityLbSetting is accepted but not applied: Keel treats all localities alike",
-        );
-    }
 }
 
 /// The node topology labels that locality load balancing orders by (region, zone, subzone).
@@ -684,17 +662,9 @@ fn connection_pool(
                     ctx.check(&kp.key(k), v::duration_ms(d));
                 }
             }
-            ctx.warn(
-                &kp,
-                "tcpKeepalive is accepted but not applied: Keel uses the OS keepalive settings",
-            );
         }
         if let Some(d) = &tcp.max_connection_duration {
             ctx.check(&tp.key("maxConnectionDuration"), v::duration_ms(d));
-            ctx.warn(
-                &tp.key("maxConnectionDuration"),
-                "maxConnectionDuration is accepted but not applied",
-            );
         }
         tcp_idle = tcp
             .idle_timeout
@@ -729,11 +699,7 @@ fn connection_pool(
             .and_then(|d| ctx.check(&hp.key("idleTimeout"), v::duration_ms_or_zero(d)));
         let policy = http.h2_upgrade_policy.as_deref().unwrap_or("DEFAULT");
         match policy {
-            "DEFAULT" | "DO_NOT_UPGRADE" => {}
-            "UPGRADE" => ctx.warn(
-                &hp.key("h2UpgradePolicy"),
-                "h2UpgradePolicy: UPGRADE is accepted but not applied: Keel speaks the port's declared protocol upstream",
-            ),
+            "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE" => {}
             other => ctx.err(
                 &hp.key("h2UpgradePolicy"),
                 Invalid::Enum {
@@ -748,22 +714,12 @@ fn connection_pool(
                 InvalidTrafficPolicy::Conflict("h2UpgradePolicy: UPGRADE", "useClientProtocol"),
             );
         }
-        if http.use_client_protocol == Some(true) {
-            ctx.warn(
-                &hp.key("useClientProtocol"),
-                "useClientProtocol is accepted but not applied",
-            );
-        }
         if let Some(n) = http.max_concurrent_streams {
             limit(
                 ctx,
                 &hp.key("maxConcurrentStreams"),
                 "maxConcurrentStreams",
                 Some(n),
-            );
-            ctx.warn(
-                &hp.key("maxConcurrentStreams"),
-                "maxConcurrentStreams is accepted but not applied",
             );
         }
         if let Some(ka) = &http.http2_keep_alive {
@@ -780,7 +736,6 @@ fn connection_pool(
                     ),
                 ),
             }
-            ctx.warn(&kp, "http2KeepAlive is accepted but not applied");
         }
     }
     // Istio uses the TCP idle timeout for HTTP too when the HTTP one is unset.
@@ -794,12 +749,6 @@ fn outlier_detection(
     od: &w::OutlierDetection,
 ) -> Option<OutlierDetection> {
     let before = ctx.errors.len();
-    if od.consecutive_errors.is_some() {
-        ctx.warn(
-            &path.key("consecutiveErrors"),
-            "consecutiveErrors is deprecated and ignored (as in Istio); use consecutive5xxErrors",
-        );
-    }
     let count = |ctx: &mut Ctx<'_>,
                  key: &str,
                  field: &'static str,
@@ -857,12 +806,6 @@ fn outlier_detection(
             ),
         );
     }
-    if split {
-        ctx.warn(
-            &path.key("splitExternalLocalOriginErrors"),
-            "splitExternalLocalOriginErrors is accepted but not applied: local failures count as 5xx",
-        );
-    }
     let dur = |ctx: &mut Ctx<'_>, key: &str, v: &Option<String>, default: Duration| match v {
         None => default,
         Some(s) => ctx
@@ -917,12 +860,6 @@ fn outlier_detection(
                 },
             );
         }
-    }
-    if !od.outlier_detection_http_error_codes.is_empty() {
-        ctx.warn(
-            &path.key("outlierDetectionHttpErrorCodes"),
-            "outlierDetectionHttpErrorCodes is accepted but not applied: every 5xx counts",
-        );
     }
     if ctx.errors.len() > before {
         return None;
@@ -980,10 +917,112 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) {
             InvalidTrafficPolicy::Conflict("insecureSkipVerify", "caCertificates/subjectAltNames"),
         );
     }
-    if mode != "DISABLE" {
-        ctx.warn(
-            &path.key("mode"),
-            format!("tls mode {mode} is accepted but not applied: Keel connects to upstreams in plaintext"),
-        );
+}
+
+/// Warns `accepted, not applied` once for every field set in a valid `trafficPolicy` at `path`, including
+/// its `portLevelSettings` entries (whose `port` only says which port the entry is for).
+fn traffic_policy_not_applied(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::TrafficPolicy) {
+    let own = w::TrafficPolicy {
+        port_level_settings: Vec::new(),
+        ..tp.clone()
+    };
+    let mut blocks = vec![(path.clone(), set_fields(&own, path))];
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let at = path.key("portLevelSettings").index(i);
+        let settings = w::PortTrafficPolicy {
+            port: None,
+            ..pl.clone()
+        };
+        let fields = set_fields(&settings, &at);
+        blocks.push((at, fields));
     }
+    for (root, fields) in blocks {
+        for (field, value) in fields {
+            let inner: Vec<&str> = field.0[root.0.len()..]
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Key(k) => Some(k.as_str()),
+                    Segment::Index(_) => None,
+                })
+                .collect();
+            if let Some(today) = traffic_policy_today(&inner, &value) {
+                ctx.not_applied(&field, Some(today));
+            }
+        }
+    }
+}
+
+const LEAST_REQUEST: &str = "Keel balances every cluster by least request";
+const NO_HASHING: &str =
+    "Keel balances every cluster by least request; no request is pinned to an endpoint";
+const NO_SLOW_START: &str = "Keel has no slow start: a new endpoint gets its full share at once";
+const IDLE: &str =
+    "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout";
+const NO_CIRCUIT_BREAKING: &str =
+    "Keel has no circuit breaking: it limits no connections or requests";
+const NO_EJECTION: &str = "Keel ejects no endpoints: every ready endpoint stays in the balancer";
+const PLAINTEXT: &str = "Keel connects to upstreams in plaintext";
+
+/// What Keel does instead of the traffic-policy field at `inner` (the path below the policy, keys only)
+/// set to `value`; `None` when the value asks for what Keel does anyway (e.g. `LEAST_REQUEST`).
+fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'static str> {
+    let s = value.as_str();
+    Some(match inner {
+        ["loadBalancer", "simple"] => match s {
+            // LEAST_CONN means LEAST_REQUEST (it has its own deprecation warning).
+            Some("UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN") => return None,
+            _ => LEAST_REQUEST,
+        },
+        ["loadBalancer", "consistentHash", "minimumRingSize"] => {
+            "deprecated, use ringHash.minimumRingSize; Keel balances every cluster by least request"
+        }
+        ["loadBalancer", "consistentHash", ..] => NO_HASHING,
+        ["loadBalancer", "localityLbSetting", ..] | ["loadBalancer", "zoneAwareLbSetting", ..] => {
+            "Keel treats all localities alike"
+        }
+        ["loadBalancer", "warmupDurationSecs"] => {
+            "deprecated, use warmup; Keel has no slow start: a new endpoint gets its full share at once"
+        }
+        ["loadBalancer", "warmup", ..] => NO_SLOW_START,
+        ["loadBalancer", ..] => LEAST_REQUEST,
+        ["connectionPool", "tcp", "connectTimeout"] => {
+            "Keel gives up on an upstream connect after 10 s"
+        }
+        ["connectionPool", "tcp", "tcpKeepalive", ..] => {
+            "Keel does not enable TCP keepalive on upstream connections"
+        }
+        ["connectionPool", "tcp", "maxConnectionDuration"] => {
+            "an upstream connection lives as long as it is used"
+        }
+        ["connectionPool", _, "idleTimeout"] => IDLE,
+        ["connectionPool", "http", "maxRequestsPerConnection"] => {
+            "Keel reuses an upstream connection for any number of requests"
+        }
+        ["connectionPool", "http", "maxRetries"] | ["retryBudget", ..] => {
+            "Keel sets no cluster-wide limit on retries"
+        }
+        ["connectionPool", "http", "h2UpgradePolicy"] => match s {
+            Some("DEFAULT" | "DO_NOT_UPGRADE") => return None,
+            _ => "Keel speaks the port's declared protocol upstream and never upgrades HTTP/1.1 to HTTP/2",
+        },
+        ["connectionPool", "http", "useClientProtocol"] => match value.as_bool() {
+            Some(false) => return None,
+            _ => "Keel speaks the port's declared protocol upstream (the client's only on a port with no declared protocol)",
+        },
+        ["connectionPool", "http", "maxConcurrentStreams"] => {
+            "Keel sets no HTTP/2 stream limit of its own"
+        }
+        ["connectionPool", "http", "http2KeepAlive", ..] => "Keel sends no HTTP/2 keepalive pings",
+        ["connectionPool", ..] => NO_CIRCUIT_BREAKING,
+        ["outlierDetection", "consecutiveErrors"] => {
+            "deprecated and ignored as in Istio, use consecutive5xxErrors; Keel ejects no endpoints"
+        }
+        ["outlierDetection", ..] => NO_EJECTION,
+        ["tls", "mode"] => match s {
+            Some("DISABLE") => return None,
+            _ => PLAINTEXT,
+        },
+        ["tls", ..] => PLAINTEXT,
+        _ => "Keel applies no DestinationRule trafficPolicy",
+    })
 }

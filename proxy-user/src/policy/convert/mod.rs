@@ -6,6 +6,7 @@
 //! warnings (unknown subsets, unreachable rules, ...). Nothing here panics on user input.
 
 mod destination_rule;
+mod fields;
 mod k8s;
 mod other;
 mod virtual_service;
@@ -87,6 +88,12 @@ impl<'a> Ctx<'a> {
         self.warnings.push((path.clone(), msg.into()));
     }
 
+    /// Records that the field at `path` is set, valid, and not applied by Keel: the one wording for
+    /// this, [`not_applied_message`], optionally followed by what Keel does today instead (`today`).
+    pub fn not_applied(&mut self, path: &FieldPath, today: Option<&str>) {
+        self.warn(path, not_applied_message(path, today));
+    }
+
     /// Unwraps `r`, recording its error at `path`.
     pub fn check<T, E: Into<Invalid>>(&mut self, path: &FieldPath, r: Result<T, E>) -> Option<T> {
         match r {
@@ -101,6 +108,18 @@ impl<'a> Ctx<'a> {
     /// The location of `path` in this resource (for messages about it).
     pub fn location(&self, path: &FieldPath) -> Location {
         location(self.doc, &self.meta, path)
+    }
+}
+
+/// How every warning about a field Keel accepts but does not apply begins.
+pub const NOT_APPLIED: &str = "accepted, not applied";
+
+/// `accepted, not applied: <path>`, then `: <today>` when given: the field as written in YAML and
+/// what Keel does today instead.
+pub fn not_applied_message(path: &FieldPath, today: Option<&str>) -> String {
+    match today {
+        Some(today) => format!("{NOT_APPLIED}: {path}: {today}"),
+        None => format!("{NOT_APPLIED}: {path}"),
     }
 }
 
@@ -141,6 +160,8 @@ struct Builder {
     vs_locations: Vec<Location>,
     /// Per DestinationRule: location of `spec.host`, of `spec.trafficPolicy` and of each subset name.
     dr_locations: Vec<(Location, Location, Vec<Location>)>,
+    /// Per ServiceEntry: location of `spec.hosts`.
+    se_locations: Vec<Location>,
 }
 
 impl Builder {
@@ -377,6 +398,8 @@ impl Builder {
                 let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
                 match other::service_entry(ctx, &obj.spec) {
                     Some(se) if ctx.errors.is_empty() => {
+                        self.se_locations
+                            .push(ctx.location(&FieldPath::parse("spec.hosts")));
                         self.report.snapshot.service_entries.push(se);
                         true
                     }
@@ -576,7 +599,8 @@ impl Builder {
             }
         }
         // Destination rules whose host is unknown, and what merging several rules for one host drops (§2.0:
-        // subsets are concatenated, first definition wins; only the first top-level trafficPolicy counts).
+        // subsets are concatenated, first definition wins; Istio uses only the first top-level
+        // trafficPolicy, which Keel does not apply either).
         for (i, dr) in snap.destination_rules.iter().enumerate() {
             let Some((host_at, policy_at, subset_ats)) = self.dr_locations.get(i) else {
                 continue;
@@ -629,12 +653,28 @@ impl Builder {
                     warnings.push(ConfigWarning {
                         at: policy_at.clone(),
                         message: format!(
-                            "ignored: {} already sets a trafficPolicy for {} and the first one wins",
+                            "shadowed: {} already sets a trafficPolicy for {}; Istio uses only the first (Keel applies neither)",
                             first.meta.display_name(),
                             dr.host
                         ),
                     });
                 }
+            }
+        }
+        // ServiceEntries without addresses: the kernel redirects by destination address, so nothing
+        // dialled to such an entry's hosts reaches Keel, unlike a sidecar that captures every
+        // connection. An entry whose hosts are all Service hosts only decorates those Services.
+        for (se, at) in snap.service_entries.iter().zip(&self.se_locations) {
+            if se.addresses.is_empty()
+                && !se
+                    .hosts
+                    .iter()
+                    .all(|h| snap.service_by_host.contains_key(h))
+            {
+                warnings.push(ConfigWarning {
+                    at: at.clone(),
+                    message: "no addresses: Keel captures connections by destination address, so connections to these hosts go direct; the hosts serve only as route destinations".to_string(),
+                });
             }
         }
         self.report.warnings.extend(warnings);

@@ -1,7 +1,11 @@
 //! `ServiceEntry`, `Sidecar`, `Gateway` and Keel's `MeshConfig` -> model (§3 of the reference).
+//!
+//! Each accepted resource then gets an `accepted, not applied` warning for every field set that Keel's
+//! data path does not read (the `*_not_applied` functions), saying what Keel does instead.
 
 use std::collections::BTreeSet;
 
+use super::fields::set_fields;
 use super::Ctx;
 use crate::policy::error::*;
 use crate::policy::model::*;
@@ -83,12 +87,6 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
                     "CIDR {a} is only allowed with resolution NONE or STATIC (list single IPs)"
                 )),
             );
-        } else if service_entry_cidr(a).is_some() {
-            // The kernel's meshed set is an exact (ip, port) map: a range cannot be published.
-            ctx.warn(
-                &ap,
-                format!("CIDR {a} is not captured: Keel's kernel redirect matches exact addresses only (list single IPs)"),
-            );
         }
     }
 
@@ -140,17 +138,6 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
             None | Some(0) => None,
             Some(t) => ctx.check(&pp.key("targetPort"), v::port(t)),
         };
-        if resolution == Resolution::None
-            && spec.addresses.is_empty()
-            && !protocol.is_http()
-            && protocol != Protocol::Tls
-            && protocol != Protocol::Https
-        {
-            ctx.warn(
-                &pp,
-                format!("TCP port {port} without addresses matches traffic to any IP on that port"),
-            );
-        }
         if resolution == Resolution::DynamicDns
             && !(protocol.is_http() || matches!(protocol, Protocol::Tls | Protocol::Https))
         {
@@ -288,6 +275,9 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
             v::export_to(&spec.export_to, &ns, v::ExportKind::Service),
         )
         .unwrap_or_default();
+    if ctx.errors.is_empty() {
+        service_entry_not_applied(ctx, spec, resolution, location);
+    }
     Some(ServiceEntry {
         meta: ctx.meta.clone(),
         hosts,
@@ -299,6 +289,86 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
         workload_selector,
         export_to,
     })
+}
+
+/// The ServiceEntry fields Keel accepts and does not apply. (An entry without addresses is covered by a
+/// cross-resource check: whether it is captured depends on the Services it shares hosts with.)
+fn service_entry_not_applied(
+    ctx: &mut Ctx<'_>,
+    spec: &w::ServiceEntrySpec,
+    resolution: Resolution,
+    location: MeshLocation,
+) {
+    let sp = FieldPath::root().key("spec");
+    for (i, a) in spec.addresses.iter().enumerate() {
+        if service_entry_cidr(a).is_some() {
+            // The kernel's meshed set is an exact (ip, port) map: a range cannot be published.
+            ctx.not_applied(
+                &sp.key("addresses").index(i),
+                Some("Keel's kernel redirect matches exact addresses only, so a range captures nothing (list single IPs)"),
+            );
+        }
+    }
+    if location == MeshLocation::MeshInternal {
+        ctx.not_applied(
+            &sp.key("location"),
+            Some("Keel treats MESH_INTERNAL entries like MESH_EXTERNAL ones"),
+        );
+    }
+    match resolution {
+        Resolution::DynamicDns => ctx.not_applied(
+            &sp.key("resolution"),
+            Some("Keel does not resolve hosts per request: traffic routed to these hosts fails (HTTP 503 NC)"),
+        ),
+        Resolution::Dns | Resolution::DnsRoundRobin if spec.workload_selector.is_some() => ctx
+            .not_applied(
+                &sp.key("workloadSelector"),
+                Some("with DNS resolution Keel resolves names and selects no pods"),
+            ),
+        _ => {}
+    }
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let ep = sp.key("endpoints").index(i);
+        if e.address
+            .as_deref()
+            .is_some_and(|a| a.starts_with("unix://"))
+        {
+            ctx.not_applied(
+                &ep.key("address"),
+                Some("Keel does not connect to unix sockets; it sends nothing to this endpoint"),
+            );
+        }
+        if e.weight.is_some() {
+            ctx.not_applied(
+                &ep.key("weight"),
+                Some("Keel balances endpoints by least request, without weights"),
+            );
+        }
+        if e.locality.is_some() {
+            ctx.not_applied(
+                &ep.key("locality"),
+                Some("Keel treats all localities alike"),
+            );
+        }
+        if e.network.is_some() {
+            ctx.not_applied(
+                &ep.key("network"),
+                Some("Keel treats all endpoints as one network"),
+            );
+        }
+        if e.service_account.is_some() {
+            ctx.not_applied(
+                &ep.key("serviceAccount"),
+                Some("Keel connects to upstreams in plaintext and checks no identity"),
+            );
+        }
+    }
+    if !spec.subject_alt_names.is_empty() {
+        ctx.not_applied(
+            &sp.key("subjectAltNames"),
+            Some("Keel connects to upstreams in plaintext and checks no certificate"),
+        );
+    }
 }
 
 /// `namespace/dnsName` as used by Sidecar egress hosts and Gateway server hosts.
@@ -361,28 +431,10 @@ pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sideca
             None => None,
             Some(n) => ctx.check(&ep.key("port").key("number"), v::port(n)),
         };
-        if e.bind.is_some() || e.capture_mode.is_some() {
-            ctx.warn(
-                &ep,
-                "bind and captureMode have no meaning for Keel's eBPF redirect",
-            );
-        }
         egress.push(SidecarEgress {
             port,
             hosts: e.hosts.clone(),
         });
-    }
-    if !spec.ingress.is_empty() {
-        ctx.warn(
-            &sp.key("ingress"),
-            "ingress listeners are accepted but not applied: Keel handles outbound traffic only",
-        );
-    }
-    if spec.inbound_connection_pool.is_some() {
-        ctx.warn(
-            &sp.key("inboundConnectionPool"),
-            "inboundConnectionPool is accepted but not applied",
-        );
     }
     let outbound_traffic_policy = match &spec.outbound_traffic_policy {
         None => None,
@@ -401,12 +453,58 @@ pub(super) fn sidecar(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) -> Option<Sideca
             )
         }
     };
+    if ctx.errors.is_empty() {
+        sidecar_not_applied(ctx, spec);
+    }
     Some(Sidecar {
         meta: ctx.meta.clone(),
         workload_selector,
         egress,
         outbound_traffic_policy,
     })
+}
+
+/// The Sidecar fields Keel accepts and does not apply: Keel handles outbound traffic, scoped by the egress
+/// listeners' hosts and ports, and captures it in the kernel rather than on listeners.
+fn sidecar_not_applied(ctx: &mut Ctx<'_>, spec: &w::SidecarSpec) {
+    const OUTBOUND_ONLY: &str = "Keel handles outbound traffic only";
+    let sp = FieldPath::root().key("spec");
+    if !spec.ingress.is_empty() {
+        ctx.not_applied(&sp.key("ingress"), Some(OUTBOUND_ONLY));
+    }
+    if let Some(pool) = &spec.inbound_connection_pool {
+        for (field, _) in set_fields(pool, &sp.key("inboundConnectionPool")) {
+            ctx.not_applied(&field, Some(OUTBOUND_ONLY));
+        }
+    }
+    for (i, e) in spec.egress.iter().enumerate() {
+        let ep = sp.key("egress").index(i);
+        if e.bind.is_some() {
+            ctx.not_applied(
+                &ep.key("bind"),
+                Some("Keel's kernel redirect captures by destination, not on a listener address"),
+            );
+        }
+        if e.capture_mode.is_some() {
+            ctx.not_applied(
+                &ep.key("captureMode"),
+                Some("Keel's kernel redirect captures every connection to a meshed destination"),
+            );
+        }
+        let Some(port) = &e.port else { continue };
+        if port.protocol.is_some() {
+            ctx.not_applied(
+                &ep.key("port").key("protocol"),
+                Some("Keel takes the protocol from the destination's port"),
+            );
+        }
+        if port.target_port.is_some() {
+            ctx.not_applied(
+                &ep.key("port").key("targetPort"),
+                Some("Keel forwards to the destination's endpoint port"),
+            );
+        }
+    }
 }
 
 /// `ALLOW_ANY` / `REGISTRY_ONLY`; an absent mode means `default` (which differs between Sidecar's proto
@@ -514,6 +612,19 @@ pub(super) fn gateway(ctx: &mut Ctx<'_>, spec: &w::GatewaySpec) -> Option<Gatewa
             hosts: s.hosts.clone(),
         });
     }
+    if ctx.errors.is_empty() {
+        // Gateways are kept only so VirtualService `gateways` references can be checked.
+        if !spec.selector.is_empty() {
+            ctx.not_applied(
+                &sp.key("selector"),
+                Some("Keel is not a gateway and configures no gateway pod"),
+            );
+        }
+        ctx.not_applied(
+            &sp.key("servers"),
+            Some("Keel is not a gateway and opens no listener for these servers"),
+        );
+    }
     Some(Gateway {
         meta: ctx.meta.clone(),
         selector: spec.selector.clone(),
@@ -562,6 +673,12 @@ pub(super) fn mesh_config(ctx: &mut Ctx<'_>, spec: &wkeel::MeshConfigSpec) -> Op
         ) {
             mesh.protocol_detection_timeout = d;
         }
+    }
+    if ctx.errors.is_empty() && spec.mirror_shadow_suffix.is_some() {
+        ctx.not_applied(
+            &sp.key("mirrorShadowSuffix"),
+            Some("Keel sends no mirrored requests"),
+        );
     }
     Some(mesh)
 }

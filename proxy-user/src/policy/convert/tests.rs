@@ -655,10 +655,228 @@ fn traffic_policy_conversion() {
     assert_eq!(od.max_ejection_percent, 10);
     assert_eq!(tp.port_level[0].0, 9080);
     assert_eq!(tp.port_level[0].1.load_balancer, Some(LoadBalancer::Random));
-    assert!(report
+    assert!(report.warnings.iter().any(|w| w.message
+        == "accepted, not applied: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated and ignored as in Istio, use consecutive5xxErrors; Keel ejects no endpoints"));
+}
+
+/// `(field, message)` of every warning.
+fn warning_fields(report: &LoadReport) -> Vec<(String, String)> {
+    report
         .warnings
         .iter()
-        .any(|w| w.message.contains("consecutiveErrors is deprecated")));
+        .map(|w| (w.at.field.clone(), w.message.clone()))
+        .collect()
+}
+
+/// Service `reviews` in `ns1`, so DestinationRules for it have a known host.
+const REVIEWS_NS1: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: ns1}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{port: 9080, name: http}]\n---\n";
+
+/// Keel applies no DestinationRule trafficPolicy: every field set, at every level, says so once, with its
+/// path, and what Keel does instead.
+#[test]
+fn every_traffic_policy_field_set_is_accepted_not_applied() {
+    let report = load(&format!("{REVIEWS_NS1}{}", dr(concat!(
+        "  host: reviews\n",
+        "  trafficPolicy:\n",
+        "    loadBalancer:\n",
+        "      simple: ROUND_ROBIN\n",
+        "      localityLbSetting: {enabled: true}\n",
+        "    connectionPool:\n",
+        "      tcp: {maxConnections: 100, connectTimeout: 30ms, tcpKeepalive: {time: 7200s}}\n",
+        "      http: {http1MaxPendingRequests: 1, maxRetries: 3, idleTimeout: 5s, h2UpgradePolicy: DEFAULT}\n",
+        "    outlierDetection:\n",
+        "      consecutive5xxErrors: 7\n",
+        "      interval: 5m\n",
+        "    tls: {mode: SIMPLE, sni: reviews.example}\n",
+        "    portLevelSettings:\n",
+        "    - port: {number: 9080}\n",
+        "      loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n",
+        "      tls: {mode: DISABLE}\n",
+        "  subsets:\n",
+        "  - name: v1\n",
+        "    labels: {version: v1}\n",
+        "    trafficPolicy:\n",
+        "      connectionPool: {http: {maxRequestsPerConnection: 1}}\n",
+        "      retryBudget: {percent: 20}\n",
+    ))));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let tp = "spec.trafficPolicy";
+    let sub = "spec.subsets[0].trafficPolicy";
+    let want: Vec<(String, &str)> = vec![
+        (format!("{tp}.loadBalancer.simple"), "Keel balances every cluster by least request"),
+        (format!("{tp}.loadBalancer.localityLbSetting.enabled"), "Keel treats all localities alike"),
+        (format!("{tp}.connectionPool.tcp.maxConnections"), "Keel has no circuit breaking: it limits no connections or requests"),
+        (format!("{tp}.connectionPool.tcp.connectTimeout"), "Keel gives up on an upstream connect after 10 s"),
+        (format!("{tp}.connectionPool.tcp.tcpKeepalive.time"), "Keel does not enable TCP keepalive on upstream connections"),
+        (format!("{tp}.connectionPool.http.http1MaxPendingRequests"), "Keel has no circuit breaking: it limits no connections or requests"),
+        (format!("{tp}.connectionPool.http.maxRetries"), "Keel sets no cluster-wide limit on retries"),
+        (format!("{tp}.connectionPool.http.idleTimeout"), "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout"),
+        (format!("{tp}.outlierDetection.consecutive5xxErrors"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
+        (format!("{tp}.outlierDetection.interval"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
+        (format!("{tp}.tls.mode"), "Keel connects to upstreams in plaintext"),
+        (format!("{tp}.tls.sni"), "Keel connects to upstreams in plaintext"),
+        (format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"), "Keel balances every cluster by least request; no request is pinned to an endpoint"),
+        (format!("{sub}.connectionPool.http.maxRequestsPerConnection"), "Keel reuses an upstream connection for any number of requests"),
+        (format!("{sub}.retryBudget.percent"), "Keel sets no cluster-wide limit on retries"),
+    ];
+    let want: Vec<(String, String)> = want
+        .into_iter()
+        .map(|(field, today)| {
+            let message = format!("accepted, not applied: {field}: {today}");
+            (field, message)
+        })
+        .collect();
+    assert_eq!(warning_fields(&report), want);
+    // `h2UpgradePolicy: DEFAULT` and `tls.mode: DISABLE` ask for what Keel does: no warning.
+}
+
+#[test]
+fn destination_rule_with_host_and_subsets_only_has_no_warnings() {
+    let report = load(&format!(
+        "{REVIEWS_NS1}{}",
+        dr(concat!(
+            "  host: reviews\n",
+            "  exportTo: [\".\"]\n",
+            "  subsets:\n",
+            "  - {name: v1, labels: {version: v1}}\n",
+            "  - {name: v2, labels: {version: v2}}\n",
+        ))
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(warning_fields(&report), vec![]);
+    // Values that ask for what Keel does anyway are applied in effect.
+    let report = load(&format!(
+        "{REVIEWS_NS1}{}",
+        dr(concat!(
+        "  host: reviews\n",
+        "  trafficPolicy:\n",
+        "    loadBalancer: {simple: LEAST_REQUEST}\n",
+        "    tls: {mode: DISABLE}\n",
+        "    connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: false}}\n",
+    ))
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(warning_fields(&report), vec![]);
+}
+
+/// A rejected rule is not "accepted": it gets its errors, not `accepted, not applied` warnings.
+#[test]
+fn a_rejected_destination_rule_is_not_accepted_not_applied() {
+    let report = load(&dr(concat!(
+        "  host: reviews\n",
+        "  trafficPolicy:\n",
+        "    loadBalancer: {simple: RANDOM}\n",
+        "    outlierDetection: {maxEjectionPercent: 150}\n",
+    )));
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(
+        !report
+            .warnings
+            .iter()
+            .any(|w| w.message.starts_with(NOT_APPLIED)),
+        "{:?}",
+        report.warnings
+    );
+}
+
+/// ServiceEntry, Sidecar, Gateway and MeshConfig fields that Keel does not read say so, in the same words.
+#[test]
+fn other_kinds_report_fields_not_applied() {
+    let yaml = concat!(
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: ServiceEntry\n",
+        "metadata: {name: se, namespace: ns1}\n",
+        "spec:\n",
+        "  hosts: [db.example.com]\n",
+        "  addresses: [10.0.0.0/24, 10.1.0.1]\n",
+        "  location: MESH_INTERNAL\n",
+        "  resolution: STATIC\n",
+        "  ports: [{number: 5432, name: tcp-pg, protocol: TCP}]\n",
+        "  endpoints:\n",
+        "  - {address: 10.1.0.1, weight: 3, locality: r1/z1, network: n1, serviceAccount: pg}\n",
+        "  - {address: \"unix:///var/run/pg.sock\"}\n",
+        "  subjectAltNames: [spiffe://pg]\n",
+        "---\n",
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: Sidecar\n",
+        "metadata: {name: sc, namespace: ns1}\n",
+        "spec:\n",
+        "  ingress:\n",
+        "  - port: {number: 9080, protocol: HTTP, name: http}\n",
+        "    defaultEndpoint: 127.0.0.1:8080\n",
+        "  inboundConnectionPool: {http: {http1MaxPendingRequests: 10}}\n",
+        "  egress:\n",
+        "  - port: {number: 9080, protocol: HTTP, name: http}\n",
+        "    bind: 127.0.0.2\n",
+        "    captureMode: NONE\n",
+        "    hosts: [\"./*\"]\n",
+        "---\n",
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: Gateway\n",
+        "metadata: {name: gw, namespace: ns1}\n",
+        "spec:\n",
+        "  selector: {istio: ingressgateway}\n",
+        "  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n",
+        "---\n",
+        "apiVersion: keel.io/v1alpha1\n",
+        "kind: MeshConfig\n",
+        "metadata: {name: keel}\n",
+        "spec: {mirrorShadowSuffix: false, rootNamespace: istio-system}\n",
+    );
+    let report = load(yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let got: Vec<(String, String)> = warning_fields(&report);
+    let want: Vec<(&str, &str)> = vec![
+        ("spec.addresses[0]", "Keel's kernel redirect matches exact addresses only, so a range captures nothing (list single IPs)"),
+        ("spec.location", "Keel treats MESH_INTERNAL entries like MESH_EXTERNAL ones"),
+        ("spec.endpoints[0].weight", "Keel balances endpoints by least request, without weights"),
+        ("spec.endpoints[0].locality", "Keel treats all localities alike"),
+        ("spec.endpoints[0].network", "Keel treats all endpoints as one network"),
+        ("spec.endpoints[0].serviceAccount", "Keel connects to upstreams in plaintext and checks no identity"),
+        ("spec.endpoints[1].address", "Keel does not connect to unix sockets; it sends nothing to this endpoint"),
+        ("spec.subjectAltNames", "Keel connects to upstreams in plaintext and checks no certificate"),
+        ("spec.ingress", "Keel handles outbound traffic only"),
+        ("spec.inboundConnectionPool.http.http1MaxPendingRequests", "Keel handles outbound traffic only"),
+        ("spec.egress[0].bind", "Keel's kernel redirect captures by destination, not on a listener address"),
+        ("spec.egress[0].captureMode", "Keel's kernel redirect captures every connection to a meshed destination"),
+        ("spec.egress[0].port.protocol", "Keel takes the protocol from the destination's port"),
+        ("spec.selector", "Keel is not a gateway and configures no gateway pod"),
+        ("spec.servers", "Keel is not a gateway and opens no listener for these servers"),
+        ("spec.mirrorShadowSuffix", "Keel sends no mirrored requests"),
+    ];
+    let want: Vec<(String, String)> = want
+        .into_iter()
+        .map(|(f, today)| {
+            (
+                f.to_string(),
+                format!("accepted, not applied: {f}: {today}"),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// A ServiceEntry without addresses is never captured: the kernel redirects by address. One that only
+/// decorates a Service (same host) is captured through the Service's VIP.
+#[test]
+fn service_entry_without_addresses_is_not_captured() {
+    let se = |name: &str, host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: ns1}}\nspec:\n  hosts: [{host}]\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n---\n"
+        )
+    };
+    let report = load(&format!(
+        "{}{}{REVIEWS_NS1}",
+        se("external", "httpbin.org"),
+        se("decorates", "reviews.ns1.svc.cluster.local")
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let got: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].contains("ServiceEntry ns1/external: spec.hosts: warning: no addresses: Keel captures connections by destination address"),
+        "{got:#?}"
+    );
 }
 
 #[test]
