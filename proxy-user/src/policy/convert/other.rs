@@ -674,11 +674,5 @@ pub(super) fn mesh_config(ctx: &mut Ctx<'_>, spec: &wkeel::MeshConfigSpec) -> Op
             mesh.protocol_detection_timeout = d;
         }
     }
-    if ctx.errors.is_empty() && spec.mirror_shadow_suffix.is_some() {
-        ctx.not_applied(
-            &sp.key("mirrorShadowSuffix"),
-            Some("Keel sends no mirrored requests"),
-        );
-    }
     Some(mesh)
 }

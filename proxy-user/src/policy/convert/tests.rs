@@ -842,7 +842,6 @@ fn other_kinds_report_fields_not_applied() {
         ("spec.egress[0].port.protocol", "Keel takes the protocol from the destination's port"),
         ("spec.selector", "Keel is not a gateway and configures no gateway pod"),
         ("spec.servers", "Keel is not a gateway and opens no listener for these servers"),
-        ("spec.mirrorShadowSuffix", "Keel sends no mirrored requests"),
     ];
     let want: Vec<(String, String)> = want
         .into_iter()
