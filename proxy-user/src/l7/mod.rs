@@ -1,6 +1,7 @@
 //! HTTP request path: serve a redirected connection with hyper (HTTP/1.1 and h2c), route every
 //! request, and forward it to the chosen cluster's endpoint.
 
+pub mod filters;
 pub mod rescue;
 
 use std::convert::Infallible;
