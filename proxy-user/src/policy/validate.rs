@@ -346,7 +346,7 @@ pub fn header_value(name: &str, value: &str) -> Result<Vec<String>, Invalid> {
 /// Istio applies to every header value.
 pub fn authority_value(name: &str, value: &str) -> Result<String, Invalid> {
     no_control_chars(name, value)?;
-    if value.matches('%').count() % 2 != 0 {
+    if !value.matches('%').count().is_multiple_of(2) {
         return Err(InvalidHeader::Value {
             name: name.to_string(),
             value: value.to_string(),

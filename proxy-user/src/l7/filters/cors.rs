@@ -191,7 +191,34 @@ mod tests {
         allowMethods: [GET, POST], allowHeaders: [content-type, x-user], exposeHeaders: [x-request-id, x-trace], \
         maxAge: 24h, allowCredentials: true}";
 
-    /// The local answer to a preflight, or `None` when it is forwarded.
+    /// One request on a route with a CORS policy.
+    struct Case {
+        what: &'static str,
+        cors: &'static str,
+        method: Method,
+        headers: Vec<(&'static str, &'static str)>,
+        want: Want,
+    }
+
+    impl Case {
+        fn new(
+            what: &'static str,
+            cors: &'static str,
+            method: Method,
+            headers: Vec<(&'static str, &'static str)>,
+            want: Want,
+        ) -> Case {
+            Case {
+                what,
+                cors,
+                method,
+                headers,
+                want,
+            }
+        }
+    }
+
+    /// What the CORS filter does with the request.
     enum Want {
         Local(&'static [(&'static str, &'static str)]),
         Forward(Option<&'static str>),
@@ -207,8 +234,8 @@ mod tests {
                 ("access-control-request-headers", "content-type"),
             ]
         };
-        let cases: Vec<(&str, &str, Method, Vec<(&str, &str)>, Want)> = vec![
-            (
+        let cases: Vec<Case> = vec![
+            Case::new(
                 "§1.14 preflight from an allowed origin",
                 FULL,
                 Method::OPTIONS,
@@ -221,7 +248,7 @@ mod tests {
                     ("access-control-max-age", "86400"),
                 ]),
             ),
-            (
+            Case::new(
                 "regex origin",
                 FULL,
                 Method::OPTIONS,
@@ -234,35 +261,35 @@ mod tests {
                     ("access-control-max-age", "86400"),
                 ]),
             ),
-            (
+            Case::new(
                 "preflight from another origin is forwarded (default)",
                 FULL,
                 Method::OPTIONS,
                 preflight_from("https://evil.com"),
                 Want::Forward(None),
             ),
-            (
+            Case::new(
                 "IGNORE answers it locally without allow-origin",
                 "{allowOrigins: [{exact: \"https://example.com\"}], allowMethods: [GET], unmatchedPreflights: IGNORE}",
                 Method::OPTIONS,
                 preflight_from("https://evil.com"),
                 Want::Local(&[("access-control-allow-methods", "GET")]),
             ),
-            (
+            Case::new(
                 "FORWARD is the default",
                 "{allowOrigins: [{exact: \"https://example.com\"}], unmatchedPreflights: FORWARD}",
                 Method::OPTIONS,
                 preflight_from("https://evil.com"),
                 Want::Forward(None),
             ),
-            (
+            Case::new(
                 "OPTIONS without access-control-request-method is a simple request",
                 FULL,
                 Method::OPTIONS,
                 vec![("origin", "https://example.com")],
                 Want::Forward(Some("https://example.com")),
             ),
-            (
+            Case::new(
                 "an empty access-control-request-method is no preflight",
                 FULL,
                 Method::OPTIONS,
@@ -272,30 +299,30 @@ mod tests {
                 ],
                 Want::Forward(Some("https://example.com")),
             ),
-            (
+            Case::new(
                 "GET from an allowed origin",
                 FULL,
                 Method::GET,
                 vec![("origin", "https://example.com")],
                 Want::Forward(Some("https://example.com")),
             ),
-            (
+            Case::new(
                 "GET from another origin",
                 FULL,
                 Method::GET,
                 vec![("origin", "https://evil.com")],
                 Want::Forward(None),
             ),
-            ("no Origin", FULL, Method::OPTIONS, vec![("access-control-request-method", "GET")], Want::NotCors),
-            ("empty Origin", FULL, Method::GET, vec![("origin", "")], Want::NotCors),
-            (
+            Case::new("no Origin", FULL, Method::OPTIONS, vec![("access-control-request-method", "GET")], Want::NotCors),
+            Case::new("empty Origin", FULL, Method::GET, vec![("origin", "")], Want::NotCors),
+            Case::new(
                 "exact * allows every origin",
                 "{allowOrigins: [{exact: \"*\"}]}",
                 Method::OPTIONS,
                 preflight_from("https://any.where"),
                 Want::Local(&[("access-control-allow-origin", "https://any.where")]),
             ),
-            (
+            Case::new(
                 "deprecated allowOrigin exact strings",
                 "{allowOrigin: [\"https://old.example\"], allowMethods: [PUT]}",
                 Method::OPTIONS,
@@ -305,7 +332,7 @@ mod tests {
                     ("access-control-allow-methods", "PUT"),
                 ]),
             ),
-            (
+            Case::new(
                 "allowCredentials false sets nothing; maxAge 0s is sent",
                 "{allowOrigins: [{prefix: \"https://\"}], allowCredentials: false, maxAge: 0s}",
                 Method::OPTIONS,
@@ -315,7 +342,7 @@ mod tests {
                     ("access-control-max-age", "0"),
                 ]),
             ),
-            (
+            Case::new(
                 "a lone * echoes the requested headers",
                 "{allowOrigins: [{exact: \"https://example.com\"}], allowHeaders: [\"*\"]}",
                 Method::OPTIONS,
@@ -326,7 +353,14 @@ mod tests {
                 ]),
             ),
         ];
-        for (what, cors, method, headers, want) in cases {
+        for Case {
+            what,
+            cors,
+            method,
+            headers,
+            want,
+        } in cases
+        {
             let got = on_request(&policy(cors), &method, &map(&headers));
             match (want, got) {
                 (Want::Local(expected), CorsDecision::Preflight(h)) => {

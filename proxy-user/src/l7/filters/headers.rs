@@ -673,7 +673,14 @@ mod tests {
         };
         let with = |set: &[(&str, &str)], add: &[(&str, &str)]| request(ops(set, add, &[]));
         let none = Headers::default();
-        let cases: Vec<(&str, Option<Rewrite>, Headers, Headers, Option<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Option<Rewrite>,
+            Headers,
+            Headers,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             ("nothing", None, none.clone(), none.clone(), None),
             (
                 "rewrite.authority",
@@ -769,6 +776,29 @@ mod tests {
                 ("x-pct", "100%"),
                 ("x-user", "jason"),
                 ("x-who", "jason"),
+            ])
+        );
+    }
+
+    #[test]
+    fn direct_response_content_type() {
+        // §5 item 15: the route's response ops apply to its direct response; `set` replaces the
+        // `content-type: text/plain` of the local reply.
+        let routes = http_routes(&vs(
+            r#"  - directResponse: {status: 503, body: {string: "unknown error"}}
+    headers:
+      response:
+        set: {content-type: application/json}
+"#,
+        ));
+        let m = response_mutations(&routes[0].headers, &Headers::default(), false);
+        let mut headers = map(&[("content-type", "text/plain"), ("content-length", "13")]);
+        apply_all(&m, &mut headers);
+        assert_eq!(
+            dump(&headers),
+            pairs(&[
+                ("content-length", "13"),
+                ("content-type", "application/json")
             ])
         );
     }
