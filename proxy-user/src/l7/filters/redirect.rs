@@ -33,7 +33,11 @@ pub struct RedirectFacts<'a> {
 
 /// The `location` header of the redirect answer.
 pub fn location(r: &Redirect, f: &RedirectFacts<'_>) -> String {
-    let scheme = r.scheme.as_deref().unwrap_or(f.scheme);
+    let scheme = r
+        .scheme
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(f.scheme);
     let port = match (r.port, r.derive_port) {
         (Some(p), _) => Some(p),
         (None, Some(DerivePort::FromRequestPort)) => Some(f.port),
@@ -41,15 +45,15 @@ pub fn location(r: &Redirect, f: &RedirectFacts<'_>) -> String {
     }
     .filter(|&p| !(p == 80 && scheme == "http" || p == 443 && scheme == "https"));
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-    let host = match &r.authority {
-        Some(a) => a.as_str(),
+    let host = match set(&r.authority) {
+        Some(a) => a,
         None => request_host(f.authority, f.scheme, scheme, !port.is_empty()),
     };
-    let mut path = match (&r.uri, &r.prefix_rewrite) {
-        (Some(uri), _) if uri.contains('?') => uri.clone(),
+    let mut path = match (set(&r.uri), set(&r.prefix_rewrite)) {
+        (Some(uri), _) if uri.contains('?') => uri.to_string(),
         (Some(uri), _) => match f.path_and_query.find('?') {
             Some(q) => format!("{uri}{}", &f.path_and_query[q..]),
-            None => uri.clone(),
+            None => uri.to_string(),
         },
         (None, Some(prefix)) => replace_matched(f.matched, f.path_and_query, prefix)
             .unwrap_or_else(|| f.path_and_query.to_string()),
@@ -59,6 +63,11 @@ pub fn location(r: &Redirect, f: &RedirectFacts<'_>) -> String {
         path.insert(0, '/');
     }
     format!("{scheme}://{host}{port}{path}")
+}
+
+/// Envoy treats an empty string as unset.
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
 }
 
 /// The request's host for the location (Envoy's `processRequestHost`): its port is dropped when a new
@@ -155,6 +164,8 @@ mod tests {
         ),
         // A path without a leading slash gets one.
         ("redirect: {uri: new}", "reviews:9080", "/p", "http://reviews:9080/new"),
+        // Empty strings are unset in Envoy.
+        ("redirect: {uri: \"\", authority: \"\", port: 8080}", "reviews:9080", "/p?q", "http://reviews:8080/p?q"),
     ];
 
     #[test]
