@@ -22,6 +22,8 @@ pub struct ConnContext {
     pub stats: Arc<Stats>,
     /// Where the client meant to connect (a Service VIP:port), from the kernel.
     pub original_dst: SocketAddr,
+    /// The client's address as the proxy sees it (the pod's IP and port).
+    pub peer: SocketAddr,
     /// Kernel cgroup id of the client pod (stable across config pushes, unlike a `PodId`).
     pub pod_cgroup_id: u64,
     /// What the client pod's class sees of the mesh, resolved once per connection.
@@ -141,6 +143,7 @@ impl Acceptor {
             pools: self.pools,
             stats: self.stats,
             original_dst,
+            peer,
             pod_cgroup_id: record.pod_cgroup_id,
             view,
         });

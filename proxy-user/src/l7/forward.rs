@@ -77,7 +77,7 @@ impl UpstreamRequest {
     }
 }
 
-/// Send `req` to `target` with retries. On success the response body holds the endpoint's load
+/// Send `req` to `target` with retries; the response and the endpoint that answered. The body holds the endpoint's load
 /// accounting until it is done.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -88,7 +88,7 @@ pub async fn forward(
     body: &RecordedBody,
     upstream_h2: bool,
     flags: &mut ResponseFlags,
-) -> Result<Response<ProxyBody>, LocalReply> {
+) -> Result<(Response<ProxyBody>, SocketAddr), LocalReply> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
     loop {
@@ -155,7 +155,7 @@ pub async fn forward(
         }
         let retried = attempt > 1;
         return match (response, outcome) {
-            (Some(resp), _) => Ok(hold_until_done(resp, picked)),
+            (Some(resp), _) => Ok((hold_until_done(resp, picked), endpoint)),
             (None, AttemptOutcome::PerTryTimeout) => Err(LocalReply::UpstreamTimeout),
             (None, AttemptOutcome::ConnectFailure) => Err(LocalReply::ConnectFailure { retried }),
             (None, _) => Err(LocalReply::UpstreamReset {

@@ -29,12 +29,16 @@ use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::outcome::{ResponseFlag, ResponseFlags};
-use crate::policy::{DirectResponse, HttpAction, Redirect};
+use crate::policy::{DirectResponse, HttpAction};
+use crate::routing::policy::Shaping;
 use crate::routing::{self, CompiledHttpRoute, RequestFacts, RouteDecision, RoutePolicy, Target};
 use crate::upstream::pool::{BoxError, ProxyBody};
 use crate::upstream::UpstreamProtocol;
 use body::{RecordedBody, RETRY_BUFFER_LIMIT};
-use filters::{fault, mirror};
+use filters::cors::{self, CorsDecision};
+use filters::headers::{HeaderVars, RequestPseudo};
+use filters::redirect::{self, RedirectFacts};
+use filters::{fault, mirror, rewrite};
 use forward::UpstreamRequest;
 use rescue::LocalReply;
 
@@ -84,6 +88,9 @@ async fn process(
     // The state is loaded once per request: in-flight requests finish under their config.
     let node = ctx.state.load();
     let view = ctx.view_under(&node);
+    let start_time = std::time::SystemTime::now();
+    let method = req.method().clone();
+    let downstream_version = req.version();
     let grpc = grpc::is_grpc(req.headers());
     let authority = request_authority(&req);
     let path_and_query = req
@@ -137,9 +144,26 @@ async fn process(
         }
         RouteDecision::NoRoute => return reply(LocalReply::NoRoute, grpc, flags),
         RouteDecision::NoDestination => return reply(LocalReply::ClusterNotFound, grpc, flags),
-        RouteDecision::Local(route) => {
-            let local = local_action(&route.spec.action, &facts);
-            return reply(local, grpc, flags);
+        RouteDecision::Local {
+            route,
+            matched_block,
+        } => {
+            let matched = matched_block.and_then(|i| route.spec.matches.get(i));
+            let local = local_action(&route.spec.action, &facts, ctx.original_dst.port(), matched);
+            let cors = cors_decision(ctx, &route.policy, &req);
+            if let Some(preflight) = cors.preflight {
+                return preflight;
+            }
+            let mut resp = reply(local, grpc, flags);
+            let vars = header_vars(ctx, &req, &facts, None);
+            finish_response(
+                &mut resp,
+                &route.policy.route_only,
+                &vars,
+                &cors.decision,
+                &route.policy,
+            );
+            return resp;
         }
     };
 
@@ -157,8 +181,40 @@ async fn process(
         }
     }
 
+    // CORS: a preflight from an allowed origin is answered here; others are forwarded.
+    let cors = cors_decision(ctx, chosen.policy, &req);
+    if let Some(preflight) = cors.preflight {
+        return preflight;
+    }
+    let shaping = chosen
+        .destination_index
+        .and_then(|i| chosen.policy.destinations.get(i))
+        .unwrap_or(&chosen.policy.route_only);
+    let request_headers = req.headers().clone();
+    let response_vars_owned = (request_headers, authority.clone(), path_and_query.clone());
+    let respond = |mut resp: Response<ProxyBody>, endpoint: Option<std::net::SocketAddr>| {
+        let (headers, authority, path) = &response_vars_owned;
+        let vars = HeaderVars {
+            downstream_remote: Some(ctx.peer),
+            downstream_local: Some(ctx.original_dst),
+            upstream_remote: endpoint,
+            hostname: node_hostname(),
+            protocol: protocol_name(downstream_version),
+            request_headers: Some(headers),
+            pseudo: Some(RequestPseudo {
+                method: method.as_str(),
+                scheme: "http",
+                authority,
+                path,
+            }),
+            start_time,
+        };
+        finish_response(&mut resp, shaping, &vars, &cors.decision, chosen.policy);
+        resp
+    };
+
     let Some(protocol) = chosen.target.protocol() else {
-        return reply(LocalReply::ClusterNotFound, grpc, flags);
+        return respond(reply(LocalReply::ClusterNotFound, grpc, flags), None);
     };
     let downstream_h2 = req.version() == Version::HTTP_2;
     let upstream_h2 = match protocol {
@@ -174,7 +230,16 @@ async fn process(
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let timeout = grpc::effective_timeout(chosen.policy.timeout, grpc, req.headers());
     let (parts, incoming) = req.into_parts();
-    let upstream = shaped_request(&parts, &authority, &path_and_query, &chosen, timeout);
+    let upstream = shaped_request(
+        ctx,
+        &parts,
+        &authority,
+        &path_and_query,
+        &chosen,
+        shaping,
+        timeout,
+        start_time,
+    );
     let body = RecordedBody::new(incoming.map_err(BoxError::from).boxed(), RETRY_BUFFER_LIMIT);
     let started = Instant::now();
 
@@ -233,9 +298,9 @@ async fn process(
         },
         None => work.await,
     };
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(local) => return reply(local, grpc, flags),
+    let (resp, endpoint) = match result {
+        Ok(forwarded) => forwarded,
+        Err(local) => return respond(reply(local, grpc, flags), None),
     };
     let upstream_ms = started.elapsed().as_millis();
     let (mut parts, body) = resp.into_parts();
@@ -249,8 +314,7 @@ async fn process(
         Some(t) => deadline_body(body, started + t),
         None => body,
     };
-    let _ = chosen.destination_index;
-    Response::from_parts(parts, body)
+    respond(Response::from_parts(parts, body), Some(endpoint))
 }
 
 /// Forward an `Upgrade` request (no retries, no mirrors): 101 then a byte relay.
@@ -297,14 +361,18 @@ async fn forward_upgrade(
     }
 }
 
-/// The request every attempt sends: hop-by-hop headers dropped, Envoy's standard request headers
-/// added.
+/// The request every attempt sends: hop-by-hop headers dropped, the route's header operations,
+/// authority and path rewrites applied, Envoy's standard request headers added.
+#[allow(clippy::too_many_arguments)]
 fn shaped_request(
+    ctx: &ConnContext,
     parts: &http::request::Parts,
     authority: &str,
     path_and_query: &str,
     chosen: &Chosen<'_>,
+    shaping: &Shaping,
     timeout: Option<Duration>,
+    start_time: std::time::SystemTime,
 ) -> UpstreamRequest {
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
     let listed = connection_listed(&parts.headers);
@@ -320,6 +388,37 @@ fn shaped_request(
             continue;
         }
         headers.append(name.clone(), value.clone());
+    }
+    let vars = HeaderVars {
+        downstream_remote: Some(ctx.peer),
+        downstream_local: Some(ctx.original_dst),
+        upstream_remote: None,
+        hostname: node_hostname(),
+        protocol: protocol_name(parts.version),
+        request_headers: None,
+        pseudo: Some(RequestPseudo {
+            method: parts.method.as_str(),
+            scheme: "http",
+            authority,
+            path: path_and_query,
+        }),
+        start_time,
+    };
+    for mutation in &shaping.request {
+        mutation.apply(&mut headers, &vars);
+    }
+    let mut path = path_and_query.to_string();
+    if let Some(rewrite) = &chosen.policy.rewrite {
+        let matched = chosen
+            .route
+            .zip(chosen.matched_block)
+            .and_then(|(r, i)| r.spec.matches.get(i));
+        if let Some(new_path) = rewrite::rewrite_path(rewrite, matched, path_and_query) {
+            if let Ok(v) = HeaderValue::from_str(path_and_query) {
+                headers.insert(HeaderName::from_static(rewrite::ORIGINAL_PATH_HEADER), v);
+            }
+            path = new_path;
+        }
     }
     if !headers.contains_key("x-request-id") {
         if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
@@ -339,13 +438,108 @@ fn shaped_request(
             HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         );
     }
-    let _ = chosen.matched_block;
     UpstreamRequest {
         method: parts.method.clone(),
-        path_and_query: path_and_query.to_string(),
-        authority: authority.to_string(),
+        path_and_query: path,
+        authority: shaping
+            .authority
+            .clone()
+            .unwrap_or_else(|| authority.to_string()),
         headers,
     }
+}
+
+/// The CORS filter's verdict on a request, and the local answer to a preflight.
+struct Cors {
+    decision: CorsDecision,
+    preflight: Option<Response<ProxyBody>>,
+}
+
+fn cors_decision<B>(ctx: &ConnContext, policy: &RoutePolicy, req: &Request<B>) -> Cors {
+    let Some(cors_policy) = &policy.cors else {
+        return Cors {
+            decision: CorsDecision::NotCors,
+            preflight: None,
+        };
+    };
+    match cors::on_request(cors_policy, req.method(), req.headers()) {
+        CorsDecision::Preflight(headers) => {
+            ctx.stats.cors_preflights_answered.inc();
+            let mut resp = LocalReply::Direct {
+                status: 200,
+                body: Bytes::new(),
+            }
+            .into_response(false);
+            resp.headers_mut().extend(headers);
+            Cors {
+                decision: CorsDecision::NotCors,
+                preflight: Some(resp),
+            }
+        }
+        decision => Cors {
+            decision,
+            preflight: None,
+        },
+    }
+}
+
+/// The route's response header operations, then CORS headers (which therefore win).
+fn finish_response(
+    resp: &mut Response<ProxyBody>,
+    shaping: &Shaping,
+    vars: &HeaderVars<'_>,
+    cors_decision: &CorsDecision,
+    policy: &RoutePolicy,
+) {
+    for mutation in &shaping.response {
+        mutation.apply(resp.headers_mut(), vars);
+    }
+    if let Some(cors_policy) = &policy.cors {
+        cors::decorate_response(cors_decision, cors_policy, resp.headers_mut());
+    }
+}
+
+/// Header-operation variables of a request (request side: no upstream, headers read as mutated).
+fn header_vars<'a, B>(
+    ctx: &ConnContext,
+    req: &'a Request<B>,
+    facts: &RequestFacts<'a>,
+    upstream: Option<std::net::SocketAddr>,
+) -> HeaderVars<'a> {
+    HeaderVars {
+        downstream_remote: Some(ctx.peer),
+        downstream_local: Some(ctx.original_dst),
+        upstream_remote: upstream,
+        hostname: node_hostname(),
+        protocol: protocol_name(req.version()),
+        request_headers: Some(req.headers()),
+        pseudo: Some(RequestPseudo {
+            method: facts.method,
+            scheme: facts.scheme,
+            authority: facts.authority,
+            path: facts.path_and_query,
+        }),
+        start_time: std::time::SystemTime::now(),
+    }
+}
+
+/// `%PROTOCOL%` as Envoy prints it.
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The node's host name (`%HOSTNAME%`), read once.
+fn node_hostname() -> &'static str {
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// A local reply, with its response flag recorded.
@@ -462,11 +656,25 @@ fn request_authority<B>(req: &Request<B>) -> String {
 }
 
 /// `redirect` and `directResponse` rules answer without an upstream.
-fn local_action(action: &HttpAction, facts: &RequestFacts<'_>) -> LocalReply {
+fn local_action(
+    action: &HttpAction,
+    facts: &RequestFacts<'_>,
+    port: u16,
+    matched: Option<&crate::policy::HttpMatch>,
+) -> LocalReply {
     match action {
         HttpAction::Redirect(r) => LocalReply::Redirect {
             status: r.redirect_code,
-            location: redirect_location(r, facts),
+            location: redirect::location(
+                r,
+                &RedirectFacts {
+                    scheme: facts.scheme,
+                    authority: facts.authority,
+                    path_and_query: facts.path_and_query,
+                    port,
+                    matched,
+                },
+            ),
         },
         HttpAction::DirectResponse(DirectResponse { status, body }) => LocalReply::Direct {
             status: *status,
@@ -475,20 +683,6 @@ fn local_action(action: &HttpAction, facts: &RequestFacts<'_>) -> LocalReply {
         // Delegation is resolved into routes when tables are built; an unresolved one has no route.
         HttpAction::Delegate { .. } | HttpAction::Route(_) => LocalReply::NoRoute,
     }
-}
-
-fn redirect_location(r: &Redirect, facts: &RequestFacts<'_>) -> String {
-    let scheme = r.scheme.as_deref().unwrap_or(facts.scheme);
-    let host = r.authority.as_deref().unwrap_or_else(|| {
-        facts
-            .authority
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(facts.authority)
-    });
-    let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
-    let path = r.uri.as_deref().unwrap_or(facts.path_and_query);
-    format!("{scheme}://{host}{port}{path}")
 }
 
 /// How long an idle downstream HTTP/1 keep-alive connection may wait for its next request header.

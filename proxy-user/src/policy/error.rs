@@ -205,6 +205,14 @@ pub enum InvalidHeader {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `%` operator Envoy would reject (unknown or malformed).
+    #[error("header {name:?}: {reason}")]
+    Template {
+        /// Header name.
+        name: String,
+        /// What is wrong with the template.
+        reason: String,
+    },
     /// A pseudo-header (`:path`) or `host` where it cannot be used.
     #[error("header {0:?} cannot be used here")]
     Reserved(String),

@@ -1,10 +1,12 @@
 //! Validated config model and the conversion from wire types.
 //!
 //! `model` is the contract the data path codes against; `convert` builds it from loaded documents with the
-//! checks in `validate`, reporting typed errors (`error`); `report` renders the result for `keel validate`.
+//! checks in `validate`, reporting typed errors (`error`); `report` renders the result for `keel validate`;
+//! `header_template` parses the Envoy `%OPERATOR%` syntax of header-operation values.
 
 pub mod convert;
 pub mod error;
+pub mod header_template;
 pub mod model;
 pub mod report;
 pub mod validate;

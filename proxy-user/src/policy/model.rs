@@ -253,11 +253,17 @@ pub struct Destination {
     pub port: Option<u16>,
 }
 
-/// `Headers` operations for requests or responses.
+/// `Headers` operations for requests or responses. Names are lower-case; `set`/`add` values are Envoy
+/// header templates as written (`%%` is a literal `%`, `%HOSTNAME%` an operator; see
+/// [`header_template`](crate::policy::header_template)), validated at conversion and compiled by
+/// `l7::filters::headers`. Entries are sorted by name, as Istio emits them.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
+    /// Replace every value of the header (Envoy `OVERWRITE_IF_EXISTS_OR_ADD`).
     pub set: Vec<(String, String)>,
+    /// Append one more value (Envoy `APPEND_IF_EXISTS_OR_ADD`).
     pub add: Vec<(String, String)>,
+    /// Remove the header (applied before `set`/`add`).
     pub remove: Vec<String>,
 }
 
@@ -277,14 +283,33 @@ pub struct WeightedDestination {
     pub headers: Headers,
 }
 
+/// `HTTPRedirect`: answered locally with `redirect_code` and a `location` (see `l7::filters::redirect`).
 #[derive(Debug, Clone)]
 pub struct Redirect {
+    /// Replaces the whole path (Envoy `path_redirect`); the query is kept unless this has one.
     pub uri: Option<String>,
+    /// Replaces the matched prefix of the path (Envoy `prefix_rewrite`, Istio 1.31 alpha); only with
+    /// `uri` prefix matches, never with `uri`.
+    pub prefix_rewrite: Option<String>,
+    /// Replaces host and port (Envoy `host_redirect`).
     pub authority: Option<String>,
+    /// Explicit port (Envoy `port_redirect`).
     pub port: Option<u16>,
+    /// `derivePort` (exclusive with `port`).
+    pub derive_port: Option<DerivePort>,
+    /// `http` or `https`; default: the request's scheme.
     pub scheme: Option<String>,
-    /// Default 301.
+    /// 301, 302, 303, 307 or 308 (default 301; other codes are rejected at conversion).
     pub redirect_code: u16,
+}
+
+/// `HTTPRedirect.derivePort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerivePort {
+    /// No explicit port: the scheme's default (Envoy's behaviour without `port_redirect`).
+    FromProtocolDefault,
+    /// The service port the request arrived on.
+    FromRequestPort,
 }
 
 #[derive(Debug, Clone)]
@@ -356,14 +381,29 @@ pub struct Mirror {
     pub percentage: f64,
 }
 
+/// `CorsPolicy` (see `l7::filters::cors`).
 #[derive(Debug, Clone)]
 pub struct CorsPolicy {
+    /// `allowOrigins`, or the deprecated exact `allowOrigin` strings when `allowOrigins` is empty.
     pub allow_origins: Vec<StringMatch>,
     pub allow_methods: Vec<String>,
     pub allow_headers: Vec<String>,
     pub expose_headers: Vec<String>,
+    /// Whole seconds (sub-second values are rejected).
     pub max_age: Option<Duration>,
     pub allow_credentials: Option<bool>,
+    /// What happens to a preflight from an origin that is not allowed.
+    pub unmatched_preflights: UnmatchedPreflights,
+}
+
+/// `CorsPolicy.unmatchedPreflights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnmatchedPreflights {
+    /// `UNSPECIFIED` or `FORWARD`: the preflight goes upstream like any request.
+    #[default]
+    Forward,
+    /// `IGNORE`: answered locally (Envoy `forward_not_matching_preflights: false`).
+    Ignore,
 }
 
 /// One `HTTPRoute`.
@@ -381,6 +421,9 @@ pub struct HttpRoute {
     pub mirrors: Vec<Mirror>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Headers,
+    /// The rule lists several destinations as written (before weight-0 entries were dropped): Envoy
+    /// then applies destination-level header operations before route-level ones.
+    pub weighted: bool,
 }
 
 /// `L4MatchAttributes` (TCP) / `TLSMatchAttributes` share these.

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::error::*;
+use super::header_template;
 use super::model::{StringMatch, CLUSTER_DOMAIN};
 use crate::wire::{istio, parse_duration};
 
@@ -317,9 +318,46 @@ pub fn header_match_name(name: &str) -> Result<String, InvalidHeader> {
     header_name(name)
 }
 
-/// A header value for set/add: no control characters; `%%` is a literal `%`; other `%…%` formatters (Envoy
-/// substitutions such as `%HOSTNAME%`) are not supported by Keel. Returns the value with `%%` unescaped.
-pub fn header_value(name: &str, value: &str) -> Result<String, Invalid> {
+/// A header value for set/add: no control characters, and valid Envoy template syntax (`%%` is a literal
+/// `%`; `%NAME%` operators, see [`header_template`](crate::policy::header_template)). The value is kept as
+/// written (the filters compile it); returns the operators Keel sends literally, for a warning.
+pub fn header_value(name: &str, value: &str) -> Result<Vec<String>, Invalid> {
+    no_control_chars(name, value)?;
+    let parts = header_template::parse(value).map_err(|e| match e {
+        header_template::TemplateError::LonePercent => Invalid::from(InvalidHeader::Value {
+            name: name.to_string(),
+            value: value.to_string(),
+            reason: "a literal % must be written %%",
+        }),
+        e => InvalidHeader::Template {
+            name: name.to_string(),
+            reason: e.to_string(),
+        }
+        .into(),
+    })?;
+    Ok(header_template::not_applied(&parts)
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// An authority set through `:authority`/`host` in `headers.request.set/add`: Istio turns it into Envoy's
+/// `host_rewrite_literal`, which is sent as written (no `%` operators), after the same `%`-pairing check
+/// Istio applies to every header value.
+pub fn authority_value(name: &str, value: &str) -> Result<String, Invalid> {
+    no_control_chars(name, value)?;
+    if !value.matches('%').count().is_multiple_of(2) {
+        return Err(InvalidHeader::Value {
+            name: name.to_string(),
+            value: value.to_string(),
+            reason: "a literal % must be written %%",
+        }
+        .into());
+    }
+    Ok(value.to_string())
+}
+
+fn no_control_chars(name: &str, value: &str) -> Result<(), Invalid> {
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(InvalidHeader::Value {
             name: name.to_string(),
@@ -328,30 +366,7 @@ pub fn header_value(name: &str, value: &str) -> Result<String, Invalid> {
         }
         .into());
     }
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(pos) = rest.find('%') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(r) = after.strip_prefix('%') {
-            out.push('%');
-            rest = r;
-        } else if let Some(end) = after.find('%') {
-            return Err(Invalid::Unsupported(format!(
-                "header {name:?}: Envoy substitution %{}% (write %% for a literal %)",
-                &after[..end]
-            )));
-        } else {
-            return Err(InvalidHeader::Value {
-                name: name.to_string(),
-                value: value.to_string(),
-                reason: "a literal % must be written %%",
-            }
-            .into());
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
+    Ok(())
 }
 
 /// An IP address.
@@ -621,13 +636,24 @@ mod tests {
     }
 
     #[test]
-    fn header_values_unescape_percent() {
-        assert_eq!(header_value("x", "100%%").ok(), Some("100%".to_string()));
+    fn header_values_are_envoy_templates() {
+        assert_eq!(header_value("x", "100%%"), Ok(vec![]));
+        assert_eq!(header_value("x", "%HOSTNAME%"), Ok(vec![]));
+        assert_eq!(
+            header_value("x", "%UPSTREAM_CLUSTER%"),
+            Ok(vec!["%UPSTREAM_CLUSTER%".to_string()])
+        );
         assert!(matches!(
-            header_value("x", "%HOSTNAME%"),
-            Err(Invalid::Unsupported(_))
+            header_value("x", "%NOPE%"),
+            Err(Invalid::Header(InvalidHeader::Template { .. }))
         ));
-        assert!(header_value("x", "50%").is_err());
+        assert!(matches!(
+            header_value("x", "50%"),
+            Err(Invalid::Header(InvalidHeader::Value { .. }))
+        ));
+        assert!(header_value("x", "a\nb").is_err());
+        assert_eq!(authority_value(":authority", "h%%"), Ok("h%%".to_string()));
+        assert!(authority_value(":authority", "h%").is_err());
         assert!(header_name("x-user").is_ok());
         assert!(header_name("bad header").is_err());
     }

@@ -71,7 +71,11 @@ pub enum RouteDecision<'a> {
     /// Unknown destination under `REGISTRY_ONLY`: Envoy's `block_all` answers 502 with an empty body.
     Blocked,
     /// A rule with `redirect` or `directResponse` (handled by the caller).
-    Local(&'a CompiledHttpRoute),
+    Local {
+        route: &'a CompiledHttpRoute,
+        /// Index into the rule's `matches` of the block that matched (`None`: catch-all rule).
+        matched_block: Option<usize>,
+    },
     /// No rule matched: Envoy answers 404 with an empty body (`NR`).
     NoRoute,
     /// The matched rule has no destination left (all weights zero).
@@ -146,7 +150,10 @@ pub fn route_service_http<'a>(
             },
             HttpAction::Redirect(_)
             | HttpAction::DirectResponse(_)
-            | HttpAction::Delegate { .. } => RouteDecision::Local(route),
+            | HttpAction::Delegate { .. } => RouteDecision::Local {
+                route,
+                matched_block,
+            },
         };
     }
     RouteDecision::NoRoute

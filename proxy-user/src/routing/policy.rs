@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::l7::filters::headers::{self, HeaderMutation};
 use crate::policy::{
     CorsPolicy, Fault, Headers, HttpAction, HttpRoute, MeshConfig, Retries, Rewrite,
 };
@@ -180,6 +181,32 @@ impl RetryPolicy {
     }
 }
 
+/// Header operations of one destination of a rule (route and destination level merged in Envoy's
+/// order) and the authority it sends.
+#[derive(Debug, Clone, Default)]
+pub struct Shaping {
+    /// Applied to the request sent upstream.
+    pub request: Vec<HeaderMutation>,
+    /// Applied to the response sent to the client.
+    pub response: Vec<HeaderMutation>,
+    /// `rewrite.authority` or an `:authority`/`host` set/add.
+    pub authority: Option<String>,
+}
+
+impl Shaping {
+    fn compile(route: &HttpRoute, destination: &Headers) -> Shaping {
+        Shaping {
+            request: headers::request_mutations(&route.headers, destination, route.weighted),
+            response: headers::response_mutations(&route.headers, destination, route.weighted),
+            authority: headers::authority_rewrite(
+                route.rewrite.as_ref(),
+                &route.headers,
+                destination,
+            ),
+        }
+    }
+}
+
 /// Everything a matched rule asks of the request path, resolved once per rule.
 #[derive(Debug, Clone)]
 pub struct RoutePolicy {
@@ -195,12 +222,11 @@ pub struct RoutePolicy {
     pub rewrite: Option<Rewrite>,
     /// CORS.
     pub cors: Option<CorsPolicy>,
-    /// Route-level header operations.
-    pub headers: Headers,
-    /// Header operations of each destination of the rule, by index in its `route` list.
-    pub destination_headers: Vec<Headers>,
-    /// The rule splits traffic over several destinations (changes the order of header operations).
-    pub weighted: bool,
+    /// Header operations and authority rewrite for each destination of the rule (by index in its
+    /// `route` list), compiled in the order Envoy applies them.
+    pub destinations: Vec<Shaping>,
+    /// Route-level operations only: for the rule's local replies (redirect, direct response).
+    pub route_only: Shaping,
     /// Append `-shadow` to the host of mirrored requests.
     pub mirror_shadow_suffix: bool,
 }
@@ -222,12 +248,12 @@ impl RoutePolicy {
                 retry.per_try_timeout = None;
             }
         }
-        let (destination_headers, weighted) = match &route.action {
-            HttpAction::Route(dests) => (
-                dests.iter().map(|d| d.headers.clone()).collect(),
-                dests.len() > 1,
-            ),
-            _ => (Vec::new(), false),
+        let destinations = match &route.action {
+            HttpAction::Route(dests) => dests
+                .iter()
+                .map(|d| Shaping::compile(route, &d.headers))
+                .collect(),
+            _ => Vec::new(),
         };
         RoutePolicy {
             name: route.name.clone().unwrap_or_default(),
@@ -236,9 +262,8 @@ impl RoutePolicy {
             fault: route.fault.clone(),
             rewrite: route.rewrite.clone(),
             cors: route.cors_policy.clone(),
-            headers: route.headers.clone(),
-            destination_headers,
-            weighted,
+            destinations,
+            route_only: Shaping::compile(route, &Headers::default()),
             mirror_shadow_suffix: mesh.mirror_shadow_suffix,
         }
     }
@@ -253,9 +278,8 @@ impl RoutePolicy {
             fault: None,
             rewrite: None,
             cors: None,
-            headers: Headers::default(),
-            destination_headers: Vec::new(),
-            weighted: false,
+            destinations: Vec::new(),
+            route_only: Shaping::default(),
             mirror_shadow_suffix: mesh.mirror_shadow_suffix,
         }
     }
@@ -269,9 +293,8 @@ impl RoutePolicy {
             fault: None,
             rewrite: None,
             cors: None,
-            headers: Headers::default(),
-            destination_headers: Vec::new(),
-            weighted: false,
+            destinations: Vec::new(),
+            route_only: Shaping::default(),
             mirror_shadow_suffix: false,
         }
     }
@@ -293,6 +316,7 @@ mod tests {
             mirrors: Vec::new(),
             cors_policy: None,
             headers: Default::default(),
+            weighted: false,
         }
     }
 

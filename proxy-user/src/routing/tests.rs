@@ -66,6 +66,7 @@ fn http_route(matches: Vec<HttpMatch>, dests: Vec<WeightedDestination>) -> HttpR
         mirrors: Vec::new(),
         cors_policy: None,
         headers: Headers::default(),
+        weighted: false,
     }
 }
 
@@ -188,7 +189,7 @@ fn decide(snap: &Snapshot, client: &ClientInfo, path: &str, headers: &[(&str, &s
         },
         RouteDecision::Passthrough(_) => "passthrough".into(),
         RouteDecision::Blocked => "502".into(),
-        RouteDecision::Local(_) => "local".into(),
+        RouteDecision::Local { .. } => "local".into(),
         RouteDecision::NoRoute => "404".into(),
         RouteDecision::NoDestination => "no destination".into(),
     }
@@ -595,7 +596,7 @@ fn get(
         RouteDecision::Forward { target, .. } => describe(target),
         RouteDecision::Passthrough(_) => "passthrough".into(),
         RouteDecision::Blocked => "502".into(),
-        RouteDecision::Local(_) => "local".into(),
+        RouteDecision::Local { .. } => "local".into(),
         RouteDecision::NoRoute => "404".into(),
         RouteDecision::NoDestination => "no destination".into(),
     }

@@ -481,7 +481,8 @@ fn conversion_details() {
     );
     assert_eq!(
         r0.headers.request.set,
-        vec![("x-pct".to_string(), "100%".to_string())]
+        vec![("x-pct".to_string(), "100%%".to_string())],
+        "values stay Envoy templates; the filters turn %% into %"
     );
     let retries = r0.retries.as_ref().expect("retries");
     assert_eq!(retries.retry_on, crate::policy::validate::DEFAULT_RETRY_ON);

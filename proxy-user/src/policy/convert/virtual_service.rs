@@ -353,7 +353,7 @@ fn http_route(
         ctx.check(&dp.key("namespace"), v::dns1123_label(&namespace));
         HttpAction::Delegate { name, namespace }
     } else if let Some(rd) = &route.redirect {
-        HttpAction::Redirect(redirect(ctx, &path.key("redirect"), rd)?)
+        HttpAction::Redirect(redirect(ctx, &path.key("redirect"), rd, &matches)?)
     } else if let Some(dr) = &route.direct_response {
         HttpAction::DirectResponse(direct_response(ctx, &path.key("directResponse"), dr)?)
     } else {
@@ -412,6 +412,7 @@ fn http_route(
         mirrors,
         cors_policy,
         headers: route_headers,
+        weighted: route.route.len() > 1,
     })
 }
 
@@ -545,7 +546,7 @@ fn headers(
                 let lower = k.to_ascii_lowercase();
                 if lower == ":authority" || lower == "host" {
                     authorities += 1;
-                    let Some(val) = ctx.check(&kp, v::header_value(k, val)) else {
+                    let Some(val) = ctx.check(&kp, v::authority_value(k, val)) else {
                         continue;
                     };
                     if route_level {
@@ -562,7 +563,7 @@ fn headers(
                 }
                 let (Some(name), Some(val)) = (
                     ctx.check(&kp, v::header_name(k)),
-                    ctx.check(&kp, v::header_value(k, val)),
+                    header_value(ctx, &kp, k, val),
                 ) else {
                     continue;
                 };
@@ -598,7 +599,7 @@ fn headers(
                 }
                 let (Some(name), Some(val)) = (
                     ctx.check(&kp, v::header_name(k)),
-                    ctx.check(&kp, v::header_value(k, val)),
+                    header_value(ctx, &kp, k, val),
                 ) else {
                     continue;
                 };
@@ -620,6 +621,17 @@ fn headers(
         }
     }
     (out, authority)
+}
+
+/// A set/add value, kept as written (an Envoy template); operators Keel sends literally are warned about.
+fn header_value(ctx: &mut Ctx<'_>, path: &FieldPath, name: &str, value: &str) -> Option<String> {
+    for op in ctx.check(path, v::header_value(name, value))? {
+        ctx.warn(
+            path,
+            format!("accepted, not applied: Envoy operator {op} is sent literally (Keel does not evaluate it)"),
+        );
+    }
+    Some(value.to_string())
 }
 
 /// Converts a `Destination`, expanding the host in the VirtualService's namespace.
@@ -800,7 +812,12 @@ fn l4_match(
     }
 }
 
-fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option<Redirect> {
+fn redirect(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    rd: &w::HttpRedirect,
+    matches: &[HttpMatch],
+) -> Option<Redirect> {
     let before = ctx.errors.len();
     if rd.uri.is_none()
         && rd.authority.is_none()
@@ -817,10 +834,20 @@ fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option
     if rd.uri.is_some() && rd.prefix_rewrite.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("uri", "prefixRewrite"));
     } else if rd.prefix_rewrite.is_some() {
-        ctx.err(
-            &path.key("prefixRewrite"),
-            Invalid::Unsupported("redirect.prefixRewrite (Istio alpha)".into()),
-        );
+        // Envoy replaces the matched prefix; Istio requires every URI match of the rule to be a prefix.
+        if let Some(j) = matches.iter().position(|m| {
+            matches!(
+                m.uri,
+                Some(StringMatch::Exact(_)) | Some(StringMatch::Regex(_))
+            )
+        }) {
+            ctx.err(
+                &path.key("prefixRewrite"),
+                InvalidHttpRoute::Value(format!(
+                    "prefixRewrite needs prefix URI matches, but match[{j}].uri is not a prefix"
+                )),
+            );
+        }
     }
     if rd.port.is_some() && rd.derive_port.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("port", "derivePort"));
@@ -828,20 +855,21 @@ fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option
     let port = rd
         .port
         .and_then(|p| ctx.check(&path.key("port"), v::port(p)));
-    match rd.derive_port.as_deref() {
-        None | Some("FROM_PROTOCOL_DEFAULT") => {}
-        Some("FROM_REQUEST_PORT") => ctx.err(
-            &path.key("derivePort"),
-            Invalid::Unsupported("derivePort: FROM_REQUEST_PORT".into()),
-        ),
-        Some(other) => ctx.err(
-            &path.key("derivePort"),
-            Invalid::Enum {
-                value: other.to_string(),
-                allowed: "FROM_PROTOCOL_DEFAULT, FROM_REQUEST_PORT",
-            },
-        ),
-    }
+    let derive_port = match rd.derive_port.as_deref() {
+        None => None,
+        Some("FROM_PROTOCOL_DEFAULT") => Some(DerivePort::FromProtocolDefault),
+        Some("FROM_REQUEST_PORT") => Some(DerivePort::FromRequestPort),
+        Some(other) => {
+            ctx.err(
+                &path.key("derivePort"),
+                Invalid::Enum {
+                    value: other.to_string(),
+                    allowed: "FROM_PROTOCOL_DEFAULT, FROM_REQUEST_PORT",
+                },
+            );
+            None
+        }
+    };
     if let Some(s) = &rd.scheme {
         if s != "http" && s != "https" {
             ctx.err(
@@ -876,8 +904,10 @@ fn redirect(ctx: &mut Ctx<'_>, path: &FieldPath, rd: &w::HttpRedirect) -> Option
     }
     Some(Redirect {
         uri: rd.uri.clone(),
+        prefix_rewrite: rd.prefix_rewrite.clone(),
         authority: rd.authority.clone(),
         port,
+        derive_port,
         scheme: rd.scheme.clone(),
         redirect_code: u16::try_from(code).unwrap_or(301),
     })
@@ -1352,20 +1382,20 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
             }
         },
     };
-    match c.unmatched_preflights.as_deref() {
-        None | Some("UNSPECIFIED") | Some("FORWARD") => {}
-        Some("IGNORE") => ctx.err(
-            &path.key("unmatchedPreflights"),
-            Invalid::Unsupported("unmatchedPreflights: IGNORE".into()),
-        ),
-        Some(other) => ctx.err(
-            &path.key("unmatchedPreflights"),
-            Invalid::Enum {
-                value: other.to_string(),
-                allowed: "UNSPECIFIED, FORWARD, IGNORE",
-            },
-        ),
-    }
+    let unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED") | Some("FORWARD") => UnmatchedPreflights::Forward,
+        Some("IGNORE") => UnmatchedPreflights::Ignore,
+        Some(other) => {
+            ctx.err(
+                &path.key("unmatchedPreflights"),
+                Invalid::Enum {
+                    value: other.to_string(),
+                    allowed: "UNSPECIFIED, FORWARD, IGNORE",
+                },
+            );
+            UnmatchedPreflights::Forward
+        }
+    };
     if ctx.errors.len() > before {
         return None;
     }
@@ -1376,6 +1406,7 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
         expose_headers: c.expose_headers.clone(),
         max_age,
         allow_credentials: c.allow_credentials,
+        unmatched_preflights,
     })
 }
 
