@@ -199,31 +199,29 @@ pub(crate) fn source_match(
         && namespace.as_ref().is_none_or(|ns| *ns == client.namespace)
 }
 
-/// `a.b.c.d/len` or a bare address contains `ip`.
+/// `a.b.c.d/len` or a bare address contains `ip` (IPv4-mapped IPv6 compared as IPv4); unparsable
+/// text contains nothing (validation already rejected it).
 pub(crate) fn subnet_contains(subnet: &str, ip: std::net::IpAddr) -> bool {
-    let (addr, len) = match subnet.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().ok()),
-        None => (subnet, None),
-    };
-    let Ok(net) = addr.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    match (net.to_canonical(), ip.to_canonical()) {
-        (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
-            let len = len.unwrap_or(32).min(32);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            u32::from(n) & mask == u32::from(i) & mask
-        }
-        (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
-            let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            u128::from(n) & mask == u128::from(i) & mask
-        }
-        _ => false,
+    let ip = ip.to_canonical();
+    match subnet.parse::<ipnet::IpNet>() {
+        Ok(net) => match (net, ip) {
+            (ipnet::IpNet::V6(v6), std::net::IpAddr::V4(_)) => v6
+                .addr()
+                .to_ipv4_mapped()
+                .and_then(|a| {
+                    let prefix = v6.prefix_len().checked_sub(96)?;
+                    ipnet::Ipv4Net::new(a, prefix).ok()
+                })
+                .zip(match ip {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .is_some_and(|(net, v4)| net.contains(&v4)),
+            (net, ip) => net.contains(&ip),
+        },
+        Err(_) => subnet
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.to_canonical() == ip),
     }
 }
 

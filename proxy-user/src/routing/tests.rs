@@ -1084,10 +1084,9 @@ fn service_entry_addresses_are_meshed_and_resolve_by_resolution() {
     // The /16 is accepted (Istio allows CIDRs for STATIC) but conversion warns it is not captured.
     let report = crate::policy::build(&crate::source::split_documents("t.yaml", &static_se));
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.to_string().contains("CIDR 240.1.0.0/16 is not captured")),
+        report.warnings.iter().any(|w| w
+            .to_string()
+            .contains("spec.addresses[2]: Keel's kernel redirect matches exact addresses only")),
         "{:?}",
         report
             .warnings
@@ -1270,4 +1269,19 @@ spec:
         tcp(&table, &client("default", &[]), "10.96.0.30:5432"),
         "10.244.0.10:5432,10.244.0.11:5432,10.244.0.12:5432"
     );
+}
+
+#[test]
+fn destination_subnets_contain_addresses() {
+    use super::subnet_contains;
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    assert!(subnet_contains("10.96.0.0/16", ip("10.96.3.4")));
+    assert!(!subnet_contains("10.96.0.0/16", ip("10.97.0.1")));
+    assert!(subnet_contains("10.96.0.20", ip("10.96.0.20")));
+    assert!(!subnet_contains("10.96.0.20", ip("10.96.0.21")));
+    assert!(subnet_contains("0.0.0.0/0", ip("192.0.2.1")));
+    assert!(subnet_contains("fd00::/8", ip("fd00::1")));
+    assert!(subnet_contains("10.0.0.0/8", ip("::ffff:10.1.2.3")));
+    assert!(subnet_contains("::ffff:10.0.0.0/104", ip("10.1.2.3")));
+    assert!(!subnet_contains("not-a-subnet", ip("10.1.2.3")));
 }

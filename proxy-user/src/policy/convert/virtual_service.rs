@@ -464,9 +464,9 @@ fn http_match(
     });
     let gateways = gateway_names(ctx, &path.key("gateways"), &m.gateways, r.gateway_refs);
     if m.stat_prefix.is_some() {
-        ctx.warn(
+        ctx.not_applied(
             &path.key("statPrefix"),
-            "statPrefix is accepted but Keel does not emit per-route stats",
+            Some("Keel emits no per-route stats"),
         );
     }
     HttpMatch {
@@ -626,9 +626,11 @@ fn headers(
 /// A set/add value, kept as written (an Envoy template); operators Keel sends literally are warned about.
 fn header_value(ctx: &mut Ctx<'_>, path: &FieldPath, name: &str, value: &str) -> Option<String> {
     for op in ctx.check(path, v::header_value(name, value))? {
-        ctx.warn(
+        ctx.not_applied(
             path,
-            format!("accepted, not applied: Envoy operator {op} is sent literally (Keel does not evaluate it)"),
+            Some(&format!(
+                "Envoy operator {op} is sent literally (Keel does not evaluate it)"
+            )),
         );
     }
     Some(value.to_string())
@@ -1085,6 +1087,12 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
         None => None,
         Some(b) => Some(ctx.check(&path.key("backoff"), v::duration_ms(b))?),
     };
+    if rt.retry_remote_localities == Some(true) {
+        ctx.not_applied(
+            &path.key("retryRemoteLocalities"),
+            Some("Keel treats all localities alike; a retry prefers endpoints not tried yet"),
+        );
+    }
     Some(Retries {
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         per_try_timeout,
