@@ -157,6 +157,9 @@ impl Body for AttemptBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                // A reader that knows the length (HTTP/1 content-length) stops polling after the
+                // last byte, so the end is noticed here rather than by a final `None`.
+                let finished = rec.source.as_ref().is_some_and(Body::is_end_stream);
                 if !rec.abandoned {
                     let len = frame.data_ref().map_or(0, Bytes::len);
                     if rec.bytes + len > rec.limit {
@@ -173,6 +176,12 @@ impl Body for AttemptBody {
                             this.pos = rec.frames.len();
                         }
                     }
+                }
+                if finished {
+                    rec.ended = true;
+                    rec.source = None;
+                    drop(rec);
+                    this.body.ended_tx.send_replace(true);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -59,7 +58,11 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
 }
 
 /// Route and forward one request; every response leaves with Envoy's `server` header.
-async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle<B>(ctx: &ConnContext, req: Request<B>) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     ctx.stats.http_requests.inc();
     let mut flags = ResponseFlags::default();
     let mut resp = process(ctx, req, &mut flags).await;
@@ -80,11 +83,15 @@ struct Chosen<'a> {
     matched_block: Option<usize>,
 }
 
-async fn process(
+async fn process<B>(
     ctx: &ConnContext,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     flags: &mut ResponseFlags,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     // The state is loaded once per request: in-flight requests finish under their config.
     let node = ctx.state.load();
     let view = ctx.view_under(&node);
@@ -240,7 +247,7 @@ async fn process(
         timeout,
         start_time,
     );
-    let body = RecordedBody::new(incoming.map_err(BoxError::from).boxed(), RETRY_BUFFER_LIMIT);
+    let body = RecordedBody::new(incoming.map_err(Into::into).boxed(), RETRY_BUFFER_LIMIT);
     let started = Instant::now();
 
     if let (Some(protocol_name), Some(on_upgrade)) = (upgrade, on_upgrade) {
@@ -687,3 +694,6 @@ fn local_action(
 
 /// How long an idle downstream HTTP/1 keep-alive connection may wait for its next request header.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests;

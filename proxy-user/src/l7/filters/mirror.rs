@@ -82,7 +82,8 @@ pub struct MirrorJob {
     pub shadow_suffix: bool,
 }
 
-/// Start one mirror on its own task, or count it as dropped when over budget.
+/// Start one mirror on its own task, or count it as dropped when over budget. A mirror counts as
+/// sent once its request went out and as dropped when it could not be sent.
 pub fn spawn(job: MirrorJob, pools: HttpPools, stats: Arc<Stats>) {
     let Some(slot) = Slot::acquire() else {
         stats.mirror_dropped.inc();
@@ -128,10 +129,12 @@ async fn send(job: MirrorJob, pools: HttpPools) -> Result<(), &'static str> {
         .build(picked.addr(), 1, upstream_h2, body)
         .map_err(|_| "mirror request could not be built")?;
     // The response is read to the end and discarded, so the pooled connection can be reused.
-    if let Ok(resp) = pools.send(picked.addr(), upstream_h2, req).await {
-        use http_body_util::BodyExt;
-        let _ = resp.into_body().collect().await;
-    }
+    let resp = pools
+        .send(picked.addr(), upstream_h2, req)
+        .await
+        .map_err(|_| "mirror request failed")?;
+    use http_body_util::BodyExt;
+    let _ = resp.into_body().collect().await;
     Ok(())
 }
 
