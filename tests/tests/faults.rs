@@ -95,7 +95,7 @@ spec:
         subset: v1
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let r = fx.get(&reviews("/productpage").count(50))?;
     ensure_abort_replies(&r, 418, 50)?;
@@ -162,7 +162,7 @@ spec:
         subset: v1
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // No percentage: Envoy's default fraction is 0, so nothing is ever injected.
     let none = fx.get(&reviews("/").header("x-case", "no-percentage").count(500))?;
@@ -244,7 +244,7 @@ spec:
         subset: v1
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // A delayed request is answered by the backend, at least 1 s later.
     let d = fx.get(&reviews("/").header("x-case", "delay").count(2))?;
@@ -328,7 +328,7 @@ spec:
         host: greeter
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let r = fx.agent.grpc_call(
         &fx.sleep,
@@ -452,7 +452,7 @@ spec:
         subset: v1
 ";
     fx.config.write("ratings-fault.yaml", delay_vs)?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
     let ratings_get = || HttpGet::new("http://ratings:9080/ratings/0").connect_to(ratings);
 
     // jason: 7 s delay, but the application gives up after 3 s.

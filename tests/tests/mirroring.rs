@@ -61,7 +61,7 @@ spec:
       subset: v2
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     const N: usize = 100;
     const BODY: usize = 1_000;
@@ -171,7 +171,7 @@ spec:
       value: 25
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let full = fx.get(&reviews("/").header("x-case", "full").count(20))?;
     ensure!(full.by_version.get("v1") == Some(&20), "{full:?}");
@@ -265,7 +265,7 @@ spec:
         ));
     }
     fx.config.write("virtualservice.yaml", &vs)?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     for case in ["slow", "dead", "failing"] {
         let r = fx.get(&reviews("/").header("x-case", case).count(20))?;
@@ -331,7 +331,7 @@ spec:
         value: 50
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     const N: u64 = 400;
     let r = fx.get(&reviews("/").count(N as u32))?;
@@ -402,7 +402,7 @@ spec:
     mirror_percent: 100
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let r = fx.get(
         &HttpGet::new("http://httpbin:8000/headers")

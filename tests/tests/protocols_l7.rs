@@ -36,7 +36,7 @@ fn websocket_upgrade_echoes_both_ways() -> Result<()> {
     let mut fx = Fixture::reviews(PREFIX, 102, &[])?;
     fx.add_ws_backend("chat-v1", 31, 8080, &[("app", "chat"), ("version", "v1")])?;
     let chat = fx.add_simple_service("chat", 30, "http", 8080, 8080)?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let sent = ["one", "two", "three"];
     let r = fx.agent.ws_client(
@@ -92,7 +92,7 @@ fn grpc_unary_ok_and_error_status_in_trailers() -> Result<()> {
         GrpcServerOpts::default(),
     )?;
     let greeter = fx.add_simple_service("greeter", 30, "grpc", 9090, 9090)?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let ok = fx
         .agent
@@ -159,7 +159,7 @@ fn grpc_timeout_header_bounds_the_call() -> Result<()> {
         },
     )?;
     let greeter = fx.add_simple_service("greeter", 30, "grpc", 9090, 9090)?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let r = fx.agent.grpc_call(
         &fx.sleep,
@@ -238,7 +238,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let plain = fx.get(&reviews("/").count(10))?;
     ensure!(plain.status(200) == 10, "{plain:?}");

@@ -118,7 +118,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // `attempts: 3, retryOn: 5xx` on /status/500: 4 upstream requests, the client gets the last 500.
     let mut repeats = 0;
@@ -219,7 +219,7 @@ fn default_policy_retries_around_a_dead_endpoint() -> Result<()> {
         &[],
         false,
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     let r = fx.get(&reviews("/").count(100))?;
     ensure!(
@@ -252,6 +252,34 @@ fn default_policy_retries_around_a_dead_endpoint() -> Result<()> {
          {counts:?}"
     );
     Ok(())
+}
+
+/// One timeout scenario: the `x-case` rule, the path, the upstream attempts expected, the window (ms)
+/// the 504 must arrive in, and the first attempt's `x-envoy-expected-rq-timeout-ms`.
+struct TimeoutCase {
+    case: &'static str,
+    path: &'static str,
+    attempts: u32,
+    window: (u64, u64),
+    expected_timeout: &'static str,
+}
+
+impl TimeoutCase {
+    fn new(
+        case: &'static str,
+        path: &'static str,
+        attempts: u32,
+        window: (u64, u64),
+        expected_timeout: &'static str,
+    ) -> TimeoutCase {
+        TimeoutCase {
+            case,
+            path,
+            attempts,
+            window,
+            expected_timeout,
+        }
+    }
 }
 
 #[test]
@@ -325,25 +353,31 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
-    // (case, path, attempts, elapsed window ms, x-envoy-expected-rq-timeout-ms of the first attempt)
-    let cases: [(&str, &str, u32, (u64, u64), &str); 5] = [
+    let cases = [
         // (a) per-try timeout, default retryOn: a per-try timeout is a local reset, which the default
         // tokens do not retry -> one attempt, 504 after 1 s.
-        ("a", "/delay/5000", 1, (900, 1_900), "1000"),
+        TimeoutCase::new("a", "/delay/5000", 1, (900, 1_900), "1000"),
         // (b) + retryOn 5xx, no route timeout: 3 attempts of 1 s.
-        ("b", "/delay/5000", 3, (2_900, 4_300), "1000"),
+        TimeoutCase::new("b", "/delay/5000", 3, (2_900, 4_300), "1000"),
         // (c) route timeout 3 s caps 5 retries of 1 s: exactly 3 attempts, 504 at 3 s.
-        ("c", "/delay/5000", 3, (2_900, 3_900), "1000"),
+        TimeoutCase::new("c", "/delay/5000", 3, (2_900, 3_900), "1000"),
         // (d) perTryTimeout >= timeout is ignored: one attempt, 504 at 2 s (a global timeout is
         // never retried).
-        ("d", "/delay/5000", 1, (1_900, 2_900), "2000"),
+        TimeoutCase::new("d", "/delay/5000", 1, (1_900, 2_900), "2000"),
         // (e) item 16: route timeout 1 s, upstream 3 s: 504 at 1 s, exactly one attempt.
-        ("e", "/delay/3000", 1, (900, 1_700), "1000"),
+        TimeoutCase::new("e", "/delay/3000", 1, (900, 1_700), "1000"),
     ];
     let mut problems = Vec::new();
-    for (case, path, n, (lo, hi), expected_timeout) in cases {
+    for TimeoutCase {
+        case,
+        path,
+        attempts: n,
+        window: (lo, hi),
+        expected_timeout,
+    } in cases
+    {
         let tag = format!("case-{case}");
         let r = fx.get(&reviews(path).header("x-case", case).header("x-req", &tag))?;
         let tries = attempts(&fx, &names, &tag)?;
@@ -409,7 +443,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     const SIZE: usize = 20_000;
     let r = fx.get(
@@ -473,7 +507,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // The backend resets the connection after reading each request (no response at all).
     let r = fx.get(
@@ -594,7 +628,7 @@ spec:
         host: preference
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
     const N: u32 = 300;
     let abort_body = "preference-v1 => Error: 503 - fault filter abort";
     let recommendation_seen = |fx: &Fixture| -> Result<usize> {
@@ -694,7 +728,7 @@ fn grpc_unavailable_in_headers_is_retried_by_default() -> Result<()> {
         },
     )?;
     let greeter = fx.add_simple_service("greeter", 30, "grpc", 9090, 9090)?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
     let names = ["greeter-v1"];
     let call = |tag: &str| {
         GrpcCall::new("http://greeter:9090/keel.test.Echo/Call", greeter).header("x-req", tag)

@@ -85,7 +85,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // The backend answers with the response headers the query names.
     let r = fx.get(
@@ -201,7 +201,7 @@ spec:
             x-resp-dest: v2
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // One destination: Istio appends the destination's ops after the route's on the same Envoy route,
     // so the destination's `set` wins.
@@ -307,7 +307,7 @@ spec:
         host: reviews
 "#,
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // (request path, upstream path, upstream Host, x-envoy-original-path)
     let cases: [(&str, &str, &str, Option<&str>); 5] = [
@@ -440,7 +440,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
 
     // (path, status, location)
     let redirects = [
@@ -552,7 +552,7 @@ spec:
         host: reviews
 ",
     )?;
-    let _keel = fx.start_keel()?;
+    let _keel = fx.start_keel_strict()?;
     let preflight = |origin: &str, tag: &str| {
         reviews("/api")
             .method("OPTIONS")

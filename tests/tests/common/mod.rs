@@ -226,6 +226,19 @@ impl Fixture {
         Keel::start(&self.net, self.config.path())
     }
 
+    /// Like [`Fixture::start_keel`], but first fails with keel's own words if `keel validate` rejects
+    /// any resource of the config: the tests write valid Istio only, so a rejection is a Keel gap, and
+    /// saying so beats judging traffic that fell back to default routing.
+    pub fn start_keel_strict(&self) -> Result<Keel> {
+        let out = keel_tests::keel::validate(self.config.path())?;
+        ensure!(
+            out.code == Some(0),
+            "keel rejects this valid Istio config:\n{}",
+            out.combined().trim()
+        );
+        self.start_keel()
+    }
+
     /// `count` keep-alive GETs of `http://reviews:9080/` from `sleep`, connecting to the VIP.
     pub fn get_reviews(&self, count: u32) -> Result<HttpGetReport> {
         self.agent.http_get(

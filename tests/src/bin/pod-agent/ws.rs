@@ -69,6 +69,10 @@ async fn serve(
     let record = seen.clone();
     let pod_header = HeaderValue::from_str(pod).context("pod name as header value")?;
     let pod_name = pod.to_string();
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback signature"
+    )]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let rec = RequestRecord {
             ts_ms,
