@@ -488,6 +488,12 @@ spec:
 
     // The tutorial's next step: replace the delay with an abort for jason.
     fx.config.write("ratings-fault.yaml", abort_vs)?;
+    let check = keel_tests::keel::validate(fx.config.path())?;
+    ensure!(
+        check.code == Some(0),
+        "keel rejects the tutorial's abort VirtualService:\n{}",
+        check.combined().trim()
+    );
     wait_until(
         "the abort VirtualService to apply",
         Duration::from_secs(10),

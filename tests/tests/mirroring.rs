@@ -16,8 +16,8 @@ use common::{ensure_binomial, reviews_destination_rule, reviews_vip, with_header
 use keel_tests::{body_hash, body_pattern, HttpGet, HttpServerOpts, RequestRecord};
 
 const PREFIX: &str = "ktmirror";
-/// Longest wait for mirrored copies to arrive.
-const COPIES_WITHIN: Duration = Duration::from_secs(10);
+/// Longest wait for mirrored copies to arrive (they normally follow the primary within milliseconds).
+const COPIES_WITHIN: Duration = Duration::from_secs(5);
 /// "No more copies" means none for this long.
 const QUIET: Duration = Duration::from_millis(500);
 
