@@ -167,7 +167,8 @@ fn grpc_timeout_header_bounds_the_call() -> Result<()> {
     )?;
     let c = r.calls.first().context("no call")?;
     // Envoy's timeout is a 504 local reply, sent to a gRPC client as trailers-only with
-    // grpc-status = Grpc::Utility::httpToGrpcStatus(504) = 14 UNAVAILABLE and the body as message.
+    // grpc-status = Grpc::Utility::httpToGrpcStatus(504) = 14 UNAVAILABLE and the body as message
+    // (checked against Envoy 1.40).
     ensure!(
         c.error.is_none()
             && c.http_status == 200
