@@ -78,6 +78,30 @@ pub struct HttpGetReport {
     pub elapsed_ms: u64,
     /// The global timeout cut the run short.
     pub timed_out: bool,
+    /// Requests abandoned by the client's own per-request timeout (`--request-timeout-ms`), the way an
+    /// application gives up on a slow call; the connection is closed then.
+    #[serde(default)]
+    pub client_timeouts: u64,
+    /// Status of the last response (0 if none).
+    #[serde(default)]
+    pub last_status: u16,
+    /// Headers of the last response: lower-case name -> every value, in order.
+    #[serde(default)]
+    pub last_headers: BTreeMap<String, Vec<String>>,
+    /// Body of the last response (lossy UTF-8, at most 4 KiB).
+    #[serde(default)]
+    pub last_text: Option<String>,
+    /// Responses whose body is not an [`EchoBody`], by `"<status> <body>"` (body at most 200 bytes;
+    /// at most 32 keys, the rest under `"<other>"`): local replies such as `"418 fault filter abort"`.
+    #[serde(default)]
+    pub other_bodies: BTreeMap<String, u64>,
+    /// How many responses carried each header name (lower-case).
+    #[serde(default)]
+    pub header_presence: BTreeMap<String, u64>,
+    /// Time from sending each request to its whole response (ms), in completion order; the first
+    /// 2,000 only.
+    #[serde(default)]
+    pub latencies_ms: Vec<u64>,
 }
 
 impl HttpGetReport {
@@ -92,6 +116,37 @@ impl HttpGetReport {
             return 0.0;
         }
         self.by_version.get(version).copied().unwrap_or(0) as f64 / self.responses as f64
+    }
+
+    /// The values of response header `name` (lower-case) on the last response.
+    pub fn last_header(&self, name: &str) -> Option<&[String]> {
+        self.last_headers.get(name).map(Vec::as_slice)
+    }
+
+    /// The single value of response header `name` on the last response (`None` if absent or repeated).
+    pub fn last_header_value(&self, name: &str) -> Option<&str> {
+        match self.last_headers.get(name).map(Vec::as_slice) {
+            Some([v]) => Some(v.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Responses with `status` and exactly `body` (a non-echo body, see `other_bodies`).
+    pub fn with_body(&self, status: u16, body: &str) -> u64 {
+        self.other_bodies
+            .get(&format!("{status} {body}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The slowest response, ms (0 if none).
+    pub fn max_latency_ms(&self) -> u64 {
+        self.latencies_ms.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The fastest response, ms (0 if none).
+    pub fn min_latency_ms(&self) -> u64 {
+        self.latencies_ms.iter().copied().min().unwrap_or(0)
     }
 }
 
@@ -183,6 +238,16 @@ pub struct HttpGet {
     pub headers: Vec<(String, String)>,
     /// Global timeout of the whole run.
     pub timeout: Duration,
+    /// Request method (default `GET`).
+    pub method: String,
+    /// Request body: literal text.
+    pub body: Option<String>,
+    /// Request body: `n` bytes of [`crate::request_log::body_pattern`] (overrides `body`).
+    pub body_size: Option<usize>,
+    /// Parallel workers, each with its own connection(s) (default 1: sequential).
+    pub concurrency: u32,
+    /// The client's own per-request timeout: the request is abandoned and its connection closed.
+    pub request_timeout: Option<Duration>,
 }
 
 impl HttpGet {
@@ -196,7 +261,42 @@ impl HttpGet {
             http2: false,
             headers: Vec::new(),
             timeout: Duration::from_secs(30),
+            method: "GET".to_string(),
+            body: None,
+            body_size: None,
+            concurrency: 1,
+            request_timeout: None,
         }
+    }
+
+    /// Request method, e.g. `POST` or `OPTIONS`.
+    pub fn method(mut self, m: &str) -> Self {
+        self.method = m.to_string();
+        self
+    }
+
+    /// A literal request body.
+    pub fn body(mut self, text: &str) -> Self {
+        self.body = Some(text.to_string());
+        self
+    }
+
+    /// A request body of `n` pattern bytes (hash: `body_hash(&body_pattern(n))`).
+    pub fn body_size(mut self, n: usize) -> Self {
+        self.body_size = Some(n);
+        self
+    }
+
+    /// `n` parallel workers.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Abandon a request after `t` (the client's own timeout).
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = Some(t);
+        self
     }
 
     /// Connect to `addr` instead of resolving the URL's host.
@@ -262,8 +362,301 @@ impl HttpGet {
         for (k, v) in &self.headers {
             a.extend(["--header".to_string(), format!("{k}:{v}")]);
         }
+        if self.method != "GET" {
+            a.extend(["--method".to_string(), self.method.clone()]);
+        }
+        if let Some(b) = &self.body {
+            a.extend(["--body".to_string(), b.clone()]);
+        }
+        if let Some(n) = self.body_size {
+            a.extend(["--body-size".to_string(), n.to_string()]);
+        }
+        if self.concurrency > 1 {
+            a.extend(["--concurrency".to_string(), self.concurrency.to_string()]);
+        }
+        if let Some(t) = self.request_timeout {
+            a.extend([
+                "--request-timeout-ms".to_string(),
+                t.as_millis().max(1).to_string(),
+            ]);
+        }
         a
     }
+}
+
+/// Options of `http-server` beyond its address and identity.
+#[derive(Debug, Clone, Default)]
+pub struct HttpServerOpts {
+    /// `--log`: append one [`crate::RequestRecord`] line per request.
+    pub log: Option<PathBuf>,
+    /// `--fail-status`: answer every request with this status (a path's `/status/<code>` still wins).
+    pub fail_status: Option<u16>,
+    /// `--delay-ms`: wait this long before answering every request.
+    pub delay_ms: Option<u64>,
+    /// `--call URL --call-connect ADDR`: per request, GET `URL` at `ADDR` (through the mesh) and answer
+    /// with its status and `"<pod> => <body>"` (`"<pod> => Error: <status> - <body>"` if not 2xx).
+    pub call: Option<(String, SocketAddr)>,
+}
+
+impl HttpServerOpts {
+    /// Logging to `log`, nothing else.
+    pub fn logged(log: &Path) -> HttpServerOpts {
+        HttpServerOpts {
+            log: Some(log.to_path_buf()),
+            ..HttpServerOpts::default()
+        }
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(l) = &self.log {
+            a.extend(["--log".to_string(), l.display().to_string()]);
+        }
+        if let Some(s) = self.fail_status {
+            a.extend(["--fail-status".to_string(), s.to_string()]);
+        }
+        if let Some(d) = self.delay_ms {
+            a.extend(["--delay-ms".to_string(), d.to_string()]);
+        }
+        if let Some((url, addr)) = &self.call {
+            a.extend([
+                "--call".to_string(),
+                url.clone(),
+                "--call-connect".to_string(),
+                addr.to_string(),
+            ]);
+        }
+        a
+    }
+}
+
+/// Options of `grpc-server`; every answer can also be chosen per call with request metadata
+/// `x-test-grpc-status`, `x-test-grpc-message`, `x-test-delay-ms`, `x-test-trailers-only: 1`.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcServerOpts {
+    /// `--log`.
+    pub log: Option<PathBuf>,
+    /// `--grpc-status` (default 0, OK).
+    pub grpc_status: u32,
+    /// `--grpc-message`.
+    pub grpc_message: Option<String>,
+    /// `--delay-ms` before answering.
+    pub delay_ms: Option<u64>,
+    /// `--trailers-only`: answer with the status in the response headers and no body (how gRPC
+    /// servers and proxies send errors).
+    pub trailers_only: bool,
+}
+
+impl GrpcServerOpts {
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec!["--grpc-status".to_string(), self.grpc_status.to_string()];
+        if let Some(l) = &self.log {
+            a.extend(["--log".to_string(), l.display().to_string()]);
+        }
+        if let Some(m) = &self.grpc_message {
+            a.extend(["--grpc-message".to_string(), m.clone()]);
+        }
+        if let Some(d) = self.delay_ms {
+            a.extend(["--delay-ms".to_string(), d.to_string()]);
+        }
+        if self.trailers_only {
+            a.push("--trailers-only".to_string());
+        }
+        a
+    }
+}
+
+/// A `grpc-client` run: `count` sequential unary calls on one h2c connection.
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    /// `http://<authority>/<service>/<method>`.
+    pub url: String,
+    /// Where to connect.
+    pub connect_to: SocketAddr,
+    /// The request message (raw bytes of this text, length-prefixed).
+    pub message: String,
+    /// Extra request metadata.
+    pub headers: Vec<(String, String)>,
+    /// `grpc-timeout` header value, e.g. `1S`.
+    pub grpc_timeout: Option<String>,
+    /// Calls.
+    pub count: u32,
+    /// Global timeout of the run.
+    pub timeout: Duration,
+}
+
+impl GrpcCall {
+    /// One call of `url` at `connect_to`, message `hello`, 30 s timeout.
+    pub fn new(url: &str, connect_to: SocketAddr) -> GrpcCall {
+        GrpcCall {
+            url: url.to_string(),
+            connect_to,
+            message: "hello".to_string(),
+            headers: Vec::new(),
+            grpc_timeout: None,
+            count: 1,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Adds request metadata.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sends `grpc-timeout: <v>`.
+    pub fn grpc_timeout(mut self, v: &str) -> Self {
+        self.grpc_timeout = Some(v.to_string());
+        self
+    }
+
+    /// Number of calls.
+    pub fn count(mut self, n: u32) -> Self {
+        self.count = n;
+        self
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "grpc-client".to_string(),
+            "--url".to_string(),
+            self.url.clone(),
+            "--connect-to".to_string(),
+            self.connect_to.to_string(),
+            "--message".to_string(),
+            self.message.clone(),
+            "--count".to_string(),
+            self.count.to_string(),
+            "--timeout-secs".to_string(),
+            self.timeout.as_secs().max(1).to_string(),
+        ];
+        for (k, v) in &self.headers {
+            a.extend(["--header".to_string(), format!("{k}:{v}")]);
+        }
+        if let Some(t) = &self.grpc_timeout {
+            a.extend(["--grpc-timeout".to_string(), t.clone()]);
+        }
+        a
+    }
+}
+
+/// One unary call as `grpc-client` saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GrpcCallReport {
+    /// HTTP status (0 if the call failed before a response).
+    pub http_status: u16,
+    /// Response headers (lower-case, repeated joined with `, `).
+    pub headers: BTreeMap<String, String>,
+    /// `grpc-status` from the trailers, else from the headers.
+    pub grpc_status: Option<u32>,
+    /// `grpc-message` from wherever `grpc-status` came from.
+    pub grpc_message: Option<String>,
+    /// `"trailers"`, `"headers"` (trailers-only response) or `"none"`.
+    pub status_from: String,
+    /// A trailers frame arrived after the response headers.
+    pub trailers_received: bool,
+    /// The trailers (lower-case names).
+    pub trailers: BTreeMap<String, String>,
+    /// Length-prefixed messages in the response body.
+    pub messages: u32,
+    /// The first message (lossy UTF-8, at most 4 KiB): `http`-style [`EchoBody`] JSON from
+    /// `grpc-server`.
+    pub first_message: Option<String>,
+    /// Time from sending to the end of the response, ms.
+    pub elapsed_ms: u64,
+    /// What failed, if the call did not complete.
+    pub error: Option<String>,
+}
+
+/// What `grpc-client` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GrpcClientReport {
+    /// The URL called.
+    pub url: String,
+    /// Every call in order.
+    pub calls: Vec<GrpcCallReport>,
+    /// The global timeout cut the run short.
+    pub timed_out: bool,
+    /// A failure outside the calls (connect, handshake).
+    pub error: Option<String>,
+}
+
+/// A `ws-client` run: one WebSocket connection, text messages echoed one by one, optionally a binary
+/// message, then a close handshake.
+#[derive(Debug, Clone)]
+pub struct WsClient {
+    /// `ws://<authority>/<path>`.
+    pub url: String,
+    /// Where to connect.
+    pub connect_to: SocketAddr,
+    /// Text messages, sent one at a time (each waits for its echo).
+    pub messages: Vec<String>,
+    /// Size of a binary message sent after the texts (0: none).
+    pub binary_size: usize,
+    /// Extra handshake request headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl WsClient {
+    /// A connection to `url` at `connect_to` sending `messages`.
+    pub fn new(url: &str, connect_to: SocketAddr, messages: &[&str]) -> WsClient {
+        WsClient {
+            url: url.to_string(),
+            connect_to,
+            messages: messages.iter().map(|m| (*m).to_string()).collect(),
+            binary_size: 0,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Also sends a binary message of `n` pattern bytes.
+    pub fn binary(mut self, n: usize) -> Self {
+        self.binary_size = n;
+        self
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "ws-client".to_string(),
+            "--url".to_string(),
+            self.url.clone(),
+            "--connect-to".to_string(),
+            self.connect_to.to_string(),
+            "--binary-size".to_string(),
+            self.binary_size.to_string(),
+        ];
+        for m in &self.messages {
+            a.extend(["--message".to_string(), m.clone()]);
+        }
+        for (k, v) in &self.headers {
+            a.extend(["--header".to_string(), format!("{k}:{v}")]);
+        }
+        a
+    }
+}
+
+/// What `ws-client` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WsReport {
+    /// The URL.
+    pub url: String,
+    /// Status of the handshake response (101 when upgraded; 0 if none arrived).
+    pub status: u16,
+    /// Handshake response headers (lower-case, repeated joined with `, `).
+    pub headers: BTreeMap<String, String>,
+    /// Text messages sent.
+    pub sent: Vec<String>,
+    /// Text messages received back, in order.
+    pub received: Vec<String>,
+    /// The binary message came back byte for byte (`None` if none was sent).
+    pub binary_echo_ok: Option<bool>,
+    /// The close handshake completed.
+    pub closed_cleanly: bool,
+    /// What failed, if anything.
+    pub error: Option<String>,
+    /// Wall time, ms.
+    pub elapsed_ms: u64,
 }
 
 /// Runs `pod-agent` subcommands inside pods.
@@ -311,6 +704,83 @@ impl Agent {
     pub fn tcp_echo_server(&self, pod: &Pod, port: u16) -> Result<Proc> {
         let listen = format!("0.0.0.0:{port}");
         self.server(pod, &["tcp-echo", "--listen", &listen], "tcp-echo")
+    }
+
+    /// Starts `http-server --listen 0.0.0.0:<port>` with `opts` in `pod`.
+    pub fn http_server_with(
+        &self,
+        pod: &Pod,
+        port: u16,
+        version: &str,
+        opts: &HttpServerOpts,
+    ) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        let mut args: Vec<String> = [
+            "http-server",
+            "--listen",
+            &listen,
+            "--pod",
+            &pod.name,
+            "--version",
+            version,
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        args.extend(opts.to_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.server(pod, &args, "http-server")
+    }
+
+    /// Starts `grpc-server --listen 0.0.0.0:<port>` (h2c only) with `opts` in `pod`.
+    pub fn grpc_server(
+        &self,
+        pod: &Pod,
+        port: u16,
+        version: &str,
+        opts: &GrpcServerOpts,
+    ) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        let mut args: Vec<String> = [
+            "grpc-server",
+            "--listen",
+            &listen,
+            "--pod",
+            &pod.name,
+            "--version",
+            version,
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        args.extend(opts.to_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.server(pod, &args, "grpc-server")
+    }
+
+    /// Starts `ws-server --listen 0.0.0.0:<port>` (WebSocket echo) in `pod`, logging upgrades to `log`.
+    pub fn ws_server(&self, pod: &Pod, port: u16, log: Option<&Path>) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        let log = log.map(|l| l.display().to_string());
+        let mut args = vec!["ws-server", "--listen", &listen, "--pod", &pod.name];
+        if let Some(l) = &log {
+            args.extend(["--log", l]);
+        }
+        self.server(pod, &args, "ws-server")
+    }
+
+    /// Runs `grpc-client` in `pod`.
+    pub fn grpc_call(&self, pod: &Pod, call: &GrpcCall) -> Result<GrpcClientReport> {
+        let args = call.to_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.client(pod, &args, call.timeout + CLIENT_SLACK)
+    }
+
+    /// Runs `ws-client` in `pod` (30 s budget).
+    pub fn ws_client(&self, pod: &Pod, req: &WsClient) -> Result<WsReport> {
+        let args = req.to_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.client(pod, &args, Duration::from_secs(30) + CLIENT_SLACK)
     }
 
     fn server(&self, pod: &Pod, args: &[&str], label: &str) -> Result<Proc> {

@@ -1,7 +1,9 @@
 //! Keel's privileged end-to-end test kit.
 //!
 //! - [`podnet`]: [`PodNet`], real pods (netns + veth + bridge + cgroup v2) with RAII cleanup;
-//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c server, TCP echo, JSON-reporting clients) in pods;
+//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c, gRPC and WebSocket servers, TCP echo,
+//!   JSON-reporting clients) in pods;
+//! - [`request_log`]: what reached each backend (one JSON line per request), read back by tests;
 //! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
 //! - [`config`]: temporary config directories and Service/Pod YAML;
 //! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
@@ -16,10 +18,12 @@ pub mod http;
 pub mod keel;
 pub mod podnet;
 pub mod process;
+pub mod request_log;
 
 pub use agent::{
-    Agent, ConnMode, ConnectOutcome, EchoBody, HttpGet, HttpGetReport, HttpLoadReport,
-    TcpConnectReport, TcpEchoReport,
+    Agent, ConnMode, ConnectOutcome, EchoBody, GrpcCall, GrpcCallReport, GrpcClientReport,
+    GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, TcpConnectReport,
+    TcpEchoReport, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};
@@ -27,3 +31,4 @@ pub use podnet::{
     cleanup_all_stale, cleanup_stale, leftovers, Pod, PodNet, PROXY_PORT, SERVICE_CIDR,
 };
 pub use process::Proc;
+pub use request_log::{body_hash, body_pattern, RequestLog, RequestRecord};

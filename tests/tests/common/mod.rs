@@ -2,12 +2,15 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use keel_tests::config::service_yaml;
 use keel_tests::{
-    Agent, ConfigDir, ConnectionRecord, HttpGetReport, Keel, Pod, PodNet, Proc, SvcPort,
+    Agent, ConfigDir, ConnectionRecord, GrpcServerOpts, HttpGet, HttpGetReport, HttpServerOpts,
+    Keel, Pod, PodNet, Proc, RequestLog, RequestRecord, SvcPort,
 };
 
 /// The `pod-agent` built with these tests (override with `POD_AGENT_BIN`).
@@ -61,6 +64,8 @@ pub struct Fixture {
     pub reviews: Vec<Pod>,
     pub specs: Vec<PodSpec>,
     pub services: Vec<String>,
+    /// Request logs of the logged backends, by pod name.
+    pub logs: BTreeMap<String, RequestLog>,
     pub net: PodNet,
 }
 
@@ -84,6 +89,7 @@ impl Fixture {
                 annotations: Vec::new(),
             }],
             services: Vec::new(),
+            logs: BTreeMap::new(),
             net,
         };
         for (i, v) in versions.iter().enumerate() {
@@ -220,6 +226,19 @@ impl Fixture {
         Keel::start(&self.net, self.config.path())
     }
 
+    /// Like [`Fixture::start_keel`], but first fails with keel's own words if `keel validate` rejects
+    /// any resource of the config: the tests write valid Istio only, so a rejection is a Keel gap, and
+    /// saying so beats judging traffic that fell back to default routing.
+    pub fn start_keel_strict(&self) -> Result<Keel> {
+        let out = keel_tests::keel::validate(self.config.path())?;
+        ensure!(
+            out.code == Some(0),
+            "keel rejects this valid Istio config:\n{}",
+            out.combined().trim()
+        );
+        self.start_keel()
+    }
+
     /// `count` keep-alive GETs of `http://reviews:9080/` from `sleep`, connecting to the VIP.
     pub fn get_reviews(&self, count: u32) -> Result<HttpGetReport> {
         self.agent.http_get(
@@ -228,6 +247,210 @@ impl Fixture {
                 .connect_to(reviews_vip())
                 .count(count),
         )
+    }
+
+    /// Like [`Fixture::reviews`], but every backend logs the requests it receives; their logs are in
+    /// [`Fixture::logs`] under the pod names `reviews-<version>`.
+    pub fn reviews_logged(prefix: &str, index: u8, versions: &[&str]) -> Result<Fixture> {
+        let mut fx = Fixture::reviews(prefix, index, &[])?;
+        for (i, v) in versions.iter().enumerate() {
+            let suffix = u8::try_from(11 + i)?;
+            fx.add_logged_backend(
+                &format!("reviews-{v}"),
+                suffix,
+                REVIEWS_PORT,
+                v,
+                &[("app", "reviews"), ("version", v)],
+                HttpServerOpts::default(),
+            )?;
+        }
+        Ok(fx)
+    }
+
+    /// The request log file for backend `name` in this network's work dir.
+    pub fn log_path(&self, name: &str) -> std::path::PathBuf {
+        self.net.work_dir().join(format!("{name}.requests.jsonl"))
+    }
+
+    /// The request log of backend `name`.
+    pub fn log(&self, name: &str) -> Result<&RequestLog> {
+        self.logs
+            .get(name)
+            .with_context(|| format!("no logged backend named {name}"))
+    }
+
+    /// Adds a captured pod `default/<name>` (IP suffix `suffix`, labels `labels_`) running `http-server`
+    /// on `port` with `opts` and a request log (kept in [`Fixture::logs`] under `name`).
+    pub fn add_logged_backend(
+        &mut self,
+        name: &str,
+        suffix: u8,
+        port: u16,
+        version: &str,
+        labels_: &[(&str, &str)],
+        mut opts: HttpServerOpts,
+    ) -> Result<Pod> {
+        let pod = self.add_pod_in("default", name, suffix, labels_)?;
+        let log = RequestLog::new(self.log_path(name));
+        opts.log = Some(log.path().to_path_buf());
+        self.servers
+            .push(self.agent.http_server_with(&pod, port, version, &opts)?);
+        self.logs.insert(name.to_string(), log);
+        Ok(pod)
+    }
+
+    /// Adds a captured pod running `grpc-server` (h2c) on `port` with a request log.
+    pub fn add_grpc_backend(
+        &mut self,
+        name: &str,
+        suffix: u8,
+        port: u16,
+        version: &str,
+        labels_: &[(&str, &str)],
+        mut opts: GrpcServerOpts,
+    ) -> Result<Pod> {
+        let pod = self.add_pod_in("default", name, suffix, labels_)?;
+        let log = RequestLog::new(self.log_path(name));
+        opts.log = Some(log.path().to_path_buf());
+        self.servers
+            .push(self.agent.grpc_server(&pod, port, version, &opts)?);
+        self.logs.insert(name.to_string(), log);
+        Ok(pod)
+    }
+
+    /// Adds a captured pod running the WebSocket echo server on `port` with a request log.
+    pub fn add_ws_backend(
+        &mut self,
+        name: &str,
+        suffix: u8,
+        port: u16,
+        labels_: &[(&str, &str)],
+    ) -> Result<Pod> {
+        let pod = self.add_pod_in("default", name, suffix, labels_)?;
+        let log = RequestLog::new(self.log_path(name));
+        self.servers
+            .push(self.agent.ws_server(&pod, port, Some(log.path()))?);
+        self.logs.insert(name.to_string(), log);
+        Ok(pod)
+    }
+
+    /// Adds a Service `name` in `default` with one port (`port_name`, `port` -> `target_port`) selecting
+    /// `app: <name>`, at `10.96.0.<vip_last>`.
+    pub fn add_simple_service(
+        &mut self,
+        name: &str,
+        vip_last: u8,
+        port_name: &str,
+        port: u16,
+        target_port: u16,
+    ) -> Result<SocketAddr> {
+        self.add_service(service_yaml(
+            name,
+            "default",
+            Ipv4Addr::new(10, 96, 0, vip_last),
+            &[SvcPort {
+                name: port_name,
+                port,
+                target_port,
+            }],
+            &[("app", name)],
+        ))?;
+        Ok(vip(vip_last, port))
+    }
+
+    /// Writes Keel's `MeshConfig` (`mesh.yaml`) with the given `spec` lines (two-space indented YAML
+    /// under `spec:`), e.g. `"defaultHttpTimeout: 0s"`.
+    pub fn write_mesh(&self, spec_lines: &[&str]) -> Result<()> {
+        let mut y = String::from(
+            "apiVersion: keel.io/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: keel\nspec:\n",
+        );
+        for l in spec_lines {
+            y.push_str("  ");
+            y.push_str(l);
+            y.push('\n');
+        }
+        self.config.write("mesh.yaml", &y)?;
+        Ok(())
+    }
+
+    /// Runs `req` from `sleep`.
+    pub fn get(&self, req: &HttpGet) -> Result<HttpGetReport> {
+        self.agent.http_get(&self.sleep, req)
+    }
+
+    /// One request of `path` to reviews from `sleep` with `headers`.
+    pub fn reviews_once(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpGetReport> {
+        let mut req = HttpGet::new(format!("http://reviews:9080{path}")).connect_to(reviews_vip());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        self.get(&req)
+    }
+}
+
+/// The records of `log` whose header `name` has exactly `value`.
+pub fn with_header<'a>(
+    records: &'a [RequestRecord],
+    name: &str,
+    value: &str,
+) -> Vec<&'a RequestRecord> {
+    records
+        .iter()
+        .filter(|r| r.header(name) == Some(value))
+        .collect()
+}
+
+/// `x-envoy-attempt-count` of each record, in log order (`0` where absent or not a number).
+pub fn attempt_counts(records: &[&RequestRecord]) -> Vec<u32> {
+    records
+        .iter()
+        .map(|r| r.attempt_count().unwrap_or(0))
+        .collect()
+}
+
+/// The ±`k`σ binomial interval of successes in `n` trials of probability `p`, clamped to `0..=n`.
+pub fn binomial_bounds(n: u64, p: f64, k: f64) -> (u64, u64) {
+    let nf = n as f64;
+    let mean = nf * p;
+    let sd = (nf * p * (1.0 - p)).sqrt();
+    let lo = (mean - k * sd).floor().max(0.0) as u64;
+    let hi = ((mean + k * sd).ceil() as u64).min(n);
+    (lo, hi)
+}
+
+/// Fails unless `got` lies in the ±5σ binomial interval of `n` trials with probability `p`.
+pub fn ensure_binomial(what: &str, got: u64, n: u64, p: f64) -> Result<()> {
+    let (lo, hi) = binomial_bounds(n, p, 5.0);
+    ensure!(
+        (lo..=hi).contains(&got),
+        "{what}: {got} of {n}, expected {:.1}% -> [{lo}, {hi}] (±5σ)",
+        p * 100.0
+    );
+    Ok(())
+}
+
+/// Calls `probe` every 100 ms until it returns `Ok(true)` or `timeout` passes (then fails with the last
+/// probe's description) — for waiting until a config change is live.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    return Err(e.context(format!("waiting for {what}")));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("{what} did not happen within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

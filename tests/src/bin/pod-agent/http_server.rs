@@ -1,0 +1,393 @@
+//! `http-server`: HTTP/1.1 and h2c (prior knowledge) on one port. By default every request gets 200 and
+//! a JSON [`EchoBody`]; the path can ask for more, the way httpbin's paths do:
+//!
+//! | path segment            | effect                                                                 |
+//! |-------------------------|------------------------------------------------------------------------|
+//! | `/status/<code>`        | answer `<code>` (200..=599), still with the echo body (empty for 204/304) |
+//! | `/delay/<ms>`           | wait `<ms>` (at most 60,000) before answering                           |
+//! | `/reset`                | read the request, then reset the connection without any response       |
+//!
+//! Segments may sit anywhere in the path and combine (`/api/delay/200/status/503`). A query parameter
+//! `response-header=<name>:<value>` (repeatable) adds that header to the response. Server options:
+//! `--log` (one [`RequestRecord`] line per request, written before any delay), `--fail-status`
+//! (default status), `--delay-ms` (delay every request), `--call`/`--call-connect` (answer with the
+//! result of a GET to another service, like an application that calls the next hop).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keel_tests::{body_hash, EchoBody, RequestRecord};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{announce, joined_headers, unix_ms, LogWriter};
+
+/// Largest request body the server reads.
+const MAX_REQUEST_BODY: usize = 16 << 20;
+/// Largest delay a path may ask for.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+/// Bound on the `--call` request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `http-server` options.
+pub struct ServerOpts {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Name reported in echo bodies and logs.
+    pub pod: String,
+    /// Version reported in echo bodies and logs.
+    pub version: String,
+    /// Request log file.
+    pub log: Option<PathBuf>,
+    /// Status for requests whose path names none.
+    pub fail_status: Option<u16>,
+    /// Delay for every request.
+    pub delay: Option<Duration>,
+    /// The next hop: URL (its authority is sent as Host) and the address to connect to.
+    pub call: Option<(Uri, SocketAddr)>,
+}
+
+struct Shared {
+    opts: ServerOpts,
+    log: Option<LogWriter>,
+}
+
+/// The error a handler returns to make hyper drop the connection (see [`ResettableStream`]).
+#[derive(Debug)]
+struct ResetRequested;
+
+impl std::fmt::Display for ResetRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested by the request path")
+    }
+}
+
+impl std::error::Error for ResetRequested {}
+
+/// Serves until killed.
+pub async fn run(opts: ServerOpts) -> Result<()> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let log = opts.log.as_deref().map(LogWriter::open).transpose()?;
+    announce(&listener)?;
+    let shared = Arc::new(Shared { opts, log });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends are transient; back off instead of spinning.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let reset = Arc::new(AtomicBool::new(false));
+            let io = ResettableStream {
+                inner: stream,
+                reset: reset.clone(),
+            };
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                let reset = reset.clone();
+                async move { handle(req, peer, &shared, &reset).await }
+            });
+            // auto: HTTP/1.1, or HTTP/2 when the connection starts with the h2 preface (h2c).
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+                eprintln!("connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// What the path asks for.
+#[derive(Debug, Default, PartialEq)]
+struct PathProgram {
+    status: Option<u16>,
+    delay: Option<Duration>,
+    reset: bool,
+}
+
+fn parse_program(path: &str) -> PathProgram {
+    let path = path.split('?').next().unwrap_or_default();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut p = PathProgram::default();
+    for (i, seg) in segs.iter().enumerate() {
+        let arg = segs.get(i + 1).copied().unwrap_or_default();
+        match *seg {
+            "status" => {
+                if let Ok(code) = arg.parse::<u16>() {
+                    if (200..=599).contains(&code) {
+                        p.status = Some(code);
+                    }
+                }
+            }
+            "delay" => {
+                if let Ok(ms) = arg.parse::<u64>() {
+                    p.delay = Some(Duration::from_millis(ms).min(MAX_DELAY));
+                }
+            }
+            "reset" => p.reset = true,
+            _ => {}
+        }
+    }
+    p
+}
+
+/// `response-header=<name>:<value>` query parameters (no percent-decoding: tests use plain tokens).
+fn response_headers_from_query(path: &str) -> Vec<(HeaderName, HeaderValue)> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("response-header="))
+        .filter_map(|nv| nv.split_once(':'))
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+    reset: &AtomicBool,
+) -> Result<Response<Full<Bytes>>, ResetRequested> {
+    let ts_ms = unix_ms();
+    let opts = &shared.opts;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), ToString::to_string);
+    let echo = EchoBody {
+        pod: opts.pod.clone(),
+        version: opts.version.clone(),
+        peer: peer.to_string(),
+        protocol: format!("{:?}", req.version()),
+        method: req.method().to_string(),
+        path: path.clone(),
+        headers: joined_headers(req.headers()),
+    };
+    // Read the request body to the end (so the connection can be reused and the log has its hash).
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            eprintln!("reading request body from {peer}: {e}");
+            Bytes::new()
+        }
+    };
+    if let Some(log) = &shared.log {
+        log.write(&RequestRecord {
+            ts_ms,
+            pod: echo.pod.clone(),
+            version: echo.version.clone(),
+            kind: "http".to_string(),
+            method: echo.method.clone(),
+            path: path.clone(),
+            protocol: echo.protocol.clone(),
+            peer: echo.peer.clone(),
+            headers: echo.headers.clone(),
+            body_len: body.len() as u64,
+            body_hash: body_hash(&body),
+        });
+    }
+    let program = parse_program(&path);
+    if program.reset {
+        reset.store(true, Ordering::SeqCst);
+        return Err(ResetRequested);
+    }
+    if let Some(d) = program.delay.or(opts.delay) {
+        tokio::time::sleep(d).await;
+    }
+    let extra = response_headers_from_query(&path);
+    let mut resp = match &opts.call {
+        Some((url, addr)) => call_next_hop(&opts.pod, url, *addr).await,
+        None => {
+            let status = program.status.or(opts.fail_status).unwrap_or(200);
+            echo_response(status, &echo)
+        }
+    };
+    for (n, v) in extra {
+        resp.headers_mut().append(n, v);
+    }
+    Ok(resp)
+}
+
+fn echo_response(status: u16, echo: &EchoBody) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    // 204 and 304 have no body by definition.
+    let bodyless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let json = if bodyless {
+        Vec::new()
+    } else {
+        serde_json::to_vec(echo).unwrap_or_default()
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(json)));
+    *resp.status_mut() = status;
+    if !bodyless {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    resp
+}
+
+/// One GET to the next hop (a new connection each time, like a simple application client), answered as
+/// `"<pod> => <body>"` with the hop's status, or `"<pod> => Error: <status> - <body>"` when it is not 2xx
+/// — the format of the seed tutorial's customer/preference/recommendation chain.
+async fn call_next_hop(pod: &str, url: &Uri, addr: SocketAddr) -> Response<Full<Bytes>> {
+    let (status, body) = match tokio::time::timeout(CALL_TIMEOUT, get_once(url, addr)).await {
+        Ok(Ok((status, body))) => {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if (200..300).contains(&status) {
+                (status, format!("{pod} => {text}"))
+            } else {
+                (status, format!("{pod} => Error: {status} - {text}"))
+            }
+        }
+        Ok(Err(e)) => (503, format!("{pod} => Error: {e:#}")),
+        Err(_) => (504, format!("{pod} => Error: timeout")),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+async fn get_once(url: &Uri, addr: SocketAddr) -> Result<(u16, Bytes)> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    let conn = tokio::spawn(conn);
+    let authority = url.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    let req = Request::get(path)
+        .header(HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .context("building request")?;
+    let resp = sender.send_request(req).await.context("sending request")?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading body")?
+        .to_bytes();
+    conn.abort();
+    Ok((status, body))
+}
+
+/// A TCP stream that, once its request asked for `/reset`, closes with an RST (SO_LINGER 0) instead of
+/// a FIN and skips the orderly shutdown: the upstream "resets the connection without a response".
+struct ResettableStream {
+    inner: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl AsyncRead for ResettableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResettableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.reset.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for ResettableStream {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst) {
+            if let Err(e) = self.inner.set_zero_linger() {
+                eprintln!("SO_LINGER 0: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_programs() {
+        assert_eq!(parse_program("/"), PathProgram::default());
+        assert_eq!(
+            parse_program("/status/503?x=1"),
+            PathProgram {
+                status: Some(503),
+                ..PathProgram::default()
+            }
+        );
+        assert_eq!(
+            parse_program("/api/delay/250/status/500"),
+            PathProgram {
+                status: Some(500),
+                delay: Some(Duration::from_millis(250)),
+                reset: false
+            }
+        );
+        assert!(parse_program("/reset").reset);
+        // Out-of-range codes and non-numbers are ignored.
+        assert_eq!(parse_program("/status/99").status, None);
+        assert_eq!(parse_program("/status/abc").status, None);
+    }
+
+    #[test]
+    fn response_headers_query() {
+        let h =
+            response_headers_from_query("/x?a=1&response-header=x-one:1&response-header=x-two:b");
+        let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-one", "x-two"]);
+    }
+}

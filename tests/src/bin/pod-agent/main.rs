@@ -1,0 +1,409 @@
+//! `pod-agent`: the one helper binary that runs inside test pods.
+//!
+//! Servers print one `{"listening":"ip:port"}` line once bound, then serve until killed; with `--log`
+//! they append one JSON line per request received (`keel_tests::RequestRecord`). Clients print exactly
+//! one JSON report line on stdout (types in `keel_tests::agent`) and exit 0 if everything succeeded,
+//! 1 otherwise; every client run is bounded by a global timeout.
+
+mod grpc;
+mod http_client;
+mod http_server;
+mod support;
+mod tcp;
+mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use hyper::{Method, Uri};
+
+use support::{parse_headers, print_json};
+
+#[derive(Parser)]
+#[command(about = "Helper that runs inside Keel's test pods")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// HTTP/1.1 and h2c (prior knowledge) on one port; answers 200 with a JSON echo unless the path
+    /// says otherwise: `/status/<code>`, `/delay/<ms>`, `/reset` (anywhere in the path, combinable);
+    /// query `response-header=<name>:<value>` adds a response header.
+    HttpServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        version: String,
+        /// Append one JSON line per request received to this file.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Answer every request with this status (a path's `/status/<code>` still wins).
+        #[arg(long)]
+        fail_status: Option<u16>,
+        /// Wait this long before answering every request.
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Per request, GET this URL (Host = its authority) and answer with its status and
+        /// `"<pod> => <body>"`; needs --call-connect.
+        #[arg(long, requires = "call_connect")]
+        call: Option<String>,
+        /// Where --call connects (e.g. the next service's VIP).
+        #[arg(long, requires = "call")]
+        call_connect: Option<SocketAddr>,
+    },
+    /// Unary gRPC over h2c: one reply message (the call's JSON echo) and `grpc-status` in trailers.
+    GrpcServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Status of every reply (metadata `x-test-grpc-status` overrides it per call).
+        #[arg(long, default_value_t = 0)]
+        grpc_status: u32,
+        /// `grpc-message` of every reply (`x-test-grpc-message` per call).
+        #[arg(long)]
+        grpc_message: Option<String>,
+        /// Wait before replying (`x-test-delay-ms` per call).
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Reply trailers-only: status in the headers, no body (`x-test-trailers-only: 1` per call).
+        #[arg(long)]
+        trailers_only: bool,
+    },
+    /// WebSocket echo server.
+    WsServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+    /// Echoes bytes; after the client's EOF, finishes writing and shuts down its side.
+    TcpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Counted requests; reports counts by status, version, pod, protocol, peer IP and connections,
+    /// the last response's headers and body, non-echo bodies and latencies.
+    HttpGet {
+        #[arg(long)]
+        url: String,
+        /// Connect here instead of the URL's host (which must be an IP otherwise).
+        #[arg(long)]
+        connect_to: Option<SocketAddr>,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Reuse one connection (the default).
+        #[arg(long, conflicts_with = "new_conn")]
+        keepalive: bool,
+        /// A new connection per request.
+        #[arg(long)]
+        new_conn: bool,
+        /// HTTP/2 prior knowledge (h2c).
+        #[arg(long)]
+        http2: bool,
+        /// Extra header `name:value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request body (literal text).
+        #[arg(long, conflicts_with = "body_size")]
+        body: Option<String>,
+        /// Request body of this many pattern bytes (`keel_tests::body_pattern`).
+        #[arg(long)]
+        body_size: Option<usize>,
+        /// Parallel workers, each with its own connection.
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
+        /// Abandon a request (closing its connection) after this long, like an application timeout.
+        #[arg(long)]
+        request_timeout_ms: Option<u64>,
+        /// Global timeout of the whole run.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Paced keep-alive load: `rate` requests/s over `connections` connections for `duration_secs`;
+    /// reports every request's start time (Unix ms), status (0 = failed) and backend version.
+    HttpLoad {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connect_to: Option<SocketAddr>,
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
+        #[arg(long)]
+        duration_secs: u64,
+    },
+    /// Sequential unary gRPC calls on one h2c connection; reports HTTP status, grpc-status and
+    /// grpc-message (from trailers or headers), whether trailers arrived, and the reply message.
+    GrpcClient {
+        /// `http://<authority>/<service>/<method>`.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connect_to: SocketAddr,
+        #[arg(long, default_value = "hello")]
+        message: String,
+        /// Extra metadata `name:value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// `grpc-timeout` header, e.g. `1S`, `500m`.
+        #[arg(long)]
+        grpc_timeout: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// One WebSocket connection: each --message sent and its echo awaited, then an optional binary
+    /// message, then a close handshake; reports the handshake status and headers and the echoes.
+    WsClient {
+        /// `ws://<authority>/<path>`.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connect_to: SocketAddr,
+        #[arg(long = "message")]
+        messages: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        binary_size: usize,
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        timeout_secs: u64,
+    },
+    /// Sends a payload, half-closes, and checks the echo.
+    TcpEchoClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 65_536)]
+        payload_size: usize,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Connects, optionally sends, and reports how the first read ended.
+    TcpConnect {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        send: Option<String>,
+        #[arg(long, default_value_t = 2000)]
+        connect_timeout_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        read_timeout_ms: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // One thread is plenty for test traffic and keeps the agent's CPU use predictable on 2 cores.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building tokio runtime")?;
+    let ok = rt.block_on(dispatch(cli.cmd))?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn dispatch(cmd: Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::HttpServer {
+            listen,
+            pod,
+            version,
+            log,
+            fail_status,
+            delay_ms,
+            call,
+            call_connect,
+        } => {
+            let call = match (call, call_connect) {
+                (Some(url), Some(addr)) => {
+                    let uri: Uri = url.parse().with_context(|| format!("bad --call {url}"))?;
+                    Some((uri, addr))
+                }
+                _ => None,
+            };
+            http_server::run(http_server::ServerOpts {
+                listen,
+                pod,
+                version,
+                log,
+                fail_status,
+                delay: delay_ms.map(Duration::from_millis),
+                call,
+            })
+            .await
+            .map(|()| true)
+        }
+        Cmd::GrpcServer {
+            listen,
+            pod,
+            version,
+            log,
+            grpc_status,
+            grpc_message,
+            delay_ms,
+            trailers_only,
+        } => grpc::run_server(grpc::ServerOpts {
+            listen,
+            pod,
+            version,
+            log,
+            grpc_status,
+            grpc_message,
+            delay: delay_ms.map(Duration::from_millis),
+            trailers_only,
+        })
+        .await
+        .map(|()| true),
+        Cmd::WsServer { listen, pod, log } => ws::run_server(ws::ServerOpts { listen, pod, log })
+            .await
+            .map(|()| true),
+        Cmd::TcpEcho { listen } => tcp::tcp_echo_server(listen).await.map(|()| true),
+        Cmd::HttpGet {
+            url,
+            connect_to,
+            count,
+            keepalive: _,
+            new_conn,
+            http2,
+            headers,
+            method,
+            body,
+            body_size,
+            concurrency,
+            request_timeout_ms,
+            timeout_secs,
+        } => {
+            let body = match (body, body_size) {
+                (_, Some(n)) => Bytes::from(keel_tests::body_pattern(n)),
+                (Some(text), None) => Bytes::from(text),
+                (None, None) => Bytes::new(),
+            };
+            let args = http_client::GetArgs {
+                url,
+                connect_to,
+                count,
+                new_conn,
+                http2,
+                headers: parse_headers(&headers)?,
+                method: Method::from_bytes(method.as_bytes())
+                    .with_context(|| format!("bad method {method:?}"))?,
+                body,
+                concurrency,
+                request_timeout: request_timeout_ms.map(Duration::from_millis),
+            };
+            let report = http_client::http_get(args, Duration::from_secs(timeout_secs)).await;
+            print_json(&report)?;
+            Ok(report.errors == 0 && !report.timed_out && report.responses == report.requested)
+        }
+        Cmd::HttpLoad {
+            url,
+            connect_to,
+            rate,
+            connections,
+            duration_secs,
+        } => {
+            let report = http_client::http_load(
+                &url,
+                connect_to,
+                rate,
+                connections,
+                Duration::from_secs(duration_secs),
+            )
+            .await?;
+            print_json(&report)?;
+            Ok(report.samples.iter().all(|s| s.1 != 0))
+        }
+        Cmd::GrpcClient {
+            url,
+            connect_to,
+            message,
+            headers,
+            grpc_timeout,
+            count,
+            timeout_secs,
+        } => {
+            let args = grpc::ClientArgs {
+                url,
+                connect_to,
+                message,
+                headers: parse_headers(&headers)?,
+                grpc_timeout,
+                count,
+            };
+            let report = grpc::run_client(args, Duration::from_secs(timeout_secs)).await;
+            print_json(&report)?;
+            Ok(report.error.is_none()
+                && !report.timed_out
+                && report.calls.iter().all(|c| c.error.is_none()))
+        }
+        Cmd::WsClient {
+            url,
+            connect_to,
+            messages,
+            binary_size,
+            headers,
+            timeout_secs,
+        } => {
+            let args = ws::ClientArgs {
+                url,
+                connect_to,
+                messages,
+                binary_size,
+                headers: parse_headers(&headers)?,
+            };
+            let report = ws::run_client(args, Duration::from_secs(timeout_secs)).await;
+            print_json(&report)?;
+            Ok(report.error.is_none())
+        }
+        Cmd::TcpEchoClient {
+            addr,
+            payload_size,
+            timeout_secs,
+        } => {
+            let report =
+                tcp::tcp_echo_client(addr, payload_size, Duration::from_secs(timeout_secs)).await;
+            print_json(&report)?;
+            Ok(report.matched)
+        }
+        Cmd::TcpConnect {
+            addr,
+            send,
+            connect_timeout_ms,
+            read_timeout_ms,
+        } => {
+            let report = tcp::tcp_connect(
+                addr,
+                send,
+                Duration::from_millis(connect_timeout_ms),
+                Duration::from_millis(read_timeout_ms),
+            )
+            .await;
+            print_json(&report)?;
+            // The outcome is the answer; any outcome is a successful run.
+            Ok(true)
+        }
+    }
+}
