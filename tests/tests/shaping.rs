@@ -326,9 +326,11 @@ spec:
             "reviews:9080",
             Some("/exact?x=1"),
         ),
+        // Group 2 keeps its leading `/`, so the template's own `/` doubles it (RE2 substitution, no
+        // path normalisation afterwards — as Envoy's `regex_rewrite` does).
         (
             "/service/update/v1/api?q=1",
-            "/customprefix/v1/api/update?q=1",
+            "/customprefix//v1/api/update?q=1",
             "reviews:9080",
             Some("/service/update/v1/api?q=1"),
         ),

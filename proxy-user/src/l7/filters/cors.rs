@@ -8,8 +8,9 @@
 //! - A preflight is `OPTIONS` with `Origin` and a non-empty `Access-Control-Request-Method`. From an
 //!   allowed origin it is answered locally with 200 and `access-control-allow-origin` (the origin),
 //!   `-allow-credentials: true` (only when `allowCredentials` is true), `-allow-methods`, `-allow-headers`
-//!   (a lone `*` echoes the request's `access-control-request-method` / `-headers`) and `-max-age`; no
-//!   `-expose-headers`, and no route header ops (the router never sees it).
+//!   (a lone `*` echoes the request's `access-control-request-method` / `-headers`), `-max-age` and
+//!   `-expose-headers` (Envoy 1.40 adds them on its response path), and no route header ops (the router
+//!   never sees it).
 //! - A preflight from another origin is forwarded like any request (`UNSPECIFIED`/`FORWARD`) or, with
 //!   `IGNORE`, answered locally with 200 and the same headers *except* `access-control-allow-origin`.
 //! - Any other request from an allowed origin is forwarded; its response (upstream or a local reply of
@@ -99,6 +100,13 @@ pub fn on_request(policy: &CorsPolicy, method: &Method, headers: &HeaderMap) -> 
     }
     if let Some(age) = policy.max_age {
         out.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age.as_secs()));
+    }
+    // Envoy's local preflight reply passes the filter's response path too, which adds the expose
+    // headers for an allowed origin (observed on Envoy 1.40).
+    if allowed {
+        if let Some(expose) = joined(&policy.expose_headers) {
+            out.insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose);
+        }
     }
     CorsDecision::Preflight(out)
 }
@@ -246,6 +254,7 @@ mod tests {
                     ("access-control-allow-methods", "GET,POST"),
                     ("access-control-allow-headers", "content-type,x-user"),
                     ("access-control-max-age", "86400"),
+                    ("access-control-expose-headers", "x-request-id,x-trace"),
                 ]),
             ),
             Case::new(
@@ -259,6 +268,7 @@ mod tests {
                     ("access-control-allow-methods", "GET,POST"),
                     ("access-control-allow-headers", "content-type,x-user"),
                     ("access-control-max-age", "86400"),
+                    ("access-control-expose-headers", "x-request-id,x-trace"),
                 ]),
             ),
             Case::new(
