@@ -1,7 +1,8 @@
 //! Keel's privileged end-to-end test kit.
 //!
 //! - [`podnet`]: [`PodNet`], real pods (netns + veth + bridge + cgroup v2) with RAII cleanup;
-//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c server, TCP echo, JSON-reporting clients) in pods;
+//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c server, TCP echo, TLS server, JSON-reporting
+//!   clients) in pods;
 //! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
 //! - [`config`]: temporary config directories and Service/Pod YAML;
 //! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
@@ -19,7 +20,7 @@ pub mod process;
 
 pub use agent::{
     Agent, ConnMode, ConnectOutcome, EchoBody, HttpGet, HttpGetReport, HttpLoadReport,
-    TcpConnectReport, TcpEchoReport,
+    TcpConnectReport, TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};
