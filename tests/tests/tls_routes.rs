@@ -211,6 +211,9 @@ spec:
     let n = f64::from(CONNECTIONS);
     let (mean, sigma) = (0.8 * n, (n * 0.8 * 0.2).sqrt());
     let (lo, hi) = ((mean - 5.0 * sigma).ceil(), (mean + 5.0 * sigma).floor());
+    eprintln!(
+        "80/20 tls split over {CONNECTIONS} connections: v1 {v1}, v2 {v2} (v1 allowed {lo}..={hi})"
+    );
     ensure!(
         v1 + v2 == u64::from(CONNECTIONS) && (lo..=hi).contains(&(v1 as f64)),
         "80/20 over {CONNECTIONS} connections: v1 {v1}, v2 {v2}, v1 must be in {lo}..={hi}"

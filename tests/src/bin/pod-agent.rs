@@ -999,7 +999,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Split<S> {
             return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
         }
         if let Some(pause) = self.pause.as_mut() {
-            if pause.as_mut().poll(cx).is_pending() {
+            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
                 return Poll::Pending;
             }
             self.pause = None;
