@@ -438,13 +438,17 @@ mod tests {
         };
         // On a tls port the tcp rule is ignored (default route, both endpoints) ...
         assert_eq!(tcp(&t), 2);
-        // ... and on a tcp port it applies (subset v2) and no SNI is read.
-        let t = table("tcp", both);
-        assert_eq!(tcp(&t), 1);
-        assert!(!routes_by_sni(
-            &view(&t, "default"),
-            DST.parse().expect("dst")
-        ));
+        // ... and on a tcp port it applies (subset v2) and no SNI is read; the same on an
+        // auto-detect port (Istio builds tls filter chains only for TLS/HTTPS ports), even when the
+        // client's first bytes are a ClientHello.
+        for port_name in ["tcp", "unnamed-auto"] {
+            let t = table(port_name, both);
+            assert_eq!(tcp(&t), 1, "{port_name}");
+            assert!(
+                !routes_by_sni(&view(&t, "default"), DST.parse().expect("dst")),
+                "{port_name}"
+            );
+        }
     }
 
     #[test]
