@@ -134,6 +134,8 @@ impl Acceptor {
             protocol: match kind {
                 Sniffed::Http1 => "http",
                 Sniffed::Http2 => "http2",
+                // Declared TLS ports are relayed unterminated (routed by SNI when `tls` rules apply).
+                Sniffed::Opaque if matches!(declared, Protocol::Tls | Protocol::Https) => "tls",
                 Sniffed::Opaque => "tcp",
             }
             .to_string(),

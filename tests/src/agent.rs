@@ -212,6 +212,125 @@ pub struct TcpConnectReport {
     pub elapsed_ms: u64,
 }
 
+/// The one JSON line `tls-server` writes on every connection, then closes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TlsServerLine {
+    /// `--pod` of the server.
+    pub pod: String,
+    /// The server name the ClientHello carried, as the server saw it (TLS connections).
+    pub sni: Option<String>,
+    /// Set instead of a handshake when the connection did not start with a TLS record: the first
+    /// line the client sent (lossy UTF-8, at most 1 KiB).
+    pub plain: Option<String>,
+}
+
+/// Result of `tls-client`: `count` new connections, each a TLS handshake (or, with `--plain`, a line
+/// of text) followed by reading the server's [`TlsServerLine`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TlsClientReport {
+    /// Address connected to.
+    pub addr: String,
+    /// The SNI sent (`None`: no `server_name` extension).
+    pub sni: Option<String>,
+    /// Connections attempted.
+    pub connections: u64,
+    /// Connections that got a server line.
+    pub answered: u64,
+    /// Connections that failed (connect, handshake, no line).
+    pub errors: u64,
+    /// Answers by the server's `pod`.
+    pub by_pod: BTreeMap<String, u64>,
+    /// Answers by the SNI the server saw (`<none>` when it saw none, `<plain>` for non-TLS answers).
+    pub by_server_sni: BTreeMap<String, u64>,
+    /// Handshakes by negotiated protocol version (`TLSv1_3`, ...).
+    pub by_tls_version: BTreeMap<String, u64>,
+    /// Writes the first flight (ClientHello) took on the first connection (more than one with
+    /// `--split`).
+    pub first_flight_writes: u64,
+    /// Local addresses of the first connections.
+    pub local_addrs: Vec<String>,
+    /// The first error, if any.
+    pub first_error: Option<String>,
+    /// The last server line.
+    pub last_line: Option<TlsServerLine>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+    /// The global timeout cut the run short.
+    pub timed_out: bool,
+}
+
+/// Arguments of a `tls-client` run; build with [`TlsClient::new`] and the chained setters.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Server name to send; `None` sends none (the client then names the server by IP).
+    pub sni: Option<String>,
+    /// New connections, one after the other.
+    pub count: u32,
+    /// Write the ClientHello in pieces of this many bytes, pausing between them.
+    pub split: Option<usize>,
+    /// Send this line in plain text instead of a TLS handshake.
+    pub plain: Option<String>,
+    /// Global timeout of the whole run.
+    pub timeout: Duration,
+}
+
+impl TlsClient {
+    /// One TLS connection to `addr` with server name `sni`, 60 s timeout.
+    pub fn new(addr: SocketAddr, sni: Option<&str>) -> TlsClient {
+        TlsClient {
+            addr,
+            sni: sni.map(str::to_string),
+            count: 1,
+            split: None,
+            plain: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Number of connections.
+    pub fn count(mut self, n: u32) -> Self {
+        self.count = n;
+        self
+    }
+
+    /// Split the ClientHello into writes of `bytes` bytes.
+    pub fn split(mut self, bytes: usize) -> Self {
+        self.split = Some(bytes);
+        self
+    }
+
+    /// Send `line` in plain text instead of TLS.
+    pub fn plain(mut self, line: &str) -> Self {
+        self.plain = Some(line.to_string());
+        self
+    }
+
+    /// The `pod-agent` command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "tls-client".to_string(),
+            "--addr".to_string(),
+            self.addr.to_string(),
+            "--count".to_string(),
+            self.count.to_string(),
+            "--timeout-secs".to_string(),
+            self.timeout.as_secs().max(1).to_string(),
+        ];
+        if let Some(sni) = &self.sni {
+            a.extend(["--sni".to_string(), sni.clone()]);
+        }
+        if let Some(n) = self.split {
+            a.extend(["--split".to_string(), n.to_string()]);
+        }
+        if let Some(p) = &self.plain {
+            a.extend(["--plain".to_string(), p.clone()]);
+        }
+        a
+    }
+}
+
 /// Connection reuse for `http-get`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnMode {
@@ -781,6 +900,24 @@ impl Agent {
         let args = req.to_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.client(pod, &args, Duration::from_secs(30) + CLIENT_SLACK)
+    }
+
+    /// Starts `tls-server --listen 0.0.0.0:<port>` in `pod` (self-signed certificate, answers every
+    /// connection with a [`TlsServerLine`]) and waits until it listens.
+    pub fn tls_server(&self, pod: &Pod, port: u16) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        self.server(
+            pod,
+            &["tls-server", "--listen", &listen, "--pod", &pod.name],
+            "tls-server",
+        )
+    }
+
+    /// Runs `tls-client` in `pod` and returns its report (whatever the answers were).
+    pub fn tls_client(&self, pod: &Pod, req: &TlsClient) -> Result<TlsClientReport> {
+        let args = req.to_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.client(pod, &args, req.timeout + CLIENT_SLACK)
     }
 
     fn server(&self, pod: &Pod, args: &[&str], label: &str) -> Result<Proc> {

@@ -1,7 +1,7 @@
 //! Keel's privileged end-to-end test kit.
 //!
 //! - [`podnet`]: [`PodNet`], real pods (netns + veth + bridge + cgroup v2) with RAII cleanup;
-//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c, gRPC and WebSocket servers, TCP echo,
+//! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c, gRPC, WebSocket and TLS servers, TCP echo,
 //!   JSON-reporting clients) in pods;
 //! - [`request_log`]: what reached each backend (one JSON line per request), read back by tests;
 //! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
@@ -23,7 +23,7 @@ pub mod request_log;
 pub use agent::{
     Agent, ConnMode, ConnectOutcome, EchoBody, GrpcCall, GrpcCallReport, GrpcClientReport,
     GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, TcpConnectReport,
-    TcpEchoReport, WsClient, WsReport,
+    TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};

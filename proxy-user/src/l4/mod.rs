@@ -1,8 +1,12 @@
-//! Opaque TCP: protocol sniffing for undeclared ports, and byte relaying with half-close.
+//! Opaque TCP: protocol sniffing for undeclared ports, SNI routing of TLS ports, and byte relaying
+//! with half-close.
+
+pub mod sni;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
@@ -10,6 +14,15 @@ use crate::routing::{self, TcpDecision};
 
 /// Istio's default `connectTimeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client on a port with `tls` rules gets to send its ClientHello: Envoy's default listener
+/// filter timeout. Istio disables that timeout on these listeners; a bound keeps a silent client from
+/// holding its buffer forever. When it expires the connection is routed as one without SNI.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reads allowed for one ClientHello: parsing restarts on each read, so this bounds the work a client
+/// sending one byte per segment can cause (a real ClientHello takes a handful of reads).
+const MAX_CLIENT_HELLO_READS: usize = 256;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +88,82 @@ pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
     }
 }
 
-/// Relay an opaque TCP connection to an endpoint of the routed cluster.
+/// The client's first bytes, read until they hold a whole ClientHello, and its server name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientHello {
+    /// Decided: the server name (`None`: no SNI, not TLS, malformed, too large, or the client stayed
+    /// silent past the timeout). `bytes` were consumed and must be replayed upstream.
+    Read { sni: Option<String>, bytes: Vec<u8> },
+    /// The client closed (or the read failed) before a decision: nothing to route.
+    Closed,
+}
+
+/// Read from `stream` until the bytes are a complete ClientHello or cannot become one, at most
+/// [`sni::MAX_CLIENT_HELLO_BYTES`], [`MAX_CLIENT_HELLO_READS`] reads and `timeout`. Bytes are buffered,
+/// not peeked, so waiting for a ClientHello split across segments needs no polling.
+pub async fn read_client_hello<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    timeout: Duration,
+) -> ClientHello {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for _ in 0..MAX_CLIENT_HELLO_READS {
+        match sni::parse(&bytes) {
+            sni::Hello::Complete { sni } => return ClientHello::Read { sni, bytes },
+            sni::Hello::Invalid(reason) => {
+                tracing::debug!(reason, "no ClientHello; routing without SNI");
+                return ClientHello::Read { sni: None, bytes };
+            }
+            sni::Hello::NeedMore => {}
+        }
+        let room = sni::MAX_CLIENT_HELLO_BYTES.saturating_sub(bytes.len());
+        let Some(buf) = chunk.get_mut(..room.min(4096)).filter(|b| !b.is_empty()) else {
+            break;
+        };
+        match tokio::time::timeout_at(deadline, stream.read(buf)).await {
+            Err(_) => {
+                tracing::debug!(
+                    read = bytes.len(),
+                    "ClientHello timed out; routing without SNI"
+                );
+                return ClientHello::Read { sni: None, bytes };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return ClientHello::Closed,
+            Ok(Ok(n)) => bytes.extend_from_slice(buf.get(..n).unwrap_or_default()),
+        }
+    }
+    tracing::debug!(
+        read = bytes.len(),
+        "ClientHello too large or too fragmented; routing without SNI"
+    );
+    ClientHello::Read { sni: None, bytes }
+}
+
+/// Relay an opaque TCP connection to an endpoint of the routed cluster. On a port with `tls` rules for
+/// the client the ClientHello is read first, routed by its SNI, and replayed to the upstream; the TLS
+/// session itself is never terminated.
 pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     ctx.stats.tcp_connections.inc();
     // A TCP connection is routed once, under the view it was accepted with.
-    let target = match routing::route_tcp(&ctx.view, ctx.original_dst) {
+    let mut replay = Vec::new();
+    let decision = if routing::routes_by_sni(&ctx.view, ctx.original_dst) {
+        match read_client_hello(&mut downstream, CLIENT_HELLO_TIMEOUT).await {
+            ClientHello::Read { sni, bytes } => {
+                replay = bytes;
+                let decision = routing::route_tls(&ctx.view, ctx.original_dst, sni.as_deref());
+                tracing::debug!(dst = %ctx.original_dst, ?sni, "routed by SNI");
+                decision
+            }
+            ClientHello::Closed => {
+                tracing::debug!(dst = %ctx.original_dst, "client left before its ClientHello was complete");
+                return;
+            }
+        }
+    } else {
+        routing::route_tcp(&ctx.view, ctx.original_dst)
+    };
+    let target = match decision {
         TcpDecision::Forward(t) | TcpDecision::Passthrough(t) => t.clone(),
         TcpDecision::Close => {
             tracing::debug!(dst = %ctx.original_dst, "no TCP route, or unknown destination under REGISTRY_ONLY; closing");
@@ -109,6 +193,12 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     };
     let _ = upstream.set_nodelay(true);
     let mut upstream = upstream;
+    // What was read to route the connection goes first, unchanged.
+    if let Err(e) = upstream.write_all(&replay).await {
+        tracing::debug!(endpoint = %in_flight.addr(), error = %e, "upstream write failed");
+        return;
+    }
+    drop(replay);
     // copy_bidirectional forwards each direction's EOF as a write shutdown (half-close).
     match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         Ok((up, down)) => {
@@ -135,5 +225,120 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"hello"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"GETX"), Some(Sniffed::Opaque));
+    }
+
+    /// A minimal ClientHello naming `sni` (see `sni::tests` for the parser's own cases).
+    fn hello(sni: &str) -> Vec<u8> {
+        let name = sni.as_bytes();
+        let n = u8::try_from(name.len()).expect("short name");
+        let mut ext = vec![0, 0, 0, n + 5, 0, n + 3, 0, 0, n];
+        ext.extend_from_slice(name);
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[0u8; 32]);
+        body.extend_from_slice(&[
+            0,
+            0,
+            2,
+            0x13,
+            0x01,
+            1,
+            0,
+            0,
+            u8::try_from(ext.len()).expect("len"),
+        ]);
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0, 0, u8::try_from(body.len()).expect("len")];
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 3, 1, 0, u8::try_from(hs.len()).expect("len")];
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_split_across_writes_is_reassembled_and_kept_for_replay() {
+        let bytes = hello("a.example.com");
+        let (mut client, mut proxy) = tokio::io::duplex(64 * 1024);
+        let sent = bytes.clone();
+        let writer = tokio::spawn(async move {
+            for part in sent.chunks(7) {
+                client.write_all(part).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            client
+        });
+        let got = read_client_hello(&mut proxy, Duration::from_secs(10)).await;
+        assert_eq!(
+            got,
+            ClientHello::Read {
+                sni: Some("a.example.com".into()),
+                bytes
+            }
+        );
+        drop(writer.await.expect("writer"));
+    }
+
+    #[tokio::test]
+    async fn garbage_silence_and_early_close_are_decided_without_sni() {
+        let (mut client, mut proxy) = tokio::io::duplex(1024);
+        client.write_all(b"hello there\n").await.expect("write");
+        assert_eq!(
+            read_client_hello(&mut proxy, Duration::from_secs(10)).await,
+            ClientHello::Read {
+                sni: None,
+                bytes: b"hello there\n".to_vec()
+            }
+        );
+
+        // Half a ClientHello, then silence: the timeout routes it without SNI, bytes kept.
+        let (mut client, mut proxy) = tokio::io::duplex(1024);
+        let half = hello("a.example.com");
+        let half = half.get(..20).expect("prefix").to_vec();
+        client.write_all(&half).await.expect("write");
+        let started = tokio::time::Instant::now();
+        let timeout = Duration::from_millis(200);
+        assert_eq!(
+            read_client_hello(&mut proxy, timeout).await,
+            ClientHello::Read {
+                sni: None,
+                bytes: half.clone()
+            }
+        );
+        assert!(started.elapsed() >= timeout);
+
+        // Half a ClientHello, then EOF: nothing to route.
+        client.shutdown().await.expect("shutdown");
+        let (mut client, mut proxy) = tokio::io::duplex(1024);
+        client.write_all(&half).await.expect("write");
+        drop(client);
+        assert_eq!(
+            read_client_hello(&mut proxy, Duration::from_secs(10)).await,
+            ClientHello::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn one_byte_per_read_is_bounded() {
+        // A record header announcing a large hello, then a trickle: gives up after the read limit.
+        let (mut client, mut proxy) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            let mut bytes = vec![22, 3, 1, 0x40, 0x00, 1, 0, 0x3f, 0xfc];
+            bytes.resize(2_000, 0);
+            for b in bytes {
+                if client.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        match read_client_hello(&mut proxy, Duration::from_secs(30)).await {
+            // Each read takes what arrived since the last one: at least one byte, so the limit
+            // stops the reading long before the 2,000 bytes are sent.
+            ClientHello::Read { sni: None, bytes } => {
+                assert!(bytes.len() < 2_000, "{}", bytes.len())
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(proxy);
+        writer.await.expect("writer");
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! The request path: `accept` resolves the client's [`ClientView`] once per connection
 //! ([`RouteTable::view_for_pod`]); `l7` calls [`route_http`] per request, `l4` calls [`route_tcp`]
-//! per connection; a [`Target`] then picks the endpoint ([`Target::pick`]).
+//! per connection, or [`route_tls`] with the ClientHello's SNI on ports with `tls` rules; a [`Target`]
+//! then picks the endpoint ([`Target::pick`]).
 
 mod catalog;
 pub mod delegate;
@@ -17,6 +18,7 @@ pub mod policy;
 pub mod scope;
 pub mod table;
 pub mod target;
+pub mod tls;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ pub use policy::RoutePolicy;
 pub use table::destination_rules_for;
 pub use table::RouteTable;
 pub use target::{PickError, Picked, Target, WeightedTarget, WeightedTargets};
+pub use tls::{route_tls, routes_by_sni, TlsRoutes, TlsRule};
 pub use view::{ClientClass, ClientView, CompiledHttpRoute, Outbound, ServicePortRoutes};
 
 /// What routing knows about the client pod (a kernel fact, never a request header).

@@ -25,6 +25,7 @@ use super::catalog::{Catalog, CatalogId, Kind, PortInfo};
 use super::policy::RoutePolicy;
 use super::scope::{exported_to, select_sidecar, EgressScope};
 use super::target::{DnsTarget, OriginalDst, Target, WeightedTarget, WeightedTargets};
+use super::tls::{block_specificity, tls_static_match, TlsRoutes, TlsRoutesBuilder, TlsRule};
 use super::view::{ClientClass, ClientView, CompiledHttpRoute, ServicePortRoutes};
 use super::{static_match, subnet_contains, ClientInfo};
 
@@ -336,6 +337,8 @@ impl<'a> Builder<'a> {
             let applies = match port.protocol {
                 p if p.is_http() => !http.is_empty(),
                 Protocol::Auto => !http.is_empty() || tcp.is_some(),
+                // Only `tls` rules apply to TLS ports (compiled below, from every VirtualService).
+                Protocol::Tls | Protocol::Https => false,
                 _ => tcp.is_some(),
             };
             if applies {
@@ -343,10 +346,19 @@ impl<'a> Builder<'a> {
                 break;
             }
         }
-        let (virtual_service, http, tcp) = match chosen {
+        let (mut virtual_service, http, tcp) = match chosen {
             Some((name, http, tcp)) => (Some(name), (!http.is_empty()).then_some(http), tcp),
             None => (None, None, None),
         };
+        let tls = match port.protocol {
+            Protocol::Tls | Protocol::Https => {
+                self.compile_tls(client, scope, hostname, port.number, addr)
+            }
+            _ => None,
+        };
+        if let Some((name, _)) = &tls {
+            virtual_service = Some(name.clone());
+        }
         let location = match self.catalog.services[id].kind {
             Kind::Kube { .. } => MeshLocation::MeshInternal,
             Kind::Entry(se) => se.location,
@@ -359,6 +371,7 @@ impl<'a> Builder<'a> {
             virtual_service,
             http,
             tcp,
+            tls: tls.map(|(_, routes)| routes),
             default_target,
             default_policy: Arc::clone(&self.default_policy),
         }
@@ -490,6 +503,64 @@ impl<'a> Builder<'a> {
             })
             .collect();
         Some(WeightedTargets::new(targets))
+    }
+
+    /// The `tls` rules of every VirtualService the client sees for `hostname` (precedence order, as
+    /// Istio merges them into one listener), with the name of the first that contributes; `None`
+    /// when no match block passes the static conditions (Istio then builds only the default chain).
+    fn compile_tls(
+        &mut self,
+        client: &ClientInfo,
+        scope: &EgressScope,
+        hostname: &'a str,
+        port: u16,
+        addr: SocketAddr,
+    ) -> Option<(String, TlsRoutes)> {
+        let mut builder = TlsRoutesBuilder::default();
+        let mut first = None;
+        for vs_index in self.virtual_services_for(hostname) {
+            let vs = self.virtual_services[vs_index].0;
+            if vs.tls.is_empty()
+                || !exported_to(&vs.export_to, &vs.meta.namespace, &client.namespace)
+                || !scope.imports_virtual_service(&client.namespace, &vs.meta.namespace, &vs.hosts)
+            {
+                continue;
+            }
+            for (i, rule) in vs.tls.iter().enumerate() {
+                let held: Vec<&L4Match> = rule
+                    .matches
+                    .iter()
+                    .filter(|m| tls_static_match(m, port, client))
+                    .collect();
+                if held.is_empty() {
+                    continue;
+                }
+                first.get_or_insert_with(|| vs.meta.display_name());
+                let blocks: Vec<(u8, Vec<String>)> = held
+                    .into_iter()
+                    .filter_map(|m| Some((block_specificity(m, addr)?, m.sni_hosts.clone())))
+                    .collect();
+                if blocks.is_empty() {
+                    continue;
+                }
+                let targets = rule
+                    .route
+                    .iter()
+                    .enumerate()
+                    .map(|(index, d)| WeightedTarget {
+                        target: self.resolve(client, scope, &d.destination, port),
+                        weight: d.weight,
+                        index,
+                    })
+                    .collect();
+                let rule = TlsRule {
+                    name: format!("{}/{} tls[{i}]", vs.meta.namespace, vs.meta.name),
+                    targets: WeightedTargets::new(targets),
+                };
+                builder.add_rule(rule, blocks);
+            }
+        }
+        first.map(|name| (name, builder.build()))
     }
 
     /// Resolve a route destination for a client: the host must name a service the client sees;

@@ -14,6 +14,7 @@ use crate::policy::{HttpRoute, Labels, MeshLocation, OutboundTrafficPolicy, Prot
 
 use super::policy::RoutePolicy;
 use super::target::{Target, WeightedTargets};
+use super::tls::TlsRoutes;
 use super::ClientInfo;
 
 /// The facts that decide a client's view: its namespace and the labels that matter.
@@ -80,8 +81,12 @@ pub struct ServicePortRoutes {
     /// The VirtualService's HTTP rules for this client; `None` = the default route.
     pub http: Option<Vec<CompiledHttpRoute>>,
     /// The first `tcp` rule whose static conditions hold (port, source, `destinationSubnets` against
-    /// this destination); `None` = the default route.
+    /// this destination); `None` = the default route. Never set on TLS/HTTPS ports (Istio applies
+    /// only `tls` rules there).
     pub tcp: Option<WeightedTargets>,
+    /// On TLS/HTTPS ports, the `tls` rules for this client, routed by SNI per connection; `None` = no
+    /// rule applies to the client (or not a TLS port): opaque TCP to the default route.
+    pub tls: Option<TlsRoutes>,
     /// The route used when no VirtualService rule applies: the whole service, balanced.
     pub default_target: Target,
     /// The default route's policy (mesh timeout, Istio's default retries).

@@ -10,6 +10,7 @@ mod http_client;
 mod http_server;
 mod support;
 mod tcp;
+mod tls;
 mod ws;
 
 use std::net::SocketAddr;
@@ -32,6 +33,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// TLS with a self-signed certificate made at start; after each handshake writes one JSON line
+    /// (`TlsServerLine`: its pod and the SNI it saw) and closes. A connection that does not start
+    /// with a TLS record gets a line naming the pod and echoing the client's first line instead.
+    TlsServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        pod: String,
+    },
+    /// `count` new TLS connections to `addr` with server name `sni` (none if absent); accepts any
+    /// certificate; reports the server's lines, the SNI the server saw and the TLS version.
+    TlsClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        sni: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Write the ClientHello in pieces of this many bytes, 20 ms apart.
+        #[arg(long)]
+        split: Option<usize>,
+        /// Send this line in plain text instead of a TLS handshake.
+        #[arg(long)]
+        plain: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
     /// HTTP/1.1 and h2c (prior knowledge) on one port; answers 200 with a JSON echo unless the path
     /// says otherwise: `/status/<code>`, `/delay/<ms>`, `/reset` (anywhere in the path, combinable);
     /// query `response-header=<name>:<value>` adds a response header.
@@ -280,6 +308,26 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
         Cmd::WsServer { listen, pod, log } => ws::run_server(ws::ServerOpts { listen, pod, log })
             .await
             .map(|()| true),
+        Cmd::TlsServer { listen, pod } => tls::tls_server(listen, pod).await.map(|()| true),
+        Cmd::TlsClient {
+            addr,
+            sni,
+            count,
+            split,
+            plain,
+            timeout_secs,
+        } => {
+            let args = tls::TlsArgs {
+                addr,
+                sni,
+                count,
+                split,
+                plain,
+            };
+            let report = tls::tls_client(args, Duration::from_secs(timeout_secs)).await;
+            print_json(&report)?;
+            Ok(report.errors == 0 && !report.timed_out && report.answered == u64::from(count))
+        }
         Cmd::TcpEcho { listen } => tcp::tcp_echo_server(listen).await.map(|()| true),
         Cmd::HttpGet {
             url,
