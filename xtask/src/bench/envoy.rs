@@ -9,16 +9,24 @@
 //!   forwarding to the app on the pod IP (Envoy runs as UID 1337, which the pod's iptables exempts);
 //! - node Envoy: one listener on the bridge IP with the outbound route table.
 //!
-//! Like Istio: codec AUTO downstream (HTTP/1.1 or h2c), h2c upstream for `http2` ports, Istio's default
-//! retry policy, unlimited circuit breakers, round-robin (Istio's default is LEAST_REQUEST; with two
-//! endpoints per subset-of-one the choice does not matter). Configs are JSON (a YAML subset, and what
-//! Envoy reads for `*.json`).
+//! The routes are what istiod writes for the service's [`RoutePolicy`]: `plain` is the weighted canary
+//! alone with Istio's default retry policy and `timeout: 0s`; `features` puts the header-match route
+//! to v2 first (Istio's defaults), then the canary with the VirtualService's retries (as a
+//! `retry_policy`, with the previous-hosts predicate Istio adds) and its timeout.
+//!
+//! Like Istio: codec AUTO downstream (HTTP/1.1 or h2c), h2c upstream for `http2` ports, unlimited
+//! circuit breakers, round-robin (Istio's default is LEAST_REQUEST; with two endpoints per
+//! subset-of-one the choice does not matter). Configs are JSON (a YAML subset, and what Envoy reads for
+//! `*.json`).
 
 use std::net::Ipv4Addr;
 
 use serde_json::{json, Value};
 
-use super::mesh::{Service, SERVICE_PORT};
+use super::mesh::{
+    Retries, RoutePolicy, Service, DEBUG_HEADER, DEBUG_SUBSET, RETRIES, ROUTE_TIMEOUT_S,
+    SERVICE_PORT,
+};
 
 /// Admin port of every sidecar (inside its own pod netns, on 127.0.0.1), like Istio's 15000.
 pub const SIDECAR_ADMIN_PORT: u16 = 15000;
@@ -77,17 +85,76 @@ fn hcm(stat_prefix: &str, route_config: Value) -> Value {
     })
 }
 
-/// Istio's default per-route retry policy.
+/// Istio's default per-route retry policy (a route whose rule sets no `retries`).
 fn istio_retry_policy() -> Value {
-    json!({
-        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-        "num_retries": 2,
+    retry_policy(
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        2,
+        None,
+    )
+}
+
+/// Istio's translation of a rule's `retries`: its conditions, count and per-try timeout, plus the
+/// previous-hosts predicate (`retryIgnorePreviousHosts` defaults to true).
+fn vs_retry_policy(r: &Retries) -> Value {
+    retry_policy(r.retry_on, r.attempts, Some(r.per_try_timeout_s))
+}
+
+fn retry_policy(retry_on: &str, num_retries: u32, per_try_timeout_s: Option<u64>) -> Value {
+    let mut p = json!({
+        "retry_on": retry_on,
+        "num_retries": num_retries,
         "retry_host_predicate": [{
             "name": "envoy.retry_host_predicates.previous_hosts",
             "typed_config": { "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" }
         }],
         "host_selection_retry_max_attempts": "5"
-    })
+    });
+    if let Some(t) = per_try_timeout_s {
+        p["per_try_timeout"] = json!(format!("{t}s"));
+    }
+    p
+}
+
+/// The routes of one service's virtual host, in the VirtualService's rule order.
+fn service_routes(s: &Service) -> Vec<Value> {
+    let clusters: Vec<Value> = s
+        .route()
+        .iter()
+        .map(|(subset, weight)| json!({ "name": outbound_cluster(s, Some(subset)), "weight": weight }))
+        .collect();
+    let canary = |timeout: String, retries: Value| {
+        json!({
+            "name": "canary",
+            "match": { "prefix": "/" },
+            "route": {
+                "weighted_clusters": { "clusters": clusters },
+                "timeout": timeout,
+                "retry_policy": retries
+            }
+        })
+    };
+    match s.policy {
+        RoutePolicy::Plain => vec![canary("0s".into(), istio_retry_policy())],
+        RoutePolicy::Features => {
+            let (header, value) = DEBUG_HEADER;
+            vec![
+                json!({
+                    "name": "debug",
+                    "match": {
+                        "prefix": "/",
+                        "headers": [{ "name": header, "string_match": { "exact": value } }]
+                    },
+                    "route": {
+                        "cluster": outbound_cluster(s, Some(DEBUG_SUBSET)),
+                        "timeout": "0s",
+                        "retry_policy": istio_retry_policy()
+                    }
+                }),
+                canary(format!("{ROUTE_TIMEOUT_S}s"), vs_retry_policy(&RETRIES)),
+            ]
+        }
+    }
 }
 
 /// The outbound route table (Istio's RDS route named after the port): one virtual host per service.
@@ -95,25 +162,10 @@ fn outbound_routes(services: &[Service]) -> Value {
     let vhosts: Vec<Value> = services
         .iter()
         .map(|s| {
-            let clusters: Vec<Value> = s
-                .route()
-                .iter()
-                .map(|(subset, weight)| {
-                    json!({ "name": outbound_cluster(s, Some(subset)), "weight": weight })
-                })
-                .collect();
             json!({
                 "name": format!("{}:{SERVICE_PORT}", s.fqdn()),
                 "domains": s.domains(),
-                "routes": [{
-                    "name": "canary",
-                    "match": { "prefix": "/" },
-                    "route": {
-                        "weighted_clusters": { "clusters": clusters },
-                        "timeout": "0s",
-                        "retry_policy": istio_retry_policy()
-                    }
-                }]
+                "routes": service_routes(s)
             })
         })
         .collect();
@@ -264,9 +316,8 @@ mod tests {
         assert_eq!(sum_upstream_rq(text, "inbound"), 5);
     }
 
-    #[test]
-    fn sidecar_has_weighted_route_and_three_clusters_per_service() {
-        let s = Service {
+    fn service(policy: RoutePolicy) -> Service {
+        Service {
             name: "b".into(),
             vip: vip(0),
             target_port: APP_PORT_H1,
@@ -278,12 +329,61 @@ mod tests {
                 version: "v1".into(),
             }],
             v1_weight: 90,
-        };
-        let c = sidecar(&[s], Ipv4Addr::new(10, 244, 9, 2), &[(8080, false)]);
+            policy,
+        }
+    }
+
+    fn routes(c: &Value) -> &Value {
+        &c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"]
+    }
+
+    #[test]
+    fn sidecar_has_weighted_route_and_three_clusters_per_service() {
+        let c = sidecar(
+            &[service(RoutePolicy::Plain)],
+            Ipv4Addr::new(10, 244, 9, 2),
+            &[(8080, false)],
+        );
         let clusters = c["static_resources"]["clusters"].as_array().map(Vec::len);
         assert_eq!(clusters, Some(4));
-        let route = &c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+        let routes = routes(&c);
+        assert_eq!(routes.as_array().map(Vec::len), Some(1));
+        let route = &routes[0]["route"];
         assert_eq!(route["weighted_clusters"]["clusters"][1]["weight"], 10);
+        assert_eq!(route["timeout"], "0s");
+        assert_eq!(route["retry_policy"]["num_retries"], 2);
+        assert!(route["retry_policy"]["per_try_timeout"].is_null());
+    }
+
+    #[test]
+    fn features_put_the_header_route_first_and_retries_and_timeout_on_the_canary() {
+        let c = node(
+            &[service(RoutePolicy::Features)],
+            Ipv4Addr::new(10, 244, 9, 1),
+            15080,
+            15000,
+        );
+        let routes = routes(&c);
+        assert_eq!(routes.as_array().map(Vec::len), Some(2));
+        let debug = &routes[0];
+        assert_eq!(debug["match"]["prefix"], "/");
+        assert_eq!(debug["match"]["headers"][0]["name"], "x-bench-debug");
+        assert_eq!(debug["match"]["headers"][0]["string_match"]["exact"], "1");
+        assert_eq!(
+            debug["route"]["cluster"],
+            "outbound|80|v2|b.bench.svc.cluster.local"
+        );
+        let canary = &routes[1];
+        assert!(canary["match"]["headers"].is_null());
+        assert_eq!(canary["route"]["timeout"], "5s");
+        let retry = &canary["route"]["retry_policy"];
+        assert_eq!(retry["retry_on"], "connect-failure,refused-stream,5xx");
+        assert_eq!(retry["num_retries"], 2);
+        assert_eq!(retry["per_try_timeout"], "2s");
+        assert_eq!(
+            canary["route"]["weighted_clusters"]["clusters"][0]["name"],
+            "outbound|80|v1|b.bench.svc.cluster.local"
+        );
     }
 }

@@ -301,9 +301,10 @@ pub fn check_run(r: &RunResult) -> Result<()> {
     Ok(())
 }
 
-/// curl arguments that fetch `url` `n` times over one connection (HTTP/1.1 keep-alive or h2c) and
-/// print `<status> <backend identity>` per response.
-pub fn curl_args(url: &str, n: usize, http2: bool) -> Vec<String> {
+/// curl arguments that fetch `url` `n` times over one connection (HTTP/1.1 keep-alive or h2c), with
+/// `header` (name, value) on every request if given, and print `<status> <backend identity>` per
+/// response.
+pub fn curl_args(url: &str, n: usize, http2: bool, header: Option<(&str, &str)>) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "-sS".into(),
         "--max-time".into(),
@@ -316,6 +317,9 @@ pub fn curl_args(url: &str, n: usize, http2: bool) -> Vec<String> {
     ];
     if http2 {
         a.push("--http2-prior-knowledge".into());
+    }
+    if let Some((name, value)) = header {
+        a.extend(["-H".into(), format!("{name}: {value}")]);
     }
     for _ in 0..n {
         a.extend(["-o".into(), "/dev/null".into(), url.to_string()]);
@@ -392,7 +396,14 @@ mod tests {
                 ("503".into(), String::new())
             ]
         );
-        let a = curl_args("http://x/", 2, true);
+        let a = curl_args("http://x/", 2, true, None);
         assert_eq!(a.iter().filter(|s| *s == "http://x/").count(), 2);
+        assert!(!a.iter().any(|s| s == "-H"));
+        let a = curl_args("http://x/", 1, false, Some(("x-bench-debug", "1")));
+        let at = a.iter().position(|s| s == "-H");
+        assert_eq!(
+            at.and_then(|i| a.get(i + 1)).map(String::as_str),
+            Some("x-bench-debug: 1")
+        );
     }
 }

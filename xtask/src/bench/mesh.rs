@@ -1,9 +1,11 @@
-//! The mesh under test as plain data (services, subsets, endpoints), and what each data path is
-//! configured with from it: nginx for the backends, Kubernetes + Istio YAML for Keel. Envoy's YAML is
-//! in [`super::envoy`]. One model feeds every mode, so "same routing" holds by construction.
+//! The mesh under test as plain data (services, subsets, endpoints, route policy), and what each data
+//! path is configured with from it: nginx for the backends, Kubernetes + Istio YAML for Keel. Envoy's
+//! YAML is in [`super::envoy`]. One model feeds every mode, so "same routing" holds by construction.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+
+use serde::Serialize;
 
 /// Size of every backend response body, like Istio's performance benchmarks (fortio, 1 KiB payload).
 pub const BODY_BYTES: usize = 1024;
@@ -17,6 +19,73 @@ pub const SERVICE_PORT: u16 = 80;
 pub const NAMESPACE: &str = "bench";
 /// Response header carrying the backend's identity (its subset).
 pub const BACKEND_HEADER: &str = "x-backend";
+
+/// The VirtualService every benchmarked service gets (`cargo xtask bench --route-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutePolicy {
+    /// One rule: the weighted canary, with Istio's defaults (no timeout, the default retry policy).
+    Plain,
+    /// The features users turn on: first a rule matching [`DEBUG_HEADER`] that routes to subset v2
+    /// (the load never sends the header, so every request evaluates it and falls through), then the
+    /// weighted canary with [`RETRIES`] and a [`ROUTE_TIMEOUT_S`] timeout.
+    Features,
+}
+
+impl RoutePolicy {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            RoutePolicy::Plain => "plain",
+            RoutePolicy::Features => "features",
+        }
+    }
+
+    /// What the policy configures, for the report's Settings line.
+    pub fn describe(self) -> String {
+        match self {
+            RoutePolicy::Plain => "`plain` (the weighted canary rule only, Istio's default retries, \
+                                   no timeout)"
+                .into(),
+            RoutePolicy::Features => format!(
+                "`features` (rule 1: header `{}: {{exact: \"{}\"}}` -> v2, never sent by the load; \
+                 rule 2: the weighted canary with retries {{attempts: {}, perTryTimeout: {}s, retryOn: \
+                 \"{}\"}} and timeout {}s)",
+                DEBUG_HEADER.0,
+                DEBUG_HEADER.1,
+                RETRIES.attempts,
+                RETRIES.per_try_timeout_s,
+                RETRIES.retry_on,
+                ROUTE_TIMEOUT_S
+            ),
+        }
+    }
+}
+
+/// The header (name, exact value) of the [`RoutePolicy::Features`] rule that routes to subset v2.
+pub const DEBUG_HEADER: (&str, &str) = ("x-bench-debug", "1");
+/// Subset the header rule routes to.
+pub const DEBUG_SUBSET: &str = "v2";
+/// Timeout of the canary rule under [`RoutePolicy::Features`], seconds.
+pub const ROUTE_TIMEOUT_S: u64 = 5;
+
+/// An Istio `HTTPRetry`, as both Keel's YAML and Envoy's `retry_policy` are written from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    /// Retries after the first try (`attempts`, Envoy `num_retries`).
+    pub attempts: u32,
+    /// `perTryTimeout`, seconds.
+    pub per_try_timeout_s: u64,
+    /// `retryOn` (Envoy `retry_on`), comma separated without spaces.
+    pub retry_on: &'static str,
+}
+
+/// Retries of the canary rule under [`RoutePolicy::Features`].
+pub const RETRIES: Retries = Retries {
+    attempts: 2,
+    per_try_timeout_s: 2,
+    retry_on: "connect-failure,refused-stream,5xx",
+};
 
 /// One endpoint of a service: a pod and the subset (`version` label) it belongs to.
 #[derive(Debug, Clone)]
@@ -46,6 +115,8 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Percent of requests routed to subset v1; v2 gets the rest.
     pub v1_weight: u32,
+    /// Which VirtualService the service gets.
+    pub policy: RoutePolicy,
 }
 
 impl Service {
@@ -169,21 +240,7 @@ pub fn keel_yaml(services: &[Service], pods: &[PodDef]) -> String {
             name = s.name,
             fqdn = s.fqdn(),
         ));
-        let mut vs = format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\n  \
-             namespace: {NAMESPACE}\nspec:\n  hosts:\n  - {fqdn}\n  http:\n  - name: canary\n    route:\n",
-            name = s.name,
-            fqdn = s.fqdn(),
-        );
-        for (subset, weight) in s.route() {
-            let _ = write!(
-                vs,
-                "    - destination:\n        host: {fqdn}\n        subset: {subset}\n        port:\n          \
-                 number: {SERVICE_PORT}\n      weight: {weight}\n",
-                fqdn = s.fqdn(),
-            );
-        }
-        docs.push(vs);
+        docs.push(virtual_service_yaml(s));
     }
     for p in pods {
         let mut d = format!(
@@ -201,6 +258,44 @@ pub fn keel_yaml(services: &[Service], pods: &[PodDef]) -> String {
         docs.push(d);
     }
     docs.join("---\n")
+}
+
+/// The VirtualService of `s` under its [`RoutePolicy`].
+fn virtual_service_yaml(s: &Service) -> String {
+    let fqdn = s.fqdn();
+    let destination = |subset: &str| {
+        format!(
+            "    - destination:\n        host: {fqdn}\n        subset: {subset}\n        port:\n          \
+             number: {SERVICE_PORT}\n"
+        )
+    };
+    let mut vs = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\n  \
+         namespace: {NAMESPACE}\nspec:\n  hosts:\n  - {fqdn}\n  http:\n",
+        name = s.name,
+    );
+    if s.policy == RoutePolicy::Features {
+        let (header, value) = DEBUG_HEADER;
+        let _ = write!(
+            vs,
+            "  - name: debug\n    match:\n    - headers:\n        {header}:\n          exact: \"{value}\"\n    \
+             route:\n{}",
+            destination(DEBUG_SUBSET)
+        );
+    }
+    vs.push_str("  - name: canary\n    route:\n");
+    for (subset, weight) in s.route() {
+        let _ = writeln!(vs, "{}      weight: {weight}", destination(subset));
+    }
+    if s.policy == RoutePolicy::Features {
+        let _ = write!(
+            vs,
+            "    retries:\n      attempts: {}\n      perTryTimeout: {}s\n      retryOn: \"{}\"\n    \
+             timeout: {ROUTE_TIMEOUT_S}s\n",
+            RETRIES.attempts, RETRIES.per_try_timeout_s, RETRIES.retry_on
+        );
+    }
+    vs
 }
 
 /// The `i`-th ClusterIP of the bench, inside the (host-blackholed) service CIDR 10.96.0.0/16.
@@ -233,6 +328,7 @@ mod tests {
                 },
             ],
             v1_weight: 90,
+            policy: RoutePolicy::Features,
         }
     }
 
@@ -248,6 +344,62 @@ mod tests {
         assert_eq!(s.route(), [("v1", 90), ("v2", 10)]);
         assert_eq!(s.subset_endpoints(Some("v2")).len(), 1);
         assert_eq!(s.subset_endpoints(None).len(), 2);
+    }
+
+    /// The VirtualService document of [`keel_yaml`] for `s`.
+    fn virtual_service(s: &Service) -> serde_yaml::Value {
+        keel_yaml(std::slice::from_ref(s), &[])
+            .split("---\n")
+            .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+            .find(|d| d["kind"] == "VirtualService")
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn plain_policy_is_the_canary_alone() {
+        let s = Service {
+            policy: RoutePolicy::Plain,
+            ..svc()
+        };
+        let vs = virtual_service(&s);
+        let http = vs["spec"]["http"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(http.len(), 1);
+        assert_eq!(http[0]["name"], "canary");
+        assert_eq!(http[0]["route"][0]["destination"]["subset"], "v1");
+        assert_eq!(http[0]["route"][0]["weight"], 90);
+        assert_eq!(http[0]["route"][1]["weight"], 10);
+        assert!(http[0]["retries"].is_null() && http[0]["timeout"].is_null());
+    }
+
+    #[test]
+    fn features_policy_has_header_rule_then_canary_with_retries_and_timeout() {
+        let vs = virtual_service(&svc());
+        let http = vs["spec"]["http"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(http.len(), 2);
+        assert_eq!(
+            http[0]["match"][0]["headers"]["x-bench-debug"]["exact"],
+            "1"
+        );
+        assert_eq!(http[0]["route"][0]["destination"]["subset"], "v2");
+        assert!(http[0]["route"][0]["weight"].is_null());
+        assert!(http[0]["retries"].is_null() && http[0]["timeout"].is_null());
+        assert_eq!(http[1]["name"], "canary");
+        assert!(http[1]["match"].is_null());
+        assert_eq!(http[1]["route"][1]["destination"]["subset"], "v2");
+        assert_eq!(http[1]["route"][1]["weight"], 10);
+        assert_eq!(http[1]["retries"]["attempts"], 2);
+        assert_eq!(http[1]["retries"]["perTryTimeout"], "2s");
+        assert_eq!(
+            http[1]["retries"]["retryOn"],
+            "connect-failure,refused-stream,5xx"
+        );
+        assert_eq!(http[1]["timeout"], "5s");
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! | `node-envoy` | one shared Envoy on the bridge IP (Cilium's shape); the client netns DNATs the service CIDR to it |
 //! | `keel` | Keel's eBPF connect() redirect and node proxy |
 //!
+//! Every meshed mode routes by the same VirtualService, chosen with `--route-policy`: `features`
+//! (default) adds what users turn on, a header-match rule ahead of the weighted canary and retries and a
+//! timeout on the canary; `plain` is the canary alone. `--keel-bin` measures another keel build, so
+//! two builds can be compared in one sitting.
+//!
 //! Modes are interleaved within every round (their order rotates per round), so slow drift of the
 //! machine (other builds, thermal, page cache) spreads over all modes instead of biasing one; the
 //! report takes medians over rounds. Every mode proves its path before it is measured, and every
@@ -31,11 +36,15 @@ mod report;
 mod rig;
 mod scale;
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+
+use mesh::RoutePolicy;
+use report::KeelBinary;
 
 /// The data paths under comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
@@ -111,6 +120,14 @@ pub struct BenchArgs {
     /// Keel's data-plane workers (`keel run --workers`); default: Keel's own (one per core).
     #[arg(long)]
     pub keel_workers: Option<usize>,
+    /// The VirtualService of every benchmarked service: `features` = a header-match rule to v2
+    /// (never sent by the load) before the weighted canary, which has retries and a timeout; `plain`
+    /// = the weighted canary alone. Every meshed mode gets the equivalent routes.
+    #[arg(long, value_enum, default_value_t = RoutePolicy::Features)]
+    pub route_policy: RoutePolicy,
+    /// The keel binary to measure [default: `KEEL_BIN`, else target/release/keel].
+    #[arg(long)]
+    pub keel_bin: Option<PathBuf>,
 }
 
 /// Everything one run of the bench settles before measuring.
@@ -129,6 +146,8 @@ pub struct Settings {
     pub config_scale_services: usize,
     /// `keel run --workers`, if set.
     pub keel_workers: Option<usize>,
+    /// The VirtualService every benchmarked service gets.
+    pub route_policy: RoutePolicy,
 }
 
 /// Runs the bench; see the module docs.
@@ -140,14 +159,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return run_config_scale_only(&args, &settings, started);
     }
     let tools = install::ensure(!args.no_install)?;
-    let keel_bin = if settings.modes.contains(&Mode::Keel) {
-        Some(keel_tests::host::keel_bin().context(
-            "keel mode needs the release binary (`cargo build --release -p proxy-user`), \
-             or leave it out with --modes direct,sidecar,node-envoy",
+    let keel_bin = if settings.modes.contains(&Mode::Keel) || settings.config_scale_services > 0 {
+        Some(keel_binary(&args).context(
+            "keel mode and the config-scale runs need a keel binary (`cargo build --release -p \
+             proxy-user`, or --keel-bin), or leave them out with --modes direct,sidecar,node-envoy \
+             --config-scale-services 0",
         )?)
     } else {
         None
     };
+    if let Some(k) = &keel_bin {
+        eprintln!("bench: keel binary {}", k.describe());
+    }
     let machine = report::Machine::detect(&tools)?;
     let out_dir = match &args.out {
         Some(p) => p.clone(),
@@ -172,7 +195,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // (mode, workload or path) -> why it failed; the report shows them and the run fails at the end.
     let mut failures: Vec<(Mode, String, String)> = Vec::new();
     let (verification, runs) = {
-        let rig = rig::Rig::build(&settings, &tools, keel_bin.as_deref(), args.net_index)?;
+        let rig = rig::Rig::build(
+            &settings,
+            &tools,
+            keel_bin.as_ref().map(|k| k.path.as_path()),
+            args.net_index,
+        )?;
         let verification = rig.verify_all();
         let runs = measure(&rig, &settings, &verification, &mut failures);
         rig.teardown()?;
@@ -190,16 +218,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         scale::run(
             &settings,
             &tools,
-            keel_bin.as_deref(),
+            keel_bin.as_ref().map(|k| k.path.as_path()),
             scale_index,
             &mut failures,
         )?
     };
 
-    let config_scale = if settings.config_scale_services == 0 {
-        None
-    } else {
-        match config_scale::run(
+    let config_scale = match (&keel_bin, settings.config_scale_services) {
+        (None, _) | (_, 0) => None,
+        (Some(keel), _) => match config_scale::run(
+            &keel.path,
             settings.config_scale_services,
             settings.config_rounds(),
             config_scale_index(&args)?,
@@ -210,11 +238,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 failures.push((Mode::Keel, "config scale".to_string(), format!("{e:#}")));
                 None
             }
-        }
+        },
     };
 
     let results = report::Results {
         machine,
+        keel: keel_bin,
         settings,
         verification,
         runs,
@@ -280,6 +309,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
             .collect(),
         body_bytes: mesh::BODY_BYTES,
         keel_workers: args.keel_workers,
+        route_policy: args.route_policy,
         config_scale_services: if smoke {
             args.config_scale_services.min(500)
         } else {
@@ -312,9 +342,11 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
     if settings.config_scale_services == 0 {
         bail!("--config-scale with --config-scale-services 0 has nothing to run");
     }
-    keel_tests::host::keel_bin().context(
-        "the config-scale benchmark needs the release binary (`cargo build --release -p proxy-user`)",
+    let keel = keel_binary(args).context(
+        "the config-scale benchmark needs a keel binary (`cargo build --release -p proxy-user`, or \
+         --keel-bin)",
     )?;
+    eprintln!("bench: keel binary {}", keel.describe());
     let out_dir = match &args.out {
         Some(p) => p.clone(),
         None => bench_root()?
@@ -324,6 +356,7 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
     let result = config_scale::run(
+        &keel.path,
         settings.config_scale_services,
         settings.config_rounds(),
         config_scale_index(args)?,
@@ -331,6 +364,7 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
     let raw = serde_json::json!({
         "machine": report::machine_basics(),
         "settings": settings,
+        "keel": &keel,
         "config_scale": &result,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
@@ -338,7 +372,7 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
     std::fs::write(&raw_path, serde_json::to_string_pretty(&raw)?)
         .with_context(|| format!("writing {}", raw_path.display()))?;
     let mut md = format!(
-        "# Keel config-scale benchmark — {}\n\n{}{}\n",
+        "# Keel config-scale benchmark — {}\n\n{}{}\nKeel: {}.\n\n",
         report::utc_date(),
         if settings.smoke {
             "> **Smoke run** (`--smoke`): reduced size, one run each; it checks the harness, its \
@@ -347,6 +381,7 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
             ""
         },
         report::machine_line(),
+        keel.describe(),
     );
     md.push_str(&config_scale::markdown(&result));
     let md_path = out_dir.join("report.md");
@@ -357,6 +392,26 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
         md_path.display()
     );
     Ok(())
+}
+
+/// The keel binary under test: `--keel-bin`, else `KEEL_BIN`, else target/release/keel; identified
+/// (version, hash) before anything runs, so the report says which build it measured.
+fn keel_binary(args: &BenchArgs) -> Result<KeelBinary> {
+    let path = match &args.keel_bin {
+        Some(p) => {
+            // Absolute, so the report names the file whatever the working directory was.
+            let p =
+                std::fs::canonicalize(p).with_context(|| format!("--keel-bin {}", p.display()))?;
+            let meta =
+                std::fs::metadata(&p).with_context(|| format!("--keel-bin {}", p.display()))?;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                bail!("--keel-bin {} is not an executable file", p.display());
+            }
+            p
+        }
+        None => keel_tests::host::keel_bin()?,
+    };
+    KeelBinary::identify(&path)
 }
 
 /// `<workspace>/bench`: where results and `LATEST.md` live.

@@ -2,7 +2,7 @@
 //! `bench/LATEST.md` (a pointer to the newest report).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -84,10 +84,64 @@ impl Machine {
     }
 }
 
+/// The keel build a run measured: two builds of one version differ only in their hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeelBinary {
+    /// Absolute path of the binary.
+    pub path: PathBuf,
+    /// First line of `keel --version`.
+    pub version: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// File size, bytes.
+    pub bytes: u64,
+}
+
+impl KeelBinary {
+    /// Runs `keel --version` and hashes the file (coreutils `sha256sum`).
+    pub fn identify(path: &Path) -> Result<KeelBinary> {
+        let shown = path.display().to_string();
+        let version = keel_tests::host::run(&shown, &["--version"])
+            .with_context(|| format!("`{shown} --version`"))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let sha256 = keel_tests::host::run("sha256sum", &["--", &shown])?
+            .split_whitespace()
+            .next()
+            .context("sha256sum printed nothing")?
+            .to_string();
+        let bytes = std::fs::metadata(path)
+            .with_context(|| format!("reading {shown}"))?
+            .len();
+        Ok(KeelBinary {
+            path: path.to_path_buf(),
+            version,
+            sha256,
+            bytes,
+        })
+    }
+
+    /// One line for logs and reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "`{}` ({}, sha256 `{}`, {:.1} MiB)",
+            self.path.display(),
+            self.version,
+            self.sha256,
+            self.bytes as f64 / 1024.0 / 1024.0
+        )
+    }
+}
+
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub machine: Machine,
+    /// The keel binary measured (absent when neither keel mode nor config scale ran).
+    pub keel: Option<KeelBinary>,
     pub settings: Settings,
     pub verification: Vec<Verification>,
     pub runs: Vec<RunResult>,
@@ -374,14 +428,16 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         o,
         "Settings: {} interleaved round(s) (mode order rotates each round), {} s per run, medians over \
-         rounds; {} connections; fixed rate {} rps; canary v1 {} % / v2 {} %; backend nginx `return 200` \
-         with a {} B body; Envoy `--concurrency {}`; Keel with {}.\n",
+         rounds; {} connections; fixed rate {} rps; canary v1 {} % / v2 {} %; route policy {}, the same \
+         routes in every meshed mode; backend nginx `return 200` with a {} B body; Envoy \
+         `--concurrency {}`; Keel with {}.\n",
         s.rounds,
         s.duration_s,
         s.connections,
         s.rate,
         s.v1_weight,
         100 - s.v1_weight,
+        s.route_policy.describe(),
         s.body_bytes,
         super::envoy::CONCURRENCY,
         match s.keel_workers {
@@ -389,6 +445,9 @@ pub fn markdown(r: &Results) -> String {
             None => "its default workers (one per core)".to_string(),
         }
     );
+    if let Some(k) = &r.keel {
+        let _ = writeln!(o, "Keel binary: {}.\n", k.describe());
+    }
 
     if !r.failures.is_empty() {
         let _ = writeln!(
@@ -546,7 +605,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "## Path verification (before measuring)\n");
     let _ = writeln!(
         o,
-        "| mode | protocol | requests | answers per backend | request counters moved by | result |\n|---|---|---|---|---|---|"
+        "| mode | protocol | requests | answers per backend | with the header rule's header | request counters moved by | result |\n|---|---|---|---|---|---|---|"
     );
     for v in &r.verification {
         let backends: Vec<String> = v
@@ -559,9 +618,17 @@ pub fn markdown(r: &Results) -> String {
             .iter()
             .map(|(l, n)| format!("{l}: {n}"))
             .collect();
+        let header_rule = match &v.header_rule_backends {
+            Some(answers) => answers
+                .iter()
+                .map(|(b, n)| format!("{b}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "— (no header rule)".into(),
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {header_rule} | {} | {} |",
             v.mode.name(),
             v.protocol,
             v.requests,
@@ -591,7 +658,9 @@ const METHOD: &str = "## How it was measured
 - Load: oha inside the client pod (one worker thread for fixed-rate runs, its default for `http1-max`). Fixed-rate runs use `-q` with `--latency-correction`
   (coordinated omission), so latency includes time a request waited to be sent.
 - `direct` sends to backend v1's pod IP; the meshed modes send to the Service VIP (the canary spreads
-  requests over v1 and v2).
+  requests over v1 and v2). Under the `features` route policy the load never sends the header rule's
+  header, so every request is checked against that rule and falls through to the canary; the path check
+  sends it too and expects only v2.
 - Proxy CPU: `utime + stime` from `/proc/<pid>/stat` of every proxy process of the mode (all threads),
   before and after each run. Softirq: machine-wide `softirq` of `/proc/stat`, which the kernel charges to
   no process (packet processing on veth/bridge/TCP); clients and backends contribute alike in every mode,

@@ -9,7 +9,8 @@
 //! | bench-sc-v1, bench-sc-v2 | .12, .13 | outside the root | nginx backends with inbound Envoy sidecars (`sidecar`) |
 //!
 //! Services: `bench` (port 80 named `http` -> 8080) and `bench-h2` (port 80 named `http2` -> 8081, h2c),
-//! both a v1/v2 weighted canary. All modes' proxies stay up for the whole run (idle while another mode
+//! both a v1/v2 weighted canary under the run's route policy (with `features`, a header rule to v2
+//! first, which the path check also exercises). All modes' proxies stay up for the whole run (idle while another mode
 //! is measured), so modes can be interleaved without restarts.
 
 use std::collections::BTreeMap;
@@ -25,7 +26,10 @@ use serde::Serialize;
 use super::envoy;
 use super::install::Tools;
 use super::load::{self, RunResult, Workload};
-use super::mesh::{self, Endpoint, PodDef, Service, APP_PORT_H1, APP_PORT_H2, NAMESPACE};
+use super::mesh::{
+    self, Endpoint, PodDef, RoutePolicy, Service, APP_PORT_H1, APP_PORT_H2, DEBUG_HEADER,
+    DEBUG_SUBSET, NAMESPACE,
+};
 use super::procs;
 use super::{Mode, Settings};
 
@@ -36,6 +40,10 @@ pub const NODE_ENVOY_PORT: u16 = 15080;
 const VERIFY_H1: usize = 100;
 /// Requests per verification over h2c.
 const VERIFY_H2: usize = 40;
+/// Requests carrying the header rule's header per verification (`features`), HTTP/1.1 and h2c: every
+/// one must be answered by the rule's subset.
+const VERIFY_HEADER_H1: usize = 20;
+const VERIFY_HEADER_H2: usize = 10;
 /// How long a proxy or backend gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,6 +76,9 @@ struct ModeRig {
     url_h2: String,
     /// Backend identities the canary may answer with.
     subsets: Vec<&'static str>,
+    /// Whether the path routes by the VirtualService's header rule (a meshed mode under `features`),
+    /// so the check also sends the header and expects only the rule's subset.
+    header_rule: bool,
     counters: Vec<Counter>,
     /// Proxy processes (their CPU and memory are the mode's cost).
     proxies: Vec<Proc>,
@@ -96,7 +107,10 @@ pub struct Verification {
     pub requests: usize,
     /// Responses per backend identity.
     pub backends: BTreeMap<String, u64>,
-    /// How much each request counter moved.
+    /// Responses per backend identity to the requests that carried the header rule's header
+    /// (`None`: the path has no header rule to check).
+    pub header_rule_backends: Option<BTreeMap<String, u64>>,
+    /// How much each request counter moved (by every request of the check, header rule included).
     pub counters: Vec<(String, u64)>,
     /// Why the path is not the mode's (then its workloads of this protocol are not measured).
     pub error: Option<String>,
@@ -119,6 +133,7 @@ impl Rig {
         keel_bin: Option<&Path>,
         index: u8,
     ) -> Result<Rig> {
+        let policy = settings.route_policy;
         load::check_oha(&tools.oha)?;
         let mut net = PodNet::new("kbench", index).context("building the bench's pod network")?;
         eprintln!("bench: pod network {} on {}", net.id(), net.subnet());
@@ -170,6 +185,7 @@ impl Rig {
                         url_h1: format!("http://{}:{APP_PORT_H1}/", v1.ip),
                         url_h2: format!("http://{}:{APP_PORT_H2}/", v1.ip),
                         subsets: vec!["v1"],
+                        header_rule: false,
                         counters: Vec::new(),
                         proxies: Vec::new(),
                         keel: None,
@@ -185,19 +201,17 @@ impl Rig {
                             version: (*v).into(),
                         })
                         .collect();
-                    let services = services(eps, settings.v1_weight);
+                    let services = services(eps, settings.v1_weight, policy);
                     sidecar_mode(&mut net, tools, &services, &sc_pods)?
                 }
                 Mode::NodeEnvoy => {
-                    let services = services(plain_eps.clone(), settings.v1_weight);
+                    let services = services(plain_eps.clone(), settings.v1_weight, policy);
                     node_envoy_mode(&mut net, tools, &services)?
                 }
                 Mode::Keel => {
-                    let services = services(plain_eps.clone(), settings.v1_weight);
-                    // keel_tests starts the binary the run checked for (KEEL_BIN or
-                    // target/release/keel), as the e2e tests do.
-                    keel_bin.context("keel mode without a keel binary")?;
-                    keel_mode(&mut net, &services, settings.keel_workers)?
+                    let services = services(plain_eps.clone(), settings.v1_weight, policy);
+                    let bin = keel_bin.context("keel mode without a keel binary")?;
+                    keel_mode(&mut net, &services, bin, settings.keel_workers)?
                 }
             };
             rig.modes.push(m);
@@ -224,11 +238,14 @@ impl Rig {
                 let v = self.verify(m, http2);
                 match &v.error {
                     None => eprintln!(
-                        "bench: verified {} {}: {} requests, backends {:?}, counters {:?}",
+                        "bench: verified {} {}: {} requests, backends {:?}, with {}: {:?}, \
+                         counters {:?}",
                         v.mode.name(),
                         v.protocol,
                         v.requests,
                         v.backends,
+                        DEBUG_HEADER.0,
+                        v.header_rule_backends,
                         v.counters
                     ),
                     Some(e) => eprintln!(
@@ -249,6 +266,7 @@ impl Rig {
             protocol: if http2 { "h2c" } else { "http/1.1" },
             requests: 0,
             backends: BTreeMap::new(),
+            header_rule_backends: None,
             counters: Vec::new(),
             error: None,
         };
@@ -260,32 +278,12 @@ impl Rig {
 
     fn verify_into(&self, m: &ModeRig, http2: bool, v: &mut Verification) -> Result<()> {
         let before = read_counters(&self.tools, &m.counters)?;
-        // HTTP/1.1: one curl, all requests over one keep-alive connection. h2c: one curl per
-        // request, because curl 7.88 (Debian 12) fails every request after the first on a reused
-        // prior-knowledge h2c connection ("Error in the HTTP2 framing layer"); oha and h2load don't.
-        let batches: Vec<(&String, usize)> = if http2 {
-            vec![(&m.url_h2, 1); VERIFY_H2]
-        } else {
-            vec![(&m.url_h1, VERIFY_H1)]
-        };
-        for (url, n) in batches {
-            let args = load::curl_args(url, n, http2);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (status, stdout, stderr) =
-                m.client
-                    .exec(&self.tools.curl, &args, Duration::from_secs(60))?;
-            let lines = load::parse_curl(&stdout);
-            ensure!(
-                status.success() && lines.len() == n,
-                "curl {url} x{n} failed ({status}): got {} answers; {}",
-                lines.len(),
-                keel_tests::process::tail(stderr.trim(), 2048)
-            );
-            for (code, backend) in lines {
-                v.requests += 1;
-                ensure!(code == "200", "{url} answered {code} (backend {backend:?})");
-                *v.backends.entry(backend).or_default() += 1;
-            }
+        let url = if http2 { &m.url_h2 } else { &m.url_h1 };
+        let n = if http2 { VERIFY_H2 } else { VERIFY_H1 };
+        for (code, backend) in self.fetch(m, url, n, http2, None)? {
+            v.requests += 1;
+            ensure!(code == "200", "{url} answered {code} (backend {backend:?})");
+            *v.backends.entry(backend).or_default() += 1;
         }
         let seen: Vec<&str> = v.backends.keys().map(String::as_str).collect();
         ensure!(
@@ -294,6 +292,32 @@ impl Rig {
             m.subsets,
             v.backends
         );
+        if m.header_rule {
+            // The rule the load never triggers must still be the first rule the proxy applies: with
+            // its header, every answer comes from its subset.
+            let n = if http2 {
+                VERIFY_HEADER_H2
+            } else {
+                VERIFY_HEADER_H1
+            };
+            let (name, value) = DEBUG_HEADER;
+            let mut answers = BTreeMap::new();
+            for (code, backend) in self.fetch(m, url, n, http2, Some(DEBUG_HEADER))? {
+                v.requests += 1;
+                ensure!(
+                    code == "200",
+                    "{url} with `{name}: {value}` answered {code} (backend {backend:?})"
+                );
+                *answers.entry(backend).or_default() += 1;
+            }
+            let seen: Vec<&str> = answers.keys().map(String::as_str).collect();
+            ensure!(
+                seen == [DEBUG_SUBSET],
+                "with `{name}: {value}` expected answers from {DEBUG_SUBSET} only (the header \
+                 rule), got {answers:?}"
+            );
+            v.header_rule_backends = Some(answers);
+        }
         let after = read_counters(&self.tools, &m.counters)?;
         v.counters = deltas(&m.counters, &before, &after);
         for (label, d) in &v.counters {
@@ -305,6 +329,38 @@ impl Rig {
             );
         }
         Ok(())
+    }
+
+    /// Sends `n` requests to `url` from the mode's client and returns `(status, backend)` per answer.
+    /// HTTP/1.1: one curl, all requests over one keep-alive connection. h2c: one curl per request,
+    /// because curl 7.88 (Debian 12) fails every request after the first on a reused prior-knowledge
+    /// h2c connection ("Error in the HTTP2 framing layer"); oha and h2load don't.
+    fn fetch(
+        &self,
+        m: &ModeRig,
+        url: &str,
+        n: usize,
+        http2: bool,
+        header: Option<(&str, &str)>,
+    ) -> Result<Vec<(String, String)>> {
+        let batches: Vec<usize> = if http2 { vec![1; n] } else { vec![n] };
+        let mut answers = Vec::with_capacity(n);
+        for n in batches {
+            let args = load::curl_args(url, n, http2, header);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (status, stdout, stderr) =
+                m.client
+                    .exec(&self.tools.curl, &args, Duration::from_secs(60))?;
+            let lines = load::parse_curl(&stdout);
+            ensure!(
+                status.success() && lines.len() == n,
+                "curl {url} x{n} failed ({status}): got {} answers; {}",
+                lines.len(),
+                keel_tests::process::tail(stderr.trim(), 2048)
+            );
+            answers.extend(lines);
+        }
+        Ok(answers)
     }
 
     /// Runs `workload` through `mode` for `duration` and measures it (round 0 = warm-up).
@@ -372,7 +428,7 @@ impl Rig {
 }
 
 /// The two services of the bench (`bench` over HTTP/1.1, `bench-h2` over h2c) on `endpoints`.
-pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32) -> Vec<Service> {
+pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32, policy: RoutePolicy) -> Vec<Service> {
     vec![
         Service {
             name: "bench".into(),
@@ -382,6 +438,7 @@ pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32) -> Vec<Service> {
             app: "bench".into(),
             endpoints: endpoints.clone(),
             v1_weight,
+            policy,
         },
         Service {
             name: "bench-h2".into(),
@@ -391,6 +448,7 @@ pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32) -> Vec<Service> {
             app: "bench".into(),
             endpoints,
             v1_weight,
+            policy,
         },
     ]
 }
@@ -666,6 +724,7 @@ fn sidecar_mode(
         url_h1: format!("http://{}/", services[0].vip),
         url_h2: format!("http://{}/", services[1].vip),
         subsets: vec!["v1", "v2"],
+        header_rule: has_header_rule(services),
         counters: vec![
             Counter {
                 label: "client sidecar outbound upstream_rq_total".into(),
@@ -719,6 +778,7 @@ fn node_envoy_mode(net: &mut PodNet, tools: &Tools, services: &[Service]) -> Res
         url_h1: format!("http://{}/", services[0].vip),
         url_h2: format!("http://{}/", services[1].vip),
         subsets: vec!["v1", "v2"],
+        header_rule: has_header_rule(services),
         counters: vec![Counter {
             label: "node envoy upstream_rq_total".into(),
             sources: vec![Source::EnvoyHost {
@@ -756,7 +816,17 @@ pub fn wait_host_ready(admin: SocketAddr, proc: &mut Proc) -> Result<()> {
     }
 }
 
-fn keel_mode(net: &mut PodNet, services: &[Service], workers: Option<usize>) -> Result<ModeRig> {
+/// Whether the services' VirtualServices have the header rule (all share one policy).
+fn has_header_rule(services: &[Service]) -> bool {
+    !services.is_empty() && services.iter().all(|s| s.policy == RoutePolicy::Features)
+}
+
+fn keel_mode(
+    net: &mut PodNet,
+    services: &[Service],
+    bin: &Path,
+    workers: Option<usize>,
+) -> Result<ModeRig> {
     let client = net.add_pod(NAMESPACE, "client-keel", 5)?;
     let mut pods: Vec<PodDef> = services[0]
         .endpoints
@@ -778,6 +848,7 @@ fn keel_mode(net: &mut PodNet, services: &[Service], workers: Option<usize>) -> 
     let config = ConfigDir::new("bench")?;
     config.write("bench.yaml", &mesh::keel_yaml(services, &pods))?;
     let mut opts = KeelOptions::new(net, config.path())?;
+    opts.binary = Some(bin.to_path_buf());
     if let Some(w) = workers {
         opts.extra_args = vec!["--workers".into(), w.to_string()];
     }
@@ -788,6 +859,7 @@ fn keel_mode(net: &mut PodNet, services: &[Service], workers: Option<usize>) -> 
         url_h1: format!("http://{}/", services[0].vip),
         url_h2: format!("http://{}/", services[1].vip),
         subsets: vec!["v1", "v2"],
+        header_rule: has_header_rule(services),
         counters: vec![Counter {
             label: "keel http_requests".into(),
             sources: vec![Source::Keel { admin }],

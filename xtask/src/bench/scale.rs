@@ -2,8 +2,8 @@
 //! the outbound config of all N services and an inbound listener for its pod) against one node Envoy
 //! with N services and one Keel with N services and N pods.
 //!
-//! Each service `svc-<i>` selects pod `app-<i>`, with the same v1/v2 DestinationRule and weighted
-//! VirtualService as the latency runs (so each proxy holds N route entries and 3N clusters, the way
+//! Each service `svc-<i>` selects pod `app-<i>`, with the same v1/v2 DestinationRule and
+//! VirtualService (route policy included) as the latency runs (so each proxy holds N route entries and 3N clusters, the way
 //! istiod would configure it). Proxies are measured idle, a few seconds after they report ready:
 //! this is the config-proportional floor, not the memory under load (that is in the latency runs).
 
@@ -42,7 +42,7 @@ pub struct MemoryPoint {
 pub fn run(
     settings: &Settings,
     tools: &Tools,
-    keel_available: Option<&std::path::Path>,
+    keel_bin: Option<&std::path::Path>,
     index: u8,
     failures: &mut Vec<(Mode, String, String)>,
 ) -> Result<Vec<MemoryPoint>> {
@@ -77,6 +77,7 @@ pub fn run(
                         version: if i % 2 == 0 { "v1" } else { "v2" }.into(),
                     }],
                     v1_weight: settings.v1_weight,
+                    policy: settings.route_policy,
                 }
             })
             .collect();
@@ -111,8 +112,8 @@ pub fn run(
                 Err(e) => record(Mode::NodeEnvoy, e),
             }
         }
-        if want(Mode::Keel) && keel_available.is_some() {
-            match keel(&mut net, &services, &pods) {
+        if let Some(bin) = keel_bin.filter(|_| want(Mode::Keel)) {
+            match keel(&mut net, &services, &pods, bin) {
                 Ok(rss) => point.keel_rss_kib = Some(rss),
                 Err(e) => record(Mode::Keel, e),
             }
@@ -174,7 +175,12 @@ fn node_envoy(net: &PodNet, tools: &Tools, services: &[Service]) -> Result<u64> 
     Ok(procs::memory_kib(p.pid())?.0)
 }
 
-fn keel(net: &mut PodNet, services: &[Service], pods: &[Pod]) -> Result<u64> {
+fn keel(
+    net: &mut PodNet,
+    services: &[Service],
+    pods: &[Pod],
+    bin: &std::path::Path,
+) -> Result<u64> {
     let defs: Vec<PodDef> = services
         .iter()
         .zip(pods)
@@ -195,8 +201,9 @@ fn keel(net: &mut PodNet, services: &[Service], pods: &[Pod]) -> Result<u64> {
         .collect();
     let config = ConfigDir::new("bench-scale")?;
     config.write("scale.yaml", &mesh::keel_yaml(services, &defs))?;
-    let keel =
-        Keel::start_with(net, KeelOptions::new(net, config.path())?).context("starting keel")?;
+    let mut opts = KeelOptions::new(net, config.path())?;
+    opts.binary = Some(bin.to_path_buf());
+    let keel = Keel::start_with(net, opts).context("starting keel")?;
     std::thread::sleep(SETTLE);
     Ok(procs::memory_kib(keel.pid())?.0)
 }
