@@ -162,7 +162,20 @@ where
                 return preflight;
             }
             let mut resp = reply(local, grpc, flags);
-            let vars = header_vars(ctx, &req, &facts, None);
+            let pseudo = RequestPseudo {
+                method: facts.method,
+                scheme: facts.scheme,
+                authority: facts.authority,
+                path: facts.path_and_query,
+            };
+            let vars = header_vars(
+                ctx,
+                req.version(),
+                Some(req.headers()),
+                pseudo,
+                None,
+                start_time,
+            );
             finish_response(
                 &mut resp,
                 &route.policy.route_only,
@@ -201,21 +214,20 @@ where
     let response_vars_owned = (request_headers, authority.clone(), path_and_query.clone());
     let respond = |mut resp: Response<ProxyBody>, endpoint: Option<std::net::SocketAddr>| {
         let (headers, authority, path) = &response_vars_owned;
-        let vars = HeaderVars {
-            downstream_remote: Some(ctx.peer),
-            downstream_local: Some(ctx.original_dst),
-            upstream_remote: endpoint,
-            hostname: node_hostname(),
-            protocol: protocol_name(downstream_version),
-            request_headers: Some(headers),
-            pseudo: Some(RequestPseudo {
-                method: method.as_str(),
-                scheme: "http",
-                authority,
-                path,
-            }),
-            start_time,
+        let pseudo = RequestPseudo {
+            method: method.as_str(),
+            scheme: "http",
+            authority,
+            path,
         };
+        let vars = header_vars(
+            ctx,
+            downstream_version,
+            Some(headers),
+            pseudo,
+            endpoint,
+            start_time,
+        );
         finish_response(&mut resp, shaping, &vars, &cors.decision, chosen.policy);
         resp
     };
@@ -396,21 +408,13 @@ fn shaped_request(
         }
         headers.append(name.clone(), value.clone());
     }
-    let vars = HeaderVars {
-        downstream_remote: Some(ctx.peer),
-        downstream_local: Some(ctx.original_dst),
-        upstream_remote: None,
-        hostname: node_hostname(),
-        protocol: protocol_name(parts.version),
-        request_headers: None,
-        pseudo: Some(RequestPseudo {
-            method: parts.method.as_str(),
-            scheme: "http",
-            authority,
-            path: path_and_query,
-        }),
-        start_time,
+    let pseudo = RequestPseudo {
+        method: parts.method.as_str(),
+        scheme: "http",
+        authority,
+        path: path_and_query,
     };
+    let vars = header_vars(ctx, parts.version, None, pseudo, None, start_time);
     for mutation in &shaping.request {
         mutation.apply(&mut headers, &vars);
     }
@@ -506,27 +510,26 @@ fn finish_response(
     }
 }
 
-/// Header-operation variables of a request (request side: no upstream, headers read as mutated).
-fn header_vars<'a, B>(
+/// What header-operation `%OPERATOR%`s read for one request. Request side: `request_headers` and
+/// `upstream` are `None` (operators read the headers being mutated); response side: the client's
+/// request headers and the endpoint that answered.
+fn header_vars<'a>(
     ctx: &ConnContext,
-    req: &'a Request<B>,
-    facts: &RequestFacts<'a>,
+    version: Version,
+    request_headers: Option<&'a HeaderMap>,
+    pseudo: RequestPseudo<'a>,
     upstream: Option<std::net::SocketAddr>,
+    start_time: std::time::SystemTime,
 ) -> HeaderVars<'a> {
     HeaderVars {
         downstream_remote: Some(ctx.peer),
         downstream_local: Some(ctx.original_dst),
         upstream_remote: upstream,
         hostname: node_hostname(),
-        protocol: protocol_name(req.version()),
-        request_headers: Some(req.headers()),
-        pseudo: Some(RequestPseudo {
-            method: facts.method,
-            scheme: facts.scheme,
-            authority: facts.authority,
-            path: facts.path_and_query,
-        }),
-        start_time: std::time::SystemTime::now(),
+        protocol: protocol_name(version),
+        request_headers,
+        pseudo: Some(pseudo),
+        start_time,
     }
 }
 
