@@ -113,7 +113,6 @@ where
         scheme: "http",
         headers: req.headers(),
     };
-    let passthrough_policy;
     let chosen = match routing::route_http(&view, ctx.original_dst, &facts) {
         RouteDecision::Forward {
             route,
@@ -128,16 +127,13 @@ where
             destination_index,
             matched_block,
         },
-        RouteDecision::Passthrough(target) => {
-            passthrough_policy = RoutePolicy::passthrough();
-            Chosen {
-                route: None,
-                policy: &passthrough_policy,
-                target,
-                destination_index: None,
-                matched_block: None,
-            }
-        }
+        RouteDecision::Passthrough(target) => Chosen {
+            route: None,
+            policy: passthrough_policy(),
+            target,
+            destination_index: None,
+            matched_block: None,
+        },
         // Envoy's `block_all` virtual host: a direct 502 with an empty body.
         RouteDecision::Blocked => {
             return reply(
@@ -210,20 +206,20 @@ where
         .destination_index
         .and_then(|i| chosen.policy.destinations.get(i))
         .unwrap_or(&chosen.policy.route_only);
-    let request_headers = req.headers().clone();
-    let response_vars_owned = (request_headers, authority.clone(), path_and_query.clone());
+    // Response header operations may read the client's request headers (`%REQ(..)%`): keep a copy
+    // only for routes that have some.
+    let request_headers = (!shaping.response.is_empty()).then(|| req.headers().clone());
     let respond = |mut resp: Response<ProxyBody>, endpoint: Option<std::net::SocketAddr>| {
-        let (headers, authority, path) = &response_vars_owned;
         let pseudo = RequestPseudo {
             method: method.as_str(),
             scheme: "http",
-            authority,
-            path,
+            authority: &authority,
+            path: &path_and_query,
         };
         let vars = header_vars(
             ctx,
             downstream_version,
-            Some(headers),
+            request_headers.as_ref(),
             pseudo,
             endpoint,
             start_time,
@@ -531,6 +527,12 @@ fn header_vars<'a>(
         pseudo: Some(pseudo),
         start_time,
     }
+}
+
+/// Istio's `allow_any` route policy (no timeout, no retries), built once.
+fn passthrough_policy() -> &'static RoutePolicy {
+    static POLICY: std::sync::OnceLock<RoutePolicy> = std::sync::OnceLock::new();
+    POLICY.get_or_init(RoutePolicy::passthrough)
 }
 
 /// `%PROTOCOL%` as Envoy prints it.
