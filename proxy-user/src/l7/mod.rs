@@ -32,7 +32,6 @@ use crate::policy::{DirectResponse, HttpAction};
 use crate::routing::policy::Shaping;
 use crate::routing::{self, CompiledHttpRoute, RequestFacts, RouteDecision, RoutePolicy, Target};
 use crate::upstream::pool::{BoxError, ProxyBody};
-use crate::upstream::UpstreamProtocol;
 use body::{RecordedBody, RETRY_BUFFER_LIMIT};
 use filters::cors::{self, CorsDecision};
 use filters::headers::{HeaderVars, RequestPseudo};
@@ -232,11 +231,7 @@ where
         return respond(reply(LocalReply::ClusterNotFound, grpc, flags), None);
     };
     let downstream_h2 = req.version() == Version::HTTP_2;
-    let upstream_h2 = match protocol {
-        UpstreamProtocol::Http2 => true,
-        UpstreamProtocol::SameAsDownstream => downstream_h2,
-        UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
-    };
+    let upstream_h2 = protocol.speaks_http2(downstream_h2);
     let upgrade = if upstream_h2 {
         None
     } else {

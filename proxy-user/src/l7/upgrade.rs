@@ -4,7 +4,6 @@
 //! for WebSocket (`upgrade_configs`); upgrades are not retried.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -13,12 +12,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::upstream::pool::{BoxError, ProxyBody};
+use crate::upstream::pool::{BoxError, ProxyBody, CONNECT_TIMEOUT};
 
 use super::rescue::LocalReply;
-
-/// How long connecting to the endpoint may take (Istio's default `connectTimeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The protocol a request asks to upgrade to: an HTTP/1.1 request with `Upgrade` and a
 /// `Connection` header listing `upgrade`.

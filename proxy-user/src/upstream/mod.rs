@@ -53,6 +53,17 @@ pub enum UpstreamProtocol {
     Tcp,
 }
 
+impl UpstreamProtocol {
+    /// Whether requests go upstream as HTTP/2, given what the client spoke.
+    pub fn speaks_http2(self, downstream_h2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::SameAsDownstream => downstream_h2,
+            UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
+        }
+    }
+}
+
 /// One endpoint with the load the balancer looks at.
 #[derive(Debug)]
 pub struct EndpointState {

@@ -27,7 +27,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Istio's default `connectTimeout` for upstream connections.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections are closed after this (Envoy's default idle timeout is 1 h; keep fewer
 /// sockets around on a node that serves every pod).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -11,7 +11,6 @@ use std::time::Duration;
 use crate::admin::Stats;
 use crate::routing::Target;
 use crate::upstream::pool::HttpPools;
-use crate::upstream::UpstreamProtocol;
 
 use crate::l7::body::RecordedBody;
 use crate::l7::forward::UpstreamRequest;
@@ -105,12 +104,11 @@ pub fn spawn(job: MirrorJob, pools: HttpPools, stats: Arc<Stats>) {
 }
 
 async fn send(job: MirrorJob, pools: HttpPools) -> Result<(), &'static str> {
-    let upstream_h2 = match job.target.protocol() {
-        Some(UpstreamProtocol::Http2) => true,
-        Some(UpstreamProtocol::SameAsDownstream) => job.downstream_h2,
-        Some(UpstreamProtocol::Http1 | UpstreamProtocol::Tcp) => false,
-        None => return Err("mirror cluster not found"),
-    };
+    let upstream_h2 = job
+        .target
+        .protocol()
+        .ok_or("mirror cluster not found")?
+        .speaks_http2(job.downstream_h2);
     let picked = job
         .target
         .pick(job.original_dst)
