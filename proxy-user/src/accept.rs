@@ -14,6 +14,7 @@ use crate::policy::Protocol;
 use crate::routing::{ClientView, Outbound};
 use crate::state::{NodeState, State};
 use crate::upstream::pool::HttpPools;
+use crate::upstream::{ClientId, PickRequest};
 
 /// What the request path knows about one accepted connection.
 pub struct ConnContext {
@@ -31,6 +32,20 @@ pub struct ConnContext {
 }
 
 impl ConnContext {
+    /// Whose per-client upstream state this connection uses: its kernel-attested pod.
+    pub fn client_id(&self) -> ClientId {
+        ClientId(self.pod_cgroup_id)
+    }
+
+    /// An endpoint request for this connection, avoiding `avoid`.
+    pub fn pick_request<'a>(&self, avoid: &'a [SocketAddr]) -> PickRequest<'a> {
+        PickRequest {
+            client: self.client_id(),
+            original_dst: self.original_dst,
+            avoid,
+        }
+    }
+
     /// The client's view under `node`: the connection's own view while the route table is the one it
     /// was accepted under; after a push, the pod's view in the new table, so requests on a kept-alive
     /// connection follow new config as Envoy's do. A pod gone from the new config keeps its old view.

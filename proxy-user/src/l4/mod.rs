@@ -171,7 +171,7 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         }
     };
     let cluster = target.key();
-    let in_flight = match target.pick(ctx.original_dst).await {
+    let in_flight = match target.pick(&ctx.pick_request(&[])).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(%cluster, error = ?e, "no upstream endpoint; closing");

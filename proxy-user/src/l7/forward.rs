@@ -12,9 +12,10 @@ use http_body_util::BodyExt;
 
 use crate::accept::ConnContext;
 use crate::outcome::{AttemptOutcome, ResponseFlag, ResponseFlags};
-use crate::routing::policy::{RetryPolicy, HOST_SELECTION_ATTEMPTS};
-use crate::routing::{PickError, Picked, Target};
+use crate::routing::policy::RetryPolicy;
+use crate::routing::Target;
 use crate::upstream::pool::{BoxError, ProxyBody};
+use crate::upstream::{PickError, Picked};
 
 use super::body::RecordedBody;
 use super::rescue::LocalReply;
@@ -173,13 +174,12 @@ async fn pick(
     retry: &RetryPolicy,
     tried: &[SocketAddr],
 ) -> Result<Picked, LocalReply> {
-    let picked = if tried.is_empty() || !retry.ignore_previous_hosts {
-        target.pick(ctx.original_dst).await
+    let avoid = if retry.ignore_previous_hosts {
+        tried
     } else {
-        target
-            .pick_avoiding(ctx.original_dst, tried, HOST_SELECTION_ATTEMPTS)
-            .await
+        &[]
     };
+    let picked = target.pick(&ctx.pick_request(avoid)).await;
     picked.map_err(|e| match e {
         PickError::NoCluster => LocalReply::ClusterNotFound,
         PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,

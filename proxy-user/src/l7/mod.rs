@@ -32,6 +32,7 @@ use crate::policy::{DirectResponse, HttpAction};
 use crate::routing::policy::Shaping;
 use crate::routing::{self, CompiledHttpRoute, RequestFacts, RouteDecision, RoutePolicy, Target};
 use crate::upstream::pool::{BoxError, ProxyBody};
+use crate::upstream::PickError;
 use body::{RecordedBody, RETRY_BUFFER_LIMIT};
 use filters::cors::{self, CorsDecision};
 use filters::headers::{HeaderVars, RequestPseudo};
@@ -276,6 +277,7 @@ where
                     mirror::MirrorJob {
                         target: target.clone(),
                         original_dst: ctx.original_dst,
+                        client: ctx.client_id(),
                         request: upstream.clone(),
                         body: body.clone(),
                         timeout,
@@ -340,12 +342,10 @@ async fn forward_upgrade(
     grpc: bool,
     flags: &mut ResponseFlags,
 ) -> Response<ProxyBody> {
-    let picked = match chosen.target.pick(ctx.original_dst).await {
+    let picked = match chosen.target.pick(&ctx.pick_request(&[])).await {
         Ok(p) => p,
-        Err(routing::PickError::NoCluster) => {
-            return reply(LocalReply::ClusterNotFound, grpc, flags)
-        }
-        Err(routing::PickError::NoHealthyUpstream) => {
+        Err(PickError::NoCluster) => return reply(LocalReply::ClusterNotFound, grpc, flags),
+        Err(PickError::NoHealthyUpstream) => {
             return reply(LocalReply::NoHealthyUpstream, grpc, flags)
         }
     };

@@ -30,7 +30,7 @@ pub use policy::RoutePolicy;
 #[cfg(test)]
 pub use table::destination_rules_for;
 pub use table::RouteTable;
-pub use target::{PickError, Picked, Target, WeightedTarget, WeightedTargets};
+pub use target::{Target, WeightedTarget, WeightedTargets};
 pub use tls::{route_tls, routes_by_sni, TlsRoutes, TlsRule};
 pub use view::{ClientClass, ClientView, CompiledHttpRoute, Outbound, ServicePortRoutes};
 

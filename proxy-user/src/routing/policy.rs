@@ -18,8 +18,6 @@ use crate::policy::{
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
 /// Retries Istio configures when a route has no `retries`.
 pub const DEFAULT_NUM_RETRIES: u32 = 2;
-/// Endpoint picks a retry makes to find one not tried yet (Envoy's `host_selection_retry_max_attempts`).
-pub const HOST_SELECTION_ATTEMPTS: u32 = 5;
 
 /// One `retryOn` condition (Envoy's `retry_on` tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,12 +19,12 @@ use crate::policy::{
     selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels,
     MeshLocation, Meta, PodId, Protocol, Resolution, Service, Snapshot, VirtualService,
 };
-use crate::upstream::{ClusterKey, ClusterRegistry, UpstreamProtocol};
+use crate::upstream::{ClusterKey, ClusterPolicy, ClusterRegistry, Discovery, UpstreamProtocol};
 
 use super::catalog::{Catalog, CatalogId, Kind, PortInfo};
 use super::policy::RoutePolicy;
 use super::scope::{exported_to, select_sidecar, EgressScope};
-use super::target::{DnsTarget, OriginalDst, Target, WeightedTarget, WeightedTargets};
+use super::target::{Target, WeightedTarget, WeightedTargets};
 use super::tls::{block_specificity, tls_static_match, TlsRoutes, TlsRoutesBuilder, TlsRule};
 use super::view::{ClientClass, ClientView, CompiledHttpRoute, ServicePortRoutes};
 use super::{static_match, subnet_contains, ClientInfo};
@@ -254,16 +254,14 @@ impl<'a> Builder<'a> {
             destination_rules: DestinationRuleIndex::new(snapshot),
             pods: PodIndex::new(snapshot),
             targets: HashMap::new(),
-            passthrough: Target::OriginalDst(Arc::new(OriginalDst {
-                key: ClusterKey {
-                    host: "PassthroughCluster".to_string(),
-                    port: 0,
-                    subset: None,
-                    scope: String::new(),
-                },
-                protocol: UpstreamProtocol::SameAsDownstream,
-            })),
-            live: HashSet::new(),
+            passthrough: Target::Cluster(registry.ensure(
+                passthrough_key(),
+                UpstreamProtocol::SameAsDownstream,
+                ClusterPolicy::default(),
+                Discovery::OriginalDst,
+                Vec::new(),
+            )),
+            live: HashSet::from([passthrough_key()]),
         }
     }
 
@@ -655,6 +653,13 @@ impl<'a> Builder<'a> {
                 None => return Target::Missing(key),
             },
         };
+        // The first rule with a top-level policy wins; the subset's policy comes from the rule that
+        // defines the subset (§2.0, §2.1).
+        let top_policy = rules.iter().find_map(|r| r.traffic_policy.as_ref());
+        let subset_policy = subset
+            .and_then(|name| rules.iter().find_map(|r| r.subset(name)))
+            .and_then(|s| s.traffic_policy.as_ref());
+        let policy = ClusterPolicy::resolve(top_policy, subset_policy, port);
         let memo = (id, port, key.subset.clone(), key.scope.clone());
         if key.host == svc.hostname {
             if let Some(t) = self.targets.get(&memo) {
@@ -673,8 +678,7 @@ impl<'a> Builder<'a> {
                     .into_iter()
                     .map(|e| e.addr)
                     .collect();
-                self.live.insert(key.clone());
-                Target::Cluster(self.registry.ensure(key, protocol, endpoints))
+                self.cluster(key, protocol, policy, Discovery::Static, endpoints)
             }
             Kind::Entry(se) => {
                 let se_port = &se.ports[port_info.index];
@@ -691,7 +695,7 @@ impl<'a> Builder<'a> {
                     |labels: &Labels| subset_labels.is_none_or(|s| selector_matches(s, labels));
                 match se.resolution {
                     Resolution::None => {
-                        Target::OriginalDst(Arc::new(OriginalDst { key, protocol }))
+                        self.cluster(key, protocol, policy, Discovery::OriginalDst, Vec::new())
                     }
                     Resolution::Static => {
                         let mut endpoints: Vec<SocketAddr> = se
@@ -721,8 +725,7 @@ impl<'a> Builder<'a> {
                                     }),
                             );
                         }
-                        self.live.insert(key.clone());
-                        Target::Cluster(self.registry.ensure(key, protocol, endpoints))
+                        self.cluster(key, protocol, policy, Discovery::Static, endpoints)
                     }
                     Resolution::Dns | Resolution::DnsRoundRobin => {
                         let names = if se.endpoints.is_empty() {
@@ -737,12 +740,11 @@ impl<'a> Builder<'a> {
                                 .map(|e| (e.address.clone(), endpoint_port(&e.ports)))
                                 .collect()
                         };
-                        Target::Dns(Arc::new(DnsTarget {
-                            key,
-                            protocol,
+                        let discovery = Discovery::Dns {
                             names,
                             first_only: se.resolution == Resolution::DnsRoundRobin,
-                        }))
+                        };
+                        self.cluster(key, protocol, policy, discovery, Vec::new())
                     }
                     // Resolving the request's Host/SNI per request is not implemented.
                     Resolution::DynamicDns => Target::Missing(key),
@@ -753,6 +755,28 @@ impl<'a> Builder<'a> {
             self.targets.insert(memo, target.clone());
         }
         target
+    }
+
+    /// A cluster registered as live; `PASSTHROUGH` in the policy makes it an original-destination
+    /// cluster whatever its endpoints (§2.2).
+    fn cluster(
+        &mut self,
+        key: ClusterKey,
+        protocol: UpstreamProtocol,
+        policy: ClusterPolicy,
+        discovery: Discovery,
+        endpoints: Vec<SocketAddr>,
+    ) -> Target {
+        let discovery = if policy.is_passthrough() {
+            Discovery::OriginalDst
+        } else {
+            discovery
+        };
+        self.live.insert(key.clone());
+        Target::Cluster(
+            self.registry
+                .ensure(key, protocol, policy, discovery, endpoints),
+        )
     }
 }
 
@@ -944,6 +968,16 @@ fn l4_static_match(m: &L4Match, port: u16, client: &ClientInfo, addr: SocketAddr
 }
 
 /// How the proxy speaks to endpoints of a port with this protocol.
+/// Istio's cluster for traffic to destinations outside the registry under `ALLOW_ANY`.
+fn passthrough_key() -> ClusterKey {
+    ClusterKey {
+        host: "PassthroughCluster".to_string(),
+        port: 0,
+        subset: None,
+        scope: String::new(),
+    }
+}
+
 fn upstream_protocol(protocol: Protocol) -> UpstreamProtocol {
     match protocol {
         p if p.is_http2() => UpstreamProtocol::Http2,

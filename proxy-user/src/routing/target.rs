@@ -1,79 +1,21 @@
-//! Where a route leads (*concrete* tier): a cluster of known endpoints, the connection's original
-//! destination (ServiceEntry `NONE`, Istio's `PassthroughCluster`), names resolved at connect time
-//! (ServiceEntry `DNS`), or nothing (unknown host or subset).
+//! Where a route leads (*concrete* tier): a cluster (whose endpoints may be known pods, the
+//! connection's original destination or names resolved at connect time), or nothing (unknown host
+//! or subset).
 //!
-//! Targets are built with the routing tables, once per snapshot; the request path only picks an
-//! endpoint from one.
+//! Targets are built with the routing tables, once per snapshot; endpoint choice belongs to
+//! `upstream`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::upstream::{Cluster, ClusterKey, InFlight, UpstreamProtocol};
-
-/// How long a `DNS` target may take to resolve before the attempt counts as "no healthy upstream".
-const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::upstream::{Cluster, ClusterKey, PickError, PickRequest, Picked, UpstreamProtocol};
 
 /// Where a destination leads.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Endpoints known when the table was built (Kubernetes pods, ServiceEntry `STATIC`).
+    /// A cluster with its policy and per-client state.
     Cluster(Arc<Cluster>),
-    /// Connect to the address the client dialled: ServiceEntry `NONE`, and Istio's
-    /// `PassthroughCluster` for unknown destinations under `ALLOW_ANY`.
-    OriginalDst(Arc<OriginalDst>),
-    /// Resolve names when connecting: ServiceEntry `DNS` / `DNS_ROUND_ROBIN`.
-    Dns(Arc<DnsTarget>),
     /// Unknown host or subset, or a host the client cannot see: Envoy answers 503 `NC`.
     Missing(ClusterKey),
-}
-
-/// A target that forwards to the connection's original destination.
-#[derive(Debug)]
-pub struct OriginalDst {
-    /// Name for logs: `outbound|<port>||<host>` for a ServiceEntry, `PassthroughCluster` otherwise.
-    pub key: ClusterKey,
-    /// How to speak to the destination.
-    pub protocol: UpstreamProtocol,
-}
-
-/// A target whose endpoints are DNS names (or IP literals) resolved per connection.
-///
-/// Resolution goes through the system resolver (`tokio::net::lookup_host`) on every pick, so the
-/// record's TTL is honoured trivially; there is no balancer or outlier state for these endpoints yet.
-#[derive(Debug)]
-pub struct DnsTarget {
-    /// Istio's cluster name (plus scope).
-    pub key: ClusterKey,
-    /// How to speak to the endpoints.
-    pub protocol: UpstreamProtocol,
-    /// `(name, port)` pairs: the entry's endpoint addresses, or its host when it lists none.
-    pub names: Vec<(String, u16)>,
-    /// `DNS_ROUND_ROBIN` (Envoy `LOGICAL_DNS`): use only the first address of an answer.
-    pub first_only: bool,
-}
-
-/// The endpoint chosen for one attempt; dropping it ends the attempt's load accounting.
-#[derive(Debug)]
-pub struct Picked {
-    addr: SocketAddr,
-    _in_flight: Option<InFlight>,
-}
-
-impl Picked {
-    /// The address to connect to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-/// Why no endpoint could be picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PickError {
-    /// The target does not exist (503 `NC`).
-    NoCluster,
-    /// No endpoint is available or resolvable (503 `UH`).
-    NoHealthyUpstream,
 }
 
 impl Target {
@@ -81,8 +23,6 @@ impl Target {
     pub fn key(&self) -> &ClusterKey {
         match self {
             Target::Cluster(c) => &c.key,
-            Target::OriginalDst(o) => &o.key,
-            Target::Dns(d) => &d.key,
             Target::Missing(k) => k,
         }
     }
@@ -91,84 +31,23 @@ impl Target {
     pub fn protocol(&self) -> Option<UpstreamProtocol> {
         match self {
             Target::Cluster(c) => Some(c.protocol),
-            Target::OriginalDst(o) => Some(o.protocol),
-            Target::Dns(d) => Some(d.protocol),
             Target::Missing(_) => None,
         }
     }
 
-    /// Choose the endpoint for one attempt. `original_dst` is the address the client dialled (used by
-    /// original-destination targets only).
-    pub async fn pick(&self, original_dst: SocketAddr) -> Result<Picked, PickError> {
+    /// The cluster, unless the target is missing.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         match self {
-            Target::Cluster(c) => c
-                .pick()
-                .map(|f| Picked {
-                    addr: f.addr(),
-                    _in_flight: Some(f),
-                })
-                .ok_or(PickError::NoHealthyUpstream),
-            Target::OriginalDst(_) => Ok(Picked {
-                addr: original_dst,
-                _in_flight: None,
-            }),
-            Target::Dns(d) => d
-                .resolve()
-                .await
-                .map(|addr| Picked {
-                    addr,
-                    _in_flight: None,
-                })
-                .ok_or(PickError::NoHealthyUpstream),
+            Target::Cluster(c) => Some(c),
+            Target::Missing(_) => None,
+        }
+    }
+
+    /// Choose the endpoint for one attempt.
+    pub async fn pick(&self, req: &PickRequest<'_>) -> Result<Picked, PickError> {
+        match self {
+            Target::Cluster(c) => c.pick(req).await,
             Target::Missing(_) => Err(PickError::NoCluster),
-        }
-    }
-}
-
-impl Target {
-    /// Choose the endpoint for a retry, avoiding `tried` endpoints when another one is available:
-    /// up to `attempts` picks (Envoy's `previous_hosts` predicate with
-    /// `host_selection_retry_max_attempts`), else the last pick.
-    pub async fn pick_avoiding(
-        &self,
-        original_dst: SocketAddr,
-        tried: &[SocketAddr],
-        attempts: u32,
-    ) -> Result<Picked, PickError> {
-        let mut picked = self.pick(original_dst).await?;
-        for _ in 1..attempts.max(1) {
-            if !tried.contains(&picked.addr) {
-                break;
-            }
-            picked = self.pick(original_dst).await?;
-        }
-        Ok(picked)
-    }
-}
-
-impl DnsTarget {
-    /// Resolve every name (bounded by [`DNS_TIMEOUT`]) and pick one address at random; `None` when
-    /// nothing resolves. IP literals resolve without a query.
-    async fn resolve(&self) -> Option<SocketAddr> {
-        let lookups = async {
-            let mut addrs = Vec::new();
-            for (name, port) in &self.names {
-                match tokio::net::lookup_host((name.as_str(), *port)).await {
-                    Ok(found) if self.first_only => addrs.extend(found.take(1)),
-                    Ok(found) => addrs.extend(found),
-                    Err(e) => {
-                        tracing::debug!(cluster = %self.key, %name, error = %e, "resolution failed")
-                    }
-                }
-            }
-            addrs
-        };
-        let addrs = tokio::time::timeout(DNS_TIMEOUT, lookups)
-            .await
-            .unwrap_or_default();
-        match addrs.len() {
-            0 => None,
-            n => addrs.get(rand::random_range(0..n)).copied(),
         }
     }
 }
@@ -262,36 +141,5 @@ mod tests {
     fn single_destination_takes_all_even_with_weight_zero() {
         let t = WeightedTargets::new(vec![wt(0, 0)]);
         assert_eq!(t.pick().map(|t| t.index), Some(0));
-    }
-
-    #[tokio::test]
-    async fn original_dst_and_dns_literals_pick_without_the_network() {
-        let key = ClusterKey {
-            host: "PassthroughCluster".into(),
-            port: 80,
-            subset: None,
-            scope: String::new(),
-        };
-        let dst = SocketAddr::from(([192, 0, 2, 7], 8080));
-        let passthrough = Target::OriginalDst(Arc::new(OriginalDst {
-            key: key.clone(),
-            protocol: UpstreamProtocol::Tcp,
-        }));
-        assert_eq!(passthrough.pick(dst).await.map(|p| p.addr()), Ok(dst));
-        // An IP literal "resolves" locally; tests never send DNS queries off the box.
-        let dns = Target::Dns(Arc::new(DnsTarget {
-            key: key.clone(),
-            protocol: UpstreamProtocol::Tcp,
-            names: vec![("192.0.2.9".into(), 9000)],
-            first_only: false,
-        }));
-        assert_eq!(
-            dns.pick(dst).await.map(|p| p.addr()),
-            Ok(SocketAddr::from(([192, 0, 2, 9], 9000)))
-        );
-        assert_eq!(
-            Target::Missing(key).pick(dst).await.map(|p| p.addr()),
-            Err(PickError::NoCluster)
-        );
     }
 }

@@ -11,7 +11,7 @@ use crate::policy::{
     Destination, DestinationRule, Headers, HttpRoute, Meta, Pod, Protocol, Service, ServicePort,
     Snapshot, Subset, TargetPort, VirtualService, WeightedDestination,
 };
-use crate::upstream::ClusterRegistry;
+use crate::upstream::{ClusterRegistry, Discovery};
 
 fn meta(kind: &str, ns: &str, name: &str, order: usize) -> Meta {
     Meta {
@@ -552,16 +552,19 @@ fn load(extra: &str, clients: &[(&str, &[(&str, &str)])]) -> Snapshot {
 /// A target as a short literal: endpoint addresses, `original-dst`, `dns name:port`, or `missing`.
 fn describe(target: &Target) -> String {
     match target {
-        Target::Cluster(c) => {
-            let mut addrs: Vec<String> = c.endpoint_addrs().iter().map(|a| a.to_string()).collect();
-            addrs.sort();
-            addrs.join(",")
-        }
-        Target::OriginalDst(_) => "original-dst".into(),
-        Target::Dns(d) => {
-            let names: Vec<String> = d.names.iter().map(|(n, p)| format!("{n}:{p}")).collect();
-            format!("dns {}", names.join(","))
-        }
+        Target::Cluster(c) => match &c.discovery {
+            Discovery::Static => {
+                let mut addrs: Vec<String> =
+                    c.endpoint_addrs().iter().map(|a| a.to_string()).collect();
+                addrs.sort();
+                addrs.join(",")
+            }
+            Discovery::OriginalDst => "original-dst".into(),
+            Discovery::Dns { names, .. } => {
+                let names: Vec<String> = names.iter().map(|(n, p)| format!("{n}:{p}")).collect();
+                format!("dns {}", names.join(","))
+            }
+        },
         Target::Missing(k) => format!("missing {k}"),
     }
 }

@@ -1,18 +1,23 @@
-//! Upstream side: clusters (service, port, subset), their endpoints and load balancing, and the HTTP
-//! connection pools the request path forwards through.
+//! Upstream side: clusters with their resolved DestinationRule policy, where their endpoints come
+//! from, the per-client state the request path works with (balancer, later breakers and outlier
+//! detection), and the connection pools requests are forwarded through.
 //!
-//! Invariant: a `Cluster` is identified by its `ClusterKey` and lives across config pushes (the
-//! `ClusterRegistry` hands out the same `Arc` for the same key), so balancer and, later, circuit-breaker
-//! and outlier state survive a push. Only the endpoint list is swapped.
+//! Layout: [`policy`] resolves a cluster's traffic policy once per config; [`cluster`] holds a
+//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`pool`] sends
+//! requests.
 
+pub mod client;
+pub mod cluster;
+pub mod policy;
 pub mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+pub use client::{ClientCluster, ClientId};
+pub use cluster::{Cluster, Discovery, PickError, PickRequest, Picked};
+pub use policy::ClusterPolicy;
 
 /// Istio's cluster identity: `outbound|<port>|<subset>|<host>`, plus the config that shaped it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,120 +69,6 @@ impl UpstreamProtocol {
     }
 }
 
-/// One endpoint with the load the balancer looks at.
-#[derive(Debug)]
-pub struct EndpointState {
-    pub addr: SocketAddr,
-    /// Requests (or TCP connections) in flight to this endpoint.
-    active: AtomicU32,
-}
-
-impl EndpointState {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            active: AtomicU32::new(0),
-        }
-    }
-
-    /// Requests currently in flight.
-    pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts one request in flight on an endpoint until dropped.
-#[derive(Debug)]
-pub struct InFlight {
-    endpoint: Arc<EndpointState>,
-}
-
-impl InFlight {
-    pub fn addr(&self) -> SocketAddr {
-        self.endpoint.addr
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A set of endpoints behind one `ClusterKey`, with balancer state.
-#[derive(Debug)]
-pub struct Cluster {
-    pub key: ClusterKey,
-    pub protocol: UpstreamProtocol,
-    endpoints: ArcSwap<Vec<Arc<EndpointState>>>,
-    /// Rotates the starting point so ties between idle endpoints spread evenly.
-    cursor: AtomicUsize,
-}
-
-impl Cluster {
-    fn new(key: ClusterKey, protocol: UpstreamProtocol) -> Self {
-        Self {
-            key,
-            protocol,
-            endpoints: ArcSwap::from_pointee(Vec::new()),
-            cursor: AtomicUsize::new(0),
-        }
-    }
-
-    /// Current endpoint addresses.
-    pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
-        self.endpoints.load().iter().map(|e| e.addr).collect()
-    }
-
-    /// Replace the endpoint set, keeping the state of endpoints that stay.
-    fn set_endpoints(&self, mut addrs: Vec<SocketAddr>) {
-        addrs.sort();
-        addrs.dedup();
-        let current = self.endpoints.load();
-        if current.iter().map(|e| e.addr).eq(addrs.iter().copied()) {
-            return;
-        }
-        let by_addr: HashMap<SocketAddr, &Arc<EndpointState>> =
-            current.iter().map(|e| (e.addr, e)).collect();
-        let next = addrs
-            .into_iter()
-            .map(|a| {
-                by_addr
-                    .get(&a)
-                    .map(|e| Arc::clone(e))
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(a)))
-            })
-            .collect();
-        self.endpoints.store(Arc::new(next));
-    }
-
-    /// Pick an endpoint: Istio's default `LEAST_REQUEST` as Envoy does it (power of two choices),
-    /// which degrades to round robin when all endpoints are equally loaded.
-    /// `None` = no healthy upstream.
-    pub fn pick(&self) -> Option<InFlight> {
-        let endpoints = self.endpoints.load();
-        let n = endpoints.len();
-        let chosen = match n {
-            0 => return None,
-            1 => &endpoints[0],
-            _ => {
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                let a = &endpoints[start % n];
-                let b = &endpoints[(start + 1 + rand::random_range(0..n - 1)) % n];
-                if b.active() < a.active() {
-                    b
-                } else {
-                    a
-                }
-            }
-        };
-        chosen.active.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight {
-            endpoint: Arc::clone(chosen),
-        })
-    }
-}
-
 /// Hands out one `Cluster` per key across config pushes.
 #[derive(Debug, Default)]
 pub struct ClusterRegistry {
@@ -185,28 +76,47 @@ pub struct ClusterRegistry {
 }
 
 impl ClusterRegistry {
-    /// The cluster for `key` with exactly `endpoints`, created if new. Called when routing tables are
-    /// built, never per request.
+    /// The cluster for `key` with `policy`, `discovery` and (for static discovery) exactly
+    /// `endpoints`, created if new or if anything but the endpoint list changed. Called when routing
+    /// tables are built, never per request.
     pub fn ensure(
         &self,
         key: ClusterKey,
         protocol: UpstreamProtocol,
+        policy: ClusterPolicy,
+        discovery: Discovery,
         endpoints: Vec<SocketAddr>,
     ) -> Arc<Cluster> {
         let mut clusters = self
             .clusters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let cluster = clusters
-            .entry(key.clone())
-            .and_modify(|c| {
-                if c.protocol != protocol {
-                    *c = Arc::new(Cluster::new(key.clone(), protocol));
-                }
-            })
-            .or_insert_with(|| Arc::new(Cluster::new(key, protocol)));
+        let same =
+            |c: &Cluster| c.protocol == protocol && *c.policy == policy && c.discovery == discovery;
+        let cluster = match clusters.get(&key) {
+            Some(c) if same(c) => Arc::clone(c),
+            _ => {
+                let c = Arc::new(Cluster::new(
+                    key.clone(),
+                    protocol,
+                    Arc::new(policy),
+                    discovery,
+                ));
+                clusters.insert(key, Arc::clone(&c));
+                c
+            }
+        };
         cluster.set_endpoints(endpoints);
-        Arc::clone(cluster)
+        cluster
+    }
+
+    /// Every cluster, for the admin API and memory accounting.
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        let clusters = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clusters.values().cloned().collect()
     }
 
     /// Forget clusters no routing table references any more.
@@ -227,23 +137,41 @@ mod tests {
         SocketAddr::from(([10, 0, 0, i], 80))
     }
 
-    #[test]
-    fn idle_endpoints_are_used_evenly() {
-        let reg = ClusterRegistry::default();
-        let key = ClusterKey {
+    fn key(subset: Option<&str>) -> ClusterKey {
+        ClusterKey {
             host: "a".into(),
             port: 80,
-            subset: None,
+            subset: subset.map(str::to_string),
             scope: String::new(),
-        };
-        let c = reg.ensure(
-            key,
+        }
+    }
+
+    fn ensure(reg: &ClusterRegistry, subset: Option<&str>, eps: Vec<SocketAddr>) -> Arc<Cluster> {
+        reg.ensure(
+            key(subset),
             UpstreamProtocol::Http1,
-            vec![addr(1), addr(2), addr(3)],
-        );
+            ClusterPolicy::default(),
+            Discovery::Static,
+            eps,
+        )
+    }
+
+    async fn pick(c: &Arc<Cluster>, client: u64) -> Option<Picked> {
+        let req = PickRequest {
+            client: ClientId(client),
+            original_dst: addr(99),
+            avoid: &[],
+        };
+        c.pick(&req).await.ok()
+    }
+
+    #[tokio::test]
+    async fn idle_endpoints_are_used_evenly() {
+        let reg = ClusterRegistry::default();
+        let c = ensure(&reg, None, vec![addr(1), addr(2), addr(3)]);
         let mut counts = HashMap::new();
         for _ in 0..3000 {
-            let picked = c.pick().map(|f| f.addr());
+            let picked = pick(&c, 1).await.map(|p| p.addr());
             *counts.entry(picked).or_insert(0) += 1;
         }
         for i in 1..=3 {
@@ -252,35 +180,77 @@ mod tests {
         }
     }
 
-    #[test]
-    fn busy_endpoint_is_avoided() {
+    #[tokio::test]
+    async fn busy_endpoint_is_avoided_and_load_is_per_client() {
         let reg = ClusterRegistry::default();
-        let key = ClusterKey {
-            host: "a".into(),
-            port: 80,
-            subset: None,
-            scope: String::new(),
-        };
-        let c = reg.ensure(key, UpstreamProtocol::Http1, vec![addr(1), addr(2)]);
-        let held: Vec<_> = (0..10).filter_map(|_| c.pick()).collect();
-        // With 10 in flight spread over two endpoints, the next 10 picks keep them balanced.
-        let on_1 = held.iter().filter(|f| f.addr() == addr(1)).count();
+        let c = ensure(&reg, None, vec![addr(1), addr(2)]);
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.extend(pick(&c, 1).await);
+        }
+        // With 10 in flight spread over two endpoints, the picks stay balanced.
+        let on_1 = held.iter().filter(|p| p.addr() == addr(1)).count();
         assert!((3..=7).contains(&on_1), "unbalanced: {on_1}");
+        // Another client's balancer does not see client 1's load.
+        let other = pick(&c, 2).await;
+        assert!(other.is_some());
+        assert_eq!(c.client_count(), 2);
     }
 
-    #[test]
-    fn state_survives_a_push_and_empty_means_none() {
+    #[tokio::test]
+    async fn state_survives_a_push_and_empty_means_none() {
         let reg = ClusterRegistry::default();
-        let key = ClusterKey {
-            host: "a".into(),
-            port: 80,
-            subset: Some("v1".into()),
-            scope: String::new(),
-        };
-        let c1 = reg.ensure(key.clone(), UpstreamProtocol::Http1, vec![addr(1)]);
-        let c2 = reg.ensure(key.clone(), UpstreamProtocol::Http1, vec![]);
+        let c1 = ensure(&reg, Some("v1"), vec![addr(1)]);
+        let c2 = ensure(&reg, Some("v1"), vec![]);
         assert!(Arc::ptr_eq(&c1, &c2));
-        assert!(c1.pick().is_none());
-        assert_eq!(key.to_string(), "outbound|80|v1|a");
+        assert!(pick(&c1, 1).await.is_none());
+        assert_eq!(key(Some("v1")).to_string(), "outbound|80|v1|a");
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_is_a_new_cluster() {
+        let reg = ClusterRegistry::default();
+        let c1 = ensure(&reg, None, vec![addr(1)]);
+        let policy = ClusterPolicy {
+            load_balancer: Some(crate::policy::LoadBalancer::RoundRobin),
+            ..Default::default()
+        };
+        let c2 = reg.ensure(
+            key(None),
+            UpstreamProtocol::Http1,
+            policy,
+            Discovery::Static,
+            vec![addr(1)],
+        );
+        assert!(!Arc::ptr_eq(&c1, &c2));
+    }
+
+    #[tokio::test]
+    async fn original_dst_and_dns_literals_pick_without_the_network() {
+        let reg = ClusterRegistry::default();
+        let dst = addr(99);
+        let passthrough = reg.ensure(
+            key(None),
+            UpstreamProtocol::Tcp,
+            ClusterPolicy::default(),
+            Discovery::OriginalDst,
+            Vec::new(),
+        );
+        assert_eq!(pick(&passthrough, 1).await.map(|p| p.addr()), Some(dst));
+        // An IP literal "resolves" locally; tests never send DNS queries off the box.
+        let dns = reg.ensure(
+            key(Some("dns")),
+            UpstreamProtocol::Tcp,
+            ClusterPolicy::default(),
+            Discovery::Dns {
+                names: vec![("192.0.2.9".into(), 9000)],
+                first_only: false,
+            },
+            Vec::new(),
+        );
+        assert_eq!(
+            pick(&dns, 1).await.map(|p| p.addr()),
+            Some(SocketAddr::from(([192, 0, 2, 9], 9000)))
+        );
     }
 }

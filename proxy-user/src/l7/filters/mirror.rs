@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::admin::Stats;
 use crate::routing::Target;
 use crate::upstream::pool::HttpPools;
+use crate::upstream::{ClientId, PickRequest};
 
 use crate::l7::body::RecordedBody;
 use crate::l7::forward::UpstreamRequest;
@@ -69,6 +70,8 @@ pub struct MirrorJob {
     pub target: Target,
     /// The connection's original destination (for passthrough-like targets).
     pub original_dst: SocketAddr,
+    /// Whose per-client state picks the mirror's endpoint.
+    pub client: ClientId,
     /// The shaped request.
     pub request: UpstreamRequest,
     /// The client's body.
@@ -111,7 +114,11 @@ async fn send(job: MirrorJob, pools: HttpPools) -> Result<(), &'static str> {
         .speaks_http2(job.downstream_h2);
     let picked = job
         .target
-        .pick(job.original_dst)
+        .pick(&PickRequest {
+            client: job.client,
+            original_dst: job.original_dst,
+            avoid: &[],
+        })
         .await
         .map_err(|_| "no endpoint for the mirror")?;
     let body = job

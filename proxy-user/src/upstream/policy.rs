@@ -1,0 +1,127 @@
+//! The traffic policy of one cluster, resolved once per config from its DestinationRule (§2.1):
+//! the rule's top-level `trafficPolicy`, its `portLevelSettings` entry for the cluster's port, then
+//! the subset's policy (itself port-level resolved). Each step replaces whole blocks
+//! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`); there is no field-level merge.
+
+use crate::policy::{ConnectionPool, LoadBalancer, OutlierDetection, TrafficPolicy};
+
+/// What a DestinationRule decides for one cluster. `None` blocks take Istio's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterPolicy {
+    /// `loadBalancer`; `None` = `LEAST_REQUEST`.
+    pub load_balancer: Option<LoadBalancer>,
+    /// `connectionPool`; `None` = no limits (Istio writes every limit as 2^32−1).
+    pub connection_pool: Option<ConnectionPool>,
+    /// `outlierDetection`; `None` = no ejection at all.
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+impl ClusterPolicy {
+    /// The policy of the cluster for `port`, from the rule's top-level policy and, for a subset
+    /// cluster, the subset's policy.
+    pub fn resolve(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> Self {
+        let mut policy = top.map(|tp| Self::for_port(tp, port).0).unwrap_or_default();
+        if let Some(sub) = subset {
+            let (own, port_level) = Self::for_port(sub, port);
+            if port_level {
+                // A subset's port-level entry replaces every block, unset ones included.
+                policy = own;
+            } else {
+                // Otherwise each block the subset sets replaces the parent's; the rest is inherited.
+                if own.load_balancer.is_some() {
+                    policy.load_balancer = own.load_balancer;
+                }
+                if own.connection_pool.is_some() {
+                    policy.connection_pool = own.connection_pool;
+                }
+                if own.outlier_detection.is_some() {
+                    policy.outlier_detection = own.outlier_detection;
+                }
+            }
+        }
+        policy
+    }
+
+    /// The blocks of `tp` for `port`, and whether a port-level entry supplied them. A port-level
+    /// entry replaces the top-level blocks as a whole: blocks it omits take defaults, not the
+    /// top-level values.
+    fn for_port(tp: &TrafficPolicy, port: u16) -> (Self, bool) {
+        match tp.port_level.iter().find(|(p, _)| *p == port) {
+            Some((_, pl)) => (Self::blocks(pl), true),
+            None => (Self::blocks(tp), false),
+        }
+    }
+
+    fn blocks(tp: &TrafficPolicy) -> Self {
+        Self {
+            load_balancer: tp.load_balancer.clone(),
+            connection_pool: tp.connection_pool.clone(),
+            outlier_detection: tp.outlier_detection.clone(),
+        }
+    }
+
+    /// `loadBalancer.simple: PASSTHROUGH`: forward to the address the client dialled.
+    pub fn is_passthrough(&self) -> bool {
+        matches!(self.load_balancer, Some(LoadBalancer::Passthrough))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(max: u32) -> ConnectionPool {
+        ConnectionPool {
+            tcp_max_connections: Some(max),
+            ..Default::default()
+        }
+    }
+
+    fn lb_pool(lb: LoadBalancer, max: Option<u32>) -> TrafficPolicy {
+        TrafficPolicy {
+            load_balancer: Some(lb),
+            connection_pool: max.map(pool),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn port_level_replaces_whole_blocks_with_defaults() {
+        let mut top = lb_pool(LoadBalancer::RoundRobin, Some(5));
+        top.port_level = vec![(9080, lb_pool(LoadBalancer::Random, None))];
+        let on_port = ClusterPolicy::resolve(Some(&top), None, 9080);
+        assert_eq!(on_port.load_balancer, Some(LoadBalancer::Random));
+        // The top-level pool is not inherited by the port-level entry.
+        assert_eq!(on_port.connection_pool, None);
+        let other = ClusterPolicy::resolve(Some(&top), None, 80);
+        assert_eq!(other.load_balancer, Some(LoadBalancer::RoundRobin));
+        assert_eq!(other.connection_pool, Some(pool(5)));
+    }
+
+    #[test]
+    fn subset_blocks_replace_parent_blocks_and_inherit_the_rest() {
+        let top = lb_pool(LoadBalancer::RoundRobin, Some(5));
+        let sub = TrafficPolicy {
+            connection_pool: Some(pool(1)),
+            ..Default::default()
+        };
+        let p = ClusterPolicy::resolve(Some(&top), Some(&sub), 80);
+        assert_eq!(p.load_balancer, Some(LoadBalancer::RoundRobin));
+        assert_eq!(p.connection_pool, Some(pool(1)));
+    }
+
+    #[test]
+    fn subset_port_level_entry_replaces_everything() {
+        let top = lb_pool(LoadBalancer::RoundRobin, Some(5));
+        let sub = TrafficPolicy {
+            port_level: vec![(80, lb_pool(LoadBalancer::Random, None))],
+            ..Default::default()
+        };
+        let p = ClusterPolicy::resolve(Some(&top), Some(&sub), 80);
+        assert_eq!(p.load_balancer, Some(LoadBalancer::Random));
+        assert_eq!(p.connection_pool, None);
+        // On another port the subset sets nothing: the parent's blocks hold.
+        let q = ClusterPolicy::resolve(Some(&top), Some(&sub), 81);
+        assert_eq!(q.connection_pool, Some(pool(5)));
+    }
+}
