@@ -55,11 +55,12 @@ pub fn latency(path: &Path, r: &Results, font: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1500, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err("background"))?;
     let title = format!(
-        "Latency percentiles per mode (median of {} round(s), {} rps, {} conns, route policy {}) — {}",
+        "Latency percentiles per mode (median of {} round(s), {} rps, {} conns, route policy {}, traffic policy {}) — {}",
         r.settings.rounds,
         r.settings.rate,
         r.settings.connections,
         r.settings.route_policy.name(),
+        r.settings.traffic_policy.name(),
         r.machine.date_utc
     );
     let root = root.titled(&title, (FONT, 22)).map_err(plot_err("title"))?;

@@ -24,8 +24,8 @@ use std::net::Ipv4Addr;
 use serde_json::{json, Value};
 
 use super::mesh::{
-    Retries, RoutePolicy, Service, DEBUG_HEADER, DEBUG_SUBSET, RETRIES, ROUTE_TIMEOUT_S,
-    SERVICE_PORT,
+    Retries, RoutePolicy, Service, TrafficPolicy, DEBUG_HEADER, DEBUG_SUBSET, POOL, RETRIES,
+    ROUTE_TIMEOUT_S, SERVICE_PORT,
 };
 
 /// Admin port of every sidecar (inside its own pod netns, on 127.0.0.1), like Istio's 15000.
@@ -204,6 +204,28 @@ fn static_cluster(name: &str, endpoints: &[(Ipv4Addr, u16)], http2: bool) -> Val
     c
 }
 
+/// What Istio writes for the DestinationRule `trafficPolicy` of [`TrafficPolicy::PoolOutlier`]:
+/// circuit-breaker thresholds and outlier detection (success-rate ejection off, as Istio sets it).
+fn apply_traffic_policy(cluster: &mut Value, traffic: TrafficPolicy) {
+    if traffic != TrafficPolicy::PoolOutlier {
+        return;
+    }
+    cluster["circuit_breakers"] = json!({ "thresholds": [{
+        "max_connections": POOL.max_connections,
+        "max_pending_requests": POOL.max_pending_requests,
+        "max_requests": POOL.max_requests,
+        "max_retries": POOL.max_retries
+    }] });
+    cluster["outlier_detection"] = json!({
+        "consecutive_5xx": POOL.consecutive_5xx,
+        "interval": format!("{}s", POOL.interval_s),
+        "base_ejection_time": format!("{}s", POOL.base_ejection_s),
+        "max_ejection_percent": POOL.max_ejection_percent,
+        "enforcing_success_rate": 0
+    });
+    cluster["common_lb_config"] = json!({ "healthy_panic_threshold": { "value": 0.0 } });
+}
+
 /// Istio's three clusters per service port: all endpoints, subset v1, subset v2.
 fn outbound_clusters(services: &[Service]) -> Vec<Value> {
     let mut clusters = Vec::new();
@@ -214,7 +236,9 @@ fn outbound_clusters(services: &[Service]) -> Vec<Value> {
                 .iter()
                 .map(|e| (e.ip, s.target_port))
                 .collect();
-            clusters.push(static_cluster(&outbound_cluster(s, subset), &eps, s.http2));
+            let mut cluster = static_cluster(&outbound_cluster(s, subset), &eps, s.http2);
+            apply_traffic_policy(&mut cluster, s.traffic);
+            clusters.push(cluster);
         }
     }
     clusters
@@ -304,7 +328,7 @@ pub fn sum_upstream_rq(stats_text: &str, prefix: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::mesh::{vip, Endpoint, APP_PORT_H1};
+    use crate::bench::mesh::{vip, Endpoint, TrafficPolicy, APP_PORT_H1};
 
     #[test]
     fn sums_only_the_asked_direction() {
@@ -330,6 +354,7 @@ mod tests {
             }],
             v1_weight: 90,
             policy,
+            traffic: TrafficPolicy::None,
         }
     }
 

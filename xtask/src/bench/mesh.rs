@@ -62,6 +62,93 @@ impl RoutePolicy {
     }
 }
 
+/// The DestinationRule `trafficPolicy` every benchmarked service gets (`cargo xtask bench
+/// --traffic-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrafficPolicy {
+    /// No `trafficPolicy`: Istio's defaults (no limits, no outlier detection).
+    None,
+    /// A connection pool and outlier detection with limits the load never reaches ([`POOL`]), so
+    /// every request pays for the breaker and detector bookkeeping without being rejected.
+    PoolOutlier,
+}
+
+/// Limits of [`TrafficPolicy::PoolOutlier`], written into both Keel's and Envoy's config.
+pub struct PoolLimits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+    pub consecutive_5xx: u32,
+    pub interval_s: u64,
+    pub base_ejection_s: u64,
+    pub max_ejection_percent: u32,
+}
+
+/// The pool and outlier settings of [`TrafficPolicy::PoolOutlier`].
+pub const POOL: PoolLimits = PoolLimits {
+    max_connections: 1024,
+    max_pending_requests: 1024,
+    max_requests: 4096,
+    max_retries: 64,
+    consecutive_5xx: 5,
+    interval_s: 10,
+    base_ejection_s: 30,
+    max_ejection_percent: 50,
+};
+
+impl TrafficPolicy {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrafficPolicy::None => "none",
+            TrafficPolicy::PoolOutlier => "pool-outlier",
+        }
+    }
+
+    /// What the policy configures, for the report's Settings line.
+    pub fn describe(self) -> String {
+        match self {
+            TrafficPolicy::None => "`none` (no DestinationRule trafficPolicy)".into(),
+            TrafficPolicy::PoolOutlier => format!(
+                "`pool-outlier` (connectionPool maxConnections {}, http1MaxPendingRequests {}, \
+                 http2MaxRequests {}, maxRetries {}; outlierDetection consecutive5xxErrors {}, interval \
+                 {}s, baseEjectionTime {}s, maxEjectionPercent {})",
+                POOL.max_connections,
+                POOL.max_pending_requests,
+                POOL.max_requests,
+                POOL.max_retries,
+                POOL.consecutive_5xx,
+                POOL.interval_s,
+                POOL.base_ejection_s,
+                POOL.max_ejection_percent
+            ),
+        }
+    }
+
+    /// The DestinationRule `trafficPolicy` block (indented under `spec:`), empty for `none`.
+    fn yaml(self) -> String {
+        match self {
+            TrafficPolicy::None => String::new(),
+            TrafficPolicy::PoolOutlier => format!(
+                "  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: {}\n      \
+                 http:\n        http1MaxPendingRequests: {}\n        http2MaxRequests: {}\n        \
+                 maxRetries: {}\n    outlierDetection:\n      consecutive5xxErrors: {}\n      interval: \
+                 {}s\n      baseEjectionTime: {}s\n      maxEjectionPercent: {}\n",
+                POOL.max_connections,
+                POOL.max_pending_requests,
+                POOL.max_requests,
+                POOL.max_retries,
+                POOL.consecutive_5xx,
+                POOL.interval_s,
+                POOL.base_ejection_s,
+                POOL.max_ejection_percent
+            ),
+        }
+    }
+}
+
 /// The header (name, exact value) of the [`RoutePolicy::Features`] rule that routes to subset v2.
 pub const DEBUG_HEADER: (&str, &str) = ("x-bench-debug", "1");
 /// Subset the header rule routes to.
@@ -117,6 +204,8 @@ pub struct Service {
     pub v1_weight: u32,
     /// Which VirtualService the service gets.
     pub policy: RoutePolicy,
+    /// Which DestinationRule `trafficPolicy` the service gets.
+    pub traffic: TrafficPolicy,
 }
 
 impl Service {
@@ -235,10 +324,11 @@ pub fn keel_yaml(services: &[Service], pods: &[PodDef]) -> String {
         ));
         docs.push(format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {name}\n  \
-             namespace: {NAMESPACE}\nspec:\n  host: {fqdn}\n  subsets:\n  - name: v1\n    labels:\n      \
-             version: v1\n  - name: v2\n    labels:\n      version: v2\n",
+             namespace: {NAMESPACE}\nspec:\n  host: {fqdn}\n{traffic}  subsets:\n  - name: v1\n    \
+             labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n",
             name = s.name,
             fqdn = s.fqdn(),
+            traffic = s.traffic.yaml(),
         ));
         docs.push(virtual_service_yaml(s));
     }
@@ -329,6 +419,7 @@ mod tests {
             ],
             v1_weight: 90,
             policy: RoutePolicy::Features,
+            traffic: TrafficPolicy::None,
         }
     }
 
@@ -353,6 +444,29 @@ mod tests {
             .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
             .find(|d| d["kind"] == "VirtualService")
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn pool_outlier_sets_the_destination_rule_traffic_policy() {
+        let s = Service {
+            traffic: TrafficPolicy::PoolOutlier,
+            ..svc()
+        };
+        let dr = keel_yaml(std::slice::from_ref(&s), &[])
+            .split("---\n")
+            .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+            .find(|d| d["kind"] == "DestinationRule")
+            .unwrap_or_default();
+        let tp = &dr["spec"]["trafficPolicy"];
+        assert_eq!(
+            tp["connectionPool"]["tcp"]["maxConnections"].as_u64(),
+            Some(u64::from(POOL.max_connections))
+        );
+        assert_eq!(
+            tp["outlierDetection"]["baseEjectionTime"].as_str(),
+            Some("30s")
+        );
+        assert_eq!(dr["spec"]["subsets"][1]["name"].as_str(), Some("v2"));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use mesh::RoutePolicy;
+use mesh::{RoutePolicy, TrafficPolicy};
 use report::KeelBinary;
 
 /// The data paths under comparison.
@@ -125,6 +125,11 @@ pub struct BenchArgs {
     /// = the weighted canary alone. Every meshed mode gets the equivalent routes.
     #[arg(long, value_enum, default_value_t = RoutePolicy::Features)]
     pub route_policy: RoutePolicy,
+    /// The DestinationRule `trafficPolicy` of every benchmarked service: `pool-outlier` = a
+    /// connection pool and outlier detection with limits the load never reaches; `none` = Istio's
+    /// defaults. Envoy gets the same thresholds and outlier detection.
+    #[arg(long, value_enum, default_value_t = TrafficPolicy::None)]
+    pub traffic_policy: TrafficPolicy,
     /// The keel binary to measure [default: `KEEL_BIN`, else target/release/keel].
     #[arg(long)]
     pub keel_bin: Option<PathBuf>,
@@ -148,6 +153,8 @@ pub struct Settings {
     pub keel_workers: Option<usize>,
     /// The VirtualService every benchmarked service gets.
     pub route_policy: RoutePolicy,
+    /// The DestinationRule `trafficPolicy` every benchmarked service gets.
+    pub traffic_policy: TrafficPolicy,
 }
 
 /// Runs the bench; see the module docs.
@@ -310,6 +317,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         body_bytes: mesh::BODY_BYTES,
         keel_workers: args.keel_workers,
         route_policy: args.route_policy,
+        traffic_policy: args.traffic_policy,
         config_scale_services: if smoke {
             args.config_scale_services.min(500)
         } else {

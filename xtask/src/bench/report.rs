@@ -429,7 +429,7 @@ pub fn markdown(r: &Results) -> String {
         o,
         "Settings: {} interleaved round(s) (mode order rotates each round), {} s per run, medians over \
          rounds; {} connections; fixed rate {} rps; canary v1 {} % / v2 {} %; route policy {}, the same \
-         routes in every meshed mode; backend nginx `return 200` with a {} B body; Envoy \
+         routes in every meshed mode; DestinationRule traffic policy {}; backend nginx `return 200` with a {} B body; Envoy \
          `--concurrency {}`; Keel with {}.\n",
         s.rounds,
         s.duration_s,
@@ -438,6 +438,7 @@ pub fn markdown(r: &Results) -> String {
         s.v1_weight,
         100 - s.v1_weight,
         s.route_policy.describe(),
+        s.traffic_policy.describe(),
         s.body_bytes,
         super::envoy::CONCURRENCY,
         match s.keel_workers {

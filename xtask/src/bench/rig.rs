@@ -27,8 +27,8 @@ use super::envoy;
 use super::install::Tools;
 use super::load::{self, RunResult, Workload};
 use super::mesh::{
-    self, Endpoint, PodDef, RoutePolicy, Service, APP_PORT_H1, APP_PORT_H2, DEBUG_HEADER,
-    DEBUG_SUBSET, NAMESPACE,
+    self, Endpoint, PodDef, RoutePolicy, Service, TrafficPolicy, APP_PORT_H1, APP_PORT_H2,
+    DEBUG_HEADER, DEBUG_SUBSET, NAMESPACE,
 };
 use super::procs;
 use super::{Mode, Settings};
@@ -201,15 +201,26 @@ impl Rig {
                             version: (*v).into(),
                         })
                         .collect();
-                    let services = services(eps, settings.v1_weight, policy);
+                    let services =
+                        services(eps, settings.v1_weight, policy, settings.traffic_policy);
                     sidecar_mode(&mut net, tools, &services, &sc_pods)?
                 }
                 Mode::NodeEnvoy => {
-                    let services = services(plain_eps.clone(), settings.v1_weight, policy);
+                    let services = services(
+                        plain_eps.clone(),
+                        settings.v1_weight,
+                        policy,
+                        settings.traffic_policy,
+                    );
                     node_envoy_mode(&mut net, tools, &services)?
                 }
                 Mode::Keel => {
-                    let services = services(plain_eps.clone(), settings.v1_weight, policy);
+                    let services = services(
+                        plain_eps.clone(),
+                        settings.v1_weight,
+                        policy,
+                        settings.traffic_policy,
+                    );
                     let bin = keel_bin.context("keel mode without a keel binary")?;
                     keel_mode(&mut net, &services, bin, settings.keel_workers)?
                 }
@@ -428,7 +439,12 @@ impl Rig {
 }
 
 /// The two services of the bench (`bench` over HTTP/1.1, `bench-h2` over h2c) on `endpoints`.
-pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32, policy: RoutePolicy) -> Vec<Service> {
+pub fn services(
+    endpoints: Vec<Endpoint>,
+    v1_weight: u32,
+    policy: RoutePolicy,
+    traffic: TrafficPolicy,
+) -> Vec<Service> {
     vec![
         Service {
             name: "bench".into(),
@@ -439,6 +455,7 @@ pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32, policy: RoutePolicy) -
             endpoints: endpoints.clone(),
             v1_weight,
             policy,
+            traffic,
         },
         Service {
             name: "bench-h2".into(),
@@ -449,6 +466,7 @@ pub fn services(endpoints: Vec<Endpoint>, v1_weight: u32, policy: RoutePolicy) -
             endpoints,
             v1_weight,
             policy,
+            traffic,
         },
     ]
 }

@@ -78,6 +78,7 @@ pub fn run(
                     }],
                     v1_weight: settings.v1_weight,
                     policy: settings.route_policy,
+                    traffic: settings.traffic_policy,
                 }
             })
             .collect();
