@@ -212,6 +212,8 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
             "cargo xtask",
             "bench",
             "--smoke",
+            "--traffic-policy",
+            "pool-outlier",
             "--out",
             &out.display().to_string(),
         ])
@@ -220,6 +222,27 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
             bail!("bench --smoke did not parse as the bench command");
         };
         bench::run(args).context("bench --smoke")?;
+        let _ = std::fs::remove_dir_all(&out);
+
+        eprintln!(
+            "xtask: bench --upstream-memory, small (per-client upstream state is measurable)"
+        );
+        let parsed = Cli::try_parse_from([
+            "cargo xtask",
+            "bench",
+            "--upstream-memory",
+            "--upstream-clients",
+            "10",
+            "--upstream-clusters",
+            "10",
+            "--out",
+            &out.display().to_string(),
+        ])
+        .context("bench --upstream-memory arguments")?;
+        let Cmd::Bench(args) = parsed.cmd else {
+            bail!("bench --upstream-memory did not parse as the bench command");
+        };
+        bench::run(args).context("bench --upstream-memory")?;
         let _ = std::fs::remove_dir_all(&out);
     }
     eprintln!("xtask: all checks passed");

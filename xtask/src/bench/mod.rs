@@ -117,6 +117,17 @@ pub struct BenchArgs {
     /// DestinationRule (`--smoke`: 500; `0`: skip it in the full bench).
     #[arg(long, default_value_t = 5000)]
     pub config_scale_services: usize,
+    /// Run only the upstream-state memory benchmark: `--upstream-clients` client pods each use
+    /// `--upstream-clusters` clusters (a connection pool and outlier detection on every cluster), and
+    /// the resident-set growth per (client, cluster) pair is reported. Needs no root or network.
+    #[arg(long)]
+    pub upstream_memory: bool,
+    /// Client pods of the upstream-state memory benchmark.
+    #[arg(long, default_value_t = 100)]
+    pub upstream_clients: usize,
+    /// Clusters of the upstream-state memory benchmark.
+    #[arg(long, default_value_t = 100)]
+    pub upstream_clusters: usize,
     /// Keel's data-plane workers (`keel run --workers`); default: Keel's own (one per core).
     #[arg(long)]
     pub keel_workers: Option<usize>,
@@ -160,6 +171,9 @@ pub struct Settings {
 /// Runs the bench; see the module docs.
 pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
+    if args.upstream_memory {
+        return run_upstream_memory(&args);
+    }
     keel_tests::host::require_root()?;
     let settings = settings(&args)?;
     if args.config_scale {
@@ -423,6 +437,61 @@ fn keel_binary(args: &BenchArgs) -> Result<KeelBinary> {
 }
 
 /// `<workspace>/bench`: where results and `LATEST.md` live.
+/// The upstream-state memory benchmark: runs proxy-user's `upstream_memory` example (Keel's own
+/// cluster registry and per-client state, in one process) and saves its numbers.
+fn run_upstream_memory(args: &BenchArgs) -> Result<()> {
+    let root = keel_tests::host::workspace_root();
+    let output = std::process::Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "proxy-user",
+            "--example",
+            "upstream_memory",
+            "--",
+            "--clients",
+            &args.upstream_clients.to_string(),
+            "--clusters",
+            &args.upstream_clusters.to_string(),
+        ])
+        .output()
+        .context("running the upstream_memory example")?;
+    if !output.status.success() {
+        bail!(
+            "upstream_memory failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let result: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("upstream_memory printed {line:?}"))?;
+    let out_dir = match &args.out {
+        Some(p) => p.clone(),
+        None => bench_root()?
+            .join("results")
+            .join(format!("{}-upstream-memory", report::utc_date())),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+    let raw = serde_json::json!({ "machine": report::machine_basics(), "upstream_memory": result });
+    let path = out_dir.join("raw.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&raw)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "upstream state: {} pairs ({} clients x {} clusters) grew RSS by {} KiB: {:.0} B per pair ({})",
+        result["pairs"],
+        result["clients"],
+        result["clusters"],
+        result["rss_growth_bytes"].as_u64().unwrap_or(0) / 1024,
+        result["bytes_per_pair"].as_f64().unwrap_or(0.0),
+        path.display()
+    );
+    Ok(())
+}
+
 fn bench_root() -> Result<PathBuf> {
     let root = keel_tests::host::workspace_root();
     if !root.join("Cargo.toml").is_file() {
