@@ -14,7 +14,7 @@ use crate::policy::Protocol;
 use crate::routing::{ClientView, Outbound};
 use crate::state::{NodeState, State};
 use crate::upstream::pool::HttpPools;
-use crate::upstream::{ClientId, PickRequest};
+use crate::upstream::{ClientId, PickRequest, StateScope};
 
 /// What the request path knows about one accepted connection.
 pub struct ConnContext {
@@ -27,14 +27,17 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// Kernel cgroup id of the client pod (stable across config pushes, unlike a `PodId`).
     pub pod_cgroup_id: u64,
+    /// Whose upstream state (pools, breakers, outlier detection, balancers) the connection uses.
+    pub client: ClientId,
     /// What the client pod's class sees of the mesh, resolved once per connection.
     pub view: Arc<ClientView>,
 }
 
 impl ConnContext {
-    /// Whose per-client upstream state this connection uses: its kernel-attested pod.
+    /// Whose upstream state this connection uses: its kernel-attested pod (or the node's, in
+    /// node-wide mode).
     pub fn client_id(&self) -> ClientId {
-        ClientId(self.pod_cgroup_id)
+        self.client
     }
 
     /// An endpoint request for this connection, avoiding `avoid`.
@@ -68,6 +71,8 @@ pub struct Acceptor {
     pub stats: Arc<Stats>,
     pub conn_log: Arc<ConnLog>,
     pub conn_table: ConnTable,
+    /// Per-client or node-wide upstream state.
+    pub state_scope: StateScope,
 }
 
 impl Acceptor {
@@ -162,6 +167,7 @@ impl Acceptor {
             original_dst,
             peer,
             pod_cgroup_id: record.pod_cgroup_id,
+            client: self.state_scope.client(record.pod_cgroup_id),
             view,
         });
         match kind {

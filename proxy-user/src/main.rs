@@ -41,6 +41,12 @@ enum Command {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum UpstreamState {
+    PerClient,
+    Node,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
     Text,
     Json,
@@ -64,6 +70,11 @@ struct RunArgs {
     /// Beyond it, new connections are not redirected: they go direct, never misrouted.
     #[arg(long, default_value_t = keel::ebpf::CONNECTION_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     max_connections: u32,
+    /// Whose upstream state (connection pools, circuit breakers, outlier detection, balancer
+    /// state) a request uses: `per-client` = one per (client pod, cluster), as each pod's sidecar
+    /// has it; `node` = one per cluster for the whole node (limits then count every pod's traffic).
+    #[arg(long, value_enum, default_value = "per-client")]
+    upstream_state: UpstreamState,
     /// Data-plane worker threads, each with its own listener and upstream pools (default: one per
     /// core).
     #[arg(long)]
@@ -189,6 +200,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             stats: Arc::clone(&stats),
             conn_log: Arc::clone(&conn_log),
             conn_table: conn_table.clone(),
+            state_scope: match args.upstream_state {
+                UpstreamState::PerClient => keel::upstream::StateScope::PerClient,
+                UpstreamState::Node => keel::upstream::StateScope::Node,
+            },
         };
         worker::spawn(i, listener, acceptor)?;
     }

@@ -30,6 +30,29 @@ impl ClientId {
     pub const NODE: ClientId = ClientId(0);
 }
 
+/// Whose state a connection uses: per client pod (as sidecars have it, the default) or one state
+/// for the whole node (`keel run --upstream-state node`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateScope {
+    /// Pools, breakers, outlier detectors and balancers per (client pod, cluster): one pod's load
+    /// never trips another pod's breaker, and results match sidecars.
+    #[default]
+    PerClient,
+    /// One state per cluster shared by every pod on the node: fewer upstream connections, but
+    /// limits such as `maxConnections` count the whole node's traffic.
+    Node,
+}
+
+impl StateScope {
+    /// The state key of a connection from the pod with kernel cgroup id `pod_cgroup_id`.
+    pub fn client(self, pod_cgroup_id: u64) -> ClientId {
+        match self {
+            StateScope::PerClient => ClientId(pod_cgroup_id),
+            StateScope::Node => ClientId::NODE,
+        }
+    }
+}
+
 /// The clients of one cluster.
 #[derive(Debug)]
 pub(super) struct ClientTable {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-pub use client::{ClientCluster, ClientId};
+pub use client::{ClientCluster, ClientId, StateScope};
 pub use cluster::{Cluster, Discovery, PickError, PickRequest, Picked};
 pub use policy::ClusterPolicy;
 
