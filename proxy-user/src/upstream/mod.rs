@@ -5,6 +5,7 @@
 //! `ClusterRegistry` hands out the same `Arc` for the same key), so balancer and, later, circuit-breaker
 //! and outlier state survive a push. Only the endpoint list is swapped.
 
+pub mod outlier;
 pub mod pool;
 
 use std::collections::HashMap;

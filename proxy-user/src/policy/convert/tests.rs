@@ -675,9 +675,12 @@ fn traffic_policy_conversion() {
 #[test]
 fn outlier_detection_defaults_and_zeros_follow_istio() {
     let od_of = |yaml: &str| -> (Option<OutlierDetection>, LoadReport) {
-        let report = load(&dr(&format!(
-            "  host: reviews\n  trafficPolicy:\n    outlierDetection: {yaml}\n"
-        )));
+        let report = load(&format!(
+            "{REVIEWS_NS1}{}",
+            dr(&format!(
+                "  host: reviews\n  trafficPolicy:\n    outlierDetection: {yaml}\n"
+            ))
+        ));
         let od = report.snapshot.destination_rules.first().and_then(|d| {
             d.traffic_policy
                 .as_ref()
@@ -691,9 +694,15 @@ fn outlier_detection_defaults_and_zeros_follow_istio() {
     assert_eq!(warning_fields(&report), vec![]);
     let od = od.expect("block present");
     assert_eq!(od.consecutive_5xx_errors, Some(5), "Envoy default");
-    assert_eq!(od.consecutive_gateway_errors, None, "unset: detected, not enforced");
+    assert_eq!(
+        od.consecutive_gateway_errors, None,
+        "unset: detected, not enforced"
+    );
     assert!(!od.split_external_local_origin_errors);
-    assert_eq!(od.consecutive_local_origin_failures, None, "only with split");
+    assert_eq!(
+        od.consecutive_local_origin_failures, None,
+        "only with split"
+    );
     assert!(od.http_error_codes.is_empty());
     assert_eq!(od.interval, std::time::Duration::from_secs(1));
     assert_eq!(od.base_ejection_time, std::time::Duration::from_secs(30));
@@ -704,19 +713,35 @@ fn outlier_detection_defaults_and_zeros_follow_istio() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let od = od.expect("block present");
     assert_eq!(od.consecutive_5xx_errors, None, "explicit 0 disables");
-    assert_eq!(od.consecutive_gateway_errors, Some(0), "explicit 0 never detects");
+    assert_eq!(
+        od.consecutive_gateway_errors,
+        Some(0),
+        "explicit 0 never detects"
+    );
 
     let (od, report) = od_of("{consecutiveGatewayErrors: 2, splitExternalLocalOriginErrors: true}");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let od = od.expect("block present");
     assert_eq!(od.consecutive_gateway_errors, Some(2));
     assert!(od.split_external_local_origin_errors);
-    assert_eq!(od.consecutive_local_origin_failures, Some(5), "Envoy default with split");
+    assert_eq!(
+        od.consecutive_local_origin_failures,
+        Some(5),
+        "Envoy default with split"
+    );
 
-    let (od, _) = od_of("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 0}");
-    assert_eq!(od.expect("block").consecutive_local_origin_failures, Some(5));
-    let (od, _) = od_of("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}");
-    assert_eq!(od.expect("block").consecutive_local_origin_failures, Some(2));
+    let (od, _) =
+        od_of("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 0}");
+    assert_eq!(
+        od.expect("block").consecutive_local_origin_failures,
+        Some(5)
+    );
+    let (od, _) =
+        od_of("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}");
+    assert_eq!(
+        od.expect("block").consecutive_local_origin_failures,
+        Some(2)
+    );
 
     // Without split a positive local-origin threshold is rejected, as istiod does; 0 is not.
     let (od, report) = od_of("{consecutiveLocalOriginFailures: 2}");
