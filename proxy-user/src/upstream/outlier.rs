@@ -16,6 +16,9 @@
 //!   sweep is the multiplier decay, which matters only at the next ejection, so the balancer's fast
 //!   path ([`OutlierDetector::ejected_count`] = 0) may skip sweeping without changing any outcome.
 //! - `ejected` always equals the number of ejected hosts in the map; it changes only under the lock.
+//! - Memory: 184 bytes per detector plus about 65 bytes per endpoint (a 32-byte `HostState` keyed by
+//!   a 32-byte `SocketAddr`, one control byte, at most 7/8 load): about 0.5 KB for a pair with 3
+//!   endpoints, 1.2 KB with 10.
 //! - Circuit-breaker overflow (`UO`) never reaches the detector: the caller does not record it, as
 //!   Envoy does not report overflow to outlier detection (ejecting hosts because the *cluster* is
 //!   overloaded would make things worse).
@@ -1135,5 +1138,7 @@ mod tests {
     fn per_host_record_is_small() {
         assert_eq!(std::mem::size_of::<HostState>(), 32);
         assert_eq!(std::mem::size_of::<(SocketAddr, HostState)>(), 64);
+        // 184 bytes on x86_64 today; the per-pair cost is quoted in the module docs.
+        assert!(std::mem::size_of::<OutlierDetector>() <= 192);
     }
 }
