@@ -47,6 +47,9 @@ fn policy() -> ClusterPolicy {
         outlier_detection: Some(OutlierDetection {
             consecutive_5xx_errors: Some(5),
             consecutive_gateway_errors: None,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failures: None,
+            http_error_codes: Vec::new(),
             interval: std::time::Duration::from_secs(10),
             base_ejection_time: std::time::Duration::from_secs(30),
             max_ejection_percent: 10,

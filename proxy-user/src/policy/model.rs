@@ -505,13 +505,37 @@ pub struct ConnectionPool {
     pub idle_timeout: Option<Duration>,
 }
 
+/// `outlierDetection` as Istio hands it to Envoy: defaults filled in and explicit `0`s resolved the way
+/// istiod resolves them, so the detector (`upstream::outlier`) needs no Istio knowledge.
+///
+/// The deprecated `consecutiveErrors` has no field: istiod ignores it (validation warning only), so Keel
+/// does too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
+    /// `consecutive5xxErrors`: 5xx responses (and, unless split, local-origin failures) in a row that
+    /// eject a host. Unset = 5 (Envoy's default); `None` = explicit `0`, the check is off.
     pub consecutive_5xx_errors: Option<u32>,
+    /// `consecutiveGatewayErrors` as written: `None` = unset, then Envoy still *detects* 5 gateway
+    /// errors in a row (stats) but never ejects for them; `Some(0)` = never detected; `Some(n)` = eject
+    /// after n.
     pub consecutive_gateway_errors: Option<u32>,
+    /// `splitExternalLocalOriginErrors`: count local-origin failures (connect failure, reset,
+    /// timeout) on their own counter instead of as 5xx/gateway errors.
+    pub split_external_local_origin_errors: bool,
+    /// `consecutiveLocalOriginFailures` in effect: `Some(n)` only when split (unset or `0` = Envoy's
+    /// default 5, enforced); `None` without split.
+    pub consecutive_local_origin_failures: Option<u32>,
+    /// `outlierDetectionHttpErrorCodes`: when non-empty, exactly these statuses count as errors
+    /// (instead of 5xx).
+    pub http_error_codes: Vec<u16>,
+    /// `interval`: the sweep period (default 10 s); un-ejection happens only at sweeps.
     pub interval: Duration,
+    /// `baseEjectionTime` (default 30 s): ejection time is this × the host's ejection count, capped
+    /// at max(300 s, baseEjectionTime).
     pub base_ejection_time: Duration,
+    /// `maxEjectionPercent` (default 10; `0` also means 10, as istiod only sets non-zero values).
     pub max_ejection_percent: u32,
+    /// `minHealthPercent`: panic threshold in percent of healthy hosts (default 0 = never panic).
     pub min_health_percent: u32,
 }
 

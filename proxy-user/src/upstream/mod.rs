@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod outlier;
 pub mod policy;
 pub mod pool;
 

@@ -782,22 +782,29 @@ fn outlier_detection(
         Some(Some(0)) | None => None,
         Some(Some(n)) => Some(n),
     };
+    // Kept as written: unset still lets Envoy detect (not eject) at its default of 5, `0` never does.
     let consecutive_gateway_errors = count(
         ctx,
         "consecutiveGatewayErrors",
         "consecutiveGatewayErrors",
         od.consecutive_gateway_errors,
     )
-    .flatten()
-    .filter(|n| *n > 0);
+    .flatten();
     let local = count(
         ctx,
         "consecutiveLocalOriginFailures",
         "consecutiveLocalOriginFailures",
         od.consecutive_local_origin_failures,
-    );
+    )
+    .flatten();
     let split = od.split_external_local_origin_errors == Some(true);
-    if local.flatten().is_some() && !split {
+    // istiod passes the threshold only when > 0; Envoy's default (5, enforced) applies otherwise.
+    let consecutive_local_origin_failures = match local {
+        _ if !split => None,
+        Some(n) if n > 0 => Some(n),
+        _ => Some(5),
+    };
+    if local.is_some_and(|n| n > 0) && !split {
         ctx.err(
             &path.key("consecutiveLocalOriginFailures"),
             InvalidTrafficPolicy::Value(
@@ -835,13 +842,23 @@ fn outlier_detection(
                 default
             }
         };
-    let max_ejection_percent = pct(
+    // istiod only passes a non-zero maxEjectionPercent, so an explicit 0 leaves Envoy's default 10.
+    let max_ejection_percent = match pct(
         ctx,
         "maxEjectionPercent",
         "maxEjectionPercent",
         od.max_ejection_percent,
         10,
-    );
+    ) {
+        0 => {
+            ctx.warn(
+                &path.key("maxEjectionPercent"),
+                "maxEjectionPercent 0 means the default 10 (as in Istio); up to 10% of endpoints may be ejected",
+            );
+            10
+        }
+        n => n,
+    };
     let min_health_percent = pct(
         ctx,
         "minHealthPercent",
@@ -849,17 +866,29 @@ fn outlier_detection(
         od.min_health_percent,
         0,
     );
+    let mut http_error_codes = Vec::new();
     for (i, c) in od.outlier_detection_http_error_codes.iter().enumerate() {
-        if !(100..=599).contains(c) {
-            ctx.err(
+        match u16::try_from(*c) {
+            Ok(code) if (100..=599).contains(&code) => http_error_codes.push(code),
+            _ => ctx.err(
                 &path.key("outlierDetectionHttpErrorCodes").index(i),
                 InvalidTrafficPolicy::Range {
                     field: "status code",
                     value: *c as f64,
                     range: "100..599",
                 },
-            );
+            ),
         }
+    }
+    // Deprecated `consecutiveErrors`: Istio once translated it to Envoy's consecutive gateway failures,
+    // but current istiod drops it with a validation warning and translates nothing. Keel follows
+    // istiod so that a rule ejects the same endpoints under Keel as under sidecars; honouring it
+    // would eject where Istio does not.
+    if od.consecutive_errors.is_some_and(|n| n != 0) {
+        ctx.warn(
+            &path.key("consecutiveErrors"),
+            "consecutiveErrors is deprecated and ignored, as in Istio; use consecutive5xxErrors or consecutiveGatewayErrors",
+        );
     }
     if ctx.errors.len() > before {
         return None;
@@ -867,6 +896,9 @@ fn outlier_detection(
     Some(OutlierDetection {
         consecutive_5xx_errors,
         consecutive_gateway_errors,
+        split_external_local_origin_errors: split,
+        consecutive_local_origin_failures,
+        http_error_codes,
         interval,
         base_ejection_time,
         max_ejection_percent,
@@ -960,7 +992,6 @@ const IDLE: &str =
     "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout";
 const NO_CIRCUIT_BREAKING: &str =
     "Keel has no circuit breaking: it limits no connections or requests";
-const NO_EJECTION: &str = "Keel ejects no endpoints: every ready endpoint stays in the balancer";
 const PLAINTEXT: &str = "Keel connects to upstreams in plaintext";
 
 /// What Keel does instead of the traffic-policy field at `inner` (the path below the policy, keys only)
@@ -1014,10 +1045,8 @@ fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'s
         }
         ["connectionPool", "http", "http2KeepAlive", ..] => "Keel sends no HTTP/2 keepalive pings",
         ["connectionPool", ..] => NO_CIRCUIT_BREAKING,
-        ["outlierDetection", "consecutiveErrors"] => {
-            "deprecated and ignored as in Istio, use consecutive5xxErrors; Keel ejects no endpoints"
-        }
-        ["outlierDetection", ..] => NO_EJECTION,
+        // Applied by `upstream::outlier`; the deprecated `consecutiveErrors` has its own warning.
+        ["outlierDetection", ..] => return None,
         ["tls", "mode"] => match s {
             Some("DISABLE") => return None,
             _ => PLAINTEXT,

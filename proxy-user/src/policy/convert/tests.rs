@@ -656,8 +656,119 @@ fn traffic_policy_conversion() {
     assert_eq!(od.max_ejection_percent, 10);
     assert_eq!(tp.port_level[0].0, 9080);
     assert_eq!(tp.port_level[0].1.load_balancer, Some(LoadBalancer::Random));
-    assert!(report.warnings.iter().any(|w| w.message
-        == "accepted, not applied: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated and ignored as in Istio, use consecutive5xxErrors; Keel ejects no endpoints"));
+    assert!(report.warnings.iter().any(|w| w.at.field
+        == "spec.trafficPolicy.outlierDetection.consecutiveErrors"
+        && w.message
+            == "consecutiveErrors is deprecated and ignored, as in Istio; use consecutive5xxErrors or consecutiveGatewayErrors"));
+    assert!(
+        !report
+            .warnings
+            .iter()
+            .any(|w| w.at.field.contains("outlierDetection") && w.message.starts_with(NOT_APPLIED)),
+        "outlier detection is applied: {:?}",
+        report.warnings
+    );
+}
+
+/// The outlier-detection block as istiod translates it: defaults, explicit zeros, split local-origin
+/// counting and error codes.
+#[test]
+fn outlier_detection_defaults_and_zeros_follow_istio() {
+    let od_of = |yaml: &str| -> (Option<OutlierDetection>, LoadReport) {
+        let report = load(&format!(
+            "{REVIEWS_NS1}{}",
+            dr(&format!(
+                "  host: reviews\n  trafficPolicy:\n    outlierDetection: {yaml}\n"
+            ))
+        ));
+        let od = report.snapshot.destination_rules.first().and_then(|d| {
+            d.traffic_policy
+                .as_ref()
+                .and_then(|tp| tp.outlier_detection.clone())
+        });
+        (od, report)
+    };
+
+    let (od, report) = od_of("{interval: 1s}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(warning_fields(&report), vec![]);
+    let od = od.expect("block present");
+    assert_eq!(od.consecutive_5xx_errors, Some(5), "Envoy default");
+    assert_eq!(
+        od.consecutive_gateway_errors, None,
+        "unset: detected, not enforced"
+    );
+    assert!(!od.split_external_local_origin_errors);
+    assert_eq!(
+        od.consecutive_local_origin_failures, None,
+        "only with split"
+    );
+    assert!(od.http_error_codes.is_empty());
+    assert_eq!(od.interval, std::time::Duration::from_secs(1));
+    assert_eq!(od.base_ejection_time, std::time::Duration::from_secs(30));
+    assert_eq!(od.max_ejection_percent, 10);
+    assert_eq!(od.min_health_percent, 0);
+
+    let (od, report) = od_of("{consecutive5xxErrors: 0, consecutiveGatewayErrors: 0}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let od = od.expect("block present");
+    assert_eq!(od.consecutive_5xx_errors, None, "explicit 0 disables");
+    assert_eq!(
+        od.consecutive_gateway_errors,
+        Some(0),
+        "explicit 0 never detects"
+    );
+
+    let (od, report) = od_of("{consecutiveGatewayErrors: 2, splitExternalLocalOriginErrors: true}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let od = od.expect("block present");
+    assert_eq!(od.consecutive_gateway_errors, Some(2));
+    assert!(od.split_external_local_origin_errors);
+    assert_eq!(
+        od.consecutive_local_origin_failures,
+        Some(5),
+        "Envoy default with split"
+    );
+
+    let (od, _) =
+        od_of("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 0}");
+    assert_eq!(
+        od.expect("block").consecutive_local_origin_failures,
+        Some(5)
+    );
+    let (od, _) =
+        od_of("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}");
+    assert_eq!(
+        od.expect("block").consecutive_local_origin_failures,
+        Some(2)
+    );
+
+    // Without split a positive local-origin threshold is rejected, as istiod does; 0 is not.
+    let (od, report) = od_of("{consecutiveLocalOriginFailures: 2}");
+    assert!(od.is_none());
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let (od, report) = od_of("{consecutiveLocalOriginFailures: 0}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(od.expect("block").consecutive_local_origin_failures, None);
+
+    let (od, report) = od_of("{outlierDetectionHttpErrorCodes: [500, 429]}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(od.expect("block").http_error_codes, vec![500, 429]);
+    let (od, report) = od_of("{outlierDetectionHttpErrorCodes: [99]}");
+    assert!(od.is_none());
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+
+    let (od, report) = od_of("{maxEjectionPercent: 0, minHealthPercent: 50}");
+    let od = od.expect("block present");
+    assert_eq!(od.max_ejection_percent, 10, "istiod drops a 0");
+    assert_eq!(od.min_health_percent, 50);
+    assert_eq!(
+        warning_fields(&report),
+        vec![(
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent".to_string(),
+            "maxEjectionPercent 0 means the default 10 (as in Istio); up to 10% of endpoints may be ejected".to_string()
+        )]
+    );
 }
 
 /// `(field, message)` of every warning.
@@ -672,8 +783,8 @@ fn warning_fields(report: &LoadReport) -> Vec<(String, String)> {
 /// Service `reviews` in `ns1`, so DestinationRules for it have a known host.
 const REVIEWS_NS1: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: ns1}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{port: 9080, name: http}]\n---\n";
 
-/// Keel applies no DestinationRule trafficPolicy: every field set, at every level, says so once, with its
-/// path, and what Keel does instead.
+/// Every trafficPolicy field Keel does not apply, at every level, says so once, with its path, and what
+/// Keel does instead; `outlierDetection` is applied and says nothing.
 #[test]
 fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let report = load(&format!("{REVIEWS_NS1}{}", dr(concat!(
@@ -712,8 +823,6 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
         (format!("{tp}.connectionPool.http.http1MaxPendingRequests"), "Keel has no circuit breaking: it limits no connections or requests"),
         (format!("{tp}.connectionPool.http.maxRetries"), "Keel sets no cluster-wide limit on retries"),
         (format!("{tp}.connectionPool.http.idleTimeout"), "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout"),
-        (format!("{tp}.outlierDetection.consecutive5xxErrors"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
-        (format!("{tp}.outlierDetection.interval"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
         (format!("{tp}.tls.mode"), "Keel connects to upstreams in plaintext"),
         (format!("{tp}.tls.sni"), "Keel connects to upstreams in plaintext"),
         (format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"), "Keel balances every cluster by least request; no request is pinned to an endpoint"),
