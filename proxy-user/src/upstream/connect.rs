@@ -185,9 +185,9 @@ mod tests {
         let stream = dial(addr, &opts).await?;
         let sock = socket2::SockRef::from(&stream);
         assert!(sock.keepalive()?);
-        assert_eq!(sock.keepalive_time()?, Duration::from_secs(30));
-        assert_eq!(sock.keepalive_interval()?, Duration::from_secs(5));
-        assert_eq!(sock.keepalive_retries()?, 4);
+        assert_eq!(sock.tcp_keepalive_time()?, Duration::from_secs(30));
+        assert_eq!(sock.tcp_keepalive_interval()?, Duration::from_secs(5));
+        assert_eq!(sock.tcp_keepalive_retries()?, 4);
         assert!(stream.nodelay()?);
         drop(listener);
         match dial(addr, &opts).await {

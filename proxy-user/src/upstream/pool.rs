@@ -1007,3 +1007,342 @@ impl TcpConn {
         self.stats.upstream_cx_max_duration_reached.inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ConnectionPool;
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::AtomicUsize;
+    use tokio::net::TcpListener;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// A local HTTP/1.1 + h2c server answering 200 after `delay`; counts the connections it accepted.
+    async fn server(delay: Duration) -> std::io::Result<(SocketAddr, Arc<AtomicUsize>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok((addr, accepted))
+    }
+
+    fn pool_with(cp: ConnectionPool) -> Arc<ClientPool> {
+        let policy = ClusterPolicy {
+            connection_pool: Some(cp),
+            ..Default::default()
+        };
+        let config = PoolConfig::new(&policy, Arc::default());
+        Arc::new(ClientPool::new(Arc::new(config)))
+    }
+
+    fn get(h2: bool, addr: SocketAddr) -> Request<ProxyBody> {
+        let mut req = Request::new(Empty::new().map_err(|e| match e {}).boxed());
+        *req.uri_mut() = if h2 {
+            format!("http://{addr}/").parse().unwrap_or_default()
+        } else {
+            "/".parse().unwrap_or_default()
+        };
+        if h2 {
+            *req.version_mut() = http::Version::HTTP_2;
+        }
+        req
+    }
+
+    /// Send and read the whole response; `Ok(None)` = overflow.
+    async fn exchange(pool: &Arc<ClientPool>, addr: SocketAddr, h2: bool) -> Result<Option<u16>, SendError> {
+        match pool.send(addr, h2, get(h2, addr)).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                Ok(Some(status))
+            }
+            Err(SendError::Overflow) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuses_one_connection() -> TestResult {
+        let (addr, accepted) = server(Duration::ZERO).await?;
+        let pool = pool_with(ConnectionPool::default());
+        for _ in 0..5 {
+            assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.config.stats.upstream_cx_total.get(), 1);
+        assert_eq!(pool.config.stats.upstream_rq_active.get(), 0);
+        Ok(())
+    }
+
+    /// The seeds' circuit breaker: one connection, one pending request, no keep-alive. Of three
+    /// concurrent requests one is in flight, one waits, one overflows at once.
+    #[tokio::test]
+    async fn one_in_flight_one_pending_the_rest_overflow() -> TestResult {
+        let (addr, accepted) = server(Duration::from_millis(300)).await?;
+        let pool = pool_with(ConnectionPool {
+            tcp_max_connections: Some(1),
+            http1_max_pending_requests: Some(1),
+            max_requests_per_connection: Some(1),
+            ..Default::default()
+        });
+        let first = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { exchange(&pool, addr, false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { exchange(&pool, addr, false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.breaker.pending(), 1);
+        assert_eq!(exchange(&pool, addr, false).await?, None);
+        assert_eq!(first.await??, Some(200));
+        assert_eq!(second.await??, Some(200));
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_rq_pending_overflow.get(), 1);
+        assert_eq!(stats.upstream_cx_overflow.get(), 1);
+        // A new connection per request.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(stats.upstream_cx_total.get(), 2);
+        assert_eq!(stats.upstream_cx_max_requests.get(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(stats.upstream_cx_active.get(), 0);
+        assert_eq!(stats.upstream_rq_pending_active.get(), 0);
+        assert_eq!(pool.breaker.connections(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn max_requests_overflow_and_retries_are_bounded() -> TestResult {
+        let (addr, _) = server(Duration::from_millis(200)).await?;
+        let pool = pool_with(ConnectionPool {
+            http2_max_requests: Some(1),
+            max_retries: Some(1),
+            ..Default::default()
+        });
+        let first = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { exchange(&pool, addr, true).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(exchange(&pool, addr, true).await?, None);
+        assert_eq!(first.await??, Some(200));
+        assert_eq!(pool.config.stats.upstream_rq_pending_overflow.get(), 1);
+        let retry = pool.try_retry();
+        assert!(retry.is_some());
+        assert!(pool.try_retry().is_none());
+        assert_eq!(pool.config.stats.upstream_rq_retry_overflow.get(), 1);
+        drop(retry);
+        assert!(pool.try_retry().is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn h2_streams_beyond_max_concurrent_streams_open_connections() -> TestResult {
+        let (addr, accepted) = server(Duration::from_millis(200)).await?;
+        let pool = pool_with(ConnectionPool {
+            max_concurrent_streams: Some(2),
+            ..Default::default()
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move { exchange(&pool, addr, true).await }));
+        }
+        for t in tasks {
+            assert_eq!(t.await??, Some(200));
+        }
+        // Five streams, two per connection.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // Unlimited streams: one connection.
+        let (addr, accepted) = server(Duration::from_millis(200)).await?;
+        let pool = pool_with(ConnectionPool::default());
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move { exchange(&pool, addr, true).await }));
+        }
+        for t in tasks {
+            assert_eq!(t.await??, Some(200));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn idle_and_old_connections_close() -> TestResult {
+        let (addr, accepted) = server(Duration::ZERO).await?;
+        let pool = pool_with(ConnectionPool {
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..Default::default()
+        });
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(exchange(&pool, addr, true).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_cx_idle_timeout.get(), 2);
+        assert_eq!(stats.upstream_cx_active.get(), 0);
+        // The next request dials again.
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+        let pool = pool_with(ConnectionPool {
+            max_connection_duration: Some(Duration::from_millis(200)),
+            ..Default::default()
+        });
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(pool.config.stats.upstream_cx_max_duration_reached.get(), 1);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_over_the_limit_overflow() -> TestResult {
+        let (addr, _) = server(Duration::ZERO).await?;
+        let pool = pool_with(ConnectionPool {
+            tcp_max_connections: Some(1),
+            ..Default::default()
+        });
+        let first = pool.open_tcp(addr).await?;
+        assert!(matches!(pool.open_tcp(addr).await, Err(SendError::Overflow)));
+        assert_eq!(pool.config.stats.upstream_cx_overflow.get(), 1);
+        drop(first);
+        let again = pool.open_tcp(addr).await?;
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 1);
+        drop(again);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        // A refused connect counts as a connect failure and frees its slot.
+        let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        assert!(pool.open_tcp(closed).await.is_err_and(|e| e.is_connect()));
+        assert_eq!(pool.config.stats.upstream_cx_connect_fail.get(), 1);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        Ok(())
+    }
+
+    /// Counts the bytes this thread allocates, so a test can measure what it builds even while
+    /// other tests run on other threads.
+    struct CountingAlloc;
+
+    thread_local! {
+        static NET_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // `try_with`: allocations during thread teardown are not counted.
+        let _ = NET_BYTES.try_with(|n| n.set(n.get() + delta));
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            add(-(layout.size() as isize));
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: CountingAlloc = CountingAlloc;
+
+    fn net_bytes() -> isize {
+        NET_BYTES.with(|n| n.get())
+    }
+
+    /// Memory of idle per-client state: 100 client pods × 100 clusters with a connection pool and
+    /// outlier detection set, each pair created by a real pick (one endpoint each) and then idle.
+    /// Reports the bytes per pair and fails if it grows past a small bound.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_client_cluster_pairs_are_small() -> TestResult {
+        use crate::upstream::{ClientId, ClusterKey, ClusterRegistry, Discovery, PickRequest};
+        use crate::upstream::UpstreamProtocol;
+        const CLIENTS: u64 = 100;
+        const CLUSTERS: u16 = 100;
+        let registry = ClusterRegistry::default();
+        let policy = ClusterPolicy {
+            connection_pool: Some(ConnectionPool {
+                tcp_max_connections: Some(1),
+                http1_max_pending_requests: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let clusters: Vec<_> = (0..CLUSTERS)
+            .map(|i| {
+                registry.ensure(
+                    ClusterKey {
+                        host: format!("svc-{i}.default.svc.cluster.local"),
+                        port: 9080,
+                        subset: None,
+                        scope: String::new(),
+                    },
+                    UpstreamProtocol::Http1,
+                    policy.clone(),
+                    Discovery::Static,
+                    vec![SocketAddr::from(([10, 244, 0, 1], 9080 + i))],
+                )
+            })
+            .collect();
+        let before = net_bytes();
+        for cluster in &clusters {
+            for client in 1..=CLIENTS {
+                let req = PickRequest {
+                    client: ClientId(client),
+                    original_dst: SocketAddr::from(([10, 96, 0, 1], 9080)),
+                    avoid: &[],
+                };
+                let picked = cluster.pick(&req).await;
+                assert!(picked.is_ok());
+            }
+        }
+        let pairs = (CLIENTS * u64::from(CLUSTERS)) as isize;
+        let per_pair = (net_bytes() - before) / pairs;
+        println!(
+            "idle (client, cluster) pair: {per_pair} bytes ({} KiB for 100 clients x 100 clusters; \
+             size_of ClientCluster {}, ClientPool {})",
+            per_pair * pairs / 1024,
+            std::mem::size_of::<crate::upstream::ClientCluster>(),
+            std::mem::size_of::<ClientPool>(),
+        );
+        assert!(per_pair > 0 && per_pair <= 768, "{per_pair} bytes per idle pair");
+        // Each endpoint a client has used adds its endpoint pool (until it is gone and unused).
+        println!(
+            "per endpoint used: {} bytes",
+            std::mem::size_of::<EndpointPool>() + 2 * std::mem::size_of::<usize>()
+        );
+        Ok(())
+    }
+}
