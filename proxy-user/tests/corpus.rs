@@ -507,10 +507,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
         .count();
     assert_eq!(not_applied, 12, "{stdout}");
     // `connectionPool` is applied: none of its fields is reported.
-    assert!(
-        !stdout.contains("connectionPool"),
-        "{stdout}"
-    );
+    assert!(!stdout.contains("connectionPool"), "{stdout}");
     for (field, needle, today) in want {
         let line = format!(
             "sample.yaml:{}: DestinationRule default/dr-warn-not-applied: {field}: warning: accepted, not applied: {field}: {today}",

@@ -2,8 +2,8 @@
 //! runtime): readiness, counters, recent connections and a config summary.
 //!
 //! - `GET /ready`              200 once the programs are attached and the proxy is serving
-//! - `GET /stats`              JSON counters, including the kernel's and, under `clusters`, each
-//!                              cluster's (`cluster.<name>.<stat>`, summed over client pods)
+//! - `GET /stats`              JSON counters, including the kernel's and each cluster's (under
+//!   `clusters`, summed over client pods)
 //! - `GET /stats?format=text`   the cluster counters as Envoy prints them: `cluster.<name>.<stat>: <n>`
 //! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
 //! - `GET /config_dump`        JSON summary of the active snapshot

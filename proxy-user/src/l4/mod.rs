@@ -459,7 +459,10 @@ mod tests {
         server.read_exact(&mut buf).await.expect("read");
         assert_eq!(relayed.await.expect("join"), Some(Relayed::IdleTimeout));
         let took = started.elapsed();
-        assert!(took >= Duration::from_secs(90) && took < Duration::from_secs(91), "{took:?}");
+        assert!(
+            took >= Duration::from_secs(90) && took < Duration::from_secs(91),
+            "{took:?}"
+        );
 
         let limits = RelayLimits {
             idle: None,

@@ -103,7 +103,10 @@ pub async fn forward(
         let endpoint = picked.addr();
         tried.push(endpoint);
         let upstream_req = req.build(endpoint, attempt, upstream_h2, body.attempt())?;
-        let send = picked.client().pool().send(endpoint, upstream_h2, upstream_req);
+        let send = picked
+            .client()
+            .pool()
+            .send(endpoint, upstream_h2, upstream_req);
         let result = match retry.per_try_timeout {
             Some(t) => tokio::time::timeout(t, send).await.ok(),
             None => Some(send.await),

@@ -137,8 +137,8 @@ impl Breaker {
                 percent,
                 min_concurrency,
             } => {
-                let active = self.requests.load(Ordering::Acquire)
-                    + self.pending.load(Ordering::Acquire);
+                let active =
+                    self.requests.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire);
                 // Envoy rounds the budget down and never goes below the minimum.
                 let budget = (percent / 100.0 * f64::from(active)).floor() as u32;
                 budget.max(min_concurrency)

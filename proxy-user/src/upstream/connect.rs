@@ -171,7 +171,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn dials_with_keepalive_and_refusal_is_an_io_error() -> Result<(), Box<dyn std::error::Error>> {
+    async fn dials_with_keepalive_and_refusal_is_an_io_error(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let opts = ConnectOptions {

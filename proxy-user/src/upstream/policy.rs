@@ -44,7 +44,6 @@ impl ClusterPolicy {
                     policy.retry_budget = own.retry_budget;
                 }
             }
-
         }
         policy
     }

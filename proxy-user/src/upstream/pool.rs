@@ -135,9 +135,8 @@ impl PoolConfig {
     pub fn new(policy: &ClusterPolicy, stats: Arc<ClusterStats>) -> Self {
         let pool = policy.connection_pool.as_ref();
         // Zero disables a timeout; unset means Envoy's default of one hour.
-        let timeout = |d: Option<Duration>| {
-            Some(d.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero())
-        };
+        let timeout =
+            |d: Option<Duration>| Some(d.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero());
         Self {
             connect: ConnectOptions::from_pool(pool),
             limits: Limits::from_policy(policy),
@@ -594,7 +593,10 @@ impl ClientPool {
             if conn.sender.ready().await.is_err() {
                 // Closed while idle: its driver releases the slot; try another connection.
                 if fresh {
-                    return Err(request_error(ep.addr, "connection closed before the request"));
+                    return Err(request_error(
+                        ep.addr,
+                        "connection closed before the request",
+                    ));
                 }
                 continue;
             }
@@ -741,7 +743,10 @@ impl ClientPool {
             };
             if conn.sender.ready().await.is_err() {
                 if fresh {
-                    return Err(request_error(ep.addr, "connection closed before the request"));
+                    return Err(request_error(
+                        ep.addr,
+                        "connection closed before the request",
+                    ));
                 }
                 continue;
             }
@@ -770,9 +775,7 @@ impl ClientPool {
         slot: ConnSlot,
         counted: bool,
     ) -> Result<H2Conn, SendError> {
-        let connecting = counted.then(|| Connecting {
-            ep: Arc::clone(ep),
-        });
+        let connecting = counted.then(|| Connecting { ep: Arc::clone(ep) });
         let io = self.dial(ep.addr).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
@@ -1064,7 +1067,11 @@ mod tests {
     }
 
     /// Send and read the whole response; `Ok(None)` = overflow.
-    async fn exchange(pool: &Arc<ClientPool>, addr: SocketAddr, h2: bool) -> Result<Option<u16>, SendError> {
+    async fn exchange(
+        pool: &Arc<ClientPool>,
+        addr: SocketAddr,
+        h2: bool,
+    ) -> Result<Option<u16>, SendError> {
         match pool.send(addr, h2, get(h2, addr)).await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -1163,7 +1170,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..5 {
             let pool = Arc::clone(&pool);
-            tasks.push(tokio::spawn(async move { exchange(&pool, addr, true).await }));
+            tasks.push(tokio::spawn(
+                async move { exchange(&pool, addr, true).await },
+            ));
         }
         for t in tasks {
             assert_eq!(t.await??, Some(200));
@@ -1176,7 +1185,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..5 {
             let pool = Arc::clone(&pool);
-            tasks.push(tokio::spawn(async move { exchange(&pool, addr, true).await }));
+            tasks.push(tokio::spawn(
+                async move { exchange(&pool, addr, true).await },
+            ));
         }
         for t in tasks {
             assert_eq!(t.await??, Some(200));
@@ -1221,7 +1232,10 @@ mod tests {
             ..Default::default()
         });
         let first = pool.open_tcp(addr).await?;
-        assert!(matches!(pool.open_tcp(addr).await, Err(SendError::Overflow)));
+        assert!(matches!(
+            pool.open_tcp(addr).await,
+            Err(SendError::Overflow)
+        ));
         assert_eq!(pool.config.stats.upstream_cx_overflow.get(), 1);
         drop(first);
         let again = pool.open_tcp(addr).await?;
@@ -1287,8 +1301,8 @@ mod tests {
     /// Reports the bytes per pair and fails if it grows past a small bound.
     #[tokio::test(flavor = "current_thread")]
     async fn idle_client_cluster_pairs_are_small() -> TestResult {
-        use crate::upstream::{ClientId, ClusterKey, ClusterRegistry, Discovery, PickRequest};
         use crate::upstream::UpstreamProtocol;
+        use crate::upstream::{ClientId, ClusterKey, ClusterRegistry, Discovery, PickRequest};
         const CLIENTS: u64 = 100;
         const CLUSTERS: u16 = 100;
         let registry = ClusterRegistry::default();
@@ -1337,7 +1351,10 @@ mod tests {
             std::mem::size_of::<crate::upstream::ClientCluster>(),
             std::mem::size_of::<ClientPool>(),
         );
-        assert!(per_pair > 0 && per_pair <= 768, "{per_pair} bytes per idle pair");
+        assert!(
+            per_pair > 0 && per_pair <= 768,
+            "{per_pair} bytes per idle pair"
+        );
         // Each endpoint a client has used adds its endpoint pool (until it is gone and unused).
         println!(
             "per endpoint used: {} bytes",

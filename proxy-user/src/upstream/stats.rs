@@ -97,9 +97,18 @@ impl ClusterStats {
                 "upstream_cx_connect_timeout",
                 self.upstream_cx_connect_timeout.get(),
             ),
-            ("upstream_cx_connect_fail", self.upstream_cx_connect_fail.get()),
-            ("upstream_cx_idle_timeout", self.upstream_cx_idle_timeout.get()),
-            ("upstream_cx_max_requests", self.upstream_cx_max_requests.get()),
+            (
+                "upstream_cx_connect_fail",
+                self.upstream_cx_connect_fail.get(),
+            ),
+            (
+                "upstream_cx_idle_timeout",
+                self.upstream_cx_idle_timeout.get(),
+            ),
+            (
+                "upstream_cx_max_requests",
+                self.upstream_cx_max_requests.get(),
+            ),
             (
                 "upstream_cx_max_duration_reached",
                 self.upstream_cx_max_duration_reached.get(),

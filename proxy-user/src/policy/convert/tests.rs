@@ -704,14 +704,38 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let tp = "spec.trafficPolicy";
     let sub = "spec.subsets[0].trafficPolicy";
     let want: Vec<(String, &str)> = vec![
-        (format!("{tp}.loadBalancer.simple"), "Keel balances every cluster by least request"),
-        (format!("{tp}.loadBalancer.localityLbSetting.enabled"), "Keel treats all localities alike"),
-        (format!("{tp}.outlierDetection.consecutive5xxErrors"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
-        (format!("{tp}.outlierDetection.interval"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
-        (format!("{tp}.tls.mode"), "Keel connects to upstreams in plaintext"),
-        (format!("{tp}.tls.sni"), "Keel connects to upstreams in plaintext"),
-        (format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"), "Keel balances every cluster by least request; no request is pinned to an endpoint"),
-        (format!("{sub}.retryBudget.budgetInterval"), "Keel's retry budget bounds concurrent retries, as Envoy's does; no interval applies"),
+        (
+            format!("{tp}.loadBalancer.simple"),
+            "Keel balances every cluster by least request",
+        ),
+        (
+            format!("{tp}.loadBalancer.localityLbSetting.enabled"),
+            "Keel treats all localities alike",
+        ),
+        (
+            format!("{tp}.outlierDetection.consecutive5xxErrors"),
+            "Keel ejects no endpoints: every ready endpoint stays in the balancer",
+        ),
+        (
+            format!("{tp}.outlierDetection.interval"),
+            "Keel ejects no endpoints: every ready endpoint stays in the balancer",
+        ),
+        (
+            format!("{tp}.tls.mode"),
+            "Keel connects to upstreams in plaintext",
+        ),
+        (
+            format!("{tp}.tls.sni"),
+            "Keel connects to upstreams in plaintext",
+        ),
+        (
+            format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"),
+            "Keel balances every cluster by least request; no request is pinned to an endpoint",
+        ),
+        (
+            format!("{sub}.retryBudget.budgetInterval"),
+            "Keel's retry budget bounds concurrent retries, as Envoy's does; no interval applies",
+        ),
     ];
     let want: Vec<(String, String)> = want
         .into_iter()
