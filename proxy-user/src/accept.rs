@@ -13,13 +13,11 @@ use crate::l4::{self, Sniffed};
 use crate::policy::Protocol;
 use crate::routing::{ClientView, Outbound};
 use crate::state::{NodeState, State};
-use crate::upstream::pool::HttpPools;
 use crate::upstream::{ClientId, PickRequest, StateScope};
 
 /// What the request path knows about one accepted connection.
 pub struct ConnContext {
     pub state: Arc<State>,
-    pub pools: HttpPools,
     pub stats: Arc<Stats>,
     /// Where the client meant to connect (a Service VIP:port), from the kernel.
     pub original_dst: SocketAddr,
@@ -67,7 +65,6 @@ impl ConnContext {
 #[derive(Clone)]
 pub struct Acceptor {
     pub state: Arc<State>,
-    pub pools: HttpPools,
     pub stats: Arc<Stats>,
     pub conn_log: Arc<ConnLog>,
     pub conn_table: ConnTable,
@@ -162,7 +159,6 @@ impl Acceptor {
         });
         let ctx = Arc::new(ConnContext {
             state: self.state,
-            pools: self.pools,
             stats: self.stats,
             original_dst,
             peer,

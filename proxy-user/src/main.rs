@@ -13,7 +13,6 @@ use keel::admin::{self, AdminContext, ConfigStatus, ConnLog, Stats};
 use keel::ebpf::Redirector;
 use keel::state::reload::{self, Reloader};
 use keel::state::{self, State};
-use keel::upstream::pool::HttpPools;
 
 #[derive(Parser)]
 #[command(
@@ -196,7 +195,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     for (i, listener) in listeners.into_iter().enumerate() {
         let acceptor = keel::accept::Acceptor {
             state: Arc::clone(&state),
-            pools: HttpPools::new(),
             stats: Arc::clone(&stats),
             conn_log: Arc::clone(&conn_log),
             conn_table: conn_table.clone(),

@@ -2,7 +2,9 @@
 //! runtime): readiness, counters, recent connections and a config summary.
 //!
 //! - `GET /ready`              200 once the programs are attached and the proxy is serving
-//! - `GET /stats`              JSON counters, including the kernel's
+//! - `GET /stats`              JSON counters, including the kernel's and each cluster's (under
+//!   `clusters`, summed over client pods)
+//! - `GET /stats?format=text`   the cluster counters as Envoy prints them: `cluster.<name>.<stat>: <n>`
 //! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
 //! - `GET /config_dump`        JSON summary of the active snapshot
 //! - `GET /config_status`      JSON errors and warnings of the latest config load
@@ -191,6 +193,20 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        "/stats" if req.uri().query() == Some("format=text") => {
+            let mut out = String::new();
+            for (name, values) in cluster_stats(&ctx.state) {
+                for (stat, n) in values {
+                    out.push_str(&format!("cluster.{name}.{stat}: {n}\n"));
+                }
+            }
+            let mut r = Response::new(Full::new(Bytes::from(out)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            r
+        }
         "/stats" => json(&serde_json::json!({
             "accepted": ctx.stats.accepted.get(),
             "refused_no_record": ctx.stats.refused_no_record.get(),
@@ -213,6 +229,16 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "cors_preflights_answered": ctx.stats.cors_preflights_answered.get(),
             "upgrades": ctx.stats.upgrades.get(),
             "kernel": (ctx.kernel_stats)(),
+            "clusters": cluster_stats(&ctx.state)
+                .into_iter()
+                .map(|(name, values)| {
+                    let values: serde_json::Map<String, serde_json::Value> = values
+                        .into_iter()
+                        .map(|(stat, n)| (stat.to_string(), n.into()))
+                        .collect();
+                    (name, serde_json::Value::Object(values))
+                })
+                .collect::<serde_json::Map<_, _>>(),
         })),
         "/debug/connections" => json(&ctx.conn_log.snapshot()),
         "/config_status" => {
@@ -240,6 +266,23 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Each cluster's counters by Envoy cluster name; clusters that share a name (kept apart only by the
+/// config that shaped them) are summed, as one Envoy name would show them.
+fn cluster_stats(state: &State) -> std::collections::BTreeMap<String, Vec<(&'static str, u64)>> {
+    let mut by_name: std::collections::BTreeMap<String, Vec<(&'static str, u64)>> =
+        std::collections::BTreeMap::new();
+    for cluster in state.clusters() {
+        let values = cluster.stats().values();
+        let entry = by_name
+            .entry(cluster.key.to_string())
+            .or_insert_with(|| values.iter().map(|(k, _)| (*k, 0)).collect());
+        for (slot, (_, n)) in entry.iter_mut().zip(values) {
+            slot.1 += n;
+        }
+    }
+    by_name
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -3,17 +3,15 @@
 
 pub mod sni;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::routing::{self, TcpDecision};
-
-/// Istio's default `connectTimeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client on a port with `tls` rules gets to send its ClientHello: Envoy's default listener
 /// filter timeout. Istio disables that timeout on these listeners; a bound keeps a silent client from
@@ -171,42 +169,170 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         }
     };
     let cluster = target.key();
-    let in_flight = match target.pick(&ctx.pick_request(&[])).await {
+    let picked = match target.pick(&ctx.pick_request(&[])).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(%cluster, error = ?e, "no upstream endpoint; closing");
             return;
         }
     };
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(in_flight.addr()))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(endpoint = %in_flight.addr(), error = %e, "upstream connect failed");
+    let endpoint = picked.addr();
+    // The client's pool for the cluster applies `maxConnections`: over it, the downstream
+    // connection is closed (Envoy's `UO`).
+    let mut conn = match picked.client().pool().open_tcp(endpoint).await {
+        Ok(c) => c,
+        Err(e) if e.is_overflow() => {
+            tracing::debug!(%cluster, %endpoint, flags = "UO", "maxConnections reached; closing");
             return;
         }
-        Err(_) => {
-            tracing::debug!(endpoint = %in_flight.addr(), "upstream connect timed out");
+        Err(e) => {
+            tracing::debug!(%cluster, %endpoint, error = %e, flags = "UF", "upstream connect failed; closing");
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
-    let mut upstream = upstream;
+    let upstream = &mut conn.io;
     // What was read to route the connection goes first, unchanged.
     if let Err(e) = upstream.write_all(&replay).await {
-        tracing::debug!(endpoint = %in_flight.addr(), error = %e, "upstream write failed");
+        tracing::debug!(%endpoint, error = %e, "upstream write failed");
         return;
     }
     drop(replay);
-    // copy_bidirectional forwards each direction's EOF as a write shutdown (half-close).
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((up, down)) => {
+    let limits = RelayLimits {
+        idle: conn.idle_timeout,
+        max_duration: conn.max_duration,
+    };
+    match relay(&mut downstream, upstream, limits).await {
+        Ok(Relayed::Done(up, down)) => {
             tracing::trace!(%cluster, sent = up, received = down, "tcp done")
+        }
+        Ok(Relayed::IdleTimeout) => {
+            conn.count_idle_timeout();
+            tracing::debug!(%cluster, "tcp relay idle timeout");
+        }
+        Ok(Relayed::MaxDuration) => {
+            conn.count_max_duration();
+            tracing::debug!(%cluster, flags = "DT", "tcp relay reached maxConnectionDuration");
         }
         Err(e) => tracing::debug!(%cluster, error = %e, "tcp relay ended"),
     }
-    drop(in_flight);
+    drop(picked);
+}
+
+/// `tcp.idleTimeout` and `maxConnectionDuration` of a relay.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// Close after this long without bytes either way.
+    pub idle: Option<Duration>,
+    /// Close at this age.
+    pub max_duration: Option<Duration>,
+}
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// Both sides closed: bytes sent upstream and received from it.
+    Done(u64, u64),
+    /// No bytes either way for the idle timeout.
+    IdleTimeout,
+    /// The connection reached its maximum duration.
+    MaxDuration,
+}
+
+/// Relay bytes both ways with half-close (each side's EOF becomes a write shutdown of the other)
+/// until both sides are done or a limit closes the relay.
+pub async fn relay<A, B>(a: &mut A, b: &mut B, limits: RelayLimits) -> std::io::Result<Relayed>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = tokio::time::Instant::now();
+    // Milliseconds after `started` when bytes last moved.
+    let last_active = AtomicU64::new(0);
+    let mut a = Activity {
+        inner: a,
+        started,
+        last: &last_active,
+    };
+    let mut b = Activity {
+        inner: b,
+        started,
+        last: &last_active,
+    };
+    let last = || started + Duration::from_millis(last_active.load(Ordering::Relaxed));
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    loop {
+        let idle_at = limits.idle.map(|d| last() + d);
+        let max_at = limits.max_duration.map(|d| started + d);
+        let deadline = match (idle_at, max_at) {
+            (Some(i), Some(m)) => Some(i.min(m)),
+            (i, m) => i.or(m),
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = &mut copy => return done.map(|(up, down)| Relayed::Done(up, down)),
+            () = timer => {}
+        }
+        let now = tokio::time::Instant::now();
+        if max_at.is_some_and(|m| now >= m) {
+            return Ok(Relayed::MaxDuration);
+        }
+        if limits.idle.is_some_and(|d| now >= last() + d) {
+            return Ok(Relayed::IdleTimeout);
+        }
+    }
+}
+
+/// Notes when bytes last moved through a stream (both sides of a relay share one clock).
+struct Activity<'a, T> {
+    inner: &'a mut T,
+    started: tokio::time::Instant,
+    last: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +440,42 @@ mod tests {
             read_client_hello(&mut proxy, Duration::from_secs(10)).await,
             ClientHello::Closed
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relays_close_when_idle_or_too_old() {
+        let limits = RelayLimits {
+            idle: Some(Duration::from_secs(60)),
+            max_duration: None,
+        };
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (mut b, mut server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let relayed = tokio::spawn(async move { relay(&mut a, &mut b, limits).await.ok() });
+        // Bytes at 30 s push the idle deadline to 90 s.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"ping").await.expect("write");
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.expect("read");
+        assert_eq!(relayed.await.expect("join"), Some(Relayed::IdleTimeout));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(90) && took < Duration::from_secs(91),
+            "{took:?}"
+        );
+
+        let limits = RelayLimits {
+            idle: None,
+            max_duration: Some(Duration::from_secs(5)),
+        };
+        let (_client, mut a) = tokio::io::duplex(1024);
+        let (mut b, _server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            relay(&mut a, &mut b, limits).await.ok(),
+            Some(Relayed::MaxDuration)
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use crate::accept::ConnContext;
 use crate::outcome::{AttemptOutcome, ResponseFlag, ResponseFlags};
 use crate::routing::policy::RetryPolicy;
 use crate::routing::Target;
-use crate::upstream::pool::{BoxError, ProxyBody};
+use crate::upstream::pool::{BoxError, PooledBody, ProxyBody, RetrySlot};
 use crate::upstream::{PickError, Picked};
 
 use super::body::RecordedBody;
@@ -35,9 +35,8 @@ pub struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
-    /// The request for one attempt to `endpoint`. HTTP/1.1: the URI names the endpoint (the pool
-    /// dials it) and `Host` carries the authority; HTTP/2: `:authority` carries it and the
-    /// connection is chosen by endpoint.
+    /// The request for one attempt to `endpoint`. HTTP/1.1: an origin-form URI, `Host` carries the
+    /// authority; HTTP/2: `:authority` carries it. The pool picks the connection by endpoint.
     pub fn build(
         &self,
         endpoint: SocketAddr,
@@ -45,14 +44,17 @@ impl UpstreamRequest {
         upstream_h2: bool,
         body: ProxyBody,
     ) -> Result<Request<ProxyBody>, LocalReply> {
-        let uri_authority = if upstream_h2 && !self.authority.is_empty() {
-            self.authority.clone()
+        let uri: Uri = if upstream_h2 {
+            let authority = if self.authority.is_empty() {
+                endpoint.to_string()
+            } else {
+                self.authority.clone()
+            };
+            format!("http://{authority}{}", self.path_and_query).parse()
         } else {
-            endpoint.to_string()
-        };
-        let uri: Uri = format!("http://{uri_authority}{}", self.path_and_query)
-            .parse()
-            .map_err(|_| LocalReply::BadRequest)?;
+            self.path_and_query.parse()
+        }
+        .map_err(|_| LocalReply::BadRequest)?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -92,13 +94,19 @@ pub async fn forward(
 ) -> Result<(Response<ProxyBody>, SocketAddr), LocalReply> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
+    // The retry in progress holds its circuit-breaker slot until the next decision (Envoy's
+    // `RetryState` releases it when it decides again or the request ends).
+    let mut _retrying: Option<RetrySlot> = None;
     loop {
         attempt += 1;
         let picked = pick(ctx, target, retry, &tried).await?;
         let endpoint = picked.addr();
         tried.push(endpoint);
         let upstream_req = req.build(endpoint, attempt, upstream_h2, body.attempt())?;
-        let send = ctx.pools.send(endpoint, upstream_h2, upstream_req);
+        let send = picked
+            .client()
+            .pool()
+            .send(endpoint, upstream_h2, upstream_req);
         let result = match retry.per_try_timeout {
             Some(t) => tokio::time::timeout(t, send).await.ok(),
             None => Some(send.await),
@@ -113,6 +121,13 @@ pub async fn forward(
                 AttemptOutcome::from_response(resp.status().as_u16(), resp.headers()),
                 Some(resp),
             ),
+            // A circuit breaker refused: 503 UO at once, never retried, not an endpoint failure.
+            Some(Err(e)) if e.is_overflow() => {
+                flags.set(ResponseFlag::UpstreamOverflow);
+                return Err(LocalReply::Overflow {
+                    retried: attempt > 1,
+                });
+            }
             Some(Err(e)) if e.is_connect() => {
                 tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream connect failed");
                 (AttemptOutcome::ConnectFailure, None)
@@ -130,8 +145,16 @@ pub async fn forward(
         };
         let retriable = outcome.is_retriable(&retry.retry_on);
         let retries_left = attempt <= retry.num_retries;
-        if retriable && retries_left {
+        _retrying = None;
+        // `maxRetries` / the retry budget: over it the retry is not attempted and the final
+        // response carries `UO`.
+        let retry_slot = (retriable && retries_left && body.replayable())
+            .then(|| picked.client().pool().try_retry());
+        if let Some(None) = retry_slot {
+            flags.set(ResponseFlag::UpstreamOverflow);
+        } else if retriable && retries_left {
             if body.replayable() {
+                _retrying = retry_slot.flatten();
                 ctx.stats.upstream_rq_retry.inc();
                 // Dropping an unread response closes its HTTP/1 connection; the pool dials anew.
                 drop(response);
@@ -187,7 +210,7 @@ async fn pick(
 }
 
 /// Keep the endpoint counted as busy until the response body is done.
-fn hold_until_done(resp: Response<hyper::body::Incoming>, picked: Picked) -> Response<ProxyBody> {
+fn hold_until_done(resp: Response<PooledBody>, picked: Picked) -> Response<ProxyBody> {
     let (parts, body) = resp.into_parts();
     let body = body
         .map_frame(move |f| {

@@ -284,7 +284,6 @@ where
                         downstream_h2,
                         shadow_suffix: chosen.policy.mirror_shadow_suffix,
                     },
-                    ctx.pools.clone(),
                     Arc::clone(&ctx.stats),
                 );
             }
@@ -353,7 +352,8 @@ async fn forward_upgrade(
         Ok(r) => r,
         Err(local) => return reply(local, grpc, flags),
     };
-    let work = upgrade::proxy(picked.addr(), req, protocol, on_upgrade);
+    let connect_opts = picked.client().pool().config().connect;
+    let work = upgrade::proxy(picked.addr(), &connect_opts, req, protocol, on_upgrade);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, work)
             .await

@@ -36,6 +36,11 @@ pub enum LocalReply {
         /// An HTTP/2 stream reset by the peer (`remote reset`) rather than a closed connection.
         remote: bool,
     },
+    /// A circuit breaker refused the request: 503 with `x-envoy-overloaded: true` (`UO`).
+    Overflow {
+        /// Earlier attempts were made.
+        retried: bool,
+    },
     /// Route or per-try timeout: 504 `upstream request timeout` (`UT`).
     UpstreamTimeout,
     /// A request the proxy cannot forward: 400.
@@ -61,6 +66,7 @@ impl LocalReply {
             }
             LocalReply::UpstreamReset { remote: true, .. } => ResponseFlag::UpstreamRemoteReset,
             LocalReply::UpstreamTimeout => ResponseFlag::UpstreamRequestTimeout,
+            LocalReply::Overflow { .. } => ResponseFlag::UpstreamOverflow,
             LocalReply::BadRequest => ResponseFlag::DownstreamProtocolError,
             LocalReply::FaultAbort(_) => ResponseFlag::FaultInjected,
             LocalReply::Redirect { .. } | LocalReply::Direct { .. } => return None,
@@ -98,6 +104,9 @@ impl LocalReply {
                     },
                 ),
             ),
+            LocalReply::Overflow { retried } => {
+                (StatusCode::SERVICE_UNAVAILABLE, reset(*retried, "overflow"))
+            }
             LocalReply::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 text("upstream request timeout"),
@@ -124,13 +133,26 @@ impl LocalReply {
     /// application/grpc*`), which turns the reply into a trailers-only gRPC response.
     pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
         let (status, body) = self.status_and_body();
-        if grpc {
+        let mut resp = if grpc {
             let code = match &self {
                 LocalReply::FaultAbort(Abort::Grpc(code)) => *code,
                 _ => grpc_status_for_http(status.as_u16()),
             };
-            return grpc_trailers_only(code, &body);
+            grpc_trailers_only(code, &body)
+        } else {
+            self.plain_response(status, body)
+        };
+        // Envoy marks every circuit-breaker reply, gRPC or not.
+        if matches!(self, LocalReply::Overflow { .. }) {
+            resp.headers_mut().insert(
+                HeaderName::from_static("x-envoy-overloaded"),
+                HeaderValue::from_static("true"),
+            );
         }
+        resp
+    }
+
+    fn plain_response(&self, status: StatusCode, body: Bytes) -> Response<ProxyBody> {
         let mut resp = Response::new(Full::new(body.clone()).map_err(|e| match e {}).boxed());
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
@@ -241,6 +263,26 @@ mod tests {
         let resp = LocalReply::NoRoute.into_response(true);
         assert_eq!(resp.headers()["grpc-status"], "12");
         assert!(!resp.headers().contains_key("grpc-message"));
+    }
+
+    #[test]
+    fn overflow_is_503_overloaded_with_envoys_body() {
+        let resp = LocalReply::Overflow { retried: false }.into_response(false);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["x-envoy-overloaded"], "true");
+        assert_eq!(
+            LocalReply::Overflow { retried: false }.status_and_body().1,
+            Bytes::from_static(
+                b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            )
+        );
+        assert_eq!(
+            LocalReply::Overflow { retried: false }.response_flag(),
+            Some(ResponseFlag::UpstreamOverflow)
+        );
+        let grpc = LocalReply::Overflow { retried: false }.into_response(true);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        assert_eq!(grpc.headers()["x-envoy-overloaded"], "true");
     }
 
     #[test]

@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use crate::accept::ConnContext;
 use crate::admin::Stats;
 use crate::state::State;
-use crate::upstream::pool::HttpPools;
 
 /// One request as a fake upstream saw it.
 #[derive(Debug, Clone)]
@@ -141,7 +140,6 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
     );
     ConnContext {
         state,
-        pools: HttpPools::new(),
         stats: Arc::new(Stats::default()),
         original_dst: SocketAddr::from(([10, 96, 1, 1], 9080)),
         peer: SocketAddr::from(([127, 0, 0, 9], 40000)),

@@ -10,9 +10,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use crate::upstream::pool::{BoxError, ProxyBody, CONNECT_TIMEOUT};
+use crate::upstream::connect::{self, ConnectOptions};
+use crate::upstream::pool::{BoxError, ProxyBody};
 
 use super::rescue::LocalReply;
 
@@ -35,6 +35,7 @@ pub fn requested(version: http::Version, headers: &HeaderMap) -> Option<HeaderVa
 /// bytes between the client's upgraded connection and the endpoint's until either side closes.
 pub async fn proxy(
     endpoint: SocketAddr,
+    connect_opts: &ConnectOptions,
     mut req: Request<ProxyBody>,
     protocol: HeaderValue,
     downstream: OnUpgrade,
@@ -48,11 +49,9 @@ pub async fn proxy(
             *req.uri_mut() = uri;
         }
     }
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-        Ok(Ok(s)) => s,
-        _ => return Err(LocalReply::ConnectFailure { retried: false }),
+    let Ok(stream) = connect::dial(endpoint, connect_opts).await else {
+        return Err(LocalReply::ConnectFailure { retried: false });
     };
-    let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| LocalReply::ConnectFailure { retried: false })?;

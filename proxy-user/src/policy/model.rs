@@ -496,13 +496,75 @@ pub struct ConsistentHash {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConnectionPool {
+    /// `tcp.maxConnections`; `None` = unlimited.
     pub tcp_max_connections: Option<u32>,
+    /// `tcp.connectTimeout`; `None` = the mesh default, 10 s.
     pub tcp_connect_timeout: Option<Duration>,
+    /// `tcp.tcpKeepalive`; `None` = SO_KEEPALIVE off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `tcp.maxConnectionDuration`; `None` = unbounded.
+    pub max_connection_duration: Option<Duration>,
+    /// `tcp.idleTimeout` (TCP relays); `None` = 1 h, zero = disabled.
+    pub tcp_idle_timeout: Option<Duration>,
+    /// `http.http1MaxPendingRequests`; `None` = unlimited.
     pub http1_max_pending_requests: Option<u32>,
+    /// `http.http2MaxRequests`; `None` = unlimited.
     pub http2_max_requests: Option<u32>,
+    /// `http.maxRequestsPerConnection`; `None` = unlimited.
     pub max_requests_per_connection: Option<u32>,
+    /// `http.maxRetries`; `None` = unlimited.
     pub max_retries: Option<u32>,
+    /// HTTP idle timeout: `http.idleTimeout`, else `tcp.idleTimeout`; `None` = 1 h, zero = disabled.
     pub idle_timeout: Option<Duration>,
+    /// `http.h2UpgradePolicy`.
+    pub h2_upgrade_policy: H2UpgradePolicy,
+    /// `http.useClientProtocol`.
+    pub use_client_protocol: bool,
+    /// `http.maxConcurrentStreams`: streams per HTTP/2 connection; `None` = unlimited.
+    pub max_concurrent_streams: Option<u32>,
+    /// `http.http2KeepAlive`: PING interval and the time to wait for its answer.
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// `connectionPool.tcp.tcpKeepalive`: unset fields keep the OS defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    pub probes: Option<u32>,
+    /// Idle time before the first probe.
+    pub time: Option<Duration>,
+    /// Time between probes.
+    pub interval: Option<Duration>,
+}
+
+/// `connectionPool.http.h2UpgradePolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum H2UpgradePolicy {
+    /// The mesh default (`DO_NOT_UPGRADE`).
+    #[default]
+    Default,
+    /// Never upgrade.
+    DoNotUpgrade,
+    /// HTTP/1.1 ports go upstream as HTTP/2 (h2c).
+    Upgrade,
+}
+
+/// `connectionPool.http.http2KeepAlive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2KeepAlive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// Time to wait for a PING's answer before closing the connection.
+    pub timeout: Duration,
+}
+
+/// `trafficPolicy.retryBudget`: concurrent retries allowed as a share of active requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Percent of active plus pending requests that may be retries (default 20).
+    pub percent: f64,
+    /// Concurrent retries always allowed (default 3).
+    pub min_retry_concurrency: u32,
 }
 
 /// `outlierDetection` as Istio hands it to Envoy: defaults filled in and explicit `0`s resolved the way
@@ -544,6 +606,8 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `retryBudget` (top level and subsets only).
+    pub retry_budget: Option<RetryBudget>,
     /// `portLevelSettings`: port -> policy replacing whole blocks for that port.
     pub port_level: Vec<(u16, TrafficPolicy)>,
 }

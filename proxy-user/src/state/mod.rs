@@ -72,6 +72,11 @@ impl State {
         }))
     }
 
+    /// Every live cluster (for the admin API's per-cluster stats).
+    pub fn clusters(&self) -> Vec<Arc<crate::upstream::Cluster>> {
+        self.registry.clusters()
+    }
+
     /// Replace only the pod cgroup mapping (pods appeared or went), keeping snapshot and routes.
     pub fn update_pod_cgroups(&self, pod_by_cgroup: HashMap<u64, PodId>) {
         let cur = self.load();

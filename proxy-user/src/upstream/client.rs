@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use super::cluster::EndpointSet;
 use super::policy::ClusterPolicy;
+use super::pool::{ClientPool, PoolConfig};
 
 /// State idle this long (no request started) is dropped, unless a request still holds it.
 pub const IDLE_RECLAIM: Duration = Duration::from_secs(300);
@@ -149,6 +150,8 @@ pub struct ClientCluster {
     cursor: AtomicUsize,
     /// When a request last started, in [`epoch_secs`].
     last_used: AtomicU64,
+    /// This client's connection pools and circuit breaker for the cluster.
+    pool: Arc<ClientPool>,
 }
 
 /// Counts one request in flight on an endpoint until dropped.
@@ -170,12 +173,18 @@ impl Drop for InFlight {
 }
 
 impl ClientCluster {
-    pub(super) fn new(_policy: &ClusterPolicy) -> Self {
+    pub(super) fn new(_policy: &ClusterPolicy, pool: &Arc<PoolConfig>) -> Self {
         Self {
             hosts: ArcSwap::from_pointee(Hosts::default()),
             cursor: AtomicUsize::new(0),
             last_used: AtomicU64::new(0),
+            pool: Arc::new(ClientPool::new(Arc::clone(pool))),
         }
+    }
+
+    /// This client's connection pools and circuit breaker for the cluster.
+    pub fn pool(&self) -> &Arc<ClientPool> {
+        &self.pool
     }
 
     fn touch(&self) {

@@ -15,6 +15,8 @@ use arc_swap::ArcSwap;
 
 use super::client::{ClientCluster, ClientId, ClientTable};
 use super::policy::ClusterPolicy;
+use super::pool::PoolConfig;
+use super::stats::ClusterStats;
 use super::{ClusterKey, UpstreamProtocol};
 
 /// How long a `DNS` cluster may take to resolve before the attempt counts as "no healthy upstream".
@@ -56,6 +58,8 @@ pub struct Cluster {
     pub discovery: Discovery,
     endpoints: ArcSwap<EndpointSet>,
     clients: ClientTable,
+    /// Pool settings and counters every client's pools share.
+    pool: Arc<PoolConfig>,
 }
 
 /// What the request path knows when it asks for an endpoint.
@@ -105,7 +109,9 @@ impl Cluster {
         protocol: UpstreamProtocol,
         policy: Arc<ClusterPolicy>,
         discovery: Discovery,
+        stats: Arc<ClusterStats>,
     ) -> Self {
+        let pool = Arc::new(PoolConfig::new(&policy, stats));
         Self {
             key,
             protocol,
@@ -113,7 +119,18 @@ impl Cluster {
             discovery,
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             clients: ClientTable::default(),
+            pool,
         }
+    }
+
+    /// The cluster's counters (`cluster.<name>.<stat>` on the admin API), summed over its clients.
+    pub fn stats(&self) -> &Arc<ClusterStats> {
+        &self.pool.stats
+    }
+
+    /// The cluster's pool settings.
+    pub fn pool_config(&self) -> &Arc<PoolConfig> {
+        &self.pool
     }
 
     /// Current static endpoint addresses.
@@ -142,7 +159,7 @@ impl Cluster {
     /// The state of `client` for this cluster, created on first use.
     pub fn client(self: &Arc<Self>, client: ClientId) -> Arc<ClientCluster> {
         self.clients
-            .get_or_create(client, || ClientCluster::new(&self.policy))
+            .get_or_create(client, || ClientCluster::new(&self.policy, &self.pool))
     }
 
     /// Number of clients with state for this cluster (admin, memory accounting).

@@ -3,20 +3,26 @@
 //! detection), and the connection pools requests are forwarded through.
 //!
 //! Layout: [`policy`] resolves a cluster's traffic policy once per config; [`cluster`] holds a
-//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`pool`] sends
-//! requests.
+//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`pool`] holds
+//! a client's connections and sends requests, within the limits of its [`breaker`]; [`connect`]
+//! dials endpoints; [`stats`] counts per cluster as Envoy does.
 
+pub mod breaker;
 pub mod client;
 pub mod cluster;
 pub mod outlier;
+pub mod connect;
 pub mod policy;
 pub mod pool;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 pub use client::{ClientCluster, ClientId, StateScope};
+use crate::policy::H2UpgradePolicy;
+
 pub use cluster::{Cluster, Discovery, PickError, PickRequest, Picked};
 pub use policy::ClusterPolicy;
 
@@ -60,6 +66,23 @@ pub enum UpstreamProtocol {
 }
 
 impl UpstreamProtocol {
+    /// The protocol of a port's cluster under its `connectionPool.http` (§2.3): `useClientProtocol`
+    /// speaks the client's protocol upstream; `h2UpgradePolicy: UPGRADE` sends an HTTP/1.1 port's
+    /// requests as HTTP/2 (h2c). The mesh default is `DO_NOT_UPGRADE`.
+    pub fn under(self, policy: &ClusterPolicy) -> Self {
+        let Some(pool) = &policy.connection_pool else {
+            return self;
+        };
+        match self {
+            UpstreamProtocol::Tcp => self,
+            _ if pool.use_client_protocol => UpstreamProtocol::SameAsDownstream,
+            UpstreamProtocol::Http1 if pool.h2_upgrade_policy == H2UpgradePolicy::Upgrade => {
+                UpstreamProtocol::Http2
+            }
+            other => other,
+        }
+    }
+
     /// Whether requests go upstream as HTTP/2, given what the client spoke.
     pub fn speaks_http2(self, downstream_h2: bool) -> bool {
         match self {
@@ -88,6 +111,7 @@ impl ClusterRegistry {
         discovery: Discovery,
         endpoints: Vec<SocketAddr>,
     ) -> Arc<Cluster> {
+        let protocol = protocol.under(&policy);
         let mut clusters = self
             .clusters
             .lock()
@@ -96,12 +120,15 @@ impl ClusterRegistry {
             |c: &Cluster| c.protocol == protocol && *c.policy == policy && c.discovery == discovery;
         let cluster = match clusters.get(&key) {
             Some(c) if same(c) => Arc::clone(c),
-            _ => {
+            old => {
+                // Counters are the cluster name's, as Envoy's stats: they survive a policy change.
+                let stats = old.map(|c| Arc::clone(c.stats())).unwrap_or_default();
                 let c = Arc::new(Cluster::new(
                     key.clone(),
                     protocol,
                     Arc::new(policy),
                     discovery,
+                    stats,
                 ));
                 clusters.insert(key, Arc::clone(&c));
                 c

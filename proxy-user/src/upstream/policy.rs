@@ -3,7 +3,7 @@
 //! the subset's policy (itself port-level resolved). Each step replaces whole blocks
 //! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`); there is no field-level merge.
 
-use crate::policy::{ConnectionPool, LoadBalancer, OutlierDetection, TrafficPolicy};
+use crate::policy::{ConnectionPool, LoadBalancer, OutlierDetection, RetryBudget, TrafficPolicy};
 
 /// What a DestinationRule decides for one cluster. `None` blocks take Istio's defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -14,6 +14,9 @@ pub struct ClusterPolicy {
     pub connection_pool: Option<ConnectionPool>,
     /// `outlierDetection`; `None` = no ejection at all.
     pub outlier_detection: Option<OutlierDetection>,
+    /// `retryBudget`; when set it replaces `connectionPool.http.maxRetries`. Not a port-level block:
+    /// it comes from the rule's (or the subset's) own `trafficPolicy`.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl ClusterPolicy {
@@ -37,6 +40,9 @@ impl ClusterPolicy {
                 if own.outlier_detection.is_some() {
                     policy.outlier_detection = own.outlier_detection;
                 }
+                if own.retry_budget.is_some() {
+                    policy.retry_budget = own.retry_budget;
+                }
             }
         }
         policy
@@ -47,7 +53,13 @@ impl ClusterPolicy {
     /// top-level values.
     fn for_port(tp: &TrafficPolicy, port: u16) -> (Self, bool) {
         match tp.port_level.iter().find(|(p, _)| *p == port) {
-            Some((_, pl)) => (Self::blocks(pl), true),
+            Some((_, pl)) => (
+                Self {
+                    retry_budget: tp.retry_budget,
+                    ..Self::blocks(pl)
+                },
+                true,
+            ),
             None => (Self::blocks(tp), false),
         }
     }
@@ -57,6 +69,7 @@ impl ClusterPolicy {
             load_balancer: tp.load_balancer.clone(),
             connection_pool: tp.connection_pool.clone(),
             outlier_detection: tp.outlier_detection.clone(),
+            retry_budget: tp.retry_budget,
         }
     }
 

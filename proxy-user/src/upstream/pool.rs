@@ -1,24 +1,41 @@
-//! HTTP connection pools to endpoints.
+//! Connection pools of one client pod for one cluster, as its sidecar would hold them: per endpoint,
+//! idle HTTP/1.1 connections (one request at a time) and HTTP/2 connections (streams counted against
+//! `maxConcurrentStreams`), all subject to the client's circuit breaker (`breaker`).
 //!
-//! - HTTP/1.1: hyper-util's pooled client, keep-alive per endpoint address. The request URI names the
-//!   endpoint; the client's `Host` header travels unchanged.
-//! - HTTP/2 (h2c prior knowledge): one multiplexed connection per endpoint, dialled by address, so the
-//!   request's `:authority` can stay the client's (as Envoy sends it) instead of the pod IP.
+//! A request's way through a pool (Envoy's `ConnPoolImplBase`):
+//! 1. `http2MaxRequests` reached → overflow.
+//! 2. An idle HTTP/1.1 connection (or an HTTP/2 connection with a free stream) → use it.
+//! 3. Otherwise the request is pending: `http1MaxPendingRequests` reached → overflow. It then opens a
+//!    connection if `maxConnections` allows (or the endpoint has none, see `breaker`), or waits in the
+//!    endpoint's queue (`upstream_cx_overflow`) until a connection is returned or closed.
+//!
+//! Invariants: a pool lock is held only for bookkeeping, never across an `.await`. Each connection
+//! owns one connection slot ([`ConnSlot`]) from dial to close; its driver task (which runs hyper's
+//! connection future and the idle and max-duration timers) releases it, so counts are right however
+//! a connection ends. The request, pending and retry counts are RAII slots too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::breaker::{Breaker, Limits};
+use super::connect::{self, ConnectError, ConnectOptions, UpstreamIo};
+use super::policy::ClusterPolicy;
+use super::stats::ClusterStats;
+use crate::policy::Http2KeepAlive;
 
 /// Any error a body can end with (hyper's, or the proxy's own, e.g. a route timeout mid-response).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,20 +43,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of requests the proxy sends upstream and of responses it sends downstream.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Istio's default `connectTimeout` for upstream connections.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle pooled connections are closed after this (Envoy's default idle timeout is 1 h; keep fewer
-/// sockets around on a node that serves every pod).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Envoy's default idle timeout of upstream connections (HTTP and TCP).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often a draining connection that still serves requests checks whether it may close.
+const DRAIN_CHECK: Duration = Duration::from_millis(250);
 
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be made: safe to retry on another endpoint.
-    #[error("connect to {endpoint} failed: {reason}")]
+    #[error("connect to {endpoint} failed: {source}")]
     Connect {
         endpoint: SocketAddr,
-        reason: String,
+        #[source]
+        source: ConnectError,
     },
     /// The connection or stream failed after the request may have been sent.
     #[error("request to {endpoint} failed: {source}")]
@@ -48,12 +65,20 @@ pub enum SendError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A circuit breaker refused the request (503 `UO`, never retried).
+    #[error("circuit breaker overflow")]
+    Overflow,
 }
 
 impl SendError {
     /// The request never left the proxy, so another attempt cannot duplicate it.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
+    }
+
+    /// A circuit breaker refused the request.
+    pub fn is_overflow(&self) -> bool {
+        matches!(self, SendError::Overflow)
     }
 
     /// The HTTP/2 stream was reset by the peer (as opposed to the connection closing).
@@ -82,124 +107,1259 @@ impl SendError {
     }
 }
 
-/// The proxy's upstream HTTP clients, shared by all connections.
-#[derive(Clone)]
-pub struct HttpPools {
-    http1: Client<HttpConnector, ProxyBody>,
-    http2: Arc<H2Pool>,
+/// A cluster's pool settings, resolved once per cluster from its policy and shared by its clients.
+#[derive(Debug)]
+pub struct PoolConfig {
+    /// How to dial endpoints.
+    pub connect: ConnectOptions,
+    /// Circuit-breaker limits (per client).
+    pub limits: Limits,
+    /// `maxRequestsPerConnection`; `None` = unlimited.
+    pub max_requests_per_connection: Option<u32>,
+    /// HTTP idle timeout; `None` = disabled (`0s`).
+    pub idle_timeout: Option<Duration>,
+    /// TCP relay idle timeout; `None` = disabled (`0s`).
+    pub tcp_idle_timeout: Option<Duration>,
+    /// `maxConnectionDuration`; `None` = unbounded.
+    pub max_connection_duration: Option<Duration>,
+    /// Streams per HTTP/2 connection before another connection is opened.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PINGs.
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+    /// The cluster's counters, shared by all its clients.
+    pub stats: Arc<ClusterStats>,
 }
 
-impl HttpPools {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.enforce_http(true);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(usize::MAX)
-            .build(connector);
+impl PoolConfig {
+    /// The settings `policy` asks for, counting into `stats`.
+    pub fn new(policy: &ClusterPolicy, stats: Arc<ClusterStats>) -> Self {
+        let pool = policy.connection_pool.as_ref();
+        // Zero disables a timeout; unset means Envoy's default of one hour.
+        let timeout =
+            |d: Option<Duration>| Some(d.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero());
         Self {
-            http1,
-            http2: Arc::new(H2Pool::default()),
+            connect: ConnectOptions::from_pool(pool),
+            limits: Limits::from_policy(policy),
+            max_requests_per_connection: pool.and_then(|p| p.max_requests_per_connection),
+            idle_timeout: timeout(pool.and_then(|p| p.idle_timeout)),
+            tcp_idle_timeout: timeout(pool.and_then(|p| p.tcp_idle_timeout)),
+            max_connection_duration: pool.and_then(|p| p.max_connection_duration),
+            max_concurrent_streams: pool
+                .and_then(|p| p.max_concurrent_streams)
+                .unwrap_or(u32::MAX),
+            http2_keep_alive: pool.and_then(|p| p.http2_keep_alive),
+            stats,
+        }
+    }
+}
+
+/// Milliseconds on tokio's clock since the first call (cheap timestamps for atomics).
+fn now_ms() -> u64 {
+    u64::try_from(clock_base().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn at_ms(ms: u64) -> Instant {
+    *clock_base() + Duration::from_millis(ms)
+}
+
+fn clock_base() -> &'static Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now)
+}
+
+/// What a connection's driver and its users share.
+#[derive(Debug, Default)]
+struct ConnShared {
+    /// Requests (HTTP/1.1: 0 or 1) or streams (HTTP/2) using the connection now.
+    in_use: AtomicU32,
+    /// Requests started on the connection.
+    requests: AtomicU32,
+    /// When the connection last became unused, in [`now_ms`].
+    idle_since: AtomicU64,
+    /// No new requests: max requests or max duration reached; closes once unused.
+    draining: AtomicBool,
+}
+
+impl ConnShared {
+    fn busy(&self) -> bool {
+        self.in_use.load(Ordering::Acquire) > 0
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// An HTTP/1.1 connection, owned by whoever uses it (or by the idle list).
+struct H1Conn {
+    sender: http1::SendRequest<ProxyBody>,
+    shared: Arc<ConnShared>,
+}
+
+/// An HTTP/2 connection; every user holds a clone of the sender.
+#[derive(Clone)]
+struct H2Conn {
+    sender: http2::SendRequest<ProxyBody>,
+    shared: Arc<ConnShared>,
+}
+
+/// What a queued request is woken with.
+enum Grant {
+    /// An HTTP/1.1 connection handed over as it was returned.
+    Conn(H1Conn),
+    /// Permission (and the slot) to open a connection.
+    Dial(ConnSlot),
+    /// Capacity may have appeared (HTTP/2): look again.
+    Retry,
+}
+
+/// One endpoint's connections for one client.
+#[derive(Default)]
+struct EndpointState {
+    /// Connections open or being opened.
+    connections: u32,
+    /// Idle HTTP/1.1 connections, most recently used last.
+    idle: Vec<H1Conn>,
+    /// HTTP/2 connections that take new streams.
+    h2: Vec<H2Conn>,
+    /// HTTP/2 connections being dialled.
+    h2_connecting: u32,
+    waiters_h1: VecDeque<oneshot::Sender<Grant>>,
+    waiters_h2: VecDeque<oneshot::Sender<Grant>>,
+}
+
+struct EndpointPool {
+    addr: SocketAddr,
+    state: Mutex<EndpointState>,
+}
+
+impl EndpointPool {
+    fn lock(&self) -> MutexGuard<'_, EndpointState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One client's pools and breaker for one cluster.
+pub struct ClientPool {
+    config: Arc<PoolConfig>,
+    breaker: Breaker,
+    endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointPool>>>,
+}
+
+impl std::fmt::Debug for ClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPool")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one connection against the breaker from dial to close; dropping it releases the count
+/// and hands the freed capacity to a queued request.
+struct ConnSlot {
+    pool: Arc<ClientPool>,
+    ep: Arc<EndpointPool>,
+    armed: bool,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release_connection(&self.ep);
+        }
+    }
+}
+
+/// Counts one request queued for a connection.
+struct PendingSlot(Arc<ClientPool>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.breaker.release_pending();
+        self.0.config.stats.upstream_rq_pending_active.dec();
+    }
+}
+
+/// Counts one request in flight, until its response body is done.
+struct RequestSlot(Arc<ClientPool>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.breaker.release_request();
+        self.0.config.stats.upstream_rq_active.dec();
+    }
+}
+
+/// Counts one retry against `maxRetries` / the retry budget until dropped.
+#[derive(Debug)]
+pub struct RetrySlot(Arc<ClientPool>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.breaker.release_retry();
+    }
+}
+
+/// The connection a request uses: returned to the pool (HTTP/1.1) or its stream released (HTTP/2)
+/// when the response is done, or closed if it ended early.
+struct ConnLease {
+    pool: Arc<ClientPool>,
+    ep: Arc<EndpointPool>,
+    kind: LeaseKind,
+}
+
+enum LeaseKind {
+    H1(Option<H1Conn>),
+    H2(Option<Arc<ConnShared>>),
+}
+
+impl ConnLease {
+    /// The response ended: give the connection back.
+    fn finish(&mut self, complete: bool) {
+        match &mut self.kind {
+            LeaseKind::H1(conn) => {
+                if let Some(c) = conn.take() {
+                    self.pool.finish_h1(&self.ep, c, complete);
+                }
+            }
+            LeaseKind::H2(shared) => {
+                if let Some(s) = shared.take() {
+                    self.pool.finish_h2(&self.ep, &s);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ConnLease {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// A response body read from a pooled connection; the connection goes back when the body ends.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: ConnLease,
+    _request: RequestSlot,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.lease.finish(true),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.lease.finish(true),
+            Poll::Ready(Some(Err(_))) => this.lease.finish(false),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body nobody polled to the end may still be complete (e.g. empty).
+        let complete = hyper::body::Body::is_end_stream(&self.inner);
+        self.lease.finish(complete);
+    }
+}
+
+/// What a request got from an endpoint's bookkeeping.
+enum Step<C> {
+    /// A connection to use now.
+    Ready(C),
+    /// Open a connection (the request is pending meanwhile).
+    Dial(ConnSlot, PendingSlot),
+    /// Wait in the queue.
+    Wait(oneshot::Receiver<Grant>, PendingSlot),
+}
+
+impl ClientPool {
+    /// Empty pools with `config`'s limits.
+    pub fn new(config: Arc<PoolConfig>) -> Self {
+        Self {
+            config,
+            breaker: Breaker::default(),
+            endpoints: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Send `req` to `endpoint`. For HTTP/1.1 the URI must name the endpoint; for HTTP/2 it carries
-    /// the client's authority and the connection is chosen by `endpoint`.
+    /// The cluster's pool settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// The breaker's counts (tests, admin).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointPool> {
+        let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ep) = eps.get(&addr) {
+            return Arc::clone(ep);
+        }
+        // Endpoints that left the cluster keep an entry only while something uses them.
+        eps.retain(|_, ep| Arc::strong_count(ep) > 1 || ep.lock().connections > 0);
+        let ep = Arc::new(EndpointPool {
+            addr,
+            state: Mutex::new(EndpointState::default()),
+        });
+        eps.insert(addr, Arc::clone(&ep));
+        ep
+    }
+
+    /// Send `req` to `endpoint` over HTTP/2 (h2c) or HTTP/1.1. HTTP/1.1 requests carry an
+    /// origin-form URI and a `Host` header; HTTP/2 requests an absolute URI (`:authority`).
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         endpoint: SocketAddr,
         http2: bool,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        if http2 {
-            return self.http2.send(endpoint, req).await;
+    ) -> Result<Response<PooledBody>, SendError> {
+        let request = self.request_slot()?;
+        let ep = self.endpoint(endpoint);
+        let (resp, lease) = if http2 {
+            self.send_h2(&ep, req).await?
+        } else {
+            self.send_h1(&ep, req).await?
+        };
+        Ok(resp.map(|inner| PooledBody {
+            inner,
+            lease,
+            _request: request,
+        }))
+    }
+
+    /// A retry unless `maxRetries` (or the retry budget) is used up; `None` counts
+    /// `upstream_rq_retry_overflow`.
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetrySlot> {
+        if self.breaker.try_retry(&self.config.limits) {
+            Some(RetrySlot(Arc::clone(self)))
+        } else {
+            self.config.stats.upstream_rq_retry_overflow.inc();
+            None
         }
-        self.http1.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                SendError::Connect {
-                    endpoint,
-                    reason: e.to_string(),
-                }
-            } else {
-                SendError::Request {
-                    endpoint,
-                    source: Box::new(e),
-                }
+    }
+
+    fn request_slot(self: &Arc<Self>) -> Result<RequestSlot, SendError> {
+        if !self.breaker.try_request(&self.config.limits) {
+            // Envoy counts `max_requests` overflow as a pending overflow.
+            self.config.stats.upstream_rq_pending_overflow.inc();
+            return Err(SendError::Overflow);
+        }
+        self.config.stats.upstream_rq_active.inc();
+        Ok(RequestSlot(Arc::clone(self)))
+    }
+
+    fn pending_slot(self: &Arc<Self>) -> Result<PendingSlot, SendError> {
+        if !self.breaker.try_pending(&self.config.limits) {
+            self.config.stats.upstream_rq_pending_overflow.inc();
+            return Err(SendError::Overflow);
+        }
+        self.config.stats.upstream_rq_pending_active.inc();
+        Ok(PendingSlot(Arc::clone(self)))
+    }
+
+    /// A connection slot if the breaker allows one (always when the endpoint has none).
+    fn try_reserve(
+        self: &Arc<Self>,
+        ep: &Arc<EndpointPool>,
+        st: &mut EndpointState,
+    ) -> Option<ConnSlot> {
+        if !self
+            .breaker
+            .try_connection(&self.config.limits, st.connections == 0)
+        {
+            return None;
+        }
+        st.connections += 1;
+        self.config.stats.upstream_cx_active.inc();
+        Some(ConnSlot {
+            pool: Arc::clone(self),
+            ep: Arc::clone(ep),
+            armed: true,
+        })
+    }
+
+    /// Undo a reservation while the endpoint is locked (dropping the slot would lock it again).
+    fn unreserve(&self, st: &mut EndpointState, mut slot: ConnSlot) {
+        slot.armed = false;
+        st.connections = st.connections.saturating_sub(1);
+        self.breaker.release_connection();
+        self.config.stats.upstream_cx_active.dec();
+    }
+
+    fn release_connection(self: &Arc<Self>, ep: &Arc<EndpointPool>) {
+        let mut st = ep.lock();
+        st.connections = st.connections.saturating_sub(1);
+        self.breaker.release_connection();
+        self.config.stats.upstream_cx_active.dec();
+        // The freed capacity goes to the longest-waiting request, HTTP/1.1 first.
+        while !st.waiters_h1.is_empty() || !st.waiters_h2.is_empty() {
+            let Some(slot) = self.try_reserve(ep, &mut st) else {
+                break;
+            };
+            let waiter = match st.waiters_h1.pop_front() {
+                Some(w) => w,
+                None => match st.waiters_h2.pop_front() {
+                    Some(w) => w,
+                    None => {
+                        self.unreserve(&mut st, slot);
+                        break;
+                    }
+                },
+            };
+            match waiter.send(Grant::Dial(slot)) {
+                Ok(()) => break,
+                // That request went away: offer the slot to the next one.
+                Err(Grant::Dial(slot)) => self.unreserve(&mut st, slot),
+                Err(_) => {}
             }
+        }
+    }
+
+    // ---- HTTP/1.1
+
+    fn step_h1(self: &Arc<Self>, ep: &Arc<EndpointPool>) -> Result<Step<H1Conn>, SendError> {
+        let mut st = ep.lock();
+        while let Some(conn) = st.idle.pop() {
+            if conn.sender.is_closed() || conn.shared.draining() {
+                continue;
+            }
+            conn.shared.in_use.store(1, Ordering::Release);
+            return Ok(Step::Ready(conn));
+        }
+        let pending = self.pending_slot()?;
+        if let Some(slot) = self.try_reserve(ep, &mut st) {
+            return Ok(Step::Dial(slot, pending));
+        }
+        self.config.stats.upstream_cx_overflow.inc();
+        let (tx, rx) = oneshot::channel();
+        st.waiters_h1.push_back(tx);
+        Ok(Step::Wait(rx, pending))
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        ep: &Arc<EndpointPool>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, ConnLease), SendError> {
+        loop {
+            let (mut conn, fresh) = match self.step_h1(ep)? {
+                Step::Ready(conn) => (conn, false),
+                Step::Dial(slot, pending) => {
+                    let conn = self.dial_h1(ep, slot).await?;
+                    drop(pending);
+                    (conn, true)
+                }
+                Step::Wait(rx, pending) => match rx.await {
+                    Ok(Grant::Conn(conn)) => (conn, false),
+                    Ok(Grant::Dial(slot)) => {
+                        let conn = self.dial_h1(ep, slot).await?;
+                        drop(pending);
+                        (conn, true)
+                    }
+                    Ok(Grant::Retry) | Err(_) => continue,
+                },
+            };
+            let lease_conn = |conn: H1Conn| ConnLease {
+                pool: Arc::clone(self),
+                ep: Arc::clone(ep),
+                kind: LeaseKind::H1(Some(conn)),
+            };
+            if conn.sender.ready().await.is_err() {
+                // Closed while idle: its driver releases the slot; try another connection.
+                if fresh {
+                    return Err(request_error(
+                        ep.addr,
+                        "connection closed before the request",
+                    ));
+                }
+                continue;
+            }
+            conn.shared.requests.fetch_add(1, Ordering::AcqRel);
+            let sent = conn.sender.try_send_request(req);
+            let lease = lease_conn(conn);
+            match sent.await {
+                Ok(resp) => return Ok((resp, lease)),
+                Err(mut e) => match e.take_message() {
+                    // Not written: a reused connection raced its close; the request is intact.
+                    Some(back) if !fresh => {
+                        req = back;
+                        drop(lease);
+                    }
+                    _ => {
+                        return Err(SendError::Request {
+                            endpoint: ep.addr,
+                            source: Box::new(e.into_error()),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    async fn dial_h1(
+        self: &Arc<Self>,
+        ep: &Arc<EndpointPool>,
+        slot: ConnSlot,
+    ) -> Result<H1Conn, SendError> {
+        let io = self.dial(ep.addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Request {
+                endpoint: ep.addr,
+                source: Box::new(e),
+            })?;
+        let shared = Arc::new(ConnShared {
+            in_use: AtomicU32::new(1),
+            ..Default::default()
+        });
+        self.spawn_driver(conn, Arc::clone(&shared), slot, ep.addr);
+        Ok(H1Conn { sender, shared })
+    }
+
+    /// A response on `conn` ended (`complete`: read to its end).
+    fn finish_h1(self: &Arc<Self>, ep: &Arc<EndpointPool>, conn: H1Conn, complete: bool) {
+        let served = conn.shared.requests.load(Ordering::Acquire);
+        let at_max = self
+            .config
+            .max_requests_per_connection
+            .is_some_and(|max| served >= max);
+        if !complete || at_max || conn.shared.draining() || conn.sender.is_closed() {
+            if complete && at_max {
+                self.config.stats.upstream_cx_max_requests.inc();
+            }
+            conn.shared.draining.store(true, Ordering::Release);
+            conn.shared.in_use.store(0, Ordering::Release);
+            // Dropping the sender closes the connection; its driver releases the slot.
+            return;
+        }
+        let mut st = ep.lock();
+        let mut conn = conn;
+        while let Some(waiter) = st.waiters_h1.pop_front() {
+            match waiter.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(back)) => conn = back,
+                Err(_) => return,
+            }
+        }
+        conn.shared.idle_since.store(now_ms(), Ordering::Release);
+        conn.shared.in_use.store(0, Ordering::Release);
+        st.idle.push(conn);
+    }
+
+    // ---- HTTP/2
+
+    fn step_h2(self: &Arc<Self>, ep: &Arc<EndpointPool>) -> Result<Step<H2Conn>, SendError> {
+        let mut st = ep.lock();
+        // Closed and draining connections take no new streams; dropping the pool's sender lets a
+        // draining connection close once its streams are done.
+        st.h2
+            .retain(|c| !c.sender.is_closed() && !c.shared.draining());
+        let max_streams = self.config.max_concurrent_streams;
+        if let Some(conn) = st
+            .h2
+            .iter()
+            .find(|c| c.shared.in_use.load(Ordering::Acquire) < max_streams)
+            .cloned()
+        {
+            conn.shared.in_use.fetch_add(1, Ordering::AcqRel);
+            let served = conn.shared.requests.fetch_add(1, Ordering::AcqRel) + 1;
+            if self
+                .config
+                .max_requests_per_connection
+                .is_some_and(|max| served >= max)
+            {
+                conn.shared.draining.store(true, Ordering::Release);
+                self.config.stats.upstream_cx_max_requests.inc();
+            }
+            return Ok(Step::Ready(conn));
+        }
+        let pending = self.pending_slot()?;
+        if st.h2_connecting == 0 {
+            if let Some(slot) = self.try_reserve(ep, &mut st) {
+                st.h2_connecting += 1;
+                return Ok(Step::Dial(slot, pending));
+            }
+            self.config.stats.upstream_cx_overflow.inc();
+        }
+        // A connection is on its way (or none may be opened): wait for capacity.
+        let (tx, rx) = oneshot::channel();
+        st.waiters_h2.push_back(tx);
+        Ok(Step::Wait(rx, pending))
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        ep: &Arc<EndpointPool>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, ConnLease), SendError> {
+        loop {
+            let (mut conn, fresh) = match self.step_h2(ep)? {
+                Step::Ready(conn) => (conn, false),
+                Step::Dial(slot, pending) => {
+                    let conn = self.dial_h2(ep, slot, true).await?;
+                    drop(pending);
+                    (conn, true)
+                }
+                Step::Wait(rx, pending) => match rx.await {
+                    Ok(Grant::Dial(slot)) => {
+                        let conn = self.dial_h2(ep, slot, false).await?;
+                        drop(pending);
+                        (conn, true)
+                    }
+                    Ok(Grant::Conn(_) | Grant::Retry) | Err(_) => continue,
+                },
+            };
+            let lease = ConnLease {
+                pool: Arc::clone(self),
+                ep: Arc::clone(ep),
+                kind: LeaseKind::H2(Some(Arc::clone(&conn.shared))),
+            };
+            if conn.sender.ready().await.is_err() {
+                if fresh {
+                    return Err(request_error(
+                        ep.addr,
+                        "connection closed before the request",
+                    ));
+                }
+                continue;
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, lease)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !fresh => {
+                        req = back;
+                        drop(lease);
+                    }
+                    _ => {
+                        return Err(SendError::Request {
+                            endpoint: ep.addr,
+                            source: Box::new(e.into_error()),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    /// Dial an HTTP/2 connection; `counted` = this dial was announced in `h2_connecting`.
+    async fn dial_h2(
+        self: &Arc<Self>,
+        ep: &Arc<EndpointPool>,
+        slot: ConnSlot,
+        counted: bool,
+    ) -> Result<H2Conn, SendError> {
+        let connecting = counted.then(|| Connecting { ep: Arc::clone(ep) });
+        let io = self.dial(ep.addr).await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(ka) = self.config.http2_keep_alive {
+            builder
+                .keep_alive_interval(ka.interval)
+                .keep_alive_timeout(ka.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) =
+            builder
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| SendError::Request {
+                    endpoint: ep.addr,
+                    source: Box::new(e),
+                })?;
+        let shared = Arc::new(ConnShared {
+            in_use: AtomicU32::new(1),
+            requests: AtomicU32::new(1),
+            ..Default::default()
+        });
+        self.spawn_driver(conn, Arc::clone(&shared), slot, ep.addr);
+        let conn = H2Conn { sender, shared };
+        if self.config.max_requests_per_connection == Some(1) {
+            conn.shared.draining.store(true, Ordering::Release);
+            self.config.stats.upstream_cx_max_requests.inc();
+        }
+        {
+            let mut st = ep.lock();
+            st.h2.push(conn.clone());
+        }
+        drop(connecting);
+        Ok(conn)
+    }
+
+    /// A stream on an HTTP/2 connection ended: wake one queued request.
+    fn finish_h2(self: &Arc<Self>, ep: &Arc<EndpointPool>, shared: &ConnShared) {
+        if shared.in_use.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.idle_since.store(now_ms(), Ordering::Release);
+        }
+        let mut st = ep.lock();
+        while let Some(waiter) = st.waiters_h2.pop_front() {
+            if waiter.send(Grant::Retry).is_ok() {
+                break;
+            }
+        }
+    }
+
+    // ---- connections
+
+    async fn dial(&self, endpoint: SocketAddr) -> Result<UpstreamIo, SendError> {
+        let stats = &self.config.stats;
+        stats.upstream_cx_total.inc();
+        match connect::dial(endpoint, &self.config.connect).await {
+            // TLS origination wraps the stream here: `UpstreamIo::Tls(Box::new(tls.handshake(..)))`.
+            Ok(tcp) => Ok(UpstreamIo::Plain(tcp)),
+            Err(e) => {
+                stats.upstream_cx_connect_fail.inc();
+                if matches!(e, ConnectError::Timeout) {
+                    stats.upstream_cx_connect_timeout.inc();
+                }
+                Err(SendError::Connect {
+                    endpoint,
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Run a connection until it ends, closing it when idle or too old; then release its slot.
+    fn spawn_driver<F, E>(
+        &self,
+        conn: F,
+        shared: Arc<ConnShared>,
+        slot: ConnSlot,
+        endpoint: SocketAddr,
+    ) where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let timers = Timers {
+            idle: self.config.idle_timeout,
+            max_duration: self.config.max_connection_duration,
+        };
+        let stats = Arc::clone(&self.config.stats);
+        tokio::spawn(async move {
+            if let Err(e) = drive(conn, &shared, timers, &stats).await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection ended");
+            }
+            drop(slot);
+        });
+    }
+
+    // ---- TCP
+
+    /// Open a TCP connection for a relay, unless the client is at `maxConnections` (the caller
+    /// closes the downstream connection, flag `UO`).
+    pub async fn open_tcp(self: &Arc<Self>, endpoint: SocketAddr) -> Result<TcpConn, SendError> {
+        let ep = self.endpoint(endpoint);
+        let slot = {
+            let mut st = ep.lock();
+            self.try_reserve(&ep, &mut st)
+        };
+        let Some(slot) = slot else {
+            self.config.stats.upstream_cx_overflow.inc();
+            return Err(SendError::Overflow);
+        };
+        let io = self.dial(endpoint).await?;
+        Ok(TcpConn {
+            io,
+            idle_timeout: self.config.tcp_idle_timeout,
+            max_duration: self.config.max_connection_duration,
+            stats: Arc::clone(&self.config.stats),
+            _slot: slot,
         })
     }
 }
 
-impl Default for HttpPools {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Announces an HTTP/2 dial in progress; when it ends (however), queued requests look again.
+struct Connecting {
+    ep: Arc<EndpointPool>,
 }
 
-/// One live h2 connection per endpoint.
-#[derive(Default)]
-struct H2Pool {
-    // Held only to clone or replace a sender, never across an await.
-    connections: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
-}
-
-impl H2Pool {
-    async fn send(
-        &self,
-        endpoint: SocketAddr,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.cached(endpoint) {
-            Some(s) => s,
-            None => self.connect(endpoint).await?,
-        };
-        if sender.ready().await.is_err() {
-            // The cached connection died (GOAWAY, reset): dial a fresh one once.
-            sender = self.connect(endpoint).await?;
-            sender.ready().await.map_err(|e| SendError::Connect {
-                endpoint,
-                reason: e.to_string(),
-            })?;
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        let mut st = self.ep.lock();
+        st.h2_connecting = st.h2_connecting.saturating_sub(1);
+        for waiter in st.waiters_h2.drain(..) {
+            let _ = waiter.send(Grant::Retry);
         }
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| SendError::Request {
-                endpoint,
-                source: Box::new(e),
-            })
+    }
+}
+
+fn request_error(endpoint: SocketAddr, what: &'static str) -> SendError {
+    SendError::Request {
+        endpoint,
+        source: what.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    idle: Option<Duration>,
+    max_duration: Option<Duration>,
+}
+
+/// Drive `conn` until it ends, or until it is idle for `timers.idle` or older than
+/// `timers.max_duration` and unused (then it is dropped, which closes it).
+async fn drive<F, E>(
+    conn: F,
+    shared: &ConnShared,
+    timers: Timers,
+    stats: &ClusterStats,
+) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let born = Instant::now();
+    loop {
+        let now = Instant::now();
+        let busy = shared.busy();
+        let mut deadline: Option<Instant> = None;
+        let mut sooner = |at: Instant| {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        };
+        if let Some(idle) = timers.idle {
+            let since = if busy {
+                now
+            } else {
+                at_ms(shared.idle_since.load(Ordering::Acquire))
+            };
+            sooner(since + idle);
+        }
+        if shared.draining() {
+            sooner(now + DRAIN_CHECK);
+        } else if let Some(max) = timers.max_duration {
+            sooner(born + max);
+        }
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ended = &mut conn => return ended,
+            () = timer => {}
+        }
+        let now = Instant::now();
+        let busy = shared.busy();
+        if let Some(max) = timers.max_duration {
+            if now >= born + max && !shared.draining.swap(true, Ordering::AcqRel) {
+                stats.upstream_cx_max_duration_reached.inc();
+            }
+        }
+        if shared.draining() && !busy {
+            return Ok(());
+        }
+        if let Some(idle) = timers.idle {
+            let since = at_ms(shared.idle_since.load(Ordering::Acquire));
+            if !busy && now >= since + idle {
+                stats.upstream_cx_idle_timeout.inc();
+                shared.draining.store(true, Ordering::Release);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// An upstream TCP connection for a relay; its connection slot is held until it is dropped.
+pub struct TcpConn {
+    /// The connection.
+    pub io: UpstreamIo,
+    /// Close the relay after this long without bytes either way (`tcp.idleTimeout`).
+    pub idle_timeout: Option<Duration>,
+    /// Close the relay at this age (`maxConnectionDuration`).
+    pub max_duration: Option<Duration>,
+    stats: Arc<ClusterStats>,
+    _slot: ConnSlot,
+}
+
+impl TcpConn {
+    /// The relay was closed for idleness.
+    pub fn count_idle_timeout(&self) {
+        self.stats.upstream_cx_idle_timeout.inc();
     }
 
-    fn cached(&self, endpoint: SocketAddr) -> Option<http2::SendRequest<ProxyBody>> {
-        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        conns.get(&endpoint).filter(|s| !s.is_closed()).cloned()
+    /// The relay was closed at its maximum age.
+    pub fn count_max_duration(&self) {
+        self.stats.upstream_cx_max_duration_reached.inc();
     }
+}
 
-    async fn connect(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http2::SendRequest<ProxyBody>, SendError> {
-        let fail = |reason: String| SendError::Connect { endpoint, reason };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| fail("connect timeout".into()))?
-            .map_err(|e| fail(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ConnectionPool;
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::AtomicUsize;
+    use tokio::net::TcpListener;
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// A local HTTP/1.1 + h2c server answering 200 after `delay`; counts the connections it accepted.
+    async fn server(delay: Duration) -> std::io::Result<(SocketAddr, Arc<AtomicUsize>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%endpoint, error = %e, "upstream h2 connection ended");
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
             }
         });
-        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, s| !s.is_closed());
-        conns.insert(endpoint, sender.clone());
-        Ok(sender)
+        Ok((addr, accepted))
+    }
+
+    fn pool_with(cp: ConnectionPool) -> Arc<ClientPool> {
+        let policy = ClusterPolicy {
+            connection_pool: Some(cp),
+            ..Default::default()
+        };
+        let config = PoolConfig::new(&policy, Arc::default());
+        Arc::new(ClientPool::new(Arc::new(config)))
+    }
+
+    fn get(h2: bool, addr: SocketAddr) -> Request<ProxyBody> {
+        let mut req = Request::new(Empty::new().map_err(|e| match e {}).boxed());
+        *req.uri_mut() = if h2 {
+            format!("http://{addr}/").parse().unwrap_or_default()
+        } else {
+            "/".parse().unwrap_or_default()
+        };
+        if h2 {
+            *req.version_mut() = http::Version::HTTP_2;
+        }
+        req
+    }
+
+    /// Send and read the whole response; `Ok(None)` = overflow.
+    async fn exchange(
+        pool: &Arc<ClientPool>,
+        addr: SocketAddr,
+        h2: bool,
+    ) -> Result<Option<u16>, SendError> {
+        match pool.send(addr, h2, get(h2, addr)).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                Ok(Some(status))
+            }
+            Err(SendError::Overflow) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuses_one_connection() -> TestResult {
+        let (addr, accepted) = server(Duration::ZERO).await?;
+        let pool = pool_with(ConnectionPool::default());
+        for _ in 0..5 {
+            assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.config.stats.upstream_cx_total.get(), 1);
+        assert_eq!(pool.config.stats.upstream_rq_active.get(), 0);
+        Ok(())
+    }
+
+    /// The seeds' circuit breaker: one connection, one pending request, no keep-alive. Of three
+    /// concurrent requests one is in flight, one waits, one overflows at once.
+    #[tokio::test]
+    async fn one_in_flight_one_pending_the_rest_overflow() -> TestResult {
+        let (addr, accepted) = server(Duration::from_millis(300)).await?;
+        let pool = pool_with(ConnectionPool {
+            tcp_max_connections: Some(1),
+            http1_max_pending_requests: Some(1),
+            max_requests_per_connection: Some(1),
+            ..Default::default()
+        });
+        let first = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { exchange(&pool, addr, false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { exchange(&pool, addr, false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.breaker.pending(), 1);
+        assert_eq!(exchange(&pool, addr, false).await?, None);
+        assert_eq!(first.await??, Some(200));
+        assert_eq!(second.await??, Some(200));
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_rq_pending_overflow.get(), 1);
+        assert_eq!(stats.upstream_cx_overflow.get(), 1);
+        // A new connection per request.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(stats.upstream_cx_total.get(), 2);
+        assert_eq!(stats.upstream_cx_max_requests.get(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(stats.upstream_cx_active.get(), 0);
+        assert_eq!(stats.upstream_rq_pending_active.get(), 0);
+        assert_eq!(pool.breaker.connections(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn max_requests_overflow_and_retries_are_bounded() -> TestResult {
+        let (addr, _) = server(Duration::from_millis(200)).await?;
+        let pool = pool_with(ConnectionPool {
+            http2_max_requests: Some(1),
+            max_retries: Some(1),
+            ..Default::default()
+        });
+        let first = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { exchange(&pool, addr, true).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(exchange(&pool, addr, true).await?, None);
+        assert_eq!(first.await??, Some(200));
+        assert_eq!(pool.config.stats.upstream_rq_pending_overflow.get(), 1);
+        let retry = pool.try_retry();
+        assert!(retry.is_some());
+        assert!(pool.try_retry().is_none());
+        assert_eq!(pool.config.stats.upstream_rq_retry_overflow.get(), 1);
+        drop(retry);
+        assert!(pool.try_retry().is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn h2_streams_beyond_max_concurrent_streams_open_connections() -> TestResult {
+        let (addr, accepted) = server(Duration::from_millis(200)).await?;
+        let pool = pool_with(ConnectionPool {
+            max_concurrent_streams: Some(2),
+            ..Default::default()
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(
+                async move { exchange(&pool, addr, true).await },
+            ));
+        }
+        for t in tasks {
+            assert_eq!(t.await??, Some(200));
+        }
+        // Five streams, two per connection.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // Unlimited streams: one connection.
+        let (addr, accepted) = server(Duration::from_millis(200)).await?;
+        let pool = pool_with(ConnectionPool::default());
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(
+                async move { exchange(&pool, addr, true).await },
+            ));
+        }
+        for t in tasks {
+            assert_eq!(t.await??, Some(200));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn idle_and_old_connections_close() -> TestResult {
+        let (addr, accepted) = server(Duration::ZERO).await?;
+        let pool = pool_with(ConnectionPool {
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..Default::default()
+        });
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(exchange(&pool, addr, true).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_cx_idle_timeout.get(), 2);
+        assert_eq!(stats.upstream_cx_active.get(), 0);
+        // The next request dials again.
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+        let pool = pool_with(ConnectionPool {
+            max_connection_duration: Some(Duration::from_millis(200)),
+            ..Default::default()
+        });
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(pool.config.stats.upstream_cx_max_duration_reached.get(), 1);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_over_the_limit_overflow() -> TestResult {
+        let (addr, _) = server(Duration::ZERO).await?;
+        let pool = pool_with(ConnectionPool {
+            tcp_max_connections: Some(1),
+            ..Default::default()
+        });
+        let first = pool.open_tcp(addr).await?;
+        assert!(matches!(
+            pool.open_tcp(addr).await,
+            Err(SendError::Overflow)
+        ));
+        assert_eq!(pool.config.stats.upstream_cx_overflow.get(), 1);
+        drop(first);
+        let again = pool.open_tcp(addr).await?;
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 1);
+        drop(again);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        // A refused connect counts as a connect failure and frees its slot.
+        let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        assert!(pool.open_tcp(closed).await.is_err_and(|e| e.is_connect()));
+        assert_eq!(pool.config.stats.upstream_cx_connect_fail.get(), 1);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        Ok(())
+    }
+
+    /// Counts the bytes this thread allocates, so a test can measure what it builds even while
+    /// other tests run on other threads.
+    struct CountingAlloc;
+
+    thread_local! {
+        static NET_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // `try_with`: allocations during thread teardown are not counted.
+        let _ = NET_BYTES.try_with(|n| n.set(n.get() + delta));
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            add(-(layout.size() as isize));
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: CountingAlloc = CountingAlloc;
+
+    fn net_bytes() -> isize {
+        NET_BYTES.with(|n| n.get())
+    }
+
+    /// Memory of idle per-client state: 100 client pods × 100 clusters with a connection pool and
+    /// outlier detection set, each pair created by a real pick (one endpoint each) and then idle.
+    /// Reports the bytes per pair and fails if it grows past a small bound.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_client_cluster_pairs_are_small() -> TestResult {
+        use crate::upstream::UpstreamProtocol;
+        use crate::upstream::{ClientId, ClusterKey, ClusterRegistry, Discovery, PickRequest};
+        const CLIENTS: u64 = 100;
+        const CLUSTERS: u16 = 100;
+        let registry = ClusterRegistry::default();
+        let policy = ClusterPolicy {
+            connection_pool: Some(ConnectionPool {
+                tcp_max_connections: Some(1),
+                http1_max_pending_requests: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let clusters: Vec<_> = (0..CLUSTERS)
+            .map(|i| {
+                registry.ensure(
+                    ClusterKey {
+                        host: format!("svc-{i}.default.svc.cluster.local"),
+                        port: 9080,
+                        subset: None,
+                        scope: String::new(),
+                    },
+                    UpstreamProtocol::Http1,
+                    policy.clone(),
+                    Discovery::Static,
+                    vec![SocketAddr::from(([10, 244, 0, 1], 9080 + i))],
+                )
+            })
+            .collect();
+        let before = net_bytes();
+        for cluster in &clusters {
+            for client in 1..=CLIENTS {
+                let req = PickRequest {
+                    client: ClientId(client),
+                    original_dst: SocketAddr::from(([10, 96, 0, 1], 9080)),
+                    avoid: &[],
+                };
+                let picked = cluster.pick(&req).await;
+                assert!(picked.is_ok());
+            }
+        }
+        let pairs = (CLIENTS * u64::from(CLUSTERS)) as isize;
+        let per_pair = (net_bytes() - before) / pairs;
+        println!(
+            "idle (client, cluster) pair: {per_pair} bytes ({} KiB for 100 clients x 100 clusters; \
+             size_of ClientCluster {}, ClientPool {})",
+            per_pair * pairs / 1024,
+            std::mem::size_of::<crate::upstream::ClientCluster>(),
+            std::mem::size_of::<ClientPool>(),
+        );
+        assert!(
+            per_pair > 0 && per_pair <= 768,
+            "{per_pair} bytes per idle pair"
+        );
+        // Each endpoint a client has used adds its endpoint pool (until it is gone and unused).
+        println!(
+            "per endpoint used: {} bytes",
+            std::mem::size_of::<EndpointPool>() + 2 * std::mem::size_of::<usize>()
+        );
+        Ok(())
     }
 }

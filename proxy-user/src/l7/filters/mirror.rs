@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::admin::Stats;
 use crate::routing::Target;
-use crate::upstream::pool::HttpPools;
 use crate::upstream::{ClientId, PickRequest};
 
 use crate::l7::body::RecordedBody;
@@ -86,7 +85,7 @@ pub struct MirrorJob {
 
 /// Start one mirror on its own task, or count it as dropped when over budget. A mirror counts as
 /// sent once its request went out and as dropped when it could not be sent.
-pub fn spawn(job: MirrorJob, pools: HttpPools, stats: Arc<Stats>) {
+pub fn spawn(job: MirrorJob, stats: Arc<Stats>) {
     let Some(slot) = Slot::acquire() else {
         stats.mirror_dropped.inc();
         return;
@@ -94,7 +93,7 @@ pub fn spawn(job: MirrorJob, pools: HttpPools, stats: Arc<Stats>) {
     tokio::spawn(async move {
         let _slot = slot;
         let limit = job.timeout.unwrap_or(DEFAULT_MIRROR_TIMEOUT);
-        let sent = tokio::time::timeout(limit, send(job, pools)).await;
+        let sent = tokio::time::timeout(limit, send(job)).await;
         match sent {
             Ok(Ok(())) => stats.mirror_requests.inc(),
             Ok(Err(why)) => {
@@ -106,7 +105,7 @@ pub fn spawn(job: MirrorJob, pools: HttpPools, stats: Arc<Stats>) {
     });
 }
 
-async fn send(job: MirrorJob, pools: HttpPools) -> Result<(), &'static str> {
+async fn send(job: MirrorJob) -> Result<(), &'static str> {
     let upstream_h2 = job
         .target
         .protocol()
@@ -133,8 +132,11 @@ async fn send(job: MirrorJob, pools: HttpPools) -> Result<(), &'static str> {
     let req = request
         .build(picked.addr(), 1, upstream_h2, body)
         .map_err(|_| "mirror request could not be built")?;
-    // The response is read to the end and discarded, so the pooled connection can be reused.
-    let resp = pools
+    // The mirror cluster's pools of the same client; the response is read to the end and
+    // discarded, so the pooled connection can be reused.
+    let resp = picked
+        .client()
+        .pool()
         .send(picked.addr(), upstream_h2, req)
         .await
         .map_err(|_| "mirror request failed")?;

@@ -1,9 +1,10 @@
 //! `DestinationRule` -> model, with Istio's validation rules (§2.0–2.8 of the reference).
 //!
 //! Keel's request path applies a DestinationRule's `host`, `subsets` (labels select endpoints),
-//! `exportTo` and `workloadSelector`. It applies no `trafficPolicy` (top level, subset or port level):
-//! every such field is validated as Istio does, and each one set yields an `accepted, not applied`
-//! warning saying what Keel does instead ([`traffic_policy_not_applied`]). Settings whose absence would
+//! `exportTo`, `workloadSelector`, and of `trafficPolicy` (top level, subset or port level) the
+//! `connectionPool` and `retryBudget`. Every other field is validated as Istio does, and each one set
+//! yields an `accepted, not applied` warning saying what Keel does instead
+//! ([`traffic_policy_not_applied`]). Settings whose absence would
 //! change behaviour in a way users rely on (tunnelling, PROXY protocol) are rejected as unsupported.
 
 use std::collections::BTreeSet;
@@ -158,8 +159,10 @@ fn traffic_policy(
             Invalid::Unsupported("trafficPolicy.proxyProtocol".into()),
         );
     }
+    let mut retry_budget = None;
     if let Some(rb) = &tp.retry_budget {
         let rp = path.key("retryBudget");
+        let before = ctx.errors.len();
         if let Some(p) = rb.percent {
             range(
                 ctx,
@@ -184,6 +187,16 @@ fn traffic_policy(
         }
         if let Some(d) = &rb.budget_interval {
             ctx.check(&rp.key("budgetInterval"), v::duration_ms(d));
+        }
+        if ctx.errors.len() == before {
+            // Envoy's defaults: 20 % of active requests, at least 3 concurrent retries.
+            retry_budget = Some(RetryBudget {
+                percent: rb.percent.unwrap_or(20.0),
+                min_retry_concurrency: rb
+                    .min_retry_concurrency
+                    .and_then(|m| u32::try_from(m).ok())
+                    .unwrap_or(3),
+            });
         }
     }
     let load_balancer = tp
@@ -247,6 +260,7 @@ fn traffic_policy(
         load_balancer,
         connection_pool,
         outlier_detection,
+        retry_budget,
         port_level,
     })
 }
@@ -646,6 +660,7 @@ fn connection_pool(
             .and_then(|d| ctx.check(&tp.key("connectTimeout"), v::duration_ms(d)));
         if let Some(ka) = &tcp.tcp_keepalive {
             let kp = tp.key("tcpKeepalive");
+            let mut keepalive = TcpKeepalive::default();
             if let Some(p) = ka.probes {
                 range(
                     ctx,
@@ -656,15 +671,24 @@ fn connection_pool(
                     f64::from(u32::MAX),
                     ">= 0",
                 );
+                // 0 = the OS default, as Envoy reads it.
+                keepalive.probes = u32::try_from(p).ok().filter(|p| *p > 0);
             }
             for (k, d) in [("time", &ka.time), ("interval", &ka.interval)] {
                 if let Some(d) = d {
-                    ctx.check(&kp.key(k), v::duration_ms(d));
+                    let parsed = ctx.check(&kp.key(k), v::duration_ms(d));
+                    if k == "time" {
+                        keepalive.time = parsed;
+                    } else {
+                        keepalive.interval = parsed;
+                    }
                 }
             }
+            out.tcp_keepalive = Some(keepalive);
         }
         if let Some(d) = &tcp.max_connection_duration {
-            ctx.check(&tp.key("maxConnectionDuration"), v::duration_ms(d));
+            out.max_connection_duration =
+                ctx.check(&tp.key("maxConnectionDuration"), v::duration_ms(d));
         }
         tcp_idle = tcp
             .idle_timeout
@@ -699,7 +723,9 @@ fn connection_pool(
             .and_then(|d| ctx.check(&hp.key("idleTimeout"), v::duration_ms_or_zero(d)));
         let policy = http.h2_upgrade_policy.as_deref().unwrap_or("DEFAULT");
         match policy {
-            "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE" => {}
+            "DEFAULT" => out.h2_upgrade_policy = H2UpgradePolicy::Default,
+            "DO_NOT_UPGRADE" => out.h2_upgrade_policy = H2UpgradePolicy::DoNotUpgrade,
+            "UPGRADE" => out.h2_upgrade_policy = H2UpgradePolicy::Upgrade,
             other => ctx.err(
                 &hp.key("h2UpgradePolicy"),
                 Invalid::Enum {
@@ -714,8 +740,9 @@ fn connection_pool(
                 InvalidTrafficPolicy::Conflict("h2UpgradePolicy: UPGRADE", "useClientProtocol"),
             );
         }
+        out.use_client_protocol = http.use_client_protocol == Some(true);
         if let Some(n) = http.max_concurrent_streams {
-            limit(
+            out.max_concurrent_streams = limit(
                 ctx,
                 &hp.key("maxConcurrentStreams"),
                 "maxConcurrentStreams",
@@ -726,8 +753,11 @@ fn connection_pool(
             let kp = hp.key("http2KeepAlive");
             match (&ka.interval, &ka.timeout) {
                 (Some(i), Some(t)) => {
-                    ctx.check(&kp.key("interval"), v::duration_ms(i));
-                    ctx.check(&kp.key("timeout"), v::duration_ms(t));
+                    let interval = ctx.check(&kp.key("interval"), v::duration_ms(i));
+                    let timeout = ctx.check(&kp.key("timeout"), v::duration_ms(t));
+                    if let (Some(interval), Some(timeout)) = (interval, timeout) {
+                        out.http2_keep_alive = Some(Http2KeepAlive { interval, timeout });
+                    }
                 }
                 _ => ctx.err(
                     &kp,
@@ -740,6 +770,7 @@ fn connection_pool(
     }
     // Istio uses the TCP idle timeout for HTTP too when the HTTP one is unset.
     out.idle_timeout = http_idle.or(tcp_idle);
+    out.tcp_idle_timeout = tcp_idle;
     Some(out)
 }
 
@@ -988,10 +1019,6 @@ const LEAST_REQUEST: &str = "Keel balances every cluster by least request";
 const NO_HASHING: &str =
     "Keel balances every cluster by least request; no request is pinned to an endpoint";
 const NO_SLOW_START: &str = "Keel has no slow start: a new endpoint gets its full share at once";
-const IDLE: &str =
-    "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout";
-const NO_CIRCUIT_BREAKING: &str =
-    "Keel has no circuit breaking: it limits no connections or requests";
 const PLAINTEXT: &str = "Keel connects to upstreams in plaintext";
 
 /// What Keel does instead of the traffic-policy field at `inner` (the path below the policy, keys only)
@@ -1016,35 +1043,12 @@ fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'s
         }
         ["loadBalancer", "warmup", ..] => NO_SLOW_START,
         ["loadBalancer", ..] => LEAST_REQUEST,
-        ["connectionPool", "tcp", "connectTimeout"] => {
-            "Keel gives up on an upstream connect after 10 s"
+        // Every connectionPool field is applied (upstream/pool.rs, upstream/breaker.rs).
+        ["connectionPool", ..] => return None,
+        ["retryBudget", "budgetInterval"] => {
+            "Keel's retry budget bounds concurrent retries, as Envoy's does; no interval applies"
         }
-        ["connectionPool", "tcp", "tcpKeepalive", ..] => {
-            "Keel does not enable TCP keepalive on upstream connections"
-        }
-        ["connectionPool", "tcp", "maxConnectionDuration"] => {
-            "an upstream connection lives as long as it is used"
-        }
-        ["connectionPool", _, "idleTimeout"] => IDLE,
-        ["connectionPool", "http", "maxRequestsPerConnection"] => {
-            "Keel reuses an upstream connection for any number of requests"
-        }
-        ["connectionPool", "http", "maxRetries"] | ["retryBudget", ..] => {
-            "Keel sets no cluster-wide limit on retries"
-        }
-        ["connectionPool", "http", "h2UpgradePolicy"] => match s {
-            Some("DEFAULT" | "DO_NOT_UPGRADE") => return None,
-            _ => "Keel speaks the port's declared protocol upstream and never upgrades HTTP/1.1 to HTTP/2",
-        },
-        ["connectionPool", "http", "useClientProtocol"] => match value.as_bool() {
-            Some(false) => return None,
-            _ => "Keel speaks the port's declared protocol upstream (the client's only on a port with no declared protocol)",
-        },
-        ["connectionPool", "http", "maxConcurrentStreams"] => {
-            "Keel sets no HTTP/2 stream limit of its own"
-        }
-        ["connectionPool", "http", "http2KeepAlive", ..] => "Keel sends no HTTP/2 keepalive pings",
-        ["connectionPool", ..] => NO_CIRCUIT_BREAKING,
+        ["retryBudget", ..] => return None,
         // Applied by `upstream::outlier`; the deprecated `consecutiveErrors` has its own warning.
         ["outlierDetection", ..] => return None,
         ["tls", "mode"] => match s {

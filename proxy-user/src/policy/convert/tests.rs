@@ -784,7 +784,8 @@ fn warning_fields(report: &LoadReport) -> Vec<(String, String)> {
 const REVIEWS_NS1: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: ns1}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{port: 9080, name: http}]\n---\n";
 
 /// Every trafficPolicy field Keel does not apply, at every level, says so once, with its path, and what
-/// Keel does instead; `outlierDetection` is applied and says nothing.
+/// Keel does instead; `outlierDetection`, `connectionPool` and `retryBudget` (but its `budgetInterval`)
+/// are applied and say nothing.
 #[test]
 fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let report = load(&format!("{REVIEWS_NS1}{}", dr(concat!(
@@ -809,7 +810,7 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
         "    labels: {version: v1}\n",
         "    trafficPolicy:\n",
         "      connectionPool: {http: {maxRequestsPerConnection: 1}}\n",
-        "      retryBudget: {percent: 20}\n",
+        "      retryBudget: {percent: 20, budgetInterval: 10s}\n",
     ))));
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let tp = "spec.trafficPolicy";
@@ -817,17 +818,10 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let want: Vec<(String, &str)> = vec![
         (format!("{tp}.loadBalancer.simple"), "Keel balances every cluster by least request"),
         (format!("{tp}.loadBalancer.localityLbSetting.enabled"), "Keel treats all localities alike"),
-        (format!("{tp}.connectionPool.tcp.maxConnections"), "Keel has no circuit breaking: it limits no connections or requests"),
-        (format!("{tp}.connectionPool.tcp.connectTimeout"), "Keel gives up on an upstream connect after 10 s"),
-        (format!("{tp}.connectionPool.tcp.tcpKeepalive.time"), "Keel does not enable TCP keepalive on upstream connections"),
-        (format!("{tp}.connectionPool.http.http1MaxPendingRequests"), "Keel has no circuit breaking: it limits no connections or requests"),
-        (format!("{tp}.connectionPool.http.maxRetries"), "Keel sets no cluster-wide limit on retries"),
-        (format!("{tp}.connectionPool.http.idleTimeout"), "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout"),
         (format!("{tp}.tls.mode"), "Keel connects to upstreams in plaintext"),
         (format!("{tp}.tls.sni"), "Keel connects to upstreams in plaintext"),
         (format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"), "Keel balances every cluster by least request; no request is pinned to an endpoint"),
-        (format!("{sub}.connectionPool.http.maxRequestsPerConnection"), "Keel reuses an upstream connection for any number of requests"),
-        (format!("{sub}.retryBudget.percent"), "Keel sets no cluster-wide limit on retries"),
+        (format!("{sub}.retryBudget.budgetInterval"), "Keel's retry budget bounds concurrent retries, as Envoy's does; no interval applies"),
     ];
     let want: Vec<(String, String)> = want
         .into_iter()
@@ -838,6 +832,60 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
         .collect();
     assert_eq!(warning_fields(&report), want);
     // `h2UpgradePolicy: DEFAULT` and `tls.mode: DISABLE` ask for what Keel does: no warning.
+}
+
+/// `connectionPool` and `retryBudget` reach the model with Istio's defaults for what is unset.
+#[test]
+fn connection_pool_and_retry_budget_convert() {
+    let report = load(&format!("{REVIEWS_NS1}{}", dr(concat!(
+        "  host: reviews\n",
+        "  trafficPolicy:\n",
+        "    connectionPool:\n",
+        "      tcp: {maxConnections: 1, connectTimeout: 30ms, tcpKeepalive: {time: 7200s, probes: 3}, maxConnectionDuration: 1m, idleTimeout: 0s}\n",
+        "      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRequestsPerConnection: 1, maxRetries: 4, h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 5, http2KeepAlive: {interval: 10s, timeout: 2s}}\n",
+        "    retryBudget: {minRetryConcurrency: 7}\n",
+    ))));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(warning_fields(&report), vec![]);
+    let tp = report.snapshot.destination_rules[0]
+        .traffic_policy
+        .clone()
+        .expect("policy");
+    let s = std::time::Duration::from_secs;
+    assert_eq!(
+        tp.connection_pool,
+        Some(ConnectionPool {
+            tcp_max_connections: Some(1),
+            tcp_connect_timeout: Some(std::time::Duration::from_millis(30)),
+            tcp_keepalive: Some(TcpKeepalive {
+                probes: Some(3),
+                time: Some(s(7200)),
+                interval: None,
+            }),
+            max_connection_duration: Some(s(60)),
+            tcp_idle_timeout: Some(s(0)),
+            http1_max_pending_requests: Some(2),
+            http2_max_requests: Some(3),
+            max_requests_per_connection: Some(1),
+            max_retries: Some(4),
+            // The TCP idle timeout stands in for the unset HTTP one.
+            idle_timeout: Some(s(0)),
+            h2_upgrade_policy: H2UpgradePolicy::Upgrade,
+            use_client_protocol: false,
+            max_concurrent_streams: Some(5),
+            http2_keep_alive: Some(Http2KeepAlive {
+                interval: s(10),
+                timeout: s(2),
+            }),
+        })
+    );
+    assert_eq!(
+        tp.retry_budget,
+        Some(RetryBudget {
+            percent: 20.0,
+            min_retry_concurrency: 7
+        })
+    );
 }
 
 #[test]
