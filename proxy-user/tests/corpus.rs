@@ -510,7 +510,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
         .lines()
         .filter(|l| l.contains(": warning: accepted, not applied: "))
         .count();
-    assert_eq!(not_applied, 18, "{stdout}");
+    assert_eq!(not_applied, 17, "{stdout}");
     for (field, needle, today) in want {
         let line = format!(
             "sample.yaml:{}: DestinationRule default/dr-warn-not-applied: {field}: warning: accepted, not applied: {field}: {today}",
@@ -540,7 +540,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
     assert_eq!(json["valid"], true);
     let warnings = json["warnings"].as_array().expect("warnings array");
-    assert_eq!(warnings.len(), 18, "{json:#}");
+    assert_eq!(warnings.len(), 17, "{json:#}");
     for (field, needle, today) in want {
         let w = warnings
             .iter()

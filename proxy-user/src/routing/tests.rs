@@ -95,6 +95,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             ready: true,
             capture: true,
             container_ports: Vec::new(),
+            node_name: None,
         });
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
@@ -147,6 +148,7 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         ready: false,
         capture: true,
         container_ports: Vec::new(),
+        node_name: None,
     });
     snap
 }
