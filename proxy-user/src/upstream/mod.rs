@@ -3,13 +3,16 @@
 //! detection), and the connection pools requests are forwarded through.
 //!
 //! Layout: [`policy`] resolves a cluster's traffic policy once per config; [`cluster`] holds a
-//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`pool`] sends
-//! requests.
+//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`locality`]
+//! and [`slow_start`] turn `localityLbSetting` and `warmup` into per-host priorities and weights a
+//! balancer consumes; [`pool`] sends requests.
 
 pub mod client;
 pub mod cluster;
+pub mod locality;
 pub mod policy;
 pub mod pool;
+pub mod slow_start;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
