@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 pub use client::{ClientCluster, ClientId};
-pub use cluster::{Cluster, Discovery, PickError, PickRequest, Picked};
+pub use cluster::{Cluster, ClusterEndpoint, Discovery, PickError, PickRequest, Picked};
 pub use policy::ClusterPolicy;
 
 /// Istio's cluster identity: `outbound|<port>|<subset>|<host>`, plus the config that shaped it.
@@ -89,6 +89,19 @@ impl ClusterRegistry {
         policy: ClusterPolicy,
         discovery: Discovery,
         endpoints: Vec<SocketAddr>,
+    ) -> Arc<Cluster> {
+        let endpoints = endpoints.into_iter().map(ClusterEndpoint::from).collect();
+        self.ensure_endpoints(key, protocol, policy, discovery, endpoints)
+    }
+
+    /// [`ClusterRegistry::ensure`] with each endpoint's topology (locality load balancing).
+    pub fn ensure_endpoints(
+        &self,
+        key: ClusterKey,
+        protocol: UpstreamProtocol,
+        policy: ClusterPolicy,
+        discovery: Discovery,
+        endpoints: Vec<ClusterEndpoint>,
     ) -> Arc<Cluster> {
         let mut clusters = self
             .clusters
@@ -160,10 +173,12 @@ mod tests {
     }
 
     async fn pick(c: &Arc<Cluster>, client: u64) -> Option<Picked> {
+        let topology = locality::Topology::default();
         let req = PickRequest {
             client: ClientId(client),
             original_dst: addr(99),
             avoid: &[],
+            topology: &topology,
         };
         c.pick(&req).await.ok()
     }
@@ -208,6 +223,50 @@ mod tests {
         assert!(Arc::ptr_eq(&c1, &c2));
         assert!(pick(&c1, 1).await.is_none());
         assert_eq!(key(Some("v1")).to_string(), "outbound|80|v1|a");
+    }
+
+    fn located(i: u8, loc: &str) -> ClusterEndpoint {
+        ClusterEndpoint {
+            addr: addr(i),
+            topology: locality::Topology {
+                locality: crate::policy::Locality::parse(loc),
+                labels: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn endpoint_topology_and_first_seen_follow_updates() {
+        let reg = ClusterRegistry::default();
+        let ensure = |eps: Vec<ClusterEndpoint>| {
+            reg.ensure_endpoints(
+                key(None),
+                UpstreamProtocol::Http1,
+                ClusterPolicy::default(),
+                Discovery::Static,
+                eps,
+            )
+        };
+        let c = ensure(vec![located(2, "r1/z2"), located(1, "r1/z1")]);
+        let first = c.endpoint_set();
+        assert_eq!(first.addrs, [addr(1), addr(2)]);
+        assert_eq!(first.topology[1].locality.zone, "z2");
+        // The same list: same generation.
+        let c = ensure(vec![located(1, "r1/z1"), located(2, "r1/z2")]);
+        assert_eq!(c.endpoint_set().generation, first.generation);
+        // An endpoint moving zone is a new generation; a kept endpoint keeps its first-seen time.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let c = ensure(vec![
+            located(1, "r1/z1"),
+            located(2, "r1/z3"),
+            located(3, "r1/z1"),
+        ]);
+        let next = c.endpoint_set();
+        assert_ne!(next.generation, first.generation);
+        assert_eq!(next.topology[1].locality.zone, "z3");
+        assert_eq!(next.first_seen[0], first.first_seen[0]);
+        assert_eq!(next.first_seen[1], first.first_seen[1]);
+        assert!(next.first_seen[2] > first.first_seen[1]);
     }
 
     #[tokio::test]
