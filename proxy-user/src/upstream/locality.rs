@@ -284,11 +284,9 @@ pub fn priority_load(levels: &[(u64, u64)]) -> Vec<u32> {
     let health: Vec<u64> = levels
         .iter()
         .map(|&(up, all)| {
-            if all == 0 {
-                0
-            } else {
-                (OVERPROVISIONING_PERCENT * up / all).min(100)
-            }
+            (OVERPROVISIONING_PERCENT * up)
+                .checked_div(all)
+                .map_or(0, |h| h.min(100))
         })
         .collect();
     let mut load = vec![0u32; levels.len()];
