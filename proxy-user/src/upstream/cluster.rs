@@ -202,7 +202,7 @@ impl Cluster {
             Discovery::Static => {
                 let set = self.endpoints.load();
                 let in_flight = client
-                    .pick(&set, req.avoid)
+                    .pick(&set, req.avoid, req.topology)
                     .ok_or(PickError::NoHealthyUpstream)?;
                 Ok(Picked {
                     addr: in_flight.addr(),
