@@ -44,17 +44,7 @@ fn policy() -> ClusterPolicy {
             http1_max_pending_requests: Some(100),
             ..Default::default()
         }),
-        outlier_detection: Some(OutlierDetection {
-            consecutive_5xx_errors: Some(5),
-            consecutive_gateway_errors: None,
-            split_external_local_origin_errors: false,
-            consecutive_local_origin_failures: None,
-            http_error_codes: Vec::new(),
-            interval: std::time::Duration::from_secs(10),
-            base_ejection_time: std::time::Duration::from_secs(30),
-            max_ejection_percent: 10,
-            min_health_percent: 0,
-        }),
+        outlier_detection: Some(OutlierDetection::default()),
         ..Default::default()
     };
     ClusterPolicy::resolve(Some(&tp), None, 80)
@@ -98,12 +88,14 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let before = rss_bytes()?;
     let dst = SocketAddr::from(([10, 96, 0, 1], 80));
+    let topology = keel::upstream::locality::Topology::default();
     for client in 1..=clients {
         for cluster in &handles {
             let req = PickRequest {
                 client: ClientId(u64::try_from(client)?),
                 original_dst: dst,
                 avoid: &[],
+                topology: &topology,
             };
             // The pick creates the pair's state; dropping it ends the request.
             drop(Arc::clone(cluster).pick(&req).await);

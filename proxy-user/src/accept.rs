@@ -39,11 +39,12 @@ impl ConnContext {
     }
 
     /// An endpoint request for this connection, avoiding `avoid`.
-    pub fn pick_request<'a>(&self, avoid: &'a [SocketAddr]) -> PickRequest<'a> {
+    pub fn pick_request<'a>(&'a self, avoid: &'a [SocketAddr]) -> PickRequest<'a> {
         PickRequest {
             client: self.client_id(),
             original_dst: self.original_dst,
             avoid,
+            topology: &self.view.topology,
         }
     }
 

@@ -78,6 +78,19 @@ struct RunArgs {
     /// core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Name of the Kubernetes node this proxy runs on; its `Node` resource's topology labels are
+    /// the clients' locality for locality load balancing. Default: `$NODE_NAME` (set it from the
+    /// downward API `spec.nodeName`), else the host name.
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+/// `--node-name`, else `$NODE_NAME`, else the host name; `None` if none is known.
+fn node_name(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("NODE_NAME").ok())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
 }
 
 fn main() -> std::process::ExitCode {
@@ -142,7 +155,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let config_status = Arc::new(Mutex::new(report_load(&first)));
     let snapshot = Arc::new(first.serving);
 
-    let state = Arc::new(State::default());
+    let node = node_name(args.node_name.clone());
+    tracing::info!(node = node.as_deref().unwrap_or("<unknown>"), "node name");
+    let state = Arc::new(State::for_node(node));
     drop(state.publish(
         Arc::clone(&snapshot),
         state::resolve_pod_cgroups(&snapshot, &cgroup_root),

@@ -495,7 +495,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
         .lines()
         .filter(|l| l.contains(": warning: accepted, not applied: "))
         .count();
-    assert_eq!(not_applied, 7, "{stdout}");
+    assert_eq!(not_applied, 6, "{stdout}");
     // `connectionPool` and `outlierDetection` are applied: none of their fields is reported.
     assert!(!stdout.contains("connectionPool"), "{stdout}");
     assert!(!stdout.contains("outlierDetection"), "{stdout}");
@@ -529,7 +529,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
     assert_eq!(json["valid"], true);
     let warnings = json["warnings"].as_array().expect("warnings array");
-    assert_eq!(warnings.len(), 7, "{json:#}");
+    assert_eq!(warnings.len(), 6, "{json:#}");
     for (field, needle, today) in want {
         let w = warnings
             .iter()

@@ -278,6 +278,7 @@ where
                         target: target.clone(),
                         original_dst: ctx.original_dst,
                         client: ctx.client_id(),
+                        topology: Arc::clone(&ctx.view.topology),
                         request: upstream.clone(),
                         body: body.clone(),
                         timeout,

@@ -179,6 +179,89 @@ pub enum TargetPort {
     Name(String),
 }
 
+/// Node label giving the region of a workload (Kubernetes well-known label).
+pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
+/// Node label giving the zone of a workload (Kubernetes well-known label).
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// Node label giving the subzone of a workload (Istio's).
+pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
+/// Pre-1.17 Kubernetes spellings of the region and zone labels, read when the current ones are absent.
+const LEGACY_REGION: &str = "failure-domain.beta.kubernetes.io/region";
+const LEGACY_ZONE: &str = "failure-domain.beta.kubernetes.io/zone";
+/// Pod label that overrides the node's locality, written `region.zone.subzone` (Istio's
+/// `istio-locality`; label values cannot hold `/`).
+pub const LABEL_ISTIO_LOCALITY: &str = "istio-locality";
+
+/// Where a workload runs: Istio's `region/zone/subzone`. An empty part is unknown; two unknown
+/// parts compare equal, as in Istio.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    /// From `region/zone/subzone` (trailing parts may be missing).
+    pub fn parse(s: &str) -> Self {
+        let mut parts = s.splitn(3, '/').map(str::to_string);
+        Self {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+
+    /// From a node's topology labels.
+    pub fn from_node_labels(labels: &Labels) -> Self {
+        let get = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| labels.get(*k))
+                .cloned()
+                .unwrap_or_default()
+        };
+        Self {
+            region: get(&[LABEL_REGION, LEGACY_REGION]),
+            zone: get(&[LABEL_ZONE, LEGACY_ZONE]),
+            subzone: get(&[LABEL_SUBZONE]),
+        }
+    }
+
+    /// A pod's `istio-locality` label, if set (`region.zone.subzone`).
+    pub fn from_pod_label(labels: &Labels) -> Option<Self> {
+        labels
+            .get(LABEL_ISTIO_LOCALITY)
+            .filter(|v| !v.is_empty())
+            .map(|v| Self::parse(&v.replace('.', "/")))
+    }
+
+    /// The locality as the topology labels Istio adds to workload labels (for `failoverPriority`);
+    /// unknown parts are left out.
+    pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (LABEL_REGION, self.region.as_str()),
+            (LABEL_ZONE, self.zone.as_str()),
+            (LABEL_SUBZONE, self.subzone.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+    }
+}
+
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.region, self.zone, self.subzone)
+    }
+}
+
+/// A Kubernetes `Node`: only its topology matters to Keel.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub meta: Meta,
+    /// From the node's `topology.*` labels.
+    pub locality: Locality,
+}
+
 /// A pod known to the node (file mode: `Pod` resources; cluster mode: pods scheduled on this node).
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -193,6 +276,8 @@ pub struct Pod {
     pub capture: bool,
     /// Named container ports (`spec.containers[].ports[]`), for named `targetPort`s.
     pub container_ports: Vec<(String, u16)>,
+    /// `spec.nodeName`: the node whose topology labels give the pod's locality.
+    pub node_name: Option<String>,
 }
 
 /// One backend address of a service port.
@@ -601,9 +686,80 @@ pub struct OutlierDetection {
     pub min_health_percent: u32,
 }
 
+/// `loadBalancer.localityLbSetting` (validated: `distribute` and `failover` are exclusive, weights
+/// sum to 100).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocalityLbSetting {
+    /// `enabled` (unset = true); `false` turns locality load balancing off for the cluster.
+    pub enabled: bool,
+    /// `distribute[]`: from a client locality pattern, weights per endpoint locality pattern.
+    pub distribute: Vec<LocalityDistribute>,
+    /// `failover[]`: `(from region, to region)`.
+    pub failover: Vec<(String, String)>,
+    /// `failoverPriority[]`: ordered labels, each `key` or `key=value`.
+    pub failover_priority: Vec<String>,
+}
+
+impl LocalityLbSetting {
+    /// Istio's mesh default (`localityLbSetting: {enabled: true}`), used when a cluster's
+    /// DestinationRule sets none.
+    pub fn mesh_default() -> Self {
+        Self {
+            enabled: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// One `distribute` entry: localities are patterns `region/zone/subzone`, `*` ending one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocalityDistribute {
+    pub from: String,
+    /// Endpoint locality pattern -> weight (1..100, summing to 100).
+    pub to: Vec<(String, u32)>,
+}
+
+/// `loadBalancer.warmup` (or deprecated `warmupDurationSecs`): slow start for new endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warmup {
+    /// How long after an endpoint appears its weight ramps up.
+    pub duration: Duration,
+    /// The least share of its weight a new endpoint gets, in percent (default 10).
+    pub minimum_percent: f64,
+    /// Curve of the ramp (default 1.0 = linear; > 1 ramps faster early).
+    pub aggression: f64,
+}
+
+impl Warmup {
+    /// Defaults Istio gives `minimumPercent` and `aggression`.
+    pub const DEFAULT_MINIMUM_PERCENT: f64 = 10.0;
+    pub const DEFAULT_AGGRESSION: f64 = 1.0;
+}
+
+impl Default for OutlierDetection {
+    /// The values Envoy applies when the block is present with no field set.
+    fn default() -> Self {
+        Self {
+            consecutive_5xx_errors: Some(5),
+            consecutive_gateway_errors: None,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failures: None,
+            http_error_codes: Vec::new(),
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
+    /// `loadBalancer.localityLbSetting` (part of the `loadBalancer` block).
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// `loadBalancer.warmup` / `warmupDurationSecs` (part of the `loadBalancer` block).
+    pub warmup: Option<Warmup>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
     /// `retryBudget` (top level and subsets only).
@@ -643,6 +799,10 @@ pub struct Snapshot {
     pub mesh: MeshConfig,
     pub services: Vec<Service>,
     pub pods: Vec<Pod>,
+    /// Kubernetes `Node`s (their topology).
+    pub nodes: Vec<Node>,
+    /// Node name -> index into `nodes`.
+    pub node_by_name: HashMap<String, usize>,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     /// (cluster IP, service port) -> (service, index into `ports`).
@@ -724,6 +884,29 @@ impl Snapshot {
             }
         }
         out
+    }
+
+    /// The locality of `node` (unknown node: unknown locality).
+    pub fn node_locality(&self, node: &str) -> Locality {
+        self.node_by_name
+            .get(node)
+            .and_then(|&i| self.nodes.get(i))
+            .map(|n| n.locality.clone())
+            .unwrap_or_default()
+    }
+
+    /// A pod's locality as Istio derives it: its `istio-locality` label, else its node's topology
+    /// labels; a pod without `spec.nodeName` is taken to run on `default_node` (Keel's own node,
+    /// for client pods written without one).
+    pub fn pod_locality(&self, pod: &Pod, default_node: Option<&str>) -> Locality {
+        if let Some(l) = Locality::from_pod_label(&pod.labels) {
+            return l;
+        }
+        pod.node_name
+            .as_deref()
+            .or(default_node)
+            .map(|n| self.node_locality(n))
+            .unwrap_or_default()
     }
 
     /// Ready endpoints of `service` port `port_index` whose pods carry all `subset_labels`.
@@ -868,6 +1051,8 @@ pub struct WorkloadEntry {
     pub labels: Labels,
     /// Load-balancing weight (0 = unset).
     pub weight: u32,
+    /// `locality` (`region/zone/subzone`); `None` = unknown.
+    pub locality: Option<Locality>,
 }
 
 /// A validated `ServiceEntry`.

@@ -17,9 +17,13 @@ use std::sync::Arc;
 
 use crate::policy::{
     selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels,
-    MeshLocation, Meta, PodId, Protocol, Resolution, Service, Snapshot, VirtualService,
+    Locality, MeshLocation, Meta, PodId, Protocol, Resolution, Service, Snapshot, TrafficPolicy,
+    VirtualService,
 };
-use crate::upstream::{ClusterKey, ClusterPolicy, ClusterRegistry, Discovery, UpstreamProtocol};
+use crate::upstream::locality::Topology;
+use crate::upstream::{
+    ClusterEndpoint, ClusterKey, ClusterPolicy, ClusterRegistry, Discovery, UpstreamProtocol,
+};
 
 use super::catalog::{Catalog, CatalogId, Kind, PortInfo};
 use super::policy::RoutePolicy;
@@ -48,7 +52,18 @@ pub struct RouteTable {
 impl RouteTable {
     /// Build the table for `snapshot`, reusing clusters from `registry` so their state survives.
     pub fn build(snapshot: &Snapshot, registry: &ClusterRegistry) -> RouteTable {
+        Self::build_for_node(snapshot, registry, None)
+    }
+
+    /// [`RouteTable::build`] for the proxy on node `node` (its `Node` resource gives the clients'
+    /// locality; unknown or `None`: no locality).
+    pub fn build_for_node(
+        snapshot: &Snapshot,
+        registry: &ClusterRegistry,
+        node: Option<&str>,
+    ) -> RouteTable {
         let mut builder = Builder::new(snapshot, registry);
+        builder.local = node.map(|n| snapshot.node_locality(n)).unwrap_or_default();
         let class_keys = class_label_keys(snapshot);
         let mut views_by_class: HashMap<ClientClass, Arc<ClientView>> = HashMap::new();
         let mut views_by_pod = vec![None; snapshot.pods.len()];
@@ -110,7 +125,8 @@ impl RouteTable {
 }
 
 /// The label keys any client-selecting field reads: match `sourceLabels` (HTTP, TCP, TLS, delegates
-/// included), DestinationRule and Sidecar `workloadSelector`.
+/// included), DestinationRule and Sidecar `workloadSelector`, and DestinationRule `failoverPriority`
+/// (priorities depend on the client's labels).
 fn class_label_keys(snapshot: &Snapshot) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     let mut add =
@@ -123,13 +139,31 @@ fn class_label_keys(snapshot: &Snapshot) -> BTreeSet<String> {
             add(m.source_labels.as_ref());
         }
     }
+    let mut priority_keys = Vec::new();
     for dr in &snapshot.destination_rules {
         add(dr.workload_selector.as_ref());
+        let policies = dr
+            .traffic_policy
+            .iter()
+            .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        for tp in policies {
+            priority_keys.extend(failover_priority_keys(tp).map(str::to_string));
+        }
     }
     for sc in &snapshot.sidecars {
         add(sc.workload_selector.as_ref());
     }
+    keys.extend(priority_keys);
     keys
+}
+
+/// The label keys `failoverPriority` lists in `tp` (top level and port level), without `=value`.
+fn failover_priority_keys(tp: &TrafficPolicy) -> impl Iterator<Item = &str> {
+    std::iter::once(tp)
+        .chain(tp.port_level.iter().map(|(_, p)| p))
+        .filter_map(|p| p.locality_lb_setting.as_ref())
+        .flat_map(|l| &l.failover_priority)
+        .map(|l| l.split_once('=').map_or(l.as_str(), |(k, _)| k))
 }
 
 /// One meshed destination and the registry services that may own it, in precedence order (the
@@ -169,6 +203,8 @@ struct Builder<'a> {
     targets: TargetMemo,
     passthrough: Target,
     live: HashSet<ClusterKey>,
+    /// The locality of the node the proxy runs on: its clients' locality.
+    local: Locality,
 }
 
 impl<'a> Builder<'a> {
@@ -262,6 +298,7 @@ impl<'a> Builder<'a> {
                 Vec::new(),
             )),
             live: HashSet::from([passthrough_key()]),
+            local: Locality::default(),
         }
     }
 
@@ -289,8 +326,13 @@ impl<'a> Builder<'a> {
                 .find(|&(id, port)| self.visible(&client, &scope, id, port.number));
             slots.push(seen.map(|(id, port)| self.service_port(&client, &scope, id, port, addr)));
         }
+        let topology = Arc::new(Topology {
+            locality: self.local.clone(),
+            labels: class.labels.clone(),
+        });
         ClientView {
             table_id: self.table_id,
+            topology,
             sidecar: scope.sidecar.clone(),
             class,
             outbound_traffic_policy,
@@ -672,11 +714,15 @@ impl<'a> Builder<'a> {
                 let candidates = self
                     .pods
                     .candidates(&self.snapshot.services[service], subset_labels);
+                let keys = topology_keys(&policy);
                 let endpoints = self
                     .snapshot
                     .endpoints_among(service, port_info.index, subset_labels, candidates)
                     .into_iter()
-                    .map(|e| e.addr)
+                    .map(|e| ClusterEndpoint {
+                        addr: e.addr,
+                        topology: self.pod_topology(e.pod, &keys),
+                    })
                     .collect();
                 self.cluster(key, protocol, policy, Discovery::Static, endpoints)
             }
@@ -698,32 +744,40 @@ impl<'a> Builder<'a> {
                         self.cluster(key, protocol, policy, Discovery::OriginalDst, Vec::new())
                     }
                     Resolution::Static => {
-                        let mut endpoints: Vec<SocketAddr> = se
+                        let keys = topology_keys(&policy);
+                        let mut endpoints: Vec<ClusterEndpoint> = se
                             .endpoints
                             .iter()
                             .filter(|e| in_subset(&e.labels))
                             // `unix://` endpoints cannot be reached from a node proxy.
                             .filter_map(|e| {
                                 let ip: IpAddr = e.address.parse().ok()?;
-                                Some(SocketAddr::new(ip, endpoint_port(&e.ports)))
+                                Some(ClusterEndpoint {
+                                    addr: SocketAddr::new(ip, endpoint_port(&e.ports)),
+                                    topology: Topology {
+                                        locality: e.locality.clone().unwrap_or_default(),
+                                        labels: restrict(&e.labels, &keys),
+                                    },
+                                })
                             })
                             .collect();
                         if let Some(selector) = &se.workload_selector {
                             let port = se_port.target_port.unwrap_or(se_port.number);
-                            endpoints.extend(
-                                self.snapshot
-                                    .pods
-                                    .iter()
-                                    .filter(|p| {
-                                        p.ready
-                                            && p.meta.namespace == se.meta.namespace
-                                            && selector_matches(selector, &p.labels)
-                                            && in_subset(&p.labels)
-                                    })
-                                    .flat_map(|p| {
-                                        p.ips.iter().map(move |ip| SocketAddr::new(*ip, port))
-                                    }),
-                            );
+                            for (pod_id, p) in self.snapshot.pods.iter().enumerate() {
+                                if !(p.ready
+                                    && p.meta.namespace == se.meta.namespace
+                                    && selector_matches(selector, &p.labels)
+                                    && in_subset(&p.labels))
+                                {
+                                    continue;
+                                }
+                                for ip in &p.ips {
+                                    endpoints.push(ClusterEndpoint {
+                                        addr: SocketAddr::new(*ip, port),
+                                        topology: self.pod_topology(pod_id, &keys),
+                                    });
+                                }
+                            }
                         }
                         self.cluster(key, protocol, policy, Discovery::Static, endpoints)
                     }
@@ -757,6 +811,17 @@ impl<'a> Builder<'a> {
         target
     }
 
+    /// Where endpoint pod `pod` runs, with its labels among `keys`.
+    fn pod_topology(&self, pod: PodId, keys: &[&str]) -> Topology {
+        let Some(p) = self.snapshot.pods.get(pod) else {
+            return Topology::default();
+        };
+        Topology {
+            locality: self.snapshot.pod_locality(p, None),
+            labels: restrict(&p.labels, keys),
+        }
+    }
+
     /// A cluster registered as live; `PASSTHROUGH` in the policy makes it an original-destination
     /// cluster whatever its endpoints (§2.2).
     fn cluster(
@@ -765,7 +830,7 @@ impl<'a> Builder<'a> {
         protocol: UpstreamProtocol,
         policy: ClusterPolicy,
         discovery: Discovery,
-        endpoints: Vec<SocketAddr>,
+        endpoints: Vec<ClusterEndpoint>,
     ) -> Target {
         let discovery = if policy.is_passthrough() {
             Discovery::OriginalDst
@@ -775,7 +840,7 @@ impl<'a> Builder<'a> {
         self.live.insert(key.clone());
         Target::Cluster(
             self.registry
-                .ensure(key, protocol, policy, discovery, endpoints),
+                .ensure_endpoints(key, protocol, policy, discovery, endpoints),
         )
     }
 }
@@ -995,6 +1060,25 @@ pub fn creation_order(m: &Meta) -> (bool, Option<&str>, usize) {
         m.creation_timestamp.as_deref(),
         m.order,
     )
+}
+
+/// The endpoint label keys a cluster's balancer reads: those its `failoverPriority` lists (only
+/// these are kept per endpoint, so clusters without it carry no labels).
+fn topology_keys(policy: &ClusterPolicy) -> Vec<&str> {
+    policy
+        .locality_lb_setting
+        .iter()
+        .flat_map(|l| &l.failover_priority)
+        .map(|l| l.split_once('=').map_or(l.as_str(), |(k, _)| k))
+        .collect()
+}
+
+/// `labels` restricted to `keys`.
+fn restrict(labels: &Labels, keys: &[&str]) -> Labels {
+    keys.iter()
+        .filter_map(|k| labels.get_key_value(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// `Some(0)` when `pattern` is exactly `hostname`; for a wildcard `*.suffix` covering it, a rank that

@@ -95,6 +95,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             ready: true,
             capture: true,
             container_ports: Vec::new(),
+            node_name: None,
         });
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
@@ -147,6 +148,7 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         ready: false,
         capture: true,
         container_ports: Vec::new(),
+        node_name: None,
     });
     snap
 }
@@ -1287,4 +1289,50 @@ fn destination_subnets_contain_addresses() {
     assert!(subnet_contains("10.0.0.0/8", ip("::ffff:10.1.2.3")));
     assert!(subnet_contains("::ffff:10.0.0.0/104", ip("10.1.2.3")));
     assert!(!subnet_contains("not-a-subnet", ip("10.1.2.3")));
+}
+
+#[test]
+fn endpoints_carry_their_locality_and_clients_the_proxy_nodes() {
+    let mut snap = snapshot(Vec::new());
+    for (i, (node, zone)) in [("node-a", "z1"), ("node-b", "z2")].iter().enumerate() {
+        snap.nodes.push(crate::policy::Node {
+            meta: meta("Node", "", node, 20 + i),
+            locality: crate::policy::Locality::parse(&format!("r1/{zone}")),
+        });
+        snap.node_by_name.insert(node.to_string(), i);
+    }
+    // v1 on node-a, v2 on node-b, v3 nowhere known.
+    snap.pods[0].node_name = Some("node-a".into());
+    snap.pods[1].node_name = Some("node-b".into());
+    snap.pods[0].labels.insert("track".into(), "blue".into());
+    snap.destination_rules[0].traffic_policy = Some(crate::policy::TrafficPolicy {
+        locality_lb_setting: Some(crate::policy::LocalityLbSetting {
+            failover_priority: vec!["track".into()],
+            ..crate::policy::LocalityLbSetting::mesh_default()
+        }),
+        ..Default::default()
+    });
+    let client = client("default", &[("track", "green"), ("app", "sleep")]);
+    let registry = ClusterRegistry::default();
+    let table = RouteTable::build_for_node(&with_client(&snap, &client), &registry, Some("node-b"));
+    let view = table.view_for(&client).expect("a view");
+    // The client's locality is the proxy's node; `track` is a class key (failoverPriority reads it).
+    assert_eq!(view.topology.locality.to_string(), "r1/z2/");
+    assert_eq!(view.topology.labels, labels(&[("track", "green")]));
+    let Outbound::Service(routes) = view.lookup(REVIEWS) else {
+        panic!("reviews is a service for the client");
+    };
+    let Target::Cluster(c) = &routes.default_target else {
+        panic!("default route is not a cluster");
+    };
+    let set = c.endpoint_set();
+    let zones: Vec<&str> = set
+        .topology
+        .iter()
+        .map(|t| t.locality.zone.as_str())
+        .collect();
+    assert_eq!(zones, ["z1", "z2", ""]);
+    // Only the labels failoverPriority names are kept per endpoint.
+    assert_eq!(set.topology[0].labels, labels(&[("track", "blue")]));
+    assert!(set.topology[1].labels.is_empty());
 }

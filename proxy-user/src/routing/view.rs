@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::policy::{HttpRoute, Labels, MeshLocation, OutboundTrafficPolicy, Protocol};
+use crate::upstream::locality::Topology;
 
 use super::policy::RoutePolicy;
 use super::target::{Target, WeightedTargets};
@@ -112,6 +113,8 @@ pub struct ClientView {
     pub(super) table_id: u64,
     /// The class this view serves.
     pub class: ClientClass,
+    /// The class's locality (the proxy's node) and labels, for locality load balancing.
+    pub topology: Arc<Topology>,
     /// `namespace/name` of the Sidecar in force, if any.
     pub sidecar: Option<String>,
     /// Mesh policy, or the Sidecar's override.

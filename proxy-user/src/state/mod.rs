@@ -49,9 +49,19 @@ impl NodeState {
 pub struct State {
     current: ArcSwap<NodeState>,
     registry: ClusterRegistry,
+    /// The node the proxy runs on (`--node-name`): its `Node` resource gives the clients' locality.
+    node_name: Option<String>,
 }
 
 impl State {
+    /// Empty state for the proxy on node `node_name`.
+    pub fn for_node(node_name: Option<String>) -> Self {
+        Self {
+            node_name,
+            ..Self::default()
+        }
+    }
+
     /// The current state; hold the `Arc` for the duration of a request.
     pub fn load(&self) -> Arc<NodeState> {
         self.current.load_full()
@@ -64,7 +74,11 @@ impl State {
         snapshot: Arc<Snapshot>,
         pod_by_cgroup: HashMap<u64, PodId>,
     ) -> Arc<NodeState> {
-        let routes = Arc::new(RouteTable::build(&snapshot, &self.registry));
+        let routes = Arc::new(RouteTable::build_for_node(
+            &snapshot,
+            &self.registry,
+            self.node_name.as_deref(),
+        ));
         self.current.swap(Arc::new(NodeState {
             snapshot,
             routes,

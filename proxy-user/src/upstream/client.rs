@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::cluster::EndpointSet;
+use super::locality::{self, Plan, Topology};
 use super::policy::ClusterPolicy;
 use super::pool::{ClientPool, PoolConfig};
+use super::slow_start;
+use crate::policy::{LocalityLbSetting, Warmup};
 
 /// State idle this long (no request started) is dropped, unless a request still holds it.
 pub const IDLE_RECLAIM: Duration = Duration::from_secs(300);
@@ -142,10 +145,28 @@ struct Hosts {
     hosts: Vec<Arc<HostState>>,
 }
 
+/// A client's locality plan for one endpoint set generation.
+#[derive(Debug)]
+struct CachedPlan {
+    generation: u64,
+    topology: Topology,
+    plan: Plan,
+}
+
 /// One client's state for one cluster.
 #[derive(Debug)]
 pub struct ClientCluster {
     hosts: ArcSwap<Hosts>,
+    /// The locality setting in force, when it can make a difference: `None` when disabled, and
+    /// when only priorities would apply but the cluster has no outlier detection (Istio then sets
+    /// none).
+    locality: Option<LocalityLbSetting>,
+    /// Whether locality priorities apply (the cluster has outlier detection).
+    failover: bool,
+    /// The locality plan for the current endpoints and this client.
+    plan: ArcSwapOption<CachedPlan>,
+    /// Slow start, for balancers that honour it.
+    warmup: Option<Warmup>,
     /// Rotates the starting point so ties between idle endpoints spread evenly.
     cursor: AtomicUsize,
     /// When a request last started, in [`epoch_secs`].
@@ -173,9 +194,18 @@ impl Drop for InFlight {
 }
 
 impl ClientCluster {
-    pub(super) fn new(_policy: &ClusterPolicy, pool: &Arc<PoolConfig>) -> Self {
+    pub(super) fn new(policy: &ClusterPolicy, pool: &Arc<PoolConfig>) -> Self {
+        let failover = policy.locality_failover();
+        let locality = policy
+            .locality()
+            .filter(|l| failover || !l.distribute.is_empty())
+            .cloned();
         Self {
             hosts: ArcSwap::from_pointee(Hosts::default()),
+            locality,
+            failover,
+            plan: ArcSwapOption::empty(),
+            warmup: policy.slow_start().cloned(),
             cursor: AtomicUsize::new(0),
             last_used: AtomicU64::new(0),
             pool: Arc::new(ClientPool::new(Arc::clone(pool))),
@@ -218,11 +248,76 @@ impl ClientCluster {
         next
     }
 
-    /// Pick an endpoint of `set`: Istio's default `LEAST_REQUEST` as Envoy does it (power of two
-    /// choices), which degrades to round robin when all endpoints are equally loaded. Endpoints in
-    /// `avoid` are skipped when another one is available. `None` = no healthy upstream.
-    pub fn pick(&self, set: &EndpointSet, avoid: &[SocketAddr]) -> Option<InFlight> {
+    /// This client's locality plan for `set`, when locality load balancing can change anything.
+    fn plan_for(&self, set: &EndpointSet, topology: &Topology) -> Option<Arc<CachedPlan>> {
+        let setting = self.locality.as_ref()?;
+        if let Some(cached) = self.plan.load_full() {
+            if cached.generation == set.generation && cached.topology == *topology {
+                return Some(cached);
+            }
+        }
+        let plan = Plan::new(Some(setting), self.failover, topology, &set.topology);
+        let cached = Arc::new(CachedPlan {
+            generation: set.generation,
+            topology: topology.clone(),
+            plan,
+        });
+        self.plan.store(Some(Arc::clone(&cached)));
+        Some(cached)
+    }
+
+    /// The weight of each host of `set` for one pick (0 = not a candidate), or `None` when every
+    /// host counts alike: the locality plan's priority level (Envoy's priority load; every host
+    /// counts as healthy until outlier detection says otherwise) and weights, scaled by the slow-start
+    /// factor of endpoints still warming up.
+    fn weights(&self, set: &EndpointSet, topology: &Topology) -> Option<Vec<f64>> {
+        let plan = self.plan_for(set, topology).filter(|p| !p.plan.is_flat());
+        let now = Instant::now();
+        let warming = self.warmup.as_ref().filter(|w| {
+            set.first_seen
+                .iter()
+                .any(|t| slow_start::warming(w, now.saturating_duration_since(*t)))
+        });
+        if plan.is_none() && warming.is_none() {
+            return None;
+        }
+        let healthy = |_: usize| true;
+        let mut weights = match plan {
+            Some(p) => {
+                let level = if p.plan.levels > 1 {
+                    let load = p.plan.priority_load(healthy);
+                    locality::choose_priority(&load, rand::random_range(0..100))
+                } else {
+                    0
+                };
+                p.plan.weights(level, healthy)
+            }
+            None => vec![1.0; set.addrs.len()],
+        };
+        if let Some(w) = warming {
+            for (weight, seen) in weights.iter_mut().zip(&set.first_seen) {
+                *weight *= slow_start::factor(w, now.saturating_duration_since(*seen));
+            }
+        }
+        Some(weights)
+    }
+
+    /// Pick an endpoint of `set` for a client at `topology`: Istio's default `LEAST_REQUEST` as
+    /// Envoy does it (power of two choices), which degrades to round robin when all endpoints are
+    /// equally loaded. Locality load balancing first narrows the hosts to one priority level and
+    /// may weight them, as may slow start; with unequal weights the choice is weighted by
+    /// `weight / (active + 1)` (Envoy's least request with unequal weights). Endpoints in `avoid`
+    /// are skipped when another one is available. `None` = no healthy upstream.
+    pub fn pick(
+        &self,
+        set: &EndpointSet,
+        avoid: &[SocketAddr],
+        topology: &Topology,
+    ) -> Option<InFlight> {
         let hosts = self.hosts_for(set);
+        if let Some(weights) = self.weights(set, topology) {
+            return self.pick_weighted(&hosts.hosts, &weights, avoid);
+        }
         let all = &hosts.hosts;
         // Retries skip tried endpoints when another one is left (Envoy's `previous_hosts`).
         let fresh: Vec<&Arc<HostState>>;
@@ -252,6 +347,64 @@ impl ClientCluster {
                     a
                 }
             }
+        };
+        chosen.active.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight {
+            host: Arc::clone(chosen),
+        })
+    }
+
+    /// A pick among hosts with `weights` (aligned with `all`; 0 = not a candidate).
+    fn pick_weighted(
+        &self,
+        all: &[Arc<HostState>],
+        weights: &[f64],
+        avoid: &[SocketAddr],
+    ) -> Option<InFlight> {
+        let weighted = || {
+            all.iter()
+                .zip(weights)
+                .filter(|(_, w)| **w > 0.0)
+                .map(|(h, w)| (h, *w))
+        };
+        let mut candidates: Vec<(&Arc<HostState>, f64)> = weighted()
+            .filter(|(h, _)| !avoid.contains(&h.addr))
+            .collect();
+        if candidates.is_empty() {
+            candidates = weighted().collect();
+        }
+        let first = candidates.first()?.1;
+        let chosen = if candidates.iter().all(|(_, w)| *w == first) {
+            // Equal weights: least request over the level's hosts, as for a flat cluster.
+            let n = candidates.len();
+            let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+            let a = candidates[start % n].0;
+            if n == 1 {
+                a
+            } else {
+                let b = candidates[(start + 1 + rand::random_range(0..n - 1)) % n].0;
+                if b.active() < a.active() {
+                    b
+                } else {
+                    a
+                }
+            }
+        } else {
+            let effective: Vec<f64> = candidates
+                .iter()
+                .map(|(h, w)| w / f64::from(h.active().saturating_add(1)))
+                .collect();
+            let total: f64 = effective.iter().sum();
+            let mut roll = rand::random_range(0.0..total);
+            let mut chosen = candidates[candidates.len() - 1].0;
+            for ((h, _), e) in candidates.iter().zip(&effective) {
+                if roll < *e {
+                    chosen = h;
+                    break;
+                }
+                roll -= e;
+            }
+            chosen
         };
         chosen.active.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {

@@ -9,11 +9,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use super::client::{ClientCluster, ClientId, ClientTable};
+use super::locality::Topology;
 use super::policy::ClusterPolicy;
 use super::pool::PoolConfig;
 use super::stats::ClusterStats;
@@ -38,13 +39,35 @@ pub enum Discovery {
     },
 }
 
-/// The static endpoints of a cluster at one moment. `generation` changes whenever the list does, so
-/// per-client state can tell when to re-align.
+/// One static endpoint as routing tables hand it to a cluster: its address and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterEndpoint {
+    pub addr: SocketAddr,
+    /// Locality and the labels `failoverPriority` reads (empty when the policy reads none).
+    pub topology: Topology,
+}
+
+impl From<SocketAddr> for ClusterEndpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            topology: Topology::default(),
+        }
+    }
+}
+
+/// The static endpoints of a cluster at one moment. `generation` changes whenever the list (or an
+/// endpoint's topology) does, so per-client state can tell when to re-align.
 #[derive(Debug, Default)]
 pub struct EndpointSet {
     pub generation: u64,
     /// Sorted, without duplicates.
     pub addrs: Vec<SocketAddr>,
+    /// Per address (same order): locality and labels, for locality load balancing.
+    pub topology: Vec<Topology>,
+    /// Per address (same order): when the cluster first had the endpoint, for slow start. Kept
+    /// across updates of the set.
+    pub first_seen: Vec<Instant>,
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -71,6 +94,8 @@ pub struct PickRequest<'a> {
     pub original_dst: SocketAddr,
     /// Endpoints a retry should avoid (empty for a first attempt).
     pub avoid: &'a [SocketAddr],
+    /// The client's locality and labels, for locality load balancing.
+    pub topology: &'a Topology,
 }
 
 /// Why no endpoint could be picked.
@@ -143,16 +168,36 @@ impl Cluster {
         self.endpoints.load()
     }
 
-    /// Replace the static endpoint set; per-client state of endpoints that stay is kept.
-    pub(super) fn set_endpoints(&self, mut addrs: Vec<SocketAddr>) {
-        addrs.sort();
-        addrs.dedup();
-        if self.endpoints.load().addrs == addrs {
+    /// Replace the static endpoint set; per-client state and first-seen times of endpoints that
+    /// stay are kept.
+    pub(super) fn set_endpoints(&self, mut endpoints: Vec<ClusterEndpoint>) {
+        endpoints.sort_by_key(|e| e.addr);
+        endpoints.dedup_by_key(|e| e.addr);
+        let current = self.endpoints.load();
+        if current.addrs.len() == endpoints.len()
+            && current
+                .addrs
+                .iter()
+                .zip(&current.topology)
+                .zip(&endpoints)
+                .all(|((a, t), e)| *a == e.addr && *t == e.topology)
+        {
             return;
         }
+        let now = Instant::now();
+        let first_seen = endpoints
+            .iter()
+            .map(|e| match current.addrs.binary_search(&e.addr) {
+                Ok(i) => current.first_seen.get(i).copied().unwrap_or(now),
+                Err(_) => now,
+            })
+            .collect();
+        let (addrs, topology) = endpoints.into_iter().map(|e| (e.addr, e.topology)).unzip();
         self.endpoints.store(Arc::new(EndpointSet {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             addrs,
+            topology,
+            first_seen,
         }));
     }
 
@@ -174,7 +219,7 @@ impl Cluster {
             Discovery::Static => {
                 let set = self.endpoints.load();
                 let in_flight = client
-                    .pick(&set, req.avoid)
+                    .pick(&set, req.avoid, req.topology)
                     .ok_or(PickError::NoHealthyUpstream)?;
                 Ok(Picked {
                     addr: in_flight.addr(),

@@ -3,27 +3,31 @@
 //! detection), and the connection pools requests are forwarded through.
 //!
 //! Layout: [`policy`] resolves a cluster's traffic policy once per config; [`cluster`] holds a
-//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`pool`] holds
-//! a client's connections and sends requests, within the limits of its [`breaker`]; [`connect`]
-//! dials endpoints; [`stats`] counts per cluster as Envoy does.
+//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`locality`]
+//! and [`slow_start`] turn `localityLbSetting` and `warmup` into per-host priorities and weights a
+//! balancer consumes; [`outlier`] ejects failing endpoints; [`pool`] holds a client's connections and
+//! sends requests, within the limits of its [`breaker`]; [`connect`] dials endpoints; [`stats`]
+//! counts per cluster as Envoy does.
 
 pub mod breaker;
 pub mod client;
 pub mod cluster;
-pub mod outlier;
 pub mod connect;
+pub mod locality;
+pub mod outlier;
 pub mod policy;
 pub mod pool;
+pub mod slow_start;
 pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-pub use client::{ClientCluster, ClientId, StateScope};
 use crate::policy::H2UpgradePolicy;
 
-pub use cluster::{Cluster, Discovery, PickError, PickRequest, Picked};
+pub use client::{ClientCluster, ClientId, StateScope};
+pub use cluster::{Cluster, ClusterEndpoint, Discovery, PickError, PickRequest, Picked};
 pub use policy::ClusterPolicy;
 
 /// Istio's cluster identity: `outbound|<port>|<subset>|<host>`, plus the config that shaped it.
@@ -111,6 +115,19 @@ impl ClusterRegistry {
         discovery: Discovery,
         endpoints: Vec<SocketAddr>,
     ) -> Arc<Cluster> {
+        let endpoints = endpoints.into_iter().map(ClusterEndpoint::from).collect();
+        self.ensure_endpoints(key, protocol, policy, discovery, endpoints)
+    }
+
+    /// [`ClusterRegistry::ensure`] with each endpoint's topology (locality load balancing).
+    pub fn ensure_endpoints(
+        &self,
+        key: ClusterKey,
+        protocol: UpstreamProtocol,
+        policy: ClusterPolicy,
+        discovery: Discovery,
+        endpoints: Vec<ClusterEndpoint>,
+    ) -> Arc<Cluster> {
         let protocol = protocol.under(&policy);
         let mut clusters = self
             .clusters
@@ -185,10 +202,12 @@ mod tests {
     }
 
     async fn pick(c: &Arc<Cluster>, client: u64) -> Option<Picked> {
+        let topology = locality::Topology::default();
         let req = PickRequest {
             client: ClientId(client),
             original_dst: addr(99),
             avoid: &[],
+            topology: &topology,
         };
         c.pick(&req).await.ok()
     }
@@ -233,6 +252,198 @@ mod tests {
         assert!(Arc::ptr_eq(&c1, &c2));
         assert!(pick(&c1, 1).await.is_none());
         assert_eq!(key(Some("v1")).to_string(), "outbound|80|v1|a");
+    }
+
+    fn located(i: u8, loc: &str) -> ClusterEndpoint {
+        ClusterEndpoint {
+            addr: addr(i),
+            topology: locality::Topology {
+                locality: crate::policy::Locality::parse(loc),
+                labels: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn endpoint_topology_and_first_seen_follow_updates() {
+        let reg = ClusterRegistry::default();
+        let ensure = |eps: Vec<ClusterEndpoint>| {
+            reg.ensure_endpoints(
+                key(None),
+                UpstreamProtocol::Http1,
+                ClusterPolicy::default(),
+                Discovery::Static,
+                eps,
+            )
+        };
+        let c = ensure(vec![located(2, "r1/z2"), located(1, "r1/z1")]);
+        let first = c.endpoint_set();
+        assert_eq!(first.addrs, [addr(1), addr(2)]);
+        assert_eq!(first.topology[1].locality.zone, "z2");
+        // The same list: same generation.
+        let c = ensure(vec![located(1, "r1/z1"), located(2, "r1/z2")]);
+        assert_eq!(c.endpoint_set().generation, first.generation);
+        // An endpoint moving zone is a new generation; a kept endpoint keeps its first-seen time.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let c = ensure(vec![
+            located(1, "r1/z1"),
+            located(2, "r1/z3"),
+            located(3, "r1/z1"),
+        ]);
+        let next = c.endpoint_set();
+        assert_ne!(next.generation, first.generation);
+        assert_eq!(next.topology[1].locality.zone, "z3");
+        assert_eq!(next.first_seen[0], first.first_seen[0]);
+        assert_eq!(next.first_seen[1], first.first_seen[1]);
+        assert!(next.first_seen[2] > first.first_seen[1]);
+    }
+
+    fn outlier_detection() -> crate::policy::OutlierDetection {
+        crate::policy::OutlierDetection::default()
+    }
+
+    /// Picks per endpoint index (1-based last octet) for 2000 picks by a client at `client_loc`.
+    async fn spread(c: &Arc<Cluster>, client_loc: &str) -> HashMap<u8, usize> {
+        let topology = locality::Topology {
+            locality: crate::policy::Locality::parse(client_loc),
+            labels: Default::default(),
+        };
+        let mut counts = HashMap::new();
+        for _ in 0..2000 {
+            let req = PickRequest {
+                client: ClientId(1),
+                original_dst: addr(99),
+                avoid: &[],
+                topology: &topology,
+            };
+            if let Ok(p) = c.pick(&req).await {
+                let last = match p.addr().ip() {
+                    std::net::IpAddr::V4(v4) => v4.octets()[3],
+                    std::net::IpAddr::V6(_) => 0,
+                };
+                *counts.entry(last).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    fn two_zones(reg: &ClusterRegistry, policy: ClusterPolicy) -> Arc<Cluster> {
+        reg.ensure_endpoints(
+            key(None),
+            UpstreamProtocol::Http1,
+            policy,
+            Discovery::Static,
+            vec![
+                located(1, "r1/z1"),
+                located(2, "r1/z1"),
+                located(3, "r1/z2"),
+                located(4, "r1/z2"),
+            ],
+        )
+    }
+
+    #[tokio::test]
+    async fn with_outlier_detection_traffic_stays_in_the_clients_zone() {
+        let reg = ClusterRegistry::default();
+        let c = two_zones(
+            &reg,
+            ClusterPolicy {
+                outlier_detection: Some(outlier_detection()),
+                ..Default::default()
+            },
+        );
+        let counts = spread(&c, "r1/z1").await;
+        assert_eq!(counts.get(&3).copied().unwrap_or(0), 0, "{counts:?}");
+        assert_eq!(counts.get(&4).copied().unwrap_or(0), 0, "{counts:?}");
+        let on_1 = counts.get(&1).copied().unwrap_or(0);
+        assert!((900..=1100).contains(&on_1), "{counts:?}");
+        // Another client's zone is its own P0.
+        let counts = spread(&c, "r1/z2").await;
+        assert_eq!(
+            counts.get(&3).copied().unwrap_or(0) + counts.get(&4).copied().unwrap_or(0),
+            2000
+        );
+    }
+
+    #[tokio::test]
+    async fn without_outlier_detection_or_when_disabled_all_zones_share() {
+        let reg = ClusterRegistry::default();
+        let disabled = ClusterPolicy {
+            outlier_detection: Some(outlier_detection()),
+            locality_lb_setting: Some(crate::policy::LocalityLbSetting::default()),
+            ..Default::default()
+        };
+        for policy in [ClusterPolicy::default(), disabled] {
+            let c = two_zones(&reg, policy);
+            let counts = spread(&c, "r1/z1").await;
+            for i in 1..=4 {
+                let n = counts.get(&i).copied().unwrap_or(0);
+                assert!((400..=600).contains(&n), "endpoint {i}: {counts:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn distribute_splits_by_zone_weight() {
+        let reg = ClusterRegistry::default();
+        let setting = crate::policy::LocalityLbSetting {
+            distribute: vec![crate::policy::LocalityDistribute {
+                from: "r1/z1".into(),
+                to: vec![("r1/z1".into(), 80), ("r1/z2".into(), 20)],
+            }],
+            ..crate::policy::LocalityLbSetting::mesh_default()
+        };
+        let c = two_zones(
+            &reg,
+            ClusterPolicy {
+                locality_lb_setting: Some(setting),
+                ..Default::default()
+            },
+        );
+        let counts = spread(&c, "r1/z1").await;
+        let z1 = counts.get(&1).copied().unwrap_or(0) + counts.get(&2).copied().unwrap_or(0);
+        // 80 % of 2000 = 1600; a binomial standard deviation is ~18.
+        assert!((1500..=1700).contains(&z1), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_new_endpoint_warms_up() {
+        let reg = ClusterRegistry::default();
+        let policy = ClusterPolicy {
+            warmup: Some(crate::policy::Warmup {
+                duration: std::time::Duration::from_secs(2),
+                minimum_percent: 10.0,
+                aggression: 1.0,
+            }),
+            ..Default::default()
+        };
+        let ensure = |eps: Vec<SocketAddr>| {
+            reg.ensure(
+                key(None),
+                UpstreamProtocol::Http1,
+                policy.clone(),
+                Discovery::Static,
+                eps,
+            )
+        };
+        // Endpoints that appeared together ramp alike: an even split.
+        let c = ensure(vec![addr(1), addr(2)]);
+        let counts = spread(&c, "").await;
+        let on_1 = counts.get(&1).copied().unwrap_or(0);
+        assert!((900..=1100).contains(&on_1), "{counts:?}");
+        // Once they are past the window, a newcomer starts at 10 % of their weight:
+        // 0.1 / 2.1 of the picks, ~95 of 2000.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let c = ensure(vec![addr(1), addr(2), addr(3)]);
+        let counts = spread(&c, "").await;
+        let on_3 = counts.get(&3).copied().unwrap_or(0);
+        assert!((40..=200).contains(&on_3), "{counts:?}");
+        // A balancer that ignores slow start (RANDOM) gives the newcomer its full share at once.
+        let random = ClusterPolicy {
+            load_balancer: Some(crate::policy::LoadBalancer::Random),
+            ..policy.clone()
+        };
+        assert!(random.slow_start().is_none());
     }
 
     #[tokio::test]

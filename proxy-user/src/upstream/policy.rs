@@ -3,13 +3,20 @@
 //! the subset's policy (itself port-level resolved). Each step replaces whole blocks
 //! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`); there is no field-level merge.
 
-use crate::policy::{ConnectionPool, LoadBalancer, OutlierDetection, RetryBudget, TrafficPolicy};
+use crate::policy::{
+    ConnectionPool, LoadBalancer, LocalityLbSetting, OutlierDetection, RetryBudget, TrafficPolicy,
+    Warmup,
+};
 
 /// What a DestinationRule decides for one cluster. `None` blocks take Istio's defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterPolicy {
     /// `loadBalancer`; `None` = `LEAST_REQUEST`.
     pub load_balancer: Option<LoadBalancer>,
+    /// `loadBalancer.localityLbSetting`; `None` = the mesh default (`{enabled: true}`).
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// `loadBalancer.warmup`; `None` = no slow start.
+    pub warmup: Option<Warmup>,
     /// `connectionPool`; `None` = no limits (Istio writes every limit as 2^32−1).
     pub connection_pool: Option<ConnectionPool>,
     /// `outlierDetection`; `None` = no ejection at all.
@@ -31,8 +38,11 @@ impl ClusterPolicy {
                 policy = own;
             } else {
                 // Otherwise each block the subset sets replaces the parent's; the rest is inherited.
-                if own.load_balancer.is_some() {
+                // `loadBalancer` is one block: algorithm, locality and warmup go together.
+                if own.has_load_balancer_block() {
                     policy.load_balancer = own.load_balancer;
+                    policy.locality_lb_setting = own.locality_lb_setting;
+                    policy.warmup = own.warmup;
                 }
                 if own.connection_pool.is_some() {
                     policy.connection_pool = own.connection_pool;
@@ -67,9 +77,47 @@ impl ClusterPolicy {
     fn blocks(tp: &TrafficPolicy) -> Self {
         Self {
             load_balancer: tp.load_balancer.clone(),
+            locality_lb_setting: tp.locality_lb_setting.clone(),
+            warmup: tp.warmup.clone(),
             connection_pool: tp.connection_pool.clone(),
             outlier_detection: tp.outlier_detection.clone(),
             retry_budget: tp.retry_budget,
+        }
+    }
+
+    /// Whether a `loadBalancer` block was set (the model keeps its parts apart). A block that sets
+    /// only fields Keel does not model (`zoneAwareLbSetting`) does not count.
+    fn has_load_balancer_block(&self) -> bool {
+        self.load_balancer.is_some() || self.locality_lb_setting.is_some() || self.warmup.is_some()
+    }
+
+    /// The locality setting in force: the DestinationRule's, else the mesh default; `None` when
+    /// the rule disables locality load balancing (Istio's `GetLocalityLbSetting`).
+    pub fn locality(&self) -> Option<&LocalityLbSetting> {
+        static MESH_DEFAULT: std::sync::LazyLock<LocalityLbSetting> =
+            std::sync::LazyLock::new(LocalityLbSetting::mesh_default);
+        match &self.locality_lb_setting {
+            Some(l) if !l.enabled => None,
+            Some(l) => Some(l),
+            None => Some(&MESH_DEFAULT),
+        }
+    }
+
+    /// Whether locality priorities (default failover, `failover`, `failoverPriority`) apply:
+    /// Istio sets them only on clusters with outlier detection, since without ejection Envoy would
+    /// never move traffic to a lower priority.
+    pub fn locality_failover(&self) -> bool {
+        self.outlier_detection.is_some()
+    }
+
+    /// The slow-start setting, when the balancer honours it: Envoy applies `slow_start_config` to
+    /// `ROUND_ROBIN` and `LEAST_REQUEST` (Istio's default) only.
+    pub fn slow_start(&self) -> Option<&Warmup> {
+        match self.load_balancer {
+            None | Some(LoadBalancer::LeastRequest | LoadBalancer::RoundRobin) => {
+                self.warmup.as_ref()
+            }
+            Some(_) => None,
         }
     }
 

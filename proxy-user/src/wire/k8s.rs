@@ -118,7 +118,8 @@ pub struct PodSpec {
     /// Containers.
     #[serde(default)]
     pub containers: Vec<Container>,
-    /// Node the pod runs on (cluster mode only keeps this node's pods).
+    /// Node the pod runs on: its topology labels give the pod's locality (cluster mode only keeps
+    /// this node's pods).
     #[serde(default)]
     pub node_name: Option<String>,
     /// Host-network pods share the node's IP and cannot be told apart by source address.
@@ -186,6 +187,13 @@ pub struct PodCondition {
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+}
+
+/// `v1/Node` (only its labels are read: the topology labels give the locality of its pods).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Object metadata (name and labels).
+    pub metadata: ObjectMeta,
 }
 
 /// `v1/Namespace`.

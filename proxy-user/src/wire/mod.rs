@@ -23,6 +23,8 @@ pub enum Kind {
     Service,
     /// `v1/Pod`.
     Pod,
+    /// `v1/Node`.
+    Node,
     /// `discovery.k8s.io/v1/EndpointSlice`.
     EndpointSlice,
     /// `networking.istio.io/*/VirtualService`.
@@ -50,6 +52,7 @@ impl Kind {
             ("", "v1", "Namespace") => Kind::Namespace,
             ("", "v1", "Service") => Kind::Service,
             ("", "v1", "Pod") => Kind::Pod,
+            ("", "v1", "Node") => Kind::Node,
             ("discovery.k8s.io", "v1" | "v1beta1", "EndpointSlice") => Kind::EndpointSlice,
             (_, _, "VirtualService") if istio => Kind::VirtualService,
             (_, _, "DestinationRule") if istio => Kind::DestinationRule,
@@ -67,6 +70,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::Pod => "Pod",
+            Kind::Node => "Node",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use crate::admin::Stats;
 use crate::routing::Target;
+use crate::upstream::locality::Topology;
+
 use crate::upstream::{ClientId, PickRequest};
 
 use crate::l7::body::RecordedBody;
@@ -71,6 +73,8 @@ pub struct MirrorJob {
     pub original_dst: SocketAddr,
     /// Whose per-client state picks the mirror's endpoint.
     pub client: ClientId,
+    /// The client's locality and labels (locality load balancing of the mirror cluster).
+    pub topology: Arc<Topology>,
     /// The shaped request.
     pub request: UpstreamRequest,
     /// The client's body.
@@ -117,6 +121,7 @@ async fn send(job: MirrorJob) -> Result<(), &'static str> {
             client: job.client,
             original_dst: job.original_dst,
             avoid: &[],
+            topology: &job.topology,
         })
         .await
         .map_err(|_| "no endpoint for the mirror")?;

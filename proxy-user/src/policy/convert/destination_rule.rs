@@ -2,7 +2,8 @@
 //!
 //! Keel's request path applies a DestinationRule's `host`, `subsets` (labels select endpoints),
 //! `exportTo`, `workloadSelector`, and of `trafficPolicy` (top level, subset or port level) the
-//! `connectionPool` and `retryBudget`. Every other field is validated as Istio does, and each one set
+//! `connectionPool`, `retryBudget`, `outlierDetection`, and the `loadBalancer` block's
+//! `localityLbSetting` and `warmup`. Every other field is validated as Istio does, and each one set
 //! yields an `accepted, not applied` warning saying what Keel does instead
 //! ([`traffic_policy_not_applied`]). Settings whose absence would
 //! change behaviour in a way users rely on (tunnelling, PROXY protocol) are rejected as unsupported.
@@ -203,6 +204,13 @@ fn traffic_policy(
         .load_balancer
         .as_ref()
         .and_then(|lb| load_balancer(ctx, &path.key("loadBalancer"), lb));
+    // Validated by `load_balancer` above; a resource with errors is dropped whole.
+    let locality_lb_setting = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+        .map(locality_lb_setting);
+    let warmup = tp.load_balancer.as_ref().and_then(warmup);
     let connection_pool = tp
         .connection_pool
         .as_ref()
@@ -258,6 +266,8 @@ fn traffic_policy(
     }
     Some(TrafficPolicy {
         load_balancer,
+        locality_lb_setting,
+        warmup,
         connection_pool,
         outlier_detection,
         retry_budget,
@@ -318,6 +328,10 @@ fn load_balancer(
     }
     if let Some(d) = &lb.warmup_duration_secs {
         ctx.check(&path.key("warmupDurationSecs"), v::duration_ms(d));
+        ctx.warn(
+            &path.key("warmupDurationSecs"),
+            "warmupDurationSecs is deprecated, use warmup.duration",
+        );
     }
     if let Some(wu) = &lb.warmup {
         let wp = path.key("warmup");
@@ -512,6 +526,55 @@ fn load_balancer(
     }))
 }
 
+/// The model of a validated `localityLbSetting`.
+fn locality_lb_setting(l: &w::LocalityLbSetting) -> LocalityLbSetting {
+    LocalityLbSetting {
+        enabled: l.enabled != Some(false),
+        distribute: l
+            .distribute
+            .iter()
+            .map(|d| LocalityDistribute {
+                from: d.from.clone().unwrap_or_default(),
+                to: d
+                    .to
+                    .iter()
+                    .map(|(loc, w)| (loc.clone(), u32::try_from(*w).unwrap_or(0)))
+                    .collect(),
+            })
+            .collect(),
+        failover: l
+            .failover
+            .iter()
+            .map(|f| {
+                (
+                    f.from.clone().unwrap_or_default(),
+                    f.to.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        failover_priority: l.failover_priority.clone(),
+    }
+}
+
+/// The model of a validated `warmup` (or deprecated `warmupDurationSecs`), with Istio's defaults.
+fn warmup(lb: &w::LoadBalancerSettings) -> Option<Warmup> {
+    if let Some(wu) = &lb.warmup {
+        return Some(Warmup {
+            duration: v::duration_ms(wu.duration.as_deref()?).ok()?,
+            minimum_percent: wu
+                .minimum_percent
+                .unwrap_or(Warmup::DEFAULT_MINIMUM_PERCENT),
+            aggression: wu.aggression.unwrap_or(Warmup::DEFAULT_AGGRESSION),
+        });
+    }
+    let secs = lb.warmup_duration_secs.as_deref()?;
+    Some(Warmup {
+        duration: v::duration_ms(secs).ok()?,
+        minimum_percent: Warmup::DEFAULT_MINIMUM_PERCENT,
+        aggression: Warmup::DEFAULT_AGGRESSION,
+    })
+}
+
 fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
     if !l.distribute.is_empty() && !l.failover.is_empty() {
         ctx.err(
@@ -594,11 +657,7 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
 }
 
 /// The node topology labels that locality load balancing orders by (region, zone, subzone).
-const TOPOLOGY_LABELS: &[&str] = &[
-    "topology.kubernetes.io/region",
-    "topology.kubernetes.io/zone",
-    "topology.istio.io/subzone",
-];
+const TOPOLOGY_LABELS: &[&str] = &[LABEL_REGION, LABEL_ZONE, LABEL_SUBZONE];
 
 /// A locality pattern `region/zone/subzone`: at most one `*`, and only as the last character (Istio's
 /// `validateLocalities`).
@@ -1018,7 +1077,6 @@ fn traffic_policy_not_applied(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::Traff
 const LEAST_REQUEST: &str = "Keel balances every cluster by least request";
 const NO_HASHING: &str =
     "Keel balances every cluster by least request; no request is pinned to an endpoint";
-const NO_SLOW_START: &str = "Keel has no slow start: a new endpoint gets its full share at once";
 const PLAINTEXT: &str = "Keel connects to upstreams in plaintext";
 
 /// What Keel does instead of the traffic-policy field at `inner` (the path below the policy, keys only)
@@ -1035,13 +1093,13 @@ fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'s
             "deprecated, use ringHash.minimumRingSize; Keel balances every cluster by least request"
         }
         ["loadBalancer", "consistentHash", ..] => NO_HASHING,
-        ["loadBalancer", "localityLbSetting", ..] | ["loadBalancer", "zoneAwareLbSetting", ..] => {
-            "Keel treats all localities alike"
+        // Applied (upstream::locality); zone-aware routing is not.
+        ["loadBalancer", "localityLbSetting", ..] => return None,
+        ["loadBalancer", "zoneAwareLbSetting", ..] => {
+            "Keel has no zone-aware routing; localityLbSetting applies"
         }
-        ["loadBalancer", "warmupDurationSecs"] => {
-            "deprecated, use warmup; Keel has no slow start: a new endpoint gets its full share at once"
-        }
-        ["loadBalancer", "warmup", ..] => NO_SLOW_START,
+        // Applied (upstream::slow_start); the deprecation has its own warning.
+        ["loadBalancer", "warmupDurationSecs" | "warmup", ..] => return None,
         ["loadBalancer", ..] => LEAST_REQUEST,
         // Every connectionPool field is applied (upstream/pool.rs, upstream/breaker.rs).
         ["connectionPool", ..] => return None,

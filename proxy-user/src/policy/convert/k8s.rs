@@ -1,4 +1,4 @@
-//! Kubernetes `Service` and `Pod` -> model.
+//! Kubernetes `Service`, `Pod` and `Node` -> model.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -243,5 +243,18 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
         ready,
         capture,
         container_ports,
+        node_name: pod.spec.node_name.clone().filter(|n| !n.is_empty()),
+    })
+}
+
+pub(super) fn node(ctx: &mut Ctx<'_>, node: &wk::Node) -> Option<Node> {
+    let labels = &node.metadata.labels;
+    ctx.check(
+        &FieldPath::root().key("metadata").key("labels"),
+        v::labels(labels),
+    );
+    Some(Node {
+        meta: ctx.meta.clone(),
+        locality: Locality::from_node_labels(labels),
     })
 }

@@ -218,7 +218,7 @@ impl Builder {
             });
             return;
         };
-        let cluster_scoped = matches!(kind, Kind::Namespace | Kind::MeshConfig);
+        let cluster_scoped = matches!(kind, Kind::Namespace | Kind::Node | Kind::MeshConfig);
         let namespace = if cluster_scoped {
             String::new()
         } else {
@@ -353,6 +353,19 @@ impl Builder {
                             .pod_by_name
                             .insert(key, self.report.snapshot.pods.len());
                         self.report.snapshot.pods.push(p);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::Node => {
+                let node = decode!(wk::Node);
+                match k8s::node(ctx, &node) {
+                    Some(n) if ctx.errors.is_empty() => {
+                        let snap = &mut self.report.snapshot;
+                        snap.node_by_name
+                            .insert(n.meta.name.clone(), snap.nodes.len());
+                        snap.nodes.push(n);
                         true
                     }
                     _ => false,

@@ -260,6 +260,11 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &w::ServiceEntrySpec) -> Op
             ports: eports,
             labels: e.labels.clone(),
             weight,
+            locality: e
+                .locality
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .map(Locality::parse),
         });
     }
     let workload_selector = spec.workload_selector.as_ref().map(|ws| {
@@ -342,12 +347,6 @@ fn service_entry_not_applied(
             ctx.not_applied(
                 &ep.key("weight"),
                 Some("Keel balances endpoints by least request, without weights"),
-            );
-        }
-        if e.locality.is_some() {
-            ctx.not_applied(
-                &ep.key("locality"),
-                Some("Keel treats all localities alike"),
             );
         }
         if e.network.is_some() {

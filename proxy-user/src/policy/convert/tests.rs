@@ -784,8 +784,8 @@ fn warning_fields(report: &LoadReport) -> Vec<(String, String)> {
 const REVIEWS_NS1: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: ns1}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{port: 9080, name: http}]\n---\n";
 
 /// Every trafficPolicy field Keel does not apply, at every level, says so once, with its path, and what
-/// Keel does instead; `outlierDetection`, `connectionPool` and `retryBudget` (but its `budgetInterval`)
-/// are applied and say nothing.
+/// Keel does instead; `outlierDetection`, `connectionPool`, `retryBudget` (but its `budgetInterval`) and
+/// `localityLbSetting` are applied and say nothing.
 #[test]
 fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let report = load(&format!("{REVIEWS_NS1}{}", dr(concat!(
@@ -816,12 +816,26 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let tp = "spec.trafficPolicy";
     let sub = "spec.subsets[0].trafficPolicy";
     let want: Vec<(String, &str)> = vec![
-        (format!("{tp}.loadBalancer.simple"), "Keel balances every cluster by least request"),
-        (format!("{tp}.loadBalancer.localityLbSetting.enabled"), "Keel treats all localities alike"),
-        (format!("{tp}.tls.mode"), "Keel connects to upstreams in plaintext"),
-        (format!("{tp}.tls.sni"), "Keel connects to upstreams in plaintext"),
-        (format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"), "Keel balances every cluster by least request; no request is pinned to an endpoint"),
-        (format!("{sub}.retryBudget.budgetInterval"), "Keel's retry budget bounds concurrent retries, as Envoy's does; no interval applies"),
+        (
+            format!("{tp}.loadBalancer.simple"),
+            "Keel balances every cluster by least request",
+        ),
+        (
+            format!("{tp}.tls.mode"),
+            "Keel connects to upstreams in plaintext",
+        ),
+        (
+            format!("{tp}.tls.sni"),
+            "Keel connects to upstreams in plaintext",
+        ),
+        (
+            format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"),
+            "Keel balances every cluster by least request; no request is pinned to an endpoint",
+        ),
+        (
+            format!("{sub}.retryBudget.budgetInterval"),
+            "Keel's retry budget bounds concurrent retries, as Envoy's does; no interval applies",
+        ),
     ];
     let want: Vec<(String, String)> = want
         .into_iter()
@@ -885,6 +899,131 @@ fn connection_pool_and_retry_budget_convert() {
             percent: 20.0,
             min_retry_concurrency: 7
         })
+    );
+}
+
+#[test]
+fn locality_lb_setting_and_warmup_become_the_model_without_warnings() {
+    let report = load(&format!(
+        "{REVIEWS_NS1}{}",
+        dr(concat!(
+            "  host: reviews\n",
+            "  trafficPolicy:\n",
+            "    loadBalancer:\n",
+            "      localityLbSetting:\n",
+            "        distribute:\n",
+            "        - from: r1/z1/*\n",
+            "          to: {\"r1/z1/*\": 80, \"r1/z2/*\": 20}\n",
+            "      warmup: {duration: 30s, aggression: 2}\n",
+            "  subsets:\n",
+            "  - name: v1\n",
+            "    labels: {version: v1}\n",
+            "    trafficPolicy:\n",
+            "      loadBalancer:\n",
+            "        simple: LEAST_REQUEST\n",
+            "        warmupDurationSecs: 10s\n",
+            "        localityLbSetting: {enabled: false, failoverPriority: [net]}\n",
+        ))
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        warning_fields(&report),
+        vec![(
+            "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
+            "warmupDurationSecs is deprecated, use warmup.duration".to_string()
+        )]
+    );
+    let rule = &report.snapshot.destination_rules[0];
+    let tp = rule.traffic_policy.as_ref().expect("policy");
+    assert_eq!(tp.load_balancer, None);
+    assert_eq!(
+        tp.locality_lb_setting,
+        Some(LocalityLbSetting {
+            enabled: true,
+            distribute: vec![LocalityDistribute {
+                from: "r1/z1/*".into(),
+                to: vec![("r1/z1/*".into(), 80), ("r1/z2/*".into(), 20)],
+            }],
+            failover: Vec::new(),
+            failover_priority: Vec::new(),
+        })
+    );
+    assert_eq!(
+        tp.warmup,
+        Some(Warmup {
+            duration: std::time::Duration::from_secs(30),
+            minimum_percent: 10.0,
+            aggression: 2.0,
+        })
+    );
+    let sub = rule.subsets[0]
+        .traffic_policy
+        .as_ref()
+        .expect("subset policy");
+    let locality = sub.locality_lb_setting.as_ref().expect("locality");
+    assert!(!locality.enabled);
+    assert_eq!(locality.failover_priority, ["net"]);
+    assert_eq!(
+        sub.warmup.as_ref().map(|w| (w.duration, w.minimum_percent)),
+        Some((std::time::Duration::from_secs(10), 10.0))
+    );
+}
+
+#[test]
+fn nodes_and_pod_node_names_give_localities() {
+    let report = load(concat!(
+        "apiVersion: v1\n",
+        "kind: Node\n",
+        "metadata:\n",
+        "  name: node-a\n",
+        "  labels: {topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z1, topology.istio.io/subzone: s1}\n",
+        "---\n",
+        "apiVersion: v1\n",
+        "kind: Node\n",
+        "metadata:\n",
+        "  name: node-b\n",
+        "  labels: {failure-domain.beta.kubernetes.io/region: r2, failure-domain.beta.kubernetes.io/zone: z2}\n",
+        "---\n",
+        "apiVersion: v1\n",
+        "kind: Pod\n",
+        "metadata: {name: p1, namespace: ns1}\n",
+        "spec: {nodeName: node-a}\n",
+        "---\n",
+        "apiVersion: v1\n",
+        "kind: Pod\n",
+        "metadata: {name: p2, namespace: ns1, labels: {istio-locality: r9.z9}}\n",
+        "spec: {nodeName: node-a}\n",
+        "---\n",
+        "apiVersion: v1\n",
+        "kind: Pod\n",
+        "metadata: {name: p3, namespace: ns1}\n",
+        "---\n",
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: ServiceEntry\n",
+        "metadata: {name: se, namespace: ns1}\n",
+        "spec:\n",
+        "  hosts: [ext.example]\n",
+        "  addresses: [10.1.0.1]\n",
+        "  ports: [{number: 80, name: http, protocol: HTTP}]\n",
+        "  resolution: STATIC\n",
+        "  endpoints: [{address: 10.1.0.2, locality: r3/z3}]\n",
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let snap = &report.snapshot;
+    let pod = |name: &str| &snap.pods[snap.pod_by_name[&format!("ns1/{name}")]];
+    assert_eq!(snap.pod_locality(pod("p1"), None).to_string(), "r1/z1/s1");
+    // The pod label overrides the node.
+    assert_eq!(snap.pod_locality(pod("p2"), None).to_string(), "r9/z9/");
+    // No nodeName: Keel's own node, if known.
+    assert_eq!(snap.pod_locality(pod("p3"), None), Locality::default());
+    assert_eq!(
+        snap.pod_locality(pod("p3"), Some("node-b")).to_string(),
+        "r2/z2/"
+    );
+    assert_eq!(
+        snap.service_entries[0].endpoints[0].locality,
+        Some(Locality::parse("r3/z3"))
     );
 }
 
@@ -988,7 +1127,6 @@ fn other_kinds_report_fields_not_applied() {
         ("spec.addresses[0]", "Keel's kernel redirect matches exact addresses only, so a range captures nothing (list single IPs)"),
         ("spec.location", "Keel treats MESH_INTERNAL entries like MESH_EXTERNAL ones"),
         ("spec.endpoints[0].weight", "Keel balances endpoints by least request, without weights"),
-        ("spec.endpoints[0].locality", "Keel treats all localities alike"),
         ("spec.endpoints[0].network", "Keel treats all endpoints as one network"),
         ("spec.endpoints[0].serviceAccount", "Keel connects to upstreams in plaintext and checks no identity"),
         ("spec.endpoints[1].address", "Keel does not connect to unix sockets; it sends nothing to this endpoint"),

@@ -1090,7 +1090,9 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
     if rt.retry_remote_localities == Some(true) {
         ctx.not_applied(
             &path.key("retryRemoteLocalities"),
-            Some("Keel treats all localities alike; a retry prefers endpoints not tried yet"),
+            Some(
+                "a retry picks its endpoint as a first attempt does (same locality priorities), preferring endpoints not tried yet",
+            ),
         );
     }
     Some(Retries {
