@@ -6,6 +6,7 @@
 //! and outlier state survive a push. Only the endpoint list is swapped.
 
 pub mod pool;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
