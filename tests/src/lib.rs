@@ -24,8 +24,8 @@ pub mod request_log;
 
 pub use agent::{
     Agent, ConnMode, ConnectOutcome, EchoBody, GrpcCall, GrpcCallReport, GrpcClientReport,
-    GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, ServerTls, TcpConnectReport,
-    TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
+    GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, ServerTls,
+    TcpConnectReport, TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};

@@ -98,7 +98,10 @@ impl TlsOrigination {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let identity = match tls.mode {
-            TlsMode::Mutual => tls.client_certificate.as_ref().zip(tls.private_key.as_ref()),
+            TlsMode::Mutual => tls
+                .client_certificate
+                .as_ref()
+                .zip(tls.private_key.as_ref()),
             _ => None,
         };
         let mut config = match identity {
@@ -357,7 +360,10 @@ fn failure_reason(e: &std::io::Error) -> String {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match tls {
         Some(rustls::Error::InvalidCertificate(c)) => {
-            format!("TLS_error:CERTIFICATE_VERIFY_FAILED:{}", certificate_problem(c))
+            format!(
+                "TLS_error:CERTIFICATE_VERIFY_FAILED:{}",
+                certificate_problem(c)
+            )
         }
         Some(rustls::Error::AlertReceived(alert)) => format!("TLS_error:peer sent alert {alert:?}"),
         Some(rustls::Error::NoApplicationProtocol) => {

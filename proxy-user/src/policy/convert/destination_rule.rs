@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::{Error as PemError, PemObject};
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName,
-};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 use super::fields::set_fields;
 use super::Ctx;
@@ -888,7 +886,11 @@ fn outlier_detection(
 /// Converts `tls`: checks Istio's rules and Keel's limits, then reads and parses every file it names
 /// (so `keel validate` reports a missing or garbled certificate, key, CA bundle or CRL). `DISABLE`
 /// reads no file: nothing would use it.
-fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) -> Option<ClientTls> {
+fn client_tls(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    tls: &w::ClientTlsSettings,
+) -> Option<ClientTls> {
     let before = ctx.errors.len();
     let mode = match tls.mode.as_deref().unwrap_or("DISABLE") {
         "DISABLE" => TlsMode::Disable,
@@ -1000,7 +1002,14 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) -
         let (Some(cert_path), Some(key_path)) = (&tls.client_certificate, &tls.private_key) else {
             return None;
         };
-        let certs = load_file(ctx, path, &base, "clientCertificate", cert_path, pem_certificates);
+        let certs = load_file(
+            ctx,
+            path,
+            &base,
+            "clientCertificate",
+            cert_path,
+            pem_certificates,
+        );
         let key = load_file(ctx, path, &base, "privateKey", key_path, pem_private_key);
         if let (Some(certs), Some(key)) = (&certs, &key) {
             // The key must be one rustls can sign with and must belong to the certificate.

@@ -995,7 +995,10 @@ impl TlsFiles {
             ("client-key.pem", pem("PRIVATE KEY", &client.key)),
             ("other-key.pem", pem("PRIVATE KEY", &other.key)),
             ("crl.pem", pem("X509 CRL", &ca.crl(&[8]).expect("CRL"))),
-            ("garbled.pem", "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n".into()),
+            (
+                "garbled.pem",
+                "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n".into(),
+            ),
             ("not-a-cert.pem", pem("CERTIFICATE", b"not DER")),
             ("not-a-crl.pem", pem("X509 CRL", b"not DER")),
             ("empty.pem", String::new()),
@@ -1020,7 +1023,9 @@ impl Drop for TlsFiles {
 fn tls_dr(tls: &str) -> String {
     format!(
         "{REVIEWS_NS1}{}",
-        dr(&format!("  host: reviews\n  trafficPolicy:\n    tls: {tls}\n"))
+        dr(&format!(
+            "  host: reviews\n  trafficPolicy:\n    tls: {tls}\n"
+        ))
     )
 }
 
@@ -1042,7 +1047,10 @@ fn tls_files_are_read_and_parsed_at_conversion() {
         .expect("policy");
     let tls = tp.tls.as_ref().expect("tls");
     assert_eq!(tls.mode, TlsMode::Mutual);
-    assert_eq!(tls.client_certificate.as_ref().map(|c| c.content.len()), Some(1));
+    assert_eq!(
+        tls.client_certificate.as_ref().map(|c| c.content.len()),
+        Some(1)
+    );
     assert_eq!(
         tls.ca_certificates.as_ref().map(|c| c.path.clone()),
         Some(f.path("ca.pem"))

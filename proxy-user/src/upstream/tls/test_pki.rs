@@ -72,7 +72,10 @@ impl Ca {
     }
 
     /// A CRL of this CA revoking the certificates with these serial numbers.
-    pub fn crl(&self, revoked: &[u64]) -> Result<CertificateRevocationListDer<'static>, rcgen::Error> {
+    pub fn crl(
+        &self,
+        revoked: &[u64],
+    ) -> Result<CertificateRevocationListDer<'static>, rcgen::Error> {
         let params = CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2024, 1, 1),
             next_update: rcgen::date_time_ymd(2099, 1, 1),

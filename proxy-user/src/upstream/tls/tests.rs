@@ -236,10 +236,13 @@ async fn subject_alt_names_replace_the_host_check() -> Result<()> {
         Alpn::Http1,
     )?;
     let Err(e) = fetch(&tls, &srv, SERVER_NAME).await? else {
-        return Err(anyhow!("no listed SAN matches, yet the handshake succeeded"));
+        return Err(anyhow!(
+            "no listed SAN matches, yet the handshake succeeded"
+        ));
     };
     ensure!(
-        e.transport_failure_reason().contains("certificate not valid for the name"),
+        e.transport_failure_reason()
+            .contains("certificate not valid for the name"),
         "{e}"
     );
     Ok(())
@@ -288,7 +291,10 @@ async fn a_server_requiring_client_certificates_rejects_simple() -> Result<()> {
         "server without client certificate answered: {outcome:?}"
     );
     let seen = seen(&mut srv).await?;
-    ensure!(seen.is_err(), "server accepted a client without certificate: {seen:?}");
+    ensure!(
+        seen.is_err(),
+        "server accepted a client without certificate: {seen:?}"
+    );
     Ok(())
 }
 

@@ -293,11 +293,13 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 fail_status,
                 delay: delay_ms.map(Duration::from_millis),
                 call,
-                tls: tls_cert.zip(tls_key).map(|(cert, key)| tls::ServerTlsFiles {
-                    cert,
-                    key,
-                    client_ca: tls_client_ca,
-                }),
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| tls::ServerTlsFiles {
+                        cert,
+                        key,
+                        client_ca: tls_client_ca,
+                    }),
             })
             .await
             .map(|()| true)
