@@ -64,9 +64,9 @@ pub struct KeelOptions {
     pub ready_timeout: Duration,
     /// The keel binary; `None` means [`host::keel_bin`] (`KEEL_BIN`, default `target/release/keel`).
     pub binary: Option<PathBuf>,
-    /// `RUST_LOG` for keel (e.g. `info,keel::l7=debug` to see each local reply's response flags);
-    /// `None`: the test's own `RUST_LOG`, else `info`.
-    pub rust_log: Option<String>,
+    /// `KEEL_LOG`, keel's log filter (e.g. `info,keel::l7=debug` to see each local reply's response
+    /// flags); `None`: keel's default.
+    pub log_filter: Option<String>,
 }
 
 impl KeelOptions {
@@ -81,7 +81,7 @@ impl KeelOptions {
             extra_args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
             binary: None,
-            rust_log: None,
+            log_filter: None,
         })
     }
 }
@@ -118,10 +118,11 @@ impl Keel {
             .arg("--admin-addr")
             .arg(opts.admin_addr.to_string())
             .args(&opts.extra_args);
-        if let Some(filter) = &opts.rust_log {
-            cmd.env("RUST_LOG", filter);
-        } else if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        if let Some(filter) = &opts.log_filter {
+            cmd.env("KEEL_LOG", filter);
         }
         let proc = net.spawn_in_cgroup(&opts.process_cgroup, cmd, "keel")?;
         let mut keel = Keel { proc, opts };

@@ -68,7 +68,7 @@ fn start_keel(fx: &Fixture) -> Result<Keel> {
         out.combined().trim()
     );
     let mut opts = KeelOptions::new(&fx.net, fx.config.path())?;
-    opts.rust_log = Some("info,keel::l7=debug".into());
+    opts.log_filter = Some("info,keel::l7=debug".into());
     Keel::start_with(&fx.net, opts)
 }
 
@@ -132,11 +132,11 @@ fn ensure_tls_failure(
             && body.contains(reason),
         "{what}: body {body:?} lacks the transport failure reason {reason:?}"
     );
-    let logged = keel.stderr();
+    let logged = without_ansi(&keel.stderr());
     ensure!(
         logged.lines().any(|l| l.contains("request finished")
             && l.contains("status=503")
-            && l.contains("UF")),
+            && l.contains("flags=UF")),
         "{what}: no 503 with flag UF in keel's log:\n{logged}"
     );
     let reached = fx.log(BACKEND)?.read()?;
@@ -146,6 +146,24 @@ fn ensure_tls_failure(
         reached.len()
     );
     Ok(())
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`), as keel's log writes field names.
+fn without_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[test]
