@@ -478,11 +478,6 @@ fn validate_reports_traffic_policy_fields_not_applied() {
             "Keel balances every cluster by least request",
         ),
         (
-            "spec.trafficPolicy.tls.mode",
-            "mode: SIMPLE",
-            "Keel connects to upstreams in plaintext",
-        ),
-        (
             "spec.subsets[1].trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
             "name: session",
             "Keel balances every cluster by least request; no request is pinned to an endpoint",
@@ -495,10 +490,12 @@ fn validate_reports_traffic_policy_fields_not_applied() {
         .lines()
         .filter(|l| l.contains(": warning: accepted, not applied: "))
         .count();
-    assert_eq!(not_applied, 6, "{stdout}");
+    assert_eq!(not_applied, 4, "{stdout}");
     // `connectionPool` and `outlierDetection` are applied: none of their fields is reported.
     assert!(!stdout.contains("connectionPool"), "{stdout}");
     assert!(!stdout.contains("outlierDetection"), "{stdout}");
+    // `tls` (mode and sni in the sample) is applied: no warning.
+    assert!(!stdout.contains(".tls."), "{stdout}");
     for (field, needle, today) in want {
         let line = format!(
             "sample.yaml:{}: DestinationRule default/dr-warn-not-applied: {field}: warning: accepted, not applied: {field}: {today}",
@@ -512,7 +509,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
     // Values that ask for what Keel does anyway are not reported, nor is outlier detection (applied).
     for quiet in [
         "portLevelSettings[0].loadBalancer",
-        "portLevelSettings[0].tls",
+        ".tls.",
         "h2UpgradePolicy",
         "outlierDetection",
     ] {
@@ -529,7 +526,7 @@ fn validate_reports_traffic_policy_fields_not_applied() {
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
     assert_eq!(json["valid"], true);
     let warnings = json["warnings"].as_array().expect("warnings array");
-    assert_eq!(warnings.len(), 6, "{json:#}");
+    assert_eq!(warnings.len(), 4, "{json:#}");
     for (field, needle, today) in want {
         let w = warnings
             .iter()

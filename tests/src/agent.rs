@@ -515,6 +515,20 @@ pub struct HttpServerOpts {
     /// `--call URL --call-connect ADDR`: per request, GET `URL` at `ADDR` (through the mesh) and answer
     /// with its status and `"<pod> => <body>"` (`"<pod> => Error: <status> - <body>"` if not 2xx).
     pub call: Option<(String, SocketAddr)>,
+    /// `--tls-cert/--tls-key [--tls-client-ca]`: serve HTTPS with these PEM files (see
+    /// [`crate::pki::TestPki`]); responses then carry `x-sni` and `x-client-cert: present|absent`.
+    pub tls: Option<ServerTls>,
+}
+
+/// PEM files of an HTTPS `http-server`.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// Require client certificates signed by a CA in this file.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl HttpServerOpts {
@@ -544,6 +558,17 @@ impl HttpServerOpts {
                 "--call-connect".to_string(),
                 addr.to_string(),
             ]);
+        }
+        if let Some(tls) = &self.tls {
+            a.extend([
+                "--tls-cert".to_string(),
+                tls.cert.display().to_string(),
+                "--tls-key".to_string(),
+                tls.key.display().to_string(),
+            ]);
+            if let Some(ca) = &tls.client_ca {
+                a.extend(["--tls-client-ca".to_string(), ca.display().to_string()]);
+            }
         }
         a
     }

@@ -64,6 +64,9 @@ pub struct KeelOptions {
     pub ready_timeout: Duration,
     /// The keel binary; `None` means [`host::keel_bin`] (`KEEL_BIN`, default `target/release/keel`).
     pub binary: Option<PathBuf>,
+    /// `KEEL_LOG`, keel's log filter (e.g. `info,keel::l7=debug` to see each local reply's response
+    /// flags); `None`: keel's default.
+    pub log_filter: Option<String>,
 }
 
 impl KeelOptions {
@@ -78,6 +81,7 @@ impl KeelOptions {
             extra_args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
             binary: None,
+            log_filter: None,
         })
     }
 }
@@ -116,6 +120,9 @@ impl Keel {
             .args(&opts.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        if let Some(filter) = &opts.log_filter {
+            cmd.env("KEEL_LOG", filter);
         }
         let proc = net.spawn_in_cgroup(&opts.process_cgroup, cmd, "keel")?;
         let mut keel = Keel { proc, opts };

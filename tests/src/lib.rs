@@ -6,6 +6,7 @@
 //! - [`request_log`]: what reached each backend (one JSON line per request), read back by tests;
 //! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
 //! - [`config`]: temporary config directories and Service/Pod YAML;
+//! - [`pki`]: a throwaway CA with server and client certificates as PEM files (TLS origination);
 //! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
 //!
 //! Used by the tests in `tests/tests/` and by `cargo xtask demo`. Everything runs on this machine only:
@@ -16,17 +17,19 @@ pub mod config;
 pub mod host;
 pub mod http;
 pub mod keel;
+pub mod pki;
 pub mod podnet;
 pub mod process;
 pub mod request_log;
 
 pub use agent::{
     Agent, ConnMode, ConnectOutcome, EchoBody, GrpcCall, GrpcCallReport, GrpcClientReport,
-    GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, TcpConnectReport,
-    TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
+    GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, ServerTls,
+    TcpConnectReport, TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};
+pub use pki::TestPki;
 pub use podnet::{
     cleanup_all_stale, cleanup_stale, leftovers, Pod, PodNet, PROXY_PORT, SERVICE_CIDR,
 };

@@ -28,6 +28,16 @@ pub enum LocalReply {
         /// Earlier attempts were made (Envoy words the body differently).
         retried: bool,
     },
+    /// The last attempt connected but its transport (the TLS handshake of DestinationRule `tls`)
+    /// failed: 503 (`UF`), the [`LocalReply::ConnectFailure`] body followed by `, transport failure
+    /// reason: <reason>`, as Envoy words it.
+    TransportFailure {
+        /// Earlier attempts were made.
+        retried: bool,
+        /// Short reason, e.g. `TLS_error:CERTIFICATE_VERIFY_FAILED:unknown issuer`
+        /// (`upstream::tls::TlsHandshakeError::transport_failure_reason`).
+        reason: String,
+    },
     /// The upstream closed the connection or reset the stream before response headers: 503 (`UC`,
     /// or `UR` for a stream reset).
     UpstreamReset {
@@ -60,7 +70,9 @@ impl LocalReply {
             LocalReply::NoRoute => ResponseFlag::NoRouteFound,
             LocalReply::ClusterNotFound => ResponseFlag::NoClusterFound,
             LocalReply::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
-            LocalReply::ConnectFailure { .. } => ResponseFlag::UpstreamConnectionFailure,
+            LocalReply::ConnectFailure { .. } | LocalReply::TransportFailure { .. } => {
+                ResponseFlag::UpstreamConnectionFailure
+            }
             LocalReply::UpstreamReset { remote: false, .. } => {
                 ResponseFlag::UpstreamConnectionTermination
             }
@@ -92,6 +104,13 @@ impl LocalReply {
             LocalReply::ConnectFailure { retried } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 reset(*retried, "connection failure"),
+            ),
+            LocalReply::TransportFailure { retried, reason } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                reset(
+                    *retried,
+                    &format!("connection failure, transport failure reason: {reason}"),
+                ),
             ),
             LocalReply::UpstreamReset { retried, remote } => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -240,6 +259,22 @@ mod tests {
                 LocalReply::UpstreamReset { retried: false, remote: false },
                 503,
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            (
+                LocalReply::TransportFailure {
+                    retried: false,
+                    reason: "TLS_error:CERTIFICATE_VERIFY_FAILED:unknown issuer".into(),
+                },
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error:CERTIFICATE_VERIFY_FAILED:unknown issuer",
+            ),
+            (
+                LocalReply::TransportFailure {
+                    retried: true,
+                    reason: "TLS_error:CERTIFICATE_VERIFY_FAILED:certificate revoked".into(),
+                },
+                503,
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure, transport failure reason: TLS_error:CERTIFICATE_VERIFY_FAILED:certificate revoked",
             ),
             (LocalReply::FaultAbort(Abort::Http(418)), 418, "fault filter abort"),
         ];

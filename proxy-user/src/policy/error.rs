@@ -316,6 +316,16 @@ pub enum InvalidTrafficPolicy {
     /// A subset defined twice in one DestinationRule.
     #[error("duplicate subset {0:?}")]
     DuplicateSubset(String),
+    /// A `tls` file (certificate, key, CA bundle, CRL) that cannot be read or parsed.
+    #[error("{field} {path}: {reason}")]
+    TlsFile {
+        /// The field naming the file (`caCertificates`, ...).
+        field: &'static str,
+        /// The path as resolved.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// `exportTo`.

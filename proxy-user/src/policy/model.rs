@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
 /// Cluster DNS domain used to expand short names (`reviews` -> `reviews.<ns>.svc.cluster.local`).
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
@@ -764,8 +766,50 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// `retryBudget` (top level and subsets only).
     pub retry_budget: Option<RetryBudget>,
+    /// `tls`: how connections to the cluster's endpoints are secured (`None` = plaintext, as `DISABLE`).
+    pub tls: Option<ClientTls>,
     /// `portLevelSettings`: port -> policy replacing whole blocks for that port.
     pub port_level: Vec<(u16, TrafficPolicy)>,
+}
+
+/// `trafficPolicy.tls.mode` values Keel applies (`ISTIO_MUTUAL` is rejected at conversion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext (also the meaning of an absent `tls`).
+    Disable,
+    /// TLS origination, server verified.
+    Simple,
+    /// TLS origination presenting a client certificate.
+    Mutual,
+}
+
+/// A file named in config, read and parsed when the config was converted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedFile<T> {
+    /// The path as resolved (absolute, or joined to the config file's directory).
+    pub path: String,
+    /// What it held.
+    pub content: T,
+}
+
+/// `ClientTLSSettings`, with its files loaded. Field names follow Istio's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    /// `clientCertificate`: the chain presented in `MUTUAL` mode (leaf first).
+    pub client_certificate: Option<LoadedFile<Vec<CertificateDer<'static>>>>,
+    /// `privateKey` for `clientCertificate`.
+    pub private_key: Option<LoadedFile<Arc<PrivateKeyDer<'static>>>>,
+    /// `caCertificates`: the roots trusted for the server; `None` = the OS trust store.
+    pub ca_certificates: Option<LoadedFile<Vec<CertificateDer<'static>>>>,
+    /// `caCrl`: revoked server certificates.
+    pub ca_crl: Option<LoadedFile<Vec<CertificateRevocationListDer<'static>>>>,
+    /// `sni`; `None` = the request's authority host (Istio's auto SNI).
+    pub sni: Option<String>,
+    /// `subjectAltNames`: the server certificate must carry one of these (DNS names or IPs).
+    pub subject_alt_names: Vec<String>,
+    /// `insecureSkipVerify`: no server verification at all.
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone)]

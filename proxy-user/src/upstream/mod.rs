@@ -19,6 +19,7 @@ pub mod policy;
 pub mod pool;
 pub mod slow_start;
 pub mod stats;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,14 +2,21 @@
 //!
 //! Keel's request path applies a DestinationRule's `host`, `subsets` (labels select endpoints),
 //! `exportTo`, `workloadSelector`, and of `trafficPolicy` (top level, subset or port level) the
-//! `connectionPool`, `retryBudget`, `outlierDetection`, and the `loadBalancer` block's
+//! `connectionPool`, `retryBudget`, `outlierDetection`, `tls` (TLS origination; its files are read and
+//! parsed here, so `keel validate` reports a bad certificate), and the `loadBalancer` block's
 //! `localityLbSetting` and `warmup`. Every other field is validated as Istio does, and each one set
 //! yields an `accepted, not applied` warning saying what Keel does instead
 //! ([`traffic_policy_not_applied`]). Settings whose absence would
-//! change behaviour in a way users rely on (tunnelling, PROXY protocol) are rejected as unsupported.
+//! change behaviour in a way users rely on (tunnelling, PROXY protocol, `ISTIO_MUTUAL`,
+//! `credentialName`) are rejected as unsupported.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::{Error as PemError, PemObject};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 use super::fields::set_fields;
 use super::Ctx;
@@ -219,9 +226,10 @@ fn traffic_policy(
         .outlier_detection
         .as_ref()
         .and_then(|od| outlier_detection(ctx, &path.key("outlierDetection"), od));
-    if let Some(tls) = &tp.tls {
-        client_tls(ctx, &path.key("tls"), tls);
-    }
+    let tls = tp
+        .tls
+        .as_ref()
+        .and_then(|tls| client_tls(ctx, &path.key("tls"), tls));
     let mut port_level = Vec::new();
     if !tp.port_level_settings.is_empty() && !allow_port_level {
         ctx.err(
@@ -271,6 +279,7 @@ fn traffic_policy(
         connection_pool,
         outlier_detection,
         retry_budget,
+        tls,
         port_level,
     })
 }
@@ -996,18 +1005,42 @@ fn outlier_detection(
     })
 }
 
-fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) {
-    let mode = tls.mode.as_deref().unwrap_or("DISABLE");
-    if !matches!(mode, "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
-        ctx.err(
-            &path.key("mode"),
-            Invalid::Enum {
-                value: mode.to_string(),
-                allowed: "DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL",
-            },
-        );
-        return;
-    }
+/// Converts `tls`: checks Istio's rules and Keel's limits, then reads and parses every file it names
+/// (so `keel validate` reports a missing or garbled certificate, key, CA bundle or CRL). `DISABLE`
+/// reads no file: nothing would use it.
+fn client_tls(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    tls: &w::ClientTlsSettings,
+) -> Option<ClientTls> {
+    let before = ctx.errors.len();
+    let mode = match tls.mode.as_deref().unwrap_or("DISABLE") {
+        "DISABLE" => TlsMode::Disable,
+        "SIMPLE" => TlsMode::Simple,
+        "MUTUAL" => TlsMode::Mutual,
+        "ISTIO_MUTUAL" => {
+            ctx.err(
+                &path.key("mode"),
+                Invalid::Unsupported(
+                    "tls.mode ISTIO_MUTUAL: Keel has no mesh workload identity yet (no Istio \
+                     certificates to present); use SIMPLE or MUTUAL with certificate files, or leave \
+                     tls out for plaintext"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        other => {
+            ctx.err(
+                &path.key("mode"),
+                Invalid::Enum {
+                    value: other.to_string(),
+                    allowed: "DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL",
+                },
+            );
+            return None;
+        }
+    };
     let files = tls.client_certificate.is_some()
         || tls.private_key.is_some()
         || tls.ca_certificates.is_some();
@@ -1019,8 +1052,17 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) {
                 "clientCertificate/privateKey/caCertificates",
             ),
         );
+    } else if tls.credential_name.is_some() {
+        ctx.err(
+            &path.key("credentialName"),
+            Invalid::Unsupported(
+                "tls.credentialName: Keel has no secret source yet; name PEM files with \
+                 clientCertificate, privateKey and caCertificates instead"
+                    .into(),
+            ),
+        );
     }
-    if mode == "MUTUAL"
+    if mode == TlsMode::Mutual
         && tls.credential_name.is_none()
         && (tls.client_certificate.is_none() || tls.private_key.is_none())
     {
@@ -1031,14 +1073,201 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ClientTlsSettings) {
             ),
         );
     }
-    if tls.insecure_skip_verify == Some(true)
-        && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty())
+    let insecure_skip_verify = tls.insecure_skip_verify == Some(true);
+    if insecure_skip_verify && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty())
     {
         ctx.err(
             path,
             InvalidTrafficPolicy::Conflict("insecureSkipVerify", "caCertificates/subjectAltNames"),
         );
     }
+    let sni = tls.sni.as_deref().filter(|s| !s.is_empty());
+    if let Some(sni) = sni {
+        if !matches!(ServerName::try_from(sni), Ok(ServerName::DnsName(_))) {
+            ctx.err(
+                &path.key("sni"),
+                InvalidTrafficPolicy::Value(format!("sni {sni:?} is not a DNS name")),
+            );
+        }
+    }
+    for (i, san) in tls.subject_alt_names.iter().enumerate() {
+        // Envoy also matches URI SANs (spiffe://…); Keel verifies names with webpki, which knows
+        // DNS names and IP addresses, and mesh identities come with ISTIO_MUTUAL, which Keel lacks.
+        if ServerName::try_from(san.as_str()).is_err() {
+            ctx.err(
+                &path.key("subjectAltNames").index(i),
+                Invalid::Unsupported(format!(
+                    "subjectAltNames entry {san:?}: Keel matches DNS-name and IP-address SANs only"
+                )),
+            );
+        }
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let mut out = ClientTls {
+        mode,
+        client_certificate: None,
+        private_key: None,
+        ca_certificates: None,
+        ca_crl: None,
+        sni: sni.map(str::to_ascii_lowercase),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        insecure_skip_verify,
+    };
+    if mode == TlsMode::Disable {
+        return Some(out);
+    }
+    let base = config_dir(ctx);
+    let provider = rustls::crypto::ring::default_provider();
+    if mode == TlsMode::Mutual {
+        let (Some(cert_path), Some(key_path)) = (&tls.client_certificate, &tls.private_key) else {
+            return None;
+        };
+        let certs = load_file(
+            ctx,
+            path,
+            &base,
+            "clientCertificate",
+            cert_path,
+            pem_certificates,
+        );
+        let key = load_file(ctx, path, &base, "privateKey", key_path, pem_private_key);
+        if let (Some(certs), Some(key)) = (&certs, &key) {
+            // The key must be one rustls can sign with and must belong to the certificate.
+            let pair = rustls::sign::CertifiedKey::from_der(
+                certs.content.clone(),
+                key.content.clone_key(),
+                &provider,
+            );
+            if let Err(e) = pair {
+                tls_file_error(ctx, path, "privateKey", &key.path, e.to_string());
+            }
+        }
+        out.client_certificate = certs;
+        out.private_key = key.map(|k| LoadedFile {
+            path: k.path,
+            content: Arc::new(k.content),
+        });
+    }
+    if let Some(ca_path) = &tls.ca_certificates {
+        out.ca_certificates = load_file(ctx, path, &base, "caCertificates", ca_path, pem_roots);
+    }
+    if let Some(crl_path) = &tls.ca_crl {
+        out.ca_crl = load_file(ctx, path, &base, "caCrl", crl_path, pem_crls);
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    Some(out)
+}
+
+/// Where relative file paths in a resource point: the directory of the config file that holds it
+/// (Keel's working directory means nothing to a user; Istio users write absolute paths).
+fn config_dir(ctx: &Ctx<'_>) -> PathBuf {
+    Path::new(&ctx.doc.file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Reads the file `value` names (resolved against `base`) and parses it with `parse`, recording a
+/// [`InvalidTrafficPolicy::TlsFile`] error at `tls.<field>` when either fails.
+fn load_file<T>(
+    ctx: &mut Ctx<'_>,
+    tls_path: &FieldPath,
+    base: &Path,
+    field: &'static str,
+    value: &str,
+    parse: fn(&[u8]) -> Result<T, String>,
+) -> Option<LoadedFile<T>> {
+    let resolved = base.join(value).display().to_string();
+    if value.is_empty() {
+        tls_file_error(ctx, tls_path, field, &resolved, "empty path".into());
+        return None;
+    }
+    let bytes = match std::fs::read(&resolved) {
+        Ok(b) => b,
+        Err(e) => {
+            tls_file_error(ctx, tls_path, field, &resolved, format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    match parse(&bytes) {
+        Ok(content) => Some(LoadedFile {
+            path: resolved,
+            content,
+        }),
+        Err(reason) => {
+            tls_file_error(ctx, tls_path, field, &resolved, reason);
+            None
+        }
+    }
+}
+
+fn tls_file_error(
+    ctx: &mut Ctx<'_>,
+    tls_path: &FieldPath,
+    field: &'static str,
+    path: &str,
+    reason: String,
+) {
+    ctx.err(
+        &tls_path.key(field),
+        InvalidTrafficPolicy::TlsFile {
+            field,
+            path: path.to_string(),
+            reason,
+        },
+    );
+}
+
+/// Every `CERTIFICATE` block of a PEM file (at least one).
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM CERTIFICATE block".into());
+    }
+    Ok(certs)
+}
+
+/// CA certificates: every block must be an X.509 certificate webpki accepts as a trust anchor.
+fn pem_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = pem_certificates(pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, bad) = roots.add_parsable_certificates(certs.iter().cloned());
+    if bad > 0 {
+        return Err(format!(
+            "{bad} of {} certificates cannot be parsed as X.509 trust anchors",
+            certs.len()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The first private key block (PKCS#8, PKCS#1 or SEC1).
+fn pem_private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        PemError::NoItemsFound => "no PEM PRIVATE KEY block".to_string(),
+        e => format!("not PEM: {e}"),
+    })
+}
+
+/// Every `X509 CRL` block (at least one).
+fn pem_crls(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    if crls.is_empty() {
+        return Err("no PEM X509 CRL block".into());
+    }
+    for crl in &crls {
+        webpki::OwnedCertRevocationList::from_der(crl)
+            .map_err(|e| format!("not a valid X.509 CRL: {e}"))?;
+    }
+    Ok(crls)
 }
 
 /// Warns `accepted, not applied` once for every field set in a valid `trafficPolicy` at `path`, including
@@ -1077,7 +1306,6 @@ fn traffic_policy_not_applied(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::Traff
 const LEAST_REQUEST: &str = "Keel balances every cluster by least request";
 const NO_HASHING: &str =
     "Keel balances every cluster by least request; no request is pinned to an endpoint";
-const PLAINTEXT: &str = "Keel connects to upstreams in plaintext";
 
 /// What Keel does instead of the traffic-policy field at `inner` (the path below the policy, keys only)
 /// set to `value`; `None` when the value asks for what Keel does anyway (e.g. `LEAST_REQUEST`).
@@ -1109,11 +1337,8 @@ fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'s
         ["retryBudget", ..] => return None,
         // Applied by `upstream::outlier`; the deprecated `consecutiveErrors` has its own warning.
         ["outlierDetection", ..] => return None,
-        ["tls", "mode"] => match s {
-            Some("DISABLE") => return None,
-            _ => PLAINTEXT,
-        },
-        ["tls", ..] => PLAINTEXT,
+        // Applied: TLS origination (upstream/tls.rs).
+        ["tls", ..] => return None,
         _ => "Keel applies no DestinationRule trafficPolicy",
     })
 }

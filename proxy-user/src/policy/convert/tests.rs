@@ -821,14 +821,6 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
             "Keel balances every cluster by least request",
         ),
         (
-            format!("{tp}.tls.mode"),
-            "Keel connects to upstreams in plaintext",
-        ),
-        (
-            format!("{tp}.tls.sni"),
-            "Keel connects to upstreams in plaintext",
-        ),
-        (
             format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"),
             "Keel balances every cluster by least request; no request is pinned to an endpoint",
         ),
@@ -845,7 +837,7 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
         })
         .collect();
     assert_eq!(warning_fields(&report), want);
-    // `h2UpgradePolicy: DEFAULT` and `tls.mode: DISABLE` ask for what Keel does: no warning.
+    // `h2UpgradePolicy: DEFAULT` asks for what Keel does, and `tls` is applied: no warning.
 }
 
 /// `connectionPool` and `retryBudget` reach the model with Istio's defaults for what is unset.
@@ -1271,4 +1263,216 @@ fn seed_mistakes_are_caught() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// PEM files of a throwaway CA for `tls` conversion tests, in their own directory.
+struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    fn new(test: &str) -> Self {
+        use crate::upstream::tls::test_pki::{pem, Ca};
+        let dir = std::env::temp_dir().join(format!("keel-convert-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca = Ca::new("convert test CA").expect("CA");
+        let client = ca.issue(&["client.test"], 7, true).expect("client cert");
+        let other = ca.issue(&["other.test"], 8, true).expect("other cert");
+        let files = [
+            ("ca.pem", pem("CERTIFICATE", &ca.cert)),
+            ("client.pem", pem("CERTIFICATE", &client.cert)),
+            ("client-key.pem", pem("PRIVATE KEY", &client.key)),
+            ("other-key.pem", pem("PRIVATE KEY", &other.key)),
+            ("crl.pem", pem("X509 CRL", &ca.crl(&[8]).expect("CRL"))),
+            (
+                "garbled.pem",
+                "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n".into(),
+            ),
+            ("not-a-cert.pem", pem("CERTIFICATE", b"not DER")),
+            ("not-a-crl.pem", pem("X509 CRL", b"not DER")),
+            ("empty.pem", String::new()),
+        ];
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write PEM");
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_dr(tls: &str) -> String {
+    format!(
+        "{REVIEWS_NS1}{}",
+        dr(&format!(
+            "  host: reviews\n  trafficPolicy:\n    tls: {tls}\n"
+        ))
+    )
+}
+
+#[test]
+fn tls_files_are_read_and_parsed_at_conversion() {
+    let f = TlsFiles::new("ok");
+    let report = load(&tls_dr(&format!(
+        "{{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}, caCrl: {}, sni: Reviews.Example, subjectAltNames: [reviews.example, 10.0.0.1]}}",
+        f.path("client.pem"),
+        f.path("client-key.pem"),
+        f.path("ca.pem"),
+        f.path("crl.pem"),
+    )));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(warning_fields(&report), vec![]);
+    let tp = report.snapshot.destination_rules[0]
+        .traffic_policy
+        .as_ref()
+        .expect("policy");
+    let tls = tp.tls.as_ref().expect("tls");
+    assert_eq!(tls.mode, TlsMode::Mutual);
+    assert_eq!(
+        tls.client_certificate.as_ref().map(|c| c.content.len()),
+        Some(1)
+    );
+    assert_eq!(
+        tls.ca_certificates.as_ref().map(|c| c.path.clone()),
+        Some(f.path("ca.pem"))
+    );
+    assert!(tls.private_key.is_some());
+    assert_eq!(tls.ca_crl.as_ref().map(|c| c.content.len()), Some(1));
+    assert_eq!(tls.sni.as_deref(), Some("reviews.example"));
+    assert_eq!(tls.subject_alt_names, ["reviews.example", "10.0.0.1"]);
+    assert!(!tls.insecure_skip_verify);
+}
+
+#[test]
+fn tls_port_level_and_disable_are_converted() {
+    let f = TlsFiles::new("port");
+    let report = load(&format!(
+        "{REVIEWS_NS1}{}",
+        dr(&format!(
+            "  host: reviews\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {}}}\n    portLevelSettings:\n    - port: {{number: 9080}}\n      tls: {{mode: DISABLE}}\n",
+            f.path("ca.pem")
+        ))
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let tp = report.snapshot.destination_rules[0]
+        .traffic_policy
+        .as_ref()
+        .expect("policy");
+    assert_eq!(tp.tls.as_ref().map(|t| t.mode), Some(TlsMode::Simple));
+    let (port, pl) = &tp.port_level[0];
+    assert_eq!(*port, 9080);
+    assert_eq!(pl.tls.as_ref().map(|t| t.mode), Some(TlsMode::Disable));
+}
+
+/// Relative paths are resolved against the directory of the config file that names them.
+#[test]
+fn tls_relative_paths_start_at_the_config_file() {
+    let f = TlsFiles::new("relative");
+    let config = f.dir.join("dr.yaml").display().to_string();
+    let text = tls_dr("{mode: SIMPLE, caCertificates: ca.pem}");
+    let report = build(&split_documents(&config, &text));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let tls = report.snapshot.destination_rules[0]
+        .traffic_policy
+        .as_ref()
+        .and_then(|tp| tp.tls.as_ref())
+        .expect("tls");
+    assert_eq!(
+        tls.ca_certificates.as_ref().map(|c| c.path.clone()),
+        Some(f.path("ca.pem"))
+    );
+}
+
+#[test]
+fn tls_errors_name_the_field_the_file_and_the_reason() {
+    let f = TlsFiles::new("errors");
+    let missing = f.path("missing.pem");
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!("{{mode: SIMPLE, caCertificates: {missing}}}"),
+            format!("spec.trafficPolicy.tls.caCertificates: caCertificates {missing}: cannot read: No such file or directory"),
+        ),
+        (
+            format!("{{mode: SIMPLE, caCertificates: {}}}", f.path("garbled.pem")),
+            format!("spec.trafficPolicy.tls.caCertificates: caCertificates {}: not PEM: ", f.path("garbled.pem")),
+        ),
+        (
+            format!("{{mode: SIMPLE, caCertificates: {}}}", f.path("empty.pem")),
+            format!("caCertificates {}: no PEM CERTIFICATE block", f.path("empty.pem")),
+        ),
+        (
+            format!("{{mode: SIMPLE, caCertificates: {}}}", f.path("not-a-cert.pem")),
+            "1 of 1 certificates cannot be parsed as X.509 trust anchors".into(),
+        ),
+        (
+            format!("{{mode: SIMPLE, caCertificates: {}, caCrl: {}}}", f.path("ca.pem"), f.path("not-a-crl.pem")),
+            format!("spec.trafficPolicy.tls.caCrl: caCrl {}: not a valid X.509 CRL", f.path("not-a-crl.pem")),
+        ),
+        (
+            format!("{{mode: MUTUAL, clientCertificate: {}, privateKey: {}}}", f.path("client.pem"), f.path("ca.pem")),
+            format!("spec.trafficPolicy.tls.privateKey: privateKey {}: no PEM PRIVATE KEY block", f.path("ca.pem")),
+        ),
+        (
+            format!("{{mode: MUTUAL, clientCertificate: {}, privateKey: {}}}", f.path("client.pem"), f.path("other-key.pem")),
+            format!("spec.trafficPolicy.tls.privateKey: privateKey {}: ", f.path("other-key.pem")),
+        ),
+        (
+            "{mode: ISTIO_MUTUAL}".into(),
+            "spec.trafficPolicy.tls.mode: not supported by Keel: tls.mode ISTIO_MUTUAL: Keel has no mesh workload identity yet".into(),
+        ),
+        (
+            "{mode: SIMPLE, credentialName: reviews-cert}".into(),
+            "spec.trafficPolicy.tls.credentialName: not supported by Keel: tls.credentialName: Keel has no secret source yet".into(),
+        ),
+        (
+            "{mode: SIMPLE, subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/reviews\"]}".into(),
+            "spec.trafficPolicy.tls.subjectAltNames[0]: not supported by Keel: subjectAltNames entry \"spiffe://cluster.local/ns/default/sa/reviews\": Keel matches DNS-name and IP-address SANs only".into(),
+        ),
+        (
+            "{mode: SIMPLE, sni: 10.0.0.1}".into(),
+            "spec.trafficPolicy.tls.sni: sni \"10.0.0.1\" is not a DNS name".into(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (tls, want) in cases {
+        let report = load(&tls_dr(&tls));
+        let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+        let ok = errors.len() == 1
+            && errors[0].contains("DestinationRule ns1/t: ")
+            && errors[0].contains(&want)
+            && report.snapshot.destination_rules.is_empty();
+        if !ok {
+            failures.push(format!("{tls}: wanted {want:?}, got {errors:#?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Port-level `tls` files are checked like top-level ones.
+#[test]
+fn tls_port_level_files_are_checked() {
+    let f = TlsFiles::new("port-errors");
+    let missing = f.path("missing.pem");
+    let report = load(&format!(
+        "{REVIEWS_NS1}{}",
+        dr(&format!(
+            "  host: reviews\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 9080}}\n      tls: {{mode: SIMPLE, caCertificates: {missing}}}\n"
+        ))
+    ));
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains(&format!(
+            "spec.trafficPolicy.portLevelSettings[0].tls.caCertificates: caCertificates {missing}: cannot read"
+        )),
+        "{errors:#?}"
+    );
 }

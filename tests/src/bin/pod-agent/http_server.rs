@@ -11,7 +11,9 @@
 //! `response-header=<name>:<value>` (repeatable) adds that header to the response. Server options:
 //! `--log` (one [`RequestRecord`] line per request, written before any delay), `--fail-status`
 //! (default status), `--delay-ms` (delay every request), `--call`/`--call-connect` (answer with the
-//! result of a GET to another service, like an application that calls the next hop).
+//! result of a GET to another service, like an application that calls the next hop), `--tls-cert`/
+//! `--tls-key` (serve HTTPS; responses then carry `x-sni`, the SNI the client sent, and
+//! `x-client-cert: present|absent`), `--tls-client-ca` (require client certificates from that CA).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{announce, joined_headers, unix_ms, LogWriter};
+use crate::tls;
 
 /// Largest request body the server reads.
 const MAX_REQUEST_BODY: usize = 16 << 20;
@@ -41,6 +44,12 @@ const MAX_REQUEST_BODY: usize = 16 << 20;
 const MAX_DELAY: Duration = Duration::from_secs(60);
 /// Bound on the `--call` request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on a TLS handshake (`--tls-cert`).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response header (`--tls-cert`): the SNI the client sent, empty when none.
+const X_SNI: HeaderName = HeaderName::from_static("x-sni");
+/// Response header (`--tls-cert`): `present` or `absent`, whether the client sent a certificate.
+const X_CLIENT_CERT: HeaderName = HeaderName::from_static("x-client-cert");
 
 /// `http-server` options.
 pub struct ServerOpts {
@@ -58,6 +67,8 @@ pub struct ServerOpts {
     pub delay: Option<Duration>,
     /// The next hop: URL (its authority is sent as Host) and the address to connect to.
     pub call: Option<(Uri, SocketAddr)>,
+    /// Serve HTTPS (HTTP/1.1 or h2 by ALPN) instead of plain HTTP.
+    pub tls: Option<tls::ServerTlsFiles>,
 }
 
 struct Shared {
@@ -79,6 +90,7 @@ impl std::error::Error for ResetRequested {}
 
 /// Serves until killed.
 pub async fn run(opts: ServerOpts) -> Result<()> {
+    let acceptor = opts.tls.as_ref().map(tls::http_acceptor).transpose()?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -96,23 +108,48 @@ pub async fn run(opts: ServerOpts) -> Result<()> {
             }
         };
         let shared = shared.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let reset = Arc::new(AtomicBool::new(false));
             let io = ResettableStream {
                 inner: stream,
                 reset: reset.clone(),
             };
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                let reset = reset.clone();
-                async move { handle(req, peer, &shared, &reset).await }
-            });
-            // auto: HTTP/1.1, or HTTP/2 when the connection starts with the h2 preface (h2c).
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
-                eprintln!("connection from {peer}: {e}");
+            let Some(acceptor) = acceptor else {
+                return serve(io, peer, shared, reset, None).await;
+            };
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => {
+                    let session = Arc::new(tls::session(&tls));
+                    serve(tls, peer, shared, reset, Some(session)).await;
+                }
+                Ok(Err(e)) => eprintln!("TLS handshake from {peer}: {e}"),
+                Err(_) => eprintln!("TLS handshake from {peer}: timed out"),
             }
         });
+    }
+}
+
+/// Serves one connection: HTTP/1.1, or HTTP/2 when it starts with the h2 preface (h2c, or h2 chosen
+/// by ALPN over TLS).
+async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    reset: Arc<AtomicBool>,
+    session: Option<Arc<tls::TlsSession>>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let reset = reset.clone();
+        let session = session.clone();
+        async move { handle(req, peer, &shared, &reset, session.as_deref()).await }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+        eprintln!("connection from {peer}: {e}");
     }
 }
 
@@ -173,6 +210,7 @@ async fn handle(
     peer: SocketAddr,
     shared: &Shared,
     reset: &AtomicBool,
+    session: Option<&tls::TlsSession>,
 ) -> Result<Response<Full<Bytes>>, ResetRequested> {
     let ts_ms = unix_ms();
     let opts = &shared.opts;
@@ -233,6 +271,20 @@ async fn handle(
     };
     for (n, v) in extra {
         resp.headers_mut().append(n, v);
+    }
+    if let Some(session) = session {
+        // What the TLS client sent, for tests of TLS origination.
+        let sni = session.sni.as_deref().unwrap_or("");
+        if let Ok(v) = HeaderValue::from_str(sni) {
+            resp.headers_mut().insert(X_SNI, v);
+        }
+        let cert = if session.client_cert {
+            "present"
+        } else {
+            "absent"
+        };
+        resp.headers_mut()
+            .insert(X_CLIENT_CERT, HeaderValue::from_static(cert));
     }
     Ok(resp)
 }

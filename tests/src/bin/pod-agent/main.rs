@@ -86,6 +86,16 @@ enum Cmd {
         /// Where --call connects (e.g. the next service's VIP).
         #[arg(long, requires = "call")]
         call_connect: Option<SocketAddr>,
+        /// Serve HTTPS with this PEM certificate chain; responses carry `x-sni` and
+        /// `x-client-cert: present|absent`.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by a CA in this PEM file.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Unary gRPC over h2c: one reply message (the call's JSON echo) and `grpc-status` in trailers.
     GrpcServer {
@@ -264,6 +274,9 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             delay_ms,
             call,
             call_connect,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let call = match (call, call_connect) {
                 (Some(url), Some(addr)) => {
@@ -280,6 +293,13 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 fail_status,
                 delay: delay_ms.map(Duration::from_millis),
                 call,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| tls::ServerTlsFiles {
+                        cert,
+                        key,
+                        client_ca: tls_client_ca,
+                    }),
             })
             .await
             .map(|()| true)

@@ -1,13 +1,17 @@
 //! TLS server and client (rustls, ring), for SNI routing tests: the server names its pod and the SNI
 //! it saw; the client connects with a chosen SNI (or none, or plain text), optionally writing its
-//! ClientHello in small pieces.
+//! ClientHello in small pieces. Also the TLS side of `http-server --tls-cert` (TLS origination
+//! tests): certificates from files, optionally requiring client certificates.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use keel_tests::agent::{TlsClientReport, TlsServerLine};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -34,12 +38,7 @@ pub async fn tls_server(listen: SocketAddr, pod: String) -> Result<()> {
     let private = rustls::pki_types::PrivateKeyDer::Pkcs8(
         rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()),
     );
-    let config = rustls::ServerConfig::builder_with_provider(crypto())
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], private)
-        .context("server certificate")?;
+    let config = server_config(vec![cert], private, None)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(listen)
         .await
@@ -66,6 +65,81 @@ pub async fn tls_server(listen: SocketAddr, pod: String) -> Result<()> {
                 Err(_) => eprintln!("tls connection from {peer}: timed out"),
             }
         });
+    }
+}
+
+/// A server config for `chain` and `key`; with `client_ca`, only clients presenting a certificate
+/// signed by one of its CAs complete the handshake.
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<rustls::RootCertStore>,
+) -> Result<rustls::ServerConfig> {
+    let provider = crypto();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?;
+    let builder = match client_ca {
+        Some(roots) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("client certificate verifier")?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(chain, key)
+        .context("server certificate")
+}
+
+/// PEM files for `http-server --tls-cert/--tls-key [--tls-client-ca]`.
+pub struct ServerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What one TLS connection of `http-server` negotiated (echoed in response headers).
+pub struct TlsSession {
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+    /// The client presented a certificate (verified against `--tls-client-ca`).
+    pub client_cert: bool,
+}
+
+/// The acceptor of `http-server` over TLS: certificate and key from PEM files, ALPN `h2` and
+/// `http/1.1` (so a client offering either gets it).
+pub fn http_acceptor(files: &ServerTlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
+    let client_ca = match &files.client_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading {}", path.display()))?
+            {
+                roots
+                    .add(cert.with_context(|| format!("reading {}", path.display()))?)
+                    .with_context(|| format!("CA certificate in {}", path.display()))?;
+            }
+            Some(roots)
+        }
+        None => None,
+    };
+    let mut config = server_config(chain, key, client_ca)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What `stream`'s handshake negotiated.
+pub fn session<S>(stream: &tokio_rustls::server::TlsStream<S>) -> TlsSession {
+    let conn = stream.get_ref().1;
+    TlsSession {
+        sni: conn.server_name().map(str::to_string),
+        client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
     }
 }
 
