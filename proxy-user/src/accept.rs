@@ -37,12 +37,13 @@ impl ConnContext {
         ClientId(self.pod_cgroup_id)
     }
 
-    /// An endpoint request for this connection, avoiding `avoid`.
-    pub fn pick_request<'a>(&self, avoid: &'a [SocketAddr]) -> PickRequest<'a> {
+    /// An endpoint request for this connection, avoiding `avoid`, with the request's hash key.
+    pub fn pick_request<'a>(&self, avoid: &'a [SocketAddr], hash: Option<u64>) -> PickRequest<'a> {
         PickRequest {
             client: self.client_id(),
             original_dst: self.original_dst,
             avoid,
+            hash,
         }
     }
 

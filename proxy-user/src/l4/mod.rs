@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::routing::{self, TcpDecision};
+use crate::upstream::lb::hash_key::source_ip_hash;
 
 /// Istio's default `connectTimeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,7 +172,12 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         }
     };
     let cluster = target.key();
-    let in_flight = match target.pick(&ctx.pick_request(&[])).await {
+    // `useSourceIp` hashes TCP connections by the client pod's IP (kernel-attested peer).
+    let hash = target
+        .cluster()
+        .filter(|c| c.policy.hashes_source_ip())
+        .map(|_| source_ip_hash(ctx.peer.ip()));
+    let in_flight = match target.pick(&ctx.pick_request(&[], hash)).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(%cluster, error = ?e, "no upstream endpoint; closing");

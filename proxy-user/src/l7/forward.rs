@@ -78,6 +78,16 @@ impl UpstreamRequest {
     }
 }
 
+/// How a request is hashed to its endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hashing {
+    /// The request's hash key (consistent-hash clusters).
+    pub hash: Option<u64>,
+    /// The route hashes requests to one host: retries do not avoid tried hosts unless the route's
+    /// `retryIgnorePreviousHosts` says so.
+    pub stay_on_host: bool,
+}
+
 /// Send `req` to `target` with retries; the response and the endpoint that answered. The body holds the endpoint's load
 /// accounting until it is done.
 #[allow(clippy::too_many_arguments)]
@@ -85,6 +95,7 @@ pub async fn forward(
     ctx: &ConnContext,
     target: &Target,
     retry: &RetryPolicy,
+    hashing: Hashing,
     req: &UpstreamRequest,
     body: &RecordedBody,
     upstream_h2: bool,
@@ -94,7 +105,7 @@ pub async fn forward(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let picked = pick(ctx, target, retry, &tried).await?;
+        let picked = pick(ctx, target, retry, hashing, &tried).await?;
         let endpoint = picked.addr();
         tried.push(endpoint);
         let upstream_req = req.build(endpoint, attempt, upstream_h2, body.attempt())?;
@@ -172,14 +183,15 @@ async fn pick(
     ctx: &ConnContext,
     target: &Target,
     retry: &RetryPolicy,
+    hashing: Hashing,
     tried: &[SocketAddr],
 ) -> Result<Picked, LocalReply> {
-    let avoid = if retry.ignore_previous_hosts {
+    let avoid = if retry.avoids_previous_hosts(hashing.stay_on_host) {
         tried
     } else {
         &[]
     };
-    let picked = target.pick(&ctx.pick_request(avoid)).await;
+    let picked = target.pick(&ctx.pick_request(avoid, hashing.hash)).await;
     picked.map_err(|e| match e {
         PickError::NoCluster => LocalReply::ClusterNotFound,
         PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use super::cluster::EndpointSet;
+use super::lb::{Balancer, Host, HostSet};
 use super::policy::ClusterPolicy;
 
 /// State idle this long (no request started) is dropped, unless a request still holds it.
@@ -89,41 +90,12 @@ fn epoch_secs() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
-/// One endpoint as one client sees it.
-#[derive(Debug)]
-pub struct HostState {
-    pub addr: SocketAddr,
-    /// This client's requests (or TCP connections) in flight to the endpoint.
-    active: AtomicU32,
-}
-
-impl HostState {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            active: AtomicU32::new(0),
-        }
-    }
-
-    /// Requests currently in flight.
-    pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
-/// The client's view of the cluster's endpoints, aligned with one [`EndpointSet`] generation.
-#[derive(Debug, Default)]
-struct Hosts {
-    generation: u64,
-    hosts: Vec<Arc<HostState>>,
-}
-
 /// One client's state for one cluster.
 #[derive(Debug)]
 pub struct ClientCluster {
-    hosts: ArcSwap<Hosts>,
-    /// Rotates the starting point so ties between idle endpoints spread evenly.
-    cursor: AtomicUsize,
+    hosts: ArcSwap<HostSet>,
+    /// This client's balancer (its round-robin cursor and the like), from the cluster's policy.
+    balancer: Balancer,
     /// When a request last started, in [`epoch_secs`].
     last_used: AtomicU64,
 }
@@ -131,7 +103,7 @@ pub struct ClientCluster {
 /// Counts one request in flight on an endpoint until dropped.
 #[derive(Debug)]
 pub struct InFlight {
-    host: Arc<HostState>,
+    host: Arc<Host>,
 }
 
 impl InFlight {
@@ -142,15 +114,15 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.host.active.fetch_sub(1, Ordering::Relaxed);
+        self.host.end();
     }
 }
 
 impl ClientCluster {
-    pub(super) fn new(_policy: &ClusterPolicy) -> Self {
+    pub(super) fn new(policy: &ClusterPolicy) -> Self {
         Self {
-            hosts: ArcSwap::from_pointee(Hosts::default()),
-            cursor: AtomicUsize::new(0),
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            balancer: Balancer::new(policy.load_balancer.as_ref()),
             last_used: AtomicU64::new(0),
         }
     }
@@ -161,12 +133,12 @@ impl ClientCluster {
 
     /// This client's hosts for `set`, re-aligned when the cluster's endpoints changed (state of
     /// endpoints that stay is kept).
-    fn hosts_for(&self, set: &EndpointSet) -> Arc<Hosts> {
+    fn hosts_for(&self, set: &EndpointSet) -> Arc<HostSet> {
         let current = self.hosts.load_full();
         if current.generation == set.generation {
             return current;
         }
-        let by_addr: HashMap<SocketAddr, &Arc<HostState>> =
+        let by_addr: HashMap<SocketAddr, &Arc<Host>> =
             current.hosts.iter().map(|h| (h.addr, h)).collect();
         let hosts = set
             .addrs
@@ -175,55 +147,35 @@ impl ClientCluster {
                 by_addr
                     .get(a)
                     .map(|h| Arc::clone(h))
-                    .unwrap_or_else(|| Arc::new(HostState::new(*a)))
+                    .unwrap_or_else(|| Arc::new(Host::new(*a, 1)))
             })
             .collect();
-        let next = Arc::new(Hosts {
-            generation: set.generation,
-            hosts,
-        });
+        let next = Arc::new(HostSet::new(set.generation, hosts));
         self.hosts.store(Arc::clone(&next));
         next
     }
 
-    /// Pick an endpoint of `set`: Istio's default `LEAST_REQUEST` as Envoy does it (power of two
-    /// choices), which degrades to round robin when all endpoints are equally loaded. Endpoints in
-    /// `avoid` are skipped when another one is available. `None` = no healthy upstream.
-    pub fn pick(&self, set: &EndpointSet, avoid: &[SocketAddr]) -> Option<InFlight> {
+    /// Pick an endpoint of `set` with this client's balancer; `hash` is the request's hash key
+    /// (consistent-hash clusters). Endpoints in `avoid` are skipped while another one is left
+    /// (Envoy's `previous_hosts` retry predicate). `None` = no healthy upstream.
+    pub fn pick(
+        &self,
+        set: &EndpointSet,
+        hash: Option<u64>,
+        avoid: &[SocketAddr],
+    ) -> Option<InFlight> {
         let hosts = self.hosts_for(set);
-        let all = &hosts.hosts;
-        // Retries skip tried endpoints when another one is left (Envoy's `previous_hosts`).
-        let fresh: Vec<&Arc<HostState>>;
-        let eligible: &[&Arc<HostState>] = if avoid.is_empty() {
-            fresh = all.iter().collect();
-            &fresh
-        } else {
-            let untried: Vec<_> = all.iter().filter(|h| !avoid.contains(&h.addr)).collect();
-            fresh = if untried.is_empty() {
-                all.iter().collect()
-            } else {
-                untried
-            };
-            &fresh
-        };
-        let n = eligible.len();
-        let chosen = match n {
-            0 => return None,
-            1 => eligible[0],
-            _ => {
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                let a = eligible[start % n];
-                let b = eligible[(start + 1 + rand::random_range(0..n - 1)) % n];
-                if b.active() < a.active() {
-                    b
-                } else {
-                    a
-                }
-            }
-        };
-        chosen.active.fetch_add(1, Ordering::Relaxed);
+        let table = set.table.as_ref();
+        let mut chosen = self
+            .balancer
+            .pick(&hosts, table, hash, |a| !avoid.contains(&a));
+        if chosen.is_none() && !avoid.is_empty() {
+            chosen = self.balancer.pick(&hosts, table, hash, |_| true);
+        }
+        let host = hosts.hosts.get(chosen?)?;
+        host.begin();
         Some(InFlight {
-            host: Arc::clone(chosen),
+            host: Arc::clone(host),
         })
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::client::{ClientCluster, ClientId, ClientTable};
+use super::lb::{self, HashTable};
 use super::policy::ClusterPolicy;
 use super::{ClusterKey, UpstreamProtocol};
 
@@ -43,6 +44,9 @@ pub struct EndpointSet {
     pub generation: u64,
     /// Sorted, without duplicates.
     pub addrs: Vec<SocketAddr>,
+    /// The consistent-hash ring or table over `addrs` (indices into it), for a hashing cluster;
+    /// built once per generation and shared by every client.
+    pub table: Option<HashTable>,
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -67,6 +71,9 @@ pub struct PickRequest<'a> {
     pub original_dst: SocketAddr,
     /// Endpoints a retry should avoid (empty for a first attempt).
     pub avoid: &'a [SocketAddr],
+    /// The request's hash key under its route's consistent-hash policy; `None` without one (or
+    /// when the request lacks the key).
+    pub hash: Option<u64>,
 }
 
 /// Why no endpoint could be picked.
@@ -133,9 +140,11 @@ impl Cluster {
         if self.endpoints.load().addrs == addrs {
             return;
         }
+        let table = lb::table_for(self.policy.load_balancer.as_ref(), &addrs);
         self.endpoints.store(Arc::new(EndpointSet {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             addrs,
+            table,
         }));
     }
 
@@ -157,7 +166,7 @@ impl Cluster {
             Discovery::Static => {
                 let set = self.endpoints.load();
                 let in_flight = client
-                    .pick(&set, req.avoid)
+                    .pick(&set, req.hash, req.avoid)
                     .ok_or(PickError::NoHealthyUpstream)?;
                 Ok(Picked {
                     addr: in_flight.addr(),

@@ -3,11 +3,12 @@
 //! detection), and the connection pools requests are forwarded through.
 //!
 //! Layout: [`policy`] resolves a cluster's traffic policy once per config; [`cluster`] holds a
-//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`pool`] sends
-//! requests.
+//! cluster and picks endpoints; [`client`] is one client pod's state for one cluster; [`lb`] holds
+//! the balancers, consistent hashing and request hash keys; [`pool`] sends requests.
 
 pub mod client;
 pub mod cluster;
+pub mod lb;
 pub mod policy;
 pub mod pool;
 
@@ -161,6 +162,7 @@ mod tests {
             client: ClientId(client),
             original_dst: addr(99),
             avoid: &[],
+            hash: None,
         };
         c.pick(&req).await.ok()
     }

@@ -118,6 +118,8 @@ async fn send(job: MirrorJob, pools: HttpPools) -> Result<(), &'static str> {
             client: job.client,
             original_dst: job.original_dst,
             avoid: &[],
+            // Envoy's shadow requests carry no hash policy.
+            hash: None,
         })
         .await
         .map_err(|_| "no endpoint for the mirror")?;

@@ -1,10 +1,11 @@
 //! `DestinationRule` -> model, with Istio's validation rules (§2.0–2.8 of the reference).
 //!
 //! Keel's request path applies a DestinationRule's `host`, `subsets` (labels select endpoints),
-//! `exportTo` and `workloadSelector`. It applies no `trafficPolicy` (top level, subset or port level):
-//! every such field is validated as Istio does, and each one set yields an `accepted, not applied`
-//! warning saying what Keel does instead ([`traffic_policy_not_applied`]). Settings whose absence would
-//! change behaviour in a way users rely on (tunnelling, PROXY protocol) are rejected as unsupported.
+//! `exportTo`, `workloadSelector` and, of `trafficPolicy` (top level, subset or port level),
+//! `loadBalancer.simple` and `loadBalancer.consistentHash`. Every other `trafficPolicy` field is
+//! validated as Istio does, and each one set yields an `accepted, not applied` warning saying what
+//! Keel does instead ([`traffic_policy_not_applied`]). Settings whose absence would change behaviour
+//! in a way users rely on (tunnelling, PROXY protocol) are rejected as unsupported.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -19,6 +20,8 @@ use crate::wire::istio as w;
 
 /// Maglev table sizes must be prime and below this.
 const MAGLEV_MAX: i64 = 5_000_011;
+/// Envoy's `minimum_ring_size` default, which Istio keeps when no size is set.
+const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
 
 pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Option<DestinationRule> {
     let spec_path = FieldPath::root().key("spec");
@@ -425,6 +428,12 @@ fn load_balancer(
         .as_ref()
         .and_then(|r| r.minimum_ring_size)
         .or(ch.minimum_ring_size);
+    if ch.minimum_ring_size.is_some() {
+        ctx.warn(
+            &cp.key("minimumRingSize"),
+            "deprecated, use ringHash.minimumRingSize",
+        );
+    }
     let minimum_ring_size = match ring {
         Some(n) if n < 0 => {
             ctx.err(
@@ -437,8 +446,17 @@ fn load_balancer(
             );
             return None;
         }
-        Some(n) => u64::try_from(n).ok(),
+        // 0 means unset, as in Istio.
+        Some(n) => u64::try_from(n).ok().filter(|n| *n > 0),
         None => None,
+    };
+    let algorithm = match ch.maglev.as_ref().and_then(|m| m.table_size) {
+        Some(size) => HashAlgorithm::Maglev {
+            table_size: size.unsigned_abs(),
+        },
+        None => HashAlgorithm::RingHash {
+            minimum_ring_size: minimum_ring_size.unwrap_or(DEFAULT_MINIMUM_RING_SIZE),
+        },
     };
     let key = if let Some(h) = &ch.http_header_name {
         HashKey::Header(ctx.check(&cp.key("httpHeaderName"), v::header_name(h))?)
@@ -477,6 +495,14 @@ fn load_balancer(
             name,
             path: c.path.clone(),
             ttl,
+            attributes: c
+                .attributes
+                .iter()
+                .filter_map(|a| {
+                    let name = a.name.clone().filter(|n| !n.is_empty())?;
+                    Some((name, a.value.clone().unwrap_or_default()))
+                })
+                .collect(),
         }
     } else if ch.use_source_ip == Some(true) {
         HashKey::SourceIp
@@ -494,7 +520,7 @@ fn load_balancer(
     };
     Some(LoadBalancer::ConsistentHash(ConsistentHash {
         key,
-        minimum_ring_size,
+        algorithm,
     }))
 }
 
@@ -952,9 +978,6 @@ fn traffic_policy_not_applied(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::Traff
     }
 }
 
-const LEAST_REQUEST: &str = "Keel balances every cluster by least request";
-const NO_HASHING: &str =
-    "Keel balances every cluster by least request; no request is pinned to an endpoint";
 const NO_SLOW_START: &str = "Keel has no slow start: a new endpoint gets its full share at once";
 const IDLE: &str =
     "pooled HTTP/1.1 connections close after 90 s idle; HTTP/2 and TCP connections have no idle timeout";
@@ -968,15 +991,9 @@ const PLAINTEXT: &str = "Keel connects to upstreams in plaintext";
 fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'static str> {
     let s = value.as_str();
     Some(match inner {
-        ["loadBalancer", "simple"] => match s {
-            // LEAST_CONN means LEAST_REQUEST (it has its own deprecation warning).
-            Some("UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN") => return None,
-            _ => LEAST_REQUEST,
-        },
-        ["loadBalancer", "consistentHash", "minimumRingSize"] => {
-            "deprecated, use ringHash.minimumRingSize; Keel balances every cluster by least request"
-        }
-        ["loadBalancer", "consistentHash", ..] => NO_HASHING,
+        // Applied by upstream::lb (the deprecated `LEAST_CONN` and `minimumRingSize` have their
+        // own deprecation warnings).
+        ["loadBalancer", "simple"] | ["loadBalancer", "consistentHash", ..] => return None,
         ["loadBalancer", "localityLbSetting", ..] | ["loadBalancer", "zoneAwareLbSetting", ..] => {
             "Keel treats all localities alike"
         }
@@ -984,7 +1001,7 @@ fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'s
             "deprecated, use warmup; Keel has no slow start: a new endpoint gets its full share at once"
         }
         ["loadBalancer", "warmup", ..] => NO_SLOW_START,
-        ["loadBalancer", ..] => LEAST_REQUEST,
+        ["loadBalancer", ..] => "Keel balances by the cluster's simple or consistent-hash policy only",
         ["connectionPool", "tcp", "connectTimeout"] => {
             "Keel gives up on an upstream connect after 10 s"
         }

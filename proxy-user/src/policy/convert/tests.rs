@@ -614,7 +614,8 @@ fn traffic_policy_conversion() {
         "  trafficPolicy:\n",
         "    loadBalancer:\n",
         "      consistentHash:\n",
-        "        httpCookie: {name: user, ttl: 60s, path: /}\n",
+        "        httpCookie:\n",
+        "          {name: user, ttl: 60s, path: /, attributes: [{name: SameSite, value: Strict}, {name: Secure}]}\n",
         "    connectionPool:\n",
         "      tcp: {maxConnections: 1, idleTimeout: 0s}\n",
         "      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n",
@@ -637,8 +638,14 @@ fn traffic_policy_conversion() {
                 name: "user".into(),
                 path: Some("/".into()),
                 ttl: Some(std::time::Duration::from_secs(60)),
+                attributes: vec![
+                    ("SameSite".into(), "Strict".into()),
+                    ("Secure".into(), String::new())
+                ],
             },
-            minimum_ring_size: None,
+            algorithm: HashAlgorithm::RingHash {
+                minimum_ring_size: 1024
+            },
         }))
     );
     let cp = tp.connection_pool.as_ref().expect("pool");
@@ -656,6 +663,38 @@ fn traffic_policy_conversion() {
     assert_eq!(od.max_ejection_percent, 10);
     assert_eq!(tp.port_level[0].0, 9080);
     assert_eq!(tp.port_level[0].1.load_balancer, Some(LoadBalancer::Random));
+    // maglev and ringHash pick the algorithm; neither means a ring of 1024.
+    for (yaml, want) in [
+        (
+            "{httpHeaderName: x, maglev: {tableSize: 65537}}",
+            HashAlgorithm::Maglev { table_size: 65537 },
+        ),
+        (
+            "{httpHeaderName: x, ringHash: {minimumRingSize: 4096}}",
+            HashAlgorithm::RingHash {
+                minimum_ring_size: 4096,
+            },
+        ),
+        (
+            "{httpHeaderName: x, minimumRingSize: 2048}",
+            HashAlgorithm::RingHash {
+                minimum_ring_size: 2048,
+            },
+        ),
+    ] {
+        let report = load(&dr(&format!(
+            "  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {yaml}\n"
+        )));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let lb = report.snapshot.destination_rules[0]
+            .traffic_policy
+            .as_ref()
+            .and_then(|tp| tp.load_balancer.clone());
+        match lb {
+            Some(LoadBalancer::ConsistentHash(ch)) => assert_eq!(ch.algorithm, want, "{yaml}"),
+            other => panic!("{yaml}: {other:?}"),
+        }
+    }
     assert!(report.warnings.iter().any(|w| w.message
         == "accepted, not applied: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated and ignored as in Istio, use consecutive5xxErrors; Keel ejects no endpoints"));
 }
@@ -672,8 +711,9 @@ fn warning_fields(report: &LoadReport) -> Vec<(String, String)> {
 /// Service `reviews` in `ns1`, so DestinationRules for it have a known host.
 const REVIEWS_NS1: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: ns1}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{port: 9080, name: http}]\n---\n";
 
-/// Keel applies no DestinationRule trafficPolicy: every field set, at every level, says so once, with its
-/// path, and what Keel does instead.
+/// Every DestinationRule trafficPolicy field Keel does not apply says so once, at every level, with
+/// its path and what Keel does instead; applied fields (`loadBalancer.simple`, `consistentHash`)
+/// say nothing.
 #[test]
 fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let report = load(&format!("{REVIEWS_NS1}{}", dr(concat!(
@@ -704,7 +744,6 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
     let tp = "spec.trafficPolicy";
     let sub = "spec.subsets[0].trafficPolicy";
     let want: Vec<(String, &str)> = vec![
-        (format!("{tp}.loadBalancer.simple"), "Keel balances every cluster by least request"),
         (format!("{tp}.loadBalancer.localityLbSetting.enabled"), "Keel treats all localities alike"),
         (format!("{tp}.connectionPool.tcp.maxConnections"), "Keel has no circuit breaking: it limits no connections or requests"),
         (format!("{tp}.connectionPool.tcp.connectTimeout"), "Keel gives up on an upstream connect after 10 s"),
@@ -716,7 +755,6 @@ fn every_traffic_policy_field_set_is_accepted_not_applied() {
         (format!("{tp}.outlierDetection.interval"), "Keel ejects no endpoints: every ready endpoint stays in the balancer"),
         (format!("{tp}.tls.mode"), "Keel connects to upstreams in plaintext"),
         (format!("{tp}.tls.sni"), "Keel connects to upstreams in plaintext"),
-        (format!("{tp}.portLevelSettings[0].loadBalancer.consistentHash.httpHeaderName"), "Keel balances every cluster by least request; no request is pinned to an endpoint"),
         (format!("{sub}.connectionPool.http.maxRequestsPerConnection"), "Keel reuses an upstream connection for any number of requests"),
         (format!("{sub}.retryBudget.percent"), "Keel sets no cluster-wide limit on retries"),
     ];
