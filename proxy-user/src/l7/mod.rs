@@ -291,7 +291,7 @@ where
         return forward_upgrade(
             ctx,
             &chosen,
-            hash,
+            (hash, set_cookie),
             &upstream,
             &body,
             protocol_name,
@@ -377,7 +377,7 @@ where
 async fn forward_upgrade(
     ctx: &ConnContext,
     chosen: &Chosen<'_>,
-    hash: Option<u64>,
+    (hash, set_cookie): (Option<u64>, Option<HeaderValue>),
     upstream: &UpstreamRequest,
     body: &RecordedBody,
     protocol: HeaderValue,
@@ -405,9 +405,12 @@ async fn forward_upgrade(
         None => work.await,
     };
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 ctx.stats.upgrades.inc();
+            }
+            if let Some(cookie) = set_cookie {
+                resp.headers_mut().append(http::header::SET_COOKIE, cookie);
             }
             resp
         }

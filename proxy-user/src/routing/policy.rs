@@ -311,6 +311,20 @@ impl RoutePolicy {
 mod tests {
     use super::*;
 
+    #[test]
+    fn hashed_routes_keep_retries_on_their_host_unless_told() {
+        let default = RetryPolicy::istio_default();
+        assert!(default.avoids_previous_hosts(false));
+        assert!(!default.avoids_previous_hosts(true));
+        let explicit = |v: Option<bool>| RetryPolicy {
+            ignore_previous_hosts: v,
+            ..RetryPolicy::istio_default()
+        };
+        assert!(explicit(Some(true)).avoids_previous_hosts(true));
+        assert!(!explicit(Some(false)).avoids_previous_hosts(false));
+        assert!(!RetryPolicy::none().avoids_previous_hosts(false));
+    }
+
     fn route(yaml_retries: Option<Retries>, timeout: Option<Duration>) -> HttpRoute {
         HttpRoute {
             name: None,
