@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
                 client: ClientId(u64::try_from(client)?),
                 original_dst: dst,
                 avoid: &[],
+                hash: None,
                 topology: &topology,
             };
             // The pick creates the pair's state; dropping it ends the request.

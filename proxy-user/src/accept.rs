@@ -38,13 +38,18 @@ impl ConnContext {
         self.client
     }
 
-    /// An endpoint request for this connection, avoiding `avoid`.
-    pub fn pick_request<'a>(&'a self, avoid: &'a [SocketAddr]) -> PickRequest<'a> {
+    /// An endpoint request for this connection, avoiding `avoid`, with the request's hash key.
+    pub fn pick_request<'a>(
+        &'a self,
+        avoid: &'a [SocketAddr],
+        hash: Option<u64>,
+    ) -> PickRequest<'a> {
         PickRequest {
             client: self.client_id(),
             original_dst: self.original_dst,
             avoid,
             topology: &self.view.topology,
+            hash,
         }
     }
 

@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::routing::{self, TcpDecision};
+use crate::upstream::lb::hash_key::source_ip_hash;
+use crate::upstream::outlier::HostResult;
 
 /// How long a client on a port with `tls` rules gets to send its ClientHello: Envoy's default listener
 /// filter timeout. Istio disables that timeout on these listeners; a bound keeps a silent client from
@@ -169,7 +171,12 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         }
     };
     let cluster = target.key();
-    let picked = match target.pick(&ctx.pick_request(&[])).await {
+    // `useSourceIp` hashes TCP connections by the client pod's IP (kernel-attested peer).
+    let hash = target
+        .cluster()
+        .filter(|c| c.policy.hashes_source_ip())
+        .map(|_| source_ip_hash(ctx.peer.ip()));
+    let picked = match target.pick(&ctx.pick_request(&[], hash)).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(%cluster, error = ?e, "no upstream endpoint; closing");
@@ -187,9 +194,12 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         }
         Err(e) => {
             tracing::debug!(%cluster, %endpoint, error = %e, flags = "UF", "upstream connect failed; closing");
+            picked.client().record(endpoint, HostResult::ConnectFailure);
             return;
         }
     };
+    // For TCP, a connect is the endpoint's success (Envoy reports it to outlier detection).
+    picked.client().record(endpoint, HostResult::ConnectSuccess);
     let upstream = &mut conn.io;
     // What was read to route the connection goes first, unchanged.
     if let Err(e) = upstream.write_all(&replay).await {

@@ -14,6 +14,7 @@ use crate::accept::ConnContext;
 use crate::outcome::{AttemptOutcome, ResponseFlag, ResponseFlags};
 use crate::routing::policy::RetryPolicy;
 use crate::routing::Target;
+use crate::upstream::outlier::HostResult;
 use crate::upstream::pool::{BoxError, PooledBody, ProxyBody, RetrySlot};
 use crate::upstream::{PickError, Picked};
 
@@ -80,6 +81,16 @@ impl UpstreamRequest {
     }
 }
 
+/// How a request is hashed to its endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hashing {
+    /// The request's hash key (consistent-hash clusters).
+    pub hash: Option<u64>,
+    /// The route hashes requests to one host: retries do not avoid tried hosts unless the route's
+    /// `retryIgnorePreviousHosts` says so.
+    pub stay_on_host: bool,
+}
+
 /// Send `req` to `target` with retries; the response and the endpoint that answered. The body holds the endpoint's load
 /// accounting until it is done.
 #[allow(clippy::too_many_arguments)]
@@ -87,6 +98,7 @@ pub async fn forward(
     ctx: &ConnContext,
     target: &Target,
     retry: &RetryPolicy,
+    hashing: Hashing,
     req: &UpstreamRequest,
     body: &RecordedBody,
     upstream_h2: bool,
@@ -99,7 +111,7 @@ pub async fn forward(
     let mut _retrying: Option<RetrySlot> = None;
     loop {
         attempt += 1;
-        let picked = pick(ctx, target, retry, &tried).await?;
+        let picked = pick(ctx, target, retry, hashing, &tried).await?;
         let endpoint = picked.addr();
         tried.push(endpoint);
         let upstream_req = req.build(endpoint, attempt, upstream_h2, body.attempt())?;
@@ -143,6 +155,11 @@ pub async fn forward(
                 )
             }
         };
+        // Every attempt that reached an endpoint counts for outlier detection (overflow returned
+        // above and never does).
+        picked
+            .client()
+            .record(endpoint, HostResult::from_outcome(&outcome));
         let retriable = outcome.is_retriable(&retry.retry_on);
         let retries_left = attempt <= retry.num_retries;
         _retrying = None;
@@ -195,14 +212,15 @@ async fn pick(
     ctx: &ConnContext,
     target: &Target,
     retry: &RetryPolicy,
+    hashing: Hashing,
     tried: &[SocketAddr],
 ) -> Result<Picked, LocalReply> {
-    let avoid = if retry.ignore_previous_hosts {
+    let avoid = if retry.avoids_previous_hosts(hashing.stay_on_host) {
         tried
     } else {
         &[]
     };
-    let picked = target.pick(&ctx.pick_request(avoid)).await;
+    let picked = target.pick(&ctx.pick_request(avoid, hashing.hash)).await;
     picked.map_err(|e| match e {
         PickError::NoCluster => LocalReply::ClusterNotFound,
         PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,

@@ -28,9 +28,10 @@ use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::outcome::{ResponseFlag, ResponseFlags};
-use crate::policy::{DirectResponse, HttpAction};
+use crate::policy::{DirectResponse, HashKey, HttpAction};
 use crate::routing::policy::Shaping;
 use crate::routing::{self, CompiledHttpRoute, RequestFacts, RouteDecision, RoutePolicy, Target};
+use crate::upstream::lb::hash_key;
 use crate::upstream::pool::{BoxError, ProxyBody};
 use crate::upstream::PickError;
 use body::{RecordedBody, RETRY_BUFFER_LIMIT};
@@ -81,6 +82,19 @@ struct Chosen<'a> {
     target: &'a Target,
     destination_index: Option<usize>,
     matched_block: Option<usize>,
+    hash: Option<&'a HashKey>,
+}
+
+impl Chosen<'_> {
+    /// Whether retries count as hashed to their host: Istio drops `previous_hosts` from the retry
+    /// policy only for a VirtualService rule with a single destination that has a hash policy (the
+    /// default route keeps it).
+    fn retries_stay_on_hashed_host(&self) -> bool {
+        self.hash.is_some()
+            && self
+                .route
+                .is_some_and(|r| matches!(&r.spec.action, HttpAction::Route(d) if d.len() == 1))
+    }
 }
 
 async fn process<B>(
@@ -120,12 +134,14 @@ where
             target,
             destination_index,
             matched_block,
+            hash,
         } => Chosen {
             route,
             policy,
             target,
             destination_index,
             matched_block,
+            hash,
         },
         RouteDecision::Passthrough(target) => Chosen {
             route: None,
@@ -133,6 +149,7 @@ where
             target,
             destination_index: None,
             matched_block: None,
+            hash: None,
         },
         // Envoy's `block_all` virtual host: a direct 502 with an empty body.
         RouteDecision::Blocked => {
@@ -231,6 +248,22 @@ where
     let Some(protocol) = chosen.target.protocol() else {
         return respond(reply(LocalReply::ClusterNotFound, grpc, flags), None);
     };
+    // The hash key is read from the request as the client sent it.
+    let hashed = chosen.hash.map(|key| {
+        hash_key::request_hash(
+            key,
+            &hash_key::HashInput {
+                headers: req.headers(),
+                path_and_query: &path_and_query,
+                peer: ctx.peer,
+                original_dst: ctx.original_dst,
+            },
+        )
+    });
+    let (hash, set_cookie) = match hashed {
+        Some(h) => (h.hash, h.set_cookie),
+        None => (None, None),
+    };
     let downstream_h2 = req.version() == Version::HTTP_2;
     let upstream_h2 = protocol.speaks_http2(downstream_h2);
     let upgrade = if upstream_h2 {
@@ -258,6 +291,7 @@ where
         return forward_upgrade(
             ctx,
             &chosen,
+            (hash, set_cookie),
             &upstream,
             &body,
             protocol_name,
@@ -295,6 +329,10 @@ where
         ctx,
         chosen.target,
         &chosen.policy.retry,
+        forward::Hashing {
+            hash,
+            stay_on_host: chosen.retries_stay_on_hashed_host(),
+        },
         &upstream,
         &body,
         upstream_h2,
@@ -321,6 +359,11 @@ where
         HeaderName::from_static("x-envoy-upstream-service-time"),
         HeaderValue::from(u64::try_from(upstream_ms).unwrap_or(u64::MAX)),
     );
+    // A cookie Keel issued for the hash policy goes on the upstream's response (Envoy adds it to
+    // upstream responses only, not to local replies).
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
+    }
     // The route timeout covers the whole response, body included.
     let body = match timeout {
         Some(t) => deadline_body(body, started + t),
@@ -334,6 +377,7 @@ where
 async fn forward_upgrade(
     ctx: &ConnContext,
     chosen: &Chosen<'_>,
+    (hash, set_cookie): (Option<u64>, Option<HeaderValue>),
     upstream: &UpstreamRequest,
     body: &RecordedBody,
     protocol: HeaderValue,
@@ -342,7 +386,7 @@ async fn forward_upgrade(
     grpc: bool,
     flags: &mut ResponseFlags,
 ) -> Response<ProxyBody> {
-    let picked = match chosen.target.pick(&ctx.pick_request(&[])).await {
+    let picked = match chosen.target.pick(&ctx.pick_request(&[], hash)).await {
         Ok(p) => p,
         Err(PickError::NoCluster) => return reply(LocalReply::ClusterNotFound, grpc, flags),
         Err(PickError::NoHealthyUpstream) => {
@@ -362,9 +406,12 @@ async fn forward_upgrade(
         None => work.await,
     };
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 ctx.stats.upgrades.inc();
+            }
+            if let Some(cookie) = set_cookie {
+                resp.headers_mut().append(http::header::SET_COOKIE, cookie);
             }
             resp
         }

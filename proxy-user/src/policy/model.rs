@@ -437,8 +437,9 @@ pub struct Retries {
     pub retry_remote_localities: bool,
     /// `backoff`: base interval of the jittered exponential back-off; `None` = Envoy's 25 ms.
     pub backoff: Option<Duration>,
-    /// `retryIgnorePreviousHosts`: a retry avoids endpoints already tried (default true).
-    pub retry_ignore_previous_hosts: bool,
+    /// `retryIgnorePreviousHosts`: a retry avoids endpoints already tried. `None` = Istio's
+    /// default: avoid them unless the route hashes to one endpoint (consistent hashing).
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -563,22 +564,41 @@ pub enum LoadBalancer {
     ConsistentHash(ConsistentHash),
 }
 
+/// What a `consistentHash` policy hashes (one per policy).
 #[derive(Debug, Clone, PartialEq)]
 pub enum HashKey {
+    /// `httpHeaderName`: the header's values.
     Header(String),
+    /// `httpCookie`: the cookie's value; absent and `ttl` set: Keel issues one.
     Cookie {
         name: String,
+        /// `Path` of an issued cookie.
         path: Option<String>,
+        /// `Max-Age` of an issued cookie (0 = session cookie); `None` = never issue one.
         ttl: Option<Duration>,
+        /// Extra attributes of an issued cookie: `(name, value)`, value empty = bare name.
+        attributes: Vec<(String, String)>,
     },
+    /// `useSourceIp`: the client pod's IP address.
     SourceIp,
+    /// `httpQueryParameterName`: the parameter's first value.
     QueryParameter(String),
 }
 
+/// Which consistent-hash structure a cluster builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    /// `ringHash` (also when neither is set): at least `minimum_ring_size` points (default 1024).
+    RingHash { minimum_ring_size: u64 },
+    /// `maglev`: a lookup table of `table_size` slots (a prime).
+    Maglev { table_size: u64 },
+}
+
+/// `consistentHash`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsistentHash {
     pub key: HashKey,
-    pub minimum_ring_size: Option<u64>,
+    pub algorithm: HashAlgorithm,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

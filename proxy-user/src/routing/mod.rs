@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 
 use http::HeaderMap;
 
-use crate::policy::{HttpAction, HttpMatch, Labels, StringMatch};
+use crate::policy::{HashKey, HttpAction, HttpMatch, Labels, StringMatch};
 pub use policy::RoutePolicy;
 #[cfg(test)]
 pub use table::destination_rules_for;
@@ -67,6 +67,8 @@ pub enum RouteDecision<'a> {
         destination_index: Option<usize>,
         /// Index into the rule's `matches` of the block that matched (`None`: catch-all rule).
         matched_block: Option<usize>,
+        /// The destination's consistent-hash key, if its DestinationRule sets one.
+        hash: Option<&'a HashKey>,
     },
     /// Unknown destination for this client under `ALLOW_ANY`: forward to the original destination
     /// with no timeout and no retries (Istio's `allow_any` virtual host -> `PassthroughCluster`).
@@ -123,6 +125,7 @@ pub fn route_service_http<'a>(
             target: &routes.default_target,
             destination_index: None,
             matched_block: None,
+            hash: routes.default_hash.as_deref(),
         };
     };
     for route in rules {
@@ -148,6 +151,7 @@ pub fn route_service_http<'a>(
                     target: &t.target,
                     destination_index: Some(t.index),
                     matched_block,
+                    hash: t.hash.as_deref(),
                 },
                 None => RouteDecision::NoDestination,
             },

@@ -128,8 +128,9 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// Base interval of the fully jittered exponential back-off.
     pub backoff_base: Duration,
-    /// Retries avoid endpoints already tried.
-    pub ignore_previous_hosts: bool,
+    /// Retries avoid endpoints already tried (`retryIgnorePreviousHosts`); `None` = Istio's
+    /// default, see [`RetryPolicy::avoids_previous_hosts`].
+    pub ignore_previous_hosts: Option<bool>,
 }
 
 impl RetryPolicy {
@@ -140,7 +141,7 @@ impl RetryPolicy {
             retry_on: RetryOn::parse(crate::policy::validate::DEFAULT_RETRY_ON),
             per_try_timeout: None,
             backoff_base: DEFAULT_RETRY_BACKOFF,
-            ignore_previous_hosts: true,
+            ignore_previous_hosts: None,
         }
     }
 
@@ -151,7 +152,7 @@ impl RetryPolicy {
             retry_on: RetryOn::default(),
             per_try_timeout: None,
             backoff_base: DEFAULT_RETRY_BACKOFF,
-            ignore_previous_hosts: false,
+            ignore_previous_hosts: Some(false),
         }
     }
 
@@ -164,6 +165,14 @@ impl RetryPolicy {
             backoff_base: r.backoff.unwrap_or(DEFAULT_RETRY_BACKOFF),
             ignore_previous_hosts: r.retry_ignore_previous_hosts,
         }
+    }
+
+    /// Whether retries avoid endpoints already tried: as set, else yes unless the request is
+    /// hashed to its endpoint (Istio drops the `previous_hosts` predicate from the default policy
+    /// of a route whose single destination has a consistent-hash policy, so retries stay on the
+    /// hashed host).
+    pub fn avoids_previous_hosts(&self, hashed: bool) -> bool {
+        self.ignore_previous_hosts.unwrap_or(!hashed)
     }
 
     /// How long to wait before retry number `retry` (1-based): uniformly in
@@ -302,6 +311,20 @@ impl RoutePolicy {
 mod tests {
     use super::*;
 
+    #[test]
+    fn hashed_routes_keep_retries_on_their_host_unless_told() {
+        let default = RetryPolicy::istio_default();
+        assert!(default.avoids_previous_hosts(false));
+        assert!(!default.avoids_previous_hosts(true));
+        let explicit = |v: Option<bool>| RetryPolicy {
+            ignore_previous_hosts: v,
+            ..RetryPolicy::istio_default()
+        };
+        assert!(explicit(Some(true)).avoids_previous_hosts(true));
+        assert!(!explicit(Some(false)).avoids_previous_hosts(false));
+        assert!(!RetryPolicy::none().avoids_previous_hosts(false));
+    }
+
     fn route(yaml_retries: Option<Retries>, timeout: Option<Duration>) -> HttpRoute {
         HttpRoute {
             name: None,
@@ -325,7 +348,7 @@ mod tests {
             retry_on: retry_on.iter().map(|s| s.to_string()).collect(),
             retry_remote_localities: false,
             backoff: None,
-            retry_ignore_previous_hosts: true,
+            retry_ignore_previous_hosts: None,
         }
     }
 

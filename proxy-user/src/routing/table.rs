@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::policy::{
-    selector_matches, Destination, DestinationRule, HttpAction, HttpRoute, L4Match, Labels,
-    Locality, MeshLocation, Meta, PodId, Protocol, Resolution, Service, Snapshot, TrafficPolicy,
-    VirtualService,
+    selector_matches, Destination, DestinationRule, HashKey, HttpAction, HttpRoute, L4Match,
+    Labels, Locality, MeshLocation, Meta, PodId, Protocol, Resolution, Service, Snapshot,
+    TrafficPolicy, VirtualService,
 };
 use crate::upstream::locality::Topology;
+use crate::upstream::policy::route_hash_key;
 use crate::upstream::{
     ClusterEndpoint, ClusterKey, ClusterPolicy, ClusterRegistry, Discovery, UpstreamProtocol,
 };
@@ -362,6 +363,7 @@ impl<'a> Builder<'a> {
     ) -> ServicePortRoutes {
         let hostname = self.catalog.services[id].hostname;
         let default_target = self.resolve_in(client, id, port.number, None);
+        let default_hash = self.hash_key(client, id, None, Some(port.number));
         let mut chosen = None;
         // The oldest visible, imported VirtualService that leaves this client any rule wins; one that
         // leaves none is skipped, as istiod then builds no virtual host from it (§1.0).
@@ -413,6 +415,7 @@ impl<'a> Builder<'a> {
             tcp,
             tls: tls.map(|(_, routes)| routes),
             default_target,
+            default_hash,
             default_policy: Arc::clone(&self.default_policy),
         }
     }
@@ -486,6 +489,7 @@ impl<'a> Builder<'a> {
                         target: self.resolve(client, scope, &d.destination, port),
                         weight: d.weight,
                         index,
+                        hash: self.destination_hash(client, &d.destination),
                     })
                     .collect(),
                 _ => Vec::new(),
@@ -540,6 +544,7 @@ impl<'a> Builder<'a> {
                 target: self.resolve(client, scope, &d.destination, port),
                 weight: d.weight,
                 index,
+                hash: None,
             })
             .collect();
         Some(WeightedTargets::new(targets))
@@ -591,6 +596,7 @@ impl<'a> Builder<'a> {
                         target: self.resolve(client, scope, &d.destination, port),
                         weight: d.weight,
                         index,
+                        hash: None,
                     })
                     .collect();
                 let rule = TlsRule {
@@ -642,6 +648,38 @@ impl<'a> Builder<'a> {
             self.catalog.services[id].hostname
         };
         self.resolve_host_in(client, id, host, port, dest.subset.as_deref())
+    }
+
+    /// The consistent-hash key of an HTTP route destination for a client (Istio's precedence, see
+    /// [`route_hash_key`]); `None` for a destination that resolves to nothing.
+    fn destination_hash(&self, client: &ClientInfo, dest: &Destination) -> Option<Arc<HashKey>> {
+        let catalog = &self.catalog;
+        let id = catalog.find(&dest.host, |id| {
+            let svc = &catalog.services[id];
+            exported_to(svc.export_to, svc.namespace, &client.namespace)
+        })?;
+        self.hash_key(client, id, dest.subset.as_deref(), dest.port)
+    }
+
+    /// The hash key for service `id` and `subset` from the client's DestinationRules; port-level
+    /// entries are read for `explicit_port` only.
+    fn hash_key(
+        &self,
+        client: &ClientInfo,
+        id: CatalogId,
+        subset: Option<&str>,
+        explicit_port: Option<u16>,
+    ) -> Option<Arc<HashKey>> {
+        let svc = self.catalog.services[id];
+        let rules =
+            self.destination_rules
+                .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        // The same rule choice as `resolve_host_in`.
+        let top = rules.iter().find_map(|r| r.traffic_policy.as_ref());
+        let sub = subset
+            .and_then(|name| rules.iter().find_map(|r| r.subset(name)))
+            .and_then(|s| s.traffic_policy.as_ref());
+        route_hash_key(top, sub, explicit_port).map(Arc::new)
     }
 
     /// The cluster of registry service `id`, `port`, optional `subset`, for a client.

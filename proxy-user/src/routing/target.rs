@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::policy::HashKey;
 use crate::upstream::{Cluster, ClusterKey, PickError, PickRequest, Picked, UpstreamProtocol};
 
 /// Where a destination leads.
@@ -61,6 +62,9 @@ pub struct WeightedTarget {
     pub weight: u32,
     /// Index into the route's `route` list (for per-destination header operations).
     pub index: usize,
+    /// The destination's consistent-hash key (HTTP routes only; see
+    /// [`crate::upstream::policy::route_hash_key`]).
+    pub hash: Option<Arc<HashKey>>,
 }
 
 /// Destinations of one route; picked per request by weight.
@@ -125,6 +129,7 @@ mod tests {
             }),
             weight,
             index,
+            hash: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::policy::{HttpRoute, Labels, MeshLocation, OutboundTrafficPolicy, Protocol};
+use crate::policy::{HashKey, HttpRoute, Labels, MeshLocation, OutboundTrafficPolicy, Protocol};
 use crate::upstream::locality::Topology;
 
 use super::policy::RoutePolicy;
@@ -90,6 +90,8 @@ pub struct ServicePortRoutes {
     pub tls: Option<TlsRoutes>,
     /// The route used when no VirtualService rule applies: the whole service, balanced.
     pub default_target: Target,
+    /// The default route's consistent-hash key (the DestinationRule's, port-level first).
+    pub default_hash: Option<Arc<HashKey>>,
     /// The default route's policy (mesh timeout, Istio's default retries).
     pub default_policy: Arc<RoutePolicy>,
 }

@@ -7,14 +7,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::cluster::EndpointSet;
+use super::lb::{Balancer, Host, HostSet};
 use super::locality::{self, Plan, Topology};
+use super::outlier::{HostResult, OutlierDetector, OutlierStats};
 use super::policy::ClusterPolicy;
 use super::pool::{ClientPool, PoolConfig};
 use super::slow_start;
@@ -116,35 +118,6 @@ fn epoch_secs() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
-/// One endpoint as one client sees it.
-#[derive(Debug)]
-pub struct HostState {
-    pub addr: SocketAddr,
-    /// This client's requests (or TCP connections) in flight to the endpoint.
-    active: AtomicU32,
-}
-
-impl HostState {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            active: AtomicU32::new(0),
-        }
-    }
-
-    /// Requests currently in flight.
-    pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
-/// The client's view of the cluster's endpoints, aligned with one [`EndpointSet`] generation.
-#[derive(Debug, Default)]
-struct Hosts {
-    generation: u64,
-    hosts: Vec<Arc<HostState>>,
-}
-
 /// A client's locality plan for one endpoint set generation.
 #[derive(Debug)]
 struct CachedPlan {
@@ -153,10 +126,12 @@ struct CachedPlan {
     plan: Plan,
 }
 
-/// One client's state for one cluster.
+/// One client's state for one cluster: what its sidecar would hold.
 #[derive(Debug)]
 pub struct ClientCluster {
-    hosts: ArcSwap<Hosts>,
+    hosts: ArcSwap<HostSet>,
+    /// This client's balancer (its round-robin cursor and the like), from the cluster's policy.
+    balancer: Balancer,
     /// The locality setting in force, when it can make a difference: `None` when disabled, and
     /// when only priorities would apply but the cluster has no outlier detection (Istio then sets
     /// none).
@@ -165,20 +140,20 @@ pub struct ClientCluster {
     failover: bool,
     /// The locality plan for the current endpoints and this client.
     plan: ArcSwapOption<CachedPlan>,
-    /// Slow start, for balancers that honour it.
+    /// Slow start, for balancers that honour it (round robin, least request).
     warmup: Option<Warmup>,
-    /// Rotates the starting point so ties between idle endpoints spread evenly.
-    cursor: AtomicUsize,
+    /// This client's outlier detector, when the cluster has `outlierDetection`.
+    outlier: Option<OutlierDetector>,
     /// When a request last started, in [`epoch_secs`].
     last_used: AtomicU64,
-    /// This client's connection pools and circuit breaker for the cluster.
+    /// This client's connections to the cluster's endpoints and its circuit breaker.
     pool: Arc<ClientPool>,
 }
 
 /// Counts one request in flight on an endpoint until dropped.
 #[derive(Debug)]
 pub struct InFlight {
-    host: Arc<HostState>,
+    host: Arc<Host>,
 }
 
 impl InFlight {
@@ -189,24 +164,33 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.host.active.fetch_sub(1, Ordering::Relaxed);
+        self.host.end();
     }
 }
 
 impl ClientCluster {
-    pub(super) fn new(policy: &ClusterPolicy, pool: &Arc<PoolConfig>) -> Self {
+    pub(super) fn new(
+        policy: &ClusterPolicy,
+        pool: &Arc<PoolConfig>,
+        outlier_stats: &Arc<OutlierStats>,
+        endpoints: &[SocketAddr],
+    ) -> Self {
         let failover = policy.locality_failover();
         let locality = policy
             .locality()
             .filter(|l| failover || !l.distribute.is_empty())
             .cloned();
+        let outlier = policy.outlier_detection.as_ref().map(|od| {
+            OutlierDetector::new(od, Arc::clone(outlier_stats), endpoints, Instant::now())
+        });
         Self {
-            hosts: ArcSwap::from_pointee(Hosts::default()),
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            balancer: Balancer::new(policy.load_balancer.as_ref()),
             locality,
             failover,
             plan: ArcSwapOption::empty(),
             warmup: policy.slow_start().cloned(),
-            cursor: AtomicUsize::new(0),
+            outlier,
             last_used: AtomicU64::new(0),
             pool: Arc::new(ClientPool::new(Arc::clone(pool))),
         }
@@ -221,14 +205,23 @@ impl ClientCluster {
         self.last_used.store(epoch_secs(), Ordering::Relaxed);
     }
 
+    /// Tell outlier detection how an attempt to `host` ended (no-op without `outlierDetection`).
+    /// Never called for circuit-breaker overflow or local replies that reached no endpoint.
+    pub fn record(&self, host: SocketAddr, result: HostResult) {
+        if let Some(od) = &self.outlier {
+            let total = self.hosts.load().hosts.len();
+            od.record(host, result, Instant::now(), total);
+        }
+    }
+
     /// This client's hosts for `set`, re-aligned when the cluster's endpoints changed (state of
-    /// endpoints that stay is kept).
-    fn hosts_for(&self, set: &EndpointSet) -> Arc<Hosts> {
+    /// endpoints that stay is kept, in the balancer and in outlier detection).
+    fn hosts_for(&self, set: &EndpointSet) -> Arc<HostSet> {
         let current = self.hosts.load_full();
         if current.generation == set.generation {
             return current;
         }
-        let by_addr: HashMap<SocketAddr, &Arc<HostState>> =
+        let by_addr: HashMap<SocketAddr, &Arc<Host>> =
             current.hosts.iter().map(|h| (h.addr, h)).collect();
         let hosts = set
             .addrs
@@ -237,13 +230,13 @@ impl ClientCluster {
                 by_addr
                     .get(a)
                     .map(|h| Arc::clone(h))
-                    .unwrap_or_else(|| Arc::new(HostState::new(*a)))
+                    .unwrap_or_else(|| Arc::new(Host::new(*a, 1)))
             })
             .collect();
-        let next = Arc::new(Hosts {
-            generation: set.generation,
-            hosts,
-        });
+        if let Some(od) = &self.outlier {
+            od.set_hosts(&set.addrs);
+        }
+        let next = Arc::new(HostSet::new(set.generation, hosts));
         self.hosts.store(Arc::clone(&next));
         next
     }
@@ -267,12 +260,17 @@ impl ClientCluster {
     }
 
     /// The weight of each host of `set` for one pick (0 = not a candidate), or `None` when every
-    /// host counts alike: the locality plan's priority level (Envoy's priority load; every host
-    /// counts as healthy until outlier detection says otherwise) and weights, scaled by the slow-start
-    /// factor of endpoints still warming up.
-    fn weights(&self, set: &EndpointSet, topology: &Topology) -> Option<Vec<f64>> {
+    /// host counts alike: the locality plan's priority level (Envoy's priority load over the hosts
+    /// outlier detection leaves healthy) and weights, scaled by the slow-start factor of endpoints
+    /// still warming up.
+    fn weights(
+        &self,
+        set: &EndpointSet,
+        topology: &Topology,
+        healthy: &dyn Fn(usize) -> bool,
+        now: Instant,
+    ) -> Option<Vec<f64>> {
         let plan = self.plan_for(set, topology).filter(|p| !p.plan.is_flat());
-        let now = Instant::now();
         let warming = self.warmup.as_ref().filter(|w| {
             set.first_seen
                 .iter()
@@ -281,7 +279,6 @@ impl ClientCluster {
         if plan.is_none() && warming.is_none() {
             return None;
         }
-        let healthy = |_: usize| true;
         let mut weights = match plan {
             Some(p) => {
                 let level = if p.plan.levels > 1 {
@@ -302,113 +299,89 @@ impl ClientCluster {
         Some(weights)
     }
 
-    /// Pick an endpoint of `set` for a client at `topology`: Istio's default `LEAST_REQUEST` as
-    /// Envoy does it (power of two choices), which degrades to round robin when all endpoints are
-    /// equally loaded. Locality load balancing first narrows the hosts to one priority level and
-    /// may weight them, as may slow start; with unequal weights the choice is weighted by
-    /// `weight / (active + 1)` (Envoy's least request with unequal weights). Endpoints in `avoid`
-    /// are skipped when another one is available. `None` = no healthy upstream.
+    /// Pick an endpoint of `set` for a client at `topology` with this client's balancer; `hash` is
+    /// the request's hash key (consistent-hash clusters). Outlier detection removes ejected hosts
+    /// (all of them stay in panic); locality load balancing then narrows the hosts to one priority
+    /// level and may weight them, as may slow start. Endpoints in `avoid` are skipped while another
+    /// one is left (Envoy's `previous_hosts` retry predicate). `None` = no healthy upstream.
     pub fn pick(
         &self,
         set: &EndpointSet,
+        hash: Option<u64>,
         avoid: &[SocketAddr],
         topology: &Topology,
     ) -> Option<InFlight> {
         let hosts = self.hosts_for(set);
-        if let Some(weights) = self.weights(set, topology) {
-            return self.pick_weighted(&hosts.hosts, &weights, avoid);
-        }
-        let all = &hosts.hosts;
-        // Retries skip tried endpoints when another one is left (Envoy's `previous_hosts`).
-        let fresh: Vec<&Arc<HostState>>;
-        let eligible: &[&Arc<HostState>] = if avoid.is_empty() {
-            fresh = all.iter().collect();
-            &fresh
-        } else {
-            let untried: Vec<_> = all.iter().filter(|h| !avoid.contains(&h.addr)).collect();
-            fresh = if untried.is_empty() {
-                all.iter().collect()
-            } else {
-                untried
-            };
-            &fresh
+        let now = Instant::now();
+        // Ejected hosts; empty when nothing is ejected (no lock taken) or in panic.
+        let ejected = match &self.outlier {
+            Some(od) if od.ejected_count() > 0 => od.hosts_to_skip(hosts.hosts.len(), now),
+            _ => Vec::new(),
         };
-        let n = eligible.len();
-        let chosen = match n {
-            0 => return None,
-            1 => eligible[0],
-            _ => {
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                let a = eligible[start % n];
-                let b = eligible[(start + 1 + rand::random_range(0..n - 1)) % n];
-                if b.active() < a.active() {
-                    b
-                } else {
-                    a
-                }
+        let healthy = |i: usize| set.addrs.get(i).is_some_and(|a| !ejected.contains(a));
+        let chosen = match self.weights(set, topology, &healthy, now) {
+            Some(weights) => {
+                let candidate = |i: usize| weights.get(i).is_some_and(|w| *w > 0.0) && healthy(i);
+                self.pick_weighted(&hosts, &weights, |i| {
+                    candidate(i) && !avoid.contains(&set.addrs[i])
+                })
+                .or_else(|| self.pick_weighted(&hosts, &weights, candidate))
+            }
+            None => {
+                let table = set.table.as_ref();
+                let up = |a: SocketAddr| !ejected.contains(&a);
+                self.balancer
+                    .pick(&hosts, table, hash, |a| up(a) && !avoid.contains(&a))
+                    .or_else(|| {
+                        if avoid.is_empty() {
+                            None
+                        } else {
+                            self.balancer.pick(&hosts, table, hash, up)
+                        }
+                    })
             }
         };
-        chosen.active.fetch_add(1, Ordering::Relaxed);
+        let host = hosts.hosts.get(chosen?)?;
+        host.begin();
         Some(InFlight {
-            host: Arc::clone(chosen),
+            host: Arc::clone(host),
         })
     }
 
-    /// A pick among hosts with `weights` (aligned with `all`; 0 = not a candidate).
+    /// Index of a host among those `eligible` accepts, by `weights` (aligned with `hosts`): least
+    /// request over equal weights (power of two choices), else a draw weighted by
+    /// `weight / (active + 1)`, Envoy's least request with unequal weights.
     fn pick_weighted(
         &self,
-        all: &[Arc<HostState>],
+        hosts: &HostSet,
         weights: &[f64],
-        avoid: &[SocketAddr],
-    ) -> Option<InFlight> {
-        let weighted = || {
-            all.iter()
-                .zip(weights)
-                .filter(|(_, w)| **w > 0.0)
-                .map(|(h, w)| (h, *w))
-        };
-        let mut candidates: Vec<(&Arc<HostState>, f64)> = weighted()
-            .filter(|(h, _)| !avoid.contains(&h.addr))
-            .collect();
-        if candidates.is_empty() {
-            candidates = weighted().collect();
-        }
-        let first = candidates.first()?.1;
-        let chosen = if candidates.iter().all(|(_, w)| *w == first) {
-            // Equal weights: least request over the level's hosts, as for a flat cluster.
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let candidates: Vec<usize> = (0..hosts.hosts.len()).filter(|i| eligible(*i)).collect();
+        let first = *candidates.first()?;
+        let weight = |i: usize| weights.get(i).copied().unwrap_or(0.0);
+        let active = |i: usize| hosts.hosts.get(i).map_or(0, |h| h.active());
+        if candidates.iter().all(|i| weight(*i) == weight(first)) {
             let n = candidates.len();
-            let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-            let a = candidates[start % n].0;
+            let a = candidates[rand::random_range(0..n)];
             if n == 1 {
-                a
-            } else {
-                let b = candidates[(start + 1 + rand::random_range(0..n - 1)) % n].0;
-                if b.active() < a.active() {
-                    b
-                } else {
-                    a
-                }
+                return Some(a);
             }
-        } else {
-            let effective: Vec<f64> = candidates
-                .iter()
-                .map(|(h, w)| w / f64::from(h.active().saturating_add(1)))
-                .collect();
-            let total: f64 = effective.iter().sum();
-            let mut roll = rand::random_range(0.0..total);
-            let mut chosen = candidates[candidates.len() - 1].0;
-            for ((h, _), e) in candidates.iter().zip(&effective) {
-                if roll < *e {
-                    chosen = h;
-                    break;
-                }
-                roll -= e;
+            let b = candidates[rand::random_range(0..n)];
+            return Some(if active(b) < active(a) { b } else { a });
+        }
+        let effective: Vec<f64> = candidates
+            .iter()
+            .map(|i| weight(*i) / f64::from(active(*i).saturating_add(1)))
+            .collect();
+        let total: f64 = effective.iter().sum();
+        let mut roll = rand::random_range(0.0..total.max(f64::MIN_POSITIVE));
+        for (i, e) in candidates.iter().zip(&effective) {
+            if roll < *e {
+                return Some(*i);
             }
-            chosen
-        };
-        chosen.active.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight {
-            host: Arc::clone(chosen),
-        })
+            roll -= e;
+        }
+        candidates.last().copied()
     }
 }

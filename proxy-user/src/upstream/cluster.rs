@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::client::{ClientCluster, ClientId, ClientTable};
+use super::lb::{self, HashTable};
 use super::locality::Topology;
 use super::policy::ClusterPolicy;
 use super::pool::PoolConfig;
@@ -68,6 +69,9 @@ pub struct EndpointSet {
     /// Per address (same order): when the cluster first had the endpoint, for slow start. Kept
     /// across updates of the set.
     pub first_seen: Vec<Instant>,
+    /// The consistent-hash ring or table over `addrs` (indices into it), for a hashing cluster;
+    /// built once per generation and shared by every client.
+    pub table: Option<HashTable>,
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -96,6 +100,9 @@ pub struct PickRequest<'a> {
     pub avoid: &'a [SocketAddr],
     /// The client's locality and labels, for locality load balancing.
     pub topology: &'a Topology,
+    /// The request's hash key under its route's consistent-hash policy; `None` without one (or
+    /// when the request lacks the key).
+    pub hash: Option<u64>,
 }
 
 /// Why no endpoint could be picked.
@@ -192,19 +199,28 @@ impl Cluster {
                 Err(_) => now,
             })
             .collect();
-        let (addrs, topology) = endpoints.into_iter().map(|e| (e.addr, e.topology)).unzip();
+        let (addrs, topology): (Vec<_>, Vec<_>) =
+            endpoints.into_iter().map(|e| (e.addr, e.topology)).unzip();
+        let table = lb::table_for(self.policy.load_balancer.as_ref(), &addrs);
         self.endpoints.store(Arc::new(EndpointSet {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             addrs,
             topology,
             first_seen,
+            table,
         }));
     }
 
     /// The state of `client` for this cluster, created on first use.
     pub fn client(self: &Arc<Self>, client: ClientId) -> Arc<ClientCluster> {
-        self.clients
-            .get_or_create(client, || ClientCluster::new(&self.policy, &self.pool))
+        self.clients.get_or_create(client, || {
+            ClientCluster::new(
+                &self.policy,
+                &self.pool,
+                &self.pool.stats.outlier,
+                &self.endpoints.load().addrs,
+            )
+        })
     }
 
     /// Number of clients with state for this cluster (admin, memory accounting).
@@ -219,7 +235,7 @@ impl Cluster {
             Discovery::Static => {
                 let set = self.endpoints.load();
                 let in_flight = client
-                    .pick(&set, req.avoid, req.topology)
+                    .pick(&set, req.hash, req.avoid, req.topology)
                     .ok_or(PickError::NoHealthyUpstream)?;
                 Ok(Picked {
                     addr: in_flight.addr(),

@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod client;
 pub mod cluster;
 pub mod connect;
+pub mod lb;
 pub mod locality;
 pub mod outlier;
 pub mod policy;
@@ -209,6 +210,7 @@ mod tests {
             original_dst: addr(99),
             avoid: &[],
             topology: &topology,
+            hash: None,
         };
         c.pick(&req).await.ok()
     }
@@ -243,6 +245,100 @@ mod tests {
         let other = pick(&c, 2).await;
         assert!(other.is_some());
         assert_eq!(c.client_count(), 2);
+    }
+
+    fn hashing(key: crate::policy::HashKey) -> ClusterPolicy {
+        ClusterPolicy {
+            load_balancer: Some(crate::policy::LoadBalancer::ConsistentHash(
+                crate::policy::ConsistentHash {
+                    key,
+                    algorithm: crate::policy::HashAlgorithm::RingHash {
+                        minimum_ring_size: 1024,
+                    },
+                },
+            )),
+            ..Default::default()
+        }
+    }
+
+    async fn pick_with(
+        c: &Arc<Cluster>,
+        client: u64,
+        hash: Option<u64>,
+        avoid: &[SocketAddr],
+    ) -> Option<SocketAddr> {
+        let req = PickRequest {
+            client: ClientId(client),
+            original_dst: addr(99),
+            avoid,
+            hash,
+            topology: &locality::Topology::default(),
+        };
+        c.pick(&req).await.ok().map(|p| p.addr())
+    }
+
+    #[tokio::test]
+    async fn a_hashing_cluster_pins_keys_for_every_client_and_walks_past_avoided_hosts() {
+        let reg = ClusterRegistry::default();
+        let c = reg.ensure(
+            key(None),
+            UpstreamProtocol::Http1,
+            hashing(crate::policy::HashKey::SourceIp),
+            Discovery::Static,
+            vec![addr(1), addr(2), addr(3)],
+        );
+        assert!(
+            c.endpoint_set().table.is_some(),
+            "table built with the endpoints"
+        );
+        for k in 0..50u64 {
+            let home = pick_with(&c, 1, Some(k * 7919), &[]).await;
+            // Another client shares the table: same key, same host.
+            assert_eq!(home, pick_with(&c, 2, Some(k * 7919), &[]).await);
+            let Some(home) = home else {
+                panic!("no endpoint");
+            };
+            let next = pick_with(&c, 1, Some(k * 7919), &[home]).await;
+            assert!(next.is_some_and(|n| n != home));
+            // Everything tried: the home host again rather than nothing.
+            let all = [addr(1), addr(2), addr(3)];
+            assert!(pick_with(&c, 1, Some(k * 7919), &all).await.is_some());
+        }
+        // A new endpoint set gets a new table; a kept cluster keeps serving.
+        let c2 = reg.ensure(
+            key(None),
+            UpstreamProtocol::Http1,
+            hashing(crate::policy::HashKey::SourceIp),
+            Discovery::Static,
+            vec![addr(1), addr(2), addr(3), addr(4)],
+        );
+        assert!(Arc::ptr_eq(&c, &c2));
+        assert_eq!(
+            c2.endpoint_set().table.as_ref().map(|t| t.len()),
+            Some(4 * 1024)
+        );
+    }
+
+    #[tokio::test]
+    async fn round_robin_state_is_per_client() {
+        let reg = ClusterRegistry::default();
+        let c = reg.ensure(
+            key(None),
+            UpstreamProtocol::Http1,
+            ClusterPolicy {
+                load_balancer: Some(crate::policy::LoadBalancer::RoundRobin),
+                ..Default::default()
+            },
+            Discovery::Static,
+            vec![addr(1), addr(2)],
+        );
+        // Client 1's picks alternate whatever client 2 does in between.
+        let first = pick_with(&c, 1, None, &[]).await;
+        for _ in 0..3 {
+            let _ = pick_with(&c, 2, None, &[]).await;
+        }
+        let second = pick_with(&c, 1, None, &[]).await;
+        assert!(first.is_some() && second.is_some() && first != second);
     }
 
     #[tokio::test]
@@ -316,6 +412,7 @@ mod tests {
                 original_dst: addr(99),
                 avoid: &[],
                 topology: &topology,
+                hash: None,
             };
             if let Ok(p) = c.pick(&req).await {
                 let last = match p.addr().ip() {

@@ -120,37 +120,44 @@ pub struct OutlierStats {
 }
 
 impl OutlierStats {
-    /// Every counter with its Envoy name, for the admin API.
+    /// Every counter with its Envoy name under the cluster (`outlier_detection.<stat>`), for the
+    /// admin API.
     pub fn for_each(&self, mut f: impl FnMut(&'static str, u64)) {
         let all: [(&'static str, &AtomicU64); 10] = [
-            ("ejections_active", &self.ejections_active),
-            ("ejections_enforced_total", &self.ejections_enforced_total),
-            ("ejections_overflow", &self.ejections_overflow),
+            ("outlier_detection.ejections_active", &self.ejections_active),
             (
-                "ejections_enforced_consecutive_5xx",
+                "outlier_detection.ejections_enforced_total",
+                &self.ejections_enforced_total,
+            ),
+            (
+                "outlier_detection.ejections_overflow",
+                &self.ejections_overflow,
+            ),
+            (
+                "outlier_detection.ejections_enforced_consecutive_5xx",
                 &self.ejections_enforced_consecutive_5xx,
             ),
             (
-                "ejections_detected_consecutive_5xx",
+                "outlier_detection.ejections_detected_consecutive_5xx",
                 &self.ejections_detected_consecutive_5xx,
             ),
             (
-                "ejections_enforced_consecutive_gateway_failure",
+                "outlier_detection.ejections_enforced_consecutive_gateway_failure",
                 &self.ejections_enforced_consecutive_gateway_failure,
             ),
             (
-                "ejections_detected_consecutive_gateway_failure",
+                "outlier_detection.ejections_detected_consecutive_gateway_failure",
                 &self.ejections_detected_consecutive_gateway_failure,
             ),
             (
-                "ejections_enforced_consecutive_local_origin_failure",
+                "outlier_detection.ejections_enforced_consecutive_local_origin_failure",
                 &self.ejections_enforced_consecutive_local_origin_failure,
             ),
             (
-                "ejections_detected_consecutive_local_origin_failure",
+                "outlier_detection.ejections_detected_consecutive_local_origin_failure",
                 &self.ejections_detected_consecutive_local_origin_failure,
             ),
-            ("ejections_total", &self.ejections_total),
+            ("outlier_detection.ejections_total", &self.ejections_total),
         ];
         for (name, v) in all {
             f(name, v.load(Ordering::Relaxed));
@@ -673,7 +680,7 @@ mod tests {
         fn stat(&self, name: &str) -> u64 {
             let mut found = None;
             self.stats.for_each(|n, v| {
-                if n == name {
+                if n.strip_prefix("outlier_detection.") == Some(name) {
                     found = Some(v);
                 }
             });
@@ -1130,8 +1137,8 @@ mod tests {
         let mut seen = Vec::new();
         stats.for_each(|n, v| seen.push((n, v)));
         assert_eq!(seen.len(), 10);
-        assert!(seen.contains(&("ejections_overflow", 3)));
-        assert!(seen.contains(&("ejections_active", 0)));
+        assert!(seen.contains(&("outlier_detection.ejections_overflow", 3)));
+        assert!(seen.contains(&("outlier_detection.ejections_active", 0)));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`); there is no field-level merge.
 
 use crate::policy::{
-    ConnectionPool, LoadBalancer, LocalityLbSetting, OutlierDetection, RetryBudget, TrafficPolicy,
-    Warmup,
+    ConnectionPool, HashKey, LoadBalancer, LocalityLbSetting, OutlierDetection, RetryBudget,
+    TrafficPolicy, Warmup,
 };
 
 /// What a DestinationRule decides for one cluster. `None` blocks take Istio's defaults.
@@ -125,6 +125,42 @@ impl ClusterPolicy {
     pub fn is_passthrough(&self) -> bool {
         matches!(self.load_balancer, Some(LoadBalancer::Passthrough))
     }
+
+    /// `consistentHash.useSourceIp`: TCP connections are hashed by the client pod's IP. (Istio
+    /// reads this for TCP from the rule's top-level or subset policy; Keel reads the cluster's
+    /// resolved policy, port-level entries included.)
+    pub fn hashes_source_ip(&self) -> bool {
+        matches!(&self.load_balancer, Some(LoadBalancer::ConsistentHash(ch)) if ch.key == HashKey::SourceIp)
+    }
+}
+
+/// The hash key of an HTTP route destination (Envoy's route `hash_policy`), which Istio resolves
+/// apart from the cluster's balancer (§2.1, last paragraph): the subset's port-level
+/// `consistentHash`, else the subset's, else the rule's port-level, else the rule's top-level one.
+/// Port-level entries count only when the destination names its port (`explicit_port`); the
+/// default route of a service without a VirtualService passes its service port. A port-level or
+/// subset policy without `consistentHash` does not hide a hash set above it.
+pub fn route_hash_key(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    explicit_port: Option<u16>,
+) -> Option<HashKey> {
+    fn own(tp: Option<&TrafficPolicy>) -> Option<&HashKey> {
+        match tp?.load_balancer.as_ref()? {
+            LoadBalancer::ConsistentHash(ch) => Some(&ch.key),
+            _ => None,
+        }
+    }
+    fn port_level(tp: Option<&TrafficPolicy>, port: Option<u16>) -> Option<&HashKey> {
+        let port = port?;
+        let (_, pl) = tp?.port_level.iter().find(|(p, _)| *p == port)?;
+        own(Some(pl))
+    }
+    port_level(subset, explicit_port)
+        .or_else(|| own(subset))
+        .or_else(|| port_level(top, explicit_port))
+        .or_else(|| own(top))
+        .cloned()
 }
 
 #[cfg(test)]
@@ -169,6 +205,53 @@ mod tests {
         let p = ClusterPolicy::resolve(Some(&top), Some(&sub), 80);
         assert_eq!(p.load_balancer, Some(LoadBalancer::RoundRobin));
         assert_eq!(p.connection_pool, Some(pool(1)));
+    }
+
+    fn hashed(key: HashKey) -> LoadBalancer {
+        LoadBalancer::ConsistentHash(crate::policy::ConsistentHash {
+            key,
+            algorithm: crate::policy::HashAlgorithm::RingHash {
+                minimum_ring_size: 1024,
+            },
+        })
+    }
+
+    #[test]
+    fn route_hash_precedence_is_istios() {
+        let header = |h: &str| HashKey::Header(h.into());
+        let mut top = lb_pool(hashed(header("top")), None);
+        top.port_level = vec![(80, lb_pool(hashed(header("top-80")), None))];
+        let mut sub = lb_pool(hashed(header("sub")), None);
+        // Port-level entries count only with an explicit destination port.
+        assert_eq!(route_hash_key(Some(&top), None, None), Some(header("top")));
+        assert_eq!(
+            route_hash_key(Some(&top), None, Some(80)),
+            Some(header("top-80"))
+        );
+        assert_eq!(
+            route_hash_key(Some(&top), None, Some(81)),
+            Some(header("top"))
+        );
+        assert_eq!(
+            route_hash_key(Some(&top), Some(&sub), Some(80)),
+            Some(header("sub"))
+        );
+        sub.port_level = vec![(80, lb_pool(hashed(header("sub-80")), None))];
+        assert_eq!(
+            route_hash_key(Some(&top), Some(&sub), Some(80)),
+            Some(header("sub-80"))
+        );
+        assert_eq!(
+            route_hash_key(Some(&top), Some(&sub), None),
+            Some(header("sub"))
+        );
+        // A subset with a simple balancer does not hide the rule's hash.
+        let simple = lb_pool(LoadBalancer::RoundRobin, None);
+        assert_eq!(
+            route_hash_key(Some(&top), Some(&simple), None),
+            Some(header("top"))
+        );
+        assert_eq!(route_hash_key(None, Some(&simple), Some(80)), None);
     }
 
     #[test]

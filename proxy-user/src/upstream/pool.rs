@@ -1337,6 +1337,7 @@ mod tests {
                     client: ClientId(client),
                     original_dst: SocketAddr::from(([10, 96, 0, 1], 9080)),
                     avoid: &[],
+                    hash: None,
                     topology: &crate::upstream::locality::Topology::default(),
                 };
                 let picked = cluster.pick(&req).await;

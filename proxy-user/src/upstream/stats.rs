@@ -6,6 +6,9 @@
 //! `ClusterRegistry::clusters()`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::outlier::OutlierStats;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -71,12 +74,14 @@ pub struct ClusterStats {
     pub upstream_cx_max_requests: Counter,
     /// Connections closed because they reached `maxConnectionDuration`.
     pub upstream_cx_max_duration_reached: Counter,
+    /// Outlier detection, summed over the cluster's clients.
+    pub outlier: Arc<OutlierStats>,
 }
 
 impl ClusterStats {
     /// Every stat with its Envoy name, in a stable order.
-    pub fn values(&self) -> [(&'static str, u64); 12] {
-        [
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        let mut values = vec![
             ("upstream_cx_total", self.upstream_cx_total.get()),
             ("upstream_cx_active", self.upstream_cx_active.get()),
             ("upstream_cx_overflow", self.upstream_cx_overflow.get()),
@@ -113,6 +118,8 @@ impl ClusterStats {
                 "upstream_cx_max_duration_reached",
                 self.upstream_cx_max_duration_reached.get(),
             ),
-        ]
+        ];
+        self.outlier.for_each(|name, n| values.push((name, n)));
+        values
     }
 }

@@ -122,6 +122,8 @@ async fn send(job: MirrorJob) -> Result<(), &'static str> {
             original_dst: job.original_dst,
             avoid: &[],
             topology: &job.topology,
+            // Envoy's shadow requests carry no hash policy.
+            hash: None,
         })
         .await
         .map_err(|_| "no endpoint for the mirror")?;

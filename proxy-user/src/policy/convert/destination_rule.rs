@@ -3,8 +3,8 @@
 //! Keel's request path applies a DestinationRule's `host`, `subsets` (labels select endpoints),
 //! `exportTo`, `workloadSelector`, and of `trafficPolicy` (top level, subset or port level) the
 //! `connectionPool`, `retryBudget`, `outlierDetection`, `tls` (TLS origination; its files are read and
-//! parsed here, so `keel validate` reports a bad certificate), and the `loadBalancer` block's
-//! `localityLbSetting` and `warmup`. Every other field is validated as Istio does, and each one set
+//! parsed here, so `keel validate` reports a bad certificate), and `loadBalancer` (`simple`,
+//! `consistentHash`, `localityLbSetting`, `warmup`; not `zoneAwareLbSetting`). Every other field is validated as Istio does, and each one set
 //! yields an `accepted, not applied` warning saying what Keel does instead
 //! ([`traffic_policy_not_applied`]). Settings whose absence would
 //! change behaviour in a way users rely on (tunnelling, PROXY protocol, `ISTIO_MUTUAL`,
@@ -28,6 +28,8 @@ use crate::wire::istio as w;
 
 /// Maglev table sizes must be prime and below this.
 const MAGLEV_MAX: i64 = 5_000_011;
+/// Envoy's `minimum_ring_size` default, which Istio keeps when no size is set.
+const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
 
 pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Option<DestinationRule> {
     let spec_path = FieldPath::root().key("spec");
@@ -462,6 +464,12 @@ fn load_balancer(
         .as_ref()
         .and_then(|r| r.minimum_ring_size)
         .or(ch.minimum_ring_size);
+    if ch.minimum_ring_size.is_some() {
+        ctx.warn(
+            &cp.key("minimumRingSize"),
+            "deprecated, use ringHash.minimumRingSize",
+        );
+    }
     let minimum_ring_size = match ring {
         Some(n) if n < 0 => {
             ctx.err(
@@ -474,8 +482,17 @@ fn load_balancer(
             );
             return None;
         }
-        Some(n) => u64::try_from(n).ok(),
+        // 0 means unset, as in Istio.
+        Some(n) => u64::try_from(n).ok().filter(|n| *n > 0),
         None => None,
+    };
+    let algorithm = match ch.maglev.as_ref().and_then(|m| m.table_size) {
+        Some(size) => HashAlgorithm::Maglev {
+            table_size: size.unsigned_abs(),
+        },
+        None => HashAlgorithm::RingHash {
+            minimum_ring_size: minimum_ring_size.unwrap_or(DEFAULT_MINIMUM_RING_SIZE),
+        },
     };
     let key = if let Some(h) = &ch.http_header_name {
         HashKey::Header(ctx.check(&cp.key("httpHeaderName"), v::header_name(h))?)
@@ -514,6 +531,14 @@ fn load_balancer(
             name,
             path: c.path.clone(),
             ttl,
+            attributes: c
+                .attributes
+                .iter()
+                .filter_map(|a| {
+                    let name = a.name.clone().filter(|n| !n.is_empty())?;
+                    Some((name, a.value.clone().unwrap_or_default()))
+                })
+                .collect(),
         }
     } else if ch.use_source_ip == Some(true) {
         HashKey::SourceIp
@@ -531,7 +556,7 @@ fn load_balancer(
     };
     Some(LoadBalancer::ConsistentHash(ConsistentHash {
         key,
-        minimum_ring_size,
+        algorithm,
     }))
 }
 
@@ -1303,24 +1328,13 @@ fn traffic_policy_not_applied(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &w::Traff
     }
 }
 
-const LEAST_REQUEST: &str = "Keel balances every cluster by least request";
-const NO_HASHING: &str =
-    "Keel balances every cluster by least request; no request is pinned to an endpoint";
-
 /// What Keel does instead of the traffic-policy field at `inner` (the path below the policy, keys only)
 /// set to `value`; `None` when the value asks for what Keel does anyway (e.g. `LEAST_REQUEST`).
-fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'static str> {
-    let s = value.as_str();
+fn traffic_policy_today(inner: &[&str], _value: &serde_yaml::Value) -> Option<&'static str> {
     Some(match inner {
-        ["loadBalancer", "simple"] => match s {
-            // LEAST_CONN means LEAST_REQUEST (it has its own deprecation warning).
-            Some("UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN") => return None,
-            _ => LEAST_REQUEST,
-        },
-        ["loadBalancer", "consistentHash", "minimumRingSize"] => {
-            "deprecated, use ringHash.minimumRingSize; Keel balances every cluster by least request"
-        }
-        ["loadBalancer", "consistentHash", ..] => NO_HASHING,
+        // Applied by upstream::lb (the deprecated `LEAST_CONN` and `minimumRingSize` have their
+        // own deprecation warnings).
+        ["loadBalancer", "simple"] | ["loadBalancer", "consistentHash", ..] => return None,
         // Applied (upstream::locality); zone-aware routing is not.
         ["loadBalancer", "localityLbSetting", ..] => return None,
         ["loadBalancer", "zoneAwareLbSetting", ..] => {
@@ -1328,7 +1342,7 @@ fn traffic_policy_today(inner: &[&str], value: &serde_yaml::Value) -> Option<&'s
         }
         // Applied (upstream::slow_start); the deprecation has its own warning.
         ["loadBalancer", "warmupDurationSecs" | "warmup", ..] => return None,
-        ["loadBalancer", ..] => LEAST_REQUEST,
+        ["loadBalancer", ..] => return None,
         // Every connectionPool field is applied (upstream/pool.rs, upstream/breaker.rs).
         ["connectionPool", ..] => return None,
         ["retryBudget", "budgetInterval"] => {

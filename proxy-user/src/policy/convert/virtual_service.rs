@@ -1101,7 +1101,7 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
         retry_on,
         retry_remote_localities: rt.retry_remote_localities.unwrap_or(false),
         backoff,
-        retry_ignore_previous_hosts: rt.retry_ignore_previous_hosts.unwrap_or(true),
+        retry_ignore_previous_hosts: rt.retry_ignore_previous_hosts,
     })
 }
 
