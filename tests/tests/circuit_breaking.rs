@@ -4,7 +4,7 @@
 //! address and port), so what reached them is counted, not inferred; the proxy's side is read from
 //! the admin API's `cluster.<name>.<stat>` lines.
 //!
-//! Subnet indices 145..=154 belong to this file.
+//! Subnet indices 145..=154 belong to this file (154: node-wide state).
 
 mod common;
 
@@ -247,6 +247,59 @@ fn one_pod_saturating_the_breaker_leaves_another_pod_alone() -> Result<()> {
     ensure!(
         cluster_stat(&keel, &reviews_cluster(), "upstream_rq_pending_overflow")? == noisy_overflow,
         "only the noisy pod's requests overflowed"
+    );
+    Ok(())
+}
+
+/// `keel run --upstream-state node` shares one breaker per cluster among all pods of the node (the
+/// documented opt-out of per-client state): while one pod saturates it, another pod's requests
+/// overflow too.
+#[test]
+fn node_wide_state_shares_the_breaker_between_pods() -> Result<()> {
+    let mut fx = Fixture::reviews(PREFIX, 154, &[])?;
+    fx.add_logged_backend(
+        "reviews-v1",
+        11,
+        9080,
+        "v1",
+        &[("app", "reviews"), ("version", "v1")],
+        slow(2000),
+    )?;
+    let other = fx.add_pod("other", 3, &[("app", "other")], &[], false)?;
+    fx.config.write("destinationrule.yaml", SEED_BREAKER)?;
+    let out = keel_tests::keel::validate(fx.config.path())?;
+    ensure!(out.code == Some(0), "{}", out.combined());
+    let mut opts = keel_tests::KeelOptions::new(&fx.net, fx.config.path())?;
+    opts.extra_args = vec!["--upstream-state".into(), "node".into()];
+    let keel = Keel::start_with(&fx.net, opts)?;
+
+    // `sleep` fills the breaker for about 2 s: one request in flight, one pending.
+    let load = fortio(2, 2);
+    let args = load.to_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut noisy = fx.sleep.spawn(fx.agent.bin(), &args, "noisy")?;
+    std::thread::sleep(Duration::from_millis(500));
+    // One request from another pod meets the same full breaker.
+    let quiet = fx.agent.http_get(
+        &other,
+        &HttpGet::new("http://reviews:9080/")
+            .connect_to(reviews_vip())
+            .count(1),
+    )?;
+    let status = noisy.wait_or_kill(Duration::from_secs(30))?;
+    ensure!(
+        status.success(),
+        "the noisy client failed: {}",
+        noisy.stderr_tail()
+    );
+    ensure!(
+        ensure_ok_or_overflow("quiet pod", &quiet)? == 1,
+        "with node-wide state the other pod shares the full breaker: {:?}",
+        quiet.by_status
+    );
+    ensure!(
+        cluster_stat(&keel, &reviews_cluster(), "upstream_rq_pending_overflow")? == 1,
+        "the shared breaker counted the other pod's overflow"
     );
     Ok(())
 }
