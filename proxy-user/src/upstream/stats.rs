@@ -55,6 +55,8 @@ pub struct ClusterStats {
     pub upstream_cx_overflow: Counter,
     /// Requests refused because `http1MaxPendingRequests` or `http2MaxRequests` was reached.
     pub upstream_rq_pending_overflow: Counter,
+    /// Requests that waited for a connection.
+    pub upstream_rq_pending_total: Counter,
     /// Requests waiting for a connection now.
     pub upstream_rq_pending_active: Gauge,
     /// Requests in flight now.
@@ -75,7 +77,7 @@ pub struct ClusterStats {
 
 impl ClusterStats {
     /// Every stat with its Envoy name, in a stable order.
-    pub fn values(&self) -> [(&'static str, u64); 12] {
+    pub fn values(&self) -> [(&'static str, u64); 13] {
         [
             ("upstream_cx_total", self.upstream_cx_total.get()),
             ("upstream_cx_active", self.upstream_cx_active.get()),
@@ -83,6 +85,10 @@ impl ClusterStats {
             (
                 "upstream_rq_pending_overflow",
                 self.upstream_rq_pending_overflow.get(),
+            ),
+            (
+                "upstream_rq_pending_total",
+                self.upstream_rq_pending_total.get(),
             ),
             (
                 "upstream_rq_pending_active",
