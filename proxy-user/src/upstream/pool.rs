@@ -168,7 +168,7 @@ fn clock_base() -> &'static Instant {
 }
 
 /// What a connection's driver and its users share.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ConnShared {
     /// Requests (HTTP/1.1: 0 or 1) or streams (HTTP/2) using the connection now.
     in_use: AtomicU32,
@@ -178,6 +178,10 @@ struct ConnShared {
     idle_since: AtomicU64,
     /// No new requests: max requests or max duration reached; closes once unused.
     draining: AtomicBool,
+    /// The connection's breaker slot: released by whoever closes the connection first (a request
+    /// that ends it at `maxRequestsPerConnection`, or the driver when the connection ends), so the
+    /// next queued request may dial at once, as Envoy's synchronous close lets it.
+    slot: Mutex<Option<ConnSlot>>,
 }
 
 impl ConnShared {
@@ -187,6 +191,13 @@ impl ConnShared {
 
     fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Release the connection's slot (once; later calls do nothing). Never called with an
+    /// endpoint lock held: releasing locks the endpoint.
+    fn release_slot(&self) {
+        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(slot);
     }
 }
 
@@ -678,7 +689,10 @@ impl ClientPool {
             }
             conn.shared.draining.store(true, Ordering::Release);
             conn.shared.in_use.store(0, Ordering::Release);
-            // Dropping the sender closes the connection; its driver releases the slot.
+            let shared = Arc::clone(&conn.shared);
+            // Dropping the sender closes the connection; its capacity is free from now on.
+            drop(conn);
+            shared.release_slot();
             return;
         }
         let mut st = ep.lock();
@@ -884,11 +898,12 @@ impl ClientPool {
             max_duration: self.config.max_connection_duration,
         };
         let stats = Arc::clone(&self.config.stats);
+        *shared.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tokio::spawn(async move {
             if let Err(e) = drive(conn, &shared, timers, &stats).await {
                 tracing::debug!(%endpoint, error = %e, "upstream connection ended");
             }
-            drop(slot);
+            shared.release_slot();
         });
     }
 
