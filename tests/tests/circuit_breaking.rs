@@ -154,6 +154,11 @@ fn seed_circuit_breaker_overflows_and_the_counters_match() -> Result<()> {
             "{what}: {overflow} overflow replies, upstream_rq_pending_overflow moved by {}",
             after - before
         );
+        eprintln!(
+            "{what}: {} x 200, {overflow} x 503 overflow, upstream_rq_pending_overflow +{}",
+            r.status(200),
+            after - before
+        );
         upstream_seen += r.status(200);
         let records = log.settle(Duration::from_millis(300), Duration::from_secs(5))?;
         ensure!(

@@ -150,6 +150,13 @@ pub struct ClientCluster {
     pool: Arc<ClientPool>,
 }
 
+impl Drop for ClientCluster {
+    fn drop(&mut self) {
+        // Reclaimed (or its cluster replaced): its idle upstream connections go too.
+        self.pool.close_idle();
+    }
+}
+
 /// Counts one request in flight on an endpoint until dropped.
 #[derive(Debug)]
 pub struct InFlight {

@@ -168,7 +168,7 @@ fn clock_base() -> &'static Instant {
 }
 
 /// What a connection's driver and its users share.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ConnShared {
     /// Requests (HTTP/1.1: 0 or 1) or streams (HTTP/2) using the connection now.
     in_use: AtomicU32,
@@ -178,6 +178,10 @@ struct ConnShared {
     idle_since: AtomicU64,
     /// No new requests: max requests or max duration reached; closes once unused.
     draining: AtomicBool,
+    /// The connection's breaker slot: released by whoever closes the connection first (a request
+    /// that ends it at `maxRequestsPerConnection`, or the driver when the connection ends), so the
+    /// next queued request may dial at once, as Envoy's synchronous close lets it.
+    slot: Mutex<Option<ConnSlot>>,
 }
 
 impl ConnShared {
@@ -187,6 +191,13 @@ impl ConnShared {
 
     fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Release the connection's slot (once; later calls do nothing). Never called with an
+    /// endpoint lock held: releasing locks the endpoint.
+    fn release_slot(&self) {
+        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(slot);
     }
 }
 
@@ -416,6 +427,27 @@ impl ClientPool {
         &self.breaker
     }
 
+    /// Close every idle connection (their drivers release the slots). Called when the client's
+    /// state is dropped: idle connections would otherwise keep the pool alive until their idle
+    /// timeout, or for ever with `idleTimeout: 0s`.
+    pub fn close_idle(&self) {
+        let eps: Vec<Arc<EndpointPool>> = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for ep in eps {
+            let (idle, h2) = {
+                let mut st = ep.lock();
+                (std::mem::take(&mut st.idle), std::mem::take(&mut st.h2))
+            };
+            // HTTP/2 connections with streams in flight close when those end.
+            drop((idle, h2));
+        }
+    }
+
     fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointPool> {
         let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ep) = eps.get(&addr) {
@@ -479,6 +511,7 @@ impl ClientPool {
             self.config.stats.upstream_rq_pending_overflow.inc();
             return Err(SendError::Overflow);
         }
+        self.config.stats.upstream_rq_pending_total.inc();
         self.config.stats.upstream_rq_pending_active.inc();
         Ok(PendingSlot(Arc::clone(self)))
     }
@@ -656,7 +689,10 @@ impl ClientPool {
             }
             conn.shared.draining.store(true, Ordering::Release);
             conn.shared.in_use.store(0, Ordering::Release);
-            // Dropping the sender closes the connection; its driver releases the slot.
+            let shared = Arc::clone(&conn.shared);
+            // Dropping the sender closes the connection; its capacity is free from now on.
+            drop(conn);
+            shared.release_slot();
             return;
         }
         let mut st = ep.lock();
@@ -862,11 +898,12 @@ impl ClientPool {
             max_duration: self.config.max_connection_duration,
         };
         let stats = Arc::clone(&self.config.stats);
+        *shared.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tokio::spawn(async move {
             if let Err(e) = drive(conn, &shared, timers, &stats).await {
                 tracing::debug!(%endpoint, error = %e, "upstream connection ended");
             }
-            drop(slot);
+            shared.release_slot();
         });
     }
 
@@ -1224,6 +1261,51 @@ mod tests {
         Ok(())
     }
 
+    /// Reclaimed client state takes its idle connections with it, even with idle timeouts off.
+    #[tokio::test]
+    async fn dropping_client_state_closes_its_idle_connections() -> TestResult {
+        use crate::upstream::{ClientId, ClusterKey, ClusterRegistry, Discovery, PickRequest};
+        let (addr, _) = server(Duration::ZERO).await?;
+        let registry = ClusterRegistry::default();
+        let policy = ClusterPolicy {
+            connection_pool: Some(ConnectionPool {
+                idle_timeout: Some(Duration::ZERO),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let key = ClusterKey {
+            host: "a".into(),
+            port: 80,
+            subset: None,
+            scope: String::new(),
+        };
+        let cluster = registry.ensure(
+            key,
+            crate::upstream::UpstreamProtocol::Http1,
+            policy,
+            Discovery::Static,
+            vec![addr],
+        );
+        let picked = cluster
+            .pick(&PickRequest {
+                client: ClientId(7),
+                original_dst: addr,
+                avoid: &[],
+            })
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let pool = Arc::clone(picked.client().pool());
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 1);
+        drop((picked, cluster, registry));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        // Nothing but this test holds the pool any more: no cycle through the connection's driver.
+        assert_eq!(Arc::strong_count(&pool), 1);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn tcp_connections_over_the_limit_overflow() -> TestResult {
         let (addr, _) = server(Duration::ZERO).await?;
@@ -1247,6 +1329,62 @@ mod tests {
         assert!(pool.open_tcp(closed).await.is_err_and(|e| e.is_connect()));
         assert_eq!(pool.config.stats.upstream_cx_connect_fail.get(), 1);
         assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        Ok(())
+    }
+
+    /// Request-path cost against hyper-util's pooled client (what Keel used before): sequential and
+    /// concurrent keep-alive requests to a local server. Run with `--release --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "timing, run by hand in release mode"]
+    async fn throughput_against_hyper_util_legacy_client() -> TestResult {
+        use hyper_util::client::legacy::{connect::HttpConnector, Client};
+        const N: usize = 20_000;
+        const TASKS: usize = 8;
+        let (addr, _) = server(Duration::ZERO).await?;
+        let legacy: Client<HttpConnector, ProxyBody> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let pool = pool_with(ConnectionPool::default());
+        for round in 0..2 {
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..TASKS {
+                let legacy = legacy.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..N / TASKS {
+                        let mut req = get(false, addr);
+                        *req.uri_mut() = format!("http://{addr}/").parse().unwrap_or_default();
+                        if let Ok(resp) = legacy.request(req).await {
+                            let _ = resp.into_body().collect().await;
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            let legacy_took = started.elapsed();
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..TASKS {
+                let pool = Arc::clone(&pool);
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..N / TASKS {
+                        let _ = exchange(&pool, addr, false).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            let ours_took = started.elapsed();
+            println!(
+                "round {round}: {N} requests over {TASKS} tasks: hyper-util legacy {:.1} µs/rq, \
+                 Keel pool {:.1} µs/rq",
+                legacy_took.as_secs_f64() * 1e6 / N as f64,
+                ours_took.as_secs_f64() * 1e6 / N as f64
+            );
+        }
+        assert_eq!(pool.config.stats.upstream_cx_total.get(), TASKS as u64);
         Ok(())
     }
 

@@ -58,6 +58,8 @@ pub struct ClusterStats {
     pub upstream_cx_overflow: Counter,
     /// Requests refused because `http1MaxPendingRequests` or `http2MaxRequests` was reached.
     pub upstream_rq_pending_overflow: Counter,
+    /// Requests that waited for a connection.
+    pub upstream_rq_pending_total: Counter,
     /// Requests waiting for a connection now.
     pub upstream_rq_pending_active: Gauge,
     /// Requests in flight now.
@@ -88,6 +90,10 @@ impl ClusterStats {
             (
                 "upstream_rq_pending_overflow",
                 self.upstream_rq_pending_overflow.get(),
+            ),
+            (
+                "upstream_rq_pending_total",
+                self.upstream_rq_pending_total.get(),
             ),
             (
                 "upstream_rq_pending_active",
