@@ -248,7 +248,10 @@ where
     let Some(protocol) = chosen.target.protocol() else {
         return respond(reply(LocalReply::ClusterNotFound, grpc, flags), None);
     };
-    // The hash key is read from the request as the client sent it.
+    // The hash key is read from the request as the client sent it. Deviation: Envoy folds the hash
+    // policies of every destination of a weighted route into one hash; Keel uses the chosen
+    // destination's policy only (the same whenever the destinations share a DestinationRule).
+    // Precedence of the policy itself is Istio's (see `upstream::policy::route_hash_key`).
     let hashed = chosen.hash.map(|key| {
         hash_key::request_hash(
             key,
