@@ -23,7 +23,7 @@
 //!   Envoy does not report overflow to outlier detection (ejecting hosts because the *cluster* is
 //!   overloaded would make things worse).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -341,12 +341,14 @@ impl OutlierDetector {
     }
 
     /// The endpoints are now exactly `hosts`: new ones start clean, remaining ones keep their state,
-    /// removed ones are forgotten (an ejected one leaves the ejected count).
+    /// removed ones are forgotten (an ejected one leaves the ejected count). Called when the cluster's
+    /// endpoints change, never per request.
     pub fn set_hosts(&self, hosts: &[SocketAddr]) {
+        let wanted: HashSet<&SocketAddr> = hosts.iter().collect();
         let mut state = self.lock();
         let mut removed_ejected = 0;
         state.hosts.retain(|addr, h| {
-            let keep = hosts.contains(addr);
+            let keep = wanted.contains(addr);
             if !keep && h.ejected() {
                 removed_ejected += 1;
             }
