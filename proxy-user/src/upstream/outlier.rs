@@ -44,7 +44,8 @@ const OVERPROVISIONING_PERCENT: u64 = 140;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostResult {
     /// Response headers with this HTTP status (for gRPC, the status Envoy maps a header
-    /// `grpc-status` to).
+    /// `grpc-status` to). A TCP proxy records a successful connect as `Response(200)`, which is what
+    /// Envoy's `LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL` amounts to.
     Response(u16),
     /// The pool handed out a connection or stream to the host. Counts only with
     /// `splitExternalLocalOriginErrors`, where it resets the local-origin counter (Envoy's
@@ -429,6 +430,10 @@ impl OutlierDetector {
     /// Records how an attempt to `host` ended at `now`, with `total_hosts` endpoints in the cluster
     /// (for `maxEjectionPercent`); ejects `host` when a threshold is reached.
     pub fn record(&self, host: SocketAddr, result: HostResult, now: Instant, total_hosts: usize) {
+        // Without split a connect success changes nothing: skip the lock on every request.
+        if result == HostResult::ConnectSuccess && !self.settings.split {
+            return;
+        }
         let mut state = self.lock();
         self.run_sweeps(&mut state, now);
         let sweeps = state.sweeps;
