@@ -23,7 +23,7 @@
 //!   Envoy does not report overflow to outlier detection (ejecting hosts because the *cluster* is
 //!   overloaded would make things worse).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,7 +44,8 @@ const OVERPROVISIONING_PERCENT: u64 = 140;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostResult {
     /// Response headers with this HTTP status (for gRPC, the status Envoy maps a header
-    /// `grpc-status` to).
+    /// `grpc-status` to). A TCP proxy records a successful connect as `Response(200)`, which is what
+    /// Envoy's `LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL` amounts to.
     Response(u16),
     /// The pool handed out a connection or stream to the host. Counts only with
     /// `splitExternalLocalOriginErrors`, where it resets the local-origin counter (Envoy's
@@ -348,12 +349,14 @@ impl OutlierDetector {
     }
 
     /// The endpoints are now exactly `hosts`: new ones start clean, remaining ones keep their state,
-    /// removed ones are forgotten (an ejected one leaves the ejected count).
+    /// removed ones are forgotten (an ejected one leaves the ejected count). Called when the cluster's
+    /// endpoints change, never per request.
     pub fn set_hosts(&self, hosts: &[SocketAddr]) {
+        let wanted: HashSet<&SocketAddr> = hosts.iter().collect();
         let mut state = self.lock();
         let mut removed_ejected = 0;
         state.hosts.retain(|addr, h| {
-            let keep = hosts.contains(addr);
+            let keep = wanted.contains(addr);
             if !keep && h.ejected() {
                 removed_ejected += 1;
             }
@@ -434,6 +437,10 @@ impl OutlierDetector {
     /// Records how an attempt to `host` ended at `now`, with `total_hosts` endpoints in the cluster
     /// (for `maxEjectionPercent`); ejects `host` when a threshold is reached.
     pub fn record(&self, host: SocketAddr, result: HostResult, now: Instant, total_hosts: usize) {
+        // Without split a connect success changes nothing: skip the lock on every request.
+        if result == HostResult::ConnectSuccess && !self.settings.split {
+            return;
+        }
         let mut state = self.lock();
         self.run_sweeps(&mut state, now);
         let sweeps = state.sweeps;
