@@ -1292,6 +1292,8 @@ mod tests {
                 client: ClientId(7),
                 original_dst: addr,
                 avoid: &[],
+                hash: None,
+                topology: &crate::upstream::locality::Topology::default(),
             })
             .await
             .map_err(|e| format!("{e:?}"))?;
