@@ -185,8 +185,14 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     };
     let endpoint = picked.addr();
     // The client's pool for the cluster applies `maxConnections`: over it, the downstream
-    // connection is closed (Envoy's `UO`).
-    let mut conn = match picked.client().pool().open_tcp(endpoint).await {
+    // connection is closed (Envoy's `UO`). With DestinationRule `tls` the relay originates TLS,
+    // with the cluster's host as SNI when `sni` is not set (a relay has no request authority).
+    let mut conn = match picked
+        .client()
+        .pool()
+        .open_tcp(endpoint, &cluster.host)
+        .await
+    {
         Ok(c) => c,
         Err(e) if e.is_overflow() => {
             tracing::debug!(%cluster, %endpoint, flags = "UO", "maxConnections reached; closing");

@@ -124,6 +124,7 @@ pub async fn forward(
             None => Some(send.await),
         };
         let mut stream_reset = false;
+        let mut transport_failure = None;
         let (outcome, response) = match result {
             None => {
                 ctx.stats.upstream_rq_per_try_timeout.inc();
@@ -142,6 +143,7 @@ pub async fn forward(
             }
             Some(Err(e)) if e.is_connect() => {
                 tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream connect failed");
+                transport_failure = e.transport_failure().map(str::to_owned);
                 (AttemptOutcome::ConnectFailure, None)
             }
             Some(Err(e)) => {
@@ -198,7 +200,11 @@ pub async fn forward(
         return match (response, outcome) {
             (Some(resp), _) => Ok((hold_until_done(resp, picked), endpoint)),
             (None, AttemptOutcome::PerTryTimeout) => Err(LocalReply::UpstreamTimeout),
-            (None, AttemptOutcome::ConnectFailure) => Err(LocalReply::ConnectFailure { retried }),
+            // A failed TLS handshake: Envoy names its transport failure reason in the body.
+            (None, AttemptOutcome::ConnectFailure) => Err(match transport_failure {
+                Some(reason) => LocalReply::TransportFailure { retried, reason },
+                None => LocalReply::ConnectFailure { retried },
+            }),
             (None, _) => Err(LocalReply::UpstreamReset {
                 retried,
                 remote: stream_reset,

@@ -400,8 +400,15 @@ async fn forward_upgrade(
         Ok(r) => r,
         Err(local) => return reply(local, grpc, flags),
     };
-    let connect_opts = picked.client().pool().config().connect;
-    let work = upgrade::proxy(picked.addr(), &connect_opts, req, protocol, on_upgrade);
+    let pool = picked.client().pool().config();
+    let work = upgrade::proxy(
+        picked.addr(),
+        &pool.connect,
+        pool.tls.as_ref(),
+        req,
+        protocol,
+        on_upgrade,
+    );
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, work)
             .await

@@ -11,8 +11,9 @@ use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::upstream::connect::{self, ConnectOptions};
+use crate::upstream::connect::{self, ConnectOptions, Originate};
 use crate::upstream::pool::{BoxError, ProxyBody};
+use crate::upstream::tls::{Alpn, ClusterTls};
 
 use super::rescue::LocalReply;
 
@@ -31,11 +32,13 @@ pub fn requested(version: http::Version, headers: &HeaderMap) -> Option<HeaderVa
     wants.then(|| headers.get(UPGRADE).cloned()).flatten()
 }
 
-/// Send the upgrade request `req` (already shaped, with `Host`) to `endpoint`; on 101, relay
-/// bytes between the client's upgraded connection and the endpoint's until either side closes.
+/// Send the upgrade request `req` (already shaped, with `Host`) to `endpoint`, over TLS when the
+/// cluster has `tls` (SNI from `Host`); on 101, relay bytes between the client's upgraded
+/// connection and the endpoint's until either side closes.
 pub async fn proxy(
     endpoint: SocketAddr,
     connect_opts: &ConnectOptions,
+    tls: Option<&ClusterTls>,
     mut req: Request<ProxyBody>,
     protocol: HeaderValue,
     downstream: OnUpgrade,
@@ -49,8 +52,29 @@ pub async fn proxy(
             *req.uri_mut() = uri;
         }
     }
-    let Ok(stream) = connect::dial(endpoint, connect_opts).await else {
-        return Err(LocalReply::ConnectFailure { retried: false });
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let tls = tls.map(|tls| Originate {
+        tls,
+        alpn: Alpn::Http1,
+        authority: &authority,
+    });
+    let stream = match connect::dial(endpoint, connect_opts, tls).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%endpoint, error = %e, "upgrade connect failed");
+            return Err(match e.transport_failure_reason() {
+                Some(reason) => LocalReply::TransportFailure {
+                    retried: false,
+                    reason: reason.to_string(),
+                },
+                None => LocalReply::ConnectFailure { retried: false },
+            });
+        }
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

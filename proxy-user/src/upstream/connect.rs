@@ -1,9 +1,11 @@
 //! Dialling an endpoint: the one place upstream TCP connections are opened (HTTP pools, TCP relays,
 //! upgrades), with the cluster's `connectTimeout` and `tcpKeepalive`, and `TCP_NODELAY` always.
 //!
-//! What comes back is an [`UpstreamIo`]: plaintext today. TLS origination wraps the dialled stream
-//! (`TlsOrigination::handshake(tcp, authority)`) and hands the result over as [`UpstreamIo::Tls`];
-//! pools and relays only ever see `UpstreamIo`, so they need no change for it.
+//! What comes back is an [`UpstreamIo`]: plaintext, or, for a cluster with DestinationRule `tls`,
+//! the TLS stream originated over the dialled connection ([`UpstreamIo::Tls`]). The handshake is
+//! part of connecting: it runs within `connectTimeout`, and its failure is a connect failure
+//! (retriable, flag `UF`), as in Envoy, where a TLS connection counts as connected only once its
+//! handshake is done.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::tls::{Alpn, ClusterTls, TlsHandshakeError};
 use crate::policy::{ConnectionPool, TcpKeepalive};
 
 /// Istio's default `connectTimeout` (mesh `connectTimeout`).
@@ -58,13 +61,55 @@ pub enum ConnectError {
     /// Refused, unreachable, or any other socket error.
     #[error("connection failure: {0}")]
     Io(#[from] io::Error),
+    /// Connected, but the TLS handshake failed (Envoy: `connection failure, transport failure
+    /// reason: …`).
+    #[error("connection failure: {0}")]
+    Tls(#[from] TlsHandshakeError),
 }
 
-/// Open a TCP connection to `endpoint`.
-pub async fn dial(endpoint: SocketAddr, opts: &ConnectOptions) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(opts.timeout, TcpStream::connect(endpoint))
+impl ConnectError {
+    /// The transport failure reason Envoy puts in the 503 body, for a failed TLS handshake.
+    pub fn transport_failure_reason(&self) -> Option<&str> {
+        match self {
+            ConnectError::Tls(e) => Some(e.transport_failure_reason()),
+            _ => None,
+        }
+    }
+}
+
+/// TLS to originate on a dialled connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Originate<'a> {
+    /// The cluster's TLS clients.
+    pub tls: &'a ClusterTls,
+    /// What to offer in ALPN.
+    pub alpn: Alpn,
+    /// The authority whose host is the SNI (unless the policy sets `sni`).
+    pub authority: &'a str,
+}
+
+/// Open a connection to `endpoint`, with TLS when `tls` says so; TCP connect and handshake
+/// together get `opts.timeout`.
+pub async fn dial(
+    endpoint: SocketAddr,
+    opts: &ConnectOptions,
+    tls: Option<Originate<'_>>,
+) -> Result<UpstreamIo, ConnectError> {
+    let connect = async {
+        let tcp = dial_tcp(endpoint, opts).await?;
+        Ok(match tls {
+            Some(o) => UpstreamIo::Tls(Box::new(o.tls.handshake(o.alpn, tcp, o.authority).await?)),
+            None => UpstreamIo::Plain(tcp),
+        })
+    };
+    tokio::time::timeout(opts.timeout, connect)
         .await
-        .map_err(|_| ConnectError::Timeout)??;
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+/// The TCP part of [`dial`] (the caller bounds it with the connect timeout).
+async fn dial_tcp(endpoint: SocketAddr, opts: &ConnectOptions) -> Result<TcpStream, ConnectError> {
+    let stream = TcpStream::connect(endpoint).await?;
     // Requests are written whole; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     if let Some(ka) = &opts.keepalive {
@@ -183,7 +228,9 @@ mod tests {
                 interval: Some(Duration::from_secs(5)),
             }),
         };
-        let stream = dial(addr, &opts).await?;
+        let UpstreamIo::Plain(stream) = dial(addr, &opts, None).await? else {
+            return Err("plaintext expected".into());
+        };
         let sock = socket2::SockRef::from(&stream);
         assert!(sock.keepalive()?);
         assert_eq!(sock.tcp_keepalive_time()?, Duration::from_secs(30));
@@ -191,7 +238,7 @@ mod tests {
         assert_eq!(sock.tcp_keepalive_retries()?, 4);
         assert!(stream.nodelay()?);
         drop(listener);
-        match dial(addr, &opts).await {
+        match dial(addr, &opts, None).await {
             Err(ConnectError::Io(_)) => Ok(()),
             other => Err(format!("expected a refused connect, got {other:?}").into()),
         }

@@ -4,8 +4,8 @@
 //! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`); there is no field-level merge.
 
 use crate::policy::{
-    ConnectionPool, HashKey, LoadBalancer, LocalityLbSetting, OutlierDetection, RetryBudget,
-    TrafficPolicy, Warmup,
+    ClientTls, ConnectionPool, HashKey, LoadBalancer, LocalityLbSetting, OutlierDetection,
+    RetryBudget, TrafficPolicy, Warmup,
 };
 
 /// What a DestinationRule decides for one cluster. `None` blocks take Istio's defaults.
@@ -24,6 +24,8 @@ pub struct ClusterPolicy {
     /// `retryBudget`; when set it replaces `connectionPool.http.maxRetries`. Not a port-level block:
     /// it comes from the rule's (or the subset's) own `trafficPolicy`.
     pub retry_budget: Option<RetryBudget>,
+    /// `tls`; `None` = plaintext (as `DISABLE`).
+    pub tls: Option<ClientTls>,
 }
 
 impl ClusterPolicy {
@@ -52,6 +54,9 @@ impl ClusterPolicy {
                 }
                 if own.retry_budget.is_some() {
                     policy.retry_budget = own.retry_budget;
+                }
+                if own.tls.is_some() {
+                    policy.tls = own.tls;
                 }
             }
         }
@@ -82,6 +87,7 @@ impl ClusterPolicy {
             connection_pool: tp.connection_pool.clone(),
             outlier_detection: tp.outlier_detection.clone(),
             retry_budget: tp.retry_budget,
+            tls: tp.tls.clone(),
         }
     }
 
@@ -267,5 +273,75 @@ mod tests {
         // On another port the subset sets nothing: the parent's blocks hold.
         let q = ClusterPolicy::resolve(Some(&top), Some(&sub), 81);
         assert_eq!(q.connection_pool, Some(pool(5)));
+    }
+
+    fn tls(sni: &str) -> ClientTls {
+        ClientTls {
+            mode: crate::policy::TlsMode::Simple,
+            client_certificate: None,
+            private_key: None,
+            ca_certificates: None,
+            ca_crl: None,
+            sni: Some(sni.to_string()),
+            subject_alt_names: Vec::new(),
+            insecure_skip_verify: false,
+        }
+    }
+
+    fn with_tls(sni: Option<&str>) -> TrafficPolicy {
+        TrafficPolicy {
+            tls: sni.map(tls),
+            ..Default::default()
+        }
+    }
+
+    fn sni(p: &ClusterPolicy) -> Option<&str> {
+        p.tls.as_ref().and_then(|t| t.sni.as_deref())
+    }
+
+    /// A port-level entry replaces `tls` as a whole: one without `tls` means plaintext on that
+    /// port, not the top-level block.
+    #[test]
+    fn port_level_replaces_tls_even_when_it_has_none() {
+        let mut top = with_tls(Some("top.example"));
+        top.port_level = vec![
+            (9080, with_tls(Some("port.example"))),
+            (9081, lb_pool(LoadBalancer::Random, None)),
+        ];
+        let resolve = |port| ClusterPolicy::resolve(Some(&top), None, port);
+        assert_eq!(sni(&resolve(9080)), Some("port.example"));
+        assert_eq!(resolve(9081).tls, None);
+        assert_eq!(sni(&resolve(80)), Some("top.example"));
+    }
+
+    /// A subset's own `tls` replaces the parent's; a subset without one inherits it; a subset's
+    /// port-level entry replaces it even without `tls`.
+    #[test]
+    fn subset_tls_replaces_inherits_or_is_reset_by_a_port_level_entry() {
+        let mut top = with_tls(Some("top.example"));
+        top.port_level = vec![(9080, with_tls(Some("port.example")))];
+        let own = with_tls(Some("own.example"));
+        let inherits = lb_pool(LoadBalancer::Random, Some(1));
+        let port_without_tls = TrafficPolicy {
+            tls: Some(tls("subset-top.example")),
+            port_level: vec![(9080, lb_pool(LoadBalancer::Random, None))],
+            ..Default::default()
+        };
+        let resolve =
+            |sub: &TrafficPolicy, port| ClusterPolicy::resolve(Some(&top), Some(sub), port);
+        assert_eq!(sni(&resolve(&own, 9080)), Some("own.example"));
+        assert_eq!(sni(&resolve(&own, 80)), Some("own.example"));
+        assert_eq!(sni(&resolve(&inherits, 9080)), Some("port.example"));
+        assert_eq!(sni(&resolve(&inherits, 80)), Some("top.example"));
+        assert_eq!(resolve(&port_without_tls, 9080).tls, None);
+        assert_eq!(
+            sni(&resolve(&port_without_tls, 80)),
+            Some("subset-top.example")
+        );
+        // No rule-level policy at all: the subset's block alone.
+        assert_eq!(
+            sni(&ClusterPolicy::resolve(None, Some(&own), 9080)),
+            Some("own.example")
+        );
     }
 }

@@ -9,6 +9,11 @@
 //!    connection if `maxConnections` allows (or the endpoint has none, see `breaker`), or waits in the
 //!    endpoint's queue (`upstream_cx_overflow`) until a connection is returned or closed.
 //!
+//! With DestinationRule `tls`, connections are TLS (handshake within the connect timeout) and pooled
+//! like plaintext ones. Without a fixed `sni`, the SNI is the request's authority host, so an
+//! endpoint has one pool per SNI value (Envoy keys its pools by the transport socket options that
+//! auto SNI sets): a connection made for one name never carries a request for another.
+//!
 //! Invariants: a pool lock is held only for bookkeeping, never across an `.await`. Each connection
 //! owns one connection slot ([`ConnSlot`]) from dial to close; its driver task (which runs hyper's
 //! connection future and the idle and max-duration timers) releases it, so counts are right however
@@ -32,9 +37,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, Limits};
-use super::connect::{self, ConnectError, ConnectOptions, UpstreamIo};
+use super::connect::{self, ConnectError, ConnectOptions, Originate, UpstreamIo};
 use super::policy::ClusterPolicy;
 use super::stats::ClusterStats;
+use super::tls::{Alpn, ClusterTls};
 use crate::policy::Http2KeepAlive;
 
 /// Any error a body can end with (hyper's, or the proxy's own, e.g. a route timeout mid-response).
@@ -74,6 +80,14 @@ impl SendError {
     /// The request never left the proxy, so another attempt cannot duplicate it.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect { .. })
+    }
+
+    /// The TLS handshake failed: Envoy's transport failure reason for the 503 body.
+    pub fn transport_failure(&self) -> Option<&str> {
+        match self {
+            SendError::Connect { source, .. } => source.transport_failure_reason(),
+            _ => None,
+        }
     }
 
     /// A circuit breaker refused the request.
@@ -126,6 +140,8 @@ pub struct PoolConfig {
     pub max_concurrent_streams: u32,
     /// HTTP/2 PINGs.
     pub http2_keep_alive: Option<Http2KeepAlive>,
+    /// TLS origination (`tls`), built once for the cluster; `None` = plaintext.
+    pub tls: Option<ClusterTls>,
     /// The cluster's counters, shared by all its clients.
     pub stats: Arc<ClusterStats>,
 }
@@ -148,6 +164,7 @@ impl PoolConfig {
                 .and_then(|p| p.max_concurrent_streams)
                 .unwrap_or(u32::MAX),
             http2_keep_alive: pool.and_then(|p| p.http2_keep_alive),
+            tls: policy.tls.as_ref().and_then(ClusterTls::new),
             stats,
         }
     }
@@ -239,8 +256,13 @@ struct EndpointState {
     waiters_h2: VecDeque<oneshot::Sender<Grant>>,
 }
 
+/// Which connections a request may use: the endpoint's, made with the same SNI when it varies.
+type PoolKey = (SocketAddr, Option<Box<str>>);
+
 struct EndpointPool {
     addr: SocketAddr,
+    /// The SNI host of the connections (auto SNI); `None`: plaintext, or `sni` set.
+    server: Option<Box<str>>,
     state: Mutex<EndpointState>,
 }
 
@@ -254,7 +276,7 @@ impl EndpointPool {
 pub struct ClientPool {
     config: Arc<PoolConfig>,
     breaker: Breaker,
-    endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointPool>>>,
+    endpoints: Mutex<HashMap<PoolKey, Arc<EndpointPool>>>,
 }
 
 impl std::fmt::Debug for ClientPool {
@@ -448,18 +470,27 @@ impl ClientPool {
         }
     }
 
-    fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointPool> {
+    /// The pool of `addr` for requests to `authority` (which matters only for auto SNI).
+    fn endpoint(&self, addr: SocketAddr, authority: &str) -> Arc<EndpointPool> {
+        let server = self
+            .config
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.server_key(authority));
+        let key = (addr, server);
         let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ep) = eps.get(&addr) {
+        if let Some(ep) = eps.get(&key) {
             return Arc::clone(ep);
         }
-        // Endpoints that left the cluster keep an entry only while something uses them.
+        // Endpoints that left the cluster (or names no longer asked for) keep an entry only while
+        // something uses them.
         eps.retain(|_, ep| Arc::strong_count(ep) > 1 || ep.lock().connections > 0);
         let ep = Arc::new(EndpointPool {
             addr,
+            server: key.1.clone(),
             state: Mutex::new(EndpointState::default()),
         });
-        eps.insert(addr, Arc::clone(&ep));
+        eps.insert(key, Arc::clone(&ep));
         ep
     }
 
@@ -472,7 +503,7 @@ impl ClientPool {
         req: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let request = self.request_slot()?;
-        let ep = self.endpoint(endpoint);
+        let ep = self.endpoint(endpoint, request_authority(&req));
         let (resp, lease) = if http2 {
             self.send_h2(&ep, req).await?
         } else {
@@ -660,7 +691,7 @@ impl ClientPool {
         ep: &Arc<EndpointPool>,
         slot: ConnSlot,
     ) -> Result<H1Conn, SendError> {
-        let io = self.dial(ep.addr).await?;
+        let io = self.dial(ep, Alpn::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -812,7 +843,7 @@ impl ClientPool {
         counted: bool,
     ) -> Result<H2Conn, SendError> {
         let connecting = counted.then(|| Connecting { ep: Arc::clone(ep) });
-        let io = self.dial(ep.addr).await?;
+        let io = self.dial(ep, Alpn::Http2).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         if let Some(ka) = self.config.http2_keep_alive {
@@ -863,12 +894,19 @@ impl ClientPool {
 
     // ---- connections
 
-    async fn dial(&self, endpoint: SocketAddr) -> Result<UpstreamIo, SendError> {
+    /// Open a connection for `ep`'s pool, with TLS offering `alpn` when the cluster has `tls`.
+    async fn dial(&self, ep: &EndpointPool, alpn: Alpn) -> Result<UpstreamIo, SendError> {
         let stats = &self.config.stats;
+        let endpoint = ep.addr;
         stats.upstream_cx_total.inc();
-        match connect::dial(endpoint, &self.config.connect).await {
-            // TLS origination wraps the stream here: `UpstreamIo::Tls(Box::new(tls.handshake(..)))`.
-            Ok(tcp) => Ok(UpstreamIo::Plain(tcp)),
+        let tls = self.config.tls.as_ref().map(|tls| Originate {
+            tls,
+            alpn,
+            // The pool's SNI host; with `sni` set the authority is not used.
+            authority: ep.server.as_deref().unwrap_or_default(),
+        });
+        match connect::dial(endpoint, &self.config.connect, tls).await {
+            Ok(io) => Ok(io),
             Err(e) => {
                 stats.upstream_cx_connect_fail.inc();
                 if matches!(e, ConnectError::Timeout) {
@@ -910,9 +948,15 @@ impl ClientPool {
     // ---- TCP
 
     /// Open a TCP connection for a relay, unless the client is at `maxConnections` (the caller
-    /// closes the downstream connection, flag `UO`).
-    pub async fn open_tcp(self: &Arc<Self>, endpoint: SocketAddr) -> Result<TcpConn, SendError> {
-        let ep = self.endpoint(endpoint);
+    /// closes the downstream connection, flag `UO`). With `tls`, the relay's bytes go over TLS
+    /// originated for `authority` (a relay has no request authority: the caller names the
+    /// cluster's host).
+    pub async fn open_tcp(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        authority: &str,
+    ) -> Result<TcpConn, SendError> {
+        let ep = self.endpoint(endpoint, authority);
         let slot = {
             let mut st = ep.lock();
             self.try_reserve(&ep, &mut st)
@@ -921,7 +965,7 @@ impl ClientPool {
             self.config.stats.upstream_cx_overflow.inc();
             return Err(SendError::Overflow);
         };
-        let io = self.dial(endpoint).await?;
+        let io = self.dial(&ep, Alpn::None).await?;
         Ok(TcpConn {
             io,
             idle_timeout: self.config.tcp_idle_timeout,
@@ -944,6 +988,18 @@ impl Drop for Connecting {
         for waiter in st.waiters_h2.drain(..) {
             let _ = waiter.send(Grant::Retry);
         }
+    }
+}
+
+/// The authority of a request as the pool gets it: `:authority` (HTTP/2, absolute URI) or `Host`.
+fn request_authority<B>(req: &Request<B>) -> &str {
+    match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -1315,20 +1371,23 @@ mod tests {
             tcp_max_connections: Some(1),
             ..Default::default()
         });
-        let first = pool.open_tcp(addr).await?;
+        let first = pool.open_tcp(addr, "svc").await?;
         assert!(matches!(
-            pool.open_tcp(addr).await,
+            pool.open_tcp(addr, "svc").await,
             Err(SendError::Overflow)
         ));
         assert_eq!(pool.config.stats.upstream_cx_overflow.get(), 1);
         drop(first);
-        let again = pool.open_tcp(addr).await?;
+        let again = pool.open_tcp(addr, "svc").await?;
         assert_eq!(pool.config.stats.upstream_cx_active.get(), 1);
         drop(again);
         assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
         // A refused connect counts as a connect failure and frees its slot.
         let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
-        assert!(pool.open_tcp(closed).await.is_err_and(|e| e.is_connect()));
+        assert!(pool
+            .open_tcp(closed, "svc")
+            .await
+            .is_err_and(|e| e.is_connect()));
         assert_eq!(pool.config.stats.upstream_cx_connect_fail.get(), 1);
         assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
         Ok(())
@@ -1387,6 +1446,254 @@ mod tests {
             );
         }
         assert_eq!(pool.config.stats.upstream_cx_total.get(), TASKS as u64);
+        Ok(())
+    }
+
+    // ---- TLS origination
+
+    /// A TLS HTTP/1.1 + h2 server with a certificate for `a.test`, `b.test` and `fixed.test` from
+    /// `ca`; counts accepted connections and answers with the SNI and ALPN it saw (`x-sni`,
+    /// `x-alpn`).
+    async fn tls_server(
+        ca: &crate::upstream::tls::test_pki::Ca,
+    ) -> Result<(SocketAddr, Arc<AtomicUsize>), Box<dyn std::error::Error + Send + Sync>> {
+        let leaf = ca.issue(&["a.test", "b.test", "fixed.test"], 7, false)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.cert.clone()], leaf.private_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let conn = tls.get_ref().1;
+                    let sni = conn.server_name().unwrap_or("-").to_string();
+                    let alpn =
+                        String::from_utf8_lossy(conn.alpn_protocol().unwrap_or(b"-")).into_owned();
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let mut resp = Response::new(Empty::<Bytes>::new());
+                        for (name, value) in [("x-sni", &sni), ("x-alpn", &alpn)] {
+                            if let Ok(v) = http::HeaderValue::from_str(value) {
+                                resp.headers_mut().insert(name, v);
+                            }
+                        }
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Ok((addr, accepted))
+    }
+
+    fn tls_pool(
+        ca: &crate::upstream::tls::test_pki::Ca,
+        sni: Option<&str>,
+        cp: ConnectionPool,
+    ) -> Arc<ClientPool> {
+        let policy = ClusterPolicy {
+            connection_pool: Some(cp),
+            tls: Some(crate::policy::ClientTls {
+                mode: crate::policy::TlsMode::Simple,
+                client_certificate: None,
+                private_key: None,
+                ca_certificates: Some(crate::policy::LoadedFile {
+                    path: "/test/ca.pem".into(),
+                    content: vec![ca.cert.clone()],
+                }),
+                ca_crl: None,
+                sni: sni.map(str::to_string),
+                subject_alt_names: Vec::new(),
+                insecure_skip_verify: false,
+            }),
+            ..Default::default()
+        };
+        Arc::new(ClientPool::new(Arc::new(PoolConfig::new(
+            &policy,
+            Arc::default(),
+        ))))
+    }
+
+    /// A request for `authority` (as `Host` or `:authority`); the status and the server's
+    /// `x-sni` / `x-alpn` answers.
+    async fn tls_exchange(
+        pool: &Arc<ClientPool>,
+        addr: SocketAddr,
+        h2: bool,
+        authority: &str,
+    ) -> Result<(u16, String, String), SendError> {
+        let mut req = get(h2, addr);
+        if h2 {
+            *req.uri_mut() = format!("http://{authority}/").parse().unwrap_or_default();
+        } else if let Ok(v) = http::HeaderValue::from_str(authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let resp = pool.send(addr, h2, req).await?;
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let answer = (resp.status().as_u16(), header("x-sni"), header("x-alpn"));
+        let _ = resp.into_body().collect().await;
+        Ok(answer)
+    }
+
+    /// Keep-alive and h2 multiplexing work over TLS as over plaintext; with auto SNI each name
+    /// has its own connections, and HTTP/2 is negotiated with ALPN `h2`.
+    #[tokio::test]
+    async fn tls_connections_are_pooled_per_sni() -> TestResult {
+        let ca = crate::upstream::tls::test_pki::Ca::new("pool test CA")?;
+        let (addr, accepted) = tls_server(&ca).await?;
+        let pool = tls_pool(&ca, None, ConnectionPool::default());
+        for _ in 0..3 {
+            let answer = tls_exchange(&pool, addr, false, "a.test:9080").await?;
+            assert_eq!(answer, (200, "a.test".into(), "http/1.1".into()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Another authority host: another SNI, another connection (then reused).
+        for _ in 0..2 {
+            let answer = tls_exchange(&pool, addr, false, "B.test").await?;
+            assert_eq!(answer, (200, "b.test".into(), "http/1.1".into()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The first name again: its idle connection.
+        tls_exchange(&pool, addr, false, "a.test").await?;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // HTTP/2 over TLS: one multiplexed connection for concurrent streams.
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move {
+                tls_exchange(&pool, addr, true, "a.test:9080").await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await??, (200, "a.test".into(), "h2".into()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.config.stats.upstream_cx_total.get(), 3);
+        assert_eq!(pool.config.stats.upstream_cx_connect_fail.get(), 0);
+        Ok(())
+    }
+
+    /// With `sni` set every request shares the connections, whatever its authority.
+    #[tokio::test]
+    async fn fixed_sni_shares_connections_across_authorities() -> TestResult {
+        let ca = crate::upstream::tls::test_pki::Ca::new("pool test CA")?;
+        let (addr, accepted) = tls_server(&ca).await?;
+        let pool = tls_pool(&ca, Some("fixed.test"), ConnectionPool::default());
+        for authority in ["a.test", "b.test", "other.example"] {
+            let answer = tls_exchange(&pool, addr, false, authority).await?;
+            assert_eq!(answer, (200, "fixed.test".into(), "http/1.1".into()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    /// A failed verification is a connect failure carrying Envoy's transport failure reason; its
+    /// connection slot is freed.
+    #[tokio::test]
+    async fn a_failed_handshake_is_a_connect_failure_with_a_reason() -> TestResult {
+        let ca = crate::upstream::tls::test_pki::Ca::new("pool test CA")?;
+        let other = crate::upstream::tls::test_pki::Ca::new("another CA")?;
+        let (addr, _) = tls_server(&ca).await?;
+        let pool = tls_pool(&other, None, ConnectionPool::default());
+        for h2 in [false, true] {
+            let err = match tls_exchange(&pool, addr, h2, "a.test").await {
+                Err(e) => e,
+                Ok(answer) => return Err(format!("expected a failure, got {answer:?}").into()),
+            };
+            assert!(err.is_connect(), "{err}");
+            let reason = err.transport_failure().unwrap_or_default();
+            assert!(
+                reason.starts_with("TLS_error:CERTIFICATE_VERIFY_FAILED"),
+                "{reason:?}"
+            );
+        }
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_cx_connect_fail.get(), 2);
+        assert_eq!(stats.upstream_cx_active.get(), 0);
+        assert_eq!(pool.breaker.connections(), 0);
+        // A plain refusal has no transport failure reason.
+        let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let refused = pool.open_tcp(closed, "a.test").await;
+        assert!(refused.is_err_and(|e| e.is_connect() && e.transport_failure().is_none()));
+        Ok(())
+    }
+
+    /// The handshake runs within `connectTimeout`: a server that accepts but never answers the
+    /// ClientHello times the connect out.
+    #[tokio::test]
+    async fn the_handshake_runs_within_the_connect_timeout() -> TestResult {
+        let ca = crate::upstream::tls::test_pki::Ca::new("pool test CA")?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let pool = tls_pool(
+            &ca,
+            None,
+            ConnectionPool {
+                tcp_connect_timeout: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+        );
+        let started = Instant::now();
+        let result = tls_exchange(&pool, addr, false, "a.test").await;
+        let took = started.elapsed();
+        silent.abort();
+        assert!(
+            matches!(
+                result,
+                Err(SendError::Connect {
+                    source: ConnectError::Timeout,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(pool.config.stats.upstream_cx_connect_timeout.get(), 1);
+        Ok(())
+    }
+
+    /// A TCP relay originates TLS too, without ALPN, named by the authority it is given.
+    #[tokio::test]
+    async fn tcp_relays_originate_tls_without_alpn() -> TestResult {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca = crate::upstream::tls::test_pki::Ca::new("pool test CA")?;
+        let (addr, _) = tls_server(&ca).await?;
+        let pool = tls_pool(&ca, None, ConnectionPool::default());
+        let mut conn = pool.open_tcp(addr, "b.test").await?;
+        assert!(matches!(conn.io, UpstreamIo::Tls(_)));
+        conn.io
+            .write_all(b"GET / HTTP/1.1\r\nhost: b.test\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        conn.io.read_to_string(&mut text).await?;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("x-sni: b.test"), "{text}");
+        assert!(text.contains("x-alpn: -"), "{text}");
         Ok(())
     }
 

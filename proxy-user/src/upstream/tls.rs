@@ -35,13 +35,16 @@ pub enum Alpn {
     Http1,
     /// `h2`: the cluster speaks HTTP/2.
     Http2,
+    /// None offered: an opaque TCP relay (Istio sets no ALPN on TCP clusters).
+    None,
 }
 
 impl Alpn {
-    fn protocol(self) -> &'static [u8] {
+    fn protocol(self) -> Option<&'static [u8]> {
         match self {
-            Alpn::Http1 => b"http/1.1",
-            Alpn::Http2 => b"h2",
+            Alpn::Http1 => Some(b"http/1.1"),
+            Alpn::Http2 => Some(b"h2"),
+            Alpn::None => None,
         }
     }
 }
@@ -110,7 +113,7 @@ impl TlsOrigination {
                 .map_err(|e| TlsConfigError(format!("{}: {e}", key.path)))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![alpn.protocol().to_vec()];
+        config.alpn_protocols = alpn.protocol().map(<[u8]>::to_vec).into_iter().collect();
         let sni = match tls.sni.as_deref() {
             Some(name) => Some(
                 ServerName::try_from(name.to_string())
@@ -152,6 +155,71 @@ impl TlsOrigination {
             reason: format!("TLS_error:no valid SNI in authority {authority:?}"),
             source: None,
         })
+    }
+}
+
+/// A cluster's TLS origination, built once when the cluster is created and shared by all its
+/// clients' connections: one client per ALPN offer (HTTP/1.1, HTTP/2, opaque TCP), since a port
+/// whose protocol is sniffed speaks upstream what its client spoke.
+#[derive(Debug)]
+pub struct ClusterTls {
+    /// Clients offering `http/1.1`, `h2` and nothing, or why they could not be built (then every
+    /// handshake fails with that reason, as Envoy fails connections of a cluster whose TLS context
+    /// it could not load).
+    clients: Result<[TlsOrigination; 3], String>,
+    /// `sni` is set: every connection sends it, whatever the request's authority.
+    fixed_sni: bool,
+}
+
+impl ClusterTls {
+    /// The origination `tls` asks for; `None` for `DISABLE`.
+    pub fn new(tls: &ClientTls) -> Option<Self> {
+        if tls.mode == TlsMode::Disable {
+            return None;
+        }
+        let build = |alpn| match TlsOrigination::new(tls, alpn) {
+            Ok(Some(client)) => Ok(client),
+            Ok(None) => Err("TLS disabled".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let clients = (|| Ok([build(Alpn::Http1)?, build(Alpn::Http2)?, build(Alpn::None)?]))();
+        if let Err(e) = &clients {
+            tracing::error!(error = %e, "upstream TLS client not built; its handshakes will fail");
+        }
+        Some(Self {
+            clients,
+            fixed_sni: tls.sni.is_some(),
+        })
+    }
+
+    /// Which connections a request to `authority` may share: with `sni` set, all of them
+    /// (`None`); otherwise those made with the same SNI, the authority's host (Envoy's auto SNI
+    /// keeps a connection pool per SNI value).
+    pub fn server_key(&self, authority: &str) -> Option<Box<str>> {
+        (!self.fixed_sni).then(|| authority_host(authority).to_ascii_lowercase().into())
+    }
+
+    /// [`TlsOrigination::handshake`] with the client offering `alpn`.
+    pub async fn handshake(
+        &self,
+        alpn: Alpn,
+        tcp: TcpStream,
+        authority: &str,
+    ) -> Result<TlsStream<TcpStream>, TlsHandshakeError> {
+        match &self.clients {
+            Ok([http1, http2, opaque]) => {
+                let client = match alpn {
+                    Alpn::Http1 => http1,
+                    Alpn::Http2 => http2,
+                    Alpn::None => opaque,
+                };
+                client.handshake(tcp, authority).await
+            }
+            Err(e) => Err(TlsHandshakeError {
+                reason: format!("TLS_error:{e}"),
+                source: None,
+            }),
+        }
     }
 }
 
