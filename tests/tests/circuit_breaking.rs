@@ -278,12 +278,22 @@ fn node_wide_state_shares_the_breaker_between_pods() -> Result<()> {
     opts.extra_args = vec!["--upstream-state".into(), "node".into()];
     let keel = Keel::start_with(&fx.net, opts)?;
 
-    // `sleep` fills the breaker for about 2 s: one request in flight, one pending.
-    let load = fortio(2, 2);
-    let args = load.to_args();
+    // `sleep` fills the breaker for about 2 s: one request in flight, then one pending.
+    let wait_for = |stat: &str| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cluster_stat(&keel, &reviews_cluster(), stat)? < 1 {
+            ensure!(std::time::Instant::now() < deadline, "{stat} never rose");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let one = fortio(1, 1);
+    let args = one.to_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut noisy = fx.sleep.spawn(fx.agent.bin(), &args, "noisy")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut first = fx.sleep.spawn(fx.agent.bin(), &args, "first")?;
+    wait_for("upstream_rq_active")?;
+    let mut second = fx.sleep.spawn(fx.agent.bin(), &args, "second")?;
+    wait_for("upstream_rq_pending_active")?;
     // One request from another pod meets the same full breaker.
     let quiet = fx.agent.http_get(
         &other,
@@ -291,12 +301,14 @@ fn node_wide_state_shares_the_breaker_between_pods() -> Result<()> {
             .connect_to(reviews_vip())
             .count(1),
     )?;
-    let status = noisy.wait_or_kill(Duration::from_secs(30))?;
-    ensure!(
-        status.success(),
-        "the noisy client failed: {}",
-        noisy.stderr_tail()
-    );
+    for (name, noisy) in [("first", &mut first), ("second", &mut second)] {
+        let status = noisy.wait_or_kill(Duration::from_secs(30))?;
+        ensure!(
+            status.success(),
+            "the {name} client failed: {}",
+            noisy.stderr_tail()
+        );
+    }
     ensure!(
         ensure_ok_or_overflow("quiet pod", &quiet)? == 1,
         "with node-wide state the other pod shares the full breaker: {:?}",
