@@ -669,19 +669,10 @@ impl ClientPool {
             let lease = lease_conn(conn);
             match sent.await {
                 Ok(resp) => return Ok((resp, lease)),
-                Err(mut e) => match e.take_message() {
-                    // Not written: a reused connection raced its close; the request is intact.
-                    Some(back) if !fresh => {
-                        req = back;
-                        drop(lease);
-                    }
-                    _ => {
-                        return Err(SendError::Request {
-                            endpoint: ep.addr,
-                            source: Box::new(e.into_error()),
-                        })
-                    }
-                },
+                Err(e) => {
+                    req = unsent_or_error(e, fresh, ep.addr)?;
+                    drop(lease);
+                }
             }
         }
     }
@@ -819,18 +810,10 @@ impl ClientPool {
             }
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, lease)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !fresh => {
-                        req = back;
-                        drop(lease);
-                    }
-                    _ => {
-                        return Err(SendError::Request {
-                            endpoint: ep.addr,
-                            source: Box::new(e.into_error()),
-                        })
-                    }
-                },
+                Err(e) => {
+                    req = unsent_or_error(e, fresh, ep.addr)?;
+                    drop(lease);
+                }
             }
         }
     }
@@ -988,6 +971,22 @@ impl Drop for Connecting {
         for waiter in st.waiters_h2.drain(..) {
             let _ = waiter.send(Grant::Retry);
         }
+    }
+}
+
+/// A failed send on a *reused* connection that never wrote the request (it raced the connection's
+/// close) gives the request back for another connection; anything else is the request's error.
+fn unsent_or_error(
+    mut e: hyper::client::conn::TrySendError<Request<ProxyBody>>,
+    fresh: bool,
+    endpoint: SocketAddr,
+) -> Result<Request<ProxyBody>, SendError> {
+    match e.take_message() {
+        Some(back) if !fresh => Ok(back),
+        _ => Err(SendError::Request {
+            endpoint,
+            source: Box::new(e.into_error()),
+        }),
     }
 }
 
@@ -1390,62 +1389,6 @@ mod tests {
             .is_err_and(|e| e.is_connect()));
         assert_eq!(pool.config.stats.upstream_cx_connect_fail.get(), 1);
         assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
-        Ok(())
-    }
-
-    /// Request-path cost against hyper-util's pooled client (what Keel used before): sequential and
-    /// concurrent keep-alive requests to a local server. Run with `--release --ignored --nocapture`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "timing, run by hand in release mode"]
-    async fn throughput_against_hyper_util_legacy_client() -> TestResult {
-        use hyper_util::client::legacy::{connect::HttpConnector, Client};
-        const N: usize = 20_000;
-        const TASKS: usize = 8;
-        let (addr, _) = server(Duration::ZERO).await?;
-        let legacy: Client<HttpConnector, ProxyBody> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let pool = pool_with(ConnectionPool::default());
-        for round in 0..2 {
-            let started = std::time::Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..TASKS {
-                let legacy = legacy.clone();
-                tasks.push(tokio::spawn(async move {
-                    for _ in 0..N / TASKS {
-                        let mut req = get(false, addr);
-                        *req.uri_mut() = format!("http://{addr}/").parse().unwrap_or_default();
-                        if let Ok(resp) = legacy.request(req).await {
-                            let _ = resp.into_body().collect().await;
-                        }
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await?;
-            }
-            let legacy_took = started.elapsed();
-            let started = std::time::Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..TASKS {
-                let pool = Arc::clone(&pool);
-                tasks.push(tokio::spawn(async move {
-                    for _ in 0..N / TASKS {
-                        let _ = exchange(&pool, addr, false).await;
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await?;
-            }
-            let ours_took = started.elapsed();
-            println!(
-                "round {round}: {N} requests over {TASKS} tasks: hyper-util legacy {:.1} µs/rq, \
-                 Keel pool {:.1} µs/rq",
-                legacy_took.as_secs_f64() * 1e6 / N as f64,
-                ours_took.as_secs_f64() * 1e6 / N as f64
-            );
-        }
-        assert_eq!(pool.config.stats.upstream_cx_total.get(), TASKS as u64);
         Ok(())
     }
 
