@@ -7,8 +7,12 @@
 
 mod destination_rule;
 mod fields;
+mod gateway;
 mod k8s;
-mod other;
+mod mesh_config;
+mod scoped_host;
+mod service_entry;
+mod sidecar;
 mod virtual_service;
 
 use std::collections::HashMap;
@@ -409,7 +413,7 @@ impl Builder {
             }
             Kind::ServiceEntry => {
                 let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
-                match other::service_entry(ctx, &obj.spec) {
+                match service_entry::service_entry(ctx, &obj.spec) {
                     Some(se) if ctx.errors.is_empty() => {
                         self.se_locations
                             .push(ctx.location(&FieldPath::parse("spec.hosts")));
@@ -421,7 +425,7 @@ impl Builder {
             }
             Kind::Sidecar => {
                 let obj = decode!(IstioObject<istio::SidecarSpec>);
-                match other::sidecar(ctx, &obj.spec) {
+                match sidecar::sidecar(ctx, &obj.spec) {
                     Some(sc) if ctx.errors.is_empty() => {
                         self.report.snapshot.sidecars.push(sc);
                         true
@@ -431,7 +435,7 @@ impl Builder {
             }
             Kind::Gateway => {
                 let obj = decode!(IstioObject<istio::GatewaySpec>);
-                match other::gateway(ctx, &obj.spec) {
+                match gateway::gateway(ctx, &obj.spec) {
                     Some(gw) if ctx.errors.is_empty() => {
                         self.report.snapshot.gateways.push(gw);
                         true
@@ -441,7 +445,7 @@ impl Builder {
             }
             Kind::MeshConfig => {
                 let obj = decode!(keel::MeshConfigObject);
-                match other::mesh_config(ctx, &obj.spec) {
+                match mesh_config::mesh_config(ctx, &obj.spec) {
                     Some(mesh) if ctx.errors.is_empty() => {
                         self.report.snapshot.mesh = mesh;
                         true
