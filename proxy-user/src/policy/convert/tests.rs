@@ -1199,12 +1199,7 @@ fn sidecar_egress_defaults_and_unix_socket_listeners() {
         .snapshot
         .sidecars
         .iter()
-        .map(|s| {
-            s.egress
-                .iter()
-                .map(|e| (e.port, e.hosts.clone()))
-                .collect()
-        })
+        .map(|s| s.egress.iter().map(|e| (e.port, e.hosts.clone())).collect())
         .collect();
     assert_eq!(
         egress,
