@@ -564,20 +564,17 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, cp: &w::ConnectionPoolSe
             );
         }
         if let Some(ka) = &http.http2_keep_alive {
-            let kp = path.key("http").key("http2KeepAlive");
-            for (field, value) in [("interval", &ka.interval), ("timeout", &ka.timeout)] {
+            let kp = hp.key("http2KeepAlive");
+            let fields = [
+                ("interval", "http2KeepAlive.interval", &ka.interval),
+                ("timeout", "http2KeepAlive.timeout", &ka.timeout),
+            ];
+            for (field, full, value) in fields {
                 match value {
                     Some(d) => {
                         ctx.check(&kp.key(field), v::duration_ms(d));
                     }
-                    None => ctx.err(
-                        &kp,
-                        InvalidTrafficPolicy::Missing(if field == "interval" {
-                            "http2KeepAlive.interval"
-                        } else {
-                            "http2KeepAlive.timeout"
-                        }),
-                    ),
+                    None => ctx.err(&kp, InvalidTrafficPolicy::Missing(full)),
                 }
             }
         }
