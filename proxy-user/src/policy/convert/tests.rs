@@ -1171,6 +1171,49 @@ fn other_kinds_report_fields_not_applied() {
     assert_eq!(got, want);
 }
 
+/// A Sidecar without egress listeners imports everything, as istiod's default `*/*` listener does; a
+/// unix socket listener (port 0) imports nothing for connections Keel captures by address.
+#[test]
+fn sidecar_egress_defaults_and_unix_socket_listeners() {
+    let yaml = concat!(
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: Sidecar\n",
+        "metadata: {name: only-policy, namespace: ns1}\n",
+        "spec:\n",
+        "  outboundTrafficPolicy: {mode: ALLOW_ANY}\n",
+        "---\n",
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: Sidecar\n",
+        "metadata: {name: uds, namespace: ns2}\n",
+        "spec:\n",
+        "  egress:\n",
+        "  - port: {number: 0, name: uds}\n",
+        "    bind: unix:///var/run/app.sock\n",
+        "    hosts: [\"./a.example.com\"]\n",
+        "  - port: {number: 8080, name: http}\n",
+        "    hosts: [\"./b.example.com\"]\n",
+    );
+    let report = load(yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let egress: Vec<Vec<(Option<u16>, Vec<String>)>> = report
+        .snapshot
+        .sidecars
+        .iter()
+        .map(|s| s.egress.iter().map(|e| (e.port, e.hosts.clone())).collect())
+        .collect();
+    assert_eq!(
+        egress,
+        vec![
+            vec![(None, vec!["*/*".to_string()])],
+            vec![(Some(8080), vec!["./b.example.com".to_string()])],
+        ]
+    );
+    assert_eq!(
+        report.snapshot.sidecars[0].outbound_traffic_policy,
+        Some(OutboundTrafficPolicy::AllowAny)
+    );
+}
+
 /// A ServiceEntry without addresses is never captured: the kernel redirects by address. One that only
 /// decorates a Service (same host) is captured through the Service's VIP.
 #[test]
