@@ -185,7 +185,10 @@ fn sample_names(class: &str) -> BTreeSet<String> {
 fn every_rule_has_a_valid_and_a_violating_sample_that_shows_its_message() {
     let (rules, mut problems) = rules();
     if rules.len() < 100 {
-        problems.push(format!("only {} rules in config/testdata/rules", rules.len()));
+        problems.push(format!(
+            "only {} rules in config/testdata/rules",
+            rules.len()
+        ));
     }
     let valid = sample_names("valid");
     let invalid = sample_names("invalid");
@@ -198,7 +201,10 @@ fn every_rule_has_a_valid_and_a_violating_sample_that_shows_its_message() {
             ));
         }
         if let Some(first) = ids.insert(&r.id, &r.at) {
-            problems.push(format!("{}: rule {} already defined at {first}", r.at, r.id));
+            problems.push(format!(
+                "{}: rule {} already defined at {first}",
+                r.at, r.id
+            ));
         }
         if r.valid.is_empty() {
             problems.push(format!("{}: rule {} has no valid sample", r.at, r.id));
