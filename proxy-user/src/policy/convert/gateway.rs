@@ -42,6 +42,13 @@ pub(super) fn gateway(
             )),
         );
     }
+    // istiod does not check the selector; one no pod label can equal selects nothing.
+    if let Err(e) = v::labels(&spec.selector) {
+        ctx.warn(
+            &sp.key("selector"),
+            format!("{e}: no pod can carry this label, so the selector matches no gateway pod"),
+        );
+    }
     if spec.servers.is_empty() {
         ctx.err(
             &sp.key("servers"),
