@@ -243,7 +243,7 @@ fn server(
         return None;
     }
     Some(GatewayServer {
-        port: u16::try_from(number?).ok()?,
+        port: number?,
         name: port.name.clone(),
         protocol: protocol?,
         hosts: s.hosts.clone(),
