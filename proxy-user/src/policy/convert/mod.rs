@@ -240,8 +240,10 @@ impl Builder {
         let namespace = if cluster_scoped {
             String::new()
         } else {
+            // An empty namespace is unset, as for kubectl: the object goes to `default`.
             metadata
                 .and_then(|m| str_at(m, "namespace"))
+                .filter(|ns| !ns.is_empty())
                 .unwrap_or_else(|| "default".to_string())
         };
         let meta = Meta {
