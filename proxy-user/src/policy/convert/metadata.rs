@@ -188,3 +188,27 @@ fn scalar_text(v: &Value) -> String {
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_three_served_versions_of_the_five_kinds() {
+        for v in ["v1alpha3", "v1beta1", "v1"] {
+            let api = format!("networking.istio.io/{v}");
+            assert_eq!(unserved_istio_version(&api, "Gateway"), None);
+        }
+        assert!(unserved_istio_version("networking.istio.io/v2", "VirtualService").is_some());
+        assert!(unserved_istio_version("networking.istio.io/v1alpha1", "Sidecar").is_some());
+        // Kinds Keel does not read, and other groups, are ignored rather than rejected.
+        assert_eq!(
+            unserved_istio_version("networking.istio.io/v2", "EnvoyFilter"),
+            None
+        );
+        assert_eq!(
+            unserved_istio_version("gateway.networking.k8s.io/v1", "Gateway"),
+            None
+        );
+    }
+}
