@@ -29,8 +29,10 @@ pub(super) fn gateway(
     ctx: &mut Ctx<'_>,
     spec: &w::GatewaySpec,
     annotations: &BTreeMap<String, String>,
+    raw: &serde_yaml::Value,
 ) -> Option<Gateway> {
     let sp = FieldPath::root().key("spec");
+    schema_types(ctx, raw.get("spec"));
     let semantics = annotations.get(GATEWAY_SEMANTICS).map(String::as_str) == Some("gateway");
     // The API server already requires a DNS-1123 subdomain; istiod also forbids dots.
     let name = ctx.meta.name.clone();
@@ -108,6 +110,54 @@ pub(super) fn gateway(
         selector: spec.selector.clone(),
         servers,
     })
+}
+
+/// Schema rules the typed decoding cannot see (it reads `"80"` as 80, `1` as `"1"`, and an empty
+/// list as an absent one): integer ports, string selector values, non-empty certificate lists.
+fn schema_types(ctx: &mut Ctx<'_>, spec: Option<&serde_yaml::Value>) {
+    use serde_yaml::Value;
+    let Some(spec) = spec else { return };
+    let sp = FieldPath::root().key("spec");
+    if let Some(Value::Mapping(selector)) = spec.get("selector") {
+        for (k, v) in selector {
+            if !matches!(v, Value::String(_)) {
+                let key = k.as_str().unwrap_or("?");
+                ctx.err(
+                    &sp.key("selector").key(key),
+                    InvalidDocument::Schema("selector values must be strings (quote it)".into()),
+                );
+            }
+        }
+    }
+    let Some(Value::Sequence(servers)) = spec.get("servers") else {
+        return;
+    };
+    for (i, server) in servers.iter().enumerate() {
+        let p = sp.key("servers").index(i);
+        if let Some(port) = server.get("port") {
+            for field in ["number", "targetPort"] {
+                if let Some(Value::String(s)) = port.get(field) {
+                    ctx.err(
+                        &p.key("port").key(field),
+                        InvalidDocument::Schema(format!(
+                            "{field} must be an integer, not the string {s:?}"
+                        )),
+                    );
+                }
+            }
+        }
+        let Some(tls) = server.get("tls") else {
+            continue;
+        };
+        for field in ["credentialNames", "tlsCertificates"] {
+            if matches!(tls.get(field), Some(Value::Sequence(items)) if items.is_empty()) {
+                ctx.err(
+                    &p.key("tls").key(field),
+                    Invalid::Other(format!("{field} must have at least 1 item when set")),
+                );
+            }
+        }
+    }
 }
 
 /// One server (`validateServer`, `validateServerPort`, `validateServerBind` and the CRD schema);

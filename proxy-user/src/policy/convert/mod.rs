@@ -462,7 +462,7 @@ impl Builder {
             }
             Kind::Gateway => {
                 let obj = decode!(IstioObject<istio::GatewaySpec>);
-                match gateway::gateway(ctx, &obj.spec, &obj.metadata.annotations) {
+                match gateway::gateway(ctx, &obj.spec, &obj.metadata.annotations, value) {
                     Some(gw) if ctx.errors.is_empty() => {
                         self.report.snapshot.gateways.push(gw);
                         true
