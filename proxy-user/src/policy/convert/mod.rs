@@ -9,6 +9,7 @@ mod destination_rule;
 mod fields;
 mod gateway;
 mod k8s;
+mod list;
 mod mesh_config;
 mod metadata;
 mod scoped_host;
@@ -54,6 +55,8 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, source::Error> {
 /// Builds a snapshot from already-split documents (in load order).
 pub fn build(docs: &[Document]) -> LoadReport {
     let mut b = Builder::default();
+    // `kubectl apply` applies each item of a `List` as its own object.
+    let docs = list::expand(docs);
     for (order, doc) in docs.iter().enumerate() {
         b.document(order, doc);
     }
