@@ -91,6 +91,22 @@ pub(super) fn istio_metadata(ctx: &mut Ctx<'_>, metadata: Option<&Value>) {
             );
         }
     }
+    // Keel orders resources by it ("oldest wins"); the API server refuses one it cannot parse.
+    if let Some(t) = m.get("creationTimestamp") {
+        let ok = match t {
+            Value::Null => true,
+            Value::String(t) => is_rfc3339(t),
+            _ => false,
+        };
+        if !ok {
+            ctx.err(
+                &mp.key("creationTimestamp"),
+                InvalidDocument::Schema(
+                    "creationTimestamp must be an RFC 3339 time (2026-11-30T10:00:00Z)".into(),
+                ),
+            );
+        }
+    }
     if let Some(labels) = string_map(ctx, &mp.key("labels"), m.get("labels")) {
         ctx.check(&mp.key("labels"), v::labels(&labels));
     }
@@ -178,6 +194,53 @@ fn string_map(
     ok.then_some(out)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`, fields in range, as Go's `time.RFC3339` parses.
+fn is_rfc3339(t: &str) -> bool {
+    let b = t.as_bytes();
+    let num = |from: usize, len: usize, max: u32| -> Option<u32> {
+        let digits = b.get(from..from + len)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits
+            .iter()
+            .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+        (n <= max).then_some(n)
+    };
+    let fields_ok = num(0, 4, 9999).is_some()
+        && b.get(4) == Some(&b'-')
+        && num(5, 2, 12).is_some_and(|m| m >= 1)
+        && b.get(7) == Some(&b'-')
+        && num(8, 2, 31).is_some_and(|d| d >= 1)
+        && matches!(b.get(10), Some(b'T' | b't'))
+        && num(11, 2, 23).is_some()
+        && b.get(13) == Some(&b':')
+        && num(14, 2, 59).is_some()
+        && b.get(16) == Some(&b':')
+        && num(17, 2, 59).is_some();
+    // The 19 bytes checked above are ASCII, so slicing there is on a char boundary.
+    let Some(mut rest) = fields_ok.then(|| t.get(19..)).flatten() else {
+        return false;
+    };
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &frac[digits..];
+    }
+    match rest.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| u32::from(a - b'0') * 10 + u32::from(b - b'0');
+            [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit())
+                && two(*h1, *h2) <= 23
+                && two(*m1, *m2) <= 59
+        }
+        _ => false,
+    }
+}
+
 /// A YAML value as the user wrote it, for messages.
 fn scalar_text(v: &Value) -> String {
     match v {
@@ -210,5 +273,30 @@ mod tests {
             unserved_istio_version("gateway.networking.k8s.io/v1", "Gateway"),
             None
         );
+    }
+
+    #[test]
+    fn creation_timestamps_are_rfc3339() {
+        for ok in [
+            "2026-11-30T10:00:00Z",
+            "2026-11-30T10:00:00.123456Z",
+            "2026-11-30T10:00:00+01:00",
+            "2026-11-30t10:00:00-23:59",
+        ] {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "yesterday",
+            "2026-11-30",
+            "2026-11-30 10:00:00Z",
+            "2026-13-30T10:00:00Z",
+            "2026-11-30T24:00:00Z",
+            "2026-11-30T10:00:00",
+            "2026-11-30T10:00:00.Z",
+            "2026-11-30T10:00:00+0100",
+            "2026-11-30T10:00:00+01:0x",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
     }
 }
