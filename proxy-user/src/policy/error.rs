@@ -19,6 +19,16 @@ pub enum InvalidDocument {
     /// The document is not a mapping with `apiVersion` and `kind`.
     #[error("not a Kubernetes object: {0}")]
     NotAnObject(&'static str),
+    /// A known Istio kind under an API version the API server does not serve.
+    #[error("{api_version} {kind} is not served (networking.istio.io serves {served})")]
+    UnservedVersion {
+        /// `apiVersion` as written.
+        api_version: String,
+        /// `kind` as written.
+        kind: String,
+        /// The served versions.
+        served: &'static str,
+    },
     /// Wrong type, unknown field, missing required field (serde's message).
     #[error("{0}")]
     Schema(String),
@@ -51,6 +61,9 @@ pub enum InvalidName {
     /// A label key that Kubernetes would reject.
     #[error("invalid label key {0:?}")]
     LabelKey(String),
+    /// An annotation key that Kubernetes would reject (checked in lower case).
+    #[error("invalid annotation key {0:?}: must be a qualified name ([prefix/]name, name at most 63 characters of [A-Za-z0-9._-] starting and ending with a letter or digit)")]
+    AnnotationKey(String),
     /// A label value that Kubernetes would reject.
     #[error("invalid label value {value:?} for key {key:?}")]
     LabelValue {
@@ -83,6 +96,14 @@ pub enum InvalidHost {
         host: String,
         /// The bad label.
         label: String,
+    },
+    /// A Gateway server host (`[namespace/]dnsName`) istiod rejects: every problem, joined.
+    #[error("invalid host {host:?}: {reason}")]
+    Server {
+        /// The host as written.
+        host: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Longer than 255 characters.
     #[error("host {0:?} is longer than 255 characters")]

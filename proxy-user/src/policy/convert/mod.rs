@@ -9,7 +9,9 @@ mod destination_rule;
 mod fields;
 mod gateway;
 mod k8s;
+mod list;
 mod mesh_config;
+mod metadata;
 mod scoped_host;
 mod service_entry;
 mod sidecar;
@@ -53,6 +55,8 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, source::Error> {
 /// Builds a snapshot from already-split documents (in load order).
 pub fn build(docs: &[Document]) -> LoadReport {
     let mut b = Builder::default();
+    // `kubectl apply` applies each item of a `List` as its own object.
+    let docs = list::expand(docs);
     for (order, doc) in docs.iter().enumerate() {
         b.document(order, doc);
     }
@@ -210,12 +214,25 @@ impl Builder {
         let metadata = value.get("metadata");
         let name = metadata.and_then(|m| str_at(m, "name"));
         let Some(kind) = Kind::classify(&api_version, &kind_str) else {
-            self.report.ignored += 1;
             let mut meta = unknown_meta(&kind_str);
             meta.name = name.unwrap_or_else(|| "?".to_string());
             meta.namespace = metadata
                 .and_then(|m| str_at(m, "namespace"))
                 .unwrap_or_else(|| "default".to_string());
+            // A kind Keel reads under a version that does not exist: the API server refuses it.
+            if let Some(served) = metadata::unserved_istio_version(&api_version, &kind_str) {
+                self.report.errors.push(ConfigError {
+                    at: location(doc, &meta, &FieldPath::root().key("apiVersion")),
+                    reason: InvalidDocument::UnservedVersion {
+                        api_version,
+                        kind: kind_str,
+                        served,
+                    }
+                    .into(),
+                });
+                return;
+            }
+            self.report.ignored += 1;
             self.report.warnings.push(ConfigWarning {
                 at: location(doc, &meta, &FieldPath::root()),
                 message: format!("ignoring {api_version} {kind_str}: not a kind Keel reads"),
@@ -226,8 +243,10 @@ impl Builder {
         let namespace = if cluster_scoped {
             String::new()
         } else {
+            // An empty namespace is unset, as for kubectl: the object goes to `default`.
             metadata
                 .and_then(|m| str_at(m, "namespace"))
+                .filter(|ns| !ns.is_empty())
                 .unwrap_or_else(|| "default".to_string())
         };
         let meta = Meta {
@@ -257,6 +276,17 @@ impl Builder {
                 &metadata_path.key("namespace"),
                 super::validate::dns1123_label(&ns),
             );
+        }
+        let istio_kind = matches!(
+            kind,
+            Kind::VirtualService
+                | Kind::DestinationRule
+                | Kind::ServiceEntry
+                | Kind::Sidecar
+                | Kind::Gateway
+        );
+        if istio_kind {
+            metadata::istio_metadata(&mut ctx, metadata);
         }
         if !ctx.errors.is_empty() {
             self.flush(ctx);
@@ -435,7 +465,7 @@ impl Builder {
             }
             Kind::Gateway => {
                 let obj = decode!(IstioObject<istio::GatewaySpec>);
-                match gateway::gateway(ctx, &obj.spec) {
+                match gateway::gateway(ctx, &obj.spec, &obj.metadata.annotations, value) {
                     Some(gw) if ctx.errors.is_empty() => {
                         self.report.snapshot.gateways.push(gw);
                         true
