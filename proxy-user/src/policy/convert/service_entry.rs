@@ -209,10 +209,7 @@ fn check_hosts(
         }
         // DYNAMIC_DNS matches hosts as suffixes anyway; elsewhere istiod warns and Envoy (like Keel)
         // matches `*foo.com` as the suffix `foo.com`.
-        if resolution != Resolution::DynamicDns
-            && h.contains('*')
-            && !h.starts_with("*.")
-        {
+        if resolution != Resolution::DynamicDns && h.contains('*') && !h.starts_with("*.") {
             ctx.warn(
                 &hp,
                 format!(
@@ -380,15 +377,26 @@ fn check_workload_selector(
     for (k, val) in &ws.labels {
         let lp = wp.key("labels").key(k.clone());
         if k.is_empty() {
-            ctx.err(&lp, Invalid::Other("empty key is not supported in selector".into()));
+            ctx.err(
+                &lp,
+                Invalid::Other("empty key is not supported in selector".into()),
+            );
         } else if k.contains('*') || val.contains('*') {
-            ctx.err(&lp, Invalid::Other(format!("wildcard is not supported in selector: \"{k}={val}\"")));
+            ctx.err(
+                &lp,
+                Invalid::Other(format!(
+                    "wildcard is not supported in selector: \"{k}={val}\""
+                )),
+            );
         } else {
             max_length(ctx, &lp, val, 63);
         }
     }
     if spec.endpoints.is_some() {
-        ctx.err(sp, InvalidHttpRoute::Conflict("endpoints", "workloadSelector"));
+        ctx.err(
+            sp,
+            InvalidHttpRoute::Conflict("endpoints", "workloadSelector"),
+        );
     }
     if resolution == Resolution::None {
         ctx.warn(
@@ -441,7 +449,10 @@ fn check_endpoints(
         // CRD schema and CEL rules.
         let missing = e.address.is_none() && e.network.is_none();
         if missing {
-            ctx.err(&ep.key("address"), Invalid::Other("address is required (or network)".into()));
+            ctx.err(
+                &ep.key("address"),
+                Invalid::Other("address is required (or network)".into()),
+            );
         }
         if max_length(ctx, &ep.key("address"), &address, 256) {
             if let Some(path) = unix {
@@ -540,16 +551,14 @@ fn check_endpoints(
                     ctx.err(&ep.key("address"), InvalidAddress::Ip(address.clone()));
                 }
             }
-            Resolution::Dns | Resolution::DnsRoundRobin => {
-                if !go_ip(&address) {
-                    if let Err(why) = fqdn(&address) {
-                        ctx.err(
-                            &ep.key("address"),
-                            Invalid::Other(format!(
-                                "endpoint address {address:?} is not a valid FQDN or IP address: {why}"
-                            )),
-                        );
-                    }
+            Resolution::Dns | Resolution::DnsRoundRobin if !go_ip(&address) => {
+                if let Err(why) = fqdn(&address) {
+                    ctx.err(
+                        &ep.key("address"),
+                        Invalid::Other(format!(
+                            "endpoint address {address:?} is not a valid FQDN or IP address: {why}"
+                        )),
+                    );
                 }
             }
             _ => {}
@@ -957,13 +966,14 @@ fn istio_labels(map: &BTreeMap<String, String>) -> Result<(), String> {
             None => (None, k.as_str()),
         };
         let prefix_ok = prefix.is_none_or(|p| {
-            p.len() <= 253 && p.split('.').all(|l| {
-                let b = l.as_bytes();
-                !b.is_empty()
-                    && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-                    && b[0] != b'-'
-                    && b[b.len() - 1] != b'-'
-            })
+            p.len() <= 253
+                && p.split('.').all(|l| {
+                    let b = l.as_bytes();
+                    !b.is_empty()
+                        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                        && b[0] != b'-'
+                        && b[b.len() - 1] != b'-'
+                })
         });
         if !(prefix_ok && is_name(name) && name.len() <= 63) {
             return Err(format!("invalid label key {k:?}"));
@@ -973,4 +983,106 @@ fn istio_labels(map: &BTreeMap<String, String>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_follow_istiods_wildcard_domain_grammar() {
+        for ok in [
+            "example.com",
+            "Upper.Example.COM.",
+            "legacy",
+            "123",
+            "*",
+            "*.",
+            "*.example.com",
+            "*api.example.com",
+            "*-api.example.com",
+            "x.99999999999999999999",
+        ] {
+            assert!(wildcard_domain(ok).is_ok(), "{ok} should be accepted");
+        }
+        for bad in [
+            "",
+            "api*.example.com",
+            "*.*.example.com",
+            "**.example.com",
+            "*--api.example.com",
+            "10.0.0.1",
+            "example.123",
+            "a..b",
+            "-a.example.com",
+            "2001:db8::1",
+        ] {
+            assert!(wildcard_domain(bad).is_err(), "{bad} should be rejected");
+        }
+        let long = format!("ab.{}com", "a.".repeat(125));
+        assert_eq!(long.len(), 256);
+        assert!(wildcard_domain(&long).is_err());
+        assert!(wildcard_domain(&long[1..]).is_ok());
+    }
+
+    #[test]
+    fn fqdns_have_no_wildcards() {
+        assert!(fqdn("mirror.example.net.").is_ok());
+        assert!(fqdn("*.example.net").is_err());
+        assert!(fqdn("").is_err());
+        assert!(fqdn("unix:///var/run/a.sock").is_err());
+    }
+
+    #[test]
+    fn addresses_read_like_go_netip() {
+        for ok in [
+            "10.0.0.1",
+            "::ffff:10.0.0.2",
+            "fe80::1%eth0",
+            "fe80::1%a/b/c",
+            "10.1.2.3/24",
+            "0.0.0.0/0",
+            "::/0",
+            "2001:db8::/128",
+        ] {
+            assert!(ip_or_cidr(ok), "{ok} should be accepted");
+        }
+        for bad in [
+            "10.0.0.300",
+            "010.0.0.1",
+            "10.0.0.1%eth0",
+            "fe80::1%",
+            "fe80::1%eth0/64",
+            "10.0.0.0/33",
+            "10.0.0.0/08",
+            "10.0.0.0/+8",
+            "10.0.0.0/",
+            "::/129",
+            "",
+        ] {
+            assert!(!ip_or_cidr(bad), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn labels_follow_istio_not_kubernetes() {
+        let map = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(istio_labels(&map("Example.COM/Tier", &"v".repeat(100))).is_ok());
+        assert!(istio_labels(&map("app", "")).is_ok());
+        assert!(istio_labels(&map("-app", "x")).is_err());
+        assert!(istio_labels(&map(&"k".repeat(64), "x")).is_err());
+        assert!(istio_labels(&map("a/b/c", "x")).is_err());
+        assert!(istio_labels(&map("app", "-x")).is_err());
+    }
+
+    #[test]
+    fn protocols_parse_like_istiod() {
+        assert_eq!(SeProtocol::parse("http_proxy"), Some(SeProtocol::HttpProxy));
+        assert_eq!(SeProtocol::parse("GRPC-Web"), Some(SeProtocol::GrpcWeb));
+        assert_eq!(SeProtocol::parse(""), Some(SeProtocol::Unset));
+        assert_eq!(SeProtocol::parse("kubernetes.io/h2c"), None);
+        assert_eq!(SeProtocol::parse("HBONE"), None);
+        assert!(!SeProtocol::Unset.names_hosts());
+        assert!(SeProtocol::Https.is_tcp() && SeProtocol::Https.names_hosts());
+    }
 }
