@@ -213,7 +213,7 @@ fn check_hosts(
             ctx.warn(
                 &hp,
                 format!(
-                    "partial wildcard host {h:?}: istiod warns that only a whole first label \"*.\" is meant; \
+                    "partial wildcard host {h:?} (a wildcard should be a whole first label, \"*.example.com\"): \
                      it matches every name ending in {:?}",
                     h.strip_prefix('*').unwrap_or(h)
                 ),
