@@ -430,7 +430,8 @@ pub fn export_to(
                     ));
                 }
             }
-            ns if is_dns1123_label(ns) => {}
+            // istiod's label grammar allows upper case here (no namespace has it: it exports to nobody).
+            ns if is_dns1123_label(&ns.to_ascii_lowercase()) => {}
             other => return Err(InvalidExportTo::Namespace(other.to_string())),
         }
         // `.` and the resource's own namespace are the same entry.

@@ -1121,9 +1121,9 @@ pub struct ServiceEntrySpec {
     /// `NONE` (default), `STATIC`, `DNS`, `DNS_ROUND_ROBIN`, `DYNAMIC_DNS`.
     #[serde(default)]
     pub resolution: Option<String>,
-    /// Static endpoints.
+    /// Static endpoints; `Some(empty)` when written as `endpoints: []` (the CRD's CEL rules test presence).
     #[serde(default)]
-    pub endpoints: Vec<WorkloadEntry>,
+    pub endpoints: Option<Vec<WorkloadEntry>>,
     /// Pod/WorkloadEntry selector.
     #[serde(default, alias = "workload_selector")]
     pub workload_selector: Option<WorkloadSelector>,
@@ -1164,9 +1164,10 @@ pub struct WorkloadEntry {
     /// IP, hostname or `unix://` path.
     #[serde(default)]
     pub address: Option<String>,
-    /// Port name -> endpoint port.
+    /// Port name -> endpoint port; `Some(empty)` when written as `ports: {}` (the CRD's CEL rules test
+    /// presence).
     #[serde(default)]
-    pub ports: BTreeMap<String, i64>,
+    pub ports: Option<BTreeMap<String, i64>>,
     /// Labels (matched by DR subsets).
     #[serde(default)]
     pub labels: LabelMap,

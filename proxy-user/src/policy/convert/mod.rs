@@ -443,7 +443,7 @@ impl Builder {
             }
             Kind::ServiceEntry => {
                 let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
-                match service_entry::service_entry(ctx, &obj.spec) {
+                match service_entry::service_entry(ctx, &obj.metadata.labels, &obj.spec) {
                     Some(se) if ctx.errors.is_empty() => {
                         self.se_locations
                             .push(ctx.location(&FieldPath::parse("spec.hosts")));
