@@ -116,8 +116,7 @@ pub fn istio_labels(map: &std::collections::BTreeMap<String, String>) -> Result<
         };
         let prefix_ok = prefix.is_none_or(|p| {
             p.len() <= 253
-                && p
-                    .split('.')
+                && p.split('.')
                     .all(|l| is_dns1123_label(&l.to_ascii_lowercase()))
         });
         if !prefix_ok || name.len() > 63 || !qualified(name) {

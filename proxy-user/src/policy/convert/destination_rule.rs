@@ -166,14 +166,16 @@ fn wildcard_domain(host: &str) -> Result<(), InvalidHost> {
                     .unwrap_or(first),
             ));
     if !first_ok {
-        return Err(if first.contains('*') || rest.is_some_and(|r| r.contains('*')) {
-            InvalidHost::Wildcard(host.to_string())
-        } else {
-            InvalidHost::Label {
-                host: host.to_string(),
-                label: first.to_string(),
-            }
-        });
+        return Err(
+            if first.contains('*') || rest.is_some_and(|r| r.contains('*')) {
+                InvalidHost::Wildcard(host.to_string())
+            } else {
+                InvalidHost::Label {
+                    host: host.to_string(),
+                    label: first.to_string(),
+                }
+            },
+        );
     }
     match rest {
         Some(rest) => dns_labels(host, rest),
@@ -686,12 +688,16 @@ fn load_balancer(
                 InvalidTrafficPolicy::Missing("maglev.tableSize"),
             ),
             // Envoy's (and istiod's) primality test calls 1 prime.
-            Some(n) if !(0..MAGLEV_MAX).contains(&n) || !(n == 1 || v::is_prime(n.unsigned_abs())) => ctx.err(
-                &cp.key("maglev").key("tableSize"),
-                InvalidTrafficPolicy::Value(format!(
-                    "maglev.tableSize {n} must be a prime below {MAGLEV_MAX}"
-                )),
-            ),
+            Some(n)
+                if !(0..MAGLEV_MAX).contains(&n) || !(n == 1 || v::is_prime(n.unsigned_abs())) =>
+            {
+                ctx.err(
+                    &cp.key("maglev").key("tableSize"),
+                    InvalidTrafficPolicy::Value(format!(
+                        "maglev.tableSize {n} must be a prime below {MAGLEV_MAX}"
+                    )),
+                )
+            }
             Some(_) => {}
         }
     }
@@ -1016,7 +1022,9 @@ fn failover(ctx: &mut Ctx<'_>, path: &FieldPath, entries: &[w::LocalityFailover]
         if from.contains('*') || to.contains('*') {
             ctx.err(
                 &fp,
-                InvalidTrafficPolicy::Value("failover regions cannot contain a '*' wildcard".into()),
+                InvalidTrafficPolicy::Value(
+                    "failover regions cannot contain a '*' wildcard".into(),
+                ),
             );
         }
     }
@@ -1029,13 +1037,11 @@ const TOPOLOGY_LABELS: &[&str] = &[LABEL_REGION, LABEL_ZONE, LABEL_SUBZONE];
 /// `*`, only at the end; no empty part; no pattern covered by an earlier one (`us/*` then `us/z1`,
 /// or anything after `*`).
 /// The error comes with the index of the entry it is about.
-fn localities<'a>(list: &[&'a str]) -> Result<(), (usize, InvalidTrafficPolicy)> {
+fn localities(list: &[&str]) -> Result<(), (usize, InvalidTrafficPolicy)> {
     // region -> zone -> subzones; "*" marks "everything below".
     let mut seen: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
     let overlap = |loc: &str| {
-        InvalidTrafficPolicy::Value(format!(
-            "locality {loc:?} overlaps with one listed before"
-        ))
+        InvalidTrafficPolicy::Value(format!("locality {loc:?} overlaps with one listed before"))
     };
     for (i, &loc) in list.iter().enumerate() {
         let stars = loc.matches('*').count();
@@ -1415,10 +1421,7 @@ fn outlier_detection(
     // but current istiod drops it with a validation warning and translates nothing. Keel follows
     // istiod so that a rule ejects the same endpoints under Keel as under sidecars; honouring it
     // would eject where Istio does not.
-    if let Some(n) = od
-        .consecutive_errors
-        .filter(|n| i32::try_from(*n).is_err())
-    {
+    if let Some(n) = od.consecutive_errors.filter(|n| i32::try_from(*n).is_err()) {
         // An int32 in the API: a larger value does not even parse.
         ctx.err(
             &path.key("consecutiveErrors"),
