@@ -1489,6 +1489,34 @@ fn client_tls(
             return None;
         }
     };
+    // istiod checks a `configmap://<namespace>/<name>` credential in every mode: it must name the
+    // resource's own namespace.
+    if let Some(rest) = tls
+        .credential_name
+        .as_deref()
+        .and_then(|c| c.strip_prefix("configmap://"))
+    {
+        let mut parts = rest.split('/');
+        let (namespace, name) = (parts.next().unwrap_or(""), parts.next());
+        let problem = match name {
+            None => Some("expected configmap://<namespace>/<name>".to_string()),
+            Some(_) if namespace.is_empty() => Some("the namespace is empty".to_string()),
+            Some("") => Some("the name is empty".to_string()),
+            Some(_) if namespace != ctx.ns() => Some(format!(
+                "the namespace must be the resource's own, {:?}",
+                ctx.ns()
+            )),
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            ctx.err(
+                &path.key("credentialName"),
+                InvalidTrafficPolicy::Value(format!(
+                    "invalid configmap:// credentialName: {problem}"
+                )),
+            );
+        }
+    }
     // proto3 strings: empty is unset.
     let set = |f: &Option<String>| f.as_deref().is_some_and(|s| !s.is_empty());
     let credential = set(&tls.credential_name);
