@@ -45,7 +45,13 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         Some(h) => h,
     };
     ctx.check(&spec_path.key("host"), wildcard_domain(host))?;
-    let host = v::resolve_short_name(host, &ns);
+    // Istio expands a short name but keeps the case: hosts match case-sensitively, so `Reviews`
+    // selects no Kubernetes service (all lower case) there, and none here.
+    let host = if host.contains('.') || host == "*" {
+        host.to_string()
+    } else {
+        format!("{host}.{ns}.svc.{CLUSTER_DOMAIN}")
+    };
 
     let top_policy = spec
         .traffic_policy
