@@ -108,6 +108,14 @@ pub enum InvalidHost {
     /// Longer than 255 characters.
     #[error("host {0:?} is longer than 255 characters")]
     TooLong(String),
+    /// The last label is a number (so IP addresses are not hosts where Istio wants a domain name).
+    #[error("invalid host {host:?}: the top-level label {label:?} cannot be all-numeric")]
+    NumericTld {
+        /// The host.
+        host: String,
+        /// The last label.
+        label: String,
+    },
     /// Listed twice (after short-name expansion).
     #[error("duplicate host {0:?}")]
     Duplicate(String),

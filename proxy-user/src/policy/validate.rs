@@ -96,6 +96,42 @@ pub fn labels(map: &std::collections::BTreeMap<String, String>) -> Result<(), In
     Ok(())
 }
 
+/// Checks a label map as istiod's `labels.Instance.Validate` does (subset labels, ServiceEntry
+/// selectors): keys are `[prefix/]name` with a DNS-subdomain prefix of either case (at most 253) and a
+/// name of `[A-Za-z0-9._-]` with alphanumeric ends (at most 63); values are empty or of the same
+/// characters with alphanumeric ends, with no length limit.
+pub fn istio_labels(map: &std::collections::BTreeMap<String, String>) -> Result<(), InvalidName> {
+    let qualified = |s: &str| {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+    };
+    for (k, v) in map {
+        let (prefix, name) = match k.split_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, k.as_str()),
+        };
+        let prefix_ok = prefix.is_none_or(|p| {
+            p.len() <= 253
+                && p.split('.')
+                    .all(|l| is_dns1123_label(&l.to_ascii_lowercase()))
+        });
+        if !prefix_ok || name.len() > 63 || !qualified(name) {
+            return Err(InvalidName::LabelKey(k.clone()));
+        }
+        if !v.is_empty() && !qualified(v) {
+            return Err(InvalidName::LabelValue {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Expands a short name in `namespace` and lower-cases it: `reviews` -> `reviews.<ns>.svc.cluster.local`.
 /// Names containing a dot are taken as qualified; `*` and IP addresses are left alone.
 pub fn resolve_short_name(host: &str, namespace: &str) -> String {

@@ -8,9 +8,12 @@
 //! yields an `accepted, not applied` warning saying what Keel does instead
 //! ([`traffic_policy_not_applied`]). Settings whose absence would
 //! change behaviour in a way users rely on (tunnelling, PROXY protocol, `ISTIO_MUTUAL`,
-//! `credentialName`) are rejected as unsupported.
+//! `credentialName` with `SIMPLE`/`MUTUAL`) are rejected as unsupported.
+//!
+//! Validation follows istiod (`ValidateDestinationRule` and its helpers) and the CRD schema rule by
+//! rule, quirks included; `config/testdata/rules/destination-rule.md` lists every rule.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +25,7 @@ use super::fields::set_fields;
 use super::Ctx;
 use crate::policy::error::*;
 use crate::policy::model::*;
-use crate::policy::validate::{self as v, StarHost};
+use crate::policy::validate as v;
 use crate::source::{FieldPath, Segment};
 use crate::wire::istio as w;
 
@@ -41,34 +44,26 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         }
         Some(h) => h,
     };
-    ctx.check(
-        &spec_path.key("host"),
-        v::wildcard_host(host, StarHost::Allowed),
-    )?;
-    let host = v::resolve_short_name(host, &ns);
+    ctx.check(&spec_path.key("host"), wildcard_domain(host))?;
+    // Istio expands a short name but keeps the case: hosts match case-sensitively, so `Reviews`
+    // selects no Kubernetes service (all lower case) there, and none here.
+    let host = if host.contains('.') || host == "*" {
+        host.to_string()
+    } else {
+        format!("{host}.{ns}.svc.{CLUSTER_DOMAIN}")
+    };
 
     let top_policy = spec
         .traffic_policy
         .as_ref()
-        .and_then(|tp| traffic_policy(ctx, &spec_path.key("trafficPolicy"), tp, true));
+        .and_then(|tp| traffic_policy(ctx, &spec_path.key("trafficPolicy"), tp));
 
     let mut subsets = Vec::new();
     let mut names = BTreeSet::new();
     for (i, s) in spec.subsets.iter().enumerate() {
         let sp = spec_path.key("subsets").index(i);
-        let name = match s.name.as_deref() {
-            None | Some("") => {
-                ctx.err(
-                    &sp.key("name"),
-                    InvalidTrafficPolicy::Missing("subset name"),
-                );
-                continue;
-            }
-            Some(n) => n,
-        };
-        if ctx.check(&sp.key("name"), v::dns1123_label(name)).is_none() {
-            continue;
-        }
+        let name = s.name.as_deref().unwrap_or("");
+        // istiod reports a duplicate before it looks at the name itself.
         if !names.insert(name.to_string()) {
             ctx.err(
                 &sp.key("name"),
@@ -76,11 +71,28 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
             );
             continue;
         }
-        ctx.check(&sp.key("labels"), v::labels(&s.labels));
+        if name.is_empty() {
+            ctx.err(
+                &sp.key("name"),
+                InvalidTrafficPolicy::Missing("subset name"),
+            );
+            continue;
+        }
+        if !is_dns_label(name) {
+            ctx.err(
+                &sp.key("name"),
+                InvalidTrafficPolicy::Value(format!(
+                    "subset name {name:?} is not a DNS-1123 label (letters, digits and '-', at most 63 \
+                     characters, starting and ending with a letter or digit)"
+                )),
+            );
+            continue;
+        }
+        ctx.check(&sp.key("labels"), v::istio_labels(&s.labels));
         let tp = s
             .traffic_policy
             .as_ref()
-            .and_then(|tp| traffic_policy(ctx, &sp.key("trafficPolicy"), tp, true));
+            .and_then(|tp| traffic_policy(ctx, &sp.key("trafficPolicy"), tp));
         subsets.push(Subset {
             name: name.to_string(),
             labels: s.labels.clone(),
@@ -95,11 +107,8 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         )
         .unwrap_or_default();
     let workload_selector = spec.workload_selector.as_ref().map(|ws| {
-        ctx.check(
-            &spec_path.key("workloadSelector").key("matchLabels"),
-            v::labels(&ws.match_labels),
-        );
-        // A selector-DR only makes sense for clients in its own namespace.
+        workload_selector(ctx, &spec_path.key("workloadSelector"), &ws.match_labels);
+        // A selector-DR only makes sense for clients in its own namespace (empty = its own namespace).
         if !export_to.iter().all(|e| e == "." || *e == ns) {
             ctx.err(
                 &spec_path.key("exportTo"),
@@ -132,12 +141,147 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
     })
 }
 
-/// Converts a `TrafficPolicy` (top level, subset, or — with `allow_port_level = false` — a port entry).
+/// The CRD's `maxItems` for `portLevelSettings`.
+const MAX_PORT_LEVEL_SETTINGS: usize = 4096;
+/// The CRD's `maxProperties` for `workloadSelector.matchLabels`.
+const MAX_SELECTOR_LABELS: usize = 4096;
+
+/// istiod's `IsDNS1123Label`: like Kubernetes' but upper-case letters are allowed.
+fn is_dns_label(s: &str) -> bool {
+    v::is_dns1123_label(&s.to_ascii_lowercase())
+}
+
+/// The `host` rule (istiod's `ValidateWildcardDomain`): at most 255 characters; a first label that
+/// is `*`, or a DNS label optionally led by `*` or `*-` (`*.example.com`, `*foo.example.com`); then
+/// DNS labels (either case), of which only the last may be empty (`example.com.`) and the last may not
+/// be all digits, so IP addresses are rejected.
+fn wildcard_domain(host: &str) -> Result<(), InvalidHost> {
+    if host.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if host.len() > 255 {
+        return Err(InvalidHost::TooLong(host.to_string()));
+    }
+    let (first, rest) = match host.split_once('.') {
+        Some((f, r)) => (f, Some(r)),
+        None => (host, None),
+    };
+    let first_ok = first.len() <= 63
+        && (first == "*"
+            || is_dns_label(
+                first
+                    .strip_prefix("*-")
+                    .or_else(|| first.strip_prefix('*'))
+                    .unwrap_or(first),
+            ));
+    if !first_ok {
+        return Err(InvalidHost::Label {
+            host: host.to_string(),
+            label: first.to_string(),
+        });
+    }
+    match rest {
+        Some(rest) => dns_labels(host, rest),
+        None => Ok(()),
+    }
+}
+
+/// istiod's `ValidateFQDN`: at most 255 characters, DNS labels, the last not all digits.
+fn fqdn(name: &str) -> Result<(), InvalidHost> {
+    if name.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if name.len() > 255 {
+        return Err(InvalidHost::TooLong(name.to_string()));
+    }
+    dns_labels(name, name)
+}
+
+/// istiod's `ValidateDNS1123Labels` on `labels` (part of `host`): the last label may be empty (a
+/// trailing dot) but not a number; every other label is a DNS label.
+fn dns_labels(host: &str, labels: &str) -> Result<(), InvalidHost> {
+    let parts: Vec<&str> = labels.split('.').collect();
+    let last = parts.len() - 1;
+    // Go's strconv.Atoi: an optional sign and digits that fit an int64.
+    if parts[last].parse::<i64>().is_ok() {
+        return Err(InvalidHost::NumericTld {
+            host: host.to_string(),
+            label: parts[last].to_string(),
+        });
+    }
+    for (i, label) in parts.iter().enumerate() {
+        if i == last && label.is_empty() {
+            break;
+        }
+        if !is_dns_label(label) {
+            return Err(InvalidHost::Label {
+                host: host.to_string(),
+                label: label.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `workloadSelector.matchLabels`: istiod's `validateWorkloadSelector` (no empty key, no `*` in a key
+/// or value; warns when there are no labels) and the CRD's bounds (values of at most 63 characters,
+/// at most 4096 labels). Keys and values are not otherwise checked: one no pod carries simply selects
+/// nothing.
+fn workload_selector(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    labels: &std::collections::BTreeMap<String, String>,
+) {
+    let lp = path.key("matchLabels");
+    if labels.is_empty() {
+        ctx.warn(
+            path,
+            "workload selector specified without labels: the rule applies to every workload in the namespace",
+        );
+    }
+    if labels.len() > MAX_SELECTOR_LABELS {
+        ctx.err(
+            &lp,
+            InvalidTrafficPolicy::Value(format!(
+                "matchLabels has {} labels; at most {MAX_SELECTOR_LABELS} are allowed",
+                labels.len()
+            )),
+        );
+    }
+    for (k, val) in labels {
+        if k.is_empty() {
+            ctx.err(
+                &lp,
+                InvalidTrafficPolicy::Value(format!(
+                    "empty key is not supported in selector: \"={val}\""
+                )),
+            );
+        }
+        if k.contains('*') || val.contains('*') {
+            ctx.err(
+                &lp.key(k.clone()),
+                InvalidTrafficPolicy::Value(format!(
+                    "wildcard is not supported in selector: \"{k}={val}\""
+                )),
+            );
+        }
+        if val.len() > 63 {
+            ctx.err(
+                &lp.key(k.clone()),
+                InvalidTrafficPolicy::Value(format!(
+                    "label value for {k:?} is {} characters long; at most 63 are allowed",
+                    val.len()
+                )),
+            );
+        }
+    }
+}
+
+/// Converts a top-level or subset `TrafficPolicy`, with Istio's `validateTrafficPolicy` rules.
 fn traffic_policy(
     ctx: &mut Ctx<'_>,
     path: &FieldPath,
     tp: &w::TrafficPolicy,
-    allow_port_level: bool,
 ) -> Option<TrafficPolicy> {
     if tp.load_balancer.is_none()
         && tp.connection_pool.is_none()
@@ -152,138 +296,231 @@ fn traffic_policy(
         return None;
     }
     if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
+        // istiod stops at this error and checks nothing else in the policy.
         ctx.err(
             path,
             InvalidTrafficPolicy::Conflict("tunnel", "proxyProtocol"),
         );
+        return None;
     }
-    if tp.tunnel.is_some() {
-        ctx.err(
-            &path.key("tunnel"),
-            Invalid::Unsupported("trafficPolicy.tunnel".into()),
-        );
+    if let Some(t) = &tp.tunnel {
+        tunnel(ctx, &path.key("tunnel"), t);
     }
-    if tp.proxy_protocol.is_some() {
-        ctx.err(
-            &path.key("proxyProtocol"),
-            Invalid::Unsupported("trafficPolicy.proxyProtocol".into()),
-        );
+    if let Some(pp) = &tp.proxy_protocol {
+        proxy_protocol(ctx, &path.key("proxyProtocol"), pp);
     }
-    let mut retry_budget = None;
-    if let Some(rb) = &tp.retry_budget {
-        let rp = path.key("retryBudget");
-        let before = ctx.errors.len();
-        if let Some(p) = rb.percent {
-            range(
-                ctx,
-                &rp.key("percent"),
-                "percent",
-                p,
-                0.0,
-                100.0,
-                "[0, 100]",
-            );
-        }
-        if let Some(m) = rb.min_retry_concurrency {
-            range(
-                ctx,
-                &rp.key("minRetryConcurrency"),
-                "minRetryConcurrency",
-                m as f64,
-                0.0,
-                f64::from(u32::MAX),
-                ">= 0",
-            );
-        }
-        if let Some(d) = &rb.budget_interval {
-            ctx.check(&rp.key("budgetInterval"), v::duration_ms(d));
-        }
-        if ctx.errors.len() == before {
-            // Envoy's defaults: 20 % of active requests, at least 3 concurrent retries.
-            retry_budget = Some(RetryBudget {
-                percent: rb.percent.unwrap_or(20.0),
-                min_retry_concurrency: rb
-                    .min_retry_concurrency
-                    .and_then(|m| u32::try_from(m).ok())
-                    .unwrap_or(3),
-            });
-        }
-    }
-    let load_balancer = tp
-        .load_balancer
+    let retry_budget = tp
+        .retry_budget
         .as_ref()
-        .and_then(|lb| load_balancer(ctx, &path.key("loadBalancer"), lb));
-    // Validated by `load_balancer` above; a resource with errors is dropped whole.
-    let locality_lb_setting = tp
-        .load_balancer
-        .as_ref()
-        .and_then(|lb| lb.locality_lb_setting.as_ref())
-        .map(locality_lb_setting);
-    let warmup = tp.load_balancer.as_ref().and_then(warmup);
-    let connection_pool = tp
-        .connection_pool
-        .as_ref()
-        .and_then(|cp| connection_pool(ctx, &path.key("connectionPool"), cp));
-    let outlier_detection = tp
-        .outlier_detection
-        .as_ref()
-        .and_then(|od| outlier_detection(ctx, &path.key("outlierDetection"), od));
-    let tls = tp
-        .tls
-        .as_ref()
-        .and_then(|tls| client_tls(ctx, &path.key("tls"), tls));
+        .and_then(|rb| retry_budget(ctx, &path.key("retryBudget"), rb));
+    let mut out = port_policy(
+        ctx,
+        path,
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
+    );
+    out.retry_budget = retry_budget;
     let mut port_level = Vec::new();
-    if !tp.port_level_settings.is_empty() && !allow_port_level {
+    if tp.port_level_settings.len() > MAX_PORT_LEVEL_SETTINGS {
         ctx.err(
             &path.key("portLevelSettings"),
-            InvalidTrafficPolicy::Value("portLevelSettings cannot be nested".into()),
+            InvalidTrafficPolicy::Value(format!(
+                "portLevelSettings has {} entries; at most {MAX_PORT_LEVEL_SETTINGS} are allowed",
+                tp.port_level_settings.len()
+            )),
         );
     }
     let mut seen = BTreeSet::new();
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
         let pp = path.key("portLevelSettings").index(i);
-        let number = match pl.port.as_ref().and_then(|p| p.number) {
-            None => {
-                ctx.err(&pp.key("port"), InvalidPort::Missing);
-                continue;
-            }
-            Some(n) => n,
-        };
-        let Some(port) = ctx.check(&pp.key("port").key("number"), v::port(number)) else {
-            continue;
-        };
-        if !seen.insert(port) {
-            ctx.err(&pp.key("port"), InvalidPort::Duplicate(number));
-            continue;
+        // `port: {}` is a port (number 0) to istiod; only a missing `port` is an error.
+        let number = pl.port.as_ref().map(|p| p.number.unwrap_or(0));
+        if number.is_none() {
+            ctx.err(&pp.key("port"), InvalidPort::Missing);
         }
-        let as_policy = w::TrafficPolicy {
-            load_balancer: pl.load_balancer.clone(),
-            connection_pool: pl.connection_pool.clone(),
-            outlier_detection: pl.outlier_detection.clone(),
-            tls: pl.tls.clone(),
-            ..Default::default()
-        };
-        if as_policy == w::TrafficPolicy::default() {
+        if pl.load_balancer.is_none()
+            && pl.connection_pool.is_none()
+            && pl.outlier_detection.is_none()
+            && pl.tls.is_none()
+        {
             ctx.err(
                 &pp,
                 InvalidTrafficPolicy::Empty("a portLevelSettings entry (besides port)"),
             );
             continue;
         }
-        if let Some(p) = traffic_policy(ctx, &pp, &as_policy, false) {
-            port_level.push((port, p));
+        let policy = port_policy(
+            ctx,
+            &pp,
+            pl.load_balancer.as_ref(),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            pl.tls.as_ref(),
+        );
+        let Some(number) = number else { continue };
+        if !(0..=i64::from(u32::MAX)).contains(&number) {
+            ctx.err(
+                &pp.key("port").key("number"),
+                InvalidTrafficPolicy::Range {
+                    field: "port number",
+                    value: number as f64,
+                    range: "0..4294967295",
+                },
+            );
+            continue;
         }
+        // istiod accepts any number, but an entry applies only to a service port (1..65535) and,
+        // like istiod, Keel uses the first entry for a port.
+        let Ok(port) = v::port(number) else {
+            ctx.warn(
+                &pp.key("port").key("number"),
+                format!("port {number} is not a service port (1..65535); this entry never applies"),
+            );
+            continue;
+        };
+        if !seen.insert(port) {
+            ctx.warn(
+                &pp.key("port").key("number"),
+                format!("port {port} is listed before; only the first entry for it applies, as in Istio"),
+            );
+            continue;
+        }
+        port_level.push((port, policy));
     }
-    Some(TrafficPolicy {
+    out.port_level = port_level;
+    Some(out)
+}
+
+/// The part of a traffic policy a `portLevelSettings` entry can hold too (Istio validates it the same
+/// way at every level).
+fn port_policy(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    lb: Option<&w::LoadBalancerSettings>,
+    cp: Option<&w::ConnectionPoolSettings>,
+    od: Option<&w::OutlierDetection>,
+    tls: Option<&w::ClientTlsSettings>,
+) -> TrafficPolicy {
+    let load_balancer = lb.and_then(|lb| load_balancer(ctx, &path.key("loadBalancer"), lb, od));
+    // Validated by `load_balancer` above; a resource with errors is dropped whole.
+    let locality_lb_setting = lb
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+        .map(locality_lb_setting);
+    let warmup = lb.and_then(warmup);
+    let connection_pool = cp.and_then(|cp| connection_pool(ctx, &path.key("connectionPool"), cp));
+    let outlier_detection =
+        od.and_then(|od| outlier_detection(ctx, &path.key("outlierDetection"), od));
+    let tls = tls.and_then(|tls| client_tls(ctx, &path.key("tls"), tls));
+    TrafficPolicy {
         load_balancer,
         locality_lb_setting,
         warmup,
         connection_pool,
         outlier_detection,
-        retry_budget,
+        retry_budget: None,
         tls,
-        port_level,
+        port_level: Vec::new(),
+    }
+}
+
+/// `retryBudget`: istiod checks nothing; the CRD schema bounds `percent` to [0, 100] and
+/// `minRetryConcurrency` to a uint32. `budgetInterval` only has to be a duration.
+fn retry_budget(ctx: &mut Ctx<'_>, rp: &FieldPath, rb: &w::RetryBudget) -> Option<RetryBudget> {
+    let before = ctx.errors.len();
+    if let Some(p) = rb.percent {
+        range(
+            ctx,
+            &rp.key("percent"),
+            "percent",
+            p,
+            0.0,
+            100.0,
+            "[0, 100]",
+        );
+    }
+    if let Some(m) = rb.min_retry_concurrency {
+        range(
+            ctx,
+            &rp.key("minRetryConcurrency"),
+            "minRetryConcurrency",
+            m as f64,
+            0.0,
+            f64::from(u32::MAX),
+            "0..4294967295",
+        );
+    }
+    if let Some(d) = &rb.budget_interval {
+        ctx.check(&rp.key("budgetInterval"), v::duration(d));
+    }
+    if ctx.errors.len() > before {
+        return None;
+    }
+    // Envoy's defaults: 20 % of active requests, at least 3 concurrent retries.
+    Some(RetryBudget {
+        percent: rb.percent.unwrap_or(20.0),
+        min_retry_concurrency: rb
+            .min_retry_concurrency
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(3),
     })
+}
+
+/// `tunnel`: Istio's rules (`validateTunnelSettings` and the CRD's required fields), then Keel's
+/// refusal: without the tunnel the request would go straight to the destination, bypassing the
+/// proxy the user put in between.
+fn tunnel(ctx: &mut Ctx<'_>, path: &FieldPath, t: &w::TunnelSettings) {
+    let protocol = t.protocol.as_deref().unwrap_or("");
+    if !matches!(protocol, "" | "CONNECT" | "POST") {
+        ctx.err(
+            &path.key("protocol"),
+            Invalid::Enum {
+                value: protocol.to_string(),
+                allowed: "CONNECT, POST",
+            },
+        );
+    }
+    match t.target_host.as_deref() {
+        None => ctx.err(
+            &path.key("targetHost"),
+            InvalidTrafficPolicy::Missing("tunnel.targetHost"),
+        ),
+        Some(h) if h.parse::<std::net::IpAddr>().is_err() && fqdn(h).is_err() => ctx.err(
+            &path.key("targetHost"),
+            InvalidTrafficPolicy::Value(format!(
+                "tunnel targetHost {h:?} is neither a DNS name nor an IP address"
+            )),
+        ),
+        Some(_) => {}
+    }
+    match t.target_port {
+        None => ctx.err(
+            &path.key("targetPort"),
+            InvalidTrafficPolicy::Missing("tunnel.targetPort"),
+        ),
+        Some(p) => {
+            ctx.check(&path.key("targetPort"), v::port(p));
+        }
+    }
+    ctx.err(path, Invalid::Unsupported("trafficPolicy.tunnel: Keel cannot tunnel upstream connections; the traffic would bypass the tunnel proxy".into()));
+}
+
+/// `proxyProtocol`: the CRD's enum, then Keel's refusal: the upstream expects a PROXY header that
+/// Keel would not send.
+fn proxy_protocol(ctx: &mut Ctx<'_>, path: &FieldPath, pp: &w::ProxyProtocol) {
+    if let Some(version) = pp.version.as_deref() {
+        if !matches!(version, "V1" | "V2") {
+            ctx.err(
+                &path.key("version"),
+                Invalid::Enum {
+                    value: version.to_string(),
+                    allowed: "V1, V2",
+                },
+            );
+        }
+    }
+    ctx.err(path, Invalid::Unsupported("trafficPolicy.proxyProtocol: Keel sends no PROXY protocol header, which the upstream would expect".into()));
 }
 
 /// Records an error unless `lo <= value <= hi`.
@@ -314,6 +551,7 @@ fn load_balancer(
     ctx: &mut Ctx<'_>,
     path: &FieldPath,
     lb: &w::LoadBalancerSettings,
+    outlier: Option<&w::OutlierDetection>,
 ) -> Option<LoadBalancer> {
     if lb.simple.is_some() && lb.consistent_hash.is_some() {
         ctx.err(
@@ -329,20 +567,25 @@ fn load_balancer(
         );
     }
     if let Some(l) = &lb.locality_lb_setting {
-        locality(ctx, &path.key("localityLbSetting"), l);
+        locality(ctx, &path.key("localityLbSetting"), l, outlier.is_some());
     }
-    if lb.warmup.is_some() && lb.warmup_duration_secs.is_some() {
-        ctx.err(
-            path,
-            InvalidTrafficPolicy::Conflict("warmup", "warmupDurationSecs"),
-        );
+    if let Some(z) = &lb.zone_aware_lb_setting {
+        zone_aware(ctx, &path.key("zoneAwareLbSetting"), z, outlier.is_some());
     }
     if let Some(d) = &lb.warmup_duration_secs {
-        ctx.check(&path.key("warmupDurationSecs"), v::duration_ms(d));
-        ctx.warn(
-            &path.key("warmupDurationSecs"),
-            "warmupDurationSecs is deprecated, use warmup.duration",
-        );
+        // Only the CRD's CEL rule (>= 1ms) applies: istiod does not check this field.
+        ctx.check(&path.key("warmupDurationSecs"), at_least_1ms(d));
+        if lb.warmup.is_some() {
+            ctx.warn(
+                &path.key("warmupDurationSecs"),
+                "warmupDurationSecs is ignored because warmup is set, as in Istio",
+            );
+        } else {
+            ctx.warn(
+                &path.key("warmupDurationSecs"),
+                "warmupDurationSecs is deprecated, use warmup.duration",
+            );
+        }
     }
     if let Some(wu) = &lb.warmup {
         let wp = path.key("warmup");
@@ -406,24 +649,16 @@ fn load_balancer(
     }
     let ch = lb.consistent_hash.as_ref()?;
     let cp = path.key("consistentHash");
+    // The CRD's oneOf counts keys that are present, whatever their value (`useSourceIp: false` too).
     let keys = [
         ch.http_header_name.is_some(),
         ch.http_cookie.is_some(),
-        ch.use_source_ip == Some(true),
+        ch.use_source_ip.is_some(),
         ch.http_query_parameter_name.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
-    if keys == 0 {
-        ctx.err(
-            &cp,
-            InvalidTrafficPolicy::Missing(
-                "one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
-            ),
-        );
-        return None;
-    }
     if keys > 1 {
         ctx.err(
             &cp,
@@ -437,7 +672,9 @@ fn load_balancer(
         ctx.err(&cp, InvalidTrafficPolicy::Conflict("ringHash", "maglev"));
         return None;
     }
-    if ch.minimum_ring_size.is_some() && (ch.ring_hash.is_some() || ch.maglev.is_some()) {
+    // The deprecated top-level size counts only when non-zero (proto3: 0 is unset).
+    let deprecated_ring = ch.minimum_ring_size.filter(|n| *n != 0);
+    if deprecated_ring.is_some() && (ch.ring_hash.is_some() || ch.maglev.is_some()) {
         ctx.err(
             &cp,
             InvalidTrafficPolicy::Conflict("minimumRingSize", "ringHash/maglev"),
@@ -450,12 +687,17 @@ fn load_balancer(
                 &cp.key("maglev").key("tableSize"),
                 InvalidTrafficPolicy::Missing("maglev.tableSize"),
             ),
-            Some(n) if !(0..MAGLEV_MAX).contains(&n) || !v::is_prime(n.unsigned_abs()) => ctx.err(
-                &cp.key("maglev").key("tableSize"),
-                InvalidTrafficPolicy::Value(format!(
-                    "maglev.tableSize {n} must be a prime below {MAGLEV_MAX}"
-                )),
-            ),
+            // Envoy's (and istiod's) primality test calls 1 prime.
+            Some(n)
+                if !(0..MAGLEV_MAX).contains(&n) || !(n == 1 || v::is_prime(n.unsigned_abs())) =>
+            {
+                ctx.err(
+                    &cp.key("maglev").key("tableSize"),
+                    InvalidTrafficPolicy::Value(format!(
+                        "maglev.tableSize {n} must be a prime below {MAGLEV_MAX}"
+                    )),
+                )
+            }
             Some(_) => {}
         }
     }
@@ -464,7 +706,7 @@ fn load_balancer(
         .as_ref()
         .and_then(|r| r.minimum_ring_size)
         .or(ch.minimum_ring_size);
-    if ch.minimum_ring_size.is_some() {
+    if deprecated_ring.is_some() {
         ctx.warn(
             &cp.key("minimumRingSize"),
             "deprecated, use ringHash.minimumRingSize",
@@ -495,7 +737,7 @@ fn load_balancer(
         },
     };
     let key = if let Some(h) = &ch.http_header_name {
-        HashKey::Header(ctx.check(&cp.key("httpHeaderName"), v::header_name(h))?)
+        HashKey::Header(hash_header_name(ctx, &cp.key("httpHeaderName"), h)?)
     } else if let Some(c) = &ch.http_cookie {
         let kp = cp.key("httpCookie");
         let name = match c.name.as_deref() {
@@ -540,7 +782,15 @@ fn load_balancer(
                 })
                 .collect(),
         }
-    } else if ch.use_source_ip == Some(true) {
+    } else if let Some(use_ip) = ch.use_source_ip {
+        if !use_ip {
+            // Envoy builds no hash from `source_ip: false`; every request lands at random.
+            ctx.warn(
+                &cp.key("useSourceIp"),
+                "useSourceIp: false hashes nothing: endpoints are picked at random, as by Envoy",
+            );
+            return Some(LoadBalancer::Random);
+        }
         HashKey::SourceIp
     } else if let Some(q) = &ch.http_query_parameter_name {
         if q.is_empty() {
@@ -552,12 +802,39 @@ fn load_balancer(
         }
         HashKey::QueryParameter(q.clone())
     } else {
-        return None;
+        // istiod accepts a consistentHash without a key; Envoy then has no hash policy and picks
+        // endpoints at random.
+        ctx.warn(
+            &cp,
+            "consistentHash sets no hash key (httpHeaderName, httpCookie, useSourceIp or \
+             httpQueryParameterName): endpoints are picked at random, as by Envoy",
+        );
+        return Some(LoadBalancer::Random);
     };
     Some(LoadBalancer::ConsistentHash(ConsistentHash {
         key,
         algorithm,
     }))
+}
+
+/// `httpHeaderName`, lower-cased. istiod checks nothing; Envoy rejects an empty name or one with NUL,
+/// CR or LF (Keel too: the route would not be served), and accepts any other, which simply never
+/// matches when it is not an HTTP token.
+fn hash_header_name(ctx: &mut Ctx<'_>, path: &FieldPath, name: &str) -> Option<String> {
+    if name.is_empty() || name.contains(['\0', '\r', '\n']) {
+        ctx.err(path, InvalidHeader::Name(name.to_string()));
+        return None;
+    }
+    if v::header_name(name).is_err() {
+        ctx.warn(
+            path,
+            format!(
+                "{name:?} is not an HTTP header name, so no request carries it: endpoints are \
+                 picked at random, as by Envoy"
+            ),
+        );
+    }
+    Some(name.to_ascii_lowercase())
 }
 
 /// The model of a validated `localityLbSetting`.
@@ -603,42 +880,51 @@ fn warmup(lb: &w::LoadBalancerSettings) -> Option<Warmup> {
     }
     let secs = lb.warmup_duration_secs.as_deref()?;
     Some(Warmup {
-        duration: v::duration_ms(secs).ok()?,
+        duration: at_least_1ms(secs).ok()?,
         minimum_percent: Warmup::DEFAULT_MINIMUM_PERCENT,
         aggression: Warmup::DEFAULT_AGGRESSION,
     })
 }
 
-fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
+/// `localityLbSetting`, with istiod's `ValidateLocalityLbSetting` rules in its order (it stops at the
+/// first error of some checks).
+fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting, has_outlier: bool) {
     if !l.distribute.is_empty() && !l.failover.is_empty() {
         ctx.err(
             path,
             InvalidTrafficPolicy::Conflict("distribute", "failover"),
         );
+        return;
+    }
+    // With `failover` the region/zone/subzone order is fixed, so priority labels cannot name them
+    // (the whole entry is compared: `topology.kubernetes.io/region=us` is allowed).
+    if !l.failover.is_empty() {
+        for (i, label) in l.failover_priority.iter().enumerate() {
+            if TOPOLOGY_LABELS.contains(&label.as_str()) {
+                ctx.err(
+                    &path.key("failoverPriority").index(i),
+                    InvalidTrafficPolicy::Value(format!(
+                        "failoverPriority cannot list the topology label {label:?} together with failover"
+                    )),
+                );
+                return;
+            }
+        }
     }
     for (i, d) in l.distribute.iter().enumerate() {
         let dp = path.key("distribute").index(i);
-        match d.from.as_deref().unwrap_or("") {
-            "" => ctx.err(
-                &dp.key("from"),
-                InvalidTrafficPolicy::Missing("distribute.from"),
-            ),
-            from => {
-                ctx.check(&dp.key("from"), locality_pattern(from));
-            }
-        }
         let mut sum = 0i64;
         for (loc, wgt) in &d.to {
-            ctx.check(&dp.key("to").key(loc.clone()), locality_pattern(loc));
             if !(1..=100).contains(wgt) {
                 ctx.err(
                     &dp.key("to").key(loc.clone()),
                     InvalidTrafficPolicy::Range {
-                        field: "weight",
+                        field: "locality weight",
                         value: *wgt as f64,
                         range: "1..100",
                     },
                 );
+                return;
             }
             sum += wgt;
         }
@@ -647,45 +933,99 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
                 &dp.key("to"),
                 InvalidTrafficPolicy::Value(format!("distribute weights sum to {sum}, not 100")),
             );
+            return;
+        }
+        let to: Vec<&str> = d.to.keys().map(String::as_str).collect();
+        if let Err((j, e)) = localities(&to) {
+            ctx.err(&dp.key("to").key(to[j]), e);
         }
     }
-    for (i, f) in l.failover.iter().enumerate() {
+    let from: Vec<&str> = l
+        .distribute
+        .iter()
+        .map(|d| d.from.as_deref().unwrap_or(""))
+        .collect();
+    if let Err((i, e)) = localities(&from) {
+        ctx.err(&path.key("distribute").index(i).key("from"), e);
+    }
+    if !has_outlier && (!l.failover.is_empty() || !l.failover_priority.is_empty()) {
+        ctx.warn(
+            path,
+            "outlier detection policy must be provided for failover: without it no endpoint is \
+             ever unhealthy, so traffic does not fail over",
+        );
+    }
+    failover(ctx, path, &l.failover);
+}
+
+/// `zoneAwareLbSetting`: not applied by Keel, but validated as istiod does
+/// (`ValidateZoneAwareLbSetting`, and the CRD's `minClusterSize >= 1`).
+fn zone_aware(ctx: &mut Ctx<'_>, path: &FieldPath, z: &w::ZoneAwareLbSetting, has_outlier: bool) {
+    for (i, label) in z.failover_priority.iter().enumerate() {
+        if TOPOLOGY_LABELS.contains(&label.as_str()) {
+            ctx.err(
+                &path.key("failoverPriority").index(i),
+                InvalidTrafficPolicy::Value(format!(
+                    "failoverPriority of zoneAwareLbSetting cannot list the topology label {label:?}: \
+                     region and zone routing are automatic"
+                )),
+            );
+        }
+    }
+    if let Some(n) = z.min_cluster_size {
+        if n < 1 {
+            ctx.err(
+                &path.key("minClusterSize"),
+                InvalidTrafficPolicy::Range {
+                    field: "minClusterSize",
+                    value: n as f64,
+                    range: ">= 1",
+                },
+            );
+        }
+    }
+    if !has_outlier && (!z.failover.is_empty() || !z.failover_priority.is_empty()) {
+        ctx.warn(
+            path,
+            "outlier detection policy must be provided for failover: without it no endpoint is \
+             ever unhealthy, so traffic does not fail over",
+        );
+    }
+    failover(ctx, path, &z.failover);
+}
+
+/// `failover` entries: different regions, no `/` or `*` (each check on its own, as istiod does;
+/// an empty `from` or `to` is allowed when the other is set).
+fn failover(ctx: &mut Ctx<'_>, path: &FieldPath, entries: &[w::LocalityFailover]) {
+    for (i, f) in entries.iter().enumerate() {
         let fp = path.key("failover").index(i);
         let (from, to) = (
             f.from.as_deref().unwrap_or(""),
             f.to.as_deref().unwrap_or(""),
         );
-        if from.is_empty() || to.is_empty() {
-            ctx.err(
-                &fp,
-                InvalidTrafficPolicy::Missing("failover.from and failover.to"),
-            );
-        } else if from == to {
+        if from == to {
             ctx.err(
                 &fp,
                 InvalidTrafficPolicy::Value(
                     "failover from and to must be different regions".into(),
                 ),
             );
-        } else if from.contains(['/', '*']) || to.contains(['/', '*']) {
+        }
+        if from.contains('/') || to.contains('/') {
             ctx.err(
                 &fp,
-                InvalidTrafficPolicy::Value("failover names regions: no '/' or '*'".into()),
+                InvalidTrafficPolicy::Value(
+                    "failover names regions only: no '/' (zone or subzone)".into(),
+                ),
             );
         }
-    }
-    // Istio: with `failover` the region/zone/subzone order is fixed, so priority labels cannot name them.
-    if !l.failover.is_empty() {
-        for (i, label) in l.failover_priority.iter().enumerate() {
-            let key = label.split_once('=').map_or(label.as_str(), |(k, _)| k);
-            if TOPOLOGY_LABELS.contains(&key) {
-                ctx.err(
-                    &path.key("failoverPriority").index(i),
-                    InvalidTrafficPolicy::Value(format!(
-                        "failoverPriority cannot list the topology label {key:?} together with failover"
-                    )),
-                );
-            }
+        if from.contains('*') || to.contains('*') {
+            ctx.err(
+                &fp,
+                InvalidTrafficPolicy::Value(
+                    "failover regions cannot contain a '*' wildcard".into(),
+                ),
+            );
         }
     }
 }
@@ -693,14 +1033,64 @@ fn locality(ctx: &mut Ctx<'_>, path: &FieldPath, l: &w::LocalityLbSetting) {
 /// The node topology labels that locality load balancing orders by (region, zone, subzone).
 const TOPOLOGY_LABELS: &[&str] = &[LABEL_REGION, LABEL_ZONE, LABEL_SUBZONE];
 
-/// A locality pattern `region/zone/subzone`: at most one `*`, and only as the last character (Istio's
-/// `validateLocalities`).
-fn locality_pattern(loc: &str) -> Result<(), InvalidTrafficPolicy> {
-    let stars = loc.matches('*').count();
-    if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
-        return Err(InvalidTrafficPolicy::Value(format!(
-            "locality {loc:?}: a wildcard '*' may only appear once, at the end"
-        )));
+/// A list of locality patterns `region[/zone[/subzone]]` (istiod's `validateLocalities`): at most one
+/// `*`, only at the end; no empty part; no pattern covered by an earlier one (`us/*` then `us/z1`,
+/// or anything after `*`).
+/// The error comes with the index of the entry it is about.
+fn localities(list: &[&str]) -> Result<(), (usize, InvalidTrafficPolicy)> {
+    // region -> zone -> subzones; "*" marks "everything below".
+    let mut seen: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
+    let overlap = |loc: &str| {
+        InvalidTrafficPolicy::Value(format!("locality {loc:?} overlaps with one listed before"))
+    };
+    for (i, &loc) in list.iter().enumerate() {
+        let stars = loc.matches('*').count();
+        if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
+            return Err((
+                i,
+                InvalidTrafficPolicy::Value(format!(
+                    "locality {loc:?}: a wildcard '*' may only appear once, at the end"
+                )),
+            ));
+        }
+        if seen.contains_key("*") {
+            return Err((i, overlap(loc)));
+        }
+        let parts: Vec<&str> = loc.splitn(3, '/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err((
+                i,
+                InvalidTrafficPolicy::Value(format!(
+                    "locality {loc:?} must not have an empty region, zone or subzone"
+                )),
+            ));
+        }
+        match parts[..] {
+            [region] => {
+                if seen.contains_key(region) {
+                    return Err((i, overlap(loc)));
+                }
+                seen.insert(region, BTreeMap::from([("*", BTreeSet::from(["*"]))]));
+            }
+            [region, zone] => {
+                let zones = seen.entry(region).or_default();
+                if zones.contains_key("*") || zones.contains_key(zone) {
+                    return Err((i, overlap(loc)));
+                }
+                zones.insert(zone, BTreeSet::from(["*"]));
+            }
+            [region, zone, subzone] => {
+                let zones = seen.entry(region).or_default();
+                if zones.contains_key("*") {
+                    return Err((i, overlap(loc)));
+                }
+                let subzones = zones.entry(zone).or_default();
+                if subzones.contains("*") || !subzones.insert(subzone) {
+                    return Err((i, overlap(loc)));
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -762,7 +1152,7 @@ fn connection_pool(
                     p as f64,
                     0.0,
                     f64::from(u32::MAX),
-                    ">= 0",
+                    "0..4294967295",
                 );
                 // 0 = the OS default, as Envoy reads it.
                 keepalive.probes = u32::try_from(p).ok().filter(|p| *p > 0);
@@ -786,7 +1176,7 @@ fn connection_pool(
         tcp_idle = tcp
             .idle_timeout
             .as_deref()
-            .and_then(|d| ctx.check(&tp.key("idleTimeout"), v::duration_ms_or_zero(d)));
+            .and_then(|d| ctx.check(&tp.key("idleTimeout"), tcp_idle_timeout(d)));
     }
     let mut http_idle = None;
     if let Some(http) = &cp.http {
@@ -813,7 +1203,7 @@ fn connection_pool(
         http_idle = http
             .idle_timeout
             .as_deref()
-            .and_then(|d| ctx.check(&hp.key("idleTimeout"), v::duration_ms_or_zero(d)));
+            .and_then(|d| ctx.check(&hp.key("idleTimeout"), v::duration_ms(d)));
         let policy = http.h2_upgrade_policy.as_deref().unwrap_or("DEFAULT");
         match policy {
             "DEFAULT" => out.h2_upgrade_policy = H2UpgradePolicy::Default,
@@ -867,6 +1257,29 @@ fn connection_pool(
     Some(out)
 }
 
+/// `tcp.idleTimeout`: istiod skips the check when the value is under 1ms (whole milliseconds are 0,
+/// which Envoy reads as "no timeout"), and the CRD has no rule for it; otherwise the usual duration
+/// rule. Returns the timeout in effect (zero = disabled).
+fn tcp_idle_timeout(s: &str) -> Result<Duration, InvalidDuration> {
+    let d = v::duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Ok(Duration::ZERO);
+    }
+    v::duration_ms(s)
+}
+
+/// The CRD's CEL rule for durations istiod does not check itself: at least 1ms, any precision.
+fn at_least_1ms(s: &str) -> Result<Duration, InvalidDuration> {
+    let d = v::duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(InvalidDuration::TooShort {
+            value: s.to_string(),
+            min: "1ms",
+        });
+    }
+    Ok(d)
+}
+
 fn outlier_detection(
     ctx: &mut Ctx<'_>,
     path: &FieldPath,
@@ -886,7 +1299,7 @@ fn outlier_detection(
                     InvalidTrafficPolicy::Range {
                         field,
                         value: n as f64,
-                        range: ">= 0",
+                        range: "0..4294967295",
                     },
                 );
                 None
@@ -1008,7 +1421,17 @@ fn outlier_detection(
     // but current istiod drops it with a validation warning and translates nothing. Keel follows
     // istiod so that a rule ejects the same endpoints under Keel as under sidecars; honouring it
     // would eject where Istio does not.
-    if od.consecutive_errors.is_some_and(|n| n != 0) {
+    if let Some(n) = od.consecutive_errors.filter(|n| i32::try_from(*n).is_err()) {
+        // An int32 in the API: a larger value does not even parse.
+        ctx.err(
+            &path.key("consecutiveErrors"),
+            InvalidTrafficPolicy::Range {
+                field: "consecutiveErrors",
+                value: n as f64,
+                range: "-2147483648..2147483647",
+            },
+        );
+    } else if od.consecutive_errors.is_some_and(|n| n != 0) {
         ctx.warn(
             &path.key("consecutiveErrors"),
             "consecutiveErrors is deprecated and ignored, as in Istio; use consecutive5xxErrors or consecutiveGatewayErrors",
@@ -1066,44 +1489,92 @@ fn client_tls(
             return None;
         }
     };
-    let files = tls.client_certificate.is_some()
-        || tls.private_key.is_some()
-        || tls.ca_certificates.is_some();
-    if tls.credential_name.is_some() && files {
+    // istiod checks a `configmap://<namespace>/<name>` credential in every mode: it must name the
+    // resource's own namespace.
+    if let Some(rest) = tls
+        .credential_name
+        .as_deref()
+        .and_then(|c| c.strip_prefix("configmap://"))
+    {
+        let mut parts = rest.split('/');
+        let (namespace, name) = (parts.next().unwrap_or(""), parts.next());
+        let problem = match name {
+            None => Some("expected configmap://<namespace>/<name>".to_string()),
+            Some(_) if namespace.is_empty() => Some("the namespace is empty".to_string()),
+            Some("") => Some("the name is empty".to_string()),
+            Some(_) if namespace != ctx.ns() => Some(format!(
+                "the namespace must be the resource's own, {:?}",
+                ctx.ns()
+            )),
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            ctx.err(
+                &path.key("credentialName"),
+                InvalidTrafficPolicy::Value(format!(
+                    "invalid configmap:// credentialName: {problem}"
+                )),
+            );
+        }
+    }
+    // proto3 strings: empty is unset.
+    let set = |f: &Option<String>| f.as_deref().is_some_and(|s| !s.is_empty());
+    let credential = set(&tls.credential_name);
+    let verifying = matches!(mode, TlsMode::Simple | TlsMode::Mutual);
+    // istiod's ValidateTLS: with SIMPLE or MUTUAL, credentialName replaces every file.
+    if verifying && credential {
+        if set(&tls.client_certificate)
+            || set(&tls.private_key)
+            || set(&tls.ca_certificates)
+            || set(&tls.ca_crl)
+        {
+            ctx.err(
+                path,
+                InvalidTrafficPolicy::Conflict(
+                    "credentialName",
+                    "clientCertificate/privateKey/caCertificates/caCrl",
+                ),
+            );
+        } else {
+            ctx.err(
+                &path.key("credentialName"),
+                Invalid::Unsupported(
+                    "tls.credentialName: Keel has no secret source yet; name PEM files with \
+                     clientCertificate, privateKey and caCertificates instead"
+                        .into(),
+                ),
+            );
+        }
+    }
+    if mode == TlsMode::Mutual && !credential {
+        if !set(&tls.client_certificate) {
+            ctx.err(
+                &path.key("clientCertificate"),
+                InvalidTrafficPolicy::Missing("clientCertificate for MUTUAL (or credentialName)"),
+            );
+        }
+        if !set(&tls.private_key) {
+            ctx.err(
+                &path.key("privateKey"),
+                InvalidTrafficPolicy::Missing("privateKey for MUTUAL (or credentialName)"),
+            );
+        }
+    }
+    let insecure_skip_verify = tls.insecure_skip_verify == Some(true);
+    // Only SIMPLE and MUTUAL verify the server; with MUTUAL a credentialName may hold the client
+    // certificate alone, so it does not conflict there.
+    if insecure_skip_verify
+        && verifying
+        && (set(&tls.ca_certificates)
+            || !tls.subject_alt_names.is_empty()
+            || (mode == TlsMode::Simple && credential))
+    {
         ctx.err(
             path,
             InvalidTrafficPolicy::Conflict(
-                "credentialName",
-                "clientCertificate/privateKey/caCertificates",
+                "insecureSkipVerify",
+                "caCertificates/subjectAltNames (or credentialName with SIMPLE)",
             ),
-        );
-    } else if tls.credential_name.is_some() {
-        ctx.err(
-            &path.key("credentialName"),
-            Invalid::Unsupported(
-                "tls.credentialName: Keel has no secret source yet; name PEM files with \
-                 clientCertificate, privateKey and caCertificates instead"
-                    .into(),
-            ),
-        );
-    }
-    if mode == TlsMode::Mutual
-        && tls.credential_name.is_none()
-        && (tls.client_certificate.is_none() || tls.private_key.is_none())
-    {
-        ctx.err(
-            path,
-            InvalidTrafficPolicy::Missing(
-                "clientCertificate and privateKey (or credentialName) for MUTUAL",
-            ),
-        );
-    }
-    let insecure_skip_verify = tls.insecure_skip_verify == Some(true);
-    if insecure_skip_verify && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty())
-    {
-        ctx.err(
-            path,
-            InvalidTrafficPolicy::Conflict("insecureSkipVerify", "caCertificates/subjectAltNames"),
         );
     }
     let sni = tls.sni.as_deref().filter(|s| !s.is_empty());
@@ -1175,10 +1646,10 @@ fn client_tls(
             content: Arc::new(k.content),
         });
     }
-    if let Some(ca_path) = &tls.ca_certificates {
+    if let Some(ca_path) = tls.ca_certificates.as_ref().filter(|p| !p.is_empty()) {
         out.ca_certificates = load_file(ctx, path, &base, "caCertificates", ca_path, pem_roots);
     }
-    if let Some(crl_path) = &tls.ca_crl {
+    if let Some(crl_path) = tls.ca_crl.as_ref().filter(|p| !p.is_empty()) {
         out.ca_crl = load_file(ctx, path, &base, "caCrl", crl_path, pem_crls);
     }
     if ctx.errors.len() > before {

@@ -250,7 +250,7 @@ fn invalid_resources_are_rejected_with_precise_errors() {
         (
             "bad subset name",
             dr("  host: reviews\n  subsets:\n  - name: V_1\n"),
-            "\"V_1\" is not a valid DNS-1123 label",
+            "subset name \"V_1\" is not a DNS-1123 label",
         ),
         (
             "empty traffic policy",
@@ -305,7 +305,7 @@ fn invalid_resources_are_rejected_with_precise_errors() {
         (
             "mutual tls without certs",
             dr("  host: reviews\n  trafficPolicy:\n    tls: {mode: MUTUAL}\n"),
-            "clientCertificate and privateKey",
+            "clientCertificate for MUTUAL (or credentialName) is required",
         ),
         (
             "service port out of range",
@@ -709,6 +709,79 @@ fn traffic_policy_conversion() {
     );
 }
 
+/// Policies istiod accepts although they look odd, converted to what Envoy does with them.
+#[test]
+fn destination_rule_istiod_quirks_in_the_model() {
+    let policy_of = |yaml: &str| -> Result<TrafficPolicy, String> {
+        let report = load(&format!(
+            "{REVIEWS_NS1}{}",
+            dr(&format!("  host: reviews\n  trafficPolicy:\n{yaml}"))
+        ));
+        if !report.errors.is_empty() {
+            return Err(format!("{yaml}: {:?}", report.errors));
+        }
+        report
+            .snapshot
+            .destination_rules
+            .first()
+            .and_then(|d| d.traffic_policy.clone())
+            .ok_or_else(|| format!("{yaml}: no policy"))
+    };
+    let lb = |yaml: &str| policy_of(yaml).map(|tp| tp.load_balancer);
+    // A consistentHash that hashes nothing picks endpoints at random, as Envoy does.
+    assert_eq!(
+        lb("    loadBalancer: {consistentHash: {}}\n"),
+        Ok(Some(LoadBalancer::Random))
+    );
+    assert_eq!(
+        lb("    loadBalancer: {consistentHash: {useSourceIp: false}}\n"),
+        Ok(Some(LoadBalancer::Random))
+    );
+    // Header names are matched lower-case; maglev tableSize 1 is "prime" to Envoy and istiod.
+    assert_eq!(
+        lb("    loadBalancer: {consistentHash: {httpHeaderName: X-User, maglev: {tableSize: 1}}}\n"),
+        Ok(Some(LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Header("x-user".into()),
+            algorithm: HashAlgorithm::Maglev { table_size: 1 },
+        })))
+    );
+    // A tcp idleTimeout under 1ms is 0 whole milliseconds: no timeout.
+    let tp = policy_of("    connectionPool: {tcp: {idleTimeout: 0.5ms}}\n");
+    assert_eq!(
+        tp.map(|tp| tp.connection_pool.and_then(|cp| cp.tcp_idle_timeout)),
+        Ok(Some(std::time::Duration::ZERO))
+    );
+    // The first entry for a port applies; a number that is no service port never does.
+    let tp = policy_of(concat!(
+        "    portLevelSettings:\n",
+        "    - {port: {number: 9080}, loadBalancer: {simple: RANDOM}}\n",
+        "    - {port: {number: 9080}, loadBalancer: {simple: ROUND_ROBIN}}\n",
+        "    - {port: {number: 65536}, loadBalancer: {simple: ROUND_ROBIN}}\n",
+    ));
+    assert_eq!(
+        tp.map(|tp| {
+            tp.port_level
+                .iter()
+                .map(|(p, pl)| (*p, pl.load_balancer.clone()))
+                .collect::<Vec<_>>()
+        }),
+        Ok(vec![(9080, Some(LoadBalancer::Random))])
+    );
+    // warmup wins over the deprecated warmupDurationSecs.
+    let tp = policy_of("    loadBalancer: {warmup: {duration: 10s}, warmupDurationSecs: 20s}\n");
+    assert_eq!(
+        tp.map(|tp| tp.warmup.map(|w| w.duration)),
+        Ok(Some(std::time::Duration::from_secs(10)))
+    );
+    // With DISABLE nothing uses a credentialName, so it is accepted.
+    let tp =
+        policy_of("    tls: {mode: DISABLE, credentialName: unused, insecureSkipVerify: true}\n");
+    assert_eq!(
+        tp.map(|tp| tp.tls.map(|t| t.mode)),
+        Ok(Some(TlsMode::Disable))
+    );
+}
+
 /// The outlier-detection block as istiod translates it: defaults, explicit zeros, split local-origin
 /// counting and error codes.
 #[test]
@@ -946,12 +1019,21 @@ fn locality_lb_setting_and_warmup_become_the_model_without_warnings() {
         ))
     ));
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // istiod warns about failoverPriority without outlierDetection even when the setting is disabled.
     assert_eq!(
         warning_fields(&report),
-        vec![(
-            "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
-            "warmupDurationSecs is deprecated, use warmup.duration".to_string()
-        )]
+        vec![
+            (
+                "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting".to_string(),
+                "outlier detection policy must be provided for failover: without it no endpoint \
+                 is ever unhealthy, so traffic does not fail over"
+                    .to_string()
+            ),
+            (
+                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
+                "warmupDurationSecs is deprecated, use warmup.duration".to_string()
+            )
+        ]
     );
     let rule = &report.snapshot.destination_rules[0];
     let tp = rule.traffic_policy.as_ref().expect("policy");
