@@ -16,13 +16,6 @@ use crate::policy::validate as v;
 use crate::source::FieldPath;
 use crate::wire::istio as w;
 
-/// Istio's port protocol names (case-insensitive) -> model protocol.
-pub(super) fn port_protocol(s: &str) -> Option<Protocol> {
-    let p = Protocol::from_port(Some(s), None, 1);
-    // `from_port` falls back to Auto for names it does not know; Auto is not a declarable protocol.
-    (p != Protocol::Auto).then_some(p)
-}
-
 /// CRD `maxItems` of `hosts`, `addresses` and `ports`.
 const MAX_ITEMS: usize = 256;
 /// CRD `maxItems` of `endpoints`.
