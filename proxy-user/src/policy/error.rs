@@ -84,6 +84,18 @@ pub enum InvalidHost {
         /// The bad label.
         label: String,
     },
+    /// The last label is all-numeric (istiod's `ValidateDNS1123Labels`), e.g. `foo.123` or an IPv4
+    /// address where only names are allowed.
+    #[error("invalid host {host:?}: the last label {tld:?} must not be all-numeric")]
+    NumericTld {
+        /// The host.
+        host: String,
+        /// The last label.
+        tld: String,
+    },
+    /// A gateway-bound host starting `outbound_` that is not `outbound_.<port>_._.<host>`.
+    #[error("invalid host {0:?}: an outbound_ host must have the form outbound_.<PORT>_._.<HOSTNAME>")]
+    AutoPassthrough(String),
     /// Longer than 255 characters.
     #[error("host {0:?} is longer than 255 characters")]
     TooLong(String),
