@@ -335,7 +335,7 @@ fn istio_label(ctx: &mut Ctx<'_>, path: &FieldPath, what: &str, s: &str) -> bool
         ctx.err(
             path,
             InvalidHttpRoute::Value(format!(
-                "{what} {s:?} is not a DNS-1123 label (letters, digits and '-', at most 63, starting and ending with a letter or digit)"
+                "{what} {s:?} is not a valid DNS-1123 label (letters of either case, digits and '-', at most 63, starting and ending with a letter or digit)"
             )),
         );
     }
