@@ -94,7 +94,9 @@ pub enum InvalidHost {
         tld: String,
     },
     /// A gateway-bound host starting `outbound_` that is not `outbound_.<port>_._.<host>`.
-    #[error("invalid host {0:?}: an outbound_ host must have the form outbound_.<PORT>_._.<HOSTNAME>")]
+    #[error(
+        "invalid host {0:?}: an outbound_ host must have the form outbound_.<PORT>_._.<HOSTNAME>"
+    )]
     AutoPassthrough(String),
     /// Longer than 255 characters.
     #[error("host {0:?} is longer than 255 characters")]

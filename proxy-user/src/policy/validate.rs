@@ -247,8 +247,14 @@ pub fn gateway_bound_domain(host: &str, sni: bool) -> Result<(), InvalidHost> {
     }
     if sni && host.starts_with("outbound_") {
         let parts: Vec<&str> = host.split('_').collect();
-        let port = parts.get(1).map(|p| p.trim_matches('.')).unwrap_or_default();
-        let name = parts.get(3).map(|p| p.trim_matches('.')).unwrap_or_default();
+        let port = parts
+            .get(1)
+            .map(|p| p.trim_matches('.'))
+            .unwrap_or_default();
+        let name = parts
+            .get(3)
+            .map(|p| p.trim_matches('.'))
+            .unwrap_or_default();
         if parts.len() < 4
             || !port.bytes().any(|c| c.is_ascii_digit())
             || !name.bytes().any(|c| c.is_ascii_alphabetic())
@@ -666,10 +672,10 @@ pub const CORS_METHODS: &[&str] = &[
 /// The status codes Go's `net/http.StatusText` names: istiod accepts a numeric `retryOn` token exactly
 /// when it is one of these.
 const NAMED_STATUS_CODES: &[i64] = &[
-    100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305,
-    306, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416,
-    417, 418, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504, 505, 506, 507,
-    508, 510, 511,
+    100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304,
+    305, 306, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414,
+    415, 416, 417, 418, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504,
+    505, 506, 507, 508, 510, 511,
 ];
 
 /// Checks a `retryOn` list: comma-separated, no spaces (Istio does not trim them); a number counts when

@@ -58,7 +58,10 @@ pub(super) fn convert(
     // istiod checks each host with its domain grammar (IP addresses pass), then, only when every host
     // passed, compares the hosts as written (no short-name expansion) for overlaps.
     let gateway_bound = !mesh_bound;
-    let has_sni = spec.tls.iter().any(|t| t.match_.iter().any(|m| !m.sni_hosts.is_empty()));
+    let has_sni = spec
+        .tls
+        .iter()
+        .any(|t| t.match_.iter().any(|m| !m.sni_hosts.is_empty()));
     let mut all_hosts_valid = true;
     for (i, h) in spec.hosts.iter().enumerate() {
         let path = spec_path.key("hosts").index(i);
@@ -303,7 +306,9 @@ fn gateway_names(
                 if let Err(e) = v::istio_fqdn(g) {
                     ctx.err(
                         &p,
-                        InvalidHttpRoute::Value(format!("gateway name {g:?} is not a domain name: {e}")),
+                        InvalidHttpRoute::Value(format!(
+                            "gateway name {g:?} is not a domain name: {e}"
+                        )),
                     );
                     continue;
                 }
@@ -355,10 +360,10 @@ fn http_route(
     let has_delegate = route.delegate.is_some();
     let has_fault = route.fault.is_some();
     let has_rewrite = route.rewrite.is_some();
+    let root_rule = has_delegate && !r.is_delegate;
     // istiod's `validateHTTPRouteConflict`: a root rule (delegate, in a VS with hosts) is only checked
     // for redirect and route; any other rule by whichever of redirect / directResponse / route it has.
-    let conflicts: Vec<(&'static str, bool, &'static str, bool)> = if has_delegate && !r.is_delegate
-    {
+    let conflicts: Vec<(&'static str, bool, &'static str, bool)> = if root_rule {
         vec![
             ("delegate", true, "route", has_route),
             ("delegate", true, "redirect", has_redirect),
@@ -387,7 +392,7 @@ fn http_route(
             ctx.err(path, InvalidHttpRoute::Conflict(a, b));
         }
     }
-    if !(has_delegate && !r.is_delegate) && route.mirror.is_some() && !route.mirrors.is_empty() {
+    if !root_rule && route.mirror.is_some() && !route.mirrors.is_empty() {
         ctx.err(path, InvalidHttpRoute::Conflict("mirror", "mirrors"));
     }
 
@@ -510,8 +515,13 @@ fn http_match(
     let method = sm(ctx, "method", &m.method, MatchField::Other);
     let authority = sm(ctx, "authority", &m.authority, MatchField::Other);
     let headers = header_matches(ctx, r, &path.key("headers"), &m.headers, false);
-    let without_headers =
-        header_matches(ctx, r, &path.key("withoutHeaders"), &m.without_headers, true);
+    let without_headers = header_matches(
+        ctx,
+        r,
+        &path.key("withoutHeaders"),
+        &m.without_headers,
+        true,
+    );
     let mut query_params = Vec::new();
     for (k, qm) in &m.query_params {
         let qp = path.key("queryParams").key(k.clone());
@@ -538,10 +548,14 @@ fn http_match(
         l.clone()
     });
     // Empty means unset to istiod.
-    let source_namespace = m.source_namespace.as_ref().filter(|n| !n.is_empty()).map(|n| {
-        istio_label(ctx, &path.key("sourceNamespace"), "sourceNamespace", n);
-        n.clone()
-    });
+    let source_namespace = m
+        .source_namespace
+        .as_ref()
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            istio_label(ctx, &path.key("sourceNamespace"), "sourceNamespace", n);
+            n.clone()
+        });
     let gateways = gateway_names(ctx, &path.key("gateways"), &m.gateways, r.gateway_refs);
     if m.stat_prefix.is_some() {
         ctx.not_applied(
@@ -1063,7 +1077,10 @@ fn direct_response(
             return None;
         }
         Some(600) => {
-            ctx.err(&path.key("status"), InvalidHttpRoute::Value(STATUS_600.into()));
+            ctx.err(
+                &path.key("status"),
+                InvalidHttpRoute::Value(STATUS_600.into()),
+            );
             return None;
         }
         Some(s) if !(200..=599).contains(&s) => {
@@ -1338,7 +1355,10 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
                 None => None,
                 Some(s) if (200..=599).contains(&s) => u16::try_from(s).ok(),
                 Some(600) => {
-                    ctx.err(&ap.key("httpStatus"), InvalidHttpRoute::Value(STATUS_600.into()));
+                    ctx.err(
+                        &ap.key("httpStatus"),
+                        InvalidHttpRoute::Value(STATUS_600.into()),
+                    );
                     return None;
                 }
                 Some(s) => {
