@@ -852,8 +852,86 @@ mod tests {
     }
 
     #[test]
+    fn istiod_domain_grammar() {
+        // Upper case, a `*foo` / `*-foo` first label and a trailing dot pass; a numeric last label fails.
+        for ok in [
+            "Reviews.Example.COM",
+            "*foo.example.com",
+            "*-api.example.com",
+            "example.com.",
+            "*",
+            "123",
+        ] {
+            assert_eq!(wildcard_domain(ok), Ok(()), "{ok}");
+        }
+        assert!(matches!(
+            wildcard_domain("foo.123"),
+            Err(InvalidHost::NumericTld { .. })
+        ));
+        assert!(matches!(
+            wildcard_domain("10.0.0.1"),
+            Err(InvalidHost::NumericTld { .. })
+        ));
+        assert!(matches!(
+            wildcard_domain("foo*.example.com"),
+            Err(InvalidHost::Wildcard(_))
+        ));
+        assert!(matches!(
+            wildcard_domain("a.*.example.com"),
+            Err(InvalidHost::Wildcard(_))
+        ));
+        assert!(matches!(
+            wildcard_domain("foo_bar.com"),
+            Err(InvalidHost::Label { .. })
+        ));
+        assert!(matches!(
+            wildcard_domain("a..com"),
+            Err(InvalidHost::Label { .. })
+        ));
+        assert_eq!(wildcard_domain(""), Err(InvalidHost::Empty));
+        assert!(matches!(
+            wildcard_domain(&"a".repeat(256)),
+            Err(InvalidHost::TooLong(_))
+        ));
+        assert_eq!(istio_fqdn("web.default.svc.cluster.local"), Ok(()));
+        assert!(istio_fqdn("*.example.com").is_err());
+        assert_eq!(
+            gateway_bound_domain("outbound_.80_._.foo.example.com", true),
+            Ok(())
+        );
+        assert!(matches!(
+            gateway_bound_domain("outbound_.foo.example.com", true),
+            Err(InvalidHost::AutoPassthrough(_))
+        ));
+        // Without SNI matches the name is an ordinary domain (and `_` is not allowed in it).
+        assert!(gateway_bound_domain("outbound_.80_._.foo.example.com", false).is_err());
+    }
+
+    #[test]
+    fn istiod_header_match_names_and_claims() {
+        assert!(istio_header_name("x-a,b").is_ok());
+        assert!(istio_header_name("x y").is_err());
+        assert!(istio_header_name("").is_err());
+        assert!(is_jwt_claim_key("@request.auth.claims.group"));
+        assert!(is_jwt_claim_key("@Request.Auth.Claims[nested][key]"));
+        assert!(!is_jwt_claim_key("@request.auth.claims"));
+        assert!(!is_jwt_claim_key("@request.auth.claims."));
+        assert!(!is_jwt_claim_key("@request.auth.claims[]"));
+    }
+
+    #[test]
     fn retry_on_tokens() {
         assert!(retry_on("5xx,connect-failure,503").is_ok());
+        // Go's Atoi and StatusText decide numbers: 425 is named, 599 is not; `+503` reads as 503.
+        assert!(retry_on("425,+503").is_ok());
+        assert_eq!(
+            retry_on("599"),
+            Err(InvalidHttpRoute::RetryOn("599".into()))
+        );
+        assert_eq!(
+            retry_on("5xx,"),
+            Err(InvalidHttpRoute::RetryOn(String::new()))
+        );
         assert_eq!(
             retry_on("5xx, reset"),
             Err(InvalidHttpRoute::RetryOn(" reset".into()))
