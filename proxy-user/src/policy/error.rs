@@ -105,17 +105,23 @@ pub enum InvalidHost {
         /// What is wrong with it.
         reason: String,
     },
-    /// Longer than 255 characters.
-    #[error("host {0:?} is longer than 255 characters")]
-    TooLong(String),
-    /// The last label is a number (so IP addresses are not hosts where Istio wants a domain name).
-    #[error("invalid host {host:?}: the top-level label {label:?} cannot be all-numeric")]
+    /// The last label is all-numeric (istiod's `ValidateDNS1123Labels`), e.g. `foo.123` or an IPv4
+    /// address where only names are allowed.
+    #[error("invalid host {host:?}: the last label {tld:?} must not be all-numeric")]
     NumericTld {
         /// The host.
         host: String,
         /// The last label.
-        label: String,
+        tld: String,
     },
+    /// A gateway-bound host starting `outbound_` that is not `outbound_.<port>_._.<host>`.
+    #[error(
+        "invalid host {0:?}: an outbound_ host must have the form outbound_.<PORT>_._.<HOSTNAME>"
+    )]
+    AutoPassthrough(String),
+    /// Longer than 255 characters.
+    #[error("host {0:?} is longer than 255 characters")]
+    TooLong(String),
     /// Listed twice (after short-name expansion).
     #[error("duplicate host {0:?}")]
     Duplicate(String),

@@ -296,7 +296,8 @@ pub enum StringMatch {
     Prefix(String),
     /// Anchored `^(?:re)$` at conversion time.
     Regex(regex::Regex),
-    /// `{}` or `regex: "*"`: the header / parameter is present, any value.
+    /// `{}`, a null `queryParams` / `withoutHeaders` entry, or `regex: "*"` in `withoutHeaders`: the
+    /// header / parameter is present, any value.
     Present,
 }
 

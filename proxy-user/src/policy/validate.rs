@@ -185,6 +185,135 @@ pub fn wildcard_host(host: &str, star: StarHost) -> Result<(), InvalidHost> {
     Ok(())
 }
 
+/// Istio's own DNS-1123 label (`labels.IsDNS1123Label`): like [`is_dns1123_label`] but upper-case letters
+/// are allowed. istiod checks namespaces, subset and gateway names and host labels with it.
+pub fn is_istio_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A first host label as istiod allows it (`labels.IsWildcardDNS1123Label`): `*`, or an
+/// [`is_istio_dns1123_label`] optionally preceded by `*` or `*-` (so `*foo` and `*-foo` pass).
+pub fn is_istio_wildcard_label(s: &str) -> bool {
+    if s.len() > 63 {
+        return false;
+    }
+    if s == "*" {
+        return true;
+    }
+    let rest = s
+        .strip_prefix("*-")
+        .or_else(|| s.strip_prefix('*'))
+        .unwrap_or(s);
+    is_istio_dns1123_label(rest)
+}
+
+/// Istio's `ValidateDNS1123Labels` for `domain`, the part of `host` after its first label: the last label
+/// must not be all-numeric (as Go's `Atoi` reads it), it may be empty (a trailing dot), and every other
+/// label is an [`is_istio_dns1123_label`].
+fn istio_dns1123_labels(host: &str, domain: &str) -> Result<(), InvalidHost> {
+    let parts: Vec<&str> = domain.split('.').collect();
+    let tld = parts.last().copied().unwrap_or_default();
+    if tld.parse::<i64>().is_ok() {
+        return Err(InvalidHost::NumericTld {
+            host: host.to_string(),
+            tld: tld.to_string(),
+        });
+    }
+    for (i, label) in parts.iter().enumerate() {
+        if i + 1 == parts.len() && label.is_empty() {
+            return Ok(());
+        }
+        if !is_istio_dns1123_label(label) {
+            return Err(InvalidHost::Label {
+                host: host.to_string(),
+                label: label.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Istio's `ValidateWildcardDomain`, exactly: 1..=255 characters, a first label that is `*` or a label
+/// with a leading `*`/`*-`, then DNS labels (upper case allowed, trailing dot allowed, last label not
+/// all-numeric). IP addresses fail (their last label is numeric); callers that allow them check first.
+pub fn wildcard_domain(host: &str) -> Result<(), InvalidHost> {
+    if host.len() > 255 {
+        return Err(InvalidHost::TooLong(host.to_string()));
+    }
+    if host.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    let (first, rest) = match host.split_once('.') {
+        Some((f, r)) => (f, Some(r)),
+        None => (host, None),
+    };
+    if !is_istio_wildcard_label(first) {
+        if first.contains('*') {
+            return Err(InvalidHost::Wildcard(host.to_string()));
+        }
+        return Err(InvalidHost::Label {
+            host: host.to_string(),
+            label: first.to_string(),
+        });
+    }
+    if let Some(rest) = rest {
+        if rest.contains('*') {
+            return Err(InvalidHost::Wildcard(host.to_string()));
+        }
+        istio_dns1123_labels(host, rest)?;
+    }
+    Ok(())
+}
+
+/// Istio's `ValidateWildcardDomainForVirtualServiceBoundToGateway`: [`wildcard_domain`], except that
+/// when the VirtualService has TLS SNI matches (`sni`), a host starting `outbound_` is read as an
+/// AUTO_PASSTHROUGH name `outbound_.<port>_._.<host>` (at least four `_`-separated parts, a digit in the
+/// port part, a letter in the host part).
+pub fn gateway_bound_domain(host: &str, sni: bool) -> Result<(), InvalidHost> {
+    if host.len() > 255 {
+        return Err(InvalidHost::TooLong(host.to_string()));
+    }
+    if host.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if sni && host.starts_with("outbound_") {
+        let parts: Vec<&str> = host.split('_').collect();
+        let port = parts
+            .get(1)
+            .map(|p| p.trim_matches('.'))
+            .unwrap_or_default();
+        let name = parts
+            .get(3)
+            .map(|p| p.trim_matches('.'))
+            .unwrap_or_default();
+        if parts.len() < 4
+            || !port.bytes().any(|c| c.is_ascii_digit())
+            || !name.bytes().any(|c| c.is_ascii_alphabetic())
+        {
+            return Err(InvalidHost::AutoPassthrough(host.to_string()));
+        }
+        return Ok(());
+    }
+    wildcard_domain(host)
+}
+
+/// Istio's `ValidateFQDN` (gateway names without a `/`): 1..=255 characters of DNS labels (upper case
+/// allowed, trailing dot allowed, last label not all-numeric), no wildcard.
+pub fn istio_fqdn(name: &str) -> Result<(), InvalidHost> {
+    if name.len() > 255 {
+        return Err(InvalidHost::TooLong(name.to_string()));
+    }
+    if name.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    istio_dns1123_labels(name, name)
+}
+
 /// True if wildcard-or-exact host `a` matches every name `b` matches (Istio's `SubsetOf`).
 pub fn host_subset_of(a: &str, b: &str) -> bool {
     if b == "*" {
@@ -262,10 +391,8 @@ pub fn string_match(
         return Ok(StringMatch::Prefix(p.clone()));
     }
     if let Some(r) = &m.regex {
-        // Istio turns `regex: "*"` (not a valid RE2) into a presence match, as it does `{}`.
-        if r == "*" {
-            return Ok(StringMatch::Present);
-        }
+        // `regex: "*"` is not RE2 and is rejected here; only `withoutHeaders` lets it through, as a
+        // presence match (the caller handles that).
         return Ok(StringMatch::Regex(anchored_regex(r)?));
     }
     Ok(StringMatch::Present)
@@ -339,6 +466,36 @@ pub fn header_name(name: &str) -> Result<String, InvalidHeader> {
     } else {
         Err(InvalidHeader::Name(name.to_string()))
     }
+}
+
+/// A header name as istiod checks match keys and CORS header lists: one or more of `A-Za-z0-9` and
+/// ``!#$%&'*+,-.^_`|~`` (istiod's character class spells `+-.` as a range, so `,` is allowed too).
+/// Returned as written.
+pub fn istio_header_name(name: &str) -> Result<String, InvalidHeader> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+,-.^_`|~".contains(&c));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(InvalidHeader::Name(name.to_string()))
+    }
+}
+
+/// True if `key` is a JWT-claim routing key as istiod reads it (`jwt.ToRoutingClaim`): a
+/// case-insensitive `@request.auth.claims` followed by `.name` or `[name]...`.
+pub fn is_jwt_claim_key(key: &str) -> bool {
+    const PREFIX: &str = "@request.auth.claims";
+    let Some(head) = key.get(..PREFIX.len()) else {
+        return false;
+    };
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return false;
+    }
+    let rest = &key[PREFIX.len()..];
+    (rest.starts_with('.') && rest.len() > 1)
+        || (rest.starts_with('[') && rest.ends_with(']') && rest.len() > 2)
 }
 
 /// Pseudo-headers allowed as match keys.
@@ -549,12 +706,24 @@ pub const CORS_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// Checks a `retryOn` list: comma-separated, no spaces (Istio does not trim them).
+/// The status codes Go's `net/http.StatusText` names: istiod accepts a numeric `retryOn` token exactly
+/// when it is one of these.
+const NAMED_STATUS_CODES: &[i64] = &[
+    100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304,
+    305, 306, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414,
+    415, 416, 417, 418, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504,
+    505, 506, 507, 508, 510, 511,
+];
+
+/// Checks a `retryOn` list: comma-separated, no spaces (Istio does not trim them); a number counts when
+/// Go's `Atoi` reads it as a named HTTP status (so `+503` and `0503` pass, `599` does not).
 pub fn retry_on(s: &str) -> Result<Vec<String>, InvalidHttpRoute> {
     let mut out = Vec::new();
     for token in s.split(',') {
         let known = RETRY_ON.contains(&token)
-            || (token.len() == 3 && token.parse::<u16>().is_ok_and(|c| (100..600).contains(&c)));
+            || token
+                .parse::<i64>()
+                .is_ok_and(|c| NAMED_STATUS_CODES.contains(&c));
         if !known {
             return Err(InvalidHttpRoute::RetryOn(token.to_string()));
         }
@@ -720,8 +889,86 @@ mod tests {
     }
 
     #[test]
+    fn istiod_domain_grammar() {
+        // Upper case, a `*foo` / `*-foo` first label and a trailing dot pass; a numeric last label fails.
+        for ok in [
+            "Reviews.Example.COM",
+            "*foo.example.com",
+            "*-api.example.com",
+            "example.com.",
+            "*",
+            "123",
+        ] {
+            assert_eq!(wildcard_domain(ok), Ok(()), "{ok}");
+        }
+        assert!(matches!(
+            wildcard_domain("foo.123"),
+            Err(InvalidHost::NumericTld { .. })
+        ));
+        assert!(matches!(
+            wildcard_domain("10.0.0.1"),
+            Err(InvalidHost::NumericTld { .. })
+        ));
+        assert!(matches!(
+            wildcard_domain("foo*.example.com"),
+            Err(InvalidHost::Wildcard(_))
+        ));
+        assert!(matches!(
+            wildcard_domain("a.*.example.com"),
+            Err(InvalidHost::Wildcard(_))
+        ));
+        assert!(matches!(
+            wildcard_domain("foo_bar.com"),
+            Err(InvalidHost::Label { .. })
+        ));
+        assert!(matches!(
+            wildcard_domain("a..com"),
+            Err(InvalidHost::Label { .. })
+        ));
+        assert_eq!(wildcard_domain(""), Err(InvalidHost::Empty));
+        assert!(matches!(
+            wildcard_domain(&"a".repeat(256)),
+            Err(InvalidHost::TooLong(_))
+        ));
+        assert_eq!(istio_fqdn("web.default.svc.cluster.local"), Ok(()));
+        assert!(istio_fqdn("*.example.com").is_err());
+        assert_eq!(
+            gateway_bound_domain("outbound_.80_._.foo.example.com", true),
+            Ok(())
+        );
+        assert!(matches!(
+            gateway_bound_domain("outbound_.foo.example.com", true),
+            Err(InvalidHost::AutoPassthrough(_))
+        ));
+        // Without SNI matches the name is an ordinary domain (and `_` is not allowed in it).
+        assert!(gateway_bound_domain("outbound_.80_._.foo.example.com", false).is_err());
+    }
+
+    #[test]
+    fn istiod_header_match_names_and_claims() {
+        assert!(istio_header_name("x-a,b").is_ok());
+        assert!(istio_header_name("x y").is_err());
+        assert!(istio_header_name("").is_err());
+        assert!(is_jwt_claim_key("@request.auth.claims.group"));
+        assert!(is_jwt_claim_key("@Request.Auth.Claims[nested][key]"));
+        assert!(!is_jwt_claim_key("@request.auth.claims"));
+        assert!(!is_jwt_claim_key("@request.auth.claims."));
+        assert!(!is_jwt_claim_key("@request.auth.claims[]"));
+    }
+
+    #[test]
     fn retry_on_tokens() {
         assert!(retry_on("5xx,connect-failure,503").is_ok());
+        // Go's Atoi and StatusText decide numbers: 425 is named, 599 is not; `+503` reads as 503.
+        assert!(retry_on("425,+503").is_ok());
+        assert_eq!(
+            retry_on("599"),
+            Err(InvalidHttpRoute::RetryOn("599".into()))
+        );
+        assert_eq!(
+            retry_on("5xx,"),
+            Err(InvalidHttpRoute::RetryOn(String::new()))
+        );
         assert_eq!(
             retry_on("5xx, reset"),
             Err(InvalidHttpRoute::RetryOn(" reset".into()))

@@ -206,7 +206,7 @@ fn dns_labels(host: &str, labels: &str) -> Result<(), InvalidHost> {
     if parts[last].parse::<i64>().is_ok() {
         return Err(InvalidHost::NumericTld {
             host: host.to_string(),
-            label: parts[last].to_string(),
+            tld: parts[last].to_string(),
         });
     }
     for (i, label) in parts.iter().enumerate() {

@@ -5,13 +5,16 @@ use base64::Engine as _;
 use super::{Ctx, DestinationRef};
 use crate::policy::error::*;
 use crate::policy::model::*;
-use crate::policy::validate::{self as v, MatchField, StarHost};
+use crate::policy::validate::{self as v, MatchField};
 use crate::source::FieldPath;
 use crate::wire::istio as w;
 
 /// Largest direct-response body Istio accepts, and the size above which it warns.
 const MAX_DIRECT_BODY: usize = 1024 * 1024;
 const WARN_DIRECT_BODY: usize = 100 * 1024;
+/// istiod's status check lets 600 through; Envoy refuses it, so the route would never be served.
+const STATUS_600: &str =
+    "status 600 passes istiod's check (200..600) but Envoy refuses statuses from 600 on; use 200..599";
 
 pub(super) fn convert(
     ctx: &mut Ctx<'_>,
@@ -28,7 +31,7 @@ pub(super) fn convert(
         &spec.gateways,
         gateway_refs,
     );
-    let mesh_bound = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
+    let mesh_bound = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
     let is_delegate = spec.hosts.is_empty();
 
     // Hosts.
@@ -52,26 +55,55 @@ pub(super) fn convert(
             );
         }
     }
+    // istiod checks each host with its domain grammar (IP addresses pass), then, only when every host
+    // passed, compares the hosts as written (no short-name expansion) for overlaps.
+    let gateway_bound = !mesh_bound;
+    let has_sni = spec
+        .tls
+        .iter()
+        .any(|t| t.match_.iter().any(|m| !m.sni_hosts.is_empty()));
+    let mut all_hosts_valid = true;
     for (i, h) in spec.hosts.iter().enumerate() {
         let path = spec_path.key("hosts").index(i);
-        let star = if mesh_bound {
-            StarHost::Rejected(" for virtual services bound to the mesh gateway")
+        let checked = if gateway_bound {
+            v::gateway_bound_domain(h, has_sni)
         } else {
-            StarHost::Allowed
+            v::wildcard_domain(h)
         };
-        if ctx.check(&path, v::wildcard_host(h, star)).is_none() {
-            continue;
+        match checked {
+            Err(_) if h.parse::<std::net::IpAddr>().is_ok() => {}
+            Err(e) => {
+                ctx.err(&path, e);
+                all_hosts_valid = false;
+                continue;
+            }
+            Ok(()) if mesh_bound && h == "*" => {
+                ctx.err(
+                    &path,
+                    InvalidHost::Star(" for virtual services bound to the mesh gateway"),
+                );
+                all_hosts_valid = false;
+                continue;
+            }
+            Ok(()) => {}
         }
         let fqdn = v::resolve_short_name(h, &ns);
-        if hosts.contains(&fqdn) {
-            ctx.err(&path, InvalidHost::Duplicate(fqdn));
-            continue;
+        // `reviews` and `reviews.<ns>.svc.cluster.local` are different strings to istiod: one host here.
+        if !hosts.contains(&fqdn) {
+            hosts.push(fqdn);
         }
-        if let Some(other) = hosts.iter().find(|o| v::hosts_overlap(o, &fqdn)) {
-            ctx.err(&path, InvalidHost::Overlap(other.clone(), fqdn.clone()));
-            continue;
+    }
+    if all_hosts_valid {
+        for (i, a) in spec.hosts.iter().enumerate() {
+            for (j, b) in spec.hosts.iter().enumerate().skip(i + 1) {
+                let path = spec_path.key("hosts").index(j);
+                if a == b {
+                    ctx.err(&path, InvalidHost::Duplicate(a.clone()));
+                } else if v::hosts_overlap(a, b) {
+                    ctx.err(&path, InvalidHost::Overlap(a.clone(), b.clone()));
+                }
+            }
         }
-        hosts.push(fqdn);
     }
 
     if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
@@ -183,24 +215,27 @@ pub(super) fn convert(
             }
             for (k, sni) in m.sni_hosts.iter().enumerate() {
                 let sp = mp.key("sniHosts").index(k);
-                if ctx
-                    .check(&sp, v::wildcard_host(sni, StarHost::Allowed))
-                    .is_none()
-                {
+                let checked = if gateway_bound {
+                    v::gateway_bound_domain(sni, true)
+                } else {
+                    v::wildcard_domain(sni)
+                };
+                let sni_l = sni.to_ascii_lowercase();
+                if let Err(e) = checked {
+                    // istiod only warns about an IP address, and does not compare it with the hosts.
+                    if sni.parse::<std::net::IpAddr>().is_ok() {
+                        ctx.warn(
+                            &sp,
+                            "an IP address as SNI host never matches: clients send names in SNI",
+                        );
+                        lm.sni_hosts.push(sni_l);
+                    } else {
+                        ctx.err(&sp, e);
+                    }
                     continue;
                 }
-                let sni_l = sni.to_ascii_lowercase();
-                if sni_l.parse::<std::net::IpAddr>().is_ok() {
-                    ctx.warn(
-                        &sp,
-                        "an IP address as SNI host never matches: clients send names in SNI",
-                    );
-                }
-                let fqdn = v::resolve_short_name(&sni_l, &ns);
-                if !hosts
-                    .iter()
-                    .any(|h| v::host_subset_of(&fqdn, h) || v::host_subset_of(&sni_l, h))
-                {
+                // Compared as written, like istiod: `reviews` is not within `reviews.default.svc...`.
+                if !spec.hosts.iter().any(|h| v::host_subset_of(sni, h)) {
                     ctx.err(&sp, InvalidL4Route::SniNotInHosts(sni.clone()));
                 }
                 lm.sni_hosts.push(sni_l);
@@ -233,7 +268,10 @@ struct RouteCtx<'r> {
     mesh_bound: bool,
 }
 
-/// Normalises gateway names to `mesh` or `namespace/name`.
+/// Normalises gateway names to `mesh` or `namespace/name`, checking them as istiod's
+/// `validateGatewayNames` does: `ns/name` needs two DNS labels; a name without `/` must be a domain name
+/// (`a.b` is the legacy `name.namespace` form, warned about) and, an istiod quirk, ends the checking: the
+/// names after it are taken as written.
 fn gateway_names(
     ctx: &mut Ctx<'_>,
     path: &FieldPath,
@@ -242,41 +280,50 @@ fn gateway_names(
 ) -> Vec<String> {
     let ns = ctx.ns().to_string();
     let mut out = Vec::new();
+    let mut checking = true;
     for (i, g) in names.iter().enumerate() {
         let p = path.index(i);
         if g == "mesh" {
+            checking = false;
             out.push(g.clone());
             continue;
         }
         let full = if let Some((gns, name)) = g.split_once('/') {
-            let ok_ns = ctx.check(&p, v::dns1123_label(gns)).is_some();
-            let ok_name = ctx.check(&p, v::dns1123_subdomain(name)).is_some();
-            if !(ok_ns && ok_name) {
-                continue;
+            if checking {
+                let mut ok = true;
+                for (what, part) in [("gateway namespace", gns), ("gateway name", name)] {
+                    ok &= istio_label(ctx, &p, what, part);
+                }
+                if !ok {
+                    continue;
+                }
             }
             g.clone()
-        } else if g.contains('.') {
-            // Legacy `name.namespace.svc.cluster.local` form.
-            let mut parts = g.split('.');
-            let (Some(name), Some(gns)) = (parts.next(), parts.next()) else {
-                ctx.err(&p, InvalidName::Dns1123Subdomain(g.clone()));
-                continue;
-            };
-            if ctx.check(&p, v::dns1123_label(gns)).is_none()
-                || ctx.check(&p, v::dns1123_label(name)).is_none()
-            {
-                continue;
-            }
-            ctx.warn(
-                &p,
-                format!("gateway name {g:?} uses the legacy FQDN form; write \"{gns}/{name}\""),
-            );
-            format!("{gns}/{name}")
         } else {
-            if ctx.check(&p, v::dns1123_subdomain(g)).is_none() {
-                continue;
+            let was_checking = checking;
+            checking = false;
+            if was_checking {
+                if let Err(e) = v::istio_fqdn(g) {
+                    ctx.err(
+                        &p,
+                        InvalidHttpRoute::Value(format!(
+                            "gateway name {g:?} is not a domain name: {e}"
+                        )),
+                    );
+                    continue;
+                }
             }
-            format!("{ns}/{g}")
+            if let Some((name, rest)) = g.split_once('.') {
+                // Legacy `name.namespace[.svc.cluster.local]` form.
+                let gns = rest.split('.').next().unwrap_or_default();
+                ctx.warn(
+                    &p,
+                    format!("gateway name {g:?} uses the legacy FQDN form; write \"{gns}/{name}\""),
+                );
+                format!("{gns}/{name}")
+            } else {
+                format!("{ns}/{g}")
+            }
         };
         refs.push((ctx.location(&p), full.clone()));
         if !out.contains(&full) {
@@ -284,6 +331,20 @@ fn gateway_names(
         }
     }
     out
+}
+
+/// Checks `s` with istiod's DNS-1123 label rule (`labels.IsDNS1123Label`, which allows upper case).
+fn istio_label(ctx: &mut Ctx<'_>, path: &FieldPath, what: &str, s: &str) -> bool {
+    let ok = v::is_istio_dns1123_label(s);
+    if !ok {
+        ctx.err(
+            path,
+            InvalidHttpRoute::Value(format!(
+                "{what} {s:?} is not a valid DNS-1123 label (letters of either case, digits and '-', at most 63, starting and ending with a letter or digit)"
+            )),
+        );
+    }
+    ok
 }
 
 fn http_route(
@@ -297,32 +358,42 @@ fn http_route(
     let has_redirect = route.redirect.is_some();
     let has_direct = route.direct_response.is_some();
     let has_delegate = route.delegate.is_some();
-    let conflicts: [(&'static str, bool, &'static str, bool); 9] = [
-        ("route", has_route, "redirect", has_redirect),
-        ("route", has_route, "directResponse", has_direct),
-        ("redirect", has_redirect, "directResponse", has_direct),
-        ("fault", route.fault.is_some(), "redirect", has_redirect),
-        ("fault", route.fault.is_some(), "directResponse", has_direct),
-        ("rewrite", route.rewrite.is_some(), "redirect", has_redirect),
-        (
-            "rewrite",
-            route.rewrite.is_some(),
-            "directResponse",
-            has_direct,
-        ),
-        ("delegate", has_delegate, "route", has_route),
-        ("delegate", has_delegate, "redirect", has_redirect),
-    ];
+    let has_fault = route.fault.is_some();
+    let has_rewrite = route.rewrite.is_some();
+    let root_rule = has_delegate && !r.is_delegate;
+    // istiod's `validateHTTPRouteConflict`: a root rule (delegate, in a VS with hosts) is only checked
+    // for redirect and route; any other rule by whichever of redirect / directResponse / route it has.
+    let conflicts: Vec<(&'static str, bool, &'static str, bool)> = if root_rule {
+        vec![
+            ("delegate", true, "route", has_route),
+            ("delegate", true, "redirect", has_redirect),
+        ]
+    } else if has_redirect {
+        vec![
+            ("route", has_route, "redirect", true),
+            ("fault", has_fault, "redirect", true),
+            ("rewrite", has_rewrite, "redirect", true),
+            ("redirect", true, "directResponse", has_direct),
+        ]
+    } else if has_direct {
+        vec![
+            ("route", has_route, "directResponse", true),
+            ("fault", has_fault, "directResponse", true),
+            ("rewrite", has_rewrite, "directResponse", true),
+        ]
+    } else {
+        if !has_route && !has_delegate {
+            ctx.err(path, InvalidHttpRoute::NoAction);
+        }
+        Vec::new()
+    };
     for (a, ha, b, hb) in conflicts {
         if ha && hb {
             ctx.err(path, InvalidHttpRoute::Conflict(a, b));
         }
     }
-    if route.mirror.is_some() && !route.mirrors.is_empty() {
+    if !root_rule && route.mirror.is_some() && !route.mirrors.is_empty() {
         ctx.err(path, InvalidHttpRoute::Conflict("mirror", "mirrors"));
-    }
-    if !(has_route || has_redirect || has_direct || has_delegate) {
-        ctx.err(path, InvalidHttpRoute::NoAction);
     }
 
     let matches: Vec<HttpMatch> = route
@@ -343,14 +414,27 @@ fn http_route(
                 InvalidHttpRoute::Delegate("a delegate virtual service cannot delegate again"),
             );
         }
+        // istiod does not check the reference; one that names no VirtualService drops the rule at
+        // runtime, in Keel as in Istio.
         let name = d.name.clone().unwrap_or_default();
-        if name.is_empty() {
-            ctx.err(&dp.key("name"), InvalidHttpRoute::Missing("delegate.name"));
-        } else {
-            ctx.check(&dp.key("name"), v::dns1123_subdomain(&name));
-        }
         let namespace = d.namespace.clone().unwrap_or_else(|| ctx.ns().to_string());
-        ctx.check(&dp.key("namespace"), v::dns1123_label(&namespace));
+        if name.is_empty() {
+            ctx.warn(
+                &dp.key("name"),
+                "delegate has no name: it can never resolve and the rule is dropped",
+            );
+        } else if !v::is_dns1123_subdomain(&name) {
+            ctx.warn(
+                &dp.key("name"),
+                format!("delegate name {name:?} is not a valid resource name: it can never resolve and the rule is dropped"),
+            );
+        }
+        if !v::is_dns1123_label(&namespace) {
+            ctx.warn(
+                &dp.key("namespace"),
+                format!("delegate namespace {namespace:?} is not a valid namespace name: it can never resolve and the rule is dropped"),
+            );
+        }
         HttpAction::Delegate { name, namespace }
     } else if let Some(rd) = &route.redirect {
         HttpAction::Redirect(redirect(ctx, &path.key("redirect"), rd, &matches)?)
@@ -430,8 +514,14 @@ fn http_match(
     let scheme = sm(ctx, "scheme", &m.scheme, MatchField::Other);
     let method = sm(ctx, "method", &m.method, MatchField::Other);
     let authority = sm(ctx, "authority", &m.authority, MatchField::Other);
-    let headers = header_matches(ctx, r, &path.key("headers"), &m.headers);
-    let without_headers = header_matches(ctx, r, &path.key("withoutHeaders"), &m.without_headers);
+    let headers = header_matches(ctx, r, &path.key("headers"), &m.headers, false);
+    let without_headers = header_matches(
+        ctx,
+        r,
+        &path.key("withoutHeaders"),
+        &m.without_headers,
+        true,
+    );
     let mut query_params = Vec::new();
     for (k, qm) in &m.query_params {
         let qp = path.key("queryParams").key(k.clone());
@@ -443,7 +533,8 @@ fn http_match(
             continue;
         }
         match qm {
-            None => ctx.err(&qp, InvalidStringMatch::Null),
+            // istiod lets a null query parameter match through; Envoy gets a presence match.
+            None => query_params.push((k.clone(), StringMatch::Present)),
             Some(qm) => {
                 if let Some(sm) = ctx.check(&qp, v::string_match(qm, MatchField::Other)) {
                     query_params.push((k.clone(), sm));
@@ -451,17 +542,20 @@ fn http_match(
             }
         }
     }
-    let port = m
-        .port
-        .and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    let port = match_port(ctx, &path.key("port"), m.port);
     let source_labels = m.source_labels.as_ref().map(|l| {
         ctx.check(&path.key("sourceLabels"), v::labels(l));
         l.clone()
     });
-    let source_namespace = m.source_namespace.as_ref().map(|n| {
-        ctx.check(&path.key("sourceNamespace"), v::dns1123_label(n));
-        n.clone()
-    });
+    // Empty means unset to istiod.
+    let source_namespace = m
+        .source_namespace
+        .as_ref()
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            istio_label(ctx, &path.key("sourceNamespace"), "sourceNamespace", n);
+            n.clone()
+        });
     let gateways = gateway_names(ctx, &path.key("gateways"), &m.gateways, r.gateway_refs);
     if m.stat_prefix.is_some() {
         ctx.not_applied(
@@ -486,34 +580,52 @@ fn http_match(
     }
 }
 
+/// A match `port`: 0 means unset to istiod (`port != 0` guards its range check).
+fn match_port(ctx: &mut Ctx<'_>, path: &FieldPath, port: Option<i64>) -> Option<u16> {
+    match port {
+        None | Some(0) => None,
+        Some(p) => ctx.check(path, v::port(p)),
+    }
+}
+
+/// `headers` / `withoutHeaders` of a match. istiod rejects a null `headers` entry but lets a null
+/// `withoutHeaders` entry through (a presence match, inverted); `regex: "*"` is a presence match too.
 fn header_matches(
     ctx: &mut Ctx<'_>,
     r: &RouteCtx<'_>,
     path: &FieldPath,
     map: &std::collections::BTreeMap<String, Option<w::StringMatch>>,
+    without: bool,
 ) -> Vec<(String, StringMatch)> {
     let mut out = Vec::new();
     for (k, m) in map {
         let hp = path.key(k.clone());
-        if k.starts_with("@request.auth.claims") {
+        if v::is_jwt_claim_key(k) {
             if r.mesh_bound {
                 ctx.err(&hp, InvalidHeader::JwtClaim(k.clone()));
             }
             continue;
         }
-        // Istio skips these keys: they are spelled as match fields of their own.
-        if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
-            ctx.warn(
-                &hp,
-                format!("header key {k:?} is ignored; use the {k} field of the match instead"),
-            );
-            continue;
-        }
-        let Some(name) = ctx.check(&hp, v::header_match_name(k)) else {
-            continue;
+        let name = if v::MATCHABLE_PSEUDO_HEADERS.contains(&k.as_str()) {
+            k.clone()
+        } else {
+            match ctx.check(&hp, v::istio_header_name(k)) {
+                Some(n) => n.to_ascii_lowercase(),
+                None => continue,
+            }
         };
         match m {
+            None if without => out.push((name, StringMatch::Present)),
             None => ctx.err(&hp, InvalidStringMatch::Null),
+            // Not RE2; istiod skips checking it in `withoutHeaders` and Envoy gets a presence match.
+            Some(m)
+                if without
+                    && m.regex.as_deref() == Some("*")
+                    && m.exact.is_none()
+                    && m.prefix.is_none() =>
+            {
+                out.push((name, StringMatch::Present))
+            }
             Some(m) => {
                 if let Some(sm) = ctx.check(&hp, v::string_match(m, MatchField::Other)) {
                     out.push((name, sm));
@@ -551,8 +663,9 @@ fn headers(
                     };
                     if route_level {
                         authority = Some(val);
-                    } else {
-                        // Per destination, the data path rewrites Host by setting it (see model docs).
+                    } else if !out.request.set.iter().any(|(n, _)| n == "host") {
+                        // Per destination, the data path rewrites Host by setting it (see model docs);
+                        // istiod does not count them here, and `set` wins over `add`.
                         out.request.set.push(("host".to_string(), val));
                     }
                     continue;
@@ -561,10 +674,10 @@ fn headers(
                     ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
                     continue;
                 }
-                let (Some(name), Some(val)) = (
-                    ctx.check(&kp, v::header_name(k)),
-                    header_value(ctx, &kp, k, val),
-                ) else {
+                let Some(val) = header_value(ctx, &kp, k, val) else {
+                    continue;
+                };
+                let Some(name) = op_name(ctx, &kp, k) else {
                     continue;
                 };
                 if target == 0 {
@@ -574,7 +687,7 @@ fn headers(
                 }
             }
         }
-        if authorities > 1 {
+        if route_level && authorities > 1 {
             ctx.err(&rp, InvalidHeader::AuthorityTwice);
         }
         for (i, k) in req.remove.iter().enumerate() {
@@ -582,7 +695,7 @@ fn headers(
             let lower = k.to_ascii_lowercase();
             if lower.starts_with(':') || lower == "host" {
                 ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
-            } else if let Some(name) = ctx.check(&kp, v::header_name(k)) {
+            } else if let Some(name) = op_name(ctx, &kp, k) {
                 out.request.remove.push(name);
             }
         }
@@ -597,10 +710,10 @@ fn headers(
                     ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
                     continue;
                 }
-                let (Some(name), Some(val)) = (
-                    ctx.check(&kp, v::header_name(k)),
-                    header_value(ctx, &kp, k, val),
-                ) else {
+                let Some(val) = header_value(ctx, &kp, k, val) else {
+                    continue;
+                };
+                let Some(name) = op_name(ctx, &kp, k) else {
                     continue;
                 };
                 if op == "set" {
@@ -615,12 +728,31 @@ fn headers(
             let lower = k.to_ascii_lowercase();
             if lower.starts_with(':') || lower == "host" {
                 ctx.err(&kp, InvalidHeader::Reserved(k.clone()));
-            } else if let Some(name) = ctx.check(&kp, v::header_name(k)) {
+            } else if let Some(name) = op_name(ctx, &kp, k) {
                 out.response.remove.push(name);
             }
         }
     }
     (out, authority)
+}
+
+/// The name of a header operation, lower-cased. istiod only rejects an empty name (and the reserved ones,
+/// checked by the caller); a name that is not an HTTP token is accepted there but cannot be sent by Keel.
+fn op_name(ctx: &mut Ctx<'_>, path: &FieldPath, name: &str) -> Option<String> {
+    if name.is_empty() {
+        ctx.err(path, InvalidHeader::Name(String::new()));
+        return None;
+    }
+    match v::header_name(name) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            ctx.not_applied(
+                path,
+                Some("the name is not an HTTP token (RFC 9110), so Keel cannot send it"),
+            );
+            None
+        }
+    }
 }
 
 /// A set/add value, kept as written (an Envoy template); operators Keel sends literally are warned about.
@@ -654,13 +786,17 @@ fn destination(
         }
         Some(h) => h,
     };
-    ctx.check(
-        &path.key("host"),
-        v::wildcard_host(host, StarHost::Rejected(" as a destination")),
-    )?;
+    if host == "*" {
+        ctx.err(&path.key("host"), InvalidHost::Star(" as a destination"));
+        return None;
+    }
+    // istiod's domain grammar: IP addresses are rejected here (their last label is numeric).
+    ctx.check(&path.key("host"), v::wildcard_domain(host))?;
     let subset = match &d.subset {
         Some(s) if !s.is_empty() => {
-            ctx.check(&path.key("subset"), v::dns1123_label(s))?;
+            if !istio_label(ctx, &path.key("subset"), "subset name", s) {
+                return None;
+            }
             Some(s.clone())
         }
         _ => None,
@@ -796,13 +932,11 @@ fn l4_match(
             );
         }
     }
-    let port = port.and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    let port = match_port(ctx, &path.key("port"), port);
     if let Some(l) = source_labels {
         ctx.check(&path.key("sourceLabels"), v::labels(l));
     }
-    if let Some(n) = source_namespace {
-        ctx.check(&path.key("sourceNamespace"), v::dns1123_label(n));
-    }
+    // istiod does not check `sourceNamespace` of TCP/TLS matches (a bad one simply never matches).
     let gateways = gateway_names(ctx, &path.key("gateways"), gateways, r.gateway_refs);
     L4Match {
         destination_subnets: subnets.to_vec(),
@@ -814,6 +948,11 @@ fn l4_match(
     }
 }
 
+/// An empty string is an unset field to istiod (proto3 scalars).
+fn set(s: &Option<String>) -> Option<&String> {
+    s.as_ref().filter(|s| !s.is_empty())
+}
+
 fn redirect(
     ctx: &mut Ctx<'_>,
     path: &FieldPath,
@@ -821,21 +960,28 @@ fn redirect(
     matches: &[HttpMatch],
 ) -> Option<Redirect> {
     let before = ctx.errors.len();
-    if rd.uri.is_none()
-        && rd.authority.is_none()
-        && rd.scheme.is_none()
+    let (uri, authority, scheme, prefix_rewrite) = (
+        set(&rd.uri),
+        set(&rd.authority),
+        set(&rd.scheme),
+        set(&rd.prefix_rewrite),
+    );
+    // `port: 0` still counts as set for istiod (the oneof is present); it redirects to no port.
+    if uri.is_none()
+        && authority.is_none()
+        && scheme.is_none()
         && rd.port.is_none()
         && rd.derive_port.is_none()
-        && rd.prefix_rewrite.is_none()
+        && prefix_rewrite.is_none()
     {
         ctx.err(
             path,
             InvalidHttpRoute::Missing("one of uri, authority, scheme, port or derivePort"),
         );
     }
-    if rd.uri.is_some() && rd.prefix_rewrite.is_some() {
+    if uri.is_some() && prefix_rewrite.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("uri", "prefixRewrite"));
-    } else if rd.prefix_rewrite.is_some() {
+    } else if prefix_rewrite.is_some() {
         // Envoy replaces the matched prefix; Istio requires every URI match of the rule to be a prefix.
         if let Some(j) = matches.iter().position(|m| {
             matches!(
@@ -854,9 +1000,10 @@ fn redirect(
     if rd.port.is_some() && rd.derive_port.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("port", "derivePort"));
     }
-    let port = rd
-        .port
-        .and_then(|p| ctx.check(&path.key("port"), v::port(p)));
+    let port = match rd.port {
+        None | Some(0) => None,
+        Some(p) => ctx.check(&path.key("port"), v::port(p)),
+    };
     let derive_port = match rd.derive_port.as_deref() {
         None => None,
         Some("FROM_PROTOCOL_DEFAULT") => Some(DerivePort::FromProtocolDefault),
@@ -872,7 +1019,7 @@ fn redirect(
             None
         }
     };
-    if let Some(s) = &rd.scheme {
+    if let Some(s) = scheme {
         if s != "http" && s != "https" {
             ctx.err(
                 &path.key("scheme"),
@@ -883,7 +1030,8 @@ fn redirect(
             );
         }
     }
-    let code = rd.redirect_code.unwrap_or(301);
+    // 0 is unset: 301.
+    let code = rd.redirect_code.filter(|c| *c != 0).unwrap_or(301);
     if !(300..=399).contains(&code) {
         ctx.err(
             &path.key("redirectCode"),
@@ -905,12 +1053,12 @@ fn redirect(
         return None;
     }
     Some(Redirect {
-        uri: rd.uri.clone(),
-        prefix_rewrite: rd.prefix_rewrite.clone(),
-        authority: rd.authority.clone(),
+        uri: uri.cloned(),
+        prefix_rewrite: prefix_rewrite.cloned(),
+        authority: authority.cloned(),
         port,
         derive_port,
-        scheme: rd.scheme.clone(),
+        scheme: scheme.cloned(),
         redirect_code: u16::try_from(code).unwrap_or(301),
     })
 }
@@ -925,6 +1073,13 @@ fn direct_response(
             ctx.err(
                 &path.key("status"),
                 InvalidHttpRoute::Missing("directResponse.status"),
+            );
+            return None;
+        }
+        Some(600) => {
+            ctx.err(
+                &path.key("status"),
+                InvalidHttpRoute::Value(STATUS_600.into()),
             );
             return None;
         }
@@ -1011,11 +1166,12 @@ fn rewrite_template(s: &str) -> String {
 }
 
 fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Option<Rewrite> {
-    if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+    let (uri, authority) = (set(&rw.uri), set(&rw.authority));
+    if uri.is_some() && rw.uri_regex_rewrite.is_some() {
         ctx.err(path, InvalidHttpRoute::Conflict("uri", "uriRegexRewrite"));
         return None;
     }
-    if rw.uri.is_none() && rw.uri_regex_rewrite.is_none() && rw.authority.is_none() {
+    if uri.is_none() && rw.uri_regex_rewrite.is_none() && authority.is_none() {
         ctx.err(
             path,
             InvalidHttpRoute::Missing("one of uri, uriRegexRewrite or authority"),
@@ -1026,7 +1182,7 @@ fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Optio
         None => None,
         Some(rr) => {
             let rp = path.key("uriRegexRewrite");
-            let (Some(m), Some(t)) = (&rr.match_, &rr.rewrite) else {
+            let (Some(m), Some(t)) = (set(&rr.match_), set(&rr.rewrite)) else {
                 ctx.err(
                     &rp,
                     InvalidHttpRoute::Missing("uriRegexRewrite.match and uriRegexRewrite.rewrite"),
@@ -1037,19 +1193,10 @@ fn rewrite_of(ctx: &mut Ctx<'_>, path: &FieldPath, rw: &w::HttpRewrite) -> Optio
             Some((re, rewrite_template(t)))
         }
     };
-    if let Some(a) = &rw.authority {
-        if a.is_empty() {
-            ctx.err(
-                &path.key("authority"),
-                InvalidHttpRoute::Value("authority must not be empty".into()),
-            );
-            return None;
-        }
-    }
     Some(Rewrite {
-        uri: rw.uri.clone(),
+        uri: uri.cloned(),
         uri_regex,
-        authority: rw.authority.clone(),
+        authority: authority.cloned(),
     })
 }
 
@@ -1064,7 +1211,7 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
     }
     if attempts == 0
         && (rt.per_try_timeout.is_some()
-            || rt.retry_on.is_some()
+            || set(&rt.retry_on).is_some()
             || rt.retry_remote_localities.is_some())
     {
         ctx.err(
@@ -1079,7 +1226,7 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, rt: &w::HttpRetry) -> Option<Ret
         None => None,
         Some(t) => Some(ctx.check(&path.key("perTryTimeout"), v::duration_ms(t))?),
     };
-    let retry_on = match &rt.retry_on {
+    let retry_on = match set(&rt.retry_on) {
         None => v::DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
         Some(s) => ctx.check(&path.key("retryOn"), v::retry_on(s))?,
     };
@@ -1125,14 +1272,13 @@ fn fault_pct(
             "percent is deprecated; use percentage.value",
         );
         if !(0..=100).contains(&p) {
-            ctx.err(
+            // istiod does not check it; Istio hands it to Envoy as an unsigned count of 100, so a value
+            // above 100 (or a negative one, which wraps) injects into every request.
+            ctx.warn(
                 &path.key("percent"),
-                InvalidHttpRoute::Percentage {
-                    value: p as f64,
-                    range: "[0, 100]",
-                },
+                format!("percent {p} is outside 0..100: the fault applies to every request (as in Istio)"),
             );
-            return None;
+            return Some(Some(100.0));
         }
         return Some(Some(p as f64));
     }
@@ -1147,9 +1293,11 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
         );
         return None;
     }
-    let delay = match &f.delay {
-        None => None,
-        Some(d) => {
+    let delay = 'delay: {
+        let Some(d) = &f.delay else {
+            break 'delay None;
+        };
+        {
             let dp = path.key("delay");
             if d.exponential_delay.is_some() {
                 ctx.err(
@@ -1158,12 +1306,13 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
                 );
                 return None;
             }
+            let percentage = fault_pct(ctx, &dp, d.percentage.as_ref(), d.percent)?;
             let Some(fixed) = &d.fixed_delay else {
-                ctx.err(&dp, InvalidHttpRoute::Missing("delay.fixedDelay"));
-                return None;
+                // istiod accepts it and drops the delay when building the route.
+                ctx.warn(&dp, "delay has no fixedDelay: it is ignored (as by Istio)");
+                break 'delay None;
             };
             let fixed_delay = ctx.check(&dp.key("fixedDelay"), v::duration_ms(fixed))?;
-            let percentage = fault_pct(ctx, &dp, d.percentage.as_ref(), d.percent)?;
             if percentage.is_none() {
                 ctx.warn(
                     &dp,
@@ -1205,6 +1354,13 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &w::HttpFaultInjection) -> Opti
             let http_status = match a.http_status {
                 None => None,
                 Some(s) if (200..=599).contains(&s) => u16::try_from(s).ok(),
+                Some(600) => {
+                    ctx.err(
+                        &ap.key("httpStatus"),
+                        InvalidHttpRoute::Value(STATUS_600.into()),
+                    );
+                    return None;
+                }
                 Some(s) => {
                     ctx.err(
                         &ap.key("httpStatus"),
@@ -1336,7 +1492,9 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
     let mut allow_origins = Vec::new();
     for (i, o) in c.allow_origins.iter().enumerate() {
         let op = path.key("allowOrigins").index(i);
-        if o.exact.is_none() && o.prefix.is_none() && o.regex.is_none() {
+        // istiod wants the one matcher set to be non-empty (an empty exact or prefix too).
+        let value = o.exact.as_ref().or(o.prefix.as_ref()).or(o.regex.as_ref());
+        if value.is_none_or(|v| v.is_empty()) {
             ctx.err(
                 &op,
                 InvalidHttpRoute::Value("an origin matcher must set exact, prefix or regex".into()),
@@ -1374,7 +1532,7 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &w::CorsPolicy) -> Option<CorsPo
     ] {
         for (i, h) in list.iter().enumerate() {
             if h != "*" {
-                ctx.check(&path.key(field).index(i), v::header_name(h));
+                ctx.check(&path.key(field).index(i), v::istio_header_name(h));
             }
         }
     }
