@@ -141,6 +141,7 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
     ConnContext {
         state,
         stats: Arc::new(Stats::default()),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
         original_dst: SocketAddr::from(([10, 96, 1, 1], 9080)),
         peer: SocketAddr::from(([127, 0, 0, 9], 40000)),
         pod_cgroup_id: 7,
