@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use crate::accept::ConnContext;
 use crate::metrics::{Destination, TcpKey, TcpSeries};
 use crate::outcome::{ResponseFlag, ResponseFlags};
-use crate::routing::{self, Outbound, TcpDecision, Target};
-use crate::upstream::PickError;
+use crate::routing::{self, Outbound, Target, TcpDecision};
 use crate::upstream::lb::hash_key::source_ip_hash;
 use crate::upstream::outlier::HostResult;
+use crate::upstream::PickError;
 
 /// How long a client on a port with `tls` rules gets to send its ClientHello: Envoy's default listener
 /// filter timeout. Istio disables that timeout on these listeners; a bound keeps a silent client from
@@ -208,7 +208,13 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         Ok(c) => c,
         Err(e) if e.is_overflow() => {
             tracing::debug!(%cluster, %endpoint, flags = "UO", "maxConnections reached; closing");
-            refused(&ctx, Some(&target), false, Some(endpoint), ResponseFlag::UpstreamOverflow);
+            refused(
+                &ctx,
+                Some(&target),
+                false,
+                Some(endpoint),
+                ResponseFlag::UpstreamOverflow,
+            );
             return;
         }
         Err(e) => {
@@ -226,7 +232,13 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     };
     // For TCP, a connect is the endpoint's success (Envoy reports it to outlier detection).
     picked.client().record(endpoint, HostResult::ConnectSuccess);
-    let series = tcp_series(&ctx, Some(&target), false, Some(endpoint), ResponseFlags::default());
+    let series = tcp_series(
+        &ctx,
+        Some(&target),
+        false,
+        Some(endpoint),
+        ResponseFlags::default(),
+    );
     if let Some(s) = &series {
         s.opened.inc();
     }

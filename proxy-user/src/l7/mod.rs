@@ -195,7 +195,7 @@ where
                 },
                 grpc,
                 flags,
-            )
+            );
         }
         RouteDecision::NoRoute => return reply(LocalReply::NoRoute, grpc, flags),
         RouteDecision::NoDestination => return reply(LocalReply::ClusterNotFound, grpc, flags),

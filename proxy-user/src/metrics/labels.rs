@@ -83,7 +83,11 @@ fn pod_template_hash(pod: &Pod) -> Option<&str> {
 /// The workload a pod belongs to, as Istio names it: a ReplicaSet `name-<hash>` is its Deployment
 /// `name`, a Job `name-<schedule time>` its CronJob `name`, any other owner its own name, and a pod
 /// without an owner is its own workload.
-pub fn workload_name(pod_name: &str, owner: Option<&PodOwner>, template_hash: Option<&str>) -> String {
+pub fn workload_name(
+    pod_name: &str,
+    owner: Option<&PodOwner>,
+    template_hash: Option<&str>,
+) -> String {
     let Some(owner) = owner else {
         return pod_name.to_string();
     };
@@ -114,7 +118,9 @@ pub fn workload_name(pod_name: &str, owner: Option<&PodOwner>, template_hash: Op
 /// Kubernetes writes template hashes with `[bcdfghjklmnpqrstvwxz2456789]` (no vowels, so no words),
 /// up to 10 characters.
 fn looks_like_template_hash(s: &str) -> bool {
-    (1..=10).contains(&s.len()) && s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    (1..=10).contains(&s.len())
+        && s.bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
 }
 
 /// The `destination_service*` labels of one service host.
@@ -208,7 +214,12 @@ mod tests {
                 None,
                 "backup",
             ),
-            ("migrate-abc", Some(owner("Job", "migrate")), None, "migrate"),
+            (
+                "migrate-abc",
+                Some(owner("Job", "migrate")),
+                None,
+                "migrate",
+            ),
             ("agent-x7", Some(owner("DaemonSet", "agent")), None, "agent"),
         ];
         for (pod, owner, hash, want) in cases {

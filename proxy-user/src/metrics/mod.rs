@@ -437,9 +437,7 @@ impl Metrics {
                 .and_then(|&(id, _)| snap.services.get(id))
                 .map(|s| s.hostname.as_str())
         });
-        let service = host.map_or_else(ServiceLabels::unknown, |h| {
-            ServiceLabels::of_host(snap, h)
-        });
+        let service = host.map_or_else(ServiceLabels::unknown, |h| ServiceLabels::of_host(snap, h));
         let destination = dest
             .endpoint
             .and_then(|ep| {

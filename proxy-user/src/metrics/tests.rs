@@ -40,7 +40,10 @@ fn exposition_has_istio_names_labels_and_buckets() -> Result<(), std::fmt::Error
         s.record(Duration::from_millis(30), 5, 10);
     }
     let text = m.encode()?;
-    assert!(text.contains("# TYPE istio_requests_total counter\n"), "{text}");
+    assert!(
+        text.contains("# TYPE istio_requests_total counter\n"),
+        "{text}"
+    );
     assert!(
         text.contains("# TYPE istio_request_duration_milliseconds histogram\n"),
         "{text}"
