@@ -348,6 +348,7 @@ where
             timeout,
             grpc,
             flags,
+            &mut served.endpoint,
         )
         .await;
     }
@@ -435,6 +436,7 @@ async fn forward_upgrade(
     timeout: Option<Duration>,
     grpc: bool,
     flags: &mut ResponseFlags,
+    answered_by: &mut Option<std::net::SocketAddr>,
 ) -> Response<ProxyBody> {
     let picked = match chosen.target.pick(&ctx.pick_request(&[], hash)).await {
         Ok(p) => p,
@@ -464,6 +466,7 @@ async fn forward_upgrade(
     };
     match result {
         Ok(mut resp) => {
+            *answered_by = Some(picked.addr());
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 ctx.stats.upgrades.inc();
             }
