@@ -2,8 +2,8 @@
 //! §4.1, §4.4): after known traffic from two client pods, the exact counters, histogram counts and
 //! labels of each pod's series (attribution to the kernel-attested client pod, workload names from
 //! owner references, Istio's canonical labels), local replies with their response flags (404 `NR`,
-//! fault abort `FI`), and the TCP byte and connection counters. The admin port is not reachable
-//! from pods.
+//! fault abort `FI`), gRPC statuses from trailers, and the TCP byte and connection counters. The
+//! admin port is not reachable from pods.
 //!
 //! Subnet indices 155..=159 belong to this file.
 
@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use common::{reviews_vip, vip, Fixture};
 use keel_tests::config::service_yaml;
-use keel_tests::{ConnectOutcome, HttpGet, Keel, SvcPort};
+use keel_tests::{ConnectOutcome, GrpcCall, GrpcServerOpts, HttpGet, Keel, SvcPort};
 
 const PREFIX: &str = "ktme";
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
@@ -460,6 +460,76 @@ fn http_and_tcp_metrics_per_client_pod() -> Result<()> {
     // `/metrics` serves the same families.
     let m = Scrape::get(&keel, "/metrics")?;
     ensure!(m.value(requests, &sleep_ok)? == 3);
+    Ok(())
+}
+
+/// gRPC calls are `request_protocol="grpc"` with the `grpc-status` the server sent in its trailers.
+#[test]
+fn grpc_status_from_trailers_labels_the_request() -> Result<()> {
+    let mut fx = Fixture::reviews(PREFIX, 157, &[])?;
+    fx.add_grpc_backend(
+        "greeter-v1",
+        31,
+        9090,
+        "v1",
+        &[("app", "greeter"), ("version", "v1")],
+        GrpcServerOpts::default(),
+    )?;
+    let greeter = fx.add_simple_service("greeter", 30, "grpc", 9090, 9090)?;
+    let keel = fx.start_keel_strict()?;
+    let url = "http://greeter:9090/keel.test.Echo/Call";
+    let ok = fx
+        .agent
+        .grpc_call(&fx.sleep, &GrpcCall::new(url, greeter).count(2))?;
+    ensure!(
+        ok.calls.len() == 2
+            && ok
+                .calls
+                .iter()
+                .all(|c| c.grpc_status == Some(0) && c.status_from == "trailers"),
+        "{ok:?}"
+    );
+    let unavailable = fx.agent.grpc_call(
+        &fx.sleep,
+        &GrpcCall::new(url, greeter).header("x-test-grpc-status", "14"),
+    )?;
+    ensure!(
+        unavailable.calls.first().and_then(|c| c.grpc_status) == Some(14),
+        "{unavailable:?}"
+    );
+    let grpc = |status: &'static str| {
+        [
+            ("source_workload", "sleep"),
+            ("destination_workload", "greeter-v1"),
+            ("destination_service", "greeter.default.svc.cluster.local"),
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", status),
+            ("response_flags", "-"),
+        ]
+    };
+    common::wait_until("grpc metrics recorded", Duration::from_secs(5), || {
+        let s = Scrape::get(&keel, "/stats/prometheus")?;
+        Ok(s.value("istio_requests_total", &grpc("14"))? == 1)
+    })?;
+    let s = Scrape::get(&keel, "/stats/prometheus")?;
+    for line in s
+        .text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total"))
+    {
+        eprintln!("{line}");
+    }
+    ensure!(
+        s.value("istio_requests_total", &grpc("0"))? == 2,
+        "{}",
+        s.text
+    );
+    ensure!(
+        s.value("istio_requests_total", &grpc("14"))? == 1,
+        "{}",
+        s.text
+    );
     Ok(())
 }
 
