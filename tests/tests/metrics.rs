@@ -5,7 +5,7 @@
 //! fault abort `FI`), gRPC statuses from trailers, and the TCP byte and connection counters. The
 //! admin port is not reachable from pods.
 //!
-//! Subnet indices 155..=159 belong to this file.
+//! Subnet indices 155..=159 belong to this file (155..=158 used).
 
 mod common;
 
@@ -527,6 +527,55 @@ fn grpc_status_from_trailers_labels_the_request() -> Result<()> {
     );
     ensure!(
         s.value("istio_requests_total", &grpc("14"))? == 1,
+        "{}",
+        s.text
+    );
+    Ok(())
+}
+
+/// A TCP connection Keel closes at once because the service has no endpoint is opened and closed
+/// with `UH`, attributed to its client.
+#[test]
+fn tcp_connection_without_an_endpoint_is_counted_with_uh() -> Result<()> {
+    let mut fx = Fixture::reviews(PREFIX, 158, &[])?;
+    fx.add_service(service_yaml(
+        "empty",
+        "default",
+        Ipv4Addr::new(10, 96, 0, 41),
+        &[SvcPort {
+            name: "tcp",
+            port: 7001,
+            target_port: 7001,
+        }],
+        &[("app", "nobody")],
+    ))?;
+    let keel = fx.start_keel_strict()?;
+    let r = fx
+        .agent
+        .tcp_connect(&fx.sleep, vip(41, 7001), Some("ping"))?;
+    ensure!(
+        r.connected && r.data.is_empty(),
+        "keel accepts and closes the connection without an answer: {r:?}"
+    );
+    let uh = [
+        ("source_workload", "sleep"),
+        ("destination_service", "empty.default.svc.cluster.local"),
+        ("destination_workload", "unknown"),
+        ("request_protocol", "tcp"),
+        ("response_flags", "UH"),
+    ];
+    common::wait_until("tcp UH recorded", Duration::from_secs(5), || {
+        let s = Scrape::get(&keel, "/stats/prometheus")?;
+        Ok(s.value("istio_tcp_connections_closed_total", &uh)? == 1)
+    })?;
+    let s = Scrape::get(&keel, "/stats/prometheus")?;
+    ensure!(
+        s.value("istio_tcp_connections_opened_total", &uh)? == 1,
+        "{}",
+        s.text
+    );
+    ensure!(
+        s.value("istio_tcp_received_bytes_total", &uh)? == 0,
         "{}",
         s.text
     );
