@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::admin::{ConnLog, ConnLogEntry, Stats};
 use crate::ebpf::ConnTable;
 use crate::l4::{self, Sniffed};
+use crate::metrics::Metrics;
 use crate::policy::Protocol;
 use crate::routing::{ClientView, Outbound};
 use crate::state::{NodeState, State};
@@ -19,6 +20,8 @@ use crate::upstream::{ClientId, PickRequest, StateScope};
 pub struct ConnContext {
     pub state: Arc<State>,
     pub stats: Arc<Stats>,
+    /// Istio's standard metrics, recorded per request / connection.
+    pub metrics: Arc<Metrics>,
     /// Where the client meant to connect (a Service VIP:port), from the kernel.
     pub original_dst: SocketAddr,
     /// The client's address as the proxy sees it (the pod's IP and port).
@@ -72,6 +75,7 @@ impl ConnContext {
 pub struct Acceptor {
     pub state: Arc<State>,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     pub conn_log: Arc<ConnLog>,
     pub conn_table: ConnTable,
     /// Per-client or node-wide upstream state.
@@ -166,6 +170,7 @@ impl Acceptor {
         let ctx = Arc::new(ConnContext {
             state: self.state,
             stats: self.stats,
+            metrics: self.metrics,
             original_dst,
             peer,
             pod_cgroup_id: record.pod_cgroup_id,

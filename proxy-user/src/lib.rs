@@ -8,6 +8,7 @@ pub mod admin;
 pub mod ebpf;
 pub mod l4;
 pub mod l7;
+pub mod metrics;
 pub mod outcome;
 pub mod policy;
 pub mod routing;

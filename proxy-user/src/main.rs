@@ -190,6 +190,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     let stats = Arc::new(Stats::default());
     let conn_log = Arc::new(ConnLog::default());
+    let metrics = Arc::new(keel::metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let kernel_stats = {
         let redirector = Arc::clone(&redirector);
@@ -201,6 +202,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             ready: Arc::clone(&ready),
             stats: Arc::clone(&stats),
             conn_log: Arc::clone(&conn_log),
+            metrics: Arc::clone(&metrics),
             state: Arc::clone(&state),
             config_status: Arc::clone(&config_status),
             kernel_stats,
@@ -211,6 +213,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         let acceptor = keel::accept::Acceptor {
             state: Arc::clone(&state),
             stats: Arc::clone(&stats),
+            metrics: Arc::clone(&metrics),
             conn_log: Arc::clone(&conn_log),
             conn_table: conn_table.clone(),
             state_scope: match args.upstream_state {

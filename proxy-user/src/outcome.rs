@@ -174,7 +174,7 @@ impl ResponseFlag {
 }
 
 /// The flags of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
 
 impl ResponseFlags {

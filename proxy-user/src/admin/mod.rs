@@ -5,6 +5,8 @@
 //! - `GET /stats`              JSON counters, including the kernel's and each cluster's (under
 //!   `clusters`, summed over client pods)
 //! - `GET /stats?format=text`   the cluster counters as Envoy prints them: `cluster.<name>.<stat>: <n>`
+//! - `GET /stats/prometheus`, `GET /metrics`  Istio's standard metrics in the Prometheus text
+//!   format (see `crate::metrics`)
 //! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
 //! - `GET /config_dump`        JSON summary of the active snapshot
 //! - `GET /config_status`      JSON errors and warnings of the latest config load
@@ -132,6 +134,7 @@ pub struct AdminContext {
     pub ready: Arc<AtomicBool>,
     pub stats: Arc<Stats>,
     pub conn_log: Arc<ConnLog>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub state: Arc<State>,
     pub config_status: Arc<Mutex<ConfigStatus>>,
     /// Reads the kernel's counters (owned by the task that owns the eBPF objects).
@@ -193,6 +196,17 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        "/stats/prometheus" | "/metrics" => match ctx.metrics.encode() {
+            Ok(body) => {
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                r
+            }
+            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        },
         "/stats" if req.uri().query() == Some("format=text") => {
             let mut out = String::new();
             for (name, values) in cluster_stats(&ctx.state) {

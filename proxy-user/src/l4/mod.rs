@@ -10,10 +10,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use std::net::SocketAddr;
+
 use crate::accept::ConnContext;
-use crate::routing::{self, TcpDecision};
+use crate::metrics::{Destination, TcpKey, TcpSeries};
+use crate::outcome::{ResponseFlag, ResponseFlags};
+use crate::routing::{self, Outbound, Target, TcpDecision};
 use crate::upstream::lb::hash_key::source_ip_hash;
 use crate::upstream::outlier::HostResult;
+use crate::upstream::PickError;
 
 /// How long a client on a port with `tls` rules gets to send its ClientHello: Envoy's default listener
 /// filter timeout. Istio disables that timeout on these listeners; a bound keeps a silent client from
@@ -167,6 +172,8 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         TcpDecision::Forward(t) | TcpDecision::Passthrough(t) => t.clone(),
         TcpDecision::Close => {
             tracing::debug!(dst = %ctx.original_dst, "no TCP route, or unknown destination under REGISTRY_ONLY; closing");
+            let blocked = matches!(ctx.view.lookup(ctx.original_dst), Outbound::Blocked { .. });
+            refused(&ctx, None, blocked, None, ResponseFlag::NoRouteFound);
             return;
         }
     };
@@ -180,6 +187,11 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(%cluster, error = ?e, "no upstream endpoint; closing");
+            let flag = match e {
+                PickError::NoCluster => ResponseFlag::NoClusterFound,
+                PickError::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
+            };
+            refused(&ctx, Some(&target), false, None, flag);
             return;
         }
     };
@@ -196,20 +208,50 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         Ok(c) => c,
         Err(e) if e.is_overflow() => {
             tracing::debug!(%cluster, %endpoint, flags = "UO", "maxConnections reached; closing");
+            refused(
+                &ctx,
+                Some(&target),
+                false,
+                Some(endpoint),
+                ResponseFlag::UpstreamOverflow,
+            );
             return;
         }
         Err(e) => {
             tracing::debug!(%cluster, %endpoint, error = %e, flags = "UF", "upstream connect failed; closing");
             picked.client().record(endpoint, HostResult::ConnectFailure);
+            refused(
+                &ctx,
+                Some(&target),
+                false,
+                Some(endpoint),
+                ResponseFlag::UpstreamConnectionFailure,
+            );
             return;
         }
     };
     // For TCP, a connect is the endpoint's success (Envoy reports it to outlier detection).
     picked.client().record(endpoint, HostResult::ConnectSuccess);
+    let series = tcp_series(
+        &ctx,
+        Some(&target),
+        false,
+        Some(endpoint),
+        ResponseFlags::default(),
+    );
+    if let Some(s) = &series {
+        s.opened.inc();
+    }
+    let mut downstream = Counted::new(&mut downstream);
     let upstream = &mut conn.io;
-    // What was read to route the connection goes first, unchanged.
+    // What was read to route the connection goes first, unchanged (the client sent it: received).
+    downstream.received = replay.len() as u64;
     if let Err(e) = upstream.write_all(&replay).await {
         tracing::debug!(%endpoint, error = %e, "upstream write failed");
+        if let Some(s) = &series {
+            s.received.inc_by(downstream.received);
+            s.closed.inc();
+        }
         return;
     }
     drop(replay);
@@ -231,7 +273,114 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         }
         Err(e) => tracing::debug!(%cluster, error = %e, "tcp relay ended"),
     }
+    if let Some(s) = &series {
+        s.received.inc_by(downstream.received);
+        s.sent.inc_by(downstream.sent);
+        s.closed.inc();
+    }
     drop(picked);
+}
+
+/// The Istio TCP series of this connection's client, destination and flags.
+fn tcp_series(
+    ctx: &ConnContext,
+    target: Option<&Target>,
+    blocked: bool,
+    endpoint: Option<SocketAddr>,
+    flags: ResponseFlags,
+) -> Option<Arc<TcpSeries>> {
+    let node = ctx.state.load();
+    let (cluster, host) = match target {
+        Some(Target::Cluster(c)) => (Arc::as_ptr(c) as usize, Some(c.key.host.as_str())),
+        _ if blocked => (1, Some(crate::l7::metered::BLACK_HOLE)),
+        _ => (0, None),
+    };
+    let key = TcpKey {
+        source: ctx.pod_cgroup_id,
+        original_dst: ctx.original_dst,
+        cluster,
+        endpoint,
+        flags,
+    };
+    ctx.metrics
+        .tcp_series(&node, key, Destination { host, endpoint })
+}
+
+/// A connection closed before any byte was relayed, with the response flag that says why: opened
+/// and closed at once, as Envoy reports it.
+fn refused(
+    ctx: &ConnContext,
+    target: Option<&Target>,
+    blocked: bool,
+    endpoint: Option<SocketAddr>,
+    flag: ResponseFlag,
+) {
+    let mut flags = ResponseFlags::default();
+    flags.set(flag);
+    if let Some(s) = tcp_series(ctx, target, blocked, endpoint, flags) {
+        s.opened.inc();
+        s.closed.inc();
+    }
+}
+
+/// Counts the bytes a relay moves through the client's side.
+struct Counted<'a, T> {
+    inner: &'a mut T,
+    /// Read from the client.
+    received: u64,
+    /// Written to the client.
+    sent: u64,
+}
+
+impl<'a, T> Counted<'a, T> {
+    fn new(inner: &'a mut T) -> Self {
+        Counted {
+            inner,
+            received: 0,
+            sent: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        self.received += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.sent += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
 
 /// `tcp.idleTimeout` and `maxConnectionDuration` of a relay.

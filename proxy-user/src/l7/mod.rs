@@ -12,10 +12,12 @@ pub mod body;
 pub mod filters;
 pub mod forward;
 pub mod grpc;
+pub mod metered;
 pub mod rescue;
 mod upgrade;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,7 @@ use filters::headers::{HeaderVars, RequestPseudo};
 use filters::redirect::{self, RedirectFacts};
 use filters::{fault, mirror, rewrite};
 use forward::UpstreamRequest;
+use metered::{Finish, MeteredBody, Served};
 use rescue::LocalReply;
 
 /// Serve one redirected connection as HTTP until the client closes it.
@@ -65,14 +68,44 @@ where
     B::Error: Into<BoxError>,
 {
     ctx.stats.http_requests.inc();
+    let started = Instant::now();
+    // The state is loaded once per request: in-flight requests finish under their config.
+    let node = ctx.state.load();
+    let protocol = if grpc::is_grpc(req.headers()) {
+        crate::metrics::RequestProtocol::Grpc
+    } else {
+        crate::metrics::RequestProtocol::Http
+    };
+    let request_bytes = Arc::new(AtomicU64::new(0));
     let mut flags = ResponseFlags::default();
-    let mut resp = process(ctx, req, &mut flags).await;
+    let mut served = Served::default();
+    let mut resp = process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await;
     resp.headers_mut()
         .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
     if flags != ResponseFlags::default() {
         tracing::debug!(status = resp.status().as_u16(), flags = %flags, "request finished");
     }
-    resp
+    // A trailers-only gRPC response (and a local reply) carries its status in the headers.
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok());
+    let finish = Finish {
+        metrics: Arc::clone(&ctx.metrics),
+        node,
+        source: ctx.pod_cgroup_id,
+        original_dst: ctx.original_dst,
+        served,
+        flags,
+        protocol,
+        code: resp.status().as_u16(),
+        grpc_status,
+        started,
+        request_bytes,
+    };
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, MeteredBody::new(body, finish).boxed())
 }
 
 /// What routing chose for a request that goes upstream.
@@ -99,16 +132,17 @@ impl Chosen<'_> {
 
 async fn process<B>(
     ctx: &ConnContext,
+    node: &crate::state::NodeState,
     mut req: Request<B>,
     flags: &mut ResponseFlags,
+    served: &mut Served,
+    request_bytes: &Arc<AtomicU64>,
 ) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    // The state is loaded once per request: in-flight requests finish under their config.
-    let node = ctx.state.load();
-    let view = ctx.view_under(&node);
+    let view = ctx.view_under(node);
     let start_time = std::time::SystemTime::now();
     let method = req.method().clone();
     let downstream_version = req.version();
@@ -153,6 +187,7 @@ where
         },
         // Envoy's `block_all` virtual host: a direct 502 with an empty body.
         RouteDecision::Blocked => {
+            served.blocked = true;
             return reply(
                 LocalReply::Direct {
                     status: 502,
@@ -160,7 +195,7 @@ where
                 },
                 grpc,
                 flags,
-            )
+            );
         }
         RouteDecision::NoRoute => return reply(LocalReply::NoRoute, grpc, flags),
         RouteDecision::NoDestination => return reply(LocalReply::ClusterNotFound, grpc, flags),
@@ -199,6 +234,10 @@ where
             return resp;
         }
     };
+
+    if let Target::Cluster(_) = chosen.target {
+        served.target = Some(chosen.target.clone());
+    }
 
     // Fault: delay, then maybe abort; the route timeout starts after the delay.
     if let Some(f) = &chosen.policy.fault {
@@ -287,6 +326,13 @@ where
         timeout,
         start_time,
     );
+    let counted = Arc::clone(request_bytes);
+    let incoming = incoming.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    });
     let body = RecordedBody::new(incoming.map_err(Into::into).boxed(), RETRY_BUFFER_LIMIT);
     let started = Instant::now();
 
@@ -302,6 +348,7 @@ where
             timeout,
             grpc,
             flags,
+            &mut served.endpoint,
         )
         .await;
     }
@@ -372,6 +419,7 @@ where
         Some(t) => deadline_body(body, started + t),
         None => body,
     };
+    served.endpoint = Some(endpoint);
     respond(Response::from_parts(parts, body), Some(endpoint))
 }
 
@@ -388,6 +436,7 @@ async fn forward_upgrade(
     timeout: Option<Duration>,
     grpc: bool,
     flags: &mut ResponseFlags,
+    answered_by: &mut Option<std::net::SocketAddr>,
 ) -> Response<ProxyBody> {
     let picked = match chosen.target.pick(&ctx.pick_request(&[], hash)).await {
         Ok(p) => p,
@@ -417,6 +466,7 @@ async fn forward_upgrade(
     };
     match result {
         Ok(mut resp) => {
+            *answered_by = Some(picked.addr());
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 ctx.stats.upgrades.inc();
             }

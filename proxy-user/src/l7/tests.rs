@@ -130,7 +130,11 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
         .get("default/sleep")
         .expect("sleep pod");
     let state = Arc::new(State::default());
-    state.publish(Arc::clone(&snapshot), Default::default());
+    // The kernel would attribute the connection to `sleep` by its cgroup (7, see below).
+    state.publish(
+        Arc::clone(&snapshot),
+        std::collections::HashMap::from([(7, sleep)]),
+    );
     let view = Arc::clone(
         state
             .load()
@@ -141,6 +145,7 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
     ConnContext {
         state,
         stats: Arc::new(Stats::default()),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
         original_dst: SocketAddr::from(([10, 96, 1, 1], 9080)),
         peer: SocketAddr::from(([127, 0, 0, 9], 40000)),
         pod_cgroup_id: 7,
@@ -416,4 +421,77 @@ async fn a_refused_connection_is_retried_by_default_then_answers_uf() {
         "Istio's default: 2 retries"
     );
     assert_eq!(ctx.stats.upstream_rq_retry_limit_exceeded.get(), 1);
+}
+
+/// The last value of the `name` series whose labels hold `has`.
+fn sample(text: &str, name: &str, has: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(has))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_retried_request_is_counted_once_with_its_final_outcome_and_body_sizes() {
+    let v1 = Upstream::start(always(500)).await;
+    let v2 = Upstream::start(always(200)).await;
+    let vs = format!("  - retries: {{attempts: 2, retryOn: 5xx}}\n{TO_V1}");
+    let ctx = context(&v1, &v2, &vs);
+    let (status, _, body) = send(&ctx, request("/r", &[], "payload")).await;
+    assert_eq!(status, 500);
+    assert_eq!(body, "/r");
+    assert_eq!(v1.seen().len(), 3);
+    let text = ctx.metrics.encode().expect("exposition");
+    let series = "source_workload=\"sleep\"";
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains(series))
+        .unwrap_or_default();
+    for label in [
+        "source_app=\"sleep\"",
+        "destination_workload=\"reviews-v1\"",
+        "destination_version=\"v1\"",
+        "destination_service=\"reviews-v1.default.svc.cluster.local\"",
+        "destination_service_name=\"reviews-v1\"",
+        "request_protocol=\"http\"",
+        "response_code=\"500\"",
+        "response_flags=\"URX\"",
+    ] {
+        assert!(line.contains(label), "{label} not in {line}\n{text}");
+    }
+    // One request, whatever the number of attempts; body sizes as the client sent and got them.
+    assert_eq!(sample(&text, "istio_requests_total", series), Some(1.0));
+    assert_eq!(sample(&text, "istio_request_bytes_sum", series), Some(7.0));
+    assert_eq!(sample(&text, "istio_response_bytes_sum", series), Some(2.0));
+    assert_eq!(
+        sample(&text, "istio_request_duration_milliseconds_count", series),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_local_reply_is_counted_with_its_flag() {
+    let v1 = Upstream::start(always(200)).await;
+    let v2 = Upstream::start(always(200)).await;
+    let vs = "  - match:\n    - uri: {prefix: /only}\n    route:\n    - destination: {host: reviews-v1}\n";
+    let ctx = context(&v1, &v2, vs);
+    let (status, _, _) = send(&ctx, request("/elsewhere", &[], "")).await;
+    assert_eq!(status, 404);
+    let text = ctx.metrics.encode().expect("exposition");
+    let series = "response_flags=\"NR\"";
+    assert_eq!(
+        sample(&text, "istio_requests_total", series),
+        Some(1.0),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains(series))
+        .unwrap_or_default();
+    assert!(line.contains("response_code=\"404\""), "{line}");
+    assert!(line.contains("destination_workload=\"unknown\""), "{line}");
+    assert!(
+        line.contains("destination_service=\"reviews-v1.default.svc.cluster.local\""),
+        "{line}"
+    );
 }

@@ -280,6 +280,17 @@ pub struct Pod {
     pub container_ports: Vec<(String, u16)>,
     /// `spec.nodeName`: the node whose topology labels give the pod's locality.
     pub node_name: Option<String>,
+    /// The managing controller (`metadata.ownerReferences[]` with `controller: true`, else the
+    /// first owner): the pod's workload name in metrics.
+    pub owner: Option<PodOwner>,
+}
+
+/// A pod's owner, as `ownerReferences` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodOwner {
+    /// `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job`, ...
+    pub kind: String,
+    pub name: String,
 }
 
 /// One backend address of a service port.

@@ -96,6 +96,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             capture: true,
             container_ports: Vec::new(),
             node_name: None,
+            owner: None,
         });
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
@@ -149,6 +150,7 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         capture: true,
         container_ports: Vec::new(),
         node_name: None,
+        owner: None,
     });
     snap
 }

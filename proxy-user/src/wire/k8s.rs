@@ -27,6 +27,24 @@ pub struct ObjectMeta {
     /// RFC 3339 creation time; breaks ties between resources for the same host ("oldest wins").
     #[serde(default)]
     pub creation_timestamp: Option<String>,
+    /// Owners (a Pod's ReplicaSet, Job, ...): the pod's workload name for metrics.
+    #[serde(default)]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// `metadata.ownerReferences[]` (only what names the owner).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    /// Owner kind, e.g. `ReplicaSet`.
+    #[serde(default)]
+    pub kind: String,
+    /// Owner name.
+    #[serde(default)]
+    pub name: String,
+    /// Whether this owner is the managing controller.
+    #[serde(default)]
+    pub controller: Option<bool>,
 }
 
 /// A number or a name, as in `targetPort: 9080` / `targetPort: http`.

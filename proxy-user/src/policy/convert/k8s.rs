@@ -244,7 +244,20 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
         capture,
         container_ports,
         node_name: pod.spec.node_name.clone().filter(|n| !n.is_empty()),
+        owner: pod_owner(&pod.metadata.owner_references),
     })
+}
+
+/// The controller among `refs` (else the first owner), if it names one.
+fn pod_owner(refs: &[wk::OwnerReference]) -> Option<PodOwner> {
+    refs.iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())
+        .filter(|r| !r.kind.is_empty() && !r.name.is_empty())
+        .map(|r| PodOwner {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+        })
 }
 
 pub(super) fn node(ctx: &mut Ctx<'_>, node: &wk::Node) -> Option<Node> {

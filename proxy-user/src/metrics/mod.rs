@@ -1,0 +1,491 @@
+//! Istio's standard metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes`, `istio_response_bytes`, `istio_tcp_*`), reported as a client sidecar
+//! reports them (`reporter="source"`), attributed to the kernel-attested client pod. The admin
+//! server only reads them ([`Metrics::encode`]).
+//!
+//! Cost on the request path: a label set is resolved from config (pods, services) once per
+//! (client pod, destination, endpoint, outcome) and interned with its metric handles; a request
+//! then costs one read-locked lookup of a small fixed-size key, the counter increment and three
+//! histogram observations. No label string is built per request.
+//!
+//! Cardinality: label values come from config only (pod labels and owners, service hosts, Envoy
+//! response flags, status codes), never from request data, and the number of label sets is capped
+//! at [`MAX_SERIES`]; recordings for label sets beyond it are dropped and counted in
+//! `keel_metrics_series_overflow_total`.
+
+pub mod labels;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::outcome::ResponseFlags;
+use crate::state::NodeState;
+use labels::{PeerLabels, ServiceLabels};
+
+/// Envoy's default histogram buckets, which Istio uses for its duration and size histograms.
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// The most label sets kept (HTTP and TCP together).
+pub const MAX_SERIES: usize = 10_000;
+
+/// The `Content-Type` of the exposition (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// `request_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestProtocol {
+    Http,
+    Grpc,
+    Tcp,
+}
+
+impl RequestProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestProtocol::Http => "http",
+            RequestProtocol::Grpc => "grpc",
+            RequestProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// What an HTTP request ended with (the labels TCP metrics do not have).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HttpResult {
+    /// `response_code` (`0`: no response was sent).
+    pub code: u16,
+    /// `grpc_response_status` (empty for non-gRPC requests).
+    pub grpc_status: Option<u32>,
+}
+
+/// One Istio label set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IstioLabels {
+    source: Arc<PeerLabels>,
+    destination: Arc<PeerLabels>,
+    service: Arc<ServiceLabels>,
+    protocol: RequestProtocol,
+    http: Option<HttpResult>,
+    flags: ResponseFlags,
+}
+
+impl EncodeLabelSet for IstioLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let (s, d, svc) = (&*self.source, &*self.destination, &*self.service);
+        let pairs: [(&str, &str); 22] = [
+            ("reporter", "source"),
+            ("source_workload", &s.workload),
+            ("source_workload_namespace", &s.namespace),
+            ("source_principal", &s.principal),
+            ("source_app", &s.app),
+            ("source_version", &s.version),
+            ("source_canonical_service", &s.canonical_service),
+            ("source_canonical_revision", &s.canonical_revision),
+            ("source_cluster", &s.cluster),
+            ("destination_workload", &d.workload),
+            ("destination_workload_namespace", &d.namespace),
+            ("destination_principal", &d.principal),
+            ("destination_app", &d.app),
+            ("destination_version", &d.version),
+            ("destination_service", &svc.host),
+            ("destination_service_name", &svc.name),
+            ("destination_service_namespace", &svc.namespace),
+            ("destination_canonical_service", &d.canonical_service),
+            ("destination_canonical_revision", &d.canonical_revision),
+            ("destination_cluster", &d.cluster),
+            ("request_protocol", self.protocol.as_str()),
+            // A client-side proxy cannot tell the server's policy.
+            ("connection_security_policy", labels::UNKNOWN),
+        ];
+        for pair in pairs {
+            pair.encode(e.encode_label())?;
+        }
+        if let Some(http) = self.http {
+            ("response_code", http.code).encode(e.encode_label())?;
+            match http.grpc_status {
+                Some(g) => ("grpc_response_status", g).encode(e.encode_label())?,
+                None => ("grpc_response_status", "").encode(e.encode_label())?,
+            }
+        }
+        ("response_flags", self.flags.to_string().as_str()).encode(e.encode_label())
+    }
+}
+
+/// The metric handles of one HTTP label set.
+#[derive(Debug)]
+pub struct HttpSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl HttpSeries {
+    /// One finished request.
+    pub fn record(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(duration.as_secs_f64() * 1000.0);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+/// The metric handles of one TCP label set.
+#[derive(Debug)]
+pub struct TcpSeries {
+    pub opened: Counter,
+    pub closed: Counter,
+    /// Bytes sent to the client.
+    pub sent: Counter,
+    /// Bytes received from the client.
+    pub received: Counter,
+}
+
+/// What identifies an HTTP label set within one config generation: all fixed-size, so a lookup
+/// allocates nothing. The cluster is its address (clusters outlive the generation's lookups; the
+/// cache is emptied when the generation changes, so an address is never reused within it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HttpKey {
+    /// The client pod's cgroup id.
+    pub source: u64,
+    /// The VIP:port the client connected to.
+    pub original_dst: SocketAddr,
+    /// The routed cluster (`Arc` address), 0 when none was chosen.
+    pub cluster: usize,
+    pub endpoint: Option<SocketAddr>,
+    pub protocol: RequestProtocol,
+    pub result: HttpResult,
+    pub flags: ResponseFlags,
+}
+
+/// Like [`HttpKey`] for a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpKey {
+    pub source: u64,
+    pub original_dst: SocketAddr,
+    pub cluster: usize,
+    pub endpoint: Option<SocketAddr>,
+    pub flags: ResponseFlags,
+}
+
+/// Where a request or connection went, for resolving labels on a cache miss.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The routed cluster's host (`None`: nothing routed; the VIP's service names it).
+    pub host: Option<&'a str>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Interned handles of one config generation (`None`: over the series cap).
+struct Cache<K, V> {
+    generation: u64,
+    map: HashMap<K, Option<Arc<V>>>,
+}
+
+impl<K, V> Default for Cache<K, V> {
+    fn default() -> Self {
+        Cache {
+            generation: 0,
+            map: HashMap::new(),
+        }
+    }
+}
+
+/// The most cached keys per protocol before the cache is emptied (keys are finer than label sets:
+/// several endpoints of one unknown workload share a label set).
+const CACHE_LIMIT: usize = 4 * MAX_SERIES;
+
+/// The Istio metric families and the interned label sets.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<IstioLabels, Counter>,
+    duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    request_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    response_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    tcp_opened: Family<IstioLabels, Counter>,
+    tcp_closed: Family<IstioLabels, Counter>,
+    tcp_sent: Family<IstioLabels, Counter>,
+    tcp_received: Family<IstioLabels, Counter>,
+    overflow: Counter,
+    known: Mutex<HashSet<IstioLabels>>,
+    max_series: usize,
+    http: RwLock<Cache<HttpKey, HttpSeries>>,
+    tcp: RwLock<Cache<TcpKey, TcpSeries>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("max_series", &self.max_series)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::with_limit(MAX_SERIES)
+    }
+}
+
+impl Metrics {
+    /// Families registered under Istio's names, keeping at most `max_series` label sets.
+    pub fn with_limit(max_series: usize) -> Metrics {
+        let hist = || Family::new_with_constructor(histogram as fn() -> Histogram);
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration: hist(),
+            request_bytes: hist(),
+            response_bytes: hist(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+            overflow: Counter::default(),
+            known: Mutex::new(HashSet::new()),
+            max_series,
+            http: RwLock::default(),
+            tcp: RwLock::default(),
+        };
+        let mut registry = Registry::default();
+        // Counters are registered without `_total`: the encoder appends it.
+        registry.register(
+            "istio_requests",
+            "Requests, by client and destination workload and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds, until the response's last byte",
+            m.duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body size in bytes",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body size in bytes",
+            m.response_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the client on TCP connections",
+            m.tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client on TCP connections",
+            m.tcp_received.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            m.tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            m.tcp_closed.clone(),
+        );
+        registry.register(
+            "keel_metrics_series_overflow",
+            "Recordings dropped because the number of label sets reached its cap",
+            m.overflow.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// The handles for an HTTP request's label set (`None` when over the cap).
+    pub fn http_series(
+        &self,
+        node: &NodeState,
+        key: HttpKey,
+        dest: Destination<'_>,
+    ) -> Option<Arc<HttpSeries>> {
+        let generation = node.routes.id();
+        if let Some(hit) = cached(&self.http, generation, &key) {
+            if hit.is_none() {
+                self.overflow.inc();
+            }
+            return hit;
+        }
+        let labels = self.resolve(
+            node,
+            key.source,
+            key.original_dst,
+            dest,
+            key.protocol,
+            Some(key.result),
+            key.flags,
+        );
+        let series = self.http_handles(&labels);
+        remember(&self.http, generation, key, series.clone());
+        series
+    }
+
+    /// The handles of an HTTP label set; `None` (counted) over the cap.
+    fn http_handles(&self, labels: &IstioLabels) -> Option<Arc<HttpSeries>> {
+        if !self.admit(labels) {
+            self.overflow.inc();
+            return None;
+        }
+        Some(Arc::new(HttpSeries {
+            requests: self.requests.get_or_create_owned(labels),
+            duration: self.duration.get_or_create_owned(labels),
+            request_bytes: self.request_bytes.get_or_create_owned(labels),
+            response_bytes: self.response_bytes.get_or_create_owned(labels),
+        }))
+    }
+
+    /// The handles for a TCP connection's label set (`None` when over the cap).
+    pub fn tcp_series(
+        &self,
+        node: &NodeState,
+        key: TcpKey,
+        dest: Destination<'_>,
+    ) -> Option<Arc<TcpSeries>> {
+        let generation = node.routes.id();
+        if let Some(hit) = cached(&self.tcp, generation, &key) {
+            if hit.is_none() {
+                self.overflow.inc();
+            }
+            return hit;
+        }
+        let labels = self.resolve(
+            node,
+            key.source,
+            key.original_dst,
+            dest,
+            RequestProtocol::Tcp,
+            None,
+            key.flags,
+        );
+        let series = if self.admit(&labels) {
+            Some(Arc::new(TcpSeries {
+                opened: self.tcp_opened.get_or_create_owned(&labels),
+                closed: self.tcp_closed.get_or_create_owned(&labels),
+                sent: self.tcp_sent.get_or_create_owned(&labels),
+                received: self.tcp_received.get_or_create_owned(&labels),
+            }))
+        } else {
+            self.overflow.inc();
+            None
+        };
+        remember(&self.tcp, generation, key, series.clone());
+        series
+    }
+
+    /// Whether `labels` has (or may get) a series.
+    fn admit(&self, labels: &IstioLabels) -> bool {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(labels) {
+            return true;
+        }
+        if known.len() >= self.max_series {
+            return false;
+        }
+        known.insert(labels.clone());
+        true
+    }
+
+    /// Label values from config: the client pod, the routed service (else the VIP's), the
+    /// endpoint's pod.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve(
+        &self,
+        node: &NodeState,
+        source_cgroup: u64,
+        original_dst: SocketAddr,
+        dest: Destination<'_>,
+        protocol: RequestProtocol,
+        http: Option<HttpResult>,
+        flags: ResponseFlags,
+    ) -> IstioLabels {
+        let snap = &node.snapshot;
+        let source = node
+            .pod_by_cgroup
+            .get(&source_cgroup)
+            .and_then(|&id| snap.pods.get(id))
+            .map_or_else(PeerLabels::unknown, PeerLabels::of_pod);
+        let host = dest.host.or_else(|| {
+            snap.service_by_vip
+                .get(&(original_dst.ip(), original_dst.port()))
+                .and_then(|&(id, _)| snap.services.get(id))
+                .map(|s| s.hostname.as_str())
+        });
+        let service = host.map_or_else(ServiceLabels::unknown, |h| ServiceLabels::of_host(snap, h));
+        let destination = dest
+            .endpoint
+            .and_then(|ep| {
+                let ip = ep.ip().to_canonical();
+                snap.pods.iter().find(|p| p.ips.contains(&ip))
+            })
+            .map_or_else(PeerLabels::unknown, PeerLabels::of_pod);
+        IstioLabels {
+            source: Arc::new(source),
+            destination: Arc::new(destination),
+            service: Arc::new(service),
+            protocol,
+            http,
+            flags,
+        }
+    }
+}
+
+/// A cached handle of `generation` (outer `None`: not cached).
+fn cached<K: Eq + std::hash::Hash, V>(
+    cache: &RwLock<Cache<K, V>>,
+    generation: u64,
+    key: &K,
+) -> Option<Option<Arc<V>>> {
+    let cache = cache.read().unwrap_or_else(|p| p.into_inner());
+    if cache.generation != generation {
+        return None;
+    }
+    cache.map.get(key).cloned()
+}
+
+/// Cache a handle; a newer generation empties the cache, an older one (a request still finishing
+/// under the previous config) is not cached.
+fn remember<K: Eq + std::hash::Hash, V>(
+    cache: &RwLock<Cache<K, V>>,
+    generation: u64,
+    key: K,
+    series: Option<Arc<V>>,
+) {
+    let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
+    if generation > cache.generation || cache.map.len() >= CACHE_LIMIT {
+        cache.map.clear();
+        cache.generation = cache.generation.max(generation);
+    }
+    if generation == cache.generation {
+        cache.map.insert(key, series);
+    }
+}
+
+#[cfg(test)]
+mod tests;
