@@ -562,6 +562,15 @@ fn no_control_chars(name: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// An IP address as Go's `netip.ParseAddr` reads it, which istiod uses: an IPv6 address may carry a
+/// `%zone`.
+pub fn is_go_ip(s: &str) -> bool {
+    match s.split_once('%') {
+        Some((addr, zone)) => !zone.is_empty() && addr.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => s.parse::<IpAddr>().is_ok(),
+    }
+}
+
 /// An IP address.
 pub fn ip(s: &str) -> Result<IpAddr, InvalidAddress> {
     s.trim()

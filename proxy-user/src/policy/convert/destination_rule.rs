@@ -44,7 +44,7 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
         }
         Some(h) => h,
     };
-    ctx.check(&spec_path.key("host"), wildcard_domain(host))?;
+    ctx.check(&spec_path.key("host"), v::wildcard_domain(host))?;
     // Istio expands a short name but keeps the case: hosts match case-sensitively, so `Reviews`
     // selects no Kubernetes service (all lower case) there, and none here.
     let host = if host.contains('.') || host == "*" {
@@ -78,7 +78,7 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
             );
             continue;
         }
-        if !is_dns_label(name) {
+        if !v::is_istio_dns1123_label(name) {
             ctx.err(
                 &sp.key("name"),
                 InvalidTrafficPolicy::Value(format!(
@@ -145,83 +145,6 @@ pub(super) fn convert(ctx: &mut Ctx<'_>, spec: &w::DestinationRuleSpec) -> Optio
 const MAX_PORT_LEVEL_SETTINGS: usize = 4096;
 /// The CRD's `maxProperties` for `workloadSelector.matchLabels`.
 const MAX_SELECTOR_LABELS: usize = 4096;
-
-/// istiod's `IsDNS1123Label`: like Kubernetes' but upper-case letters are allowed.
-fn is_dns_label(s: &str) -> bool {
-    v::is_dns1123_label(&s.to_ascii_lowercase())
-}
-
-/// The `host` rule (istiod's `ValidateWildcardDomain`): at most 255 characters; a first label that
-/// is `*`, or a DNS label optionally led by `*` or `*-` (`*.example.com`, `*foo.example.com`); then
-/// DNS labels (either case), of which only the last may be empty (`example.com.`) and the last may not
-/// be all digits, so IP addresses are rejected.
-fn wildcard_domain(host: &str) -> Result<(), InvalidHost> {
-    if host.is_empty() {
-        return Err(InvalidHost::Empty);
-    }
-    if host.len() > 255 {
-        return Err(InvalidHost::TooLong(host.to_string()));
-    }
-    let (first, rest) = match host.split_once('.') {
-        Some((f, r)) => (f, Some(r)),
-        None => (host, None),
-    };
-    let first_ok = first.len() <= 63
-        && (first == "*"
-            || is_dns_label(
-                first
-                    .strip_prefix("*-")
-                    .or_else(|| first.strip_prefix('*'))
-                    .unwrap_or(first),
-            ));
-    if !first_ok {
-        return Err(InvalidHost::Label {
-            host: host.to_string(),
-            label: first.to_string(),
-        });
-    }
-    match rest {
-        Some(rest) => dns_labels(host, rest),
-        None => Ok(()),
-    }
-}
-
-/// istiod's `ValidateFQDN`: at most 255 characters, DNS labels, the last not all digits.
-fn fqdn(name: &str) -> Result<(), InvalidHost> {
-    if name.is_empty() {
-        return Err(InvalidHost::Empty);
-    }
-    if name.len() > 255 {
-        return Err(InvalidHost::TooLong(name.to_string()));
-    }
-    dns_labels(name, name)
-}
-
-/// istiod's `ValidateDNS1123Labels` on `labels` (part of `host`): the last label may be empty (a
-/// trailing dot) but not a number; every other label is a DNS label.
-fn dns_labels(host: &str, labels: &str) -> Result<(), InvalidHost> {
-    let parts: Vec<&str> = labels.split('.').collect();
-    let last = parts.len() - 1;
-    // Go's strconv.Atoi: an optional sign and digits that fit an int64.
-    if parts[last].parse::<i64>().is_ok() {
-        return Err(InvalidHost::NumericTld {
-            host: host.to_string(),
-            tld: parts[last].to_string(),
-        });
-    }
-    for (i, label) in parts.iter().enumerate() {
-        if i == last && label.is_empty() {
-            break;
-        }
-        if !is_dns_label(label) {
-            return Err(InvalidHost::Label {
-                host: host.to_string(),
-                label: label.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
 
 /// `workloadSelector.matchLabels`: istiod's `validateWorkloadSelector` (no empty key, no `*` in a key
 /// or value; warns when there are no labels) and the CRD's bounds (values of at most 63 characters,
@@ -486,7 +409,7 @@ fn tunnel(ctx: &mut Ctx<'_>, path: &FieldPath, t: &w::TunnelSettings) {
             &path.key("targetHost"),
             InvalidTrafficPolicy::Missing("tunnel.targetHost"),
         ),
-        Some(h) if h.parse::<std::net::IpAddr>().is_err() && fqdn(h).is_err() => ctx.err(
+        Some(h) if h.parse::<std::net::IpAddr>().is_err() && v::istio_fqdn(h).is_err() => ctx.err(
             &path.key("targetHost"),
             InvalidTrafficPolicy::Value(format!(
                 "tunnel targetHost {h:?} is neither a DNS name nor an IP address"

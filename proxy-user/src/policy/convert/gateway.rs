@@ -5,7 +5,6 @@
 //! references can be checked. Rules, sources and samples: `config/testdata/rules/gateway.md`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use super::Ctx;
 use crate::policy::error::*;
@@ -36,7 +35,7 @@ pub(super) fn gateway(
     let semantics = annotations.get(GATEWAY_SEMANTICS).map(String::as_str) == Some("gateway");
     // The API server already requires a DNS-1123 subdomain; istiod also forbids dots.
     let name = ctx.meta.name.clone();
-    if !semantics && !is_istio_label(&name) {
+    if !semantics && !v::is_istio_dns1123_label(&name) {
         ctx.err(
             &FieldPath::root().key("metadata").key("name"),
             Invalid::Other(format!(
@@ -322,7 +321,7 @@ fn bind_address(ctx: &mut Ctx<'_>, p: &FieldPath, bind: &str, number: Option<i64
                 Invalid::Other("port number must be 0 for a unix domain socket bind".into()),
             );
         }
-    } else if !bind.is_empty() && !is_ip(bind) {
+    } else if !bind.is_empty() && !v::is_go_ip(bind) {
         ctx.err(&path, InvalidAddress::Ip(bind.to_string()));
     }
 }
@@ -614,7 +613,7 @@ fn server_host(host: &str, semantics: bool) -> Vec<String> {
     if ns.is_empty() || dns.is_empty() {
         problems.push("namespace and dnsName must not be empty".to_string());
     }
-    let ns_ok = matches!(ns, "*" | ".") || (ns == "~" && semantics) || is_istio_label(ns);
+    let ns_ok = matches!(ns, "*" | ".") || (ns == "~" && semantics) || v::is_istio_dns1123_label(ns);
     if !ns_ok {
         problems.push(format!(
             "namespace {ns:?} must be \"*\", \".\" or a DNS-1123 label"
@@ -632,7 +631,7 @@ fn host_name(h: &str) -> Vec<String> {
         problems.push("short names (without a dot) are not allowed".to_string());
     }
     if let Err(e) = wildcard_domain(h) {
-        if !is_ip(h) {
+        if !v::is_go_ip(h) {
             problems.push(e);
         }
     }
@@ -655,7 +654,7 @@ fn wildcard_domain(d: &str) -> Result<(), String> {
         Some((f, r)) => (f, Some(r)),
         None => (d, None),
     };
-    if !is_wildcard_label(first) {
+    if !v::is_istio_wildcard_label(first) {
         return Err(format!("label {first:?} is not a valid DNS label"));
     }
     let Some(rest) = rest else { return Ok(()) };
@@ -669,7 +668,7 @@ fn wildcard_domain(d: &str) -> Result<(), String> {
         if i + 1 == labels.len() && label.is_empty() {
             return Ok(());
         }
-        if !is_istio_label(label) {
+        if !v::is_istio_dns1123_label(label) {
             return Err(format!("label {label:?} is not a valid DNS label"));
         }
     }
@@ -679,44 +678,6 @@ fn wildcard_domain(d: &str) -> Result<(), String> {
 /// What Go's `strconv.Atoi` parses: an optional sign and decimal digits (that fit in 64 bits).
 fn is_go_int(s: &str) -> bool {
     s.parse::<i64>().is_ok()
-}
-
-/// Istio's DNS-1123 label: `[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?`, at most 63 characters (upper
-/// case allowed, unlike the API server's names).
-fn is_istio_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// `*`, or a label with an optional `*` or `*-` prefix.
-fn is_wildcard_label(s: &str) -> bool {
-    if s.len() > 63 {
-        return false;
-    }
-    if s == "*" {
-        return true;
-    }
-    let rest = s
-        .strip_prefix("*-")
-        .filter(|r| is_istio_label(r))
-        .or_else(|| s.strip_prefix('*'))
-        .unwrap_or(s);
-    is_istio_label(rest)
-}
-
-/// An IP address as Go's `netip.ParseAddr` reads it (IPv6 may carry a `%zone`).
-fn is_ip(s: &str) -> bool {
-    if s.parse::<IpAddr>().is_ok() {
-        return true;
-    }
-    match s.split_once('%') {
-        Some((addr, zone)) => !zone.is_empty() && addr.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => false,
-    }
 }
 
 #[cfg(test)]

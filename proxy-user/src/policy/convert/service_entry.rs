@@ -540,11 +540,11 @@ fn check_endpoints(
                             )),
                         );
                     }
-                } else if !go_ip(&address) {
+                } else if !v::is_go_ip(&address) {
                     ctx.err(&ep.key("address"), InvalidAddress::Ip(address.clone()));
                 }
             }
-            Resolution::Dns | Resolution::DnsRoundRobin if !go_ip(&address) => {
+            Resolution::Dns | Resolution::DnsRoundRobin if !v::is_go_ip(&address) => {
                 if let Err(why) = fqdn(&address) {
                     ctx.err(
                         &ep.key("address"),
@@ -813,38 +813,15 @@ fn max_length(ctx: &mut Ctx<'_>, path: &FieldPath, value: &str, max: usize) -> b
     true
 }
 
-/// A DNS-1123 label in either case: `[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?`, at most 63 characters
-/// (istiod's `IsDNS1123Label`, used for port names and host labels).
-fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 /// A port name (service port or endpoint port key).
 fn is_port_name(s: &str) -> bool {
-    is_label(s)
+    v::is_istio_dns1123_label(s)
 }
 
 fn port_name_error(name: &str) -> Invalid {
     Invalid::Other(format!(
         "invalid port name {name:?}: letters, digits and '-', starting and ending with a letter or digit, at most 63 characters (62 as an endpoint port key)"
     ))
-}
-
-/// A first host label that may carry a wildcard: `*`, `*label`, `*-label` or a plain label.
-fn is_wildcard_label(s: &str) -> bool {
-    if s.len() > 63 {
-        return false;
-    }
-    match s.strip_prefix('*') {
-        None => is_label(s),
-        Some("") => true,
-        Some(rest) => is_label(rest) || rest.strip_prefix('-').is_some_and(is_label),
-    }
 }
 
 /// Dot-separated labels; the last may be empty (`example.com.`) and may not be all digits (istiod's
@@ -859,7 +836,7 @@ fn dns_labels(domain: &str) -> Result<(), String> {
         if i == parts.len() - 1 && label.is_empty() {
             return Ok(());
         }
-        if !is_label(label) {
+        if !v::is_istio_dns1123_label(label) {
             return Err(format!("label {label:?} is not a valid DNS label"));
         }
     }
@@ -894,7 +871,7 @@ fn wildcard_domain(domain: &str) -> Result<(), String> {
         Some((f, r)) => (f, Some(r)),
         None => (domain, None),
     };
-    if !is_wildcard_label(first) {
+    if !v::is_istio_wildcard_label(first) {
         return Err(why(format!(
             "label {first:?} is not a valid DNS label (a wildcard may only start the first label: \"*.example.com\")"
         )));
@@ -902,14 +879,6 @@ fn wildcard_domain(domain: &str) -> Result<(), String> {
     match rest {
         Some(rest) => dns_labels(rest).map_err(why),
         None => Ok(()),
-    }
-}
-
-/// An IP address as Go's `netip.ParseAddr` reads it: an IPv6 address may carry a `%zone`.
-fn go_ip(s: &str) -> bool {
-    match s.split_once('%') {
-        Some((ip, zone)) => !zone.is_empty() && ip.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => s.parse::<std::net::IpAddr>().is_ok(),
     }
 }
 
@@ -937,7 +906,7 @@ fn ip_or_cidr(s: &str) -> bool {
     if s.matches('/').count() == 1 {
         go_prefix(s)
     } else {
-        go_ip(s)
+        v::is_go_ip(s)
     }
 }
 

@@ -246,11 +246,7 @@ fn unix_address(addr: &str) -> Result<(), Invalid> {
 
 /// An IP address as Go's `netip.ParseAddr` reads it (IPv6 may carry a `%zone`).
 fn ip_address(s: &str) -> Result<(), InvalidAddress> {
-    let ok = match s.split_once('%') {
-        Some((addr, zone)) => !zone.is_empty() && addr.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => s.parse::<std::net::IpAddr>().is_ok(),
-    };
-    if ok {
+    if v::is_go_ip(s) {
         Ok(())
     } else {
         Err(InvalidAddress::Ip(s.to_string()))
@@ -901,7 +897,7 @@ fn egress_proxy(ctx: &mut Ctx<'_>, path: &FieldPath, proxy: &w::Destination, mod
         return;
     }
     let host = proxy.host.as_deref().unwrap_or("");
-    ctx.check(&path.key("host"), fqdn(host));
+    ctx.check(&path.key("host"), v::istio_fqdn(host));
     let Some(port) = &proxy.port else {
         ctx.err(&path.key("port"), InvalidPort::Missing);
         return;
@@ -918,17 +914,6 @@ fn egress_proxy(ctx: &mut Ctx<'_>, path: &FieldPath, proxy: &w::Destination, mod
         &path.key("port").key("number"),
         v::port(port.number.unwrap_or(0)),
     );
-}
-
-/// A fully qualified name without wildcards (istiod's `ValidateFQDN`).
-fn fqdn(host: &str) -> Result<(), Invalid> {
-    if host.is_empty() {
-        return Err(InvalidHost::Empty.into());
-    }
-    if host.len() > 255 {
-        return Err(InvalidHost::TooLong(host.to_string()).into());
-    }
-    super::scoped_host::dns1123_labels(host, host)
 }
 
 /// `ALLOW_ANY` / `REGISTRY_ONLY`; an absent mode means `default` (which differs between Sidecar's proto
