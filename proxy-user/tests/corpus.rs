@@ -295,6 +295,31 @@ fn line_of(file: &Path, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle:?} not in {}", file.display()))
 }
 
+/// The `keel validate` command agrees with the library on every sample: exit 0 and no error line for a
+/// valid one, exit 1 and every expected error block on one output line for an invalid one.
+#[test]
+fn keel_validate_command_agrees_on_every_sample() {
+    let mut failures = Vec::new();
+    for (class, want_code) in [("valid", 0), ("invalid", 1)] {
+        for s in samples(class) {
+            let dir = s.dir.to_string_lossy().to_string();
+            let (code, stdout) = keel(&["validate", &dir]);
+            if code != Some(want_code) {
+                failures.push(format!("{class}/{}: exit {code:?}, want {want_code}", s.name));
+                continue;
+            }
+            if class == "invalid" {
+                let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+                let want = expectations(&s.dir.join("expected.txt"));
+                for p in unmatched(&lines, &want, false) {
+                    failures.push(format!("{class}/{}: {p}", s.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Three independent errors in three resources are all reported in one run, with the warnings, and the
 /// text output is the `Display` the corpus tests match against.
 #[test]
