@@ -305,7 +305,10 @@ fn keel_validate_command_agrees_on_every_sample() {
             let dir = s.dir.to_string_lossy().to_string();
             let (code, stdout) = keel(&["validate", &dir]);
             if code != Some(want_code) {
-                failures.push(format!("{class}/{}: exit {code:?}, want {want_code}", s.name));
+                failures.push(format!(
+                    "{class}/{}: exit {code:?}, want {want_code}",
+                    s.name
+                ));
                 continue;
             }
             if class == "invalid" {

@@ -613,7 +613,8 @@ fn server_host(host: &str, semantics: bool) -> Vec<String> {
     if ns.is_empty() || dns.is_empty() {
         problems.push("namespace and dnsName must not be empty".to_string());
     }
-    let ns_ok = matches!(ns, "*" | ".") || (ns == "~" && semantics) || v::is_istio_dns1123_label(ns);
+    let ns_ok =
+        matches!(ns, "*" | ".") || (ns == "~" && semantics) || v::is_istio_dns1123_label(ns);
     if !ns_ok {
         problems.push(format!(
             "namespace {ns:?} must be \"*\", \".\" or a DNS-1123 label"
