@@ -1,9 +1,10 @@
-//! Lenient integers, as Istio's YAML path reads them.
+//! Integers as they reach istiod through the API server.
 //!
-//! Istio turns YAML into JSON before decoding protobuf, and that step writes `100.0` as `100`; protobuf
-//! JSON also accepts 64-bit integers as strings (`"1024"`). Tutorials rely on both (`weight: 100.0`,
-//! `mirror_percent: 100.0`), so integer fields accept an integer, an integral float or a numeric string.
-//! A fractional value (`10.5`) is still an error.
+//! kubectl turns YAML into JSON, and that step writes `100.0` as `100`; tutorials rely on it
+//! (`weight: 100.0`, `mirror_percent: 100.0`), so integer fields accept an integer or an integral float.
+//! A fractional value (`10.5`) is an error, and so is a numeric string (`"80"`): the CRD schemas declare
+//! these fields `type: integer`, so the API server rejects a string before istiod's protobuf decoding,
+//! which would read it, runs.
 
 use serde::de::{self, Deserializer, Visitor};
 
@@ -49,13 +50,6 @@ impl<'de> Visitor<'de> for OptI64 {
         }
         Err(E::invalid_type(de::Unexpected::Float(v), &self))
     }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        v.trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| E::invalid_type(de::Unexpected::Str(v), &self))
-    }
 }
 
 /// `deserialize_with` for `Option<i64>` fields.
@@ -76,7 +70,6 @@ mod tests {
         for (text, want) in [
             ("n: 100", Some(100)),
             ("n: 100.0", Some(100)),
-            ("n: \"1024\"", Some(1024)),
             ("n: -1", Some(-1)),
             ("n: null", None),
             ("{}", None),
@@ -86,5 +79,6 @@ mod tests {
         }
         assert!(serde_yaml::from_str::<T>("n: 10.5").is_err());
         assert!(serde_yaml::from_str::<T>("n: abc").is_err());
+        assert!(serde_yaml::from_str::<T>("n: \"1024\"").is_err());
     }
 }

@@ -111,8 +111,8 @@ pub(super) fn gateway(
     })
 }
 
-/// Schema rules the typed decoding cannot see (it reads `"80"` as 80, `1` as `"1"`, and an empty
-/// list as an absent one): integer ports, string selector values, non-empty certificate lists.
+/// Schema rules the typed decoding cannot see (it reads `1` as `"1"`, and an empty list as an absent
+/// one): string selector values, non-empty certificate lists.
 fn schema_types(ctx: &mut Ctx<'_>, spec: Option<&serde_yaml::Value>) {
     use serde_yaml::Value;
     let Some(spec) = spec else { return };
@@ -133,18 +133,6 @@ fn schema_types(ctx: &mut Ctx<'_>, spec: Option<&serde_yaml::Value>) {
     };
     for (i, server) in servers.iter().enumerate() {
         let p = sp.key("servers").index(i);
-        if let Some(port) = server.get("port") {
-            for field in ["number", "targetPort"] {
-                if let Some(Value::String(s)) = port.get(field) {
-                    ctx.err(
-                        &p.key("port").key(field),
-                        InvalidDocument::Schema(format!(
-                            "{field} must be an integer, not the string {s:?}"
-                        )),
-                    );
-                }
-            }
-        }
         let Some(tls) = server.get("tls") else {
             continue;
         };
