@@ -208,8 +208,8 @@ impl Document {
     }
 }
 
-/// Unknown-field errors list every accepted name, including the snake_case aliases of each camelCase
-/// field; listing both spellings doubles the noise, so keep the camelCase ones.
+/// Unknown-field errors list every accepted name, including snake_case aliases (Keel's `MeshConfig`,
+/// VirtualService `mirror_percent`); listing both spellings adds noise, so keep the camelCase ones.
 fn without_snake_case_alternatives(message: &str) -> String {
     let Some((head, list)) = message.split_once("expected one of ") else {
         return message.to_string();

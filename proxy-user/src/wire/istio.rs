@@ -1,7 +1,8 @@
 //! Istio `networking.istio.io` resources (`v1alpha3`, `v1beta1`, `v1`: the same schema).
 //!
-//! Field names follow the protobuf JSON mapping: lowerCamelCase, and every multi-word field also accepts its
-//! original snake_case name (`mirror_percent`, `exportTo`/`export_to`), as Istio's own decoder does.
+//! Field names are the CRD schemas' property names: lowerCamelCase, plus the one snake_case property the
+//! schemas declare (`mirror_percent`). istiod's protobuf decoder would also read snake_case names
+//! (`export_to`), but the API server rejects (or prunes) fields its schema does not declare first.
 //! Every `spec` type denies unknown fields, so a typo (`subnet:` for `subset:`) is an error instead of a
 //! silently ignored rule. Oneofs are plain optional fields here; `policy::validate` rejects combinations.
 //! Integers are `i64` so that out-of-range values (negative weights, port 70000) reach validation and get a
@@ -57,7 +58,7 @@ pub struct VirtualServiceSpec {
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
     /// Namespaces this VS is visible to (`*`, `.`, names).
-    #[serde(default, alias = "export_to")]
+    #[serde(default)]
     pub export_to: Vec<String>,
 }
 
@@ -102,7 +103,7 @@ pub struct HttpRoute {
     #[serde(default)]
     pub redirect: Option<HttpRedirect>,
     /// Local response instead of forwarding.
-    #[serde(default, alias = "direct_response")]
+    #[serde(default)]
     pub direct_response: Option<HttpDirectResponse>,
     /// Delegate to another VS.
     #[serde(default)]
@@ -133,10 +134,10 @@ pub struct HttpRoute {
     )]
     pub mirror_percent: Option<i64>,
     /// Mirror percentage (wins over `mirror_percent`).
-    #[serde(default, alias = "mirror_percentage")]
+    #[serde(default)]
     pub mirror_percentage: Option<Percent>,
     /// CORS policy.
-    #[serde(default, alias = "cors_policy")]
+    #[serde(default)]
     pub cors_policy: Option<CorsPolicy>,
     /// Header manipulation.
     #[serde(default)]
@@ -232,25 +233,25 @@ pub struct HttpMatchRequest {
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// Client workload labels.
-    #[serde(default, alias = "source_labels")]
+    #[serde(default)]
     pub source_labels: Option<LabelMap>,
     /// Gateways this block applies to.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// Query parameter matches.
-    #[serde(default, alias = "query_params")]
+    #[serde(default)]
     pub query_params: BTreeMap<String, Option<StringMatch>>,
     /// Case-insensitive `exact`/`prefix` URI match.
-    #[serde(default, alias = "ignore_uri_case")]
+    #[serde(default)]
     pub ignore_uri_case: Option<bool>,
     /// Negated header matches.
-    #[serde(default, alias = "without_headers")]
+    #[serde(default)]
     pub without_headers: BTreeMap<String, Option<StringMatch>>,
     /// Client namespace.
-    #[serde(default, alias = "source_namespace")]
+    #[serde(default)]
     pub source_namespace: Option<String>,
     /// Envoy route stat prefix.
-    #[serde(default, alias = "stat_prefix")]
+    #[serde(default)]
     pub stat_prefix: Option<String>,
 }
 
@@ -286,22 +287,22 @@ pub struct RouteDestination {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct L4MatchAttributes {
     /// Destination IPs/CIDRs.
-    #[serde(default, alias = "destination_subnets")]
+    #[serde(default)]
     pub destination_subnets: Vec<String>,
     /// Service port.
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// Hidden in Istio's API and unused; accepted so such YAML still loads.
-    #[serde(default, alias = "source_subnet")]
+    #[serde(default)]
     pub source_subnet: Option<String>,
     /// Client workload labels.
-    #[serde(default, alias = "source_labels")]
+    #[serde(default)]
     pub source_labels: Option<LabelMap>,
     /// Gateways.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// Client namespace.
-    #[serde(default, alias = "source_namespace")]
+    #[serde(default)]
     pub source_namespace: Option<String>,
 }
 
@@ -310,22 +311,22 @@ pub struct L4MatchAttributes {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsMatchAttributes {
     /// SNI values (required).
-    #[serde(default, alias = "sni_hosts")]
+    #[serde(default)]
     pub sni_hosts: Vec<String>,
     /// Destination IPs/CIDRs.
-    #[serde(default, alias = "destination_subnets")]
+    #[serde(default)]
     pub destination_subnets: Vec<String>,
     /// Service port.
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// Client workload labels.
-    #[serde(default, alias = "source_labels")]
+    #[serde(default)]
     pub source_labels: Option<LabelMap>,
     /// Gateways.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// Client namespace.
-    #[serde(default, alias = "source_namespace")]
+    #[serde(default)]
     pub source_namespace: Option<String>,
 }
 
@@ -343,20 +344,16 @@ pub struct HttpRedirect {
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub port: Option<i64>,
     /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
-    #[serde(default, alias = "derive_port")]
+    #[serde(default)]
     pub derive_port: Option<String>,
     /// `http` or `https`.
     #[serde(default)]
     pub scheme: Option<String>,
     /// Status code (default 301).
-    #[serde(
-        default,
-        alias = "redirect_code",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub redirect_code: Option<i64>,
     /// Replace the matched prefix (Istio 1.31-alpha).
-    #[serde(default, alias = "prefix_rewrite")]
+    #[serde(default)]
     pub prefix_rewrite: Option<String>,
 }
 
@@ -395,7 +392,7 @@ pub struct HttpRewrite {
     #[serde(default)]
     pub authority: Option<String>,
     /// Regex path rewrite.
-    #[serde(default, alias = "uri_regex_rewrite")]
+    #[serde(default)]
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
@@ -434,16 +431,16 @@ pub struct HttpRetry {
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub attempts: Option<i64>,
     /// Per-attempt timeout.
-    #[serde(default, alias = "per_try_timeout")]
+    #[serde(default)]
     pub per_try_timeout: Option<String>,
     /// Comma-separated retry conditions.
-    #[serde(default, alias = "retry_on")]
+    #[serde(default)]
     pub retry_on: Option<String>,
     /// Prefer other localities on retry.
-    #[serde(default, alias = "retry_remote_localities")]
+    #[serde(default)]
     pub retry_remote_localities: Option<bool>,
     /// Avoid hosts already tried (Istio default true).
-    #[serde(default, alias = "retry_ignore_previous_hosts")]
+    #[serde(default)]
     pub retry_ignore_previous_hosts: Option<bool>,
     /// Base back-off interval.
     #[serde(default)]
@@ -455,28 +452,28 @@ pub struct HttpRetry {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CorsPolicy {
     /// Deprecated exact origins.
-    #[serde(default, alias = "allow_origin")]
+    #[serde(default)]
     pub allow_origin: Vec<String>,
     /// Origin matchers.
-    #[serde(default, alias = "allow_origins")]
+    #[serde(default)]
     pub allow_origins: Vec<StringMatch>,
     /// Allowed methods.
-    #[serde(default, alias = "allow_methods")]
+    #[serde(default)]
     pub allow_methods: Vec<String>,
     /// Allowed request headers.
-    #[serde(default, alias = "allow_headers")]
+    #[serde(default)]
     pub allow_headers: Vec<String>,
     /// Exposed response headers.
-    #[serde(default, alias = "expose_headers")]
+    #[serde(default)]
     pub expose_headers: Vec<String>,
     /// Preflight cache duration.
-    #[serde(default, alias = "max_age")]
+    #[serde(default)]
     pub max_age: Option<String>,
     /// `access-control-allow-credentials`.
-    #[serde(default, alias = "allow_credentials")]
+    #[serde(default)]
     pub allow_credentials: Option<bool>,
     /// `UNSPECIFIED`, `FORWARD`, `IGNORE`.
-    #[serde(default, alias = "unmatched_preflights")]
+    #[serde(default)]
     pub unmatched_preflights: Option<String>,
 }
 
@@ -500,10 +497,10 @@ pub struct FaultDelay {
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub percent: Option<i64>,
     /// Fixed delay.
-    #[serde(default, alias = "fixed_delay")]
+    #[serde(default)]
     pub fixed_delay: Option<String>,
     /// Not supported by Istio.
-    #[serde(default, alias = "exponential_delay")]
+    #[serde(default)]
     pub exponential_delay: Option<String>,
     /// Fraction of requests delayed.
     #[serde(default)]
@@ -515,17 +512,13 @@ pub struct FaultDelay {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     /// HTTP status to return.
-    #[serde(
-        default,
-        alias = "http_status",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub http_status: Option<i64>,
     /// gRPC status name to return.
-    #[serde(default, alias = "grpc_status")]
+    #[serde(default)]
     pub grpc_status: Option<String>,
     /// Not supported by Istio.
-    #[serde(default, alias = "http2_error")]
+    #[serde(default)]
     pub http2_error: Option<String>,
     /// Fraction of requests aborted.
     #[serde(default)]
@@ -564,16 +557,16 @@ pub struct DestinationRuleSpec {
     #[serde(default)]
     pub host: Option<String>,
     /// Policy for all ports/subsets.
-    #[serde(default, alias = "traffic_policy")]
+    #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
     /// Named subsets.
     #[serde(default)]
     pub subsets: Vec<Subset>,
     /// Visibility.
-    #[serde(default, alias = "export_to")]
+    #[serde(default)]
     pub export_to: Vec<String>,
     /// Client selector (`matchLabels`).
-    #[serde(default, alias = "workload_selector")]
+    #[serde(default)]
     pub workload_selector: Option<MatchLabelsSelector>,
 }
 
@@ -582,7 +575,7 @@ pub struct DestinationRuleSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchLabelsSelector {
     /// Labels the client must carry.
-    #[serde(default, alias = "match_labels")]
+    #[serde(default)]
     pub match_labels: LabelMap,
 }
 
@@ -591,28 +584,28 @@ pub struct MatchLabelsSelector {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     /// Load balancing.
-    #[serde(default, alias = "load_balancer")]
+    #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
     /// Connection pool / circuit breaker.
-    #[serde(default, alias = "connection_pool")]
+    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
     /// Outlier detection.
-    #[serde(default, alias = "outlier_detection")]
+    #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     /// Upstream TLS.
     #[serde(default)]
     pub tls: Option<ClientTlsSettings>,
     /// Per-port overrides.
-    #[serde(default, alias = "port_level_settings")]
+    #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     /// HTTP CONNECT/POST tunnelling.
     #[serde(default)]
     pub tunnel: Option<TunnelSettings>,
     /// PROXY protocol towards the upstream.
-    #[serde(default, alias = "proxy_protocol")]
+    #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Retry budget.
-    #[serde(default, alias = "retry_budget")]
+    #[serde(default)]
     pub retry_budget: Option<RetryBudget>,
 }
 
@@ -624,13 +617,13 @@ pub struct PortTrafficPolicy {
     #[serde(default)]
     pub port: Option<PortSelector>,
     /// Load balancing.
-    #[serde(default, alias = "load_balancer")]
+    #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
     /// Connection pool.
-    #[serde(default, alias = "connection_pool")]
+    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
     /// Outlier detection.
-    #[serde(default, alias = "outlier_detection")]
+    #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     /// Upstream TLS.
     #[serde(default)]
@@ -645,14 +638,10 @@ pub struct TunnelSettings {
     #[serde(default)]
     pub protocol: Option<String>,
     /// Tunnel proxy host.
-    #[serde(default, alias = "target_host")]
+    #[serde(default)]
     pub target_host: Option<String>,
     /// Tunnel proxy port.
-    #[serde(
-        default,
-        alias = "target_port",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub target_port: Option<i64>,
 }
 
@@ -673,14 +662,10 @@ pub struct RetryBudget {
     #[serde(default)]
     pub percent: Option<f64>,
     /// Retries always allowed.
-    #[serde(
-        default,
-        alias = "min_retry_concurrency",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub min_retry_concurrency: Option<i64>,
     /// Window.
-    #[serde(default, alias = "budget_interval")]
+    #[serde(default)]
     pub budget_interval: Option<String>,
 }
 
@@ -695,7 +680,7 @@ pub struct Subset {
     #[serde(default)]
     pub labels: LabelMap,
     /// Subset policy (block-wise override).
-    #[serde(default, alias = "traffic_policy")]
+    #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
@@ -707,16 +692,16 @@ pub struct LoadBalancerSettings {
     #[serde(default)]
     pub simple: Option<String>,
     /// Consistent hashing (sticky sessions).
-    #[serde(default, alias = "consistent_hash")]
+    #[serde(default)]
     pub consistent_hash: Option<ConsistentHashLb>,
     /// Locality weighting / failover.
-    #[serde(default, alias = "locality_lb_setting")]
+    #[serde(default)]
     pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Zone-aware routing (Istio 1.31-alpha).
-    #[serde(default, alias = "zone_aware_lb_setting")]
+    #[serde(default)]
     pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
     /// Deprecated slow-start window.
-    #[serde(default, alias = "warmup_duration_secs")]
+    #[serde(default)]
     pub warmup_duration_secs: Option<String>,
     /// Slow start.
     #[serde(default)]
@@ -734,14 +719,10 @@ pub struct ZoneAwareLbSetting {
     #[serde(default)]
     pub failover: Vec<LocalityFailover>,
     /// Label-based priorities.
-    #[serde(default, alias = "failover_priority")]
+    #[serde(default)]
     pub failover_priority: Vec<String>,
     /// Minimum cluster size for zone-aware routing.
-    #[serde(
-        default,
-        alias = "min_cluster_size",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub min_cluster_size: Option<i64>,
 }
 
@@ -750,29 +731,25 @@ pub struct ZoneAwareLbSetting {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashLb {
     /// Hash a request header.
-    #[serde(default, alias = "http_header_name")]
+    #[serde(default)]
     pub http_header_name: Option<String>,
     /// Hash a cookie (generated when absent and `ttl` is set).
-    #[serde(default, alias = "http_cookie")]
+    #[serde(default)]
     pub http_cookie: Option<HttpCookie>,
     /// Hash the client IP.
-    #[serde(default, alias = "use_source_ip")]
+    #[serde(default)]
     pub use_source_ip: Option<bool>,
     /// Hash a query parameter.
-    #[serde(default, alias = "http_query_parameter_name")]
+    #[serde(default)]
     pub http_query_parameter_name: Option<String>,
     /// Ring hash algorithm.
-    #[serde(default, alias = "ring_hash")]
+    #[serde(default)]
     pub ring_hash: Option<RingHash>,
     /// Maglev algorithm.
     #[serde(default)]
     pub maglev: Option<Maglev>,
     /// Deprecated ring size.
-    #[serde(
-        default,
-        alias = "minimum_ring_size",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub minimum_ring_size: Option<i64>,
 }
 
@@ -781,11 +758,7 @@ pub struct ConsistentHashLb {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RingHash {
     /// Minimum ring size (Envoy default 1024).
-    #[serde(
-        default,
-        alias = "minimum_ring_size",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub minimum_ring_size: Option<i64>,
 }
 
@@ -794,11 +767,7 @@ pub struct RingHash {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Maglev {
     /// Table size (prime).
-    #[serde(
-        default,
-        alias = "table_size",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub table_size: Option<i64>,
 }
 
@@ -840,7 +809,7 @@ pub struct WarmupConfiguration {
     #[serde(default)]
     pub duration: Option<String>,
     /// Starting weight percent (default 10).
-    #[serde(default, alias = "minimum_percent")]
+    #[serde(default)]
     pub minimum_percent: Option<f64>,
     /// Curve (default 1.0, > 0).
     #[serde(default)]
@@ -858,7 +827,7 @@ pub struct LocalityLbSetting {
     #[serde(default)]
     pub failover: Vec<LocalityFailover>,
     /// Label-based priorities.
-    #[serde(default, alias = "failover_priority")]
+    #[serde(default)]
     pub failover_priority: Vec<String>,
     /// Enable/disable locality LB.
     #[serde(default)]
@@ -906,23 +875,19 @@ pub struct ConnectionPoolSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     /// Max upstream connections.
-    #[serde(
-        default,
-        alias = "max_connections",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub max_connections: Option<i64>,
     /// Connect timeout.
-    #[serde(default, alias = "connect_timeout")]
+    #[serde(default)]
     pub connect_timeout: Option<String>,
     /// TCP keepalive.
-    #[serde(default, alias = "tcp_keepalive")]
+    #[serde(default)]
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// Max connection age.
-    #[serde(default, alias = "max_connection_duration")]
+    #[serde(default)]
     pub max_connection_duration: Option<String>,
     /// Idle timeout.
-    #[serde(default, alias = "idle_timeout")]
+    #[serde(default)]
     pub idle_timeout: Option<String>,
 }
 
@@ -946,51 +911,31 @@ pub struct TcpKeepalive {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     /// Max queued requests.
-    #[serde(
-        default,
-        alias = "http1_max_pending_requests",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub http1_max_pending_requests: Option<i64>,
     /// Max outstanding requests.
-    #[serde(
-        default,
-        alias = "http2_max_requests",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub http2_max_requests: Option<i64>,
     /// Requests per connection (1 disables keep-alive).
-    #[serde(
-        default,
-        alias = "max_requests_per_connection",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub max_requests_per_connection: Option<i64>,
     /// Max concurrent retries.
-    #[serde(
-        default,
-        alias = "max_retries",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub max_retries: Option<i64>,
     /// Upstream idle timeout.
-    #[serde(default, alias = "idle_timeout")]
+    #[serde(default)]
     pub idle_timeout: Option<String>,
     /// `DEFAULT`, `DO_NOT_UPGRADE`, `UPGRADE`.
-    #[serde(default, alias = "h2_upgrade_policy")]
+    #[serde(default)]
     pub h2_upgrade_policy: Option<String>,
     /// Use the client's HTTP version upstream.
-    #[serde(default, alias = "use_client_protocol")]
+    #[serde(default)]
     pub use_client_protocol: Option<bool>,
     /// HTTP/2 max concurrent streams.
-    #[serde(
-        default,
-        alias = "max_concurrent_streams",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub max_concurrent_streams: Option<i64>,
     /// HTTP/2 keepalive (1.31-alpha).
-    #[serde(default, alias = "http2_keep_alive")]
+    #[serde(default)]
     pub http2_keep_alive: Option<ConnectionKeepalive>,
 }
 
@@ -1011,58 +956,34 @@ pub struct ConnectionKeepalive {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Deprecated; ignored by Istio (warning).
-    #[serde(
-        default,
-        alias = "consecutive_errors",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub consecutive_errors: Option<i64>,
     /// Count local-origin failures separately.
-    #[serde(default, alias = "split_external_local_origin_errors")]
+    #[serde(default)]
     pub split_external_local_origin_errors: Option<bool>,
     /// Local-origin failure threshold (needs split).
-    #[serde(
-        default,
-        alias = "consecutive_local_origin_failures",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub consecutive_local_origin_failures: Option<i64>,
     /// 502/503/504 threshold.
-    #[serde(
-        default,
-        alias = "consecutive_gateway_errors",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub consecutive_gateway_errors: Option<i64>,
     /// 5xx threshold (default 5).
-    #[serde(
-        default,
-        alias = "consecutive_5xx_errors",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub consecutive_5xx_errors: Option<i64>,
     /// Sweep interval (default 10s).
     #[serde(default)]
     pub interval: Option<String>,
     /// Base ejection time (default 30s).
-    #[serde(default, alias = "base_ejection_time")]
+    #[serde(default)]
     pub base_ejection_time: Option<String>,
     /// Max ejected percent (default 10).
-    #[serde(
-        default,
-        alias = "max_ejection_percent",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub max_ejection_percent: Option<i64>,
     /// Panic threshold (default 0).
-    #[serde(
-        default,
-        alias = "min_health_percent",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub min_health_percent: Option<i64>,
     /// Status codes that count as errors (1.31-alpha).
-    #[serde(default, alias = "outlier_detection_http_error_codes")]
+    #[serde(default)]
     pub outlier_detection_http_error_codes: Vec<i64>,
 }
 
@@ -1074,28 +995,28 @@ pub struct ClientTlsSettings {
     #[serde(default)]
     pub mode: Option<String>,
     /// Client certificate file.
-    #[serde(default, alias = "client_certificate")]
+    #[serde(default)]
     pub client_certificate: Option<String>,
     /// Client key file.
-    #[serde(default, alias = "private_key")]
+    #[serde(default)]
     pub private_key: Option<String>,
     /// CA bundle file.
-    #[serde(default, alias = "ca_certificates")]
+    #[serde(default)]
     pub ca_certificates: Option<String>,
     /// Kubernetes secret with the credentials.
-    #[serde(default, alias = "credential_name")]
+    #[serde(default)]
     pub credential_name: Option<String>,
     /// Accepted server SANs.
-    #[serde(default, alias = "subject_alt_names")]
+    #[serde(default)]
     pub subject_alt_names: Vec<String>,
     /// SNI to send.
     #[serde(default)]
     pub sni: Option<String>,
     /// Skip server verification.
-    #[serde(default, alias = "insecure_skip_verify")]
+    #[serde(default)]
     pub insecure_skip_verify: Option<bool>,
     /// CRL file.
-    #[serde(default, alias = "ca_crl")]
+    #[serde(default)]
     pub ca_crl: Option<String>,
 }
 
@@ -1125,13 +1046,13 @@ pub struct ServiceEntrySpec {
     #[serde(default)]
     pub endpoints: Option<Vec<WorkloadEntry>>,
     /// Pod/WorkloadEntry selector.
-    #[serde(default, alias = "workload_selector")]
+    #[serde(default)]
     pub workload_selector: Option<WorkloadSelector>,
     /// Visibility (`~` allowed here).
-    #[serde(default, alias = "export_to")]
+    #[serde(default)]
     pub export_to: Vec<String>,
     /// SANs to verify.
-    #[serde(default, alias = "subject_alt_names")]
+    #[serde(default)]
     pub subject_alt_names: Vec<String>,
 }
 
@@ -1149,11 +1070,7 @@ pub struct ServiceEntryPort {
     #[serde(default)]
     pub name: Option<String>,
     /// Endpoint port.
-    #[serde(
-        default,
-        alias = "target_port",
-        deserialize_with = "super::num::opt_i64"
-    )]
+    #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub target_port: Option<i64>,
 }
 
@@ -1181,7 +1098,7 @@ pub struct WorkloadEntry {
     #[serde(default, deserialize_with = "super::num::opt_i64")]
     pub weight: Option<i64>,
     /// Service account.
-    #[serde(default, alias = "service_account")]
+    #[serde(default)]
     pub service_account: Option<String>,
 }
 
@@ -1199,7 +1116,7 @@ pub struct WorkloadSelector {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SidecarSpec {
     /// Client selector.
-    #[serde(default, alias = "workload_selector")]
+    #[serde(default)]
     pub workload_selector: Option<WorkloadSelector>,
     /// Inbound listeners.
     #[serde(default)]
@@ -1208,10 +1125,10 @@ pub struct SidecarSpec {
     #[serde(default)]
     pub egress: Vec<IstioEgressListener>,
     /// Inbound pool.
-    #[serde(default, alias = "inbound_connection_pool")]
+    #[serde(default)]
     pub inbound_connection_pool: Option<ConnectionPoolSettings>,
     /// Unknown destinations.
-    #[serde(default, alias = "outbound_traffic_policy")]
+    #[serde(default)]
     pub outbound_traffic_policy: Option<SidecarOutboundTrafficPolicy>,
 }
 
@@ -1226,16 +1143,16 @@ pub struct IstioIngressListener {
     #[serde(default)]
     pub bind: Option<String>,
     /// `DEFAULT`, `IPTABLES`, `NONE`.
-    #[serde(default, alias = "capture_mode")]
+    #[serde(default)]
     pub capture_mode: Option<String>,
     /// `127.0.0.1:PORT` etc.
-    #[serde(default, alias = "default_endpoint")]
+    #[serde(default)]
     pub default_endpoint: Option<String>,
     /// Inbound TLS.
     #[serde(default)]
     pub tls: Option<ServerTlsSettings>,
     /// Inbound pool.
-    #[serde(default, alias = "connection_pool")]
+    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
 }
 
@@ -1250,7 +1167,7 @@ pub struct IstioEgressListener {
     #[serde(default)]
     pub bind: Option<String>,
     /// Capture mode.
-    #[serde(default, alias = "capture_mode")]
+    #[serde(default)]
     pub capture_mode: Option<String>,
     /// `namespace/dnsName` imports.
     #[serde(default)]
@@ -1265,7 +1182,7 @@ pub struct SidecarOutboundTrafficPolicy {
     #[serde(default)]
     pub mode: Option<String>,
     /// Egress proxy destination.
-    #[serde(default, alias = "egress_proxy")]
+    #[serde(default)]
     pub egress_proxy: Option<Destination>,
 }
 
@@ -1298,7 +1215,7 @@ pub struct Server {
     #[serde(default)]
     pub tls: Option<ServerTlsSettings>,
     /// Default endpoint.
-    #[serde(default, alias = "default_endpoint")]
+    #[serde(default)]
     pub default_endpoint: Option<String>,
     /// Server name.
     #[serde(default)]
@@ -1310,55 +1227,55 @@ pub struct Server {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTlsSettings {
     /// Redirect HTTP to HTTPS.
-    #[serde(default, alias = "https_redirect")]
+    #[serde(default)]
     pub https_redirect: Option<bool>,
     /// `PASSTHROUGH`, `SIMPLE`, `MUTUAL`, `AUTO_PASSTHROUGH`, `ISTIO_MUTUAL`, `OPTIONAL_MUTUAL`.
     #[serde(default)]
     pub mode: Option<String>,
     /// Certificate file.
-    #[serde(default, alias = "server_certificate")]
+    #[serde(default)]
     pub server_certificate: Option<String>,
     /// Key file.
-    #[serde(default, alias = "private_key")]
+    #[serde(default)]
     pub private_key: Option<String>,
     /// CA file.
-    #[serde(default, alias = "ca_certificates")]
+    #[serde(default)]
     pub ca_certificates: Option<String>,
     /// CRL file.
-    #[serde(default, alias = "ca_crl")]
+    #[serde(default)]
     pub ca_crl: Option<String>,
     /// Secret name.
-    #[serde(default, alias = "credential_name")]
+    #[serde(default)]
     pub credential_name: Option<String>,
     /// Secret names.
-    #[serde(default, alias = "credential_names")]
+    #[serde(default)]
     pub credential_names: Vec<String>,
     /// CA secret name.
-    #[serde(default, alias = "ca_cert_credential_name")]
+    #[serde(default)]
     pub ca_cert_credential_name: Option<String>,
     /// Certificates.
-    #[serde(default, alias = "tls_certificates")]
+    #[serde(default)]
     pub tls_certificates: Vec<TlsCertificate>,
     /// Accepted client SANs.
-    #[serde(default, alias = "subject_alt_names")]
+    #[serde(default)]
     pub subject_alt_names: Vec<String>,
     /// SPKI pins.
-    #[serde(default, alias = "verify_certificate_spki")]
+    #[serde(default)]
     pub verify_certificate_spki: Vec<String>,
     /// Certificate hash pins.
-    #[serde(default, alias = "verify_certificate_hash")]
+    #[serde(default)]
     pub verify_certificate_hash: Vec<String>,
     /// Minimum TLS version.
-    #[serde(default, alias = "min_protocol_version")]
+    #[serde(default)]
     pub min_protocol_version: Option<String>,
     /// Maximum TLS version.
-    #[serde(default, alias = "max_protocol_version")]
+    #[serde(default)]
     pub max_protocol_version: Option<String>,
     /// Cipher suites.
-    #[serde(default, alias = "cipher_suites")]
+    #[serde(default)]
     pub cipher_suites: Vec<String>,
     /// Skip client verification.
-    #[serde(default, alias = "insecure_skip_verify")]
+    #[serde(default)]
     pub insecure_skip_verify: Option<bool>,
 }
 
@@ -1367,12 +1284,12 @@ pub struct ServerTlsSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsCertificate {
     /// Certificate file.
-    #[serde(default, alias = "server_certificate")]
+    #[serde(default)]
     pub server_certificate: Option<String>,
     /// Key file.
-    #[serde(default, alias = "private_key")]
+    #[serde(default)]
     pub private_key: Option<String>,
     /// CA file.
-    #[serde(default, alias = "ca_certificates")]
+    #[serde(default)]
     pub ca_certificates: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! block Keel does not apply without a hand-kept list that could miss one.
 //!
 //! The walk goes over the object as the wire types serialise it, so paths use the canonical (camelCase)
-//! field names even when the YAML used a snake_case alias.
+//! field names even when the YAML used a snake_case alias (`mirror_percent`).
 
 use serde::Serialize;
 use serde_yaml::Value;
