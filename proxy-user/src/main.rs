@@ -29,13 +29,18 @@ struct Cli {
 enum Command {
     /// Attach the socket redirect to a cgroup root and serve the pods under it.
     Run(RunArgs),
-    /// Check a config directory; exit 1 with every error, 0 with a one-line summary.
+    /// Check config files and directories; exit 1 with every error, 0 with a one-line summary.
     Validate {
-        /// Directory of Kubernetes and Istio YAML (as for `kubectl apply -f DIR`).
-        dir: PathBuf,
+        /// Files and directories of Kubernetes and Istio YAML (as for `kubectl apply -f PATH`); a
+        /// directory gives its `*.yaml`/`*.yml` files, a file is read whatever its name.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Fail on warnings too (an unknown host or subset, a field accepted but not applied, ...).
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -96,15 +101,19 @@ fn node_name(flag: Option<String>) -> Option<String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { dir, format } => {
-            keel::policy::run_validate(&dir, matches!(format, Format::Json)).map(|valid| {
+        Command::Validate {
+            paths,
+            format,
+            strict,
+        } => keel::policy::run_validate(&paths, matches!(format, Format::Json), strict).map(
+            |valid| {
                 if valid {
                     std::process::ExitCode::SUCCESS
                 } else {
                     std::process::ExitCode::from(1)
                 }
-            })
-        }
+            },
+        ),
         Command::Run(args) => run(args).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {

@@ -323,6 +323,71 @@ fn keel_validate_command_agrees_on_every_sample() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `keel validate` takes files as well as directories, several at once, in order (as `kubectl apply -f`).
+#[test]
+fn keel_validate_reads_files_and_several_paths() {
+    let sample = sample_dir("invalid", "vs-weight-negative");
+    let file = sample.join("sample.yaml");
+    let file = file.to_str().expect("utf-8 path");
+    let (code, stdout) = keel(&["validate", file]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("spec.http[0].route[0].weight: weight -1 must not be negative"),
+        "{stdout}"
+    );
+    // A file named without a .yaml extension is read too.
+    let tmp = std::env::temp_dir().join(format!("keel-validate-file-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let plain = tmp.join("config.txt");
+    std::fs::copy(sample.join("sample.yaml"), &plain).expect("copy");
+    let (code, stdout) = keel(&["validate", plain.to_str().expect("utf-8 path")]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("config.txt:"), "{stdout}");
+    // Two files: the DestinationRule's subsets resolve against the Service in the other file, so the
+    // pair validates with no warning (alone, the rule's host would be unknown).
+    let dr = sample_dir("valid", "dr-host-and-subsets");
+    let (code, stdout) = keel(&[
+        "validate",
+        "--strict",
+        dr.join("00-support.yaml").to_str().expect("utf-8 path"),
+        dr.join("sample.yaml").to_str().expect("utf-8 path"),
+    ]);
+    assert!(stdout.contains("is valid"), "{stdout}");
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = keel(&[
+        "validate",
+        "--strict",
+        dr.join("sample.yaml").to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(code, Some(1), "alone, the host is unknown: {stdout}");
+    let (code, stdout) = keel(&["validate", "/nonexistent/keel-config"]);
+    assert_ne!(code, Some(0), "{stdout}");
+    std::fs::remove_dir_all(&tmp).expect("clean up");
+}
+
+/// `--strict` fails a config whose only findings are warnings, and still passes a clean one.
+#[test]
+fn keel_validate_strict_fails_on_warnings() {
+    let warned = sample_dir("valid", "dr-warn-least-conn");
+    let warned = warned.to_str().expect("utf-8 path");
+    let (code, stdout) = keel(&["validate", warned]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = keel(&["validate", "--strict", warned]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("LEAST_CONN is deprecated"), "{stdout}");
+    assert!(
+        stdout.contains("is invalid with --strict: 1 warning"),
+        "{stdout}"
+    );
+    let (code, stdout) = keel(&["validate", "--strict", "--format", "json", warned]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json["valid"], false, "{stdout}");
+    let clean = sample_dir("valid", "dr-host-and-subsets");
+    let (code, stdout) = keel(&["validate", "--strict", clean.to_str().expect("utf-8 path")]);
+    assert_eq!(code, Some(0), "{stdout}");
+}
+
 /// Three independent errors in three resources are all reported in one run, with the warnings, and the
 /// text output is the `Display` the corpus tests match against.
 #[test]

@@ -1,11 +1,11 @@
 //! `keel validate`: human and JSON renderings of a [`LoadReport`].
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::convert::{load_dir, LoadReport};
+use super::convert::{load_paths, LoadReport};
 use super::error::{ConfigError, ConfigWarning};
 
 /// Counts of what a snapshot holds, for the one-line success message and JSON output.
@@ -76,9 +76,9 @@ pub fn summary(report: &LoadReport) -> String {
 /// The `--format json` document.
 #[derive(Debug, Serialize)]
 pub struct JsonReport<'a> {
-    /// The directory that was validated.
+    /// What was validated: the paths given, joined with `, `.
     pub dir: String,
-    /// No errors.
+    /// No errors (and, with `--strict`, no warnings).
     pub valid: bool,
     /// What loaded.
     pub counts: Counts,
@@ -92,10 +92,10 @@ pub struct JsonReport<'a> {
 
 impl<'a> JsonReport<'a> {
     /// Builds the JSON view of `report`.
-    pub fn new(dir: &Path, report: &'a LoadReport) -> Self {
+    pub fn new(what: &str, report: &'a LoadReport, strict: bool) -> Self {
         JsonReport {
-            dir: dir.display().to_string(),
-            valid: report.is_valid(),
+            dir: what.to_string(),
+            valid: passes(report, strict),
             counts: Counts::of(report),
             ignored: report.ignored,
             errors: &report.errors,
@@ -104,17 +104,35 @@ impl<'a> JsonReport<'a> {
     }
 }
 
+/// Whether `keel validate` passes: no errors, and with `strict` no warnings either (as `istioctl analyze`
+/// fails on what it reports).
+pub fn passes(report: &LoadReport, strict: bool) -> bool {
+    report.is_valid() && (!strict || report.warnings.is_empty())
+}
+
 /// Writes the human-readable report: errors and warnings one per line, then a verdict.
-pub fn write_text(out: &mut dyn Write, dir: &Path, report: &LoadReport) -> std::io::Result<()> {
+pub fn write_text(
+    out: &mut dyn Write,
+    what: &str,
+    report: &LoadReport,
+    strict: bool,
+) -> std::io::Result<()> {
     for e in &report.errors {
         writeln!(out, "{e}")?;
     }
     for w in &report.warnings {
         writeln!(out, "{w}")?;
     }
-    let dir = dir.display();
-    if report.is_valid() {
+    let dir = what;
+    if passes(report, strict) {
         writeln!(out, "{dir} is valid: {}", summary(report))?;
+    } else if report.is_valid() {
+        writeln!(
+            out,
+            "{dir} is invalid with --strict: {} (loaded anyway: {})",
+            plural(report.warnings.len(), "warning", "warnings"),
+            summary(report)
+        )?;
     } else {
         writeln!(
             out,
@@ -126,17 +144,23 @@ pub fn write_text(out: &mut dyn Write, dir: &Path, report: &LoadReport) -> std::
     Ok(())
 }
 
-/// The body of `keel validate DIR [--format json]`: loads `dir`, prints the report to stdout and returns
-/// whether the config is valid (the caller maps `false` to a non-zero exit status).
-pub fn run_validate(dir: &Path, json: bool) -> anyhow::Result<bool> {
-    let report = load_dir(dir)?;
+/// The body of `keel validate PATH... [--format json] [--strict]`: loads the files and directories,
+/// prints the report to stdout and returns whether it passes (the caller maps `false` to a non-zero exit
+/// status).
+pub fn run_validate(paths: &[PathBuf], json: bool, strict: bool) -> anyhow::Result<bool> {
+    let report = load_paths(paths)?;
+    let what = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &JsonReport::new(dir, &report))?;
+        serde_json::to_writer_pretty(&mut out, &JsonReport::new(&what, &report, strict))?;
         writeln!(out)?;
     } else {
-        write_text(&mut out, dir, &report)?;
+        write_text(&mut out, &what, &report, strict)?;
     }
-    Ok(report.is_valid())
+    Ok(passes(&report, strict))
 }

@@ -1,4 +1,5 @@
-//! Config sources. Today: a directory of YAML files (`keel run --config DIR`, `keel validate DIR`).
+//! Config sources. Today: YAML files, read from a directory (`keel run --config DIR`) or from files and
+//! directories (`keel validate PATH...`).
 //!
 //! A directory source reads the directory's own `*.yaml` / `*.yml` files (not subdirectories, so
 //! `testdata/` or `examples/` next to live config are never loaded by accident) in file-name order, splits
@@ -272,6 +273,28 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Document>, Error> {
             source,
         })?;
         docs.extend(split_documents(&path.display().to_string(), &text));
+    }
+    Ok(docs)
+}
+
+/// Reads each path in order, as `kubectl apply -f PATH -f PATH` does: a directory gives its `*.yaml` /
+/// `*.yml` files (see [`read_dir`]), a file is read whatever its name.
+pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, Error> {
+    let mut docs = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            docs.extend(read_dir(path)?);
+        } else {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            docs.extend(split_documents(&path.display().to_string(), &text));
+        }
     }
     Ok(docs)
 }

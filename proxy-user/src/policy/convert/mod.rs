@@ -46,6 +46,12 @@ impl LoadReport {
     }
 }
 
+/// Reads files and directories (see [`source::read_paths`]) and builds a snapshot.
+pub fn load_paths(paths: &[std::path::PathBuf]) -> Result<LoadReport, source::Error> {
+    let docs = source::read_paths(paths)?;
+    Ok(build(&docs))
+}
+
 /// Reads `dir` (its `*.yaml`/`*.yml` files, not subdirectories) and builds a snapshot.
 pub fn load_dir(dir: &Path) -> Result<LoadReport, source::Error> {
     let docs = source::read_dir(dir)?;

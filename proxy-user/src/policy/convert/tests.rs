@@ -1322,11 +1322,8 @@ fn service_entry_without_addresses_is_not_captured() {
 #[test]
 fn json_report_serialises() {
     let report = load(&vs("  hosts: [reviews]\n"));
-    let json = serde_json::to_value(crate::policy::report::JsonReport::new(
-        std::path::Path::new("x"),
-        &report,
-    ))
-    .expect("json");
+    let json = serde_json::to_value(crate::policy::report::JsonReport::new("x", &report, false))
+        .expect("json");
     assert_eq!(json["valid"], false);
     assert_eq!(json["errors"][0]["kind"], "VirtualService");
     assert_eq!(json["errors"][0]["field"], "spec");
