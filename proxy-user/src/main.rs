@@ -125,17 +125,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+/// Logs to stderr, filtered by `KEEL_LOG` (default `info`), without colour codes unless stderr is a
+/// terminal. Returns the admin API's handle on the filter (`/logging`).
+fn init_tracing() -> keel::admin::LogFilter {
+    use std::io::IsTerminal;
+    let initial = std::env::var("KEEL_LOG").unwrap_or_else(|_| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&initial)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    Arc::new(move |new: Option<&str>| {
+        if let Some(directives) = new {
+            let filter = tracing_subscriber::EnvFilter::try_new(directives)
+                .map_err(|e| format!("invalid log filter {directives:?}: {e}"))?;
+            handle
+                .reload(filter)
+                .map_err(|e| format!("cannot change the log filter: {e}"))?;
+            tracing::info!(filter = directives, "log filter changed");
+        }
+        handle
+            .with_current(|f| f.to_string())
+            .map_err(|e| format!("cannot read the log filter: {e}"))
+    })
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing();
+    let log_filter = init_tracing();
     if args.admin_addr.ip().is_unspecified() {
         bail!(
             "--admin-addr must be a specific (localhost) address, not {}",
@@ -147,10 +167,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, log_filter))
 }
 
-async fn serve(args: RunArgs) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Result<()> {
     let cgroup_root = args.cgroup.clone();
     if !cgroup_root.is_dir() {
         bail!("cgroup root {} is not a directory", cgroup_root.display());
@@ -209,6 +229,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         args.admin_addr,
         AdminContext {
             ready: Arc::clone(&ready),
+            log_filter,
             stats: Arc::clone(&stats),
             conn_log: Arc::clone(&conn_log),
             metrics: Arc::clone(&metrics),

@@ -1,4 +1,4 @@
-//! A tiny blocking HTTP/1.1 GET client for Keel's admin endpoint (localhost only).
+//! A tiny blocking HTTP/1.1 client for Keel's admin endpoint (localhost only): GET and body-less POST.
 //!
 //! The e2e tests are synchronous `#[test]`s; a few dozen lines of std-only HTTP keep them free of an
 //! async runtime. It sends `Connection: close` and reads to EOF, and understands chunked bodies.
@@ -35,20 +35,34 @@ impl HttpResponse {
 
 /// `GET http://<addr><path>` with a per-call `timeout` for connect, write and each read.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse> {
+    request("GET", addr, path, timeout)
+}
+
+/// `POST http://<addr><path>` with an empty body (as Envoy's admin `POST /logging?level=debug`).
+pub fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse> {
+    request("POST", addr, path, timeout)
+}
+
+fn request(method: &str, addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{length}Connection: close\r\n\r\n"
     )
-    .with_context(|| format!("sending GET {path} to {addr}"))?;
+    .with_context(|| format!("sending {method} {path} to {addr}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .with_context(|| format!("reading response to GET {path} from {addr}"))?;
-    parse_response(&raw).with_context(|| format!("GET http://{addr}{path}"))
+        .with_context(|| format!("reading response to {method} {path} from {addr}"))?;
+    parse_response(&raw).with_context(|| format!("{method} http://{addr}{path}"))
 }
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse> {

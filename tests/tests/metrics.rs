@@ -606,3 +606,61 @@ fn admin_port_is_not_reachable_from_pods() -> Result<()> {
     }
     Ok(())
 }
+
+/// The admin API's liveness probe and live log-level change, as an operator uses them: `/live` answers,
+/// `POST /logging?level=` replaces the filter (and a bad one is refused with 400, keeping the old), and
+/// keel's log, piped to a file, carries no colour codes.
+#[test]
+fn admin_live_and_log_level_change() -> Result<()> {
+    let fx = Fixture::reviews(PREFIX, 159, &["v1"])?;
+    let keel = fx.start_keel_strict()?;
+    let admin = keel.options().admin_addr;
+    let timeout = Duration::from_secs(5);
+    let live = keel_tests::http::get(admin, "/live", timeout)?;
+    ensure!(
+        live.status == 200 && live.text() == "live\n",
+        "/live: {live:?}"
+    );
+    let shown = keel_tests::http::get(admin, "/logging", timeout)?;
+    ensure!(
+        shown.status == 200 && shown.text().starts_with("log filter: "),
+        "GET /logging: {} {:?}",
+        shown.status,
+        shown.text()
+    );
+    let set = keel_tests::http::post(admin, "/logging?level=keel%3Ddebug%2Cinfo", timeout)?;
+    ensure!(
+        set.status == 200 && is_filter(&set.text()),
+        "POST /logging: {} {:?}",
+        set.status,
+        set.text()
+    );
+    let bad = keel_tests::http::post(admin, "/logging?level=keel%3Dloud", timeout)?;
+    ensure!(
+        bad.status == 400 && bad.text().contains("invalid log filter"),
+        "a bad filter must be refused: {} {:?}",
+        bad.status,
+        bad.text()
+    );
+    let after = keel_tests::http::get(admin, "/logging", timeout)?;
+    ensure!(
+        is_filter(&after.text()),
+        "the refused filter must leave the previous one: {:?}",
+        after.text()
+    );
+    let log = keel.stderr();
+    ensure!(log.contains("log filter changed"), "keel's log: {log}");
+    fn is_filter(text: &str) -> bool {
+        // The filter prints its directives in its own order.
+        text.strip_prefix("log filter: ").is_some_and(|f| {
+            let mut parts: Vec<&str> = f.trim().split(',').collect();
+            parts.sort_unstable();
+            parts == ["info", "keel=debug"]
+        })
+    }
+    ensure!(
+        !log.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {log}"
+    );
+    Ok(())
+}

@@ -2,6 +2,9 @@
 //! runtime): readiness, counters, recent connections and a config summary.
 //!
 //! - `GET /ready`              200 once the programs are attached and the proxy is serving
+//! - `GET /live`               200 while the process answers (a liveness probe)
+//! - `GET /logging`            the log filter in force; `POST /logging?level=<filter>` replaces it
+//!   (a level such as `debug`, or `KEEL_LOG`-style directives such as `keel=debug,info`)
 //! - `GET /stats`              JSON counters, including the kernel's and each cluster's (under
 //!   `clusters`, summed over client pods)
 //! - `GET /stats?format=text`   the cluster counters as Envoy prints them: `cluster.<name>.<stat>: <n>`
@@ -129,9 +132,14 @@ impl ConnLog {
 }
 
 /// What the admin server reads.
+/// Reads (`None`) or replaces (`Some(filter)`) the log filter; returns the filter in force, or why the
+/// new one was refused.
+pub type LogFilter = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AdminContext {
     pub ready: Arc<AtomicBool>,
+    pub log_filter: LogFilter,
     pub stats: Arc<Stats>,
     pub conn_log: Arc<ConnLog>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -196,6 +204,8 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/logging" => logging(ctx, &req),
         "/stats/prometheus" | "/metrics" => match ctx.metrics.encode() {
             Ok(body) => {
                 let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -297,6 +307,58 @@ fn cluster_stats(state: &State) -> std::collections::BTreeMap<String, Vec<(&'sta
         }
     }
     by_name
+}
+
+/// `GET /logging` shows the log filter; `POST /logging?level=<filter>` replaces it.
+fn logging(ctx: &AdminContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let level = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("level="))
+        .map(percent_decode);
+    let result = match (req.method(), level) {
+        (&http::Method::POST, Some(level)) => (ctx.log_filter)(Some(&level)),
+        (&http::Method::POST, None) => Err("POST /logging needs ?level=<filter>".to_string()),
+        (&http::Method::GET, _) => (ctx.log_filter)(None),
+        _ => return text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n"),
+    };
+    let (status, body) = match result {
+        Ok(filter) => (StatusCode::OK, format!("log filter: {filter}\n")),
+        Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// `%XX` escapes of a query value (`keel%3Ddebug%2Cinfo`); anything malformed is kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
