@@ -368,7 +368,7 @@ const CIPHER_SUITES: &[&str] = &[
 
 /// istiod accepts "", `ALL`, and anything not starting with a letter or digit (`-`/`+`/`!` operators)
 /// without looking further.
-fn known_cipher_suite(cs: &str) -> bool {
+pub(super) fn known_cipher_suite(cs: &str) -> bool {
     cs.is_empty()
         || cs == "ALL"
         || !cs.chars().next().is_some_and(char::is_alphanumeric)

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::fields::set_fields;
+use super::gateway::known_cipher_suite;
 use super::scoped_host::sidecar_egress_host;
 use super::Ctx;
 use crate::policy::error::*;
@@ -351,25 +352,6 @@ fn ingress_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ServerTlsSettings, 
     tls_options(ctx, path, tls, mode);
 }
 
-/// The cipher suites istiod knows (others only warn).
-const CIPHER_SUITES: &[&str] = &[
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "ECDHE-RSA-CHACHA20-POLY1305",
-    "ECDHE-ECDSA-AES128-SHA",
-    "ECDHE-RSA-AES128-SHA",
-    "ECDHE-ECDSA-AES256-SHA",
-    "ECDHE-RSA-AES256-SHA",
-    "AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-SHA",
-    "AES256-SHA",
-    "DES-CBC3-SHA",
-];
-
 /// Server TLS options as istiod checks them for any server (gateway or sidecar ingress).
 fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ServerTlsSettings, mode: &str) {
     let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
@@ -387,9 +369,7 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &w::ServerTlsSettings, 
     let mut unknown = std::collections::BTreeSet::new();
     let mut duplicate = std::collections::BTreeSet::new();
     for cs in &tls.cipher_suites {
-        // An expression (`-X`, `+X`, `[A|B]`) or ALL is passed through unchecked.
-        let expression = cs.chars().next().is_none_or(|c| !c.is_alphanumeric()) || cs == "ALL";
-        if !expression && !CIPHER_SUITES.contains(&cs.as_str()) {
+        if !known_cipher_suite(cs) {
             unknown.insert(cs.as_str());
         } else if !seen.insert(cs.as_str()) {
             duplicate.insert(cs.as_str());
