@@ -24,6 +24,10 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", ebpf.manifest_path))?;
+    // aya-build relays every stderr line of the nested cargo as a `cargo:warning`, and cargo replays
+    // a build script's warnings on every later build, so a quiet nested build keeps a no-op
+    // `cargo build` silent. Compiler warnings and errors still come through.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [Package {
             name: EBPF_PACKAGE,
