@@ -119,7 +119,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("keel: error: {e:#}");
+            eprintln!("keel: error: {}", keel::error_chain::describe(&e));
             std::process::ExitCode::from(1)
         }
     }

@@ -7,6 +7,7 @@
 //!   `{"source_pod","source_addr","original_dst","service","protocol"}`;
 //! - `GET /stats` -> JSON object of counters, including `"kernel": {..}` and `"refused_no_record": N`.
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -211,7 +212,8 @@ impl Keel {
 impl Drop for Keel {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "---- keel stderr (pid {}) ----\n{}\n---- end keel stderr ----",
                 self.proc.pid(),
                 self.proc.stderr_tail()

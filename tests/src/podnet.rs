@@ -435,7 +435,8 @@ impl Drop for PodNet {
         let problems = self.teardown_inner();
         if !problems.is_empty() {
             // Never panic in Drop (it may run during a panic); say it loudly instead.
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "keel-tests: PodNet {} teardown problems: {}",
                 self.id(),
                 problems.join("; ")
@@ -445,6 +446,42 @@ impl Drop for PodNet {
 }
 
 impl Pod {
+    /// A pod of a network that another process built and still owns (a running `cargo xtask demo
+    /// --keep`): the names and paths [`PodNet::add_pod`] gave it, checked to exist. Nothing is
+    /// created, and nothing is removed when the value is dropped.
+    pub fn of_running_net(
+        prefix: &str,
+        index: u8,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Pod> {
+        let id = format!("{prefix}-{index}");
+        let netns = format!("{id}-{namespace}-{name}");
+        let cgroup = host::cgroup2_mount()?
+            .join(&id)
+            .join("pods")
+            .join(namespace)
+            .join(name);
+        ensure!(
+            Path::new("/run/netns").join(&netns).exists() && cgroup.is_dir(),
+            "pod {namespace}/{name} is not running (no network namespace {netns} or no cgroup {})",
+            cgroup.display()
+        );
+        Ok(Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            ip,
+            netns,
+            cgroup,
+            host_veth: format!("kv{index}h{}", ip.octets()[3]),
+            under_root: true,
+            log_dir: std::env::temp_dir()
+                .join(format!("keel-podnet-{id}"))
+                .join("logs"),
+        })
+    }
+
     /// `<namespace>/<name>`, the way Keel names a source pod.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

@@ -4,6 +4,7 @@
 //! the logs are still there to quote when a test fails.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,7 +193,11 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Err(e) = self.kill() {
-            eprintln!("keel-tests: could not kill {}: {e:#}", self.label);
+            let _ = writeln!(
+                std::io::stderr(),
+                "keel-tests: could not kill {}: {e:#}",
+                self.label
+            );
         }
     }
 }

@@ -94,3 +94,70 @@ fn sigterm_detaches_everything_and_a_new_keel_starts_cleanly() -> Result<()> {
 fn sigkill_detaches_everything_and_a_new_keel_starts_cleanly() -> Result<()> {
     exit_leaves_nothing_behind(41, Stop::Kill)
 }
+
+/// Without the privileges to load its programs, keel stops before touching the kernel and names
+/// what it lacks, once, instead of a bare `Operation not permitted` repeated down the error chain.
+#[test]
+fn keel_without_privilege_names_what_it_lacks() -> Result<()> {
+    keel_tests::host::require_root()?;
+    keel_tests::host::require_tools(&["setpriv", "timeout"])?;
+    let keel = keel_tests::host::keel_bin()?;
+    let config = keel_tests::host::workspace_root()
+        .join("config")
+        .join("demo");
+    // An empty cgroup of its own: even a wrongly passing check could capture nothing here.
+    let cgroup = keel_tests::host::cgroup2_mount()?.join(format!("ktpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup)?;
+    let cases: [(&str, &[&str], &str); 2] = [
+        (
+            "uid 65534",
+            &["--reuid=65534", "--regid=65534", "--clear-groups"],
+            "(uid 65534) lacks CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN",
+        ),
+        (
+            "root without CAP_SYS_ADMIN and CAP_BPF",
+            &["--bounding-set=-sys_admin,-bpf", "--inh-caps=-all"],
+            "(uid 0) lacks CAP_BPF, CAP_SYS_ADMIN",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (label, drop, lacks) in cases {
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg("setpriv")
+            .args(drop)
+            .arg(&keel)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--cgroup")
+            .arg(&cgroup)
+            .args([
+                "--proxy-addr",
+                "127.0.0.1:15931",
+                "--admin-addr",
+                "127.0.0.1:15932",
+            ])
+            .env("KEEL_LOG", "warn")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let error_line = stderr
+            .lines()
+            .find(|l| l.starts_with("keel: error: "))
+            .unwrap_or_default();
+        let expected = format!(
+            "keel: error: attaching eBPF programs to {}: loading and attaching the eBPF programs \
+             needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+             (CAP_SYS_ADMIN also covers them); this process {lacks}",
+            cgroup.display()
+        );
+        if out.status.code() != Some(1) || error_line != expected {
+            failures.push(format!(
+                "{label}: exit {:?}, error line\n  {error_line}\nexpected\n  {expected}\nstderr:\n{stderr}",
+                out.status.code()
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir(&cgroup);
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}

@@ -25,7 +25,10 @@ const SHOWCASE: &str = "reviews";
 
 /// Arguments of `cargo xtask demo`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DemoArgs {
+    #[command(subcommand)]
+    action: Option<DemoAction>,
     /// Keep everything running after the requests (until Ctrl-C), to poke at it by hand.
     #[arg(long)]
     keep: bool,
@@ -42,6 +45,25 @@ pub struct DemoArgs {
     /// running setup and the release build first.
     #[arg(long)]
     no_build: bool,
+}
+
+/// What else `cargo xtask demo` can do next to a running demo.
+#[derive(Debug, Clone, clap::Subcommand)]
+enum DemoAction {
+    /// A shell (or COMMAND) inside a pod of a running `cargo xtask demo --keep`: in the pod's
+    /// cgroup first, then its network namespace, so keel captures its connections as any pod's.
+    Shell {
+        /// The pod: `NAME` or `NAMESPACE/NAME`, as in the demo's YAML.
+        pod: String,
+        /// Config directory of the running demo [default: config/demo].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run this instead of an interactive shell (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// The check `cargo xtask test` runs: `--keep` with piped output, `shell`, Ctrl-C cleanup.
+    Smoke,
 }
 
 /// A pod as the demo YAML declares it.
@@ -119,8 +141,19 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Runs the demo; see the module docs.
+/// Runs the demo (see the module docs), or what `action` asks.
 pub fn run(args: &DemoArgs) -> Result<()> {
+    if let Some(DemoAction::Shell {
+        pod,
+        config,
+        command,
+    }) = &args.action
+    {
+        return shell(pod, config.as_deref(), command);
+    }
+    if let Some(DemoAction::Smoke) = &args.action {
+        return smoke(&crate::build_bins(true)?);
+    }
     keel_tests::host::require_root()
         .context("the demo builds network namespaces and needs root")?;
     let dir = args
@@ -139,7 +172,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     };
     install_signal_handlers()?;
     for line in keel_tests::cleanup_stale(PREFIX)? {
-        eprintln!("demo: {line}");
+        note!("demo: {line}");
     }
 
     let agent = Agent::new(&bins.pod_agent);
@@ -149,7 +182,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let teardown = net.teardown();
     match (result, teardown) {
         (Ok(()), Ok(())) => {
-            eprintln!("demo: cleaned up");
+            note!("demo: cleaned up");
             Ok(())
         }
         (Err(e), Ok(())) => Err(e),
@@ -171,7 +204,7 @@ fn run_on(
         let pod = net.add_pod(&p.namespace, &p.name, p.ip.octets()[3])?;
         pods.insert((p.namespace.clone(), p.name.clone()), (p, pod));
     }
-    eprintln!(
+    note!(
         "demo: {} pods on {} (bridge {} = keel's proxy address), service CIDR {} blackholed",
         pods.len(),
         net.subnet(),
@@ -205,7 +238,7 @@ fn run_on(
         }
         check_interrupted()?;
     }
-    eprintln!("demo: {} backend servers started", servers.len());
+    note!("demo: {} backend servers started", servers.len());
 
     let (_, client) = pods
         .iter()
@@ -222,7 +255,7 @@ fn run_on(
                 .context("served pod vanished")?;
             let url = format!("http://{}:{port}/", p.ip);
             let r = agent.http_get(client, &HttpGet::new(&url).count(3))?;
-            println!(
+            say!(
                 "{svc:<12} {pod_name:<16} {url:<28} {} x 200 (direct, no keel)",
                 r.status(200)
             );
@@ -241,18 +274,18 @@ fn run_on(
         .with_context(|| format!("Service {SHOWCASE} has no ports"))?;
     let vip = SocketAddr::V4(SocketAddrV4::new(showcase.cluster_ip, port.port));
 
-    eprintln!("demo: starting keel on {}", dir.display());
+    note!("demo: starting keel on {}", dir.display());
     let mut opts = KeelOptions::new(net, dir)?;
     opts.binary = Some(keel_bin.to_path_buf());
     let keel = Keel::start_with(net, opts)?;
-    eprintln!(
+    note!(
         "demo: keel ready (admin http://{})",
         keel.options().admin_addr
     );
     check_interrupted()?;
 
     let url = format!("http://{SHOWCASE}:{}/", port.port);
-    eprintln!(
+    note!(
         "demo: {} requests from {CLIENT} to {url} (VIP {vip})",
         args.requests
     );
@@ -275,40 +308,111 @@ fn run_on(
     );
 
     if args.keep {
-        let (sp, _) = pods
-            .values()
-            .find(|(p, _)| p.name == CLIENT)
-            .context("client pod vanished")?;
-        let pod_cgroup = net.cgroup_root().join(&sp.namespace).join(&sp.name);
-        println!(
-            "\nRunning until Ctrl-C. keel admin: http://{admin}/stats, /debug/connections\n\
-             A shell inside {CLIENT} (its netns and cgroup, so keel captures it):\n  \
-             ip netns exec {ns} sh -c 'echo $$ > {cg}/cgroup.procs && exec bash'\n  \
-             then: curl -s -H 'Host: {SHOWCASE}:{port}' http://{vip}/",
+        say!(
+            "\nRunning until Ctrl-C. keel admin: http://{admin}/stats, /config_dump\n\
+             A shell inside {CLIENT} (its cgroup, then its netns, so keel captures it):\n  \
+             cargo xtask demo shell {CLIENT}\n  \
+             then: curl -s http://{vip}/",
             admin = keel.options().admin_addr,
-            ns = client.netns,
-            cg = pod_cgroup.display(),
-            port = port.port,
         );
         while !INTERRUPTED.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
         }
-        eprintln!("demo: Ctrl-C, cleaning up");
+        note!("demo: Ctrl-C, cleaning up");
     }
     drop(keel);
     drop(servers);
     Ok(())
 }
 
+/// `cargo xtask demo shell POD [-- COMMAND...]`: exits with the shell's (or command's) status.
+fn shell(pod: &str, config: Option<&Path>, command: &[String]) -> Result<()> {
+    keel_tests::host::require_root()
+        .context("entering a demo pod's network namespace and cgroup needs root")?;
+    let dir = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| crate::workspace_root().join("config").join("demo"));
+    let demo = load(&dir)?;
+    let index = subnet_index(&demo.pods)?;
+    let (namespace, name) = match pod.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, pod),
+    };
+    let declared = demo
+        .pods
+        .iter()
+        .find(|p| p.name == name && namespace.is_none_or(|ns| p.namespace == ns))
+        .with_context(|| {
+            let names: Vec<String> = demo
+                .pods
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
+            format!(
+                "no pod {pod:?} in {}; its pods: {}",
+                dir.display(),
+                names.join(", ")
+            )
+        })?;
+    let running = keel_tests::Pod::of_running_net(
+        PREFIX,
+        index,
+        &declared.namespace,
+        &declared.name,
+        declared.ip,
+    )
+    .context("no demo is running: start `cargo xtask demo --keep` in another terminal first")?;
+
+    note!(
+        "demo: in pod {} ({}); keel captures its connections to these Services:",
+        running.full_name(),
+        running.ip
+    );
+    for svc in &demo.services {
+        for port in &svc.ports {
+            note!(
+                "  {:<24} curl -s http://{}:{}/",
+                format!("{}.{}:{}", svc.name, svc.namespace, port.port),
+                svc.cluster_ip,
+                port.port
+            );
+        }
+    }
+    let mut cmd = match command.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = running.command(program);
+            cmd.args(rest);
+            cmd
+        }
+        None => {
+            let mut cmd = running.command("bash");
+            cmd.args(["--norc", "-i"])
+                .env("PS1", format!("[pod {}] \\w# ", running.full_name()));
+            cmd
+        }
+    };
+    // Ctrl-C belongs to the shell: a handler (reset by exec) keeps it from killing us meanwhile.
+    install_signal_handlers()?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting a shell in pod {}", running.full_name()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 fn print_split(report: &keel_tests::HttpGetReport, weights: &BTreeMap<String, u32>) {
     let total_weight: u32 = weights.values().sum();
-    println!(
+    say!(
         "\n{SHOWCASE}: {} responses over {} connection(s) in {} ms",
-        report.responses, report.connections, report.elapsed_ms
+        report.responses,
+        report.connections,
+        report.elapsed_ms
     );
-    println!(
+    say!(
         "{:<10} {:>10} {:>10} {:>9}",
-        "version", "configured", "observed", "requests"
+        "version",
+        "configured",
+        "observed",
+        "requests"
     );
     let mut versions: Vec<&String> = weights.keys().chain(report.by_version.keys()).collect();
     versions.sort();
@@ -329,7 +433,7 @@ fn print_split(report: &keel_tests::HttpGetReport, weights: &BTreeMap<String, u3
         } else {
             100.0 * n as f64 / report.responses as f64
         };
-        println!("{v:<10} {configured:>10} {observed:>9.1}% {n:>9}");
+        say!("{v:<10} {configured:>10} {observed:>9.1}% {n:>9}");
     }
 }
 
@@ -559,4 +663,116 @@ fn configured_weights(config: &DemoConfig, svc: &DemoService) -> BTreeMap<String
         *weights.entry(version).or_insert(0) += w;
     }
     weights
+}
+
+/// `cargo xtask test`'s check of the first hour, as a newcomer meets it: `demo --keep` with its
+/// output going to a pipe, `demo shell sleep -- curl ...` reaching a Service through keel, then
+/// Ctrl-C (SIGINT to the demo's whole process group, as a terminal sends it) after the pipe's
+/// reader has gone; the demo must exit 0 and leave nothing behind.
+pub fn smoke(bins: &crate::Binaries) -> Result<()> {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let dir = crate::workspace_root().join("config").join("demo");
+    let config = load(&dir)?;
+    let index = subnet_index(&config.pods)?;
+    let showcase = config
+        .services
+        .iter()
+        .find(|s| s.name == SHOWCASE)
+        .with_context(|| format!("config/demo has no Service {SHOWCASE:?}"))?;
+    let port = showcase
+        .ports
+        .first()
+        .with_context(|| format!("Service {SHOWCASE} has no ports"))?;
+    let url = format!("http://{}:{}/", showcase.cluster_ip, port.port);
+
+    let log = std::env::temp_dir().join(format!("keel-demo-smoke-{}.log", std::process::id()));
+    let mut demo = Command::new(&exe)
+        .args(["demo", "--keep", "--no-build", "--requests", "50"])
+        .env("KEEL_BIN", &bins.keel)
+        .env("POD_AGENT_BIN", &bins.pod_agent)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).context("creating the demo log")?)
+        .process_group(0)
+        .spawn()
+        .context("starting `xtask demo --keep`")?;
+    let pgid = nix::unistd::Pid::from_raw(i32::try_from(demo.id()).unwrap_or(i32::MAX));
+    let stdout = demo.stdout.take().context("demo stdout")?;
+    // Read until the demo says it is up, then drop the pipe's reading end, as a `| head` or a
+    // Ctrl-C'd `| tee` would.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("Running until Ctrl-C") {
+                let _ = ready_tx.send(());
+                return;
+            }
+        }
+    });
+    let outcome = (|| -> Result<()> {
+        ready_rx
+            .recv_timeout(Duration::from_secs(240))
+            .context("the demo did not come up within 240 s")?;
+        let out = Command::new(&exe)
+            .args([
+                "demo",
+                "shell",
+                CLIENT,
+                "--",
+                "curl",
+                "-s",
+                "-i",
+                "--max-time",
+                "5",
+            ])
+            .arg(&url)
+            .output()
+            .context("running `xtask demo shell`")?;
+        let response = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success()
+                && response.starts_with("HTTP/1.1 200")
+                && response
+                    .to_ascii_lowercase()
+                    .contains("\nx-envoy-upstream-service-time:"),
+            "`demo shell {CLIENT} -- curl {url}` should get a 200 from keel (with \
+             x-envoy-upstream-service-time); exit {:?}, stdout:\n{response}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })();
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = demo.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = demo.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let demo_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    outcome.with_context(|| format!("demo log:\n{demo_log}"))?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "after Ctrl-C with its stdout reader gone the demo should clean up and exit 0, got {status:?}; \
+         demo log:\n{demo_log}"
+    );
+    let left = keel_tests::leftovers(PREFIX, index);
+    ensure!(
+        left.is_empty(),
+        "the demo left {} behind after Ctrl-C: {}",
+        left.len(),
+        left.join("; ")
+    );
+    Ok(())
 }

@@ -12,6 +12,24 @@
 //! Privilege is scoped here: only `test` (its e2e part), `demo`, `bench` and `cleanup` need root, and
 //! they say so instead of failing half-way.
 
+/// `println!` that never panics. Ctrl-C reaches every process of a pipeline, so with
+/// `cargo xtask demo | tee log` the reader may be gone while the demo still cleans up: the line is
+/// lost, the cleanup goes on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see `say!`).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod demo;
 mod setup;
@@ -49,8 +67,18 @@ enum Cmd {
     Cleanup,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once (no `Caused by:` list, no backtrace dump).
+            note!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Build => build().map(|_| ()),
@@ -80,7 +108,7 @@ fn cargo() -> Command {
 /// Runs `cmd`, echoing it first; fails with the command line if it does not exit 0.
 pub fn run_step(mut cmd: Command) -> Result<()> {
     let shown = format!("{cmd:?}").replace('"', "");
-    eprintln!("xtask: $ {shown}");
+    note!("xtask: $ {shown}");
     let status = cmd.status().with_context(|| format!("spawning {shown}"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status})");
@@ -180,9 +208,9 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
 
     // Leftovers of an earlier crashed run would make the e2e tests' networks fail to build.
     for line in keel_tests::cleanup_all_stale()? {
-        eprintln!("xtask: stale pod network cleaned: {line}");
+        note!("xtask: stale pod network cleaned: {line}");
     }
-    eprintln!("xtask: privileged e2e tests ({TEST_NET_NOTE})");
+    note!("xtask: privileged e2e tests ({TEST_NET_NOTE})");
     let mut e2e = cargo();
     // --no-fail-fast: one failing file must not hide the results of the others. One test at a time:
     // the weighted-split and lifecycle checks compare counts and bpffs contents that a concurrent
@@ -206,7 +234,10 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
     // The benchmark harness in its short form: every data path (direct, Envoy sidecars, node Envoy,
     // keel) must verify and produce a report. Correctness only; speed is not judged here.
     if e2e_filter.is_none() {
-        eprintln!("xtask: bench --smoke (harness and data paths, no speed assertions)");
+        note!("xtask: demo smoke (demo --keep piped, demo shell, Ctrl-C cleanup)");
+        demo::smoke(&bins).context("demo smoke")?;
+
+        note!("xtask: bench --smoke (harness and data paths, no speed assertions)");
         let out = std::env::temp_dir().join(format!("keel-bench-smoke-{}", std::process::id()));
         let parsed = Cli::try_parse_from([
             "cargo xtask",
@@ -224,9 +255,7 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
         bench::run(args).context("bench --smoke")?;
         let _ = std::fs::remove_dir_all(&out);
 
-        eprintln!(
-            "xtask: bench --upstream-memory, small (per-client upstream state is measurable)"
-        );
+        note!("xtask: bench --upstream-memory, small (per-client upstream state is measurable)");
         let parsed = Cli::try_parse_from([
             "cargo xtask",
             "bench",
@@ -245,7 +274,7 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
         bench::run(args).context("bench --upstream-memory")?;
         let _ = std::fs::remove_dir_all(&out);
     }
-    eprintln!("xtask: all checks passed");
+    note!("xtask: all checks passed");
     Ok(())
 }
 
@@ -253,10 +282,10 @@ fn cleanup() -> Result<()> {
     keel_tests::host::require_root().context("`cargo xtask cleanup` needs root")?;
     let report = keel_tests::cleanup_all_stale()?;
     if report.is_empty() {
-        eprintln!("xtask: nothing to clean up");
+        note!("xtask: nothing to clean up");
     }
     for line in report {
-        eprintln!("xtask: {line}");
+        note!("xtask: {line}");
     }
     Ok(())
 }

@@ -39,9 +39,9 @@ pub fn run() -> Result<()> {
     apt(&mut installed)?;
     bpf_linker(&mut installed)?;
     if installed.is_empty() {
-        eprintln!("xtask setup: toolchain complete, nothing to install");
+        note!("xtask setup: toolchain complete, nothing to install");
     } else {
-        eprintln!("xtask setup: installed {}", installed.join(", "));
+        note!("xtask setup: installed {}", installed.join(", "));
     }
     Ok(())
 }
@@ -61,7 +61,7 @@ fn rust_src(installed: &mut Vec<String>) -> Result<()> {
     if components.lines().any(|l| l.trim().starts_with("rust-src")) {
         return Ok(());
     }
-    eprintln!("xtask setup: installing rust-src for nightly (for -Z build-std=core)");
+    note!("xtask setup: installing rust-src for nightly (for -Z build-std=core)");
     let mut cmd = Command::new("rustup");
     cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
     run_step(cmd)?;
@@ -96,7 +96,7 @@ fn apt(installed: &mut Vec<String>) -> Result<()> {
             missing.join(" ")
         );
     }
-    eprintln!(
+    note!(
         "xtask setup: installing Debian packages {}",
         missing.join(" ")
     );
@@ -135,7 +135,7 @@ fn bpf_linker(installed: &mut Vec<String>) -> Result<()> {
             return Ok(());
         }
     }
-    eprintln!(
+    note!(
         "xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes about a minute)"
     );
     let path = std::env::var_os("PATH").unwrap_or_default();

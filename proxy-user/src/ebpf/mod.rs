@@ -34,6 +34,7 @@
 
 mod addr;
 mod kernel_log;
+pub mod privilege;
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::fs::File;
@@ -72,6 +73,9 @@ pub enum Error {
     /// `max_connections` must be at least 1.
     #[error("the connection maps need room for at least one connection")]
     InvalidCapacity,
+    /// The process may not load or attach programs.
+    #[error(transparent)]
+    Privilege(#[from] privilege::MissingPrivilege),
     /// The attach root cannot be opened or inspected.
     #[error("cgroup root {path}: {source}")]
     CgroupRoot {
@@ -276,6 +280,7 @@ impl Redirector {
         if max_connections == 0 {
             return Err(Error::InvalidCapacity);
         }
+        privilege::check()?;
         let config = proxy_config(cgroup_root, proxy_v4, proxy_v6)?;
         let root = File::open(cgroup_root).map_err(|source| Error::CgroupRoot {
             path: cgroup_root.to_owned(),

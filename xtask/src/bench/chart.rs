@@ -240,3 +240,102 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
     (lo / 1.5, hi * 2.0)
 }
+
+/// Maximum throughput (http1-max) and proxy CPU per 1,000 requests (http1-rate) per mode, as bars:
+/// the cost side of the latency chart.
+pub fn throughput(path: &Path, r: &Results, font: &Path) -> Result<()> {
+    register_font(font)?;
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err("background"))?;
+    let title = format!(
+        "Throughput and proxy CPU per mode (median of {} round(s), {} conns, route policy {}, traffic policy {}) — {}",
+        r.settings.rounds,
+        r.settings.connections,
+        r.settings.route_policy.name(),
+        r.settings.traffic_policy.name(),
+        r.machine.date_utc
+    );
+    let root = root.titled(&title, (FONT, 22)).map_err(plot_err("title"))?;
+    let panels = root.split_evenly((1, 2));
+    type Pick = fn(&super::report::Summary) -> f64;
+    let specs: [(&str, &str, Workload, bool, Pick, usize); 2] = [
+        (
+            "maximum throughput (http1-max)",
+            "requests per second",
+            Workload::Http1Max,
+            true,
+            |s| s.rps,
+            0,
+        ),
+        (
+            "proxy CPU per 1,000 requests (http1-rate)",
+            "CPU-seconds per 1,000 requests",
+            Workload::Http1Rate,
+            false,
+            |s| s.cpu_per_1k,
+            3,
+        ),
+    ];
+    for (panel, (caption, y_desc, workload, with_direct, pick, decimals)) in
+        panels.iter().zip(specs)
+    {
+        let bars: Vec<(Mode, f64)> = r
+            .settings
+            .modes
+            .iter()
+            .filter(|&&m| with_direct || m != Mode::Direct)
+            .filter_map(|&m| r.summary(workload, m).map(|s| (m, pick(&s))))
+            .filter(|(_, v)| v.is_finite() && *v >= 0.0)
+            .collect();
+        let top = bars.iter().map(|(_, v)| *v).fold(0f64, f64::max);
+        let top = if top > 0.0 { top * 1.2 } else { 1.0 };
+        let n = u32::try_from(bars.len()).unwrap_or(0).max(1);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(caption, (FONT, 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(80)
+            .build_cartesian_2d((0u32..n).into_segmented(), 0f64..top)
+            .map_err(plot_err("bar axes"))?;
+        let names: Vec<&'static str> = bars.iter().map(|(m, _)| m.name()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names
+                    .get(*i as usize)
+                    .map(|s| (*s).to_string())
+                    .unwrap_or_default(),
+                SegmentValue::Last => String::new(),
+            })
+            .y_label_formatter(&|v| format!("{v:.decimals$}"))
+            .light_line_style(WHITE)
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(plot_err("bar mesh"))?;
+        for (i, (mode, value)) in (0u32..).zip(&bars) {
+            let c = color(*mode);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *value),
+                    ],
+                    c.filled(),
+                )))
+                .map_err(plot_err("bar"))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{value:.decimals$}"),
+                    (SegmentValue::CenterOf(i), *value + top * 0.02),
+                    (FONT, 14).into_font().color(&BLACK),
+                )))
+                .map_err(plot_err("bar value"))?;
+        }
+    }
+    root.present()
+        .map_err(plot_err("throughput.png"))
+        .with_context(|| format!("writing {}", path.display()))
+}

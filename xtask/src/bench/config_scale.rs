@@ -316,7 +316,7 @@ pub fn run(
     let agent = Agent::from_env(None).context(
         "config scale needs pod-agent (`cargo build --release -p keel-tests --bin pod-agent`)",
     )?;
-    eprintln!("bench: config scale with {services} services on 10.244.{index}.0/24");
+    note!("bench: config scale with {services} services on 10.244.{index}.0/24");
     let mut net = PodNet::new("kbcfg", index).context("building the config-scale network")?;
     // Real backends of svc-0, outside the capture root (they only answer).
     let server_v1 = net.add_pod_outside_root("scale-0", "svc-0-v1", 10)?;
@@ -338,7 +338,7 @@ pub fn run(
     let config = ConfigDir::new("bench-config-scale")?;
     mesh.write(&config, "v1")?;
     let (files, config_bytes) = dir_size(config.path())?;
-    eprintln!(
+    note!(
         "bench: config scale: {files} files, {:.1} MiB",
         config_bytes as f64 / 1024.0 / 1024.0
     );
@@ -355,7 +355,7 @@ pub fn run(
         );
         validate_s.push(elapsed);
     }
-    eprintln!("bench: config scale: validate {validate_s:?} s");
+    note!("bench: config scale: validate {validate_s:?} s");
 
     // Start keel `rounds` times; the last one stays up for the reloads.
     let mut start_to_ready_s = Vec::new();
@@ -368,7 +368,7 @@ pub fn run(
         let t = Instant::now();
         let k = Keel::start_with(&net, opts).context("starting keel on the scale config")?;
         start_to_ready_s.push(t.elapsed().as_secs_f64());
-        eprintln!(
+        note!(
             "bench: config scale: start -> ready {:.3} s (round {})",
             start_to_ready_s[round],
             round + 1
@@ -412,7 +412,7 @@ pub fn run(
     std::thread::sleep(SETTLE);
     let (rss_after_load_kib, hwm_after_load_kib) = rss_hwm(keel.pid())?;
     let idle_cpu_percent = idle_cpu(keel.pid(), SETTLE)?;
-    eprintln!(
+    note!(
         "bench: config scale: RSS {rss_after_load_kib} KiB, HWM {hwm_after_load_kib} KiB, idle CPU {idle_cpu_percent:.1} %"
     );
 
@@ -429,7 +429,7 @@ pub fn run(
         single_reload_s.push(t.elapsed().as_secs_f64());
         rss_after_each_reload_kib.push(rss_hwm(keel.pid())?.0);
     }
-    eprintln!("bench: config scale: one-VS reload {single_reload_s:?} s");
+    note!("bench: config scale: one-VS reload {single_reload_s:?} s");
     let mut all_vs_reload_s = Vec::new();
     let mut all_vs_write_s = Vec::new();
     let mut all_vs_reloads = Vec::new();
@@ -446,9 +446,7 @@ pub fn run(
         all_vs_reloads.push(reloads(&keel)?.saturating_sub(before));
         rss_after_each_reload_kib.push(rss_hwm(keel.pid())?.0);
     }
-    eprintln!(
-        "bench: config scale: all-VS reload {all_vs_reload_s:?} s (writes {all_vs_write_s:?} s)"
-    );
+    note!("bench: config scale: all-VS reload {all_vs_reload_s:?} s (writes {all_vs_write_s:?} s)");
     std::thread::sleep(SETTLE);
     let (rss_after_reloads_kib, hwm_after_reloads_kib) = rss_hwm(keel.pid())?;
     let status = keel.admin_get("/config_status")?;
@@ -481,7 +479,7 @@ pub fn run(
         hwm_after_reloads_kib,
         idle_cpu_percent,
     };
-    eprintln!("bench: config scale: {}", result.target_summary());
+    note!("bench: config scale: {}", result.target_summary());
     Ok(result)
 }
 

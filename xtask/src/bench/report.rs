@@ -224,7 +224,7 @@ pub fn write(dir: &Path, results: &Results) -> Result<()> {
 }
 
 /// Points `<bench>/LATEST.md` at `out_dir`'s report.
-pub fn write_latest(bench_root: &Path, out_dir: &Path) -> Result<()> {
+pub fn write_latest(bench_root: &Path, out_dir: &Path, results: &Results) -> Result<()> {
     let rel = out_dir
         .strip_prefix(bench_root)
         .unwrap_or(out_dir)
@@ -232,10 +232,31 @@ pub fn write_latest(bench_root: &Path, out_dir: &Path) -> Result<()> {
         .into_owned();
     let text = format!(
         "# Latest benchmark\n\n[`{rel}/report.md`]({rel}/report.md) — produced by `cargo xtask bench`.\n\n\
-         ![latency percentiles per mode]({rel}/latency.png)\n\n![proxy memory vs pods on the node]({rel}/memory.png)\n"
+         {targets}\n\
+         ![latency percentiles per mode]({rel}/latency.png)\n\n\
+         ![throughput and proxy CPU per mode]({rel}/throughput.png)\n\n\
+         ![proxy memory vs pods on the node]({rel}/memory.png)\n",
+        targets = targets_table(results)
     );
     let path = bench_root.join("LATEST.md");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every target with its goal, what was measured, and met / missed.
+fn targets_table(r: &Results) -> String {
+    let mut o = String::from(
+        "## Targets (reported, not asserted)\n\n| target | goal | measured | status |\n|---|---|---|---|\n",
+    );
+    for t in targets(r) {
+        let status = match t.met {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "—",
+        };
+        let _ = writeln!(o, "| {} | {} | {} | {status} |", t.name, t.goal, t.value);
+    }
+    o.push('\n');
+    o
 }
 
 fn fmt(v: f64, decimals: usize) -> String {
@@ -466,20 +487,7 @@ pub fn markdown(r: &Results) -> String {
         }
         o.push('\n');
     }
-    let _ = writeln!(o, "## Targets (reported, not asserted)\n");
-    let _ = writeln!(
-        o,
-        "| target | goal | measured | status |\n|---|---|---|---|"
-    );
-    for t in targets(r) {
-        let status = match t.met {
-            Some(true) => "met",
-            Some(false) => "missed",
-            None => "—",
-        };
-        let _ = writeln!(o, "| {} | {} | {} | {status} |", t.name, t.goal, t.value);
-    }
-    o.push('\n');
+    o.push_str(&targets_table(r));
 
     for w in Workload::ALL {
         let rows: Vec<(Mode, Summary)> = s

@@ -136,7 +136,7 @@ impl Rig {
         let policy = settings.route_policy;
         load::check_oha(&tools.oha)?;
         let mut net = PodNet::new("kbench", index).context("building the bench's pod network")?;
-        eprintln!("bench: pod network {} on {}", net.id(), net.subnet());
+        note!("bench: pod network {} on {}", net.id(), net.subnet());
         let mut rig = Rig {
             modes: Vec::new(),
             backends: Vec::new(),
@@ -248,7 +248,7 @@ impl Rig {
             for http2 in [false, true] {
                 let v = self.verify(m, http2);
                 match &v.error {
-                    None => eprintln!(
+                    None => note!(
                         "bench: verified {} {}: {} requests, backends {:?}, with {}: {:?}, \
                          counters {:?}",
                         v.mode.name(),
@@ -259,7 +259,7 @@ impl Rig {
                         v.header_rule_backends,
                         v.counters
                     ),
-                    Some(e) => eprintln!(
+                    Some(e) => note!(
                         "bench: PATH CHECK FAILED {} {}: {e}",
                         v.mode.name(),
                         v.protocol

@@ -52,7 +52,7 @@ pub fn run(
             (1..=240).contains(&n),
             "memory runs support 1..=240 pods per node (one /24), not {n}"
         );
-        eprintln!("bench: memory with {n} pods and services");
+        note!("bench: memory with {n} pods and services");
         let mut net = PodNet::new("kbscale", index).context("building the memory runs' network")?;
         let pods: Vec<Pod> = (0..n)
             .map(|i| {
@@ -92,7 +92,7 @@ pub fn run(
         let want = |m: Mode| settings.modes.contains(&m);
         // A proxy that fails to start at some size is a finding, not a reason to lose the others.
         let mut record = |mode: Mode, e: anyhow::Error| {
-            eprintln!(
+            note!(
                 "bench: MEMORY RUN FAILED {} at {n} pods: {e:#}",
                 mode.name()
             );
@@ -119,7 +119,7 @@ pub fn run(
                 Err(e) => record(Mode::Keel, e),
             }
         }
-        eprintln!("bench: memory {point:?}");
+        note!("bench: memory {point:?}");
         net.teardown()?;
         points.push(point);
     }

@@ -176,6 +176,16 @@ struct Builder {
     dr_locations: Vec<(Location, Location, Vec<Location>)>,
     /// Per ServiceEntry: location of `spec.hosts`.
     se_locations: Vec<Location>,
+    /// Per Pod, in snapshot order: where its status is, and a finished phase if it has one.
+    pod_locations: Vec<PodLocation>,
+}
+
+/// What the endpoint check needs to say about a pod.
+struct PodLocation {
+    /// `status` (the document when it has none).
+    status_at: Location,
+    /// `Succeeded` or `Failed`: a finished pod never serves again.
+    finished_phase: Option<String>,
 }
 
 impl Builder {
@@ -387,6 +397,14 @@ impl Builder {
                 let pod = decode!(wk::Pod);
                 match k8s::pod(ctx, &pod) {
                     Some(p) if ctx.errors.is_empty() => {
+                        self.pod_locations.push(PodLocation {
+                            status_at: ctx.location(&FieldPath::parse("status")),
+                            finished_phase: pod
+                                .status
+                                .phase
+                                .clone()
+                                .filter(|p| p == "Succeeded" || p == "Failed"),
+                        });
                         let key = format!("{}/{}", p.meta.namespace, p.meta.name);
                         self.report
                             .snapshot
@@ -558,6 +576,68 @@ impl Builder {
         }
     }
 
+    /// Pods a Service selects that can never be among its endpoints: no IP, a finished phase, or
+    /// no container port of the name the Service's `targetPort` gives (Kubernetes leaves such a
+    /// pod out of that port's endpoints, and so does Keel).
+    fn pods_that_never_serve(&self) -> Vec<ConfigWarning> {
+        let snap = &self.report.snapshot;
+        let mut warnings = Vec::new();
+        for (pod, at) in snap.pods.iter().zip(&self.pod_locations) {
+            let selecting: Vec<&Service> = snap
+                .services
+                .iter()
+                .filter(|svc| {
+                    svc.meta.namespace == pod.meta.namespace
+                        && svc
+                            .selector
+                            .as_ref()
+                            .is_some_and(|sel| selector_matches(sel, &pod.labels))
+                })
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let names = selecting
+                .iter()
+                .map(|svc| svc.meta.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let never = if pod.ips.is_empty() {
+                Some("it has no status.podIP or status.podIPs".to_string())
+            } else {
+                at.finished_phase
+                    .as_ref()
+                    .map(|phase| format!("its phase is {phase}, and a finished pod never serves"))
+            };
+            if let Some(why) = never {
+                warnings.push(ConfigWarning {
+                    at: at.status_at.clone(),
+                    message: format!(
+                        "Service {names} selects this pod, but it can never be an endpoint: {why}"
+                    ),
+                });
+                continue;
+            }
+            for svc in &selecting {
+                for port in &svc.ports {
+                    let TargetPort::Name(name) = &port.target_port else {
+                        continue;
+                    };
+                    if !pod.container_ports.iter().any(|(n, _)| n == name) {
+                        warnings.push(ConfigWarning {
+                            at: at.status_at.clone(),
+                            message: format!(
+                                "Service {} port {} targets the container port named {name:?}, which this pod does not declare: it can never be an endpoint of that port",
+                                svc.meta.name, port.port
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        warnings
+    }
+
     fn cross_checks(&mut self) {
         let snap = &self.report.snapshot;
         let mut warnings = Vec::new();
@@ -612,6 +692,7 @@ impl Builder {
                 }
             }
         }
+        warnings.extend(self.pods_that_never_serve());
         // Gateways referenced by VirtualServices.
         for (at, gw) in &self.gateway_refs {
             let exists = snap

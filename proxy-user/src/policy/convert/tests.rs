@@ -590,6 +590,51 @@ fn pods_readiness_capture_and_ports() {
 }
 
 #[test]
+fn pods_a_service_selects_but_that_can_never_serve_are_warned() {
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: http}\n";
+    let pod = |name: &str, app: &str, rest: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}\nspec:\n  containers:\n  - name: c\n{rest}")
+    };
+    let ports = "    ports:\n    - {name: http, containerPort: 8080}\n";
+    let yaml = [
+        service.to_string(),
+        pod(
+            "serves",
+            "web",
+            &format!("{ports}status:\n  podIP: 10.244.0.2\n"),
+        ),
+        pod("no-ip", "web", ports),
+        pod(
+            "failed",
+            "web",
+            &format!("{ports}status:\n  phase: Failed\n  podIP: 10.244.0.4\n"),
+        ),
+        pod("no-port", "web", "status:\n  podIP: 10.244.0.5\n"),
+        // Not selected: nothing to say, whatever its state.
+        pod("client", "sleep", ""),
+        // Pending may still start: not "never".
+        pod(
+            "pending",
+            "web",
+            &format!("{ports}status:\n  phase: Pending\n  podIP: 10.244.0.6\n"),
+        ),
+    ]
+    .concat();
+    let report = load(&yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut warnings: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    warnings.sort();
+    assert_eq!(
+        warnings,
+        vec![
+            "test.yaml:28: Pod default/failed: status: warning: Service web selects this pod, but it can never be an endpoint: its phase is Failed, and a finished pod never serves".to_string(),
+            "test.yaml:43: Pod default/no-port: status: warning: Service web port 80 targets the container port named \"http\", which this pod does not declare: it can never be an endpoint of that port".to_string(),
+            "test.yaml:9: Pod default/no-ip: status: warning: Service web selects this pod, but it can never be an endpoint: it has no status.podIP or status.podIPs".to_string(),
+        ]
+    );
+}
+
+#[test]
 fn mesh_config_maps_to_policy() {
     let report = load("apiVersion: keel.io/v1alpha1\nkind: MeshConfig\nmetadata:\n  name: m\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n  defaultHttpTimeout: 0s\n  mirrorShadowSuffix: false\n  rootNamespace: mesh-root\n  protocolDetectionTimeout: 250ms\n");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
