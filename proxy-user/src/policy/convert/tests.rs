@@ -627,9 +627,9 @@ fn pods_a_service_selects_but_that_can_never_serve_are_warned() {
     assert_eq!(
         warnings,
         vec![
-            "test.yaml:28: Pod default/failed: status: warning: Service web selects this pod, but it can never be an endpoint: its phase is Failed, and a finished pod never serves".to_string(),
-            "test.yaml:43: Pod default/no-port: status: warning: Service web port 80 targets the container port named \"http\", which this pod does not declare: it can never be an endpoint of that port".to_string(),
-            "test.yaml:9: Pod default/no-ip: status: warning: Service web selects this pod, but it can never be an endpoint: it has no status.podIP or status.podIPs".to_string(),
+            "test.yaml:23: Pod default/no-ip: status: warning: Service web selects this pod, but it can never be an endpoint: it has no status.podIP or status.podIPs".to_string(),
+            "test.yaml:44: Pod default/failed: status: warning: Service web selects this pod, but it can never be an endpoint: its phase is Failed, and a finished pod never serves".to_string(),
+            "test.yaml:56: Pod default/no-port: status: warning: Service web port 80 targets the container port named \"http\", which this pod does not declare: it can never be an endpoint of that port".to_string(),
         ]
     );
 }
