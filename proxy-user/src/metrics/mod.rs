@@ -13,7 +13,9 @@
 //! at [`MAX_SERIES`]; recordings for label sets beyond it are dropped and counted in
 //! `keel_metrics_series_overflow_total`.
 
+pub mod access_log;
 pub mod labels;
+pub mod log_sink;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -218,6 +220,8 @@ pub struct Metrics {
     tcp_sent: Family<IstioLabels, Counter>,
     tcp_received: Family<IstioLabels, Counter>,
     overflow: Counter,
+    /// The access log, fed from the same end-of-request record as the metrics (off by default).
+    pub access_log: log_sink::AccessLog,
     known: Mutex<HashSet<IstioLabels>>,
     max_series: usize,
     http: RwLock<Cache<HttpKey, HttpSeries>>,
@@ -257,6 +261,7 @@ impl Metrics {
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
             overflow: Counter::default(),
+            access_log: log_sink::AccessLog::default(),
             known: Mutex::new(HashSet::new()),
             max_series,
             http: RwLock::default(),
@@ -308,6 +313,11 @@ impl Metrics {
             "keel_metrics_series_overflow",
             "Recordings dropped because the number of label sets reached its cap",
             m.overflow.clone(),
+        );
+        registry.register(
+            "keel_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            m.access_log.dropped().clone(),
         );
         Metrics { registry, ..m }
     }
