@@ -95,6 +95,10 @@ struct RunArgs {
     /// Access log encoding; wins over the MeshConfig's `accessLogEncoding` (default text).
     #[arg(long, value_enum, value_name = "ENCODING")]
     access_log_encoding: Option<LogEncoding>,
+    /// Export the proxy's spans over OTLP/HTTP (JSON, `POST <URL>/v1/traces`) to this collector,
+    /// e.g. `http://127.0.0.1:4318`. Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// `--access-log-encoding`.
@@ -256,6 +260,18 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             }),
         });
     apply_access_log(&metrics, &snapshot.mesh);
+    if let Some(endpoint) = &args.otlp_endpoint {
+        // The exporter runs on this (control) runtime, off the data-plane workers.
+        let node_id = format!(
+            "keel~{}",
+            node_name(args.node_name.clone()).unwrap_or_else(|| "unknown".to_string())
+        );
+        metrics
+            .tracer
+            .start(endpoint, node_id)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(%endpoint, "exporting spans over OTLP");
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let kernel_stats = {
         let redirector = Arc::clone(&redirector);

@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::metrics::access_log::Entry;
 use crate::metrics::log_sink::Sink;
+use crate::metrics::span::{SpanEnd, SpanStart};
 use crate::metrics::{Destination, HttpKey, HttpResult, Metrics, RequestProtocol};
 use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::routing::Target;
@@ -171,6 +172,8 @@ pub struct Finish {
     pub request_bytes: Arc<AtomicU64>,
     /// Set when the access log is on.
     pub log: Option<Box<LogStart>>,
+    /// Set when spans are exported.
+    pub span: Option<Box<SpanStart>>,
 }
 
 impl Finish {
@@ -210,6 +213,39 @@ impl Finish {
         };
         if let Some(series) = self.metrics.http_series(&self.node, key, dest) {
             series.record(duration, request_bytes, response_bytes);
+        }
+        if let Some(start) = self.span {
+            let (source_workload, source_namespace) = self
+                .node
+                .pod_by_cgroup
+                .get(&self.source)
+                .and_then(|p| self.node.snapshot.pods.get(*p))
+                .map(|pod| {
+                    let labels = crate::metrics::labels::PeerLabels::of_pod(pod);
+                    (labels.workload.to_string(), labels.namespace.to_string())
+                })
+                .unwrap_or_else(|| ("unknown".to_string(), "unknown".to_string()));
+            let upstream_host_port = match &self.served.target {
+                Some(Target::Cluster(c)) if c.key.port != 0 => {
+                    Some(format!("{}:{}", c.key.host, c.key.port))
+                }
+                _ => None,
+            };
+            self.metrics.tracer.finish(
+                *start,
+                SpanEnd {
+                    code: self.code,
+                    flags: self.flags,
+                    upstream_cluster: self.served.cluster_name(),
+                    upstream_host_port,
+                    upstream_address: self.served.endpoint,
+                    source_workload,
+                    source_namespace,
+                    peer: self.peer,
+                    request_size: request_bytes,
+                    response_size: response_bytes,
+                },
+            );
         }
         if let Some(log) = self.log {
             let log = *log;

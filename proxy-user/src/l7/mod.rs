@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
+use crate::metrics::span::SpanStart;
 use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::policy::{DirectResponse, HashKey, HttpAction};
 use crate::routing::policy::Shaping;
@@ -77,6 +78,11 @@ where
         .access_log
         .sink()
         .map(|sink| Box::new(LogStart::capture(sink, &req, &request_authority(&req))));
+    let span = ctx
+        .metrics
+        .tracer
+        .enabled()
+        .then(|| Box::new(SpanStart::capture(&req, &request_authority(&req))));
     // The state is loaded once per request: in-flight requests finish under their config.
     let node = ctx.state.load();
     let protocol = if grpc::is_grpc(req.headers()) {
@@ -119,6 +125,7 @@ where
         started,
         request_bytes,
         log,
+        span,
     };
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, MeteredBody::new(body, finish).boxed())

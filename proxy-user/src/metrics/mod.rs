@@ -16,6 +16,7 @@
 pub mod access_log;
 pub mod labels;
 pub mod log_sink;
+pub mod span;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -222,6 +223,8 @@ pub struct Metrics {
     overflow: Counter,
     /// The access log, fed from the same end-of-request record as the metrics (off by default).
     pub access_log: log_sink::AccessLog,
+    /// The proxy's spans, exported over OTLP when a collector is configured (off by default).
+    pub tracer: span::Tracer,
     known: Mutex<HashSet<IstioLabels>>,
     max_series: usize,
     http: RwLock<Cache<HttpKey, HttpSeries>>,
@@ -262,6 +265,7 @@ impl Metrics {
             tcp_received: Family::default(),
             overflow: Counter::default(),
             access_log: log_sink::AccessLog::default(),
+            tracer: span::Tracer::default(),
             known: Mutex::new(HashSet::new()),
             max_series,
             http: RwLock::default(),
@@ -318,6 +322,11 @@ impl Metrics {
             "keel_access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log.dropped().clone(),
+        );
+        registry.register(
+            "keel_trace_spans_dropped",
+            "Spans not exported: the export queue was full or the collector failed",
+            m.tracer.dropped().clone(),
         );
         Metrics { registry, ..m }
     }
