@@ -88,6 +88,36 @@ struct RunArgs {
     /// downward API `spec.nodeName`), else the host name.
     #[arg(long)]
     node_name: Option<String>,
+    /// Write an access log (Istio's format) to PATH (`/dev/stdout` or `-`: standard output).
+    /// Off by default; wins over the MeshConfig's `accessLogFile`.
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<String>,
+    /// Access log encoding; wins over the MeshConfig's `accessLogEncoding` (default text).
+    #[arg(long, value_enum, value_name = "ENCODING")]
+    access_log_encoding: Option<LogEncoding>,
+    /// Export the proxy's spans over OTLP/HTTP (JSON, `POST <URL>/v1/traces`) to this collector,
+    /// e.g. `http://127.0.0.1:4318`. Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+/// `--access-log-encoding`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogEncoding {
+    Text,
+    Json,
+}
+
+/// Apply the access log settings of `mesh` (the flags win); a file that cannot be opened leaves
+/// the log as it was.
+fn apply_access_log(metrics: &keel::metrics::Metrics, mesh: &keel::policy::MeshConfig) {
+    if let Err(e) = metrics.access_log.apply(
+        mesh.access_log_file.as_deref(),
+        mesh.access_log_encoding,
+        mesh.access_log_format.as_deref(),
+    ) {
+        tracing::error!(error = %e, "cannot open the access log");
+    }
 }
 
 /// `--node-name`, else `$NODE_NAME`, else the host name; `None` if none is known.
@@ -220,6 +250,28 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     let stats = Arc::new(Stats::default());
     let conn_log = Arc::new(ConnLog::default());
     let metrics = Arc::new(keel::metrics::Metrics::default());
+    metrics
+        .access_log
+        .set_flags(keel::metrics::log_sink::LogFlags {
+            path: args.access_log.clone(),
+            encoding: args.access_log_encoding.map(|e| match e {
+                LogEncoding::Text => keel::metrics::access_log::Encoding::Text,
+                LogEncoding::Json => keel::metrics::access_log::Encoding::Json,
+            }),
+        });
+    apply_access_log(&metrics, &snapshot.mesh);
+    if let Some(endpoint) = &args.otlp_endpoint {
+        // The exporter runs on this (control) runtime, off the data-plane workers.
+        let node_id = format!(
+            "keel~{}",
+            node_name(args.node_name.clone()).unwrap_or_else(|| "unknown".to_string())
+        );
+        metrics
+            .tracer
+            .start(endpoint, node_id)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(%endpoint, "exporting spans over OTLP");
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let kernel_stats = {
         let redirector = Arc::clone(&redirector);
@@ -261,6 +313,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         fingerprint,
         stats,
         config_status,
+        metrics: Arc::clone(&metrics),
     }));
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -340,6 +393,8 @@ struct Control {
     fingerprint: reload::Fingerprint,
     stats: Arc<Stats>,
     config_status: Arc<Mutex<ConfigStatus>>,
+    /// Holds the access log, re-applied from the MeshConfig after each load.
+    metrics: Arc<keel::metrics::Metrics>,
 }
 
 /// How often the config directory is checked: a change applies well within a second.
@@ -457,6 +512,7 @@ impl Control {
         }
         self.stats.config_reloads.inc();
         tracing::info!("config reloaded");
+        apply_access_log(&self.metrics, &self.state.load().snapshot.mesh);
         // The new config serves already; free the old one (requests still holding it keep it alive)
         // off the workers, and hand the freed memory back.
         drop(tokio::task::spawn_blocking(move || {

@@ -168,6 +168,11 @@ impl Keel {
         self.proc.pid()
     }
 
+    /// keel's stdout so far (the access log when it goes to `/dev/stdout`).
+    pub fn stdout(&self) -> String {
+        self.proc.stdout()
+    }
+
     /// keel's stderr so far.
     pub fn stderr(&self) -> String {
         self.proc.stderr()

@@ -5,7 +5,7 @@ pub mod sni;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use std::net::SocketAddr;
 
 use crate::accept::ConnContext;
+use crate::metrics::access_log::Entry;
+use crate::metrics::log_sink::Sink;
 use crate::metrics::{Destination, TcpKey, TcpSeries};
 use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::routing::{self, Outbound, Target, TcpDecision};
@@ -150,6 +152,7 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
 /// session itself is never terminated.
 pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     ctx.stats.tcp_connections.inc();
+    let mut log = TcpLog::start(&ctx);
     // A TCP connection is routed once, under the view it was accepted with.
     let mut replay = Vec::new();
     let decision = if routing::routes_by_sni(&ctx.view, ctx.original_dst) {
@@ -158,6 +161,9 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
                 replay = bytes;
                 let decision = routing::route_tls(&ctx.view, ctx.original_dst, sni.as_deref());
                 tracing::debug!(dst = %ctx.original_dst, ?sni, "routed by SNI");
+                if log.sink.is_some() {
+                    log.sni = sni;
+                }
                 decision
             }
             ClientHello::Closed => {
@@ -173,7 +179,7 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         TcpDecision::Close => {
             tracing::debug!(dst = %ctx.original_dst, "no TCP route, or unknown destination under REGISTRY_ONLY; closing");
             let blocked = matches!(ctx.view.lookup(ctx.original_dst), Outbound::Blocked { .. });
-            refused(&ctx, None, blocked, None, ResponseFlag::NoRouteFound);
+            refused(&ctx, &log, None, blocked, None, ResponseFlag::NoRouteFound);
             return;
         }
     };
@@ -191,7 +197,7 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
                 PickError::NoCluster => ResponseFlag::NoClusterFound,
                 PickError::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
             };
-            refused(&ctx, Some(&target), false, None, flag);
+            refused(&ctx, &log, Some(&target), false, None, flag);
             return;
         }
     };
@@ -210,6 +216,7 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
             tracing::debug!(%cluster, %endpoint, flags = "UO", "maxConnections reached; closing");
             refused(
                 &ctx,
+                &log,
                 Some(&target),
                 false,
                 Some(endpoint),
@@ -222,6 +229,7 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
             picked.client().record(endpoint, HostResult::ConnectFailure);
             refused(
                 &ctx,
+                &log,
                 Some(&target),
                 false,
                 Some(endpoint),
@@ -252,6 +260,14 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
             s.received.inc_by(downstream.received);
             s.closed.inc();
         }
+        log.write(
+            &ctx,
+            Some(&target),
+            Some(endpoint),
+            ResponseFlags::default(),
+            downstream.received,
+            0,
+        );
         return;
     }
     drop(replay);
@@ -278,7 +294,78 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         s.sent.inc_by(downstream.sent);
         s.closed.inc();
     }
+    log.write(
+        &ctx,
+        Some(&target),
+        Some(endpoint),
+        ResponseFlags::default(),
+        downstream.received,
+        downstream.sent,
+    );
     drop(picked);
+}
+
+/// The access log of one TCP connection: taken at accept when the log is on, written when the
+/// connection ends (with the same flags and byte counts the metrics record).
+struct TcpLog {
+    sink: Option<Arc<Sink>>,
+    start_time: SystemTime,
+    started: tokio::time::Instant,
+    sni: Option<String>,
+}
+
+impl TcpLog {
+    fn start(ctx: &ConnContext) -> TcpLog {
+        let sink = ctx.metrics.access_log.sink();
+        TcpLog {
+            start_time: if sink.is_some() {
+                SystemTime::now()
+            } else {
+                UNIX_EPOCH
+            },
+            sink,
+            started: tokio::time::Instant::now(),
+            sni: None,
+        }
+    }
+
+    fn write(
+        &self,
+        ctx: &ConnContext,
+        target: Option<&Target>,
+        endpoint: Option<SocketAddr>,
+        flags: ResponseFlags,
+        received: u64,
+        sent: u64,
+    ) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        let blocked = target.is_none()
+            && flags.has(ResponseFlag::NoRouteFound)
+            && matches!(ctx.view.lookup(ctx.original_dst), Outbound::Blocked { .. });
+        let format = sink.format();
+        let entry = Entry {
+            start_time: self.start_time,
+            protocol: None,
+            code: 0,
+            flags,
+            details: None,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration: self.started.elapsed(),
+            request: vec![None; format.request_headers().len()],
+            response: vec![None; format.response_headers().len()],
+            upstream_host: endpoint,
+            upstream_cluster: crate::l7::metered::cluster_name(target, blocked),
+            downstream_local: ctx.original_dst,
+            downstream_remote: ctx.peer,
+            requested_server_name: self.sni.clone(),
+            route_name: None,
+            grpc_status: None,
+        };
+        sink.submit(&entry);
+    }
 }
 
 /// The Istio TCP series of this connection's client, destination and flags.
@@ -310,6 +397,7 @@ fn tcp_series(
 /// and closed at once, as Envoy reports it.
 fn refused(
     ctx: &ConnContext,
+    log: &TcpLog,
     target: Option<&Target>,
     blocked: bool,
     endpoint: Option<SocketAddr>,
@@ -321,6 +409,7 @@ fn refused(
         s.opened.inc();
         s.closed.inc();
     }
+    log.write(ctx, target, endpoint, flags, 0, 0);
 }
 
 /// Counts the bytes a relay moves through the client's side.

@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
+use crate::metrics::span::SpanStart;
 use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::policy::{DirectResponse, HashKey, HttpAction};
 use crate::routing::policy::Shaping;
@@ -42,7 +43,7 @@ use filters::headers::{HeaderVars, RequestPseudo};
 use filters::redirect::{self, RedirectFacts};
 use filters::{fault, mirror, rewrite};
 use forward::UpstreamRequest;
-use metered::{Finish, MeteredBody, Served};
+use metered::{Finish, LogStart, MeteredBody, Served};
 use rescue::LocalReply;
 
 /// Serve one redirected connection as HTTP until the client closes it.
@@ -62,13 +63,26 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
 }
 
 /// Route and forward one request; every response leaves with Envoy's `server` header.
-async fn handle<B>(ctx: &ConnContext, req: Request<B>) -> Response<ProxyBody>
+async fn handle<B>(ctx: &ConnContext, mut req: Request<B>) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
     ctx.stats.http_requests.inc();
     let started = Instant::now();
+    // Envoy's connection manager gives every request an id before routing: the upstream, local
+    // replies and the access log line all carry the same one.
+    ensure_request_id(req.headers_mut());
+    let mut log = ctx
+        .metrics
+        .access_log
+        .sink()
+        .map(|sink| Box::new(LogStart::capture(sink, &req, &request_authority(&req))));
+    let span = ctx
+        .metrics
+        .tracer
+        .enabled()
+        .then(|| Box::new(SpanStart::capture(&req, &request_authority(&req))));
     // The state is loaded once per request: in-flight requests finish under their config.
     let node = ctx.state.load();
     let protocol = if grpc::is_grpc(req.headers()) {
@@ -78,7 +92,10 @@ where
     };
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut flags = ResponseFlags::default();
-    let mut served = Served::default();
+    let mut served = Served {
+        logging: log.is_some(),
+        ..Served::default()
+    };
     let mut resp = process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await;
     resp.headers_mut()
         .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
@@ -91,11 +108,15 @@ where
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok());
+    if let Some(log) = log.as_mut() {
+        log.response(resp.status().as_u16(), resp.headers());
+    }
     let finish = Finish {
         metrics: Arc::clone(&ctx.metrics),
         node,
         source: ctx.pod_cgroup_id,
         original_dst: ctx.original_dst,
+        peer: ctx.peer,
         served,
         flags,
         protocol,
@@ -103,6 +124,8 @@ where
         grpc_status,
         started,
         request_bytes,
+        log,
+        span,
     };
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, MeteredBody::new(body, finish).boxed())
@@ -177,17 +200,25 @@ where
             matched_block,
             hash,
         },
-        RouteDecision::Passthrough(target) => Chosen {
-            route: None,
-            policy: passthrough_policy(),
-            target,
-            destination_index: None,
-            matched_block: None,
-            hash: None,
-        },
+        RouteDecision::Passthrough(target) => {
+            if served.logging {
+                served.route_name = Some("allow_any".to_string());
+            }
+            Chosen {
+                route: None,
+                policy: passthrough_policy(),
+                target,
+                destination_index: None,
+                matched_block: None,
+                hash: None,
+            }
+        }
         // Envoy's `block_all` virtual host: a direct 502 with an empty body.
         RouteDecision::Blocked => {
             served.blocked = true;
+            if served.logging {
+                served.route_name = Some("block_all".to_string());
+            }
             return reply(
                 LocalReply::Direct {
                     status: 502,
@@ -203,6 +234,9 @@ where
             route,
             matched_block,
         } => {
+            if served.logging {
+                served.route_name = route_name(Some(&route.spec), matched_block);
+            }
             let matched = matched_block.and_then(|i| route.spec.matches.get(i));
             let local = local_action(&route.spec.action, &facts, ctx.original_dst.port(), matched);
             let cors = cors_decision(ctx, &route.policy, &req);
@@ -237,6 +271,9 @@ where
 
     if let Target::Cluster(_) = chosen.target {
         served.target = Some(chosen.target.clone());
+    }
+    if served.logging && served.route_name.is_none() {
+        served.route_name = route_name(chosen.route.map(|r| &*r.spec), chosen.matched_block);
     }
 
     // Fault: delay, then maybe abort; the route timeout starts after the delay.
@@ -530,11 +567,6 @@ fn shaped_request(
             path = new_path;
         }
     }
-    if !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-            headers.insert(HeaderName::from_static("x-request-id"), v);
-        }
-    }
     // The client's connection is plaintext; an outbound sidecar keeps a value the client set.
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert(
@@ -753,6 +785,37 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "upgrade",
     ] {
         headers.remove(name);
+    }
+}
+
+/// Add `x-request-id` (a UUID v4, as Envoy generates it) unless the client sent one.
+fn ensure_request_id(headers: &mut HeaderMap) {
+    if !headers.contains_key(X_REQUEST_ID) {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        if let Ok(v) = HeaderValue::from_str(id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `%ROUTE_NAME%` as Istio names Envoy routes: the rule's `name`, `name.<match name>` when the
+/// matched block is named too, the block's name alone for an unnamed rule; `default` for the
+/// default route (no rule).
+fn route_name(route: Option<&crate::policy::HttpRoute>, matched: Option<usize>) -> Option<String> {
+    let Some(route) = route else {
+        return Some("default".to_string());
+    };
+    let block = matched
+        .and_then(|i| route.matches.get(i))
+        .and_then(|m| m.name.as_deref())
+        .filter(|n| !n.is_empty());
+    match (route.name.as_deref().filter(|n| !n.is_empty()), block) {
+        (Some(r), Some(b)) => Some(format!("{r}.{b}")),
+        (Some(r), None) => Some(r.to_string()),
+        (None, b) => b.map(str::to_string),
     }
 }
 

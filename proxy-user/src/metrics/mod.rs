@@ -13,7 +13,10 @@
 //! at [`MAX_SERIES`]; recordings for label sets beyond it are dropped and counted in
 //! `keel_metrics_series_overflow_total`.
 
+pub mod access_log;
 pub mod labels;
+pub mod log_sink;
+pub mod span;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -218,6 +221,10 @@ pub struct Metrics {
     tcp_sent: Family<IstioLabels, Counter>,
     tcp_received: Family<IstioLabels, Counter>,
     overflow: Counter,
+    /// The access log, fed from the same end-of-request record as the metrics (off by default).
+    pub access_log: log_sink::AccessLog,
+    /// The proxy's spans, exported over OTLP when a collector is configured (off by default).
+    pub tracer: span::Tracer,
     known: Mutex<HashSet<IstioLabels>>,
     max_series: usize,
     http: RwLock<Cache<HttpKey, HttpSeries>>,
@@ -257,6 +264,8 @@ impl Metrics {
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
             overflow: Counter::default(),
+            access_log: log_sink::AccessLog::default(),
+            tracer: span::Tracer::default(),
             known: Mutex::new(HashSet::new()),
             max_series,
             http: RwLock::default(),
@@ -308,6 +317,16 @@ impl Metrics {
             "keel_metrics_series_overflow",
             "Recordings dropped because the number of label sets reached its cap",
             m.overflow.clone(),
+        );
+        registry.register(
+            "keel_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            m.access_log.dropped().clone(),
+        );
+        registry.register(
+            "keel_trace_spans_dropped",
+            "Spans not exported: the export queue was full or the collector failed",
+            m.tracer.dropped().clone(),
         );
         Metrics { registry, ..m }
     }

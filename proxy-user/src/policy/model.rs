@@ -60,6 +60,12 @@ pub struct MeshConfig {
     pub root_namespace: String,
     /// Give up sniffing the protocol of an auto-detect port after this long and treat it as TCP.
     pub protocol_detection_timeout: Duration,
+    /// `accessLogFile`: where access log lines go; `None` = off (Istio's default).
+    pub access_log_file: Option<String>,
+    /// `accessLogEncoding`; default TEXT.
+    pub access_log_encoding: crate::metrics::access_log::Encoding,
+    /// `accessLogFormat` (validated: only supported command operators); `None` = Istio's default.
+    pub access_log_format: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -70,6 +76,9 @@ impl Default for MeshConfig {
             mirror_shadow_suffix: true,
             root_namespace: "istio-system".to_string(),
             protocol_detection_timeout: Duration::from_millis(100),
+            access_log_file: None,
+            access_log_encoding: crate::metrics::access_log::Encoding::Text,
+            access_log_format: None,
         }
     }
 }

@@ -42,6 +42,15 @@ pub struct MeshConfigSpec {
     /// How long to sniff an undeclared port before treating it as TCP.
     #[serde(default, alias = "protocol_detection_timeout")]
     pub protocol_detection_timeout: Option<String>,
+    /// Access log output: a file path or `/dev/stdout`; empty or unset = no access log.
+    #[serde(default)]
+    pub access_log_file: Option<String>,
+    /// `TEXT` (default) or `JSON`.
+    #[serde(default)]
+    pub access_log_encoding: Option<String>,
+    /// An Envoy format string (TEXT) or a JSON object of format strings (JSON); default Istio's.
+    #[serde(default)]
+    pub access_log_format: Option<String>,
 }
 
 /// `MeshConfig.spec.outboundTrafficPolicy`.

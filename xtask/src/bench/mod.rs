@@ -131,6 +131,11 @@ pub struct BenchArgs {
     /// Keel's data-plane workers (`keel run --workers`); default: Keel's own (one per core).
     #[arg(long)]
     pub keel_workers: Option<usize>,
+    /// Run keel with its access log on (`keel run --access-log PATH`, Istio's text format), to
+    /// measure the log's cost against a run without it; `/dev/null` measures formatting and the
+    /// writer thread without disk I/O.
+    #[arg(long, value_name = "PATH")]
+    pub keel_access_log: Option<String>,
     /// The VirtualService of every benchmarked service: `features` = a header-match rule to v2
     /// (never sent by the load) before the weighted canary, which has retries and a timeout; `plain`
     /// = the weighted canary alone. Every meshed mode gets the equivalent routes.
@@ -162,6 +167,8 @@ pub struct Settings {
     pub config_scale_services: usize,
     /// `keel run --workers`, if set.
     pub keel_workers: Option<usize>,
+    /// `keel run --access-log`, if set.
+    pub keel_access_log: Option<String>,
     /// The VirtualService every benchmarked service gets.
     pub route_policy: RoutePolicy,
     /// The DestinationRule `trafficPolicy` every benchmarked service gets.
@@ -331,6 +338,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
             .collect(),
         body_bytes: mesh::BODY_BYTES,
         keel_workers: args.keel_workers,
+        keel_access_log: args.keel_access_log.clone(),
         route_policy: args.route_policy,
         traffic_policy: args.traffic_policy,
         config_scale_services: if smoke {

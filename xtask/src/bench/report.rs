@@ -462,9 +462,13 @@ pub fn markdown(r: &Results) -> String {
         s.traffic_policy.describe(),
         s.body_bytes,
         super::envoy::CONCURRENCY,
-        match s.keel_workers {
-            Some(w) => format!("`--workers {w}`"),
-            None => "its default workers (one per core)".to_string(),
+        match (s.keel_workers, &s.keel_access_log) {
+            (Some(w), None) => format!("`--workers {w}`, access log off"),
+            (None, None) => "its default workers (one per core), access log off".to_string(),
+            (Some(w), Some(p)) => format!("`--workers {w}` and `--access-log {p}`"),
+            (None, Some(p)) => {
+                format!("its default workers (one per core) and `--access-log {p}`")
+            }
         }
     );
     if let Some(k) = &r.keel {

@@ -222,7 +222,7 @@ impl Rig {
                         settings.traffic_policy,
                     );
                     let bin = keel_bin.context("keel mode without a keel binary")?;
-                    keel_mode(&mut net, &services, bin, settings.keel_workers)?
+                    keel_mode(&mut net, &services, bin, settings)?
                 }
             };
             rig.modes.push(m);
@@ -843,7 +843,7 @@ fn keel_mode(
     net: &mut PodNet,
     services: &[Service],
     bin: &Path,
-    workers: Option<usize>,
+    settings: &Settings,
 ) -> Result<ModeRig> {
     let client = net.add_pod(NAMESPACE, "client-keel", 5)?;
     let mut pods: Vec<PodDef> = services[0]
@@ -867,8 +867,12 @@ fn keel_mode(
     config.write("bench.yaml", &mesh::keel_yaml(services, &pods))?;
     let mut opts = KeelOptions::new(net, config.path())?;
     opts.binary = Some(bin.to_path_buf());
-    if let Some(w) = workers {
-        opts.extra_args = vec!["--workers".into(), w.to_string()];
+    if let Some(w) = settings.keel_workers {
+        opts.extra_args.extend(["--workers".into(), w.to_string()]);
+    }
+    if let Some(path) = &settings.keel_access_log {
+        opts.extra_args
+            .extend(["--access-log".into(), path.clone()]);
     }
     let keel = Keel::start_with(net, opts).context("starting keel")?;
     let admin = keel.options().admin_addr;

@@ -49,5 +49,41 @@ pub(super) fn mesh_config(ctx: &mut Ctx<'_>, spec: &wkeel::MeshConfigSpec) -> Op
             mesh.protocol_detection_timeout = d;
         }
     }
+    access_log(ctx, &sp, spec, &mut mesh);
     Some(mesh)
+}
+
+/// `accessLogFile`, `accessLogEncoding`, `accessLogFormat`: a format with a command operator Keel
+/// does not evaluate is an error (the resource keeps its last good version), never a line with
+/// the operator left in it.
+fn access_log(
+    ctx: &mut Ctx<'_>,
+    sp: &FieldPath,
+    spec: &wkeel::MeshConfigSpec,
+    mesh: &mut MeshConfig,
+) {
+    use crate::metrics::access_log::{Encoding, LogFormat};
+    mesh.access_log_file = spec.access_log_file.clone().filter(|f| !f.is_empty());
+    if let Some(e) = &spec.access_log_encoding {
+        match e.as_str() {
+            "TEXT" => mesh.access_log_encoding = Encoding::Text,
+            "JSON" => mesh.access_log_encoding = Encoding::Json,
+            other => ctx.err(
+                &sp.key("accessLogEncoding"),
+                crate::policy::Invalid::Enum {
+                    value: other.to_string(),
+                    allowed: "TEXT, JSON",
+                },
+            ),
+        }
+    }
+    if let Some(f) = spec.access_log_format.as_deref().filter(|f| !f.is_empty()) {
+        match LogFormat::parse(mesh.access_log_encoding, f) {
+            Ok(_) => mesh.access_log_format = Some(f.to_string()),
+            Err(e) => ctx.err(
+                &sp.key("accessLogFormat"),
+                crate::policy::Invalid::Unsupported(e.0),
+            ),
+        }
+    }
 }
