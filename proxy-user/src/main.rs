@@ -88,6 +88,10 @@ struct RunArgs {
     /// downward API `spec.nodeName`), else the host name.
     #[arg(long)]
     node_name: Option<String>,
+    /// Do not record Istio's standard metrics (`istio_*` on `/stats/prometheus`): no per-request
+    /// label lookup or histogram update. Keel's own metrics stay.
+    #[arg(long)]
+    no_metrics: bool,
     /// Write an access log (Istio's format) to PATH (`/dev/stdout` or `-`: standard output).
     /// Off by default; wins over the MeshConfig's `accessLogFile`.
     #[arg(long, value_name = "PATH")]
@@ -250,6 +254,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     let stats = Arc::new(Stats::default());
     let conn_log = Arc::new(ConnLog::default());
     let metrics = Arc::new(keel::metrics::Metrics::default());
+    metrics.set_istio_metrics(!args.no_metrics);
     metrics
         .access_log
         .set_flags(keel::metrics::log_sink::LogFlags {

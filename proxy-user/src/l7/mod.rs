@@ -111,6 +111,10 @@ where
     if let Some(log) = log.as_mut() {
         log.response(resp.status().as_u16(), resp.headers());
     }
+    if log.is_none() && span.is_none() && !ctx.metrics.istio_metrics() {
+        // Nothing records the request's end: the body goes out as it is.
+        return resp;
+    }
     let finish = Finish {
         metrics: Arc::clone(&ctx.metrics),
         node,

@@ -221,6 +221,8 @@ pub struct Metrics {
     tcp_sent: Family<IstioLabels, Counter>,
     tcp_received: Family<IstioLabels, Counter>,
     overflow: Counter,
+    /// `keel run --no-metrics` turns the Istio families off: nothing is looked up or recorded.
+    istio_off: std::sync::atomic::AtomicBool,
     /// The access log, fed from the same end-of-request record as the metrics (off by default).
     pub access_log: log_sink::AccessLog,
     /// The proxy's spans, exported over OTLP when a collector is configured (off by default).
@@ -264,6 +266,7 @@ impl Metrics {
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
             overflow: Counter::default(),
+            istio_off: std::sync::atomic::AtomicBool::new(false),
             access_log: log_sink::AccessLog::default(),
             tracer: span::Tracer::default(),
             known: Mutex::new(HashSet::new()),
@@ -331,6 +334,18 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Turns Istio's standard metrics on or off (`keel run --no-metrics`); the access log and
+    /// spans are separate.
+    pub fn set_istio_metrics(&self, on: bool) {
+        self.istio_off
+            .store(!on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether Istio's standard metrics are recorded.
+    pub fn istio_metrics(&self) -> bool {
+        !self.istio_off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -345,6 +360,9 @@ impl Metrics {
         key: HttpKey,
         dest: Destination<'_>,
     ) -> Option<Arc<HttpSeries>> {
+        if !self.istio_metrics() {
+            return None;
+        }
         let generation = node.routes.id();
         if let Some(hit) = cached(&self.http, generation, &key) {
             if hit.is_none() {
@@ -387,6 +405,9 @@ impl Metrics {
         key: TcpKey,
         dest: Destination<'_>,
     ) -> Option<Arc<TcpSeries>> {
+        if !self.istio_metrics() {
+            return None;
+        }
         let generation = node.routes.id();
         if let Some(hit) = cached(&self.tcp, generation, &key) {
             if hit.is_none() {

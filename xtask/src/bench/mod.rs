@@ -136,6 +136,10 @@ pub struct BenchArgs {
     /// writer thread without disk I/O.
     #[arg(long, value_name = "PATH")]
     pub keel_access_log: Option<String>,
+    /// Run keel without Istio's standard metrics (`keel run --no-metrics`), to measure their cost
+    /// against a run with them (the default).
+    #[arg(long)]
+    pub keel_no_metrics: bool,
     /// The VirtualService of every benchmarked service: `features` = a header-match rule to v2
     /// (never sent by the load) before the weighted canary, which has retries and a timeout; `plain`
     /// = the weighted canary alone. Every meshed mode gets the equivalent routes.
@@ -169,6 +173,8 @@ pub struct Settings {
     pub keel_workers: Option<usize>,
     /// `keel run --access-log`, if set.
     pub keel_access_log: Option<String>,
+    /// `keel run --no-metrics`.
+    pub keel_no_metrics: bool,
     /// The VirtualService every benchmarked service gets.
     pub route_policy: RoutePolicy,
     /// The DestinationRule `trafficPolicy` every benchmarked service gets.
@@ -339,6 +345,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         body_bytes: mesh::BODY_BYTES,
         keel_workers: args.keel_workers,
         keel_access_log: args.keel_access_log.clone(),
+        keel_no_metrics: args.keel_no_metrics,
         route_policy: args.route_policy,
         traffic_policy: args.traffic_policy,
         config_scale_services: if smoke {

@@ -446,6 +446,21 @@ pub fn markdown(r: &Results) -> String {
          in {:.0} s.\n",
         m.nproc, m.cpu_model, m.kernel, m.memory, m.envoy, m.oha, m.nginx, r.elapsed_s
     );
+    let keel_settings = format!(
+        "{}, Istio metrics {}, access log {}",
+        s.keel_workers.map_or_else(
+            || "its default workers (one per core)".to_string(),
+            |w| format!("`--workers {w}`")
+        ),
+        if s.keel_no_metrics {
+            "off (`--no-metrics`)"
+        } else {
+            "on"
+        },
+        s.keel_access_log
+            .as_ref()
+            .map_or_else(|| "off".to_string(), |p| format!("`--access-log {p}`"))
+    );
     let _ = writeln!(
         o,
         "Settings: {} interleaved round(s) (mode order rotates each round), {} s per run, medians over \
@@ -462,14 +477,7 @@ pub fn markdown(r: &Results) -> String {
         s.traffic_policy.describe(),
         s.body_bytes,
         super::envoy::CONCURRENCY,
-        match (s.keel_workers, &s.keel_access_log) {
-            (Some(w), None) => format!("`--workers {w}`, access log off"),
-            (None, None) => "its default workers (one per core), access log off".to_string(),
-            (Some(w), Some(p)) => format!("`--workers {w}` and `--access-log {p}`"),
-            (None, Some(p)) => {
-                format!("its default workers (one per core) and `--access-log {p}`")
-            }
-        }
+        keel_settings
     );
     if let Some(k) = &r.keel {
         let _ = writeln!(o, "Keel binary: {}.\n", k.describe());

@@ -870,6 +870,9 @@ fn keel_mode(
     if let Some(w) = settings.keel_workers {
         opts.extra_args.extend(["--workers".into(), w.to_string()]);
     }
+    if settings.keel_no_metrics {
+        opts.extra_args.push("--no-metrics".into());
+    }
     if let Some(path) = &settings.keel_access_log {
         opts.extra_args
             .extend(["--access-log".into(), path.clone()]);
