@@ -13,6 +13,7 @@
 //! at [`MAX_SERIES`]; recordings for label sets beyond it are dropped and counted in
 //! `keel_metrics_series_overflow_total`.
 
+pub mod keel;
 pub mod labels;
 
 use std::collections::{HashMap, HashSet};
