@@ -169,7 +169,11 @@ fn circuit_breaker_stats_have_the_exact_values_the_seeds_grep_for() -> Result<()
     );
 
     // `?filter=` searches the names (as Envoy's); JSON has the same values in Envoy's shape.
-    let filtered = stats(&keel, "?filter=upstream_(rq_pending|cx)_overflow")?;
+    // `reviews.*upstream_(rq_pending|cx)_overflow`, percent-encoded.
+    let filtered = stats(
+        &keel,
+        "?filter=reviews.*upstream_%28rq_pending%7Ccx%29_overflow",
+    )?;
     ensure!(
         filtered.len() == 2
             && filtered.get(&format!(
@@ -182,7 +186,7 @@ fn circuit_breaker_stats_have_the_exact_values_the_seeds_grep_for() -> Result<()
             )) == Some(&cx_overflow),
         "filtered /stats: {filtered:?}"
     );
-    let json = keel.admin_get("/stats?format=json&filter=pending_overflow")?;
+    let json = keel.admin_get("/stats?format=json&filter=reviews.*pending_overflow")?;
     ensure!(
         json == serde_json::json!({"stats": [{
             "name": format!("cluster.{}.upstream_rq_pending_overflow", reviews_cluster()),
@@ -190,6 +194,13 @@ fn circuit_breaker_stats_have_the_exact_values_the_seeds_grep_for() -> Result<()
         }]}),
         "JSON /stats: {json}"
     );
+    // Once the load is over, no breaker limit is reached any more.
+    common::wait_until("breakers close", Duration::from_secs(5), || {
+        let s = stats(&keel, "")?;
+        Ok(reviews_stat(&s, "circuit_breakers.default.cx_open")? == 0
+            && reviews_stat(&s, "circuit_breakers.default.rq_pending_open")? == 0
+            && reviews_stat(&s, "upstream_rq_pending_active")? == 0)
+    })?;
     // The only client's own view is the whole sum.
     let own = stats(&keel, "?client=default/sleep")?;
     ensure!(

@@ -4,7 +4,9 @@
 //! (that pod's own counts only: what its sidecar would print).
 //!
 //! Names: `cluster.<outbound|port|subset|host>.<stat>` per cluster, summed over client pods by
-//! default, and `keel.<name>` for Keel's own metrics (`crate::metrics::keel`).
+//! default, and `keel.<name>` for Keel's own metrics (`crate::metrics::keel`). The breaker gauges
+//! `circuit_breakers.default.{cx,rq_pending,rq,rq_retry}_open` are 0/1 for one client; summed, they
+//! count the client pods whose breaker is at that limit.
 
 use std::collections::BTreeMap;
 
@@ -94,6 +96,24 @@ pub fn cluster_lines(state: &State, client: Option<ClientId>) -> Vec<(String, u6
             None => std::sync::Arc::clone(cluster.stats()),
         };
         let entry = by_name.entry(cluster.key.to_string()).or_default();
+        // Breakers are per client: 0/1 for one client, summed the number of clients at a limit.
+        let limits = &cluster.pool_config().limits;
+        let states = match client {
+            Some(id) => cluster.client_state(id).into_iter().collect(),
+            None => cluster
+                .client_states()
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect::<Vec<_>>(),
+        };
+        for (stat, _) in crate::upstream::breaker::Breaker::default().open_gauges(limits) {
+            entry.entry(stat.to_string()).or_default();
+        }
+        for c in states {
+            for (stat, open) in c.pool().breaker().open_gauges(limits) {
+                *entry.entry(stat.to_string()).or_default() += open;
+            }
+        }
         for (stat, n) in stats.values() {
             *entry.entry(stat.to_string()).or_default() += n;
         }
