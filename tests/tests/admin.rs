@@ -142,6 +142,13 @@ fn circuit_breaker_stats_have_the_exact_values_the_seeds_grep_for() -> Result<()
     );
 
     let s = stats(&keel, "")?;
+    eprintln!(
+        "{ok} x 200, {overflow} x 503 overflow; /stats: pending_overflow {}, cx_overflow {}, \
+         rq_total {}",
+        reviews_stat(&s, "upstream_rq_pending_overflow")?,
+        reviews_stat(&s, "upstream_cx_overflow")?,
+        reviews_stat(&s, "upstream_rq_total")?
+    );
     ensure!(
         reviews_stat(&s, "upstream_rq_pending_overflow")? == overflow,
         "upstream_rq_pending_overflow must be the {overflow} overflow replies: {s:?}"
@@ -375,6 +382,7 @@ fn two_clients_have_their_own_counts_ejections_and_cluster_health() -> Result<()
             && has(&other_view, &format!("{host}::rq_total::{other_v2}")),
         "per-client rq_total of v2:\nsleep:\n{sleep_view}\nother:\n{other_view}"
     );
+    eprintln!("/clusters:\n{node_view}");
     let json = keel.admin_get("/clusters?format=json&client=default/sleep")?;
     let hosts = json["cluster_statuses"]
         .as_array()
