@@ -281,7 +281,7 @@ fn run_on(
             .context("client pod vanished")?;
         let pod_cgroup = net.cgroup_root().join(&sp.namespace).join(&sp.name);
         println!(
-            "\nRunning until Ctrl-C. keel admin: http://{admin}/stats, /debug/connections\n\
+            "\nRunning until Ctrl-C. keel admin: http://{admin}/stats, /clusters, /config_dump, /debug/connections\n\
              A shell inside {CLIENT} (its netns and cgroup, so keel captures it):\n  \
              ip netns exec {ns} sh -c 'echo $$ > {cg}/cgroup.procs && exec bash'\n  \
              then: curl -s -H 'Host: {SHOWCASE}:{port}' http://{vip}/",

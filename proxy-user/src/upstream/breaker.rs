@@ -70,6 +70,14 @@ impl Limits {
     }
 }
 
+/// Envoy's names of the breaker gauges, under the cluster.
+pub const OPEN_GAUGES: [&str; 4] = [
+    "circuit_breakers.default.cx_open",
+    "circuit_breakers.default.rq_pending_open",
+    "circuit_breakers.default.rq_open",
+    "circuit_breakers.default.rq_retry_open",
+];
+
 /// What a breaker counts.
 #[derive(Debug, Default)]
 pub struct Breaker {
@@ -167,8 +175,9 @@ impl Breaker {
         self.requests.load(Ordering::Acquire)
     }
 
-    /// Envoy's `circuit_breakers.default.*_open` gauges under `limits`: 1 while a limit is reached
-    /// (the next connection, queued request, request or retry would overflow), else 0.
+    /// Envoy's `circuit_breakers.default.*_open` gauges under `limits`, named as
+    /// [`OPEN_GAUGES`]: 1 while a limit is reached (the next connection, queued request, request or
+    /// retry would overflow), else 0.
     pub fn open_gauges(&self, limits: &Limits) -> [(&'static str, u64); 4] {
         let at = |count: &AtomicU32, limit: u32| u64::from(count.load(Ordering::Acquire) >= limit);
         let retry_limit = match limits.retries {
@@ -181,23 +190,12 @@ impl Breaker {
                 ((percent / 100.0 * f64::from(active)).floor() as u32).max(min_concurrency)
             }
         };
+        let [cx, pending, rq, retry] = OPEN_GAUGES;
         [
-            (
-                "circuit_breakers.default.cx_open",
-                at(&self.connections, limits.max_connections),
-            ),
-            (
-                "circuit_breakers.default.rq_pending_open",
-                at(&self.pending, limits.max_pending_requests),
-            ),
-            (
-                "circuit_breakers.default.rq_open",
-                at(&self.requests, limits.max_requests),
-            ),
-            (
-                "circuit_breakers.default.rq_retry_open",
-                at(&self.retries, retry_limit),
-            ),
+            (cx, at(&self.connections, limits.max_connections)),
+            (pending, at(&self.pending, limits.max_pending_requests)),
+            (rq, at(&self.requests, limits.max_requests)),
+            (retry, at(&self.retries, retry_limit)),
         ]
     }
 }

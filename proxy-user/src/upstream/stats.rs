@@ -120,7 +120,8 @@ impl CodeCounts {
 /// Envoy's per-cluster request, connection-pool, circuit-breaker and outlier-detection stats.
 #[derive(Debug, Default)]
 pub struct ClusterStats {
-    /// Upstream requests sent (every attempt, retries included).
+    /// Upstream requests sent to an endpoint (every attempt, retries included; not circuit-breaker
+    /// overflows or attempts whose connect failed, which never carried the request).
     pub upstream_rq_total: Counter,
     /// Upstream requests that got a response.
     pub upstream_rq_completed: Counter,
