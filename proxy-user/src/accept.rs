@@ -111,6 +111,7 @@ impl Acceptor {
             tracing::debug!(%peer, "no kernel record for connection; closing");
             return;
         };
+        self.stats.redirected.inc();
         let node = self.state.load();
         let Some(&pod) = node.pod_by_cgroup.get(&record.pod_cgroup_id) else {
             self.stats.refused_unknown_pod.inc();

@@ -245,12 +245,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             None => (None, Some(a)),
         },
     };
-    let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
-        .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
-    sync_kernel(&mut redirector, &state)?;
-    let conn_table = redirector.conn_table();
-    let redirector = Arc::new(Mutex::new(redirector));
-
+    // The admin API answers from before the attach (`/ready` is 503 until serving).
     let stats = Arc::new(Stats::default());
     let conn_log = Arc::new(ConnLog::default());
     let metrics = Arc::new(keel::metrics::Metrics::default());
@@ -278,9 +273,18 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
     let ready = Arc::new(AtomicBool::new(false));
+    // Weak: dropping the redirector at shutdown must still detach the programs.
+    let attached: Arc<std::sync::OnceLock<std::sync::Weak<Mutex<Redirector>>>> = Arc::default();
     let kernel_stats = {
-        let redirector = Arc::clone(&redirector);
-        Arc::new(move || redirector.lock().ok().and_then(|r| r.stats().ok()))
+        let attached = Arc::clone(&attached);
+        Arc::new(move || {
+            let redirector = attached.get()?.upgrade()?;
+            redirector.lock().ok().and_then(|r| r.stats().ok())
+        })
+    };
+    let state_scope = match args.upstream_state {
+        UpstreamState::PerClient => keel::upstream::StateScope::PerClient,
+        UpstreamState::Node => keel::upstream::StateScope::Node,
     };
     admin::spawn(
         args.admin_addr,
@@ -293,8 +297,15 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             state: Arc::clone(&state),
             config_status: Arc::clone(&config_status),
             kernel_stats,
+            state_scope,
         },
     )?;
+    let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
+        .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
+    sync_kernel(&mut redirector, &state)?;
+    let conn_table = redirector.conn_table();
+    let redirector = Arc::new(Mutex::new(redirector));
+    let _ = attached.set(Arc::downgrade(&redirector));
 
     for (i, listener) in listeners.into_iter().enumerate() {
         let acceptor = keel::accept::Acceptor {
@@ -303,10 +314,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             metrics: Arc::clone(&metrics),
             conn_log: Arc::clone(&conn_log),
             conn_table: conn_table.clone(),
-            state_scope: match args.upstream_state {
-                UpstreamState::PerClient => keel::upstream::StateScope::PerClient,
-                UpstreamState::Node => keel::upstream::StateScope::Node,
-            },
+            state_scope,
         };
         worker::spawn(i, listener, acceptor)?;
     }
@@ -369,6 +377,22 @@ fn report_load(loaded: &reload::Reloaded) -> ConfigStatus {
             .map(|w| w.to_string())
             .collect(),
         kept_previous: loaded.kept_previous,
+        rejected: loaded
+            .on_disk
+            .errors
+            .iter()
+            .map(|e| admin::RejectedResource {
+                resource: format!("{} {}/{}", e.at.kind, e.at.namespace, e.at.name),
+                source: format!("{}:{}", e.at.file, e.at.line),
+                field: e.at.field.clone(),
+                reason: e.reason.to_string(),
+                previous_version_serving: loaded.kept.iter().any(|(kind, ns, name)| {
+                    *kind == e.at.kind
+                        && *name == e.at.name
+                        && ns.as_deref().is_none_or(|ns| ns == e.at.namespace)
+                }),
+            })
+            .collect(),
     }
 }
 

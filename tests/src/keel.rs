@@ -190,9 +190,10 @@ impl Keel {
             .with_context(|| format!("/debug/connections is not a list of connection records: {v}"))
     }
 
-    /// `GET /stats`.
+    /// `GET /stats?format=json` as one object, stat name -> value (`keel.config_reloads`,
+    /// `cluster.<name>.upstream_rq_total`, ...).
     pub fn stats(&self) -> Result<Value> {
-        self.admin_get("/stats")
+        admin_stats(self.opts.admin_addr)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for exit; fails (and SIGKILLs) if keel overstays.
@@ -240,6 +241,23 @@ pub fn admin_get(admin: SocketAddr, path: &str) -> Result<Value> {
     }
     r.json()
         .with_context(|| format!("GET {path} on keel admin {admin}"))
+}
+
+/// `GET /stats?format=json` on `admin` (Envoy's `{"stats":[{"name":..,"value":..}]}`) as one
+/// object, stat name -> value.
+pub fn admin_stats(admin: SocketAddr) -> Result<Value> {
+    let v = admin_get(admin, "/stats?format=json")?;
+    let list = v["stats"]
+        .as_array()
+        .with_context(|| format!("/stats?format=json has no stats list: {v}"))?;
+    let mut out = serde_json::Map::new();
+    for stat in list {
+        let name = stat["name"]
+            .as_str()
+            .with_context(|| format!("a stat without a name: {stat}"))?;
+        out.insert(name.to_string(), stat["value"].clone());
+    }
+    Ok(Value::Object(out))
 }
 
 /// A localhost address with a port that was free a moment ago (bind to :0, read, release).

@@ -28,7 +28,7 @@ pub use agent::{
     TcpConnectReport, TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
-pub use keel::{admin_get, ConnectionRecord, Keel, KeelOptions};
+pub use keel::{admin_get, admin_stats, ConnectionRecord, Keel, KeelOptions};
 pub use pki::TestPki;
 pub use podnet::{
     cleanup_all_stale, cleanup_stale, leftovers, Pod, PodNet, PROXY_PORT, SERVICE_CIDR,

@@ -18,12 +18,15 @@ use keel_tests::{ConnectOutcome, HttpGet, Keel, KeelOptions};
 
 const PREFIX: &str = "ktcap";
 
-/// `refused_no_record` from `/stats` (0 if absent would hide a missing counter, so it must be there).
+/// `keel.connections_refused.no_record` from `/stats` (0 if absent would hide a missing counter, so
+/// it must be there).
 fn refused_no_record(keel: &Keel) -> Result<u64> {
     let stats = keel.stats()?;
-    stats["refused_no_record"]
+    stats["keel.connections_refused.no_record"]
         .as_u64()
-        .with_context(|| format!("/stats has no numeric refused_no_record: {stats}"))
+        .with_context(|| {
+            format!("/stats has no numeric keel.connections_refused.no_record: {stats}")
+        })
 }
 
 #[test]
@@ -212,12 +215,12 @@ fn loopback_and_the_pods_own_ip_are_not_redirected() -> Result<()> {
     Ok(())
 }
 
-/// `kernel.<name>` from `/stats`.
+/// `keel.kernel_<name>` from `/stats`.
 fn kernel_stat(keel: &Keel, name: &str) -> Result<u64> {
     let stats = keel.stats()?;
-    stats["kernel"][name]
+    stats[format!("keel.kernel_{name}").as_str()]
         .as_u64()
-        .with_context(|| format!("/stats has no numeric kernel.{name}: {stats}"))
+        .with_context(|| format!("/stats has no numeric keel.kernel_{name}: {stats}"))
 }
 
 #[test]

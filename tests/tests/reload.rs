@@ -164,9 +164,9 @@ fn reload_under_load_applies_changes_within_a_second_and_drops_nothing() -> Resu
 
     let stats = keel.stats()?;
     let rejections = stats
-        .get("config_rejections")
+        .get("keel.config_rejections")
         .and_then(|v| v.as_u64())
-        .context("config_rejections in /stats")?;
+        .context("keel.config_rejections in /stats")?;
     ensure!(
         rejections >= invalid_written as u64,
         "{invalid_written} invalid configs written, {rejections} rejections counted: {stats}"

@@ -309,7 +309,7 @@ fn run_on(
 
     if args.keep {
         say!(
-            "\nRunning until Ctrl-C. keel admin: http://{admin}/stats, /config_dump\n\
+            "\nRunning until Ctrl-C. keel admin: http://{admin}/stats, /clusters, /config_dump, /debug/connections\n\
              A shell inside {CLIENT} (its cgroup, then its netns, so keel captures it):\n  \
              cargo xtask demo shell {CLIENT}\n  \
              then: curl -s http://{vip}/",

@@ -5,13 +5,14 @@
 //! - `GET /live`               200 while the process answers (a liveness probe)
 //! - `GET /logging`            the log filter in force; `POST /logging?level=<filter>` replaces it
 //!   (a level such as `debug`, or `KEEL_LOG`-style directives such as `keel=debug,info`)
-//! - `GET /stats`              JSON counters, including the kernel's and each cluster's (under
-//!   `clusters`, summed over client pods)
-//! - `GET /stats?format=text`   the cluster counters as Envoy prints them: `cluster.<name>.<stat>: <n>`
-//! - `GET /stats/prometheus`, `GET /metrics`  Istio's standard metrics in the Prometheus text
-//!   format (see `crate::metrics`)
+//! - `GET /stats`              Envoy's `name: value` lines: `cluster.<name>.<stat>` summed over
+//!   client pods and Keel's own `keel.<name>`; `?format=json|prometheus`, `?filter=<regex>`,
+//!   `?usedonly`, `?client=<ns>/<pod>` (that pod's counts only); see `envoy_stats`
+//! - `GET /stats/prometheus`, `GET /metrics`  Istio's standard metrics and `keel_*` in the
+//!   Prometheus text format (see `crate::metrics`)
+//! - `GET /clusters`           Envoy's `/clusters` text (`?format=json`, `?client=<ns>/<pod>`)
 //! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
-//! - `GET /config_dump`        JSON summary of the active snapshot
+//! - `GET /config_dump`        JSON: the active snapshot, rejections, kernel map state
 //! - `GET /config_status`      JSON errors and warnings of the latest config load
 
 use std::collections::VecDeque;
@@ -30,6 +31,10 @@ use serde::Serialize;
 use crate::ebpf::KernelStats;
 use crate::state::State;
 
+mod clusters;
+mod config_dump;
+mod envoy_stats;
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -47,6 +52,8 @@ impl Counter {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub accepted: Counter,
+    /// Accepted connections that had a kernel record (redirected by the kernel).
+    pub redirected: Counter,
     /// Connections to the proxy port with no kernel record: closed at once.
     pub refused_no_record: Counter,
     pub refused_unknown_pod: Counter,
@@ -92,6 +99,24 @@ pub struct ConfigStatus {
     pub warnings: Vec<String>,
     /// Rejected resources still served at their previous version.
     pub kept_previous: usize,
+    /// Each error of the latest load, with its resource and whether that resource's previous
+    /// version keeps serving.
+    pub rejected: Vec<RejectedResource>,
+}
+
+/// One rejection of the latest config load, for `/config_dump`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedResource {
+    /// `Kind namespace/name`.
+    pub resource: String,
+    /// `file:line` of the offending field (or document).
+    pub source: String,
+    /// Field path inside the resource (empty = the whole document).
+    pub field: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The resource's last good version keeps serving (false: it is not served at all).
+    pub previous_version_serving: bool,
 }
 
 /// One accepted connection as the kernel described it.
@@ -147,6 +172,8 @@ pub struct AdminContext {
     pub config_status: Arc<Mutex<ConfigStatus>>,
     /// Reads the kernel's counters (owned by the task that owns the eBPF objects).
     pub kernel_stats: Arc<dyn Fn() -> Option<KernelStats> + Send + Sync>,
+    /// Whose upstream state a client pod uses (for `?client=`).
+    pub state_scope: crate::upstream::StateScope,
 }
 
 /// Serve the admin API on `addr` from a dedicated thread with its own single-threaded runtime.
@@ -206,64 +233,9 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/live" => text(StatusCode::OK, "live\n"),
         "/logging" => logging(ctx, &req),
-        "/stats/prometheus" | "/metrics" => match ctx.metrics.encode() {
-            Ok(body) => {
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                );
-                r
-            }
-            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
-        },
-        "/stats" if req.uri().query() == Some("format=text") => {
-            let mut out = String::new();
-            for (name, values) in cluster_stats(&ctx.state) {
-                for (stat, n) in values {
-                    out.push_str(&format!("cluster.{name}.{stat}: {n}\n"));
-                }
-            }
-            let mut r = Response::new(Full::new(Bytes::from(out)));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain"),
-            );
-            r
-        }
-        "/stats" => json(&serde_json::json!({
-            "accepted": ctx.stats.accepted.get(),
-            "refused_no_record": ctx.stats.refused_no_record.get(),
-            "refused_unknown_pod": ctx.stats.refused_unknown_pod.get(),
-            "refused_unknown_destination": ctx.stats.refused_unknown_destination.get(),
-            "http_requests": ctx.stats.http_requests.get(),
-            "tcp_connections": ctx.stats.tcp_connections.get(),
-            "config_reloads": ctx.stats.config_reloads.get(),
-            "config_rejections": ctx.stats.config_rejections.get(),
-            "upstream_rq_retry": ctx.stats.upstream_rq_retry.get(),
-            "upstream_rq_retry_limit_exceeded": ctx.stats.upstream_rq_retry_limit_exceeded.get(),
-            "upstream_rq_retry_success": ctx.stats.upstream_rq_retry_success.get(),
-            "retry_or_shadow_abandoned": ctx.stats.retry_or_shadow_abandoned.get(),
-            "upstream_rq_timeout": ctx.stats.upstream_rq_timeout.get(),
-            "upstream_rq_per_try_timeout": ctx.stats.upstream_rq_per_try_timeout.get(),
-            "fault_delays_injected": ctx.stats.fault_delays_injected.get(),
-            "fault_aborts_injected": ctx.stats.fault_aborts_injected.get(),
-            "mirror_requests": ctx.stats.mirror_requests.get(),
-            "mirror_dropped": ctx.stats.mirror_dropped.get(),
-            "cors_preflights_answered": ctx.stats.cors_preflights_answered.get(),
-            "upgrades": ctx.stats.upgrades.get(),
-            "kernel": (ctx.kernel_stats)(),
-            "clusters": cluster_stats(&ctx.state)
-                .into_iter()
-                .map(|(name, values)| {
-                    let values: serde_json::Map<String, serde_json::Value> = values
-                        .into_iter()
-                        .map(|(stat, n)| (stat.to_string(), n.into()))
-                        .collect();
-                    (name, serde_json::Value::Object(values))
-                })
-                .collect::<serde_json::Map<_, _>>(),
-        })),
+        "/stats/prometheus" | "/metrics" => prometheus(ctx),
+        "/stats" => stats(ctx, &req),
+        "/clusters" => clusters(ctx, &req),
         "/debug/connections" => json(&ctx.conn_log.snapshot()),
         "/config_status" => {
             let status = ctx
@@ -273,40 +245,101 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .unwrap_or_default();
             json(&status)
         }
-        "/config_dump" => {
-            let node = ctx.state.load();
-            let snap = &node.snapshot;
-            json(&serde_json::json!({
-                "services": snap.services.iter().map(|s| serde_json::json!({
-                    "host": s.hostname,
-                    "cluster_ips": s.cluster_ips,
-                    "ports": s.ports.iter().map(|p| serde_json::json!({"port": p.port, "protocol": format!("{:?}", p.protocol)})).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "virtual_services": snap.virtual_services.iter().map(|v| v.meta.display_name()).collect::<Vec<_>>(),
-                "destination_rules": snap.destination_rules.iter().map(|d| d.meta.display_name()).collect::<Vec<_>>(),
-                "captured_pods": node.pod_by_cgroup.values().map(|p| node.pod_name(*p)).collect::<Vec<_>>(),
-                "meshed_destinations": snap.meshed_destinations(),
-            }))
-        }
+        "/config_dump" => json(&config_dump::dump(ctx)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-/// Each cluster's counters by Envoy cluster name; clusters that share a name (kept apart only by the
-/// config that shaped them) are summed, as one Envoy name would show them.
-fn cluster_stats(state: &State) -> std::collections::BTreeMap<String, Vec<(&'static str, u64)>> {
-    let mut by_name: std::collections::BTreeMap<String, Vec<(&'static str, u64)>> =
-        std::collections::BTreeMap::new();
-    for cluster in state.clusters() {
-        let values = cluster.stats().values();
-        let entry = by_name
-            .entry(cluster.key.to_string())
-            .or_insert_with(|| values.iter().map(|(k, _)| (*k, 0)).collect());
-        for (slot, (_, n)) in entry.iter_mut().zip(values) {
-            slot.1 += n;
+/// Istio's standard metrics and Keel's own, in the Prometheus text format.
+fn prometheus(ctx: &AdminContext) -> Response<Full<Bytes>> {
+    let istio = ctx.metrics.encode();
+    let keel = envoy_stats::keel_facts(ctx).encode_prometheus();
+    match (istio, keel) {
+        (Ok(istio), Ok(keel)) => {
+            // One exposition: the first one's `# EOF` goes, the second's ends it.
+            let istio = istio.strip_suffix("# EOF\n").unwrap_or(&istio);
+            let mut r = Response::new(Full::new(Bytes::from(format!("{istio}{keel}"))));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r
+        }
+        _ => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+    }
+}
+
+/// `GET /stats`: Envoy's text or JSON (see [`envoy_stats`]); `?format=prometheus` as
+/// `/stats/prometheus`.
+fn stats(ctx: &AdminContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let q = match envoy_stats::parse_query(req.uri().query()) {
+        Ok(q) => q,
+        Err(why) => return owned_text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    if q.format == envoy_stats::Format::Prometheus {
+        return prometheus(ctx);
+    }
+    let lines = match &q.client {
+        Some(name) => match envoy_stats::client_id(ctx, name) {
+            Ok(id) => envoy_stats::cluster_lines(&ctx.state, Some(id)),
+            Err(why) => return owned_text(StatusCode::NOT_FOUND, format!("{why}\n")),
+        },
+        None => {
+            let mut lines = envoy_stats::cluster_lines(&ctx.state, None);
+            lines.extend(envoy_stats::keel_facts(ctx).stat_lines());
+            lines
+        }
+    };
+    let body = envoy_stats::render(lines, &q);
+    let content_type = match q.format {
+        envoy_stats::Format::Json => "application/json",
+        _ => "text/plain; charset=UTF-8",
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// `GET /clusters[?format=json][&client=<ns>/<pod>]` (see [`clusters`]).
+fn clusters(ctx: &AdminContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut as_json = false;
+    let mut client = None;
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        match (pair, pair.strip_prefix("client=")) {
+            ("" | "format=text", _) => {}
+            ("format=json", _) => as_json = true,
+            (_, Some(name)) => match envoy_stats::client_id(ctx, &percent_decode(name)) {
+                Ok(id) => client = Some(id),
+                Err(why) => return owned_text(StatusCode::NOT_FOUND, format!("{why}\n")),
+            },
+            _ => {
+                return owned_text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {pair:?}: format=json|text, client=<ns>/<pod>\n"),
+                )
+            }
         }
     }
-    by_name
+    let node = ctx.state.load();
+    let all = ctx.state.clusters();
+    if as_json {
+        return json(&clusters::json(&all, &node, client));
+    }
+    let mut r = Response::new(Full::new(Bytes::from(clusters::text(&all, &node, client))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    r
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
 }
 
 /// `GET /logging` shows the log filter; `POST /logging?level=<filter>` replaces it.

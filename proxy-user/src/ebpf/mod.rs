@@ -173,6 +173,19 @@ pub struct KernelStats {
     pub root_not_ancestor: u64,
     /// The object and this binary disagree on the ABI version: nothing is redirected.
     pub abi_mismatch: u64,
+    /// Entries and capacity of each map.
+    pub maps: Vec<MapOccupancy>,
+}
+
+/// How full one kernel map is.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MapOccupancy {
+    /// The map's name in the object (`CONN_BY_COOKIE`, ...).
+    pub map: &'static str,
+    /// Entries now.
+    pub entries: u64,
+    /// The most entries it holds.
+    pub capacity: u32,
 }
 
 /// What the kernel recorded about a redirected connection.
@@ -247,6 +260,8 @@ pub struct Redirector {
     meshed_current: HashSet<DestKey>,
     /// Mirror of `POD_CGROUPS` (this struct is its only writer).
     pods_current: StdHashMap<u64, u32>,
+    /// Capacity of each connection map (`--max-connections`).
+    conn_capacity: u32,
     /// Declared last so it is dropped after the programs are detached.
     _log: Option<LogPump>,
 }
@@ -353,6 +368,7 @@ impl Redirector {
             },
             meshed_current: HashSet::new(),
             pods_current: StdHashMap::new(),
+            conn_capacity: max_connections,
             _log: log,
         })
     }
@@ -449,7 +465,37 @@ impl Redirector {
             cb_flags_failed: read(proxy_common::STAT_CB_FLAGS_FAILED)?,
             root_not_ancestor: read(proxy_common::STAT_ROOT_NOT_ANCESTOR)?,
             abi_mismatch: read(proxy_common::STAT_ABI_MISMATCH)?,
+            maps: self.occupancy(),
         })
+    }
+
+    /// Entries and capacity of each map. The destination and pod maps are read from their exact
+    /// mirrors; the connection maps are counted by walking their keys (bounded by their capacity,
+    /// one syscall per entry: an admin read, never on the request path).
+    pub fn occupancy(&self) -> Vec<MapOccupancy> {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        vec![
+            MapOccupancy {
+                map: proxy_common::MESHED_DESTS,
+                entries: count(self.meshed_current.len()),
+                capacity: MESHED_DESTS_MAX,
+            },
+            MapOccupancy {
+                map: proxy_common::POD_CGROUPS,
+                entries: count(self.pods_current.len()),
+                capacity: POD_CGROUPS_MAX,
+            },
+            MapOccupancy {
+                map: proxy_common::CONN_BY_COOKIE,
+                entries: count(self.cookies.keys().filter(Result::is_ok).count()),
+                capacity: self.conn_capacity,
+            },
+            MapOccupancy {
+                map: proxy_common::CONN_BY_TUPLE,
+                entries: count(self.conns.map.keys().filter(Result::is_ok).count()),
+                capacity: self.conn_capacity,
+            },
+        ]
     }
 
     /// Delete cookie records that never reached ESTABLISHED and are older than `max_age`, and

@@ -112,6 +112,7 @@ pub async fn forward(
     loop {
         attempt += 1;
         let picked = pick(ctx, target, retry, hashing, &tried).await?;
+        let cluster_stats = picked.client().stats();
         let endpoint = picked.addr();
         tried.push(endpoint);
         let upstream_req = req.build(endpoint, attempt, upstream_h2, body.attempt())?;
@@ -128,12 +129,20 @@ pub async fn forward(
         let (outcome, response) = match result {
             None => {
                 ctx.stats.upstream_rq_per_try_timeout.inc();
+                cluster_stats.inc(|s| &s.upstream_rq_total);
+                cluster_stats.inc(|s| &s.upstream_rq_per_try_timeout);
+                cluster_stats.code(504);
                 (AttemptOutcome::PerTryTimeout, None)
             }
-            Some(Ok(resp)) => (
-                AttemptOutcome::from_response(resp.status().as_u16(), resp.headers()),
-                Some(resp),
-            ),
+            Some(Ok(resp)) => {
+                cluster_stats.inc(|s| &s.upstream_rq_total);
+                cluster_stats.inc(|s| &s.upstream_rq_completed);
+                cluster_stats.code(resp.status().as_u16());
+                (
+                    AttemptOutcome::from_response(resp.status().as_u16(), resp.headers()),
+                    Some(resp),
+                )
+            }
             // A circuit breaker refused: 503 UO at once, never retried, not an endpoint failure.
             Some(Err(e)) if e.is_overflow() => {
                 flags.set(ResponseFlag::UpstreamOverflow);
@@ -144,11 +153,14 @@ pub async fn forward(
             Some(Err(e)) if e.is_connect() => {
                 tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream connect failed");
                 transport_failure = e.transport_failure().map(str::to_owned);
+                cluster_stats.code(503);
                 (AttemptOutcome::ConnectFailure, None)
             }
             Some(Err(e)) => {
                 tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream request failed");
                 stream_reset = e.is_stream_reset();
+                cluster_stats.inc(|s| &s.upstream_rq_total);
+                cluster_stats.code(503);
                 (
                     AttemptOutcome::Reset {
                         refused_stream: e.is_refused_stream(),
@@ -175,6 +187,7 @@ pub async fn forward(
             if body.replayable() {
                 _retrying = retry_slot.flatten();
                 ctx.stats.upstream_rq_retry.inc();
+                picked.client().stats().inc(|s| &s.upstream_rq_retry);
                 // Dropping an unread response closes its HTTP/1 connection; the pool dials anew.
                 drop(response);
                 drop(picked);
@@ -186,8 +199,10 @@ pub async fn forward(
         } else if retriable && retry.num_retries > 0 {
             flags.set(ResponseFlag::UpstreamRetryLimitExceeded);
             ctx.stats.upstream_rq_retry_limit_exceeded.inc();
+            cluster_stats.inc(|s| &s.upstream_rq_retry_limit_exceeded);
         } else if attempt > 1 {
             ctx.stats.upstream_rq_retry_success.inc();
+            cluster_stats.inc(|s| &s.upstream_rq_retry_success);
         }
         if let Some(flag) = outcome.flag() {
             flags.set(if stream_reset {
@@ -229,7 +244,15 @@ async fn pick(
     let picked = target.pick(&ctx.pick_request(avoid, hashing.hash)).await;
     picked.map_err(|e| match e {
         PickError::NoCluster => LocalReply::ClusterNotFound,
-        PickError::NoHealthyUpstream => LocalReply::NoHealthyUpstream,
+        PickError::NoHealthyUpstream => {
+            if let Some(cluster) = target.cluster() {
+                cluster
+                    .client(ctx.client_id())
+                    .stats()
+                    .inc(|s| &s.upstream_cx_none_healthy);
+            }
+            LocalReply::NoHealthyUpstream
+        }
     })
 }
 

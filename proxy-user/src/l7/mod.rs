@@ -434,6 +434,11 @@ where
             Ok(r) => r,
             Err(_) => {
                 ctx.stats.upstream_rq_timeout.inc();
+                if let Some(cluster) = chosen.target.cluster() {
+                    let stats = cluster.client(ctx.client_id());
+                    stats.stats().inc(|s| &s.upstream_rq_timeout);
+                    stats.stats().code(504);
+                }
                 Err(LocalReply::UpstreamTimeout)
             }
         },

@@ -14,6 +14,7 @@
 //! `keel_metrics_series_overflow_total`.
 
 pub mod access_log;
+pub mod keel;
 pub mod labels;
 pub mod log_sink;
 pub mod span;

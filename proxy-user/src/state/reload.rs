@@ -54,6 +54,8 @@ pub struct Reloaded {
     pub serving: policy::Snapshot,
     /// Rejected resources that kept serving their previous version.
     pub kept_previous: usize,
+    /// Those resources: `(kind, namespace as written, name)`.
+    pub kept: Vec<(String, Option<String>, String)>,
 }
 
 /// Loads the config directory, remembering the last accepted version of each resource.
@@ -127,6 +129,7 @@ impl Reloader {
             keys.push(key);
         }
         let mut kept_previous = 0;
+        let mut kept = Vec::new();
         let on_disk_snapshot = std::mem::take(&mut on_disk.snapshot);
         let serving = if replaced.is_empty() {
             on_disk_snapshot
@@ -142,6 +145,7 @@ impl Reloader {
                 if let Some(prev) = self.last_good.get(key) {
                     serving_docs.push(prev.clone());
                     kept_previous += 1;
+                    kept.push(key.clone());
                 }
             }
             policy::build(&serving_docs).snapshot
@@ -160,6 +164,7 @@ impl Reloader {
             on_disk,
             serving,
             kept_previous,
+            kept,
         })
     }
 

@@ -70,6 +70,14 @@ impl Limits {
     }
 }
 
+/// Envoy's names of the breaker gauges, under the cluster.
+pub const OPEN_GAUGES: [&str; 4] = [
+    "circuit_breakers.default.cx_open",
+    "circuit_breakers.default.rq_pending_open",
+    "circuit_breakers.default.rq_open",
+    "circuit_breakers.default.rq_retry_open",
+];
+
 /// What a breaker counts.
 #[derive(Debug, Default)]
 pub struct Breaker {
@@ -166,12 +174,51 @@ impl Breaker {
     pub fn requests(&self) -> u32 {
         self.requests.load(Ordering::Acquire)
     }
+
+    /// Envoy's `circuit_breakers.default.*_open` gauges under `limits`, named as
+    /// [`OPEN_GAUGES`]: 1 while a limit is reached (the next connection, queued request, request or
+    /// retry would overflow), else 0.
+    pub fn open_gauges(&self, limits: &Limits) -> [(&'static str, u64); 4] {
+        let at = |count: &AtomicU32, limit: u32| u64::from(count.load(Ordering::Acquire) >= limit);
+        let retry_limit = match limits.retries {
+            RetryLimit::Max(n) => n,
+            RetryLimit::Budget {
+                percent,
+                min_concurrency,
+            } => {
+                let active = self.requests() + self.pending();
+                ((percent / 100.0 * f64::from(active)).floor() as u32).max(min_concurrency)
+            }
+        };
+        let [cx, pending, rq, retry] = OPEN_GAUGES;
+        [
+            (cx, at(&self.connections, limits.max_connections)),
+            (pending, at(&self.pending, limits.max_pending_requests)),
+            (rq, at(&self.requests, limits.max_requests)),
+            (retry, at(&self.retries, retry_limit)),
+        ]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{ConnectionPool, RetryBudget};
+
+    #[test]
+    fn open_gauges_say_which_limit_is_reached() {
+        let limits = Limits {
+            max_connections: 1,
+            max_pending_requests: 2,
+            ..Limits::default()
+        };
+        let b = Breaker::default();
+        assert!(b.open_gauges(&limits).iter().all(|(_, v)| *v == 0));
+        assert!(b.try_connection(&limits, false));
+        assert!(b.try_pending(&limits));
+        let open: Vec<u64> = b.open_gauges(&limits).iter().map(|(_, v)| *v).collect();
+        assert_eq!(open, vec![1, 0, 0, 0]);
+    }
 
     fn limits(cx: u32, pending: u32, rq: u32, retries: u32) -> Limits {
         Limits::from_policy(&ClusterPolicy {

@@ -16,7 +16,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use super::cluster::EndpointSet;
 use super::lb::{Balancer, Host, HostSet};
 use super::locality::{self, Plan, Topology};
-use super::outlier::{HostResult, OutlierDetector, OutlierStats};
+use super::outlier::{HostResult, OutlierDetector, OutlierSinks, OutlierStats};
 use super::policy::ClusterPolicy;
 use super::pool::{ClientPool, PoolConfig};
 use super::slow_start;
@@ -97,6 +97,28 @@ impl ClientTable {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// The state of `id`, if it has any (never creates it).
+    pub(super) fn get(&self, id: ClientId) -> Option<Arc<ClientCluster>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Every client with state now, by id (admin).
+    pub(super) fn all(&self) -> Vec<(ClientId, Arc<ClientCluster>)> {
+        let mut all: Vec<_> = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, c)| (*id, Arc::clone(c)))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
     /// Drop state nobody has used for [`IDLE_RECLAIM`] and nobody holds.
     fn reclaim_idle(&self, clients: &mut HashMap<ClientId, Arc<ClientCluster>>) {
         let mut last = self.last_reclaim.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,6 +179,23 @@ impl Drop for ClientCluster {
     }
 }
 
+/// One endpoint as one client sees it (admin `/clusters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostView {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// Its balancer weight.
+    pub weight: u32,
+    /// Requests (or TCP connections) this client sent it.
+    pub rq_total: u64,
+    /// Of those, in flight now.
+    pub rq_active: u32,
+    /// This client's connections to it, open or being opened.
+    pub cx_active: u32,
+    /// Ejected by this client's outlier detection now.
+    pub ejected: bool,
+}
+
 /// Counts one request in flight on an endpoint until dropped.
 #[derive(Debug)]
 pub struct InFlight {
@@ -187,8 +226,13 @@ impl ClientCluster {
             .locality()
             .filter(|l| failover || !l.distribute.is_empty())
             .cloned();
+        let pool = Arc::new(ClientPool::new(Arc::clone(pool)));
         let outlier = policy.outlier_detection.as_ref().map(|od| {
-            OutlierDetector::new(od, Arc::clone(outlier_stats), endpoints, Instant::now())
+            let sinks = OutlierSinks::new(
+                Arc::clone(outlier_stats),
+                Arc::clone(&pool.stats().client.outlier),
+            );
+            OutlierDetector::new(od, sinks, endpoints, Instant::now())
         });
         Self {
             hosts: ArcSwap::from_pointee(HostSet::default()),
@@ -199,8 +243,37 @@ impl ClientCluster {
             warmup: policy.slow_start().cloned(),
             outlier,
             last_used: AtomicU64::new(0),
-            pool: Arc::new(ClientPool::new(Arc::clone(pool))),
+            pool,
         }
+    }
+
+    /// This client's counters for the cluster, and the cluster's sums.
+    pub fn stats(&self) -> &super::stats::StatsPair {
+        self.pool.stats()
+    }
+
+    /// This client's view of each endpoint of `set`, for the admin API: address, weight, requests
+    /// sent and in flight, connections, and whether outlier detection ejects it now.
+    pub fn host_views(&self, set: &EndpointSet) -> Vec<HostView> {
+        let hosts = self.hosts.load();
+        let now = Instant::now();
+        set.addrs
+            .iter()
+            .map(|addr| {
+                let host = hosts.hosts.iter().find(|h| h.addr == *addr);
+                HostView {
+                    addr: *addr,
+                    weight: host.map_or(1, |h| h.weight()),
+                    rq_total: host.map_or(0, |h| h.total()),
+                    rq_active: host.map_or(0, |h| h.active()),
+                    cx_active: self.pool.connections_to(*addr),
+                    ejected: self
+                        .outlier
+                        .as_ref()
+                        .is_some_and(|od| od.is_ejected(*addr, now)),
+                }
+            })
+            .collect()
     }
 
     /// This client's connection pools and circuit breaker for the cluster.

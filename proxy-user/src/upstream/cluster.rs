@@ -223,6 +223,16 @@ impl Cluster {
         })
     }
 
+    /// The state of `client` for this cluster, if it has any (admin; never creates state).
+    pub fn client_state(&self, client: ClientId) -> Option<Arc<ClientCluster>> {
+        self.clients.get(client)
+    }
+
+    /// Every client with state for this cluster now, by id (admin).
+    pub fn client_states(&self) -> Vec<(ClientId, Arc<ClientCluster>)> {
+        self.clients.all()
+    }
+
     /// Number of clients with state for this cluster (admin, memory accounting).
     pub fn client_count(&self) -> usize {
         self.clients.len()

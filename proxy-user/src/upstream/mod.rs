@@ -47,6 +47,10 @@ pub struct ClusterKey {
 
 impl std::fmt::Display for ClusterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Istio's passthrough cluster has no port or subset in its name.
+        if self.port == 0 && self.subset.is_none() && self.host == "PassthroughCluster" {
+            return f.write_str(&self.host);
+        }
         write!(
             f,
             "outbound|{}|{}|{}",
@@ -349,6 +353,18 @@ mod tests {
         assert!(Arc::ptr_eq(&c1, &c2));
         assert!(pick(&c1, 1).await.is_none());
         assert_eq!(key(Some("v1")).to_string(), "outbound|80|v1|a");
+    }
+
+    #[test]
+    fn names_are_envoys() {
+        assert_eq!(key(None).to_string(), "outbound|80||a");
+        let passthrough = ClusterKey {
+            host: "PassthroughCluster".into(),
+            port: 0,
+            subset: None,
+            scope: String::new(),
+        };
+        assert_eq!(passthrough.to_string(), "PassthroughCluster");
     }
 
     fn located(i: u8, loc: &str) -> ClusterEndpoint {

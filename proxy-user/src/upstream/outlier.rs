@@ -166,8 +166,50 @@ impl OutlierStats {
     }
 }
 
-fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+/// Where a detector counts: its cluster's sums and, per client pod, the client's own counters
+/// (two atomics per event, never a lock).
+#[derive(Debug)]
+pub struct OutlierSinks {
+    cluster: Arc<OutlierStats>,
+    client: Option<Arc<OutlierStats>>,
+}
+
+impl OutlierSinks {
+    /// Counts into `cluster` and `client`.
+    pub fn new(cluster: Arc<OutlierStats>, client: Arc<OutlierStats>) -> Self {
+        Self {
+            cluster,
+            client: Some(client),
+        }
+    }
+
+    fn inc(&self, f: impl Fn(&OutlierStats) -> &AtomicU64) {
+        self.add(f, 1);
+    }
+
+    fn add(&self, f: impl Fn(&OutlierStats) -> &AtomicU64, n: u64) {
+        f(&self.cluster).fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = &self.client {
+            f(c).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn sub(&self, f: impl Fn(&OutlierStats) -> &AtomicU64, n: u64) {
+        f(&self.cluster).fetch_sub(n, Ordering::Relaxed);
+        if let Some(c) = &self.client {
+            f(c).fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl From<Arc<OutlierStats>> for OutlierSinks {
+    /// Cluster sums only (tests, node-wide state).
+    fn from(cluster: Arc<OutlierStats>) -> Self {
+        Self {
+            cluster,
+            client: None,
+        }
+    }
 }
 
 /// Why a host is ejected.
@@ -270,7 +312,7 @@ pub struct OutlierDetector {
     created: Instant,
     /// Hosts ejected now (mirrors the map; written under the lock).
     ejected: AtomicUsize,
-    stats: Arc<OutlierStats>,
+    stats: OutlierSinks,
     state: Mutex<State>,
 }
 
@@ -278,7 +320,7 @@ impl OutlierDetector {
     /// A detector for `hosts`, created at `now` (its sweeps run every `interval` from `now`).
     pub fn new(
         od: &OutlierDetection,
-        stats: Arc<OutlierStats>,
+        stats: impl Into<OutlierSinks>,
         hosts: &[SocketAddr],
         now: Instant,
     ) -> Self {
@@ -309,7 +351,7 @@ impl OutlierDetector {
             settings,
             created: now,
             ejected: AtomicUsize::new(0),
-            stats,
+            stats: stats.into(),
             state: Mutex::new(State::default()),
         };
         detector.set_hosts(hosts);
@@ -342,9 +384,7 @@ impl OutlierDetector {
         state.sweeps = due;
         if unejected > 0 {
             self.ejected.fetch_sub(unejected, Ordering::Relaxed);
-            self.stats
-                .ejections_active
-                .fetch_sub(unejected as u64, Ordering::Relaxed);
+            self.stats.sub(|s| &s.ejections_active, unejected as u64);
         }
     }
 
@@ -368,8 +408,7 @@ impl OutlierDetector {
         if removed_ejected > 0 {
             self.ejected.fetch_sub(removed_ejected, Ordering::Relaxed);
             self.stats
-                .ejections_active
-                .fetch_sub(removed_ejected as u64, Ordering::Relaxed);
+                .sub(|s| &s.ejections_active, removed_ejected as u64);
         }
     }
 
@@ -511,17 +550,17 @@ impl OutlierDetector {
         let s = &self.settings;
         match kind {
             Kind::Consecutive5xx => {
-                inc(&self.stats.ejections_detected_consecutive_5xx);
+                self.stats.inc(|s| &s.ejections_detected_consecutive_5xx);
                 h.consecutive_5xx = 0;
             }
             Kind::ConsecutiveGateway => {
-                inc(&self.stats.ejections_detected_consecutive_gateway_failure);
+                self.stats
+                    .inc(|s| &s.ejections_detected_consecutive_gateway_failure);
                 h.consecutive_gateway = 0;
             }
             Kind::ConsecutiveLocalOrigin => {
-                inc(&self
-                    .stats
-                    .ejections_detected_consecutive_local_origin_failure);
+                self.stats
+                    .inc(|s| &s.ejections_detected_consecutive_local_origin_failure);
                 h.consecutive_local_origin = 0;
             }
         }
@@ -529,11 +568,11 @@ impl OutlierDetector {
         let ejected = self.ejected_count() as u64;
         let total = total_hosts.max(1) as u64;
         if 100 * ejected >= s.max_ejection_percent * total {
-            inc(&self.stats.ejections_overflow);
+            self.stats.inc(|s| &s.ejections_overflow);
             return;
         }
         if kind == Kind::Consecutive5xx {
-            inc(&self.stats.ejections_total);
+            self.stats.inc(|s| &s.ejections_total);
         }
         if kind == Kind::ConsecutiveGateway && !s.gateway_enforced {
             return;
@@ -553,16 +592,12 @@ impl OutlierDetector {
         let uneject_at = u64::try_from(until.div_ceil(interval)).unwrap_or(u64::MAX);
         h.uneject_at = uneject_at.max(sweeps + 1);
         self.ejected.fetch_add(1, Ordering::Relaxed);
-        inc(&self.stats.ejections_active);
-        inc(&self.stats.ejections_enforced_total);
-        inc(match kind {
-            Kind::Consecutive5xx => &self.stats.ejections_enforced_consecutive_5xx,
-            Kind::ConsecutiveGateway => &self.stats.ejections_enforced_consecutive_gateway_failure,
-            Kind::ConsecutiveLocalOrigin => {
-                &self
-                    .stats
-                    .ejections_enforced_consecutive_local_origin_failure
-            }
+        self.stats.inc(|s| &s.ejections_active);
+        self.stats.inc(|s| &s.ejections_enforced_total);
+        self.stats.inc(|s| match kind {
+            Kind::Consecutive5xx => &s.ejections_enforced_consecutive_5xx,
+            Kind::ConsecutiveGateway => &s.ejections_enforced_consecutive_gateway_failure,
+            Kind::ConsecutiveLocalOrigin => &s.ejections_enforced_consecutive_local_origin_failure,
         });
     }
 
@@ -606,9 +641,7 @@ impl Drop for OutlierDetector {
     fn drop(&mut self) {
         let ejected = self.ejected_count() as u64;
         if ejected > 0 {
-            self.stats
-                .ejections_active
-                .fetch_sub(ejected, Ordering::Relaxed);
+            self.stats.sub(|s| &s.ejections_active, ejected);
         }
     }
 }

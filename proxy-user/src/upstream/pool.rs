@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use super::breaker::{Breaker, Limits};
 use super::connect::{self, ConnectError, ConnectOptions, Originate, UpstreamIo};
 use super::policy::ClusterPolicy;
-use super::stats::ClusterStats;
+use super::stats::{ClusterStats, StatsPair};
 use super::tls::{Alpn, ClusterTls};
 use crate::policy::Http2KeepAlive;
 
@@ -275,6 +275,8 @@ impl EndpointPool {
 /// One client's pools and breaker for one cluster.
 pub struct ClientPool {
     config: Arc<PoolConfig>,
+    /// This client's counters and the cluster's sums.
+    stats: StatsPair,
     breaker: Breaker,
     endpoints: Mutex<HashMap<PoolKey, Arc<EndpointPool>>>,
 }
@@ -309,7 +311,7 @@ struct PendingSlot(Arc<ClientPool>);
 impl Drop for PendingSlot {
     fn drop(&mut self) {
         self.0.breaker.release_pending();
-        self.0.config.stats.upstream_rq_pending_active.dec();
+        self.0.stats.down(|s| &s.upstream_rq_pending_active);
     }
 }
 
@@ -319,7 +321,7 @@ struct RequestSlot(Arc<ClientPool>);
 impl Drop for RequestSlot {
     fn drop(&mut self) {
         self.0.breaker.release_request();
-        self.0.config.stats.upstream_rq_active.dec();
+        self.0.stats.down(|s| &s.upstream_rq_active);
     }
 }
 
@@ -433,6 +435,7 @@ impl ClientPool {
     /// Empty pools with `config`'s limits.
     pub fn new(config: Arc<PoolConfig>) -> Self {
         Self {
+            stats: StatsPair::new(&config.stats),
             config,
             breaker: Breaker::default(),
             endpoints: Mutex::new(HashMap::new()),
@@ -442,6 +445,22 @@ impl ClientPool {
     /// The cluster's pool settings.
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// This client's counters and its cluster's.
+    pub fn stats(&self) -> &StatsPair {
+        &self.stats
+    }
+
+    /// Connections open or being opened to `addr` (every SNI pool of it).
+    pub fn connections_to(&self, addr: SocketAddr) -> u32 {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|ep| ep.addr == addr)
+            .map(|ep| ep.lock().connections)
+            .sum()
     }
 
     /// The breaker's counts (tests, admin).
@@ -522,7 +541,7 @@ impl ClientPool {
         if self.breaker.try_retry(&self.config.limits) {
             Some(RetrySlot(Arc::clone(self)))
         } else {
-            self.config.stats.upstream_rq_retry_overflow.inc();
+            self.stats.inc(|s| &s.upstream_rq_retry_overflow);
             None
         }
     }
@@ -530,20 +549,20 @@ impl ClientPool {
     fn request_slot(self: &Arc<Self>) -> Result<RequestSlot, SendError> {
         if !self.breaker.try_request(&self.config.limits) {
             // Envoy counts `max_requests` overflow as a pending overflow.
-            self.config.stats.upstream_rq_pending_overflow.inc();
+            self.stats.inc(|s| &s.upstream_rq_pending_overflow);
             return Err(SendError::Overflow);
         }
-        self.config.stats.upstream_rq_active.inc();
+        self.stats.up(|s| &s.upstream_rq_active);
         Ok(RequestSlot(Arc::clone(self)))
     }
 
     fn pending_slot(self: &Arc<Self>) -> Result<PendingSlot, SendError> {
         if !self.breaker.try_pending(&self.config.limits) {
-            self.config.stats.upstream_rq_pending_overflow.inc();
+            self.stats.inc(|s| &s.upstream_rq_pending_overflow);
             return Err(SendError::Overflow);
         }
-        self.config.stats.upstream_rq_pending_total.inc();
-        self.config.stats.upstream_rq_pending_active.inc();
+        self.stats.inc(|s| &s.upstream_rq_pending_total);
+        self.stats.up(|s| &s.upstream_rq_pending_active);
         Ok(PendingSlot(Arc::clone(self)))
     }
 
@@ -560,7 +579,7 @@ impl ClientPool {
             return None;
         }
         st.connections += 1;
-        self.config.stats.upstream_cx_active.inc();
+        self.stats.up(|s| &s.upstream_cx_active);
         Some(ConnSlot {
             pool: Arc::clone(self),
             ep: Arc::clone(ep),
@@ -573,14 +592,14 @@ impl ClientPool {
         slot.armed = false;
         st.connections = st.connections.saturating_sub(1);
         self.breaker.release_connection();
-        self.config.stats.upstream_cx_active.dec();
+        self.stats.down(|s| &s.upstream_cx_active);
     }
 
     fn release_connection(self: &Arc<Self>, ep: &Arc<EndpointPool>) {
         let mut st = ep.lock();
         st.connections = st.connections.saturating_sub(1);
         self.breaker.release_connection();
-        self.config.stats.upstream_cx_active.dec();
+        self.stats.down(|s| &s.upstream_cx_active);
         // The freed capacity goes to the longest-waiting request, HTTP/1.1 first.
         while !st.waiters_h1.is_empty() || !st.waiters_h2.is_empty() {
             let Some(slot) = self.try_reserve(ep, &mut st) else {
@@ -620,7 +639,7 @@ impl ClientPool {
         if let Some(slot) = self.try_reserve(ep, &mut st) {
             return Ok(Step::Dial(slot, pending));
         }
-        self.config.stats.upstream_cx_overflow.inc();
+        self.stats.inc(|s| &s.upstream_cx_overflow);
         let (tx, rx) = oneshot::channel();
         st.waiters_h1.push_back(tx);
         Ok(Step::Wait(rx, pending))
@@ -707,7 +726,7 @@ impl ClientPool {
             .is_some_and(|max| served >= max);
         if !complete || at_max || conn.shared.draining() || conn.sender.is_closed() {
             if complete && at_max {
-                self.config.stats.upstream_cx_max_requests.inc();
+                self.stats.inc(|s| &s.upstream_cx_max_requests);
             }
             conn.shared.draining.store(true, Ordering::Release);
             conn.shared.in_use.store(0, Ordering::Release);
@@ -754,7 +773,7 @@ impl ClientPool {
                 .is_some_and(|max| served >= max)
             {
                 conn.shared.draining.store(true, Ordering::Release);
-                self.config.stats.upstream_cx_max_requests.inc();
+                self.stats.inc(|s| &s.upstream_cx_max_requests);
             }
             return Ok(Step::Ready(conn));
         }
@@ -764,7 +783,7 @@ impl ClientPool {
                 st.h2_connecting += 1;
                 return Ok(Step::Dial(slot, pending));
             }
-            self.config.stats.upstream_cx_overflow.inc();
+            self.stats.inc(|s| &s.upstream_cx_overflow);
         }
         // A connection is on its way (or none may be opened): wait for capacity.
         let (tx, rx) = oneshot::channel();
@@ -852,7 +871,7 @@ impl ClientPool {
         let conn = H2Conn { sender, shared };
         if self.config.max_requests_per_connection == Some(1) {
             conn.shared.draining.store(true, Ordering::Release);
-            self.config.stats.upstream_cx_max_requests.inc();
+            self.stats.inc(|s| &s.upstream_cx_max_requests);
         }
         {
             let mut st = ep.lock();
@@ -879,9 +898,9 @@ impl ClientPool {
 
     /// Open a connection for `ep`'s pool, with TLS offering `alpn` when the cluster has `tls`.
     async fn dial(&self, ep: &EndpointPool, alpn: Alpn) -> Result<UpstreamIo, SendError> {
-        let stats = &self.config.stats;
+        let stats = &self.stats;
         let endpoint = ep.addr;
-        stats.upstream_cx_total.inc();
+        stats.inc(|s| &s.upstream_cx_total);
         let tls = self.config.tls.as_ref().map(|tls| Originate {
             tls,
             alpn,
@@ -891,9 +910,9 @@ impl ClientPool {
         match connect::dial(endpoint, &self.config.connect, tls).await {
             Ok(io) => Ok(io),
             Err(e) => {
-                stats.upstream_cx_connect_fail.inc();
+                stats.inc(|s| &s.upstream_cx_connect_fail);
                 if matches!(e, ConnectError::Timeout) {
-                    stats.upstream_cx_connect_timeout.inc();
+                    stats.inc(|s| &s.upstream_cx_connect_timeout);
                 }
                 Err(SendError::Connect {
                     endpoint,
@@ -918,7 +937,7 @@ impl ClientPool {
             idle: self.config.idle_timeout,
             max_duration: self.config.max_connection_duration,
         };
-        let stats = Arc::clone(&self.config.stats);
+        let stats = self.stats.clone();
         *shared.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tokio::spawn(async move {
             if let Err(e) = drive(conn, &shared, timers, &stats).await {
@@ -945,7 +964,7 @@ impl ClientPool {
             self.try_reserve(&ep, &mut st)
         };
         let Some(slot) = slot else {
-            self.config.stats.upstream_cx_overflow.inc();
+            self.stats.inc(|s| &s.upstream_cx_overflow);
             return Err(SendError::Overflow);
         };
         let io = self.dial(&ep, Alpn::None).await?;
@@ -953,7 +972,7 @@ impl ClientPool {
             io,
             idle_timeout: self.config.tcp_idle_timeout,
             max_duration: self.config.max_connection_duration,
-            stats: Arc::clone(&self.config.stats),
+            stats: self.stats.clone(),
             _slot: slot,
         })
     }
@@ -1021,7 +1040,7 @@ async fn drive<F, E>(
     conn: F,
     shared: &ConnShared,
     timers: Timers,
-    stats: &ClusterStats,
+    stats: &StatsPair,
 ) -> Result<(), E>
 where
     F: Future<Output = Result<(), E>>,
@@ -1062,7 +1081,7 @@ where
         let busy = shared.busy();
         if let Some(max) = timers.max_duration {
             if now >= born + max && !shared.draining.swap(true, Ordering::AcqRel) {
-                stats.upstream_cx_max_duration_reached.inc();
+                stats.inc(|s| &s.upstream_cx_max_duration_reached);
             }
         }
         if shared.draining() && !busy {
@@ -1071,7 +1090,7 @@ where
         if let Some(idle) = timers.idle {
             let since = at_ms(shared.idle_since.load(Ordering::Acquire));
             if !busy && now >= since + idle {
-                stats.upstream_cx_idle_timeout.inc();
+                stats.inc(|s| &s.upstream_cx_idle_timeout);
                 shared.draining.store(true, Ordering::Release);
                 return Ok(());
             }
@@ -1087,19 +1106,19 @@ pub struct TcpConn {
     pub idle_timeout: Option<Duration>,
     /// Close the relay at this age (`maxConnectionDuration`).
     pub max_duration: Option<Duration>,
-    stats: Arc<ClusterStats>,
+    stats: StatsPair,
     _slot: ConnSlot,
 }
 
 impl TcpConn {
     /// The relay was closed for idleness.
     pub fn count_idle_timeout(&self) {
-        self.stats.upstream_cx_idle_timeout.inc();
+        self.stats.inc(|s| &s.upstream_cx_idle_timeout);
     }
 
     /// The relay was closed at its maximum age.
     pub fn count_max_duration(&self) {
-        self.stats.upstream_cx_max_duration_reached.inc();
+        self.stats.inc(|s| &s.upstream_cx_max_duration_reached);
     }
 }
 
@@ -1744,7 +1763,7 @@ mod tests {
             std::mem::size_of::<ClientPool>(),
         );
         assert!(
-            per_pair > 0 && per_pair <= 768,
+            per_pair > 0 && per_pair <= 1280,
             "{per_pair} bytes per idle pair"
         );
         // Each endpoint a client has used adds its endpoint pool (until it is gone and unused).

@@ -521,9 +521,9 @@ fn validate(keel_bin: &Path, dir: &Path) -> Result<(std::process::ExitStatus, St
 }
 
 fn reloads(keel: &Keel) -> Result<u64> {
-    keel.stats()?["config_reloads"]
+    keel.stats()?["keel.config_reloads"]
         .as_u64()
-        .context("/stats has no config_reloads")
+        .context("/stats has no keel.config_reloads")
 }
 
 /// Waits until keel counted a reload since `before` and svc-0 answers from `version`.

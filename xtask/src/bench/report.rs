@@ -689,7 +689,7 @@ const METHOD: &str = "## How it was measured
   client's connect() and are charged to the client, not to Keel.
 - Memory: VmRSS of the mode's proxy processes after each run (median over rounds).
 - Every run checks that the proxies' request counters (Envoy `cluster.*.upstream_rq_total`, Keel
-  `/stats` `http_requests`) moved by the number of requests oha completed, and that all answers were 200.
+  `/stats` `keel.http_requests`) moved by the number of requests oha completed, and that all answers were 200.
 ";
 
 /// The machine facts that need no bench tool: cores, CPU model, kernel, memory.

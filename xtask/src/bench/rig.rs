@@ -929,10 +929,10 @@ fn read_source(tools: &Tools, s: &Source) -> Result<u64> {
             Ok(envoy::sum_upstream_rq(&r.text(), prefix))
         }
         Source::Keel { admin } => {
-            let v = keel_tests::admin_get(*admin, "/stats")?;
-            v["http_requests"]
+            let v = keel_tests::admin_stats(*admin)?;
+            v["keel.http_requests"]
                 .as_u64()
-                .context("keel's /stats has no numeric http_requests")
+                .context("keel's /stats has no numeric keel.http_requests")
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod hash_key;
 pub mod simple;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::policy::{HashAlgorithm, LoadBalancer};
@@ -36,6 +36,8 @@ pub struct Host {
     weight: u32,
     /// This client's requests (or TCP connections) in flight to the endpoint.
     active: AtomicU32,
+    /// This client's requests (or TCP connections) sent to the endpoint so far (admin `rq_total`).
+    total: AtomicU64,
 }
 
 impl Host {
@@ -45,12 +47,18 @@ impl Host {
             addr,
             weight: weight.max(1),
             active: AtomicU32::new(0),
+            total: AtomicU64::new(0),
         }
     }
 
     /// Requests currently in flight.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Relative weight.
@@ -61,6 +69,7 @@ impl Host {
     /// Count one more request in flight; [`Host::end`] undoes it.
     pub fn begin(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one request in flight less.
