@@ -93,6 +93,15 @@ impl ClientTable {
         c
     }
 
+    /// The state of `id`, if it has any (never creates it).
+    pub(super) fn get(&self, id: ClientId) -> Option<Arc<ClientCluster>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -201,6 +210,14 @@ impl ClientCluster {
             last_used: AtomicU64::new(0),
             pool: Arc::new(ClientPool::new(Arc::clone(pool))),
         }
+    }
+
+    /// Whether this client's outlier detection has `host` ejected now; `None` when the cluster has
+    /// no outlier detection.
+    pub fn is_ejected(&self, host: SocketAddr) -> Option<bool> {
+        self.outlier
+            .as_ref()
+            .map(|od| od.is_ejected(host, Instant::now()))
     }
 
     /// This client's connection pools and circuit breaker for the cluster.

@@ -223,6 +223,11 @@ impl Cluster {
         })
     }
 
+    /// The state of `client` for this cluster if it has used it (admin, `keel explain`).
+    pub fn client_state(&self, client: ClientId) -> Option<Arc<ClientCluster>> {
+        self.clients.get(client)
+    }
+
     /// Number of clients with state for this cluster (admin, memory accounting).
     pub fn client_count(&self) -> usize {
         self.clients.len()
