@@ -431,7 +431,8 @@ pub fn retry_budget(b: &RetryBudget) -> String {
 
 /// A fault's delay and abort with their percentages.
 pub fn fault(f: &Fault) -> String {
-    let pct = |p: Option<f64>| p.map_or_else(|| "0% (no percentage)".to_string(), |p| format!("{p}%"));
+    let pct =
+        |p: Option<f64>| p.map_or_else(|| "0% (no percentage)".to_string(), |p| format!("{p}%"));
     let mut parts = Vec::new();
     if let Some(d) = &f.delay {
         parts.push(format!(

@@ -255,10 +255,7 @@ pub fn explain(
     let catalog = Catalog::new(snapshot);
     let (dst, service) = resolve(snapshot, &catalog, &client.namespace, &host, port)?;
     let method = query.method.clone().unwrap_or_else(|| "GET".to_string());
-    let path = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let authority = uri
         .authority()
         .map_or(host.clone(), |a| a.as_str().to_string());
@@ -310,7 +307,9 @@ pub fn explain(
     let is_tls_port = matches!(routes_here.protocol, Protocol::Tls | Protocol::Https);
     if is_tls_port || query.sni.is_some() {
         ctx.tls(&mut out, sni.as_deref());
-    } else if scheme == "tcp" || !(routes_here.protocol.is_http() || routes_here.protocol == Protocol::Auto) {
+    } else if scheme == "tcp"
+        || !(routes_here.protocol.is_http() || routes_here.protocol == Protocol::Auto)
+    {
         ctx.tcp(&mut out);
     } else {
         let facts = RequestFacts {
@@ -523,7 +522,9 @@ impl<'a> Ctx<'a> {
         let host = self.routes.hostname.as_str();
         let all = &self.snapshot.virtual_services;
         let order = by_precedence(
-            all.iter().enumerate().filter(|(_, vs)| !vs.hosts.is_empty()),
+            all.iter()
+                .enumerate()
+                .filter(|(_, vs)| !vs.hosts.is_empty()),
             host,
         );
         let chosen = self.routes.virtual_service.as_deref();
@@ -664,16 +665,12 @@ impl<'a> Ctx<'a> {
                     .enumerate()
                     .map(|(b, m)| {
                         let why = if c.blocks.contains(&b) {
-                            request_mismatch(m, req)
-                                .map(|u| describe::unmet_http(u, m, req, &who))
+                            request_mismatch(m, req).map(|u| describe::unmet_http(u, m, req, &who))
                         } else {
                             static_mismatch(m, self.routes.port, self.client)
                                 .map(|u| describe::unmet_http(u, m, req, &who))
                         };
-                        format!(
-                            "match[{b}]: {}",
-                            why.unwrap_or_else(|| "holds".to_string())
-                        )
+                        format!("match[{b}]: {}", why.unwrap_or_else(|| "holds".to_string()))
                     })
                     .collect();
                 ("no match", details)
@@ -697,10 +694,7 @@ impl<'a> Ctx<'a> {
                     .map(|(b, m)| {
                         let why = static_mismatch(m, self.routes.port, self.client)
                             .map(|u| describe::unmet_static(u, &m.source_labels, &who));
-                        format!(
-                            "match[{b}]: {}",
-                            why.unwrap_or_else(|| "holds".to_string())
-                        )
+                        format!("match[{b}]: {}", why.unwrap_or_else(|| "holds".to_string()))
                     })
                     .collect();
                 ("not for this client", details)
@@ -892,28 +886,26 @@ impl<'a> Ctx<'a> {
     /// A TLS connection with server name `sni`: the `tls` rules by SNI.
     fn tls(&self, out: &mut Explanation, sni: Option<&str>) {
         let decision = route_tls(self.view, self.dst, sni);
-        let chosen_rule = self
-            .routes
-            .tls
-            .as_ref()
-            .and_then(|t| t.rule_for(sni));
+        let chosen_rule = self.routes.tls.as_ref().and_then(|t| t.rule_for(sni));
         let who = self.subject();
         let host = self.routes.hostname.as_str();
         let all = &self.snapshot.virtual_services;
         let scope = egress_scope(self.snapshot, self.client);
-        for vs in by_precedence(all.iter().enumerate().filter(|(_, v)| !v.hosts.is_empty()), host)
-            .into_iter()
-            .filter_map(|i| all.get(i))
-            .filter(|vs| {
-                vs.applies_to_mesh()
-                    && exported_to(&vs.export_to, &vs.meta.namespace, &self.client.namespace)
-                    && scope.imports_virtual_service(
-                        &self.client.namespace,
-                        &vs.meta.namespace,
-                        &vs.hosts,
-                    )
-            })
-        {
+        for vs in by_precedence(
+            all.iter().enumerate().filter(|(_, v)| !v.hosts.is_empty()),
+            host,
+        )
+        .into_iter()
+        .filter_map(|i| all.get(i))
+        .filter(|vs| {
+            vs.applies_to_mesh()
+                && exported_to(&vs.export_to, &vs.meta.namespace, &self.client.namespace)
+                && scope.imports_virtual_service(
+                    &self.client.namespace,
+                    &vs.meta.namespace,
+                    &vs.hosts,
+                )
+        }) {
             for (i, rule) in vs.tls.iter().enumerate() {
                 let name = format!("{}/{} tls[{i}]", vs.meta.namespace, vs.meta.name);
                 let is_chosen = chosen_rule.is_some_and(|r| r.name == name);
@@ -1088,12 +1080,13 @@ impl<'a> Ctx<'a> {
                 String::new()
             },
         });
-        let subset = key.subset.as_deref().map(|name| {
-            match rules.iter().find_map(|r| r.subset(name)) {
-                Some(s) => format!("{name} ({})", describe::labels(&s.labels)),
-                None => format!("{name} (not defined)"),
-            }
-        });
+        let subset =
+            key.subset
+                .as_deref()
+                .map(|name| match rules.iter().find_map(|r| r.subset(name)) {
+                    Some(s) => format!("{name} ({})", describe::labels(&s.labels)),
+                    None => format!("{name} (not defined)"),
+                });
         let (discovery, endpoints) = match &cluster.discovery {
             Discovery::Static => (None, self.endpoints(cluster)),
             Discovery::OriginalDst => (
@@ -1103,7 +1096,11 @@ impl<'a> Ctx<'a> {
             Discovery::Dns { names, first_only } => (
                 Some(format!(
                     "DNS{}: {}",
-                    if *first_only { " (first address only)" } else { "" },
+                    if *first_only {
+                        " (first address only)"
+                    } else {
+                        ""
+                    },
                     names
                         .iter()
                         .map(|(n, p)| format!("{n}:{p}"))
@@ -1124,7 +1121,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// A static cluster's endpoints with their health for this client.
-    fn endpoints(&self, cluster: &std::sync::Arc<crate::upstream::Cluster>) -> Vec<EndpointExplained> {
+    fn endpoints(
+        &self,
+        cluster: &std::sync::Arc<crate::upstream::Cluster>,
+    ) -> Vec<EndpointExplained> {
         let set = cluster.endpoint_set();
         let state = match self.health {
             Health::Unknown => None,
@@ -1238,9 +1238,7 @@ fn route_settings_default(routes: &ServicePortRoutes) -> Vec<Setting> {
     vec![
         Setting {
             name: "timeout".to_string(),
-            value: p
-                .timeout
-                .map_or("none".to_string(), describe::duration),
+            value: p.timeout.map_or("none".to_string(), describe::duration),
             from: "mesh default".to_string(),
         },
         Setting {
@@ -1284,9 +1282,7 @@ fn route_settings(route: &CompiledHttpRoute) -> Vec<Setting> {
     let mut out = vec![
         Setting {
             name: "timeout".to_string(),
-            value: p
-                .timeout
-                .map_or("none".to_string(), describe::duration),
+            value: p.timeout.map_or("none".to_string(), describe::duration),
             from: if spec.timeout.is_some() {
                 "rule"
             } else {

@@ -29,8 +29,8 @@ pub fn from_config(
 /// Explain against a running keel: `GET /explain` on its admin address.
 pub fn from_admin(admin: SocketAddr, query: &Query) -> anyhow::Result<Explanation> {
     let path = format!("/explain?{}", to_query_string(query));
-    let (status, body) = http_get(admin, &path)
-        .with_context(|| format!("asking keel's admin API at {admin}"))?;
+    let (status, body) =
+        http_get(admin, &path).with_context(|| format!("asking keel's admin API at {admin}"))?;
     if status != 200 {
         bail!("{}", body.trim_end());
     }
@@ -44,7 +44,12 @@ pub fn admin_response(node: &NodeState, query: Option<&str>) -> (u16, &'static s
         Ok(v) => v,
         Err(e) => return (400, "text/plain", format!("{e}\n")),
     };
-    match explain(&node.snapshot, &node.routes, &q, Health::Live(&node.pod_by_cgroup)) {
+    match explain(
+        &node.snapshot,
+        &node.routes,
+        &q,
+        Health::Live(&node.pod_by_cgroup),
+    ) {
         Ok(e) if text => (200, "text/plain", super::render(&e)),
         Ok(e) => match serde_json::to_string_pretty(&e) {
             Ok(body) => (200, "application/json", body),

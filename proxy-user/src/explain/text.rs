@@ -131,10 +131,7 @@ pub fn render(e: &Explanation) -> String {
             rows.push(vec!["subset".to_string(), s.clone()]);
         }
         for s in &c.policy {
-            rows.push(vec![
-                s.name.clone(),
-                format!("{}  ({})", s.value, s.from),
-            ]);
+            rows.push(vec![s.name.clone(), format!("{}  ({})", s.value, s.from)]);
         }
         if let Some(d) = &c.discovery {
             rows.push(vec!["endpoints".to_string(), d.clone()]);
