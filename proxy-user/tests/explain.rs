@@ -55,8 +55,9 @@ fn jason_is_routed_to_v2_by_the_first_rule() -> Result {
         assert!(has_line(&out, line), "missing {line:?} in:\n{out}");
     }
     assert!(
-        out.lines().any(|l| l.starts_with("  10.244.0.13:9080  default/reviews-v2")
-            && l.ends_with("unknown")),
+        out.lines()
+            .any(|l| l.starts_with("  10.244.0.13:9080  default/reviews-v2")
+                && l.ends_with("unknown")),
         "{out}"
     );
     Ok(())
@@ -74,7 +75,8 @@ fn without_the_header_the_first_rule_says_why_and_the_catch_all_takes_v1() -> Re
         assert!(has_line(&out, line), "missing {line:?} in:\n{out}");
     }
     assert!(
-        out.lines().any(|l| l.starts_with("  10.244.0.12:9080  default/reviews-v1")),
+        out.lines()
+            .any(|l| l.starts_with("  10.244.0.12:9080  default/reviews-v1")),
         "{out}"
     );
     Ok(())

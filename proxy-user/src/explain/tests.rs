@@ -701,3 +701,64 @@ fn unknown_pods_and_hosts_are_errors() {
     );
     assert!(matches!(e, Err(Error::UnknownHost { port: 80, .. })));
 }
+
+#[test]
+fn tls_rules_are_chosen_by_sni() -> Result<(), Error> {
+    let svc = "\
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {app: reviews}
+  ports: [{name: tls, port: 443}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure, namespace: default}
+spec:
+  host: secure
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure]
+  tls:
+  - match:
+    - sniHosts: [a.secure.example]
+    route:
+    - destination: {host: secure, subset: v1}
+  - match:
+    - sniHosts: [b.secure.example]
+    route:
+    - destination: {host: secure, subset: v2}
+";
+    let (snap, routes) = load(&[svc]);
+    let mut q = query("default/sleep", "tls://secure:443", &[]);
+    q.sni = Some("b.secure.example".to_string());
+    let e = run(&snap, &routes, &q)?;
+    assert_eq!(
+        e.result,
+        "VirtualService default/secure tls[1] -> outbound|443|v2|secure.default.svc.cluster.local 100%"
+    );
+    assert_eq!(
+        rule(&e, "default/secure tls[0]").outcome,
+        "no match (SNI b.secure.example)"
+    );
+    assert_eq!(
+        rule(&e, "default/secure tls[1]").outcome,
+        "matched (SNI b.secure.example)"
+    );
+    assert_eq!(e.clusters[0].endpoints[0].pod, "default/reviews-v2");
+    q.sni = Some("c.secure.example".to_string());
+    let none = run(&snap, &routes, &q)?;
+    assert_eq!(
+        none.result,
+        "no tls rule for SNI c.secure.example: default route -> outbound|443||secure.default.svc.cluster.local"
+    );
+    Ok(())
+}
