@@ -726,7 +726,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: secure, namespace: default}
 spec:
-  hosts: [secure]
+  hosts: [secure, a.secure.example, b.secure.example]
   tls:
   - match:
     - sniHosts: [a.secure.example]
