@@ -1012,7 +1012,7 @@ impl<'a> Ctx<'a> {
                 self.snapshot
                     .service_entries
                     .iter()
-                    .find(|se| se.hosts.iter().any(|h| *h == key.host))
+                    .find(|se| se.hosts.contains(&key.host))
                     .map(|se| se.meta.namespace.clone())
             })
             .unwrap_or_default();

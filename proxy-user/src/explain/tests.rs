@@ -213,7 +213,9 @@ spec:
     directResponse: {status: 418}
 ";
     let (snap, routes) = load(&[SUBSETS, vs]);
-    let cases: [(&str, &str, &[(&str, &str)], Option<&str>); 6] = [
+    /// (method, URL, headers, the rule that matches).
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case; 6] = [
         ("GET", "http://reviews:9080/admin", &[], None),
         ("POST", "http://reviews:9080/admin/x", &[], Some("http[0]")),
         (

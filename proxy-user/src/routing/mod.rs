@@ -242,7 +242,7 @@ pub(crate) fn source_mismatch(
     {
         return Some(Unmet::SourceLabels);
     }
-    if !namespace.as_ref().is_none_or(|ns| *ns == client.namespace) {
+    if namespace.as_ref().is_some_and(|ns| *ns != client.namespace) {
         return Some(Unmet::SourceNamespace);
     }
     None
