@@ -89,7 +89,11 @@ pub fn render(e: &Explanation) -> String {
     }
 
     if let Some(route) = &e.route {
-        out.push_str(&format!("\nRoute {}:\n", route.rule));
+        if route.rule == "default route" {
+            out.push_str("\nDefault route (no VirtualService rule):\n");
+        } else {
+            out.push_str(&format!("\nRoute {}:\n", route.rule));
+        }
         if !route.destinations.is_empty() {
             let mut rows = vec![cells(["DESTINATION", "WEIGHT", "SHARE", "CLUSTER"])];
             rows.extend(route.destinations.iter().map(|d| {
