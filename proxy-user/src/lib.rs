@@ -7,6 +7,7 @@ pub mod accept;
 pub mod admin;
 pub mod ebpf;
 pub mod error_chain;
+pub mod explain;
 pub mod l4;
 pub mod l7;
 pub mod metrics;

@@ -42,6 +42,40 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Explain what keel does with one request of one client pod: the VirtualService rule that
+    /// matches and why earlier ones do not, destinations, DestinationRule policy, endpoints.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The client pod, `namespace/name`.
+    #[arg(long)]
+    from: String,
+    /// `http://host[:port]/path?query`, `https://…`, `tcp://host:port` or `tls://host:port`; a short
+    /// host is resolved in the pod's namespace (`reviews` = `reviews.<ns>.svc.cluster.local`).
+    url: String,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// HTTP method.
+    #[arg(short = 'X', long = "request", default_value = "GET")]
+    method: String,
+    /// TLS server name (routes `tls` rules by SNI).
+    #[arg(long)]
+    sni: Option<String>,
+    /// Config files and directories, built as `keel run` builds them (endpoint health unknown).
+    #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+    config: Vec<PathBuf>,
+    /// A running keel's admin address: explain against its live state, endpoint health included.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// With `--config`: the node keel runs on (its `Node` gives the clients' locality).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -149,6 +183,7 @@ fn main() -> std::process::ExitCode {
             },
         ),
         Command::Run(args) => run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Explain(args) => explain(args).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -157,6 +192,38 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// `keel explain`: from files or from a running keel; text or JSON on stdout.
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    use keel::explain;
+    let query = explain::Query {
+        from: args.from,
+        url: args.url,
+        method: Some(args.method),
+        headers: args
+            .headers
+            .iter()
+            .map(|h| explain::parse_header(h))
+            .collect::<Result<_, _>>()?,
+        sni: args.sni,
+    };
+    let explanation = match args.admin {
+        Some(addr) => explain::source::from_admin(addr, &query)?,
+        None => {
+            let (e, rejected) =
+                explain::source::from_config(&args.config, args.node_name.as_deref(), &query)?;
+            if rejected > 0 {
+                eprintln!("keel: {rejected} config error(s); rejected resources are left out, as `keel run` leaves them out (see `keel validate`)");
+            }
+            e
+        }
+    };
+    match args.format {
+        Format::Text => print!("{}", explain::render(&explanation)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+    }
+    Ok(())
 }
 
 /// Logs to stderr, filtered by `KEEL_LOG` (default `info`), without colour codes unless stderr is a

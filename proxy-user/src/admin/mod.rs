@@ -14,6 +14,8 @@
 //! - `GET /debug/connections`  JSON, the most recent accepted connections and their kernel facts
 //! - `GET /config_dump`        JSON: the active snapshot, rejections, kernel map state
 //! - `GET /config_status`      JSON errors and warnings of the latest config load
+//! - `GET /explain?from=ns/pod&url=...&header=name:value` `keel explain` against the live state
+//!   (JSON; `&format=text` for text)
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -232,6 +234,17 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/live" => text(StatusCode::OK, "live\n"),
+        "/explain" => {
+            let (status, content_type, body) =
+                crate::explain::source::admin_response(&ctx.state.load(), req.uri().query());
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            r
+        }
         "/logging" => logging(ctx, &req),
         "/stats/prometheus" | "/metrics" => prometheus(ctx),
         "/stats" => stats(ctx, &req),

@@ -13,17 +13,53 @@ use super::scope::exported_to;
 /// delegate rules that conflict with every root match block, are dropped (with a warning), as istiod
 /// drops them.
 pub fn expand_http(vs: &VirtualService, all: &[VirtualService]) -> Vec<Arc<HttpRoute>> {
-    let mut out = Vec::with_capacity(vs.http.len());
-    for root in &vs.http {
+    let expanded = expand_http_traced(vs, all);
+    for why in &expanded.dropped {
+        tracing::warn!(root = %vs.meta.display_name(), "{why}");
+    }
+    expanded.rules.into_iter().map(|r| r.route).collect()
+}
+
+/// One rule of a delegation-expanded VirtualService and where it came from.
+#[derive(Debug, Clone)]
+pub struct ExpandedRule {
+    /// The rule (a delegate's rule merged with the root's).
+    pub route: Arc<HttpRoute>,
+    /// Index of the root's `http` rule it stands for.
+    pub root_index: usize,
+    /// `namespace/name` and rule index of the delegate it came from, if any.
+    pub delegate: Option<(String, usize)>,
+}
+
+/// [`expand_http`]'s rules with their origin, and why rules were dropped (for `keel explain`).
+#[derive(Debug, Clone, Default)]
+pub struct Expanded {
+    pub rules: Vec<ExpandedRule>,
+    pub dropped: Vec<String>,
+}
+
+/// Delegation expanded, with each rule's origin; see [`expand_http`].
+pub fn expand_http_traced(vs: &VirtualService, all: &[VirtualService]) -> Expanded {
+    let mut out = Expanded {
+        rules: Vec::with_capacity(vs.http.len()),
+        dropped: Vec::new(),
+    };
+    for (root_index, root) in vs.http.iter().enumerate() {
         let HttpAction::Delegate { name, namespace } = &root.action else {
-            out.push(Arc::new(root.clone()));
+            out.rules.push(ExpandedRule {
+                route: Arc::new(root.clone()),
+                root_index,
+                delegate: None,
+            });
             continue;
         };
         let delegate = all
             .iter()
             .find(|d| d.hosts.is_empty() && d.meta.name == *name && d.meta.namespace == *namespace);
         let Some(delegate) = delegate else {
-            tracing::warn!(root = %vs.meta.display_name(), delegate = %format!("{namespace}/{name}"), "delegate VirtualService not found; rule dropped");
+            out.dropped.push(format!(
+                "http[{root_index}]: delegate VirtualService {namespace}/{name} not found; rule dropped"
+            ));
             continue;
         };
         // The delegate must be exported to the root's namespace.
@@ -32,22 +68,27 @@ pub fn expand_http(vs: &VirtualService, all: &[VirtualService]) -> Vec<Arc<HttpR
             &delegate.meta.namespace,
             &vs.meta.namespace,
         ) {
-            tracing::warn!(root = %vs.meta.display_name(), delegate = %delegate.meta.display_name(), "delegate is not exported to the root's namespace; rule dropped");
+            out.dropped.push(format!(
+                "http[{root_index}]: delegate {namespace}/{name} is not exported to namespace {} (exportTo {}); rule dropped",
+                vs.meta.namespace,
+                delegate.export_to.join(",")
+            ));
             continue;
         }
-        for leaf in &delegate.http {
+        for (leaf_index, leaf) in delegate.http.iter().enumerate() {
             if matches!(leaf.action, HttpAction::Delegate { .. }) {
                 // Validation rejects this; never recurse.
                 continue;
             }
             match merge_route(root, leaf) {
-                Some(merged) => out.push(Arc::new(merged)),
-                None => tracing::warn!(
-                    root = %vs.meta.display_name(),
-                    delegate = %delegate.meta.display_name(),
-                    route = leaf.name.as_deref().unwrap_or(""),
-                    "delegate rule conflicts with the root's match; rule dropped"
-                ),
+                Some(merged) => out.rules.push(ExpandedRule {
+                    route: Arc::new(merged),
+                    root_index,
+                    delegate: Some((format!("{namespace}/{name}"), leaf_index)),
+                }),
+                None => out.dropped.push(format!(
+                    "http[{root_index}]: delegate {namespace}/{name} http[{leaf_index}] conflicts with the root's match; rule dropped"
+                )),
             }
         }
     }

@@ -12,7 +12,7 @@
 //! per connection, or [`route_tls`] with the ClientHello's SNI on ports with `tls` rules; a [`Target`]
 //! then picks the endpoint ([`Target::pick`]).
 
-mod catalog;
+pub(crate) mod catalog;
 pub mod delegate;
 pub mod policy;
 pub mod scope;
@@ -27,9 +27,8 @@ use http::HeaderMap;
 
 use crate::policy::{HashKey, HttpAction, HttpMatch, Labels, StringMatch};
 pub use policy::RoutePolicy;
-#[cfg(test)]
-pub use table::destination_rules_for;
 pub use table::RouteTable;
+pub use table::{cluster_policy, destination_rules_for};
 pub use target::{Target, WeightedTarget, WeightedTargets};
 pub use tls::{route_tls, routes_by_sni, TlsRoutes, TlsRule};
 pub use view::{ClientClass, ClientView, CompiledHttpRoute, Outbound, ServicePortRoutes};
@@ -181,29 +180,72 @@ pub fn route_tcp(view: &ClientView, original_dst: SocketAddr) -> TcpDecision<'_>
     }
 }
 
+/// A condition of a match block that does not hold: what `keel explain` reports for a rule that did
+/// not match. The matchers below return the first one they find (`None`: the block holds), so the
+/// explanation and the request path read the same code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmet<'m> {
+    /// `port`: the block is for another service port.
+    Port(u16),
+    /// `gateways` without `mesh`: the block is for gateways only.
+    Gateways,
+    /// `sourceLabels` do not select the client pod.
+    SourceLabels,
+    /// `sourceNamespace` is another namespace than the client's.
+    SourceNamespace,
+    /// `destinationSubnets` (L4) do not contain the original destination.
+    DestinationSubnets,
+    /// `uri`.
+    Uri,
+    /// `method`.
+    Method,
+    /// `authority`.
+    Authority,
+    /// `scheme`.
+    Scheme,
+    /// `headers.<name>`: absent or another value.
+    Header(&'m str),
+    /// `withoutHeaders.<name>`: present with a value it excludes.
+    WithoutHeader(&'m str),
+    /// `queryParams.<name>`: absent or another value.
+    QueryParam(&'m str),
+}
+
 /// Static conditions of an HTTP match block for a client on service port `port`; a block failing
 /// them does not exist for that client.
 pub(crate) fn static_match(m: &HttpMatch, port: u16, client: &ClientInfo) -> bool {
-    if m.port.is_some_and(|p| p != port) {
-        return false;
+    static_mismatch(m, port, client).is_none()
+}
+
+/// The first static condition of an HTTP match block that fails for the client (see [`static_match`]).
+pub fn static_mismatch<'m>(m: &'m HttpMatch, port: u16, client: &ClientInfo) -> Option<Unmet<'m>> {
+    if let Some(p) = m.port.filter(|&p| p != port) {
+        return Some(Unmet::Port(p));
     }
     if !m.gateways.is_empty() {
         // A block naming gateways applies to sidecars only if it names `mesh`; then source
         // conditions of the block are not evaluated (Istio's `sourceMatchHTTP`).
-        return m.gateways.iter().any(|g| g == "mesh");
+        return (!m.gateways.iter().any(|g| g == "mesh")).then_some(Unmet::Gateways);
     }
-    source_match(&m.source_labels, &m.source_namespace, client)
+    source_mismatch(&m.source_labels, &m.source_namespace, client)
 }
 
-pub(crate) fn source_match(
+/// `sourceLabels` / `sourceNamespace` against the client, the first that fails.
+pub(crate) fn source_mismatch(
     labels: &Option<Labels>,
     namespace: &Option<String>,
     client: &ClientInfo,
-) -> bool {
-    labels
+) -> Option<Unmet<'static>> {
+    if !labels
         .as_ref()
         .is_none_or(|l| crate::policy::selector_matches(l, &client.labels))
-        && namespace.as_ref().is_none_or(|ns| *ns == client.namespace)
+    {
+        return Some(Unmet::SourceLabels);
+    }
+    if namespace.as_ref().is_some_and(|ns| *ns != client.namespace) {
+        return Some(Unmet::SourceNamespace);
+    }
+    None
 }
 
 /// `a.b.c.d/len` or a bare address contains `ip` (IPv4-mapped IPv6 compared as IPv4); unparsable
@@ -233,24 +275,35 @@ pub(crate) fn subnet_contains(subnet: &str, ip: std::net::IpAddr) -> bool {
 }
 
 /// Request-time conditions of one match block.
+#[inline]
 pub fn request_match(m: &HttpMatch, req: &RequestFacts<'_>) -> bool {
+    request_mismatch(m, req).is_none()
+}
+
+/// The first request-time condition of a match block the request fails (`None`: the block holds).
+/// [`request_match`] is this, so `keel explain` and the request path cannot disagree.
+pub fn request_mismatch<'m>(m: &'m HttpMatch, req: &RequestFacts<'_>) -> Option<Unmet<'m>> {
     if let Some(uri) = &m.uri {
         if !uri_match(uri, req.path_and_query, m.ignore_uri_case) {
-            return false;
+            return Some(Unmet::Uri);
         }
     }
-    if m.method.as_ref().is_some_and(|s| !s.matches(req.method))
-        || m.authority
-            .as_ref()
-            .is_some_and(|s| !s.matches(req.authority))
-        || m.scheme.as_ref().is_some_and(|s| !s.matches(req.scheme))
+    if m.method.as_ref().is_some_and(|s| !s.matches(req.method)) {
+        return Some(Unmet::Method);
+    }
+    if m.authority
+        .as_ref()
+        .is_some_and(|s| !s.matches(req.authority))
     {
-        return false;
+        return Some(Unmet::Authority);
+    }
+    if m.scheme.as_ref().is_some_and(|s| !s.matches(req.scheme)) {
+        return Some(Unmet::Scheme);
     }
     for (name, matcher) in &m.headers {
         match header_value(req, name) {
             Some(v) if matcher.matches(&v) => {}
-            _ => return false,
+            _ => return Some(Unmet::Header(name)),
         }
     }
     for (name, matcher) in &m.without_headers {
@@ -261,7 +314,7 @@ pub fn request_match(m: &HttpMatch, req: &RequestFacts<'_>) -> bool {
             (Some(v), m) => m.matches(&v),
         };
         if present_and_matching {
-            return false;
+            return Some(Unmet::WithoutHeader(name));
         }
     }
     if !m.query_params.is_empty() {
@@ -273,11 +326,11 @@ pub fn request_match(m: &HttpMatch, req: &RequestFacts<'_>) -> bool {
         for (name, matcher) in &m.query_params {
             match first_query_value(query, name) {
                 Some(v) if matcher.matches(v) => {}
-                _ => return false,
+                _ => return Some(Unmet::QueryParam(name)),
             }
         }
     }
-    true
+    None
 }
 
 /// `exact` and `regex` see the path without the query string; `prefix` sees the whole `:path`.
@@ -300,7 +353,7 @@ fn uri_match(matcher: &StringMatch, path_and_query: &str, ignore_case: bool) -> 
 
 /// A header's value as Envoy matches it: several occurrences joined with `,`; pseudo-headers map to
 /// request fields.
-fn header_value(req: &RequestFacts<'_>, name: &str) -> Option<String> {
+pub(crate) fn header_value(req: &RequestFacts<'_>, name: &str) -> Option<String> {
     match name {
         ":method" => return Some(req.method.to_string()),
         ":path" => return Some(req.path_and_query.to_string()),
@@ -319,7 +372,7 @@ fn header_value(req: &RequestFacts<'_>, name: &str) -> Option<String> {
 }
 
 /// The first value of query parameter `name` (not percent-decoded, as Envoy matches).
-fn first_query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+pub(crate) fn first_query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)

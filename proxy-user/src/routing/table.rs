@@ -32,7 +32,7 @@ use super::scope::{exported_to, select_sidecar, EgressScope};
 use super::target::{Target, WeightedTarget, WeightedTargets};
 use super::tls::{block_specificity, tls_static_match, TlsRoutes, TlsRoutesBuilder, TlsRule};
 use super::view::{ClientClass, ClientView, CompiledHttpRoute, ServicePortRoutes};
-use super::{static_match, subnet_contains, ClientInfo};
+use super::{static_match, subnet_contains, ClientInfo, Unmet};
 
 /// Gives every table a distinct id, so a connection can tell whether its view is current.
 static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
@@ -437,25 +437,12 @@ impl<'a> Builder<'a> {
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
-        let mut found: Vec<(usize, usize)> = candidates
-            .into_iter()
-            .filter_map(|i| {
-                self.virtual_services[i]
-                    .0
-                    .hosts
-                    .iter()
-                    .filter_map(|h| host_match_rank(h, hostname))
-                    .min()
-                    .map(|rank| (rank, i))
-            })
-            .collect();
-        found.sort_by(|&(ra, a), &(rb, b)| {
-            ra.cmp(&rb).then_with(|| {
-                creation_order(&self.virtual_services[a].0.meta)
-                    .cmp(&creation_order(&self.virtual_services[b].0.meta))
-            })
-        });
-        let found: Vec<usize> = found.into_iter().map(|(_, i)| i).collect();
+        let found = by_precedence(
+            candidates
+                .into_iter()
+                .map(|i| (i, self.virtual_services[i].0)),
+            hostname,
+        );
         self.vs_by_host.insert(hostname, found.clone());
         found
     }
@@ -470,7 +457,7 @@ impl<'a> Builder<'a> {
     ) -> Vec<CompiledHttpRoute> {
         let routes = self.virtual_services[vs_index].1.clone();
         let mut out = Vec::new();
-        for (spec, policy) in routes {
+        for (rule, (spec, policy)) in routes.into_iter().enumerate() {
             let blocks: Vec<usize> = spec
                 .matches
                 .iter()
@@ -507,6 +494,7 @@ impl<'a> Builder<'a> {
             let catch_all = spec.matches.is_empty();
             out.push(CompiledHttpRoute {
                 spec,
+                rule,
                 policy,
                 blocks,
                 targets: WeightedTargets::new(targets),
@@ -733,13 +721,7 @@ impl<'a> Builder<'a> {
                 None => return Target::Missing(key),
             },
         };
-        // The first rule with a top-level policy wins; the subset's policy comes from the rule that
-        // defines the subset (§2.0, §2.1).
-        let top_policy = rules.iter().find_map(|r| r.traffic_policy.as_ref());
-        let subset_policy = subset
-            .and_then(|name| rules.iter().find_map(|r| r.subset(name)))
-            .and_then(|s| s.traffic_policy.as_ref());
-        let policy = ClusterPolicy::resolve(top_policy, subset_policy, port);
+        let policy = cluster_policy(&rules, subset, port).0;
         let memo = (id, port, key.subset.clone(), key.scope.clone());
         if key.host == svc.hostname {
             if let Some(t) = self.targets.get(&memo) {
@@ -883,6 +865,45 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// The policy of the cluster for `port` and `subset` from the DestinationRules chosen for the client
+/// (see [`destination_rules_for`]), with the level each block came from: the first rule with a
+/// top-level policy wins; the subset's policy comes from the rule that defines the subset (§2.0,
+/// §2.1).
+pub fn cluster_policy(
+    rules: &[&DestinationRule],
+    subset: Option<&str>,
+    port: u16,
+) -> (ClusterPolicy, crate::upstream::PolicySources) {
+    let top_policy = rules.iter().find_map(|r| r.traffic_policy.as_ref());
+    let subset_policy = subset
+        .and_then(|name| rules.iter().find_map(|r| r.subset(name)))
+        .and_then(|s| s.traffic_policy.as_ref());
+    ClusterPolicy::resolve_traced(top_policy, subset_policy, port)
+}
+
+/// The VirtualServices among `candidates` whose hosts cover `hostname`, by their ids, in Istio's
+/// precedence: exact hosts first, then wildcards from most to least specific, each group oldest
+/// first.
+pub fn by_precedence<'v>(
+    candidates: impl Iterator<Item = (usize, &'v VirtualService)>,
+    hostname: &str,
+) -> Vec<usize> {
+    let mut found: Vec<(usize, &VirtualService, usize)> = candidates
+        .filter_map(|(i, vs)| {
+            vs.hosts
+                .iter()
+                .filter_map(|h| host_match_rank(h, hostname))
+                .min()
+                .map(|rank| (rank, vs, i))
+        })
+        .collect();
+    found.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| creation_order(&a.1.meta).cmp(&creation_order(&b.1.meta)))
+    });
+    found.into_iter().map(|(_, _, i)| i).collect()
+}
+
 /// The DestinationRules that apply to `client` for `host` of a service in `service_namespace` (§2.0):
 /// the first namespace of (client's, service's, root) with a rule for the host wins, lower levels are
 /// not merged in. Rules outside the client's namespace count only when exported to it; a rule with a
@@ -891,8 +912,7 @@ impl<'a> Builder<'a> {
 /// first definition wins).
 ///
 /// The request path uses the indexed lookup built with the table; this linear version is the
-/// readable specification the tests check the index against.
-#[cfg(test)]
+/// readable specification the tests check the index against (and what `keel explain` reads).
 pub fn destination_rules_for<'s>(
     snapshot: &'s Snapshot,
     client: &ClientInfo,
@@ -1053,8 +1073,19 @@ impl<'s> PodIndex<'s> {
 
 /// Static conditions of an L4 match block for `client` reaching `addr`.
 fn l4_static_match(m: &L4Match, port: u16, client: &ClientInfo, addr: SocketAddr) -> bool {
-    if m.port.is_some_and(|p| p != port) {
-        return false;
+    l4_static_mismatch(m, port, client, addr).is_none()
+}
+
+/// The first condition of a `tcp` match block that fails for `client` reaching `addr` (every L4
+/// condition is static for a node proxy).
+pub fn l4_static_mismatch<'m>(
+    m: &'m L4Match,
+    port: u16,
+    client: &ClientInfo,
+    addr: SocketAddr,
+) -> Option<Unmet<'m>> {
+    if let Some(p) = m.port.filter(|&p| p != port) {
+        return Some(Unmet::Port(p));
     }
     if !m.destination_subnets.is_empty()
         && !m
@@ -1062,12 +1093,12 @@ fn l4_static_match(m: &L4Match, port: u16, client: &ClientInfo, addr: SocketAddr
             .iter()
             .any(|s| subnet_contains(s, addr.ip()))
     {
-        return false;
+        return Some(Unmet::DestinationSubnets);
     }
     if !m.gateways.is_empty() {
-        return m.gateways.iter().any(|g| g == "mesh");
+        return (!m.gateways.iter().any(|g| g == "mesh")).then_some(Unmet::Gateways);
     }
-    super::source_match(&m.source_labels, &m.source_namespace, client)
+    super::source_mismatch(&m.source_labels, &m.source_namespace, client)
 }
 
 /// How the proxy speaks to endpoints of a port with this protocol.

@@ -25,7 +25,7 @@ use crate::policy::{L4Match, OutboundTrafficPolicy};
 
 use super::target::WeightedTargets;
 use super::view::{ClientView, Outbound};
-use super::{ClientInfo, TcpDecision};
+use super::{ClientInfo, TcpDecision, Unmet};
 
 /// One `tls` rule as a client sees it on one service port.
 #[derive(Debug, Clone)]
@@ -123,9 +123,18 @@ impl TlsRoutes {
 /// Static conditions of a `tls` match block (Istio's `matchTLS`): `port`, `gateways`, `sourceLabels`
 /// and `sourceNamespace` must all hold. Unlike HTTP, naming gateways does not skip the source checks.
 pub(crate) fn tls_static_match(m: &L4Match, port: u16, client: &ClientInfo) -> bool {
-    m.port.is_none_or(|p| p == port)
-        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-        && super::source_match(&m.source_labels, &m.source_namespace, client)
+    tls_static_mismatch(m, port, client).is_none()
+}
+
+/// The first static condition of a `tls` match block that fails for the client.
+pub fn tls_static_mismatch(m: &L4Match, port: u16, client: &ClientInfo) -> Option<Unmet<'static>> {
+    if let Some(p) = m.port.filter(|&p| p != port) {
+        return Some(Unmet::Port(p));
+    }
+    if !(m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh")) {
+        return Some(Unmet::Gateways);
+    }
+    super::source_mismatch(&m.source_labels, &m.source_namespace, client)
 }
 
 /// How specifically a block's `destinationSubnets` match `dst`: the longest prefix containing it,

@@ -54,6 +54,8 @@ impl ClientClass {
 pub struct CompiledHttpRoute {
     /// The rule (after delegation), shared by every view.
     pub spec: Arc<HttpRoute>,
+    /// Index of the rule among the VirtualService's delegation-expanded `http` rules.
+    pub rule: usize,
     /// What the request path does for this rule (timeout, retries, fault, ...), shared by every view.
     pub policy: Arc<RoutePolicy>,
     /// Indices into `spec.matches` of the blocks whose static conditions hold for this client.

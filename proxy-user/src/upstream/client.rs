@@ -93,10 +93,6 @@ impl ClientTable {
         c
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// The state of `id`, if it has any (never creates it).
     pub(super) fn get(&self, id: ClientId) -> Option<Arc<ClientCluster>> {
         self.clients
@@ -104,6 +100,10 @@ impl ClientTable {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Every client with state now, by id (admin).
@@ -274,6 +274,14 @@ impl ClientCluster {
                 }
             })
             .collect()
+    }
+
+    /// Whether this client's outlier detection has `host` ejected now; `None` when the cluster has
+    /// no outlier detection.
+    pub fn is_ejected(&self, host: SocketAddr) -> Option<bool> {
+        self.outlier
+            .as_ref()
+            .map(|od| od.is_ejected(host, Instant::now()))
     }
 
     /// This client's connection pools and circuit breaker for the cluster.

@@ -30,7 +30,7 @@ use crate::policy::H2UpgradePolicy;
 
 pub use client::{ClientCluster, ClientId, StateScope};
 pub use cluster::{Cluster, ClusterEndpoint, Discovery, PickError, PickRequest, Picked};
-pub use policy::ClusterPolicy;
+pub use policy::{ClusterPolicy, PolicyLevel, PolicySources};
 
 /// Istio's cluster identity: `outbound|<port>|<subset>|<host>`, plus the config that shaped it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

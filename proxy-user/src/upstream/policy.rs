@@ -32,13 +32,45 @@ impl ClusterPolicy {
     /// The policy of the cluster for `port`, from the rule's top-level policy and, for a subset
     /// cluster, the subset's policy.
     pub fn resolve(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> Self {
-        let mut policy = top.map(|tp| Self::for_port(tp, port).0).unwrap_or_default();
+        Self::resolve_traced(top, subset, port).0
+    }
+
+    /// [`ClusterPolicy::resolve`], with the level each block came from (for `keel explain`).
+    pub fn resolve_traced(
+        top: Option<&TrafficPolicy>,
+        subset: Option<&TrafficPolicy>,
+        port: u16,
+    ) -> (Self, PolicySources) {
+        let mut sources = PolicySources::default();
+        let mut policy = match top {
+            Some(tp) => {
+                let (policy, port_level) = Self::for_port(tp, port);
+                let level = if port_level {
+                    PolicyLevel::PortLevel
+                } else {
+                    PolicyLevel::TopLevel
+                };
+                sources.set_from(&policy, level);
+                if policy.retry_budget.is_some() {
+                    // `retryBudget` is never port level.
+                    sources.retry_budget = PolicyLevel::TopLevel;
+                }
+                policy
+            }
+            None => Self::default(),
+        };
         if let Some(sub) = subset {
             let (own, port_level) = Self::for_port(sub, port);
             if port_level {
                 // A subset's port-level entry replaces every block, unset ones included.
+                sources = PolicySources::default();
+                sources.set_from(&own, PolicyLevel::SubsetPortLevel);
+                if own.retry_budget.is_some() {
+                    sources.retry_budget = PolicyLevel::Subset;
+                }
                 policy = own;
             } else {
+                sources.set_from(&own, PolicyLevel::Subset);
                 // Otherwise each block the subset sets replaces the parent's; the rest is inherited.
                 // `loadBalancer` is one block: algorithm, locality and warmup go together.
                 if own.has_load_balancer_block() {
@@ -60,7 +92,7 @@ impl ClusterPolicy {
                 }
             }
         }
-        policy
+        (policy, sources)
     }
 
     /// The blocks of `tp` for `port`, and whether a port-level entry supplied them. A port-level
@@ -137,6 +169,66 @@ impl ClusterPolicy {
     /// resolved policy, port-level entries included.)
     pub fn hashes_source_ip(&self) -> bool {
         matches!(&self.load_balancer, Some(LoadBalancer::ConsistentHash(ch)) if ch.key == HashKey::SourceIp)
+    }
+}
+
+/// Where a block of a cluster's policy came from in its DestinationRule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyLevel {
+    /// Not set at any level: Istio's default.
+    #[default]
+    Default,
+    /// The rule's top-level `trafficPolicy`.
+    TopLevel,
+    /// The top-level `trafficPolicy.portLevelSettings` entry for the cluster's port.
+    PortLevel,
+    /// The subset's `trafficPolicy`.
+    Subset,
+    /// The subset's `portLevelSettings` entry for the cluster's port.
+    SubsetPortLevel,
+}
+
+impl PolicyLevel {
+    /// How `keel explain` names the level.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PolicyLevel::Default => "default",
+            PolicyLevel::TopLevel => "trafficPolicy",
+            PolicyLevel::PortLevel => "trafficPolicy.portLevelSettings",
+            PolicyLevel::Subset => "subset trafficPolicy",
+            PolicyLevel::SubsetPortLevel => "subset portLevelSettings",
+        }
+    }
+}
+
+/// The level each block of a resolved [`ClusterPolicy`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicySources {
+    pub load_balancer: PolicyLevel,
+    pub connection_pool: PolicyLevel,
+    pub outlier_detection: PolicyLevel,
+    pub retry_budget: PolicyLevel,
+    pub tls: PolicyLevel,
+}
+
+impl PolicySources {
+    /// Marks the blocks `policy` sets as coming from `level`.
+    fn set_from(&mut self, policy: &ClusterPolicy, level: PolicyLevel) {
+        if policy.has_load_balancer_block() {
+            self.load_balancer = level;
+        }
+        if policy.connection_pool.is_some() {
+            self.connection_pool = level;
+        }
+        if policy.outlier_detection.is_some() {
+            self.outlier_detection = level;
+        }
+        if policy.retry_budget.is_some() {
+            self.retry_budget = level;
+        }
+        if policy.tls.is_some() {
+            self.tls = level;
+        }
     }
 }
 
