@@ -380,7 +380,7 @@ fn logging(ctx: &AdminContext, req: &Request<Incoming>) -> Response<Full<Bytes>>
 }
 
 /// `%XX` escapes of a query value (`keel%3Ddebug%2Cinfo`); anything malformed is kept as written.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

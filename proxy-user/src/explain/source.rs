@@ -83,7 +83,7 @@ pub fn from_query_string(s: &str) -> Result<(Query, bool), String> {
     let mut text = false;
     for pair in s.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = decode(v);
+        let v = crate::admin::percent_decode(v);
         match k {
             "from" => q.from = v,
             "url" => q.url = v,
@@ -112,33 +112,6 @@ fn encode(s: &str) -> String {
         }
     }
     out
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(h)) => {
-                out.push(h);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One HTTP/1.1 GET on the (loopback) admin address: status and body.

@@ -520,10 +520,20 @@ fn validate(keel_bin: &Path, dir: &Path) -> Result<(std::process::ExitStatus, St
     Ok((status, output))
 }
 
+/// Keel's reload count, from the Prometheus exposition: polled every few milliseconds, so it must
+/// be cheap for keel to answer, and `/stats` lists every cluster's counters (thousands here).
 fn reloads(keel: &Keel) -> Result<u64> {
-    keel.stats()?["keel.config_reloads"]
-        .as_u64()
-        .context("/stats has no keel.config_reloads")
+    let r = keel_tests::http::get(
+        keel.options().admin_addr,
+        "/stats/prometheus",
+        Duration::from_secs(5),
+    )?;
+    ensure!(r.status == 200, "/stats/prometheus answered {}", r.status);
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("keel_config_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("/stats/prometheus has no keel_config_reloads_total")
 }
 
 /// Waits until keel counted a reload since `before` and svc-0 answers from `version`.
