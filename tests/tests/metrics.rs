@@ -5,7 +5,7 @@
 //! fault abort `FI`), gRPC statuses from trailers, and the TCP byte and connection counters. The
 //! admin port is not reachable from pods.
 //!
-//! Subnet indices 155..=159 belong to this file (155..=158 used).
+//! Subnet indices 155..=159 and 190 belong to this file.
 
 mod common;
 
@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use common::{reviews_vip, vip, Fixture};
 use keel_tests::config::service_yaml;
-use keel_tests::{ConnectOutcome, GrpcCall, GrpcServerOpts, HttpGet, Keel, SvcPort};
+use keel_tests::{ConnectOutcome, GrpcCall, GrpcServerOpts, HttpGet, Keel, KeelOptions, SvcPort};
 
 const PREFIX: &str = "ktme";
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
@@ -661,6 +661,42 @@ fn admin_live_and_log_level_change() -> Result<()> {
     ensure!(
         !log.contains('\u{1b}'),
         "no colour codes when stderr is not a terminal: {log}"
+    );
+    Ok(())
+}
+
+/// `keel run --no-metrics`: requests are served as before, no `istio_*` series is recorded, and
+/// Keel's own `keel_*` metrics stay.
+#[test]
+fn no_metrics_records_no_istio_series() -> Result<()> {
+    let fx = Fixture::reviews(PREFIX, 190, &["v1"])?;
+    let mut opts = KeelOptions::new(&fx.net, fx.config.path())?;
+    opts.extra_args.push("--no-metrics".into());
+    let keel = Keel::start_with(&fx.net, opts)?;
+    let report = fx.get_reviews(5)?;
+    ensure!(
+        report.status(200) == 5,
+        "5 requests through keel should all be 200: {report:?}"
+    );
+    ensure!(
+        keel.stats()?["keel.http_requests"].as_u64() == Some(5),
+        "keel should have served the 5 requests: {}",
+        keel.stats()?
+    );
+    let r = keel_tests::http::get(
+        keel.options().admin_addr,
+        "/stats/prometheus",
+        Duration::from_secs(5),
+    )?;
+    let text = r.text();
+    ensure!(
+        r.status == 200 && !text.lines().any(|l| l.starts_with("istio_")),
+        "with --no-metrics no istio_* series may be recorded:\n{text}"
+    );
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("keel_config_reloads_total ")),
+        "keel's own metrics must stay:\n{text}"
     );
     Ok(())
 }

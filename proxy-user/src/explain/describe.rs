@@ -27,6 +27,15 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// What a match block asks of the header or query parameter `name` (empty when it asks nothing).
+fn wanted(conditions: &[(String, StringMatch)], name: &str) -> String {
+    conditions
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| string_match(v))
+        .unwrap_or_default()
+}
+
 /// `exact "v"`, `prefix "v"`, `regex "v"` (as written, without the anchors conversion adds), `present`.
 pub fn string_match(m: &StringMatch) -> String {
     match m {
@@ -207,36 +216,21 @@ pub fn unmet_http(
         ),
         Unmet::Scheme => format!("scheme {}: request is {}", want(&m.scheme), req.scheme),
         Unmet::Header(name) => {
-            let w = m
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| string_match(v))
-                .unwrap_or_default();
+            let w = wanted(&m.headers, name);
             format!(
                 "header {name} {w}: request has {}",
                 found(crate::routing::header_value(req, name))
             )
         }
         Unmet::WithoutHeader(name) => {
-            let w = m
-                .without_headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| string_match(v))
-                .unwrap_or_default();
+            let w = wanted(&m.without_headers, name);
             format!(
                 "withoutHeaders {name} {w}: request has {}",
                 found(crate::routing::header_value(req, name))
             )
         }
         Unmet::QueryParam(name) => {
-            let w = m
-                .query_params
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| string_match(v))
-                .unwrap_or_default();
+            let w = wanted(&m.query_params, name);
             let query = req
                 .path_and_query
                 .split_once('?')
