@@ -453,10 +453,8 @@ fn report_load(loaded: &reload::Reloaded) -> ConfigStatus {
                 source: format!("{}:{}", e.at.file, e.at.line),
                 field: e.at.field.clone(),
                 reason: e.reason.to_string(),
-                previous_version_serving: loaded.kept.iter().any(|(kind, ns, name)| {
-                    *kind == e.at.kind
-                        && *name == e.at.name
-                        && ns.as_deref().is_none_or(|ns| ns == e.at.namespace)
+                previous_version_serving: loaded.kept.iter().any(|k| {
+                    k.kind == e.at.kind && k.name == e.at.name && k.namespace == e.at.namespace
                 }),
             })
             .collect(),

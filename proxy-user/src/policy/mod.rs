@@ -11,7 +11,7 @@ pub mod model;
 pub mod report;
 pub mod validate;
 
-pub use convert::{build, load_dir, load_paths, LoadReport};
+pub use convert::{assemble, build, convert, load_dir, load_paths, Converted, LoadReport};
 pub use error::{ConfigError, ConfigWarning, Invalid};
 pub use model::*;
 pub use report::{run_validate, summary};

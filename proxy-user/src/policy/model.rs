@@ -302,6 +302,36 @@ pub struct PodOwner {
     pub name: String,
 }
 
+/// A Kubernetes `Namespace`: its labels decide whether its pods are captured in cluster mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice: the endpoints of one Service as the API server publishes
+/// them. A Service that any slice names gets its endpoints from its slices, not from its selector.
+#[derive(Debug, Clone)]
+pub struct EndpointSlice {
+    pub meta: Meta,
+    /// The Service it belongs to (label `kubernetes.io/service-name`, same namespace).
+    pub service: String,
+    /// `ports[]`: the Service port name (empty when unnamed) and the endpoint port.
+    pub ports: Vec<(String, u16)>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One `endpoints[]` entry of an [`EndpointSlice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    /// Istio sends only healthy endpoints: `conditions.ready` unset or true, and not terminating
+    /// (a terminating endpoint that still serves is draining; Istio leaves it out too).
+    pub healthy: bool,
+    /// `targetRef` when it names a Pod: `namespace/name`.
+    pub pod: Option<String>,
+}
+
 /// One backend address of a service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -902,6 +932,12 @@ pub struct Snapshot {
     pub sidecars: Vec<Sidecar>,
     /// Gateways (validated; Keel only uses them to check VirtualService references).
     pub gateways: Vec<Gateway>,
+    /// Namespaces by name.
+    pub namespaces: HashMap<String, NamespaceInfo>,
+    /// EndpointSlices, in load order.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// `namespace/service` -> indexes into `endpoint_slices`.
+    pub slices_by_service: HashMap<String, Vec<usize>>,
 }
 
 impl Snapshot {
@@ -1016,8 +1052,14 @@ impl Snapshot {
         let Some(svc) = self.services.get(service) else {
             return Vec::new();
         };
-        let (Some(selector), Some(port)) = (svc.selector.as_ref(), svc.ports.get(port_index))
-        else {
+        let Some(port) = svc.ports.get(port_index) else {
+            return Vec::new();
+        };
+        let service_key = format!("{}/{}", svc.meta.namespace, svc.meta.name);
+        if let Some(slices) = self.slices_by_service.get(&service_key) {
+            return self.slice_endpoints(slices, port, subset_labels);
+        }
+        let Some(selector) = svc.selector.as_ref() else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -1046,6 +1088,45 @@ impl Snapshot {
                     addr: std::net::SocketAddr::new(*ip, target),
                     pod: pod_id,
                 });
+            }
+        }
+        out
+    }
+}
+
+impl Snapshot {
+    /// The healthy endpoints `slices` give for `port`, whose pods carry all `subset_labels`. An
+    /// endpoint whose pod is not known (yet) is left out: a pod's labels decide subsets, and its
+    /// identity the metrics.
+    fn slice_endpoints(
+        &self,
+        slices: &[usize],
+        port: &ServicePort,
+        subset_labels: Option<&Labels>,
+    ) -> Vec<Endpoint> {
+        let port_name = port.name.as_deref().unwrap_or("");
+        let mut out = Vec::new();
+        for slice in slices.iter().filter_map(|&i| self.endpoint_slices.get(i)) {
+            let Some(&(_, number)) = slice.ports.iter().find(|(name, _)| name == port_name) else {
+                continue;
+            };
+            for endpoint in slice.endpoints.iter().filter(|e| e.healthy) {
+                let Some(&pod_id) = endpoint.pod.as_ref().and_then(|p| self.pod_by_name.get(p))
+                else {
+                    continue;
+                };
+                let Some(pod) = self.pods.get(pod_id) else {
+                    continue;
+                };
+                if !subset_labels.is_none_or(|l| selector_matches(l, &pod.labels)) {
+                    continue;
+                }
+                for ip in &endpoint.addresses {
+                    let addr = std::net::SocketAddr::new(*ip, number);
+                    if !out.iter().any(|e: &Endpoint| e.addr == addr) {
+                        out.push(Endpoint { addr, pod: pod_id });
+                    }
+                }
             }
         }
         out

@@ -1,5 +1,6 @@
-//! Config sources. Today: YAML files, read from a directory (`keel run --config DIR`) or from files and
-//! directories (`keel validate PATH...`).
+//! Config sources: YAML files, read from a directory (`keel run --config DIR`) or from files and
+//! directories (`keel validate PATH...`), and the Kubernetes API server (`keel run --kube`, module
+//! `kube`). Both hand conversion the same [`SourceObject`]s (module `object`).
 //!
 //! A directory source reads the directory's own `*.yaml` / `*.yml` files (not subdirectories, so
 //! `testdata/` or `examples/` next to live config are never loaded by accident) in file-name order, splits
@@ -7,7 +8,9 @@
 //! `file:line`. Decoding into wire types happens here too ([`Document::decode`]) because only here do we
 //! still have the text to map a serde error back to a line.
 
+mod list;
 mod locate;
+pub mod object;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,46 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use locate::line_of;
+pub use object::{Event, Origin, SourceObject};
+
+/// Identity of an object across loads and sources: `kind` as written, namespace (`default` when
+/// unset; empty for cluster-scoped kinds), name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of `kind` `namespace/name`.
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The objects of `docs`, in order: each `List` expanded into its items (as `kubectl apply` applies
+/// each item on its own), each document parsed.
+pub fn objects(docs: &[Document]) -> Vec<SourceObject> {
+    list::expand(docs)
+        .into_iter()
+        .map(SourceObject::from_document)
+        .collect()
+}
 
 /// Reading the config directory failed as a whole (as opposed to one bad document).
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +265,7 @@ fn without_snake_case_alternatives(message: &str) -> String {
     format!("{head}expected one of {}", kept.join(", "))
 }
 
-fn convert_path(p: &serde_path_to_error::Path) -> FieldPath {
+pub(crate) fn convert_path(p: &serde_path_to_error::Path) -> FieldPath {
     use serde_path_to_error::Segment as S;
     let mut out = Vec::new();
     for seg in p.iter() {

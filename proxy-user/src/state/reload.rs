@@ -1,21 +1,21 @@
-//! Hot reload of the config directory with per-resource rejection.
+//! Hot reload with per-resource rejection, for every source.
 //!
-//! Each load splits the directory into documents and converts them. A resource the converter rejects
-//! is replaced by the last version of it that was accepted (if any), so a bad edit to one
+//! A source hands over its current objects, each converted on its own ([`policy::convert`]). A
+//! resource that is rejected (by conversion, or when assembled: a duplicate name, a taken cluster
+//! IP) is replaced by the last version of it that was accepted, if any, so a bad edit to one
 //! VirtualService neither takes the others down nor removes the good version of itself; a resource
-//! that was deleted from disk is gone. The result is converted once more and published.
+//! that is gone from the source is gone. The last good versions are kept *converted*, keyed by
+//! object ([`LastGood`]), so keeping one costs no reconversion and no YAML.
 //!
-//! Invariant: `last_good` only ever holds documents that converted without error.
+//! Invariant: `LastGood` only ever holds objects that converted and assembled without error.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::policy::{self, ConfigError, LoadReport};
-use crate::source::{self, Document};
-
-/// Identity of a resource across loads: `kind`, `metadata.namespace` (as written), `metadata.name`.
-type ResourceKey = (String, Option<String>, String);
+use crate::policy::{self, Converted, LoadReport};
+use crate::source::{self, ObjectKey, SourceObject};
 
 /// What changed on disk since the last look: path, size, modification time, inode of every YAML file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,32 +47,88 @@ pub fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
 /// The outcome of one load.
 #[derive(Debug)]
 pub struct Reloaded {
-    /// The report of the resources as they are on disk (what the user wrote, with its errors). Its
-    /// `snapshot` is left empty: the snapshot to serve is `serving` (not kept twice).
+    /// The report of the resources as the source has them (what the user wrote, with its errors).
+    /// Its `snapshot` is left empty: the snapshot to serve is `serving` (not kept twice).
     pub on_disk: LoadReport,
     /// The snapshot to serve: accepted resources plus the last good version of rejected ones.
     pub serving: policy::Snapshot,
     /// Rejected resources that kept serving their previous version.
     pub kept_previous: usize,
-    /// Those resources: `(kind, namespace as written, name)`.
-    pub kept: Vec<(String, Option<String>, String)>,
+    /// Those resources.
+    pub kept: Vec<ObjectKey>,
+}
+
+/// The last accepted version of each resource, converted.
+#[derive(Debug, Default)]
+pub struct LastGood(HashMap<ObjectKey, Arc<Converted>>);
+
+impl LastGood {
+    /// Assembles `current` (the source's objects in order, with the key each stands for: its own,
+    /// or for an unparseable one the resource that used to be there) into what to report and what
+    /// to serve, and remembers the accepted versions.
+    pub fn apply(&mut self, current: &[(Option<ObjectKey>, Arc<Converted>)]) -> Reloaded {
+        let mut on_disk = policy::assemble(current.iter().map(|(_, c)| &**c));
+        let assembly_rejected: HashSet<usize> =
+            on_disk.rejected_when_assembled.iter().copied().collect();
+        let rejected = |i: usize, c: &Converted| !c.accepted() || assembly_rejected.contains(&i);
+
+        let mut kept = Vec::new();
+        let mut serving_objects: Vec<&Converted> = Vec::with_capacity(current.len());
+        for (i, (_, c)) in current.iter().enumerate() {
+            if !rejected(i, c) {
+                serving_objects.push(c);
+            }
+        }
+        for (i, (key, c)) in current.iter().enumerate() {
+            if !rejected(i, c) {
+                continue;
+            }
+            if let Some((key, prev)) = key.as_ref().and_then(|k| Some((k, self.0.get(k)?))) {
+                serving_objects.push(prev);
+                kept.push(key.clone());
+            }
+        }
+        let serving = if kept.is_empty() && assembly_rejected.is_empty() {
+            std::mem::take(&mut on_disk.snapshot)
+        } else {
+            on_disk.snapshot = policy::Snapshot::default();
+            policy::assemble(serving_objects).snapshot
+        };
+
+        // Accepted versions become the last good ones; resources gone from the source are
+        // forgotten; rejected ones keep their previous version.
+        let present: HashSet<&ObjectKey> = current.iter().filter_map(|(k, _)| k.as_ref()).collect();
+        self.0.retain(|k, _| present.contains(k));
+        for (i, (key, c)) in current.iter().enumerate() {
+            if let (Some(key), false) = (key, rejected(i, c)) {
+                self.0.insert(key.clone(), Arc::clone(c));
+            }
+        }
+        Reloaded {
+            on_disk,
+            serving,
+            kept_previous: kept.len(),
+            kept,
+        }
+    }
 }
 
 /// Loads the config directory, remembering the last accepted version of each resource.
 #[derive(Debug)]
 pub struct Reloader {
     dir: PathBuf,
-    last_good: HashMap<ResourceKey, Document>,
-    /// (file, document index) -> resource, to recover what an unparseable document used to be.
-    last_position: HashMap<(String, usize), ResourceKey>,
+    last_good: LastGood,
+    /// (file, document index) -> the object found there last time and its conversion: an unchanged
+    /// document is not converted again, and an unparseable one is taken for what used to be there.
+    previous: HashMap<(String, usize), (SourceObject, Arc<Converted>)>,
 }
 
 impl Reloader {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            last_good: HashMap::new(),
-            last_position: HashMap::new(),
+            last_good: LastGood::default(),
+            previous: HashMap::new(),
         }
     }
 
@@ -84,126 +140,78 @@ impl Reloader {
     /// Load the directory now.
     pub fn load(&mut self) -> Result<Reloaded, source::Error> {
         let docs = source::read_dir(&self.dir)?;
-        // Each document's resource: known without parsing for a document unchanged since the last
-        // load; the others are parsed on a second thread while the documents are converted.
-        let cached: Vec<Option<ResourceKey>> = docs.iter().map(|d| self.unchanged_key(d)).collect();
-        let (mut on_disk, parsed) = std::thread::scope(|scope| {
-            let uncached_keys = || -> Vec<Option<ResourceKey>> {
-                docs.iter()
-                    .zip(&cached)
-                    .map(|(doc, c)| if c.is_some() { None } else { resource_key(doc) })
-                    .collect()
-            };
-            let keys = std::thread::Builder::new()
-                .name("keel-config-keys".to_string())
-                .spawn_scoped(scope, uncached_keys);
-            let on_disk = policy::build(&docs);
-            let parsed = match keys {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => uncached_keys(),
-            };
-            (on_disk, parsed)
-        });
-        let rejected = rejected_documents(&docs, &on_disk.errors);
+        let objects = source::objects(&docs);
+        let converted = self.convert_changed(&objects);
+        let current: Vec<(Option<ObjectKey>, Arc<Converted>)> = objects
+            .iter()
+            .zip(&converted)
+            .map(|(obj, c)| {
+                let key = c.key.clone().or_else(|| {
+                    // Unparseable now: it is most likely what used to be at the same place.
+                    obj.position()
+                        .and_then(|pos| self.previous.get(&pos))
+                        .and_then(|(_, prev)| prev.key.clone())
+                });
+                (key, Arc::clone(c))
+            })
+            .collect();
+        let reloaded = self.last_good.apply(&current);
+        self.previous = objects
+            .into_iter()
+            .zip(converted)
+            .filter_map(|(obj, c)| Some((obj.position()?, (obj, c))))
+            .collect();
+        Ok(reloaded)
+    }
 
-        let mut present: HashSet<ResourceKey> = HashSet::new();
-        let mut replaced: Vec<ResourceKey> = Vec::new();
-        let mut positions: HashMap<(String, usize), ResourceKey> = HashMap::new();
-        let mut keys: Vec<Option<ResourceKey>> = Vec::with_capacity(docs.len());
-        for (i, ((doc, cached), parsed)) in docs.iter().zip(cached).zip(parsed).enumerate() {
-            let key = cached.or(parsed).or_else(|| {
-                // Unparseable now: it is most likely what used to be at the same place.
-                self.last_position
-                    .get(&(doc.file.clone(), doc.index))
-                    .cloned()
-            });
-            if let Some(k) = &key {
-                present.insert(k.clone());
-                positions.insert((doc.file.clone(), doc.index), k.clone());
-                if rejected.contains(&i) {
-                    replaced.push(k.clone());
-                }
-            }
-            keys.push(key);
-        }
-        let mut kept_previous = 0;
-        let mut kept = Vec::new();
-        let on_disk_snapshot = std::mem::take(&mut on_disk.snapshot);
-        let serving = if replaced.is_empty() {
-            on_disk_snapshot
-        } else {
-            drop(on_disk_snapshot);
-            let mut serving_docs: Vec<Document> = docs
+    /// Each object's conversion: the previous one for an object unchanged at its place, a new one
+    /// (on two threads when there are many) for the others.
+    fn convert_changed(&self, objects: &[SourceObject]) -> Vec<Arc<Converted>> {
+        let reused: Vec<Option<Arc<Converted>>> = objects
+            .iter()
+            .map(|obj| {
+                let (prev_obj, prev) = self.previous.get(&obj.position()?)?;
+                obj.unchanged_since(prev_obj).then(|| Arc::clone(prev))
+            })
+            .collect();
+        let todo: Vec<usize> = (0..objects.len())
+            .filter(|&i| reused[i].is_none())
+            .collect();
+        let convert_all = |indexes: &[usize]| -> Vec<(usize, Arc<Converted>)> {
+            indexes
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| !rejected.contains(i))
-                .map(|(_, doc)| doc.clone())
-                .collect();
-            for key in &replaced {
-                if let Some(prev) = self.last_good.get(key) {
-                    serving_docs.push(prev.clone());
-                    kept_previous += 1;
-                    kept.push(key.clone());
-                }
-            }
-            policy::build(&serving_docs).snapshot
+                .map(|&i| (i, Arc::new(policy::convert(&objects[i]))))
+                .collect()
         };
-
-        // Remember: accepted documents become the last good versions; resources deleted from disk
-        // are forgotten; rejected ones keep their previous version.
-        self.last_good.retain(|k, _| present.contains(k));
-        self.last_position = positions;
-        for (i, (doc, key)) in docs.into_iter().zip(keys).enumerate() {
-            if let (Some(key), false) = (key, rejected.contains(&i)) {
-                self.last_good.insert(key, doc);
-            }
+        let fresh: Vec<(usize, Arc<Converted>)> = if todo.len() < 64 {
+            convert_all(&todo)
+        } else {
+            let (a, b) = todo.split_at(todo.len() / 2);
+            std::thread::scope(|scope| {
+                let other = std::thread::Builder::new()
+                    .name("keel-config-convert".to_string())
+                    .spawn_scoped(scope, || convert_all(b));
+                let mut mine = convert_all(a);
+                match other {
+                    Ok(handle) => mine.extend(
+                        handle
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    ),
+                    Err(_) => mine.extend(convert_all(b)),
+                }
+                mine
+            })
+        };
+        let mut out = reused;
+        for (i, c) in fresh {
+            out[i] = Some(c);
         }
-        Ok(Reloaded {
-            on_disk,
-            serving,
-            kept_previous,
-            kept,
-        })
+        out.into_iter()
+            .zip(objects)
+            .map(|(c, obj)| c.unwrap_or_else(|| Arc::new(policy::convert(obj))))
+            .collect()
     }
-
-    /// The resource of a document whose text is the last good version of the resource last found at
-    /// its place (file, index): what [`resource_key`] (or the place) would say, without parsing.
-    fn unchanged_key(&self, doc: &Document) -> Option<ResourceKey> {
-        let key = self.last_position.get(&(doc.file.clone(), doc.index))?;
-        let prev = self.last_good.get(key)?;
-        (prev.file == doc.file && prev.text == doc.text).then(|| key.clone())
-    }
-}
-
-/// The resource a document declares, if it parses far enough to say.
-fn resource_key(doc: &Document) -> Option<ResourceKey> {
-    let value = doc.value().ok()?;
-    let kind = value.get("kind")?.as_str()?.to_string();
-    let metadata = value.get("metadata")?;
-    let name = metadata.get("name")?.as_str()?.to_string();
-    let namespace = metadata
-        .get("namespace")
-        .and_then(|n| n.as_str())
-        .map(str::to_string);
-    Some((kind, namespace, name))
-}
-
-/// Indexes of the documents that errors point into (by file and line range).
-fn rejected_documents(docs: &[Document], errors: &[ConfigError]) -> HashSet<usize> {
-    let mut out = HashSet::new();
-    for e in errors {
-        let in_file = docs.iter().enumerate().filter(|(_, d)| d.file == e.at.file);
-        // The document whose text starts at or before the error's line, latest such one.
-        if let Some((i, _)) = in_file
-            .filter(|(_, d)| d.text_line <= e.at.line)
-            .max_by_key(|(_, d)| d.text_line)
-        {
-            out.insert(i);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -64,6 +64,11 @@ impl Kind {
         })
     }
 
+    /// Cluster-scoped kinds have no namespace.
+    pub fn cluster_scoped(self) -> bool {
+        matches!(self, Kind::Namespace | Kind::Node | Kind::MeshConfig)
+    }
+
     /// The `kind` string.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1584,10 +1584,7 @@ fn client_tls(
 /// Where relative file paths in a resource point: the directory of the config file that holds it
 /// (Keel's working directory means nothing to a user; Istio users write absolute paths).
 fn config_dir(ctx: &Ctx<'_>) -> PathBuf {
-    Path::new(&ctx.doc.file)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    ctx.obj.base_dir()
 }
 
 /// Reads the file `value` names (resolved against `base`) and parses it with `parse`, recording a

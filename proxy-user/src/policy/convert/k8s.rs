@@ -248,6 +248,87 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
     })
 }
 
+/// Label naming the Service an EndpointSlice belongs to.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+pub(super) fn endpoint_slice(
+    ctx: &mut Ctx<'_>,
+    slice: &wk::EndpointSlice,
+) -> Option<EndpointSlice> {
+    let labels_path = FieldPath::root().key("metadata").key("labels");
+    ctx.check(&labels_path, v::labels(&slice.metadata.labels));
+    let service = slice
+        .metadata
+        .labels
+        .get(SERVICE_NAME_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    if service.is_empty() {
+        ctx.warn(
+            &labels_path,
+            format!(
+                "no {SERVICE_NAME_LABEL} label: this slice belongs to no Service and is not used"
+            ),
+        );
+    }
+    let address_type = slice.address_type.as_deref().unwrap_or("IPv4");
+    if !matches!(address_type, "IPv4" | "IPv6" | "FQDN") {
+        ctx.err(
+            &FieldPath::root().key("addressType"),
+            Invalid::Enum {
+                value: address_type.to_string(),
+                allowed: "IPv4, IPv6, FQDN",
+            },
+        );
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().enumerate() {
+        let path = FieldPath::root().key("ports").index(i);
+        // A port without a number means "all ports" for a selector-less Service; Keel needs one.
+        let Some(number) = p.port else { continue };
+        if let Some(number) = ctx.check(&path.key("port"), v::port(number)) {
+            ports.push((p.name.clone().unwrap_or_default(), number));
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        let path = FieldPath::root().key("endpoints").index(i);
+        // FQDN endpoints name hosts, not addresses: Keel dials addresses only.
+        let addresses = if address_type == "FQDN" {
+            Vec::new()
+        } else {
+            e.addresses
+                .iter()
+                .enumerate()
+                .filter_map(|(j, a)| ctx.check(&path.key("addresses").index(j), v::ip(a)))
+                .collect()
+        };
+        let conditions = e.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+        let pod = e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| {
+                let name = r.name.as_deref()?;
+                let ns = r.namespace.as_deref().unwrap_or(ctx.ns());
+                Some(format!("{ns}/{name}"))
+            });
+        endpoints.push(SliceEndpoint {
+            addresses,
+            healthy: ready && !terminating,
+            pod,
+        });
+    }
+    Some(EndpointSlice {
+        meta: ctx.meta.clone(),
+        service,
+        ports,
+        endpoints,
+    })
+}
+
 /// The controller among `refs` (else the first owner), if it names one.
 fn pod_owner(refs: &[wk::OwnerReference]) -> Option<PodOwner> {
     refs.iter()

@@ -9,7 +9,6 @@ mod destination_rule;
 mod fields;
 mod gateway;
 mod k8s;
-mod list;
 mod mesh_config;
 mod metadata;
 mod scoped_host;
@@ -22,7 +21,7 @@ use std::path::Path;
 
 use super::error::*;
 use super::model::*;
-use crate::source::{self, Document, FieldPath};
+use crate::source::{self, Document, FieldPath, ObjectKey, SourceObject};
 use crate::wire::Kind;
 
 /// The outcome of loading a config directory: the snapshot built from every valid resource, plus what was
@@ -37,6 +36,9 @@ pub struct LoadReport {
     pub warnings: Vec<ConfigWarning>,
     /// Documents ignored because Keel does not know their kind.
     pub ignored: usize,
+    /// Objects (by position in the assembled sequence) that converted without error but were
+    /// rejected when assembled: a duplicate name, a cluster IP another Service holds.
+    pub rejected_when_assembled: Vec<usize>,
 }
 
 impl LoadReport {
@@ -60,27 +62,82 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, source::Error> {
 
 /// Builds a snapshot from already-split documents (in load order).
 pub fn build(docs: &[Document]) -> LoadReport {
+    let objects = source::objects(docs);
+    let converted: Vec<Converted> = objects.iter().map(convert).collect();
+    assemble(&converted)
+}
+
+/// Assembles converted objects (in load order) into a snapshot: their errors and warnings, every
+/// accepted one indexed, cross-resource checks done. Duplicates: the first definition wins.
+pub fn assemble<'a>(objects: impl IntoIterator<Item = &'a Converted>) -> LoadReport {
     let mut b = Builder::default();
-    // `kubectl apply` applies each item of a `List` as its own object.
-    let docs = list::expand(docs);
-    for (order, doc) in docs.iter().enumerate() {
-        b.document(order, doc);
+    for (order, c) in objects.into_iter().enumerate() {
+        b.add(order, c);
     }
     b.finish()
 }
 
+/// One object converted on its own: the model it contributes (when accepted) and what was wrong
+/// with it. Independent of every other object, so a source can keep it and assemble it again.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The object's identity, when it parsed far enough to have one.
+    pub key: Option<ObjectKey>,
+    /// The model, `None` when rejected or ignored.
+    piece: Option<Piece>,
+    /// Why it was rejected (empty when accepted or ignored).
+    pub errors: Vec<ConfigError>,
+    /// What looks suspicious about it.
+    pub warnings: Vec<ConfigWarning>,
+    /// Not a kind Keel reads.
+    ignored: bool,
+    /// Where the duplicate checks point: the object, and its `metadata.name`.
+    root_at: Location,
+    name_at: Location,
+    /// The object's `file:line` (or API origin), as a later duplicate names it.
+    here: String,
+}
+
+impl Converted {
+    /// True when the object is in (or may enter) the snapshot: no errors.
+    pub fn accepted(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// What an accepted object contributes to the snapshot.
+#[derive(Debug, Clone)]
+enum Piece {
+    Namespace(NamespaceInfo),
+    EndpointSlice(EndpointSlice),
+    Service(Service, Location),
+    Pod(Box<Pod>, Location, Option<String>),
+    Node(Node),
+    VirtualService {
+        vs: Box<VirtualService>,
+        refs: Vec<DestinationRef>,
+        gateway_refs: Vec<(Location, String)>,
+        hosts_at: Location,
+    },
+    DestinationRule(Box<DestinationRule>, (Location, Location, Vec<Location>)),
+    ServiceEntry(Box<ServiceEntry>, Location),
+    Sidecar(Box<Sidecar>),
+    Gateway(Box<Gateway>),
+    MeshConfig(Box<MeshConfig>),
+}
+
 /// Per-resource conversion context: where we are and what went wrong so far.
 pub(crate) struct Ctx<'a> {
-    pub doc: &'a Document,
+    pub obj: &'a SourceObject,
     pub meta: Meta,
     pub errors: Vec<(FieldPath, Invalid)>,
     pub warnings: Vec<(FieldPath, String)>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(doc: &'a Document, meta: Meta) -> Self {
+    fn new(obj: &'a SourceObject, meta: Meta) -> Self {
         Ctx {
-            doc,
+            obj,
             meta,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -121,7 +178,7 @@ impl<'a> Ctx<'a> {
 
     /// The location of `path` in this resource (for messages about it).
     pub fn location(&self, path: &FieldPath) -> Location {
-        location(self.doc, &self.meta, path)
+        location(self.obj, &self.meta, path)
     }
 }
 
@@ -137,14 +194,10 @@ pub fn not_applied_message(path: &FieldPath, today: Option<&str>) -> String {
     }
 }
 
-fn location(doc: &Document, meta: &Meta, path: &FieldPath) -> Location {
+fn location(obj: &SourceObject, meta: &Meta, path: &FieldPath) -> Location {
     Location {
-        file: doc.file.clone(),
-        line: if path.0.is_empty() {
-            doc.line
-        } else {
-            doc.line_of(path)
-        },
+        file: obj.origin.label(),
+        line: obj.line_of(path),
         kind: meta.kind.clone(),
         namespace: meta.namespace.clone(),
         name: meta.name.clone(),
@@ -153,6 +206,7 @@ fn location(doc: &Document, meta: &Meta, path: &FieldPath) -> Location {
 }
 
 /// A subset (or host) reference from a route, checked once every DestinationRule is known.
+#[derive(Debug, Clone)]
 pub(crate) struct DestinationRef {
     pub at: Location,
     pub client_namespace: String,
@@ -163,7 +217,7 @@ pub(crate) struct DestinationRef {
 struct Builder {
     report: LoadReport,
     /// `(kind, namespace, name)` -> `file:line` of the first definition.
-    seen: HashMap<(Kind, String, String), String>,
+    seen: HashMap<ObjectKey, String>,
     mesh_first: Option<String>,
     /// Services waiting for VIP/host indexing (in load order).
     services: Vec<(Service, Location)>,
@@ -188,346 +242,418 @@ struct PodLocation {
     finished_phase: Option<String>,
 }
 
-impl Builder {
-    fn document(&mut self, order: usize, doc: &Document) {
-        let unknown_meta = |kind: &str| Meta {
-            kind: kind.to_string(),
-            namespace: String::new(),
-            name: "?".to_string(),
-            file: Some(doc.file.clone()),
-            line: Some(doc.line),
-            creation_timestamp: None,
-            order,
-        };
-        let value = match doc.value() {
-            Ok(v) => v,
-            Err(e) => {
-                let mut at = location(doc, &unknown_meta("document"), &FieldPath::root());
-                at.line = e.line;
-                self.report.errors.push(ConfigError {
-                    at,
-                    reason: InvalidDocument::Syntax(e.message).into(),
-                });
-                return;
-            }
-        };
-        let str_at =
-            |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        let api_version = str_at(&value, "apiVersion");
-        let kind_str = str_at(&value, "kind");
-        let (Some(api_version), Some(kind_str)) = (api_version, kind_str) else {
-            let reason = if !value.is_mapping() {
-                "the document is not a mapping"
-            } else {
-                "apiVersion and kind are required"
-            };
-            self.report.errors.push(ConfigError {
-                at: location(doc, &unknown_meta("document"), &FieldPath::root()),
-                reason: InvalidDocument::NotAnObject(reason).into(),
+/// Converts one object on its own (see [`Converted`]).
+pub fn convert(obj: &SourceObject) -> Converted {
+    let unknown_meta = |kind: &str| Meta {
+        kind: kind.to_string(),
+        namespace: String::new(),
+        name: "?".to_string(),
+        file: Some(obj.origin.label()),
+        line: Some(obj.line()),
+        creation_timestamp: None,
+        order: 0,
+    };
+    let document_at = location(obj, &unknown_meta("document"), &FieldPath::root());
+    let mut out = Converted {
+        key: None,
+        piece: None,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        ignored: false,
+        root_at: document_at.clone(),
+        name_at: document_at,
+        here: obj.origin.to_string(),
+    };
+    let value = match &obj.value {
+        Ok(v) => v,
+        Err(e) => {
+            let mut at = out.root_at.clone();
+            at.line = e.line;
+            out.errors.push(ConfigError {
+                at,
+                reason: InvalidDocument::Syntax(e.message.clone()).into(),
             });
-            return;
-        };
-        let metadata = value.get("metadata");
-        let name = metadata.and_then(|m| str_at(m, "name"));
-        let Some(kind) = Kind::classify(&api_version, &kind_str) else {
-            let mut meta = unknown_meta(&kind_str);
-            meta.name = name.unwrap_or_else(|| "?".to_string());
-            meta.namespace = metadata
-                .and_then(|m| str_at(m, "namespace"))
-                .unwrap_or_else(|| "default".to_string());
-            // A kind Keel reads under a version that does not exist: the API server refuses it.
-            if let Some(served) = metadata::unserved_istio_version(&api_version, &kind_str) {
-                self.report.errors.push(ConfigError {
-                    at: location(doc, &meta, &FieldPath::root().key("apiVersion")),
-                    reason: InvalidDocument::UnservedVersion {
-                        api_version,
-                        kind: kind_str,
-                        served,
-                    }
-                    .into(),
-                });
-                return;
-            }
-            self.report.ignored += 1;
-            self.report.warnings.push(ConfigWarning {
-                at: location(doc, &meta, &FieldPath::root()),
-                message: format!("ignoring {api_version} {kind_str}: not a kind Keel reads"),
-            });
-            return;
-        };
-        let cluster_scoped = matches!(kind, Kind::Namespace | Kind::Node | Kind::MeshConfig);
-        let namespace = if cluster_scoped {
-            String::new()
+            return out;
+        }
+    };
+    let str_at =
+        |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let api_version = str_at(value, "apiVersion");
+    let kind_str = str_at(value, "kind");
+    let (Some(api_version), Some(kind_str)) = (api_version, kind_str) else {
+        let reason = if !value.is_mapping() {
+            "the document is not a mapping"
         } else {
-            // An empty namespace is unset, as for kubectl: the object goes to `default`.
-            metadata
-                .and_then(|m| str_at(m, "namespace"))
-                .filter(|ns| !ns.is_empty())
-                .unwrap_or_else(|| "default".to_string())
+            "apiVersion and kind are required"
         };
-        let meta = Meta {
-            kind: kind_str.clone(),
-            namespace,
-            name: name.clone().unwrap_or_else(|| "?".to_string()),
-            file: Some(doc.file.clone()),
-            line: Some(doc.line),
-            creation_timestamp: metadata.and_then(|m| str_at(m, "creationTimestamp")),
-            order,
+        out.errors.push(ConfigError {
+            at: location(obj, &unknown_meta("document"), &FieldPath::root()),
+            reason: InvalidDocument::NotAnObject(reason).into(),
+        });
+        return out;
+    };
+    let metadata = value.get("metadata");
+    let name = metadata.and_then(|m| str_at(m, "name"));
+    let Some(kind) = Kind::classify(&api_version, &kind_str) else {
+        let mut meta = unknown_meta(&kind_str);
+        meta.name = name.clone().unwrap_or_else(|| "?".to_string());
+        meta.namespace = metadata
+            .and_then(|m| str_at(m, "namespace"))
+            .unwrap_or_else(|| "default".to_string());
+        out.key = name.map(|name| ObjectKey::new(&kind_str, &meta.namespace, &name));
+        out.root_at = location(obj, &meta, &FieldPath::root());
+        // A kind Keel reads under a version that does not exist: the API server refuses it.
+        if let Some(served) = metadata::unserved_istio_version(&api_version, &kind_str) {
+            out.errors.push(ConfigError {
+                at: location(obj, &meta, &FieldPath::root().key("apiVersion")),
+                reason: InvalidDocument::UnservedVersion {
+                    api_version,
+                    kind: kind_str,
+                    served,
+                }
+                .into(),
+            });
+            return out;
+        }
+        out.ignored = true;
+        out.warnings.push(ConfigWarning {
+            at: location(obj, &meta, &FieldPath::root()),
+            message: format!("ignoring {api_version} {kind_str}: not a kind Keel reads"),
+        });
+        return out;
+    };
+    let cluster_scoped = kind.cluster_scoped();
+    let namespace = if cluster_scoped {
+        String::new()
+    } else {
+        // An empty namespace is unset, as for kubectl: the object goes to `default`.
+        metadata
+            .and_then(|m| str_at(m, "namespace"))
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_string())
+    };
+    let meta = Meta {
+        kind: kind_str.clone(),
+        namespace,
+        name: name.clone().unwrap_or_else(|| "?".to_string()),
+        file: match &obj.origin {
+            source::Origin::File { file, .. } => Some(file.clone()),
+            source::Origin::Api { .. } => None,
+        },
+        line: match &obj.origin {
+            source::Origin::File { line, .. } => Some(*line),
+            source::Origin::Api { .. } => None,
+        },
+        creation_timestamp: metadata.and_then(|m| str_at(m, "creationTimestamp")),
+        order: 0,
+    };
+    if let Some(name) = &name {
+        out.key = Some(ObjectKey::new(&kind_str, &meta.namespace, name));
+    }
+    let mut ctx = Ctx::new(obj, meta);
+    let metadata_path = FieldPath::root().key("metadata");
+    out.root_at = ctx.location(&FieldPath::root());
+    out.name_at = ctx.location(&metadata_path.key("name"));
+    if name.is_none() && kind != Kind::MeshConfig {
+        ctx.err(&metadata_path.key("name"), InvalidDocument::MissingName);
+    } else if let Some(name) = &name {
+        let r = match kind {
+            // Services and namespaces are DNS labels (they become host-name labels).
+            Kind::Service | Kind::Namespace => super::validate::dns1123_label(name),
+            _ => super::validate::dns1123_subdomain(name),
         };
-        let mut ctx = Ctx::new(doc, meta);
-        let metadata_path = FieldPath::root().key("metadata");
-        if name.is_none() && kind != Kind::MeshConfig {
-            ctx.err(&metadata_path.key("name"), InvalidDocument::MissingName);
-        } else if let Some(name) = &name {
-            let r = match kind {
-                // Services and namespaces are DNS labels (they become host-name labels).
-                Kind::Service | Kind::Namespace => super::validate::dns1123_label(name),
-                _ => super::validate::dns1123_subdomain(name),
-            };
-            ctx.check(&metadata_path.key("name"), r);
-        }
-        if !cluster_scoped {
-            let ns = ctx.meta.namespace.clone();
-            ctx.check(
-                &metadata_path.key("namespace"),
-                super::validate::dns1123_label(&ns),
-            );
-        }
-        let istio_kind = matches!(
-            kind,
-            Kind::VirtualService
-                | Kind::DestinationRule
-                | Kind::ServiceEntry
-                | Kind::Sidecar
-                | Kind::Gateway
+        ctx.check(&metadata_path.key("name"), r);
+    }
+    if !cluster_scoped {
+        let ns = ctx.meta.namespace.clone();
+        ctx.check(
+            &metadata_path.key("namespace"),
+            super::validate::dns1123_label(&ns),
         );
-        if istio_kind {
-            metadata::istio_metadata(&mut ctx, metadata);
+    }
+    let istio_kind = matches!(
+        kind,
+        Kind::VirtualService
+            | Kind::DestinationRule
+            | Kind::ServiceEntry
+            | Kind::Sidecar
+            | Kind::Gateway
+    );
+    if istio_kind {
+        metadata::istio_metadata(&mut ctx, metadata);
+    }
+    if ctx.errors.is_empty() {
+        match convert_kind(kind, &mut ctx, value) {
+            Ok(piece) if ctx.errors.is_empty() => out.piece = piece,
+            Ok(_) => {}
+            Err(decode_error) => out.errors.push(decode_error),
         }
-        if !ctx.errors.is_empty() {
-            self.flush(ctx);
+    }
+    for (path, reason) in ctx.errors.iter() {
+        out.errors.push(ConfigError {
+            at: ctx.location(path),
+            reason: reason.clone(),
+        });
+    }
+    for (path, message) in std::mem::take(&mut ctx.warnings) {
+        out.warnings.push(ConfigWarning {
+            at: ctx.location(&path),
+            message,
+        });
+    }
+    if !out.errors.is_empty() {
+        out.piece = None;
+    }
+    out
+}
+
+/// Decodes and converts one resource of a kind Keel reads. `Err` is a decoding (schema) error; other
+/// problems are in `ctx`, and a piece with errors in `ctx` is not used.
+fn convert_kind(
+    kind: Kind,
+    ctx: &mut Ctx<'_>,
+    value: &serde_yaml::Value,
+) -> Result<Option<Piece>, ConfigError> {
+    macro_rules! decode {
+        ($t:ty) => {
+            match ctx.obj.decode::<$t>() {
+                Ok(v) => v,
+                Err(e) => {
+                    let mut at = ctx.location(&e.path);
+                    at.line = e.line;
+                    return Err(ConfigError {
+                        at,
+                        reason: InvalidDocument::Schema(e.message).into(),
+                    });
+                }
+            }
+        };
+    }
+    // Conversions that found errors return `None`; the piece is then dropped by the caller.
+    macro_rules! some {
+        ($e:expr) => {
+            match $e {
+                Some(v) => v,
+                None => return Ok(None),
+            }
+        };
+    }
+    use crate::wire::istio::IstioObject;
+    use crate::wire::{istio, k8s as wk, keel};
+    Ok(Some(match kind {
+        Kind::Namespace => {
+            let ns: wk::Namespace = decode!(wk::Namespace);
+            Piece::Namespace(NamespaceInfo {
+                name: ctx.meta.name.clone(),
+                labels: ns.metadata.labels.clone(),
+            })
+        }
+        Kind::EndpointSlice => {
+            let slice = decode!(wk::EndpointSlice);
+            Piece::EndpointSlice(some!(k8s::endpoint_slice(ctx, &slice)))
+        }
+        Kind::Service => {
+            let svc = decode!(wk::Service);
+            let s = some!(k8s::service(ctx, &svc));
+            Piece::Service(s, ctx.location(&FieldPath::root()))
+        }
+        Kind::Pod => {
+            let pod = decode!(wk::Pod);
+            let p = some!(k8s::pod(ctx, &pod));
+            Piece::Pod(
+                Box::new(p),
+                ctx.location(&FieldPath::parse("status")),
+                pod.status
+                    .phase
+                    .clone()
+                    .filter(|p| p == "Succeeded" || p == "Failed"),
+            )
+        }
+        Kind::Node => {
+            let node = decode!(wk::Node);
+            Piece::Node(some!(k8s::node(ctx, &node)))
+        }
+        Kind::VirtualService => {
+            let obj = decode!(IstioObject<istio::VirtualServiceSpec>);
+            let mut refs = Vec::new();
+            let mut gateway_refs = Vec::new();
+            let vs = some!(virtual_service::convert(
+                ctx,
+                &obj.spec,
+                &mut refs,
+                &mut gateway_refs
+            ));
+            Piece::VirtualService {
+                vs: Box::new(vs),
+                refs,
+                gateway_refs,
+                hosts_at: ctx.location(&FieldPath::parse("spec.hosts")),
+            }
+        }
+        Kind::DestinationRule => {
+            let obj = decode!(IstioObject<istio::DestinationRuleSpec>);
+            let dr = some!(destination_rule::convert(ctx, &obj.spec));
+            let subsets = (0..dr.subsets.len())
+                .map(|i| ctx.location(&FieldPath::parse(&format!("spec.subsets[{i}].name"))))
+                .collect();
+            let at = (
+                ctx.location(&FieldPath::parse("spec.host")),
+                ctx.location(&FieldPath::parse("spec.trafficPolicy")),
+                subsets,
+            );
+            Piece::DestinationRule(Box::new(dr), at)
+        }
+        Kind::ServiceEntry => {
+            let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
+            let se = some!(service_entry::service_entry(
+                ctx,
+                &obj.metadata.labels,
+                &obj.spec
+            ));
+            Piece::ServiceEntry(Box::new(se), ctx.location(&FieldPath::parse("spec.hosts")))
+        }
+        Kind::Sidecar => {
+            let obj = decode!(IstioObject<istio::SidecarSpec>);
+            Piece::Sidecar(Box::new(some!(sidecar::sidecar(ctx, &obj.spec))))
+        }
+        Kind::Gateway => {
+            let obj = decode!(IstioObject<istio::GatewaySpec>);
+            Piece::Gateway(Box::new(some!(gateway::gateway(
+                ctx,
+                &obj.spec,
+                &obj.metadata.annotations,
+                value
+            ))))
+        }
+        Kind::MeshConfig => {
+            let obj = decode!(keel::MeshConfigObject);
+            Piece::MeshConfig(Box::new(some!(mesh_config::mesh_config(ctx, &obj.spec))))
+        }
+    }))
+}
+
+impl Builder {
+    /// Adds one converted object: its problems to the report, its model (if accepted and not a
+    /// duplicate) to the snapshot.
+    fn add(&mut self, order: usize, c: &Converted) {
+        self.report.errors.extend(c.errors.iter().cloned());
+        self.report.warnings.extend(c.warnings.iter().cloned());
+        if c.ignored {
+            self.report.ignored += 1;
+        }
+        let Some(piece) = &c.piece else {
+            return;
+        };
+        // Duplicates: the first definition wins, later ones are rejected.
+        let duplicate = if matches!(piece, Piece::MeshConfig(_)) {
+            self.mesh_first.clone().map(|first| {
+                (
+                    c.root_at.clone(),
+                    Invalid::from(InvalidDocument::SecondMeshConfig { first }),
+                )
+            })
+        } else {
+            c.key.as_ref().and_then(|key| {
+                self.seen.get(key).map(|first| {
+                    (
+                        c.name_at.clone(),
+                        Invalid::from(InvalidDocument::Duplicate {
+                            first: first.clone(),
+                        }),
+                    )
+                })
+            })
+        };
+        if let Some((at, reason)) = duplicate {
+            self.report.errors.push(ConfigError { at, reason });
+            self.report.rejected_when_assembled.push(order);
             return;
         }
-        // Duplicates: the first definition wins, later ones are rejected.
-        let here = format!("{}:{}", doc.file, doc.line);
-        if kind == Kind::MeshConfig {
-            if let Some(first) = &self.mesh_first {
-                ctx.err(
-                    &FieldPath::root(),
-                    InvalidDocument::SecondMeshConfig {
-                        first: first.clone(),
-                    },
-                );
-                self.flush(ctx);
-                return;
-            }
-        } else {
-            let key = (kind, ctx.meta.namespace.clone(), ctx.meta.name.clone());
-            if let Some(first) = self.seen.get(&key) {
-                ctx.err(
-                    &metadata_path.key("name"),
-                    InvalidDocument::Duplicate {
-                        first: first.clone(),
-                    },
-                );
-                self.flush(ctx);
-                return;
-            }
+        if matches!(piece, Piece::MeshConfig(_)) {
+            self.mesh_first = Some(c.here.clone());
+        } else if let Some(key) = &c.key {
+            self.seen.insert(key.clone(), c.here.clone());
         }
-        let accepted = self.convert(kind, &mut ctx, &value);
-        if accepted {
-            if kind == Kind::MeshConfig {
-                self.mesh_first = Some(here);
-            } else {
-                self.seen.insert(
-                    (kind, ctx.meta.namespace.clone(), ctx.meta.name.clone()),
-                    here,
-                );
+        let snap = &mut self.report.snapshot;
+        match piece.clone() {
+            Piece::Namespace(ns) => {
+                snap.namespaces.insert(ns.name.clone(), ns);
             }
-        }
-        self.flush(ctx);
-    }
-
-    /// Decodes and converts one resource; returns whether it was accepted.
-    fn convert(&mut self, kind: Kind, ctx: &mut Ctx<'_>, value: &serde_yaml::Value) -> bool {
-        macro_rules! decode {
-            ($t:ty) => {
-                // From the value parsed above: the text is not parsed twice.
-                match ctx.doc.decode_value::<$t>(value) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let mut at = ctx.location(&e.path);
-                        at.line = e.line;
-                        self.report.errors.push(ConfigError {
-                            at,
-                            reason: InvalidDocument::Schema(e.message).into(),
-                        });
-                        return false;
-                    }
-                }
-            };
-        }
-        use crate::wire::istio::IstioObject;
-        use crate::wire::{istio, k8s as wk, keel};
-        match kind {
-            Kind::Namespace => {
-                let _ns: wk::Namespace = decode!(wk::Namespace);
-                true
+            Piece::EndpointSlice(mut slice) => {
+                slice.meta.order = order;
+                snap.endpoint_slices.push(slice);
             }
-            Kind::EndpointSlice => {
-                let _slice: wk::EndpointSlice = decode!(wk::EndpointSlice);
-                ctx.warn(
-                    &FieldPath::root(),
-                    "EndpointSlices are read but not used: in file mode endpoints come from Pods",
-                );
-                true
+            Piece::Service(mut s, at) => {
+                s.meta.order = order;
+                self.services.push((s, at));
             }
-            Kind::Service => {
-                let svc = decode!(wk::Service);
-                match k8s::service(ctx, &svc) {
-                    Some(s) if ctx.errors.is_empty() => {
-                        let at = ctx.location(&FieldPath::root());
-                        self.services.push((s, at));
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::Pod(p, status_at, finished_phase) => {
+                let mut p = *p;
+                p.meta.order = order;
+                self.pod_locations.push(PodLocation {
+                    status_at,
+                    finished_phase,
+                });
+                let key = format!("{}/{}", p.meta.namespace, p.meta.name);
+                snap.pod_by_name.insert(key, snap.pods.len());
+                snap.pods.push(p);
             }
-            Kind::Pod => {
-                let pod = decode!(wk::Pod);
-                match k8s::pod(ctx, &pod) {
-                    Some(p) if ctx.errors.is_empty() => {
-                        self.pod_locations.push(PodLocation {
-                            status_at: ctx.location(&FieldPath::parse("status")),
-                            finished_phase: pod
-                                .status
-                                .phase
-                                .clone()
-                                .filter(|p| p == "Succeeded" || p == "Failed"),
-                        });
-                        let key = format!("{}/{}", p.meta.namespace, p.meta.name);
-                        self.report
-                            .snapshot
-                            .pod_by_name
-                            .insert(key, self.report.snapshot.pods.len());
-                        self.report.snapshot.pods.push(p);
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::Node(mut n) => {
+                n.meta.order = order;
+                snap.node_by_name
+                    .insert(n.meta.name.clone(), snap.nodes.len());
+                snap.nodes.push(n);
             }
-            Kind::Node => {
-                let node = decode!(wk::Node);
-                match k8s::node(ctx, &node) {
-                    Some(n) if ctx.errors.is_empty() => {
-                        let snap = &mut self.report.snapshot;
-                        snap.node_by_name
-                            .insert(n.meta.name.clone(), snap.nodes.len());
-                        snap.nodes.push(n);
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::VirtualService {
+                vs,
+                refs,
+                gateway_refs,
+                hosts_at,
+            } => {
+                let mut vs = *vs;
+                vs.meta.order = order;
+                self.refs.extend(refs);
+                self.gateway_refs.extend(gateway_refs);
+                self.vs_locations.push(hosts_at);
+                snap.virtual_services.push(vs);
             }
-            Kind::VirtualService => {
-                let obj = decode!(IstioObject<istio::VirtualServiceSpec>);
-                let mut refs = Vec::new();
-                let mut gw_refs = Vec::new();
-                match virtual_service::convert(ctx, &obj.spec, &mut refs, &mut gw_refs) {
-                    Some(vs) if ctx.errors.is_empty() => {
-                        self.refs.extend(refs);
-                        self.gateway_refs.extend(gw_refs);
-                        self.vs_locations
-                            .push(ctx.location(&FieldPath::parse("spec.hosts")));
-                        self.report.snapshot.virtual_services.push(vs);
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::DestinationRule(dr, at) => {
+                let mut dr = *dr;
+                dr.meta.order = order;
+                self.dr_locations.push(at);
+                snap.destination_rules.push(dr);
             }
-            Kind::DestinationRule => {
-                let obj = decode!(IstioObject<istio::DestinationRuleSpec>);
-                match destination_rule::convert(ctx, &obj.spec) {
-                    Some(dr) if ctx.errors.is_empty() => {
-                        let subsets = (0..dr.subsets.len())
-                            .map(|i| {
-                                ctx.location(&FieldPath::parse(&format!("spec.subsets[{i}].name")))
-                            })
-                            .collect();
-                        self.dr_locations.push((
-                            ctx.location(&FieldPath::parse("spec.host")),
-                            ctx.location(&FieldPath::parse("spec.trafficPolicy")),
-                            subsets,
-                        ));
-                        self.report.snapshot.destination_rules.push(dr);
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::ServiceEntry(se, at) => {
+                let mut se = *se;
+                se.meta.order = order;
+                self.se_locations.push(at);
+                snap.service_entries.push(se);
             }
-            Kind::ServiceEntry => {
-                let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
-                match service_entry::service_entry(ctx, &obj.metadata.labels, &obj.spec) {
-                    Some(se) if ctx.errors.is_empty() => {
-                        self.se_locations
-                            .push(ctx.location(&FieldPath::parse("spec.hosts")));
-                        self.report.snapshot.service_entries.push(se);
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::Sidecar(sc) => {
+                let mut sc = *sc;
+                sc.meta.order = order;
+                snap.sidecars.push(sc);
             }
-            Kind::Sidecar => {
-                let obj = decode!(IstioObject<istio::SidecarSpec>);
-                match sidecar::sidecar(ctx, &obj.spec) {
-                    Some(sc) if ctx.errors.is_empty() => {
-                        self.report.snapshot.sidecars.push(sc);
-                        true
-                    }
-                    _ => false,
-                }
+            Piece::Gateway(gw) => {
+                let mut gw = *gw;
+                gw.meta.order = order;
+                snap.gateways.push(gw);
             }
-            Kind::Gateway => {
-                let obj = decode!(IstioObject<istio::GatewaySpec>);
-                match gateway::gateway(ctx, &obj.spec, &obj.metadata.annotations, value) {
-                    Some(gw) if ctx.errors.is_empty() => {
-                        self.report.snapshot.gateways.push(gw);
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            Kind::MeshConfig => {
-                let obj = decode!(keel::MeshConfigObject);
-                match mesh_config::mesh_config(ctx, &obj.spec) {
-                    Some(mesh) if ctx.errors.is_empty() => {
-                        self.report.snapshot.mesh = mesh;
-                        true
-                    }
-                    _ => false,
-                }
-            }
-        }
-    }
-
-    /// Moves a resource's errors and warnings into the report.
-    fn flush(&mut self, ctx: Ctx<'_>) {
-        for (path, reason) in ctx.errors.iter() {
-            self.report.errors.push(ConfigError {
-                at: location(ctx.doc, &ctx.meta, path),
-                reason: reason.clone(),
-            });
-        }
-        for (path, message) in ctx.warnings {
-            self.report.warnings.push(ConfigWarning {
-                at: location(ctx.doc, &ctx.meta, &path),
-                message,
-            });
+            Piece::MeshConfig(mesh) => snap.mesh = *mesh,
         }
     }
 
     fn finish(mut self) -> LoadReport {
         self.index_services();
+        let snap = &mut self.report.snapshot;
+        for (i, slice) in snap.endpoint_slices.iter().enumerate() {
+            if !slice.service.is_empty() {
+                snap.slices_by_service
+                    .entry(format!("{}/{}", slice.meta.namespace, slice.service))
+                    .or_default()
+                    .push(i);
+            }
+        }
         self.cross_checks();
         self.report
     }
@@ -561,6 +687,7 @@ impl Builder {
                     at,
                     reason: InvalidPort::VipConflict { addr, other }.into(),
                 });
+                self.report.rejected_when_assembled.push(svc.meta.order);
                 continue;
             }
             for ip in &svc.cluster_ips {

@@ -1674,3 +1674,23 @@ fn tls_port_level_files_are_checked() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn slices_give_a_service_its_healthy_endpoints() {
+    let text = std::fs::read_to_string(
+        config_dir("testdata/valid/eps-service-endpoints").join("sample.yaml"),
+    )
+    .expect("sample");
+    let report = crate::policy::build(&crate::source::split_documents("s.yaml", &text));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let s = &report.snapshot;
+    let reviews = s.service_by_host["reviews.default.svc.cluster.local"];
+    // The terminating, not-ready reviews-v2 is left out although the selector matches it.
+    let eps = s.endpoints(reviews, 0, None);
+    let addrs: Vec<String> = eps.iter().map(|e| e.addr.to_string()).collect();
+    assert_eq!(addrs, ["10.244.0.12:9080"]);
+    assert_eq!(eps[0].pod, s.pod_by_name["default/reviews-v1"]);
+    // Subsets still select by the endpoint's pod labels.
+    let v2: Labels = [("version".to_string(), "v2".to_string())].into();
+    assert!(s.endpoints(reviews, 0, Some(&v2)).is_empty());
+}

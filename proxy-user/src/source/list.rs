@@ -5,7 +5,7 @@
 //! real file line. Only block-style lists (`- apiVersion: ...` items, as kubectl writes them) can be cut;
 //! anything else stays one document (and is reported as a kind Keel does not read).
 
-use crate::source::{self, Document, FieldPath};
+use super::{Document, FieldPath};
 
 /// `docs` with every block-style `List` replaced by its items, in order.
 pub(super) fn expand(docs: &[Document]) -> Vec<Document> {
@@ -45,7 +45,7 @@ fn items(doc: &Document) -> Option<Vec<Document>> {
     let mut starts = Vec::with_capacity(count);
     for i in 0..count {
         // 1-based within the text; a line that is not an item's `- ` means flow style: give up.
-        let line = source::line_of(&doc.text, &items_path.index(i))?;
+        let line = super::line_of(&doc.text, &items_path.index(i))?;
         let text = lines.get(line - 1)?;
         if !text.trim_start().starts_with('-') || starts.last().is_some_and(|&l| l >= line) {
             return None;
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn block_list_items_keep_their_file_lines() {
         let text = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: a\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: b}\nkind: List\nmetadata:\n  resourceVersion: \"\"\n";
-        let docs = source::split_documents("f.yaml", text);
+        let docs = crate::source::split_documents("f.yaml", text);
         let out = expand(&docs);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].line, 3);
@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn other_documents_and_flow_lists_are_kept() {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: b}}]\n";
-        let docs = source::split_documents("f.yaml", text);
+        let docs = crate::source::split_documents("f.yaml", text);
         assert_eq!(expand(&docs), docs);
     }
 }
