@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use keel::admin::{self, AdminContext, ConfigStatus, ConnLog, Stats};
 use keel::ebpf::Redirector;
-use keel::state::reload::{self, Reloader};
+use keel::source::kube::Change;
+use keel::state::reload::{self, ConfigSource, KubeObjects, Reloader};
 use keel::state::{self, State};
 
 #[derive(Parser)]
@@ -92,10 +93,20 @@ enum Format {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory of Kubernetes and Istio YAML.
+    /// Directory of Kubernetes and Istio YAML (file mode).
+    #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
+    config: Option<PathBuf>,
+    /// Read the config from the Kubernetes API server instead of a directory (cluster mode):
+    /// Istio's networking kinds, Services, EndpointSlices, Pods, Namespaces and Nodes.
     #[arg(long)]
-    config: PathBuf,
-    /// cgroup v2 directory under which every pod has `<namespace>/<pod>`.
+    kube: bool,
+    /// kubeconfig for `--kube`. Default: `$KUBECONFIG` or `~/.kube/config`, else the pod's
+    /// service account (in-cluster).
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    kubeconfig: Option<PathBuf>,
+    /// cgroup v2 directory the programs attach to. File mode: every pod has `<namespace>/<pod>`
+    /// under it. Cluster mode: kubelet's pod cgroups (`kubepods*`) are under it (the cgroup v2 root,
+    /// `/sys/fs/cgroup`, on a node).
     #[arg(long)]
     cgroup: PathBuf,
     /// Address pods' connections are redirected to; the proxy listens here (node IP / bridge IP).
@@ -276,23 +287,54 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     if !cgroup_root.is_dir() {
         bail!("cgroup root {} is not a directory", cgroup_root.display());
     }
-    let mut reloader = Reloader::new(&args.config);
-    let fingerprint = reload::fingerprint(&args.config)
-        .with_context(|| format!("reading config directory {}", args.config.display()))?;
-    let first = reloader
-        .load()
-        .with_context(|| format!("reading config directory {}", args.config.display()))?;
-    let config_status = Arc::new(Mutex::new(report_load(&first)));
-    let snapshot = Arc::new(first.serving);
-
     let node = node_name(args.node_name.clone());
     tracing::info!(node = node.as_deref().unwrap_or("<unknown>"), "node name");
+    let layout = match &args.config {
+        Some(_) => state::PodLayout::Files {
+            root: cgroup_root.clone(),
+        },
+        None => state::PodLayout::Kubelet {
+            root: cgroup_root.clone(),
+            node: node.clone().context(
+                "--kube needs the node's name: --node-name or $NODE_NAME (Downward API spec.nodeName)",
+            )?,
+        },
+    };
     let state = Arc::new(State::for_node(node));
-    drop(state.publish(
-        Arc::clone(&snapshot),
-        state::resolve_pod_cgroups(&snapshot, &cgroup_root),
+    let (mut source, mut fingerprint, mut changes) = match &args.config {
+        Some(dir) => {
+            let fingerprint = reload::fingerprint(dir)
+                .with_context(|| format!("reading config directory {}", dir.display()))?;
+            (
+                ConfigSource::Dir(Reloader::new(dir)),
+                Some(fingerprint),
+                None,
+            )
+        }
+        None => {
+            let client = keel::source::kube::client(args.kubeconfig.as_deref()).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            keel::source::kube::spawn_watchers(client, state.node_name().map(str::to_string), tx);
+            (ConfigSource::Kube(KubeObjects::default()), None, Some(rx))
+        }
+    };
+    // File mode loads before the admin API starts (a bad directory is an error at once); cluster
+    // mode waits for the API server with the admin API up (`/ready` 503 meanwhile).
+    let mut first = None;
+    if let ConfigSource::Dir(reloader) = &mut source {
+        let loaded = reloader
+            .load()
+            .with_context(|| format!("reading config directory {}", reloader.dir().display()))?;
+        first = Some(loaded);
+    }
+    let config_status = Arc::new(Mutex::new(
+        first.as_ref().map(report_load).unwrap_or_default(),
     ));
-    state::release_freed_memory();
+    if let Some(loaded) = first.as_mut() {
+        let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
+        drop(state.publish(Arc::clone(&snapshot), layout.resolve(&snapshot)));
+        state::release_freed_memory();
+    }
 
     // Listen before attaching, so no redirected connection finds the port closed. One listener per
     // worker (SO_REUSEPORT): the kernel spreads connections, and each connection, its requests and
@@ -326,7 +368,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
                 LogEncoding::Json => keel::metrics::access_log::Encoding::Json,
             }),
         });
-    apply_access_log(&metrics, &snapshot.mesh);
+    apply_access_log(&metrics, &state.load().snapshot.mesh);
     if let Some(endpoint) = &args.otlp_endpoint {
         // The exporter runs on this (control) runtime, off the data-plane workers.
         let node_id = format!(
@@ -367,6 +409,17 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             state_scope,
         },
     )?;
+    if let (ConfigSource::Kube(objects), Some(rx)) = (&mut source, changes.as_mut()) {
+        initial_sync(objects, rx).await?;
+        let mut loaded = objects.load();
+        let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
+        drop(state.publish(Arc::clone(&snapshot), layout.resolve(&snapshot)));
+        if let Ok(mut status) = config_status.lock() {
+            *status = report_load(&loaded);
+        }
+        apply_access_log(&metrics, &snapshot.mesh);
+        state::release_freed_memory();
+    }
     let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
         .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
     sync_kernel(&mut redirector, &state)?;
@@ -388,9 +441,10 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     let control_task = tokio::spawn(control_loop(Control {
         redirector: Arc::clone(&redirector),
         state: Arc::clone(&state),
-        cgroup_root: cgroup_root.clone(),
-        reloader,
-        fingerprint,
+        layout,
+        source,
+        fingerprint: fingerprint.take(),
+        changes: changes.take(),
         stats,
         config_status,
         metrics: Arc::clone(&metrics),
@@ -400,8 +454,8 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         proxy = %args.proxy_addr,
         admin = %args.admin_addr,
         cgroup = %cgroup_root.display(),
-        services = snapshot.services.len(),
-        meshed = snapshot.meshed_destinations().len(),
+        services = state.load().snapshot.services.len(),
+        meshed = state.load().snapshot.meshed_destinations().len(),
         pods = state.load().pod_by_cgroup.len(),
         "keel serving"
     );
@@ -482,9 +536,13 @@ fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()>
 struct Control {
     redirector: Arc<Mutex<Redirector>>,
     state: Arc<State>,
-    cgroup_root: PathBuf,
-    reloader: Reloader,
-    fingerprint: reload::Fingerprint,
+    /// How pods' cgroups are found.
+    layout: state::PodLayout,
+    source: ConfigSource,
+    /// File mode: the directory as last loaded.
+    fingerprint: Option<reload::Fingerprint>,
+    /// Cluster mode: what the API watchers report.
+    changes: Option<tokio::sync::mpsc::Receiver<Change>>,
     stats: Arc<Stats>,
     config_status: Arc<Mutex<ConfigStatus>>,
     /// Holds the access log, re-applied from the MeshConfig after each load.
@@ -520,27 +578,91 @@ async fn settled_fingerprint(dir: &Path, mut fp: reload::Fingerprint) -> reload:
     fp
 }
 
+/// Cluster mode: changes that arrive within this long of each other apply as one.
+const CHANGES_SETTLE: Duration = Duration::from_millis(20);
+/// ...but no batch waits longer than this.
+const CHANGES_SETTLE_MAX: Duration = Duration::from_millis(200);
+
+/// Cluster mode, at start: applies changes until every kind has been listed once.
+async fn initial_sync(
+    objects: &mut KubeObjects,
+    changes: &mut tokio::sync::mpsc::Receiver<Change>,
+) -> anyhow::Result<()> {
+    let mut listed: std::collections::HashSet<&'static str> = std::collections::HashSet::new();
+    let kinds = keel::source::kube::WATCHED.len();
+    let started = tokio::time::Instant::now();
+    let mut next_report = started + Duration::from_secs(10);
+    while listed.len() < kinds {
+        match tokio::time::timeout_at(next_report, changes.recv()).await {
+            Ok(Some(change)) => {
+                if let Change::Replace { kind, .. } = &change {
+                    listed.insert(kind);
+                }
+                objects.apply(change);
+            }
+            Ok(None) => bail!("the API watchers stopped"),
+            Err(_) => {
+                let waiting: Vec<&str> = keel::source::kube::WATCHED
+                    .iter()
+                    .map(|w| w.kind)
+                    .filter(|k| !listed.contains(k))
+                    .collect();
+                tracing::warn!(waiting = %waiting.join(", "), seconds = started.elapsed().as_secs(), "waiting for the API server to list");
+                next_report += Duration::from_secs(10);
+            }
+        }
+    }
+    tracing::info!(objects = objects.len(), "API server listed");
+    Ok(())
+}
+
+/// The next change, or never (file mode).
+async fn next_change(changes: &mut Option<tokio::sync::mpsc::Receiver<Change>>) -> Option<Change> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn control_loop(mut c: Control) {
     let mut tick = tokio::time::interval(CONFIG_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u32 = 0;
     loop {
-        tick.tick().await;
-        n = n.wrapping_add(1);
         let mut changed = false;
-        match reload::fingerprint(c.reloader.dir()) {
-            Ok(fp) if fp != c.fingerprint => {
-                c.fingerprint = settled_fingerprint(c.reloader.dir(), fp).await;
-                changed |= c.reload().await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read config directory; keeping current config")
+        let mut ticked = false;
+        tokio::select! {
+            _ = tick.tick() => ticked = true,
+            change = next_change(&mut c.changes) => match change {
+                Some(change) => {
+                    c.apply_changes(change).await;
+                    changed |= c.reload().await;
+                }
+                None => {
+                    tracing::error!("the API watchers stopped; keeping the current config");
+                    c.changes = None;
+                }
+            },
+        }
+        if ticked {
+            n = n.wrapping_add(1);
+            if let (ConfigSource::Dir(reloader), Some(fingerprint)) = (&c.source, &c.fingerprint) {
+                let dir = reloader.dir().to_path_buf();
+                match reload::fingerprint(&dir) {
+                    Ok(fp) if fp != *fingerprint => {
+                        c.fingerprint = Some(settled_fingerprint(&dir, fp).await);
+                        changed |= c.reload().await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read config directory; keeping current config")
+                    }
+                }
             }
         }
-        if n.is_multiple_of(POD_RESCAN_EVERY) {
+        if changed || (ticked && n.is_multiple_of(POD_RESCAN_EVERY)) {
             let node = c.state.load();
-            let resolved = state::resolve_pod_cgroups(&node.snapshot, &c.cgroup_root);
+            let resolved = c.layout.resolve(&node.snapshot);
             if resolved != node.pod_by_cgroup {
                 c.state.update_pod_cgroups(resolved);
                 changed = true;
@@ -555,7 +677,7 @@ async fn control_loop(mut c: Control) {
                 tracing::error!("kernel sync failed: {e:#}");
             }
         }
-        if n.is_multiple_of(SWEEP_EVERY) {
+        if ticked && n.is_multiple_of(SWEEP_EVERY) {
             match redirector.sweep_unestablished(SWEEP_AGE) {
                 Ok(0) => {}
                 Ok(swept) => tracing::info!(swept, "removed stale connection records"),
@@ -566,20 +688,41 @@ async fn control_loop(mut c: Control) {
 }
 
 impl Control {
+    /// Applies `first` and every change that follows it closely (a `kubectl apply` of several
+    /// objects, a re-list), so that they publish as one config.
+    async fn apply_changes(&mut self, first: Change) {
+        let ConfigSource::Kube(objects) = &mut self.source else {
+            return;
+        };
+        objects.apply(first);
+        let Some(rx) = self.changes.as_mut() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + CHANGES_SETTLE_MAX;
+        loop {
+            let wait = (tokio::time::Instant::now() + CHANGES_SETTLE).min(deadline);
+            match tokio::time::timeout_at(wait, rx.recv()).await {
+                Ok(Some(change)) => objects.apply(change),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
     /// Load the config directory and publish it, both off the runtime's workers (building the
     /// routing tables of a large config takes a while). True if published.
     async fn reload(&mut self) -> bool {
-        let mut reloader = std::mem::replace(&mut self.reloader, Reloader::new(Path::new("")));
+        let mut source =
+            std::mem::replace(&mut self.source, ConfigSource::Kube(KubeObjects::default()));
         let state = Arc::clone(&self.state);
-        let cgroup_root = self.cgroup_root.clone();
-        let (reloader, loaded) = match tokio::task::spawn_blocking(move || {
-            let loaded = reloader.load().map(|mut loaded| {
+        let layout = self.layout.clone();
+        let (source, loaded) = match tokio::task::spawn_blocking(move || {
+            let loaded = source.load().map(|mut loaded| {
                 let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
-                let pods = state::resolve_pod_cgroups(&snapshot, &cgroup_root);
+                let pods = layout.resolve(&snapshot);
                 let previous = state.publish(snapshot, pods);
                 (loaded, previous)
             });
-            (reloader, loaded)
+            (source, loaded)
         })
         .await
         {
@@ -589,7 +732,7 @@ impl Control {
                 return false;
             }
         };
-        self.reloader = reloader;
+        self.source = source;
         let (loaded, previous) = match loaded {
             Ok(l) => l,
             Err(e) => {

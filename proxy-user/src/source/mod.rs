@@ -8,6 +8,7 @@
 //! `file:line`. Decoding into wire types happens here too ([`Document::decode`]) because only here do we
 //! still have the text to map a serde error back to a line.
 
+pub mod kube;
 mod list;
 mod locate;
 pub mod object;

@@ -62,6 +62,11 @@ impl State {
         }
     }
 
+    /// The node this proxy runs on, if known.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
     /// The current state; hold the `Arc` for the duration of a request.
     pub fn load(&self) -> Arc<NodeState> {
         self.current.load_full()
@@ -116,6 +121,30 @@ pub fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// How the captured pods' cgroups are found.
+#[derive(Debug, Clone)]
+pub enum PodLayout {
+    /// File mode: `<root>/<namespace>/<pod name>` for every Pod of the config.
+    Files { root: PathBuf },
+    /// Cluster mode: kubelet's pod cgroups under `root`, for the pods scheduled on `node` that
+    /// are opted in.
+    Kubelet { root: PathBuf, node: String },
+}
+
+impl PodLayout {
+    /// Kernel cgroup id -> pod, for the captured pods of `snapshot` whose cgroup exists now.
+    pub fn resolve(&self, snapshot: &Snapshot) -> HashMap<u64, PodId> {
+        match self {
+            PodLayout::Files { root } => resolve_pod_cgroups(snapshot, root),
+            PodLayout::Kubelet { root, node } => resolve_kubelet_pods(snapshot, root, node),
+        }
+    }
+}
+
+fn resolve_kubelet_pods(_snapshot: &Snapshot, _root: &Path, _node: &str) -> HashMap<u64, PodId> {
+    HashMap::new()
 }
 
 /// Where a pod's cgroup lives in file mode: `<cgroup root>/<namespace>/<pod name>`.

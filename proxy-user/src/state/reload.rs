@@ -9,13 +9,14 @@
 //!
 //! Invariant: `LastGood` only ever holds objects that converted and assembled without error.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::policy::{self, Converted, LoadReport};
-use crate::source::{self, ObjectKey, SourceObject};
+use crate::source::kube::Change;
+use crate::source::{self, ObjectKey, Origin, SourceObject};
 
 /// What changed on disk since the last look: path, size, modification time, inode of every YAML file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -214,6 +215,110 @@ impl Reloader {
     }
 }
 
+/// The API source's objects as its watchers last reported them, each converted when it arrived.
+#[derive(Debug, Default)]
+pub struct KubeObjects {
+    objects: BTreeMap<ObjectKey, (Origin, Arc<Converted>)>,
+    last_good: LastGood,
+}
+
+impl KubeObjects {
+    /// Applies one change; objects are converted here, once per resourceVersion.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Upsert(obj) => {
+                let (key, entry) = self.converted(*obj);
+                self.objects.insert(key, entry);
+            }
+            Change::Delete(key) => {
+                self.objects.remove(&key);
+            }
+            Change::Replace { kind, objects } => {
+                let mut previous: BTreeMap<ObjectKey, (Origin, Arc<Converted>)> = BTreeMap::new();
+                self.objects.retain(|k, v| {
+                    if k.kind == kind {
+                        previous.insert(k.clone(), v.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                for obj in objects {
+                    let unchanged = key_of(&obj).and_then(|key| {
+                        let (origin, c) = previous.get(&key)?;
+                        (*origin == obj.origin && !matches!(origin, Origin::Api { resource_version } if resource_version.is_empty()))
+                            .then(|| (key, (origin.clone(), Arc::clone(c))))
+                    });
+                    let (key, entry) = match unchanged {
+                        Some(kept) => kept,
+                        None => self.converted(obj),
+                    };
+                    self.objects.insert(key, entry);
+                }
+            }
+        }
+    }
+
+    fn converted(&self, obj: SourceObject) -> (ObjectKey, (Origin, Arc<Converted>)) {
+        let c = Arc::new(policy::convert(&obj));
+        let key = c
+            .key
+            .clone()
+            .or_else(|| key_of(&obj))
+            .unwrap_or_else(|| ObjectKey::new("?", "", &obj.origin.label()));
+        (key, (obj.origin, c))
+    }
+
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// True when no object is held.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Assembles the objects (rejected ones replaced by their last good version).
+    pub fn load(&mut self) -> Reloaded {
+        let current: Vec<(Option<ObjectKey>, Arc<Converted>)> = self
+            .objects
+            .iter()
+            .map(|(k, (_, c))| (Some(k.clone()), Arc::clone(c)))
+            .collect();
+        self.last_good.apply(&current)
+    }
+}
+
+/// An API object's key from its `kind` and metadata, whether or not it converts.
+fn key_of(obj: &SourceObject) -> Option<ObjectKey> {
+    let value = obj.value.as_ref().ok()?;
+    let kind = value.get("kind")?.as_str()?;
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let namespace = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("");
+    Some(ObjectKey::new(kind, namespace, name))
+}
+
+/// Where the config comes from.
+#[derive(Debug)]
+pub enum ConfigSource {
+    /// A directory of YAML (`--config`).
+    Dir(Reloader),
+    /// The API server (`--kube`).
+    Kube(KubeObjects),
+}
+
+impl ConfigSource {
+    /// Assembles what the source holds now (a directory is read again).
+    pub fn load(&mut self) -> Result<Reloaded, source::Error> {
+        match self {
+            ConfigSource::Dir(reloader) => reloader.load(),
+            ConfigSource::Kube(objects) => Ok(objects.load()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +397,82 @@ mod tests {
         write(&dir, "notes.txt", "ignored");
         assert_eq!(fingerprint(&dir).expect("fp"), f2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn api_vs(name: &str, weight: i64, rv: &str) -> SourceObject {
+        SourceObject::from_api(&serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv,
+                "uid": "6b2b8d52-1a0e-4f0e-9a43-0c3e3f2b7a11", "generation": 1,
+                "creationTimestamp": "2026-11-30T10:00:00Z"},
+            "spec": {"hosts": [name], "http": [{"route": [
+                {"destination": {"host": "reviews"}, "weight": weight},
+                {"destination": {"host": "reviews"}, "weight": 50}]}]}
+        }))
+    }
+
+    fn api_service() -> SourceObject {
+        SourceObject::from_api(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "reviews", "namespace": "default", "resourceVersion": "1"},
+            "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "reviews"},
+                "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}]}
+        }))
+    }
+
+    #[test]
+    fn api_objects_keep_their_last_good_version_by_object() {
+        let mut objects = KubeObjects::default();
+        objects.apply(Change::Replace {
+            kind: "Service",
+            objects: vec![api_service()],
+        });
+        objects.apply(Change::Replace {
+            kind: "VirtualService",
+            objects: vec![api_vs("reviews", 50, "10"), api_vs("ratings", 50, "11")],
+        });
+        let first = objects.load();
+        assert!(
+            first.on_disk.errors.is_empty(),
+            "{:?}",
+            first.on_disk.errors
+        );
+        assert_eq!(vs_names(&first.serving), ["ratings", "reviews"]);
+
+        // A bad update is rejected with its API origin (no file, no line) and the previous
+        // version keeps serving.
+        objects.apply(Change::Upsert(Box::new(api_vs("reviews", -1, "12"))));
+        let bad = objects.load();
+        assert_eq!(bad.on_disk.errors.len(), 1);
+        let at = &bad.on_disk.errors[0].at;
+        assert_eq!(at.file, "apiserver (resourceVersion 12)");
+        assert_eq!(
+            (at.kind.as_str(), at.name.as_str()),
+            ("VirtualService", "reviews")
+        );
+        assert_eq!(
+            bad.kept,
+            [ObjectKey::new("VirtualService", "default", "reviews")]
+        );
+        assert_eq!(vs_names(&bad.serving), ["ratings", "reviews"]);
+
+        // A re-list that no longer has `ratings` deletes it; the unchanged reviews@12 is not
+        // converted again and stays rejected, still serving its last good version.
+        objects.apply(Change::Replace {
+            kind: "VirtualService",
+            objects: vec![api_vs("reviews", -1, "12")],
+        });
+        let relisted = objects.load();
+        assert_eq!(vs_names(&relisted.serving), ["reviews"]);
+        assert_eq!(relisted.kept_previous, 1);
+
+        // A delete removes it for good.
+        objects.apply(Change::Delete(ObjectKey::new(
+            "VirtualService",
+            "default",
+            "reviews",
+        )));
+        assert!(objects.load().serving.virtual_services.is_empty());
     }
 }

@@ -386,7 +386,7 @@ pub fn convert(obj: &SourceObject) -> Converted {
         match convert_kind(kind, &mut ctx, value) {
             Ok(piece) if ctx.errors.is_empty() => out.piece = piece,
             Ok(_) => {}
-            Err(decode_error) => out.errors.push(decode_error),
+            Err(decode_error) => out.errors.push(*decode_error),
         }
     }
     for (path, reason) in ctx.errors.iter() {
@@ -413,7 +413,7 @@ fn convert_kind(
     kind: Kind,
     ctx: &mut Ctx<'_>,
     value: &serde_yaml::Value,
-) -> Result<Option<Piece>, ConfigError> {
+) -> Result<Option<Piece>, Box<ConfigError>> {
     macro_rules! decode {
         ($t:ty) => {
             match ctx.obj.decode::<$t>() {
@@ -421,10 +421,10 @@ fn convert_kind(
                 Err(e) => {
                     let mut at = ctx.location(&e.path);
                     at.line = e.line;
-                    return Err(ConfigError {
+                    return Err(Box::new(ConfigError {
                         at,
                         reason: InvalidDocument::Schema(e.message).into(),
-                    });
+                    }));
                 }
             }
         };
