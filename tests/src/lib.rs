@@ -6,7 +6,6 @@
 //! - [`request_log`]: what reached each backend (one JSON line per request), read back by tests;
 //! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
 //! - [`config`]: temporary config directories and Service/Pod YAML;
-//! - [`deploy`]: the cluster install (`config/deploy/`) read as Kubernetes and a builder read it;
 //! - [`pki`]: a throwaway CA with server and client certificates as PEM files (TLS origination);
 //! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
 //!
@@ -15,7 +14,6 @@
 
 pub mod agent;
 pub mod config;
-pub mod deploy;
 pub mod host;
 pub mod http;
 pub mod keel;

@@ -10,6 +10,7 @@
 //! Subnet indices 170..=179 and 191 belong to this file.
 
 mod common;
+mod manifest;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -553,7 +554,7 @@ fn prestop_quit_stops_keel_and_detaches() -> Result<()> {
     common::ensure_all_ok_via_proxy(&fx.get_reviews(2)?, &fx.net)?;
 
     // The probes as config/deploy/daemonset.yaml writes them, on this keel's admin address.
-    let ds = keel_tests::deploy::daemonset()?;
+    let ds = manifest::daemonset()?;
     let container = ds
         .spec
         .as_ref()

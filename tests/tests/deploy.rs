@@ -8,6 +8,8 @@
 //! That the probe paths answer and the preStop command stops a running keel is `admin.rs`'s
 //! `prestop_quit_stops_keel_and_detaches`. No pod network: these tests need no root.
 
+mod manifest;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -16,8 +18,9 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use keel_tests::deploy::{self, Object, Parsed};
 use keel_tests::host;
+use manifest as deploy;
+use manifest::{Object, Parsed};
 
 const NAMESPACE: &str = "keel-system";
 const ACCOUNT: &str = "keel";

@@ -2,7 +2,10 @@
 //! documents, typed as the `k8s-openapi` objects they claim to be with unknown fields rejected,
 //! `kubectl kustomize` output, `keel <command> --help` flags, and the Containerfile's instructions.
 //!
-//! Nothing here talks to a cluster or a registry: `kubectl kustomize` renders offline.
+//! Nothing here talks to a cluster or a registry: `kubectl kustomize` renders offline. Shared by
+//! `deploy.rs` and `admin.rs` (each test file is its own crate and uses what it needs).
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::host;
+use keel_tests::host;
 
 /// `config/deploy/` of this checkout.
 pub fn deploy_dir() -> PathBuf {
@@ -115,11 +118,11 @@ pub fn parse(raw: Value) -> Result<Parsed> {
         None => format!("{kind} {name}"),
     };
     let object = match (api.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(strict(&raw)),
-        ("v1", "ServiceAccount") => Object::ServiceAccount(strict(&raw)),
-        ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(strict(&raw)),
+        ("v1", "Namespace") => strict(&raw).map(Object::Namespace),
+        ("v1", "ServiceAccount") => strict(&raw).map(Object::ServiceAccount),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => strict(&raw).map(Object::ClusterRole),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-            Object::ClusterRoleBinding(strict(&raw))
+            strict(&raw).map(Object::ClusterRoleBinding)
         }
         ("apps/v1", "DaemonSet") => strict(&raw).map(|d| Object::DaemonSet(Box::new(d))),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
