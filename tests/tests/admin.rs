@@ -615,9 +615,13 @@ fn prestop_quit_stops_keel_and_detaches() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let status = status.context("keel still runs after keel quit returned")?;
-    ensure!(status.success(), "keel exited with {status} after /quitquitquit");
     ensure!(
-        keel.stderr().contains("shutting down: detaching programs"),
+        status.success(),
+        "keel exited with {status} after /quitquitquit"
+    );
+    ensure!(
+        keel.stderr().contains("POST /quitquitquit")
+            && keel.stderr().contains("shutting down: detaching programs"),
         "keel did not take the shutdown path: {}",
         keel.stderr()
     );
@@ -629,7 +633,10 @@ fn prestop_quit_stops_keel_and_detaches() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
         attached = attached_programs(&root)?;
     }
-    ensure!(attached.is_empty(), "still attached after quit: {attached:?}");
+    ensure!(
+        attached.is_empty(),
+        "still attached after quit: {attached:?}"
+    );
     let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
     ensure!(
         c.outcome == ConnectOutcome::Unreachable,

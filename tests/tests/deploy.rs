@@ -61,7 +61,11 @@ fn kustomization() -> Result<(Vec<String>, String)> {
         .as_array()
         .context("kustomization.yaml has no resources list")?
         .iter()
-        .map(|r| r.as_str().map(str::to_string).context("a non-string resource"))
+        .map(|r| {
+            r.as_str()
+                .map(str::to_string)
+                .context("a non-string resource")
+        })
         .collect::<Result<Vec<_>>>()?;
     let images = k["images"].as_array().context("no images list")?;
     ensure!(images.len() == 1, "one image expected: {images:?}");
@@ -286,7 +290,11 @@ fn the_strict_parse_rejects_unknown_and_misplaced_fields() -> Result<()> {
     deploy::strict::<DaemonSet>(&doc(&good)?)?;
     for (from, to, field) in [
         ("readinessProbe:", "readinesProbe:", "readinesProbe"),
-        ("  updateStrategy:", "  bogus: 1\n  updateStrategy:", "bogus"),
+        (
+            "  updateStrategy:",
+            "  bogus: 1\n  updateStrategy:",
+            "bogus",
+        ),
         ("      - name: cgroup", "      - nme: cgroup", "nme"),
     ] {
         ensure!(good.contains(from), "{from:?} not in daemonset.yaml");
@@ -324,7 +332,7 @@ fn daemonset_runs_only_flags_keel_accepts_with_valid_values() -> Result<()> {
     );
 
     // The admin API is loopback only: keel refuses anything else.
-    let admin: SocketAddr = value("--admin-addr")?.parse()?;
+    let admin: SocketAddr = value("--admin-addr")?.parse().context("--admin-addr")?;
     ensure!(admin.ip().is_loopback(), "--admin-addr {admin}");
     // Pods are redirected to the node's address; kube-proxy must not own the port.
     let proxy = value("--proxy-addr")?;
@@ -335,13 +343,16 @@ fn daemonset_runs_only_flags_keel_accepts_with_valid_values() -> Result<()> {
         host == "$(HOST_IP)" && field_path(c, "HOST_IP") == Some("status.hostIP"),
         "--proxy-addr must be the node's IP from the Downward API: {proxy}"
     );
-    let port: u16 = port.parse()?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--proxy-addr {proxy}"))?;
     ensure!(
         !NODE_PORTS.contains(&port) && port != admin.port(),
         "--proxy-addr port {port}"
     );
     ensure!(
-        value("--node-name")? == "$(NODE_NAME)" && field_path(c, "NODE_NAME") == Some("spec.nodeName"),
+        value("--node-name")? == "$(NODE_NAME)"
+            && field_path(c, "NODE_NAME") == Some("spec.nodeName"),
         "--node-name must come from spec.nodeName"
     );
 
@@ -374,7 +385,8 @@ fn probes_and_prestop_use_the_admin_api_keel_serves() -> Result<()> {
         .get("--admin-addr")
         .and_then(|v| v.as_deref())
         .context("no --admin-addr")?
-        .parse()?;
+        .parse()
+        .context("--admin-addr")?;
     for (what, probe, path) in [
         ("readinessProbe", &c.readiness_probe, "/ready"),
         ("livenessProbe", &c.liveness_probe, "/live"),
@@ -405,9 +417,8 @@ fn probes_and_prestop_use_the_admin_api_keel_serves() -> Result<()> {
         );
     }
     // The admin router answers those paths (that they answer 200 on a live keel is admin.rs's).
-    let router = std::fs::read_to_string(
-        host::workspace_root().join("proxy-user/src/admin/mod.rs"),
-    )?;
+    let router =
+        std::fs::read_to_string(host::workspace_root().join("proxy-user/src/admin/mod.rs"))?;
     for path in ["/ready", "/live", "/quitquitquit"] {
         ensure!(
             router.contains(&format!("\"{path}\" =>")),
@@ -433,7 +444,10 @@ fn probes_and_prestop_use_the_admin_api_keel_serves() -> Result<()> {
         "preStop {command:?}"
     );
     let quit = deploy::help_flags(&host::keel_bin()?, "quit")?;
-    ensure!(quit.get("admin-addr") == Some(&true), "keel quit flags {quit:?}");
+    ensure!(
+        quit.get("admin-addr") == Some(&true),
+        "keel quit flags {quit:?}"
+    );
     let out = Command::new(host::keel_bin()?)
         .args(&command[1..])
         .arg("--help")
@@ -489,9 +503,11 @@ fn daemonset_is_a_host_network_node_agent_with_three_capabilities() -> Result<()
     ensure!(pod.priority_class_name.as_deref() == Some("system-node-critical"));
     let tolerations = pod.tolerations.clone().unwrap_or_default();
     ensure!(
-        tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists")
-            && t.key.is_none()
-            && t.effect.is_none()),
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
         "a toleration of every taint: {tolerations:?}"
     );
     // Selector matches the template (the API server would refuse the DaemonSet otherwise).
@@ -502,7 +518,10 @@ fn daemonset_is_a_host_network_node_agent_with_three_capabilities() -> Result<()
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     for (k, v) in spec.selector.match_labels.clone().unwrap_or_default() {
-        ensure!(labels.get(&k) == Some(&v), "selector {k}={v} not on the pods");
+        ensure!(
+            labels.get(&k) == Some(&v),
+            "selector {k}={v} not on the pods"
+        );
     }
 
     let update = spec.update_strategy.as_ref().context("no updateStrategy")?;
@@ -523,8 +542,16 @@ fn daemonset_is_a_host_network_node_agent_with_three_capabilities() -> Result<()
     ensure!(sc.privileged == Some(false), "privileged");
     ensure!(sc.allow_privilege_escalation == Some(false));
     ensure!(sc.read_only_root_filesystem == Some(true));
-    ensure!(sc.run_as_user == Some(0), "uid 0 holds the added capabilities");
-    ensure!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root) != Some(true));
+    ensure!(
+        sc.run_as_user == Some(0),
+        "uid 0 holds the added capabilities"
+    );
+    ensure!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root)
+            != Some(true)
+    );
     let caps = sc.capabilities.as_ref().context("no capabilities")?;
     ensure!(caps.drop.clone().unwrap_or_default() == ["ALL"], "drop ALL");
     let added: BTreeSet<String> = caps.add.clone().unwrap_or_default().into_iter().collect();
@@ -537,9 +564,8 @@ fn daemonset_is_a_host_network_node_agent_with_three_capabilities() -> Result<()
         "capabilities {added:?}: keel needs {wanted:?} (see proxy-user/src/ebpf/privilege.rs), \
          and nothing more"
     );
-    let privilege = std::fs::read_to_string(
-        host::workspace_root().join("proxy-user/src/ebpf/privilege.rs"),
-    )?;
+    let privilege =
+        std::fs::read_to_string(host::workspace_root().join("proxy-user/src/ebpf/privilege.rs"))?;
     for cap in &wanted {
         ensure!(
             privilege.contains(&format!("CAP_{cap}")),
@@ -575,7 +601,10 @@ fn daemonset_is_a_host_network_node_agent_with_three_capabilities() -> Result<()
         );
         ensure!(host_path.type_.as_deref() == Some("Directory"));
     }
-    ensure!(cgroup == "/sys/fs/cgroup", "--cgroup {cgroup}: the cgroup v2 root");
+    ensure!(
+        cgroup == "/sys/fs/cgroup",
+        "--cgroup {cgroup}: the cgroup v2 root"
+    );
 
     let resources = c.resources.as_ref().context("no resources")?;
     let requests = resources.requests.clone().unwrap_or_default();
@@ -681,11 +710,16 @@ fn crds_serve_istios_three_versions_of_the_five_kinds() -> Result<()> {
             .find(|(k, _, _)| *k == names.kind)
             .with_context(|| format!("{}: not a kind keel reads", o.id))?;
         ensure!(seen.insert(*kind), "{kind} defined twice");
-        ensure!(s.group == "networking.istio.io", "{kind}: group {}", s.group);
+        ensure!(
+            s.group == "networking.istio.io",
+            "{kind}: group {}",
+            s.group
+        );
         ensure!(s.scope == "Namespaced", "{kind}: scope {}", s.scope);
         ensure!(
             names.plural == *plural
-                && crd.metadata.name.as_deref() == Some(format!("{plural}.networking.istio.io").as_str())
+                && crd.metadata.name.as_deref()
+                    == Some(format!("{plural}.networking.istio.io").as_str())
                 && names.singular.as_deref() == Some(kind.to_ascii_lowercase().as_str())
                 && names.list_kind.as_deref() == Some(format!("{kind}List").as_str()),
             "{kind}: names {names:?}, metadata.name {:?}",
@@ -779,7 +813,11 @@ fn containerfile_installs_the_binary_the_daemonset_runs() -> Result<()> {
                 let last = image.rsplit('/').next().unwrap_or(image);
                 let pinned = image.contains("@sha256:")
                     || last.split_once(':').is_some_and(|(_, tag)| tag != "latest");
-                ensure!(pinned, "line {}: base image {image} is not pinned by tag", s.line);
+                ensure!(
+                    pinned,
+                    "line {}: base image {image} is not pinned by tag",
+                    s.line
+                );
                 stages.push((name, image.to_string(), BTreeSet::new()));
                 entrypoint = None;
             }
@@ -793,14 +831,19 @@ fn containerfile_installs_the_binary_the_daemonset_runs() -> Result<()> {
                     None => None,
                 };
                 let [src, dst] = words.as_slice() else {
-                    bail!("line {}: COPY with one source and one destination expected", s.line);
+                    bail!(
+                        "line {}: COPY with one source and one destination expected",
+                        s.line
+                    );
                 };
                 match &from {
                     Some(stage) => {
                         let earlier = stages[..stages.len().saturating_sub(1)]
                             .iter()
                             .find(|(n, _, _)| n.as_deref() == Some(stage.as_str()))
-                            .with_context(|| format!("line {}: no earlier stage {stage}", s.line))?;
+                            .with_context(|| {
+                                format!("line {}: no earlier stage {stage}", s.line)
+                            })?;
                         ensure!(
                             earlier.2.contains(*src),
                             "line {}: stage {stage} installs {:?}, not {src}",
@@ -844,7 +887,10 @@ fn containerfile_installs_the_binary_the_daemonset_runs() -> Result<()> {
     // The DaemonSet runs that binary: as entrypoint (no command override) and in its preStop.
     let ds = deploy::daemonset()?;
     let c = the_container(&ds)?;
-    ensure!(c.command.is_none(), "the DaemonSet overrides the entrypoint");
+    ensure!(
+        c.command.is_none(),
+        "the DaemonSet overrides the entrypoint"
+    );
     let pre_stop = c
         .lifecycle
         .as_ref()
@@ -871,7 +917,10 @@ fn containerfile_installs_the_binary_the_daemonset_runs() -> Result<()> {
         stages[0].1
     );
     let binary = std::fs::read(root.join("target/release/keel"))?;
-    ensure!(binary.starts_with(b"\x7fELF"), "target/release/keel is not an ELF file");
+    ensure!(
+        binary.starts_with(b"\x7fELF"),
+        "target/release/keel is not an ELF file"
+    );
     let glibc = deploy::max_glibc(&binary).context("target/release/keel names no GLIBC version")?;
     ensure!(
         glibc <= (2, 36),

@@ -66,14 +66,20 @@ pub fn strict<T: DeserializeOwned + Serialize>(raw: &Value) -> Result<T> {
     let typed: T = serde_json::from_value(raw.clone()).with_context(|| {
         format!(
             "not a valid {}",
-            std::any::type_name::<T>().rsplit("::").next().unwrap_or("?")
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("?")
         )
     })?;
     let back = serde_json::to_value(&typed)?;
     if let Some(problem) = first_difference(raw, &back, "") {
         bail!(
             "{problem} (as a {})",
-            std::any::type_name::<T>().rsplit("::").next().unwrap_or("?")
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("?")
         );
     }
     Ok(typed)
