@@ -46,6 +46,16 @@ enum Command {
     /// Explain what keel does with one request of one client pod: the VirtualService rule that
     /// matches and why earlier ones do not, destinations, DestinationRule policy, endpoints.
     Explain(ExplainArgs),
+    /// Ask a running keel to shut down as on SIGTERM (`POST /quitquitquit`) and wait until its
+    /// admin port closes: the DaemonSet's preStop hook.
+    Quit {
+        /// The running keel's admin address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin_addr: SocketAddr,
+        /// How long to wait for the admin port to close, in seconds.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -195,6 +205,11 @@ fn main() -> std::process::ExitCode {
         ),
         Command::Run(args) => run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Explain(args) => explain(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Quit {
+            admin_addr,
+            timeout,
+        } => admin::quit::request(admin_addr, Duration::from_secs(timeout))
+            .map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -382,6 +397,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         tracing::info!(%endpoint, "exporting spans over OTLP");
     }
     let ready = Arc::new(AtomicBool::new(false));
+    let quit = Arc::new(tokio::sync::Notify::new());
     // Weak: dropping the redirector at shutdown must still detach the programs.
     let attached: Arc<std::sync::OnceLock<std::sync::Weak<Mutex<Redirector>>>> = Arc::default();
     let kernel_stats = {
@@ -407,6 +423,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             config_status: Arc::clone(&config_status),
             kernel_stats,
             state_scope,
+            quit: Arc::clone(&quit),
         },
     )?;
     if let (ConfigSource::Kube(objects), Some(rx)) = (&mut source, changes.as_mut()) {
@@ -460,7 +477,10 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         "keel serving"
     );
 
-    shutdown_signal().await?;
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        () = quit.notified() => tracing::info!("POST /quitquitquit"),
+    }
     tracing::info!("shutting down: detaching programs");
     ready.store(false, Ordering::Release);
     control_task.abort();

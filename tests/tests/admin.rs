@@ -4,9 +4,13 @@
 //! its previous version keeps serving, Keel's own metrics (kernel maps, refused connections). That
 //! no pod reaches the admin port is `metrics.rs`'s `admin_port_is_not_reachable_from_pods`.
 //!
-//! Subnet indices 170..=179 belong to this file.
+//! The DaemonSet's probes and preStop hook against a running keel: `/ready` and `/live` as the
+//! manifest names them, `POST /quitquitquit` through the manifest's own `keel quit` command.
+//!
+//! Subnet indices 170..=179 and 191 belong to this file.
 
 mod common;
+mod manifest;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::{reviews_vip, Fixture, REVIEWS_FQDN, REVIEWS_PORT};
-use keel_tests::{HttpGet, HttpGetReport, HttpServerOpts, Keel, Pod};
+use keel_tests::keel::attached_programs;
+use keel_tests::{ConnectOutcome, HttpGet, HttpGetReport, HttpServerOpts, Keel, Pod};
 
 const PREFIX: &str = "ktadm";
 /// Envoy's circuit-breaker reply body (§1.17).
@@ -537,5 +542,118 @@ fn config_dump_kernel_maps_and_refusals() -> Result<()> {
     );
 
     ensure!(admin_text(&keel, "/ready")? == "ready\n");
+    Ok(())
+}
+
+#[test]
+fn prestop_quit_stops_keel_and_detaches() -> Result<()> {
+    let fx = Fixture::reviews(PREFIX, 191, &["v1"])?;
+    let root = fx.net.cgroup_root();
+    let mut keel = fx.start_keel_strict()?;
+    let admin = keel.options().admin_addr;
+    common::ensure_all_ok_via_proxy(&fx.get_reviews(2)?, &fx.net)?;
+
+    // The probes as config/deploy/daemonset.yaml writes them, on this keel's admin address.
+    let ds = manifest::daemonset()?;
+    let container = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .context("no container in the DaemonSet")?;
+    for probe in [&container.readiness_probe, &container.liveness_probe] {
+        let path = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+            .context("a probe without an httpGet path")?;
+        admin_text(&keel, &path)?;
+    }
+
+    // Only POST stops keel.
+    let r = keel_tests::http::get(admin, "/quitquitquit", Duration::from_secs(5))?;
+    ensure!(r.status == 405, "GET /quitquitquit answered {}", r.status);
+    ensure!(keel.try_wait()?.is_none(), "keel exited on a GET");
+
+    // The preStop command, pointed at this keel.
+    let command = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .context("no preStop exec command")?;
+    let at = command
+        .iter()
+        .position(|a| a == "--admin-addr")
+        .context("preStop has no --admin-addr")?;
+    // command[0] is the image's path of keel; this test runs the binary under test.
+    let mut args: Vec<String> = command.get(1..).unwrap_or_default().to_vec();
+    *args.get_mut(at).context("--admin-addr without a value")? = admin.to_string();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(keel_tests::host::keel_bin()?)
+        .args(&args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "keel {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(20),
+        "keel quit took {:?}",
+        started.elapsed()
+    );
+    // `keel quit` returns once the admin port is closed, i.e. keel has exited.
+    let mut status = None;
+    for _ in 0..40 {
+        status = keel.try_wait()?;
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.context("keel still runs after keel quit returned")?;
+    ensure!(
+        status.success(),
+        "keel exited with {status} after /quitquitquit"
+    );
+    ensure!(
+        keel.stderr().contains("POST /quitquitquit")
+            && keel.stderr().contains("shutting down: detaching programs"),
+        "keel did not take the shutdown path: {}",
+        keel.stderr()
+    );
+    let mut attached = attached_programs(&root)?;
+    for _ in 0..40 {
+        if attached.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        attached = attached_programs(&root)?;
+    }
+    ensure!(
+        attached.is_empty(),
+        "still attached after quit: {attached:?}"
+    );
+    let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
+    ensure!(
+        c.outcome == ConnectOutcome::Unreachable,
+        "after quit, VIP connects go direct (unreachable here): {c:?}"
+    );
+
+    // With no keel on the port there is nothing to stop: the hook succeeds at once.
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(keel_tests::host::keel_bin()?)
+        .args(&args)
+        .output()?;
+    ensure!(
+        out.status.success() && started.elapsed() < Duration::from_secs(5),
+        "keel quit with no keel: {} after {:?}: {}",
+        out.status,
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }

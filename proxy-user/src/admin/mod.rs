@@ -16,6 +16,8 @@
 //! - `GET /config_status`      JSON errors and warnings of the latest config load
 //! - `GET /explain?from=ns/pod&url=...&header=name:value` `keel explain` against the live state
 //!   (JSON; `&format=text` for text)
+//! - `POST /quitquitquit`      starts the shutdown SIGTERM starts (Envoy's endpoint; `keel quit`
+//!   calls it from the DaemonSet's preStop hook)
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -36,6 +38,7 @@ use crate::state::State;
 mod clusters;
 mod config_dump;
 mod envoy_stats;
+pub mod quit;
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -176,6 +179,8 @@ pub struct AdminContext {
     pub kernel_stats: Arc<dyn Fn() -> Option<KernelStats> + Send + Sync>,
     /// Whose upstream state a client pod uses (for `?client=`).
     pub state_scope: crate::upstream::StateScope,
+    /// Notified by `POST /quitquitquit`; `keel run` then shuts down as on SIGTERM.
+    pub quit: Arc<tokio::sync::Notify>,
 }
 
 /// Serve the admin API on `addr` from a dedicated thread with its own single-threaded runtime.
@@ -234,6 +239,14 @@ fn route(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/live" => text(StatusCode::OK, "live\n"),
+        "/quitquitquit" => {
+            if req.method() != http::Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "POST /quitquitquit\n");
+            }
+            // A stored permit: the shutdown starts even if `serve` is not waiting yet.
+            ctx.quit.notify_one();
+            text(StatusCode::OK, "OK\n")
+        }
         "/explain" => {
             let (status, content_type, body) =
                 crate::explain::source::admin_response(&ctx.state.load(), req.uri().query());
