@@ -7,7 +7,7 @@
 //! The DaemonSet's probes and preStop hook against a running keel: `/ready` and `/live` as the
 //! manifest names them, `POST /quitquitquit` through the manifest's own `keel quit` command.
 //!
-//! Subnet indices 170..=179 and 191 belong to this file.
+//! Subnet indices 170..=179 and 196 belong to this file.
 
 mod common;
 mod manifest;
@@ -547,7 +547,7 @@ fn config_dump_kernel_maps_and_refusals() -> Result<()> {
 
 #[test]
 fn prestop_quit_stops_keel_and_detaches() -> Result<()> {
-    let fx = Fixture::reviews(PREFIX, 191, &["v1"])?;
+    let fx = Fixture::reviews(PREFIX, 196, &["v1"])?;
     let root = fx.net.cgroup_root();
     let mut keel = fx.start_keel_strict()?;
     let admin = keel.options().admin_addr;

@@ -5,7 +5,7 @@
 //! Everything stays on this machine: the DNAT sends the VIP to a server on the pod network's own
 //! bridge address, only for packets from this test's subnet; the rule is removed on drop.
 //!
-//! Subnet index 191, shared with `admin.rs`'s preStop test (test files run one after another).
+//! Subnet index 197.
 
 mod common;
 
@@ -18,7 +18,7 @@ use common::{ensure_all_ok_via_proxy, reviews_vip, Fixture, REVIEWS_URL};
 use keel_tests::{host, HttpGet, Proc, SERVICE_CIDR};
 
 const PREFIX: &str = "ktcoex";
-const INDEX: u8 = 191;
+const INDEX: u8 = 197;
 /// The port of the stand-in for kube-proxy's endpoint, on the bridge address.
 const KUBE_PROXY_BACKEND_PORT: u16 = 19080;
 
