@@ -1,20 +1,23 @@
 //! Kubelet-style pod cgroups on the real cgroup v2 tree: pods of both cgroup drivers and all three
 //! QoS classes, their processes in container cgroups as under a CRI runtime, found by Keel's scanner
 //! (`keel::pods::kubelet`) with exactly the cgroup ids the kernel reports; gone once kubelet would
-//! have removed them. No keel process runs: the library is tested on what the kernel shows.
+//! have removed them; and the inotify watch that wakes the pod sync when they come and go. No keel
+//! process runs: the library is tested on what the kernel shows.
 //!
 //! The kernel's id of a cgroup is read two ways: `stat`'s inode number and the file handle of
 //! `name_to_handle_at` (what `bpf_get_current_cgroup_id` returns; systemd and bpftool read it so).
 //!
-//! Subnet index 191 belongs to this file.
+//! Subnet indices 191 and 192 belong to this file.
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use keel::pods::kubelet::{self as scanner, KubeletCgroups};
+use keel::pods::watch::KubepodsWatch;
 use keel_tests::{host, test_uid, CgroupDriver, KubeletCgroup, Pod, PodNet, QosClass};
 
 const PREFIX: &str = "ktkube";
@@ -242,5 +245,66 @@ fn scanner_finds_exactly_the_kubelet_pods_with_kernel_cgroup_ids() -> Result<()>
     if !scan.is_empty() {
         bail!("pods left after all were removed: {:?}", scan.pods());
     }
+    net.teardown()
+}
+
+/// Waits up to 2 s for `watch` to report a change.
+async fn wakes(watch: &mut KubepodsWatch) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(2), watch.changed())
+        .await
+        .context("no wake-up within 2 s")?
+        .context("inotify read")
+}
+
+#[test]
+fn watch_wakes_when_kubelet_pod_cgroups_come_and_go() -> Result<()> {
+    host::require_privileged_env()?;
+    let mut net = PodNet::new(PREFIX, 192)?;
+    // What kubelet makes at start-up, before any pod: the kubepods and QoS cgroups.
+    let combos: Vec<(CgroupDriver, QosClass)> = CgroupDriver::ALL
+        .into_iter()
+        .flat_map(|d| QosClass::ALL.map(|q| (d, q)))
+        .collect();
+    for (driver, qos) in &combos {
+        let pod_path = KubeletCgroup::new(&test_uid("startup"), *qos, *driver).pod_path();
+        let qos_dir = pod_path.parent().context("pod path has a parent")?;
+        net.ensure_cgroup(&net.cgroup_root().join(qos_dir))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut watch = KubepodsWatch::new()?;
+        // Watch first, then scan: a pod made in between is seen by the scan.
+        let scan = KubeletCgroups::scan(&net.cgroup_root())?;
+        watch.watch(scan.roots())?;
+        ensure!(
+            watch.watched().count() == 6,
+            "want 2 kubepods and 4 QoS cgroups watched, got {:?}",
+            watch.watched().collect::<Vec<_>>()
+        );
+        check_scan(&net, &[])?;
+        for (i, (driver, qos)) in combos.iter().enumerate() {
+            let name = format!("w-{}-{}", driver_name(*driver), qos.as_str().to_lowercase());
+            let uid = test_uid(&format!("default/{name}"));
+            let suffix = 10 + u8::try_from(i)?;
+            let pod = net.add_pod_kubelet(
+                "default",
+                &name,
+                suffix,
+                KubeletCgroup::new(&uid, *qos, *driver),
+            )?;
+            wakes(&mut watch)
+                .await
+                .with_context(|| format!("{} made", pod.full_name()))?;
+            check_scan(&net, std::slice::from_ref(&pod))?;
+            net.remove_pod("default", &name)?;
+            wakes(&mut watch)
+                .await
+                .with_context(|| format!("{} removed", pod.full_name()))?;
+            check_scan(&net, &[])?;
+        }
+        anyhow::Ok(())
+    })?;
     net.teardown()
 }
