@@ -12,6 +12,7 @@ pub mod l4;
 pub mod l7;
 pub mod metrics;
 pub mod outcome;
+pub mod pods;
 pub mod policy;
 pub mod routing;
 pub mod source;

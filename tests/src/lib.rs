@@ -1,6 +1,7 @@
 //! Keel's privileged end-to-end test kit.
 //!
 //! - [`podnet`]: [`PodNet`], real pods (netns + veth + bridge + cgroup v2) with RAII cleanup;
+//! - [`kubelet`]: kubelet-style pod and container cgroup names ([`PodNet::add_pod_kubelet`]);
 //! - [`agent`]: runs the `pod-agent` helper (HTTP/h2c, gRPC, WebSocket and TLS servers, TCP echo,
 //!   JSON-reporting clients) in pods;
 //! - [`request_log`]: what reached each backend (one JSON line per request), read back by tests;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod host;
 pub mod http;
 pub mod keel;
+pub mod kubelet;
 pub mod pki;
 pub mod podnet;
 pub mod process;
@@ -29,6 +31,7 @@ pub use agent::{
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, admin_stats, ConnectionRecord, Keel, KeelOptions};
+pub use kubelet::{test_uid, CgroupDriver, KubeletCgroup, QosClass};
 pub use pki::TestPki;
 pub use podnet::{
     cleanup_all_stale, cleanup_stale, leftovers, Pod, PodNet, PROXY_PORT, SERVICE_CIDR,

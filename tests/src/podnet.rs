@@ -9,6 +9,7 @@
 //!   pod netns  kt-12-<namespace>-<pod>: lo up, eth0 10.244.12.<s>/24, NO default route
 //!              veth kv12h<s> (host side, in the bridge) <-> eth0 (pod side)
 //! cgroup v2    <cg2>/kt-12/pods/<namespace>/<pod>    the root Keel attaches to is <cg2>/kt-12/pods
+//!              <cg2>/kt-12/pods/kubepods.slice/.../<pod>/<container>   kubelet-style pods (add_pod_kubelet)
 //!              <cg2>/kt-12/system                     where keel itself runs
 //!              <cg2>/kt-12/outside/<namespace>/<pod>  pods outside the root (negative tests)
 //! ```
@@ -39,6 +40,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
 use crate::host::{self, run};
+use crate::kubelet::KubeletCgroup;
 use crate::process::Proc;
 
 /// Default Kubernetes service CIDR; blackholed on the host while a [`PodNet`] lives.
@@ -77,8 +79,13 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Network namespace name (`ip netns`), `<prefix>-<n>-<namespace>-<name>`.
     pub netns: String,
-    /// The pod's cgroup directory.
+    /// The pod's cgroup directory (what Keel maps to the pod).
     pub cgroup: PathBuf,
+    /// Where the pod's processes run: [`Pod::cgroup`] itself, or for a kubelet-style pod its
+    /// container's cgroup below it, as a container runtime does.
+    pub process_cgroup: PathBuf,
+    /// Kubelet-style pods: the UID, QoS class and driver their cgroups are named after.
+    pub kubelet: Option<KubeletCgroup>,
     /// Host end of the veth pair (pod end is `eth0`).
     pub host_veth: String,
     /// Whether the cgroup is under the PodNet's capture root.
@@ -298,7 +305,58 @@ impl PodNet {
     /// Adds a pod whose cgroup is `<cgroup_root>/<namespace>/<name>` (captured by Keel).
     pub fn add_pod(&mut self, namespace: &str, name: &str, ip_suffix: u8) -> Result<Pod> {
         let cgroup = self.cgroup_root().join(namespace).join(name);
-        self.add_pod_at(namespace, name, ip_suffix, cgroup, true)
+        self.add_pod_at(namespace, name, ip_suffix, cgroup, None, true)
+    }
+
+    /// Adds a pod whose cgroups are laid out as kubelet and a CRI runtime make them (see
+    /// [`crate::kubelet`]), with [`PodNet::cgroup_root`] as kubelet's cgroup root: the pod's cgroup
+    /// `<cgroup_root>/kubepods.../<pod dir>`, and its processes in a container cgroup below that.
+    pub fn add_pod_kubelet(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip_suffix: u8,
+        kubelet: KubeletCgroup,
+    ) -> Result<Pod> {
+        ensure!(
+            !self
+                .pods
+                .iter()
+                .any(|p| p.kubelet.as_ref().is_some_and(|k| k.uid == kubelet.uid)),
+            "pod UID {} is already used by another pod of this network",
+            kubelet.uid
+        );
+        let cgroup = self.cgroup_root().join(kubelet.pod_path());
+        self.add_pod_at(namespace, name, ip_suffix, cgroup, Some(kubelet), true)
+    }
+
+    /// Removes a pod as kubelet does when it ends: kills its processes, removes its cgroups (the
+    /// pod's and everything below; the QoS parents stay), its veth pair and its network namespace.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Result<()> {
+        let Some(i) = self
+            .pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name)
+        else {
+            bail!("no pod {namespace}/{name} in PodNet {}", self.id());
+        };
+        let pod = self.pods.remove(i);
+        if pod.cgroup.exists() {
+            kill_cgroup_tree(&pod.cgroup)?;
+            ensure!(
+                wait_cgroup_empty(&pod.cgroup, KILL_WAIT),
+                "processes still in {} after SIGKILL",
+                pod.cgroup.display()
+            );
+            remove_cgroup_tree(&pod.cgroup)?;
+        }
+        if link_exists(&pod.host_veth) {
+            run("ip", &["link", "del", &pod.host_veth])?;
+        }
+        if list_netns()?.contains(&pod.netns) {
+            run("ip", &["netns", "del", &pod.netns])?;
+        }
+        Ok(())
     }
 
     /// Adds a pod whose cgroup is `<base>/outside/<namespace>/<name>`, NOT under the capture root.
@@ -313,7 +371,7 @@ impl PodNet {
             .join("outside")
             .join(namespace)
             .join(name);
-        self.add_pod_at(namespace, name, ip_suffix, cgroup, false)
+        self.add_pod_at(namespace, name, ip_suffix, cgroup, None, false)
     }
 
     fn add_pod_at(
@@ -322,6 +380,7 @@ impl PodNet {
         name: &str,
         ip_suffix: u8,
         cgroup: PathBuf,
+        kubelet: Option<KubeletCgroup>,
         under_root: bool,
     ) -> Result<Pod> {
         ensure!(
@@ -350,7 +409,12 @@ impl PodNet {
             name: name.to_string(),
             ip: self.pod_ip(ip_suffix),
             netns: format!("{}-{namespace}-{name}", self.id()),
+            process_cgroup: match &kubelet {
+                Some(k) => cgroup.join(k.container_dir()),
+                None => cgroup.clone(),
+            },
             cgroup,
+            kubelet,
             // Named by index and IP suffix: always <= 9 chars, well within IFNAMSIZ (15).
             host_veth: format!("kv{}h{ip_suffix}", self.index),
             under_root,
@@ -375,8 +439,8 @@ impl PodNet {
         run("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
         run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
         // Deliberately no default route: only 10.244.<n>.0/24 is reachable from the pod.
-        std::fs::create_dir_all(&pod.cgroup)
-            .with_context(|| format!("creating pod cgroup {}", pod.cgroup.display()))?;
+        std::fs::create_dir_all(&pod.process_cgroup)
+            .with_context(|| format!("creating pod cgroup {}", pod.process_cgroup.display()))?;
         Ok(pod)
     }
 
@@ -473,7 +537,9 @@ impl Pod {
             name: name.to_string(),
             ip,
             netns,
+            process_cgroup: cgroup.clone(),
             cgroup,
+            kubelet: None,
             host_veth: format!("kv{index}h{}", ip.octets()[3]),
             under_root: true,
             log_dir: std::env::temp_dir()
@@ -492,12 +558,13 @@ impl Pod {
         SocketAddr::V4(SocketAddrV4::new(self.ip, port))
     }
 
-    /// A `Command` whose child joins this pod's cgroup (writes `0` to `cgroup.procs`) and enters its
-    /// network namespace before exec. Spawn it with [`Pod::spawn`] to have it killed on drop; anything
-    /// spawned otherwise is still killed by the network's teardown (it kills the whole cgroup tree).
+    /// A `Command` whose child joins this pod's [`Pod::process_cgroup`] (writes `0` to `cgroup.procs`)
+    /// and enters its network namespace before exec. Spawn it with [`Pod::spawn`] to have it killed
+    /// on drop; anything spawned otherwise is still killed by the network's teardown (it kills the
+    /// whole cgroup tree).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let cmd = Command::new(program);
-        match enter(cmd, Some(&self.cgroup), Some(&self.netns)) {
+        match enter(cmd, Some(&self.process_cgroup), Some(&self.netns)) {
             Ok(cmd) => cmd,
             Err(_) => {
                 // Only reachable with a NUL byte in a path, which DNS-label names rule out; make the

@@ -253,6 +253,10 @@ mod tests {
             container_ports: Vec::new(),
             node_name: None,
             owner,
+            uid: None,
+            qos_class: None,
+            host_network: false,
+            sidecar: false,
         }
     }
 

@@ -75,6 +75,9 @@ pub enum InvalidName {
     /// Empty where a name is required.
     #[error("must not be empty")]
     Empty,
+    /// A pod `metadata.uid` that no API server or kubelet would assign.
+    #[error("{0:?} is not a pod UID (a lower-case UUID such as 3f8e1c2a-6b4d-4e0f-9a7b-1c2d3e4f5a6b, or the 32 lower-case hex digits kubelet gives a static pod)")]
+    PodUid(String),
 }
 
 /// A host name (VirtualService `hosts`, destination `host`, DestinationRule `host`, ...).

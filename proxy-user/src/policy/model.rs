@@ -292,6 +292,56 @@ pub struct Pod {
     /// The managing controller (`metadata.ownerReferences[]` with `controller: true`, else the
     /// first owner): the pod's workload name in metrics.
     pub owner: Option<PodOwner>,
+    /// `metadata.uid`: names the pod's cgroup under kubelet (`crate::pods::kubelet`).
+    pub uid: Option<String>,
+    /// `status.qosClass`: which kubelet QoS cgroup the pod's cgroup sits in.
+    pub qos_class: Option<QosClass>,
+    /// `spec.hostNetwork`: the pod shares the node's network namespace and address.
+    pub host_network: bool,
+    /// The pod has an Istio sidecar (annotation `sidecar.istio.io/status`, or a container or init
+    /// container named `istio-proxy`); Keel leaves such pods to it.
+    pub sidecar: bool,
+}
+
+/// A pod's Kubernetes quality-of-service class (`status.qosClass`), which kubelet derives from its
+/// containers' requests and limits and which places its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QosClass {
+    /// Every container has equal CPU and memory requests and limits.
+    Guaranteed,
+    /// Some request or limit set, but not Guaranteed.
+    Burstable,
+    /// No requests or limits at all.
+    BestEffort,
+}
+
+impl QosClass {
+    /// Every class, in kubelet's order of precedence.
+    pub const ALL: [QosClass; 3] = [
+        QosClass::Guaranteed,
+        QosClass::Burstable,
+        QosClass::BestEffort,
+    ];
+
+    /// The API spelling (`Guaranteed`, `Burstable`, `BestEffort`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QosClass::Guaranteed => "Guaranteed",
+            QosClass::Burstable => "Burstable",
+            QosClass::BestEffort => "BestEffort",
+        }
+    }
+
+    /// Parses the API spelling (case-sensitive, as the API server writes it).
+    pub fn parse(s: &str) -> Option<QosClass> {
+        QosClass::ALL.into_iter().find(|q| q.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for QosClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A pod's owner, as `ownerReferences` names it.

@@ -57,6 +57,36 @@ pub fn dns1123_subdomain(s: &str) -> Result<(), InvalidName> {
     }
 }
 
+/// A pod UID as kubelet names cgroups after it: the API server's lower-case UUID (hex digits grouped
+/// 8-4-4-4-12), or the 32 lower-case hex digits (an MD5 of the manifest) kubelet gives a static pod.
+pub fn is_pod_uid(s: &str) -> bool {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    let b = s.as_bytes();
+    match b.len() {
+        32 => b.iter().all(|&c| hex(c)),
+        36 => b.iter().enumerate().all(|(i, &c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == b'-'
+            } else {
+                hex(c)
+            }
+        }),
+        _ => false,
+    }
+}
+
+/// Checks a pod `metadata.uid` (see [`is_pod_uid`]).
+pub fn pod_uid(s: &str) -> Result<(), InvalidName> {
+    if s.is_empty() {
+        return Err(InvalidName::Empty);
+    }
+    if is_pod_uid(s) {
+        Ok(())
+    } else {
+        Err(InvalidName::PodUid(s.to_string()))
+    }
+}
+
 /// A label key: optional DNS-subdomain prefix + `/` + name of at most 63 `[A-Za-z0-9._-]`, alnum at ends.
 pub fn label_key(key: &str) -> Result<(), InvalidName> {
     let (prefix, name) = match key.split_once('/') {

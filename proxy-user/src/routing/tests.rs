@@ -97,6 +97,10 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             container_ports: Vec::new(),
             node_name: None,
             owner: None,
+            uid: None,
+            qos_class: None,
+            host_network: false,
+            sidecar: false,
         });
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
@@ -151,6 +155,10 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         container_ports: Vec::new(),
         node_name: None,
         owner: None,
+        uid: None,
+        qos_class: None,
+        host_network: false,
+        sidecar: false,
     });
     snap
 }

@@ -18,6 +18,9 @@ pub struct ObjectMeta {
     /// Namespace; absent means `default` (what `kubectl apply` would use).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// The API server's unique id of the object; a Pod's names its cgroup under kubelet.
+    #[serde(default)]
+    pub uid: Option<String>,
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -136,6 +139,9 @@ pub struct PodSpec {
     /// Containers.
     #[serde(default)]
     pub containers: Vec<Container>,
+    /// Init containers (Istio's native-sidecar mode puts `istio-proxy` here).
+    #[serde(default)]
+    pub init_containers: Vec<Container>,
     /// Node the pod runs on: its topology labels give the pod's locality (cluster mode only keeps
     /// this node's pods).
     #[serde(default)]
@@ -187,6 +193,9 @@ pub struct PodStatus {
     /// Conditions; `Ready` decides whether the pod is an endpoint.
     #[serde(default)]
     pub conditions: Vec<PodCondition>,
+    /// `Guaranteed`, `Burstable` or `BestEffort`: picks the pod's cgroup parent under kubelet.
+    #[serde(default)]
+    pub qos_class: Option<String>,
 }
 
 /// `Pod.status.podIPs[]`.

@@ -13,6 +13,12 @@ use crate::wire::k8s as wk;
 /// Annotation that opts a pod out of Keel's redirect (`"false"`).
 pub const CAPTURE_ANNOTATION: &str = "keel.io/capture";
 
+/// Annotation Istio's sidecar injector sets on every pod it injected.
+pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+
+/// Name of Istio's sidecar container (an init container in native-sidecar mode).
+pub const SIDECAR_CONTAINER: &str = "istio-proxy";
+
 pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
     let spec_path = FieldPath::root().key("spec");
     let spec = &svc.spec;
@@ -235,6 +241,37 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
             }
         }
     }
+    let uid = pod.metadata.uid.as_deref().filter(|u| !u.is_empty());
+    if let Some(u) = uid {
+        ctx.check(&meta_path.key("uid"), v::pod_uid(u));
+    }
+    let qos_class = match pod.status.qos_class.as_deref().filter(|q| !q.is_empty()) {
+        None => None,
+        Some(q) => {
+            let parsed = QosClass::parse(q);
+            if parsed.is_none() {
+                ctx.err(
+                    &status_path.key("qosClass"),
+                    Invalid::Enum {
+                        value: q.to_string(),
+                        allowed: "Guaranteed, Burstable, BestEffort",
+                    },
+                );
+            }
+            parsed
+        }
+    };
+    let sidecar = pod
+        .metadata
+        .annotations
+        .contains_key(SIDECAR_STATUS_ANNOTATION)
+        || pod
+            .spec
+            .containers
+            .iter()
+            .chain(&pod.spec.init_containers)
+            .any(|c| c.name.as_deref() == Some(SIDECAR_CONTAINER));
+
     Some(Pod {
         meta: ctx.meta.clone(),
         labels: pod.metadata.labels.clone(),
@@ -245,6 +282,10 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
         container_ports,
         node_name: pod.spec.node_name.clone().filter(|n| !n.is_empty()),
         owner: pod_owner(&pod.metadata.owner_references),
+        uid: uid.map(str::to_string),
+        qos_class,
+        host_network: pod.spec.host_network == Some(true),
+        sidecar,
     })
 }
 

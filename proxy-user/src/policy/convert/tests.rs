@@ -1693,4 +1693,80 @@ fn slices_give_a_service_its_healthy_endpoints() {
     // Subsets still select by the endpoint's pod labels.
     let v2: Labels = [("version".to_string(), "v2".to_string())].into();
     assert!(s.endpoints(reviews, 0, Some(&v2)).is_empty());
+fn pods_kubelet_facts_uid_qos_host_network_and_sidecar() {
+    let pod = |extra: &str| format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n{extra}");
+    let uid = "3f8e1c2a-6b4d-4e0f-9a7b-1c2d3e4f5a6b";
+    // (extra YAML, uid, qos, host network, sidecar)
+    let cases = [
+        (String::new(), None, None, false, false),
+        (
+            format!("  uid: {uid}\nstatus:\n  qosClass: Burstable\n"),
+            Some(uid),
+            Some(QosClass::Burstable),
+            false,
+            false,
+        ),
+        (
+            "  uid: 0123456789abcdef0123456789abcdef\nspec:\n  hostNetwork: true\nstatus:\n  qosClass: Guaranteed\n".to_string(),
+            Some("0123456789abcdef0123456789abcdef"),
+            Some(QosClass::Guaranteed),
+            true,
+            false,
+        ),
+        (
+            "  annotations: {sidecar.istio.io/status: \"{}\"}\nstatus:\n  qosClass: BestEffort\n".to_string(),
+            None,
+            Some(QosClass::BestEffort),
+            false,
+            true,
+        ),
+        (
+            "spec:\n  containers:\n  - name: app\n  - name: istio-proxy\n".to_string(),
+            None,
+            None,
+            false,
+            true,
+        ),
+        (
+            "spec:\n  initContainers:\n  - name: istio-proxy\n  containers:\n  - name: app\n".to_string(),
+            None,
+            None,
+            false,
+            true,
+        ),
+        (
+            "spec:\n  hostNetwork: false\n  initContainers:\n  - name: istio-init\n  containers:\n  - name: proxy\n".to_string(),
+            None,
+            None,
+            false,
+            false,
+        ),
+    ];
+    for (extra, want_uid, qos, host_network, sidecar) in cases {
+        let report = load(&pod(&extra));
+        assert!(report.errors.is_empty(), "{extra}: {:?}", report.errors);
+        let p = &report.snapshot.pods[0];
+        assert_eq!(p.uid.as_deref(), want_uid, "{extra}");
+        assert_eq!(p.qos_class, qos, "{extra}");
+        assert_eq!(
+            (p.host_network, p.sidecar),
+            (host_network, sidecar),
+            "{extra}"
+        );
+    }
+
+    // A UID kubelet could not have named a cgroup after, and a QoS class the API does not have.
+    for (extra, field) in [
+        ("  uid: not-a-uid\n", "metadata.uid"),
+        (
+            "  uid: 3f8e1c2a6b4d4e0f9a7b1c2d3e4f5a6b00\n",
+            "metadata.uid",
+        ),
+        ("status:\n  qosClass: guaranteed\n", "status.qosClass"),
+    ] {
+        let report = load(&pod(extra));
+        let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 1, "{extra}: {errors:#?}");
+        assert!(errors[0].contains(field), "{extra}: {errors:#?}");
+    }
 }
