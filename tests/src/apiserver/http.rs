@@ -20,7 +20,7 @@ use super::kinds::{self, KINDS};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
 use super::watch::{self, WatchRequest};
-use super::{discovery, patch, Shared};
+use super::{discovery, openapi, patch, Shared};
 
 /// Largest request body accepted (the real server's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -191,6 +191,11 @@ impl Call {
             )))),
             ["api"] => get_only(Some(discovery::core_versions(&self.shared.address))),
             ["apis"] => get_only(Some(discovery::group_list())),
+            ["openapi", "v3"] => get_only(Some(openapi::index())),
+            ["openapi", "v3", "api", version] => get_only(openapi::group_version("", version)),
+            ["openapi", "v3", "apis", group, version] => {
+                get_only(openapi::group_version(group, version))
+            }
             ["apis", group] => get_only(discovery::group(group)),
             ["api", version] => get_only(discovery::resource_list("", version)),
             ["apis", group, version] => get_only(discovery::resource_list(group, version)),

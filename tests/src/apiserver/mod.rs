@@ -37,6 +37,7 @@ pub mod status;
 
 mod discovery;
 mod http;
+mod openapi;
 mod patch;
 mod selector;
 mod store;
