@@ -1,27 +1,892 @@
-use anyhow::Result;
-use keel_tests::apiserver::{kubectl, ApiServer};
+//! The stand-in Kubernetes API server (`keel_tests::apiserver`) against real clients: the real
+//! `kubectl` creates, replaces, applies, gets and deletes every kind Keel reads, and raw HTTPS
+//! checks the list/watch protocol (event order, bookmarks, 410 after compaction, pagination,
+//! selectors, outages). No root and no pod network needed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use keel_tests::apiserver::client::{RawClient, RawWatch};
+use keel_tests::apiserver::{kubectl, kubectl_ok, require_kubectl, ApiServer};
+use keel_tests::ConfigDir;
+use serde_json::{json, Value};
+
+/// A running stand-in with a scratch directory for manifests and kubectl's cache.
+struct Fixture {
+    dir: ConfigDir,
+    api: ApiServer,
+}
+
+impl Fixture {
+    fn new(label: &str) -> Result<Fixture> {
+        let dir = ConfigDir::new(label)?;
+        let api = ApiServer::start(dir.path())?;
+        Ok(Fixture { dir, api })
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("kube-cache")
+    }
+
+    /// `kubectl <args>`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        kubectl_ok(&self.api, &self.cache(), args)
+    }
+
+    /// `kubectl <args>`, which must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> Result<String> {
+        let (ok, out, err) = kubectl(&self.api, &self.cache(), args)?;
+        ensure!(
+            !ok,
+            "kubectl {} succeeded but should fail: {out}",
+            args.join(" ")
+        );
+        Ok(err)
+    }
+
+    fn get_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = self.ok(&all)?;
+        serde_json::from_str(&out).with_context(|| format!("kubectl get output: {out}"))
+    }
+
+    fn write(&self, name: &str, v: &Value) -> Result<String> {
+        let yaml = serde_yaml::to_string(v)?;
+        Ok(self.dir.write(name, &yaml)?.display().to_string())
+    }
+}
+
+/// One kind under test: how kubectl names it, a first and a changed manifest.
+struct Case {
+    /// `kubectl get <resource>` (the qualified plural for grouped kinds).
+    resource: &'static str,
+    /// What kubectl prints before `/<name> created`.
+    printed: &'static str,
+    namespaced: bool,
+    first: Value,
+    changed: Value,
+}
+
+fn obj(api_version: &str, kind: &str, name: &str, ns: Option<&str>, body: Value) -> Value {
+    let mut o = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
+    if let Some(ns) = ns {
+        o["metadata"]["namespace"] = ns.into();
+    }
+    if let (Some(m), Some(b)) = (o.as_object_mut(), body.as_object()) {
+        for (k, v) in b {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    o
+}
+
+fn cases() -> Vec<Case> {
+    let ns = Some("mesh");
+    let istio = |kind: &str, name: &str, spec1: Value, spec2: Value, resource, printed| Case {
+        resource,
+        printed,
+        namespaced: true,
+        first: obj(
+            "networking.istio.io/v1",
+            kind,
+            name,
+            ns,
+            json!({"spec": spec1}),
+        ),
+        changed: obj(
+            "networking.istio.io/v1",
+            kind,
+            name,
+            ns,
+            json!({"spec": spec2}),
+        ),
+    };
+    vec![
+        Case {
+            resource: "nodes",
+            printed: "node",
+            namespaced: false,
+            first: obj(
+                "v1",
+                "Node",
+                "node-a",
+                None,
+                json!({"metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}}, "spec": {"podCIDR": "10.244.0.0/24"}}),
+            ),
+            changed: obj(
+                "v1",
+                "Node",
+                "node-a",
+                None,
+                json!({"metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}}, "spec": {"podCIDR": "10.244.0.0/24", "unschedulable": true}}),
+            ),
+        },
+        Case {
+            resource: "pods",
+            printed: "pod",
+            namespaced: true,
+            first: obj(
+                "v1",
+                "Pod",
+                "web-1",
+                ns,
+                json!({"metadata": {"name": "web-1", "namespace": "mesh", "labels": {"app": "web"}}, "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "web:1"}]}}),
+            ),
+            changed: obj(
+                "v1",
+                "Pod",
+                "web-1",
+                ns,
+                json!({"metadata": {"name": "web-1", "namespace": "mesh", "labels": {"app": "web", "version": "v2"}}, "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "web:2"}]}, "status": {"phase": "Running", "podIP": "10.244.0.5"}}),
+            ),
+        },
+        Case {
+            resource: "services",
+            printed: "service",
+            namespaced: true,
+            first: obj(
+                "v1",
+                "Service",
+                "web",
+                ns,
+                json!({"spec": {"clusterIP": "10.96.1.1", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+            ),
+            changed: obj(
+                "v1",
+                "Service",
+                "web",
+                ns,
+                json!({"spec": {"clusterIP": "10.96.1.1", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 9090}]}}),
+            ),
+        },
+        Case {
+            resource: "endpointslices.discovery.k8s.io",
+            printed: "endpointslice.discovery.k8s.io",
+            namespaced: true,
+            first: obj(
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                "web-abc",
+                ns,
+                json!({"metadata": {"name": "web-abc", "namespace": "mesh", "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "node-a"}]}),
+            ),
+            changed: obj(
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                "web-abc",
+                ns,
+                json!({"metadata": {"name": "web-abc", "namespace": "mesh", "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "node-a"}]}),
+            ),
+        },
+        istio(
+            "VirtualService",
+            "web",
+            json!({"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web", "subset": "v1"}}]}]}),
+            json!({"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web", "subset": "v2"}}]}]}),
+            "virtualservices.networking.istio.io",
+            "virtualservice.networking.istio.io",
+        ),
+        istio(
+            "DestinationRule",
+            "web",
+            json!({"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+            json!({"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}),
+            "destinationrules.networking.istio.io",
+            "destinationrule.networking.istio.io",
+        ),
+        istio(
+            "ServiceEntry",
+            "ext",
+            json!({"hosts": ["ext.example"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "STATIC", "endpoints": [{"address": "10.0.0.1"}]}),
+            json!({"hosts": ["ext.example"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "STATIC", "endpoints": [{"address": "10.0.0.2"}]}),
+            "serviceentries.networking.istio.io",
+            "serviceentry.networking.istio.io",
+        ),
+        istio(
+            "Sidecar",
+            "default",
+            json!({"egress": [{"hosts": ["./*"]}]}),
+            json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]}),
+            "sidecars.networking.istio.io",
+            "sidecar.networking.istio.io",
+        ),
+        istio(
+            "Gateway",
+            "gw",
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            "gateways.networking.istio.io",
+            "gateway.networking.istio.io",
+        ),
+        Case {
+            resource: "customresourcedefinitions.apiextensions.k8s.io",
+            printed: "customresourcedefinition.apiextensions.k8s.io",
+            namespaced: false,
+            first: obj(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "widgets.example.com",
+                None,
+                json!({"spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}, "scope": "Namespaced", "versions": [{"name": "v1", "served": true, "storage": true}]}}),
+            ),
+            changed: obj(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "widgets.example.com",
+                None,
+                json!({"spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}, "scope": "Namespaced", "versions": [{"name": "v1", "served": true, "storage": true}, {"name": "v2", "served": true, "storage": false}]}}),
+            ),
+        },
+    ]
+}
+
+fn name_of(v: &Value) -> &str {
+    v["metadata"]["name"].as_str().unwrap_or("")
+}
+
+fn rv_of(v: &Value) -> Result<u64> {
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .context("no metadata.resourceVersion")?
+        .parse()
+        .context("resourceVersion is not a number")
+}
 
 #[test]
-fn explore() -> Result<()> {
-    let dir = std::path::PathBuf::from("/tmp/apiexp");
-    let api = ApiServer::start(&dir)?;
-    std::fs::write(dir.join("pod.yaml"), "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  labels: {app: web}\nspec:\n  containers:\n  - name: c\n    image: busybox\n")?;
-    std::fs::write(dir.join("pod2.yaml"), "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  labels: {app: web2}\nspec:\n  containers:\n  - name: c\n    image: busybox2\n")?;
-    std::fs::write(dir.join("vs.yaml"), "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n")?;
-    for args in [
-        vec!["-v=8", "create", "-f", "/tmp/apiexp/pod.yaml"],
-        vec!["-v=6", "get", "pods"],
-        vec!["-v=6", "get", "pod", "p1", "-o", "json"],
-        vec!["-v=8", "apply", "-f", "/tmp/apiexp/pod2.yaml"],
-        vec!["-v=6", "replace", "-f", "/tmp/apiexp/pod.yaml"],
-        vec!["-v=6", "delete", "pod", "p1"],
-        vec!["-v=6", "create", "-f", "/tmp/apiexp/vs.yaml"],
-        vec!["-v=6", "apply", "-f", "/tmp/apiexp/vs.yaml"],
-        vec!["-v=6", "get", "vs"],
-        vec!["-v=6", "get", "virtualservices.v1beta1.networking.istio.io", "-o", "yaml"],
+fn kubectl_creates_replaces_gets_and_deletes_every_kind() -> Result<()> {
+    require_kubectl()?;
+    let f = Fixture::new("api-kinds")?;
+    // Namespace first: the namespaced kinds below live in it.
+    let ns_file = f.write("ns.yaml", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh", "labels": {"istio-injection": "enabled"}}}))?;
+    ensure!(f.ok(&["create", "-f", &ns_file])?.trim() == "namespace/mesh created");
+    let ns = f.get_json(&["namespace", "mesh"])?;
+    ensure!(ns["status"]["phase"] == "Active", "{ns}");
+    ensure!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"] == "mesh",
+        "{ns}"
+    );
+    ensure!(
+        ns["metadata"]["labels"]["istio-injection"] == "enabled",
+        "{ns}"
+    );
+
+    for case in cases() {
+        let name = name_of(&case.first).to_string();
+        let scope: Vec<&str> = if case.namespaced {
+            vec!["-n", "mesh"]
+        } else {
+            vec![]
+        };
+        let with_scope = |args: &[&str]| -> Vec<String> {
+            args.iter()
+                .chain(scope.iter())
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let run_ok = |args: Vec<String>| -> Result<String> {
+            f.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let run_fails = |args: Vec<String>| -> Result<String> {
+            f.fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let get = || -> Result<Value> {
+            let out = run_ok(with_scope(&["get", case.resource, &name, "-o", "json"]))?;
+            Ok(serde_json::from_str(&out)?)
+        };
+        let file = f.write(&format!("{}-1.yaml", case.resource), &case.first)?;
+        let before = f.api.resource_version();
+
+        // create
+        let out = run_ok(vec!["create".into(), "-f".into(), file.clone()])?;
+        ensure!(
+            out.trim() == format!("{}/{name} created", case.printed),
+            "{}: {out}",
+            case.resource
+        );
+        let created = get()?;
+        ensure!(created["kind"] == case.first["kind"], "{created}");
+        ensure!(
+            created["apiVersion"] == case.first["apiVersion"],
+            "{created}"
+        );
+        ensure!(name_of(&created) == name);
+        if case.namespaced {
+            ensure!(created["metadata"]["namespace"] == "mesh", "{created}");
+        } else {
+            ensure!(created["metadata"].get("namespace").is_none(), "{created}");
+        }
+        let uid = created["metadata"]["uid"]
+            .as_str()
+            .context("uid")?
+            .to_string();
+        ensure!(
+            uid.len() == 36 && uid.matches('-').count() == 4,
+            "uid {uid}"
+        );
+        let rv1 = rv_of(&created)?;
+        ensure!(
+            rv1 == before + 1,
+            "{}: resourceVersion {rv1} after {before}",
+            case.resource
+        );
+        let ts = created["metadata"]["creationTimestamp"]
+            .as_str()
+            .context("creationTimestamp")?;
+        ensure!(
+            ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp {ts}"
+        );
+        let custom = case.resource.contains("istio") || case.resource.contains("apiextensions");
+        ensure!(
+            created["metadata"]["generation"] == if custom { json!(1) } else { Value::Null },
+            "{}: generation {}",
+            case.resource,
+            created["metadata"]["generation"]
+        );
+        for field in ["spec", "endpoints", "ports", "addressType"] {
+            if let Some(want) = case.first.get(field) {
+                if field == "spec" && case.resource == "services" {
+                    // The server adds clusterIPs.
+                    ensure!(created["spec"]["ports"] == want["ports"], "{created}");
+                    ensure!(
+                        created["spec"]["clusterIPs"] == json!(["10.96.1.1"]),
+                        "{created}"
+                    );
+                } else {
+                    ensure!(
+                        &created[field] == want,
+                        "{}: {field}: {} != {want}",
+                        case.resource,
+                        created[field]
+                    );
+                }
+            }
+        }
+        // The Rust view is the same object.
+        let kind = case.first["kind"].as_str().unwrap_or("");
+        let direct = f.api.get(kind, "mesh", &name)?;
+        ensure!(direct["metadata"]["uid"] == uid.as_str());
+
+        // create again: AlreadyExists, as kubectl prints it
+        let err = run_fails(vec!["create".into(), "-f".into(), file.clone()])?;
+        let resource_name = case.printed.replacen(
+            case.printed.split('.').next().unwrap_or(""),
+            case.resource.split('.').next().unwrap_or(""),
+            1,
+        );
+        let want = format!(
+            "Error from server (AlreadyExists): error when creating \"{file}\": {resource_name} \"{name}\" already exists"
+        );
+        ensure!(
+            err.trim() == want,
+            "{}:\n got: {err}\nwant: {want}",
+            case.resource
+        );
+
+        // replace with a changed manifest
+        let file2 = f.write(&format!("{}-2.yaml", case.resource), &case.changed)?;
+        let out = run_ok(vec!["replace".into(), "-f".into(), file2.clone()])?;
+        ensure!(
+            out.trim() == format!("{}/{name} replaced", case.printed),
+            "{out}"
+        );
+        let replaced = get()?;
+        let rv2 = rv_of(&replaced)?;
+        ensure!(
+            rv2 > rv1,
+            "{}: resourceVersion {rv2} not above {rv1}",
+            case.resource
+        );
+        ensure!(
+            replaced["metadata"]["uid"] == uid.as_str(),
+            "uid changed on replace"
+        );
+        ensure!(
+            replaced["metadata"]["creationTimestamp"] == created["metadata"]["creationTimestamp"]
+        );
+        if custom {
+            ensure!(replaced["metadata"]["generation"] == 2, "{replaced}");
+        }
+        for field in ["spec", "endpoints", "status", "metadata.labels"] {
+            let (a, b) = match field.split_once('.') {
+                Some((x, y)) => (&replaced[x][y], &case.changed[x][y]),
+                None => (&replaced[field], &case.changed[field]),
+            };
+            if b.is_null() || (field == "spec" && case.resource == "services") {
+                continue;
+            }
+            ensure!(
+                a == b,
+                "{}: {field} after replace: {a} != {b}",
+                case.resource
+            );
+        }
+        // A stale resourceVersion is a Conflict.
+        let mut stale = case.changed.clone();
+        stale["metadata"]["resourceVersion"] = rv1.to_string().into();
+        let stale_file = f.write(&format!("{}-stale.yaml", case.resource), &stale)?;
+        let err = run_fails(vec!["replace".into(), "-f".into(), stale_file])?;
+        ensure!(
+            err.contains(&format!(
+                "Error from server (Conflict): error when replacing"
+            )) && err.contains("the object has been modified"),
+            "{}: {err}",
+            case.resource
+        );
+
+        // delete, then NotFound
+        let out = run_ok(with_scope(&["delete", case.resource, &name]))?;
+        ensure!(
+            out.trim() == format!("{} \"{name}\" deleted", case.printed),
+            "{out}"
+        );
+        let err = run_fails(with_scope(&["get", case.resource, &name]))?;
+        ensure!(
+            err.trim()
+                == format!("Error from server (NotFound): {resource_name} \"{name}\" not found"),
+            "{}: {err}",
+            case.resource
+        );
+        let err = run_fails(with_scope(&["delete", case.resource, &name]))?;
+        ensure!(err.contains("(NotFound)"), "{err}");
+        ensure!(f.api.get(kind, "mesh", &name).is_err());
+    }
+
+    // Deleting the namespace deletes what is in it.
+    let pod = f.write("pod.yaml", &cases()[1].first)?;
+    f.ok(&["create", "-f", &pod])?;
+    ensure!(f.ok(&["delete", "namespace", "mesh"])?.trim() == "namespace \"mesh\" deleted");
+    ensure!(f.api.list("pods", Some("mesh"))?.is_empty());
+    let err = f.fails(&["create", "-f", &pod])?;
+    ensure!(err.contains("namespaces \"mesh\" not found"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn kubectl_selects_istio_api_versions() -> Result<()> {
+    require_kubectl()?;
+    let f = Fixture::new("api-versions")?;
+    let vs = obj(
+        "networking.istio.io/v1alpha3",
+        "VirtualService",
+        "reviews",
+        None,
+        json!({"spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}}),
+    );
+    let file = f.write("vs.yaml", &vs)?;
+    f.ok(&["create", "-f", &file])?;
+    let mut uids = Vec::new();
+    for (resource, want) in [
+        (
+            "virtualservices.v1.networking.istio.io",
+            "networking.istio.io/v1",
+        ),
+        (
+            "virtualservices.v1beta1.networking.istio.io",
+            "networking.istio.io/v1beta1",
+        ),
+        (
+            "virtualservices.v1alpha3.networking.istio.io",
+            "networking.istio.io/v1alpha3",
+        ),
+        // The preferred version, as discovery lists it first.
+        ("vs", "networking.istio.io/v1"),
     ] {
-        let (ok, out, err) = kubectl(&api, &dir.join("cache"), &args)?;
-        println!("=== {args:?} ok={ok}\n{out}\n--- stderr\n{err}");
+        let got = f.get_json(&[resource, "reviews"])?;
+        ensure!(
+            got["apiVersion"] == want,
+            "{resource}: {}",
+            got["apiVersion"]
+        );
+        ensure!(got["spec"] == vs["spec"], "{resource}: {}", got["spec"]);
+        uids.push(got["metadata"]["uid"].clone());
+        let list = f.get_json(&[resource])?;
+        ensure!(
+            list["items"][0]["apiVersion"] == want,
+            "{resource} list: {list}"
+        );
+    }
+    ensure!(
+        uids.windows(2).all(|w| w[0] == w[1]),
+        "one object under every version: {uids:?}"
+    );
+    // `kubectl apply` (strategic merge patch for built-ins, merge patch for custom resources).
+    let mut changed = vs.clone();
+    changed["spec"]["hosts"] = json!(["reviews", "reviews.default.svc.cluster.local"]);
+    let file2 = f.write("vs2.yaml", &changed)?;
+    ensure!(f
+        .ok(&["apply", "-f", &file2])?
+        .contains("virtualservice.networking.istio.io/reviews configured"));
+    let got = f.get_json(&["vs", "reviews"])?;
+    ensure!(got["spec"]["hosts"] == changed["spec"]["hosts"], "{got}");
+    ensure!(got["metadata"]["generation"] == 2, "{got}");
+
+    let pod = obj(
+        "v1",
+        "Pod",
+        "p",
+        None,
+        json!({"metadata": {"name": "p", "labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]}}),
+    );
+    f.ok(&["apply", "-f", &f.write("p1.yaml", &pod)?])?;
+    let mut pod2 = pod.clone();
+    pod2["spec"]["containers"] =
+        json!([{"name": "b", "image": "b:2"}, {"name": "c", "image": "c:1"}]);
+    pod2["metadata"]["labels"] = json!({"app": "a", "v": "2"});
+    ensure!(f.ok(&["apply", "-f", &f.write("p2.yaml", &pod2)?])?.trim() == "pod/p configured");
+    let got = f.get_json(&["pod", "p"])?;
+    ensure!(
+        got["spec"]["containers"] == pod2["spec"]["containers"],
+        "{}",
+        got["spec"]
+    );
+    ensure!(
+        got["metadata"]["labels"] == pod2["metadata"]["labels"],
+        "{}",
+        got["metadata"]
+    );
+    Ok(())
+}
+
+#[test]
+fn kubectl_lists_with_selectors_and_chunks() -> Result<()> {
+    require_kubectl()?;
+    let f = Fixture::new("api-lists")?;
+    f.api
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}))?;
+    for (i, (ns, node, app)) in [
+        ("default", "node-a", "web"),
+        ("default", "node-b", "web"),
+        ("default", "node-a", "db"),
+        ("other", "node-a", "web"),
+        ("other", "node-b", "api"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        f.api.create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("p{i}"), "namespace": ns, "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}))?;
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        format!(
+                            "{}/{}",
+                            i["metadata"]["namespace"].as_str().unwrap_or(""),
+                            name_of(i)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ensure!(names(&f.get_json(&["pods"])?) == ["default/p0", "default/p1", "default/p2"]);
+    ensure!(
+        names(&f.get_json(&["pods", "-A", "-l", "app=web"])?)
+            == ["default/p0", "default/p1", "other/p3"]
+    );
+    ensure!(
+        names(&f.get_json(&["pods", "-A", "-l", "app in (api,db)"])?) == ["default/p2", "other/p4"]
+    );
+    ensure!(
+        names(&f.get_json(&["pods", "-A", "--field-selector", "spec.nodeName=node-a"])?)
+            == ["default/p0", "default/p2", "other/p3"]
+    );
+    ensure!(
+        names(&f.get_json(&[
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=node-b,metadata.namespace=other"
+        ])?) == ["other/p4"]
+    );
+    // Chunked listing (limit + continue) returns everything once, in order.
+    ensure!(
+        names(&f.get_json(&["pods", "-A", "--chunk-size=2"])?)
+            == [
+                "default/p0",
+                "default/p1",
+                "default/p2",
+                "other/p3",
+                "other/p4"
+            ]
+    );
+    let err = f.fails(&["get", "pods", "--field-selector", "spec.containers=x"])?;
+    ensure!(
+        err.contains("field label not supported: spec.containers"),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+const T: Duration = Duration::from_secs(5);
+
+async fn next_event(w: &mut RawWatch) -> Result<(String, Value)> {
+    let ev = w.next(T).await?.context("watch ended early")?;
+    Ok((
+        ev["type"].as_str().unwrap_or("").to_string(),
+        ev["object"].clone(),
+    ))
+}
+
+fn pod(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels},
+           "spec": {"containers": [{"name": "c", "image": "i"}]}})
+}
+
+#[test]
+fn unauthenticated_and_unknown_requests_get_status_errors() -> Result<()> {
+    let dir = ConfigDir::new("api-auth")?;
+    let api = ApiServer::start(dir.path())?;
+    runtime()?.block_on(async {
+        let anon = RawClient::new(&api, false)?;
+        let r = anon.request("GET", "/api/v1/pods", None).await?;
+        ensure!(r.status == 401);
+        ensure!(r.json()? == json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401}));
+        let c = RawClient::new(&api, true)?;
+        let r = c.request("GET", "/apis/networking.istio.io/v1/widgets", None).await?;
+        ensure!(r.status == 404 && r.json()?["reason"] == "NotFound");
+        let r = c.request("GET", "/api/v1/namespaces/default/pods/nope", None).await?;
+        ensure!(r.status == 404);
+        ensure!(r.json()? == json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "pods \"nope\" not found", "reason": "NotFound", "details": {"name": "nope", "kind": "pods"}, "code": 404}));
+        // Discovery shapes.
+        let groups = c.request("GET", "/apis", None).await?.json()?;
+        let istio = groups["groups"].as_array().and_then(|g| g.iter().find(|g| g["name"] == "networking.istio.io")).cloned().context("istio group")?;
+        ensure!(istio["preferredVersion"]["version"] == "v1");
+        ensure!(istio["versions"].as_array().map(Vec::len) == Some(3));
+        let core = c.request("GET", "/api/v1", None).await?.json()?;
+        let pods = core["resources"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "pods")).cloned().context("pods")?;
+        ensure!(pods["kind"] == "Pod" && pods["namespaced"] == true && pods["verbs"].as_array().is_some_and(|v| v.contains(&json!("watch"))));
+        // Create: 201 with server fields; a create that names another namespace is a 400.
+        let r = c.request("POST", "/api/v1/namespaces/default/pods", Some(&pod("a", json!({})))).await?;
+        ensure!(r.status == 201, "{}", r.status);
+        let mut wrong = pod("b", json!({}));
+        wrong["metadata"]["namespace"] = "kube-system".into();
+        let r = c.request("POST", "/api/v1/namespaces/default/pods", Some(&wrong)).await?;
+        ensure!(r.status == 400 && r.json()?["reason"] == "BadRequest");
+        // PUT of a missing object: 404; merge patch.
+        let r = c.request("PUT", "/api/v1/namespaces/default/pods/b", Some(&pod("b", json!({})))).await?;
+        ensure!(r.status == 404);
+        let r = c.request_typed("PATCH", "/api/v1/namespaces/default/pods/a", "application/merge-patch+json", Some(&json!({"metadata": {"labels": {"x": "y"}}}))).await?;
+        ensure!(r.status == 200 && r.json()?["metadata"]["labels"] == json!({"x": "y"}));
+        // Delete returns the object; a failed precondition is a Conflict.
+        let r = c.request("DELETE", "/api/v1/namespaces/default/pods/a", Some(&json!({"preconditions": {"uid": "not-it"}}))).await?;
+        ensure!(r.status == 409 && r.json()?["reason"] == "Conflict");
+        let r = c.request("DELETE", "/api/v1/namespaces/default/pods/a", None).await?;
+        ensure!(r.status == 200 && r.json()?["metadata"]["name"] == "a");
+        Ok(())
+    })
+}
+
+#[test]
+fn watch_streams_changes_bookmarks_and_expiry() -> Result<()> {
+    let dir = ConfigDir::new("api-watch")?;
+    let api = ApiServer::start(dir.path())?;
+    runtime()?.block_on(async {
+        let c = RawClient::new(&api, true)?;
+        let start = api.resource_version();
+        let mut w = c
+            .watch(&format!("/api/v1/namespaces/default/pods?watch=1&resourceVersion={start}&allowWatchBookmarks=true"))
+            .await?;
+        ensure!(w.status == 200);
+        ensure!(w.headers.get("transfer-encoding").and_then(|v| v.to_str().ok()) == Some("chunked"), "{:?}", w.headers);
+        ensure!(w.headers.get("content-type").and_then(|v| v.to_str().ok()) == Some("application/json"));
+
+        let a = api.create(pod("a", json!({"app": "web"})))?;
+        let b = api.create(pod("b", json!({"app": "web"})))?;
+        let mut a2 = a.clone();
+        a2["metadata"]["labels"]["version"] = "v2".into();
+        let a2 = api.replace(a2)?;
+        api.delete("pods", "default", "b")?;
+        // A write elsewhere is not this watch's business.
+        api.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "default"}, "spec": {}}))?;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let (t, o) = next_event(&mut w).await?;
+            seen.push((t, name_of(&o).to_string(), rv_of(&o)?));
+        }
+        let want = [
+            ("ADDED", "a", rv_of(&a)?),
+            ("MODIFIED", "a", rv_of(&a2)?),
+            ("ADDED", "b", rv_of(&b)?),
+            ("DELETED", "b", rv_of(&b)? + 2),
+        ];
+        let mut want: Vec<(String, String, u64)> = want.iter().map(|(t, n, r)| (t.to_string(), n.to_string(), *r)).collect();
+        want.sort_by_key(|w| w.2);
+        ensure!(seen == want, "events {seen:?}, want {want:?}");
+
+        // Bookmarks carry only the newest resource version.
+        api.set_bookmark_interval(Duration::from_millis(200));
+        let (t, o) = next_event(&mut w).await?;
+        ensure!(t == "BOOKMARK", "{t} {o}");
+        ensure!(o == json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": api.resource_version().to_string()}}), "{o}");
+
+        // Compaction: the running watch gets ERROR 410 and ends; an old version is refused.
+        api.compact();
+        let mut ev = next_event(&mut w).await?;
+        while ev.0 == "BOOKMARK" {
+            ev = next_event(&mut w).await?;
+        }
+        ensure!(ev.0 == "ERROR", "{ev:?}");
+        ensure!(ev.1["code"] == 410 && ev.1["reason"] == "Expired" && ev.1["kind"] == "Status", "{}", ev.1);
+        ensure!(w.next(T).await?.is_none(), "the watch must end after ERROR");
+        let mut old = c.watch(&format!("/api/v1/pods?watch=true&resourceVersion={start}")).await?;
+        ensure!(old.status == 200);
+        let (t, o) = next_event(&mut old).await?;
+        ensure!(t == "ERROR" && o["code"] == 410 && o["message"].as_str().is_some_and(|m| m.starts_with("too old resource version")), "{o}");
+        let r = c.request("GET", &format!("/api/v1/pods?resourceVersion={start}&resourceVersionMatch=Exact"), None).await?;
+        ensure!(r.status == 410 && r.json()?["reason"] == "Expired");
+
+        // No resourceVersion: the current objects first, then changes; selectors turn an object
+        // that stops matching into DELETED; timeoutSeconds ends the stream.
+        let mut w = c.watch("/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb&timeoutSeconds=2").await?;
+        let (t, o) = next_event(&mut w).await?;
+        ensure!(t == "ADDED" && name_of(&o) == "a", "{t} {o}");
+        let mut a3 = api.get("pods", "default", "a")?;
+        a3["metadata"]["labels"]["app"] = "db".into();
+        api.replace(a3)?;
+        let (t, o) = next_event(&mut w).await?;
+        ensure!(t == "DELETED" && name_of(&o) == "a" && o["metadata"]["labels"]["app"] == "db", "{t} {o}");
+        let started = Instant::now();
+        ensure!(w.next(T).await?.is_none());
+        ensure!(started.elapsed() < Duration::from_secs(3), "timeoutSeconds=2 ended after {:?}", started.elapsed());
+        Ok(())
+    })
+}
+
+#[test]
+fn lists_paginate_at_one_revision() -> Result<()> {
+    let dir = ConfigDir::new("api-pages")?;
+    let api = ApiServer::start(dir.path())?;
+    runtime()?.block_on(async {
+        let c = RawClient::new(&api, true)?;
+        for i in 0..5 {
+            api.create(pod(&format!("p{i}"), json!({})))?;
+        }
+        let page1 = c
+            .request("GET", "/api/v1/namespaces/default/pods?limit=2", None)
+            .await?
+            .json()?;
+        ensure!(page1["kind"] == "PodList" && page1["apiVersion"] == "v1");
+        let rv = page1["metadata"]["resourceVersion"]
+            .as_str()
+            .context("list rv")?
+            .to_string();
+        ensure!(rv == api.resource_version().to_string());
+        ensure!(page1["metadata"]["remainingItemCount"] == 3);
+        let names = |p: &Value| -> Vec<String> {
+            p["items"]
+                .as_array()
+                .map(|a| a.iter().map(|i| name_of(i).to_string()).collect())
+                .unwrap_or_default()
+        };
+        ensure!(names(&page1) == ["p0", "p1"]);
+        // Changes after the first page do not show in the next pages (one consistent snapshot).
+        api.delete("pods", "default", "p3")?;
+        api.create(pod("p5", json!({})))?;
+        let tok = page1["metadata"]["continue"]
+            .as_str()
+            .context("continue")?
+            .to_string();
+        let page2 = c
+            .request(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods?limit=2&continue={tok}"),
+                None,
+            )
+            .await?
+            .json()?;
+        ensure!(names(&page2) == ["p2", "p3"], "{page2}");
+        ensure!(page2["metadata"]["resourceVersion"] == rv.as_str());
+        let tok2 = page2["metadata"]["continue"]
+            .as_str()
+            .context("continue 2")?
+            .to_string();
+        let page3 = c
+            .request(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods?limit=2&continue={tok2}"),
+                None,
+            )
+            .await?
+            .json()?;
+        ensure!(names(&page3) == ["p4"], "{page3}");
+        ensure!(
+            page3["metadata"].get("continue").is_none(),
+            "last page has no continue: {page3}"
+        );
+        // After compaction the token is too old: 410 Expired.
+        api.compact();
+        let r = c
+            .request(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods?limit=2&continue={tok}"),
+                None,
+            )
+            .await?;
+        ensure!(
+            r.status == 410 && r.json()?["reason"] == "Expired",
+            "{}",
+            r.status
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn outage_refuses_connections_cuts_watches_and_comes_back_with_the_data() -> Result<()> {
+    let dir = ConfigDir::new("api-outage")?;
+    let api = ApiServer::start(dir.path())?;
+    let url = api.url();
+    runtime()?.block_on(async {
+        let c = RawClient::new(&api, true)?;
+        let rv = api.resource_version();
+        let mut w = c
+            .watch(&format!("/api/v1/pods?watch=1&resourceVersion={rv}"))
+            .await?;
+        api.stop()?;
+        ensure!(
+            w.ends_within(T).await?,
+            "the watch must be cut by the outage"
+        );
+        ensure!(
+            c.request("GET", "/api/v1/pods", None).await.is_err(),
+            "connections must be refused"
+        );
+        api.create(pod("during", json!({})))?;
+        api.restart()?;
+        ensure!(api.url() == url);
+        let list = c.request("GET", "/api/v1/pods", None).await?.json()?;
+        ensure!(list["items"][0]["metadata"]["name"] == "during", "{list}");
+        let mut w = c
+            .watch(&format!("/api/v1/pods?watch=1&resourceVersion={rv}"))
+            .await?;
+        let (t, o) = next_event(&mut w).await?;
+        ensure!(t == "ADDED" && name_of(&o) == "during");
+        Ok(())
+    })?;
+    if require_kubectl().is_ok() {
+        let pods = kubectl_ok(
+            &api,
+            &dir.path().join("cache"),
+            &["get", "pods", "-o", "name"],
+        )?;
+        ensure!(pods.trim() == "pod/during", "{pods}");
+    } else {
+        bail!("kubectl not found: run `cargo xtask setup`");
     }
     Ok(())
 }

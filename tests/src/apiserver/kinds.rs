@@ -50,6 +50,12 @@ impl KindInfo {
         }
     }
 
+    /// Whether the server keeps `metadata.generation` (custom resources and CRDs do; the core
+    /// kinds served here and EndpointSlice do not).
+    pub fn tracks_generation(&self) -> bool {
+        self.group == ISTIO_GROUP || self.group == "apiextensions.k8s.io"
+    }
+
     /// Whether `version` is served.
     pub fn serves(&self, version: &str) -> bool {
         self.versions.contains(&version)

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client;
 pub mod kinds;
 pub mod status;
 
@@ -103,6 +104,8 @@ struct Serving {
 pub struct ApiServer {
     shared: Arc<Shared>,
     tls: Arc<rustls::ServerConfig>,
+    /// The CA that signed the server certificate, PEM.
+    ca_pem: String,
     addr: SocketAddr,
     kubeconfig: PathBuf,
     runtime: Handle,
@@ -166,6 +169,7 @@ impl ApiServer {
         let server = ApiServer {
             shared,
             tls: tls.config,
+            ca_pem: tls.ca_pem,
             addr,
             kubeconfig,
             runtime,
@@ -190,6 +194,11 @@ impl ApiServer {
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The CA certificate (PEM) clients must trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// The bearer token the server checks (for raw HTTP clients).
@@ -255,14 +264,16 @@ impl ApiServer {
         self.shared.changes.send_replace(rev);
     }
 
-    /// How often watches that allow bookmarks get one (default one minute); applies to each
-    /// watch from its next bookmark on.
+    /// How often watches that allow bookmarks get one (default one minute); running watches
+    /// switch to the new interval at once.
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *self
             .shared
             .bookmark_interval
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = interval;
+        // Wake the watches so they re-arm their bookmark timers.
+        self.shared.changes.send_modify(|_| {});
     }
 
     /// An outage: closes the listener (connections are refused) and cuts every open connection

@@ -35,7 +35,10 @@ pub fn group_version(group: &str, version: &str) -> Option<Value> {
         format!("/apis/{group}/{version}")
     };
     let mut paths = Map::new();
-    for k in KINDS.iter().filter(|k| k.group == group && k.serves(version)) {
+    for k in KINDS
+        .iter()
+        .filter(|k| k.group == group && k.serves(version))
+    {
         let path = if k.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
         } else {

@@ -3,8 +3,8 @@
 //!
 //! Objects are kept at their kind's storage version; readers rewrite `apiVersion` to the version
 //! they asked for (as a CRD with several served versions and no schema changes does).
-//! Server-assigned fields: `metadata.uid`, `resourceVersion`, `creationTimestamp`, `generation`
-//! (bumped when anything outside `metadata` and `status` changes); Services get a cluster IP from
+//! Server-assigned fields: `metadata.uid`, `resourceVersion`, `creationTimestamp`, and for custom
+//! resources `generation` (bumped when anything outside `metadata` and `status` changes); Services get a cluster IP from
 //! the service CIDR when they ask for none; Namespaces get `status.phase: Active` and the
 //! `kubernetes.io/metadata.name` label.
 
@@ -226,7 +226,11 @@ impl Store {
         meta.insert("uid".into(), uid().into());
         meta.insert("resourceVersion".into(), rv.to_string().into());
         meta.insert("creationTimestamp".into(), timestamp().into());
-        meta.insert("generation".into(), 1.into());
+        if info.tracks_generation() {
+            meta.insert("generation".into(), 1.into());
+        } else {
+            meta.remove("generation");
+        }
         meta.remove("deletionTimestamp");
         meta.remove("deletionGracePeriodSeconds");
         obj["apiVersion"] = info.api_version(info.storage_version()).into();
@@ -327,7 +331,7 @@ impl Store {
         if obj == old {
             return Ok(old);
         }
-        if spec_changed(&old, &obj) {
+        if info.tracks_generation() && spec_changed(&old, &obj) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             obj["metadata"]["generation"] = generation.into();
         }
@@ -655,7 +659,7 @@ mod tests {
     #[test]
     fn writes_and_history() -> Result<(), Status> {
         let mut s = Store::new();
-        let pods = kind("pods");
+        let pods = kind("vs");
         let start = s.revision();
         let a = s.create(
             pods,
@@ -664,7 +668,7 @@ mod tests {
         )?;
         assert_eq!(a["metadata"]["resourceVersion"], (start + 1).to_string());
         assert_eq!(a["metadata"]["generation"], 1);
-        assert_eq!(a["apiVersion"], "v1");
+        assert_eq!(a["apiVersion"], "networking.istio.io/v1");
         let dup = s.create(pods, Some("default"), json!({"metadata": {"name": "a"}}));
         assert_eq!(dup.err().map(|e| e.reason), Some("AlreadyExists"));
         let missing_ns = s.create(pods, Some("nope"), json!({"metadata": {"name": "a"}}));

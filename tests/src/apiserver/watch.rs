@@ -134,7 +134,8 @@ async fn run(shared: Arc<Shared>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
             let _ = tx.send(line("BOOKMARK", req.bookmark(pos, true))).await;
         }
     }
-    let mut next_bookmark = Instant::now() + shared.bookmark_interval();
+    // The interval is read on every wake-up, so a test's new interval applies at once.
+    let mut last_bookmark = Instant::now();
     loop {
         let batch: Result<Vec<(&'static str, Value)>, Status> = {
             let store = shared.lock_store();
@@ -165,6 +166,7 @@ async fn run(shared: Arc<Shared>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
             }
         }
         let far = Instant::now() + Duration::from_secs(86_400);
+        let next_bookmark = last_bookmark + shared.bookmark_interval();
         tokio::select! {
             changed = wake.changed() => {
                 if changed.is_err() {
@@ -175,7 +177,7 @@ async fn run(shared: Arc<Shared>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
                 if tx.send(line("BOOKMARK", req.bookmark(pos, false))).await.is_err() {
                     return;
                 }
-                next_bookmark = Instant::now() + shared.bookmark_interval();
+                last_bookmark = Instant::now();
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => return,
             _ = tx.closed() => return,
