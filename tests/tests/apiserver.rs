@@ -430,9 +430,8 @@ fn kubectl_creates_replaces_gets_and_deletes_every_kind() -> Result<()> {
         let stale_file = f.write(&format!("{}-stale.yaml", case.resource), &stale)?;
         let err = run_fails(vec!["replace".into(), "-f".into(), stale_file])?;
         ensure!(
-            err.contains(&format!(
-                "Error from server (Conflict): error when replacing"
-            )) && err.contains("the object has been modified"),
+            err.contains("Error from server (Conflict): error when replacing")
+                && err.contains("the object has been modified"),
             "{}: {err}",
             case.resource
         );

@@ -323,7 +323,7 @@ impl Call {
         let token = self.query.get("continue").filter(|c| !c.is_empty());
         let rv = self.resource_version()?;
         let exact = self.query.get("resourceVersionMatch").map(String::as_str) == Some("Exact")
-            || (rv.is_some() && limit > 0 && self.query.get("resourceVersionMatch").is_none());
+            || (rv.is_some() && limit > 0 && !self.query.contains_key("resourceVersionMatch"));
         let (at, after) = match token {
             Some(_) if rv.is_some() => {
                 return Err(Status::bad_request(

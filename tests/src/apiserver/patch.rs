@@ -84,7 +84,7 @@ fn merge_named(existing: &mut Vec<Value>, items: &[Value]) {
     }
 }
 
-fn reorder(existing: &mut Vec<Value>, order: &[Value]) {
+fn reorder(existing: &mut [Value], order: &[Value]) {
     let rank = |e: &Value| {
         order
             .iter()
