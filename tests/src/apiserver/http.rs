@@ -94,6 +94,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let body = match read_body(req.into_body()).await {
         Ok(b) => b,
         Err(s) => return Ok(error_reply(&s)),
@@ -103,6 +109,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply
         method,
         query,
         content_type,
+        accept,
         body,
     };
     Ok(match call.route(&path) {
@@ -172,6 +179,7 @@ struct Call {
     method: Method,
     query: HashMap<String, String>,
     content_type: String,
+    accept: String,
     body: Bytes,
 }
 
@@ -191,6 +199,7 @@ impl Call {
             )))),
             ["api"] => get_only(Some(discovery::core_versions(&self.shared.address))),
             ["apis"] => get_only(Some(discovery::group_list())),
+            ["openapi", "v2"] if self.method == Method::GET => Ok(self.openapi_v2()),
             ["openapi", "v3"] => get_only(Some(openapi::index())),
             ["openapi", "v3", "api", version] => get_only(openapi::group_version("", version)),
             ["openapi", "v3", "apis", group, version] => {
@@ -203,6 +212,23 @@ impl Call {
             ["apis", group, version, rest @ ..] => self.resource(target(group, version, rest)?),
             _ => Err(Status::no_route()),
         }
+    }
+
+    /// An OpenAPI v2 document without definitions. kubectl before field validation moved to the
+    /// server (1.25) downloads it to validate manifests, and skips kinds it does not describe.
+    /// kubectl asks for protobuf, where an empty message is an empty document.
+    fn openapi_v2(&self) -> Reply {
+        if self.accept.contains("protobuf") {
+            let mut resp = Response::new(ApiBody::Full(Some(Bytes::new())));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
+            return resp;
+        }
+        json_reply(200, &openapi::v2())
     }
 
     fn resource(&self, t: Target) -> Result<Reply, Status> {

@@ -1,4 +1,4 @@
-//! Minimal OpenAPI v3 documents: `/openapi/v3` (the index of group-versions) and
+//! Minimal OpenAPI documents. v2: an empty document (see `Call::openapi_v2`). v3: `/openapi/v3` (the index of group-versions) and
 //! `/openapi/v3/api/v1`, `/openapi/v3/apis/<group>/<version>`, each listing the item paths of its
 //! kinds with a PATCH operation that declares the `fieldValidation` query parameter.
 //!
@@ -10,6 +10,11 @@
 use serde_json::{json, Map, Value};
 
 use super::kinds::{groups, KINDS};
+
+/// `/openapi/v2` as JSON: a Swagger 2.0 document with no paths and no definitions.
+pub fn v2() -> Value {
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}})
+}
 
 /// The index: `{"paths": {"api/v1": {"serverRelativeURL": ...}, ...}}`.
 pub fn index() -> Value {
