@@ -889,3 +889,179 @@ fn outage_refuses_connections_cuts_watches_and_comes_back_with_the_data() -> Res
     }
     Ok(())
 }
+
+mod kube_rs {
+    //! The client Keel uses: kube-rs discovery, typed and dynamic APIs, and kube-runtime's
+    //! watcher (paginated list, watch with bookmarks from the list's version, re-list on 410,
+    //! resume after an outage).
+
+    use super::*;
+    use futures_util::stream::{BoxStream, StreamExt};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use kube::discovery::Scope;
+    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::WatchStreamExt;
+    use kube::ResourceExt;
+
+    type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
+
+    /// The next event, skipping errors (returned in `errors`), within 15 s.
+    async fn next<K>(w: &mut Events<K>, errors: &mut Vec<String>) -> Result<Event<K>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout_at(deadline, w.next()).await {
+                Err(_) => bail!("no watcher event within 15 s (errors so far: {errors:?})"),
+                Ok(None) => bail!("watcher stream ended"),
+                Ok(Some(Err(e))) => errors.push(e.to_string()),
+                Ok(Some(Ok(ev))) => return Ok(ev),
+            }
+        }
+    }
+
+    /// Reads `Init`, the `InitApply` objects and `InitDone`; returns the objects' names.
+    async fn initial<K: kube::Resource>(
+        w: &mut Events<K>,
+        errors: &mut Vec<String>,
+    ) -> Result<Vec<String>> {
+        let mut ev = next(w, errors).await?;
+        // After a 410, the watcher may still hand out what it had buffered; the re-list starts at Init.
+        while !matches!(ev, Event::Init) {
+            ev = next(w, errors).await?;
+        }
+        let mut names = Vec::new();
+        loop {
+            match next(w, errors).await? {
+                Event::InitApply(o) => names.push(o.meta().name.clone().unwrap_or_default()),
+                Event::InitDone => return Ok(names),
+                Event::Init => names.clear(),
+                _ => bail!("unexpected event during the initial list"),
+            }
+        }
+    }
+
+    async fn applied(w: &mut Events<Pod>, errors: &mut Vec<String>) -> Result<Pod> {
+        match next(w, errors).await? {
+            Event::Apply(p) => Ok(p),
+            other => bail!("expected Apply, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kube_rs_discovers_lists_watches_and_relists_after_410() -> Result<()> {
+        let dir = ConfigDir::new("api-kube-rs")?;
+        let api = ApiServer::start(dir.path())?;
+        api.set_bookmark_interval(Duration::from_millis(300));
+        for i in 0..5 {
+            api.create(pod(&format!("p{i}"), json!({"app": "web"})))?;
+        }
+        let kubeconfig = Kubeconfig::read_from(api.kubeconfig_path())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let client = kube::Client::try_from(config)?;
+
+        // Discovery: every Istio version resolves.
+        let discovery = kube::discovery::Discovery::new(client.clone())
+            .run()
+            .await?;
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let gvk = GroupVersionKind::gvk("networking.istio.io", version, "DestinationRule");
+            let (ar, caps) = discovery
+                .resolve_gvk(&gvk)
+                .with_context(|| format!("discovery of {gvk:?}"))?;
+            ensure!(ar.plural == "destinationrules" && caps.scope == Scope::Namespaced);
+        }
+
+        // Paginated initial list (page size 2 => three pages), then the watch.
+        let mut errors = Vec::new();
+        let all: Api<Pod> = Api::all(client.clone());
+        let mut pods: Events<Pod> = watcher::watcher(all, watcher::Config::default().page_size(2))
+            .default_backoff()
+            .boxed();
+        ensure!(initial(&mut pods, &mut errors).await? == ["p0", "p1", "p2", "p3", "p4"]);
+
+        // A replace through kube-rs arrives as Apply; a stale one is a 409.
+        let default: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let mut p1 = default.get("p1").await?;
+        let stale = p1.clone();
+        p1.labels_mut().insert("version".into(), "v2".into());
+        let replaced = default.replace("p1", &PostParams::default(), &p1).await?;
+        let seen = applied(&mut pods, &mut errors).await?;
+        ensure!(
+            seen.name_any() == "p1"
+                && seen.labels().get("version").map(String::as_str) == Some("v2")
+        );
+        ensure!(seen.resource_version() == replaced.resource_version());
+        match default.replace("p1", &PostParams::default(), &stale).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            other => bail!("stale replace: {other:?}"),
+        }
+        default.delete("p0", &DeleteParams::default()).await?;
+        match next(&mut pods, &mut errors).await? {
+            Event::Delete(p) if p.name_any() == "p0" => {}
+            other => bail!("expected Delete(p0), got {other:?}"),
+        }
+
+        // A VirtualService stored at v1 is watched at v1beta1 as a DynamicObject.
+        let gvk = GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "virtualservices");
+        let vs_api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let mut vss: Events<DynamicObject> = watcher::watcher(vs_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        ensure!(initial(&mut vss, &mut errors).await?.is_empty());
+        api.create(json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": "default"}, "spec": {"hosts": ["reviews"]}}))?;
+        match next(&mut vss, &mut errors).await? {
+            Event::Apply(vs) => {
+                ensure!(vs.name_any() == "reviews");
+                ensure!(
+                    vs.types.as_ref().map(|t| t.api_version.as_str())
+                        == Some("networking.istio.io/v1beta1")
+                );
+                ensure!(vs.data["spec"]["hosts"] == json!(["reviews"]));
+            }
+            other => bail!("expected Apply(reviews), got {other:?}"),
+        }
+        ensure!(
+            errors.is_empty(),
+            "no errors before the compaction: {errors:?}"
+        );
+
+        // Compaction: 410, then a re-list with the current objects, then changes again.
+        api.compact();
+        ensure!(initial(&mut pods, &mut errors).await? == ["p1", "p2", "p3", "p4"]);
+        ensure!(
+            errors
+                .iter()
+                .any(|e| e.contains("410") || e.to_lowercase().contains("expired")),
+            "{errors:?}"
+        );
+        ensure!(initial(&mut vss, &mut errors).await? == ["reviews"]);
+        let mut p2 = api.get("pods", "default", "p2")?;
+        p2["metadata"]["labels"]["version"] = "v3".into();
+        api.replace(p2)?;
+        let seen = applied(&mut pods, &mut errors).await?;
+        ensure!(
+            seen.name_any() == "p2"
+                && seen.labels().get("version").map(String::as_str) == Some("v3")
+        );
+
+        // Outage: the watcher keeps trying; a change made meanwhile arrives after the restart.
+        errors.clear();
+        api.stop()?;
+        let mut p3 = api.get("pods", "default", "p3")?;
+        p3["metadata"]["labels"]["version"] = "during-outage".into();
+        api.replace(p3)?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        api.restart()?;
+        let seen = applied(&mut pods, &mut errors).await?;
+        ensure!(
+            seen.name_any() == "p3"
+                && seen.labels().get("version").map(String::as_str) == Some("during-outage"),
+            "{seen:?}"
+        );
+        Ok(())
+    }
+}
