@@ -976,10 +976,21 @@ mod kube_rs {
         // Paginated initial list (page size 2 => three pages), then the watch.
         let mut errors = Vec::new();
         let all: Api<Pod> = Api::all(client.clone());
+        ensure!(api.active_watches("pods")? == 0);
         let mut pods: Events<Pod> = watcher::watcher(all, watcher::Config::default().page_size(2))
             .default_backoff()
             .boxed();
         ensure!(initial(&mut pods, &mut errors).await? == ["p0", "p1", "p2", "p3", "p4"]);
+
+        // The streaming-list strategy (watch with sendInitialEvents) sees the same objects.
+        let streaming = watcher::Config::default()
+            .streaming_lists()
+            .labels("app=web");
+        let mut streamed: Events<Pod> = watcher::watcher(Api::all(client.clone()), streaming)
+            .default_backoff()
+            .boxed();
+        ensure!(initial(&mut streamed, &mut errors).await? == ["p0", "p1", "p2", "p3", "p4"]);
+        drop(streamed);
 
         // A replace through kube-rs arrives as Apply; a stale one is a 409.
         let default: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -1055,6 +1066,10 @@ mod kube_rs {
         p3["metadata"]["labels"]["version"] = "during-outage".into();
         api.replace(p3)?;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        ensure!(
+            api.active_watches("pods")? == 0,
+            "the outage cut the watches"
+        );
         api.restart()?;
         let seen = applied(&mut pods, &mut errors).await?;
         ensure!(

@@ -68,9 +68,42 @@ pub(crate) struct Shared {
     /// `host:port`, for `/api`'s `serverAddressByClientCIDRs`.
     address: String,
     bookmark_interval: Mutex<Duration>,
+    /// Open watches per kind (index into [`kinds::KINDS`]).
+    watches: Mutex<Vec<usize>>,
+}
+
+/// Counts one open watch of a kind while it lives.
+pub(crate) struct WatchGuard {
+    shared: Arc<Shared>,
+    kind: usize,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut w = self
+            .shared
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = w.get_mut(self.kind) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl Shared {
+    /// Registers an open watch of `kind` until the guard drops.
+    pub(crate) fn watch_guard(self: &Arc<Self>, kind: usize) -> WatchGuard {
+        let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = w.get_mut(kind) {
+            *n += 1;
+        }
+        WatchGuard {
+            shared: self.clone(),
+            kind,
+        }
+    }
+
     fn lock_store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves a consistent store (every write commits last).
         self.store.lock().unwrap_or_else(|e| e.into_inner())
@@ -165,6 +198,7 @@ impl ApiServer {
             token,
             address: addr.to_string(),
             bookmark_interval: Mutex::new(DEFAULT_BOOKMARK_INTERVAL),
+            watches: Mutex::new(vec![0; kinds::KINDS.len()]),
         });
         let server = ApiServer {
             shared,
@@ -231,6 +265,31 @@ impl ApiServer {
             .shared
             .write(|s| s.update(kind, ns.as_deref(), &name, obj))?;
         Ok(at_version(updated, kind, &version))
+    }
+
+    /// Creates `obj`, or replaces it unconditionally if it exists (what `kubectl apply` amounts
+    /// to for a test): a `metadata.resourceVersion` in `obj` is ignored.
+    pub fn apply(&self, mut obj: Value) -> Result<Value, Status> {
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        match self.create(obj.clone()) {
+            Err(e) if e.reason == "AlreadyExists" => self.replace(obj),
+            other => other,
+        }
+    }
+
+    /// How many watches of `kind` (loose, as [`ApiServer::delete`] takes it) are open now: lets
+    /// a test wait until a client watches before it changes things, or after an outage until it
+    /// is back.
+    pub fn active_watches(&self, kind: &str) -> Result<usize, Status> {
+        let k = kind_named(kind)?;
+        let w = self
+            .shared
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(w.get(k).copied().unwrap_or(0))
     }
 
     /// Deletes an object. `kind` is loose (`Pod`, `pods`, `vs`,

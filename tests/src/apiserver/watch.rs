@@ -97,6 +97,7 @@ pub fn start(shared: Arc<Shared>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
 }
 
 async fn run(shared: Arc<Shared>, req: WatchRequest, tx: mpsc::Sender<Bytes>) {
+    let _open = shared.watch_guard(req.kind);
     // Subscribe before reading the store, so no write falls between the two.
     let mut wake = shared.changes.subscribe();
     let deadline = req.timeout.map(|t| Instant::now() + t);
