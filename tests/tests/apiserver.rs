@@ -1077,6 +1077,10 @@ mod kube_rs {
                 && seen.labels().get("version").map(String::as_str) == Some("during-outage"),
             "{seen:?}"
         );
+        ensure!(
+            api.active_watches("pods")? == 1,
+            "one pod watch again after the outage"
+        );
         Ok(())
     }
 }
