@@ -847,6 +847,7 @@ fn lists_paginate_at_one_revision() -> Result<()> {
 
 #[test]
 fn outage_refuses_connections_cuts_watches_and_comes_back_with_the_data() -> Result<()> {
+    require_kubectl()?;
     let dir = ConfigDir::new("api-outage")?;
     let api = ApiServer::start(dir.path())?;
     let url = api.url();
@@ -877,16 +878,12 @@ fn outage_refuses_connections_cuts_watches_and_comes_back_with_the_data() -> Res
         ensure!(t == "ADDED" && name_of(&o) == "during");
         Ok(())
     })?;
-    if require_kubectl().is_ok() {
-        let pods = kubectl_ok(
-            &api,
-            &dir.path().join("cache"),
-            &["get", "pods", "-o", "name"],
-        )?;
-        ensure!(pods.trim() == "pod/during", "{pods}");
-    } else {
-        bail!("kubectl not found: run `cargo xtask setup`");
-    }
+    let pods = kubectl_ok(
+        &api,
+        &dir.path().join("cache"),
+        &["get", "pods", "-o", "name"],
+    )?;
+    ensure!(pods.trim() == "pod/during", "{pods}");
     Ok(())
 }
 
