@@ -13,6 +13,15 @@
 //!   outage: connection refused, watches cut, then the same address and data),
 //!   [`ApiServer::set_bookmark_interval`].
 //!
+//! Where it differs from a real API server (none of it matters to a reader such as Keel):
+//! no schemas (unknown fields are accepted even with `fieldValidation=Strict`; OpenAPI documents
+//! only declare that the server validates); no `/status` subresource (a PUT of the main resource
+//! may change `status`); deletion is immediate (no grace period, finalizers or
+//! `deletionTimestamp`; deleting a Namespace deletes its objects at once); no
+//! `deletecollection`, server-side apply, JSON patch, Table output or aggregated discovery
+//! (kubectl falls back to the legacy forms); CRDs are stored but register no new types. Versions
+//! newer than the current one are waited for in watches instead of answered 504.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use keel_tests::apiserver::ApiServer;
