@@ -261,14 +261,12 @@ impl Call {
                 } else {
                     self.body_json()?
                 };
-                let gone = self.shared.write(|s| {
-                    s.delete(
-                        t.kind,
-                        t.namespace.as_deref(),
-                        name,
-                        &options["preconditions"],
-                    )
-                })?;
+                let gone = self.shared.delete(
+                    t.kind,
+                    t.namespace.as_deref(),
+                    name,
+                    &options["preconditions"],
+                )?;
                 Ok(json_reply(200, &present(&gone, t.kind, &t.version)))
             }
             _ => Err(Status::method_not_allowed()),

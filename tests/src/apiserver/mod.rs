@@ -17,7 +17,8 @@
 //! no schemas (unknown fields are accepted even with `fieldValidation=Strict`; OpenAPI documents
 //! only declare that the server validates); no `/status` subresource (a PUT of the main resource
 //! may change `status`); deletion is immediate (no grace period, finalizers or
-//! `deletionTimestamp`; deleting a Namespace deletes its objects at once); no
+//! `deletionTimestamp`, except that a deleted Namespace is Terminating for 100 ms before it and
+//! its objects go); no
 //! `deletecollection`, server-side apply, JSON patch, Table output or aggregated discovery
 //! (kubectl falls back to the legacy forms); CRDs are stored but register no new types. Versions
 //! newer than the current one are waited for in watches instead of answered 504.
@@ -79,7 +80,12 @@ pub(crate) struct Shared {
     bookmark_interval: Mutex<Duration>,
     /// Open watches per kind (index into [`kinds::KINDS`]).
     watches: Mutex<Vec<usize>>,
+    /// Runs the namespace controller's deferred deletions.
+    runtime: Handle,
 }
+
+/// How long a deleted namespace stays Terminating before it and its objects go.
+const NAMESPACE_FINALIZE_DELAY: Duration = Duration::from_millis(100);
 
 /// Counts one open watch of a kind while it lives.
 pub(crate) struct WatchGuard {
@@ -126,6 +132,30 @@ impl Shared {
         drop(store);
         self.changes.send_replace(rev);
         out
+    }
+
+    /// DELETE of one object; a namespace turns Terminating and goes (with its objects) a moment
+    /// later, as the namespace controller would do it.
+    fn delete(
+        self: &Arc<Self>,
+        kind: usize,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: &Value,
+    ) -> Result<Value, Status> {
+        let out = self.write(|s| s.delete(kind, namespace, name, precondition))?;
+        if kind == kinds::NAMESPACE {
+            let shared = self.clone();
+            let name = name.to_string();
+            self.runtime.spawn(async move {
+                tokio::time::sleep(NAMESPACE_FINALIZE_DELAY).await;
+                let _ = shared.write(|s| {
+                    s.finish_namespace(&name);
+                    Ok(())
+                });
+            });
+        }
+        Ok(out)
     }
 
     fn bookmark_interval(&self) -> Duration {
@@ -208,6 +238,7 @@ impl ApiServer {
             address: addr.to_string(),
             bookmark_interval: Mutex::new(DEFAULT_BOOKMARK_INTERVAL),
             watches: Mutex::new(vec![0; kinds::KINDS.len()]),
+            runtime: runtime.clone(),
         });
         let server = ApiServer {
             shared,
@@ -305,8 +336,7 @@ impl ApiServer {
     /// `virtualservices.networking.istio.io`); `namespace` is ignored for cluster-scoped kinds.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, Status> {
         let k = kind_named(kind)?;
-        self.shared
-            .write(|s| s.delete(k, Some(namespace), name, &Value::Null))
+        self.shared.delete(k, Some(namespace), name, &Value::Null)
     }
 
     /// One object at its kind's preferred version.

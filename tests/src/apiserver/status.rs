@@ -124,6 +124,11 @@ impl Status {
         Status::new(401, "Unauthorized", "Unauthorized")
     }
 
+    /// 403 Forbidden.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Status::new(403, "Forbidden", message)
+    }
+
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed() -> Self {
         Status::new(

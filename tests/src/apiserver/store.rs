@@ -205,12 +205,17 @@ impl Store {
             },
         };
         validate_name(info, &name)?;
-        if !ns.is_empty()
-            && !self
-                .objects
-                .contains_key(&(NAMESPACE, String::new(), ns.clone()))
-        {
-            return Err(Status::not_found(&KINDS[NAMESPACE], &ns));
+        if !ns.is_empty() {
+            match self.objects.get(&(NAMESPACE, String::new(), ns.clone())) {
+                None => return Err(Status::not_found(&KINDS[NAMESPACE], &ns)),
+                Some(n) if !n["metadata"]["deletionTimestamp"].is_null() => {
+                    return Err(Status::forbidden(format!(
+                        "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        info.resource()
+                    )))
+                }
+                Some(_) => {}
+            }
         }
         let key = (kind, ns.clone(), name.clone());
         if self.objects.contains_key(&key) {
@@ -374,19 +379,45 @@ impl Store {
             }
         }
         if kind == NAMESPACE {
-            let contained: Vec<Key> = self
-                .objects
-                .keys()
-                .filter(|(k, ns, _)| KINDS[*k].namespaced && ns == name)
-                .cloned()
-                .collect();
-            for k in contained {
-                if let Some(obj) = self.objects.get(&k).cloned() {
-                    self.remove(k, obj);
-                }
+            // As the real server: the namespace turns Terminating; its contents and then the
+            // namespace itself go when the namespace controller gets to it
+            // ([`Store::finish_namespace`]).
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                return Ok(old);
             }
+            let mut terminating = old.clone();
+            terminating["metadata"]["deletionTimestamp"] = timestamp().into();
+            terminating["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+            terminating["status"]["phase"] = "Terminating".into();
+            terminating["metadata"]["resourceVersion"] = (self.revision + 1).to_string().into();
+            self.commit(key, EventType::Modified, terminating.clone(), Some(old));
+            return Ok(terminating);
         }
         Ok(self.remove(key, old))
+    }
+
+    /// The namespace controller's part of deleting a namespace: every object in it, then the
+    /// namespace. A no-op unless the namespace is terminating.
+    pub fn finish_namespace(&mut self, name: &str) {
+        let key = (NAMESPACE, String::new(), name.to_string());
+        let Some(ns) = self.objects.get(&key).cloned() else {
+            return;
+        };
+        if ns["metadata"]["deletionTimestamp"].is_null() {
+            return;
+        }
+        let contained: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|(k, ns, _)| KINDS[*k].namespaced && ns == name)
+            .cloned()
+            .collect();
+        for k in contained {
+            if let Some(obj) = self.objects.get(&k).cloned() {
+                self.remove(k, obj);
+            }
+        }
+        self.remove(key, ns);
     }
 
     fn remove(&mut self, key: Key, old: Value) -> Value {
@@ -717,6 +748,23 @@ mod tests {
             s.list_at(pods, None, Some(start)).err().map(|e| e.code),
             Some(410)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn namespaces_terminate_then_go() -> Result<(), Status> {
+        let mut s = Store::new();
+        let ns = kind("ns");
+        s.create(ns, None, json!({"metadata": {"name": "x"}}))?;
+        s.create(kind("pods"), Some("x"), json!({"metadata": {"name": "p"}}))?;
+        let t = s.delete(ns, None, "x", &Value::Null)?;
+        assert_eq!(t["status"]["phase"], "Terminating");
+        let refused = s.create(kind("pods"), Some("x"), json!({"metadata": {"name": "q"}}));
+        assert_eq!(refused.err().map(|e| e.code), Some(403));
+        assert_eq!(s.list_at(kind("pods"), Some("x"), None)?.len(), 1);
+        s.finish_namespace("x");
+        assert!(s.list_at(kind("pods"), Some("x"), None)?.is_empty());
+        assert_eq!(s.get(ns, "", "x").err().map(|e| e.code), Some(404));
         Ok(())
     }
 
