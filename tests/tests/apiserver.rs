@@ -978,6 +978,18 @@ mod kube_rs {
             .default_backoff()
             .boxed();
         ensure!(initial(&mut pods, &mut errors).await? == ["p0", "p1", "p2", "p3", "p4"]);
+        // kube-runtime's list/watch flow as the server saw it: three pages, then a watch from the
+        // list's version with bookmarks.
+        let listed_rv = api.resource_version();
+        let requests = api.requests();
+        let pages: Vec<&String> = requests
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/pods?") && r.contains("limit=2"))
+            .collect();
+        ensure!(
+            pages.len() == 3 && pages[1].contains("continue=") && pages[2].contains("continue="),
+            "{requests:?}"
+        );
 
         // The streaming-list strategy (watch with sendInitialEvents) sees the same objects.
         let streaming = watcher::Config::default()
@@ -1001,6 +1013,16 @@ mod kube_rs {
                 && seen.labels().get("version").map(String::as_str) == Some("v2")
         );
         ensure!(seen.resource_version() == replaced.resource_version());
+        ensure!(
+            api.requests()
+                .iter()
+                .any(|r| r.starts_with("GET /api/v1/pods?")
+                    && r.contains("watch=true")
+                    && r.contains("allowWatchBookmarks=true")
+                    && r.contains(&format!("resourceVersion={listed_rv}"))),
+            "no watch from the list's version: {:?}",
+            api.requests()
+        );
         match default.replace("p1", &PostParams::default(), &stale).await {
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             other => bail!("stale replace: {other:?}"),

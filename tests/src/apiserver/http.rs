@@ -86,6 +86,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply
         return Ok(error_reply(&Status::unauthorized()));
     }
     let method = req.method().clone();
+    shared.log_request(format!(
+        "{method} {}",
+        req.uri()
+            .path_and_query()
+            .map_or(req.uri().path(), |pq| pq.as_str())
+    ));
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
     let content_type = req
@@ -479,17 +485,17 @@ fn present(obj: &Value, kind: usize, version: &str) -> Value {
     obj
 }
 
-/// Continue tokens have the real server's shape: base64 of `{"v":"meta.k8s.io/v1","rv":N,
+/// Continue tokens have the real server's shape: unpadded URL-safe base64 of `{"v":"meta.k8s.io/v1","rv":N,
 /// "start":"<key>\u0000"}` (the list resumes after `<key>`, at revision N).
 fn encode_continue(rv: u64, last_key: &str) -> String {
     let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last_key}\u{0}")});
-    base64::engine::general_purpose::URL_SAFE.encode(token.to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String), Status> {
     let bad = || Status::bad_request(format!("continue key is not valid: {token:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE
-        .decode(token)
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
         .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rv = v["rv"].as_u64().ok_or_else(bad)?;

@@ -82,7 +82,12 @@ pub(crate) struct Shared {
     watches: Mutex<Vec<usize>>,
     /// Runs the namespace controller's deferred deletions.
     runtime: Handle,
+    /// `METHOD /path?query` of every authenticated request, oldest first (bounded).
+    requests: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many requests [`ApiServer::requests`] remembers.
+const REQUEST_LOG_LIMIT: usize = 10_000;
 
 /// How long a deleted namespace stays Terminating before it and its objects go.
 const NAMESPACE_FINALIZE_DELAY: Duration = Duration::from_millis(100);
@@ -156,6 +161,15 @@ impl Shared {
             });
         }
         Ok(out)
+    }
+
+    /// Remembers one request line for [`ApiServer::requests`].
+    fn log_request(&self, line: String) {
+        let mut log = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() >= REQUEST_LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(line);
     }
 
     fn bookmark_interval(&self) -> Duration {
@@ -239,6 +253,7 @@ impl ApiServer {
             bookmark_interval: Mutex::new(DEFAULT_BOOKMARK_INTERVAL),
             watches: Mutex::new(vec![0; kinds::KINDS.len()]),
             runtime: runtime.clone(),
+            requests: Mutex::new(std::collections::VecDeque::new()),
         });
         let server = ApiServer {
             shared,
@@ -330,6 +345,27 @@ impl ApiServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         Ok(w.get(k).copied().unwrap_or(0))
+    }
+
+    /// `METHOD /path?query` of the authenticated requests so far (the newest 10,000), oldest
+    /// first: lets a test check how a client lists and watches (page sizes, resource versions,
+    /// bookmarks, how often it retried during an outage).
+    pub fn requests(&self) -> Vec<String> {
+        let log = self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
+    }
+
+    /// Forgets the requests logged so far.
+    pub fn clear_requests(&self) {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Deletes an object. `kind` is loose (`Pod`, `pods`, `vs`,
