@@ -462,6 +462,16 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         source,
         fingerprint: fingerprint.take(),
         changes: changes.take(),
+        kubepods: match &args.config {
+            Some(_) => None,
+            None => match keel::pods::watch::KubepodsWatch::new() {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch kubelet's pod cgroups; rescanning every second");
+                    None
+                }
+            },
+        },
         stats,
         config_status,
         metrics: Arc::clone(&metrics),
@@ -563,6 +573,9 @@ struct Control {
     fingerprint: Option<reload::Fingerprint>,
     /// Cluster mode: what the API watchers report.
     changes: Option<tokio::sync::mpsc::Receiver<Change>>,
+    /// Cluster mode: wakes when kubelet makes or removes a pod cgroup, so a new pod is captured
+    /// before its first connection rather than at the next rescan.
+    kubepods: Option<keel::pods::watch::KubepodsWatch>,
     stats: Arc<Stats>,
     config_status: Arc<Mutex<ConfigStatus>>,
     /// Holds the access log, re-applied from the MeshConfig after each load.
@@ -636,6 +649,21 @@ async fn initial_sync(
     Ok(())
 }
 
+/// The next pod cgroup change, or never (file mode, or no watch).
+async fn kubepods_changed(watch: &mut Option<keel::pods::watch::KubepodsWatch>) -> bool {
+    match watch {
+        Some(w) => match w.changed().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the pod cgroup watch failed; rescanning every second");
+                *watch = None;
+                false
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// The next change, or never (file mode).
 async fn next_change(changes: &mut Option<tokio::sync::mpsc::Receiver<Change>>) -> Option<Change> {
     match changes {
@@ -651,8 +679,10 @@ async fn control_loop(mut c: Control) {
     loop {
         let mut changed = false;
         let mut ticked = false;
+        let mut pods_changed = false;
         tokio::select! {
             _ = tick.tick() => ticked = true,
+            woke = kubepods_changed(&mut c.kubepods) => pods_changed = woke,
             change = next_change(&mut c.changes) => match change {
                 Some(change) => {
                     c.apply_changes(change).await;
@@ -680,7 +710,8 @@ async fn control_loop(mut c: Control) {
                 }
             }
         }
-        if changed || (ticked && n.is_multiple_of(POD_RESCAN_EVERY)) {
+        if changed || pods_changed || (ticked && n.is_multiple_of(POD_RESCAN_EVERY)) {
+            c.watch_kubepods();
             let node = c.state.load();
             let resolved = c.layout.resolve(&node.snapshot);
             if resolved != node.pod_by_cgroup {
@@ -708,6 +739,23 @@ async fn control_loop(mut c: Control) {
 }
 
 impl Control {
+    /// Cluster mode: (re)registers the kubepods and QoS directories with the inotify watch, before
+    /// the scan that follows, so a pod made in between is still seen.
+    fn watch_kubepods(&mut self) {
+        let (Some(watch), state::PodLayout::Kubelet { root, .. }) = (&mut self.kubepods, &self.layout)
+        else {
+            return;
+        };
+        match keel::pods::kubelet::find_kubepods_roots(root) {
+            Ok(roots) => {
+                if let Err(e) = watch.watch(&roots) {
+                    tracing::debug!(error = %e, "cannot watch a kubepods directory");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot find kubelet's kubepods cgroups"),
+        }
+    }
+
     /// Applies `first` and every change that follows it closely (a `kubectl apply` of several
     /// objects, a re-list), so that they publish as one config.
     async fn apply_changes(&mut self, first: Change) {

@@ -8,12 +8,15 @@
 //! - [`keel`]: runs `keel run` in a cgroup, waits for `/ready`, reads the admin API, `keel validate`;
 //! - [`config`]: temporary config directories and Service/Pod YAML;
 //! - [`pki`]: a throwaway CA with server and client certificates as PEM files (TLS origination);
+//! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS list/watch, discovery, kubeconfig) that
+//!   `kubectl` and kube-rs accept;
 //! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
 //!
 //! Used by the tests in `tests/tests/` and by `cargo xtask demo`. Everything runs on this machine only:
 //! pods have no default route and the service CIDR is blackholed on the host.
 
 pub mod agent;
+pub mod apiserver;
 pub mod config;
 pub mod host;
 pub mod http;

@@ -56,7 +56,7 @@ impl TestPki {
     }
 }
 
-fn ca(name: &str) -> Result<(Issuer<'static, KeyPair>, String)> {
+pub(crate) fn ca(name: &str) -> Result<(Issuer<'static, KeyPair>, String)> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `setup` | installs the eBPF toolchain if missing (idempotent: a second run installs nothing) |
+//! | `setup` | installs the eBPF toolchain and kubectl if missing (idempotent: a second run installs nothing) |
 //! | `build` | setup, then the release binaries `keel` and `pod-agent` |
 //! | `test` | setup, build, fmt, clippy, unit tests, then the privileged e2e tests (root only) |
 //! | `demo [--keep]` | the Bookinfo-style demo of `config/demo` on a real pod network, through keel |
@@ -49,7 +49,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain (rust-src, LLVM 22, bpf-linker, bpftool, iproute2, iptables) if missing.
+    /// Install the eBPF toolchain (rust-src, LLVM 22, bpf-linker, bpftool, iproute2, iptables) and
+    /// kubectl if missing.
     Setup,
     /// Setup, then build the release binaries (keel, pod-agent).
     Build,
@@ -212,6 +213,8 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
     }
     note!("xtask: privileged e2e tests ({TEST_NET_NOTE})");
     let mut e2e = cargo();
+    // Every file of tests/tests runs here, including apiserver.rs (the stand-in Kubernetes API
+    // server driven by the real kubectl; it needs no root, only kubectl from `setup`).
     // --no-fail-fast: one failing file must not hide the results of the others. One test at a time:
     // the weighted-split and lifecycle checks compare counts and bpffs contents that a concurrent
     // keel could disturb, and the machine has two cores.

@@ -6,7 +6,10 @@
 //! 1. `rust-src` for the installed nightly (needed by `-Z build-std=core` for `bpfel-unknown-none`);
 //! 2. Debian packages: LLVM 22 (matching rustc's LLVM major) for bpf-linker, plus the tools the e2e
 //!    tests shell out to; `apt-get update` runs once, and only when something is missing;
-//! 3. `bpf-linker` 0.13.0 built against LLVM 22 (its default feature wants LLVM 23, which is not here).
+//! 3. `bpf-linker` 0.13.0 built against LLVM 22 (its default feature wants LLVM 23, which is not here);
+//! 4. `kubectl`, which the stand-in API server's tests drive (`tests/tests/apiserver.rs`), when it is
+//!    not on PATH: the Debian package `kubectl` where the apt sources have it, else
+//!    `kubernetes-client` (Debian's own build; older, and served the same by the stand-in).
 //!
 //! Toolchains themselves are never installed: the machine image ships `stable` and `nightly`, and
 //! `RUSTUP_AUTO_INSTALL=0` forbids fetching others.
@@ -36,8 +39,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> Result<()> {
     let mut installed = Vec::new();
     rust_src(&mut installed)?;
-    apt(&mut installed)?;
+    let mut apt_updated = false;
+    apt(&mut installed, &mut apt_updated)?;
     bpf_linker(&mut installed)?;
+    kubectl(&mut installed, &mut apt_updated)?;
     if installed.is_empty() {
         note!("xtask setup: toolchain complete, nothing to install");
     } else {
@@ -81,7 +86,7 @@ fn dpkg_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn apt(installed: &mut Vec<String>) -> Result<()> {
+fn apt(installed: &mut Vec<String>, updated: &mut bool) -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
@@ -100,16 +105,69 @@ fn apt(installed: &mut Vec<String>) -> Result<()> {
         "xtask setup: installing Debian packages {}",
         missing.join(" ")
     );
-    let mut update = Command::new("apt-get");
-    update.args(["update", "-q"]);
-    run_step(update)?;
+    apt_update(updated)?;
+    apt_install(&missing)?;
+    installed.extend(missing.iter().map(|p| (*p).to_string()));
+    Ok(())
+}
+
+/// `apt-get update`, at most once per setup run.
+fn apt_update(updated: &mut bool) -> Result<()> {
+    if !*updated {
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-q"]);
+        run_step(update)?;
+        *updated = true;
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    run_step(install)?;
-    installed.extend(missing.iter().map(|p| (*p).to_string()));
+    run_step(install)
+}
+
+/// Whether the apt sources offer `package` (`apt-cache policy` shows a candidate).
+fn apt_candidate(package: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["policy", package])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().any(|l| {
+                l.trim()
+                    .strip_prefix("Candidate:")
+                    .is_some_and(|c| !c.trim().is_empty() && c.trim() != "(none)")
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn kubectl(installed: &mut Vec<String>, apt_updated: &mut bool) -> Result<()> {
+    if keel_tests::host::find_on_path("kubectl").is_some() {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("kubectl is missing; run `cargo xtask setup` as root to install it");
+    }
+    apt_update(apt_updated)?;
+    let package = if apt_candidate("kubectl") {
+        "kubectl"
+    } else if apt_candidate("kubernetes-client") {
+        "kubernetes-client"
+    } else {
+        bail!("kubectl is missing and the apt sources offer neither `kubectl` nor `kubernetes-client`");
+    };
+    note!("xtask setup: installing kubectl (Debian package {package})");
+    apt_install(&[package])?;
+    if keel_tests::host::find_on_path("kubectl").is_none() {
+        bail!("installed {package}, but kubectl is still not on PATH");
+    }
+    installed.push(package.to_string());
     Ok(())
 }
 

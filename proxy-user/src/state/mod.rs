@@ -143,8 +143,38 @@ impl PodLayout {
     }
 }
 
-fn resolve_kubelet_pods(_snapshot: &Snapshot, _root: &Path, _node: &str) -> HashMap<u64, PodId> {
-    HashMap::new()
+/// Kernel cgroup id -> pod for the pods of `snapshot` scheduled on `node` that are captured
+/// ([`crate::pods::capture::decide`]) and whose kubelet cgroup exists under `root` now. The mapping
+/// goes by pod UID, so a new pod that reuses an old pod's IP is never taken for it.
+fn resolve_kubelet_pods(snapshot: &Snapshot, root: &Path, node: &str) -> HashMap<u64, PodId> {
+    use crate::pods::{capture, kubelet};
+    let scan = match kubelet::KubeletCgroups::scan(root) {
+        Ok(scan) => scan,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot scan kubelet's pod cgroups");
+            return HashMap::new();
+        }
+    };
+    for problem in scan.problems() {
+        tracing::debug!(path = %problem.path.display(), reason = %problem.reason, "kubelet cgroup scan");
+    }
+    snapshot
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, pod)| pod.node_name.as_deref() == Some(node))
+        .filter(|(_, pod)| {
+            let namespace = snapshot
+                .namespaces
+                .get(&pod.meta.namespace)
+                .map(|n| &n.labels);
+            capture::decide(namespace, pod).captures()
+        })
+        .filter_map(|(id, pod)| {
+            let cgroup = scan.get(kubelet::cgroup_uid(pod)?)?;
+            Some((cgroup.cgroup_id, id))
+        })
+        .collect()
 }
 
 /// Where a pod's cgroup lives in file mode: `<cgroup root>/<namespace>/<pod name>`.

@@ -1693,6 +1693,9 @@ fn slices_give_a_service_its_healthy_endpoints() {
     // Subsets still select by the endpoint's pod labels.
     let v2: Labels = [("version".to_string(), "v2".to_string())].into();
     assert!(s.endpoints(reviews, 0, Some(&v2)).is_empty());
+}
+
+#[test]
 fn pods_kubelet_facts_uid_qos_host_network_and_sidecar() {
     let pod = |extra: &str| format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n{extra}");
     let uid = "3f8e1c2a-6b4d-4e0f-9a7b-1c2d3e4f5a6b";
