@@ -534,7 +534,11 @@ fn report_load(loaded: &reload::Reloaded) -> ConfigStatus {
             .iter()
             .map(|e| admin::RejectedResource {
                 resource: format!("{} {}/{}", e.at.kind, e.at.namespace, e.at.name),
-                source: format!("{}:{}", e.at.file, e.at.line),
+                source: if e.at.line == 0 {
+                    e.at.file.clone()
+                } else {
+                    format!("{}:{}", e.at.file, e.at.line)
+                },
                 field: e.at.field.clone(),
                 reason: e.reason.to_string(),
                 previous_version_serving: loaded.kept.iter().any(|k| {
@@ -742,7 +746,8 @@ impl Control {
     /// Cluster mode: (re)registers the kubepods and QoS directories with the inotify watch, before
     /// the scan that follows, so a pod made in between is still seen.
     fn watch_kubepods(&mut self) {
-        let (Some(watch), state::PodLayout::Kubelet { root, .. }) = (&mut self.kubepods, &self.layout)
+        let (Some(watch), state::PodLayout::Kubelet { root, .. }) =
+            (&mut self.kubepods, &self.layout)
         else {
             return;
         };

@@ -49,8 +49,10 @@ pub struct ConnectionRecord {
 /// How to start keel; [`KeelOptions::new`] fills in the defaults for a [`PodNet`].
 #[derive(Debug, Clone)]
 pub struct KeelOptions {
-    /// `--config`.
+    /// `--config` (ignored when `kube` is set).
     pub config_dir: PathBuf,
+    /// Cluster mode: `--kube --kubeconfig <path> --node-name <node>` instead of `--config`.
+    pub kube: Option<KubeMode>,
     /// `--cgroup`: the cgroup root the programs attach to.
     pub cgroup_root: PathBuf,
     /// `--proxy-addr`.
@@ -70,11 +72,21 @@ pub struct KeelOptions {
     pub log_filter: Option<String>,
 }
 
+/// `keel run --kube` against an API server.
+#[derive(Debug, Clone)]
+pub struct KubeMode {
+    /// `--kubeconfig`.
+    pub kubeconfig: PathBuf,
+    /// `--node-name`: the node whose pods keel captures.
+    pub node_name: String,
+}
+
 impl KeelOptions {
     /// Defaults for `net` with config from `config_dir`.
     pub fn new(net: &PodNet, config_dir: &Path) -> Result<KeelOptions> {
         Ok(KeelOptions {
             config_dir: config_dir.to_path_buf(),
+            kube: None,
             cgroup_root: net.cgroup_root(),
             proxy_addr: net.proxy_addr(),
             admin_addr: free_local_port()?,
@@ -109,10 +121,17 @@ impl Keel {
             None => host::keel_bin()?,
         };
         let mut cmd = Command::new(&bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&opts.config_dir)
-            .arg("--cgroup")
+        cmd.arg("run");
+        match &opts.kube {
+            Some(kube) => cmd
+                .arg("--kube")
+                .arg("--kubeconfig")
+                .arg(&kube.kubeconfig)
+                .arg("--node-name")
+                .arg(&kube.node_name),
+            None => cmd.arg("--config").arg(&opts.config_dir),
+        };
+        cmd.arg("--cgroup")
             .arg(&opts.cgroup_root)
             .arg("--proxy-addr")
             .arg(opts.proxy_addr.to_string())

@@ -33,7 +33,7 @@ pub use agent::{
     TcpConnectReport, TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
-pub use keel::{admin_get, admin_stats, ConnectionRecord, Keel, KeelOptions};
+pub use keel::{admin_get, admin_stats, ConnectionRecord, Keel, KeelOptions, KubeMode};
 pub use kubelet::{test_uid, CgroupDriver, KubeletCgroup, QosClass};
 pub use pki::TestPki;
 pub use podnet::{

@@ -498,7 +498,12 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {} ", self.file, self.line, self.kind)?;
+        // Line 0: an object without a file (the API server's).
+        if self.line == 0 {
+            write!(f, "{}: {} ", self.file, self.kind)?;
+        } else {
+            write!(f, "{}:{}: {} ", self.file, self.line, self.kind)?;
+        }
         // Cluster-scoped kinds (Namespace, MeshConfig) have no namespace.
         if self.namespace.is_empty() {
             f.write_str(&self.name)?;

@@ -158,23 +158,37 @@ fn resolve_kubelet_pods(snapshot: &Snapshot, root: &Path, node: &str) -> HashMap
     for problem in scan.problems() {
         tracing::debug!(path = %problem.path.display(), reason = %problem.reason, "kubelet cgroup scan");
     }
-    snapshot
+    let mut on_node = 0;
+    let mut captured = 0;
+    let resolved: HashMap<u64, PodId> = snapshot
         .pods
         .iter()
         .enumerate()
         .filter(|(_, pod)| pod.node_name.as_deref() == Some(node))
         .filter(|(_, pod)| {
+            on_node += 1;
             let namespace = snapshot
                 .namespaces
                 .get(&pod.meta.namespace)
                 .map(|n| &n.labels);
-            capture::decide(namespace, pod).captures()
+            let reason = capture::decide(namespace, pod);
+            tracing::trace!(pod = %pod.meta.display_name(), %reason, "capture decision");
+            captured += usize::from(reason.captures());
+            reason.captures()
         })
         .filter_map(|(id, pod)| {
             let cgroup = scan.get(kubelet::cgroup_uid(pod)?)?;
             Some((cgroup.cgroup_id, id))
         })
-        .collect()
+        .collect();
+    tracing::debug!(
+        on_node,
+        captured,
+        pod_cgroups = scan.len(),
+        resolved = resolved.len(),
+        "kubelet pods"
+    );
+    resolved
 }
 
 /// Where a pod's cgroup lives in file mode: `<cgroup root>/<namespace>/<pod name>`.

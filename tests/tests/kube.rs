@@ -1,0 +1,542 @@
+//! `keel run --kube`: Keel reads its config from a (stand-in) Kubernetes API server through a
+//! kubeconfig, finds this node's pods under kubelet-style cgroups by UID, and routes real traffic on
+//! the pod network as `kubectl` tells it to.
+//!
+//! Subnet indices 198, 199 and 210..=213 belong to this file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{agent, reviews_vip, REVIEWS_IP, REVIEWS_PORT, REVIEWS_URL};
+use keel_tests::apiserver::{kubectl_ok, ApiServer};
+use keel_tests::{
+    Agent, CgroupDriver, ConfigDir, Keel, KeelOptions, KubeMode, KubeletCgroup, Pod, PodNet, Proc,
+    QosClass,
+};
+use serde_json::{json, Value};
+
+const PREFIX: &str = "kk";
+const NODE: &str = "node-a";
+
+/// A pod network whose pods are kubelet-style (cgroups named by UID), the API server describing
+/// it, and keel reading that server. Field order is drop order.
+struct KubeFixture {
+    keel: Option<Keel>,
+    /// Held so the backends live as long as the fixture.
+    _servers: Vec<Proc>,
+    api: ApiServer,
+    dir: ConfigDir,
+    agent: Agent,
+    sleep: Pod,
+    net: PodNet,
+}
+
+/// A running Pod object on `node`, as the API server holds it once kubelet started it.
+fn pod_object(
+    namespace: &str,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    qos: QosClass,
+    labels: Value,
+    annotations: Value,
+) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+            "annotations": annotations},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "agent",
+            "ports": [{"name": "http", "containerPort": REVIEWS_PORT}]}]},
+        "status": {"phase": "Running", "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}], "qosClass": qos.as_str(),
+            "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+/// Creates the Pod object, then, as kubelet does with the UID the API server assigned, the pod's
+/// cgroups (`driver` layout) and network.
+#[allow(clippy::too_many_arguments, reason = "one pod's every fact")]
+fn start_pod(
+    api: &ApiServer,
+    net: &mut PodNet,
+    namespace: &str,
+    name: &str,
+    suffix: u8,
+    (qos, driver): (QosClass, CgroupDriver),
+    labels: Value,
+    annotations: Value,
+) -> Result<Pod> {
+    let created = api.create(pod_object(
+        namespace,
+        name,
+        net.pod_ip(suffix),
+        qos,
+        labels,
+        annotations,
+    ))?;
+    let uid = created["metadata"]["uid"]
+        .as_str()
+        .context("the API server assigned no uid")?;
+    net.add_pod_kubelet(
+        namespace,
+        name,
+        suffix,
+        KubeletCgroup::new(uid, qos, driver),
+    )
+}
+
+/// The reviews route: all traffic to `subset`.
+fn reviews_vs(subset: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [
+            {"destination": {"host": "reviews", "subset": subset}}]}]}
+    })
+}
+
+impl KubeFixture {
+    /// The client `default/sleep` and backends `reviews-v1`, `reviews-v2` (HTTP on 9080), one per
+    /// cgroup driver and QoS class mix; Namespace `default` enrolled with
+    /// `istio.io/dataplane-mode=ambient`; the reviews Service, its EndpointSlice, a
+    /// DestinationRule with subsets v1 and v2, and a VirtualService sending everything to v1.
+    fn start(index: u8) -> Result<KubeFixture> {
+        let agent = agent()?;
+        let mut net = PodNet::new(PREFIX, index)?;
+        let dir = ConfigDir::new(&format!("{PREFIX}-{index}"))?;
+        let api = ApiServer::start(dir.path())?;
+        // `default` exists from the start, as in a cluster: enrol it.
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "labels": {"istio.io/dataplane-mode": "ambient"}}}))?;
+        api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))?;
+        let sleep = start_pod(
+            &api,
+            &mut net,
+            "default",
+            "sleep",
+            2,
+            (QosClass::BestEffort, CgroupDriver::Systemd),
+            json!({"app": "sleep"}),
+            json!({}),
+        )?;
+        let mut servers = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (v, qos, driver)) in [
+            ("v1", QosClass::Guaranteed, CgroupDriver::Cgroupfs),
+            ("v2", QosClass::Burstable, CgroupDriver::Systemd),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("reviews-{v}");
+            let pod = start_pod(
+                &api,
+                &mut net,
+                "default",
+                &name,
+                u8::try_from(11 + i)?,
+                (qos, driver),
+                json!({"app": "reviews", "version": v}),
+                json!({}),
+            )?;
+            servers.push(agent.http_server(&pod, REVIEWS_PORT, v)?);
+            endpoints.push(json!({"addresses": [pod.ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": NODE,
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": name}}));
+        }
+        api.create(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {"clusterIP": REVIEWS_IP.to_string(), "selector": {"app": "reviews"},
+                "ports": [{"name": "http", "port": REVIEWS_PORT, "targetPort": REVIEWS_PORT}]}}))?;
+        api.create(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "reviews-x7k2p", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "reviews"}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "http", "port": REVIEWS_PORT, "protocol": "TCP"}]}),
+        )?;
+        api.create(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {"host": "reviews", "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}}]}}),
+        )?;
+        api.create(reviews_vs("v1"))?;
+
+        let mut opts = KeelOptions::new(&net, dir.path())?;
+        opts.kube = Some(KubeMode {
+            kubeconfig: api.kubeconfig_path().to_path_buf(),
+            node_name: NODE.to_string(),
+        });
+        let keel = Keel::start_with(&net, opts)?;
+        Ok(KubeFixture {
+            keel: Some(keel),
+            _servers: servers,
+            api,
+            dir,
+            agent,
+            sleep,
+            net,
+        })
+    }
+
+    /// What keel captured and logged, for failure messages.
+    fn diagnose(&self) -> String {
+        match self.keel() {
+            Ok(k) => format!(
+                "captured pods {:?}; keel stderr:\n{}",
+                k.admin_get("/config_dump")
+                    .map(|d| d["captured_pods"].clone())
+                    .unwrap_or_default(),
+                k.stderr()
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn keel(&self) -> Result<&Keel> {
+        self.keel.as_ref().context("keel is not running")
+    }
+
+    /// `count` GETs of reviews from `client`: responses by backend version (errors as `error`).
+    fn versions_from(&self, client: &Pod, count: u32) -> Result<Vec<(String, u64)>> {
+        let report = self.agent.http_get(
+            client,
+            &keel_tests::HttpGet::new(REVIEWS_URL)
+                .connect_to(reviews_vip())
+                .count(count),
+        )?;
+        let mut out: Vec<(String, u64)> = report.by_version.into_iter().collect();
+        if report.errors > 0 {
+            out.push(("error".to_string(), report.errors));
+        }
+        Ok(out)
+    }
+
+    fn versions(&self, count: u32) -> Result<Vec<(String, u64)>> {
+        self.versions_from(&self.sleep, count)
+    }
+
+    /// Polls single requests until every response of a batch of 5 comes from `version`; returns
+    /// how long that took.
+    fn wait_for_version(&self, version: &str, within: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let got = self.versions(5)?;
+            if got == [(version.to_string(), 5)] {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                bail!(
+                    "reviews still answers {got:?} {within:?} after the change (wanted {version})"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        kubectl_ok(&self.api, self.dir.path(), args)
+    }
+
+    /// Writes `object` as YAML to `<dir>/<file>` for `kubectl -f`.
+    fn write(&self, file: &str, object: &Value) -> Result<String> {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, serde_yaml::to_string(object)?)?;
+        Ok(path.display().to_string())
+    }
+}
+
+fn all(version: &str, n: u64) -> Vec<(String, u64)> {
+    vec![(version.to_string(), n)]
+}
+
+/// A `kubectl replace` of the VirtualService reroutes within a second; a `kubectl delete` of it
+/// falls back to the Service's endpoints (both versions).
+#[test]
+fn kubectl_changes_routing_within_a_second() -> Result<()> {
+    let fx = KubeFixture::start(198)?;
+    let first = fx.versions(20)?;
+    ensure!(first == all("v1", 20), "{first:?}; {}", fx.diagnose());
+
+    let file = fx.write("vs-v2.yaml", &reviews_vs("v2"))?;
+    let out = fx.kubectl(&["replace", "-f", &file])?;
+    ensure!(out.contains("replaced"), "kubectl said: {out}");
+    let took = fx.wait_for_version("v2", Duration::from_secs(1))?;
+    eprintln!("kubectl replace applied in {took:?}");
+    ensure!(fx.versions(20)? == all("v2", 20));
+
+    fx.kubectl(&["delete", "virtualservice", "reviews", "-n", "default"])?;
+    let started = Instant::now();
+    loop {
+        let got = fx.versions(20)?;
+        // Round robin over both endpoints once no VirtualService applies.
+        if got == [("v1".to_string(), 10), ("v2".to_string(), 10)] {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "after kubectl delete: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// An object the API server accepts but Keel rejects keeps its last good version serving, and the
+/// rejection names the object and its resourceVersion.
+#[test]
+fn a_rejected_object_keeps_its_last_good_version() -> Result<()> {
+    let fx = KubeFixture::start(199)?;
+    let mut bad = reviews_vs("v2");
+    bad["spec"]["http"][0]["route"][0]["weight"] = json!(-5);
+    let file = fx.write("vs-bad.yaml", &bad)?;
+    fx.kubectl(&["replace", "-f", &file])?;
+    let rv = fx.api.get("VirtualService", "default", "reviews")?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let started = Instant::now();
+    let rejected = loop {
+        let dump = fx.keel()?.admin_get("/config_dump")?;
+        let rejected: Vec<Value> = dump["rejected"].as_array().cloned().unwrap_or_default();
+        if !rejected.is_empty() {
+            break rejected;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "no rejection reported: {dump}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(rejected.len() == 1, "{rejected:?}");
+    let r = &rejected[0];
+    ensure!(r["resource"] == "VirtualService default/reviews", "{r}");
+    ensure!(
+        r["source"] == format!("apiserver (resourceVersion {rv})"),
+        "{r}"
+    );
+    ensure!(r["previous_version_serving"] == true, "{r}");
+    ensure!(fx.versions(20)? == all("v1", 20));
+    Ok(())
+}
+
+/// While the API server is down, the last config keeps serving and keel stays ready; when it is
+/// back, keel re-lists and a change made then applies. A `410 Gone` (compacted history) re-lists
+/// without a failed request.
+#[test]
+fn api_outage_and_410_keep_serving() -> Result<()> {
+    let fx = KubeFixture::start(210)?;
+    fx.api.stop()?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(fx.versions(20)? == all("v1", 20), "during the outage");
+    let ready = keel_tests::http::get(
+        fx.keel()?.options().admin_addr,
+        "/ready",
+        Duration::from_secs(1),
+    )?;
+    ensure!(
+        ready.status == 200,
+        "/ready during the outage: {}",
+        ready.status
+    );
+    fx.api.restart()?;
+    fx.api.apply(reviews_vs("v2"))?;
+    // The watchers back off while the server is down; client-go's backoff is below 30 s.
+    fx.wait_for_version("v2", Duration::from_secs(40))?;
+
+    // Traffic flows across a compaction: every watcher gets 410 and lists again.
+    let lists_before = list_requests(&fx.api);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let traffic = std::thread::scope(|scope| -> Result<Vec<(String, u64)>> {
+        let load = scope.spawn(|| -> Result<Vec<(String, u64)>> {
+            let mut total: Vec<(String, u64)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                for (version, n) in fx.versions(20)? {
+                    match total.iter_mut().find(|(v, _)| *v == version) {
+                        Some((_, count)) => *count += n,
+                        None => total.push((version, n)),
+                    }
+                }
+            }
+            Ok(total)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        fx.api.compact();
+        let started = Instant::now();
+        while list_requests(&fx.api) < lists_before + 5
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?
+    })?;
+    ensure!(
+        list_requests(&fx.api) >= lists_before + 5,
+        "keel did not re-list after 410: {} lists before, {} after",
+        lists_before,
+        list_requests(&fx.api)
+    );
+    ensure!(
+        traffic.len() == 1 && traffic[0].0 == "v2" && traffic[0].1 > 0,
+        "requests across the re-list: {traffic:?}"
+    );
+    fx.api.apply(reviews_vs("v1"))?;
+    fx.wait_for_version("v1", Duration::from_secs(1))?;
+    Ok(())
+}
+
+/// List (not watch) requests the server has seen.
+fn list_requests(api: &ApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && !r.contains("watch="))
+        .count()
+}
+
+/// Istio's enrolment labels: a pod labelled `istio.io/dataplane-mode=none`, a pod with an Istio
+/// sidecar, and a pod of a namespace without the label are not captured (their connections to the
+/// VIP go direct, and the service CIDR leads nowhere on this host); relabelling the namespace
+/// enrols its pod.
+#[test]
+fn enrolment_follows_istio_labels() -> Result<()> {
+    let mut fx = KubeFixture::start(211)?;
+    fx.api
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}}))?;
+    let mut add = |name: &str, ns: &str, suffix: u8, labels: Value, annotations: Value| {
+        start_pod(
+            &fx.api,
+            &mut fx.net,
+            ns,
+            name,
+            suffix,
+            (QosClass::BestEffort, CgroupDriver::Systemd),
+            labels,
+            annotations,
+        )
+    };
+    let opted_out = add(
+        "opted-out",
+        "default",
+        20,
+        json!({"istio.io/dataplane-mode": "none"}),
+        json!({}),
+    )?;
+    let sidecar = add(
+        "with-sidecar",
+        "default",
+        21,
+        json!({}),
+        json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"}),
+    )?;
+    let other_ns = add("other", "plain", 22, json!({}), json!({}))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    for pod in [&opted_out, &sidecar, &other_ns] {
+        let got = fx.versions_from(pod, 1)?;
+        ensure!(got == all("error", 1), "{} was captured: {got:?}", pod.name);
+    }
+    ensure!(fx.versions(4)? == all("v1", 4));
+    let mut ns = fx.api.get("Namespace", "", "plain")?;
+    ns["metadata"]["labels"] = json!({"istio.io/dataplane-mode": "ambient"});
+    fx.api.replace(ns)?;
+    let started = Instant::now();
+    while fx.versions_from(&other_ns, 1)? != all("v1", 1) {
+        ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "labelling the namespace did not enrol its pod"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// 200 pods come and go while traffic flows: each new pod's first connection is captured and
+/// attributed to it (IPs are reused, so an old pod would show), and no kernel entry outlives its pod.
+#[test]
+fn pod_churn_captures_every_first_connection() -> Result<()> {
+    let mut fx = KubeFixture::start(212)?;
+    let churn = 200u32;
+    let started = Instant::now();
+    for i in 0..churn {
+        // Suffixes 100..=109 are reused every ten pods.
+        let suffix = 100 + u8::try_from(i % 10)?;
+        let name = format!("churn-{i}");
+        let (qos, driver) = match i % 3 {
+            0 => (QosClass::Guaranteed, CgroupDriver::Systemd),
+            1 => (QosClass::Burstable, CgroupDriver::Cgroupfs),
+            _ => (QosClass::BestEffort, CgroupDriver::Systemd),
+        };
+        // As a cluster does it: the Pod is scheduled (and seen by keel) before kubelet makes its
+        // cgroup and the runtime starts its container, which connects at once.
+        let ip = fx.net.pod_ip(suffix);
+        let created = fx.api.create(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "churn"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "app"}]},
+            "status": {"phase": "Pending", "qosClass": qos.as_str()}
+        }))?;
+        let uid = created["metadata"]["uid"]
+            .as_str()
+            .context("no uid")?
+            .to_string();
+        let pod = fx.net.add_pod_kubelet(
+            "default",
+            &name,
+            suffix,
+            KubeletCgroup::new(&uid, qos, driver),
+        )?;
+        let first = fx.versions_from(&pod, 1)?;
+        ensure!(
+            first == all("v1", 1),
+            "pod {i}'s first connection: {first:?}"
+        );
+        let conns = fx.keel()?.connections()?;
+        let last = conns
+            .iter()
+            .rev()
+            .find(|c| c.source_addr.starts_with(&format!("{ip}:")))
+            .context("no connection record for the new pod")?;
+        ensure!(
+            last.source_pod == format!("default/{name}"),
+            "pod {i} ({ip}) was taken for {}",
+            last.source_pod
+        );
+        // Running now: an endpoint-capable Pod object, as kubelet reports it.
+        let mut running = fx.api.get("Pod", "default", &name)?;
+        running["status"] =
+            json!({"phase": "Running", "podIP": ip.to_string(), "qosClass": qos.as_str()});
+        fx.api.replace(running)?;
+        fx.net.remove_pod("default", &name)?;
+        fx.api.delete("Pod", "default", &name)?;
+    }
+    eprintln!("{churn} pods in {:?}", started.elapsed());
+    // Kernel entries: only the fixture's three pods remain.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let dump = fx.keel()?.admin_get("/config_dump")?;
+        let cgroups = dump["kernel"]["pod_cgroups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let pods: Vec<String> = cgroups
+            .iter()
+            .filter_map(|c| c["pod"].as_str().map(str::to_string))
+            .collect();
+        if pods == ["default/reviews-v1", "default/reviews-v2", "default/sleep"] {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "stale kernel entries: {pods:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(fx.versions(10)? == all("v1", 10));
+    Ok(())
+}
