@@ -24,19 +24,6 @@ use manifest::{Object, Parsed};
 
 const NAMESPACE: &str = "keel-system";
 const ACCOUNT: &str = "keel";
-/// What `keel run --kube` lists and watches: (API group, resource).
-const WATCHED: &[(&str, &str)] = &[
-    ("", "services"),
-    ("", "pods"),
-    ("", "namespaces"),
-    ("", "nodes"),
-    ("discovery.k8s.io", "endpointslices"),
-    ("networking.istio.io", "virtualservices"),
-    ("networking.istio.io", "destinationrules"),
-    ("networking.istio.io", "serviceentries"),
-    ("networking.istio.io", "sidecars"),
-    ("networking.istio.io", "gateways"),
-];
 /// Istio's kinds Keel reads: kind, plural, short name (Istio gives Sidecar none).
 const ISTIO_KINDS: &[(&str, &str, Option<&str>)] = &[
     ("VirtualService", "virtualservices", Some("vs")),
@@ -657,9 +644,10 @@ fn cluster_role_reads_exactly_the_kinds_keel_watches() -> Result<()> {
             _ => {}
         }
     }
-    let wanted: BTreeSet<(String, String)> = WATCHED
+    // What `keel run --kube` lists and watches, from its own table.
+    let wanted: BTreeSet<(String, String)> = keel::source::kube::WATCHED
         .iter()
-        .map(|(g, r)| (g.to_string(), r.to_string()))
+        .map(|w| (w.group.to_string(), w.plural.to_string()))
         .collect();
     ensure!(
         granted == wanted,

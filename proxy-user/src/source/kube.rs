@@ -139,14 +139,30 @@ pub fn spawn_watchers(client: Client, node_name: Option<String>, changes: mpsc::
         let changes = changes.clone();
         let node_name = node_name.clone();
         tokio::spawn(async move {
+            let mut reported_empty = false;
             let resource = loop {
                 match served_version(&client, watched).await {
-                    Ok(resource) => break resource,
+                    Ok(Some(resource)) => break resource,
+                    Ok(None) => {
+                        // The server answered without the kind (Istio's CRDs not installed): it
+                        // has no objects, until the CRDs appear.
+                        if !reported_empty {
+                            tracing::warn!(kind = watched.kind, group = watched.group, "the API server does not serve this kind; treating it as empty and checking again every 5 s");
+                            reported_empty = true;
+                            let empty = Change::Replace {
+                                kind: watched.kind,
+                                objects: Vec::new(),
+                            };
+                            if changes.send(empty).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(kind = watched.kind, error = %format!("{e:#}"), "cannot discover the API version; retrying in 5 s");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }
+                tokio::time::sleep(Duration::from_secs(5)).await;
             };
             tracing::info!(kind = watched.kind, api_version = %resource.api_version, "watching");
             watch(client, watched, resource, node_name.as_deref(), changes).await;
@@ -154,30 +170,34 @@ pub fn spawn_watchers(client: Client, node_name: Option<String>, changes: mpsc::
     }
 }
 
-/// The newest version of `watched` the server serves (core kinds: always `v1`).
-async fn served_version(client: &Client, watched: &WatchedKind) -> anyhow::Result<ApiResource> {
+/// The newest version of `watched` the server serves (built-in kinds: their one version); `None`
+/// when the server answers that it serves none of them.
+async fn served_version(
+    client: &Client,
+    watched: &WatchedKind,
+) -> anyhow::Result<Option<ApiResource>> {
     if watched.group.is_empty() || watched.versions.len() == 1 {
         let gvk = GroupVersionKind::gvk(watched.group, watched.versions[0], watched.kind);
-        return Ok(ApiResource::from_gvk_with_plural(&gvk, watched.plural));
+        return Ok(Some(ApiResource::from_gvk_with_plural(&gvk, watched.plural)));
     }
-    let group = kube::discovery::group(client, watched.group)
-        .await
-        .with_context(|| format!("discovering API group {}", watched.group))?;
+    let group = match kube::discovery::group(client, watched.group).await {
+        Ok(group) => group,
+        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("discovering API group {}", watched.group))
+        }
+    };
     let served: Vec<&str> = group.versions().collect();
-    let version = watched
+    Ok(watched
         .versions
         .iter()
         .find(|v| served.contains(v))
-        .with_context(|| {
-            format!(
-                "{} serves none of {} (it serves {})",
-                watched.group,
-                watched.versions.join(", "),
-                served.join(", ")
-            )
-        })?;
-    let gvk = GroupVersionKind::gvk(watched.group, version, watched.kind);
-    Ok(ApiResource::from_gvk_with_plural(&gvk, watched.plural))
+        .map(|version| {
+            let gvk = GroupVersionKind::gvk(watched.group, version, watched.kind);
+            ApiResource::from_gvk_with_plural(&gvk, watched.plural)
+        }))
 }
 
 /// Runs the watcher of one kind until the receiver is gone.
