@@ -75,8 +75,8 @@ pub struct KeelOptions {
 /// `keel run --kube` against an API server.
 #[derive(Debug, Clone)]
 pub struct KubeMode {
-    /// `--kubeconfig`.
-    pub kubeconfig: PathBuf,
+    /// `--kubeconfig`; `None`: keel's default (in a pod, its service account).
+    pub kubeconfig: Option<PathBuf>,
     /// `--node-name`: the node whose pods keel captures.
     pub node_name: String,
 }
@@ -123,12 +123,13 @@ impl Keel {
         let mut cmd = Command::new(&bin);
         cmd.arg("run");
         match &opts.kube {
-            Some(kube) => cmd
-                .arg("--kube")
-                .arg("--kubeconfig")
-                .arg(&kube.kubeconfig)
-                .arg("--node-name")
-                .arg(&kube.node_name),
+            Some(kube) => {
+                cmd.arg("--kube");
+                if let Some(kubeconfig) = &kube.kubeconfig {
+                    cmd.arg("--kubeconfig").arg(kubeconfig);
+                }
+                cmd.arg("--node-name").arg(&kube.node_name)
+            }
             None => cmd.arg("--config").arg(&opts.config_dir),
         };
         cmd.arg("--cgroup")

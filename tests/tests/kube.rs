@@ -170,7 +170,7 @@ impl KubeFixture {
 
         let mut opts = KeelOptions::new(&net, dir.path())?;
         opts.kube = Some(KubeMode {
-            kubeconfig: api.kubeconfig_path().to_path_buf(),
+            kubeconfig: Some(api.kubeconfig_path().to_path_buf()),
             node_name: NODE.to_string(),
         });
         let keel = Keel::start_with(&net, opts)?;
@@ -519,24 +519,85 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
         fx.api.delete("Pod", "default", &name)?;
     }
     eprintln!("{churn} pods in {:?}", started.elapsed());
-    // Kernel entries: only the fixture's three pods remain.
+    // Kernel entries: only the fixture's three pods remain, in keel's view and in the kernel map.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let dump = fx.keel()?.admin_get("/config_dump")?;
-        let cgroups = dump["kernel"]["pod_cgroups"]
+        let kernel = &dump["kernel"];
+        let pods: Vec<String> = kernel["pod_cgroups"]
             .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let pods: Vec<String> = cgroups
-            .iter()
+            .into_iter()
+            .flatten()
             .filter_map(|c| c["pod"].as_str().map(str::to_string))
             .collect();
-        if pods == ["default/reviews-v1", "default/reviews-v2", "default/sleep"] {
+        let map_entries = kernel["maps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["map"] == "POD_CGROUPS")
+            .and_then(|m| m["entries"].as_u64());
+        if pods == ["default/reviews-v1", "default/reviews-v2", "default/sleep"]
+            && map_entries == Some(3)
+        {
             break;
         }
-        ensure!(Instant::now() < deadline, "stale kernel entries: {pods:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "stale kernel entries: keel maps {pods:?}, POD_CGROUPS holds {map_entries:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     ensure!(fx.versions(10)? == all("v1", 10));
+    Ok(())
+}
+
+/// In-cluster credentials: with no kubeconfig, keel uses the pod's service account, as a DaemonSet
+/// pod does: `KUBERNETES_SERVICE_HOST`/`PORT` and the token and CA under
+/// `/var/run/secrets/kubernetes.io/serviceaccount`. Keel runs in a private mount namespace whose
+/// `/run` is a fresh tmpfs holding those files, so the host's `/run` is untouched.
+#[test]
+fn in_cluster_service_account_credentials() -> Result<()> {
+    let mut fx = KubeFixture::start(213)?;
+    // The fixture's keel used the kubeconfig; replace it with one that has only the pod's view.
+    drop(fx.keel.take());
+    let account = fx.dir.path().join("serviceaccount");
+    std::fs::create_dir_all(&account)?;
+    std::fs::write(account.join("token"), fx.api.token())?;
+    std::fs::write(account.join("ca.crt"), fx.api.ca_pem())?;
+    std::fs::write(account.join("namespace"), "keel-system")?;
+    let keel_bin = keel_tests::host::keel_bin()?;
+    let wrapper = fx.dir.path().join("keel-in-pod.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             # keel as a pod sees it: service account files, the API's in-cluster address, no kubeconfig.\n\
+             exec unshare --mount --propagation private /bin/sh -ec '\n\
+             mount -t tmpfs tmpfs /run\n\
+             mkdir -p /run/secrets/kubernetes.io\n\
+             cp -r {account} /run/secrets/kubernetes.io/serviceaccount\n\
+             export KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT={port} HOME=/nonexistent\n\
+             unset KUBECONFIG\n\
+             exec {keel} \"$@\"' keel \"$@\"\n",
+            account = account.display(),
+            port = fx.api.addr().port(),
+            keel = keel_bin.display(),
+        ),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut opts = KeelOptions::new(&fx.net, fx.dir.path())?;
+    opts.binary = Some(wrapper);
+    opts.kube = Some(KubeMode {
+        kubeconfig: None,
+        node_name: NODE.to_string(),
+    });
+    fx.keel = Some(Keel::start_with(&fx.net, opts)?);
+    let got = fx.versions(10)?;
+    ensure!(got == all("v1", 10), "{got:?}; {}", fx.diagnose());
+    fx.api.apply(reviews_vs("v2"))?;
+    fx.wait_for_version("v2", Duration::from_secs(1))?;
     Ok(())
 }

@@ -178,7 +178,10 @@ async fn served_version(
 ) -> anyhow::Result<Option<ApiResource>> {
     if watched.group.is_empty() || watched.versions.len() == 1 {
         let gvk = GroupVersionKind::gvk(watched.group, watched.versions[0], watched.kind);
-        return Ok(Some(ApiResource::from_gvk_with_plural(&gvk, watched.plural)));
+        return Ok(Some(ApiResource::from_gvk_with_plural(
+            &gvk,
+            watched.plural,
+        )));
     }
     let group = match kube::discovery::group(client, watched.group).await {
         Ok(group) => group,
