@@ -466,6 +466,77 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
     let mut fx = KubeFixture::start(212)?;
     let churn = 200u32;
     let started = Instant::now();
+    // The sleep pod calls reviews the whole time the pods come and go.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (agent, sleep) = (fx.agent.clone(), fx.sleep.clone());
+    let (churned, background) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| -> Result<(u64, u64)> {
+            let (mut served, mut failed) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let report = agent.http_get(
+                    &sleep,
+                    &keel_tests::HttpGet::new(REVIEWS_URL)
+                        .connect_to(reviews_vip())
+                        .count(20),
+                )?;
+                let v1 = report.by_version.get("v1").copied().unwrap_or(0);
+                served += v1;
+                failed += report.requested.saturating_sub(v1);
+            }
+            Ok((served, failed))
+        });
+        let churned = churn_pods(&mut fx, churn);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let background = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("the traffic thread panicked"));
+        (churned, background)
+    });
+    churned?;
+    let (served, failed) = background??;
+    eprintln!(
+        "{churn} pods in {:?}; meanwhile sleep got {served} responses from v1, {failed} others",
+        started.elapsed()
+    );
+    ensure!(
+        served > 0 && failed == 0,
+        "traffic during the churn: {served} served by v1, {failed} not"
+    );
+    // Kernel entries: only the fixture's three pods remain, in keel's view and in the kernel map.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let dump = fx.keel()?.admin_get("/config_dump")?;
+        let kernel = &dump["kernel"];
+        let pods: Vec<String> = kernel["pod_cgroups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["pod"].as_str().map(str::to_string))
+            .collect();
+        let map_entries = kernel["maps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["map"] == "POD_CGROUPS")
+            .and_then(|m| m["entries"].as_u64());
+        if pods == ["default/reviews-v1", "default/reviews-v2", "default/sleep"]
+            && map_entries == Some(3)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "stale kernel entries: keel maps {pods:?}, POD_CGROUPS holds {map_entries:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(fx.versions(10)? == all("v1", 10));
+    Ok(())
+}
+
+/// Creates and deletes `churn` pods one after another (10 IPs, reused), checking that each new
+/// pod's first connection is captured and attributed to it.
+fn churn_pods(fx: &mut KubeFixture, churn: u32) -> Result<()> {
     for i in 0..churn {
         // Suffixes 100..=109 are reused every ten pods.
         let suffix = 100 + u8::try_from(i % 10)?;
@@ -518,36 +589,6 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
         fx.net.remove_pod("default", &name)?;
         fx.api.delete("Pod", "default", &name)?;
     }
-    eprintln!("{churn} pods in {:?}", started.elapsed());
-    // Kernel entries: only the fixture's three pods remain, in keel's view and in the kernel map.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let dump = fx.keel()?.admin_get("/config_dump")?;
-        let kernel = &dump["kernel"];
-        let pods: Vec<String> = kernel["pod_cgroups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["pod"].as_str().map(str::to_string))
-            .collect();
-        let map_entries = kernel["maps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["map"] == "POD_CGROUPS")
-            .and_then(|m| m["entries"].as_u64());
-        if pods == ["default/reviews-v1", "default/reviews-v2", "default/sleep"]
-            && map_entries == Some(3)
-        {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "stale kernel entries: keel maps {pods:?}, POD_CGROUPS holds {map_entries:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ensure!(fx.versions(10)? == all("v1", 10));
     Ok(())
 }
 
