@@ -10,6 +10,7 @@
 //! - [`pki`]: a throwaway CA with server and client certificates as PEM files (TLS origination);
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS list/watch, discovery, kubeconfig) that
 //!   `kubectl` and kube-rs accept;
+//! - [`figures`]: what reliability tests measured, for `cargo xtask chaos` (`KEEL_FIGURES`, `KEEL_CHAOS`);
 //! - [`host`]: root/tool checks (fail loudly, never skip) and binary paths.
 //!
 //! Used by the tests in `tests/tests/` and by `cargo xtask demo`. Everything runs on this machine only:
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod config;
+pub mod figures;
 pub mod host;
 pub mod http;
 pub mod keel;
