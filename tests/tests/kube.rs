@@ -487,6 +487,63 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
     let mut fx = KubeFixture::start(212)?;
     let churn = 200u32;
     let started = Instant::now();
+    // The sleep pod calls reviews the whole time the pods come and go: no request may fail.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (agent, sleep) = (fx.agent.clone(), fx.sleep.clone());
+    let (churned, background) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| -> Result<(u64, Vec<String>)> {
+            let (mut served, mut failures) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let report = agent.http_get(
+                    &sleep,
+                    &keel_tests::HttpGet::new(REVIEWS_URL)
+                        .connect_to(reviews_vip())
+                        .count(20),
+                )?;
+                let v1 = report.by_version.get("v1").copied().unwrap_or(0);
+                served += v1;
+                if v1 < report.requested {
+                    failures.push(format!(
+                        "{} of {} at {:?}: statuses {:?}, versions {:?}, first error {:?}",
+                        report.requested - v1,
+                        report.requested,
+                        started.elapsed(),
+                        report.by_status,
+                        report.by_version,
+                        report.first_error
+                    ));
+                }
+            }
+            Ok((served, failures))
+        });
+        let churned = churn_pods(&mut fx, churn);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let background = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("the traffic thread panicked"));
+        (churned, background)
+    });
+    churned?;
+    let (served, failures) = background??;
+    if !failures.is_empty() {
+        eprintln!("---- keel stderr ----\n{}\n---- end ----", fx.keel()?.stderr());
+    }
+    eprintln!(
+        "{churn} pods in {:?}; meanwhile sleep got {served} responses from v1",
+        started.elapsed()
+    );
+    ensure!(
+        served > 0 && failures.is_empty(),
+        "traffic during the churn: {served} served by v1; failed batches: {failures:#?}"
+    );
+    check_only_fixture_pods_remain(&fx)?;
+    ensure!(fx.versions(10)? == all("v1", 10));
+    Ok(())
+}
+
+/// Creates and deletes `churn` pods one after another (10 IPs, reused), checking that each new
+/// pod's first connection is captured and attributed to it.
+fn churn_pods(fx: &mut KubeFixture, churn: u32) -> Result<()> {
     for i in 0..churn {
         // Suffixes 100..=109 are reused every ten pods.
         let suffix = 100 + u8::try_from(i % 10)?;
@@ -545,8 +602,11 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
         fx.net.remove_pod("default", &name)?;
         fx.api.delete("Pod", "default", &name)?;
     }
-    eprintln!("{churn} pods in {:?}", started.elapsed());
-    // Kernel entries: only the fixture's three pods remain, in keel's view and in the kernel map.
+    Ok(())
+}
+
+/// Kernel entries: only the fixture's three pods remain, in keel's view and in the kernel map.
+fn check_only_fixture_pods_remain(fx: &KubeFixture) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let dump = fx.keel()?.admin_get("/config_dump")?;
@@ -574,7 +634,6 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    ensure!(fx.versions(10)? == all("v1", 10));
     Ok(())
 }
 

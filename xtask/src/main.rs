@@ -7,9 +7,10 @@
 //! | `test` | setup, build, fmt, clippy, unit tests, then the privileged e2e tests (root only) |
 //! | `demo [--keep]` | the Bookinfo-style demo of `config/demo` on a real pod network, through keel |
 //! | `bench` | keel against Envoy sidecars and a node Envoy on one pod network |
+//! | `chaos` | the reliability scenarios (`chaos_*` e2e tests) at full size, and a table of their figures |
 //! | `cleanup` | removes pod networks left behind by crashed runs |
 //!
-//! Privilege is scoped here: only `test` (its e2e part), `demo`, `bench` and `cleanup` need root, and
+//! Privilege is scoped here: only `test` (its e2e part), `demo`, `bench`, `chaos` and `cleanup` need root, and
 //! they say so instead of failing half-way.
 
 /// `println!` that never panics. Ctrl-C reaches every process of a pipeline, so with
@@ -31,6 +32,7 @@ macro_rules! note {
 }
 
 mod bench;
+mod chaos;
 mod demo;
 mod setup;
 
@@ -64,6 +66,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Benchmark keel against the data paths it replaces.
     Bench(bench::BenchArgs),
+    /// Run the reliability scenarios (`chaos_*` e2e tests) at full size and print their figures.
+    Chaos(chaos::ChaosArgs),
     /// Remove pod networks, cgroups and routes left behind by crashed test or demo runs.
     Cleanup,
 }
@@ -88,6 +92,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(args) => {
             build()?;
             bench::run(args)
+        }
+        Cmd::Chaos(args) => {
+            let bins = build()?;
+            chaos::run(&args, &bins)
         }
         Cmd::Cleanup => cleanup(),
     }
