@@ -22,8 +22,20 @@ pub const PROXY_CONFIG: &str = "PROXY_CONFIG";
 
 /// `HashMap<DestKey, u32>`: the meshed destinations (service VIP, port). Value: reserved flags, 0.
 pub const MESHED_DESTS: &str = "MESHED_DESTS";
-/// `HashMap<u64, u32>`: cgroup id of a captured pod -> pod index.
+/// `HashMap<u64, u32>`: cgroup id of a pod -> pod index, or [`POD_INDEX_SKIP`] for a pod on the
+/// node that is not captured (opted out, host network, sidecar).
 pub const POD_CGROUPS: &str = "POD_CGROUPS";
+/// `HashMap<u64, u32>`: cgroups whose child cgroups are pods (kubelet's kubepods and QoS cgroups).
+/// Value: reserved flags, 0. A child that is not in [`POD_CGROUPS`] is a pod keel has not resolved
+/// yet: its connects are redirected with [`POD_INDEX_PENDING`] and keel decides at accept, so a
+/// container that connects the instant its cgroup exists is still captured.
+pub const POD_PARENTS: &str = "POD_PARENTS";
+/// [`POD_CGROUPS`] value of a pod cgroup that is never redirected.
+pub const POD_INDEX_SKIP: u32 = u32::MAX;
+/// [`ConnValue::pod_index`] of a connection from a pod cgroup keel had not resolved at connect.
+pub const POD_INDEX_PENDING: u32 = u32::MAX - 1;
+/// Capacity of [`POD_PARENTS`] (a kubelet node has three to six).
+pub const POD_PARENTS_MAX: u32 = 64;
 /// `HashMap<u64, ConnValue>`: socket cookie -> record of a redirected connection.
 pub const CONN_BY_COOKIE: &str = "CONN_BY_COOKIE";
 /// `HashMap<ConnTuple, ConnValue>`: established 4-tuple (client side) -> record.

@@ -39,10 +39,11 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use proxy_common::{
     ConnTuple, ConnValue, DestKey, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED, CONN_MAX,
-    MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_SEARCH_DEPTH, ROOT_SEARCH_MAX_LEVEL, STATS_LEN,
-    STAT_ABI_MISMATCH, STAT_CB_FLAGS_FAILED, STAT_CLOSED, STAT_ESTABLISHED, STAT_RECONNECTED,
-    STAT_REDIRECTED, STAT_ROOT_NOT_ANCESTOR, STAT_SKIPPED_MAP_FULL, STAT_SKIPPED_NOT_MESHED,
-    STAT_SKIPPED_NOT_POD, STAT_SKIPPED_NO_PROXY, STAT_TUPLE_INSERT_FAILED,
+    MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_INDEX_PENDING, POD_INDEX_SKIP, POD_PARENTS_MAX,
+    POD_SEARCH_DEPTH, ROOT_SEARCH_MAX_LEVEL, STATS_LEN, STAT_ABI_MISMATCH, STAT_CB_FLAGS_FAILED,
+    STAT_CLOSED, STAT_ESTABLISHED, STAT_RECONNECTED, STAT_REDIRECTED, STAT_ROOT_NOT_ANCESTOR,
+    STAT_SKIPPED_MAP_FULL, STAT_SKIPPED_NOT_MESHED, STAT_SKIPPED_NOT_POD, STAT_SKIPPED_NO_PROXY,
+    STAT_TUPLE_INSERT_FAILED,
 };
 
 const AF_INET: u32 = 2;
@@ -61,6 +62,9 @@ static MESHED_DESTS: HashMap<DestKey, u32> = HashMap::with_max_entries(MESHED_DE
 
 #[map]
 static POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(POD_CGROUPS_MAX, 0);
+
+#[map]
+static POD_PARENTS: HashMap<u64, u32> = HashMap::with_max_entries(POD_PARENTS_MAX, 0);
 
 // Plain hash maps, never LRU: an LRU would silently evict the record of a live connection, which
 // the proxy would then refuse (or worse, a reused tuple would pick up a stranger's record).
@@ -235,7 +239,7 @@ fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
     let current = unsafe { bpf_get_current_cgroup_id() };
     if let Some(index) = POD_CGROUPS.get_ptr(current) {
         // SAFETY: a non-null pointer into the map value.
-        return Ok((current, unsafe { *index }));
+        return pod_or_skip(current, unsafe { *index });
     }
     // The task may live in a container cgroup below the pod's. Find the root's absolute level
     // (it is not known to user space when the proxy runs in a cgroup namespace), then look at the
@@ -255,19 +259,40 @@ fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
     let Some(root_level) = root_level else {
         return Err(STAT_ROOT_NOT_ANCESTOR);
     };
+    let mut parent = root_cgroup_id;
     for depth in 1..=POD_SEARCH_DEPTH {
         // SAFETY: as above.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id((root_level + depth) as i32) };
-        // 0: deeper than the task; `current`: already looked up above.
-        if id == 0 || id == current {
+        // 0: deeper than the task.
+        if id == 0 {
             break;
         }
-        if let Some(index) = POD_CGROUPS.get_ptr(id) {
-            // SAFETY: a non-null pointer into the map value.
-            return Ok((id, unsafe { *index }));
+        // `current` was looked up above.
+        if id != current {
+            if let Some(index) = POD_CGROUPS.get_ptr(id) {
+                // SAFETY: a non-null pointer into the map value.
+                return pod_or_skip(id, unsafe { *index });
+            }
         }
+        // A child of a pod parent that keel has not resolved yet: a pod that just started.
+        if POD_PARENTS.get_ptr(parent).is_some() && POD_PARENTS.get_ptr(id).is_none() {
+            return Ok((id, POD_INDEX_PENDING));
+        }
+        if id == current {
+            break;
+        }
+        parent = id;
     }
     Err(STAT_SKIPPED_NOT_POD)
+}
+
+/// A `POD_CGROUPS` hit: the pod, unless it is one that is never redirected.
+#[inline(always)]
+fn pod_or_skip(id: u64, index: u32) -> Result<(u64, u32), u32> {
+    if index == POD_INDEX_SKIP {
+        return Err(STAT_SKIPPED_NOT_POD);
+    }
+    Ok((id, index))
 }
 
 #[inline(always)]

@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::{ConnLog, ConnLogEntry, Stats};
-use crate::ebpf::ConnTable;
+use crate::ebpf::{ConnTable, POD_INDEX_PENDING};
 use crate::l4::{self, Sniffed};
 use crate::metrics::Metrics;
 use crate::policy::Protocol;
@@ -70,6 +71,33 @@ impl ConnContext {
     }
 }
 
+/// How long a connection from a pod cgroup that keel had not resolved at connect time (a pod that
+/// had just started) waits for keel to resolve it before it is passed through to where it was going.
+const PENDING_POD_WAIT: Duration = Duration::from_secs(1);
+/// How often the state is looked at meanwhile (pod changes publish within milliseconds).
+const PENDING_POD_POLL: Duration = Duration::from_millis(2);
+
+/// Relays a connection unchanged to its original destination, from keel's own (never redirected)
+/// cgroup: what the pod would have had without keel.
+async fn passthrough(mut downstream: TcpStream, original_dst: SocketAddr) {
+    let original_dst = SocketAddr::new(original_dst.ip().to_canonical(), original_dst.port());
+    let mut upstream = match TcpStream::connect(original_dst).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::debug!(%original_dst, error = %e, "passthrough connect failed");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let limits = l4::RelayLimits {
+        idle: None,
+        max_duration: None,
+    };
+    if let Err(e) = l4::relay(&mut downstream, &mut upstream, limits).await {
+        tracing::debug!(%original_dst, error = %e, "passthrough relay ended");
+    }
+}
+
 /// Shared by the accept loop and handed to every connection.
 #[derive(Clone)]
 pub struct Acceptor {
@@ -83,6 +111,28 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// Waits (at most [`PENDING_POD_WAIT`]) until keel has resolved the pod cgroup `cgroup`: the
+    /// state once it captures the pod, `None` if it skips it or the wait runs out.
+    async fn wait_for_pending_pod(&self, cgroup: u64) -> Option<Arc<NodeState>> {
+        let deadline = tokio::time::Instant::now() + PENDING_POD_WAIT;
+        loop {
+            let node = self.state.load();
+            if node.pod_by_cgroup.contains_key(&cgroup) {
+                self.stats.pending_pod_resolved.inc();
+                return Some(node);
+            }
+            if node.skipped_cgroups.contains(&cgroup) || tokio::time::Instant::now() >= deadline {
+                self.stats.pending_pod_passed_through.inc();
+                tracing::debug!(
+                    cgroup,
+                    "connection from a pod keel does not capture; passing it through"
+                );
+                return None;
+            }
+            tokio::time::sleep(PENDING_POD_POLL).await;
+        }
+    }
+
     /// Accept until the listener fails or the task is dropped.
     pub async fn run(self, listener: TcpListener) {
         loop {
@@ -112,7 +162,18 @@ impl Acceptor {
             return;
         };
         self.stats.redirected.inc();
-        let node = self.state.load();
+        let mut node = self.state.load();
+        if record.pod_index == POD_INDEX_PENDING
+            && !node.pod_by_cgroup.contains_key(&record.pod_cgroup_id)
+        {
+            match self.wait_for_pending_pod(record.pod_cgroup_id).await {
+                Some(resolved) => node = resolved,
+                None => {
+                    passthrough(stream, record.original_dst).await;
+                    return;
+                }
+            }
+        }
         let Some(&pod) = node.pod_by_cgroup.get(&record.pod_cgroup_id) else {
             self.stats.refused_unknown_pod.inc();
             tracing::debug!(%peer, cgroup = record.pod_cgroup_id, "record names no known pod; closing");

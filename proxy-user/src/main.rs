@@ -308,12 +308,12 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         Some(_) => state::PodLayout::Files {
             root: cgroup_root.clone(),
         },
-        None => state::PodLayout::Kubelet {
-            root: cgroup_root.clone(),
-            node: node.clone().context(
+        None => state::PodLayout::kubelet(
+            cgroup_root.clone(),
+            node.clone().context(
                 "--kube needs the node's name: --node-name or $NODE_NAME (Downward API spec.nodeName)",
             )?,
-        },
+        ),
     };
     let state = Arc::new(State::for_node(node));
     let (mut source, mut fingerprint, mut changes) = match &args.config {
@@ -555,14 +555,24 @@ fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()>
     redirector
         .set_meshed_destinations(&node.snapshot.meshed_destinations())
         .context("publishing meshed destinations")?;
+    // Parents last when they grow and first when they shrink would not matter: a child of a new
+    // parent that is not in the pod map yet is exactly a pod that is still pending.
     let pods: Vec<(u64, u32)> = node
         .pod_by_cgroup
         .iter()
-        .map(|(&cg, &pod)| (cg, u32::try_from(pod).unwrap_or(u32::MAX)))
+        .map(|(&cg, &pod)| (cg, u32::try_from(pod).unwrap_or(keel::ebpf::POD_INDEX_SKIP)))
+        .chain(
+            node.skipped_cgroups
+                .iter()
+                .map(|&cg| (cg, keel::ebpf::POD_INDEX_SKIP)),
+        )
         .collect();
     redirector
         .set_pod_cgroups(&pods)
         .context("publishing pod cgroups")?;
+    redirector
+        .set_pod_parents(&node.pod_parents)
+        .context("publishing pod parents")?;
     Ok(())
 }
 
@@ -718,10 +728,7 @@ async fn control_loop(mut c: Control) {
             c.watch_kubepods();
             let node = c.state.load();
             let resolved = c.layout.resolve(&node.snapshot);
-            if resolved != node.pod_by_cgroup {
-                c.state.update_pod_cgroups(resolved);
-                changed = true;
-            }
+            changed |= c.state.update_pod_cgroups(resolved);
         }
         let Ok(mut redirector) = c.redirector.lock() else {
             tracing::error!("redirector lock poisoned; stopping control loop");

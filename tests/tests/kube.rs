@@ -199,27 +199,6 @@ impl KubeFixture {
         }
     }
 
-    /// Waits (at most 2 s) until keel's live state has the Pod `default/<name>`: `/explain` from it
-    /// answers 200.
-    fn wait_until_keel_knows(&self, name: &str) -> Result<()> {
-        let admin = self.keel()?.options().admin_addr;
-        let path = format!("/explain?from=default/{name}&url={REVIEWS_URL}");
-        let started = Instant::now();
-        loop {
-            let r = keel_tests::http::get(admin, &path, Duration::from_secs(1))?;
-            if r.status == 200 {
-                return Ok(());
-            }
-            ensure!(
-                started.elapsed() < Duration::from_secs(2),
-                "keel did not learn of Pod default/{name} within 2 s: {} {}",
-                r.status,
-                r.text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
     fn keel(&self) -> Result<&Keel> {
         self.keel.as_ref().context("keel is not running")
     }
@@ -526,10 +505,18 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
     churned?;
     let (served, failures) = background??;
     if !failures.is_empty() {
-        eprintln!("---- keel stderr ----\n{}\n---- end ----", fx.keel()?.stderr());
+        eprintln!(
+            "---- keel stderr ----\n{}\n---- end ----",
+            fx.keel()?.stderr()
+        );
     }
+    let stats = fx.keel()?.stats()?;
+    let pending = (
+        &stats["keel.connections_pending_pod_resolved"],
+        &stats["keel.connections_pending_pod_passed_through"],
+    );
     eprintln!(
-        "{churn} pods in {:?}; meanwhile sleep got {served} responses from v1",
+        "{churn} pods in {:?}; meanwhile sleep got {served} responses from v1; connections from pending pods (resolved, passed through): {pending:?}",
         started.elapsed()
     );
     ensure!(
@@ -566,12 +553,10 @@ fn churn_pods(fx: &mut KubeFixture, churn: u32) -> Result<()> {
             .as_str()
             .context("no uid")?
             .to_string();
-        // kubelet makes the cgroup only after it has the Pod from the API server, and the
-        // container starts hundreds of milliseconds later (sandbox, network, image). Keel watches
-        // the same API server; this test compresses that gap to nothing, so it first waits (at
-        // most 2 s) until keel, too, knows the Pod. What is tested is that the pod is captured the
-        // moment its cgroup appears.
-        fx.wait_until_keel_knows(&name)?;
+        // No waiting for keel: the container connects the instant its cgroup exists, possibly
+        // before keel has the Pod from the API server or has seen the cgroup. The kernel then
+        // redirects it as a pending pod (a new child of a kubepods/QoS cgroup) and keel holds the
+        // connection until it has resolved the pod.
         let pod = fx.net.add_pod_kubelet(
             "default",
             &name,

@@ -108,9 +108,16 @@ fn render(measured: &[Figure]) -> String {
         text.push_str("\n(no figures were recorded)\n");
     }
     for (scenario, figures) in by_scenario(measured) {
-        text.push_str(&format!("\n## {scenario}\n\n| figure | value | unit |\n|---|---:|---|\n"));
+        text.push_str(&format!(
+            "\n## {scenario}\n\n| figure | value | unit |\n|---|---:|---|\n"
+        ));
         for f in figures {
-            text.push_str(&format!("| {} | {} | {} |\n", f.name, number(f.value), f.unit));
+            text.push_str(&format!(
+                "| {} | {} | {} |\n",
+                f.name,
+                number(f.value),
+                f.unit
+            ));
         }
     }
     text

@@ -192,6 +192,16 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
             s.redirected.get(),
         ),
         (
+            "connections_pending_pod_resolved",
+            "Connections from a pod that had just started, held at accept until keel resolved it",
+            s.pending_pod_resolved.get(),
+        ),
+        (
+            "connections_pending_pod_passed_through",
+            "Connections from a pod cgroup keel does not capture, relayed unchanged to their destination",
+            s.pending_pod_passed_through.get(),
+        ),
+        (
             "http_requests",
             "HTTP requests received",
             s.http_requests.get(),

@@ -62,6 +62,11 @@ pub struct Stats {
     /// Connections to the proxy port with no kernel record: closed at once.
     pub refused_no_record: Counter,
     pub refused_unknown_pod: Counter,
+    /// Connections from a pod cgroup keel had not resolved at connect, served once it was.
+    pub pending_pod_resolved: Counter,
+    /// Connections from a pod cgroup keel had not resolved at connect and then did not capture:
+    /// relayed unchanged to their original destination.
+    pub pending_pod_passed_through: Counter,
     pub refused_unknown_destination: Counter,
     pub http_requests: Counter,
     pub tcp_connections: Counter,

@@ -49,8 +49,10 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common::{
     ConnTuple, ConnValue, DestKey, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED, CONN_MAX,
-    MESHED_DESTS_MAX, POD_CGROUPS_MAX,
+    MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_PARENTS_MAX,
 };
+
+pub use proxy_common::{POD_INDEX_PENDING, POD_INDEX_SKIP};
 
 pub use proxy_common::POD_SEARCH_DEPTH;
 
@@ -253,6 +255,7 @@ pub struct Redirector {
     _ebpf: Ebpf,
     meshed: HashMap<MapData, DestKey, u32>,
     pods: HashMap<MapData, u64, u32>,
+    parents: HashMap<MapData, u64, u32>,
     cookies: HashMap<MapData, u64, ConnValue>,
     stats: PerCpuArray<MapData, u64>,
     conns: ConnTable,
@@ -260,6 +263,8 @@ pub struct Redirector {
     meshed_current: HashSet<DestKey>,
     /// Mirror of `POD_CGROUPS` (this struct is its only writer).
     pods_current: StdHashMap<u64, u32>,
+    /// Mirror of `POD_PARENTS` (this struct is its only writer).
+    parents_current: HashSet<u64>,
     /// Capacity of each connection map (`--max-connections`).
     conn_capacity: u32,
     /// Declared last so it is dropped after the programs are detached.
@@ -341,6 +346,7 @@ impl Redirector {
 
         let meshed = take_hash(&mut ebpf, proxy_common::MESHED_DESTS)?;
         let pods = take_hash(&mut ebpf, proxy_common::POD_CGROUPS)?;
+        let parents = take_hash(&mut ebpf, proxy_common::POD_PARENTS)?;
         let cookies = take_hash(&mut ebpf, proxy_common::CONN_BY_COOKIE)?;
         let tuples = take_hash(&mut ebpf, proxy_common::CONN_BY_TUPLE)?;
         let stats_name = proxy_common::STATS;
@@ -361,6 +367,7 @@ impl Redirector {
             _ebpf: ebpf,
             meshed,
             pods,
+            parents,
             cookies,
             stats,
             conns: ConnTable {
@@ -368,6 +375,7 @@ impl Redirector {
             },
             meshed_current: HashSet::new(),
             pods_current: StdHashMap::new(),
+            parents_current: HashSet::new(),
             conn_capacity: max_connections,
             _log: log,
         })
@@ -402,10 +410,10 @@ impl Redirector {
         Ok(())
     }
 
-    /// Make exactly this set the captured pods: (cgroup id, pod index). Only captured pods may be
-    /// listed: never the proxy's own cgroup or an opted-out pod (see the module's identity model).
-    /// Fails without changing anything on over-capacity (4,096) or on a cgroup id listed with two
-    /// different indexes.
+    /// Make exactly this set the pod cgroups: (cgroup id, pod index), where the index of a pod that
+    /// must never be redirected is [`POD_INDEX_SKIP`]. Captured pods never include the proxy's own
+    /// cgroup or an opted-out pod (see the module's identity model). Fails without changing
+    /// anything on over-capacity (4,096) or on a cgroup id listed with two different indexes.
     pub fn set_pod_cgroups(&mut self, pods: &[(u64, u32)]) -> Result<(), Error> {
         let name = proxy_common::POD_CGROUPS;
         let mut desired: StdHashMap<u64, u32> = StdHashMap::with_capacity(pods.len());
@@ -436,6 +444,25 @@ impl Redirector {
                 self.pods.insert(id, index, 0).map_err(map_err(name))?;
                 self.pods_current.insert(id, index);
             }
+        }
+        Ok(())
+    }
+
+    /// Make exactly this set the pod parents: cgroups whose children are pod cgroups (kubelet's
+    /// kubepods and QoS cgroups). A child in no entry of `POD_CGROUPS` is a pod keel has not
+    /// resolved yet, and its connects are redirected as pending (see [`POD_INDEX_PENDING`]).
+    pub fn set_pod_parents(&mut self, parents: &HashSet<u64>) -> Result<(), Error> {
+        let name = proxy_common::POD_PARENTS;
+        check_capacity("pod parents", parents.len(), POD_PARENTS_MAX)?;
+        let gone: Vec<u64> = self.parents_current.difference(parents).copied().collect();
+        for id in gone {
+            remove_tolerant(&mut self.parents, &id).map_err(map_err(name))?;
+            self.parents_current.remove(&id);
+        }
+        let new: Vec<u64> = parents.difference(&self.parents_current).copied().collect();
+        for id in new {
+            self.parents.insert(id, 0, 0).map_err(map_err(name))?;
+            self.parents_current.insert(id);
         }
         Ok(())
     }
@@ -484,6 +511,11 @@ impl Redirector {
                 map: proxy_common::POD_CGROUPS,
                 entries: count(self.pods_current.len()),
                 capacity: POD_CGROUPS_MAX,
+            },
+            MapOccupancy {
+                map: proxy_common::POD_PARENTS,
+                entries: count(self.parents_current.len()),
+                capacity: POD_PARENTS_MAX,
             },
             MapOccupancy {
                 map: proxy_common::CONN_BY_COOKIE,

@@ -133,7 +133,7 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
     // The kernel would attribute the connection to `sleep` by its cgroup (7, see below).
     state.publish(
         Arc::clone(&snapshot),
-        std::collections::HashMap::from([(7, sleep)]),
+        crate::state::PodCgroups::captured_only(std::collections::HashMap::from([(7, sleep)])),
     );
     let view = Arc::clone(
         state

@@ -30,7 +30,7 @@
 //! from a manifest file) the 32 hex digits of an MD5 hash instead, and its mirror pod in the API
 //! carries that hash in the annotation `kubernetes.io/config.mirror` ([`cgroup_uid`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -251,6 +251,8 @@ pub enum Error {
 pub struct KubeletCgroups {
     pods: BTreeMap<String, PodCgroup>,
     roots: Vec<KubepodsRoot>,
+    /// Cgroup ids of the kubepods and QoS cgroups: the parents of pod cgroups.
+    parents: BTreeSet<u64>,
     problems: Vec<ScanProblem>,
 }
 
@@ -294,10 +296,23 @@ impl KubeletCgroups {
         kubepods: &KubepodsRoot,
         id_of: &mut impl FnMut(&Path) -> io::Result<u64>,
     ) {
+        match id_of(kubepods.path()) {
+            Ok(id) => {
+                self.parents.insert(id);
+            }
+            Err(e) => self.problem(kubepods.path(), &e),
+        }
         let mut qos_dirs = Vec::new();
         for name in self.subdirs(kubepods.path()) {
             if let Some(qos) = kubepods.qos_of_child(&name) {
-                qos_dirs.push((qos, kubepods.path().join(&name)));
+                let dir = kubepods.path().join(&name);
+                match id_of(&dir) {
+                    Ok(id) => {
+                        self.parents.insert(id);
+                    }
+                    Err(e) => self.problem(&dir, &e),
+                }
+                qos_dirs.push((qos, dir));
             } else if let Some(uid) = kubepods.pod_uid_in(QosClass::Guaranteed, &name) {
                 let path = kubepods.path().join(&name);
                 self.add(uid, path, QosClass::Guaranteed, kubepods.driver(), id_of);
@@ -384,6 +399,11 @@ impl KubeletCgroups {
     /// Every pod cgroup found, by UID.
     pub fn pods(&self) -> &BTreeMap<String, PodCgroup> {
         &self.pods
+    }
+
+    /// Cgroup ids of the kubepods and QoS cgroups, whose child cgroups are pods.
+    pub fn parent_ids(&self) -> &BTreeSet<u64> {
+        &self.parents
     }
 
     /// The kubepods cgroups found (empty: no kubelet hierarchy below the root).

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub mod reload;
 
@@ -23,7 +24,38 @@ pub struct NodeState {
     pub routes: Arc<RouteTable>,
     /// Kernel cgroup id -> captured pod.
     pub pod_by_cgroup: HashMap<u64, PodId>,
+    /// Pod cgroups on the node whose pods are not captured: the kernel leaves them alone.
+    pub skipped_cgroups: HashSet<u64>,
+    /// Cgroups whose children are pod cgroups (cluster mode): a child in neither set above is a
+    /// pod not resolved yet, which the kernel redirects as pending.
+    pub pod_parents: HashSet<u64>,
 }
+
+/// This node's pod cgroups, as the kernel and the accept path need them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PodCgroups {
+    /// Captured pods: kernel cgroup id -> pod.
+    pub captured: HashMap<u64, PodId>,
+    /// Cgroups of pods that are not captured (opted out, host network, sidecar, or not known to
+    /// keel for longer than [`UNKNOWN_POD_GRACE`]).
+    pub skipped: HashSet<u64>,
+    /// Cgroups whose children are pod cgroups (kubelet's kubepods and QoS cgroups).
+    pub parents: HashSet<u64>,
+}
+
+impl PodCgroups {
+    /// Only captured pods, nothing skipped, no parents (file mode).
+    pub fn captured_only(captured: HashMap<u64, PodId>) -> Self {
+        Self {
+            captured,
+            ..Self::default()
+        }
+    }
+}
+
+/// How long a kubelet pod cgroup that matches no Pod keel knows stays pending (its connects are
+/// redirected and held at accept until keel learns the Pod) before keel lets it go direct.
+pub const UNKNOWN_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl NodeState {
     /// The client facts routing needs, for the pod the kernel attributed a connection to.
@@ -74,11 +106,7 @@ impl State {
 
     /// Publish a new snapshot with the pod cgroup mapping resolved for it. Returns the state it
     /// replaced, so a caller can free it (a large config takes a while) after reporting the change.
-    pub fn publish(
-        &self,
-        snapshot: Arc<Snapshot>,
-        pod_by_cgroup: HashMap<u64, PodId>,
-    ) -> Arc<NodeState> {
+    pub fn publish(&self, snapshot: Arc<Snapshot>, pods: PodCgroups) -> Arc<NodeState> {
         let routes = Arc::new(RouteTable::build_for_node(
             &snapshot,
             &self.registry,
@@ -87,7 +115,9 @@ impl State {
         self.current.swap(Arc::new(NodeState {
             snapshot,
             routes,
-            pod_by_cgroup,
+            pod_by_cgroup: pods.captured,
+            skipped_cgroups: pods.skipped,
+            pod_parents: pods.parents,
         }))
     }
 
@@ -97,17 +127,24 @@ impl State {
     }
 
     /// Replace only the pod cgroup mapping (pods appeared or went), keeping snapshot and routes.
-    pub fn update_pod_cgroups(&self, pod_by_cgroup: HashMap<u64, PodId>) {
+    /// True if it changed anything.
+    pub fn update_pod_cgroups(&self, pods: PodCgroups) -> bool {
         let cur = self.load();
-        if cur.pod_by_cgroup == pod_by_cgroup {
-            return;
+        if cur.pod_by_cgroup == pods.captured
+            && cur.skipped_cgroups == pods.skipped
+            && cur.pod_parents == pods.parents
+        {
+            return false;
         }
         // Routes depend only on the snapshot, so they are shared, not rebuilt.
         self.current.store(Arc::new(NodeState {
             snapshot: Arc::clone(&cur.snapshot),
             routes: Arc::clone(&cur.routes),
-            pod_by_cgroup,
+            pod_by_cgroup: pods.captured,
+            skipped_cgroups: pods.skipped,
+            pod_parents: pods.parents,
         }));
+        true
     }
 }
 
@@ -130,65 +167,113 @@ pub enum PodLayout {
     Files { root: PathBuf },
     /// Cluster mode: kubelet's pod cgroups under `root`, for the pods scheduled on `node` that
     /// are opted in.
-    Kubelet { root: PathBuf, node: String },
+    Kubelet {
+        root: PathBuf,
+        node: String,
+        /// Pod cgroups that match no Pod keel knows, with when each was first seen.
+        unknown_since: Arc<std::sync::Mutex<HashMap<u64, Instant>>>,
+    },
 }
 
 impl PodLayout {
-    /// Kernel cgroup id -> pod, for the captured pods of `snapshot` whose cgroup exists now.
-    pub fn resolve(&self, snapshot: &Snapshot) -> HashMap<u64, PodId> {
+    /// Cluster mode under `root` for the pods of `node`.
+    pub fn kubelet(root: PathBuf, node: String) -> Self {
+        PodLayout::Kubelet {
+            root,
+            node,
+            unknown_since: Arc::default(),
+        }
+    }
+
+    /// This node's pod cgroups for `snapshot`, as they exist now.
+    pub fn resolve(&self, snapshot: &Snapshot) -> PodCgroups {
         match self {
-            PodLayout::Files { root } => resolve_pod_cgroups(snapshot, root),
-            PodLayout::Kubelet { root, node } => resolve_kubelet_pods(snapshot, root, node),
+            PodLayout::Files { root } => {
+                PodCgroups::captured_only(resolve_pod_cgroups(snapshot, root))
+            }
+            PodLayout::Kubelet {
+                root,
+                node,
+                unknown_since,
+            } => {
+                let mut unknown = unknown_since
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                resolve_kubelet_pods(snapshot, root, node, &mut unknown, Instant::now())
+            }
         }
     }
 }
 
-/// Kernel cgroup id -> pod for the pods of `snapshot` scheduled on `node` that are captured
-/// ([`crate::pods::capture::decide`]) and whose kubelet cgroup exists under `root` now. The mapping
+/// The pods of `snapshot` scheduled on `node` whose kubelet cgroup exists under `root` now:
+/// captured ones ([`crate::pods::capture::decide`]) by cgroup id, the others skipped. The mapping
 /// goes by pod UID, so a new pod that reuses an old pod's IP is never taken for it.
-fn resolve_kubelet_pods(snapshot: &Snapshot, root: &Path, node: &str) -> HashMap<u64, PodId> {
+///
+/// A pod cgroup that matches no Pod of the snapshot is left pending (the kernel redirects it, the
+/// accept path waits for keel to learn the Pod) for [`UNKNOWN_POD_GRACE`] after `unknown` first
+/// saw it, then skipped: a pod keel does not know goes direct.
+fn resolve_kubelet_pods(
+    snapshot: &Snapshot,
+    root: &Path,
+    node: &str,
+    unknown: &mut HashMap<u64, Instant>,
+    now: Instant,
+) -> PodCgroups {
     use crate::pods::{capture, kubelet};
     let scan = match kubelet::KubeletCgroups::scan(root) {
         Ok(scan) => scan,
         Err(e) => {
             tracing::warn!(error = %e, "cannot scan kubelet's pod cgroups");
-            return HashMap::new();
+            return PodCgroups::default();
         }
     };
     for problem in scan.problems() {
         tracing::debug!(path = %problem.path.display(), reason = %problem.reason, "kubelet cgroup scan");
     }
+    let mut out = PodCgroups {
+        parents: scan.parent_ids().iter().copied().collect(),
+        ..PodCgroups::default()
+    };
     let mut on_node = 0;
-    let mut captured = 0;
-    let resolved: HashMap<u64, PodId> = snapshot
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, pod)| pod.node_name.as_deref() == Some(node))
-        .filter(|(_, pod)| {
-            on_node += 1;
-            let namespace = snapshot
-                .namespaces
-                .get(&pod.meta.namespace)
-                .map(|n| &n.labels);
-            let reason = capture::decide(namespace, pod);
-            tracing::trace!(pod = %pod.meta.display_name(), %reason, "capture decision");
-            captured += usize::from(reason.captures());
-            reason.captures()
-        })
-        .filter_map(|(id, pod)| {
-            let cgroup = scan.get(kubelet::cgroup_uid(pod)?)?;
-            Some((cgroup.cgroup_id, id))
-        })
-        .collect();
+    let mut known = HashSet::new();
+    for (id, pod) in snapshot.pods.iter().enumerate() {
+        if pod.node_name.as_deref() != Some(node) {
+            continue;
+        }
+        on_node += 1;
+        let Some(cgroup) = kubelet::cgroup_uid(pod).and_then(|uid| scan.get(uid)) else {
+            continue;
+        };
+        known.insert(cgroup.cgroup_id);
+        let namespace = snapshot
+            .namespaces
+            .get(&pod.meta.namespace)
+            .map(|n| &n.labels);
+        let reason = capture::decide(namespace, pod);
+        tracing::trace!(pod = %pod.meta.display_name(), %reason, "capture decision");
+        if reason.captures() {
+            out.captured.insert(cgroup.cgroup_id, id);
+        } else {
+            out.skipped.insert(cgroup.cgroup_id);
+        }
+    }
+    let present: HashSet<u64> = scan.pods().values().map(|c| c.cgroup_id).collect();
+    unknown.retain(|id, _| present.contains(id) && !known.contains(id));
+    for &id in present.difference(&known) {
+        let first_seen = *unknown.entry(id).or_insert(now);
+        if now.saturating_duration_since(first_seen) >= UNKNOWN_POD_GRACE {
+            out.skipped.insert(id);
+        }
+    }
     tracing::debug!(
         on_node,
-        captured,
         pod_cgroups = scan.len(),
-        resolved = resolved.len(),
+        captured = out.captured.len(),
+        skipped = out.skipped.len(),
+        pending = unknown.len(),
         "kubelet pods"
     );
-    resolved
+    out
 }
 
 /// Where a pod's cgroup lives in file mode: `<cgroup root>/<namespace>/<pod name>`.
