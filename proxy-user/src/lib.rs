@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admission;
 pub mod ebpf;
 pub mod error_chain;
 pub mod explain;
