@@ -28,7 +28,6 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::metrics::span::SpanStart;
@@ -50,7 +49,10 @@ use rescue::LocalReply;
 
 /// Serve one redirected connection as HTTP until the client closes it, under the limits of
 /// `ctx.budget` (see [`configure`]) and the HTTP/2 flood rules of [`flood`].
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
+pub async fn serve<I>(stream: I, ctx: Arc<ConnContext>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tripwire = Arc::new(flood::Tripwire::default());
     let stats = Arc::clone(&ctx.stats);
     let peer = ctx.peer;
