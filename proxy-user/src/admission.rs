@@ -92,7 +92,6 @@ pub struct PodLoad {
 #[derive(Debug)]
 pub struct Admission {
     limits: Limits,
-    connections: AtomicUsize,
     pods: Mutex<HashMap<u64, Arc<PodLoad>>>,
     stats: Arc<Stats>,
 }
@@ -102,7 +101,6 @@ impl Admission {
     pub fn new(limits: Limits, stats: Arc<Stats>) -> Arc<Admission> {
         Arc::new(Admission {
             limits,
-            connections: AtomicUsize::new(0),
             pods: Mutex::new(HashMap::new()),
             stats,
         })
@@ -115,18 +113,18 @@ impl Admission {
 
     /// Downstream connections open now.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        usize::try_from(self.stats.downstream_cx_active.get()).unwrap_or(usize::MAX)
     }
 
     /// A slot under the node-wide cap, or `None` (counted) when it is full.
     pub fn connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let taken = self.connections.fetch_add(1, Ordering::AcqRel);
-        if taken >= self.limits.max_connections {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
+        // The gauge is the count itself, so `/stats` never shows a stale value.
+        let taken = self.stats.downstream_cx_active.inc();
+        if usize::try_from(taken).unwrap_or(usize::MAX) >= self.limits.max_connections {
+            self.stats.downstream_cx_active.dec();
             self.stats.refused_global_limit.inc();
             return None;
         }
-        self.stats.downstream_cx_active.set(taken as u64 + 1);
         Some(ConnectionSlot {
             admission: Arc::clone(self),
         })
@@ -171,11 +169,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let before = self.admission.connections.fetch_sub(1, Ordering::AcqRel);
-        self.admission
-            .stats
-            .downstream_cx_active
-            .set(before.saturating_sub(1) as u64);
+        self.admission.stats.downstream_cx_active.dec();
     }
 }
 

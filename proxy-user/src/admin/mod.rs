@@ -61,6 +61,13 @@ impl Gauge {
     pub fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
     }
+    /// Adds one; returns the value before.
+    pub fn inc(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::AcqRel)
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
