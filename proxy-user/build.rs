@@ -11,6 +11,13 @@ use aya_build::{Package, Toolchain};
 const EBPF_PACKAGE: &str = "proxy-ebpf";
 
 fn main() -> anyhow::Result<()> {
+    // cargo-fuzz builds (`--cfg fuzzing`, from the `fuzz/` workspace) never load the programs, and
+    // the sanitizer flags must not reach the nested BPF build: embed an empty object instead.
+    if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join(EBPF_PACKAGE);
+        std::fs::write(out, [])?;
+        return Ok(());
+    }
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::{ConnLog, ConnLogEntry, Stats};
+use crate::admission::{Admission, ConnectionSlot, RequestBudget};
 use crate::ebpf::{ConnTable, POD_INDEX_PENDING};
 use crate::l4::{self, Sniffed};
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct ConnContext {
     pub client: ClientId,
     /// What the client pod's class sees of the mesh, resolved once per connection.
     pub view: Arc<ClientView>,
+    /// The client pod's in-flight request cap, and the limits in force.
+    pub budget: RequestBudget,
 }
 
 impl ConnContext {
@@ -108,6 +111,8 @@ pub struct Acceptor {
     pub conn_table: ConnTable,
     /// Per-client or node-wide upstream state.
     pub state_scope: StateScope,
+    /// Node-wide and per-pod connection and request caps.
+    pub admission: Arc<Admission>,
 }
 
 impl Acceptor {
@@ -145,12 +150,18 @@ impl Acceptor {
                     continue;
                 }
             };
+            // Over the node-wide cap the connection is closed before any work is spent on it
+            // (Envoy's global_downstream_max_connections), so the proxy stays responsive.
+            let Some(slot) = self.admission.connection() else {
+                drop(stream);
+                continue;
+            };
             let this = self.clone();
-            tokio::spawn(async move { this.handle(stream, peer).await });
+            tokio::spawn(async move { this.handle(stream, peer, slot).await });
         }
     }
 
-    async fn handle(self, stream: TcpStream, peer: SocketAddr) {
+    async fn handle(self, stream: TcpStream, peer: SocketAddr, _slot: ConnectionSlot) {
         self.stats.accepted.inc();
         let local = match stream.local_addr() {
             Ok(a) => a,
@@ -182,6 +193,11 @@ impl Acceptor {
         // Every captured pod of the snapshot has a view; a pod without one is not ours to serve.
         let Some(view) = node.routes.view_for_pod(pod).cloned() else {
             self.stats.refused_unknown_pod.inc();
+            return;
+        };
+        // One pod cannot hold the connections other pods need.
+        let Some(pod_slot) = self.admission.pod_connection(record.pod_cgroup_id) else {
+            tracing::debug!(%peer, cgroup = record.pod_cgroup_id, "pod over its connection cap; closing");
             return;
         };
         let original_dst = SocketAddr::new(
@@ -238,6 +254,7 @@ impl Acceptor {
             pod_cgroup_id: record.pod_cgroup_id,
             client: self.state_scope.client(record.pod_cgroup_id),
             view,
+            budget: pod_slot.budget(),
         });
         match kind {
             Sniffed::Http1 | Sniffed::Http2 => crate::l7::serve(stream, ctx).await,

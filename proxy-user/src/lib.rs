@@ -5,9 +5,12 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admission;
 pub mod ebpf;
 pub mod error_chain;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod l4;
 pub mod l7;
 pub mod metrics;

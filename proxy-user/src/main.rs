@@ -154,6 +154,24 @@ struct RunArgs {
     /// Access log encoding; wins over the MeshConfig's `accessLogEncoding` (default text).
     #[arg(long, value_enum, value_name = "ENCODING")]
     access_log_encoding: Option<LogEncoding>,
+    /// Downstream connections open at once, node-wide; over it a new connection is closed at once
+    /// (Envoy's `global_downstream_max_connections`). Default: a quarter of the open-file limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_downstream_connections: Option<u64>,
+    /// Downstream connections one client pod may have open; over it a new one is closed at once.
+    #[arg(long, default_value_t = keel::admission::DEFAULT_MAX_CONNECTIONS_PER_POD as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_pod: u64,
+    /// HTTP requests one client pod may have in flight; over it a request gets 503 `UO` at once.
+    #[arg(long, default_value_t = keel::admission::DEFAULT_MAX_REQUESTS_PER_POD as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests_per_pod: u64,
+    /// Seconds an HTTP/1 client may take to send request headers (also how long a kept-alive
+    /// connection waits for its next request).
+    #[arg(long, default_value_t = keel::admission::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
+    header_read_timeout: f64,
+    /// Seconds a request body may go without a byte before the request is reset (Envoy's
+    /// `stream_idle_timeout`).
+    #[arg(long, default_value_t = keel::admission::DEFAULT_BODY_IDLE_TIMEOUT.as_secs_f64())]
+    body_idle_timeout: f64,
     /// Export the proxy's spans over OTLP/HTTP (JSON, `POST <URL>/v1/traces`) to this collector,
     /// e.g. `http://127.0.0.1:4318`. Off by default.
     #[arg(long, value_name = "URL")]
@@ -444,6 +462,8 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     let redirector = Arc::new(Mutex::new(redirector));
     let _ = attached.set(Arc::downgrade(&redirector));
 
+    let admission = keel::admission::Admission::new(limits(&args)?, Arc::clone(&stats));
+    tracing::info!(limits = ?admission.limits(), "admission limits");
     for (i, listener) in listeners.into_iter().enumerate() {
         let acceptor = keel::accept::Acceptor {
             state: Arc::clone(&state),
@@ -452,6 +472,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             conn_log: Arc::clone(&conn_log),
             conn_table: conn_table.clone(),
             state_scope,
+            admission: Arc::clone(&admission),
         };
         worker::spawn(i, listener, acceptor)?;
     }
@@ -498,6 +519,27 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     // Dropping the last handle detaches the programs and frees the maps.
     drop(redirector);
     Ok(())
+}
+
+/// The admission limits the flags ask for.
+fn limits(args: &RunArgs) -> anyhow::Result<keel::admission::Limits> {
+    let seconds = |name: &str, v: f64| {
+        Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("--{name} must be a positive number of seconds, not {v}"))
+    };
+    let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Ok(keel::admission::Limits {
+        max_connections: args
+            .max_downstream_connections
+            .map_or_else(keel::admission::default_max_connections, count),
+        max_connections_per_pod: count(args.max_connections_per_pod),
+        max_requests_per_pod: count(args.max_requests_per_pod),
+        header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
+        body_idle_timeout: seconds("body-idle-timeout", args.body_idle_timeout)?,
+        ..keel::admission::Limits::default()
+    })
 }
 
 /// Log a load's problems and turn them into the admin's config status.

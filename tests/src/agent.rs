@@ -994,6 +994,63 @@ impl Agent {
         )
     }
 
+    /// Runs `hold-connections` in `pod`: `count` connections to `addr` behaving as `mode` (`idle`,
+    /// `slowloris`, `slow-post`; one byte per `interval`) for `hold`.
+    pub fn hold_connections(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        count: u32,
+        mode: &str,
+        interval: Duration,
+        hold: Duration,
+    ) -> Result<HoldReport> {
+        let (addr, count) = (addr.to_string(), count.to_string());
+        let interval = interval.as_millis().to_string();
+        let hold_ms = hold.as_millis().to_string();
+        self.client(
+            pod,
+            &[
+                "hold-connections",
+                "--addr",
+                &addr,
+                "--count",
+                &count,
+                "--mode",
+                mode,
+                "--interval-ms",
+                &interval,
+                "--hold-ms",
+                &hold_ms,
+            ],
+            hold + Duration::from_secs(30) + CLIENT_SLACK,
+        )
+    }
+
+    /// Runs `h2-flood` in `pod`: `kind` frames to `addr` until `max_frames`, GOAWAY or close.
+    pub fn h2_flood(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        kind: &str,
+        max_frames: u64,
+    ) -> Result<FloodReport> {
+        let (addr, max) = (addr.to_string(), max_frames.to_string());
+        self.client(
+            pod,
+            &[
+                "h2-flood",
+                "--addr",
+                &addr,
+                "--kind",
+                kind,
+                "--max-frames",
+                &max,
+            ],
+            Duration::from_secs(40) + CLIENT_SLACK,
+        )
+    }
+
     /// Runs `tcp-echo-client` in `pod`.
     pub fn tcp_echo(
         &self,
@@ -1044,6 +1101,40 @@ impl Agent {
             )
         })
     }
+}
+
+/// What `pod-agent hold-connections` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct HoldReport {
+    /// Connections established.
+    pub opened: u64,
+    /// Connects that failed or timed out.
+    pub connect_failed: u64,
+    /// Connections the server closed within 200 ms of connecting.
+    pub closed_at_once: u64,
+    /// (ms since start, connections still open), every 250 ms.
+    pub open_over_time: Vec<(u64, u64)>,
+    /// When the last connection was closed by the server (ms since start), if it was.
+    pub all_closed_after_ms: Option<u64>,
+}
+
+/// What `pod-agent h2-flood` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct FloodReport {
+    /// Attack frames written (before the GOAWAY was seen or the connection closed).
+    pub frames_sent: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// The server sent GOAWAY.
+    pub goaway: bool,
+    /// Its error code.
+    pub goaway_code: Option<u32>,
+    /// The server closed the connection.
+    pub closed: bool,
+    /// Writing blocked for 3 s (the server stopped reading).
+    pub write_stalled: bool,
+    pub elapsed_ms: u64,
+    pub error: Option<String>,
 }
 
 /// What `pod-agent http-load` prints.

@@ -8,6 +8,7 @@
 //! | `demo [--keep]` | the Bookinfo-style demo of `config/demo` on a real pod network, through keel |
 //! | `bench` | keel against Envoy sidecars and a node Envoy on one pod network |
 //! | `chaos` | the reliability scenarios (`chaos_*` e2e tests) at full size, and a table of their figures |
+//! | `fuzz [--target T] [--seconds N]` | runs the cargo-fuzz targets of `fuzz/` for N seconds each; prints executions |
 //! | `cleanup` | removes pod networks left behind by crashed runs |
 //!
 //! Privilege is scoped here: only `test` (its e2e part), `demo`, `bench`, `chaos` and `cleanup` need root, and
@@ -34,6 +35,7 @@ macro_rules! note {
 mod bench;
 mod chaos;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +56,16 @@ enum Cmd {
     /// Install the eBPF toolchain (rust-src, LLVM 22, bpf-linker, bpftool, iproute2, iptables) and
     /// kubectl if missing.
     Setup,
+    /// Run the cargo-fuzz targets (fuzz/) for a bounded time each and print executions per target;
+    /// a crash is added to the corpus (replayed by `cargo test`) and fails the run.
+    Fuzz {
+        /// One target (config, router, http1, kernel_record); default: all.
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Setup, then build the release binaries (keel, pod-agent).
     Build,
     /// Setup, build, fmt, clippy, unit tests, then the privileged e2e tests (must run as root).
@@ -86,6 +98,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
+        Cmd::Fuzz { target, seconds } => setup::run()
+            .and_then(|()| fuzz::run(&workspace_root(), target.as_deref(), seconds))
+            .map(|_| ()),
         Cmd::Build => build().map(|_| ()),
         Cmd::Test { e2e_filter } => test(e2e_filter.as_deref()),
         Cmd::Demo(args) => demo::run(&args),
@@ -177,7 +192,7 @@ fn build_bins(with_keel: bool) -> Result<Binaries> {
 
 /// Prefixes the e2e tests, the demo and the bench give their pod networks (see each file).
 const TEST_NET_NOTE: &str =
-    "e2e tests use subnet indices 10..=199 and 210..=219 (one range per test file), the demo 0, the bench 200..=202";
+    "e2e tests use subnet indices 10..=199, 210..=219 and 240..=249 (bounds.rs) (one range per test file), the demo 0, the bench 200..=202";
 
 fn test(e2e_filter: Option<&str>) -> Result<()> {
     // Fail before doing anything slow: the e2e part cannot run without root, and skipping it would

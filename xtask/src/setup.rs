@@ -11,6 +11,8 @@
 //!    not on PATH: the Debian package `kubectl` where the apt sources have it, else
 //!    `kubernetes-client` (Debian's own build; older, and served the same by the stand-in).
 //!
+//! 5. `cargo-fuzz` for `cargo xtask fuzz`.
+//!
 //! Toolchains themselves are never installed: the machine image ships `stable` and `nightly`, and
 //! `RUSTUP_AUTO_INSTALL=0` forbids fetching others.
 
@@ -43,6 +45,7 @@ pub fn run() -> Result<()> {
     apt(&mut installed, &mut apt_updated)?;
     bpf_linker(&mut installed)?;
     kubectl(&mut installed, &mut apt_updated)?;
+    cargo_fuzz(&mut installed)?;
     if installed.is_empty() {
         note!("xtask setup: toolchain complete, nothing to install");
     } else {
@@ -214,6 +217,34 @@ fn bpf_linker(installed: &mut Vec<String>) -> Result<()> {
     .env("PATH", path);
     run_step(cmd)?;
     installed.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (runs with the nightly toolchain the image ships).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz(installed: &mut Vec<String>) -> Result<()> {
+    let works = Command::new("cargo-fuzz")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    note!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (for cargo xtask fuzz)");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]);
+    run_step(cmd)?;
+    installed.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
     Ok(())
 }
 

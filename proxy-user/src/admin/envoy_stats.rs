@@ -182,6 +182,21 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
     let warnings = u64::try_from(status.warnings.len()).unwrap_or(u64::MAX);
     let mut counters = vec![
         (
+            "downstream_rq_pod_overflow",
+            "Requests refused with 503 UO because their client pod had its request cap in flight",
+            s.pod_request_overflow.get(),
+        ),
+        (
+            "downstream_cx_h2_flood",
+            "HTTP/2 downstream connections closed for a frame flood",
+            s.h2_flood_closed.get(),
+        ),
+        (
+            "downstream_rq_body_idle_timeout",
+            "Requests reset because their body went idle",
+            s.request_body_idle_timeouts.get(),
+        ),
+        (
             "connections_accepted",
             "Connections accepted on the proxy port",
             s.accepted.get(),
@@ -357,11 +372,18 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
                 "Warnings of the latest config load",
                 warnings,
             ),
+            (
+                "downstream_cx_active",
+                "Downstream connections open",
+                s.downstream_cx_active.get(),
+            ),
         ],
         refused: vec![
             ("no_record", s.refused_no_record.get()),
             ("unknown_pod", s.refused_unknown_pod.get()),
             ("unknown_destination", s.refused_unknown_destination.get()),
+            ("global_connection_limit", s.refused_global_limit.get()),
+            ("pod_connection_limit", s.refused_pod_limit.get()),
         ],
         maps: kernel.map(|k| k.maps).unwrap_or_default(),
     }

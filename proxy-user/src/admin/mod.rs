@@ -53,6 +53,26 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// Adds one; returns the value before.
+    pub fn inc(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::AcqRel)
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Data-plane counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -68,6 +88,18 @@ pub struct Stats {
     /// relayed unchanged to their original destination.
     pub pending_pod_passed_through: Counter,
     pub refused_unknown_destination: Counter,
+    /// Connections closed at once because the node-wide connection cap was reached.
+    pub refused_global_limit: Counter,
+    /// Connections closed at once because their pod had its connection cap open.
+    pub refused_pod_limit: Counter,
+    /// Requests answered 503 (`UO`) because their pod had its request cap in flight.
+    pub pod_request_overflow: Counter,
+    /// HTTP/2 connections closed for a frame flood (rapid reset, PING/SETTINGS, empty frames, ...).
+    pub h2_flood_closed: Counter,
+    /// Requests reset because their body went idle for the body idle timeout.
+    pub request_body_idle_timeouts: Counter,
+    /// Downstream connections open now.
+    pub downstream_cx_active: Gauge,
     pub http_requests: Counter,
     pub tcp_connections: Counter,
     /// Config loads that changed what is served.

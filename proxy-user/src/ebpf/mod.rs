@@ -33,6 +33,8 @@
 //! mirrors of those maps are therefore exact. Readers use [`ConnTable`] without locks.
 
 mod addr;
+/// The kernel's word form of an address (for the kernel-record fuzz target).
+pub(crate) use addr::to_words as addr_words;
 mod kernel_log;
 pub mod privilege;
 

@@ -10,8 +10,10 @@
 
 pub mod body;
 pub mod filters;
+pub mod flood;
 pub mod forward;
 pub mod grpc;
+pub mod idle;
 pub mod metered;
 pub mod rescue;
 mod upgrade;
@@ -26,7 +28,6 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::accept::ConnContext;
 use crate::metrics::span::SpanStart;
@@ -46,29 +47,97 @@ use forward::UpstreamRequest;
 use metered::{Finish, LogStart, MeteredBody, Served};
 use rescue::LocalReply;
 
-/// Serve one redirected connection as HTTP until the client closes it.
-pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
+/// Serve one redirected connection as HTTP until the client closes it, under the limits of
+/// `ctx.budget` (see [`configure`]) and the HTTP/2 flood rules of [`flood`].
+pub async fn serve<I>(stream: I, ctx: Arc<ConnContext>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let tripwire = Arc::new(flood::Tripwire::default());
+    let stats = Arc::clone(&ctx.stats);
+    let peer = ctx.peer;
+    let io = flood::Guarded::new(
+        stream,
+        Arc::clone(&tripwire),
+        Box::new(move |rule, frames| {
+            stats.h2_flood_closed.inc();
+            tracing::info!(%peer, ?rule, frames, "HTTP/2 flood: sending GOAWAY and closing");
+        }),
+    );
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    configure(&mut builder, ctx.budget.limits());
     let service = hyper::service::service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = tripwire.wait() => {
+            // GOAWAY, then a short grace for the client to read it; a client that does not read
+            // (a PING flood that never takes its PONGs) is cut at the deadline.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(FLOOD_GOAWAY_GRACE, conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "downstream connection ended with an error");
     }
 }
 
+/// How long a connection closed for a flood may take to read its GOAWAY.
+const FLOOD_GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// The downstream server's limits, chosen deliberately rather than left to library defaults:
+/// - HTTP/1: the header read timeout (hyper's 30 s by default; also how long a kept-alive
+///   connection waits for its next request) evicts slowloris clients;
+/// - HTTP/2: `max_concurrent_streams` per connection; h2's Rapid Reset guard (streams reset before
+///   the server accepted them, 20 as h2 and Envoy's `max_pending_accept_reset_streams`-like bound)
+///   and its cap on streams the server had to reset for protocol errors (1,024); the other floods
+///   (PING/SETTINGS, empty frames, CONTINUATION, WINDOW_UPDATE, premature resets) by [`flood`].
+fn configure(
+    builder: &mut hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    limits: &crate::admission::Limits,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+}
+
+/// Streams reset by the client before the server accepted them (h2's default).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server reset because the client broke the protocol, per connection (hyper's default).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// Route and forward one request; every response leaves with Envoy's `server` header.
 async fn handle<B>(ctx: &ConnContext, mut req: Request<B>) -> Response<ProxyBody>
 where
-    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     ctx.stats.http_requests.inc();
+    // Over its pod's in-flight cap a request is refused at once (no queue): Envoy's overflow reply.
+    let Some(_slot) = ctx.budget.request() else {
+        let mut flags = ResponseFlags::default();
+        let mut resp = reply(
+            LocalReply::Overflow { retried: false },
+            grpc::is_grpc(req.headers()),
+            &mut flags,
+        );
+        resp.headers_mut()
+            .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
+        return resp;
+    };
     let started = Instant::now();
     // Envoy's connection manager gives every request an id before routing: the upstream, local
     // replies and the access log line all carry the same one.
@@ -166,7 +235,7 @@ async fn process<B>(
     request_bytes: &Arc<AtomicU64>,
 ) -> Response<ProxyBody>
 where
-    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let view = ctx.view_under(node);
@@ -374,7 +443,12 @@ where
         }
         frame
     });
-    let body = RecordedBody::new(incoming.map_err(Into::into).boxed(), RETRY_BUFFER_LIMIT);
+    let incoming = idle::IdleBody::new(
+        incoming.map_err(Into::into),
+        ctx.budget.limits().body_idle_timeout,
+        Arc::clone(&ctx.stats),
+    );
+    let body = RecordedBody::new(incoming.boxed(), RETRY_BUFFER_LIMIT);
     let started = Instant::now();
 
     if let (Some(protocol_name), Some(on_upgrade)) = (upgrade, on_upgrade) {
@@ -871,9 +945,6 @@ fn local_action(
         HttpAction::Delegate { .. } | HttpAction::Route(_) => LocalReply::NoRoute,
     }
 }
-
-/// How long an idle downstream HTTP/1 keep-alive connection may wait for its next request header.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests;

@@ -142,9 +142,13 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
             .view_for_pod(sleep)
             .expect("a view for sleep"),
     );
+    let stats = Arc::new(Stats::default());
+    let admission =
+        crate::admission::Admission::new(crate::admission::Limits::default(), Arc::clone(&stats));
     ConnContext {
         state,
-        stats: Arc::new(Stats::default()),
+        budget: admission.unattached(),
+        stats,
         metrics: Arc::new(crate::metrics::Metrics::default()),
         original_dst: SocketAddr::from(([10, 96, 1, 1], 9080)),
         peer: SocketAddr::from(([127, 0, 0, 9], 40000)),

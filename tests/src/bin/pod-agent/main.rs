@@ -5,6 +5,7 @@
 //! one JSON report line on stdout (types in `keel_tests::agent`) and exit 0 if everything succeeded,
 //! 1 otherwise; every client run is bounded by a global timeout.
 
+mod attack;
 mod grpc;
 mod http_client;
 mod http_server;
@@ -236,6 +237,36 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
     },
+    /// Opens `count` connections and holds them (idle, slowloris or slow POST, one byte per
+    /// interval) for `hold_ms`; reports how many the server closed and when.
+    HoldConnections {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header of slowloris / slow POST requests.
+        #[arg(long, default_value = "reviews:9080")]
+        authority: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, value_enum)]
+        mode: attack::HoldMode,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[arg(long)]
+        hold_ms: u64,
+    },
+    /// An HTTP/2 frame flood (hand-written frames); reports frames sent until GOAWAY or close.
+    H2Flood {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "reviews:9080")]
+        authority: String,
+        #[arg(long, value_enum)]
+        kind: attack::FloodKind,
+        #[arg(long, default_value_t = 20_000)]
+        max_frames: u64,
+        #[arg(long, default_value_t = 20)]
+        timeout_secs: u64,
+    },
     /// Connects, optionally sends, and reports how the first read ended.
     TcpConnect {
         #[arg(long)]
@@ -455,6 +486,44 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 tcp::tcp_echo_client(addr, payload_size, Duration::from_secs(timeout_secs)).await;
             print_json(&report)?;
             Ok(report.matched)
+        }
+        Cmd::HoldConnections {
+            addr,
+            authority,
+            count,
+            mode,
+            interval_ms,
+            hold_ms,
+        } => {
+            let report = attack::hold(
+                addr,
+                authority,
+                count,
+                mode,
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(hold_ms),
+            )
+            .await;
+            print_json(&report)?;
+            Ok(true)
+        }
+        Cmd::H2Flood {
+            addr,
+            authority,
+            kind,
+            max_frames,
+            timeout_secs,
+        } => {
+            let report = attack::flood(
+                addr,
+                authority,
+                kind,
+                max_frames,
+                Duration::from_secs(timeout_secs),
+            )
+            .await;
+            print_json(&report)?;
+            Ok(report.error.is_none())
         }
         Cmd::TcpConnect {
             addr,

@@ -1,0 +1,531 @@
+//! Bounded under abuse (reliability-tests.md D3, D4, E3, E4): connection and request caps refuse at
+//! once and never starve another pod, slow clients are evicted by the header-read and body idle
+//! timeouts, HTTP/2 floods end in GOAWAY with flat memory, and the admin API answers throughout.
+//! The attackers are `pod-agent` modes running inside a pod (`hold-connections`, `h2-flood`), so
+//! every attack goes through the kernel redirect like a real pod's traffic.
+//!
+//! Subnet indices 240..=249 belong to this file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use common::{reviews_vip, Fixture};
+use keel_tests::figures::{self, sized};
+use keel_tests::keel::KeelOptions;
+use keel_tests::{HttpGet, HttpGetReport, Keel};
+
+const PREFIX: &str = "ktbd";
+/// Envoy's overflow reply (what a request over its pod's in-flight cap gets).
+const OVERFLOW_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+
+/// keel with `args` on the fixture's network.
+fn start_keel(fx: &Fixture, args: &[&str]) -> Result<Keel> {
+    let mut opts = KeelOptions::new(&fx.net, fx.config.path())?;
+    opts.extra_args = args.iter().map(|a| a.to_string()).collect();
+    Keel::start_with(&fx.net, opts)
+}
+
+/// keel's resident memory (KiB), from /proc.
+fn rss_kib(keel: &Keel) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", keel.pid()))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// A line's value from the Prometheus exposition, e.g.
+/// `keel_connections_refused_total{reason="pod_connection_limit"}`.
+fn prom(keel: &Keel, series: &str) -> Result<u64> {
+    let resp = keel_tests::http::get(
+        keel.options().admin_addr,
+        "/stats/prometheus",
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        resp.status == 200,
+        "/stats/prometheus answered {}",
+        resp.status
+    );
+    let text = resp.text();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .with_context(|| format!("no {series} in\n{text}"))?;
+    value.trim().parse().context("metric value")
+}
+
+/// The admin API answers `/ready` 200 within `limit`; returns how long it took.
+fn admin_answers(keel: &Keel, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let resp = keel_tests::http::get(keel.options().admin_addr, "/ready", limit)?;
+    ensure!(resp.status == 200, "/ready answered {}", resp.status);
+    Ok(started.elapsed())
+}
+
+/// The `q` quantile of `latencies` (ms).
+fn quantile(latencies: &[u64], q: f64) -> u64 {
+    let mut v = latencies.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// `count` sequential keep-alive GETs of reviews from `pod`; every one must be a 200.
+fn legit(fx: &Fixture, pod: &keel_tests::Pod, count: u32, what: &str) -> Result<HttpGetReport> {
+    let r = fx.agent.http_get(
+        pod,
+        &HttpGet::new("http://reviews:9080/")
+            .connect_to(reviews_vip())
+            .count(count)
+            .timeout(Duration::from_secs(60)),
+    )?;
+    ensure!(
+        r.errors == 0 && r.status(200) == u64::from(count),
+        "{what}: the legitimate client saw {:?}, {} errors (first {:?})",
+        r.by_status,
+        r.errors,
+        r.first_error
+    );
+    Ok(r)
+}
+
+/// Number of open descriptors and the soft open-file limit of keel.
+fn fds(keel: &Keel) -> Result<(u64, u64)> {
+    let open = std::fs::read_dir(format!("/proc/{}/fd", keel.pid()))?.count() as u64;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", keel.pid()))?;
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .context("no open-file limit in /proc/<pid>/limits")?;
+    Ok((open, soft))
+}
+
+/// D3: over its in-flight cap a pod's requests get Envoy's overflow reply at once while its held
+/// requests wait on a hanging upstream; over its connection cap and over the node-wide cap new
+/// connections are closed at once (counted by reason); another pod keeps being served, the admin
+/// API answers at the cap, descriptors stay under half the limit, and service recovers at once.
+#[test]
+fn chaos_d3_caps_refuse_at_once_and_the_admin_api_answers() -> Result<()> {
+    let scenario = "D3 load shedding and connection limits";
+    let mut fx = Fixture::reviews(PREFIX, 240, &["v1"])?;
+    let attacker = fx.add_pod("attacker", 30, &[("app", "attacker")], &[], false)?;
+    let other = fx.add_pod("other", 31, &[("app", "other")], &[], false)?;
+    let keel = start_keel(
+        &fx,
+        &[
+            "--max-downstream-connections",
+            "150",
+            "--max-connections-per-pod",
+            "100",
+            "--max-requests-per-pod",
+            "20",
+        ],
+    )?;
+    legit(&fx, &fx.sleep, 5, "warm-up")?;
+    let rss_before = rss_kib(&keel)?;
+
+    // 40 requests at once to an upstream that does not answer within the client's patience: 20
+    // are held, 20 are refused at once.
+    let flood = HttpGet::new("http://reviews:9080/delay/20000")
+        .connect_to(reviews_vip())
+        .count(40)
+        .concurrency(40)
+        .request_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
+    let (held, served) = std::thread::scope(|s| {
+        let held = s.spawn(|| fx.agent.http_get(&attacker, &flood));
+        std::thread::sleep(Duration::from_millis(500));
+        let served = legit(
+            &fx,
+            &other,
+            20,
+            "another pod while the attacker is at its cap",
+        );
+        (held.join(), served)
+    });
+    let held = held.map_err(|_| anyhow::anyhow!("attacker thread panicked"))??;
+    served?;
+    let refused = held.with_body(503, OVERFLOW_BODY);
+    ensure!(
+        refused == 20 && held.client_timeouts == 20,
+        "expected 20 overflow replies and 20 held requests, got {:?} {:?}, {} client timeouts",
+        held.by_status,
+        held.other_bodies,
+        held.client_timeouts
+    );
+    ensure!(
+        held.header_presence.get("x-envoy-overloaded").copied() == Some(20),
+        "overflow replies carry x-envoy-overloaded: {:?}",
+        held.header_presence
+    );
+    let p50 = quantile(&held.latencies_ms, 0.5);
+    let worst = held.latencies_ms.iter().copied().max().unwrap_or(0);
+    figures::record(scenario, "overflow reply p50", p50 as f64, "ms");
+    figures::record(scenario, "overflow reply max", worst as f64, "ms");
+    // Target < 10 ms (recorded); asserted with room for the shared 2-core machine, where 40 clients
+    // connect at once next to compilers. The point: never queued behind the held requests (3 s).
+    ensure!(
+        p50 < 50,
+        "overflow replies took {p50} ms (p50); target < 10 ms"
+    );
+    ensure!(worst < 500, "an overflow reply took {worst} ms");
+    ensure!(prom(&keel, "keel_downstream_rq_pod_overflow_total")? == 20);
+
+    // Connections: 130 from the attacker (cap 100 per pod), then 100 from another pod while the
+    // attacker holds its 100 (cap 150 node-wide).
+    let hold = Duration::from_secs(4);
+    let (per_pod, global, admin_at_cap, fds_at_cap) = std::thread::scope(|s| {
+        let per_pod = s.spawn(|| {
+            fx.agent.hold_connections(
+                &attacker,
+                reviews_vip(),
+                130,
+                "idle",
+                Duration::from_secs(1),
+                hold,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let global = s.spawn(|| {
+            fx.agent.hold_connections(
+                &other,
+                reviews_vip(),
+                100,
+                "idle",
+                Duration::from_secs(1),
+                hold,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let admin = admin_answers(&keel, Duration::from_secs(1));
+        let fds = fds(&keel);
+        (per_pod.join(), global.join(), admin, fds)
+    });
+    let per_pod = per_pod.map_err(|_| anyhow::anyhow!("attacker thread panicked"))??;
+    let global = global.map_err(|_| anyhow::anyhow!("second attacker thread panicked"))??;
+    let admin_at_cap = admin_at_cap?;
+    let (open_fds, fd_limit) = fds_at_cap?;
+    eprintln!("per pod: {per_pod:?}\nglobal: {global:?}\nadmin {admin_at_cap:?}, fds {open_fds}/{fd_limit}");
+    ensure!(
+        per_pod.opened == 130 && per_pod.closed_at_once == 30,
+        "the attacker's connections over its cap of 100 must be closed at once: {per_pod:?}"
+    );
+    ensure!(
+        global.opened == 100 && global.closed_at_once == 50,
+        "connections over the node-wide cap of 150 must be closed at once: {global:?}"
+    );
+    ensure!(
+        prom(
+            &keel,
+            "keel_connections_refused_total{reason=\"pod_connection_limit\"}"
+        )? == 30
+    );
+    ensure!(
+        prom(
+            &keel,
+            "keel_connections_refused_total{reason=\"global_connection_limit\"}"
+        )? == 50
+    );
+    ensure!(
+        open_fds * 2 < fd_limit,
+        "keel holds {open_fds} descriptors at the cap, limit {fd_limit}"
+    );
+    figures::record(
+        scenario,
+        "admin /ready at the connection cap",
+        admin_at_cap.as_secs_f64() * 1e3,
+        "ms",
+    );
+    figures::record(scenario, "descriptors at the cap", open_fds as f64, "count");
+    figures::record(scenario, "connections refused over the caps", 80.0, "count");
+
+    // Recovery: the held connections are gone, every pod is served at once.
+    common::wait_until("connections released", Duration::from_secs(5), || {
+        Ok(prom(&keel, "keel_downstream_cx_active")? == 0)
+    })?;
+    let recovered = Instant::now();
+    legit(&fx, &attacker, 5, "the attacker after the attack")?;
+    legit(&fx, &other, 5, "the other pod after the attack")?;
+    figures::record(
+        scenario,
+        "recovery",
+        recovered.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
+    let rss_after = rss_kib(&keel)?;
+    figures::record(
+        scenario,
+        "RSS delta",
+        rss_after as f64 - rss_before as f64,
+        "KiB",
+    );
+    Ok(())
+}
+
+/// D4: one pod floods (requests at its in-flight cap against a slow path, fast requests, and more
+/// connections than its cap, half of them slowloris); another pod's p99 rises by < 20 % and it sees
+/// no error.
+#[test]
+fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
+    let scenario = "D4 noisy neighbour";
+    let mut fx = Fixture::reviews(PREFIX, 241, &["v1"])?;
+    let noisy = fx.add_pod("noisy", 30, &[("app", "noisy")], &[], false)?;
+    let keel = start_keel(
+        &fx,
+        &[
+            "--max-connections-per-pod",
+            "64",
+            "--max-requests-per-pod",
+            "32",
+        ],
+    )?;
+    let count = sized(400, 2000);
+    legit(&fx, &fx.sleep, 50, "warm-up")?;
+    let baseline = legit(&fx, &fx.sleep, count, "baseline")?;
+    let base_p99 = quantile(&baseline.latencies_ms, 0.99);
+
+    let attack = Duration::from_secs(sized(8, 30));
+    let (under_attack, hogs) = std::thread::scope(|s| {
+        let slowloris = s.spawn(|| {
+            fx.agent.hold_connections(
+                &noisy,
+                reviews_vip(),
+                200,
+                "slowloris",
+                Duration::from_secs(1),
+                attack,
+            )
+        });
+        let hogs = s.spawn(|| {
+            fx.agent.http_get(
+                &noisy,
+                &HttpGet::new("http://reviews:9080/delay/60000")
+                    .connect_to(reviews_vip())
+                    .count(64)
+                    .concurrency(32)
+                    .request_timeout(attack)
+                    .timeout(attack * 3),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let measured = legit(&fx, &fx.sleep, count, "under attack");
+        let _ = slowloris.join();
+        (measured, hogs.join())
+    });
+    let under_attack = under_attack?;
+    let hogs = hogs.map_err(|_| anyhow::anyhow!("attacker thread panicked"))??;
+    let attack_p99 = quantile(&under_attack.latencies_ms, 0.99);
+    eprintln!(
+        "baseline p99 {base_p99} ms, under attack p99 {attack_p99} ms; noisy pod: {:?}, {} client timeouts",
+        hogs.by_status, hogs.client_timeouts
+    );
+    figures::record(scenario, "victim p99 baseline", base_p99 as f64, "ms");
+    figures::record(scenario, "victim p99 under attack", attack_p99 as f64, "ms");
+    figures::record(
+        scenario,
+        "noisy pod refused (503 UO)",
+        hogs.with_body(503, OVERFLOW_BODY) as f64,
+        "count",
+    );
+    // The noisy pod was held to its caps (its extra connections closed, its extra requests 503).
+    let limited = prom(
+        &keel,
+        "keel_connections_refused_total{reason=\"pod_connection_limit\"}",
+    )? + prom(&keel, "keel_downstream_rq_pod_overflow_total")?;
+    figures::record(
+        scenario,
+        "noisy pod connections and requests refused",
+        limited as f64,
+        "count",
+    );
+    ensure!(limited > 0, "the noisy pod was never limited");
+    // Target: p99 +20 %. The victim's baseline is under 1 ms (whole-ms resolution) and the
+    // attacker's own clients share the 2 cores, so the assertion keeps 25 ms of room; the figures
+    // carry the measured p99s.
+    ensure!(
+        attack_p99 as f64 <= base_p99 as f64 * 1.2 + 25.0,
+        "the victim's p99 rose from {base_p99} ms to {attack_p99} ms under the noisy neighbour"
+    );
+    admin_answers(&keel, Duration::from_secs(1))?;
+    Ok(())
+}
+
+/// E3: slowloris clients (headers one byte a second) and slow POSTs (a body byte every 3 s) are
+/// evicted by the header-read and body idle timeouts (2 s here); a legitimate client sees no error
+/// and its p99 stays under twice its baseline.
+#[test]
+fn chaos_e3_slowloris_and_slow_post_are_evicted() -> Result<()> {
+    let scenario = "E3 slowloris and slow POST";
+    let mut fx = Fixture::reviews(PREFIX, 242, &["v1"])?;
+    let attacker = fx.add_pod("attacker", 30, &[("app", "attacker")], &[], false)?;
+    let keel = start_keel(
+        &fx,
+        &["--header-read-timeout", "2", "--body-idle-timeout", "2"],
+    )?;
+    let count = sized(300, 2000);
+    legit(&fx, &fx.sleep, 50, "warm-up")?;
+    let baseline = legit(&fx, &fx.sleep, count, "baseline")?;
+    let base_p99 = quantile(&baseline.latencies_ms, 0.99);
+    let rss_before = rss_kib(&keel)?;
+    let conns = sized(200, 1000);
+    let hold = Duration::from_secs(10);
+    let (loris, post, during) = std::thread::scope(|s| {
+        let loris = s.spawn(|| {
+            fx.agent.hold_connections(
+                &attacker,
+                reviews_vip(),
+                conns,
+                "slowloris",
+                Duration::from_secs(1),
+                hold,
+            )
+        });
+        let post = s.spawn(|| {
+            fx.agent.hold_connections(
+                &attacker,
+                reviews_vip(),
+                conns,
+                "slow-post",
+                Duration::from_secs(3),
+                hold,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let during = legit(&fx, &fx.sleep, count, "during the slow attacks");
+        (loris.join(), post.join(), during)
+    });
+    let loris = loris.map_err(|_| anyhow::anyhow!("slowloris thread panicked"))??;
+    let post = post.map_err(|_| anyhow::anyhow!("slow POST thread panicked"))??;
+    let during = during?;
+    eprintln!("slowloris: {loris:?}\nslow POST: {post:?}");
+    let attack_p99 = quantile(&during.latencies_ms, 0.99);
+    for (what, r) in [("slowloris", &loris), ("slow POST", &post)] {
+        ensure!(r.opened == u64::from(conns), "{what}: {r:?}");
+        let closed = r
+            .all_closed_after_ms
+            .with_context(|| format!("{what}: connections still held after {hold:?}: {r:?}"))?;
+        figures::record(
+            scenario,
+            &format!("{what}: all {conns} connections closed after"),
+            closed as f64,
+            "ms",
+        );
+        // The timeout is 2 s; connects take a while on the 2-core machine.
+        ensure!(
+            closed < 8000,
+            "{what}: the last connection was closed after {closed} ms"
+        );
+    }
+    figures::record(scenario, "legitimate p99 baseline", base_p99 as f64, "ms");
+    figures::record(
+        scenario,
+        "legitimate p99 under attack",
+        attack_p99 as f64,
+        "ms",
+    );
+    ensure!(
+        attack_p99 as f64 <= (base_p99 as f64 * 2.0).max(base_p99 as f64 + 1.0),
+        "the legitimate p99 rose from {base_p99} ms to {attack_p99} ms"
+    );
+    ensure!(prom(&keel, "keel_downstream_rq_body_idle_timeout_total")? >= u64::from(conns));
+    let rss_after = rss_kib(&keel)?;
+    figures::record(
+        scenario,
+        "RSS delta",
+        rss_after as f64 - rss_before as f64,
+        "KiB",
+    );
+    admin_answers(&keel, Duration::from_secs(1))?;
+    Ok(())
+}
+
+/// E4: each HTTP/2 flood (Rapid Reset, CONTINUATION without END_HEADERS, PING and SETTINGS floods
+/// from a client that never reads, empty DATA frames, WINDOW_UPDATE flood) ends in GOAWAY or a close
+/// long before the flood is over; RSS stays flat; a legitimate h2 client is served afterwards.
+#[test]
+fn chaos_e4_h2_floods_end_in_goaway_with_flat_memory() -> Result<()> {
+    let scenario = "E4 HTTP/2 floods";
+    let fx = Fixture::reviews(PREFIX, 243, &["v1"])?;
+    let keel = start_keel(&fx, &[])?;
+    let h2 = HttpGet::new("http://reviews:9080/")
+        .connect_to(reviews_vip())
+        .count(20)
+        .http2();
+    let warm = fx.agent.http_get(&fx.sleep, &h2)?;
+    ensure!(warm.status(200) == 20, "h2 warm-up: {:?}", warm.by_status);
+    let rss_before = rss_kib(&keel)?;
+    let mut peak = rss_before;
+    for (kind, reads) in [
+        ("rapid-reset", true),
+        ("continuation", true),
+        ("ping", false),
+        ("settings", false),
+        ("empty-data", true),
+        ("window-update", true),
+    ] {
+        // A client that never reads can write far more than the server takes (socket buffers):
+        // for it the bound is that the server closes the connection.
+        let max_frames = if reads {
+            sized(20_000, 100_000)
+        } else {
+            1_000_000
+        };
+        let flagged = prom(&keel, "keel_downstream_cx_h2_flood_total")?;
+        let r = fx
+            .agent
+            .h2_flood(&fx.sleep, reviews_vip(), kind, max_frames)?;
+        eprintln!("{kind}: {r:?}");
+        ensure!(r.error.is_none(), "{kind}: {r:?}");
+        // h2's own guards (e.g. 20 resets of streams not yet accepted) send GOAWAY and close at
+        // once; the client may then lose the GOAWAY to the reset of the close. Either ends it.
+        ensure!(
+            r.closed || r.goaway,
+            "{kind}: the connection was neither sent GOAWAY nor closed: {r:?}"
+        );
+        ensure!(
+            r.frames_sent < max_frames,
+            "{kind}: all {max_frames} frames were taken: {r:?}"
+        );
+        let flagged = prom(&keel, "keel_downstream_cx_h2_flood_total")? - flagged;
+        figures::record(
+            scenario,
+            &format!("{kind}: frames sent until GOAWAY/close"),
+            r.frames_sent as f64,
+            "frames",
+        );
+        figures::record(
+            scenario,
+            &format!("{kind}: time to GOAWAY/close"),
+            r.elapsed_ms as f64,
+            "ms",
+        );
+        eprintln!("{kind}: flood rule tripped {flagged} time(s)");
+        peak = peak.max(rss_kib(&keel)?);
+        admin_answers(&keel, Duration::from_secs(1))?;
+    }
+    let after = fx.agent.http_get(&fx.sleep, &h2)?;
+    ensure!(
+        after.status(200) == 20 && after.errors == 0,
+        "h2 after the floods: {:?}, {:?}",
+        after.by_status,
+        after.first_error
+    );
+    let delta = peak.saturating_sub(rss_before);
+    figures::record(scenario, "peak RSS delta", delta as f64, "KiB");
+    ensure!(
+        delta < 32 * 1024,
+        "keel's RSS grew by {delta} KiB under the floods"
+    );
+    ensure!(prom(&keel, "keel_downstream_cx_h2_flood_total")? >= 4);
+    Ok(())
+}
