@@ -8,11 +8,13 @@
 //! Every failure becomes an Envoy-style local reply in `rescue`; every request ends with a status
 //! and response flags (`outcome`).
 
+pub mod admission;
 pub mod body;
 pub mod filters;
 pub mod forward;
 pub mod grpc;
 pub mod metered;
+pub mod normalization;
 pub mod rescue;
 mod upgrade;
 
@@ -53,7 +55,16 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ConnContext>) {
         async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    // Envoy's request header limits (60 KiB, 100 headers): over them hyper answers 431 and
+    // closes. The read buffer bounds the request line and headers of HTTP/1.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_headers(admission::MAX_HEADERS)
+        .max_buf_size(admission::MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(admission::MAX_HEADER_BYTES).unwrap_or(u32::MAX));
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
@@ -73,6 +84,9 @@ where
     // Envoy's connection manager gives every request an id before routing: the upstream, local
     // replies and the access log line all carry the same one.
     ensure_request_id(req.headers_mut());
+    // Checked and made canonical before anything reads it: the access log, routing and the
+    // upstream all see the same authority and path.
+    let admitted = admission::admit(&mut req);
     let mut log = ctx
         .metrics
         .access_log
@@ -96,7 +110,10 @@ where
         logging: log.is_some(),
         ..Served::default()
     };
-    let mut resp = process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await;
+    let mut resp = match admitted {
+        Ok(()) => process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await,
+        Err(rejection) => rejected(rejection, &mut flags),
+    };
     resp.headers_mut()
         .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
     if flags != ResponseFlags::default() {
@@ -133,6 +150,25 @@ where
     };
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, MeteredBody::new(body, finish).boxed())
+}
+
+/// The local reply to a request `admission` refused; codec-level errors close the connection.
+fn rejected(rejection: admission::Rejection, flags: &mut ResponseFlags) -> Response<ProxyBody> {
+    tracing::debug!(?rejection, "request refused before routing");
+    if rejection.is_protocol_error() {
+        flags.set(ResponseFlag::DownstreamProtocolError);
+    }
+    let (status, body, close) = rejection.reply();
+    let mut resp = LocalReply::Direct {
+        status: status.as_u16(),
+        body,
+    }
+    .into_response(false);
+    if close {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// What routing chose for a request that goes upstream.
