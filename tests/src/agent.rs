@@ -1033,6 +1033,23 @@ impl Agent {
         )
     }
 
+    /// Runs `raw-h2-client` in `pod`: each HTTP/2 vector of the JSON file `vectors` as one stream
+    /// on its own connection to `addr`.
+    pub fn raw_h2_client(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        vectors: &Path,
+    ) -> Result<crate::raw_http::RawH2Report> {
+        let addr = addr.to_string();
+        let vectors = vectors.display().to_string();
+        self.client(
+            pod,
+            &["raw-h2-client", "--addr", &addr, "--vectors", &vectors],
+            Duration::from_secs(30) + CLIENT_SLACK,
+        )
+    }
+
     /// Runs `tcp-echo-client` in `pod`.
     pub fn tcp_echo(
         &self,

@@ -113,3 +113,37 @@ pub fn from_hex(s: &str) -> Vec<u8> {
         .filter_map(|p| u8::from_str_radix(p, 16).ok())
         .collect()
 }
+
+/// One HTTP/2 stream sent frame by frame (h2c prior knowledge) with hand-encoded HPACK literals, so
+/// that headers a conforming client would never send can be tried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawH2Vector {
+    pub name: String,
+    /// The request's header list in order, pseudo-headers included, sent as HPACK literals.
+    pub headers: Vec<(String, String)>,
+    /// DATA frame payload, if any (END_STREAM goes on the last frame).
+    pub data: Option<String>,
+    /// A trailing HEADERS frame (trailers).
+    pub trailers: Vec<(String, String)>,
+}
+
+/// How the proxy answered one [`RawH2Vector`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawH2Result {
+    pub name: String,
+    /// `:status` of a response HEADERS frame on the stream (0 if it could not be decoded).
+    pub status: Option<u16>,
+    /// Error code of a RST_STREAM on the stream.
+    pub reset: Option<u32>,
+    /// Error code of a GOAWAY.
+    pub goaway: Option<u32>,
+    /// The connection ended.
+    pub closed: bool,
+    pub error: Option<String>,
+}
+
+/// What `pod-agent raw-h2-client` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawH2Report {
+    pub results: Vec<RawH2Result>,
+}

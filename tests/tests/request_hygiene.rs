@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use anyhow::{ensure, Context, Result};
 use common::Fixture;
 use keel_tests::figures;
-use keel_tests::raw_http::{RawOriginRecord, RawResult, RawVector};
+use keel_tests::raw_http::{RawH2Vector, RawOriginRecord, RawResult, RawVector};
 use keel_tests::{HttpGet, Keel};
 
 const PREFIX: &str = "kthy";
@@ -136,8 +136,14 @@ fn smuggling_cases() -> Vec<Case> {
         ("Transfer-Encoding: chunked\rX: y\r\n", Reject),
         ("Transfer-Encoding: \x0bchunked\r\n", Reject),
         ("Transfer-Encoding: chunked;q=1\r\n", Reject),
-        ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", Reject),
-        ("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n", Reject),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            Reject,
+        ),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+            Reject,
+        ),
         ("Transfer_Encoding: chunked\r\n", Either),
         ("X-Pad: a\nTransfer-Encoding: chunked\r\n", Either),
     ];
@@ -159,8 +165,8 @@ fn smuggling_cases() -> Vec<Case> {
     }
     // An obs-text byte in the coding.
     add(Reject, &|t| {
-        let mut v = format!("POST /{t} HTTP/1.1\r\nHost: {RAW_HOST}\r\nTransfer-Encoding: ")
-            .into_bytes();
+        let mut v =
+            format!("POST /{t} HTTP/1.1\r\nHost: {RAW_HOST}\r\nTransfer-Encoding: ").into_bytes();
         v.extend_from_slice(b"\xffchunked\r\n\r\n");
         v.extend_from_slice(CHUNKED_BODY);
         v
@@ -171,15 +177,27 @@ fn smuggling_cases() -> Vec<Case> {
         ("Content-Length: 5\r\n", b"hello", Forward),
         ("Content-Length: 05\r\n", b"hello", Either),
         ("Content-Length:\t5\r\n", b"hello", Forward),
-        ("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello", Either),
-        ("Content-Length: 5, 5\r\n", b"hello", Either),
-        ("Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!", Reject),
+        (
+            "Content-Length: 5\r\nContent-Length: 5\r\n",
+            b"hello",
+            Either,
+        ),
+        ("Content-Length: 5, 5\r\n", b"hello", Reject),
+        (
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            b"hello!",
+            Reject,
+        ),
         ("Content-Length: 5, 6\r\n", b"hello!", Reject),
         ("Content-Length: +5\r\n", b"hello", Reject),
         ("Content-Length: -5\r\n", b"hello", Reject),
         ("Content-Length: 0x5\r\n", b"hello", Reject),
         ("Content-Length: 5 5\r\n", b"hello", Reject),
-        ("Content-Length: 99999999999999999999999\r\n", b"hello", Reject),
+        (
+            "Content-Length: 99999999999999999999999\r\n",
+            b"hello",
+            Reject,
+        ),
         ("Content-Length: 5\x00\r\n", b"hello", Reject),
         ("Content-Length:\r\n", b"", Reject),
         ("Content-Length : 5\r\n", b"hello", Reject),
@@ -215,7 +233,9 @@ fn smuggling_cases() -> Vec<Case> {
         (b"5\r\nhello\r\n0\r\nX-T: a\x00\r\n\r\n", Either),
     ];
     for (body, expect) in chunks {
-        add(*expect, &|t| post(t, "Transfer-Encoding: chunked\r\n", body));
+        add(*expect, &|t| {
+            post(t, "Transfer-Encoding: chunked\r\n", body)
+        });
     }
 
     // Request lines, methods and versions.
@@ -238,13 +258,22 @@ fn smuggling_cases() -> Vec<Case> {
         ("GET /{t} HTTP/1.1\nHost: raw:8080\n\n", Either),
         ("\r\nGET /{t} HTTP/1.1\r\nHost: raw:8080\r\n\r\n", Either),
         ("GET /{t} HTTP/1.1\r\n Host: raw:8080\r\n\r\n", Reject),
-        ("CONNECT raw:8080 HTTP/1.1\r\nHost: raw:8080\r\n\r\n", Reject),
+        (
+            "CONNECT raw:8080 HTTP/1.1\r\nHost: raw:8080\r\n\r\n",
+            Reject,
+        ),
         // Hosts: missing, duplicated, with user info, empty.
         ("GET /{t} HTTP/1.1\r\n\r\n", Reject),
-        ("GET /{t} HTTP/1.1\r\nHost: raw:8080\r\nHost: other\r\n\r\n", Reject),
+        (
+            "GET /{t} HTTP/1.1\r\nHost: raw:8080\r\nHost: other\r\n\r\n",
+            Reject,
+        ),
         ("GET /{t} HTTP/1.1\r\nHost: a@raw:8080\r\n\r\n", Reject),
         ("GET /{t} HTTP/1.1\r\nHost:\r\n\r\n", Reject),
-        ("GET http://x@raw:8080/{t} HTTP/1.1\r\nHost: raw:8080\r\n\r\n", Reject),
+        (
+            "GET http://x@raw:8080/{t} HTTP/1.1\r\nHost: raw:8080\r\n\r\n",
+            Reject,
+        ),
         // Upgrades: only WebSocket is configured on a sidecar.
         (
             "GET /{t} HTTP/1.1\r\nHost: raw:8080\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
@@ -285,7 +314,11 @@ fn smuggling_cases() -> Vec<Case> {
     add(Either, &|t| {
         [
             get(t),
-            post(&format!("{t}-2"), "Transfer-Encoding: xchunked\r\n", CHUNKED_BODY),
+            post(
+                &format!("{t}-2"),
+                "Transfer-Encoding: xchunked\r\n",
+                CHUNKED_BODY,
+            ),
         ]
         .concat()
     });
@@ -324,11 +357,14 @@ fn judge(cases: &[Case], results: &[RawResult], origin: &[RawOriginRecord]) -> (
         ..Tally::default()
     };
     let mut problems = String::new();
-    for rec in origin.iter().filter(|r| r.complete && !r.violations.is_empty()) {
+    for rec in origin.iter().filter(|r| !r.violations.is_empty()) {
         tally.ambiguous += 1;
         let _ = writeln!(problems, "AMBIGUOUS upstream request: {rec:?}");
     }
-    tally.aborted = origin.iter().filter(|r| !r.complete).count();
+    tally.aborted = origin
+        .iter()
+        .filter(|r| !r.complete && r.violations.is_empty())
+        .count();
     for (case, res) in cases.iter().zip(results) {
         let ups: Vec<&RawOriginRecord> = origin
             .iter()
@@ -389,9 +425,24 @@ fn chaos_e1_smuggling_vectors_are_refused_or_reframed() -> Result<()> {
     let scenario = "E1 HTTP/1 smuggling vectors";
     figures::record(scenario, "vectors tried", tally.tried as f64, "count");
     figures::record(scenario, "rejected", tally.rejected as f64, "count");
-    figures::record(scenario, "canonically forwarded", tally.canonical as f64, "count");
-    figures::record(scenario, "forwarded ambiguous", tally.ambiguous as f64, "count");
-    figures::record(scenario, "upstream attempts cut off", tally.aborted as f64, "count");
+    figures::record(
+        scenario,
+        "canonically forwarded",
+        tally.canonical as f64,
+        "count",
+    );
+    figures::record(
+        scenario,
+        "forwarded ambiguous",
+        tally.ambiguous as f64,
+        "count",
+    );
+    figures::record(
+        scenario,
+        "upstream attempts cut off",
+        tally.aborted as f64,
+        "count",
+    );
     ensure!(problems.is_empty(), "{tally:?}\n{problems}");
     ensure!(
         tally.ambiguous == 0 && tally.rejected + tally.canonical == tally.tried,
@@ -480,13 +531,8 @@ fn chaos_e2_header_limits_answer_431_and_close() -> Result<()> {
     use Expect::{Forward, Reject};
     let bench = Bench::new(231)?;
     let rss_before = rss_kib(bench.keel.pid())?;
-    let big = |tag: &str, kib: usize| {
-        post(
-            tag,
-            &format!("X-Big: {}\r\n", "a".repeat(kib * 1024)),
-            b"",
-        )
-    };
+    let big =
+        |tag: &str, kib: usize| post(tag, &format!("X-Big: {}\r\n", "a".repeat(kib * 1024)), b"");
     let cases = vec![
         // 99 + Host = 100 headers: Envoy's limit, accepted.
         Case {
@@ -638,6 +684,58 @@ fn chaos_e5_downgrade_and_upgrade_hygiene() -> Result<()> {
         hosts == 1 && rec.header("host") == Some(RAW_HOST) && rec.violations.is_empty(),
         "the HTTP/1 upstream sees one Host, the :authority: {rec:?}"
     );
+
+    // Malformed HTTP/2 streams, frame by frame: a stream error, GOAWAY or a 4xx; never forwarded.
+    let h2_cases = h2_vectors();
+    let path = bench.fx.net.work_dir().join("h2.json");
+    std::fs::write(&path, serde_json::to_string(&h2_cases)?)?;
+    let report = bench
+        .fx
+        .agent
+        .raw_h2_client(&bench.fx.sleep, bench.raw, &path)?;
+    let origin = bench.origin_log("raw-v1")?;
+    let mut problems = String::new();
+    let mut refused = 0;
+    for (v, res) in h2_cases.iter().zip(&report.results) {
+        let ups = origin
+            .iter()
+            .filter(|r| r.complete && belongs(&r.target, &v.name))
+            .count();
+        let accepted = v.name.ends_with("-ok");
+        let good = if accepted {
+            res.status == Some(200) && ups == 1
+        } else {
+            let stopped = res.reset.is_some()
+                || res.goaway.is_some()
+                || res.status.is_some_and(|s| s >= 400)
+                || (res.closed && res.status.is_none());
+            stopped && ups == 0
+        };
+        if !accepted && good {
+            refused += 1;
+        }
+        if !good {
+            let _ = writeln!(
+                problems,
+                "{}: {:?} -> {res:?}, {ups} upstream",
+                v.name, v.headers
+            );
+        }
+    }
+    let scenario = "E5 HTTP/2 to HTTP/1 downgrade";
+    figures::record(
+        scenario,
+        "malformed HTTP/2 streams tried",
+        (h2_cases.len() - 3) as f64,
+        "count",
+    );
+    figures::record(
+        scenario,
+        "malformed HTTP/2 streams refused",
+        refused as f64,
+        "count",
+    );
+    ensure!(problems.is_empty(), "{problems}");
     figures::record(
         "E5 HTTP/2 to HTTP/1 downgrade",
         "vectors forwarded ambiguous",
@@ -647,15 +745,103 @@ fn chaos_e5_downgrade_and_upgrade_hygiene() -> Result<()> {
     Ok(())
 }
 
+/// HTTP/2 streams a conforming client never sends (names ending `-ok` are controls that must pass).
+fn h2_vectors() -> Vec<RawH2Vector> {
+    let h = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let base = |tag: &str| {
+        vec![
+            h(":method", "GET"),
+            h(":scheme", "http"),
+            h(":authority", RAW_HOST),
+            h(":path", &format!("/{tag}")),
+        ]
+    };
+    let with = |tag: &str, extra: &[(&str, &str)]| {
+        let mut v = base(tag);
+        v.extend(extra.iter().map(|(k, val)| h(k, val)));
+        v
+    };
+    let mut out = Vec::new();
+    let mut push = |name: &str, headers: Vec<(String, String)>, data: Option<&str>, trailers| {
+        out.push(RawH2Vector {
+            name: name.to_string(),
+            headers,
+            data: data.map(str::to_string),
+            trailers,
+        });
+    };
+    push("h2ok-ok", base("h2ok-ok"), None, vec![]);
+    push(
+        "h2te-ok",
+        with("h2te-ok", &[("te", "trailers")]),
+        None,
+        vec![],
+    );
+    push(
+        "h2host-ok",
+        with("h2host-ok", &[("host", "evil:1")]),
+        None,
+        vec![],
+    );
+    for (tag, extra) in [
+        ("h2upper", [("X-Upper", "v")]),
+        ("h2cr", [("x-a", "b\rc")]),
+        ("h2lf", [("x-a", "b\nc")]),
+        ("h2nul", [("x-a", "b\0c")]),
+        ("h2nulname", [("x\0a", "b")]),
+        ("h2empty", [("", "b")]),
+        ("h2conn", [("connection", "keep-alive")]),
+        ("h2te", [("transfer-encoding", "chunked")]),
+        ("h2tegzip", [("te", "gzip")]),
+        ("h2ka", [("keep-alive", "timeout=5")]),
+        ("h2pc", [("proxy-connection", "keep-alive")]),
+        ("h2upgrade", [("upgrade", "websocket")]),
+        ("h2pseudo", [(":foo", "bar")]),
+        ("h2dup", [(":path", "/h2dup")]),
+    ] {
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut headers = base(tag);
+        headers.extend(extra);
+        push(tag, headers, None, vec![]);
+    }
+    let mut late = base("h2late");
+    late.insert(2, h("x-a", "b"));
+    push("h2late", late, None, vec![]);
+    let no_path: Vec<(String, String)> = base("h2nopath")
+        .into_iter()
+        .filter(|(k, _)| k != ":path")
+        .collect();
+    push("h2nopath", no_path, None, vec![]);
+    let mut post = base("h2cl");
+    post[0] = h(":method", "POST");
+    post.push(h("content-length", "5"));
+    push("h2cl", post, Some("abc"), vec![]);
+    let mut post = base("h2trl");
+    post[0] = h(":method", "POST");
+    push("h2trl", post, Some("abc"), vec![h(":path", "/x")]);
+    let mut connect = base("h2connect");
+    connect[0] = h(":method", "CONNECT");
+    connect.retain(|(k, _)| k != ":path" && k != ":scheme");
+    push("h2connect", connect, None, vec![]);
+    out
+}
+
 #[test]
 fn chaos_e6_path_normalisation_is_the_same_for_matching_and_forwarding() -> Result<()> {
     let mut fx = Fixture::reviews(PREFIX, 233, &[])?;
     let raw_pod = fx.add_pod_in("default", "raw-v1", 31, &[("app", "raw")])?;
-    fx.servers
-        .push(fx.agent.raw_origin(&raw_pod, RAW_PORT, &fx.log_path("raw-v1"))?);
+    fx.servers.push(
+        fx.agent
+            .raw_origin(&raw_pod, RAW_PORT, &fx.log_path("raw-v1"))?,
+    );
     let bee_pod = fx.add_pod_in("default", "bee-v1", 32, &[("app", "bee")])?;
-    fx.servers
-        .push(fx.agent.raw_origin(&bee_pod, RAW_PORT, &fx.log_path("bee-v1"))?);
+    fx.servers.push(
+        fx.agent
+            .raw_origin(&bee_pod, RAW_PORT, &fx.log_path("bee-v1"))?,
+    );
     let raw = fx.add_simple_service("raw", 50, "http", RAW_PORT, RAW_PORT)?;
     fx.add_simple_service("bee", 51, "http", RAW_PORT, RAW_PORT)?;
     // Requests for /b go to bee; everything else to raw.
@@ -713,19 +899,22 @@ fn chaos_e6_path_normalisation_is_the_same_for_matching_and_forwarding() -> Resu
             .map(|l| serde_json::from_str(l).context("origin log line"))
             .collect()
     };
-    let logs = [("raw-v1", read_log("raw-v1")?), ("bee-v1", read_log("bee-v1")?)];
+    let logs = [
+        ("raw-v1", read_log("raw-v1")?),
+        ("bee-v1", read_log("bee-v1")?),
+    ];
     let mut problems = String::new();
     let mut consistent = 0;
     for ((sent, want), (case, res)) in table.iter().zip(cases.iter().zip(&report.results)) {
         let query = format!("?t={}", case.tag);
-        let seen: Vec<(&str, &str)> = logs
-            .iter()
-            .flat_map(|(name, recs)| {
-                recs.iter()
-                    .filter(|r| r.target.ends_with(&query))
-                    .map(move |r| (*name, r.target.trim_end_matches(&query)))
-            })
-            .collect();
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for (name, recs) in &logs {
+            for r in recs {
+                if let Some(p) = r.target.strip_suffix(query.as_str()) {
+                    seen.push((*name, p));
+                }
+            }
+        }
         let status = res.responses.first().map(|r| r.status);
         let ok = match want {
             Some((origin, path)) => status == Some(200) && seen == [(*origin, *path)],
@@ -742,7 +931,12 @@ fn chaos_e6_path_normalisation_is_the_same_for_matching_and_forwarding() -> Resu
     }
     let scenario = "E6 path normalisation";
     figures::record(scenario, "paths tried", table.len() as f64, "count");
-    figures::record(scenario, "routed and forwarded consistently", consistent as f64, "count");
+    figures::record(
+        scenario,
+        "routed and forwarded consistently",
+        consistent as f64,
+        "count",
+    );
     drop(keel);
     ensure!(problems.is_empty(), "{problems}");
     Ok(())
@@ -806,14 +1000,22 @@ fn chaos_f1_identity_comes_from_the_kernel_record_not_headers() -> Result<()> {
     .text();
     let series: Vec<&str> = metrics
         .lines()
-        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("destination_workload=\"raw-v1\""))
+        .filter(|l| {
+            l.starts_with("istio_requests_total{") && l.contains("destination_workload=\"raw-v1\"")
+        })
         .collect();
     ensure!(
         !series.is_empty()
-            && series.iter().all(|l| l.contains("source_workload=\"sleep\"")
-                && !l.contains("victim")),
+            && series
+                .iter()
+                .all(|l| l.contains("source_workload=\"sleep\"") && !l.contains("victim")),
         "requests are attributed to the sending pod only: {series:#?}"
     );
-    figures::record("F1 identity", "spoofed identity headers forwarded", 0.0, "count");
+    figures::record(
+        "F1 identity",
+        "spoofed identity headers forwarded",
+        0.0,
+        "count",
+    );
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! bare LF as a line end: both reach the upstream only in canonical form, since the request is
 //! re-serialised. This module adds what hyper lets through:
 //!
+//! - a `Content-Length` list (`5, 5`, which hyper accepts): 400;
 //! - `Transfer-Encoding` other than exactly `chunked` (e.g. `gzip, chunked`), or on `CONNECT`:
 //!   501, as Envoy (`http1.invalid_transfer_encoding`);
 //! - more than one `Host`, no `Host` on an HTTP/1.1 origin-form request, user info in the
@@ -73,6 +74,18 @@ impl Rejection {
         }
     }
 
+    /// A short reason for logs.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Rejection::Malformed(why) => why,
+            Rejection::UnsupportedTransferEncoding => "unsupported transfer encoding",
+            Rejection::HeadersTooLarge => "too many request headers",
+            Rejection::PathNormalization(PathError::EscapedNul) => "escaped NUL in the path",
+            Rejection::PathNormalization(PathError::NotAbsolute) => "path is not absolute",
+            Rejection::UpgradeRefused => "upgrade not allowed",
+        }
+    }
+
     /// Whether the client broke the protocol (Envoy's `DPE` response flag).
     pub fn is_protocol_error(self) -> bool {
         !matches!(self, Rejection::UpgradeRefused)
@@ -94,6 +107,16 @@ pub fn admit<B>(req: &mut Request<B>) -> Result<(), Rejection> {
     }
     if h1 {
         check_transfer_encoding(req.method(), req.headers())?;
+        // hyper accepts a list of equal lengths (`5, 5`) and would forward it verbatim; Envoy
+        // refuses it, and an upstream must never have to interpret one.
+        if req
+            .headers()
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().contains(&b','))
+        {
+            return Err(Rejection::Malformed("content-length list"));
+        }
         unify_authority(req)?;
         drop_h2c_upgrade(req.headers_mut());
     }
@@ -334,6 +357,15 @@ mod tests {
             Some(Rejection::UnsupportedTransferEncoding)
         );
         assert!(admit_h1("/", &[("host", "a"), ("transfer-encoding", "Chunked")]).is_ok());
+    }
+
+    #[test]
+    fn content_length_lists_are_refused() {
+        assert_eq!(
+            admit_h1("/", &[("host", "a"), ("content-length", "5, 5")]).err(),
+            Some(Rejection::Malformed("content-length list"))
+        );
+        assert!(admit_h1("/", &[("host", "a"), ("content-length", "5")]).is_ok());
     }
 
     #[test]

@@ -154,7 +154,10 @@ where
 
 /// The local reply to a request `admission` refused; codec-level errors close the connection.
 fn rejected(rejection: admission::Rejection, flags: &mut ResponseFlags) -> Response<ProxyBody> {
-    tracing::debug!(?rejection, "request refused before routing");
+    tracing::debug!(
+        reason = rejection.detail(),
+        "request refused before routing"
+    );
     if rejection.is_protocol_error() {
         flags.set(ResponseFlag::DownstreamProtocolError);
     }

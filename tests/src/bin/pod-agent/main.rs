@@ -148,6 +148,14 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         parallel: usize,
     },
+    /// Sends each HTTP/2 vector of a JSON file (`Vec<raw_http::RawH2Vector>`) as one stream on its
+    /// own h2c connection and reports the status, RST_STREAM or GOAWAY it got.
+    RawH2Client {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        vectors: PathBuf,
+    },
     /// Echoes bytes; after the client's EOF, finishes writing and shuts down its side.
     TcpEcho {
         #[arg(long)]
@@ -374,6 +382,11 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             parallel,
         } => {
             let report = raw::raw_client(addr, &vectors, parallel).await?;
+            print_json(&report)?;
+            Ok(true)
+        }
+        Cmd::RawH2Client { addr, vectors } => {
+            let report = raw::raw_h2_client(addr, &vectors).await?;
             print_json(&report)?;
             Ok(true)
         }

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keel_tests::raw_http::{RawClientReport, RawOriginRecord, RawResponse, RawResult, RawVector};
+use keel_tests::raw_http::{
+    RawClientReport, RawH2Report, RawH2Result, RawH2Vector, RawOriginRecord, RawResponse,
+    RawResult, RawVector,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,10 +94,7 @@ async fn origin_conn(mut stream: TcpStream, conn: u64, log: &Mutex<std::fs::File
             }
             Parsed::Partial => {}
         }
-        let n = match stream.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
             if !buf.is_empty() {
                 // What was left: an attempt the proxy cut off, never a whole request.
@@ -177,8 +177,10 @@ fn parse_head(buf: &[u8]) -> Option<(RawOriginRecord, usize)> {
         }
         match line.split_once(':') {
             Some((name, value)) if !name.is_empty() && !name.contains([' ', '\t']) => {
-                rec.headers
-                    .push((name.to_string(), value.trim_matches([' ', '\t']).to_string()));
+                rec.headers.push((
+                    name.to_string(),
+                    value.trim_matches([' ', '\t']).to_string(),
+                ));
             }
             _ => push_once(&mut violations, "bad header line"),
         }
@@ -241,9 +243,7 @@ fn parse_request(buf: &[u8]) -> Parsed {
     } else if let Some(l) = lengths.first() {
         rec.framing = "length".to_string();
         match l.parse::<usize>() {
-            Ok(n) if l.bytes().all(|b| b.is_ascii_digit()) => {
-                (body.len() >= n).then_some((n, n))
-            }
+            Ok(n) if l.bytes().all(|b| b.is_ascii_digit()) => (body.len() >= n).then_some((n, n)),
             _ => {
                 violations.push("bad content-length".to_string());
                 rec.violations = violations;
@@ -329,7 +329,11 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 }
 
 /// Send every vector of `vectors` on its own connection to `addr`, `parallel` at a time.
-pub async fn raw_client(addr: SocketAddr, vectors: &Path, parallel: usize) -> Result<RawClientReport> {
+pub async fn raw_client(
+    addr: SocketAddr,
+    vectors: &Path,
+    parallel: usize,
+) -> Result<RawClientReport> {
     let text = std::fs::read_to_string(vectors)
         .with_context(|| format!("reading {}", vectors.display()))?;
     let vectors: Vec<RawVector> = serde_json::from_str(&text).context("parsing the vectors")?;
@@ -452,4 +456,192 @@ fn parse_responses(buf: &[u8]) -> (Vec<RawResponse>, usize) {
         pos += body_start + used;
     }
     (out, buf.len() - pos)
+}
+
+/// Send every HTTP/2 vector on its own h2c connection to `addr`.
+pub async fn raw_h2_client(addr: SocketAddr, vectors: &Path) -> Result<RawH2Report> {
+    let text = std::fs::read_to_string(vectors)
+        .with_context(|| format!("reading {}", vectors.display()))?;
+    let vectors: Vec<RawH2Vector> = serde_json::from_str(&text).context("parsing the vectors")?;
+    let mut tasks = Vec::new();
+    for v in vectors {
+        tasks.push(tokio::spawn(async move { send_h2(addr, v).await }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.context("h2 vector task")?);
+    }
+    Ok(RawH2Report { results })
+}
+
+/// An HPACK integer with an `n`-bit prefix whose high bits are `first`.
+fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// Literal header fields without indexing, new names, no Huffman coding.
+fn hpack_block(headers: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in headers {
+        out.push(0);
+        hpack_int(&mut out, 0, 7, k.len());
+        out.extend_from_slice(k.as_bytes());
+        hpack_int(&mut out, 0, 7, v.len());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `:status` from the first field of a response header block (static-table forms only).
+fn first_status(block: &[u8]) -> u16 {
+    const STATIC: [(u8, u16); 7] = [
+        (8, 200),
+        (9, 204),
+        (10, 206),
+        (11, 304),
+        (12, 400),
+        (13, 404),
+        (14, 500),
+    ];
+    let Some(&b) = block.first() else { return 0 };
+    if b & 0x80 != 0 {
+        return STATIC
+            .iter()
+            .find(|(i, _)| *i == b & 0x7f)
+            .map_or(0, |(_, s)| *s);
+    }
+    // A literal with the `:status` name (static index 8..=14): a plain (non-Huffman) value.
+    let name_index = if b & 0xc0 == 0x40 { b & 0x3f } else { b & 0x0f };
+    if (8..=14).contains(&name_index) {
+        if let Some(&len) = block.get(1) {
+            if len & 0x80 == 0 {
+                let value = block.get(2..2 + usize::from(len)).unwrap_or_default();
+                return std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    0
+}
+
+async fn send_h2(addr: SocketAddr, v: RawH2Vector) -> RawH2Result {
+    let mut result = RawH2Result {
+        name: v.name.clone(),
+        ..RawH2Result::default()
+    };
+    let mut stream =
+        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                result.error = Some(format!("connect: {e}"));
+                return result;
+            }
+            Err(_) => {
+                result.error = Some("connect timed out".to_string());
+                return result;
+            }
+        };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let ends_here = v.data.is_none() && v.trailers.is_empty();
+    out.extend(frame(
+        1,
+        0x4 | u8::from(ends_here),
+        1,
+        &hpack_block(&v.headers),
+    ));
+    if let Some(d) = &v.data {
+        out.extend(frame(0, u8::from(v.trailers.is_empty()), 1, d.as_bytes()));
+    }
+    if !v.trailers.is_empty() {
+        out.extend(frame(1, 0x5, 1, &hpack_block(&v.trailers)));
+    }
+    if let Err(e) = stream.write_all(&out).await {
+        result.error = Some(format!("write: {e}"));
+        return result;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2000);
+    loop {
+        // Frames read so far.
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let sid = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload: Vec<u8> = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            match kind {
+                1 if sid == 1 && result.status.is_none() => {
+                    // Skip padding and priority fields if flagged.
+                    let mut block = &payload[..];
+                    if flags & 0x8 != 0 {
+                        let pad = usize::from(block.first().copied().unwrap_or(0));
+                        block = block
+                            .get(1..block.len().saturating_sub(pad))
+                            .unwrap_or_default();
+                    }
+                    if flags & 0x20 != 0 {
+                        block = block.get(5..).unwrap_or_default();
+                    }
+                    result.status = Some(first_status(block));
+                }
+                3 if sid == 1 => {
+                    result.reset = payload
+                        .get(..4)
+                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                }
+                4 if flags & 1 == 0 => {
+                    let _ = stream.write_all(&frame(4, 1, 0, &[])).await;
+                }
+                7 => {
+                    result.goaway = payload
+                        .get(4..8)
+                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                }
+                _ => {}
+            }
+        }
+        if result.status.is_some() || result.reset.is_some() || result.goaway.is_some() {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match tokio::time::timeout(deadline - now, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                result.closed = true;
+                break;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    result
 }
