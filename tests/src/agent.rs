@@ -1051,6 +1051,62 @@ impl Agent {
         )
     }
 
+    /// Starts `raw-origin --listen 0.0.0.0:<port> --log <log>` in `pod`: an HTTP/1 origin that records
+    /// the exact framing of every request it receives (`raw_http::RawOriginRecord` lines).
+    pub fn raw_origin(&self, pod: &Pod, port: u16, log: &Path) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        let log = log.display().to_string();
+        self.server(
+            pod,
+            &["raw-origin", "--listen", &listen, "--log", &log],
+            "raw-origin",
+        )
+    }
+
+    /// Runs `raw-client` in `pod`: each vector of the JSON file `vectors` on its own connection to
+    /// `addr`, `parallel` at a time.
+    pub fn raw_client(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        vectors: &Path,
+        parallel: usize,
+    ) -> Result<crate::raw_http::RawClientReport> {
+        let addr = addr.to_string();
+        let vectors = vectors.display().to_string();
+        let parallel = parallel.to_string();
+        self.client(
+            pod,
+            &[
+                "raw-client",
+                "--addr",
+                &addr,
+                "--vectors",
+                &vectors,
+                "--parallel",
+                &parallel,
+            ],
+            Duration::from_secs(60) + CLIENT_SLACK,
+        )
+    }
+
+    /// Runs `raw-h2-client` in `pod`: each HTTP/2 vector of the JSON file `vectors` as one stream
+    /// on its own connection to `addr`.
+    pub fn raw_h2_client(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        vectors: &Path,
+    ) -> Result<crate::raw_http::RawH2Report> {
+        let addr = addr.to_string();
+        let vectors = vectors.display().to_string();
+        self.client(
+            pod,
+            &["raw-h2-client", "--addr", &addr, "--vectors", &vectors],
+            Duration::from_secs(30) + CLIENT_SLACK,
+        )
+    }
+
     /// Runs `tcp-echo-client` in `pod`.
     pub fn tcp_echo(
         &self,

@@ -27,6 +27,7 @@ pub mod kubelet;
 pub mod pki;
 pub mod podnet;
 pub mod process;
+pub mod raw_http;
 pub mod request_log;
 
 pub use agent::{

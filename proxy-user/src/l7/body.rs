@@ -37,6 +37,8 @@ struct Recording {
     abandoned: bool,
     /// The client's body ended (all frames are in `frames` unless `abandoned`).
     ended: bool,
+    /// The client's body broke (a framing error, a reset): the request is the client's fault.
+    client_failed: bool,
     size_hint: SizeHint,
 }
 
@@ -62,6 +64,7 @@ impl RecordedBody {
                 limit,
                 abandoned: false,
                 ended,
+                client_failed: false,
                 size_hint,
             })),
             ended: rx,
@@ -71,6 +74,12 @@ impl RecordedBody {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether reading the client's body failed (e.g. malformed chunked framing): the attempt's
+    /// failure is then a client error (400), not an upstream one.
+    pub fn client_failed(&self) -> bool {
+        self.lock().client_failed
     }
 
     /// Whether another attempt can still send the whole body.
@@ -153,6 +162,7 @@ impl Body for AttemptBody {
             Poll::Ready(Some(Err(e))) => {
                 // The client's body broke: nothing can be replayed.
                 rec.abandoned = true;
+                rec.client_failed = true;
                 rec.frames.clear();
                 Poll::Ready(Some(Err(e)))
             }

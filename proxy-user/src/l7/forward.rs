@@ -156,6 +156,14 @@ pub async fn forward(
                 cluster_stats.code(503);
                 (AttemptOutcome::ConnectFailure, None)
             }
+            // The client's body broke mid-request (bad chunk framing, a cut connection): Envoy
+            // answers 400 and blames the downstream (`DPE`), not the upstream.
+            Some(Err(e)) if body.client_failed() => {
+                tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "client request body failed");
+                cluster_stats.inc(|s| &s.upstream_rq_total);
+                flags.set(ResponseFlag::DownstreamProtocolError);
+                return Err(LocalReply::BadRequest);
+            }
             Some(Err(e)) => {
                 tracing::debug!(cluster = %target.key(), %endpoint, error = %e, "upstream request failed");
                 stream_reset = e.is_stream_reset();

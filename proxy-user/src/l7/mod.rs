@@ -13,8 +13,10 @@ pub mod filters;
 pub mod flood;
 pub mod forward;
 pub mod grpc;
+pub mod hygiene;
 pub mod idle;
 pub mod metered;
+pub mod normalization;
 pub mod rescue;
 mod upgrade;
 
@@ -105,10 +107,15 @@ fn configure(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // Envoy's request header limits (60 KiB, 100 headers): over them hyper answers 431 and
+        // closes. The read buffer bounds the request line and headers of HTTP/1.
+        .max_headers(hygiene::MAX_HEADERS)
+        .max_buf_size(hygiene::MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(hygiene::MAX_HEADER_BYTES).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
@@ -142,6 +149,9 @@ where
     // Envoy's connection manager gives every request an id before routing: the upstream, local
     // replies and the access log line all carry the same one.
     ensure_request_id(req.headers_mut());
+    // Checked and made canonical before anything reads it: the access log, routing and the
+    // upstream all see the same authority and path.
+    let admitted = hygiene::admit(&mut req);
     let mut log = ctx
         .metrics
         .access_log
@@ -165,7 +175,10 @@ where
         logging: log.is_some(),
         ..Served::default()
     };
-    let mut resp = process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await;
+    let mut resp = match admitted {
+        Ok(()) => process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await,
+        Err(rejection) => rejected(rejection, &mut flags),
+    };
     resp.headers_mut()
         .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
     if flags != ResponseFlags::default() {
@@ -202,6 +215,28 @@ where
     };
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, MeteredBody::new(body, finish).boxed())
+}
+
+/// The local reply to a request `admission` refused; codec-level errors close the connection.
+fn rejected(rejection: hygiene::Rejection, flags: &mut ResponseFlags) -> Response<ProxyBody> {
+    tracing::debug!(
+        reason = rejection.detail(),
+        "request refused before routing"
+    );
+    if rejection.is_protocol_error() {
+        flags.set(ResponseFlag::DownstreamProtocolError);
+    }
+    let (status, body, close) = rejection.reply();
+    let mut resp = LocalReply::Direct {
+        status: status.as_u16(),
+        body,
+    }
+    .into_response(false);
+    if close {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// What routing chose for a request that goes upstream.

@@ -161,6 +161,11 @@ impl LocalReply {
         } else {
             self.plain_response(status, body)
         };
+        // A protocol error ends an HTTP/1 connection (hyper drops the header on HTTP/2).
+        if matches!(self, LocalReply::BadRequest) && !grpc {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // Envoy marks every circuit-breaker reply, gRPC or not.
         if matches!(self, LocalReply::Overflow { .. }) {
             resp.headers_mut().insert(

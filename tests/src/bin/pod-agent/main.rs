@@ -9,6 +9,7 @@ mod attack;
 mod grpc;
 mod http_client;
 mod http_server;
+mod raw;
 mod support;
 mod tcp;
 mod tls;
@@ -129,6 +130,32 @@ enum Cmd {
         pod: String,
         #[arg(long)]
         log: Option<PathBuf>,
+    },
+    /// HTTP/1 origin that records the exact framing of every request (`raw_http::RawOriginRecord`
+    /// lines in --log) and answers 200 with `<method> <target>`.
+    RawOrigin {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Sends each vector of a JSON file (`Vec<raw_http::RawVector>`) byte for byte on its own
+    /// connection and reports the responses and whether the connection was closed.
+    RawClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        vectors: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+    },
+    /// Sends each HTTP/2 vector of a JSON file (`Vec<raw_http::RawH2Vector>`) as one stream on its
+    /// own h2c connection and reports the status, RST_STREAM or GOAWAY it got.
+    RawH2Client {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        vectors: PathBuf,
     },
     /// Echoes bytes; after the client's EOF, finishes writing and shuts down its side.
     TcpEcho {
@@ -378,6 +405,21 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             let report = tls::tls_client(args, Duration::from_secs(timeout_secs)).await;
             print_json(&report)?;
             Ok(report.errors == 0 && !report.timed_out && report.answered == u64::from(count))
+        }
+        Cmd::RawOrigin { listen, log } => raw::raw_origin(listen, log).await.map(|()| true),
+        Cmd::RawClient {
+            addr,
+            vectors,
+            parallel,
+        } => {
+            let report = raw::raw_client(addr, &vectors, parallel).await?;
+            print_json(&report)?;
+            Ok(true)
+        }
+        Cmd::RawH2Client { addr, vectors } => {
+            let report = raw::raw_h2_client(addr, &vectors).await?;
+            print_json(&report)?;
+            Ok(true)
         }
         Cmd::TcpEcho { listen } => tcp::tcp_echo_server(listen).await.map(|()| true),
         Cmd::HttpGet {
