@@ -505,8 +505,11 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
     churned?;
     let (served, failures) = background??;
     if !failures.is_empty() {
+        // What the kernel and keel counted (kernel skips, refusals) tells whether the hung batch
+        // went direct or reached keel.
         eprintln!(
-            "---- keel stderr ----\n{}\n---- end ----",
+            "---- keel stats ----\n{:#}\n---- keel stderr ----\n{}\n---- end ----",
+            fx.keel()?.stats()?,
             fx.keel()?.stderr()
         );
     }
