@@ -58,7 +58,7 @@ pub fn config(data: &[u8]) {
         .enumerate()
         .map(|(i, &pod)| (i as u64 + 1, pod))
         .collect();
-    drop(state.publish(snapshot, pods));
+    drop(state.publish(snapshot, crate::state::PodCgroups::captured_only(pods)));
 }
 
 /// A reader of fuzz bytes that never runs out (zeros after the end).
@@ -243,7 +243,10 @@ fn client_state(yaml: &str) -> Option<(Arc<State>, Arc<crate::routing::ClientVie
     let snapshot = Arc::new(report.snapshot);
     let sleep = *snapshot.pod_by_name.get("default/sleep")?;
     let state = Arc::new(State::default());
-    drop(state.publish(Arc::clone(&snapshot), HashMap::from([(7, sleep)])));
+    drop(state.publish(
+        Arc::clone(&snapshot),
+        crate::state::PodCgroups::captured_only(HashMap::from([(7, sleep)])),
+    ));
     let view = Arc::clone(state.load().routes.view_for_pod(sleep)?);
     Some((state, view))
 }
