@@ -417,7 +417,9 @@ mod tests {
                 ("x-request-id", "r"),
             ],
         )?;
-        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        // A HeaderMap's order after removals is not the insertion order.
+        let mut names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, ["host", "x-forwarded-for", "x-request-id"]);
         Ok(())
     }
