@@ -46,20 +46,8 @@ pub fn run(args: &ChaosArgs, bins: &crate::Binaries) -> Result<()> {
         Some(only) => format!("chaos_{}", only.trim_start_matches("chaos_")),
         None => "chaos_".to_string(),
     };
-    let mut tests = crate::cargo();
+    let mut tests = crate::e2e_tests(bins, Some(&filter));
     tests
-        .args([
-            "test",
-            "--release",
-            "--no-fail-fast",
-            "-p",
-            "keel-tests",
-            "--",
-            "--test-threads=1",
-            &filter,
-        ])
-        .env("KEEL_BIN", &bins.keel)
-        .env("POD_AGENT_BIN", &bins.pod_agent)
         .env("KEEL_FIGURES", &figures_path)
         .env("KEEL_CHAOS", if args.smoke { "smoke" } else { "full" });
     let started = std::time::Instant::now();

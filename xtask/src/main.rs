@@ -235,27 +235,7 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
         note!("xtask: stale pod network cleaned: {line}");
     }
     note!("xtask: privileged e2e tests ({TEST_NET_NOTE})");
-    let mut e2e = cargo();
-    // Every file of tests/tests runs here, including apiserver.rs (the stand-in Kubernetes API
-    // server driven by the real kubectl; it needs no root, only kubectl from `setup`).
-    // --no-fail-fast: one failing file must not hide the results of the others. One test at a time:
-    // the weighted-split and lifecycle checks compare counts and bpffs contents that a concurrent
-    // keel could disturb, and the machine has two cores.
-    e2e.args([
-        "test",
-        "--release",
-        "--no-fail-fast",
-        "-p",
-        "keel-tests",
-        "--",
-        "--test-threads=1",
-    ])
-    .env("KEEL_BIN", &bins.keel)
-    .env("POD_AGENT_BIN", &bins.pod_agent);
-    if let Some(f) = e2e_filter {
-        e2e.arg(f);
-    }
-    run_step(e2e)?;
+    run_step(e2e_tests(&bins, e2e_filter))?;
 
     // The benchmark harness in its short form: every data path (direct, Envoy sidecars, node Envoy,
     // keel) must verify and produce a report. Correctness only; speed is not judged here.
@@ -302,6 +282,31 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
     }
     note!("xtask: all checks passed");
     Ok(())
+}
+
+/// The privileged e2e tests of `tests/tests` (only those whose name contains `filter`, if given),
+/// run against the release binaries `bins`. Every file runs, including apiserver.rs (the stand-in
+/// Kubernetes API server driven by the real kubectl; it needs no root, only kubectl from `setup`).
+/// --no-fail-fast: one failing file must not hide the results of the others. One test at a time:
+/// the weighted-split and lifecycle checks compare counts and bpffs contents that a concurrent keel
+/// could disturb, and the machine has two cores.
+pub fn e2e_tests(bins: &Binaries, filter: Option<&str>) -> Command {
+    let mut e2e = cargo();
+    e2e.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "keel-tests",
+        "--",
+        "--test-threads=1",
+    ])
+    .env("KEEL_BIN", &bins.keel)
+    .env("POD_AGENT_BIN", &bins.pod_agent);
+    if let Some(f) = filter {
+        e2e.arg(f);
+    }
+    e2e
 }
 
 fn cleanup() -> Result<()> {
