@@ -157,12 +157,19 @@ impl PodNet {
         let bridge = self.bridge();
         let alias = self.link_alias();
         // STP off (the default) and forward_delay 0: ports forward as soon as they are up.
+        // The MAC is set explicitly: a bridge whose address was not set by the user takes the
+        // lowest MAC among its ports, so it would change as pods come and go, and every pod's ARP
+        // entry for the gateway (keel's address) would point at a MAC that no longer exists until
+        // the entry expires (connects hang for up to ~30 s).
+        let mac = self.bridge_mac();
         run(
             "ip",
             &[
                 "link",
                 "add",
                 &bridge,
+                "address",
+                &mac,
                 "type",
                 "bridge",
                 "forward_delay",
@@ -230,6 +237,11 @@ impl PodNet {
     /// The subnet index given to [`PodNet::new`].
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// The bridge's fixed, locally administered MAC, `02:6b:65:65:6c:<index>` ("keel").
+    fn bridge_mac(&self) -> String {
+        format!("02:6b:65:65:6c:{:02x}", self.index)
     }
 
     /// The host bridge, `kb<index>`.
