@@ -2,10 +2,11 @@
 //! kubeconfig, finds this node's pods under kubelet-style cgroups by UID, and routes real traffic on
 //! the pod network as `kubectl` tells it to.
 //!
-//! Subnet indices 198, 199 and 210..=213 belong to this file.
+//! Subnet indices 198, 199 and 210..=214 belong to this file.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -19,6 +20,9 @@ use serde_json::{json, Value};
 
 const PREFIX: &str = "kk";
 const NODE: &str = "node-a";
+/// How long keel lets a pod cgroup that no Pod matches stay pending before it stops capturing it
+/// (keel's `state::UNKNOWN_POD_GRACE`).
+const UNKNOWN_POD_GRACE: Duration = Duration::from_secs(2);
 
 /// A pod network whose pods are kubelet-style (cgroups named by UID), the API server describing
 /// it, and keel reading that server. Field order is drop order.
@@ -591,6 +595,181 @@ fn churn_pods(fx: &mut KubeFixture, churn: u32) -> Result<()> {
         fx.api.delete("Pod", "default", &name)?;
     }
     Ok(())
+}
+
+/// A pod whose first connect comes before keel knows its Pod (the kernel redirects it as *pending*):
+/// keel holds the connection until the Pod arrives and then serves it as that pod's, with the
+/// pod's routing. A pod keel never learns is passed through to where it connected, unrouted, after
+/// at most a second, and once the grace for unknown pods is over the kernel lets it go direct.
+///
+/// The destination is a ServiceEntry address that is also reachable directly (reviews-v2's pod
+/// IP), whose VirtualService aborts with 418: 418 means keel routed the connection; 200 from v2
+/// with keel's address as the peer means keel relayed it unrouted; 200 with the pod's own address
+/// means it never went through keel.
+#[test]
+fn pending_pods_are_held_until_resolved_or_passed_through() -> Result<()> {
+    let mut fx = KubeFixture::start(214)?;
+    let legacy_ip = fx.net.pod_ip(12);
+    fx.api.create(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "legacy", "namespace": "default"},
+        "spec": {"hosts": ["legacy.internal"], "addresses": [legacy_ip.to_string()],
+            "ports": [{"number": REVIEWS_PORT, "name": "http", "protocol": "HTTP"}],
+            "location": "MESH_INTERNAL", "resolution": "STATIC",
+            "endpoints": [{"address": legacy_ip.to_string()}]}}),
+    )?;
+    fx.api.create(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "legacy", "namespace": "default"},
+        "spec": {"hosts": ["legacy.internal"], "http": [{
+            "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100.0}}},
+            "route": [{"destination": {"host": "legacy.internal"}}]}]}}),
+    )?;
+    let legacy = SocketAddr::from((legacy_ip, REVIEWS_PORT));
+    let get = keel_tests::HttpGet::new(format!("http://legacy.internal:{REVIEWS_PORT}/"))
+        .connect_to(legacy)
+        .count(1);
+    // The route is live once a known pod gets the abort.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fx.agent.http_get(&fx.sleep, &get)?.by_status.get("418") != Some(&1) {
+        ensure!(
+            Instant::now() < deadline,
+            "the legacy.internal route never applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // (a) Scheduled late: the Pod exists but is bound to this node only after its container's
+    // first connect has reached keel (as when keel's watch lags behind kubelet).
+    let created = fx.api.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "late", "namespace": "default", "labels": {"app": "late"}},
+        "spec": {"containers": [{"name": "app"}]},
+        "status": {"phase": "Pending"}
+    }))?;
+    let uid = created["metadata"]["uid"]
+        .as_str()
+        .context("no uid")?
+        .to_string();
+    let late = fx.net.add_pod_kubelet(
+        "default",
+        "late",
+        40,
+        KubeletCgroup::new(&uid, QosClass::BestEffort, CgroupDriver::Systemd),
+    )?;
+    let before = counters(fx.keel()?)?;
+    let report = std::thread::scope(|scope| -> Result<keel_tests::HttpGetReport> {
+        let client = scope.spawn(|| fx.agent.http_get(&late, &get));
+        wait_for_counter(fx.keel()?, "keel.connections_accepted", before.accepted + 1)?;
+        let mut bound = fx.api.get("Pod", "default", "late")?;
+        bound["spec"]["nodeName"] = json!(NODE);
+        bound["status"] = json!({"phase": "Running", "podIP": late.ip.to_string(),
+            "qosClass": QosClass::BestEffort.as_str()});
+        fx.api.replace(bound)?;
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    })?;
+    let after = counters(fx.keel()?)?;
+    ensure!(
+        report.by_status.get("418") == Some(&1),
+        "the late pod's first request was not routed by keel: {report:?}\n{}",
+        fx.diagnose()
+    );
+    ensure!(
+        after.resolved == before.resolved + 1 && after.passed_through == before.passed_through,
+        "pending counters (resolved, passed through): {before:?} -> {after:?}"
+    );
+    let record = fx
+        .keel()?
+        .connections()?
+        .into_iter()
+        .rev()
+        .find(|c| c.source_addr.starts_with(&format!("{}:", late.ip)))
+        .context("no connection record for the late pod")?;
+    ensure!(
+        record.source_pod == "default/late",
+        "the late pod's connection was taken for {}",
+        record.source_pod
+    );
+
+    // (b) Never known: a pod cgroup no Pod object matches.
+    let stranger = fx.net.add_pod_kubelet(
+        "default",
+        "stranger",
+        41,
+        KubeletCgroup::new(
+            "5d1e7c3a-0000-4000-8000-00000000beef",
+            QosClass::Burstable,
+            CgroupDriver::Cgroupfs,
+        ),
+    )?;
+    let before = counters(fx.keel()?)?;
+    let relayed = fx.agent.http_get(&stranger, &get)?;
+    let after = counters(fx.keel()?)?;
+    let bridge = fx.net.bridge_ip().to_string();
+    ensure!(
+        relayed.by_version.get("v2") == Some(&1) && relayed.by_peer_ip.get(&bridge) == Some(&1),
+        "a pod keel does not know must be relayed unrouted to where it connected: {relayed:?}"
+    );
+    ensure!(
+        after.passed_through == before.passed_through + 1 && after.resolved == before.resolved,
+        "pending counters (resolved, passed through): {before:?} -> {after:?}"
+    );
+    // After the grace for unknown pods, keel marks the cgroup as not captured and the kernel
+    // stops redirecting it: keel accepts nothing more from it.
+    std::thread::sleep(UNKNOWN_POD_GRACE + Duration::from_millis(500));
+    let before = counters(fx.keel()?)?;
+    let direct = fx.agent.http_get(&stranger, &get)?;
+    let after = counters(fx.keel()?)?;
+    ensure!(
+        direct.by_version.get("v2") == Some(&1)
+            && direct.by_peer_ip.get(&stranger.ip.to_string()) == Some(&1),
+        "after the grace the stranger must go direct: {direct:?}"
+    );
+    ensure!(
+        after.accepted == before.accepted,
+        "keel accepted a connection from a pod it skips: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
+/// Keel's connection counters that tell the pending-pod paths apart.
+#[derive(Debug, Clone, Copy)]
+struct PendingCounters {
+    accepted: u64,
+    resolved: u64,
+    passed_through: u64,
+}
+
+fn counters(keel: &Keel) -> Result<PendingCounters> {
+    let stats = keel.stats()?;
+    let get = |name: &str| {
+        stats[name]
+            .as_u64()
+            .with_context(|| format!("no counter {name} in {stats:#}"))
+    };
+    Ok(PendingCounters {
+        accepted: get("keel.connections_accepted")?,
+        resolved: get("keel.connections_pending_pod_resolved")?,
+        passed_through: get("keel.connections_pending_pod_passed_through")?,
+    })
+}
+
+/// Polls keel's stats until `name` reaches `at_least` (within keel's pending wait, a second).
+fn wait_for_counter(keel: &Keel, name: &str, at_least: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(800);
+    loop {
+        let value = keel.stats()?[name].as_u64().unwrap_or(0);
+        if value >= at_least {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} stayed at {value} (wanted {at_least})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Kernel entries: only the fixture's three pods remain, in keel's view and in the kernel map.
