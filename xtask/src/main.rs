@@ -126,6 +126,27 @@ pub fn workspace_root() -> PathBuf {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    // `cargo run` gave this process xtask's own package variables. Build scripts that watch them
+    // (ring's does, via `rerun-if-env-changed`) would see them differ from a cargo run by hand and
+    // rebuild ring, rustls, kube and keel each time the two alternate.
+    for (name, _) in std::env::vars_os() {
+        let is_package_var = name.to_str().is_some_and(|n| {
+            n.starts_with("CARGO_PKG_")
+                || matches!(
+                    n,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "OUT_DIR"
+                )
+        });
+        if is_package_var {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 

@@ -70,8 +70,6 @@ impl UpstreamRequest {
             if let Ok(v) = HeaderValue::from_str(&self.authority) {
                 headers.insert(HOST, v);
             }
-            // `te: trailers` only means something to an HTTP/2 (gRPC) upstream.
-            headers.remove(http::header::TE);
         }
         headers.insert(
             HeaderName::from_static("x-envoy-attempt-count"),

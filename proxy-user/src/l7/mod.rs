@@ -108,10 +108,12 @@ fn configure(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        // Envoy's request header limits (60 KiB, 100 headers): over them hyper answers 431 and
-        // closes. The read buffer bounds the request line and headers of HTTP/1.
-        .max_headers(hygiene::MAX_HEADERS)
-        .max_buf_size(hygiene::MAX_HEADER_BYTES);
+        // Envoy's request header limits (60 KiB, 100 headers) are enforced exactly by
+        // `hygiene::admit`; hyper's parser gets one more header slot (its table must hold a
+        // request of exactly 100) and a read buffer bounding the HTTP/1 head, so a larger one is
+        // refused (431, closed) before it is buffered.
+        .max_headers(hygiene::MAX_HEADERS + 1)
+        .max_buf_size(hygiene::MAX_HEADER_BYTES + HEAD_SLACK_BYTES);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -120,6 +122,10 @@ fn configure(
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
 }
+
+/// Room in hyper's HTTP/1 read buffer beyond the header limit for the request line and line ends,
+/// so that `hygiene::admit` (not the buffer) decides at the limit.
+const HEAD_SLACK_BYTES: usize = 8 * 1024;
 
 /// Streams reset by the client before the server accepted them (h2's default).
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -146,12 +152,12 @@ where
         return resp;
     };
     let started = Instant::now();
+    // Checked and made canonical before anything reads it: the access log, routing and the
+    // upstream all see the same authority and path. The limits apply to what the client sent.
+    let admitted = hygiene::admit(&mut req);
     // Envoy's connection manager gives every request an id before routing: the upstream, local
     // replies and the access log line all carry the same one.
     ensure_request_id(req.headers_mut());
-    // Checked and made canonical before anything reads it: the access log, routing and the
-    // upstream all see the same authority and path.
-    let admitted = hygiene::admit(&mut req);
     let mut log = ctx
         .metrics
         .access_log
@@ -634,6 +640,14 @@ async fn forward_upgrade(
     }
 }
 
+/// Whether a `te` value lists the `trailers` token (`te: trailers, deflate;q=0.5` does).
+fn te_accepts_trailers(value: &HeaderValue) -> bool {
+    value.as_bytes().split(|&b| b == b',').any(|token| {
+        let token = token.split(|&b| b == b';').next().unwrap_or_default();
+        token.trim_ascii().eq_ignore_ascii_case(b"trailers")
+    })
+}
+
 /// The request every attempt sends: hop-by-hop headers dropped, the route's header operations,
 /// authority and path rewrites applied, Envoy's standard request headers added.
 #[allow(clippy::too_many_arguments)]
@@ -650,14 +664,15 @@ fn shaped_request(
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
     let listed = connection_listed(&parts.headers);
     for (name, value) in &parts.headers {
-        if name == HOST
-            || (is_hop_by_hop(name) && name != http::header::TE)
-            || listed.contains(name)
-        {
+        // `te` is hop-by-hop (and often named in `Connection`), but as Envoy does, a request that
+        // accepts trailers says so upstream: gRPC servers require `te: trailers`.
+        if name == http::header::TE {
+            if te_accepts_trailers(value) && !headers.contains_key(http::header::TE) {
+                headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            }
             continue;
         }
-        // `te` may only say `trailers` beyond this hop (gRPC needs it).
-        if name == http::header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers") {
+        if name == HOST || is_hop_by_hop(name) || listed.contains(name) {
             continue;
         }
         headers.append(name.clone(), value.clone());

@@ -499,3 +499,15 @@ async fn a_local_reply_is_counted_with_its_flag() {
         "{line}"
     );
 }
+
+#[test]
+fn te_keeps_only_the_trailers_token() {
+    let accepts = |v: &'static str| super::te_accepts_trailers(&http::HeaderValue::from_static(v));
+    assert!(accepts("trailers"));
+    assert!(accepts("TRAILERS"));
+    assert!(accepts("gzip, trailers"));
+    assert!(accepts("deflate;q=0.5, trailers;q=1"));
+    assert!(!accepts("gzip"));
+    assert!(!accepts("trailersx"));
+    assert!(!accepts(""));
+}

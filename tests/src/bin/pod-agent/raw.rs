@@ -272,6 +272,11 @@ enum Chunked {
     Bad,
 }
 
+/// RFC 9110 `tchar`, the bytes of a header name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Strict chunked decoding: hex sizes (extensions allowed), CRLF everywhere, trailers.
 fn dechunk(buf: &[u8]) -> Chunked {
     let mut pos = 0;
@@ -308,7 +313,13 @@ fn dechunk(buf: &[u8]) -> Chunked {
                 if line.is_empty() {
                     return Chunked::Done(total, pos);
                 }
-                if line.starts_with(b" ") || line.starts_with(b"\t") || line.contains(&b'\n') {
+                // A trailer is a header field: a token name (so never a pseudo-header), a colon.
+                let name = line.split(|&b| b == b':').next().unwrap_or_default();
+                if name.is_empty()
+                    || name.len() == line.len()
+                    || !name.iter().all(|&b| is_tchar(b))
+                    || line.contains(&b'\n')
+                {
                     return Chunked::Bad;
                 }
             }
@@ -533,16 +544,52 @@ fn first_status(block: &[u8]) -> u16 {
     let name_index = if b & 0xc0 == 0x40 { b & 0x3f } else { b & 0x0f };
     if (8..=14).contains(&name_index) {
         if let Some(&len) = block.get(1) {
-            if len & 0x80 == 0 {
-                let value = block.get(2..2 + usize::from(len)).unwrap_or_default();
-                return std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-            }
+            let value = block
+                .get(2..2 + usize::from(len & 0x7f))
+                .unwrap_or_default();
+            let digits = if len & 0x80 == 0 {
+                std::str::from_utf8(value).ok().map(str::to_string)
+            } else {
+                huffman_digits(value)
+            };
+            return digits.and_then(|s| s.parse().ok()).unwrap_or(0);
         }
     }
     0
+}
+
+/// Decodes a Huffman-coded (RFC 7541 Appendix B) string of decimal digits, as a `:status` value
+/// is; `None` if it holds anything else. Digits 0-2 have the 5-bit codes `00000`..`00010`, digits
+/// 3-9 the 6-bit codes `011001`..`011111`; the rest of the last byte is padding of ones.
+fn huffman_digits(coded: &[u8]) -> Option<String> {
+    let bits: Vec<u8> = coded
+        .iter()
+        .flat_map(|byte| (0..8).rev().map(move |i| (byte >> i) & 1))
+        .collect();
+    let code = |from: usize, n: usize| -> Option<u8> {
+        let slice = bits.get(from..from + n)?;
+        Some(slice.iter().fold(0, |acc, b| (acc << 1) | b))
+    };
+    let (mut out, mut at) = (String::new(), 0);
+    while at < bits.len() {
+        if bits[at..].iter().all(|&b| b == 1) && bits.len() - at < 8 {
+            return Some(out);
+        }
+        match code(at, 5)? {
+            c @ 0..=2 => {
+                out.push(char::from(b'0' + c));
+                at += 5;
+            }
+            _ => match code(at, 6)? {
+                c @ 0b011001..=0b011111 => {
+                    out.push(char::from(b'3' + (c - 0b011001)));
+                    at += 6;
+                }
+                _ => return None,
+            },
+        }
+    }
+    Some(out)
 }
 
 async fn send_h2(addr: SocketAddr, v: RawH2Vector) -> RawH2Result {
@@ -644,4 +691,22 @@ async fn send_h2(addr: SocketAddr, v: RawH2Vector) -> RawH2Result {
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{first_status, huffman_digits};
+
+    #[test]
+    fn huffman_coded_statuses_decode() {
+        // "403": 011010 00000 011001, padded with ones.
+        assert_eq!(huffman_digits(&[0x68, 0x0c, 0xff]).as_deref(), Some("403"));
+        // "200": 00010 00000 00000, padded with one 1.
+        assert_eq!(huffman_digits(&[0x10, 0x01]).as_deref(), Some("200"));
+        // A literal `:status` (name index 8) without indexing, Huffman flag set, 3 bytes.
+        assert_eq!(first_status(&[0x08, 0x83, 0x68, 0x0c, 0xff]), 403);
+        assert_eq!(first_status(&[0x88]), 200);
+        // 'a' is not a digit.
+        assert_eq!(huffman_digits(&[0x1f]), None);
+    }
 }
