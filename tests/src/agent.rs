@@ -82,6 +82,10 @@ pub struct HttpGetReport {
     /// application gives up on a slow call; the connection is closed then.
     #[serde(default)]
     pub client_timeouts: u64,
+    /// Echo responses that carried another request's tag (`HttpGet::tag`): a response delivered to
+    /// the wrong request.
+    #[serde(default)]
+    pub tag_mismatches: u64,
     /// Status of the last response (0 if none).
     #[serde(default)]
     pub last_status: u16,
@@ -367,6 +371,8 @@ pub struct HttpGet {
     pub concurrency: u32,
     /// The client's own per-request timeout: the request is abandoned and its connection closed.
     pub request_timeout: Option<Duration>,
+    /// Tag requests `x-keel-test-tag: <tag>-<n>` and count mismatched echoes.
+    pub tag: Option<String>,
 }
 
 impl HttpGet {
@@ -385,7 +391,15 @@ impl HttpGet {
             body_size: None,
             concurrency: 1,
             request_timeout: None,
+            tag: None,
         }
+    }
+
+    /// Tag every request with its own `x-keel-test-tag: <tag>-<n>`; the report counts echo
+    /// responses that came back with another request's tag ([`HttpGetReport::tag_mismatches`]).
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tag = Some(tag.to_string());
+        self
     }
 
     /// Request method, e.g. `POST` or `OPTIONS`.
@@ -498,6 +512,9 @@ impl HttpGet {
                 "--request-timeout-ms".to_string(),
                 t.as_millis().max(1).to_string(),
             ]);
+        }
+        if let Some(tag) = &self.tag {
+            a.extend(["--tag".to_string(), tag.clone()]);
         }
         a
     }

@@ -54,7 +54,12 @@ pub struct GetArgs {
     pub concurrency: u32,
     /// The client's own per-request timeout.
     pub request_timeout: Option<Duration>,
+    /// Prefix of the per-request [`TAG_HEADER`] value (`<tag>-<n>`).
+    pub tag: Option<String>,
 }
+
+/// The request header that carries a request's own tag; an echo response must bring it back.
+pub const TAG_HEADER: &str = "x-keel-test-tag";
 
 /// One HTTP connection: its request sender and the task driving it (aborted on drop, which closes the
 /// socket at once — an abandoned request must look like a client that went away).
@@ -93,7 +98,8 @@ struct Answer {
 /// What a worker tells the aggregator.
 enum Event {
     Connected(Option<SocketAddr>),
-    Response(Answer, Duration),
+    /// The answer, its latency and the tag its request carried.
+    Response(Answer, Duration, Option<String>),
     ClientTimeout,
     Error(anyhow::Error),
 }
@@ -189,7 +195,11 @@ async fn worker(
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let mut conn: Option<Conn> = None;
-    while next.fetch_add(1, Ordering::SeqCst) < args.count {
+    loop {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        if n >= args.count {
+            break;
+        }
         if args.new_conn || conn.as_ref().is_some_and(Conn::is_closed) {
             conn = None;
         }
@@ -206,7 +216,8 @@ async fn worker(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let req = match build_request(&args, &target) {
+        let tag = args.tag.as_ref().map(|t| format!("{t}-{n}"));
+        let req = match build_request(&args, &target, tag.as_deref()) {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(Event::Error(e));
@@ -219,7 +230,7 @@ async fn worker(
             None => Some(send(c, req).await),
         };
         let ev = match outcome {
-            Some(Ok(answer)) => Event::Response(answer, started.elapsed()),
+            Some(Ok(answer)) => Event::Response(answer, started.elapsed(), tag),
             Some(Err(e)) => {
                 // The connection may be broken; the next request opens a new one.
                 conn = None;
@@ -235,7 +246,11 @@ async fn worker(
     }
 }
 
-fn build_request(args: &GetArgs, target: &Target) -> Result<Request<Full<Bytes>>> {
+fn build_request(
+    args: &GetArgs,
+    target: &Target,
+    tag: Option<&str>,
+) -> Result<Request<Full<Bytes>>> {
     let mut builder = Request::builder().method(args.method.clone());
     if args.http2 {
         builder = builder.uri(target.uri.clone());
@@ -249,6 +264,9 @@ fn build_request(args: &GetArgs, target: &Target) -> Result<Request<Full<Bytes>>
     }
     for (k, v) in &args.headers {
         builder = builder.header(k.as_str(), v.as_str());
+    }
+    if let Some(tag) = tag {
+        builder = builder.header(TAG_HEADER, tag);
     }
     builder
         .body(Full::new(args.body.clone()))
@@ -267,7 +285,7 @@ fn apply(report: &mut HttpGetReport, ev: Event) {
         }
         Event::Error(e) => record_error(report, e),
         Event::ClientTimeout => report.client_timeouts += 1,
-        Event::Response(answer, latency) => {
+        Event::Response(answer, latency, tag) => {
             report.responses += 1;
             *report
                 .by_status
@@ -286,6 +304,11 @@ fn apply(report: &mut HttpGetReport, ev: Event) {
             report.last_text = Some(truncate(&text, LAST_TEXT_BYTES));
             match serde_json::from_slice::<EchoBody>(&answer.body) {
                 Ok(b) => {
+                    if let Some(sent) = tag {
+                        if b.headers.get(TAG_HEADER) != Some(&sent) {
+                            report.tag_mismatches += 1;
+                        }
+                    }
                     *report.by_version.entry(b.version.clone()).or_default() += 1;
                     *report.by_pod.entry(b.pod.clone()).or_default() += 1;
                     *report.by_protocol.entry(b.protocol.clone()).or_default() += 1;

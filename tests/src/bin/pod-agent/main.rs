@@ -199,6 +199,10 @@ enum Cmd {
         /// Abandon a request (closing its connection) after this long, like an application timeout.
         #[arg(long)]
         request_timeout_ms: Option<u64>,
+        /// Tag each request `x-keel-test-tag: <tag>-<n>` and count echo responses that carry
+        /// another request's tag.
+        #[arg(long)]
+        tag: Option<String>,
         /// Global timeout of the whole run.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
@@ -435,6 +439,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             body_size,
             concurrency,
             request_timeout_ms,
+            tag,
             timeout_secs,
         } => {
             let body = match (body, body_size) {
@@ -454,6 +459,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 body,
                 concurrency,
                 request_timeout: request_timeout_ms.map(Duration::from_millis),
+                tag,
             };
             let report = http_client::http_get(args, Duration::from_secs(timeout_secs)).await;
             print_json(&report)?;
