@@ -51,7 +51,11 @@ use rescue::LocalReply;
 
 /// Serve one redirected connection as HTTP until the client closes it, under the limits of
 /// `ctx.budget` (see [`configure`]) and the HTTP/2 flood rules of [`flood`].
-pub async fn serve<I>(stream: I, ctx: Arc<ConnContext>)
+///
+/// When `drain` starts, the connection shuts down gracefully: HTTP/2 sends GOAWAY and finishes
+/// the streams in flight, HTTP/1 closes when idle or answers the request in flight with
+/// `Connection: close`.
+pub async fn serve<I>(stream: I, ctx: Arc<ConnContext>, drain: crate::accept::Drain)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -74,15 +78,25 @@ where
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = tripwire.wait() => {
-            // GOAWAY, then a short grace for the client to read it; a client that does not read
-            // (a PING flood that never takes its PONGs) is cut at the deadline.
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(FLOOD_GOAWAY_GRACE, conn.as_mut())
-                .await
-                .unwrap_or(Ok(()))
+    let mut draining = drain.is_draining();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = tripwire.wait() => {
+                // GOAWAY, then a short grace for the client to read it; a client that does not
+                // read (a PING flood that never takes its PONGs) is cut at the deadline.
+                conn.as_mut().graceful_shutdown();
+                break tokio::time::timeout(FLOOD_GOAWAY_GRACE, conn.as_mut())
+                    .await
+                    .unwrap_or(Ok(()));
+            }
+            () = drain.started(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
         }
     };
     if let Err(e) = result {
