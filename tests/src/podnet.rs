@@ -456,6 +456,58 @@ impl PodNet {
         Ok(pod)
     }
 
+    /// Emulates kube-proxy for one Service port, so that a pod's connection that keel does not
+    /// redirect reaches a real endpoint: a host DNAT (nat PREROUTING, only for packets arriving on
+    /// this network's bridge) of `vip` to `endpoint`. Use an endpoint on the host side (the bridge
+    /// IP), so the answer needs neither forwarding nor hairpin NAT; give pods a route to the
+    /// service CIDR with [`PodNet::route_services_via_node`]. Removed when the guard drops.
+    pub fn kube_proxy(&self, vip: SocketAddr, endpoint: SocketAddr) -> Result<KubeProxyRule> {
+        let rule = KubeProxyRule {
+            args: vec![
+                "PREROUTING".into(),
+                "-i".into(),
+                self.bridge(),
+                "-d".into(),
+                format!("{}/32", vip.ip()),
+                "-p".into(),
+                "tcp".into(),
+                "--dport".into(),
+                vip.port().to_string(),
+                "-m".into(),
+                "comment".into(),
+                "--comment".into(),
+                self.link_alias(),
+                "-j".into(),
+                "DNAT".into(),
+                "--to-destination".into(),
+                endpoint.to_string(),
+            ],
+        };
+        // A rule left by a killed earlier run of this network would match first: remove it.
+        rule.delete_all();
+        rule.iptables("-A")?;
+        Ok(rule)
+    }
+
+    /// Routes the service CIDR from `pod` to the node (the bridge IP), where kube-proxy's DNAT
+    /// ([`PodNet::kube_proxy`]) applies and everything else in the CIDR stays blackholed.
+    pub fn route_services_via_node(&self, pod: &Pod) -> Result<()> {
+        let via = self.bridge_ip().to_string();
+        run(
+            "ip",
+            &[
+                "-n",
+                &pod.netns,
+                "route",
+                "replace",
+                &self.service_cidr,
+                "via",
+                &via,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Runs `cmd` as a child that first joins `cgroup` (which must be under this network), in the host
     /// netns. Used to start keel in [`PodNet::system_cgroup`] or elsewhere.
     pub fn spawn_in_cgroup(&self, cgroup: &Path, cmd: Command, label: &str) -> Result<Proc> {
@@ -745,6 +797,28 @@ fn try_lock_index(index: u8) -> Result<Option<(Flock<File>, String)>> {
 }
 
 /// Removes every leftover of `(prefix, index)`. Caller holds the lock for `index`. Returns problems.
+/// Removes keel's pin directories (`/sys/fs/bpf/keel/cg<id>-*`) of the cgroup `root`, if it exists.
+fn remove_keel_installs(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(root) else {
+        return Vec::new();
+    };
+    let prefix = format!("cg{}-", meta.ino());
+    let keel_dir = Path::new("/sys/fs/bpf/keel");
+    let Ok(entries) = std::fs::read_dir(keel_dir) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                problems.push(format!("removing {}: {e}", entry.path().display()));
+            }
+        }
+    }
+    problems
+}
+
 fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
     let mut problems = Vec::new();
     let id = format!("{prefix}-{index}");
@@ -772,6 +846,9 @@ fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
             }
         }
     }
+    // keel's pinned install for this network's cgroup root, left by a test that failed before
+    // `keel uninstall`: unpinning detaches its programs.
+    problems.extend(remove_keel_installs(&base.join("pods")));
     if base.exists() && !wait_cgroup_empty(&base, KILL_WAIT) {
         problems.push(format!(
             "processes still in {} after SIGKILL",
@@ -1115,5 +1192,35 @@ mod tests {
         assert!(!is_dns_label("-a"));
         assert!(!is_dns_label("a_b"));
         assert!(!is_dns_label(""));
+    }
+}
+
+/// A host DNAT rule made by [`PodNet::kube_proxy`]; deleted on drop.
+#[derive(Debug)]
+pub struct KubeProxyRule {
+    /// The rule as given to `iptables -t nat -A/-D`.
+    args: Vec<String>,
+}
+
+impl KubeProxyRule {
+    fn iptables(&self, op: &str) -> Result<String> {
+        let mut args: Vec<&str> = vec!["-w", "-t", "nat", op];
+        args.extend(self.args.iter().map(String::as_str));
+        run("iptables", &args)
+    }
+
+    fn delete_all(&self) {
+        // Bounded: each round deletes one copy.
+        for _ in 0..16 {
+            if self.iptables("-D").is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for KubeProxyRule {
+    fn drop(&mut self) {
+        self.delete_all();
     }
 }
