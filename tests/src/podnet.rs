@@ -797,20 +797,38 @@ fn try_lock_index(index: u8) -> Result<Option<(Flock<File>, String)>> {
 }
 
 /// Removes every leftover of `(prefix, index)`. Caller holds the lock for `index`. Returns problems.
-/// Removes keel's pin directories (`/sys/fs/bpf/keel/cg<id>-*`) of the cgroup `root`, if it exists.
-fn remove_keel_installs(root: &Path) -> Vec<String> {
+/// Removes keel's pin directories (`/sys/fs/bpf/keel/cg<id>-*`) whose attach root is `base` or a
+/// cgroup at most two levels below it (the network's root, `pods`, a kubelet-style root).
+fn remove_keel_installs(base: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::metadata(root) else {
-        return Vec::new();
-    };
-    let prefix = format!("cg{}-", meta.ino());
+    let mut ids = Vec::new();
+    let mut level = vec![base.to_path_buf()];
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for dir in &level {
+            if let Ok(meta) = std::fs::metadata(dir) {
+                ids.push(meta.ino());
+            }
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                next.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        level = next;
+    }
+    let prefixes: Vec<String> = ids.iter().map(|id| format!("cg{id}-")).collect();
     let keel_dir = Path::new("/sys/fs/bpf/keel");
     let Ok(entries) = std::fs::read_dir(keel_dir) else {
         return Vec::new();
     };
     let mut problems = Vec::new();
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
             if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                 problems.push(format!("removing {}: {e}", entry.path().display()));
             }
@@ -848,7 +866,7 @@ fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
     }
     // keel's pinned install for this network's cgroup root, left by a test that failed before
     // `keel uninstall`: unpinning detaches its programs.
-    problems.extend(remove_keel_installs(&base.join("pods")));
+    problems.extend(remove_keel_installs(&base));
     if base.exists() && !wait_cgroup_empty(&base, KILL_WAIT) {
         problems.push(format!(
             "processes still in {} after SIGKILL",
