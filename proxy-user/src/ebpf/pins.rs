@@ -78,7 +78,13 @@ impl Install {
     /// Creates the directories (bpffs must be mounted at [`BPFFS`]) and takes the install lock,
     /// held until the returned file is dropped.
     pub fn create_and_lock(&self) -> std::io::Result<File> {
-        ensure_bpffs(Path::new(BPFFS))?;
+        if ensure_bpffs(Path::new(BPFFS)).is_err() {
+            // systemd mounts it at boot; a host (or a container) without it gets it now, as
+            // Cilium and Calico do.
+            mount_bpffs(Path::new(BPFFS))?;
+            ensure_bpffs(Path::new(BPFFS))?;
+            tracing::info!(path = BPFFS, "mounted the bpf file system");
+        }
         std::fs::create_dir_all(self.maps_dir())?;
         lock(&self.dir)
     }
@@ -136,6 +142,33 @@ fn ensure_bpffs(path: &Path) -> std::io::Result<()> {
             std::io::ErrorKind::NotFound,
             format!(
                 "{} is not a bpf file system (mount -t bpf bpf {0})",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `mount -t bpf bpf <path>`.
+fn mount_bpffs(path: &Path) -> std::io::Result<()> {
+    let target = c_path(path)?;
+    let fstype = c"bpf";
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let ret = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "{} is not a bpf file system and mounting one failed: {e}",
                 path.display()
             ),
         ));
