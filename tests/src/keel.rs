@@ -394,13 +394,13 @@ pub fn uninstall(cgroup_root: &Path, proxy_addr: SocketAddr) -> Result<String> {
 }
 
 /// keel's pin directory (its install) for `cgroup_root` and an IPv4 `proxy_addr`:
-/// `/sys/fs/bpf/keel/cg<cgroup id>-<ip>_<port>`.
+/// `/sys/fs/bpf/keel/cg<cgroup id>-<ip>_<port>` with the address's `.` as `_`.
 pub fn install_dir(cgroup_root: &Path, proxy_addr: SocketAddr) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt as _;
     let id = std::fs::metadata(cgroup_root)
         .with_context(|| format!("stat {}", cgroup_root.display()))?
         .ino();
-    let addr = proxy_addr.to_string().replace([':', '[', ']'], "_");
+    let addr = proxy_addr.to_string().replace([':', '[', ']', '.'], "_");
     Ok(PathBuf::from("/sys/fs/bpf/keel").join(format!("cg{id}-{addr}")))
 }
 

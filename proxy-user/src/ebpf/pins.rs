@@ -2,7 +2,7 @@
 //!
 //! Layout, one directory per attach (cgroup root, proxy address), called the install:
 //! ```text
-//! /sys/fs/bpf/keel/cg<root cgroup id>-<proxy addr>/
+//! /sys/fs/bpf/keel/cg<root cgroup id>-<proxy addr, `.` and `:` as `_`>/
 //!     link_keel_connect4, link_keel_connect6, link_keel_sockops   bpf_links (ABI independent)
 //!     abi<N>/MESHED_DESTS, POD_CGROUPS, POD_PARENTS, CONN_BY_COOKIE, CONN_BY_TUPLE, STATS, LIVENESS
 //! ```
@@ -104,7 +104,8 @@ impl Install {
     }
 }
 
-/// `cg<id>-<addr>`; characters other than alphanumerics, `.` and `-` become `_`.
+/// `cg<id>-<addr>`; characters other than ASCII alphanumerics become `_` (bpffs refuses names with
+/// a `.`).
 fn key(root_cgroup_id: u64, v4: Option<SocketAddrV4>, v6: Option<SocketAddrV6>) -> String {
     let addr = match (v4, v6) {
         (Some(a), _) => a.to_string(),
@@ -113,13 +114,7 @@ fn key(root_cgroup_id: u64, v4: Option<SocketAddrV4>, v6: Option<SocketAddrV6>) 
     };
     let addr: String = addr
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     format!("cg{root_cgroup_id}-{addr}")
 }
@@ -300,7 +295,7 @@ mod tests {
     #[test]
     fn install_key_is_a_file_name() {
         let v4 = "10.244.1.1:15001".parse().ok();
-        assert_eq!(key(42, v4, None), "cg42-10.244.1.1_15001");
+        assert_eq!(key(42, v4, None), "cg42-10_244_1_1_15001");
         let v6 = "[fd00::1]:15001".parse().ok();
         assert_eq!(key(7, None, v6), "cg7-_fd00__1__15001");
     }
