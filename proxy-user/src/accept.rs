@@ -187,7 +187,6 @@ impl Drop for OpenGuard {
     }
 }
 
-
 impl Acceptor {
     /// Waits (at most [`PENDING_POD_WAIT`]) until keel has resolved the pod cgroup `cgroup`: the
     /// state once it captures the pod, `None` if it skips it or the wait runs out.

@@ -23,7 +23,9 @@
 //! - Everything the guard creates is named from `(prefix, n)` or tagged with the link alias
 //!   `keel-podnet:<prefix>-<n>`, and our blackhole route has its own metric `40000 + n`, so cleanup never
 //!   touches what another run (or the host) owns, and a route someone else added is never removed.
-//! - No sysctl is changed: everything is on one bridge, so `ip_forward` stays as it was.
+//! - No sysctl is changed: everything is on one bridge, so `ip_forward` stays as it was. What keel
+//!   itself changes on the host when it runs (`net.ipv4.tcp_migrate_req`, a bpffs it mounts at
+//!   `/sys/fs/bpf`, its `keel` pin directory) is put back as the process found it at teardown.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -115,6 +117,8 @@ impl PodNet {
             "subnet index {index} is out of range (0..=254)"
         );
         let cgroup2 = host::cgroup2_mount()?;
+        // Before any keel of this process runs.
+        let _ = HOST_BEFORE.get_or_init(HostBefore::read);
         let (lock, previous_owner) = lock_index(index, prefix)?;
 
         // Whoever held this index before us is gone (we got the lock): remove what they left.
@@ -554,8 +558,78 @@ impl PodNet {
             }
         }
         problems.extend(leftovers(&self.prefix, self.index));
+        if let Some(before) = HOST_BEFORE.get() {
+            problems.extend(before.restore());
+        }
         problems
     }
+}
+
+/// The host state keel changes when it runs, as this process first saw it.
+static HOST_BEFORE: std::sync::OnceLock<HostBefore> = std::sync::OnceLock::new();
+
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// What keel may change on the host (see the README's upgrade section) and a test run must put back.
+#[derive(Debug)]
+struct HostBefore {
+    /// `net.ipv4.tcp_migrate_req` (keel sets 1 for listener hand-over).
+    migrate_req: Option<String>,
+    /// Whether bpffs was mounted at `/sys/fs/bpf` (keel mounts it when it is not).
+    bpffs_mounted: bool,
+    /// Whether `/sys/fs/bpf/keel` existed.
+    keel_dir: bool,
+}
+
+impl HostBefore {
+    fn read() -> Self {
+        Self {
+            migrate_req: std::fs::read_to_string(MIGRATE_REQ)
+                .ok()
+                .map(|v| v.trim().to_string()),
+            bpffs_mounted: bpffs_mounted(),
+            keel_dir: Path::new(BPFFS).join("keel").exists(),
+        }
+    }
+
+    /// Restores what is no longer in use: the sysctl, and keel's pin directory and the bpffs mount
+    /// when they are empty (another keel's install keeps them). Returns problems.
+    fn restore(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(before) = &self.migrate_req {
+            let now = std::fs::read_to_string(MIGRATE_REQ).ok();
+            if now.as_deref().map(str::trim) != Some(before.as_str()) {
+                if let Err(e) = std::fs::write(MIGRATE_REQ, before) {
+                    problems.push(format!("restoring {MIGRATE_REQ} to {before}: {e}"));
+                }
+            }
+        }
+        let keel_dir = Path::new(BPFFS).join("keel");
+        // `remove_dir` only removes an empty directory: a live install elsewhere keeps it.
+        if !self.keel_dir && keel_dir.exists() && std::fs::remove_dir(&keel_dir).is_err() {
+            return problems;
+        }
+        let empty = std::fs::read_dir(BPFFS).is_ok_and(|mut d| d.next().is_none());
+        if !self.bpffs_mounted && bpffs_mounted() && empty {
+            if let Err(e) = run("umount", &[BPFFS]) {
+                problems.push(format!(
+                    "unmounting the bpffs keel mounted at {BPFFS}: {e:#}"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, target, fstype) = (f.next(), f.next(), f.next());
+            target == Some(BPFFS) && fstype == Some("bpf")
+        })
+    })
 }
 
 impl Drop for PodNet {

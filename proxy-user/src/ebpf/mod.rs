@@ -445,8 +445,7 @@ impl Redirector {
             take_hash(&mut ebpf, proxy_common::MESHED_DESTS)?;
         let pods: HashMap<MapData, u64, PodValue> =
             take_hash(&mut ebpf, proxy_common::POD_CGROUPS)?;
-        let parents: HashMap<MapData, u64, u32> =
-            take_hash(&mut ebpf, proxy_common::POD_PARENTS)?;
+        let parents: HashMap<MapData, u64, u32> = take_hash(&mut ebpf, proxy_common::POD_PARENTS)?;
         let cookies = take_hash(&mut ebpf, proxy_common::CONN_BY_COOKIE)?;
         let tuples = take_hash(&mut ebpf, proxy_common::CONN_BY_TUPLE)?;
         let stats_name = proxy_common::STATS;
