@@ -610,7 +610,11 @@ impl HostBefore {
         if !self.keel_dir && keel_dir.exists() && std::fs::remove_dir(&keel_dir).is_err() {
             return problems;
         }
-        let empty = std::fs::read_dir(BPFFS).is_ok_and(|mut d| d.next().is_none());
+        // The kernel's own iterators (bpf_preload's `maps.debug`, `progs.debug`) come with the mount.
+        let empty = std::fs::read_dir(BPFFS).is_ok_and(|d| {
+            d.flatten()
+                .all(|e| e.file_name().to_string_lossy().ends_with(".debug"))
+        });
         if !self.bpffs_mounted && bpffs_mounted() && empty {
             if let Err(e) = run("umount", &[BPFFS]) {
                 problems.push(format!(
