@@ -365,6 +365,12 @@ pub fn bpffs_entries() -> Vec<PathBuf> {
         };
         for e in entries.flatten() {
             let p = e.path();
+            // The kernel's own iterators that come with every bpffs mount (bpf_preload).
+            if dir == Path::new("/sys/fs/bpf")
+                && e.file_name().to_string_lossy().ends_with(".debug")
+            {
+                continue;
+            }
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stack.push(p.clone());
             }

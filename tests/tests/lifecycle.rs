@@ -38,18 +38,20 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
     );
     ensure_all_ok_via_proxy(&fx.get_reviews(3)?, &fx.net)?;
 
-    match stop {
+    let killed = match stop {
         Stop::Term => {
             let status = keel.terminate(Duration::from_secs(10))?;
             ensure!(
                 status.success(),
                 "keel should exit 0 on SIGTERM, got {status}"
             );
+            false
         }
         Stop::Kill => {
             keel.kill()?;
+            true
         }
-    }
+    };
     drop(keel);
 
     // The pinned links keep the programs attached for the next keel...
@@ -57,8 +59,13 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
         !attached_programs(&root)?.is_empty(),
         "the programs stay attached (pinned) after keel exits"
     );
-    // ...but with no keel alive they redirect nothing: a VIP connect goes direct at once, which in a
-    // pod without routes is unreachable (a redirect to the dead proxy would be refused instead).
+    // ...but with no keel alive they redirect nothing: a VIP connect goes direct, which in a pod
+    // without routes is unreachable (a redirect to the dead proxy would be refused instead). A
+    // stopped keel frees its heartbeat slot (direct at once); a killed one cannot (direct once its
+    // last heartbeat is stale, 120 ms).
+    if killed {
+        fx.wait_direct_after_kill(Duration::from_millis(500))?;
+    }
     let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
     ensure!(
         c.outcome == ConnectOutcome::Unreachable,

@@ -504,25 +504,8 @@ fn chaos_a3_crash_loop_leaks_nothing_and_uninstall_leaves_nothing() -> Result<()
     for cycle in 0..cycles {
         keel.kill()?;
         drop(keel);
-        // Dead keel: until its last heartbeat is stale (120 ms) a connect still goes to its port,
-        // where nothing listens (refused at once); then it goes direct (no route here:
-        // unreachable, fast). Never a hang.
-        let t = Instant::now();
-        loop {
-            let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
-            match c.outcome {
-                ConnectOutcome::Unreachable => break,
-                ConnectOutcome::Refused if t.elapsed() < DEAD_KEEL_DIRECT => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                _ => anyhow::bail!(
-                    "cycle {cycle}: {:?} after keel died a VIP connect must go direct \
-                     (unreachable here) or, before the heartbeat is stale, be refused at once: {c:?}",
-                    t.elapsed()
-                ),
-            }
-        }
-        let gap = t.elapsed();
+        // Dead keel: direct once its last heartbeat is stale (120 ms), never a hang.
+        let gap = fx.wait_direct_after_kill(DEAD_KEEL_DIRECT)?;
         keel = start_keel(&fx, &[])?;
         ensure_all_ok_via_proxy(&fx.get_reviews(1)?, &fx.net)?;
         max_gap = max_gap.max(gap);
