@@ -430,7 +430,6 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         .map(|_| worker::bind_reuseport(args.proxy_addr))
         .collect::<std::io::Result<Vec<_>>>()
         .with_context(|| format!("cannot listen on --proxy-addr {}", args.proxy_addr))?;
-    worker::enable_listener_migration();
     let (proxy_v4, proxy_v6) = split_proxy_addr(args.proxy_addr);
     // The admin API answers from before the attach (`/ready` is 503 until serving).
     let stats = Arc::new(Stats::default());
@@ -502,6 +501,8 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     }
     let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
         .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
+    // Only a keel that serves changes the host: one that cannot attach leaves the sysctl alone.
+    worker::enable_listener_migration();
     sync_kernel(&mut redirector, &state)?;
     let conn_table = redirector.conn_table();
     let redirector = Arc::new(Mutex::new(redirector));
