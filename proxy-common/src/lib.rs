@@ -15,27 +15,31 @@
 
 /// Version of this contract. User space writes it into [`ProxyConfig::abi_version`]; a kernel object
 /// built against another version sees the mismatch and redirects nothing (connections go direct).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the global (`.rodata`) holding the [`ProxyConfig`]; set by the loader before load.
 pub const PROXY_CONFIG: &str = "PROXY_CONFIG";
 
 /// `HashMap<DestKey, u32>`: the meshed destinations (service VIP, port). Value: reserved flags, 0.
 pub const MESHED_DESTS: &str = "MESHED_DESTS";
-/// `HashMap<u64, u32>`: cgroup id of a pod -> pod index, or [`POD_INDEX_SKIP`] for a pod on the
-/// node that is not captured (opted out, host network, sidecar).
+/// `HashMap<u64, PodValue>`: cgroup id of a pod -> pod index and flags. The index is
+/// [`POD_INDEX_SKIP`] for a pod on the node that is not captured (opted out, host network,
+/// sidecar).
 pub const POD_CGROUPS: &str = "POD_CGROUPS";
 /// `HashMap<u64, u32>`: cgroups whose child cgroups are pods (kubelet's kubepods and QoS cgroups).
 /// Value: reserved flags, 0. A child that is not in [`POD_CGROUPS`] is a pod keel has not resolved
 /// yet: its connects are redirected with [`POD_INDEX_PENDING`] and keel decides at accept, so a
 /// container that connects the instant its cgroup exists is still captured.
 pub const POD_PARENTS: &str = "POD_PARENTS";
-/// [`POD_CGROUPS`] value of a pod cgroup that is never redirected.
+/// [`PodValue::index`] of a pod cgroup that is never redirected.
 pub const POD_INDEX_SKIP: u32 = u32::MAX;
 /// [`ConnValue::pod_index`] of a connection from a pod cgroup keel had not resolved at connect.
 pub const POD_INDEX_PENDING: u32 = u32::MAX - 1;
 /// Capacity of [`POD_PARENTS`] (a kubelet node has three to six).
 pub const POD_PARENTS_MAX: u32 = 64;
+/// `Array<LiveSlot>` of [`LIVENESS_SLOTS`]: one heartbeat per running keel. The connect hooks
+/// redirect only while at least one slot's heartbeat is younger than [`LIVENESS_STALE_NS`].
+pub const LIVENESS: &str = "LIVENESS";
 /// `HashMap<u64, ConnValue>`: socket cookie -> record of a redirected connection.
 pub const CONN_BY_COOKIE: &str = "CONN_BY_COOKIE";
 /// `HashMap<ConnTuple, ConnValue>`: established 4-tuple (client side) -> record.
@@ -52,6 +56,18 @@ pub const POD_CGROUPS_MAX: u32 = 4_096;
 /// a tuple entry only ever exists while its cookie entry does, so the tuple map can never be the
 /// one that is full.
 pub const CONN_MAX: u32 = 65_536;
+
+/// Keels that can serve one attach root at once (an upgrade runs two; a crash loop leaves stale
+/// slots that are reused).
+pub const LIVENESS_SLOTS: u32 = 8;
+/// A heartbeat older than this means its keel no longer serves (killed, stopped, hung): with no
+/// fresh slot, pods' connections go direct (or are refused fast in fail-closed namespaces).
+/// Keel refreshes its slot every 25 ms from a dedicated thread.
+pub const LIVENESS_STALE_NS: u64 = 120_000_000;
+
+/// [`PodValue::flags`]: when no keel serves, refuse the pod's meshed connects (`EPERM` at once)
+/// instead of letting them go direct.
+pub const POD_F_FAIL_CLOSED: u32 = 1;
 
 /// Deepest level below the attach root at which the connecting task's cgroup (or an ancestor of
 /// it) is looked up in [`POD_CGROUPS`]: `<root>/<namespace>/<pod>/<container>/...` fits easily.
@@ -90,6 +106,10 @@ pub const STAT_ABI_MISMATCH: u32 = 11;
 /// The attach root was not found among the task's ancestors (the socket's cgroup is under the
 /// root but the task has moved out of it).
 pub const STAT_ROOT_NOT_ANCESTOR: u32 = 10;
+/// Meshed destination from a pod, but no keel heartbeat is fresh: the connection went direct.
+pub const STAT_SKIPPED_NO_KEEL: u32 = 12;
+/// Meshed destination from a fail-closed pod while no keel serves: the connect was refused.
+pub const STAT_REFUSED_NO_KEEL: u32 = 13;
 /// Number of counters in [`STATS`].
 pub const STATS_LEN: u32 = 16;
 
@@ -130,6 +150,41 @@ impl ProxyConfig {
         _pad0: 0,
         abi_version: 0,
         root_cgroup_id: 0,
+    };
+}
+
+/// Value of [`POD_CGROUPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodValue {
+    /// The pod's index, copied into [`ConnValue::pod_index`].
+    pub index: u32,
+    /// `POD_F_*` bits.
+    pub flags: u32,
+}
+
+/// One element of [`LIVENESS`]: a running keel's heartbeat.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveSlot {
+    /// `CLOCK_MONOTONIC` nanoseconds of the last refresh; 0 = free slot.
+    pub heartbeat_ns: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the keel started: the newest live keel is the one that
+    /// writes the pod and destination maps.
+    pub started_ns: u64,
+    /// The keel's process id (for operators and for claiming a slot).
+    pub pid: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+impl LiveSlot {
+    /// A free slot.
+    pub const FREE: Self = Self {
+        heartbeat_ns: 0,
+        started_ns: 0,
+        pid: 0,
+        flags: 0,
     };
 }
 
@@ -200,6 +255,8 @@ mod pod {
     unsafe impl aya::Pod for super::DestKey {}
     unsafe impl aya::Pod for super::ConnTuple {}
     unsafe impl aya::Pod for super::ConnValue {}
+    unsafe impl aya::Pod for super::PodValue {}
+    unsafe impl aya::Pod for super::LiveSlot {}
 }
 
 // Compile-time layout checks: a silent layout change would corrupt every map exchange.
@@ -208,3 +265,5 @@ const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ConnTuple>() == 36);
 const _: () = assert!(core::mem::size_of::<ConnValue>() == 80);
 const _: () = assert!(core::mem::align_of::<ConnValue>() == 8);
+const _: () = assert!(core::mem::size_of::<PodValue>() == 8);
+const _: () = assert!(core::mem::size_of::<LiveSlot>() == 24);

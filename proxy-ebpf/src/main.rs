@@ -4,7 +4,9 @@
 //! Programs (all attached at one cgroup root, under which every pod has its own cgroup):
 //! - `keel_connect4` / `keel_connect6` (`cgroup/connect4`, `cgroup/connect6`): if a TCP connect from a captured
 //!   pod goes to a meshed (VIP, port), record `{original dst, pod}` under the socket cookie and
-//!   rewrite the destination to the proxy. They always allow the connect.
+//!   rewrite the destination to the proxy, but only while a keel's heartbeat in `LIVENESS` is
+//!   fresh. With no live keel the connect goes direct (fail open), or, for a pod flagged
+//!   `POD_F_FAIL_CLOSED`, is refused at once (`EPERM`); it never waits on a dead proxy.
 //! - `keel_sockops`: follow the redirected sockets; at ESTABLISHED publish the record under the 4-tuple
 //!   the proxy will see on `accept()`, and delete both records at TCP_CLOSE.
 //!
@@ -32,18 +34,19 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
     },
     macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SockAddrContext, SockOpsContext},
     EbpfContext, Global,
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    ConnTuple, ConnValue, DestKey, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED, CONN_MAX,
-    MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_INDEX_PENDING, POD_INDEX_SKIP, POD_PARENTS_MAX,
+    ConnTuple, ConnValue, DestKey, LiveSlot, PodValue, ProxyConfig, ABI_VERSION,
+    CONN_F_ESTABLISHED, CONN_MAX, LIVENESS_SLOTS, LIVENESS_STALE_NS, MESHED_DESTS_MAX,
+    POD_CGROUPS_MAX, POD_F_FAIL_CLOSED, POD_INDEX_PENDING, POD_INDEX_SKIP, POD_PARENTS_MAX,
     POD_SEARCH_DEPTH, ROOT_SEARCH_MAX_LEVEL, STATS_LEN, STAT_ABI_MISMATCH, STAT_CB_FLAGS_FAILED,
-    STAT_CLOSED, STAT_ESTABLISHED, STAT_RECONNECTED, STAT_REDIRECTED, STAT_ROOT_NOT_ANCESTOR,
-    STAT_SKIPPED_MAP_FULL, STAT_SKIPPED_NOT_MESHED, STAT_SKIPPED_NOT_POD, STAT_SKIPPED_NO_PROXY,
-    STAT_TUPLE_INSERT_FAILED,
+    STAT_CLOSED, STAT_ESTABLISHED, STAT_RECONNECTED, STAT_REDIRECTED, STAT_REFUSED_NO_KEEL,
+    STAT_ROOT_NOT_ANCESTOR, STAT_SKIPPED_MAP_FULL, STAT_SKIPPED_NOT_MESHED, STAT_SKIPPED_NOT_POD,
+    STAT_SKIPPED_NO_KEEL, STAT_SKIPPED_NO_PROXY, STAT_TUPLE_INSERT_FAILED,
 };
 
 const AF_INET: u32 = 2;
@@ -61,7 +64,10 @@ static PROXY_CONFIG: Global<ProxyConfig> = Global::new(ProxyConfig::EMPTY);
 static MESHED_DESTS: HashMap<DestKey, u32> = HashMap::with_max_entries(MESHED_DESTS_MAX, 0);
 
 #[map]
-static POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(POD_CGROUPS_MAX, 0);
+static POD_CGROUPS: HashMap<u64, PodValue> = HashMap::with_max_entries(POD_CGROUPS_MAX, 0);
+
+#[map]
+static LIVENESS: Array<LiveSlot> = Array::with_max_entries(LIVENESS_SLOTS, 0);
 
 #[map]
 static POD_PARENTS: HashMap<u64, u32> = HashMap::with_max_entries(POD_PARENTS_MAX, 0);
@@ -90,15 +96,42 @@ enum Dest {
 pub fn keel_connect4(ctx: SockAddrContext) -> i32 {
     let stat = try_connect(&ctx, false);
     bump(stat);
-    // Always allow: this program only ever changes where a connection goes, never whether.
-    1
+    verdict(stat)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn keel_connect6(ctx: SockAddrContext) -> i32 {
     let stat = try_connect(&ctx, true);
     bump(stat);
-    1
+    verdict(stat)
+}
+
+/// Allow every connect except a fail-closed pod's while no keel serves (0 makes `connect()` fail
+/// with `EPERM` at once).
+#[inline(always)]
+fn verdict(stat: u32) -> i32 {
+    if stat == STAT_REFUSED_NO_KEEL {
+        0
+    } else {
+        1
+    }
+}
+
+/// Whether some keel refreshed its heartbeat within [`LIVENESS_STALE_NS`].
+#[inline(always)]
+fn keel_alive() -> bool {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    for i in 0..LIVENESS_SLOTS {
+        if let Some(slot) = LIVENESS.get(i) {
+            // Signed: a heartbeat written on another CPU just after `now` was read is fresh.
+            let age = now.wrapping_sub(slot.heartbeat_ns) as i64;
+            if slot.heartbeat_ns != 0 && age < LIVENESS_STALE_NS as i64 {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[sock_ops]
@@ -161,10 +194,17 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> u32 {
     if cfg.abi_version != ABI_VERSION {
         return STAT_ABI_MISMATCH;
     }
-    let (pod_cgroup_id, pod_index) = match find_pod(cfg.root_cgroup_id) {
+    let (pod_cgroup_id, pod) = match find_pod(cfg.root_cgroup_id) {
         Ok(found) => found,
         Err(stat) => return stat,
     };
+    if !keel_alive() {
+        if pod.flags & POD_F_FAIL_CLOSED != 0 {
+            return STAT_REFUSED_NO_KEEL;
+        }
+        return STAT_SKIPPED_NO_KEEL;
+    }
+    let pod_index = pod.index;
 
     // Where to send it: the v4 proxy for v4 destinations (v4-mapped on a v6 socket, since a v6
     // socket connecting to a v4-mapped address really speaks IPv4), the v6 proxy for native v6.
@@ -232,14 +272,14 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> u32 {
     stat
 }
 
-/// The captured pod the current task belongs to: `(matching cgroup id, pod index)`.
+/// The captured pod the current task belongs to: `(matching cgroup id, its entry)`.
 #[inline(always)]
-fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
+fn find_pod(root_cgroup_id: u64) -> Result<(u64, PodValue), u32> {
     // SAFETY: no preconditions.
     let current = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(index) = POD_CGROUPS.get_ptr(current) {
+    if let Some(pod) = POD_CGROUPS.get_ptr(current) {
         // SAFETY: a non-null pointer into the map value.
-        return pod_or_skip(current, unsafe { *index });
+        return pod_or_skip(current, unsafe { *pod });
     }
     // The task may live in a container cgroup below the pod's. Find the root's absolute level
     // (it is not known to user space when the proxy runs in a cgroup namespace), then look at the
@@ -269,14 +309,20 @@ fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
         }
         // `current` was looked up above.
         if id != current {
-            if let Some(index) = POD_CGROUPS.get_ptr(id) {
+            if let Some(pod) = POD_CGROUPS.get_ptr(id) {
                 // SAFETY: a non-null pointer into the map value.
-                return pod_or_skip(id, unsafe { *index });
+                return pod_or_skip(id, unsafe { *pod });
             }
         }
         // A child of a pod parent that keel has not resolved yet: a pod that just started.
         if POD_PARENTS.get_ptr(parent).is_some() && POD_PARENTS.get_ptr(id).is_none() {
-            return Ok((id, POD_INDEX_PENDING));
+            // Flags 0: a pod keel does not know yet cannot be fail-closed; with no live keel its
+            // connects go direct like any pod's.
+            let pending = PodValue {
+                index: POD_INDEX_PENDING,
+                flags: 0,
+            };
+            return Ok((id, pending));
         }
         if id == current {
             break;
@@ -288,11 +334,11 @@ fn find_pod(root_cgroup_id: u64) -> Result<(u64, u32), u32> {
 
 /// A `POD_CGROUPS` hit: the pod, unless it is one that is never redirected.
 #[inline(always)]
-fn pod_or_skip(id: u64, index: u32) -> Result<(u64, u32), u32> {
-    if index == POD_INDEX_SKIP {
+fn pod_or_skip(id: u64, pod: PodValue) -> Result<(u64, PodValue), u32> {
+    if pod.index == POD_INDEX_SKIP {
         return Err(STAT_SKIPPED_NOT_POD);
     }
-    Ok((id, index))
+    Ok((id, pod))
 }
 
 #[inline(always)]

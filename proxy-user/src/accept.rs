@@ -3,6 +3,7 @@
 //! connection without a record (someone dialled the proxy port directly) is closed at once.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +114,77 @@ pub struct Acceptor {
     pub state_scope: StateScope,
     /// Node-wide and per-pod connection and request caps.
     pub admission: Arc<Admission>,
+    /// Becomes true when the process drains: stop accepting, ask HTTP clients to go away.
+    pub drain: Drain,
+}
+
+/// The drain signal and the count of connections still open, shared by every worker.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    signal: tokio::sync::watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+}
+
+/// The side of [`Drain`] that starts the drain and waits for it.
+#[derive(Debug)]
+pub struct DrainControl {
+    signal: tokio::sync::watch::Sender<bool>,
+    open: Arc<AtomicUsize>,
+}
+
+impl DrainControl {
+    /// A new, not yet draining pair.
+    pub fn new() -> (DrainControl, Drain) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        (
+            DrainControl {
+                signal: tx,
+                open: Arc::clone(&open),
+            },
+            Drain { signal: rx, open },
+        )
+    }
+
+    /// Starts draining: listeners close once their queues are accepted, HTTP/1 connections answer
+    /// their next response with `Connection: close` (idle ones close), HTTP/2 ones get GOAWAY, TCP
+    /// relays run on until they end.
+    pub fn start(&self) {
+        self.signal.send_replace(true);
+    }
+
+    /// Connections still open.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drain {
+    /// Resolves once the drain has started.
+    pub async fn started(&self) {
+        let mut rx = self.signal.clone();
+        // An error means the control side is gone: the process is exiting anyway.
+        let _ = rx.wait_for(|draining| *draining).await;
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    fn track(&self) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(Arc::clone(&self.open))
+    }
+}
+
+/// Counts one open connection until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Acceptor {
@@ -138,27 +210,55 @@ impl Acceptor {
         }
     }
 
-    /// Accept until the listener fails or the task is dropped.
+    /// Accept until the drain starts; then accept what is already queued and close the listener
+    /// (with `net.ipv4.tcp_migrate_req=1` connections the kernel still queues for it move to the
+    /// other listeners of its `SO_REUSEPORT` group, a successor keel's included). Returns once the
+    /// listener is closed; connections accepted keep running on the caller's runtime.
     pub async fn run(self, listener: TcpListener) {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
+            let accepted = tokio::select! {
+                biased;
+                () = self.drain.started() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.spawn(stream, peer),
                 Err(e) => {
                     // Out of file descriptors and similar: back off briefly, keep serving.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
                 }
-            };
-            // Over the node-wide cap the connection is closed before any work is spent on it
-            // (Envoy's global_downstream_max_connections), so the proxy stays responsive.
-            let Some(slot) = self.admission.connection() else {
-                drop(stream);
-                continue;
-            };
-            let this = self.clone();
-            tokio::spawn(async move { this.handle(stream, peer, slot).await });
+            }
         }
+        // Whatever completed its handshake before the close is ours to serve.
+        let mut queued = 0usize;
+        while let Some(Ok((stream, peer))) =
+            std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+                std::task::Poll::Pending => std::task::Poll::Ready(None),
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+            })
+            .await
+        {
+            queued += 1;
+            self.spawn(stream, peer);
+        }
+        drop(listener);
+        tracing::debug!(queued, "listener closed for the drain");
+    }
+
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
+        // Over the node-wide cap the connection is closed before any work is spent on it
+        // (Envoy's global_downstream_max_connections), so the proxy stays responsive.
+        let Some(slot) = self.admission.connection() else {
+            drop(stream);
+            return;
+        };
+        let this = self.clone();
+        let guard = self.drain.track();
+        tokio::spawn(async move {
+            this.handle(stream, peer, slot).await;
+            drop(guard);
+        });
     }
 
     async fn handle(self, stream: TcpStream, peer: SocketAddr, _slot: ConnectionSlot) {
@@ -245,6 +345,7 @@ impl Acceptor {
             }
             .to_string(),
         });
+        let drain = self.drain.clone();
         let ctx = Arc::new(ConnContext {
             state: self.state,
             stats: self.stats,
@@ -257,7 +358,7 @@ impl Acceptor {
             budget: pod_slot.budget(),
         });
         match kind {
-            Sniffed::Http1 | Sniffed::Http2 => crate::l7::serve(stream, ctx).await,
+            Sniffed::Http1 | Sniffed::Http2 => crate::l7::serve(stream, ctx, drain).await,
             Sniffed::Opaque => l4::proxy(stream, ctx).await,
         }
     }

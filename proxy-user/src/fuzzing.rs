@@ -367,7 +367,9 @@ fn serve_bytes(data: &[u8]) -> (bool, Vec<u8>) {
     runtime().block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(super::l7::serve(server, ctx));
+        // Held to the end: a dropped control side reads as a started drain.
+        let (drain_control, drain) = crate::accept::DrainControl::new();
+        let served = tokio::spawn(super::l7::serve(server, ctx, drain));
         let (mut rd, mut wr) = tokio::io::split(client);
         let writer = tokio::spawn(async move {
             let _ = wr.write_all(&input).await;
@@ -389,6 +391,7 @@ fn serve_bytes(data: &[u8]) -> (bool, Vec<u8>) {
         .await;
         writer.abort();
         served.abort();
+        drop(drain_control);
         (read.is_ok(), out)
     })
 }

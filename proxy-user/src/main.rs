@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use keel::admin::{self, AdminContext, ConfigStatus, ConnLog, Stats};
-use keel::ebpf::Redirector;
+use keel::ebpf::{CapturedPod, Redirector};
 use keel::source::kube::Change;
 use keel::state::reload::{self, ConfigSource, KubeObjects, Reloader};
 use keel::state::{self, State};
@@ -46,6 +46,17 @@ enum Command {
     /// Explain what keel does with one request of one client pod: the VirtualService rule that
     /// matches and why earlier ones do not, destinations, DestinationRule policy, endpoints.
     Explain(ExplainArgs),
+    /// Remove what `keel run` leaves in the kernel for a cgroup root and proxy address (pinned
+    /// links and maps under /sys/fs/bpf/keel): the programs detach at once and pods connect
+    /// directly. Run it after the last keel of the node has stopped (uninstalling the DaemonSet).
+    Uninstall {
+        /// The `--cgroup` keel ran with.
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// The `--proxy-addr` keel ran with.
+        #[arg(long)]
+        proxy_addr: SocketAddr,
+    },
     /// Ask a running keel to shut down as on SIGTERM (`POST /quitquitquit`) and wait until its
     /// admin port closes: the DaemonSet's preStop hook.
     Quit {
@@ -125,6 +136,11 @@ struct RunArgs {
     /// Localhost address of the admin API.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// On SIGTERM, how long open connections may take to finish (seconds), as Istio's
+    /// `terminationDrainDuration`: HTTP/1 clients get `Connection: close`, HTTP/2 ones GOAWAY, TCP
+    /// relays run on; whatever is still open then is closed.
+    #[arg(long, default_value_t = 5)]
+    drain_time: u64,
     /// Redirected connections the kernel tracks at once (both connection maps are this size).
     /// Beyond it, new connections are not redirected: they go direct, never misrouted.
     #[arg(long, default_value_t = keel::ebpf::CONNECTION_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
@@ -223,6 +239,9 @@ fn main() -> std::process::ExitCode {
         ),
         Command::Run(args) => run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Explain(args) => explain(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Uninstall { cgroup, proxy_addr } => {
+            uninstall(&cgroup, proxy_addr).map(|()| std::process::ExitCode::SUCCESS)
+        }
         Command::Quit {
             admin_addr,
             timeout,
@@ -236,6 +255,37 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// The v4 and v6 proxy addresses of `--proxy-addr` (a v4-mapped v6 address is the v4 one).
+fn split_proxy_addr(addr: SocketAddr) -> (Option<SocketAddrV4>, Option<SocketAddrV6>) {
+    match addr {
+        SocketAddr::V4(a) => (Some(a), None),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => (Some(SocketAddrV4::new(v4, a.port())), None),
+            None => (None, Some(a)),
+        },
+    }
+}
+
+/// `keel uninstall`.
+fn uninstall(cgroup: &Path, proxy_addr: SocketAddr) -> anyhow::Result<()> {
+    let id = keel::ebpf::cgroup_id(cgroup)
+        .with_context(|| format!("cgroup root {}", cgroup.display()))?;
+    let (v4, v6) = split_proxy_addr(proxy_addr);
+    match keel::ebpf::pins::uninstall(id, v4, v6)
+        .with_context(|| format!("removing keel's pins for {}", cgroup.display()))?
+    {
+        Some(dir) => eprintln!(
+            "keel: removed {}; nothing is attached any more",
+            dir.display()
+        ),
+        None => eprintln!(
+            "keel: nothing installed for {} and {proxy_addr}",
+            cgroup.display()
+        ),
+    }
+    Ok(())
 }
 
 /// `keel explain`: from files or from a running keel; text or JSON on stdout.
@@ -380,13 +430,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         .map(|_| worker::bind_reuseport(args.proxy_addr))
         .collect::<std::io::Result<Vec<_>>>()
         .with_context(|| format!("cannot listen on --proxy-addr {}", args.proxy_addr))?;
-    let (proxy_v4, proxy_v6) = match args.proxy_addr {
-        SocketAddr::V4(a) => (Some(a), None::<SocketAddrV6>),
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => (Some(SocketAddrV4::new(v4, a.port())), None),
-            None => (None, Some(a)),
-        },
-    };
+    let (proxy_v4, proxy_v6) = split_proxy_addr(args.proxy_addr);
     // The admin API answers from before the attach (`/ready` is 503 until serving).
     let stats = Arc::new(Stats::default());
     let conn_log = Arc::new(ConnLog::default());
@@ -457,10 +501,13 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     }
     let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
         .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
+    // Only a keel that serves changes the host: one that cannot attach leaves the sysctl alone.
+    worker::enable_listener_migration();
     sync_kernel(&mut redirector, &state)?;
     let conn_table = redirector.conn_table();
     let redirector = Arc::new(Mutex::new(redirector));
     let _ = attached.set(Arc::downgrade(&redirector));
+    let (drain_control, drain) = keel::accept::DrainControl::new();
 
     let admission = keel::admission::Admission::new(limits(&args)?, Arc::clone(&stats));
     tracing::info!(limits = ?admission.limits(), "admission limits");
@@ -473,6 +520,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             conn_table: conn_table.clone(),
             state_scope,
             admission: Arc::clone(&admission),
+            drain: drain.clone(),
         };
         worker::spawn(i, listener, acceptor)?;
     }
@@ -496,6 +544,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         stats,
         config_status,
         metrics: Arc::clone(&metrics),
+        writer: true,
     }));
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -512,11 +561,44 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         signal = shutdown_signal() => signal?,
         () = quit.notified() => tracing::info!("POST /quitquitquit"),
     }
-    tracing::info!("shutting down: detaching programs");
     ready.store(false, Ordering::Release);
+    // A draining keel writes nothing shared any more: the successor (if any) owns the maps.
     control_task.abort();
     let _ = control_task.await;
-    // Dropping the last handle detaches the programs and frees the maps.
+    let successor = {
+        let mut r = redirector
+            .lock()
+            .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?;
+        let successor = r.others_alive();
+        // From here new connections go to the successor, or direct when there is none.
+        r.stop_heartbeat();
+        successor
+    };
+    tracing::info!(
+        successor,
+        drain_time_s = args.drain_time,
+        "shutting down: draining"
+    );
+    if !successor {
+        // Connects the kernel redirected just before the heartbeat stopped are still in their
+        // handshake: give them time to reach the accept queue.
+        tokio::time::sleep(QUIESCE).await;
+    }
+    drain_control.start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.drain_time);
+    while drain_control.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = drain_control.open();
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain deadline passed; closing what is still open"
+        );
+    } else {
+        tracing::info!("drained");
+    }
+    // The pinned links and maps stay: the next keel takes them over, `keel uninstall` removes them.
     drop(redirector);
     Ok(())
 }
@@ -541,6 +623,9 @@ fn limits(args: &RunArgs) -> anyhow::Result<keel::admission::Limits> {
         ..keel::admission::Limits::default()
     })
 }
+
+/// How long a keel without successor keeps accepting after it stopped its heartbeat.
+const QUIESCE: Duration = Duration::from_millis(50);
 
 /// Log a load's problems and turn them into the admin's config status.
 fn report_load(loaded: &reload::Reloaded) -> ConfigStatus {
@@ -599,15 +684,19 @@ fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()>
         .context("publishing meshed destinations")?;
     // Parents last when they grow and first when they shrink would not matter: a child of a new
     // parent that is not in the pod map yet is exactly a pod that is still pending.
-    let pods: Vec<(u64, u32)> = node
+    let pods: Vec<CapturedPod> = node
         .pod_by_cgroup
         .iter()
-        .map(|(&cg, &pod)| (cg, u32::try_from(pod).unwrap_or(keel::ebpf::POD_INDEX_SKIP)))
-        .chain(
-            node.skipped_cgroups
-                .iter()
-                .map(|&cg| (cg, keel::ebpf::POD_INDEX_SKIP)),
-        )
+        .map(|(&cg, &pod)| CapturedPod {
+            cgroup_id: cg,
+            index: u32::try_from(pod).unwrap_or(keel::ebpf::POD_INDEX_SKIP),
+            fail_closed: node.snapshot.fail_closed(pod),
+        })
+        .chain(node.skipped_cgroups.iter().map(|&cg| CapturedPod {
+            cgroup_id: cg,
+            index: keel::ebpf::POD_INDEX_SKIP,
+            fail_closed: false,
+        }))
         .collect();
     redirector
         .set_pod_cgroups(&pods)
@@ -636,6 +725,8 @@ struct Control {
     config_status: Arc<Mutex<ConfigStatus>>,
     /// Holds the access log, re-applied from the MeshConfig after each load.
     metrics: Arc<keel::metrics::Metrics>,
+    /// Whether this keel wrote the shared kernel maps at the last tick.
+    writer: bool,
 }
 
 /// How often the config directory is checked: a change applies well within a second.
@@ -776,12 +867,23 @@ async fn control_loop(mut c: Control) {
             tracing::error!("redirector lock poisoned; stopping control loop");
             return;
         };
-        if changed {
+        // Of the keels serving this install (two during an upgrade), only the newest writes the
+        // shared maps; one that becomes the newest again (its successor died) first re-reads them.
+        let writer = redirector.is_newest();
+        if writer && !c.writer {
+            tracing::info!("this keel writes the kernel maps again");
+            redirector.reload_mirrors();
+            changed = true;
+        } else if !writer && c.writer {
+            tracing::info!("a newer keel serves this install; it writes the kernel maps now");
+        }
+        c.writer = writer;
+        if changed && writer {
             if let Err(e) = sync_kernel(&mut redirector, &c.state) {
                 tracing::error!("kernel sync failed: {e:#}");
             }
         }
-        if ticked && n.is_multiple_of(SWEEP_EVERY) {
+        if writer && ticked && n.is_multiple_of(SWEEP_EVERY) {
             match redirector.sweep_unestablished(SWEEP_AGE) {
                 Ok(0) => {}
                 Ok(swept) => tracing::info!(swept, "removed stale connection records"),
@@ -902,6 +1004,23 @@ mod worker {
         listener.into_std()
     }
 
+    /// Sets `net.ipv4.tcp_migrate_req=1` in keel's network namespace (the node's), so that when a
+    /// draining keel closes its listeners, connections queued on them (and handshakes in
+    /// progress) move to the other listeners of the `SO_REUSEPORT` group — the successor keel's —
+    /// instead of being reset. It only changes what happens when a listener of a reuseport group
+    /// closes while others remain.
+    pub fn enable_listener_migration() {
+        const KNOB: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+        match std::fs::read_to_string(KNOB) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => match std::fs::write(KNOB, "1") {
+                Ok(()) => tracing::info!("set net.ipv4.tcp_migrate_req=1 (hand queued connections to the successor on upgrade)"),
+                Err(e) => tracing::warn!(error = %e, "cannot set net.ipv4.tcp_migrate_req=1: connections queued on a draining keel's listener may be reset during an upgrade"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read net.ipv4.tcp_migrate_req"),
+        }
+    }
+
     /// Run `acceptor` on `listener` in a new thread until the process exits.
     pub fn spawn(
         index: usize,
@@ -920,6 +1039,9 @@ mod worker {
                         Ok(l) => acceptor.run(l).await,
                         Err(e) => tracing::error!(error = %e, "worker listener failed"),
                     }
+                    // Draining: the connections accepted run on this runtime until the process
+                    // exits (the main thread waits for them up to the drain deadline).
+                    std::future::pending::<()>().await
                 })
             })
             .context("starting a worker thread")?;

@@ -978,6 +978,50 @@ impl Agent {
         self.client(pod, &args, req.timeout + CLIENT_SLACK)
     }
 
+    /// Runs `conn-load` in `pod`: `rate` new connections/s to `addr` for `duration`, one request
+    /// with `Host: host` each.
+    pub fn conn_load(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        host: &str,
+        rate: u32,
+        duration: Duration,
+    ) -> Result<ConnLoadReport> {
+        let (addr, rate) = (addr.to_string(), rate.to_string());
+        let ms = duration.as_millis().to_string();
+        self.client(
+            pod,
+            &[
+                "conn-load",
+                "--addr",
+                &addr,
+                "--host",
+                host,
+                "--rate",
+                &rate,
+                "--duration-ms",
+                &ms,
+            ],
+            duration + Duration::from_secs(10) + CLIENT_SLACK,
+        )
+    }
+
+    /// Runs `tcp-hold` in `pod` against a line echo server at `addr` for `duration`.
+    pub fn tcp_hold(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        duration: Duration,
+    ) -> Result<TcpHoldReport> {
+        let (addr, ms) = (addr.to_string(), duration.as_millis().to_string());
+        self.client(
+            pod,
+            &["tcp-hold", "--addr", &addr, "--duration-ms", &ms],
+            duration + Duration::from_secs(10) + CLIENT_SLACK,
+        )
+    }
+
     /// Runs `http-load` in `pod`: `rate` requests/s over `connections` keep-alive connections for
     /// `duration`.
     pub fn http_load(
@@ -1208,6 +1252,41 @@ pub struct FloodReport {
     pub write_stalled: bool,
     pub elapsed_ms: u64,
     pub error: Option<String>,
+}
+
+/// One connection of `pod-agent conn-load`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ConnSample {
+    /// When the connect started, Unix ms.
+    pub start_ms: u64,
+    /// How long connect() took (until it succeeded or failed), µs.
+    pub connect_us: u64,
+    /// Connect to the end of the answer, ms.
+    pub total_ms: u64,
+    /// HTTP status; 0 = no answer.
+    pub status: u16,
+    /// The echo body's `version` (which backend answered).
+    pub version: String,
+    /// What went wrong, empty if nothing.
+    pub error: String,
+}
+
+/// What `pod-agent conn-load` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ConnLoadReport {
+    /// Every connection, in start order.
+    pub samples: Vec<ConnSample>,
+}
+
+/// What `pod-agent tcp-hold` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct TcpHoldReport {
+    /// Lines echoed correctly.
+    pub round_trips: u64,
+    /// How long the connection was used, ms.
+    pub ended_after_ms: u64,
+    /// Why it ended early; empty if it lasted the whole duration.
+    pub error: String,
 }
 
 /// What `pod-agent http-load` prints.

@@ -224,6 +224,11 @@ impl Keel {
             .context("keel did not exit after SIGTERM")
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) without waiting.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        self.proc.signal(signal)
+    }
+
     /// Sends SIGKILL and reaps keel.
     pub fn kill(&mut self) -> Result<ExitStatus> {
         self.proc.kill()
@@ -360,6 +365,12 @@ pub fn bpffs_entries() -> Vec<PathBuf> {
         };
         for e in entries.flatten() {
             let p = e.path();
+            // The kernel's own iterators that come with every bpffs mount (bpf_preload).
+            if dir == Path::new("/sys/fs/bpf")
+                && e.file_name().to_string_lossy().ends_with(".debug")
+            {
+                continue;
+            }
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stack.push(p.clone());
             }
@@ -368,4 +379,103 @@ pub fn bpffs_entries() -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `keel uninstall --cgroup <root> --proxy-addr <addr>`; fails with its stderr unless it exits 0.
+pub fn uninstall(cgroup_root: &Path, proxy_addr: SocketAddr) -> Result<String> {
+    let bin = host::keel_bin()?;
+    let out = Command::new(&bin)
+        .arg("uninstall")
+        .arg("--cgroup")
+        .arg(cgroup_root)
+        .arg("--proxy-addr")
+        .arg(proxy_addr.to_string())
+        .output()
+        .with_context(|| format!("running {} uninstall", bin.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("keel uninstall exited {}: {stderr}", out.status);
+    }
+    Ok(stderr)
+}
+
+/// keel's pin directory (its install) for `cgroup_root` and an IPv4 `proxy_addr`:
+/// `/sys/fs/bpf/keel/cg<cgroup id>-<ip>_<port>` with the address's `.` as `_`.
+pub fn install_dir(cgroup_root: &Path, proxy_addr: SocketAddr) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = std::fs::metadata(cgroup_root)
+        .with_context(|| format!("stat {}", cgroup_root.display()))?
+        .ino();
+    let addr = proxy_addr.to_string().replace([':', '[', ']', '.'], "_");
+    Ok(PathBuf::from("/sys/fs/bpf/keel").join(format!("cg{id}-{addr}")))
+}
+
+/// What the kernel holds for one keel install, counted from the maps pinned in its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfFootprint {
+    /// Ids of the maps pinned in the install directory.
+    pub pinned_maps: Vec<u64>,
+    /// Ids of the loaded programs that use any of those maps (attached or not).
+    pub programs: Vec<u64>,
+    /// Ids of every map those programs use (pinned ones plus each program's own, e.g. `.rodata`).
+    pub maps: Vec<u64>,
+    /// Paths under the install directory.
+    pub pins: Vec<PathBuf>,
+}
+
+/// The [`BpfFootprint`] of the install in `dir`, per `bpftool` (`-j map show pinned`, `-j prog
+/// show`). Only programs using the install's own maps count, so other keels on the machine (other
+/// tests) do not disturb it.
+pub fn bpf_footprint(dir: &Path) -> Result<BpfFootprint> {
+    let pins: Vec<PathBuf> = bpffs_entries()
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    let mut pinned_maps = Vec::new();
+    for p in &pins {
+        let Some(path) = p.to_str() else { continue };
+        if p.is_dir()
+            || p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+        {
+            continue;
+        }
+        let out = host::run("bpftool", &["-j", "map", "show", "pinned", path])?;
+        let v: Value =
+            serde_json::from_str(&out).context("parsing `bpftool -j map show pinned`")?;
+        if let Some(id) = v["id"].as_u64() {
+            pinned_maps.push(id);
+        }
+    }
+    pinned_maps.sort_unstable();
+    let out = host::run("bpftool", &["-j", "prog", "show"])?;
+    let v: Value = serde_json::from_str(&out).context("parsing `bpftool -j prog show`")?;
+    let mut programs = Vec::new();
+    let mut maps = std::collections::BTreeSet::new();
+    for prog in v.as_array().into_iter().flatten() {
+        let ids: Vec<u64> = prog["map_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        if ids.iter().any(|id| pinned_maps.contains(id)) {
+            if let Some(id) = prog["id"].as_u64() {
+                programs.push(id);
+            }
+            maps.extend(ids);
+        }
+    }
+    programs.sort_unstable();
+    Ok(BpfFootprint {
+        pinned_maps,
+        programs,
+        maps: maps.into_iter().collect(),
+        pins,
+    })
+}
+
+/// Whether the kernel still has a map with this id (`bpftool map show id`).
+pub fn map_exists(id: u64) -> bool {
+    host::run("bpftool", &["map", "show", "id", &id.to_string()]).is_ok()
 }

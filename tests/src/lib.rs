@@ -31,16 +31,18 @@ pub mod raw_http;
 pub mod request_log;
 
 pub use agent::{
-    Agent, ConnMode, ConnectOutcome, EchoBody, GrpcCall, GrpcCallReport, GrpcClientReport,
-    GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport, HttpServerOpts, ServerTls,
-    TcpConnectReport, TcpEchoReport, TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
+    Agent, ConnLoadReport, ConnMode, ConnSample, ConnectOutcome, EchoBody, GrpcCall,
+    GrpcCallReport, GrpcClientReport, GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport,
+    HttpServerOpts, ServerTls, TcpConnectReport, TcpEchoReport, TcpHoldReport, TlsClient,
+    TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, admin_stats, ConnectionRecord, Keel, KeelOptions, KubeMode};
 pub use kubelet::{test_uid, CgroupDriver, KubeletCgroup, QosClass};
 pub use pki::TestPki;
 pub use podnet::{
-    cleanup_all_stale, cleanup_stale, leftovers, Pod, PodNet, PROXY_PORT, SERVICE_CIDR,
+    cleanup_all_stale, cleanup_stale, leftovers, KubeProxyRule, Pod, PodNet, PROXY_PORT,
+    SERVICE_CIDR,
 };
 pub use process::Proc;
 pub use request_log::{body_hash, body_pattern, RequestLog, RequestRecord};

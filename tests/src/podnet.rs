@@ -23,7 +23,9 @@
 //! - Everything the guard creates is named from `(prefix, n)` or tagged with the link alias
 //!   `keel-podnet:<prefix>-<n>`, and our blackhole route has its own metric `40000 + n`, so cleanup never
 //!   touches what another run (or the host) owns, and a route someone else added is never removed.
-//! - No sysctl is changed: everything is on one bridge, so `ip_forward` stays as it was.
+//! - No sysctl is changed: everything is on one bridge, so `ip_forward` stays as it was. What keel
+//!   itself changes on the host when it runs (`net.ipv4.tcp_migrate_req`, a bpffs it mounts at
+//!   `/sys/fs/bpf`, its `keel` pin directory) is put back as the process found it at teardown.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -115,6 +117,8 @@ impl PodNet {
             "subnet index {index} is out of range (0..=254)"
         );
         let cgroup2 = host::cgroup2_mount()?;
+        // Before any keel of this process runs.
+        let _ = HOST_BEFORE.get_or_init(HostBefore::read);
         let (lock, previous_owner) = lock_index(index, prefix)?;
 
         // Whoever held this index before us is gone (we got the lock): remove what they left.
@@ -456,6 +460,58 @@ impl PodNet {
         Ok(pod)
     }
 
+    /// Emulates kube-proxy for one Service port, so that a pod's connection that keel does not
+    /// redirect reaches a real endpoint: a host DNAT (nat PREROUTING, only for packets arriving on
+    /// this network's bridge) of `vip` to `endpoint`. Use an endpoint on the host side (the bridge
+    /// IP), so the answer needs neither forwarding nor hairpin NAT; give pods a route to the
+    /// service CIDR with [`PodNet::route_services_via_node`]. Removed when the guard drops.
+    pub fn kube_proxy(&self, vip: SocketAddr, endpoint: SocketAddr) -> Result<KubeProxyRule> {
+        let rule = KubeProxyRule {
+            args: vec![
+                "PREROUTING".into(),
+                "-i".into(),
+                self.bridge(),
+                "-d".into(),
+                format!("{}/32", vip.ip()),
+                "-p".into(),
+                "tcp".into(),
+                "--dport".into(),
+                vip.port().to_string(),
+                "-m".into(),
+                "comment".into(),
+                "--comment".into(),
+                self.link_alias(),
+                "-j".into(),
+                "DNAT".into(),
+                "--to-destination".into(),
+                endpoint.to_string(),
+            ],
+        };
+        // A rule left by a killed earlier run of this network would match first: remove it.
+        rule.delete_all();
+        rule.iptables("-A")?;
+        Ok(rule)
+    }
+
+    /// Routes the service CIDR from `pod` to the node (the bridge IP), where kube-proxy's DNAT
+    /// ([`PodNet::kube_proxy`]) applies and everything else in the CIDR stays blackholed.
+    pub fn route_services_via_node(&self, pod: &Pod) -> Result<()> {
+        let via = self.bridge_ip().to_string();
+        run(
+            "ip",
+            &[
+                "-n",
+                &pod.netns,
+                "route",
+                "replace",
+                &self.service_cidr,
+                "via",
+                &via,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Runs `cmd` as a child that first joins `cgroup` (which must be under this network), in the host
     /// netns. Used to start keel in [`PodNet::system_cgroup`] or elsewhere.
     pub fn spawn_in_cgroup(&self, cgroup: &Path, cmd: Command, label: &str) -> Result<Proc> {
@@ -502,8 +558,82 @@ impl PodNet {
             }
         }
         problems.extend(leftovers(&self.prefix, self.index));
+        if let Some(before) = HOST_BEFORE.get() {
+            problems.extend(before.restore());
+        }
         problems
     }
+}
+
+/// The host state keel changes when it runs, as this process first saw it.
+static HOST_BEFORE: std::sync::OnceLock<HostBefore> = std::sync::OnceLock::new();
+
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// What keel may change on the host (see the README's upgrade section) and a test run must put back.
+#[derive(Debug)]
+struct HostBefore {
+    /// `net.ipv4.tcp_migrate_req` (keel sets 1 for listener hand-over).
+    migrate_req: Option<String>,
+    /// Whether bpffs was mounted at `/sys/fs/bpf` (keel mounts it when it is not).
+    bpffs_mounted: bool,
+    /// Whether `/sys/fs/bpf/keel` existed.
+    keel_dir: bool,
+}
+
+impl HostBefore {
+    fn read() -> Self {
+        Self {
+            migrate_req: std::fs::read_to_string(MIGRATE_REQ)
+                .ok()
+                .map(|v| v.trim().to_string()),
+            bpffs_mounted: bpffs_mounted(),
+            keel_dir: Path::new(BPFFS).join("keel").exists(),
+        }
+    }
+
+    /// Restores what is no longer in use: the sysctl, and keel's pin directory and the bpffs mount
+    /// when they are empty (another keel's install keeps them). Returns problems.
+    fn restore(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(before) = &self.migrate_req {
+            let now = std::fs::read_to_string(MIGRATE_REQ).ok();
+            if now.as_deref().map(str::trim) != Some(before.as_str()) {
+                if let Err(e) = std::fs::write(MIGRATE_REQ, before) {
+                    problems.push(format!("restoring {MIGRATE_REQ} to {before}: {e}"));
+                }
+            }
+        }
+        let keel_dir = Path::new(BPFFS).join("keel");
+        // `remove_dir` only removes an empty directory: a live install elsewhere keeps it.
+        if !self.keel_dir && keel_dir.exists() && std::fs::remove_dir(&keel_dir).is_err() {
+            return problems;
+        }
+        // The kernel's own iterators (bpf_preload's `maps.debug`, `progs.debug`) come with the mount.
+        let empty = std::fs::read_dir(BPFFS).is_ok_and(|d| {
+            d.flatten()
+                .all(|e| e.file_name().to_string_lossy().ends_with(".debug"))
+        });
+        if !self.bpffs_mounted && bpffs_mounted() && empty {
+            if let Err(e) = run("umount", &[BPFFS]) {
+                problems.push(format!(
+                    "unmounting the bpffs keel mounted at {BPFFS}: {e:#}"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, target, fstype) = (f.next(), f.next(), f.next());
+            target == Some(BPFFS) && fstype == Some("bpf")
+        })
+    })
 }
 
 impl Drop for PodNet {
@@ -745,6 +875,46 @@ fn try_lock_index(index: u8) -> Result<Option<(Flock<File>, String)>> {
 }
 
 /// Removes every leftover of `(prefix, index)`. Caller holds the lock for `index`. Returns problems.
+/// Removes keel's pin directories (`/sys/fs/bpf/keel/cg<id>-*`) whose attach root is `base` or a
+/// cgroup at most two levels below it (the network's root, `pods`, a kubelet-style root).
+fn remove_keel_installs(base: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut ids = Vec::new();
+    let mut level = vec![base.to_path_buf()];
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for dir in &level {
+            if let Ok(meta) = std::fs::metadata(dir) {
+                ids.push(meta.ino());
+            }
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                next.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        level = next;
+    }
+    let prefixes: Vec<String> = ids.iter().map(|id| format!("cg{id}-")).collect();
+    let keel_dir = Path::new("/sys/fs/bpf/keel");
+    let Ok(entries) = std::fs::read_dir(keel_dir) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                problems.push(format!("removing {}: {e}", entry.path().display()));
+            }
+        }
+    }
+    problems
+}
+
 fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
     let mut problems = Vec::new();
     let id = format!("{prefix}-{index}");
@@ -772,6 +942,9 @@ fn clean_index(cgroup2: &Path, prefix: &str, index: u8) -> Vec<String> {
             }
         }
     }
+    // keel's pinned install for this network's cgroup root, left by a test that failed before
+    // `keel uninstall`: unpinning detaches its programs.
+    problems.extend(remove_keel_installs(&base));
     if base.exists() && !wait_cgroup_empty(&base, KILL_WAIT) {
         problems.push(format!(
             "processes still in {} after SIGKILL",
@@ -1115,5 +1288,35 @@ mod tests {
         assert!(!is_dns_label("-a"));
         assert!(!is_dns_label("a_b"));
         assert!(!is_dns_label(""));
+    }
+}
+
+/// A host DNAT rule made by [`PodNet::kube_proxy`]; deleted on drop.
+#[derive(Debug)]
+pub struct KubeProxyRule {
+    /// The rule as given to `iptables -t nat -A/-D`.
+    args: Vec<String>,
+}
+
+impl KubeProxyRule {
+    fn iptables(&self, op: &str) -> Result<String> {
+        let mut args: Vec<&str> = vec!["-w", "-t", "nat", op];
+        args.extend(self.args.iter().map(String::as_str));
+        run("iptables", &args)
+    }
+
+    fn delete_all(&self) {
+        // Bounded: each round deletes one copy.
+        for _ in 0..16 {
+            if self.iptables("-D").is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for KubeProxyRule {
+    fn drop(&mut self) {
+        self.delete_all();
     }
 }

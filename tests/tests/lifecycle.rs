@@ -1,6 +1,7 @@
-//! keel's exit leaves nothing behind: after SIGTERM and after SIGKILL, no program is attached under the
-//! cgroup root, nothing new is pinned in bpffs, pods go direct again (here: unreachable, since pods have
-//! no route), and a new keel starts cleanly on the same root and serves.
+//! keel's exit fails open and `keel uninstall` leaves nothing behind: after SIGTERM and after SIGKILL
+//! the programs stay attached (pinned, for the next keel) but redirect nothing, so pods go direct at
+//! once (here: unreachable, since pods have no route); `keel uninstall` then detaches everything and
+//! removes every pin; a new keel starts cleanly on the same root and serves.
 //!
 //! Subnet indices 40..=49 belong to this file.
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use common::{ensure_all_ok_via_proxy, reviews_vip, Fixture};
-use keel_tests::keel::{attached_programs, bpffs_entries};
+use keel_tests::keel::{attached_programs, bpffs_entries, uninstall};
 use keel_tests::ConnectOutcome;
 
 const PREFIX: &str = "ktlife";
@@ -37,21 +38,42 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
     );
     ensure_all_ok_via_proxy(&fx.get_reviews(3)?, &fx.net)?;
 
-    match stop {
+    let killed = match stop {
         Stop::Term => {
             let status = keel.terminate(Duration::from_secs(10))?;
             ensure!(
                 status.success(),
                 "keel should exit 0 on SIGTERM, got {status}"
             );
+            false
         }
         Stop::Kill => {
             keel.kill()?;
+            true
         }
-    }
+    };
     drop(keel);
 
-    // Links die with the process's fds; allow the kernel a moment to release them.
+    // The pinned links keep the programs attached for the next keel...
+    ensure!(
+        !attached_programs(&root)?.is_empty(),
+        "the programs stay attached (pinned) after keel exits"
+    );
+    // ...but with no keel alive they redirect nothing: a VIP connect goes direct, which in a pod
+    // without routes is unreachable (a redirect to the dead proxy would be refused instead). A
+    // stopped keel frees its heartbeat slot (direct at once); a killed one cannot (direct once its
+    // last heartbeat is stale, 120 ms).
+    if killed {
+        fx.wait_direct_after_kill(Duration::from_millis(500))?;
+    }
+    let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
+    ensure!(
+        c.outcome == ConnectOutcome::Unreachable,
+        "after keel exited, VIP connects must not be redirected anywhere: {c:?}"
+    );
+
+    // `keel uninstall` removes the pins: nothing attached, nothing left in bpffs.
+    uninstall(&root, fx.net.proxy_addr())?;
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut attached = attached_programs(&root)?;
     while !attached.is_empty() && Instant::now() < deadline {
@@ -60,7 +82,7 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
     }
     ensure!(
         attached.is_empty(),
-        "still attached after keel exited: {attached:?}"
+        "still attached after keel uninstall: {attached:?}"
     );
     let new_pins: Vec<_> = bpffs_entries()
         .into_iter()
@@ -70,28 +92,27 @@ fn exit_leaves_nothing_behind(index: u8, stop: Stop) -> Result<()> {
         new_pins.is_empty(),
         "pins left under /sys/fs/bpf: {new_pins:?}"
     );
-
-    // Fail-open: with keel gone, a VIP connect goes direct, which in a pod without routes is unreachable.
     let c = fx.agent.tcp_connect(&fx.sleep, reviews_vip(), None)?;
     ensure!(
         c.outcome == ConnectOutcome::Unreachable,
-        "after keel exited, VIP connects must not be redirected anywhere: {c:?}"
+        "after keel uninstall, VIP connects go direct: {c:?}"
     );
 
     // A new keel starts cleanly on the same root and serves.
     let keel = fx.start_keel()?;
     ensure_all_ok_via_proxy(&fx.get_reviews(3)?, &fx.net)?;
     drop(keel);
+    uninstall(&root, fx.net.proxy_addr())?;
     Ok(())
 }
 
 #[test]
-fn sigterm_detaches_everything_and_a_new_keel_starts_cleanly() -> Result<()> {
+fn sigterm_fails_open_and_uninstall_leaves_nothing() -> Result<()> {
     exit_leaves_nothing_behind(40, Stop::Term)
 }
 
 #[test]
-fn sigkill_detaches_everything_and_a_new_keel_starts_cleanly() -> Result<()> {
+fn sigkill_fails_open_and_uninstall_leaves_nothing() -> Result<()> {
     exit_leaves_nothing_behind(41, Stop::Kill)
 }
 

@@ -352,6 +352,16 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
                 "Connects seen with a mismatched ABI",
                 k.abi_mismatch,
             ),
+            (
+                "kernel_skipped_no_keel",
+                "Meshed connects sent direct because no keel was alive",
+                k.skipped_no_keel,
+            ),
+            (
+                "kernel_refused_no_keel",
+                "Meshed connects of fail-closed pods refused because no keel was alive",
+                k.refused_no_keel,
+            ),
         ]);
     }
     KeelFacts {

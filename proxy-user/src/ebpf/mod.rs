@@ -26,32 +26,43 @@
 //! LRU: eviction would drop the record of a live connection.
 //!
 //! # Lifetime
-//! Programs are attached with bpf_links owned by this process and nothing is pinned: dropping the
-//! [`Redirector`], exiting, or being SIGKILLed detaches everything.
+//! Maps and links are pinned under bpffs ([`pins`]): they outlive the process. A new keel on the
+//! same cgroup root and proxy address (the upgrade) reuses the maps and swaps its programs into the
+//! pinned links atomically, so the kernel never stops redirecting and records written for either
+//! process are visible to both. Redirection is gated by a heartbeat ([`liveness`]): when no keel
+//! beats (SIGKILL, OOM, SIGSTOP, exit), connections go direct within `LIVENESS_STALE_NS` (or are
+//! refused at once for fail-closed pods). `keel uninstall` ([`pins::uninstall`]) removes the pins,
+//! which detaches everything.
 //!
-//! Invariant: one [`Redirector`] (one owner task) writes `MESHED_DESTS` and `POD_CGROUPS`; its
-//! mirrors of those maps are therefore exact. Readers use [`ConnTable`] without locks.
+//! Invariant: one [`Redirector`] per process, owned by one task; of the live keels of an install,
+//! only the newest ([`Redirector::is_newest`]) writes `MESHED_DESTS` and `POD_CGROUPS`. Its
+//! mirrors are read back from the maps when it starts and when it becomes the writer again.
+//! Readers use [`ConnTable`] without locks.
 
 mod addr;
 /// The kernel's word form of an address (for the kernel-record fuzz target).
 pub(crate) use addr::to_words as addr_words;
 mod kernel_log;
+pub mod liveness;
+pub mod pins;
 pub mod privilege;
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::fs::File;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common::{
-    ConnTuple, ConnValue, DestKey, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED, CONN_MAX,
-    MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_PARENTS_MAX,
+    ConnTuple, ConnValue, DestKey, PodValue, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED,
+    CONN_MAX, MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_F_FAIL_CLOSED, POD_PARENTS_MAX,
 };
 
 pub use proxy_common::{POD_INDEX_PENDING, POD_INDEX_SKIP};
@@ -59,6 +70,18 @@ pub use proxy_common::{POD_INDEX_PENDING, POD_INDEX_SKIP};
 pub use proxy_common::POD_SEARCH_DEPTH;
 
 use kernel_log::LogPump;
+use liveness::Heartbeat;
+
+/// The maps shared by every keel of an install (pinned); the log ring of `aya-log` stays private.
+const PINNED_MAPS: [&str; 7] = [
+    proxy_common::MESHED_DESTS,
+    proxy_common::POD_CGROUPS,
+    proxy_common::POD_PARENTS,
+    proxy_common::CONN_BY_COOKIE,
+    proxy_common::CONN_BY_TUPLE,
+    proxy_common::STATS,
+    proxy_common::LIVENESS,
+];
 
 /// The eBPF object built by `build.rs` from the `proxy-ebpf` crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
@@ -108,6 +131,14 @@ pub enum Error {
     /// A map is missing from the object (build mismatch).
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    /// Pinning, finding or updating the install's objects under bpffs failed.
+    #[error("bpffs install {path}: {source}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A map operation failed.
     #[error("map {name}: {source}")]
     Map {
@@ -177,6 +208,10 @@ pub struct KernelStats {
     pub root_not_ancestor: u64,
     /// The object and this binary disagree on the ABI version: nothing is redirected.
     pub abi_mismatch: u64,
+    /// Meshed connects from pods that went direct because no keel's heartbeat was fresh.
+    pub skipped_no_keel: u64,
+    /// Meshed connects from fail-closed pods refused because no keel's heartbeat was fresh.
+    pub refused_no_keel: u64,
     /// Entries and capacity of each map.
     pub maps: Vec<MapOccupancy>,
 }
@@ -249,23 +284,39 @@ impl ConnTable {
     }
 }
 
-/// Owner of the loaded programs, their links and the writable maps. Dropping it detaches
-/// everything. There should be one per process, owned by one task that applies desired-state
-/// diffs; readers get a [`ConnTable`].
+/// A pod as published to the kernel (captured, or skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapturedPod {
+    /// The pod's cgroup id.
+    pub cgroup_id: u64,
+    /// The pod's index (copied into each connection record), or [`POD_INDEX_SKIP`] for a pod
+    /// that is never redirected.
+    pub index: u32,
+    /// When no keel serves, refuse the pod's meshed connects instead of letting them go direct.
+    pub fail_closed: bool,
+}
+
+/// This process's programs, its heartbeat and handles on the install's shared maps. Dropping it
+/// frees the heartbeat slot (redirection to this keel ends); the pinned links and maps stay for
+/// the next keel, or until `keel uninstall`. There should be one per process, owned by one task
+/// that applies desired-state diffs; readers get a [`ConnTable`].
 pub struct Redirector {
-    /// Holds the programs and therefore the links: dropping it detaches them.
+    /// This process's programs (the pinned links point at them until a newer keel swaps its own in).
     _ebpf: Ebpf,
+    /// Declared before the maps so the slot is freed first on drop.
+    heartbeat: Heartbeat,
+    install: pins::Install,
     meshed: HashMap<MapData, DestKey, u32>,
-    pods: HashMap<MapData, u64, u32>,
+    pods: HashMap<MapData, u64, PodValue>,
     parents: HashMap<MapData, u64, u32>,
     cookies: HashMap<MapData, u64, ConnValue>,
     stats: PerCpuArray<MapData, u64>,
     conns: ConnTable,
-    /// Mirror of `MESHED_DESTS` (this struct is its only writer).
+    /// Mirror of `MESHED_DESTS` (while this keel is the install's writer).
     meshed_current: HashSet<DestKey>,
-    /// Mirror of `POD_CGROUPS` (this struct is its only writer).
-    pods_current: StdHashMap<u64, u32>,
-    /// Mirror of `POD_PARENTS` (this struct is its only writer).
+    /// Mirror of `POD_CGROUPS` (while this keel is the install's writer).
+    pods_current: StdHashMap<u64, PodValue>,
+    /// Mirror of `POD_PARENTS` (while this keel is the install's writer).
     parents_current: HashSet<u64>,
     /// Capacity of each connection map (`--max-connections`).
     conn_capacity: u32,
@@ -283,16 +334,18 @@ impl std::fmt::Debug for Redirector {
 }
 
 impl Redirector {
-    /// Load the programs, set the proxy addresses, attach connect4/connect6/sockops to
-    /// `cgroup_root` (bpf_link based so links die with the process: after SIGKILL nothing stays
-    /// attached; no pins).
+    /// Load the programs with the proxy addresses, open (or create and pin) the install's maps,
+    /// put the programs into the install's pinned links (a `BPF_LINK_UPDATE` when they exist, which
+    /// never leaves a gap; a new attach and pin otherwise) and start the heartbeat.
     ///
-    /// Nothing is redirected until destinations and pods are published. v4 destinations (also
-    /// v4-mapped ones on v6 sockets) go to `proxy_v4`, native v6 ones to `proxy_v6`; a family
-    /// without a proxy address is not redirected. The addresses must be ones the proxy listens on.
+    /// Nothing new is redirected until destinations and pods are published (a fresh install) —
+    /// or, when a keel already serves the install, at once, with the published state it shares.
+    /// v4 destinations (also v4-mapped ones on v6 sockets) go to `proxy_v4`, native v6 ones to
+    /// `proxy_v6`; a family without a proxy address is not redirected. The addresses must be ones
+    /// the proxy listens on.
     ///
-    /// `max_connections` sizes both connection maps (default [`CONNECTION_CAPACITY`]): beyond it,
-    /// new connections are not redirected and go direct.
+    /// `max_connections` sizes both connection maps (default [`CONNECTION_CAPACITY`]) when the
+    /// install is created; a keel joining an existing install uses the maps as they are.
     pub fn attach(
         cgroup_root: &Path,
         proxy_v4: Option<SocketAddrV4>,
@@ -308,15 +361,29 @@ impl Redirector {
             path: cgroup_root.to_owned(),
             source,
         })?;
+        let install = pins::Install::new(config.root_cgroup_id, proxy_v4, proxy_v6);
+        let pin_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Pin { path, source }
+        };
+        let _lock = install.create_and_lock().map_err(pin_err(install.dir()))?;
 
         let log_level = kernel_log::kernel_log_level();
-        let mut ebpf = EbpfLoader::new()
+        let map_paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|&name| (name, install.map_path(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(proxy_common::PROXY_CONFIG, &config, true)
             .override_global(kernel_log::LEVEL_GLOBAL, &log_level, false)
             // Equal sizes keep the invariant that the tuple map is never the one that is full.
             .map_max_entries(proxy_common::CONN_BY_COOKIE, max_connections)
-            .map_max_entries(proxy_common::CONN_BY_TUPLE, max_connections)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(proxy_common::CONN_BY_TUPLE, max_connections);
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         // Start draining before attaching, so records from the first connections are not lost.
         let log = LogPump::start(&mut ebpf);
 
@@ -331,8 +398,18 @@ impl Redirector {
                 .map_err(|source| Error::Program { name, source })?;
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
-            prog.attach(&root, CgroupAttachMode::Single)
-                .map_err(|source| Error::Program { name, source })?;
+            let prog_fd = program_fd(name, prog.fd())?;
+            link_pinned(&install, name, &prog_fd, || {
+                let program = |source| Error::Program { name, source };
+                let id = prog
+                    .attach(&root, CgroupAttachMode::Single)
+                    .map_err(program)?;
+                let link = prog.take_link(id).map_err(program)?;
+                FdLink::try_from(link).map_err(|e| Error::Pin {
+                    path: install.link_path(name),
+                    source: std::io::Error::other(e),
+                })
+            })?;
         }
         for name in [PROG_CONNECT4, PROG_CONNECT6] {
             let prog: &mut CgroupSockAddr = ebpf
@@ -342,13 +419,33 @@ impl Redirector {
                 .map_err(|source| Error::Program { name, source })?;
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
-            prog.attach(&root, CgroupAttachMode::Single)
-                .map_err(|source| Error::Program { name, source })?;
+            let prog_fd = program_fd(name, prog.fd())?;
+            link_pinned(&install, name, &prog_fd, || {
+                let program = |source| Error::Program { name, source };
+                let id = prog
+                    .attach(&root, CgroupAttachMode::Single)
+                    .map_err(program)?;
+                let link = prog.take_link(id).map_err(program)?;
+                FdLink::try_from(link).map_err(|e| Error::Pin {
+                    path: install.link_path(name),
+                    source: std::io::Error::other(e),
+                })
+            })?;
+        }
+        // The links run this ABI's programs now; an older ABI's maps serve no one new.
+        match install.remove_other_abis() {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::warn!(?removed, "replaced an install of another ABI version")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot unpin another ABI's maps"),
         }
 
-        let meshed = take_hash(&mut ebpf, proxy_common::MESHED_DESTS)?;
-        let pods = take_hash(&mut ebpf, proxy_common::POD_CGROUPS)?;
-        let parents = take_hash(&mut ebpf, proxy_common::POD_PARENTS)?;
+        let meshed: HashMap<MapData, DestKey, u32> =
+            take_hash(&mut ebpf, proxy_common::MESHED_DESTS)?;
+        let pods: HashMap<MapData, u64, PodValue> =
+            take_hash(&mut ebpf, proxy_common::POD_CGROUPS)?;
+        let parents: HashMap<MapData, u64, u32> = take_hash(&mut ebpf, proxy_common::POD_PARENTS)?;
         let cookies = take_hash(&mut ebpf, proxy_common::CONN_BY_COOKIE)?;
         let tuples = take_hash(&mut ebpf, proxy_common::CONN_BY_TUPLE)?;
         let stats_name = proxy_common::STATS;
@@ -357,16 +454,25 @@ impl Redirector {
             .ok_or(Error::MissingMap(stats_name))?
             .try_into()
             .map_err(map_err(stats_name))?;
+        let cookie_pin = install.map_path(proxy_common::CONN_BY_COOKIE);
+        let conn_capacity = aya::maps::MapInfo::from_pin(&cookie_pin)
+            .map(|info| info.max_entries())
+            .map_err(map_err(proxy_common::CONN_BY_COOKIE))?;
+        let heartbeat = Heartbeat::start(&install.map_path(proxy_common::LIVENESS))
+            .map_err(pin_err(&install.map_path(proxy_common::LIVENESS)))?;
 
         tracing::info!(
             root = %cgroup_root.display(),
             root_cgroup_id = config.root_cgroup_id,
             ?proxy_v4,
             ?proxy_v6,
+            install = %install.dir().display(),
             "eBPF redirect attached"
         );
-        Ok(Self {
+        let mut redirector = Self {
             _ebpf: ebpf,
+            heartbeat,
+            install,
             meshed,
             pods,
             parents,
@@ -378,9 +484,40 @@ impl Redirector {
             meshed_current: HashSet::new(),
             pods_current: StdHashMap::new(),
             parents_current: HashSet::new(),
-            conn_capacity: max_connections,
+            conn_capacity,
             _log: log,
-        })
+        };
+        redirector.reload_mirrors();
+        Ok(redirector)
+    }
+
+    /// Re-reads the mirrors of the shared maps (another keel may have written them).
+    pub fn reload_mirrors(&mut self) {
+        self.meshed_current = self.meshed.keys().filter_map(Result::ok).collect();
+        self.pods_current = self.pods.iter().filter_map(Result::ok).collect();
+        self.parents_current = self.parents.keys().filter_map(Result::ok).collect();
+    }
+
+    /// The install directory under bpffs.
+    pub fn install_dir(&self) -> &Path {
+        self.install.dir()
+    }
+
+    /// Whether this is the newest live keel of the install: the one that writes the shared pod and
+    /// destination maps and sweeps stale records.
+    pub fn is_newest(&self) -> bool {
+        self.heartbeat.is_newest()
+    }
+
+    /// Whether another live keel serves the install (a successor that takes new connections).
+    pub fn others_alive(&self) -> bool {
+        self.heartbeat.others_alive()
+    }
+
+    /// Stops this keel's heartbeat: new connections stop being redirected to it (they go to another
+    /// live keel of the install, or direct when there is none).
+    pub fn stop_heartbeat(&mut self) {
+        self.heartbeat.stop();
     }
 
     /// Make exactly this set the meshed destinations (apply a diff: insert new, delete gone).
@@ -412,20 +549,28 @@ impl Redirector {
         Ok(())
     }
 
-    /// Make exactly this set the pod cgroups: (cgroup id, pod index), where the index of a pod that
-    /// must never be redirected is [`POD_INDEX_SKIP`]. Captured pods never include the proxy's own
-    /// cgroup or an opted-out pod (see the module's identity model). Fails without changing
-    /// anything on over-capacity (4,096) or on a cgroup id listed with two different indexes.
-    pub fn set_pod_cgroups(&mut self, pods: &[(u64, u32)]) -> Result<(), Error> {
+    /// Make exactly this set the pod cgroups. The index of a pod that must never be redirected
+    /// is [`POD_INDEX_SKIP`]; captured pods never include the proxy's own cgroup or an opted-out
+    /// pod (see the module's identity model). Fails without changing anything on over-capacity
+    /// (4,096) or on a cgroup id listed with two different entries.
+    pub fn set_pod_cgroups(&mut self, pods: &[CapturedPod]) -> Result<(), Error> {
         let name = proxy_common::POD_CGROUPS;
-        let mut desired: StdHashMap<u64, u32> = StdHashMap::with_capacity(pods.len());
-        for &(cgroup_id, index) in pods {
-            if let Some(first) = desired.insert(cgroup_id, index) {
-                if first != index {
+        let mut desired: StdHashMap<u64, PodValue> = StdHashMap::with_capacity(pods.len());
+        for pod in pods {
+            let value = PodValue {
+                index: pod.index,
+                flags: if pod.fail_closed {
+                    POD_F_FAIL_CLOSED
+                } else {
+                    0
+                },
+            };
+            if let Some(first) = desired.insert(pod.cgroup_id, value) {
+                if first != value {
                     return Err(Error::DuplicatePodCgroup {
-                        cgroup_id,
-                        first,
-                        second: index,
+                        cgroup_id: pod.cgroup_id,
+                        first: first.index,
+                        second: pod.index,
                     });
                 }
             }
@@ -441,10 +586,10 @@ impl Redirector {
             remove_tolerant(&mut self.pods, &id).map_err(map_err(name))?;
             self.pods_current.remove(&id);
         }
-        for (&id, &index) in &desired {
-            if self.pods_current.get(&id) != Some(&index) {
-                self.pods.insert(id, index, 0).map_err(map_err(name))?;
-                self.pods_current.insert(id, index);
+        for (&id, &value) in &desired {
+            if self.pods_current.get(&id) != Some(&value) {
+                self.pods.insert(id, value, 0).map_err(map_err(name))?;
+                self.pods_current.insert(id, value);
             }
         }
         Ok(())
@@ -494,6 +639,8 @@ impl Redirector {
             cb_flags_failed: read(proxy_common::STAT_CB_FLAGS_FAILED)?,
             root_not_ancestor: read(proxy_common::STAT_ROOT_NOT_ANCESTOR)?,
             abi_mismatch: read(proxy_common::STAT_ABI_MISMATCH)?,
+            skipped_no_keel: read(proxy_common::STAT_SKIPPED_NO_KEEL)?,
+            refused_no_keel: read(proxy_common::STAT_REFUSED_NO_KEEL)?,
             maps: self.occupancy(),
         })
     }
@@ -627,6 +774,55 @@ fn proxy_config(
     Ok(config)
 }
 
+/// A duplicate of a loaded program's fd (so the program can be borrowed mutably to attach it).
+fn program_fd(
+    name: &'static str,
+    fd: Result<&aya::programs::ProgramFd, ProgramError>,
+) -> Result<std::os::fd::OwnedFd, Error> {
+    let fd = fd.map_err(|source| Error::Program { name, source })?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| Error::Pin {
+            path: PathBuf::from(name),
+            source,
+        })
+}
+
+/// Points the install's pinned link of program `name` at `prog_fd`, or, if there is no such link
+/// (or it cannot be updated), attaches with `attach` and pins the new link.
+fn link_pinned(
+    install: &pins::Install,
+    name: &'static str,
+    prog_fd: &std::os::fd::OwnedFd,
+    attach: impl FnOnce() -> Result<FdLink, Error>,
+) -> Result<(), Error> {
+    let path = install.link_path(name);
+    if path.exists() {
+        let updated =
+            pins::obj_get(&path).and_then(|link| pins::link_update(link.as_fd(), prog_fd.as_fd()));
+        match updated {
+            Ok(()) => {
+                tracing::info!(program = name, "pinned link updated to this keel's program");
+                return Ok(());
+            }
+            Err(e) => {
+                // E.g. the cgroup the link was attached to is gone: start over.
+                tracing::warn!(program = name, error = %e, "cannot update the pinned link; attaching anew");
+                std::fs::remove_file(&path).map_err(|source| Error::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    let link = attach()?;
+    link.pin(&path).map_err(|e| Error::Pin {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(())
+}
+
 fn take_hash<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -659,7 +855,7 @@ fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), Erro
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -51,7 +51,13 @@ use rescue::LocalReply;
 
 /// Serve one redirected connection as HTTP until the client closes it, under the limits of
 /// `ctx.budget` (see [`configure`]) and the HTTP/2 flood rules of [`flood`].
-pub async fn serve<I>(stream: I, ctx: Arc<ConnContext>)
+///
+/// When `drain` starts, the connection winds down as Envoy's drain does: an HTTP/1 connection
+/// answers its next response with `Connection: close` and stays open until then (closing an idle
+/// keep-alive connection would race with the client's next request); an HTTP/2 connection gets
+/// GOAWAY and finishes the streams in flight. What is still open at the drain deadline is closed
+/// when the process exits.
+pub async fn serve<I>(stream: I, ctx: Arc<ConnContext>, drain: crate::accept::Drain)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -68,27 +74,63 @@ where
     );
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     configure(&mut builder, ctx.budget.limits());
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
-    });
+    // The HTTP version of the connection, once its first request is seen.
+    let seen = Arc::new(std::sync::atomic::AtomicU8::new(SEEN_NONE));
+    let service = {
+        let (seen, drain) = (Arc::clone(&seen), drain.clone());
+        hyper::service::service_fn(move |req| {
+            let ctx = Arc::clone(&ctx);
+            let is_h2 = req.version() == Version::HTTP_2;
+            seen.store(if is_h2 { SEEN_H2 } else { SEEN_H1 }, Ordering::Release);
+            let drain = drain.clone();
+            async move {
+                let mut resp = handle(&ctx, req).await;
+                if !is_h2
+                    && drain.is_draining()
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = tripwire.wait() => {
-            // GOAWAY, then a short grace for the client to read it; a client that does not read
-            // (a PING flood that never takes its PONGs) is cut at the deadline.
+    let mut draining = false;
+    let mut goaway_sent = false;
+    let result = loop {
+        // Draining: HTTP/1 closes itself after its next response; HTTP/2 (possibly not known yet:
+        // no request so far) gets GOAWAY as soon as it is known to be HTTP/2.
+        if draining && !goaway_sent && seen.load(Ordering::Acquire) == SEEN_H2 {
             conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(FLOOD_GOAWAY_GRACE, conn.as_mut())
-                .await
-                .unwrap_or(Ok(()))
+            goaway_sent = true;
+        }
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = tripwire.wait() => {
+                // GOAWAY, then a short grace for the client to read it; a client that does not
+                // read (a PING flood that never takes its PONGs) is cut at the deadline.
+                conn.as_mut().graceful_shutdown();
+                break tokio::time::timeout(FLOOD_GOAWAY_GRACE, conn.as_mut())
+                    .await
+                    .unwrap_or(Ok(()));
+            }
+            () = drain.started(), if !draining => draining = true,
+            () = tokio::time::sleep(DRAIN_H2_POLL), if draining && !goaway_sent => {}
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream connection ended with an error");
     }
 }
+
+const SEEN_NONE: u8 = 0;
+const SEEN_H1: u8 = 1;
+const SEEN_H2: u8 = 2;
+/// While draining, how often a connection of unknown version checks whether it turned out HTTP/2.
+const DRAIN_H2_POLL: Duration = Duration::from_millis(50);
 
 /// How long a connection closed for a flood may take to read its GOAWAY.
 const FLOOD_GOAWAY_GRACE: Duration = Duration::from_secs(1);

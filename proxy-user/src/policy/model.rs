@@ -990,7 +990,21 @@ pub struct Snapshot {
     pub slices_by_service: HashMap<String, Vec<usize>>,
 }
 
+/// Namespace label that decides what the kernel does with a pod's meshed connects while no keel
+/// serves (crash, OOM kill, SIGSTOP): `closed` refuses them at once; anything else, or no label,
+/// lets them go direct (fail open).
+pub const FAIL_MODE_LABEL: &str = "keel.io/fail-mode";
+
 impl Snapshot {
+    /// Whether `pod`'s namespace is labelled [`FAIL_MODE_LABEL`]`=closed`.
+    pub fn fail_closed(&self, pod: PodId) -> bool {
+        self.pods
+            .get(pod)
+            .and_then(|p| self.namespaces.get(&p.meta.namespace))
+            .and_then(|ns| ns.labels.get(FAIL_MODE_LABEL))
+            .is_some_and(|mode| mode == "closed")
+    }
+
     /// The address:port pairs the kernel must redirect: every cluster IP x service port (TCP), and
     /// every exact ServiceEntry address x entry port ([`Snapshot::service_entry_destinations`]).
     pub fn meshed_destinations(&self) -> Vec<std::net::SocketAddr> {

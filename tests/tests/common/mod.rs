@@ -239,6 +239,28 @@ impl Fixture {
         self.start_keel()
     }
 
+    /// After keel was killed (its heartbeat slot not freed): `sleep`'s VIP connects are refused at
+    /// once while the last heartbeat is fresh (they still reach the dead proxy's port), then go
+    /// direct, which in a pod without routes is unreachable. Fails on any other outcome, or if they
+    /// do not go direct within `within`; returns how long that took.
+    pub fn wait_direct_after_kill(&self, within: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        loop {
+            let c = self.agent.tcp_connect(&self.sleep, reviews_vip(), None)?;
+            match c.outcome {
+                keel_tests::ConnectOutcome::Unreachable => return Ok(t.elapsed()),
+                keel_tests::ConnectOutcome::Refused if t.elapsed() < within => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => bail!(
+                    "{:?} after keel died a VIP connect must go direct (unreachable here) or, \
+                     while its last heartbeat is fresh, be refused at once (within {within:?}): {c:?}",
+                    t.elapsed()
+                ),
+            }
+        }
+    }
+
     /// `count` keep-alive GETs of `http://reviews:9080/` from `sleep`, connecting to the VIP.
     pub fn get_reviews(&self, count: u32) -> Result<HttpGetReport> {
         self.agent.http_get(

@@ -6,6 +6,7 @@
 //! 1 otherwise; every client run is bounded by a global timeout.
 
 mod attack;
+mod conn_load;
 mod grpc;
 mod http_client;
 mod http_server;
@@ -298,6 +299,29 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         timeout_secs: u64,
     },
+    /// `rate` new connections per second, one `GET /` with `Connection: close` each, for
+    /// `duration_ms`; reports every connection's start, connect time, status and backend version.
+    ConnLoad {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// `Host` header.
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long)]
+        duration_ms: u64,
+        /// Limit of each connect and of each exchange.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// One long-lived connection to a line echo server, a line every 100 ms for `duration_ms`.
+    TcpHold {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        duration_ms: u64,
+    },
     /// Connects, optionally sends, and reports how the first read ended.
     TcpConnect {
         #[arg(long)]
@@ -572,6 +596,31 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             .await;
             print_json(&report)?;
             Ok(report.error.is_none())
+        }
+        Cmd::ConnLoad {
+            addr,
+            host,
+            rate,
+            duration_ms,
+            timeout_ms,
+        } => {
+            let report = conn_load::conn_load(
+                addr,
+                host,
+                rate,
+                Duration::from_millis(duration_ms),
+                Duration::from_millis(timeout_ms),
+            )
+            .await;
+            let ok = report.samples.iter().all(|s| s.status == 200);
+            print_json(&report)?;
+            Ok(ok)
+        }
+        Cmd::TcpHold { addr, duration_ms } => {
+            let report = conn_load::tcp_hold(addr, Duration::from_millis(duration_ms)).await;
+            let ok = report.error.is_empty();
+            print_json(&report)?;
+            Ok(ok)
         }
         Cmd::TcpConnect {
             addr,
