@@ -60,6 +60,32 @@ fn hammer(fx: &Fixture, a: &Pod, b: &Pod, requests: u32) -> Result<[HttpGetRepor
     })
 }
 
+/// Hammers (see [`hammer`]), checks that every response reached its own request, records the
+/// shared figures under `scenario`, and returns the backend's request log.
+fn hammer_and_check(fx: &Fixture, a: &Pod, b: &Pod, scenario: &str) -> Result<Vec<RequestRecord>> {
+    let requests = figures::sized(1_000, 5_000);
+    let [ra, rb, abandoned] = hammer(fx, a, b, requests)?;
+    check_no_mismatch("tenant-a", &ra, requests)?;
+    check_no_mismatch("tenant-b", &rb, requests)?;
+    ensure!(
+        abandoned.client_timeouts == 20 && abandoned.tag_mismatches == 0,
+        "tenant-a's slow requests are all abandoned by the client: {abandoned:?}"
+    );
+    figures::record(
+        scenario,
+        "interleaved requests",
+        f64::from(2 * requests),
+        "count",
+    );
+    figures::record(
+        scenario,
+        "responses delivered to the wrong request",
+        (ra.tag_mismatches + rb.tag_mismatches) as f64,
+        "count",
+    );
+    fx.log("reviews-v1")?.read()
+}
+
 /// Every tagged request got its own echo back, with a 200.
 fn check_no_mismatch(name: &str, r: &HttpGetReport, requests: u32) -> Result<()> {
     ensure!(
@@ -88,15 +114,8 @@ fn upstream_conns(records: &[RequestRecord], prefix: &str) -> BTreeSet<String> {
 fn chaos_f2_per_client_pools_never_mix_tenants() -> Result<()> {
     let (fx, a, b) = tenants(215)?;
     let _keel = start(&fx, &[])?;
-    let requests = figures::sized(1_000, 5_000);
-    let [ra, rb, abandoned] = hammer(&fx, &a, &b, requests)?;
-    check_no_mismatch("tenant-a", &ra, requests)?;
-    check_no_mismatch("tenant-b", &rb, requests)?;
-    ensure!(
-        abandoned.client_timeouts == 20 && abandoned.tag_mismatches == 0,
-        "tenant-a's slow requests are all abandoned by the client: {abandoned:?}"
-    );
-    let records = fx.log("reviews-v1")?.read()?;
+    let scenario = "F2 no cross-tenant reuse (per-client pools)";
+    let records = hammer_and_check(&fx, &a, &b, scenario)?;
     let (conns_a, conns_b) = (
         upstream_conns(&records, "a-"),
         upstream_conns(&records, "b-"),
@@ -109,19 +128,6 @@ fn chaos_f2_per_client_pools_never_mix_tenants() -> Result<()> {
         conns_a.len(),
         conns_b.len(),
         shared.len()
-    );
-    let scenario = "F2 no cross-tenant reuse (per-client pools)";
-    figures::record(
-        scenario,
-        "interleaved requests",
-        f64::from(2 * requests),
-        "count",
-    );
-    figures::record(
-        scenario,
-        "responses delivered to the wrong request",
-        (ra.tag_mismatches + rb.tag_mismatches) as f64,
-        "count",
     );
     figures::record(
         scenario,
@@ -136,16 +142,9 @@ fn chaos_f2_per_client_pools_never_mix_tenants() -> Result<()> {
 fn chaos_f2_shared_pools_never_hand_a_response_to_another_request() -> Result<()> {
     let (fx, a, b) = tenants(216)?;
     let keel = start(&fx, &["--upstream-state", "node"])?;
-    let requests = figures::sized(1_000, 5_000);
-    let [ra, rb, abandoned] = hammer(&fx, &a, &b, requests)?;
-    check_no_mismatch("tenant-a", &ra, requests)?;
-    check_no_mismatch("tenant-b", &rb, requests)?;
-    ensure!(
-        abandoned.client_timeouts == 20 && abandoned.tag_mismatches == 0,
-        "tenant-a's slow requests are all abandoned by the client: {abandoned:?}"
-    );
+    let scenario = "F2 no cross-tenant reuse (node-wide pools)";
+    let records = hammer_and_check(&fx, &a, &b, scenario)?;
     // The mode really shares: both pods' requests rode at least one common upstream connection.
-    let records = fx.log("reviews-v1")?.read()?;
     let (conns_a, conns_b) = (
         upstream_conns(&records, "a-"),
         upstream_conns(&records, "b-"),
@@ -158,19 +157,6 @@ fn chaos_f2_shared_pools_never_hand_a_response_to_another_request() -> Result<()
         conns_b.len()
     );
     let stats = keel.stats()?;
-    let scenario = "F2 no cross-tenant reuse (node-wide pools)";
-    figures::record(
-        scenario,
-        "interleaved requests",
-        f64::from(2 * requests),
-        "count",
-    );
-    figures::record(
-        scenario,
-        "responses delivered to the wrong request",
-        (ra.tag_mismatches + rb.tag_mismatches) as f64,
-        "count",
-    );
     figures::record(
         scenario,
         "upstream connections opened",
