@@ -184,8 +184,8 @@ struct RunArgs {
     /// connection waits for its next request).
     #[arg(long, default_value_t = keel::admission::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
     header_read_timeout: f64,
-    /// Seconds a request body may go without a byte before the request is reset (Envoy's
-    /// `stream_idle_timeout`).
+    /// Seconds a request body may go without a byte before the request is reset, and a client may
+    /// take no response byte before its connection is closed (Envoy's `stream_idle_timeout`).
     #[arg(long, default_value_t = keel::admission::DEFAULT_BODY_IDLE_TIMEOUT.as_secs_f64())]
     body_idle_timeout: f64,
     /// Export the proxy's spans over OTLP/HTTP (JSON, `POST <URL>/v1/traces`) to this collector,

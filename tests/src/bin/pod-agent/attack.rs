@@ -19,6 +19,8 @@ pub enum HoldMode {
     Slowloris,
     /// Send whole headers announcing a large body, then one body byte per interval.
     SlowPost,
+    /// Ask for a 100 MiB response (`/bytes/104857600`) and never read it.
+    SlowRead,
 }
 
 /// Opens `count` connections to `addr` (`authority` as the Host), behaves as `mode` (one byte
@@ -99,7 +101,17 @@ async fn held(
         HoldMode::SlowPost => {
             format!("POST / HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 1000000\r\n\r\n")
         }
+        HoldMode::SlowRead => {
+            format!("GET /bytes/104857600 HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+        }
     };
+    if matches!(mode, HoldMode::SlowRead) {
+        // Never read: only the deadline ends it (the close cannot be seen behind unread bytes).
+        if stream.write_all(opening.as_bytes()).await.is_ok() {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        }
+        return;
+    }
     if stream.write_all(opening.as_bytes()).await.is_err() {
         return;
     }
@@ -114,7 +126,7 @@ async fn held(
             },
             () = tokio::time::sleep(interval) => {
                 let byte: &[u8] = match mode {
-                    HoldMode::Idle => continue,
+                    HoldMode::Idle | HoldMode::SlowRead => continue,
                     HoldMode::Slowloris => b"X",
                     HoldMode::SlowPost => b"a",
                 };

@@ -293,6 +293,9 @@ fn apply(report: &mut HttpGetReport, ev: Event) {
                 .or_default() += 1;
             if report.latencies_ms.len() < MAX_LATENCIES {
                 report.latencies_ms.push(millis(latency));
+                report
+                    .latencies_us
+                    .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
             }
             let headers = listed_headers(&answer.headers);
             for name in headers.keys() {

@@ -159,6 +159,18 @@ struct PathProgram {
     status: Option<u16>,
     delay: Option<Duration>,
     reset: bool,
+    /// Answer with this many pattern bytes instead of the echo (at most [`MAX_BYTES`]).
+    bytes: Option<usize>,
+}
+
+/// Largest `/bytes/<n>` body: 100 MiB, the slow-reader test's response.
+const MAX_BYTES: usize = 100 << 20;
+
+/// The pattern bytes of `/bytes/<n>` responses, made once and shared by every response.
+fn big_body(len: usize) -> Bytes {
+    static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| Bytes::from(keel_tests::body_pattern(MAX_BYTES)))
+        .slice(..len.min(MAX_BYTES))
 }
 
 fn parse_program(path: &str) -> PathProgram {
@@ -181,6 +193,7 @@ fn parse_program(path: &str) -> PathProgram {
                 }
             }
             "reset" => p.reset = true,
+            "bytes" => p.bytes = arg.parse::<usize>().ok().map(|n| n.min(MAX_BYTES)),
             _ => {}
         }
     }
@@ -264,10 +277,13 @@ async fn handle(
     let extra = response_headers_from_query(&path);
     let mut resp = match &opts.call {
         Some((url, addr)) => call_next_hop(&opts.pod, url, *addr).await,
-        None => {
-            let status = program.status.or(opts.fail_status).unwrap_or(200);
-            echo_response(status, &echo)
-        }
+        None => match program.bytes {
+            Some(len) => Response::new(Full::new(big_body(len))),
+            None => {
+                let status = program.status.or(opts.fail_status).unwrap_or(200);
+                echo_response(status, &echo)
+            }
+        },
     };
     for (n, v) in extra {
         resp.headers_mut().append(n, v);
