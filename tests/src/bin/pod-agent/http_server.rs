@@ -442,10 +442,13 @@ mod tests {
             PathProgram {
                 status: Some(500),
                 delay: Some(Duration::from_millis(250)),
-                reset: false
+                reset: false,
+                bytes: None,
             }
         );
         assert!(parse_program("/reset").reset);
+        assert_eq!(parse_program("/bytes/1024").bytes, Some(1024));
+        assert_eq!(parse_program("/bytes/999999999999").bytes, Some(MAX_BYTES));
         // Out-of-range codes and non-numbers are ignored.
         assert_eq!(parse_program("/status/99").status, None);
         assert_eq!(parse_program("/status/abc").status, None);
