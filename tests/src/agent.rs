@@ -870,6 +870,12 @@ impl Agent {
         self.server(pod, &["tcp-echo", "--listen", &listen], "tcp-echo")
     }
 
+    /// Starts `tcp-sink --listen 0.0.0.0:<port>` (accepts, never reads) in `pod`.
+    pub fn tcp_sink_server(&self, pod: &Pod, port: u16) -> Result<Proc> {
+        let listen = format!("0.0.0.0:{port}");
+        self.server(pod, &["tcp-sink", "--listen", &listen], "tcp-sink")
+    }
+
     /// Starts `http-server --listen 0.0.0.0:<port>` with `opts` in `pod`.
     pub fn http_server_with(
         &self,

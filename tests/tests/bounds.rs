@@ -760,3 +760,107 @@ fn chaos_d2_slow_readers_hold_no_memory_and_are_closed() -> Result<()> {
     ensure!(active <= 1, "{active} downstream connections still open");
     Ok(())
 }
+
+/// D1: concurrent requests with 58 KiB headers and 1 MiB bodies to an upstream that stops reading.
+/// keel holds at most its buffers per request (header buffers, the 64 KiB retry buffer, hyper's
+/// write queue), never the body: RSS rises by at most Envoy's two 1 MiB connection watermarks per
+/// request, far below Envoy's 100x-the-header-limit rule, and stays flat while the requests hang.
+#[test]
+fn chaos_d1_requests_to_a_stalled_upstream_cost_bounded_memory() -> Result<()> {
+    let scenario = "D1 bounded per-request memory";
+    let mut fx = Fixture::reviews(PREFIX, 245, &["v1"])?;
+    let client = fx.add_pod("bulk", 30, &[("app", "bulk")], &[], false)?;
+    let sink = fx.add_pod("sink", 40, &[("app", "sink")], &[], false)?;
+    fx.servers.push(fx.agent.tcp_sink_server(&sink, 8080)?);
+    let sink_vip = fx.add_simple_service("sink", 40, "http", 8080, 8080)?;
+    let keel = start_keel(&fx, &[])?;
+    legit(&fx, &fx.sleep, 20, "warm-up")?;
+    let rss_before = rss_kib(&keel)?;
+    let requests = sized(200u32, 1000);
+    let hold = Duration::from_secs(sized(6, 10));
+    let big_header = "h".repeat(58 * 1024);
+    let (report, samples) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            fx.agent.http_get(
+                &client,
+                &HttpGet::new("http://sink:8080/upload")
+                    .connect_to(sink_vip)
+                    .method("POST")
+                    .header("x-bulk", &big_header)
+                    .body_size(1 << 20)
+                    .count(requests)
+                    .concurrency(requests)
+                    .request_timeout(hold)
+                    .timeout(hold * 3),
+            )
+        });
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed() < hold - Duration::from_millis(500) {
+            let sample = (|| -> Result<(u64, u64)> {
+                Ok((rss_kib(&keel)?, prom(&keel, "keel_downstream_cx_active")?))
+            })();
+            samples.push((started.elapsed(), sample));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        (load.join(), samples)
+    });
+    let report = report.map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let samples: Vec<(Duration, (u64, u64))> = samples
+        .into_iter()
+        .map(|(t, r)| r.map(|r| (t, r)))
+        .collect::<Result<_>>()?;
+    // The requests hang until the client gives up: none may be answered.
+    ensure!(
+        report.responses == 0,
+        "the stalled upstream's requests got answers: {:?}",
+        report.by_status
+    );
+    let window: Vec<(Duration, u64)> = samples
+        .iter()
+        .filter(|(_, (_, active))| *active >= u64::from(requests))
+        .map(|(t, (rss, _))| (*t, *rss))
+        .collect();
+    let (Some(first), Some(last)) = (window.first(), window.last()) else {
+        anyhow::bail!("never all {requests} requests open at once: {samples:?}");
+    };
+    let peak = window.iter().map(|(_, r)| *r).max().unwrap_or(rss_before);
+    let delta = peak.saturating_sub(rss_before);
+    let per_request = delta as f64 / f64::from(requests);
+    let midpoint = first.0 + (last.0 - first.0) / 2;
+    let settled = window
+        .iter()
+        .find(|(t, _)| *t >= midpoint)
+        .map_or(peak, |(_, r)| *r);
+    let growth = peak.saturating_sub(settled);
+    eprintln!(
+        "{requests} stalled requests (58 KiB headers, 1 MiB bodies): RSS {rss_before} -> {peak} KiB, \
+         {per_request:.0} KiB a request, +{growth} KiB in the second half; samples {samples:?}"
+    );
+    figures::record(scenario, "stalled requests", f64::from(requests), "count");
+    figures::record(scenario, "RSS rise", delta as f64, "KiB");
+    figures::record(scenario, "RSS per stalled request", per_request, "KiB");
+    figures::record(
+        scenario,
+        "RSS per request / header limit (Envoy's rule: < 100)",
+        per_request / 60.0,
+        "x",
+    );
+    figures::record(
+        scenario,
+        "RSS growth in the second half of the hold",
+        growth as f64,
+        "KiB",
+    );
+    // Budget: Envoy's default watermark is 1 MiB per connection (`per_connection_buffer_limit_bytes`)
+    // and a proxied request holds two, downstream and upstream; keel's share is header buffers, the
+    // 64 KiB retry buffer and hyper's write queue (~400 KiB). Envoy's rule (< 100x the 60 KiB header
+    // limit, 6,000 KiB) is far above that.
+    ensure!(
+        per_request <= 2048.0,
+        "a stalled request cost {per_request:.0} KiB of keel's memory"
+    );
+    ensure!(growth <= 8 * 1024, "keel's RSS kept growing: +{growth} KiB");
+    admin_answers(&keel, Duration::from_secs(1))?;
+    Ok(())
+}

@@ -163,6 +163,12 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Accepts connections and never reads from them (an upstream that stopped reading); holds
+    /// each until its peer goes away.
+    TcpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Counted requests; reports counts by status, version, pod, protocol, peer IP and connections,
     /// the last response's headers and body, non-echo bodies and latencies.
     HttpGet {
@@ -450,6 +456,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             Ok(true)
         }
         Cmd::TcpEcho { listen } => tcp::tcp_echo_server(listen).await.map(|()| true),
+        Cmd::TcpSink { listen } => tcp::tcp_sink_server(listen).await.map(|()| true),
         Cmd::HttpGet {
             url,
             connect_to,

@@ -43,6 +43,32 @@ pub async fn tcp_echo_server(listen: SocketAddr) -> Result<()> {
     }
 }
 
+/// Accepts and never reads: each connection is held (its receive buffer fills, its peer's writes
+/// block) for [`SINK_HOLD`]; seeing the peer's close would take a read.
+pub async fn tcp_sink_server(listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    announce(&listener)?;
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(SINK_HOLD).await;
+            drop(stream);
+        });
+    }
+}
+
+/// How long `tcp-sink` holds a connection (longer than any test using it).
+const SINK_HOLD: Duration = Duration::from_secs(120);
+
 pub async fn tcp_echo_client(addr: SocketAddr, size: usize, timeout: Duration) -> TcpEchoReport {
     let start = Instant::now();
     let mut report = TcpEchoReport {
