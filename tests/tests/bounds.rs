@@ -330,14 +330,14 @@ fn victim_under_attack(
         let measured = legit(fx, &fx.sleep, count, "under attack");
         let _ = slowloris.join();
         let _ = hogs.join();
-        let flooded = flood
-            .and_then(|f| f.join().ok())
-            .and_then(|r| r.ok())
-            .map(|r| r.responses)
-            .unwrap_or(0);
+        let flooded = match flood.map(|f| f.join()) {
+            None => Ok(0),
+            Some(Ok(report)) => report.map(|r| r.responses),
+            Some(Err(_)) => Err(anyhow::anyhow!("flood thread panicked")),
+        };
         (measured, flooded)
     });
-    Ok((measured?, flooded))
+    Ok((measured?, flooded.context("the fast flood")?))
 }
 
 /// D4: one pod floods; another pod's p99 rises by < 20 % and it sees no error. Two attacks: what the
