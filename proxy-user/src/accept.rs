@@ -15,7 +15,7 @@ use crate::ebpf::{ConnTable, POD_INDEX_PENDING};
 use crate::l4::{self, Sniffed};
 use crate::metrics::Metrics;
 use crate::policy::Protocol;
-use crate::routing::{ClientView, Outbound};
+use crate::routing::{ClientView, Listener, Outbound};
 use crate::state::{NodeState, State};
 use crate::upstream::{ClientId, PickRequest, StateScope};
 
@@ -37,6 +37,8 @@ pub struct ConnContext {
     pub view: Arc<ClientView>,
     /// The client pod's in-flight request cap, and the limits in force.
     pub budget: RequestBudget,
+    /// What the connection was accepted as (protocol; service, passthrough or blocked).
+    pub listener: Listener,
 }
 
 impl ConnContext {
@@ -59,6 +61,13 @@ impl ConnContext {
             topology: &self.view.topology,
             hash,
         }
+    }
+
+    /// Whether a push since the accept changed what this connection was accepted as (Envoy's
+    /// listener change): it should then drain, so the client reconnects under the new config.
+    pub fn listener_changed(&self, node: &NodeState) -> bool {
+        node.routes.id() != self.view.table_id()
+            && self.view_under(node).lookup(self.original_dst).listener() != self.listener
     }
 
     /// The client's view under `node`: the connection's own view while the route table is the one it
@@ -306,7 +315,9 @@ impl Acceptor {
         );
         // Unknown destinations (hidden from this client, or no longer meshed) follow the client's
         // outbound traffic policy: passthrough, or blocked by l7 (502) / l4 (close).
-        let (declared, hostname) = match view.lookup(original_dst) {
+        let outbound = view.lookup(original_dst);
+        let listener = outbound.listener();
+        let (declared, hostname) = match outbound {
             Outbound::Service(routes) => (routes.protocol, routes.hostname.clone()),
             Outbound::Passthrough { protocol } => (protocol, "PassthroughCluster".to_string()),
             Outbound::Blocked { protocol } => {
@@ -356,6 +367,7 @@ impl Acceptor {
             client: self.state_scope.client(record.pod_cgroup_id),
             view,
             budget: pod_slot.budget(),
+            listener,
         });
         match kind {
             Sniffed::Http1 | Sniffed::Http2 => crate::l7::serve(stream, ctx, drain).await,

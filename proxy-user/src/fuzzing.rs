@@ -360,6 +360,9 @@ fn serve_bytes(data: &[u8]) -> (bool, Vec<u8>) {
         peer: SocketAddr::from(([127, 0, 0, 9], 40000)),
         pod_cgroup_id: 7,
         client: crate::upstream::ClientId(7),
+        listener: view
+            .lookup(SocketAddr::from(([10, 96, 1, 1], 9080)))
+            .listener(),
         view: Arc::clone(view),
         budget: admission.unattached(),
     });

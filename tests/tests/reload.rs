@@ -1,7 +1,7 @@
 //! Hot reload under load: config changes apply within a second, invalid ones are rejected while the
 //! last good config keeps serving, and no request fails meanwhile.
 //!
-//! Subnet indices 60..=64 belong to this file.
+//! Subnet indices 60..=64 belong to this file (62: the protocol change).
 
 mod common;
 
@@ -218,5 +218,69 @@ fn rejected_config_is_reported_and_the_last_good_one_keeps_serving() -> Result<(
     std::thread::sleep(Duration::from_millis(1200));
     let r = fx.get_reviews(20)?;
     ensure!(r.by_version.get("v1") == Some(&20), "{r:?}");
+    Ok(())
+}
+
+/// C5: a push that changes a port's protocol (HTTP to TCP) is a listener change. The HTTP
+/// connections open to that port drain: each answers its next response with `Connection: close`,
+/// no request fails, and the clients' new connections follow the new protocol (relayed as TCP, so
+/// the backend's own response headers arrive, without keel's `server: envoy`).
+#[test]
+fn protocol_change_drains_open_http_connections_and_drops_nothing() -> Result<()> {
+    let fx = Fixture::reviews(PREFIX, 62, &["v1"])?;
+    let keel = fx.start_keel()?;
+    let before = fx.reviews_once("/", &[])?;
+    ensure!(
+        before.status(200) == 1 && before.last_header_value("server") == Some("envoy"),
+        "before the change: {:?}, server {:?}",
+        before.by_status,
+        before.last_header_value("server")
+    );
+    let run = Duration::from_secs(4);
+    let agent = fx.agent.clone();
+    let sleep = fx.sleep.clone();
+    let load = std::thread::spawn(move || {
+        agent.http_load(&sleep, REVIEWS_URL, reviews_vip(), 200, CONNECTIONS, run)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let as_tcp = fx
+        .services
+        .join("---\n")
+        .replace("- name: http\n", "- name: tcp\n");
+    ensure!(
+        as_tcp.contains("- name: tcp\n"),
+        "no http port to rename in\n{as_tcp}"
+    );
+    fx.config.write("services.yaml", &as_tcp)?;
+    let report = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let failed = report.samples.iter().filter(|(_, s, _)| *s != 200).count();
+    ensure!(
+        failed == 0 && !report.samples.is_empty(),
+        "{failed} of {} requests failed across the protocol change",
+        report.samples.len()
+    );
+    let stats = keel.stats()?;
+    let drained = stats["keel.downstream_cx_listener_change_drain"]
+        .as_u64()
+        .with_context(|| format!("no keel.downstream_cx_listener_change_drain in {stats}"))?;
+    ensure!(
+        drained == u64::from(CONNECTIONS),
+        "{drained} connections drained for the protocol change, expected the {CONNECTIONS} open"
+    );
+    // The drained clients reconnected, and their new connections are TCP relays.
+    ensure!(
+        report.connections >= u64::from(CONNECTIONS) * 2,
+        "the load opened {} connections: the drained ones did not reconnect",
+        report.connections
+    );
+    let after = fx.reviews_once("/", &[])?;
+    ensure!(
+        after.status(200) == 1 && after.last_header_value("server") != Some("envoy"),
+        "after the change: {:?}, server {:?} (still served as HTTP?)",
+        after.by_status,
+        after.last_header_value("server")
+    );
     Ok(())
 }

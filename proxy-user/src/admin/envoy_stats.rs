@@ -202,6 +202,11 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
             s.response_write_idle_timeouts.get(),
         ),
         (
+            "downstream_cx_listener_change_drain",
+            "HTTP connections drained because a push changed their destination's protocol or mesh status",
+            s.listener_change_drains.get(),
+        ),
+        (
             "connections_accepted",
             "Connections accepted on the proxy port",
             s.accepted.get(),

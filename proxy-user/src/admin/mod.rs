@@ -100,6 +100,9 @@ pub struct Stats {
     pub request_body_idle_timeouts: Counter,
     /// Connections closed because the client took no response byte for the body idle timeout.
     pub response_write_idle_timeouts: Counter,
+    /// HTTP connections drained (`Connection: close`, GOAWAY) because a push changed their
+    /// destination's protocol or whether it is meshed (Envoy's listener change).
+    pub listener_change_drains: Counter,
     /// Downstream connections open now.
     pub downstream_cx_active: Gauge,
     pub http_requests: Counter,

@@ -81,17 +81,26 @@ where
     configure(&mut builder, ctx.budget.limits());
     // The HTTP version of the connection, once its first request is seen.
     let seen = Arc::new(std::sync::atomic::AtomicU8::new(SEEN_NONE));
+    // Set once a push changed what the connection was accepted as (Envoy's listener change).
+    let relisten = Arc::new(tokio::sync::Notify::new());
     let service = {
-        let (seen, drain) = (Arc::clone(&seen), drain.clone());
+        let (seen, drain, relisten) = (Arc::clone(&seen), drain.clone(), Arc::clone(&relisten));
+        let relisten_signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         hyper::service::service_fn(move |req| {
             let ctx = Arc::clone(&ctx);
             let is_h2 = req.version() == Version::HTTP_2;
             seen.store(if is_h2 { SEEN_H2 } else { SEEN_H1 }, Ordering::Release);
-            let drain = drain.clone();
+            let (drain, relisten) = (drain.clone(), Arc::clone(&relisten));
+            let relisten_signalled = Arc::clone(&relisten_signalled);
             async move {
                 let mut resp = handle(&ctx, req).await;
+                let relistened = ctx.listener_changed(&ctx.state.load());
+                if relistened && !relisten_signalled.swap(true, Ordering::AcqRel) {
+                    ctx.stats.listener_change_drains.inc();
+                    relisten.notify_one();
+                }
                 if !is_h2
-                    && drain.is_draining()
+                    && (relistened || drain.is_draining())
                     && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
                 {
                     resp.headers_mut()
@@ -130,6 +139,14 @@ where
                 break Ok(());
             }
             () = drain.started(), if !draining => draining = true,
+            // HTTP/1 answers `Connection: close` (set above); HTTP/2 gets GOAWAY and finishes the
+            // streams in flight.
+            () = relisten.notified(), if !goaway_sent => {
+                if seen.load(Ordering::Acquire) == SEEN_H2 {
+                    conn.as_mut().graceful_shutdown();
+                    goaway_sent = true;
+                }
+            }
             () = tokio::time::sleep(DRAIN_H2_POLL), if draining && !goaway_sent => {}
         }
     };

@@ -154,6 +154,9 @@ fn context_with_ports(v1: u16, v2: u16, vs: &str) -> ConnContext {
         peer: SocketAddr::from(([127, 0, 0, 9], 40000)),
         pod_cgroup_id: 7,
         client: crate::upstream::ClientId(7),
+        listener: view
+            .lookup(SocketAddr::from(([10, 96, 1, 1], 9080)))
+            .listener(),
         view,
     }
 }

@@ -31,7 +31,7 @@ pub use table::RouteTable;
 pub use table::{cluster_policy, destination_rules_for};
 pub use target::{Target, WeightedTarget, WeightedTargets};
 pub use tls::{route_tls, routes_by_sni, TlsRoutes, TlsRule};
-pub use view::{ClientClass, ClientView, CompiledHttpRoute, Outbound, ServicePortRoutes};
+pub use view::{ClientClass, ClientView, CompiledHttpRoute, Listener, Outbound, ServicePortRoutes};
 
 /// What routing knows about the client pod (a kernel fact, never a request header).
 #[derive(Debug, Clone)]

@@ -110,6 +110,27 @@ pub enum Outbound<'a> {
     Blocked { protocol: Protocol },
 }
 
+/// What a connection to a destination is accepted as: Envoy's listener-level facts (the port's
+/// protocol, and whether it is a mesh service, passed through or blocked). A push that changes
+/// them for an open connection is, in Envoy, a listener change: the connection drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Service(Protocol),
+    Passthrough(Protocol),
+    Blocked(Protocol),
+}
+
+impl Outbound<'_> {
+    /// The listener-level facts of this destination.
+    pub fn listener(&self) -> Listener {
+        match *self {
+            Outbound::Service(routes) => Listener::Service(routes.protocol),
+            Outbound::Passthrough { protocol } => Listener::Passthrough(protocol),
+            Outbound::Blocked { protocol } => Listener::Blocked(protocol),
+        }
+    }
+}
+
 /// Everything one class of clients sees, indexed by original destination.
 #[derive(Debug)]
 pub struct ClientView {
