@@ -1399,6 +1399,8 @@ pub struct ChurnReport {
     /// Completed echo exchanges.
     pub echo_ok: u64,
     pub echo_failed: u64,
+    /// The slowest completed echo exchange (connect to echo), ms.
+    pub echo_max_ms: u64,
     /// Connections reset (`SO_LINGER` 0) right after the handshake.
     pub reset: u64,
     pub reset_failed: u64,

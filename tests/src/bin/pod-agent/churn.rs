@@ -29,6 +29,8 @@ enum Ending {
 /// What one connection did.
 enum Outcome {
     Ok,
+    /// An echo exchange that completed, in this many ms.
+    Echoed(u64),
     Failed(String),
 }
 
@@ -80,6 +82,10 @@ pub async fn conn_churn(
         };
         match out {
             Outcome::Ok => *ok += 1,
+            Outcome::Echoed(ms) => {
+                *ok += 1;
+                report.echo_max_ms = report.echo_max_ms.max(ms);
+            }
             Outcome::Failed(e) => {
                 *failed += 1;
                 if report.errors.len() < 20 {
@@ -95,11 +101,27 @@ pub async fn conn_churn(
 async fn one(ending: Ending, addr: SocketAddr, udp: Option<SocketAddr>) -> Outcome {
     let limit = Duration::from_secs(3);
     match ending {
-        Ending::Echo => match tokio::time::timeout(limit, echo(addr)).await {
-            Ok(Ok(())) => Outcome::Ok,
-            Ok(Err(e)) => Outcome::Failed(e.to_string()),
-            Err(_) => Outcome::Failed("echo timed out".into()),
-        },
+        Ending::Echo => {
+            // Generous: on a busy machine the proxy's accept queue can be seconds long; a lost
+            // connection still shows.
+            let limit = Duration::from_secs(10);
+            let started = Instant::now();
+            let mut connected = None;
+            match tokio::time::timeout(limit, echo(addr, &mut connected)).await {
+                Ok(Ok(())) => Outcome::Echoed(millis(started.elapsed())),
+                Ok(Err(e)) => Outcome::Failed(e.to_string()),
+                Err(_) => Outcome::Failed(match connected {
+                    Some(c) => format!(
+                        "no echo within {limit:?} (connected after {} ms as {})",
+                        c.1, c.0
+                    ),
+                    None => format!(
+                        "connect not done within {limit:?} ({} ms)",
+                        millis(started.elapsed())
+                    ),
+                }),
+            }
+        }
         Ending::Reset => match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => match s.set_zero_linger() {
                 // Dropping a socket with a zero linger time sends an RST instead of a FIN.
@@ -134,8 +156,14 @@ async fn one(ending: Ending, addr: SocketAddr, udp: Option<SocketAddr>) -> Outco
     }
 }
 
-async fn echo(addr: SocketAddr) -> std::io::Result<()> {
+/// One echo exchange; `connected` gets the local address and the connect time (ms) once connected.
+async fn echo(addr: SocketAddr, connected: &mut Option<(String, u64)>) -> std::io::Result<()> {
+    let started = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
+    *connected = Some((
+        s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        millis(started.elapsed()),
+    ));
     s.write_all(b"ping").await?;
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).await?;
