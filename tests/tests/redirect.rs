@@ -569,8 +569,9 @@ fn chaos_b7_connection_maps_return_to_baseline_after_churn() -> Result<()> {
     let no_record_before = stat(&keel, "keel.connections_refused.no_record")?;
 
     let count: u64 = figures::sized(20_000, 200_000);
-    // 3,000 connections/s in all.
-    let rate: u32 = 3000 / u32::from(CLIENTS);
+    // 2,000 connections/s in all: at 3,000/s on a 2-core machine busy with other work, keel
+    // (which also relays every exchange) queues connections for seconds; the maps are the subject.
+    let rate: u32 = 2000 / u32::from(CLIENTS);
     let per_client = count / u64::from(CLIENTS);
     let budget = Duration::from_secs(per_client / u64::from(rate) * 4 + 30);
     let (report, peak, load_end) = std::thread::scope(|s| -> Result<_> {
