@@ -232,6 +232,7 @@ fn chaos_b2_direct_calls_to_keels_ports_get_documented_outcomes() -> Result<()> 
     let bridge = IpAddr::V4(fx.net.bridge_ip());
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let refused_before = stat(&keel, "keel.connections_refused.no_record")?;
+    let accepted_before = stat(&keel, "keel.connections_accepted")?;
     let redirected_before = stat(&keel, "keel.kernel_redirected")?;
     let records_before = keel.connections()?.len();
     let fds_before = fd_count(keel.pid())?;
@@ -291,6 +292,7 @@ fn chaos_b2_direct_calls_to_keels_ports_get_documented_outcomes() -> Result<()> 
     // connection of its own and holds no more fds than before.
     std::thread::sleep(Duration::from_millis(300));
     let refused = stat(&keel, "keel.connections_refused.no_record")? - refused_before;
+    let accepted = stat(&keel, "keel.connections_accepted")? - accepted_before;
     let redirected = stat(&keel, "keel.kernel_redirected")? - redirected_before;
     let records_after = keel.connections()?.len();
     let fds_after = fd_count(keel.pid())?;
@@ -313,9 +315,9 @@ fn chaos_b2_direct_calls_to_keels_ports_get_documented_outcomes() -> Result<()> 
         "count",
     );
     ensure!(
-        refused == proxy_calls,
-        "{proxy_calls} direct calls reached the proxy port; keel refused {refused} connections \
-         without a record (more would mean it connected to itself)"
+        accepted == proxy_calls && refused == proxy_calls,
+        "{proxy_calls} direct calls reached the proxy port; keel accepted {accepted} connections and \
+         refused {refused} without a record (more would mean it connected to itself)"
     );
     ensure!(
         redirected == 0,
