@@ -1208,6 +1208,83 @@ impl Agent {
         self.client(pod, &args, Duration::from_secs(10) + CLIENT_SLACK)
     }
 
+    /// Runs `tcp-connect` in `pod` with `SO_MARK` = `mark` set on the socket before connecting.
+    pub fn tcp_connect_marked(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        send: Option<&str>,
+        mark: u32,
+    ) -> Result<TcpConnectReport> {
+        let addr = addr.to_string();
+        let mark = mark.to_string();
+        let mut args = vec!["tcp-connect", "--addr", &addr, "--mark", &mark];
+        if let Some(s) = send {
+            args.extend(["--send", s]);
+        }
+        self.client(pod, &args, Duration::from_secs(10) + CLIENT_SLACK)
+    }
+
+    /// Starts `dns-server --listen <listen>` (UDP) in `pod` and waits until it is bound.
+    pub fn dns_server(&self, pod: &Pod, listen: SocketAddr) -> Result<Proc> {
+        let listen = listen.to_string();
+        self.server(pod, &["dns-server", "--listen", &listen], "dns-server")
+    }
+
+    /// Runs `dns-load` in `pod`: `rate` queries/s to `addr` for `duration`, each on a fresh
+    /// connected UDP socket.
+    pub fn dns_load(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        rate: u32,
+        duration: Duration,
+    ) -> Result<DnsLoadReport> {
+        let (addr, rate) = (addr.to_string(), rate.to_string());
+        let ms = duration.as_millis().to_string();
+        self.client(
+            pod,
+            &[
+                "dns-load",
+                "--addr",
+                &addr,
+                "--rate",
+                &rate,
+                "--duration-ms",
+                &ms,
+            ],
+            duration + Duration::from_secs(5) + CLIENT_SLACK,
+        )
+    }
+
+    /// Runs `conn-churn` in `pod`: `count` short-lived connections at `rate`/s to the TCP echo
+    /// service `addr` (and connected UDP sockets to `udp`), within `budget`.
+    pub fn conn_churn(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        udp: Option<SocketAddr>,
+        rate: u32,
+        count: u64,
+        budget: Duration,
+    ) -> Result<ChurnReport> {
+        let (addr, rate, count) = (addr.to_string(), rate.to_string(), count.to_string());
+        let udp = udp.map(|u| u.to_string());
+        let mut args = vec![
+            "conn-churn",
+            "--addr",
+            &addr,
+            "--rate",
+            &rate,
+            "--count",
+            &count,
+        ];
+        if let Some(u) = &udp {
+            args.extend(["--udp", u]);
+        }
+        self.client(pod, &args, budget)
+    }
+
     fn client<T: serde::de::DeserializeOwned>(
         &self,
         pod: &Pod,
@@ -1305,4 +1382,56 @@ pub struct HttpLoadReport {
     pub samples: Vec<(u64, u16, String)>,
     /// Connections opened.
     pub connections: u64,
+}
+
+/// What `pod-agent dns-load` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct DnsLoadReport {
+    /// Queries sent.
+    pub sent: u64,
+    /// Queries answered with their own id in time.
+    pub answered: u64,
+    /// Queries not answered (error or timeout).
+    pub failed: u64,
+    /// The first failures: (query start, Unix ms; what went wrong).
+    pub failures: Vec<(u64, String)>,
+    /// Client address the server saw -> answers.
+    pub server_saw: BTreeMap<String, u64>,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_max_us: u64,
+}
+
+/// What `pod-agent conn-churn` prints.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ChurnReport {
+    /// Completed echo exchanges.
+    pub echo_ok: u64,
+    pub echo_failed: u64,
+    /// The slowest completed echo exchange (connect to echo), ms.
+    pub echo_max_ms: u64,
+    /// Connections reset (`SO_LINGER` 0) right after the handshake.
+    pub reset: u64,
+    pub reset_failed: u64,
+    /// Connects abandoned before the handshake completed.
+    pub abandoned: u64,
+    pub abandoned_failed: u64,
+    /// Connected UDP sockets that sent a datagram and closed.
+    pub udp: u64,
+    pub udp_failed: u64,
+    /// The first errors.
+    pub errors: Vec<String>,
+    pub elapsed_ms: u64,
+}
+
+impl ChurnReport {
+    /// TCP connections attempted (every ending but UDP).
+    pub fn tcp_total(&self) -> u64 {
+        self.echo_ok
+            + self.echo_failed
+            + self.reset
+            + self.reset_failed
+            + self.abandoned
+            + self.abandoned_failed
+    }
 }

@@ -31,10 +31,10 @@ pub mod raw_http;
 pub mod request_log;
 
 pub use agent::{
-    Agent, ConnLoadReport, ConnMode, ConnSample, ConnectOutcome, EchoBody, GrpcCall,
-    GrpcCallReport, GrpcClientReport, GrpcServerOpts, HttpGet, HttpGetReport, HttpLoadReport,
-    HttpServerOpts, ServerTls, TcpConnectReport, TcpEchoReport, TcpHoldReport, TlsClient,
-    TlsClientReport, TlsServerLine, WsClient, WsReport,
+    Agent, ChurnReport, ConnLoadReport, ConnMode, ConnSample, ConnectOutcome, DnsLoadReport,
+    EchoBody, GrpcCall, GrpcCallReport, GrpcClientReport, GrpcServerOpts, HttpGet, HttpGetReport,
+    HttpLoadReport, HttpServerOpts, ServerTls, TcpConnectReport, TcpEchoReport, TcpHoldReport,
+    TlsClient, TlsClientReport, TlsServerLine, WsClient, WsReport,
 };
 pub use config::{pod_yaml, service_yaml, ConfigDir, SvcPort};
 pub use keel::{admin_get, admin_stats, ConnectionRecord, Keel, KeelOptions, KubeMode};

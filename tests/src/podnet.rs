@@ -466,6 +466,20 @@ impl PodNet {
     /// IP), so the answer needs neither forwarding nor hairpin NAT; give pods a route to the
     /// service CIDR with [`PodNet::route_services_via_node`]. Removed when the guard drops.
     pub fn kube_proxy(&self, vip: SocketAddr, endpoint: SocketAddr) -> Result<KubeProxyRule> {
+        self.kube_proxy_for("tcp", vip, endpoint)
+    }
+
+    /// [`PodNet::kube_proxy`] for a UDP Service port (e.g. DNS on 53).
+    pub fn kube_proxy_udp(&self, vip: SocketAddr, endpoint: SocketAddr) -> Result<KubeProxyRule> {
+        self.kube_proxy_for("udp", vip, endpoint)
+    }
+
+    fn kube_proxy_for(
+        &self,
+        protocol: &str,
+        vip: SocketAddr,
+        endpoint: SocketAddr,
+    ) -> Result<KubeProxyRule> {
         let rule = KubeProxyRule {
             args: vec![
                 "PREROUTING".into(),
@@ -474,7 +488,7 @@ impl PodNet {
                 "-d".into(),
                 format!("{}/32", vip.ip()),
                 "-p".into(),
-                "tcp".into(),
+                protocol.into(),
                 "--dport".into(),
                 vip.port().to_string(),
                 "-m".into(),

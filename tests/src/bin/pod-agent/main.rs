@@ -6,7 +6,9 @@
 //! 1 otherwise; every client run is bounded by a global timeout.
 
 mod attack;
+mod churn;
 mod conn_load;
+mod dns;
 mod grpc;
 mod http_client;
 mod http_server;
@@ -334,10 +336,49 @@ enum Cmd {
         addr: SocketAddr,
         #[arg(long)]
         send: Option<String>,
+        /// Set this `SO_MARK` on the socket before connecting (as a process impersonating a proxy
+        /// that marks its own sockets would).
+        #[arg(long)]
+        mark: Option<u32>,
         #[arg(long, default_value_t = 2000)]
         connect_timeout_ms: u64,
         #[arg(long, default_value_t = 2000)]
         read_timeout_ms: u64,
+    },
+    /// UDP server that answers every datagram with its first 2 bytes (the query id) followed by the
+    /// sender's IP as text, as a DNS server answers each query by id.
+    DnsServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// `rate` DNS-like queries per second for `duration_ms`, each on a fresh connected UDP socket;
+    /// reports sent, answered, failed, latencies and which client address the server saw.
+    DnsLoad {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        #[arg(long)]
+        duration_ms: u64,
+        /// How long one query waits for its answer.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// `count` short-lived connections at `rate`/s to a TCP echo service, cycling through a completed
+    /// exchange, an RST right after connecting, an abandoned connect and (with --udp) a connected
+    /// UDP socket that sends one datagram and closes.
+    ConnChurn {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        udp: Option<SocketAddr>,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long)]
+        count: u64,
+        /// Connections in flight at most.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
     },
 }
 
@@ -632,12 +673,14 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
         Cmd::TcpConnect {
             addr,
             send,
+            mark,
             connect_timeout_ms,
             read_timeout_ms,
         } => {
             let report = tcp::tcp_connect(
                 addr,
                 send,
+                mark,
                 Duration::from_millis(connect_timeout_ms),
                 Duration::from_millis(read_timeout_ms),
             )
@@ -645,6 +688,34 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             print_json(&report)?;
             // The outcome is the answer; any outcome is a successful run.
             Ok(true)
+        }
+        Cmd::DnsServer { listen } => dns::dns_server(listen).await.map(|()| true),
+        Cmd::DnsLoad {
+            addr,
+            rate,
+            duration_ms,
+            timeout_ms,
+        } => {
+            let report = dns::dns_load(
+                addr,
+                rate,
+                Duration::from_millis(duration_ms),
+                Duration::from_millis(timeout_ms),
+            )
+            .await;
+            print_json(&report)?;
+            Ok(report.failed == 0)
+        }
+        Cmd::ConnChurn {
+            addr,
+            udp,
+            rate,
+            count,
+            parallel,
+        } => {
+            let report = churn::conn_churn(addr, udp, rate, count, parallel).await;
+            print_json(&report)?;
+            Ok(report.errors.is_empty())
         }
     }
 }

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use keel_tests::agent::{ConnectOutcome, TcpConnectReport, TcpEchoReport};
+use std::os::fd::AsRawFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::support::{announce, millis};
 
@@ -123,9 +125,12 @@ async fn echo_once(addr: SocketAddr, size: usize, report: &mut TcpEchoReport) ->
     Ok(())
 }
 
+/// Connects to `addr` (with `SO_MARK` = `mark` set first, if given), optionally sends `send`, and
+/// reports how the first read ended.
 pub async fn tcp_connect(
     addr: SocketAddr,
     send: Option<String>,
+    mark: Option<u32>,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> TcpConnectReport {
@@ -143,7 +148,14 @@ pub async fn tcp_connect(
         r.elapsed_ms = millis(start.elapsed());
         r
     };
-    let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+    let socket = match new_socket(addr, mark) {
+        Ok(s) => s,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return finish(report);
+        }
+    };
+    let mut stream = match tokio::time::timeout(connect_timeout, socket.connect(addr)).await {
         Err(_) => {
             report.outcome = ConnectOutcome::Timeout;
             return finish(report);
@@ -182,6 +194,33 @@ pub async fn tcp_connect(
         }
     };
     finish(report)
+}
+
+/// A TCP socket for `addr`'s family, marked with `mark` (`SO_MARK`, needs CAP_NET_ADMIN) if given.
+fn new_socket(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mark) = mark {
+        let value: libc::c_int = mark as libc::c_int;
+        // SAFETY: a valid open socket fd and a pointer to a c_int of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::other(format!("SO_MARK {mark}: {e}")));
+        }
+    }
+    Ok(socket)
 }
 
 fn classify_io(e: &std::io::Error) -> ConnectOutcome {
