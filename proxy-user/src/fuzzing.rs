@@ -126,15 +126,25 @@ pub struct Probe {
 
 /// The rule that Istio's first-match semantics pick: the first rule with no blocks or with a
 /// block whose every condition holds. `uri` is matched against the path without its query;
-/// a header condition needs the header present.
+/// a header condition needs the header present, and a repeated header is matched as Envoy does,
+/// its values joined with `,`.
 pub fn reference_match(rules: &[Vec<Block>], probe: &Probe) -> Option<usize> {
     let path = probe.path.split('?').next().unwrap_or("");
+    let joined = |name: &str| {
+        let values: Vec<&str> = probe
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
     let block_matches = |b: &Block| {
         b.uri.as_ref().is_none_or(|m| m.matches(path))
             && b.method.as_ref().is_none_or(|m| *m == probe.method)
-            && b.header.as_ref().is_none_or(|(name, m)| {
-                probe.headers.iter().any(|(n, v)| n == name && m.matches(v))
-            })
+            && b.header
+                .as_ref()
+                .is_none_or(|(name, m)| joined(name).is_some_and(|v| m.matches(&v)))
     };
     rules
         .iter()
