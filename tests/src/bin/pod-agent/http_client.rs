@@ -127,7 +127,7 @@ pub async fn http_get(args: GetArgs, timeout: Duration) -> HttpGetReport {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let (args, target) = (Arc::new(args), Arc::new(target));
             let next = Arc::new(AtomicU32::new(0));
-            let workers = args.concurrency.clamp(1, 256).min(args.count.max(1));
+            let workers = args.concurrency.clamp(1, 1024).min(args.count.max(1));
             for _ in 0..workers {
                 tokio::spawn(worker(
                     args.clone(),

@@ -384,6 +384,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    raise_open_file_limit();
     // One thread is plenty for test traffic and keeps the agent's CPU use predictable on 2 cores.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -716,6 +717,23 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             let report = churn::conn_churn(addr, udp, rate, count, parallel).await;
             print_json(&report)?;
             Ok(report.errors.is_empty())
+        }
+    }
+}
+
+/// Lifts the soft open-file limit to the hard one: load modes hold a thousand connections and more,
+/// beyond the usual soft limit of 1,024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }
