@@ -443,11 +443,12 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
     );
     ensure!(limited > 0, "the noisy pod was never limited");
     ensure!(flooded > 0, "the fast flood got no response");
-    // Target: +20 %. The smoke run's few thousand samples make a p99 move by tens of microseconds
-    // on a shared 2-core VM, so it keeps 100 us of room; the full run holds the bare target.
-    let room = sized(100.0, 0.0);
+    // Target: +20 %, which the full run (10,000 samples a phase) holds. The smoke run's 2,000
+    // samples put a p99 of ~300 us within +-60 % on a shared 2-core VM (measured: +60 % and -21 %
+    // in runs with no change), so it only catches a real loss of isolation: at most double.
+    let allowed = sized(2.0, 1.2);
     ensure!(
-        caps_p99 as f64 <= base_p99 as f64 * 1.2 + room,
+        caps_p99 as f64 <= base_p99 as f64 * allowed,
         "the victim's p99 rose from {base_p99} us to {caps_p99} us while the noisy pod pushed \
          against its caps"
     );
