@@ -42,7 +42,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
 use crate::host::{self, run};
-use crate::kubelet::KubeletCgroup;
+use crate::kubelet::{CgroupDriver, KubeletCgroup, QosClass};
 use crate::process::Proc;
 
 /// Default Kubernetes service CIDR; blackholed on the host while a [`PodNet`] lives.
@@ -344,6 +344,29 @@ impl PodNet {
         );
         let cgroup = self.cgroup_root().join(kubelet.pod_path());
         self.add_pod_at(namespace, name, ip_suffix, cgroup, Some(kubelet), true)
+    }
+
+    /// Creates kubelet's QoS cgroups for both drivers (`kubepods`, `kubepods/burstable`,
+    /// `kubepods/besteffort` and their systemd slices) under [`PodNet::cgroup_root`], as kubelet
+    /// does when it starts, before any pod: a pod's cgroup then never appears together with its
+    /// parent.
+    pub fn create_kubelet_qos_cgroups(&self) -> Result<()> {
+        for driver in [CgroupDriver::Systemd, CgroupDriver::Cgroupfs] {
+            for qos in [
+                QosClass::Guaranteed,
+                QosClass::Burstable,
+                QosClass::BestEffort,
+            ] {
+                let pod = KubeletCgroup::new("00000000-0000-0000-0000-000000000000", qos, driver);
+                let path = self.cgroup_root().join(pod.pod_path());
+                let parent = path
+                    .parent()
+                    .with_context(|| format!("{} has no parent", path.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating QoS cgroup {}", parent.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes a pod as kubelet does when it ends: kills its processes, removes its cgroups (the

@@ -110,6 +110,8 @@ impl KubeFixture {
     fn start(index: u8) -> Result<KubeFixture> {
         let agent = agent()?;
         let mut net = PodNet::new(PREFIX, index)?;
+        // As on a node: kubelet makes its QoS cgroups at start, long before pods come and go.
+        net.create_kubelet_qos_cgroups()?;
         let dir = ConfigDir::new(&format!("{PREFIX}-{index}"))?;
         let api = ApiServer::start(dir.path())?;
         // `default` exists from the start, as in a cluster: enrol it.
