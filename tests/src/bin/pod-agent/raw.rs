@@ -15,7 +15,7 @@ use keel_tests::raw_http::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::announce;
+use crate::support::{accept, announce};
 
 /// Longest head the origin reads before giving up on a connection.
 const MAX_HEAD: usize = 1 << 20;
@@ -35,14 +35,7 @@ pub async fn raw_origin(listen: SocketAddr, log: PathBuf) -> Result<()> {
     announce(&listener)?;
     let conns = Arc::new(AtomicU64::new(0));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (stream, _) = accept(&listener).await;
         let conn = conns.fetch_add(1, Ordering::Relaxed);
         let log = Arc::clone(&log);
         tokio::spawn(async move {

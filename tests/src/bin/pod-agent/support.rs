@@ -130,3 +130,19 @@ impl LogWriter {
         }
     }
 }
+
+/// The next connection on `listener`; an accept error (e.g. out of descriptors) is logged and
+/// retried after 10 ms, so a server never stops on one.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

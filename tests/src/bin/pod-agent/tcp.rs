@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::support::{announce, millis};
+use crate::support::{accept, announce, millis};
 
 /// Bytes the echo client accepts beyond what it sent.
 const MAX_EXTRA: usize = 1 << 20;
@@ -22,14 +22,7 @@ pub async fn tcp_echo_server(listen: SocketAddr) -> Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     announce(&listener)?;
     loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (mut stream, peer) = accept(&listener).await;
         tokio::spawn(async move {
             let (mut r, mut w) = stream.split();
             // copy() returns at the client's EOF after writing everything read; then we half-close.
@@ -53,14 +46,7 @@ pub async fn tcp_sink_server(listen: SocketAddr) -> Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     announce(&listener)?;
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (stream, _) = accept(&listener).await;
         tokio::spawn(async move {
             tokio::time::sleep(SINK_HOLD).await;
             drop(stream);
