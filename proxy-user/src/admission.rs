@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::admin::Stats;
+use crate::overload::Overload;
 
 /// The configured limits (`keel run` flags).
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ pub struct PodLoad {
 pub struct Admission {
     limits: Limits,
     pods: Mutex<HashMap<u64, Arc<PodLoad>>>,
+    overload: Arc<Overload>,
     stats: Arc<Stats>,
 }
 
@@ -102,8 +104,14 @@ impl Admission {
         Arc::new(Admission {
             limits,
             pods: Mutex::new(HashMap::new()),
+            overload: Overload::new(Arc::clone(&stats)),
             stats,
         })
+    }
+
+    /// The memory overload manager whose actions admission and the request path apply.
+    pub fn overload(&self) -> &Arc<Overload> {
+        &self.overload
     }
 
     /// The limits in force.
@@ -227,6 +235,11 @@ impl RequestBudget {
     /// The node's counters.
     pub fn stats(&self) -> &Stats {
         &self.admission.stats
+    }
+
+    /// The memory overload manager.
+    pub fn overload(&self) -> &Arc<Overload> {
+        &self.admission.overload
     }
 
     /// A request slot, or `None` (counted) when the pod has its cap in flight.

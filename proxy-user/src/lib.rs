@@ -15,6 +15,7 @@ pub mod l4;
 pub mod l7;
 pub mod metrics;
 pub mod outcome;
+pub mod overload;
 pub mod pods;
 pub mod policy;
 pub mod routing;

@@ -188,6 +188,12 @@ struct RunArgs {
     /// take no response byte before its connection is closed (Envoy's `stream_idle_timeout`).
     #[arg(long, default_value_t = keel::admission::DEFAULT_BODY_IDLE_TIMEOUT.as_secs_f64())]
     body_idle_timeout: f64,
+    /// A memory limit for keel's resident set size, in bytes or with a Kubernetes suffix
+    /// (`512Mi`, `2Gi`, `500M`). The memory overload manager acts on the tightest of this and the
+    /// limits of keel's memory cgroups, which it always follows (a DaemonSet container's limit
+    /// needs no flag). Default: the cgroups' limits only.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    memory_limit: Option<u64>,
     /// Export the proxy's spans over OTLP/HTTP (JSON, `POST <URL>/v1/traces`) to this collector,
     /// e.g. `http://127.0.0.1:4318`. Off by default.
     #[arg(long, value_name = "URL")]
@@ -511,6 +517,9 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
 
     let admission = keel::admission::Admission::new(limits(&args)?, Arc::clone(&stats));
     tracing::info!(limits = ?admission.limits(), "admission limits");
+    tokio::spawn(Arc::clone(admission.overload()).run(
+        keel::overload::MemorySource::for_this_process(args.memory_limit),
+    ));
     for (i, listener) in listeners.into_iter().enumerate() {
         let acceptor = keel::accept::Acceptor {
             state: Arc::clone(&state),
@@ -601,6 +610,37 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     // The pinned links and maps stay: the next keel takes them over, `keel uninstall` removes them.
     drop(redirector);
     Ok(())
+}
+
+/// A byte count with an optional Kubernetes quantity suffix (`Ki`, `Mi`, `Gi`, `K`, `M`, `G`).
+fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: expected digits, e.g. 512Mi"))?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size suffix: use Ki, Mi, Gi, K, M or G"
+            ))
+        }
+    };
+    match number.checked_mul(unit) {
+        Some(0) => Err("a memory limit of 0 would refuse everything".to_string()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("`{text}` is too large")),
+    }
 }
 
 /// The admission limits the flags ask for.
@@ -1058,4 +1098,21 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_memory_size;
+
+    #[test]
+    fn memory_sizes_take_kubernetes_suffixes() {
+        assert_eq!(parse_memory_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_memory_size("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_memory_size("500M"), Ok(500_000_000));
+        assert!(parse_memory_size("12MB").is_err());
+        assert!(parse_memory_size("Mi").is_err());
+        assert!(parse_memory_size("0").is_err());
+        assert!(parse_memory_size("99999999999Gi").is_err());
+    }
 }

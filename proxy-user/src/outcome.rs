@@ -136,6 +136,8 @@ pub enum ResponseFlag {
     DownstreamProtocolError = 1 << 10,
     /// `UR`: upstream remote reset.
     UpstreamRemoteReset = 1 << 11,
+    /// `OM`: refused by the overload manager.
+    OverloadManager = 1 << 12,
 }
 
 impl ResponseFlag {
@@ -154,10 +156,11 @@ impl ResponseFlag {
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UpstreamRemoteReset => "UR",
+            ResponseFlag::OverloadManager => "OM",
         }
     }
 
-    const ALL: [ResponseFlag; 12] = [
+    const ALL: [ResponseFlag; 13] = [
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamConnectionTermination,
@@ -170,6 +173,7 @@ impl ResponseFlag {
         ResponseFlag::UpstreamOverflow,
         ResponseFlag::UpstreamRetryLimitExceeded,
         ResponseFlag::DownstreamProtocolError,
+        ResponseFlag::OverloadManager,
     ];
 }
 

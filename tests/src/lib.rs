@@ -24,6 +24,7 @@ pub mod host;
 pub mod http;
 pub mod keel;
 pub mod kubelet;
+pub mod memcg;
 pub mod pki;
 pub mod podnet;
 pub mod process;

@@ -866,3 +866,253 @@ fn chaos_d1_requests_to_a_stalled_upstream_cost_bounded_memory() -> Result<()> {
     admin_answers(&keel, Duration::from_secs(1))?;
     Ok(())
 }
+
+/// One sample of D5's timeline: time since the attack started, the cgroup's working set and keel's
+/// overload level (`keel_overload_level`).
+type PressureSample = (Duration, u64, u64);
+
+/// D5's attack: `requests` uploads (58 KiB headers, 1 MiB bodies) to an upstream that never reads,
+/// started in ten waves 100 ms apart, each held until `hold`; meanwhile the cgroup's working set
+/// and keel's overload level are sampled every 20 ms, and (`legit_pod`) a client sends small
+/// keep-alive requests. Returns the samples, the uploads' reports and the legitimate client's.
+fn d5_attack(
+    fx: &Fixture,
+    keel: &Keel,
+    memcg: &keel_tests::memcg::MemoryCgroup,
+    (bulk, sink_vip): (&keel_tests::Pod, std::net::SocketAddr),
+    requests: u32,
+    hold: Duration,
+    legit_pod: Option<&keel_tests::Pod>,
+) -> Result<(
+    Vec<PressureSample>,
+    Vec<HttpGetReport>,
+    Option<HttpGetReport>,
+)> {
+    let big_header = "h".repeat(58 * 1024);
+    let waves = 10;
+    let per_wave = requests.div_ceil(waves);
+    std::thread::scope(|s| {
+        let uploads: Vec<_> = (0..waves)
+            .map(|wave| {
+                let big_header = &big_header;
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100) * wave);
+                    fx.agent.http_get(
+                        bulk,
+                        &HttpGet::new("http://sink:8080/upload")
+                            .connect_to(sink_vip)
+                            .method("POST")
+                            .header("x-bulk", big_header)
+                            .body_size(1 << 20)
+                            .count(per_wave)
+                            .concurrency(per_wave)
+                            .request_timeout(hold)
+                            .timeout(hold * 3),
+                    )
+                })
+            })
+            .collect();
+        let legit = legit_pod.map(|pod| {
+            s.spawn(move || {
+                fx.agent.http_get(
+                    pod,
+                    &HttpGet::new("http://reviews:9080/")
+                        .connect_to(reviews_vip())
+                        .count(1_000_000)
+                        .request_timeout(Duration::from_secs(2))
+                        .timeout(hold),
+                )
+            })
+        });
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed() < hold {
+            let level = prom(keel, "keel_overload_level").unwrap_or(u64::MAX);
+            samples.push((started.elapsed(), memcg.working_set()?, level));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut reports = Vec::new();
+        for upload in uploads {
+            reports.push(
+                upload
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("upload thread panicked"))??,
+            );
+        }
+        let legit = match legit.map(|l| l.join()) {
+            None => None,
+            Some(Ok(report)) => Some(report?),
+            Some(Err(_)) => anyhow::bail!("legitimate client thread panicked"),
+        };
+        Ok((samples, reports, legit))
+    })
+}
+
+/// D5: keel runs in a memory cgroup limited to 80 % of what an attack needs (measured first, with
+/// no limit). The overload manager's actions fire in order as the pressure rises (keep-alive off,
+/// then 503 `envoy overloaded` on new requests, then the connections holding the most unanswered
+/// bytes reset), the kernel OOM-kills nothing, and keel serves again once the attack is over.
+#[test]
+fn chaos_d5_memory_pressure_fires_overload_actions_in_order_without_oom() -> Result<()> {
+    let scenario = "D5 memory pressure";
+    let mut fx = Fixture::reviews(PREFIX, 242, &["v1"])?;
+    let bulk = fx.add_pod("bulk", 30, &[("app", "bulk")], &[], false)?;
+    let sink = fx.add_pod("sink", 40, &[("app", "sink")], &[], false)?;
+    fx.servers.push(fx.agent.tcp_sink_server(&sink, 8080)?);
+    let sink_vip = fx.add_simple_service("sink", 40, "http", 8080, 8080)?;
+    let memcg = keel_tests::memcg::MemoryCgroup::create("keel-test-d5-242")?;
+    let requests = sized(200u32, 500);
+    let hold = Duration::from_secs(sized(5, 8));
+
+    // What the attack needs: the cgroup's peak working set with no limit.
+    let need = {
+        let keel = start_keel(&fx, &[])?;
+        memcg.adopt(keel.pid())?;
+        legit(&fx, &fx.sleep, 20, "warm-up")?;
+        let (samples, _, _) =
+            d5_attack(&fx, &keel, &memcg, (&bulk, sink_vip), requests, hold, None)?;
+        let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        let ramp = samples
+            .iter()
+            .find(|s| s.1 >= peak * 9 / 10)
+            .map_or(Duration::ZERO, |s| s.0);
+        eprintln!(
+            "no limit: peak working set {} KiB, 90 % of it reached after {ramp:?}",
+            peak / 1024
+        );
+        figures::record(
+            scenario,
+            "working set needed (no limit)",
+            (peak / 1024) as f64,
+            "KiB",
+        );
+        figures::record(
+            scenario,
+            "time to 90 % of the peak",
+            ramp.as_secs_f64() * 1e3,
+            "ms",
+        );
+        ensure!(
+            samples.iter().all(|s| s.2 == 0),
+            "overload actions fired with no memory limit: {samples:?}"
+        );
+        peak
+    };
+    ensure!(
+        need > 64 << 20,
+        "the attack needed only {need} bytes: not an attack"
+    );
+    let limit = need * 8 / 10;
+    memcg.set_limit(Some(limit))?;
+    figures::record(
+        scenario,
+        "memory limit (80 % of the need)",
+        (limit / 1024) as f64,
+        "KiB",
+    );
+
+    let keel = start_keel(&fx, &[])?;
+    memcg.adopt(keel.pid())?;
+    legit(&fx, &fx.sleep, 20, "warm-up under the limit")?;
+    let (samples, uploads, legit_report) = d5_attack(
+        &fx,
+        &keel,
+        &memcg,
+        (&bulk, sink_vip),
+        requests,
+        hold,
+        Some(&fx.sleep),
+    )?;
+    let first_at = |level: u64| samples.iter().find(|s| s.2 >= level).map(|s| s.0);
+    let transitions: Vec<(u128, u64, u64)> = samples
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i == 0 || samples[i - 1].2 != s.2)
+        .map(|(_, s)| (s.0.as_millis(), s.1 >> 20, s.2))
+        .collect();
+    eprintln!("level changes (ms, working set MiB, level): {transitions:?}");
+    let (keepalive_off, refusing, resetting) = (first_at(1), first_at(2), first_at(3));
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let legit_report = legit_report.context("no legitimate client report")?;
+    let stats = |name: &str| prom(&keel, name);
+    let keepalive_disabled = stats("keel_downstream_cx_overload_disable_keepalive_total")?;
+    let refused = stats("keel_downstream_rq_overload_close_total")?;
+    let reset = stats("keel_downstream_cx_overload_reset_total")?;
+    let oom_kills = memcg.oom_kills()?;
+    eprintln!(
+        "limit {} KiB: peak {} KiB; keep-alive off at {keepalive_off:?}, 503 at {refusing:?}, resets \
+         at {resetting:?}; {keepalive_disabled} connections told to close, {refused} requests \
+         refused, {reset} connections reset; OOM kills {oom_kills}; legitimate client {:?}; \
+         errors {} (first {:?}); uploads {:?}",
+        limit / 1024,
+        peak / 1024,
+        legit_report.by_status,
+        legit_report.errors,
+        legit_report.first_error,
+        uploads.iter().map(|u| &u.by_status).collect::<Vec<_>>(),
+    );
+    let ms = |t: Option<Duration>| t.map_or(-1.0, |t| t.as_secs_f64() * 1e3);
+    figures::record(
+        scenario,
+        "peak working set under the limit",
+        (peak / 1024) as f64,
+        "KiB",
+    );
+    figures::record(scenario, "keep-alive off after", ms(keepalive_off), "ms");
+    figures::record(scenario, "503 on new requests after", ms(refusing), "ms");
+    figures::record(scenario, "resets after", ms(resetting), "ms");
+    figures::record(scenario, "connections reset", reset as f64, "count");
+    figures::record(
+        scenario,
+        "requests refused (503 envoy overloaded)",
+        refused as f64,
+        "count",
+    );
+    figures::record(scenario, "OOM kills", oom_kills as f64, "count");
+
+    ensure!(
+        oom_kills == 0,
+        "the kernel OOM-killed {oom_kills} process(es) in keel's cgroup"
+    );
+    ensure!(
+        std::fs::read_to_string(format!("/proc/{}/stat", keel.pid()))
+            .is_ok_and(|s| !s.contains(") Z ")),
+        "keel died under memory pressure"
+    );
+    let (Some(keepalive_off), Some(refusing), Some(resetting)) =
+        (keepalive_off, refusing, resetting)
+    else {
+        anyhow::bail!(
+            "not every overload action fired: keep-alive off {keepalive_off:?}, 503 {refusing:?}, \
+             reset {resetting:?}; samples {samples:?}"
+        );
+    };
+    ensure!(
+        keepalive_off <= refusing && refusing <= resetting,
+        "the actions fired out of order: keep-alive off {keepalive_off:?}, 503 {refusing:?}, reset \
+         {resetting:?}"
+    );
+    ensure!(reset > 0, "no connection was reset");
+    ensure!(
+        keepalive_disabled > 0 && refused > 0,
+        "keep-alive disabled on {keepalive_disabled} connections, {refused} requests refused"
+    );
+    // The refused requests got Envoy's overload reply.
+    let overloaded = legit_report.with_body(503, "envoy overloaded")
+        + uploads
+            .iter()
+            .map(|u| u.with_body(503, "envoy overloaded"))
+            .sum::<u64>();
+    ensure!(
+        overloaded > 0,
+        "no client saw 503 `envoy overloaded`: legitimate {:?}",
+        legit_report.by_status
+    );
+    // Over: the pressure falls and every pod is served again.
+    common::wait_until("overload to end", Duration::from_secs(10), || {
+        Ok(prom(&keel, "keel_overload_level")? == 0)
+    })?;
+    legit(&fx, &fx.sleep, 20, "after the attack")?;
+    admin_answers(&keel, Duration::from_secs(1))?;
+    Ok(())
+}

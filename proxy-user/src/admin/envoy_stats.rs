@@ -207,6 +207,26 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
             s.listener_change_drains.get(),
         ),
         (
+            "downstream_cx_overload_disable_keepalive",
+            "Connections whose keep-alive was disabled under memory overload",
+            s.overload_keepalive_disabled.get(),
+        ),
+        (
+            "downstream_rq_overload_close",
+            "Requests refused with 503 envoy overloaded under memory overload",
+            s.overload_requests_refused.get(),
+        ),
+        (
+            "downstream_cx_overload_reset",
+            "Connections reset under memory overload, those holding the most unanswered bytes first",
+            s.overload_connections_reset.get(),
+        ),
+        (
+            "overload_actions_started",
+            "Times the memory overload manager started an action",
+            s.overload_level_raised.get(),
+        ),
+        (
             "connections_accepted",
             "Connections accepted on the proxy port",
             s.accepted.get(),
@@ -396,6 +416,16 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
                 "downstream_cx_active",
                 "Downstream connections open",
                 s.downstream_cx_active.get(),
+            ),
+            (
+                "overload_level",
+                "Memory overload actions in force: 0 none, 1 keep-alive off, 2 503 on new requests, 3 resetting the most expensive connections",
+                s.overload_level.get(),
+            ),
+            (
+                "overload_memory_pressure_percent",
+                "Memory in use as a percentage of the tightest limit (0 with none)",
+                s.overload_pressure_bp.get() / 100,
             ),
         ],
         refused: vec![

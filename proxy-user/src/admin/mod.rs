@@ -48,6 +48,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -103,6 +106,18 @@ pub struct Stats {
     /// HTTP connections drained (`Connection: close`, GOAWAY) because a push changed their
     /// destination's protocol or whether it is meshed (Envoy's listener change).
     pub listener_change_drains: Counter,
+    /// Times the memory overload manager raised its level (started an action).
+    pub overload_level_raised: Counter,
+    /// Connections told to stop keep-alive (`Connection: close`, GOAWAY) under memory overload.
+    pub overload_keepalive_disabled: Counter,
+    /// Requests refused with 503 `envoy overloaded` under memory overload.
+    pub overload_requests_refused: Counter,
+    /// Connections reset by the memory overload manager (the most expensive first).
+    pub overload_connections_reset: Counter,
+    /// The overload manager's level (`overload::Level`: 0 none .. 3 resetting).
+    pub overload_level: Gauge,
+    /// The latest memory pressure sample, in hundredths of a percent of the limit.
+    pub overload_pressure_bp: Gauge,
     /// Downstream connections open now.
     pub downstream_cx_active: Gauge,
     pub http_requests: Counter,

@@ -35,6 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::accept::ConnContext;
 use crate::metrics::span::SpanStart;
 use crate::outcome::{ResponseFlag, ResponseFlags};
+use crate::overload::Level as OverloadLevel;
 use crate::policy::{DirectResponse, HashKey, HttpAction};
 use crate::routing::policy::Shaping;
 use crate::routing::{self, CompiledHttpRoute, RequestFacts, RouteDecision, RoutePolicy, Target};
@@ -75,6 +76,12 @@ where
     );
     let write_stall = Arc::new(stall::WriteStall::default());
     let io = stall::StallWatched::new(io, Arc::clone(&write_stall));
+    // The memory overload manager ranks connections by what they read and have not had answered.
+    let overload = Arc::clone(ctx.budget.overload());
+    let registered = overload.register();
+    let cost = Arc::clone(registered.cost());
+    let io = crate::overload::CostMetered::new(io, Arc::clone(&cost));
+    let mut overload_changes = overload.subscribe();
     let stall_timeout = ctx.budget.limits().body_idle_timeout;
     let stall_stats = Arc::clone(&ctx.stats);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -83,24 +90,36 @@ where
     let seen = Arc::new(std::sync::atomic::AtomicU8::new(SEEN_NONE));
     // Set once a push changed what the connection was accepted as (Envoy's listener change).
     let relisten = Arc::new(tokio::sync::Notify::new());
+    // Set once keep-alive was disabled under memory overload (counted once per connection).
+    let overload_closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let service = {
         let (seen, drain, relisten) = (Arc::clone(&seen), drain.clone(), Arc::clone(&relisten));
         let relisten_signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cost, overload_closing) = (Arc::clone(&cost), Arc::clone(&overload_closing));
         hyper::service::service_fn(move |req| {
             let ctx = Arc::clone(&ctx);
             let is_h2 = req.version() == Version::HTTP_2;
             seen.store(if is_h2 { SEEN_H2 } else { SEEN_H1 }, Ordering::Release);
             let (drain, relisten) = (drain.clone(), Arc::clone(&relisten));
             let relisten_signalled = Arc::clone(&relisten_signalled);
+            let overload_closing = Arc::clone(&overload_closing);
+            let in_flight = cost.request();
             async move {
                 let mut resp = handle(&ctx, req).await;
+                drop(in_flight);
                 let relistened = ctx.listener_changed(&ctx.state.load());
                 if relistened && !relisten_signalled.swap(true, Ordering::AcqRel) {
                     ctx.stats.listener_change_drains.inc();
                     relisten.notify_one();
                 }
+                let overloaded = ctx.budget.overload().level() >= OverloadLevel::DisableKeepalive;
+                if overloaded && !overload_closing.swap(true, Ordering::AcqRel) {
+                    ctx.stats.overload_keepalive_disabled.inc();
+                    // HTTP/2: GOAWAY from the connection's loop.
+                    relisten.notify_one();
+                }
                 if !is_h2
-                    && (relistened || drain.is_draining())
+                    && (relistened || overloaded || drain.is_draining())
                     && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
                 {
                     resp.headers_mut()
@@ -138,6 +157,22 @@ where
                 tracing::debug!(%peer, ?stall_timeout, "client stopped reading: closing");
                 break Ok(());
             }
+            () = cost.reset() => {
+                // The overload manager picked this connection as one of the most expensive:
+                // closing it drops its requests and resets their upstream streams.
+                tracing::debug!(%peer, "memory overload: resetting the connection");
+                break Ok(());
+            }
+            Ok(()) = overload_changes.changed(), if !goaway_sent => {
+                let level = *overload_changes.borrow_and_update();
+                if level >= OverloadLevel::DisableKeepalive && seen.load(Ordering::Acquire) == SEEN_H2 {
+                    if !overload_closing.swap(true, Ordering::AcqRel) {
+                        stall_stats.overload_keepalive_disabled.inc();
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    goaway_sent = true;
+                }
+            }
             () = drain.started(), if !draining => draining = true,
             // HTTP/1 answers `Connection: close` (set above); HTTP/2 gets GOAWAY and finishes the
             // streams in flight.
@@ -153,6 +188,7 @@ where
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream connection ended with an error");
     }
+    drop(registered);
 }
 
 const SEEN_NONE: u8 = 0;
@@ -210,6 +246,19 @@ where
     B::Error: Into<BoxError>,
 {
     ctx.stats.http_requests.inc();
+    // Envoy's `stop_accepting_requests`: near the memory limit new requests are refused at once.
+    if ctx.budget.overload().level() >= OverloadLevel::StopAcceptingRequests {
+        ctx.stats.overload_requests_refused.inc();
+        let mut flags = ResponseFlags::default();
+        let mut resp = reply(
+            LocalReply::Overloaded,
+            grpc::is_grpc(req.headers()),
+            &mut flags,
+        );
+        resp.headers_mut()
+            .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
+        return resp;
+    }
     // Over its pod's in-flight cap a request is refused at once (no queue): Envoy's overflow reply.
     let Some(_slot) = ctx.budget.request() else {
         let mut flags = ResponseFlags::default();

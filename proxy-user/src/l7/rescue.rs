@@ -51,6 +51,8 @@ pub enum LocalReply {
         /// Earlier attempts were made.
         retried: bool,
     },
+    /// Refused by the memory overload manager: 503 `envoy overloaded` (`OM`).
+    Overloaded,
     /// Route or per-try timeout: 504 `upstream request timeout` (`UT`).
     UpstreamTimeout,
     /// A request the proxy cannot forward: 400.
@@ -79,6 +81,7 @@ impl LocalReply {
             LocalReply::UpstreamReset { remote: true, .. } => ResponseFlag::UpstreamRemoteReset,
             LocalReply::UpstreamTimeout => ResponseFlag::UpstreamRequestTimeout,
             LocalReply::Overflow { .. } => ResponseFlag::UpstreamOverflow,
+            LocalReply::Overloaded => ResponseFlag::OverloadManager,
             LocalReply::BadRequest => ResponseFlag::DownstreamProtocolError,
             LocalReply::FaultAbort(_) => ResponseFlag::FaultInjected,
             LocalReply::Redirect { .. } | LocalReply::Direct { .. } => return None,
@@ -126,6 +129,7 @@ impl LocalReply {
             LocalReply::Overflow { retried } => {
                 (StatusCode::SERVICE_UNAVAILABLE, reset(*retried, "overflow"))
             }
+            LocalReply::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, text("envoy overloaded")),
             LocalReply::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 text("upstream request timeout"),

@@ -1,0 +1,645 @@
+//! The overload manager: what keel does as its memory nears the limit it runs under, so that the
+//! kernel's OOM killer never takes the node's proxy (and with it every pod's traffic).
+//!
+//! Like Envoy's overload manager with a memory monitor, keel samples its memory pressure
+//! (`used / limit`) every [`SAMPLE_EVERY`] and applies actions in order as it rises:
+//!
+//! | pressure | action (Envoy's name) |
+//! |---|---|
+//! | ≥ 85 % | `disable_http_keepalive`: HTTP/1 responses carry `Connection: close`, HTTP/2 connections get GOAWAY |
+//! | ≥ 90 % | `stop_accepting_requests`: new requests get 503 `envoy overloaded` (flag `OM`) |
+//! | ≥ 95 % | `reset_high_memory_stream`: the connections holding the most unanswered request bytes are reset |
+//!
+//! New connections are still accepted at every level: their requests get the 503, which tells a
+//! client more than a closed connection, and the node-wide connection cap bounds them.
+//!
+//! From 85 % on, keel also hands freed heap memory back to the kernel (Envoy's `shrink_heap`,
+//! glibc's `malloc_trim`) at most every [`SHRINK_EVERY`]: the allocator keeps what connections
+//! freed, and without this the working set would stay at its peak after an attack ends, holding the
+//! actions on for good.
+//!
+//! An action ends when the pressure falls [`RELEASE_MARGIN`] below its threshold, so a pressure
+//! hovering at a threshold does not flap.
+//!
+//! What "used" and "limit" are ([`MemorySource`]):
+//! - every memory cgroup from keel's own up to the root that has a limit (cgroup v2 `memory.max`,
+//!   or v1 `memory.limit_in_bytes` on hybrid hosts): its working set, as kubelet counts it for
+//!   eviction (usage less inactive file pages, which the kernel reclaims before it OOM-kills);
+//! - `--memory-limit`: keel's resident set size against that number.
+//!
+//! The highest pressure among them counts. With no limit anywhere the manager stays idle.
+//! The cgroups are found again at every sample, so a process moved to another cgroup is followed.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
+
+use crate::admin::Stats;
+
+/// How often the pressure is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// How far below its threshold the pressure must fall for an action to end.
+pub const RELEASE_MARGIN: f64 = 0.03;
+/// How often freed heap memory is handed back while under pressure.
+pub const SHRINK_EVERY: Duration = Duration::from_millis(200);
+/// Of the connections that hold unanswered request bytes, the share reset at each sample while
+/// [`Level::ResetStreams`] holds (at least one).
+const RESET_SHARE: f64 = 0.10;
+
+/// The actions in force; each level includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Normal = 0,
+    /// No more keep-alive: connections close after their current requests.
+    DisableKeepalive = 1,
+    /// New requests get 503 `envoy overloaded`.
+    StopAcceptingRequests = 2,
+    /// The most expensive connections are reset.
+    ResetStreams = 3,
+}
+
+impl Level {
+    /// Pressure at or above which each level starts.
+    const THRESHOLDS: [(Level, f64); 3] = [
+        (Level::ResetStreams, 0.95),
+        (Level::StopAcceptingRequests, 0.90),
+        (Level::DisableKeepalive, 0.85),
+    ];
+
+    fn from_u8(v: u8) -> Level {
+        match v {
+            1 => Level::DisableKeepalive,
+            2 => Level::StopAcceptingRequests,
+            3 => Level::ResetStreams,
+            _ => Level::Normal,
+        }
+    }
+
+    /// The level for `pressure` coming from `current`: a level is entered at its threshold and
+    /// left only [`RELEASE_MARGIN`] below it.
+    pub fn next(current: Level, pressure: f64) -> Level {
+        for (level, threshold) in Level::THRESHOLDS {
+            let holds = if current >= level {
+                pressure >= threshold - RELEASE_MARGIN
+            } else {
+                pressure >= threshold
+            };
+            if holds {
+                return level;
+            }
+        }
+        Level::Normal
+    }
+
+    /// Envoy's name of the action this level adds.
+    pub fn action_name(self) -> &'static str {
+        match self {
+            Level::Normal => "none",
+            Level::DisableKeepalive => "disable_http_keepalive",
+            Level::StopAcceptingRequests => "stop_accepting_requests",
+            Level::ResetStreams => "reset_high_memory_stream",
+        }
+    }
+}
+
+/// What one downstream connection costs, as the reset action ranks them.
+#[derive(Debug, Default)]
+pub struct ConnCost {
+    /// Bytes read from the client since the connection last had no request in flight: request
+    /// heads and bodies keel has taken and not answered yet.
+    unanswered_bytes: AtomicU64,
+    in_flight: AtomicU32,
+    /// Woken to reset the connection.
+    reset: Notify,
+}
+
+impl ConnCost {
+    /// Counts one request until the guard drops.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            cost: Arc::clone(self),
+        }
+    }
+
+    /// Resolves when the overload manager resets this connection.
+    pub async fn reset(&self) {
+        self.reset.notified().await;
+    }
+}
+
+/// One request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight {
+    cost: Arc<ConnCost>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.cost.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Everything taken so far has been answered.
+            self.cost.unanswered_bytes.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The node's overload state, shared by every worker.
+#[derive(Debug)]
+pub struct Overload {
+    level: AtomicU8,
+    changes: watch::Sender<Level>,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<ConnCost>>>,
+    stats: Arc<Stats>,
+}
+
+impl Overload {
+    pub fn new(stats: Arc<Stats>) -> Arc<Overload> {
+        Arc::new(Overload {
+            level: AtomicU8::new(Level::Normal as u8),
+            changes: watch::Sender::new(Level::Normal),
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+            stats,
+        })
+    }
+
+    /// The actions in force.
+    pub fn level(&self) -> Level {
+        Level::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    /// Follows level changes (a connection waits on it to send GOAWAY).
+    pub fn subscribe(&self) -> watch::Receiver<Level> {
+        self.changes.subscribe()
+    }
+
+    /// Registers a downstream connection for the reset action; it leaves when the handle drops.
+    pub fn register(self: &Arc<Self>) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cost = Arc::new(ConnCost::default());
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&cost));
+        Registered {
+            overload: Arc::clone(self),
+            id,
+            cost,
+        }
+    }
+
+    /// Applies one pressure sample: sets the level and, at [`Level::ResetStreams`], resets the
+    /// most expensive connections. Returns the new level.
+    pub fn apply(&self, pressure: f64) -> Level {
+        self.stats
+            .overload_pressure_bp
+            .set((pressure.clamp(0.0, 10.0) * 10_000.0) as u64);
+        let current = self.level();
+        let next = Level::next(current, pressure);
+        if next != current {
+            self.level.store(next as u8, Ordering::Relaxed);
+            self.stats.overload_level.set(next as u64);
+            self.changes.send_replace(next);
+            if next > current {
+                tracing::warn!(
+                    pressure = format!("{:.1}%", pressure * 100.0),
+                    action = next.action_name(),
+                    "memory overload: action starts"
+                );
+                self.stats.overload_level_raised.inc();
+            } else {
+                tracing::info!(
+                    pressure = format!("{:.1}%", pressure * 100.0),
+                    level = ?next,
+                    "memory overload eases"
+                );
+            }
+        }
+        if next == Level::ResetStreams {
+            let reset = self.reset_most_expensive();
+            self.stats.overload_connections_reset.add(reset as u64);
+        }
+        next
+    }
+
+    /// Resets the top [`RESET_SHARE`] of the connections that hold unanswered request bytes, by
+    /// those bytes. Returns how many were reset.
+    fn reset_most_expensive(&self) -> usize {
+        let mut holding: Vec<(u64, Arc<ConnCost>)> = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.in_flight.load(Ordering::Relaxed) > 0)
+            .map(|c| (c.unanswered_bytes.load(Ordering::Relaxed), Arc::clone(c)))
+            .filter(|(bytes, _)| *bytes > 0)
+            .collect();
+        let count = ((holding.len() as f64 * RESET_SHARE).ceil() as usize).min(holding.len());
+        holding.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (_, cost) in holding.iter().take(count) {
+            cost.reset.notify_one();
+        }
+        count
+    }
+
+    /// Samples `source` every [`SAMPLE_EVERY`] for the life of the process.
+    pub async fn run(self: Arc<Self>, source: MemorySource) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        let mut shrunk_at = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            match source.pressure() {
+                Ok(pressure) => {
+                    let level = self.apply(pressure.unwrap_or(0.0));
+                    if level >= Level::DisableKeepalive && shrunk_at.elapsed() >= SHRINK_EVERY {
+                        shrunk_at = tokio::time::Instant::now();
+                        // Walks every arena: off the workers.
+                        let _ = tokio::task::spawn_blocking(shrink_heap).await;
+                    }
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot read memory use; overload actions are off");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the kernel (Envoy's `shrink_heap`).
+fn shrink_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A connection registered with the overload manager.
+#[derive(Debug)]
+pub struct Registered {
+    overload: Arc<Overload>,
+    id: u64,
+    cost: Arc<ConnCost>,
+}
+
+impl Registered {
+    pub fn cost(&self) -> &Arc<ConnCost> {
+        &self.cost
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.overload
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// A downstream stream that adds what it reads to its connection's [`ConnCost`].
+pub struct CostMetered<I> {
+    inner: I,
+    cost: Arc<ConnCost>,
+}
+
+impl<I> CostMetered<I> {
+    pub fn new(inner: I, cost: Arc<ConnCost>) -> Self {
+        CostMetered { inner, cost }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for CostMetered<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.cost
+                .unanswered_bytes
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for CostMetered<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Where keel's memory use and limit are read.
+#[derive(Debug, Clone)]
+pub struct MemorySource {
+    /// `--memory-limit`: compared with the process's resident set size.
+    pub process_limit: Option<u64>,
+    /// Where cgroup hierarchies are mounted (`/sys/fs/cgroup` normally).
+    pub cgroup_mount: PathBuf,
+    /// The process's cgroup membership (`/proc/self/cgroup` normally).
+    pub proc_cgroup: PathBuf,
+}
+
+/// Memory limits at or above this are "no limit" (cgroup v1 writes `PAGE_COUNTER_MAX` pages).
+const NO_LIMIT_FROM: u64 = 1 << 60;
+
+impl MemorySource {
+    /// The running process's sources.
+    pub fn for_this_process(process_limit: Option<u64>) -> Self {
+        MemorySource {
+            process_limit,
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            proc_cgroup: PathBuf::from("/proc/self/cgroup"),
+        }
+    }
+
+    /// The highest `used / limit` among the sources, or `None` when nothing sets a limit.
+    pub fn pressure(&self) -> io::Result<Option<f64>> {
+        let mut highest: Option<f64> = None;
+        let mut consider = |used: u64, limit: u64| {
+            let p = used as f64 / limit.max(1) as f64;
+            highest = Some(highest.map_or(p, |h| h.max(p)));
+        };
+        if let Some(limit) = self.process_limit {
+            consider(resident_bytes()?, limit);
+        }
+        let membership = std::fs::read_to_string(&self.proc_cgroup)?;
+        for dir in self.limited_cgroups(&membership) {
+            if let Some((used, limit)) = cgroup_working_set(&dir.path, dir.v2)? {
+                consider(used, limit);
+            }
+        }
+        Ok(highest)
+    }
+
+    /// The memory cgroup directories of the process and their ancestors (both hierarchies).
+    fn limited_cgroups(&self, membership: &str) -> Vec<CgroupDir> {
+        let mut dirs = Vec::new();
+        for line in membership.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(hierarchy), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let relative = path.trim_start_matches('/');
+            let (base, v2) = if hierarchy == "0" && controllers.is_empty() {
+                // cgroup v2: at the mount itself, or at `unified` on a hybrid host.
+                let unified = self.cgroup_mount.join("unified");
+                if unified.join("cgroup.controllers").exists() {
+                    (unified, true)
+                } else {
+                    (self.cgroup_mount.clone(), true)
+                }
+            } else if controllers.split(',').any(|c| c == "memory") {
+                (self.cgroup_mount.join("memory"), false)
+            } else {
+                continue;
+            };
+            let mut dir = base.join(relative);
+            loop {
+                dirs.push(CgroupDir {
+                    path: dir.clone(),
+                    v2,
+                });
+                if dir == base || !dir.pop() || !dir.starts_with(&base) {
+                    break;
+                }
+            }
+        }
+        dirs
+    }
+}
+
+struct CgroupDir {
+    path: PathBuf,
+    v2: bool,
+}
+
+/// `(working set, limit)` of a cgroup with a memory limit; `None` without one (or without the
+/// memory controller there).
+fn cgroup_working_set(dir: &Path, v2: bool) -> io::Result<Option<(u64, u64)>> {
+    let (limit_file, usage_file, inactive_key) = if v2 {
+        ("memory.max", "memory.current", "inactive_file")
+    } else {
+        (
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+            "total_inactive_file",
+        )
+    };
+    let Ok(limit) = std::fs::read_to_string(dir.join(limit_file)) else {
+        return Ok(None);
+    };
+    let Ok(limit) = limit.trim().parse::<u64>() else {
+        // "max": no limit.
+        return Ok(None);
+    };
+    if limit >= NO_LIMIT_FROM || limit == 0 {
+        return Ok(None);
+    }
+    let usage: u64 = std::fs::read_to_string(dir.join(usage_file))?
+        .trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{usage_file}: {e}")))?;
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+    let inactive = stat_value(&stat, inactive_key).unwrap_or(0);
+    Ok(Some((usage.saturating_sub(inactive), limit)))
+}
+
+/// A value of a `memory.stat` file.
+fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The process's resident set size (`/proc/self/statm`).
+fn resident_bytes() -> io::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc/self/statm"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * u64::try_from(page).unwrap_or(4096))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_rise_in_order_and_ease_with_a_margin() {
+        assert_eq!(Level::next(Level::Normal, 0.5), Level::Normal);
+        assert_eq!(Level::next(Level::Normal, 0.85), Level::DisableKeepalive);
+        assert_eq!(
+            Level::next(Level::Normal, 0.91),
+            Level::StopAcceptingRequests
+        );
+        assert_eq!(Level::next(Level::Normal, 0.97), Level::ResetStreams);
+        // Held until the margin below the threshold.
+        assert_eq!(Level::next(Level::ResetStreams, 0.93), Level::ResetStreams);
+        assert_eq!(
+            Level::next(Level::ResetStreams, 0.91),
+            Level::StopAcceptingRequests
+        );
+        assert_eq!(
+            Level::next(Level::DisableKeepalive, 0.83),
+            Level::DisableKeepalive
+        );
+        assert_eq!(Level::next(Level::DisableKeepalive, 0.81), Level::Normal);
+    }
+
+    #[test]
+    fn reset_takes_the_connections_holding_the_most_unanswered_bytes() {
+        let overload = Overload::new(Arc::new(Stats::default()));
+        let conns: Vec<Registered> = (0..20).map(|_| overload.register()).collect();
+        let mut requests = Vec::new();
+        for (i, c) in conns.iter().enumerate() {
+            requests.push(c.cost().request());
+            c.cost()
+                .unanswered_bytes
+                .store(1000 * (i as u64 + 1), Ordering::Relaxed);
+        }
+        // An idle connection (nothing in flight) is never a candidate.
+        let idle = overload.register();
+        idle.cost()
+            .unanswered_bytes
+            .store(1 << 40, Ordering::Relaxed);
+        assert_eq!(overload.apply(0.5), Level::Normal);
+        assert_eq!(overload.apply(0.96), Level::ResetStreams);
+        // 10 % of 20: the two largest.
+        let reset: Vec<usize> = conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                let notified = c.cost().reset.notified();
+                tokio::pin!(notified);
+                // A stored permit completes the future at once.
+                notified.as_mut().enable()
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(reset, vec![18, 19]);
+        assert_eq!(overload.stats.overload_connections_reset.get(), 2);
+        drop(conns);
+        drop(idle);
+        assert!(overload.conns.lock().map(|c| c.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn answered_requests_clear_the_cost() {
+        let overload = Overload::new(Arc::new(Stats::default()));
+        let conn = overload.register();
+        let one = conn.cost().request();
+        let two = conn.cost().request();
+        conn.cost().unanswered_bytes.store(500, Ordering::Relaxed);
+        drop(one);
+        assert_eq!(conn.cost().unanswered_bytes.load(Ordering::Relaxed), 500);
+        drop(two);
+        assert_eq!(conn.cost().unanswered_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn cgroup_limits_are_found_up_the_tree_in_both_hierarchies() -> io::Result<()> {
+        let root = std::env::temp_dir().join(format!("keel-overload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // Hybrid host: v2 at `unified`, memory on v1. The v1 parent has the limit.
+        let v2 = root.join("unified/pods/p1");
+        std::fs::create_dir_all(&v2)?;
+        std::fs::write(root.join("unified/cgroup.controllers"), "")?;
+        std::fs::write(v2.join("memory.max"), "max\n")?;
+        let v1_parent = root.join("memory/kubepods");
+        let v1 = v1_parent.join("p1");
+        std::fs::create_dir_all(&v1)?;
+        std::fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n")?;
+        std::fs::write(v1_parent.join("memory.limit_in_bytes"), "1000\n")?;
+        std::fs::write(v1_parent.join("memory.usage_in_bytes"), "950\n")?;
+        std::fs::write(
+            v1_parent.join("memory.stat"),
+            "cache 100\ntotal_inactive_file 50\n",
+        )?;
+        let membership = root.join("cgroup");
+        std::fs::write(
+            &membership,
+            "4:memory:/kubepods/p1\n3:cpu:/x\n0::/pods/p1\n",
+        )?;
+        let source = MemorySource {
+            process_limit: None,
+            cgroup_mount: root.clone(),
+            proc_cgroup: membership,
+        };
+        let pressure = source.pressure()?;
+        std::fs::remove_dir_all(&root)?;
+        // (950 - 50) / 1000.
+        assert_eq!(pressure, Some(0.9));
+        Ok(())
+    }
+
+    #[test]
+    fn no_limit_means_no_pressure() -> io::Result<()> {
+        let root = std::env::temp_dir().join(format!("keel-overload-nl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("a"))?;
+        std::fs::write(root.join("cgroup.controllers"), "memory")?;
+        std::fs::write(root.join("a/memory.max"), "max\n")?;
+        let membership = root.join("cgroup");
+        std::fs::write(&membership, "0::/a\n")?;
+        let source = MemorySource {
+            process_limit: None,
+            cgroup_mount: root.clone(),
+            proc_cgroup: membership,
+        };
+        let pressure = source.pressure()?;
+        std::fs::remove_dir_all(&root)?;
+        assert_eq!(pressure, None);
+        Ok(())
+    }
+}
