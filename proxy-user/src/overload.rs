@@ -245,7 +245,7 @@ impl Overload {
             .filter(|(bytes, _)| *bytes > 0)
             .collect();
         let count = ((holding.len() as f64 * RESET_SHARE).ceil() as usize).min(holding.len());
-        holding.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        holding.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         for (_, cost) in holding.iter().take(count) {
             cost.reset.notify_one();
         }
