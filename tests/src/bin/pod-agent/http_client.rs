@@ -347,7 +347,11 @@ fn record_error(report: &mut HttpGetReport, e: anyhow::Error) {
 }
 
 async fn connect(addr: SocketAddr, http2: bool) -> Result<(Conn, Option<SocketAddr>)> {
-    let stream = TcpStream::connect(addr)
+    // An IPv6 socket is a dual-stack one, as applications' usually are: a v4-mapped address
+    // connects over IPv4.
+    let stream = crate::support::tcp_socket_for(addr, false)
+        .with_context(|| format!("socket for {addr}"))?
+        .connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
