@@ -1123,6 +1123,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    type ProxyAddrs = (Option<SocketAddrV4>, Option<SocketAddrV6>);
+
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().filter_map(|a| a.parse().ok()).collect()
     }
@@ -1131,10 +1133,7 @@ mod tests {
     fn proxy_addrs_one_per_family() {
         let v4: SocketAddrV4 = "10.244.0.1:15001".parse().expect("v4");
         let v6: SocketAddrV6 = "[fd00:10:244::1]:15001".parse().expect("v6");
-        let cases: &[(
-            &[&str],
-            Result<(Option<SocketAddrV4>, Option<SocketAddrV6>), &str>,
-        )] = &[
+        let cases: &[(&[&str], Result<ProxyAddrs, &str>)] = &[
             (&["10.244.0.1:15001"], Ok((Some(v4), None))),
             (&["[fd00:10:244::1]:15001"], Ok((None, Some(v6)))),
             (

@@ -26,7 +26,7 @@ use common::{agent, wait_until};
 use keel_tests::figures::record;
 use keel_tests::{
     Agent, ConfigDir, ConnectOutcome, ConnectionRecord, HttpGet, HttpGetReport, HttpServerOpts,
-    Keel, Pod, PodNet, Proc, RequestLog, RequestRecord,
+    Keel, KeelOptions, Pod, PodNet, Proc, RequestLog, RequestRecord,
 };
 use nix::sys::signal::Signal;
 
@@ -38,6 +38,9 @@ const REVIEWS_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const REVIEWS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x20);
 const ECHO_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x40);
 const ECHO_PORT: u16 = 9000;
+/// A ServiceEntry's address and host.
+const EXT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x50);
+const EXT_HOST: &str = "ext.example.com";
 const SELF_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x31);
 const SELF_PORT: u16 = 8080;
 /// Envoy's fault filter reply body.
@@ -206,6 +209,11 @@ impl DualStack {
     /// Writes every Service/Istio document and `pods.yaml`, checks `keel validate` accepts them,
     /// and starts keel with both proxy addresses.
     fn start_keel(&self) -> Result<Keel> {
+        self.start_keel_with(&[])
+    }
+
+    /// [`DualStack::start_keel`] with `extra` arguments to `keel run`.
+    fn start_keel_with(&self, extra: &[&str]) -> Result<Keel> {
         self.config.write("config.yaml", &self.docs.join("---\n"))?;
         let pods: Vec<String> = self
             .pods
@@ -225,7 +233,9 @@ impl DualStack {
             "keel validate must accept this dual-stack config:\n{}",
             out.combined().trim()
         );
-        let keel = Keel::start(&self.net, self.config.path())?;
+        let mut opts = KeelOptions::new(&self.net, self.config.path())?;
+        opts.extra_args = extra.iter().map(ToString::to_string).collect();
+        let keel = Keel::start_with(&self.net, opts)?;
         ensure!(
             keel.options().proxy_addr6 == Some(self.net.proxy_addr6()),
             "keel must run with the IPv6 proxy address too: {:?}",
@@ -424,7 +434,20 @@ fn v6_service_routes_like_v4() -> Result<()> {
         "tcp-echo",
         ECHO_PORT,
     ));
-    let keel = fx.start_keel()?;
+    // A ServiceEntry with an IPv6 address and a static IPv6 endpoint (reviews-v2's address).
+    let v2_ip6 = fx.pods[2].0.ip6.context("reviews-v2 has an IPv6 address")?;
+    fx.docs.push(format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: ext\n  \
+         namespace: default\nspec:\n  hosts:\n  - {EXT_HOST}\n  addresses:\n  - {EXT_V6}\n  ports:\n  \
+         - number: 80\n    name: http\n    protocol: HTTP\n    targetPort: {REVIEWS_PORT}\n  \
+         location: MESH_INTERNAL\n  resolution: STATIC\n  endpoints:\n  - address: {v2_ip6}\n"
+    ));
+    let keel = fx.start_keel_with(&[
+        "--access-log",
+        "/dev/stdout",
+        "--access-log-encoding",
+        "json",
+    ])?;
     let dump = keel.admin_get("/config_dump")?;
     let families = dump["services"]
         .as_array()
@@ -509,6 +532,58 @@ fn v6_service_routes_like_v4() -> Result<()> {
         "every client connection (6 runs, each at least one connection) is redirected by the \
          kernel: {redirected}"
     );
+    // The access log says the same, per family: the original destination as the client dialled
+    // it, the client's own address, the endpoint's IPv6 address.
+    let sleep4 = IpAddr::V4(sleep.ip);
+    let mut logged = Vec::new();
+    wait_until(
+        "the access log has every request",
+        Duration::from_secs(5),
+        || {
+            logged = access_log(&keel)?;
+            Ok(logged.len() >= 6 * N as usize)
+        },
+    )?;
+    for (vip, client_ip) in [(vip6, sleep6), (vip4, sleep4)] {
+        let lines: Vec<&serde_json::Value> = logged
+            .iter()
+            .filter(|l| l["downstream_local_address"] == vip.to_string().as_str())
+            .collect();
+        let from_client = |l: &&serde_json::Value| {
+            l["downstream_remote_address"]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .is_some_and(|a| a.ip() == client_ip)
+        };
+        let to = |code: u64, version: &str, suffix: u8| {
+            let host = v6(fx.net.pod_ip6(suffix), REVIEWS_PORT).to_string();
+            let cluster = format!("outbound|{REVIEWS_PORT}|{version}|{REVIEWS_FQDN}");
+            lines
+                .iter()
+                .filter(|l| {
+                    l["response_code"] == code
+                        && l["upstream_host"] == host.as_str()
+                        && l["upstream_cluster"] == cluster.as_str()
+                })
+                .count()
+        };
+        let aborted = lines
+            .iter()
+            .filter(|l| l["response_code"] == 418 && l["upstream_host"].is_null())
+            .count();
+        ensure!(
+            lines.len() == 3 * N as usize
+                && lines.iter().all(from_client)
+                && to(200, "v1", 11) == N as usize
+                && to(200, "v2", 12) == N as usize
+                && aborted == N as usize,
+            "access log for {vip} (client {client_ip}): {} lines, want {} from the client: {N} \
+             to v1's and {N} to v2's IPv6 address, {N} aborted without upstream: {lines:#?}",
+            lines.len(),
+            3 * N
+        );
+    }
+
     record("ipv6-routing", "upstream v1", v1.len() as f64, "requests");
     record("ipv6-routing", "upstream v2", v2.len() as f64, "requests");
     record(
@@ -532,7 +607,43 @@ fn v6_service_routes_like_v4() -> Result<()> {
         .context("tcp-echo-client's local address")?;
     ensure_records(&keel, &[local], "sleep", sleep6, echo_vip, "tcp")?;
     record("ipv6-tcp", "bytes relayed", payload as f64, "bytes");
+
+    // A ServiceEntry's IPv6 address, routed to its IPv6 static endpoint.
+    let ext = v6(EXT_V6, 80);
+    let r = fx.agent.http_get(
+        &sleep,
+        &HttpGet::new(format!("http://{EXT_HOST}/"))
+            .connect_to(ext)
+            .count(N),
+    )?;
+    ensure!(
+        r.errors == 0
+            && r.status(200) == u64::from(N)
+            && r.by_pod.get("reviews-v2") == Some(&u64::from(N))
+            && r.by_peer_ip.get(&bridge6.to_string()) == Some(&u64::from(N))
+            && r.last_header_value("server") == Some("envoy"),
+        "ServiceEntry {EXT_HOST} at {ext}: {N} x 200 from reviews-v2 over IPv6: {r:?}"
+    );
+    let records = records_of(&keel, &r.local_addrs)?;
+    ensure!(
+        !records.is_empty()
+            && records
+                .iter()
+                .all(|c| c.original_dst == ext.to_string() && c.service == EXT_HOST),
+        "keel's records of the ServiceEntry connections: {records:?}"
+    );
+    record("ipv6-service-entry", "requests", f64::from(N), "requests");
     Ok(())
+}
+
+/// keel's access log so far (`--access-log /dev/stdout --access-log-encoding json`), one JSON
+/// object per line.
+fn access_log(keel: &Keel) -> Result<Vec<serde_json::Value>> {
+    keel.stdout()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("access log line {l:?}")))
+        .collect()
 }
 
 /// (2) and (3). A dual-stack socket (AF_INET6, `IPV6_V6ONLY` 0) connecting to `::ffff:10.96.0.20`

@@ -13,7 +13,6 @@ use hyper::header::{HeaderValue, CONNECTION, HOST};
 use hyper::{HeaderMap, Method, Request, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel_tests::{EchoBody, HttpGetReport, HttpLoadReport};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
