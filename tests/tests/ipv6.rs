@@ -593,6 +593,28 @@ fn v6_service_routes_like_v4() -> Result<()> {
         "records",
     );
 
+    // Pod to pod over IPv6 is direct (pod addresses are not Services), and nothing beyond the
+    // pod network is reachable (no IPv6 default route in pods).
+    let v1_direct = v6(fx.net.pod_ip6(11), REVIEWS_PORT);
+    let r = fx.agent.http_get(
+        &sleep,
+        &HttpGet::new(format!("http://reviews:{REVIEWS_PORT}/"))
+            .connect_to(v1_direct)
+            .count(3),
+    )?;
+    ensure!(
+        r.status(200) == 3
+            && r.by_peer_ip.get(&sleep6.to_string()) == Some(&3)
+            && r.last_header("server").is_none(),
+        "sleep -> {v1_direct} goes direct (reviews-v1 sees sleep's own {sleep6}): {r:?}"
+    );
+    let outside = v6("2001:db8::1".parse()?, 80);
+    let c = fx.agent.tcp_connect(&sleep, outside, None)?;
+    ensure!(
+        c.outcome == ConnectOutcome::Unreachable,
+        "{outside} (outside the pod network) is unreachable from a pod: {c:?}"
+    );
+
     // (4) A tcp port over IPv6: relayed, the original destination recorded as [v6 VIP]:port.
     let echo_vip = v6(ECHO_V6, ECHO_PORT);
     let payload = 256 * 1024;
@@ -879,6 +901,22 @@ fn v6_fail_open_when_keel_stops() -> Result<()> {
     for vip in [vip6, vip4] {
         gaps.push(wait_direct(&fx, &sleep, vip, killed, false)?);
     }
+    // Teardown removes the IPv6 side too (addresses, the blackhole route).
+    let DualStack {
+        servers,
+        config,
+        net,
+        ..
+    } = fx;
+    drop(servers);
+    drop(config);
+    net.teardown()?;
+    let left = keel_tests::podnet::leftovers(PREFIX, 219);
+    let blackholes6 = keel_tests::host::run("ip", &["-6", "route", "show", "type", "blackhole"])?;
+    ensure!(
+        left.is_empty() && !blackholes6.contains("metric 40219"),
+        "a dual-stack network leaves nothing behind: {left:?}; IPv6 blackholes: {blackholes6}"
+    );
     for ((fault, family), gap) in [
         ("stop", "IPv6"),
         ("stop", "IPv4"),
