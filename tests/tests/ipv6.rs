@@ -42,6 +42,7 @@ const ECHO_PORT: u16 = 9000;
 const EXT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x50);
 const EXT_HOST: &str = "ext.example.com";
 const SELF_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x31);
+const SELF_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
 const SELF_PORT: u16 = 8080;
 /// Envoy's fault filter reply body.
 const ABORT_BODY: &str = "fault filter abort";
@@ -672,7 +673,7 @@ fn access_log(keel: &Keel) -> Result<Vec<serde_json::Value>> {
 /// is the IPv4 Service: captured, routed by its rules, recorded with the IPv4 original destination
 /// (Cilium #9923); an `IPV6_V6ONLY` socket gets `ENETUNREACH` for that address, as without keel.
 /// Loopback and the pod's own addresses are never captured, and a pod that is the only endpoint of
-/// its own IPv6 Service reaches itself through keel (Cilium #26733).
+/// its own dual-stack Service reaches itself through keel at either VIP (Cilium #26733).
 #[test]
 fn dual_stack_socket_and_own_service() -> Result<()> {
     // IPv4-only backends (the Service is IPv4 single stack, so its endpoints are IPv4).
@@ -691,8 +692,8 @@ fn dual_stack_socket_and_own_service() -> Result<()> {
     );
     fx.docs.push(service(
         "selfie",
-        &[SELF_V6.into()],
-        &["IPv6"],
+        &[SELF_V6.into(), SELF_V4.into()],
+        &["IPv6", "IPv4"],
         "http",
         SELF_PORT,
     ));
@@ -784,35 +785,38 @@ fn dual_stack_socket_and_own_service() -> Result<()> {
     let self_url = format!("http://selfie:{SELF_PORT}/");
     let self_vip = v6(SELF_V6, SELF_PORT);
     let selfie6 = IpAddr::V6(selfie.ip6.context("selfie has an IPv6 address")?);
-    let r = fx.agent.http_get(
-        &selfie,
-        &HttpGet::new(&self_url).connect_to(self_vip).count(N),
-    )?;
+    // Its IPv4 VIP behaves the same (the endpoint is the pod's IPv6 address, the primary family).
     let peer6 = IpAddr::V6(fx.net.bridge_ip6()).to_string();
-    ensure!(
-        r.errors == 0
-            && r.status(200) == u64::from(N)
-            && r.by_pod.get("selfie") == Some(&u64::from(N))
-            && r.by_peer_ip.get(&peer6) == Some(&u64::from(N))
-            && r.last_header_value("server") == Some("envoy"),
-        "selfie -> its own IPv6 Service: {N} x 200 from itself via keel ({peer6}): {r:?}"
-    );
-    let selfie_records = records_of(&keel, &r.local_addrs)?;
-    ensure!(
-        !selfie_records.is_empty()
-            && selfie_records
-                .iter()
-                .all(|c| c.source_pod == "default/selfie"
-                    && c.original_dst == self_vip.to_string()
-                    && c.source_addr
-                        .parse::<SocketAddr>()
-                        .is_ok_and(|a| a.ip() == selfie6)),
-        "keel's records of selfie's connections: {selfie_records:?}"
-    );
+    let self_vip4 = SocketAddr::new(SELF_V4.into(), SELF_PORT);
+    for (vip, client_ip) in [(self_vip, selfie6), (self_vip4, IpAddr::V4(selfie.ip))] {
+        let r = fx
+            .agent
+            .http_get(&selfie, &HttpGet::new(&self_url).connect_to(vip).count(N))?;
+        ensure!(
+            r.errors == 0
+                && r.status(200) == u64::from(N)
+                && r.by_pod.get("selfie") == Some(&u64::from(N))
+                && r.by_peer_ip.get(&peer6) == Some(&u64::from(N))
+                && r.last_header_value("server") == Some("envoy"),
+            "selfie -> its own Service at {vip}: {N} x 200 from itself via keel ({peer6}): {r:?}"
+        );
+        let selfie_records = records_of(&keel, &r.local_addrs)?;
+        ensure!(
+            !selfie_records.is_empty()
+                && selfie_records
+                    .iter()
+                    .all(|c| c.source_pod == "default/selfie"
+                        && c.original_dst == vip.to_string()
+                        && c.source_addr
+                            .parse::<SocketAddr>()
+                            .is_ok_and(|a| a.ip() == client_ip)),
+            "keel's records of selfie's connections to {vip}: {selfie_records:?}"
+        );
+    }
     record(
         "ipv6-own-service",
         "requests to itself via keel",
-        f64::from(N),
+        f64::from(2 * N),
         "requests",
     );
 
