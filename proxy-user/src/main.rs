@@ -53,9 +53,9 @@ enum Command {
         /// The `--cgroup` keel ran with.
         #[arg(long)]
         cgroup: PathBuf,
-        /// The `--proxy-addr` keel ran with.
-        #[arg(long)]
-        proxy_addr: SocketAddr,
+        /// The `--proxy-addr` keel ran with (each of them, when it had two).
+        #[arg(long, required = true, value_delimiter = ',')]
+        proxy_addr: Vec<SocketAddr>,
     },
     /// Ask a running keel to shut down as on SIGTERM (`POST /quitquitquit`) and wait until its
     /// admin port closes: the DaemonSet's preStop hook.
@@ -131,8 +131,12 @@ struct RunArgs {
     #[arg(long)]
     cgroup: PathBuf,
     /// Address pods' connections are redirected to; the proxy listens here (node IP / bridge IP).
-    #[arg(long)]
-    proxy_addr: SocketAddr,
+    /// At most one per family, repeated or comma-separated for a dual-stack node
+    /// (`--proxy-addr 10.244.0.1:15001 --proxy-addr [fd00:10:244::1]:15001`): IPv4 destinations
+    /// (also v4-mapped ones on IPv6 sockets) go to the IPv4 address, native IPv6 ones to the IPv6
+    /// address; a family without one is not redirected.
+    #[arg(long, required = true, value_delimiter = ',')]
+    proxy_addr: Vec<SocketAddr>,
     /// Localhost address of the admin API.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
@@ -246,7 +250,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Explain(args) => explain(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Uninstall { cgroup, proxy_addr } => {
-            uninstall(&cgroup, proxy_addr).map(|()| std::process::ExitCode::SUCCESS)
+            uninstall(&cgroup, &proxy_addr).map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Quit {
             admin_addr,
@@ -263,22 +267,61 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The v4 and v6 proxy addresses of `--proxy-addr` (a v4-mapped v6 address is the v4 one).
-fn split_proxy_addr(addr: SocketAddr) -> (Option<SocketAddrV4>, Option<SocketAddrV6>) {
-    match addr {
-        SocketAddr::V4(a) => (Some(a), None),
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => (Some(SocketAddrV4::new(v4, a.port())), None),
-            None => (None, Some(a)),
-        },
+/// The IPv4 and IPv6 proxy addresses of `--proxy-addr`: at most one per family, where a v4-mapped
+/// IPv6 address is the IPv4 one (a v6 socket connecting to a v4-mapped address speaks IPv4).
+fn split_proxy_addrs(
+    addrs: &[SocketAddr],
+) -> anyhow::Result<(Option<SocketAddrV4>, Option<SocketAddrV6>)> {
+    let (mut v4, mut v6) = (None, None);
+    for &addr in addrs {
+        let normal = match addr {
+            SocketAddr::V4(a) => SocketAddr::V4(a),
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, a.port())),
+                None => SocketAddr::V6(a),
+            },
+        };
+        match normal {
+            SocketAddr::V4(a) => {
+                if let Some(first) = v4.replace(a) {
+                    bail!("--proxy-addr {first} and {addr}: at most one IPv4 address (a v4-mapped one counts as IPv4)");
+                }
+            }
+            SocketAddr::V6(a) => {
+                if let Some(first) = v6.replace(a) {
+                    bail!("--proxy-addr {first} and {addr}: at most one IPv6 address");
+                }
+            }
+        }
     }
+    if v4.is_none() && v6.is_none() {
+        bail!("--proxy-addr: give at least one address");
+    }
+    Ok((v4, v6))
+}
+
+/// The addresses keel listens on: the IPv4 one first.
+fn listen_addrs(v4: Option<SocketAddrV4>, v6: Option<SocketAddrV6>) -> Vec<SocketAddr> {
+    v4.map(SocketAddr::V4)
+        .into_iter()
+        .chain(v6.map(SocketAddr::V6))
+        .collect()
+}
+
+/// `--proxy-addr` as the log prints it.
+fn addrs_text(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `keel uninstall`.
-fn uninstall(cgroup: &Path, proxy_addr: SocketAddr) -> anyhow::Result<()> {
+fn uninstall(cgroup: &Path, proxy_addrs: &[SocketAddr]) -> anyhow::Result<()> {
     let id = keel::ebpf::cgroup_id(cgroup)
         .with_context(|| format!("cgroup root {}", cgroup.display()))?;
-    let (v4, v6) = split_proxy_addr(proxy_addr);
+    let (v4, v6) = split_proxy_addrs(proxy_addrs)?;
     match keel::ebpf::pins::uninstall(id, v4, v6)
         .with_context(|| format!("removing keel's pins for {}", cgroup.display()))?
     {
@@ -287,8 +330,9 @@ fn uninstall(cgroup: &Path, proxy_addr: SocketAddr) -> anyhow::Result<()> {
             dir.display()
         ),
         None => eprintln!(
-            "keel: nothing installed for {} and {proxy_addr}",
-            cgroup.display()
+            "keel: nothing installed for {} and {}",
+            cgroup.display(),
+            addrs_text(proxy_addrs)
         ),
     }
     Ok(())
@@ -432,11 +476,19 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let listeners = (0..workers)
-        .map(|_| worker::bind_reuseport(args.proxy_addr))
-        .collect::<std::io::Result<Vec<_>>>()
-        .with_context(|| format!("cannot listen on --proxy-addr {}", args.proxy_addr))?;
-    let (proxy_v4, proxy_v6) = split_proxy_addr(args.proxy_addr);
+    let (proxy_v4, proxy_v6) = split_proxy_addrs(&args.proxy_addr)?;
+    let listen = listen_addrs(proxy_v4, proxy_v6);
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let per_worker = listen
+            .iter()
+            .map(|&addr| {
+                worker::bind_reuseport(addr)
+                    .with_context(|| format!("cannot listen on --proxy-addr {addr}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        listeners.push(per_worker);
+    }
     // The admin API answers from before the attach (`/ready` is 503 until serving).
     let stats = Arc::new(Stats::default());
     let conn_log = Arc::new(ConnLog::default());
@@ -557,7 +609,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     }));
     ready.store(true, Ordering::Release);
     tracing::info!(
-        proxy = %args.proxy_addr,
+        proxy = %addrs_text(&listen),
         admin = %args.admin_addr,
         cgroup = %cgroup_root.display(),
         services = state.load().snapshot.services.len(),
@@ -1061,10 +1113,11 @@ mod worker {
         }
     }
 
-    /// Run `acceptor` on `listener` in a new thread until the process exits.
+    /// Run `acceptor` on `listeners` (one per address family) in a new thread until the process
+    /// exits.
     pub fn spawn(
         index: usize,
-        listener: std::net::TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         acceptor: keel::accept::Acceptor,
     ) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1075,9 +1128,15 @@ mod worker {
             .name(format!("keel-worker-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => acceptor.run(l).await,
-                        Err(e) => tracing::error!(error = %e, "worker listener failed"),
+                    let mut loops = Vec::with_capacity(listeners.len());
+                    for listener in listeners {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => loops.push(tokio::spawn(acceptor.clone().run(l))),
+                            Err(e) => tracing::error!(error = %e, "worker listener failed"),
+                        }
+                    }
+                    for accept_loop in loops {
+                        let _ = accept_loop.await;
                     }
                     // Draining: the connections accepted run on this runtime until the process
                     // exits (the main thread waits for them up to the drain deadline).
@@ -1102,7 +1161,74 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_memory_size;
+    use super::*;
+
+    type ProxyAddrs = (Option<SocketAddrV4>, Option<SocketAddrV6>);
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
+    #[test]
+    fn proxy_addrs_one_per_family() {
+        let v4: SocketAddrV4 = "10.244.0.1:15001".parse().expect("v4");
+        let v6: SocketAddrV6 = "[fd00:10:244::1]:15001".parse().expect("v6");
+        let cases: &[(&[&str], Result<ProxyAddrs, &str>)] = &[
+            (&["10.244.0.1:15001"], Ok((Some(v4), None))),
+            (&["[fd00:10:244::1]:15001"], Ok((None, Some(v6)))),
+            (
+                &["[fd00:10:244::1]:15001", "10.244.0.1:15001"],
+                Ok((Some(v4), Some(v6))),
+            ),
+            // A v4-mapped address is the IPv4 proxy address.
+            (&["[::ffff:10.244.0.1]:15001"], Ok((Some(v4), None))),
+            (
+                &["10.244.0.1:15001", "[::ffff:10.244.0.2]:15001"],
+                Err("at most one IPv4 address"),
+            ),
+            (
+                &["[fd00::1]:15001", "[fd00::2]:15001"],
+                Err("at most one IPv6 address"),
+            ),
+            (&[], Err("at least one")),
+        ];
+        for (input, want) in cases {
+            let got = split_proxy_addrs(&addrs(input)).map_err(|e| e.to_string());
+            match (want, got) {
+                (Ok(w), Ok(g)) => assert_eq!(*w, g, "{input:?}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{input:?}: {g}"),
+                (w, g) => panic!("{input:?}: want {w:?}, got {g:?}"),
+            }
+        }
+        assert_eq!(
+            listen_addrs(Some(v4), Some(v6)),
+            vec![SocketAddr::V4(v4), SocketAddr::V6(v6)]
+        );
+    }
+
+    #[test]
+    fn proxy_addr_flag_takes_a_list() {
+        let cli = Cli::try_parse_from([
+            "keel",
+            "run",
+            "--config",
+            "/tmp",
+            "--cgroup",
+            "/sys/fs/cgroup",
+            "--proxy-addr",
+            "10.244.0.1:15001,[fd00:10:244::1]:15001",
+        ]);
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = cli
+        else {
+            panic!("keel run with two proxy addresses must parse");
+        };
+        assert_eq!(
+            args.proxy_addr,
+            addrs(&["10.244.0.1:15001", "[fd00:10:244::1]:15001"])
+        );
+    }
 
     #[test]
     fn memory_sizes_take_kubernetes_suffixes() {

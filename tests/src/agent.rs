@@ -864,6 +864,12 @@ impl Agent {
         self.server(pod, &args, "http-server")
     }
 
+    /// Starts `tcp-echo --listen <listen>` in `pod` (e.g. `[::]:<port>` for IPv6 and v4-mapped
+    /// IPv4) and waits until it listens.
+    pub fn tcp_echo_server_on(&self, pod: &Pod, listen: &str) -> Result<Proc> {
+        self.server(pod, &["tcp-echo", "--listen", listen], "tcp-echo")
+    }
+
     /// Starts `tcp-echo --listen 0.0.0.0:<port>` in `pod` and waits until it listens.
     pub fn tcp_echo_server(&self, pod: &Pod, port: u16) -> Result<Proc> {
         let listen = format!("0.0.0.0:{port}");
@@ -884,11 +890,22 @@ impl Agent {
         version: &str,
         opts: &HttpServerOpts,
     ) -> Result<Proc> {
-        let listen = format!("0.0.0.0:{port}");
+        self.http_server_with_on(pod, &format!("0.0.0.0:{port}"), version, opts)
+    }
+
+    /// Starts `http-server --listen <listen>` with `opts` in `pod` (e.g. `[::]:<port>`: IPv6, and
+    /// IPv4 as v4-mapped peers).
+    pub fn http_server_with_on(
+        &self,
+        pod: &Pod,
+        listen: &str,
+        version: &str,
+        opts: &HttpServerOpts,
+    ) -> Result<Proc> {
         let mut args: Vec<String> = [
             "http-server",
             "--listen",
-            &listen,
+            listen,
             "--pod",
             &pod.name,
             "--version",
@@ -1202,6 +1219,26 @@ impl Agent {
     ) -> Result<TcpConnectReport> {
         let addr = addr.to_string();
         let mut args = vec!["tcp-connect", "--addr", &addr];
+        if let Some(s) = send {
+            args.extend(["--send", s]);
+        }
+        self.client(pod, &args, Duration::from_secs(10) + CLIENT_SLACK)
+    }
+
+    /// Runs `tcp-connect` in `pod` on an IPv6 socket with `IPV6_V6ONLY` = `v6only` (`tcp_connect`
+    /// leaves it false: a dual-stack socket).
+    pub fn tcp_connect_v6only(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        send: Option<&str>,
+        v6only: bool,
+    ) -> Result<TcpConnectReport> {
+        let addr = addr.to_string();
+        let mut args = vec!["tcp-connect", "--addr", &addr];
+        if v6only {
+            args.push("--v6only");
+        }
         if let Some(s) = send {
             args.extend(["--send", s]);
         }

@@ -128,6 +128,9 @@ pub fn pod_yaml(pod: &Pod, labels: Labels<'_>, annotations: Labels<'_>) -> Strin
         "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
         ip = pod.ip
     );
+    if let Some(ip6) = pod.ip6 {
+        let _ = writeln!(y, "  - ip: {ip6}");
+    }
     y
 }
 

@@ -57,6 +57,8 @@ pub struct KeelOptions {
     pub cgroup_root: PathBuf,
     /// `--proxy-addr`.
     pub proxy_addr: SocketAddr,
+    /// A second `--proxy-addr`, IPv6 (a dual-stack network's [`PodNet::proxy_addr6`] by default).
+    pub proxy_addr6: Option<SocketAddr>,
     /// `--admin-addr` (127.0.0.1 and a free port by default).
     pub admin_addr: SocketAddr,
     /// The cgroup keel itself runs in (default: the network's `system` cgroup).
@@ -89,6 +91,7 @@ impl KeelOptions {
             kube: None,
             cgroup_root: net.cgroup_root(),
             proxy_addr: net.proxy_addr(),
+            proxy_addr6: net.dual_stack().then(|| net.proxy_addr6()),
             admin_addr: free_local_port()?,
             process_cgroup: net.system_cgroup(),
             extra_args: Vec::new(),
@@ -135,8 +138,11 @@ impl Keel {
         cmd.arg("--cgroup")
             .arg(&opts.cgroup_root)
             .arg("--proxy-addr")
-            .arg(opts.proxy_addr.to_string())
-            .arg("--admin-addr")
+            .arg(opts.proxy_addr.to_string());
+        if let Some(v6) = opts.proxy_addr6 {
+            cmd.arg("--proxy-addr").arg(v6.to_string());
+        }
+        cmd.arg("--admin-addr")
             .arg(opts.admin_addr.to_string())
             .args(&opts.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {

@@ -14,6 +14,12 @@
 //!              <cg2>/kt-12/outside/<namespace>/<pod>  pods outside the root (negative tests)
 //! ```
 //!
+//! A dual-stack network ([`PodNet::new_dual_stack`]) adds IPv6 the same way: the bridge gets
+//! `fd00:10:244:<index>::1/64`, each pod `fd00:10:244:<index>::<s>/64` on `eth0` (both `nodad`, so
+//! they are usable at once; `<index>` and `<s>` are written in decimal digits), and
+//! `fd00:10:96::/112` (the IPv6 service CIDR, [`SERVICE_CIDR_V6`]) is blackholed with the same
+//! metric. Pods get no IPv6 default route either.
+//!
 //! Invariants that keep the machine safe and the cleanup exact:
 //! - Traffic never leaves the machine: pods have no default route and the service CIDR is blackholed on
 //!   the host, so a connect() that Keel does not redirect fails instead of escaping.
@@ -30,7 +36,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +53,8 @@ use crate::process::Proc;
 
 /// Default Kubernetes service CIDR; blackholed on the host while a [`PodNet`] lives.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// IPv6 service CIDR of a dual-stack network; blackholed on the host while it lives.
+pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// Port Keel's redirect listener uses on the bridge IP.
 pub const PROXY_PORT: u16 = 15001;
 
@@ -62,6 +70,8 @@ pub struct PodNet {
     prefix: String,
     index: u8,
     service_cidr: String,
+    /// IPv6 too (see the module docs).
+    dual_stack: bool,
     cgroup2: PathBuf,
     work_dir: PathBuf,
     pods: Vec<Pod>,
@@ -79,6 +89,8 @@ pub struct Pod {
     pub name: String,
     /// `status.podIP`.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack network (`status.podIPs[1]`).
+    pub ip6: Option<Ipv6Addr>,
     /// Network namespace name (`ip netns`), `<prefix>-<n>-<namespace>-<name>`.
     pub netns: String,
     /// The pod's cgroup directory (what Keel maps to the pod).
@@ -105,8 +117,18 @@ impl PodNet {
         PodNet::new_with_service_cidr(prefix, index, SERVICE_CIDR)
     }
 
+    /// Like [`PodNet::new`], with IPv6 as well (see the module docs): the bridge, every pod and the
+    /// blackholed [`SERVICE_CIDR_V6`]. IPv4 is exactly as [`PodNet::new`] makes it.
+    pub fn new_dual_stack(prefix: &str, index: u8) -> Result<PodNet> {
+        PodNet::build(prefix, index, SERVICE_CIDR, true)
+    }
+
     /// Like [`PodNet::new`], blackholing `service_cidr` instead of [`SERVICE_CIDR`].
     pub fn new_with_service_cidr(prefix: &str, index: u8, service_cidr: &str) -> Result<PodNet> {
+        PodNet::build(prefix, index, service_cidr, false)
+    }
+
+    fn build(prefix: &str, index: u8, service_cidr: &str, dual_stack: bool) -> Result<PodNet> {
         host::require_privileged_env()?;
         ensure!(
             is_dns_label(prefix) && prefix.len() <= 20,
@@ -145,6 +167,7 @@ impl PodNet {
             prefix: prefix.to_string(),
             index,
             service_cidr: service_cidr.to_string(),
+            dual_stack,
             cgroup2,
             work_dir,
             pods: Vec::new(),
@@ -200,6 +223,26 @@ impl PodNet {
             ],
         )?;
 
+        if self.dual_stack {
+            let cidr6 = format!("{}/64", self.bridge_ip6());
+            run(
+                "ip",
+                &["-6", "addr", "add", &cidr6, "dev", &bridge, "nodad"],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    "blackhole",
+                    SERVICE_CIDR_V6,
+                    "metric",
+                    &metric,
+                ],
+            )?;
+        }
+
         for dir in [self.cgroup_root(), self.system_cgroup()] {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating cgroup {}", dir.display()))?;
@@ -209,6 +252,24 @@ impl PodNet {
 
     /// Refuses to build on a subnet some other interface already uses (routing would be ambiguous).
     fn check_subnet_free(&self) -> Result<()> {
+        if self.dual_stack {
+            let addrs = ip_json(&["-6", "addr", "show"])?;
+            let net6 = self.pod_ip6(0).segments();
+            for link in addrs.as_array().into_iter().flatten() {
+                for a in link["addr_info"].as_array().into_iter().flatten() {
+                    let local = a["local"].as_str().and_then(|l| l.parse::<Ipv6Addr>().ok());
+                    if local.is_some_and(|l| l.segments()[..4] == net6[..4]) {
+                        bail!(
+                            "subnet {} is already in use on this host ({} has {}); pick another \
+                             subnet index",
+                            self.subnet6(),
+                            link["ifname"].as_str().unwrap_or("?"),
+                            a["local"]
+                        );
+                    }
+                }
+            }
+        }
         let addrs = ip_json(&["-4", "addr", "show"])?;
         let net = format!("10.244.{}.", self.index);
         for link in addrs.as_array().into_iter().flatten() {
@@ -262,6 +323,43 @@ impl PodNet {
     /// `10.244.<index>.<suffix>`.
     pub fn pod_ip(&self, suffix: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, self.index, suffix)
+    }
+
+    /// Whether this network has IPv6 too ([`PodNet::new_dual_stack`]).
+    pub fn dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
+    /// `fd00:10:244:<index>::1`, the host's IPv6 address on the bridge (Keel's IPv6 proxy address
+    /// on a dual-stack network).
+    pub fn bridge_ip6(&self) -> Ipv6Addr {
+        self.pod_ip6(1)
+    }
+
+    /// `fd00:10:244:<index>::<suffix>` (both written with the decimal digits: index 217, suffix 11
+    /// give `fd00:10:244:217::11`).
+    pub fn pod_ip6(&self, suffix: u8) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            decimal_digits(self.index),
+            0,
+            0,
+            0,
+            decimal_digits(suffix),
+        )
+    }
+
+    /// `fd00:10:244:<index>::/64`.
+    pub fn subnet6(&self) -> String {
+        format!("{}/64", self.pod_ip6(0))
+    }
+
+    /// `[<bridge ip6>]:15001`, the IPv6 address to give `keel run --proxy-addr` on a dual-stack
+    /// network (next to [`PodNet::proxy_addr`]).
+    pub fn proxy_addr6(&self) -> SocketAddr {
+        SocketAddr::V6(SocketAddrV6::new(self.bridge_ip6(), PROXY_PORT, 0, 0))
     }
 
     /// `10.244.<index>.0/24`.
@@ -447,6 +545,7 @@ impl PodNet {
             namespace: namespace.to_string(),
             name: name.to_string(),
             ip: self.pod_ip(ip_suffix),
+            ip6: self.dual_stack.then(|| self.pod_ip6(ip_suffix)),
             netns: format!("{}-{namespace}-{name}", self.id()),
             process_cgroup: match &kubelet {
                 Some(k) => cgroup.join(k.container_dir()),
@@ -476,8 +575,18 @@ impl PodNet {
         run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         let cidr = format!("{}/24", pod.ip);
         run("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        if let Some(ip6) = pod.ip6 {
+            let cidr6 = format!("{ip6}/64");
+            run(
+                "ip",
+                &[
+                    "-n", ns, "-6", "addr", "add", &cidr6, "dev", "eth0", "nodad",
+                ],
+            )?;
+        }
         run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
-        // Deliberately no default route: only 10.244.<n>.0/24 is reachable from the pod.
+        // Deliberately no default route: only 10.244.<n>.0/24 (and fd00:10:244:<n>::/64) is
+        // reachable from the pod.
         std::fs::create_dir_all(&pod.process_cgroup)
             .with_context(|| format!("creating pod cgroup {}", pod.process_cgroup.display()))?;
         Ok(pod)
@@ -715,6 +824,7 @@ impl Pod {
             namespace: namespace.to_string(),
             name: name.to_string(),
             ip,
+            ip6: None,
             netns,
             process_cgroup: cgroup.clone(),
             cgroup,
@@ -735,6 +845,14 @@ impl Pod {
     /// `<pod ip>:<port>`.
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.ip, port))
+    }
+
+    /// `[<pod ip6>]:<port>`; fails on a pod of an IPv4-only network.
+    pub fn addr6(&self, port: u16) -> Result<SocketAddr> {
+        let ip = self
+            .ip6
+            .with_context(|| format!("pod {} has no IPv6 address", self.full_name()))?;
+        Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)))
     }
 
     /// A `Command` whose child joins this pod's [`Pod::process_cgroup`] (writes `0` to `cgroup.procs`)
@@ -1211,15 +1329,26 @@ fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
+/// Our blackhole routes, IPv4 and IPv6 (a dual-stack network also blackholes the IPv6 service
+/// CIDR with the same metric).
 fn blackholes_with_metric(metric: u32) -> Vec<String> {
-    ip_json(&["route", "show", "type", "blackhole"])
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
+    ["-4", "-6"]
         .into_iter()
+        .flat_map(|family| {
+            ip_json(&[family, "route", "show", "type", "blackhole"])
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+        })
         .filter(|r| r["metric"].as_u64() == Some(u64::from(metric)))
         .filter_map(|r| r["dst"].as_str().map(str::to_string))
         .collect()
+}
+
+/// `n` written with its decimal digits as a hex group (217 -> 0x217), so addresses read like the
+/// IPv4 ones.
+fn decimal_digits(n: u8) -> u16 {
+    (u16::from(n / 100) << 8) | (u16::from(n / 10 % 10) << 4) | u16::from(n % 10)
 }
 
 /// `ip -j -d <args>` parsed; empty output (e.g. no netns) is an empty array.
@@ -1316,6 +1445,14 @@ fn remove_cgroup_tree(base: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_groups_read_as_decimal() {
+        assert_eq!(decimal_digits(217), 0x217);
+        assert_eq!(decimal_digits(2), 0x2);
+        assert_eq!(decimal_digits(11), 0x11);
+        assert_eq!(decimal_digits(254), 0x254);
+    }
 
     #[test]
     fn dns_labels() {

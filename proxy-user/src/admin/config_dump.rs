@@ -65,6 +65,7 @@ pub fn dump(ctx: &AdminContext) -> Value {
                 "name": s.meta.display_name(),
                 "source": source(&s.meta),
                 "cluster_ips": s.cluster_ips,
+                "ip_families": s.ip_families,
                 "ports": ports,
             })
         })

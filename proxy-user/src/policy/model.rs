@@ -170,9 +170,57 @@ pub struct Service {
     pub hostname: String,
     /// Cluster IPs (`spec.clusterIP` and `spec.clusterIPs`); empty for headless services.
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ipFamilies`, else the families of `cluster_ips`, primary first; empty when neither
+    /// says (any family). Endpoints are pod addresses of these families, one per pod.
+    pub ip_families: Vec<IpFamily>,
     pub ports: Vec<ServicePort>,
     /// `spec.selector`; `None` means endpoints are not derived from pods.
     pub selector: Option<Labels>,
+}
+
+/// An IP family, as a Service's `spec.ipFamilies[]` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum IpFamily {
+    /// `IPv4`.
+    #[serde(rename = "IPv4")]
+    V4,
+    /// `IPv6`.
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `ip`; a v4-mapped IPv6 address is IPv4 (that is what it carries).
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+}
+
+/// The address a pod with `pod_ips` (in `status.podIPs` order) has as an endpoint of a Service of
+/// `families`: the pod's first address of the primary family, else of the secondary one; `None`
+/// when it has neither (Kubernetes' EndpointSlice controller lists a pod only in the slices of the
+/// Service's families). No families: the pod's first address. One endpoint per pod, never one per
+/// address, so a dual-stack pod weighs what a single-stack one does in load balancing, outlier
+/// detection and the circuit breakers (Istio's dual-stack endpoints are likewise one per pod).
+pub fn endpoint_ip(pod_ips: &[IpAddr], families: &[IpFamily]) -> Option<IpAddr> {
+    if families.is_empty() {
+        return pod_ips.first().copied();
+    }
+    families
+        .iter()
+        .find_map(|f| pod_ips.iter().copied().find(|ip| IpFamily::of(*ip) == *f))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1121,7 +1169,7 @@ impl Snapshot {
         };
         let service_key = format!("{}/{}", svc.meta.namespace, svc.meta.name);
         if let Some(slices) = self.slices_by_service.get(&service_key) {
-            return self.slice_endpoints(slices, port, subset_labels);
+            return self.slice_endpoints(slices, port, subset_labels, &svc.ip_families);
         }
         let Some(selector) = svc.selector.as_ref() else {
             return Vec::new();
@@ -1147,9 +1195,9 @@ impl Snapshot {
                     .map(|(_, p)| *p),
             };
             let Some(target) = target else { continue };
-            for ip in &pod.ips {
+            if let Some(ip) = endpoint_ip(&pod.ips, &svc.ip_families) {
                 out.push(Endpoint {
-                    addr: std::net::SocketAddr::new(*ip, target),
+                    addr: std::net::SocketAddr::new(ip, target),
                     pod: pod_id,
                 });
             }
@@ -1161,15 +1209,18 @@ impl Snapshot {
 impl Snapshot {
     /// The healthy endpoints `slices` give for `port`, whose pods carry all `subset_labels`. An
     /// endpoint whose pod is not known (yet) is left out: a pod's labels decide subsets, and its
-    /// identity the metrics.
+    /// identity the metrics. A dual-stack Service has one slice per family, each listing the pod:
+    /// the pod is one endpoint, at its address of the Service's primary family ([`endpoint_ip`]).
     fn slice_endpoints(
         &self,
         slices: &[usize],
         port: &ServicePort,
         subset_labels: Option<&Labels>,
+        families: &[IpFamily],
     ) -> Vec<Endpoint> {
         let port_name = port.name.as_deref().unwrap_or("");
-        let mut out = Vec::new();
+        // (pod, port, its addresses in slice order), in first-seen order.
+        let mut found: Vec<(PodId, u16, Vec<IpAddr>)> = Vec::new();
         for slice in slices.iter().filter_map(|&i| self.endpoint_slices.get(i)) {
             let Some(&(_, number)) = slice.ports.iter().find(|(name, _)| name == port_name) else {
                 continue;
@@ -1185,15 +1236,24 @@ impl Snapshot {
                 if !subset_labels.is_none_or(|l| selector_matches(l, &pod.labels)) {
                     continue;
                 }
-                for ip in &endpoint.addresses {
-                    let addr = std::net::SocketAddr::new(*ip, number);
-                    if !out.iter().any(|e: &Endpoint| e.addr == addr) {
-                        out.push(Endpoint { addr, pod: pod_id });
-                    }
+                match found
+                    .iter_mut()
+                    .find(|(p, n, _)| *p == pod_id && *n == number)
+                {
+                    Some((_, _, ips)) => ips.extend(&endpoint.addresses),
+                    None => found.push((pod_id, number, endpoint.addresses.clone())),
                 }
             }
         }
-        out
+        found
+            .into_iter()
+            .filter_map(|(pod, number, ips)| {
+                endpoint_ip(&ips, families).map(|ip| Endpoint {
+                    addr: std::net::SocketAddr::new(ip, number),
+                    pod,
+                })
+            })
+            .collect()
     }
 }
 

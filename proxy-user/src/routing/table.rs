@@ -791,9 +791,10 @@ impl<'a> Builder<'a> {
                                 {
                                     continue;
                                 }
-                                for ip in &p.ips {
+                                // One endpoint per pod, at its primary address.
+                                if let Some(ip) = crate::policy::endpoint_ip(&p.ips, &[]) {
                                     endpoints.push(ClusterEndpoint {
-                                        addr: SocketAddr::new(*ip, port),
+                                        addr: SocketAddr::new(ip, port),
                                         topology: self.pod_topology(pod_id, &keys),
                                     });
                                 }

@@ -8,8 +8,8 @@ use http::HeaderMap;
 
 use super::*;
 use crate::policy::{
-    Destination, DestinationRule, Headers, HttpRoute, Meta, Pod, Protocol, Service, ServicePort,
-    Snapshot, Subset, TargetPort, VirtualService, WeightedDestination,
+    Destination, DestinationRule, Headers, HttpRoute, IpFamily, Meta, Pod, Protocol, Service,
+    ServicePort, Snapshot, Subset, TargetPort, VirtualService, WeightedDestination,
 };
 use crate::upstream::{ClusterRegistry, Discovery};
 
@@ -78,6 +78,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
         meta: meta("Service", "default", "reviews", 0),
         hostname: HOST.into(),
         cluster_ips: vec![vip],
+        ip_families: vec![IpFamily::V4],
         ports: vec![ServicePort {
             name: Some("http".into()),
             port: 9080,

@@ -81,6 +81,14 @@ pub struct ServiceSpec {
     /// All cluster IPs (dual stack); the first equals `clusterIP`.
     #[serde(default, rename = "clusterIPs")]
     pub cluster_ips: Vec<String>,
+    /// `IPv4` and/or `IPv6`, primary first: the families of the cluster IPs and of the endpoint
+    /// addresses (Kubernetes fills it in from `clusterIPs` when it is left out).
+    #[serde(default)]
+    pub ip_families: Vec<String>,
+    /// `SingleStack`, `PreferDualStack` or `RequireDualStack`: how many families the API server
+    /// allocates cluster IPs for. Keel reads the families that resulted (`clusterIPs`, `ipFamilies`).
+    #[serde(default)]
+    pub ip_family_policy: Option<String>,
     /// Service ports.
     #[serde(default)]
     pub ports: Vec<ServicePort>,

@@ -59,6 +59,7 @@ pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
     for (i, ip) in spec.cluster_ips.iter().enumerate() {
         add_ip(ctx, &spec_path.key("clusterIPs").index(i), ip);
     }
+    let ip_families = ip_families(ctx, &spec_path, spec, &cluster_ips);
 
     let mut ports = Vec::new();
     let mut seen_ports = BTreeSet::new();
@@ -151,9 +152,95 @@ pub(super) fn service(ctx: &mut Ctx<'_>, svc: &wk::Service) -> Option<Service> {
         meta: ctx.meta.clone(),
         hostname,
         cluster_ips,
+        ip_families,
         ports,
         selector,
     })
+}
+
+/// `spec.ipFamilies` (checked against `spec.ipFamilyPolicy` and the cluster IPs, as the API server
+/// checks them), else the families of `cluster_ips` in order.
+fn ip_families(
+    ctx: &mut Ctx<'_>,
+    spec_path: &FieldPath,
+    spec: &wk::ServiceSpec,
+    cluster_ips: &[IpAddr],
+) -> Vec<IpFamily> {
+    if let Some(policy) = &spec.ip_family_policy {
+        if !matches!(
+            policy.as_str(),
+            "SingleStack" | "PreferDualStack" | "RequireDualStack"
+        ) {
+            ctx.err(
+                &spec_path.key("ipFamilyPolicy"),
+                Invalid::Enum {
+                    value: policy.clone(),
+                    allowed: "SingleStack, PreferDualStack, RequireDualStack",
+                },
+            );
+        }
+    }
+    let mut families = Vec::new();
+    for (i, f) in spec.ip_families.iter().enumerate() {
+        let path = spec_path.key("ipFamilies").index(i);
+        let family = match f.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            other => {
+                ctx.err(
+                    &path,
+                    Invalid::Enum {
+                        value: other.to_string(),
+                        allowed: "IPv4, IPv6",
+                    },
+                );
+                continue;
+            }
+        };
+        if families.contains(&family) {
+            ctx.err(&path, Invalid::Other(format!("{f} is listed twice")));
+            continue;
+        }
+        families.push(family);
+    }
+    if spec.ip_family_policy.as_deref() == Some("SingleStack") && families.len() > 1 {
+        ctx.err(
+            &spec_path.key("ipFamilies"),
+            Invalid::Other("a SingleStack Service has one IP family".to_string()),
+        );
+    }
+    let of_ips: Vec<IpFamily> = cluster_ips.iter().map(|ip| IpFamily::of(*ip)).collect();
+    for (i, (ip, family)) in cluster_ips.iter().zip(&of_ips).enumerate() {
+        if of_ips[..i].contains(family) {
+            ctx.err(
+                &spec_path.key("clusterIPs"),
+                Invalid::Other(format!(
+                    "{ip}: a Service has at most one cluster IP per family ({} twice)",
+                    family.as_str()
+                )),
+            );
+        }
+        if let Some(declared) = families.get(i).filter(|d| *d != family) {
+            ctx.err(
+                &spec_path.key("clusterIPs").index(i),
+                Invalid::Other(format!(
+                    "{ip} is {}, but ipFamilies[{i}] is {}",
+                    family.as_str(),
+                    declared.as_str()
+                )),
+            );
+        }
+    }
+    if families.is_empty() {
+        let mut out = Vec::new();
+        for f in of_ips {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        return out;
+    }
+    families
 }
 
 pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {

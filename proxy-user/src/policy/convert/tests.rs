@@ -1773,3 +1773,183 @@ fn pods_kubelet_facts_uid_qos_host_network_and_sidecar() {
         assert!(errors[0].contains(field), "{extra}: {errors:#?}");
     }
 }
+
+#[test]
+fn service_ip_families_follow_ip_families_else_cluster_ips() {
+    let svc = |spec: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n{spec}  ports:\n  - port: 80\n")
+    };
+    use IpFamily::{V4, V6};
+    let cases: &[(&str, &[IpFamily])] = &[
+        ("  clusterIP: 10.96.0.5\n", &[V4]),
+        ("  clusterIP: fd00:10:96::5\n", &[V6]),
+        (
+            "  clusterIP: fd00:10:96::5\n  clusterIPs: [fd00:10:96::5, 10.96.0.5]\n",
+            &[V6, V4],
+        ),
+        (
+            "  clusterIP: 10.96.0.5\n  clusterIPs: [10.96.0.5, fd00:10:96::5]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n",
+            &[V4, V6],
+        ),
+        // Headless: only ipFamilies says which endpoints there are.
+        (
+            "  clusterIP: None\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
+            &[V6],
+        ),
+        ("  clusterIP: None\n", &[]),
+    ];
+    for (spec, want) in cases {
+        let report = load(&svc(spec));
+        assert!(report.errors.is_empty(), "{spec}: {:?}", report.errors);
+        assert_eq!(report.snapshot.services[0].ip_families, *want, "{spec}");
+    }
+    let rejected = [
+        (
+            "  ipFamilies: [IPv5]\n",
+            "spec.ipFamilies[0]: unknown value \"IPv5\"",
+        ),
+        (
+            "  ipFamilies: [IPv4, IPv4]\n",
+            "spec.ipFamilies[1]: IPv4 is listed twice",
+        ),
+        (
+            "  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv4, IPv6]\n",
+            "a SingleStack Service has one IP family",
+        ),
+        (
+            "  ipFamilyPolicy: DualStack\n",
+            "spec.ipFamilyPolicy: unknown value \"DualStack\"",
+        ),
+        (
+            "  clusterIP: 10.96.0.5\n  ipFamilies: [IPv6]\n",
+            "10.96.0.5 is IPv4, but ipFamilies[0] is IPv6",
+        ),
+        (
+            "  clusterIPs: [10.96.0.5, 10.96.0.6]\n",
+            "at most one cluster IP per family (IPv4 twice)",
+        ),
+    ];
+    for (spec, want) in rejected {
+        let errors: Vec<String> = load(&svc(spec))
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{spec}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn dual_stack_pods_are_one_endpoint_of_the_service_family() {
+    let pod = |name: &str, ips: &[&str]| {
+        let list: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nstatus:\n  podIP: \"{}\"\n  podIPs: [{}]\n",
+            ips[0],
+            list.join(", ")
+        )
+    };
+    let pods = [
+        pod("dual", &["10.244.0.2", "fd00:10:244::2"]),
+        pod("dual6", &["fd00:10:244::3", "10.244.0.3"]),
+        pod("only4", &["10.244.0.4"]),
+        pod("only6", &["fd00:10:244::5"]),
+    ]
+    .concat();
+    let svc = |name: &str, spec: &str| {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: web}}\n{spec}  ports:\n  - {{name: http, port: 80}}\n")
+    };
+    let yaml = [
+        pods,
+        svc("v4", "  clusterIP: 10.96.0.1\n"),
+        svc("v6", "  clusterIP: fd00:10:96::1\n"),
+        svc(
+            "dual",
+            "  clusterIPs: [10.96.0.2, fd00:10:96::2]\n  ipFamilies: [IPv4, IPv6]\n",
+        ),
+        svc(
+            "dual6",
+            "  clusterIPs: [fd00:10:96::3, 10.96.0.3]\n  ipFamilies: [IPv6, IPv4]\n",
+        ),
+        svc("headless", "  clusterIP: None\n"),
+    ]
+    .concat();
+    let report = load(&yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let snap = &report.snapshot;
+    let endpoints = |name: &str| -> Vec<String> {
+        let id = snap
+            .services
+            .iter()
+            .position(|s| s.meta.name == name)
+            .expect("service");
+        let mut eps: Vec<String> = snap
+            .endpoints(id, 0, None)
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        eps.sort();
+        eps
+    };
+    // One endpoint per pod that has an address of a Service family, of the primary family first.
+    assert_eq!(
+        endpoints("v4"),
+        ["10.244.0.2:80", "10.244.0.3:80", "10.244.0.4:80"]
+    );
+    assert_eq!(
+        endpoints("v6"),
+        [
+            "[fd00:10:244::2]:80",
+            "[fd00:10:244::3]:80",
+            "[fd00:10:244::5]:80"
+        ]
+    );
+    assert_eq!(
+        endpoints("dual"),
+        [
+            "10.244.0.2:80",
+            "10.244.0.3:80",
+            "10.244.0.4:80",
+            "[fd00:10:244::5]:80"
+        ]
+    );
+    assert_eq!(
+        endpoints("dual6"),
+        [
+            "10.244.0.4:80",
+            "[fd00:10:244::2]:80",
+            "[fd00:10:244::3]:80",
+            "[fd00:10:244::5]:80"
+        ]
+    );
+    // No family known: each pod's first address.
+    assert_eq!(
+        endpoints("headless"),
+        [
+            "10.244.0.2:80",
+            "10.244.0.4:80",
+            "[fd00:10:244::3]:80",
+            "[fd00:10:244::5]:80"
+        ]
+    );
+}
+
+#[test]
+fn endpoint_ip_picks_by_family_order() {
+    let ips: Vec<std::net::IpAddr> = ["10.0.0.1", "fd00::1", "::ffff:10.0.0.2"]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+    use IpFamily::{V4, V6};
+    assert_eq!(endpoint_ip(&ips, &[]), Some(ips[0]));
+    assert_eq!(endpoint_ip(&ips, &[V6]), Some(ips[1]));
+    assert_eq!(endpoint_ip(&ips, &[V6, V4]), Some(ips[1]));
+    assert_eq!(endpoint_ip(&ips, &[V4, V6]), Some(ips[0]));
+    assert_eq!(endpoint_ip(&ips[..1], &[V6]), None);
+    // A v4-mapped address is IPv4.
+    assert_eq!(endpoint_ip(&ips[1..], &[V4]), Some(ips[2]));
+    assert_eq!(endpoint_ip(&[], &[V4]), None);
+}

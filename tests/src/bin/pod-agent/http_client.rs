@@ -13,7 +13,6 @@ use hyper::header::{HeaderValue, CONNECTION, HOST};
 use hyper::{HeaderMap, Method, Request, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel_tests::{EchoBody, HttpGetReport, HttpLoadReport};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -347,7 +346,11 @@ fn record_error(report: &mut HttpGetReport, e: anyhow::Error) {
 }
 
 async fn connect(addr: SocketAddr, http2: bool) -> Result<(Conn, Option<SocketAddr>)> {
-    let stream = TcpStream::connect(addr)
+    // An IPv6 socket is a dual-stack one, as applications' usually are: a v4-mapped address
+    // connects over IPv4.
+    let stream = crate::support::tcp_socket_for(addr, false)
+        .with_context(|| format!("socket for {addr}"))?
+        .connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;

@@ -340,6 +340,10 @@ enum Cmd {
         /// that marks its own sockets would).
         #[arg(long)]
         mark: Option<u32>,
+        /// `IPV6_V6ONLY` on an IPv6 socket (default false: dual stack, so a v4-mapped `--addr`
+        /// connects over IPv4).
+        #[arg(long, default_value_t = false)]
+        v6only: bool,
         #[arg(long, default_value_t = 2000)]
         connect_timeout_ms: u64,
         #[arg(long, default_value_t = 2000)]
@@ -675,6 +679,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             addr,
             send,
             mark,
+            v6only,
             connect_timeout_ms,
             read_timeout_ms,
         } => {
@@ -682,6 +687,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 addr,
                 send,
                 mark,
+                v6only,
                 Duration::from_millis(connect_timeout_ms),
                 Duration::from_millis(read_timeout_ms),
             )

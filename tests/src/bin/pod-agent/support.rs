@@ -10,7 +10,35 @@ use anyhow::{Context, Result};
 use hyper::HeaderMap;
 use keel_tests::agent::Listening;
 use keel_tests::RequestRecord;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use tokio::net::{TcpListener, TcpSocket};
+
+/// A TCP socket for `addr`'s family. An IPv6 one gets `IPV6_V6ONLY` = `v6only` set explicitly
+/// (`false`: a dual-stack socket, which may connect to a v4-mapped address and then speaks IPv4,
+/// whatever the host's `net.ipv6.bindv6only` default is).
+pub fn tcp_socket_for(addr: SocketAddr, v6only: bool) -> std::io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        return TcpSocket::new_v4();
+    }
+    let socket = TcpSocket::new_v6()?;
+    let value: libc::c_int = libc::c_int::from(v6only);
+    // SAFETY: a valid open socket fd and a pointer to a c_int of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::other(format!("IPV6_V6ONLY {v6only}: {e}")));
+    }
+    Ok(socket)
+}
 
 /// Prints `v` as one JSON line on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::support::{accept, announce, millis};
+use crate::support::{accept, announce, millis, tcp_socket_for};
 
 /// Bytes the echo client accepts beyond what it sent.
 const MAX_EXTRA: usize = 1 << 20;
@@ -111,12 +111,13 @@ async fn echo_once(addr: SocketAddr, size: usize, report: &mut TcpEchoReport) ->
     Ok(())
 }
 
-/// Connects to `addr` (with `SO_MARK` = `mark` set first, if given), optionally sends `send`, and
-/// reports how the first read ended.
+/// Connects to `addr` (with `SO_MARK` = `mark` set first, if given; an IPv6 socket with
+/// `IPV6_V6ONLY` = `v6only`), optionally sends `send`, and reports how the first read ended.
 pub async fn tcp_connect(
     addr: SocketAddr,
     send: Option<String>,
     mark: Option<u32>,
+    v6only: bool,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> TcpConnectReport {
@@ -134,7 +135,7 @@ pub async fn tcp_connect(
         r.elapsed_ms = millis(start.elapsed());
         r
     };
-    let socket = match new_socket(addr, mark) {
+    let socket = match new_socket(addr, mark, v6only) {
         Ok(s) => s,
         Err(e) => {
             report.error = Some(e.to_string());
@@ -182,13 +183,10 @@ pub async fn tcp_connect(
     finish(report)
 }
 
-/// A TCP socket for `addr`'s family, marked with `mark` (`SO_MARK`, needs CAP_NET_ADMIN) if given.
-fn new_socket(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+/// A TCP socket for `addr`'s family ([`tcp_socket_for`]), marked with `mark` (`SO_MARK`, needs
+/// CAP_NET_ADMIN) if given.
+fn new_socket(addr: SocketAddr, mark: Option<u32>, v6only: bool) -> std::io::Result<TcpSocket> {
+    let socket = tcp_socket_for(addr, v6only)?;
     if let Some(mark) = mark {
         let value: libc::c_int = mark as libc::c_int;
         // SAFETY: a valid open socket fd and a pointer to a c_int of the length passed.
