@@ -11,6 +11,7 @@ pub mod error_chain;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inotify;
 pub mod l4;
 pub mod l7;
 pub mod metrics;

@@ -590,6 +590,16 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         state: Arc::clone(&state),
         layout,
         source,
+        dir_watch: match &args.config {
+            Some(dir) => match keel::source::dir_watch::DirWatch::new(dir) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the config directory; looking at it every 250 ms");
+                    None
+                }
+            },
+            None => None,
+        },
         fingerprint: fingerprint.take(),
         changes: changes.take(),
         kubepods: match &args.config {
@@ -808,6 +818,8 @@ struct Control {
     source: ConfigSource,
     /// File mode: the directory as last loaded.
     fingerprint: Option<reload::Fingerprint>,
+    /// File mode: wakes the reload when the directory changes (`None`: looked at every tick).
+    dir_watch: Option<keel::source::dir_watch::DirWatch>,
     /// Cluster mode: what the API watchers report.
     changes: Option<tokio::sync::mpsc::Receiver<Change>>,
     /// Cluster mode: wakes when kubelet makes or removes a pod cgroup, so a new pod is captured
@@ -823,6 +835,9 @@ struct Control {
 
 /// How often the config directory is checked: a change applies well within a second.
 const CONFIG_POLL: Duration = Duration::from_millis(250);
+/// With the directory watched, it is still looked at this often (ticks), for what inotify cannot
+/// report (a network filesystem).
+const CONFIG_BACKSTOP_EVERY: u32 = 40;
 /// Pods' cgroups come and go independently of the config.
 const POD_RESCAN_EVERY: u32 = 4;
 /// Records of connects that never got a SYN out are swept this often, when this old.
@@ -889,6 +904,21 @@ async fn initial_sync(
 }
 
 /// The next pod cgroup change, or never (file mode, or no watch).
+/// File mode: whether the config directory changed (never, without a watch).
+async fn dir_changed(watch: &mut Option<keel::source::dir_watch::DirWatch>) -> bool {
+    match watch {
+        Some(w) => match w.changed().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the config directory watch failed; looking at it every 250 ms");
+                *watch = None;
+                true
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn kubepods_changed(watch: &mut Option<keel::pods::watch::KubepodsWatch>) -> bool {
     match watch {
         Some(w) => match w.changed().await {
@@ -919,8 +949,10 @@ async fn control_loop(mut c: Control) {
         let mut changed = false;
         let mut ticked = false;
         let mut pods_changed = false;
+        let mut dir_woke = false;
         tokio::select! {
             _ = tick.tick() => ticked = true,
+            woke = dir_changed(&mut c.dir_watch) => dir_woke = woke,
             woke = kubepods_changed(&mut c.kubepods) => pods_changed = woke,
             change = next_change(&mut c.changes) => match change {
                 Some(change) => {
@@ -935,6 +967,10 @@ async fn control_loop(mut c: Control) {
         }
         if ticked {
             n = n.wrapping_add(1);
+        }
+        let look_at_dir = dir_woke
+            || (ticked && (c.dir_watch.is_none() || n.is_multiple_of(CONFIG_BACKSTOP_EVERY)));
+        if look_at_dir {
             if let (ConfigSource::Dir(reloader), Some(fingerprint)) = (&c.source, &c.fingerprint) {
                 let dir = reloader.dir().to_path_buf();
                 match reload::fingerprint(&dir) {

@@ -9,23 +9,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-
 use super::kubelet::KubepodsRoot;
+use crate::inotify::Inotify;
 use crate::policy::model::QosClass;
-
-/// Size of `struct inotify_event` without its name.
-const EVENT_HEADER: usize = 16;
 
 /// inotify watches on kubepods and QoS cgroups.
 #[derive(Debug)]
 pub struct KubepodsWatch {
-    fd: AsyncFd<OwnedFd>,
+    inotify: Inotify,
     /// Watch descriptor -> directory, to forget directories that went away.
     watched: HashMap<i32, PathBuf>,
 }
@@ -33,18 +26,8 @@ pub struct KubepodsWatch {
 impl KubepodsWatch {
     /// An inotify instance watching nothing yet. Must be called within a tokio runtime.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: no pointers; the flags are valid for inotify_init1.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: the `OwnedFd` keeps the descriptor open, and always the same one, until the
-        // `AsyncFd` that owns it is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
         Ok(Self {
-            fd,
+            inotify: Inotify::new()?,
             watched: HashMap::new(),
         })
     }
@@ -71,15 +54,8 @@ impl KubepodsWatch {
     }
 
     fn add(&self, dir: &Path) -> io::Result<i32> {
-        let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_ONLYDIR;
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c_path.as_ptr(), mask) };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(wd)
+        self.inotify
+            .add(dir, libc::IN_CREATE | libc::IN_DELETE | libc::IN_ONLYDIR)
     }
 
     /// The directories watched now.
@@ -91,58 +67,12 @@ impl KubepodsWatch {
     /// went away) since the last call, then consumes every event queued so far: one wake-up per
     /// burst, however many pods it held.
     pub async fn changed(&mut self) -> io::Result<()> {
-        let mut buf = [0u8; 4096];
         let mut ended = Vec::new();
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut got_any = false;
-            loop {
-                // SAFETY: reading into a buffer we own, at most its length.
-                let n = unsafe {
-                    libc::read(
-                        guard.get_inner().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        guard.clear_ready();
-                        break;
-                    }
-                    return Err(e);
-                }
-                got_any = true;
-                ended_watches(&buf[..usize::try_from(n).unwrap_or(0)], &mut ended);
-            }
-            drop(guard);
-            for wd in ended.drain(..) {
-                self.watched.remove(&wd);
-            }
-            if got_any {
-                return Ok(());
-            }
+        self.inotify.wait(&mut ended).await?;
+        for wd in ended {
+            self.watched.remove(&wd);
         }
-    }
-}
-
-/// Appends to `ended` the watches the kernel ended in `events` (`IN_IGNORED`: the directory went).
-fn ended_watches(mut events: &[u8], ended: &mut Vec<i32>) {
-    let word = |b: &[u8], at: usize| -> [u8; 4] {
-        let mut w = [0u8; 4];
-        w.copy_from_slice(&b[at..at + 4]);
-        w
-    };
-    while events.len() >= EVENT_HEADER {
-        let wd = i32::from_ne_bytes(word(events, 0));
-        let mask = u32::from_ne_bytes(word(events, 4));
-        let name_len = u32::from_ne_bytes(word(events, 12)) as usize;
-        if mask & libc::IN_IGNORED != 0 {
-            ended.push(wd);
-        }
-        let next = EVENT_HEADER.saturating_add(name_len).min(events.len());
-        events = &events[next..];
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 //! `file:line`. Decoding into wire types happens here too ([`Document::decode`]) because only here do we
 //! still have the text to map a serde error back to a line.
 
+pub mod dir_watch;
 pub mod kube;
 mod list;
 mod locate;
@@ -49,6 +50,12 @@ impl fmt::Display for ObjectKey {
             write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
         }
     }
+}
+
+/// `docs` with each `List` expanded into its items (as `kubectl apply` applies each item on its
+/// own), in order, not parsed yet.
+pub fn expand_lists(docs: &[Document]) -> Vec<Document> {
+    list::expand(docs)
 }
 
 /// The objects of `docs`, in order: each `List` expanded into its items (as `kubectl apply` applies

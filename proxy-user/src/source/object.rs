@@ -146,6 +146,12 @@ impl SourceObject {
         }
     }
 
+    /// Whether this file object came from a document identical to `doc` (same file, place, lines
+    /// and text), so its parse and everything derived from it still hold.
+    pub fn same_document(&self, doc: &Document) -> bool {
+        self.document.as_ref().is_some_and(|d| d == doc)
+    }
+
     /// `(file, document index)` for file objects: where an unparseable document used to hold a
     /// resource.
     pub fn position(&self) -> Option<(String, usize)> {

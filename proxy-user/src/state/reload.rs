@@ -140,9 +140,31 @@ impl Reloader {
 
     /// Load the directory now.
     pub fn load(&mut self) -> Result<Reloaded, source::Error> {
-        let docs = source::read_dir(&self.dir)?;
-        let objects = source::objects(&docs);
-        let converted = self.convert_changed(&objects);
+        let docs = source::expand_lists(&source::read_dir(&self.dir)?);
+        // A document whose text and place are what they were is taken over whole, parsed and
+        // converted: with thousands of files, parsing them all again was most of a reload.
+        let mut previous = std::mem::take(&mut self.previous);
+        let mut objects = Vec::with_capacity(docs.len());
+        let mut converted: Vec<Option<Arc<Converted>>> = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let position = (doc.file.clone(), doc.index);
+            match previous.remove(&position) {
+                Some((obj, c)) if obj.same_document(&doc) => {
+                    objects.push(obj);
+                    converted.push(Some(c));
+                }
+                stale => {
+                    if let Some(stale) = stale {
+                        // Still the key an unparseable document at this place stands for.
+                        previous.insert(position, stale);
+                    }
+                    objects.push(SourceObject::from_document(doc));
+                    converted.push(None);
+                }
+            }
+        }
+        self.previous = previous;
+        let converted = self.convert_changed(&objects, converted);
         let current: Vec<(Option<ObjectKey>, Arc<Converted>)> = objects
             .iter()
             .zip(&converted)
@@ -165,16 +187,13 @@ impl Reloader {
         Ok(reloaded)
     }
 
-    /// Each object's conversion: the previous one for an object unchanged at its place, a new one
+    /// Each object's conversion: `reused` where given (an object unchanged at its place), a new one
     /// (on two threads when there are many) for the others.
-    fn convert_changed(&self, objects: &[SourceObject]) -> Vec<Arc<Converted>> {
-        let reused: Vec<Option<Arc<Converted>>> = objects
-            .iter()
-            .map(|obj| {
-                let (prev_obj, prev) = self.previous.get(&obj.position()?)?;
-                obj.unchanged_since(prev_obj).then(|| Arc::clone(prev))
-            })
-            .collect();
+    fn convert_changed(
+        &self,
+        objects: &[SourceObject],
+        reused: Vec<Option<Arc<Converted>>>,
+    ) -> Vec<Arc<Converted>> {
         let todo: Vec<usize> = (0..objects.len())
             .filter(|&i| reused[i].is_none())
             .collect();

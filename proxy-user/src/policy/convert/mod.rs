@@ -709,16 +709,37 @@ impl Builder {
     fn pods_that_never_serve(&self) -> Vec<ConfigWarning> {
         let snap = &self.report.snapshot;
         let mut warnings = Vec::new();
+        // Services by namespace and one label of their selector: a pod is matched only against the
+        // Services that can select it (all of them against every pod is quadratic at mesh scale).
+        let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+        let mut select_all: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, svc) in snap.services.iter().enumerate() {
+            let Some(selector) = &svc.selector else {
+                continue;
+            };
+            let ns = svc.meta.namespace.as_str();
+            match selector.iter().next() {
+                Some((k, v)) => by_label.entry((ns, k, v)).or_default().push(i),
+                None => select_all.entry(ns).or_default().push(i),
+            }
+        }
         for (pod, at) in snap.pods.iter().zip(&self.pod_locations) {
-            let selecting: Vec<&Service> = snap
-                .services
-                .iter()
+            let ns = pod.meta.namespace.as_str();
+            let mut candidates: Vec<usize> = select_all.get(ns).cloned().unwrap_or_default();
+            for (k, v) in &pod.labels {
+                if let Some(found) = by_label.get(&(ns, k.as_str(), v.as_str())) {
+                    candidates.extend(found);
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            let selecting: Vec<&Service> = candidates
+                .into_iter()
+                .map(|i| &snap.services[i])
                 .filter(|svc| {
-                    svc.meta.namespace == pod.meta.namespace
-                        && svc
-                            .selector
-                            .as_ref()
-                            .is_some_and(|sel| selector_matches(sel, &pod.labels))
+                    svc.selector
+                        .as_ref()
+                        .is_some_and(|sel| selector_matches(sel, &pod.labels))
                 })
                 .collect();
             if selecting.is_empty() {
