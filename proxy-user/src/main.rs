@@ -569,9 +569,11 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
 
     let admission = keel::admission::Admission::new(limits(&args)?, Arc::clone(&stats));
     tracing::info!(limits = ?admission.limits(), "admission limits");
-    tokio::spawn(Arc::clone(admission.overload()).run(
-        keel::overload::MemorySource::for_this_process(args.memory_limit),
-    ));
+    Arc::clone(admission.overload())
+        .spawn(keel::overload::MemorySource::for_this_process(
+            args.memory_limit,
+        ))
+        .context("starting the memory overload monitor")?;
     for (i, listener) in listeners.into_iter().enumerate() {
         let acceptor = keel::accept::Acceptor {
             state: Arc::clone(&state),

@@ -48,8 +48,15 @@ use crate::admin::Stats;
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How far below its threshold the pressure must fall for an action to end.
 pub const RELEASE_MARGIN: f64 = 0.03;
+/// From this pressure on, it is sampled every [`SAMPLE_EVERY_UNDER_PRESSURE`]: an attack can add
+/// tens of MiB in one [`SAMPLE_EVERY`].
+pub const WATCH_CLOSELY_FROM: f64 = 0.75;
+/// The sampling interval near the limit.
+pub const SAMPLE_EVERY_UNDER_PRESSURE: Duration = Duration::from_millis(10);
 /// How often freed heap memory is handed back while under pressure.
 pub const SHRINK_EVERY: Duration = Duration::from_millis(200);
+/// The least time between two rounds of resets.
+pub const RESET_COOLDOWN: Duration = Duration::from_millis(50);
 /// Of the connections that hold unanswered request bytes, the share reset at each sample while
 /// [`Level::ResetStreams`] holds (at least one).
 const RESET_SHARE: f64 = 0.10;
@@ -159,6 +166,9 @@ pub struct Overload {
     changes: watch::Sender<Level>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<ConnCost>>>,
+    /// When connections were last reset: what they held shows in the working set only once they
+    /// are gone and the heap is shrunk, so the next round waits [`RESET_COOLDOWN`].
+    reset_at: Mutex<Option<std::time::Instant>>,
     stats: Arc<Stats>,
 }
 
@@ -169,6 +179,7 @@ impl Overload {
             changes: watch::Sender::new(Level::Normal),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
+            reset_at: Mutex::new(None),
             stats,
         })
     }
@@ -198,9 +209,9 @@ impl Overload {
         }
     }
 
-    /// Applies one pressure sample: sets the level and, at [`Level::ResetStreams`], resets the
-    /// most expensive connections. Returns the new level.
-    pub fn apply(&self, pressure: f64) -> Level {
+    /// Applies one pressure sample (`used / limit`, and the limit in bytes): sets the level and, at
+    /// [`Level::ResetStreams`], resets the most expensive connections. Returns the new level.
+    pub fn apply(&self, pressure: f64, limit: u64) -> Level {
         self.stats
             .overload_pressure_bp
             .set((pressure.clamp(0.0, 10.0) * 10_000.0) as u64);
@@ -225,16 +236,28 @@ impl Overload {
                 );
             }
         }
-        if next == Level::ResetStreams {
-            let reset = self.reset_most_expensive();
+        let cooled = self
+            .reset_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= RESET_COOLDOWN))
+            .unwrap_or(true);
+        if next == Level::ResetStreams && cooled {
+            // Enough to come back under the level's release point, by what the connections hold.
+            let target = Level::THRESHOLDS[0].1 - RELEASE_MARGIN;
+            let to_free = ((pressure - target).max(0.0) * limit as f64) as u64;
+            let reset = self.reset_most_expensive(to_free);
+            if let Ok(mut at) = self.reset_at.lock() {
+                *at = Some(std::time::Instant::now());
+            }
             self.stats.overload_connections_reset.add(reset as u64);
         }
         next
     }
 
-    /// Resets the top [`RESET_SHARE`] of the connections that hold unanswered request bytes, by
-    /// those bytes. Returns how many were reset.
-    fn reset_most_expensive(&self) -> usize {
+    /// Resets the connections that hold the most unanswered request bytes: as many as hold
+    /// `to_free` bytes together, and at least the top [`RESET_SHARE`] of them. Returns how many
+    /// were reset.
+    fn reset_most_expensive(&self, to_free: u64) -> usize {
         let mut holding: Vec<(u64, Arc<ConnCost>)> = self
             .conns
             .lock()
@@ -244,29 +267,58 @@ impl Overload {
             .map(|c| (c.unanswered_bytes.load(Ordering::Relaxed), Arc::clone(c)))
             .filter(|(bytes, _)| *bytes > 0)
             .collect();
-        let count = ((holding.len() as f64 * RESET_SHARE).ceil() as usize).min(holding.len());
         holding.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        let mut freed = 0u64;
+        let covering = holding
+            .iter()
+            .take_while(|(bytes, _)| {
+                let more = freed < to_free;
+                freed = freed.saturating_add(*bytes);
+                more
+            })
+            .count();
+        let share = (holding.len() as f64 * RESET_SHARE).ceil() as usize;
+        let count = covering.max(share).min(holding.len());
         for (_, cost) in holding.iter().take(count) {
             cost.reset.notify_one();
         }
         count
     }
 
-    /// Samples `source` every [`SAMPLE_EVERY`] for the life of the process.
-    pub async fn run(self: Arc<Self>, source: MemorySource) {
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Samples `source` for the life of the process on a thread of its own, so that workers busy
+    /// with the very load that raises the pressure cannot delay the sample that relieves it. Every
+    /// [`SAMPLE_EVERY`], or [`SAMPLE_EVERY_UNDER_PRESSURE`] from [`WATCH_CLOSELY_FROM`] on.
+    pub fn spawn(self: Arc<Self>, source: MemorySource) -> io::Result<()> {
+        std::thread::Builder::new()
+            .name("keel-overload".to_string())
+            .spawn(move || self.run(&source))
+            .map(|_| ())
+    }
+
+    fn run(&self, source: &MemorySource) {
         let mut warned = false;
-        let mut shrunk_at = tokio::time::Instant::now();
+        let mut shrunk_at = std::time::Instant::now();
+        let mut shrink_pending = false;
         loop {
-            tick.tick().await;
+            let mut pause = SAMPLE_EVERY;
             match source.pressure() {
-                Ok(pressure) => {
-                    let level = self.apply(pressure.unwrap_or(0.0));
-                    if level >= Level::DisableKeepalive && shrunk_at.elapsed() >= SHRINK_EVERY {
-                        shrunk_at = tokio::time::Instant::now();
-                        // Walks every arena: off the workers.
-                        let _ = tokio::task::spawn_blocking(shrink_heap).await;
+                Ok(sample) => {
+                    let (pressure, limit) = sample.unwrap_or((0.0, 0));
+                    let resets_before = self.stats.overload_connections_reset.get();
+                    let level = self.apply(pressure, limit);
+                    if pressure >= WATCH_CLOSELY_FROM {
+                        pause = SAMPLE_EVERY_UNDER_PRESSURE;
+                    }
+                    if self.stats.overload_connections_reset.get() != resets_before {
+                        // Hand back what the reset connections held once they are gone, so the
+                        // next round sees it.
+                        shrink_pending = true;
+                    } else if level >= Level::DisableKeepalive
+                        && (shrink_pending || shrunk_at.elapsed() >= SHRINK_EVERY)
+                    {
+                        shrink_pending = false;
+                        shrunk_at = std::time::Instant::now();
+                        shrink_heap();
                     }
                 }
                 Err(e) if !warned => {
@@ -275,6 +327,7 @@ impl Overload {
                 }
                 Err(_) => {}
             }
+            std::thread::sleep(pause);
         }
     }
 }
@@ -396,12 +449,15 @@ impl MemorySource {
         }
     }
 
-    /// The highest `used / limit` among the sources, or `None` when nothing sets a limit.
-    pub fn pressure(&self) -> io::Result<Option<f64>> {
-        let mut highest: Option<f64> = None;
+    /// The highest `used / limit` among the sources with that limit, or `None` when nothing sets
+    /// a limit.
+    pub fn pressure(&self) -> io::Result<Option<(f64, u64)>> {
+        let mut highest: Option<(f64, u64)> = None;
         let mut consider = |used: u64, limit: u64| {
             let p = used as f64 / limit.max(1) as f64;
-            highest = Some(highest.map_or(p, |h| h.max(p)));
+            if highest.is_none_or(|(h, _)| p > h) {
+                highest = Some((p, limit));
+            }
         };
         if let Some(limit) = self.process_limit {
             consider(resident_bytes()?, limit);
@@ -553,8 +609,8 @@ mod tests {
         idle.cost()
             .unanswered_bytes
             .store(1 << 40, Ordering::Relaxed);
-        assert_eq!(overload.apply(0.5), Level::Normal);
-        assert_eq!(overload.apply(0.96), Level::ResetStreams);
+        assert_eq!(overload.apply(0.5, 0), Level::Normal);
+        assert_eq!(overload.apply(0.96, 0), Level::ResetStreams);
         // 10 % of 20: the two largest.
         let reset: Vec<usize> = conns
             .iter()
@@ -572,6 +628,22 @@ mod tests {
         drop(conns);
         drop(idle);
         assert!(overload.conns.lock().map(|c| c.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn reset_frees_what_the_pressure_is_over_by() {
+        let overload = Overload::new(Arc::new(Stats::default()));
+        let conns: Vec<Registered> = (0..20).map(|_| overload.register()).collect();
+        let _requests: Vec<InFlight> = conns.iter().map(|c| c.cost().request()).collect();
+        for (i, c) in conns.iter().enumerate() {
+            c.cost()
+                .unanswered_bytes
+                .store(1000 * (i as u64 + 1), Ordering::Relaxed);
+        }
+        // 8 points over the release point (92 %) of 1,000,000 bytes: 80,000 bytes, which the five
+        // largest (20,000 + 19,000 + 18,000 + 17,000 + 16,000) cover.
+        assert_eq!(overload.apply(1.0, 1_000_000), Level::ResetStreams);
+        assert_eq!(overload.stats.overload_connections_reset.get(), 5);
     }
 
     #[test]
@@ -619,7 +691,7 @@ mod tests {
         let pressure = source.pressure()?;
         std::fs::remove_dir_all(&root)?;
         // (950 - 50) / 1000.
-        assert_eq!(pressure, Some(0.9));
+        assert_eq!(pressure, Some((0.9, 1000)));
         Ok(())
     }
 
