@@ -101,6 +101,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             qos_class: None,
             host_network: false,
             sidecar: false,
+            traffic: None,
         });
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
@@ -159,6 +160,7 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         qos_class: None,
         host_network: false,
         sidecar: false,
+        traffic: None,
     });
     snap
 }
