@@ -509,8 +509,8 @@ const _: () = assert!(core::mem::size_of::<Cidr>() == 32);
 const _: () = assert!(core::mem::size_of::<TrafficRules>() == 1160);
 const _: () = assert!(core::mem::align_of::<TrafficRules>() == 4);
 // The lengths are u8.
-const _: () =
-    assert!(TRAFFIC_PORTS_MAX <= u8::MAX as usize && TRAFFIC_CIDRS_MAX <= u8::MAX as usize);
+const _: () = assert!(TRAFFIC_PORTS_MAX <= u8::MAX as usize);
+const _: () = assert!(TRAFFIC_CIDRS_MAX <= u8::MAX as usize);
 
 #[cfg(test)]
 mod tests {
