@@ -10,8 +10,10 @@
 //!   One normal form means a v4 socket and a v6 socket connecting to the same v4 VIP share keys.
 //! - Ports are in host byte order.
 //!
-//! Changing any layout, name or meaning here requires bumping [`ABI_VERSION`].
-#![no_std]
+//! Changing any layout, name or meaning here requires bumping [`ABI_VERSION`]. Adding a map or a
+//! flag bit that programs of the same version ignore is not such a change: see
+//! [`POD_TRAFFIC_RULES`] for why it keeps the version.
+#![cfg_attr(not(test), no_std)]
 
 /// Version of this contract. User space writes it into [`ProxyConfig::abi_version`]; a kernel object
 /// built against another version sees the mismatch and redirects nothing (connections go direct).
@@ -46,12 +48,27 @@ pub const CONN_BY_COOKIE: &str = "CONN_BY_COOKIE";
 pub const CONN_BY_TUPLE: &str = "CONN_BY_TUPLE";
 /// `PerCpuArray<u64>` of [`STATS_LEN`] counters, indexed by the `STAT_*` constants.
 pub const STATS: &str = "STATS";
+/// `HashMap<u64, TrafficRules>`: cgroup id of a captured pod -> the outbound capture rules of its
+/// Istio `traffic.sidecar.istio.io/*` annotations. Read only for pods whose [`PodValue::flags`]
+/// carry [`POD_F_TRAFFIC_RULES`]; a pod without annotations has no entry and no lookup.
+///
+/// Why this map and that flag keep [`ABI_VERSION`] at 3: nothing an ABI 3 object already reads
+/// changed. Its programs never open this map and ignore unknown `PodValue` flag bits, so a keel
+/// built before this map existed and one built after share the `abi3` maps: the newer one creates
+/// and pins this map when it first attaches, the older one neither sees nor removes it. Taking
+/// over from a running keel of either build stays the lossless same-ABI upgrade (the exclusions
+/// apply from the moment the newer programs are in the links; while an older keel is the newest
+/// writer, it clears the flag bits and pods are captured as before). A change to
+/// [`TrafficRules`]' layout, or a meaning an older program would misread, bumps the version.
+pub const POD_TRAFFIC_RULES: &str = "POD_TRAFFIC_RULES";
 
 /// Capacity of [`MESHED_DESTS`]: (VIP, port) pairs.
 pub const MESHED_DESTS_MAX: u32 = 16_384;
 /// Capacity of [`POD_CGROUPS`]. Four times the 1,024 pods a node is sized for, so pods that are
 /// being replaced (old and new cgroup both present) never crowd out a live one.
 pub const POD_CGROUPS_MAX: u32 = 4_096;
+/// Capacity of [`POD_TRAFFIC_RULES`]: one entry per pod cgroup at most.
+pub const POD_TRAFFIC_RULES_MAX: u32 = POD_CGROUPS_MAX;
 /// Capacity of both connection maps. They must be equal: the cookie map admits a connection, and
 /// a tuple entry only ever exists while its cookie entry does, so the tuple map can never be the
 /// one that is full.
@@ -68,6 +85,10 @@ pub const LIVENESS_STALE_NS: u64 = 120_000_000;
 /// [`PodValue::flags`]: when no keel serves, refuse the pod's meshed connects (`EPERM` at once)
 /// instead of letting them go direct.
 pub const POD_F_FAIL_CLOSED: u32 = 1;
+/// [`PodValue::flags`]: the pod has an entry in [`POD_TRAFFIC_RULES`] that decides which of its
+/// meshed connects are captured. User space writes the rules before it sets this bit and clears
+/// the bit before it deletes the rules; a set bit whose entry is missing captures as if unset.
+pub const POD_F_TRAFFIC_RULES: u32 = 2;
 
 /// Deepest level below the attach root at which the connecting task's cgroup (or an ancestor of
 /// it) is looked up in [`POD_CGROUPS`]: `<root>/<namespace>/<pod>/<container>/...` fits easily.
@@ -110,6 +131,9 @@ pub const STAT_ROOT_NOT_ANCESTOR: u32 = 10;
 pub const STAT_SKIPPED_NO_KEEL: u32 = 12;
 /// Meshed destination from a fail-closed pod while no keel serves: the connect was refused.
 pub const STAT_REFUSED_NO_KEEL: u32 = 13;
+/// Meshed destination from a captured pod whose [`TrafficRules`] (Istio's
+/// `traffic.sidecar.istio.io/*` pod annotations) exclude it: the connection went direct.
+pub const STAT_SKIPPED_EXCLUDED: u32 = 14;
 /// Number of counters in [`STATS`].
 pub const STATS_LEN: u32 = 16;
 
@@ -188,6 +212,219 @@ impl LiveSlot {
     };
 }
 
+/// Most ports in each of [`TrafficRules::exclude_ports`] and [`TrafficRules::include_ports`].
+pub const TRAFFIC_PORTS_MAX: usize = 32;
+/// Most ranges in each of [`TrafficRules::exclude_cidrs`] and [`TrafficRules::include_cidrs`].
+pub const TRAFFIC_CIDRS_MAX: usize = 16;
+
+/// [`TrafficRules::flags`]: `includeOutboundIPRanges` is `*` (every address of both families).
+pub const TRAFFIC_F_INCLUDE_ALL_IPS: u32 = 1;
+
+/// An address range: `addr & mask == net`, on the IPv6 or v4-mapped word form (network byte
+/// order words, as [`DestKey::addr`]). The mask is spelled out, not a prefix length, so the kernel
+/// never shifts (a shift by the full width is where CIDR matchers go wrong: Merbridge #148).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The range's first address, already masked.
+    pub net: [u32; 4],
+    /// The prefix as a mask, network byte order words.
+    pub mask: [u32; 4],
+}
+
+impl Cidr {
+    /// The empty slot (matches only `::`, and is never read past a list's length).
+    pub const ZERO: Self = Self {
+        net: [0; 4],
+        mask: [0; 4],
+    };
+
+    /// The range of the first `prefix_len` bits of `addr` (word form; a v4 range `a.b.c.d/n` is
+    /// `::ffff:a.b.c.d` with `96 + n`). Host bits of `addr` are cleared, as iptables does. `None`
+    /// beyond 128 bits.
+    pub fn new(addr: [u32; 4], prefix_len: u32) -> Option<Self> {
+        if prefix_len > 128 {
+            return None;
+        }
+        let mut mask = [0u32; 4];
+        let mut net = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            let start = (i as u32) * 32;
+            let bits = if prefix_len >= start + 32 {
+                32
+            } else {
+                prefix_len.saturating_sub(start)
+            };
+            // 0 and 32 bits are spelled out: `u32 << 32` does not exist.
+            let host_order = match bits {
+                0 => 0,
+                32 => u32::MAX,
+                n => u32::MAX << (32 - n),
+            };
+            mask[i] = host_order.to_be();
+            net[i] = addr[i] & mask[i];
+            i += 1;
+        }
+        Some(Self { net, mask })
+    }
+
+    /// The prefix length (the number of set mask bits).
+    pub fn prefix_len(&self) -> u32 {
+        self.mask[0].count_ones()
+            + self.mask[1].count_ones()
+            + self.mask[2].count_ones()
+            + self.mask[3].count_ones()
+    }
+
+    /// Whether `addr` (word form) is in the range.
+    #[inline(always)]
+    pub fn contains(&self, addr: &[u32; 4]) -> bool {
+        addr[0] & self.mask[0] == self.net[0]
+            && addr[1] & self.mask[1] == self.net[1]
+            && addr[2] & self.mask[2] == self.net[2]
+            && addr[3] & self.mask[3] == self.net[3]
+    }
+}
+
+/// Value of [`POD_TRAFFIC_RULES`]: which of a pod's meshed connects are captured, from Istio's
+/// sidecar annotations `traffic.sidecar.istio.io/{exclude,include}Outbound{Ports,IPRanges}`.
+/// [`TrafficRules::decide`] applies them in Istio's order. Lists are filled from index 0; slots at
+/// and past a list's length are zero and never read. 1,160 bytes: the kernel reads it in place
+/// (a map value pointer), never copies it to its 512-byte stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrafficRules {
+    /// `excludeOutboundIPRanges`.
+    pub exclude_cidrs: [Cidr; TRAFFIC_CIDRS_MAX],
+    /// `includeOutboundIPRanges` (unless `*`: then [`TRAFFIC_F_INCLUDE_ALL_IPS`]).
+    pub include_cidrs: [Cidr; TRAFFIC_CIDRS_MAX],
+    /// `excludeOutboundPorts`, host byte order.
+    pub exclude_ports: [u16; TRAFFIC_PORTS_MAX],
+    /// `includeOutboundPorts`, host byte order.
+    pub include_ports: [u16; TRAFFIC_PORTS_MAX],
+    /// Entries used in `exclude_cidrs`.
+    pub exclude_cidrs_len: u8,
+    /// Entries used in `include_cidrs`.
+    pub include_cidrs_len: u8,
+    /// Entries used in `exclude_ports`.
+    pub exclude_ports_len: u8,
+    /// Entries used in `include_ports`.
+    pub include_ports_len: u8,
+    /// `TRAFFIC_F_*` bits.
+    pub flags: u32,
+}
+
+/// What [`TrafficRules::decide`] found, in Istio's order; the first that applies decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficVerdict {
+    /// The port is in `excludeOutboundPorts` (index given): direct.
+    ExcludedPort(usize),
+    /// The port is in `includeOutboundPorts` (index given): captured, whatever the address.
+    IncludedPort(usize),
+    /// The address is in `excludeOutboundIPRanges` (index given): direct.
+    ExcludedRange(usize),
+    /// `includeOutboundIPRanges` is `*`: captured.
+    IncludedAll,
+    /// The address is in `includeOutboundIPRanges` (index given): captured.
+    IncludedRange(usize),
+    /// In no included range (an empty `includeOutboundIPRanges` includes none): direct.
+    NotIncluded,
+}
+
+impl TrafficVerdict {
+    /// Whether the connection goes to the proxy.
+    #[inline(always)]
+    pub fn captures(self) -> bool {
+        matches!(
+            self,
+            TrafficVerdict::IncludedPort(_)
+                | TrafficVerdict::IncludedAll
+                | TrafficVerdict::IncludedRange(_)
+        )
+    }
+}
+
+impl TrafficRules {
+    /// No rule: every address included, nothing excluded (what a pod without annotations gets;
+    /// such a pod needs no entry).
+    pub const CAPTURE_ALL: Self = Self {
+        exclude_cidrs: [Cidr::ZERO; TRAFFIC_CIDRS_MAX],
+        include_cidrs: [Cidr::ZERO; TRAFFIC_CIDRS_MAX],
+        exclude_ports: [0; TRAFFIC_PORTS_MAX],
+        include_ports: [0; TRAFFIC_PORTS_MAX],
+        exclude_cidrs_len: 0,
+        include_cidrs_len: 0,
+        exclude_ports_len: 0,
+        include_ports_len: 0,
+        flags: TRAFFIC_F_INCLUDE_ALL_IPS,
+    };
+
+    /// Istio's order for a connect to `addr` (word form), `port` (host order): an excluded port
+    /// goes direct; an included port is captured whatever the address; an excluded range goes
+    /// direct; an included range (or `*`) is captured; anything else goes direct. The one
+    /// implementation: the kernel's connect hooks and user space (explain, accept) both call it.
+    #[inline(always)]
+    pub fn decide(&self, addr: &[u32; 4], port: u16) -> TrafficVerdict {
+        if let Some(i) = find_port(&self.exclude_ports, self.exclude_ports_len, port) {
+            return TrafficVerdict::ExcludedPort(i);
+        }
+        if let Some(i) = find_port(&self.include_ports, self.include_ports_len, port) {
+            return TrafficVerdict::IncludedPort(i);
+        }
+        if let Some(i) = find_cidr(&self.exclude_cidrs, self.exclude_cidrs_len, addr) {
+            return TrafficVerdict::ExcludedRange(i);
+        }
+        if self.flags & TRAFFIC_F_INCLUDE_ALL_IPS != 0 {
+            return TrafficVerdict::IncludedAll;
+        }
+        if let Some(i) = find_cidr(&self.include_cidrs, self.include_cidrs_len, addr) {
+            return TrafficVerdict::IncludedRange(i);
+        }
+        TrafficVerdict::NotIncluded
+    }
+
+    /// Whether these rules capture exactly what no rules capture (so the pod needs no entry).
+    pub fn is_capture_all(&self) -> bool {
+        self.flags & TRAFFIC_F_INCLUDE_ALL_IPS != 0
+            && self.exclude_ports_len == 0
+            && self.exclude_cidrs_len == 0
+    }
+}
+
+/// Index of `port` among the first `len` of `ports`. A constant trip count (the verifier's bound),
+/// whatever `len` says.
+#[inline(always)]
+fn find_port(ports: &[u16; TRAFFIC_PORTS_MAX], len: u8, port: u16) -> Option<usize> {
+    let mut i = 0;
+    while i < TRAFFIC_PORTS_MAX {
+        if i >= len as usize {
+            return None;
+        }
+        if ports[i] == port {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Index of the first of the first `len` of `cidrs` that holds `addr`.
+#[inline(always)]
+fn find_cidr(cidrs: &[Cidr; TRAFFIC_CIDRS_MAX], len: u8, addr: &[u32; 4]) -> Option<usize> {
+    let mut i = 0;
+    while i < TRAFFIC_CIDRS_MAX {
+        if i >= len as usize {
+            return None;
+        }
+        if cidrs[i].contains(addr) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Key of [`MESHED_DESTS`]: a destination (service VIP and port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,6 +494,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for super::PodValue {}
     unsafe impl aya::Pod for super::LiveSlot {}
+    unsafe impl aya::Pod for super::TrafficRules {}
 }
 
 // Compile-time layout checks: a silent layout change would corrupt every map exchange.
@@ -267,3 +505,237 @@ const _: () = assert!(core::mem::size_of::<ConnValue>() == 80);
 const _: () = assert!(core::mem::align_of::<ConnValue>() == 8);
 const _: () = assert!(core::mem::size_of::<PodValue>() == 8);
 const _: () = assert!(core::mem::size_of::<LiveSlot>() == 24);
+const _: () = assert!(core::mem::size_of::<Cidr>() == 32);
+const _: () = assert!(core::mem::size_of::<TrafficRules>() == 1160);
+const _: () = assert!(core::mem::align_of::<TrafficRules>() == 4);
+// The lengths are u8.
+const _: () = assert!(TRAFFIC_PORTS_MAX <= u8::MAX as usize);
+const _: () = assert!(TRAFFIC_CIDRS_MAX <= u8::MAX as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Word form of `a.b.c.d` (v4-mapped).
+    fn v4(a: [u8; 4]) -> [u32; 4] {
+        [
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            u32::from_ne_bytes(a),
+        ]
+    }
+
+    /// Word form of a v6 address given as 8 groups.
+    fn v6(g: [u16; 8]) -> [u32; 4] {
+        let mut w = [0u32; 4];
+        for (i, word) in w.iter_mut().enumerate() {
+            let hi = g[2 * i].to_be_bytes();
+            let lo = g[2 * i + 1].to_be_bytes();
+            *word = u32::from_ne_bytes([hi[0], hi[1], lo[0], lo[1]]);
+        }
+        w
+    }
+
+    fn v4_cidr(a: [u8; 4], len: u32) -> Cidr {
+        Cidr::new(v4(a), 96 + len).expect("prefix fits")
+    }
+
+    fn rules(
+        exclude_ports: &[u16],
+        include_ports: &[u16],
+        exclude: &[Cidr],
+        include: Option<&[Cidr]>,
+    ) -> TrafficRules {
+        let mut r = TrafficRules::CAPTURE_ALL;
+        r.exclude_ports[..exclude_ports.len()].copy_from_slice(exclude_ports);
+        r.exclude_ports_len = exclude_ports.len() as u8;
+        r.include_ports[..include_ports.len()].copy_from_slice(include_ports);
+        r.include_ports_len = include_ports.len() as u8;
+        r.exclude_cidrs[..exclude.len()].copy_from_slice(exclude);
+        r.exclude_cidrs_len = exclude.len() as u8;
+        if let Some(include) = include {
+            r.flags = 0;
+            r.include_cidrs[..include.len()].copy_from_slice(include);
+            r.include_cidrs_len = include.len() as u8;
+        }
+        r
+    }
+
+    #[test]
+    fn cidr_masks_at_every_boundary() {
+        // Merbridge #148 matched /16 as a shift by 16 instead of 32 - 16; every length here is
+        // checked against a brute-force mask.
+        let addr = v4([10, 96, 200, 7]);
+        for len in 0..=32u32 {
+            let c = v4_cidr([10, 96, 200, 7], len);
+            assert_eq!(c.prefix_len(), 96 + len, "/{len}");
+            assert!(c.contains(&addr), "/{len} holds its own address");
+            let ip = u32::from_be_bytes([10, 96, 200, 7]);
+            for bit in 0..32u32 {
+                let flipped = (ip ^ (1 << bit)).to_be_bytes();
+                let inside = bit < 32 - len;
+                assert_eq!(
+                    c.contains(&v4(flipped)),
+                    inside,
+                    "/{len}, flipping bit {bit}"
+                );
+            }
+        }
+        let c = v4_cidr([10, 96, 0, 0], 12);
+        assert!(c.contains(&v4([10, 111, 255, 255])));
+        assert!(!c.contains(&v4([10, 112, 0, 0])));
+        // Host bits are cleared, as iptables does with 10.96.0.1/16.
+        assert_eq!(v4_cidr([10, 96, 0, 1], 16), v4_cidr([10, 96, 0, 0], 16));
+        assert_eq!(Cidr::new(v4([1, 2, 3, 4]), 129), None);
+    }
+
+    #[test]
+    fn v4_ranges_never_hold_v6_addresses() {
+        let all_v4 = v4_cidr([0, 0, 0, 0], 0);
+        assert!(all_v4.contains(&v4([192, 0, 2, 1])));
+        assert!(!all_v4.contains(&v6([0xfd00, 0, 0, 0, 0, 0, 0, 1])));
+        let all_v6 = Cidr::new([0; 4], 0).expect("prefix fits");
+        assert!(all_v6.contains(&v6([0xfd00, 0, 0, 0, 0, 0, 0, 1])));
+        let v6_range = Cidr::new(v6([0xfd00, 0xab, 0, 0, 0, 0, 0, 0]), 33).expect("prefix fits");
+        assert!(v6_range.contains(&v6([0xfd00, 0xab, 0x7fff, 9, 0, 0, 0, 1])));
+        assert!(!v6_range.contains(&v6([0xfd00, 0xab, 0x8000, 0, 0, 0, 0, 1])));
+        assert!(!v6_range.contains(&v6([0xfd00, 0xac, 0, 0, 0, 0, 0, 1])));
+        assert!(!v6_range.contains(&v4([253, 0, 0, 171])));
+    }
+
+    #[test]
+    fn istio_order() {
+        use TrafficVerdict::*;
+        let vips = v4_cidr([10, 96, 1, 0], 24);
+        let other = v4_cidr([10, 96, 2, 0], 24);
+        let in_vips = v4([10, 96, 1, 20]);
+        let in_other = v4([10, 96, 2, 20]);
+        let outside = v4([10, 97, 0, 1]);
+        let cases: &[(&str, TrafficRules, [u32; 4], u16, TrafficVerdict)] = &[
+            (
+                "no rules",
+                TrafficRules::CAPTURE_ALL,
+                in_vips,
+                80,
+                IncludedAll,
+            ),
+            (
+                "excluded port",
+                rules(&[80, 81], &[], &[], None),
+                in_vips,
+                81,
+                ExcludedPort(1),
+            ),
+            (
+                "other port",
+                rules(&[80, 81], &[], &[], None),
+                in_vips,
+                82,
+                IncludedAll,
+            ),
+            (
+                "excluded port beats included port",
+                rules(&[80], &[80], &[], None),
+                in_vips,
+                80,
+                ExcludedPort(0),
+            ),
+            (
+                "included port beats excluded range",
+                rules(&[], &[80], &[vips], None),
+                in_vips,
+                80,
+                IncludedPort(0),
+            ),
+            (
+                "excluded range",
+                rules(&[], &[80], &[vips], None),
+                in_vips,
+                81,
+                ExcludedRange(0),
+            ),
+            (
+                "excluded range beats included range",
+                rules(&[], &[], &[vips], Some(&[vips, other])),
+                in_vips,
+                81,
+                ExcludedRange(0),
+            ),
+            (
+                "included range",
+                rules(&[], &[], &[], Some(&[vips, other])),
+                in_other,
+                81,
+                IncludedRange(1),
+            ),
+            (
+                "outside the included ranges",
+                rules(&[], &[], &[], Some(&[vips, other])),
+                outside,
+                81,
+                NotIncluded,
+            ),
+            (
+                "empty include list captures nothing",
+                rules(&[], &[], &[], Some(&[])),
+                in_vips,
+                81,
+                NotIncluded,
+            ),
+            (
+                "empty include list still captures included ports",
+                rules(&[], &[9080], &[], Some(&[])),
+                in_vips,
+                9080,
+                IncludedPort(0),
+            ),
+            (
+                "port 0 past the list's length is no entry",
+                rules(&[80], &[], &[], None),
+                in_vips,
+                0,
+                IncludedAll,
+            ),
+        ];
+        for (what, r, addr, port, want) in cases {
+            let got = r.decide(addr, *port);
+            assert_eq!(got, *want, "{what}");
+            assert_eq!(
+                got.captures(),
+                matches!(want, IncludedPort(_) | IncludedAll | IncludedRange(_)),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_lists_are_read_to_the_end() {
+        let ports: [u16; TRAFFIC_PORTS_MAX] = core::array::from_fn(|i| 1000 + i as u16);
+        let r = rules(&ports, &[], &[], None);
+        assert_eq!(
+            r.decide(&v4([10, 0, 0, 1]), 1000 + TRAFFIC_PORTS_MAX as u16 - 1),
+            TrafficVerdict::ExcludedPort(TRAFFIC_PORTS_MAX - 1)
+        );
+        let cidrs: [Cidr; TRAFFIC_CIDRS_MAX] =
+            core::array::from_fn(|i| v4_cidr([10, i as u8, 0, 0], 16));
+        let r = rules(&[], &[], &cidrs, None);
+        assert_eq!(
+            r.decide(&v4([10, TRAFFIC_CIDRS_MAX as u8 - 1, 3, 4]), 80),
+            TrafficVerdict::ExcludedRange(TRAFFIC_CIDRS_MAX - 1)
+        );
+        // A length past the array (a torn or corrupt value) reads no further than the array.
+        let mut r = rules(&[], &[], &[], None);
+        r.exclude_ports_len = u8::MAX;
+        assert_eq!(r.decide(&v4([10, 0, 0, 1]), 7), TrafficVerdict::IncludedAll);
+    }
+
+    #[test]
+    fn capture_all_needs_no_entry() {
+        assert!(TrafficRules::CAPTURE_ALL.is_capture_all());
+        assert!(rules(&[], &[80], &[], None).is_capture_all());
+        assert!(!rules(&[80], &[], &[], None).is_capture_all());
+        assert!(!rules(&[], &[], &[v4_cidr([10, 0, 0, 0], 8)], None).is_capture_all());
+        assert!(!rules(&[], &[], &[], Some(&[])).is_capture_all());
+    }
+}

@@ -6,7 +6,9 @@
 //!   pod goes to a meshed (VIP, port), record `{original dst, pod}` under the socket cookie and
 //!   rewrite the destination to the proxy, but only while a keel's heartbeat in `LIVENESS` is
 //!   fresh. With no live keel the connect goes direct (fail open), or, for a pod flagged
-//!   `POD_F_FAIL_CLOSED`, is refused at once (`EPERM`); it never waits on a dead proxy.
+//!   `POD_F_FAIL_CLOSED`, is refused at once (`EPERM`); it never waits on a dead proxy. A pod
+//!   flagged `POD_F_TRAFFIC_RULES` first has its `POD_TRAFFIC_RULES` entry (Istio's
+//!   `traffic.sidecar.istio.io/*` annotations) decide; an excluded connect goes direct.
 //! - `keel_sockops`: follow the redirected sockets; at ESTABLISHED publish the record under the 4-tuple
 //!   the proxy will see on `accept()`, and delete both records at TCP_CLOSE.
 //!
@@ -25,9 +27,9 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_addr, BPF_ANY, BPF_EXIST, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE,
+        bpf_sock_addr, BPF_ANY, BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
@@ -40,13 +42,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    ConnTuple, ConnValue, DestKey, LiveSlot, PodValue, ProxyConfig, ABI_VERSION,
+    ConnTuple, ConnValue, DestKey, LiveSlot, PodValue, ProxyConfig, TrafficRules, ABI_VERSION,
     CONN_F_ESTABLISHED, CONN_MAX, LIVENESS_SLOTS, LIVENESS_STALE_NS, MESHED_DESTS_MAX,
-    POD_CGROUPS_MAX, POD_F_FAIL_CLOSED, POD_INDEX_PENDING, POD_INDEX_SKIP, POD_PARENTS_MAX,
-    POD_SEARCH_DEPTH, ROOT_SEARCH_MAX_LEVEL, STATS_LEN, STAT_ABI_MISMATCH, STAT_CB_FLAGS_FAILED,
-    STAT_CLOSED, STAT_ESTABLISHED, STAT_RECONNECTED, STAT_REDIRECTED, STAT_REFUSED_NO_KEEL,
-    STAT_ROOT_NOT_ANCESTOR, STAT_SKIPPED_MAP_FULL, STAT_SKIPPED_NOT_MESHED, STAT_SKIPPED_NOT_POD,
-    STAT_SKIPPED_NO_KEEL, STAT_SKIPPED_NO_PROXY, STAT_TUPLE_INSERT_FAILED,
+    POD_CGROUPS_MAX, POD_F_FAIL_CLOSED, POD_F_TRAFFIC_RULES, POD_INDEX_PENDING, POD_INDEX_SKIP,
+    POD_PARENTS_MAX, POD_SEARCH_DEPTH, POD_TRAFFIC_RULES_MAX, ROOT_SEARCH_MAX_LEVEL, STATS_LEN,
+    STAT_ABI_MISMATCH, STAT_CB_FLAGS_FAILED, STAT_CLOSED, STAT_ESTABLISHED, STAT_RECONNECTED,
+    STAT_REDIRECTED, STAT_REFUSED_NO_KEEL, STAT_ROOT_NOT_ANCESTOR, STAT_SKIPPED_EXCLUDED,
+    STAT_SKIPPED_MAP_FULL, STAT_SKIPPED_NOT_MESHED, STAT_SKIPPED_NOT_POD, STAT_SKIPPED_NO_KEEL,
+    STAT_SKIPPED_NO_PROXY, STAT_TUPLE_INSERT_FAILED,
 };
 
 const AF_INET: u32 = 2;
@@ -65,6 +68,13 @@ static MESHED_DESTS: HashMap<DestKey, u32> = HashMap::with_max_entries(MESHED_DE
 
 #[map]
 static POD_CGROUPS: HashMap<u64, PodValue> = HashMap::with_max_entries(POD_CGROUPS_MAX, 0);
+
+// Not preallocated: entries are 1,160 bytes and only annotated pods have one, so preallocating
+// the capacity (4,096) would pin ~5 MiB of kernel memory for nothing. An update then also swaps a
+// whole new element in, and the old one is freed only after readers are done with it.
+#[map]
+static POD_TRAFFIC_RULES: HashMap<u64, TrafficRules> =
+    HashMap::with_max_entries(POD_TRAFFIC_RULES_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 static LIVENESS: Array<LiveSlot> = Array::with_max_entries(LIVENESS_SLOTS, 0);
@@ -198,6 +208,17 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> u32 {
         Ok(found) => found,
         Err(stat) => return stat,
     };
+    // Before the liveness check: an excluded connection never involves keel, so it goes direct
+    // even from a fail-closed pod while no keel serves.
+    if pod.flags & POD_F_TRAFFIC_RULES != 0 {
+        if let Some(rules) = POD_TRAFFIC_RULES.get_ptr(pod_cgroup_id) {
+            // SAFETY: a non-null pointer into the map value, read in place (the value is larger
+            // than the stack).
+            if !unsafe { &*rules }.decide(&addr, port).captures() {
+                return STAT_SKIPPED_EXCLUDED;
+            }
+        }
+    }
     if !keel_alive() {
         if pod.flags & POD_F_FAIL_CLOSED != 0 {
             return STAT_REFUSED_NO_KEEL;

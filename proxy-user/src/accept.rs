@@ -293,6 +293,26 @@ impl Acceptor {
                     return;
                 }
             }
+            // The kernel redirected this connect before it knew the pod, so before it had the
+            // pod's traffic rules: a connection they exclude is relayed unchanged, as close to
+            // "direct" as a connection already at keel can get.
+            let excluded = node
+                .pod_by_cgroup
+                .get(&record.pod_cgroup_id)
+                .and_then(|&pod| node.snapshot.pods.get(pod))
+                .and_then(|p| p.traffic.as_ref())
+                .is_some_and(|t| {
+                    !crate::pods::traffic::decide(Some(t), record.original_dst).captured
+                });
+            if excluded {
+                tracing::debug!(
+                    cgroup = record.pod_cgroup_id,
+                    original_dst = %record.original_dst,
+                    "pending pod's traffic annotations exclude this connection; passing it through"
+                );
+                passthrough(stream, record.original_dst).await;
+                return;
+            }
         }
         let Some(&pod) = node.pod_by_cgroup.get(&record.pod_cgroup_id) else {
             self.stats.refused_unknown_pod.inc();

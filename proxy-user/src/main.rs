@@ -780,7 +780,8 @@ fn report_load(loaded: &reload::Reloaded) -> ConfigStatus {
     }
 }
 
-/// Publish the current snapshot's meshed destinations and captured pods to the kernel.
+/// Publish the current snapshot's meshed destinations and captured pods (with their traffic
+/// rules) to the kernel.
 fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()> {
     let node = state.load();
     redirector
@@ -795,11 +796,19 @@ fn sync_kernel(redirector: &mut Redirector, state: &State) -> anyhow::Result<()>
             cgroup_id: cg,
             index: u32::try_from(pod).unwrap_or(keel::ebpf::POD_INDEX_SKIP),
             fail_closed: node.snapshot.fail_closed(pod),
+            traffic: node
+                .snapshot
+                .pods
+                .get(pod)
+                .and_then(|p| p.traffic.as_ref())
+                .and_then(keel::pods::traffic::kernel_rules)
+                .map(Box::new),
         })
         .chain(node.skipped_cgroups.iter().map(|&cg| CapturedPod {
             cgroup_id: cg,
             index: keel::ebpf::POD_INDEX_SKIP,
             fail_closed: false,
+            traffic: None,
         }))
         .collect();
     redirector

@@ -79,7 +79,14 @@ pub fn dump(ctx: &AdminContext) -> Value {
     let mut pod_cgroups: Vec<Value> = node
         .pod_by_cgroup
         .iter()
-        .map(|(cgroup, pod)| json!({"cgroup_id": cgroup, "pod": node.pod_name(*pod)}))
+        .map(|(cgroup, pod)| {
+            let mut entry = json!({"cgroup_id": cgroup, "pod": node.pod_name(*pod)});
+            // The pod's Istio traffic annotations, as the kernel applies them.
+            if let Some(t) = snap.pods.get(*pod).and_then(|p| p.traffic.as_ref()) {
+                entry["traffic"] = crate::pods::traffic::to_json(t);
+            }
+            entry
+        })
         .collect();
     pod_cgroups.sort_by_key(|v| v["pod"].as_str().map(str::to_owned));
     json!({

@@ -392,6 +392,11 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
                 "Meshed connects of fail-closed pods refused because no keel was alive",
                 k.refused_no_keel,
             ),
+            (
+                "kernel_skipped_excluded",
+                "Meshed connects sent direct because the pod's traffic annotations exclude them",
+                k.skipped_excluded,
+            ),
         ]);
     }
     KeelFacts {

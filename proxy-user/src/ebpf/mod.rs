@@ -35,9 +35,16 @@
 //! which detaches everything.
 //!
 //! Invariant: one [`Redirector`] per process, owned by one task; of the live keels of an install,
-//! only the newest ([`Redirector::is_newest`]) writes `MESHED_DESTS` and `POD_CGROUPS`. Its
-//! mirrors are read back from the maps when it starts and when it becomes the writer again.
-//! Readers use [`ConnTable`] without locks.
+//! only the newest ([`Redirector::is_newest`]) writes `MESHED_DESTS`, `POD_CGROUPS` and
+//! `POD_TRAFFIC_RULES`. Its mirrors are read back from the maps when it starts and when it becomes
+//! the writer again. Readers use [`ConnTable`] without locks.
+//!
+//! # Traffic rules
+//! A captured pod with Istio's `traffic.sidecar.istio.io/*` outbound annotations has a
+//! [`TrafficRules`] entry under its cgroup id in `POD_TRAFFIC_RULES`, and the
+//! `POD_F_TRAFFIC_RULES` bit in its `POD_CGROUPS` value; the connect hooks read the entry only for
+//! such pods (one more hash lookup on their meshed connects, none for other pods) and send what the
+//! rules exclude direct (`KernelStats::skipped_excluded`). See `crate::pods::traffic`.
 
 mod addr;
 /// The kernel's word form of an address (for the kernel-record fuzz target).
@@ -61,8 +68,9 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common::{
-    ConnTuple, ConnValue, DestKey, PodValue, ProxyConfig, ABI_VERSION, CONN_F_ESTABLISHED,
-    CONN_MAX, MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_F_FAIL_CLOSED, POD_PARENTS_MAX,
+    ConnTuple, ConnValue, DestKey, PodValue, ProxyConfig, TrafficRules, ABI_VERSION,
+    CONN_F_ESTABLISHED, CONN_MAX, MESHED_DESTS_MAX, POD_CGROUPS_MAX, POD_F_FAIL_CLOSED,
+    POD_F_TRAFFIC_RULES, POD_PARENTS_MAX, POD_TRAFFIC_RULES_MAX,
 };
 
 pub use proxy_common::{POD_INDEX_PENDING, POD_INDEX_SKIP};
@@ -73,9 +81,10 @@ use kernel_log::LogPump;
 use liveness::Heartbeat;
 
 /// The maps shared by every keel of an install (pinned); the log ring of `aya-log` stays private.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 8] = [
     proxy_common::MESHED_DESTS,
     proxy_common::POD_CGROUPS,
+    proxy_common::POD_TRAFFIC_RULES,
     proxy_common::POD_PARENTS,
     proxy_common::CONN_BY_COOKIE,
     proxy_common::CONN_BY_TUPLE,
@@ -212,6 +221,9 @@ pub struct KernelStats {
     pub skipped_no_keel: u64,
     /// Meshed connects from fail-closed pods refused because no keel's heartbeat was fresh.
     pub refused_no_keel: u64,
+    /// Meshed connects from captured pods that went direct because the pod's traffic annotations
+    /// (`traffic.sidecar.istio.io/*`) exclude them.
+    pub skipped_excluded: u64,
     /// Entries and capacity of each map.
     pub maps: Vec<MapOccupancy>,
 }
@@ -285,7 +297,7 @@ impl ConnTable {
 }
 
 /// A pod as published to the kernel (captured, or skipped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedPod {
     /// The pod's cgroup id.
     pub cgroup_id: u64,
@@ -294,6 +306,9 @@ pub struct CapturedPod {
     pub index: u32,
     /// When no keel serves, refuse the pod's meshed connects instead of letting them go direct.
     pub fail_closed: bool,
+    /// Which of the pod's meshed connects are captured (its Istio traffic annotations); `None`:
+    /// all of them. Boxed: the kernel's rule set is 1,160 bytes and most pods have none.
+    pub traffic: Option<Box<TrafficRules>>,
 }
 
 /// This process's programs, its heartbeat and handles on the install's shared maps. Dropping it
@@ -308,6 +323,7 @@ pub struct Redirector {
     install: pins::Install,
     meshed: HashMap<MapData, DestKey, u32>,
     pods: HashMap<MapData, u64, PodValue>,
+    rules: HashMap<MapData, u64, TrafficRules>,
     parents: HashMap<MapData, u64, u32>,
     cookies: HashMap<MapData, u64, ConnValue>,
     stats: PerCpuArray<MapData, u64>,
@@ -316,6 +332,8 @@ pub struct Redirector {
     meshed_current: HashSet<DestKey>,
     /// Mirror of `POD_CGROUPS` (while this keel is the install's writer).
     pods_current: StdHashMap<u64, PodValue>,
+    /// Mirror of `POD_TRAFFIC_RULES` (while this keel is the install's writer).
+    rules_current: StdHashMap<u64, TrafficRules>,
     /// Mirror of `POD_PARENTS` (while this keel is the install's writer).
     parents_current: HashSet<u64>,
     /// Capacity of each connection map (`--max-connections`).
@@ -445,6 +463,8 @@ impl Redirector {
             take_hash(&mut ebpf, proxy_common::MESHED_DESTS)?;
         let pods: HashMap<MapData, u64, PodValue> =
             take_hash(&mut ebpf, proxy_common::POD_CGROUPS)?;
+        let rules: HashMap<MapData, u64, TrafficRules> =
+            take_hash(&mut ebpf, proxy_common::POD_TRAFFIC_RULES)?;
         let parents: HashMap<MapData, u64, u32> = take_hash(&mut ebpf, proxy_common::POD_PARENTS)?;
         let cookies = take_hash(&mut ebpf, proxy_common::CONN_BY_COOKIE)?;
         let tuples = take_hash(&mut ebpf, proxy_common::CONN_BY_TUPLE)?;
@@ -475,6 +495,7 @@ impl Redirector {
             install,
             meshed,
             pods,
+            rules,
             parents,
             cookies,
             stats,
@@ -483,6 +504,7 @@ impl Redirector {
             },
             meshed_current: HashSet::new(),
             pods_current: StdHashMap::new(),
+            rules_current: StdHashMap::new(),
             parents_current: HashSet::new(),
             conn_capacity,
             _log: log,
@@ -495,6 +517,7 @@ impl Redirector {
     pub fn reload_mirrors(&mut self) {
         self.meshed_current = self.meshed.keys().filter_map(Result::ok).collect();
         self.pods_current = self.pods.iter().filter_map(Result::ok).collect();
+        self.rules_current = self.rules.iter().filter_map(Result::ok).collect();
         self.parents_current = self.parents.keys().filter_map(Result::ok).collect();
     }
 
@@ -549,24 +572,41 @@ impl Redirector {
         Ok(())
     }
 
-    /// Make exactly this set the pod cgroups. The index of a pod that must never be redirected
-    /// is [`POD_INDEX_SKIP`]; captured pods never include the proxy's own cgroup or an opted-out
-    /// pod (see the module's identity model). Fails without changing anything on over-capacity
-    /// (4,096) or on a cgroup id listed with two different entries.
+    /// Make exactly this set the pod cgroups, with their traffic rules. The index of a pod that
+    /// must never be redirected is [`POD_INDEX_SKIP`]; captured pods never include the proxy's own
+    /// cgroup or an opted-out pod (see the module's identity model). Fails without changing
+    /// anything on over-capacity (4,096) or on a cgroup id listed with two different entries.
+    ///
+    /// Order, so that a connect racing with the update sees either the old or the new decision
+    /// for each pod, never a flag without its rules: rules are written first, then the pod
+    /// entries (whose [`POD_F_TRAFFIC_RULES`] bit says to read them), and the rules of pods that
+    /// lost theirs are deleted last. A rule set replaced in place is swapped whole by the kernel
+    /// (the map is not preallocated).
     pub fn set_pod_cgroups(&mut self, pods: &[CapturedPod]) -> Result<(), Error> {
         let name = proxy_common::POD_CGROUPS;
+        let rules_name = proxy_common::POD_TRAFFIC_RULES;
         let mut desired: StdHashMap<u64, PodValue> = StdHashMap::with_capacity(pods.len());
+        let mut desired_rules: StdHashMap<u64, &TrafficRules> = StdHashMap::new();
         for pod in pods {
+            // Only a captured pod's connects are ever decided by rules.
+            let rules = pod
+                .traffic
+                .as_deref()
+                .filter(|_| pod.index != POD_INDEX_SKIP);
+            let mut flags = 0;
+            if pod.fail_closed {
+                flags |= POD_F_FAIL_CLOSED;
+            }
+            if rules.is_some() {
+                flags |= POD_F_TRAFFIC_RULES;
+            }
             let value = PodValue {
                 index: pod.index,
-                flags: if pod.fail_closed {
-                    POD_F_FAIL_CLOSED
-                } else {
-                    0
-                },
+                flags,
             };
             if let Some(first) = desired.insert(pod.cgroup_id, value) {
-                if first != value {
+                let same_rules = desired_rules.get(&pod.cgroup_id).copied() == rules;
+                if first != value || !same_rules {
                     return Err(Error::DuplicatePodCgroup {
                         cgroup_id: pod.cgroup_id,
                         first: first.index,
@@ -574,8 +614,26 @@ impl Redirector {
                     });
                 }
             }
+            if let Some(rules) = rules {
+                desired_rules.insert(pod.cgroup_id, rules);
+            }
         }
         check_capacity("pod cgroups", desired.len(), POD_CGROUPS_MAX)?;
+        check_capacity(
+            "pod traffic rules",
+            desired_rules.len(),
+            POD_TRAFFIC_RULES_MAX,
+        )?;
+        // 1. Rules that are new or changed.
+        for (&id, &rules) in &desired_rules {
+            if self.rules_current.get(&id) != Some(rules) {
+                self.rules
+                    .insert(id, *rules, 0)
+                    .map_err(map_err(rules_name))?;
+                self.rules_current.insert(id, *rules);
+            }
+        }
+        // 2. Pod entries: gone ones first, so the inserts always have room.
         let gone: Vec<u64> = self
             .pods_current
             .keys()
@@ -591,6 +649,17 @@ impl Redirector {
                 self.pods.insert(id, value, 0).map_err(map_err(name))?;
                 self.pods_current.insert(id, value);
             }
+        }
+        // 3. Rules no pod entry points at any more.
+        let stale: Vec<u64> = self
+            .rules_current
+            .keys()
+            .filter(|id| !desired_rules.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            remove_tolerant(&mut self.rules, &id).map_err(map_err(rules_name))?;
+            self.rules_current.remove(&id);
         }
         Ok(())
     }
@@ -641,6 +710,7 @@ impl Redirector {
             abi_mismatch: read(proxy_common::STAT_ABI_MISMATCH)?,
             skipped_no_keel: read(proxy_common::STAT_SKIPPED_NO_KEEL)?,
             refused_no_keel: read(proxy_common::STAT_REFUSED_NO_KEEL)?,
+            skipped_excluded: read(proxy_common::STAT_SKIPPED_EXCLUDED)?,
             maps: self.occupancy(),
         })
     }
@@ -660,6 +730,11 @@ impl Redirector {
                 map: proxy_common::POD_CGROUPS,
                 entries: count(self.pods_current.len()),
                 capacity: POD_CGROUPS_MAX,
+            },
+            MapOccupancy {
+                map: proxy_common::POD_TRAFFIC_RULES,
+                entries: count(self.rules_current.len()),
+                capacity: POD_TRAFFIC_RULES_MAX,
             },
             MapOccupancy {
                 map: proxy_common::POD_PARENTS,

@@ -4,7 +4,8 @@
 //! ```text
 //! /sys/fs/bpf/keel/cg<root cgroup id>-<proxy addr, `.` and `:` as `_`>/
 //!     link_keel_connect4, link_keel_connect6, link_keel_sockops   bpf_links (ABI independent)
-//!     abi<N>/MESHED_DESTS, POD_CGROUPS, POD_PARENTS, CONN_BY_COOKIE, CONN_BY_TUPLE, STATS, LIVENESS
+//!     abi<N>/MESHED_DESTS, POD_CGROUPS, POD_TRAFFIC_RULES, POD_PARENTS, CONN_BY_COOKIE,
+//!            CONN_BY_TUPLE, STATS, LIVENESS
 //! ```
 //! A keel of the same ABI reuses the maps (so a record written for either process is visible to
 //! both) and points the pinned links at its own freshly loaded programs with `BPF_LINK_UPDATE`,

@@ -113,6 +113,22 @@ pub fn explain(
         destination: dst.to_string(),
         ..Explanation::default()
     };
+    if pod.traffic.is_some() {
+        let decision = crate::pods::traffic::decide(pod.traffic.as_ref(), dst);
+        let verdict = if decision.captured {
+            "captured"
+        } else {
+            "direct"
+        };
+        out.capture = Some(format!("{verdict}: {}", decision.reason));
+        if !decision.captured {
+            out.result = format!(
+                "direct to {dst}: the pod's traffic annotations exclude this connection; keel \
+                 never sees it, so no VirtualService or DestinationRule applies"
+            );
+            return Ok(out);
+        }
+    }
     let routes_here = match view.lookup(dst) {
         Outbound::Service(r) => r,
         Outbound::Passthrough { .. } | Outbound::Blocked { .. } => {

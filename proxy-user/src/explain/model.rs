@@ -71,6 +71,10 @@ pub struct Explanation {
     pub destination: String,
     /// `host:port (protocol)` of the service the client sees there.
     pub service: Option<String>,
+    /// Whether the kernel sends the connection to keel, when the client pod has Istio traffic
+    /// annotations (`traffic.sidecar.istio.io/*`): `captured: <rule>` or `direct: <rule>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
     /// What happens, in one line.
     pub result: String,
     /// VirtualServices for the host, in precedence order, and whether each applies.

@@ -52,6 +52,9 @@ pub fn render(e: &Explanation) -> String {
         ]),
         None => head.push(cells(["Destination:", &e.destination])),
     }
+    if let Some(c) = &e.capture {
+        head.push(cells(["Capture:", c]));
+    }
     head.push(cells(["Result:", &e.result]));
     columns(&mut out, "", &head);
 

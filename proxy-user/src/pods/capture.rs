@@ -164,6 +164,7 @@ mod tests {
             qos_class: None,
             host_network: false,
             sidecar: false,
+            traffic: None,
         }
     }
 

@@ -192,6 +192,7 @@ fn model_pod(uid: Option<&str>) -> Pod {
         qos_class: None,
         host_network: false,
         sidecar: false,
+        traffic: None,
     }
 }
 

@@ -349,6 +349,49 @@ pub struct Pod {
     /// The pod has an Istio sidecar (annotation `sidecar.istio.io/status`, or a container or init
     /// container named `istio-proxy`); Keel leaves such pods to it.
     pub sidecar: bool,
+    /// Istio's outbound capture annotations (`traffic.sidecar.istio.io/*`); `None` when the pod
+    /// sets none of them (every meshed destination is captured).
+    pub traffic: Option<OutboundTraffic>,
+}
+
+/// An IP range of a pod's traffic annotations, as written (host bits kept; the kernel form clears
+/// them, as iptables does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpRange {
+    /// The address part.
+    pub addr: IpAddr,
+    /// Prefix length: at most 32 for IPv4, 128 for IPv6.
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// `traffic.sidecar.istio.io/includeOutboundIPRanges`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncludeRanges {
+    /// `*` (also Istio's default when the annotation is absent): every address.
+    All,
+    /// Only these ranges; an empty list (the annotation set to `""`) includes no address.
+    Only(Vec<IpRange>),
+}
+
+/// Which of a pod's outbound connections are captured, from Istio's sidecar annotations; applied in
+/// the kernel in Istio's order (`pods::traffic`, `proxy_common::TrafficRules::decide`). Keel only
+/// ever captures meshed destinations: "captured" here still needs the destination to be meshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundTraffic {
+    /// `excludeOutboundPorts`: these destination ports go direct. Sorted, no duplicates.
+    pub exclude_ports: Vec<u16>,
+    /// `includeOutboundPorts`: these destination ports are captured whatever the address.
+    pub include_ports: Vec<u16>,
+    /// `excludeOutboundIPRanges`: these destinations go direct (unless their port is included).
+    pub exclude_ranges: Vec<IpRange>,
+    /// `includeOutboundIPRanges` (default `*`).
+    pub include_ranges: IncludeRanges,
 }
 
 /// A pod's Kubernetes quality-of-service class (`status.qosClass`), which kubelet derives from its

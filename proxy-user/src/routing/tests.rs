@@ -102,6 +102,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             qos_class: None,
             host_network: false,
             sidecar: false,
+            traffic: None,
         });
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
@@ -160,6 +161,7 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         qos_class: None,
         host_network: false,
         sidecar: false,
+        traffic: None,
     });
     snap
 }

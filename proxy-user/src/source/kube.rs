@@ -250,7 +250,10 @@ async fn watch(
 }
 
 /// Annotations conversion reads; a remote pod keeps only these (a kubectl
-/// `last-applied-configuration` can be larger than the rest of the pod).
+/// `last-applied-configuration` can be larger than the rest of the pod). A pod of this node keeps
+/// all of its annotations, Istio's `traffic.sidecar.istio.io/*` included. Those are deliberately
+/// not listed: they only decide what keel captures of a pod it runs next to, and a bad value on a
+/// remote pod would otherwise reject that pod, and with it its endpoints, on every other node.
 const POD_ANNOTATIONS_READ: &[&str] = &["keel.io/capture", "sidecar.istio.io/status"];
 
 /// The object as conversion reads it: `apiVersion` and `kind` set (list items lack them), managed
@@ -322,7 +325,8 @@ mod tests {
         let mut pod = serde_json::json!({
             "metadata": {"name": "r", "namespace": "default", "labels": {"app": "r"},
                 "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}",
-                    "keel.io/capture": "false"}},
+                    "keel.io/capture": "false",
+                    "traffic.sidecar.istio.io/excludeOutboundPorts": "not checked remotely"}},
             "spec": {"nodeName": "other", "volumes": [{"name": "v"}],
                 "containers": [{"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}]},
             "status": {"phase": "Running", "podIP": "10.0.0.9", "containerStatuses": [{}]}

@@ -142,6 +142,24 @@ impl Fixture {
         Ok(pod)
     }
 
+    /// Replaces the annotations of the `Pod` resource named `name` and rewrites `pods.yaml` (a
+    /// pod's annotation change, as `kubectl annotate` would make it).
+    pub fn set_annotations(&mut self, name: &str, annotations: &[(&str, &str)]) -> Result<()> {
+        let spec = self
+            .specs
+            .iter_mut()
+            .find(|s| s.pod.name == name)
+            .with_context(|| format!("no pod {name} in this fixture"))?;
+        spec.annotations = labels(annotations);
+        self.write_pods()
+    }
+
+    /// Drops the `Pod` resource named `name` from `pods.yaml` (its network stays).
+    pub fn remove_pod_resource(&mut self, name: &str) -> Result<()> {
+        self.specs.retain(|s| s.pod.name != name);
+        self.write_pods()
+    }
+
     /// Adds a captured pod in `namespace` (cgroup `<root>/<namespace>/<name>`) with a `Pod` resource
     /// carrying `labels_`, and rewrites `pods.yaml`.
     pub fn add_pod_in(

@@ -373,6 +373,7 @@ pub(super) fn pod(ctx: &mut Ctx<'_>, pod: &wk::Pod) -> Option<Pod> {
         qos_class,
         host_network: pod.spec.host_network == Some(true),
         sidecar,
+        traffic: super::pod_traffic::outbound(ctx, &pod.metadata.annotations),
     })
 }
 

@@ -11,6 +11,7 @@ mod gateway;
 mod k8s;
 mod mesh_config;
 mod metadata;
+pub mod pod_traffic;
 mod scoped_host;
 mod service_entry;
 mod sidecar;

@@ -1953,3 +1953,75 @@ fn endpoint_ip_picks_by_family_order() {
     assert_eq!(endpoint_ip(&ips[1..], &[V4]), Some(ips[2]));
     assert_eq!(endpoint_ip(&[], &[V4]), None);
 }
+
+#[test]
+fn pod_traffic_annotations_are_read_and_bad_values_reject_the_pod() {
+    let pod = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: shop\n  annotations:\n{annotations}status:\n  podIP: 10.244.0.9\n"
+        )
+    };
+    let report = load(&pod(
+        "    traffic.sidecar.istio.io/excludeOutboundPorts: \"5432, 3306\"\n    \
+         traffic.sidecar.istio.io/includeOutboundPorts: \"9091\"\n    \
+         traffic.sidecar.istio.io/excludeOutboundIPRanges: \"10.96.8.0/21,fd00::/8\"\n    \
+         traffic.sidecar.istio.io/includeOutboundIPRanges: \"\"\n    \
+         traffic.sidecar.istio.io/excludeInboundPorts: \"15020,15090\"\n",
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let t = report.snapshot.pods[0].traffic.clone().expect("traffic");
+    assert_eq!(t.exclude_ports, vec![3306, 5432]);
+    assert_eq!(t.include_ports, vec![9091]);
+    assert_eq!(
+        t.exclude_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["10.96.8.0/21", "fd00::/8"]
+    );
+    assert_eq!(t.include_ranges, IncludeRanges::Only(vec![]));
+
+    // Inbound only: no outbound rules, and includeInboundPorts says it is not applied.
+    let report = load(&pod(
+        "    traffic.sidecar.istio.io/includeInboundPorts: \"*\"\n",
+    ));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.snapshot.pods[0].traffic, None);
+    let warnings: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "test.yaml:7: Pod shop/app: metadata.annotations[\"traffic.sidecar.istio.io/includeInboundPorts\"]: \
+             warning: accepted, not applied: metadata.annotations[\"traffic.sidecar.istio.io/includeInboundPorts\"]: \
+             Keel does not intercept inbound traffic: connections to this pod always arrive directly, on every port"
+                .to_string()
+        ]
+    );
+
+    // A bad value names file, line, resource, field and reason, and rejects the pod.
+    let report = load(&pod(
+        "    traffic.sidecar.istio.io/excludeOutboundPorts: \"5432,http\"\n",
+    ));
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        errors,
+        vec![
+            "test.yaml:7: Pod shop/app: metadata.annotations[\"traffic.sidecar.istio.io/excludeOutboundPorts\"]: \
+             \"http\" is not a port number (a comma-separated list of numbers 0 to 65535, no ranges)"
+                .to_string()
+        ]
+    );
+    assert!(report.snapshot.pods.is_empty());
+    for bad in [
+        "    traffic.sidecar.istio.io/excludeOutboundIPRanges: \"*\"\n",
+        "    traffic.sidecar.istio.io/includeOutboundIPRanges: \"10.0.0.0/8, 10.1.0.0/16\"\n",
+        "    traffic.sidecar.istio.io/includeOutboundPorts: \"*\"\n",
+        "    traffic.sidecar.istio.io/excludeInboundPorts: \"15020-15021\"\n",
+        "    traffic.sidecar.istio.io/includeInboundPorts: \"80,*\"\n",
+    ] {
+        let report = load(&pod(bad));
+        assert_eq!(report.errors.len(), 1, "{bad}: {:?}", report.errors);
+        assert!(report.snapshot.pods.is_empty(), "{bad}");
+    }
+}
