@@ -8,7 +8,7 @@
 //! |---|---|
 //! | ≥ 85 % | `disable_http_keepalive`: HTTP/1 responses carry `Connection: close`, HTTP/2 connections get GOAWAY |
 //! | ≥ 90 % | `stop_accepting_requests`: new requests get 503 `envoy overloaded` (flag `OM`) |
-//! | ≥ 95 % | `reset_high_memory_stream`: the connections holding the most unanswered request bytes are reset |
+//! | ≥ 95 % | `reset_high_memory_stream`: the connections holding the most unanswered request bytes are reset, and the others with a request in flight stop reading from their client until the pressure eases |
 //!
 //! New connections are still accepted at every level: their requests get the 503, which tells a
 //! client more than a closed connection, and the node-wide connection cap bounds them.
@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -119,7 +119,7 @@ impl Level {
 }
 
 /// What one downstream connection costs, as the reset action ranks them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnCost {
     /// Bytes read from the client since the connection last had no request in flight: request
     /// heads and bodies keel has taken and not answered yet.
@@ -127,9 +127,37 @@ pub struct ConnCost {
     in_flight: AtomicU32,
     /// Woken to reset the connection.
     reset: Notify,
+    /// The node's level (shared with [`Overload`]), read by [`CostMetered`].
+    level: Arc<AtomicU8>,
+    /// The reader paused at [`Level::ResetStreams`], woken when it may read again.
+    paused: Mutex<Option<Waker>>,
 }
 
 impl ConnCost {
+    fn new(level: Arc<AtomicU8>) -> Self {
+        ConnCost {
+            unanswered_bytes: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            reset: Notify::new(),
+            level,
+            paused: Mutex::new(None),
+        }
+    }
+
+    /// Whether reading from the client must wait: near the limit, a connection with a request in
+    /// flight takes no more of it (its body waits in the client's socket, under TCP flow control)
+    /// while the most expensive connections are reset; idle ones still read their next request,
+    /// which gets the 503.
+    fn must_pause(&self) -> bool {
+        self.level.load(Ordering::Relaxed) >= Level::ResetStreams as u8
+            && self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    fn resume(&self) {
+        if let Some(waker) = self.paused.lock().ok().and_then(|mut w| w.take()) {
+            waker.wake();
+        }
+    }
     /// Counts one request until the guard drops.
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -155,6 +183,7 @@ impl Drop for InFlight {
         if self.cost.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             // Everything taken so far has been answered.
             self.cost.unanswered_bytes.store(0, Ordering::Relaxed);
+            self.cost.resume();
         }
     }
 }
@@ -162,7 +191,7 @@ impl Drop for InFlight {
 /// The node's overload state, shared by every worker.
 #[derive(Debug)]
 pub struct Overload {
-    level: AtomicU8,
+    level: Arc<AtomicU8>,
     changes: watch::Sender<Level>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<ConnCost>>>,
@@ -175,7 +204,7 @@ pub struct Overload {
 impl Overload {
     pub fn new(stats: Arc<Stats>) -> Arc<Overload> {
         Arc::new(Overload {
-            level: AtomicU8::new(Level::Normal as u8),
+            level: Arc::new(AtomicU8::new(Level::Normal as u8)),
             changes: watch::Sender::new(Level::Normal),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
@@ -197,7 +226,7 @@ impl Overload {
     /// Registers a downstream connection for the reset action; it leaves when the handle drops.
     pub fn register(self: &Arc<Self>) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cost = Arc::new(ConnCost::default());
+        let cost = Arc::new(ConnCost::new(Arc::clone(&self.level)));
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -220,6 +249,19 @@ impl Overload {
         if next != current {
             self.level.store(next as u8, Ordering::Relaxed);
             self.stats.overload_level.set(next as u64);
+            if current == Level::ResetStreams {
+                // Paused readers may read again.
+                let conns: Vec<Arc<ConnCost>> = self
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for conn in conns {
+                    conn.resume();
+                }
+            }
             self.changes.send_replace(next);
             if next > current {
                 tracing::warn!(
@@ -383,6 +425,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for CostMetered<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.cost.must_pause() {
+            if let Ok(mut paused) = self.cost.paused.lock() {
+                *paused = Some(cx.waker().clone());
+            }
+            // Checked again after registering, so a resume in between is not lost.
+            if self.cost.must_pause() {
+                return Poll::Pending;
+            }
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);
