@@ -109,6 +109,13 @@ pub struct HttpGetReport {
     /// The same latencies in microseconds (for targets finer than a millisecond).
     #[serde(default)]
     pub latencies_us: Vec<u64>,
+    /// Latencies (µs) by response status, the first 2,000 of each status.
+    #[serde(default)]
+    pub latencies_us_by_status: BTreeMap<String, Vec<u64>>,
+    /// Responses (any status) that took at least `--slow-ms` (0 without it); counts every
+    /// response, unlike the latency lists.
+    #[serde(default)]
+    pub slow: u64,
 }
 
 impl HttpGetReport {
@@ -376,6 +383,8 @@ pub struct HttpGet {
     pub request_timeout: Option<Duration>,
     /// Tag requests `x-keel-test-tag: <tag>-<n>` and count mismatched echoes.
     pub tag: Option<String>,
+    /// Count responses slower than this ([`HttpGetReport::slow`]).
+    pub slow: Option<Duration>,
 }
 
 impl HttpGet {
@@ -395,7 +404,14 @@ impl HttpGet {
             concurrency: 1,
             request_timeout: None,
             tag: None,
+            slow: None,
         }
+    }
+
+    /// Count the responses that take at least `t` ([`HttpGetReport::slow`]).
+    pub fn slow(mut self, t: Duration) -> Self {
+        self.slow = Some(t);
+        self
     }
 
     /// Tag every request with its own `x-keel-test-tag: <tag>-<n>`; the report counts echo
@@ -519,6 +535,9 @@ impl HttpGet {
         if let Some(tag) = &self.tag {
             a.extend(["--tag".to_string(), tag.clone()]);
         }
+        if let Some(t) = self.slow {
+            a.extend(["--slow-ms".to_string(), t.as_millis().to_string()]);
+        }
         a
     }
 }
@@ -528,6 +547,9 @@ impl HttpGet {
 pub struct HttpServerOpts {
     /// `--log`: append one [`crate::RequestRecord`] line per request.
     pub log: Option<PathBuf>,
+    /// `--cancel-log`: append one [`crate::RequestRecord`] line (`kind: "cancelled"`, `ts_ms` =
+    /// when) per request whose client closed the connection or reset the stream before the answer.
+    pub cancel_log: Option<PathBuf>,
     /// `--fail-status`: answer every request with this status (a path's `/status/<code>` still wins).
     pub fail_status: Option<u16>,
     /// `--delay-ms`: wait this long before answering every request.
@@ -564,6 +586,9 @@ impl HttpServerOpts {
         let mut a = Vec::new();
         if let Some(l) = &self.log {
             a.extend(["--log".to_string(), l.display().to_string()]);
+        }
+        if let Some(l) = &self.cancel_log {
+            a.extend(["--cancel-log".to_string(), l.display().to_string()]);
         }
         if let Some(s) = self.fail_status {
             a.extend(["--fail-status".to_string(), s.to_string()]);
@@ -1419,6 +1444,9 @@ pub struct HttpLoadReport {
     pub samples: Vec<(u64, u16, String)>,
     /// Connections opened.
     pub connections: u64,
+    /// Latency (µs) of every answered request, in no particular order.
+    #[serde(default)]
+    pub latencies_us: Vec<u64>,
 }
 
 /// What `pod-agent dns-load` prints.

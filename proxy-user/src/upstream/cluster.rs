@@ -7,7 +7,7 @@
 //! that changes the policy builds a new cluster with fresh state, as Envoy does on a cluster update.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,8 @@ pub struct Cluster {
     clients: ClientTable,
     /// Pool settings and counters every client's pools share.
     pool: Arc<PoolConfig>,
+    /// Mirrored requests to this cluster in flight (`l7::filters::mirror` bounds them).
+    mirrors_in_flight: AtomicUsize,
 }
 
 /// What the request path knows when it asks for an endpoint.
@@ -152,7 +154,14 @@ impl Cluster {
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             clients: ClientTable::default(),
             pool,
+            mirrors_in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Mirrored requests to this cluster in flight now; `l7::filters::mirror` takes and gives
+    /// back its slots here.
+    pub fn mirrors_in_flight(&self) -> &AtomicUsize {
+        &self.mirrors_in_flight
     }
 
     /// The cluster's counters (`cluster.<name>.<stat>` on the admin API), summed over its clients.

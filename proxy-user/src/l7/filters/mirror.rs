@@ -2,6 +2,12 @@
 //! own task, sent once the client's body is complete (Envoy's classic shadowing). The primary's
 //! latency and status never depend on a mirror: nothing here is awaited by the request, a mirror
 //! over the in-flight budget is dropped (never queued), and its response is discarded.
+//!
+//! Two budgets bound mirror work: [`MAX_IN_FLIGHT_PER_CLUSTER`] per mirror cluster, so that one
+//! slow or overloaded mirror target cannot take the slots of the others (Envoy's shadows are
+//! bounded per mirror cluster, by its circuit breakers, which Keel applies too: the copy goes
+//! through the cluster's pool), and [`MAX_IN_FLIGHT`] for the whole proxy, which bounds the memory
+//! copies may hold (each keeps its request and a body of up to 1 MiB).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +16,7 @@ use std::time::Duration;
 
 use crate::admin::Stats;
 use crate::routing::Target;
+use crate::upstream::cluster::Cluster;
 use crate::upstream::locality::Topology;
 
 use crate::upstream::{ClientId, PickRequest};
@@ -18,29 +25,68 @@ use crate::l7::body::RecordedBody;
 use crate::l7::forward::UpstreamRequest;
 
 /// Mirrored requests in flight per proxy; more are dropped.
-pub const MAX_IN_FLIGHT: usize = 512;
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Mirrored requests in flight to one mirror cluster; more are dropped.
+pub const MAX_IN_FLIGHT_PER_CLUSTER: usize = 256;
 /// Bound on a mirror's life when the route has no timeout.
 pub const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Decrements the in-flight count when a mirror task ends, however it ends.
-struct Slot;
+/// Take one unit of `count` unless it is at `cap`.
+fn take(count: &AtomicUsize, cap: usize) -> bool {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn give_back(count: &AtomicUsize) {
+    // Saturating: a release without a take would be a bug, never a wrap-around.
+    let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+}
+
+/// Take a slot of both budgets (`node`, and `cluster` when the target exists), or neither.
+fn take_both(node: &AtomicUsize, cluster: Option<&AtomicUsize>) -> bool {
+    if let Some(c) = cluster {
+        if !take(c, MAX_IN_FLIGHT_PER_CLUSTER) {
+            return false;
+        }
+    }
+    if take(node, MAX_IN_FLIGHT) {
+        return true;
+    }
+    if let Some(c) = cluster {
+        give_back(c);
+    }
+    false
+}
+
+/// A mirror's slots in the proxy's and its cluster's budgets, given back when the mirror task
+/// ends, however it ends.
+struct Slot {
+    cluster: Option<Arc<Cluster>>,
+}
 
 impl Slot {
-    fn acquire() -> Option<Slot> {
-        let prev = IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
-        if prev >= MAX_IN_FLIGHT {
-            IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Slot)
+    fn acquire(target: &Target) -> Option<Slot> {
+        let cluster = target.cluster().cloned();
+        // Built only once both slots are taken: dropping a `Slot` gives them back.
+        take_both(
+            &IN_FLIGHT,
+            cluster.as_deref().map(Cluster::mirrors_in_flight),
+        )
+        .then(|| Slot { cluster })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        give_back(&IN_FLIGHT);
+        if let Some(c) = &self.cluster {
+            give_back(c.mirrors_in_flight());
+        }
     }
 }
 
@@ -90,7 +136,7 @@ pub struct MirrorJob {
 /// Start one mirror on its own task, or count it as dropped when over budget. A mirror counts as
 /// sent once its request went out and as dropped when it could not be sent.
 pub fn spawn(job: MirrorJob, stats: Arc<Stats>) {
-    let Some(slot) = Slot::acquire() else {
+    let Some(slot) = Slot::acquire(&job.target) else {
         stats.mirror_dropped.inc();
         return;
     };
@@ -165,6 +211,70 @@ mod tests {
             "reviews.default.svc.cluster.local-shadow"
         );
         assert_eq!(shadow_authority("[fd00::1]:80"), "[fd00::1]-shadow:80");
+    }
+
+    #[test]
+    fn a_full_cluster_leaves_the_others_their_slots_and_the_node_cap_holds() {
+        let node = AtomicUsize::new(0);
+        let (slow, other) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        for _ in 0..MAX_IN_FLIGHT_PER_CLUSTER {
+            assert!(take_both(&node, Some(&slow)));
+        }
+        // The slow target is at its cap: its copies are dropped, another target's are not.
+        assert!(!take_both(&node, Some(&slow)));
+        assert!(take_both(&node, Some(&other)));
+        assert_eq!(slow.load(Ordering::Acquire), MAX_IN_FLIGHT_PER_CLUSTER);
+        assert_eq!(node.load(Ordering::Acquire), MAX_IN_FLIGHT_PER_CLUSTER + 1);
+        // The node-wide cap holds over every cluster, and a refusal there takes no cluster slot.
+        let clusters: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        let mut taken = node.load(Ordering::Acquire);
+        for c in &clusters {
+            while take_both(&node, Some(c)) {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, MAX_IN_FLIGHT);
+        let held: usize = clusters.iter().map(|c| c.load(Ordering::Acquire)).sum();
+        assert_eq!(held + MAX_IN_FLIGHT_PER_CLUSTER + 1, MAX_IN_FLIGHT);
+        // Releases free both budgets; an unpaired release never wraps around.
+        give_back(&slow);
+        give_back(&node);
+        assert!(take_both(&node, Some(&slow)));
+        let empty = AtomicUsize::new(0);
+        give_back(&empty);
+        assert_eq!(empty.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_refused_slot_gives_nothing_back() {
+        use crate::upstream::{ClusterKey, ClusterRegistry, Discovery, UpstreamProtocol};
+        let registry = ClusterRegistry::default();
+        let cluster = registry.ensure(
+            ClusterKey {
+                host: "slow.default.svc.cluster.local".to_string(),
+                port: 9080,
+                subset: None,
+                scope: String::new(),
+            },
+            UpstreamProtocol::Http1,
+            crate::upstream::policy::ClusterPolicy::default(),
+            Discovery::Static,
+            Vec::new(),
+        );
+        let target = Target::Cluster(Arc::clone(&cluster));
+        let held: Vec<Slot> = (0..MAX_IN_FLIGHT_PER_CLUSTER)
+            .map_while(|_| Slot::acquire(&target))
+            .collect();
+        assert_eq!(held.len(), MAX_IN_FLIGHT_PER_CLUSTER);
+        // Refusals, however many, leave the count at the cap.
+        for _ in 0..10 {
+            assert!(Slot::acquire(&target).is_none());
+        }
+        let count = || cluster.mirrors_in_flight().load(Ordering::Acquire);
+        assert_eq!(count(), MAX_IN_FLIGHT_PER_CLUSTER);
+        drop(held);
+        assert_eq!(count(), 0);
+        assert!(Slot::acquire(&target).is_some());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct GetArgs {
     pub request_timeout: Option<Duration>,
     /// Prefix of the per-request [`TAG_HEADER`] value (`<tag>-<n>`).
     pub tag: Option<String>,
+    /// Responses at least this slow are counted (`slow`).
+    pub slow: Option<Duration>,
 }
 
 /// The request header that carries a request's own tag; an echo response must bring it back.
@@ -136,9 +138,10 @@ pub async fn http_get(args: GetArgs, timeout: Duration) -> HttpGetReport {
                 ));
             }
             drop(tx);
+            let slow = args.slow;
             let fold = async {
                 while let Some(ev) = rx.recv().await {
-                    apply(&mut report, ev);
+                    apply(&mut report, ev, slow);
                 }
             };
             if tokio::time::timeout(timeout, fold).await.is_err() {
@@ -272,7 +275,7 @@ fn build_request(
         .context("building request")
 }
 
-fn apply(report: &mut HttpGetReport, ev: Event) {
+fn apply(report: &mut HttpGetReport, ev: Event, slow: Option<Duration>) {
     match ev {
         Event::Connected(local) => {
             report.connections += 1;
@@ -290,11 +293,20 @@ fn apply(report: &mut HttpGetReport, ev: Event) {
                 .by_status
                 .entry(answer.status.to_string())
                 .or_default() += 1;
+            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             if report.latencies_ms.len() < MAX_LATENCIES {
                 report.latencies_ms.push(millis(latency));
-                report
-                    .latencies_us
-                    .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                report.latencies_us.push(latency_us);
+            }
+            let of_status = report
+                .latencies_us_by_status
+                .entry(answer.status.to_string())
+                .or_default();
+            if of_status.len() < MAX_LATENCIES {
+                of_status.push(latency_us);
+            }
+            if slow.is_some_and(|t| latency >= t) {
+                report.slow += 1;
             }
             let headers = listed_headers(&answer.headers);
             for name in headers.keys() {
@@ -446,6 +458,7 @@ pub async fn http_load(
         let (authority, path) = (authority.clone(), path.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples: Vec<(u64, u16, String)> = Vec::new();
+            let mut latencies: Vec<u64> = Vec::new();
             let mut opened = 0u64;
             let mut conn: Option<Conn> = None;
             let mut tick = tokio::time::interval(period);
@@ -468,8 +481,11 @@ pub async fn http_load(
                     samples.push((started, 0, String::new()));
                     continue;
                 };
+                let sent = Instant::now();
                 match tokio::time::timeout(Duration::from_secs(5), send(c, req)).await {
                     Ok(Ok(answer)) => {
+                        latencies
+                            .push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
                         let version = serde_json::from_slice::<serde_json::Value>(&answer.body)
                             .ok()
                             .and_then(|v| {
@@ -484,14 +500,15 @@ pub async fn http_load(
                     }
                 }
             }
-            (samples, opened)
+            (samples, opened, latencies)
         }));
     }
     let mut report = HttpLoadReport::default();
     for t in tasks {
-        let (samples, conns) = t.await.context("load task panicked")?;
+        let (samples, conns, latencies) = t.await.context("load task panicked")?;
         report.samples.extend(samples);
         report.connections += conns;
+        report.latencies_us.extend(latencies);
     }
     report.samples.sort_by_key(|s| s.0);
     Ok(report)

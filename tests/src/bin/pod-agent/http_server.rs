@@ -10,7 +10,10 @@
 //! Segments may sit anywhere in the path and combine (`/api/delay/200/status/503`). A query parameter
 //! `response-header=<name>:<value>` (repeatable) adds that header to the response. Server options:
 //! `--log` (one [`RequestRecord`] line per request, written before any delay), `--fail-status`
-//! (default status), `--delay-ms` (delay every request), `--call`/`--call-connect` (answer with the
+//! (default status), `--delay-ms` (delay every request), `--cancel-log` (one [`RequestRecord`] line,
+//! `kind: "cancelled"`, `ts_ms` the moment it happened, for each request whose client went away —
+//! closed the connection or reset the stream — before the answer was ready: what a proxy's timeout
+//! must do to its upstream), `--call`/`--call-connect` (answer with the
 //! result of a GET to another service, like an application that calls the next hop), `--tls-cert`/
 //! `--tls-key` (serve HTTPS; responses then carry `x-sni`, the SNI the client sent, and
 //! `x-client-cert: present|absent`), `--tls-client-ca` (require client certificates from that CA).
@@ -61,6 +64,8 @@ pub struct ServerOpts {
     pub version: String,
     /// Request log file.
     pub log: Option<PathBuf>,
+    /// Log of requests cancelled by their client before the answer was ready.
+    pub cancel_log: Option<PathBuf>,
     /// Status for requests whose path names none.
     pub fail_status: Option<u16>,
     /// Delay for every request.
@@ -74,6 +79,31 @@ pub struct ServerOpts {
 struct Shared {
     opts: ServerOpts,
     log: Option<LogWriter>,
+    cancel_log: Option<LogWriter>,
+}
+
+/// Logs its request as cancelled when dropped while armed: hyper drops a request's handler when the
+/// connection closes (HTTP/1.1) or the stream is reset (HTTP/2) before the handler finished.
+struct CancelWatch<'a> {
+    log: &'a LogWriter,
+    record: Option<RequestRecord>,
+}
+
+impl CancelWatch<'_> {
+    /// The handler finished: nothing to log.
+    fn disarm(&mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for CancelWatch<'_> {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.kind = "cancelled".to_string();
+            record.ts_ms = unix_ms();
+            self.log.write(&record);
+        }
+    }
 }
 
 /// The error a handler returns to make hyper drop the connection (see [`ResettableStream`]).
@@ -95,8 +125,17 @@ pub async fn run(opts: ServerOpts) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     let log = opts.log.as_deref().map(LogWriter::open).transpose()?;
+    let cancel_log = opts
+        .cancel_log
+        .as_deref()
+        .map(LogWriter::open)
+        .transpose()?;
     announce(&listener)?;
-    let shared = Arc::new(Shared { opts, log });
+    let shared = Arc::new(Shared {
+        opts,
+        log,
+        cancel_log,
+    });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -251,23 +290,32 @@ async fn handle(
             Bytes::new()
         }
     };
+    let record = RequestRecord {
+        ts_ms,
+        pod: echo.pod.clone(),
+        version: echo.version.clone(),
+        kind: "http".to_string(),
+        method: echo.method.clone(),
+        path: path.clone(),
+        protocol: echo.protocol.clone(),
+        peer: echo.peer.clone(),
+        headers: echo.headers.clone(),
+        body_len: body.len() as u64,
+        body_hash: body_hash(&body),
+    };
     if let Some(log) = &shared.log {
-        log.write(&RequestRecord {
-            ts_ms,
-            pod: echo.pod.clone(),
-            version: echo.version.clone(),
-            kind: "http".to_string(),
-            method: echo.method.clone(),
-            path: path.clone(),
-            protocol: echo.protocol.clone(),
-            peer: echo.peer.clone(),
-            headers: echo.headers.clone(),
-            body_len: body.len() as u64,
-            body_hash: body_hash(&body),
-        });
+        log.write(&record);
     }
+    let mut watch = shared.cancel_log.as_ref().map(|log| CancelWatch {
+        log,
+        record: Some(record),
+    });
     let program = parse_program(&path);
     if program.reset {
+        // The server's own choice, not the client's.
+        if let Some(w) = watch.as_mut() {
+            w.disarm();
+        }
         reset.store(true, Ordering::SeqCst);
         return Err(ResetRequested);
     }
@@ -301,6 +349,9 @@ async fn handle(
         };
         resp.headers_mut()
             .insert(X_CLIENT_CERT, HeaderValue::from_static(cert));
+    }
+    if let Some(w) = watch.as_mut() {
+        w.disarm();
     }
     Ok(resp)
 }

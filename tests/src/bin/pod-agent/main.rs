@@ -78,6 +78,10 @@ enum Cmd {
         /// Append one JSON line per request received to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Append one JSON line (kind `cancelled`, ts_ms = when) per request whose client closed
+        /// the connection or reset the stream before the answer was ready.
+        #[arg(long)]
+        cancel_log: Option<PathBuf>,
         /// Answer every request with this status (a path's `/status/<code>` still wins).
         #[arg(long)]
         fail_status: Option<u16>,
@@ -212,6 +216,9 @@ enum Cmd {
         /// another request's tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Count the responses that took at least this long (`slow` in the report).
+        #[arg(long)]
+        slow_ms: Option<u64>,
         /// Global timeout of the whole run.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
@@ -408,6 +415,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             pod,
             version,
             log,
+            cancel_log,
             fail_status,
             delay_ms,
             call,
@@ -428,6 +436,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 pod,
                 version,
                 log,
+                cancel_log,
                 fail_status,
                 delay: delay_ms.map(Duration::from_millis),
                 call,
@@ -517,6 +526,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             concurrency,
             request_timeout_ms,
             tag,
+            slow_ms,
             timeout_secs,
         } => {
             let body = match (body, body_size) {
@@ -537,6 +547,7 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
                 concurrency,
                 request_timeout: request_timeout_ms.map(Duration::from_millis),
                 tag,
+                slow: slow_ms.map(Duration::from_millis),
             };
             let report = http_client::http_get(args, Duration::from_secs(timeout_secs)).await;
             print_json(&report)?;
