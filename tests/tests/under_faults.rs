@@ -49,7 +49,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -161,6 +161,23 @@ fn all_records(fx: &Fixture, names: &[&str]) -> Result<Vec<RequestRecord>> {
         all.extend(fx.log(n)?.read()?);
     }
     Ok(all)
+}
+
+/// Service `ratings` (10.96.0.30:9080, port named `port_name`) selecting the reviews pods: the same
+/// backends under a second host, with its own cluster and breakers. Returns its VIP.
+fn ratings_on_reviews_pods(fx: &mut Fixture, port_name: &str) -> Result<SocketAddr> {
+    fx.add_service(service_yaml(
+        "ratings",
+        "default",
+        Ipv4Addr::new(10, 96, 0, 30),
+        &[SvcPort {
+            name: port_name,
+            port: 9080,
+            target_port: 9080,
+        }],
+        &[("app", "reviews")],
+    ))?;
+    Ok(vip(30, 9080))
 }
 
 /// A VirtualService for `host` with the given `http:` rules (YAML, 2-space indented list items).
@@ -575,18 +592,7 @@ fn chaos_g2_timeouts_fire_on_time_and_cancel_the_upstream() -> Result<()> {
         },
     )?;
     // ratings: the same backend, spoken to over h2c (port name `http2`).
-    fx.add_service(service_yaml(
-        "ratings",
-        "default",
-        Ipv4Addr::new(10, 96, 0, 30),
-        &[SvcPort {
-            name: "http2",
-            port: 9080,
-            target_port: 9080,
-        }],
-        &[("app", "reviews")],
-    ))?;
-    let ratings = vip(30, 9080);
+    let ratings = ratings_on_reviews_pods(&mut fx, "http2")?;
     let rules = [
         case_rule("route", "    timeout: 300ms\n", "reviews", None),
         case_rule(
@@ -1312,18 +1318,7 @@ fn chaos_g5_breaker_overflows_are_answered_at_once() -> Result<()> {
         },
     )?;
     // ratings: the same backend, its own breaker.
-    fx.add_service(service_yaml(
-        "ratings",
-        "default",
-        Ipv4Addr::new(10, 96, 0, 30),
-        &[SvcPort {
-            name: "http",
-            port: 9080,
-            target_port: 9080,
-        }],
-        &[("app", "reviews")],
-    ))?;
-    let ratings = vip(30, 9080);
+    let ratings = ratings_on_reviews_pods(&mut fx, "http")?;
     let db = fx.add_pod_in("default", "db", 21, &[("app", "db")])?;
     fx.servers.push(fx.agent.tcp_echo_server(&db, 5432)?);
     let db_vip = fx.add_simple_service("db", 31, "tcp", 5432, 5432)?;
