@@ -184,6 +184,11 @@ struct RunArgs {
     /// HTTP requests one client pod may have in flight; over it a request gets 503 `UO` at once.
     #[arg(long, default_value_t = keel::admission::DEFAULT_MAX_REQUESTS_PER_POD as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_requests_per_pod: u64,
+    /// Requests per second one client pod may start (a burst of a tenth of a second's worth is
+    /// allowed). Requests over the rate are held until their turn; one whose turn is more than 1 s
+    /// away gets 429 `local_rate_limited` (flag `RL`). Unset: no rate limit.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_request_rate_per_pod: Option<u32>,
     /// Seconds an HTTP/1 client may take to send request headers (also how long a kept-alive
     /// connection waits for its next request).
     #[arg(long, default_value_t = keel::admission::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
@@ -722,6 +727,9 @@ fn limits(args: &RunArgs) -> anyhow::Result<keel::admission::Limits> {
             .map_or_else(keel::admission::default_max_connections, count),
         max_connections_per_pod: count(args.max_connections_per_pod),
         max_requests_per_pod: count(args.max_requests_per_pod),
+        max_request_rate_per_pod: args
+            .max_request_rate_per_pod
+            .and_then(std::num::NonZeroU32::new),
         header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
         body_idle_timeout: seconds("body-idle-timeout", args.body_idle_timeout)?,
         ..keel::admission::Limits::default()

@@ -138,6 +138,8 @@ pub enum ResponseFlag {
     UpstreamRemoteReset = 1 << 11,
     /// `OM`: refused by the overload manager.
     OverloadManager = 1 << 12,
+    /// `RL`: refused by a (local) rate limit.
+    RateLimited = 1 << 13,
 }
 
 impl ResponseFlag {
@@ -157,10 +159,11 @@ impl ResponseFlag {
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UpstreamRemoteReset => "UR",
             ResponseFlag::OverloadManager => "OM",
+            ResponseFlag::RateLimited => "RL",
         }
     }
 
-    const ALL: [ResponseFlag; 13] = [
+    const ALL: [ResponseFlag; 14] = [
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamConnectionTermination,
@@ -174,6 +177,7 @@ impl ResponseFlag {
         ResponseFlag::UpstreamRetryLimitExceeded,
         ResponseFlag::DownstreamProtocolError,
         ResponseFlag::OverloadManager,
+        ResponseFlag::RateLimited,
     ];
 }
 

@@ -187,6 +187,16 @@ pub fn keel_facts(ctx: &AdminContext) -> KeelFacts {
             s.pod_request_overflow.get(),
         ),
         (
+            "downstream_rq_pod_paced",
+            "Requests held back to their client pod's request rate",
+            s.pod_requests_paced.get(),
+        ),
+        (
+            "downstream_rq_pod_rate_limited",
+            "Requests refused with 429 RL because their client pod's request rate would have held them over 1 s",
+            s.pod_requests_rate_limited.get(),
+        ),
+        (
             "downstream_cx_h2_flood",
             "HTTP/2 downstream connections closed for a frame flood",
             s.h2_flood_closed.get(),

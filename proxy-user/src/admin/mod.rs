@@ -97,6 +97,10 @@ pub struct Stats {
     pub refused_pod_limit: Counter,
     /// Requests answered 503 (`UO`) because their pod had its request cap in flight.
     pub pod_request_overflow: Counter,
+    /// Requests held back to their pod's request rate (`--max-request-rate-per-pod`).
+    pub pod_requests_paced: Counter,
+    /// Requests answered 429 (`RL`) because their pod's rate limit would have held them too long.
+    pub pod_requests_rate_limited: Counter,
     /// HTTP/2 connections closed for a frame flood (rapid reset, PING/SETTINGS, empty frames, ...).
     pub h2_flood_closed: Counter,
     /// Requests reset because their body went idle for the body idle timeout.

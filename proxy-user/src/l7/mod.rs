@@ -33,6 +33,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::accept::ConnContext;
+use crate::admission::Pace;
 use crate::metrics::span::SpanStart;
 use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::overload::Level as OverloadLevel;
@@ -239,6 +240,15 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the server reset because the client broke the protocol, per connection (hyper's default).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// The reply to a request admission refused before any routing (overload, the pod's caps).
+fn admission_reply<B>(why: LocalReply, req: &Request<B>) -> Response<ProxyBody> {
+    let mut flags = ResponseFlags::default();
+    let mut resp = reply(why, grpc::is_grpc(req.headers()), &mut flags);
+    resp.headers_mut()
+        .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
+    resp
+}
+
 /// Route and forward one request; every response leaves with Envoy's `server` header.
 async fn handle<B>(ctx: &ConnContext, mut req: Request<B>) -> Response<ProxyBody>
 where
@@ -249,29 +259,22 @@ where
     // Envoy's `stop_accepting_requests`: near the memory limit new requests are refused at once.
     if ctx.budget.overload().level() >= OverloadLevel::StopAcceptingRequests {
         ctx.stats.overload_requests_refused.inc();
-        let mut flags = ResponseFlags::default();
-        let mut resp = reply(
-            LocalReply::Overloaded,
-            grpc::is_grpc(req.headers()),
-            &mut flags,
-        );
-        resp.headers_mut()
-            .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
-        return resp;
+        return admission_reply(LocalReply::Overloaded, &req);
+    }
+    // Over its pod's request rate a request waits for its turn, then goes on to the in-flight cap:
+    // paced first, so that a pod at its cap cannot spin on fast refusals. At most the rate times
+    // the longest wait can be waiting; one whose turn is further off is refused as Envoy's local
+    // rate limit. The wait is part of the request's duration.
+    let started = Instant::now();
+    match ctx.budget.pace() {
+        Pace::Now => {}
+        Pace::After(wait) => tokio::time::sleep(wait).await,
+        Pace::Refused => return admission_reply(LocalReply::RateLimited, &req),
     }
     // Over its pod's in-flight cap a request is refused at once (no queue): Envoy's overflow reply.
     let Some(_slot) = ctx.budget.request() else {
-        let mut flags = ResponseFlags::default();
-        let mut resp = reply(
-            LocalReply::Overflow { retried: false },
-            grpc::is_grpc(req.headers()),
-            &mut flags,
-        );
-        resp.headers_mut()
-            .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
-        return resp;
+        return admission_reply(LocalReply::Overflow { retried: false }, &req);
     };
-    let started = Instant::now();
     // Checked and made canonical before anything reads it: the access log, routing and the
     // upstream all see the same authority and path. The limits apply to what the client sent.
     let admitted = hygiene::admit(&mut req);

@@ -53,6 +53,9 @@ pub enum LocalReply {
     },
     /// Refused by the memory overload manager: 503 `envoy overloaded` (`OM`).
     Overloaded,
+    /// Refused by the client pod's request rate: 429 `local_rate_limited` (`RL`), as Envoy's
+    /// local rate limit filter answers.
+    RateLimited,
     /// Route or per-try timeout: 504 `upstream request timeout` (`UT`).
     UpstreamTimeout,
     /// A request the proxy cannot forward: 400.
@@ -82,6 +85,7 @@ impl LocalReply {
             LocalReply::UpstreamTimeout => ResponseFlag::UpstreamRequestTimeout,
             LocalReply::Overflow { .. } => ResponseFlag::UpstreamOverflow,
             LocalReply::Overloaded => ResponseFlag::OverloadManager,
+            LocalReply::RateLimited => ResponseFlag::RateLimited,
             LocalReply::BadRequest => ResponseFlag::DownstreamProtocolError,
             LocalReply::FaultAbort(_) => ResponseFlag::FaultInjected,
             LocalReply::Redirect { .. } | LocalReply::Direct { .. } => return None,
@@ -130,6 +134,7 @@ impl LocalReply {
                 (StatusCode::SERVICE_UNAVAILABLE, reset(*retried, "overflow"))
             }
             LocalReply::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, text("envoy overloaded")),
+            LocalReply::RateLimited => (StatusCode::TOO_MANY_REQUESTS, text("local_rate_limited")),
             LocalReply::UpstreamTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 text("upstream request timeout"),
