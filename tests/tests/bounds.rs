@@ -4,7 +4,7 @@
 //! The attackers are `pod-agent` modes running inside a pod (`hold-connections`, `h2-flood`), so
 //! every attack goes through the kernel redirect like a real pod's traffic.
 //!
-//! Subnet indices 240..=249 belong to this file.
+//! Subnet indices 240..=249 belong to this file (used: 240..=245).
 
 mod common;
 
@@ -528,6 +528,98 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
     Ok(())
 }
 
+/// `--max-request-rate-per-pod` as a user sees it: a burst of 30 requests from one pod at 5/s gets
+/// its first answer at once and the next five paced 200 ms apart (the longest wait is 1 s); the
+/// rest get Envoy's local rate limit reply (429 `local_rate_limited`, `server: envoy`), logged with
+/// flag `RL`. Another pod has its own rate, and the pod gets its turns back after a rest.
+#[test]
+fn pod_request_rate_paces_then_refuses_with_429() -> Result<()> {
+    let mut fx = Fixture::reviews(PREFIX, 243, &["v1"])?;
+    let other = fx.add_pod("other", 30, &[("app", "other")], &[], false)?;
+    let keel = start_keel(
+        &fx,
+        &[
+            "--max-request-rate-per-pod",
+            "5",
+            "--access-log",
+            "/dev/stdout",
+        ],
+    )?;
+    let burst = |pod: &keel_tests::Pod, n: u32| {
+        fx.agent.http_get(
+            pod,
+            &HttpGet::new("http://reviews:9080/")
+                .connect_to(reviews_vip())
+                .count(n)
+                .concurrency(n)
+                .timeout(Duration::from_secs(20)),
+        )
+    };
+    let r = burst(&fx.sleep, 30)?;
+    let (ok, limited) = (r.status(200), r.status(429));
+    eprintln!(
+        "burst of 30 at 5/s: {:?}, latencies {:?} ms",
+        r.by_status,
+        {
+            let mut l = r.latencies_ms.clone();
+            l.sort_unstable();
+            l
+        }
+    );
+    // One at once and one every 200 ms up to 1 s; a sixth paced turn only if the burst's connects
+    // spread over more than 200 ms on a busy machine.
+    ensure!(
+        r.errors == 0 && (6..=7).contains(&ok) && ok + limited == 30,
+        "{r:?}"
+    );
+    ensure!(
+        r.with_body(429, "local_rate_limited") == limited,
+        "429s without Envoy's body: {r:?}"
+    );
+    ensure!(
+        r.max_latency_ms() >= 800,
+        "the paced requests were not held to their turn: {r:?}"
+    );
+    let paced = prom(&keel, "keel_downstream_rq_pod_paced_total")?;
+    let refused = prom(&keel, "keel_downstream_rq_pod_rate_limited_total")?;
+    ensure!(
+        paced == ok - 1 && refused == limited,
+        "counters: paced {paced}, rate limited {refused}; client saw {ok} x 200, {limited} x 429"
+    );
+    // Another pod's first request is not held behind the first pod's turns.
+    let o = burst(&other, 1)?;
+    ensure!(
+        o.status(200) == 1 && o.max_latency_ms() < 150,
+        "the other pod was held by the first pod's rate: {o:?}"
+    );
+    // The log says why, as Envoy's does: status, flag and details.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged = keel
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("\" 429 RL local_rate_limited "))
+            .count() as u64;
+        if logged == limited {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{logged} access log lines with 429 RL local_rate_limited for {limited} refusals:\n{}",
+            keel.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // After a rest the pod has its turn back.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let again = burst(&fx.sleep, 1)?;
+    ensure!(
+        again.status(200) == 1 && again.max_latency_ms() < 150,
+        "{again:?}"
+    );
+    Ok(())
+}
+
 /// E3: slowloris clients (headers one byte a second) and slow POSTs (a body byte every 3 s) are
 /// evicted by the header-read and body idle timeouts (2 s here); a legitimate client sees no error
 /// and its p99 stays under twice its baseline.
@@ -944,7 +1036,8 @@ fn chaos_d1_requests_to_a_stalled_upstream_cost_bounded_memory() -> Result<()> {
 type PressureSample = (Duration, u64, u64);
 
 /// D5's attack: `requests` uploads (58 KiB headers, 1 MiB bodies) to an upstream that never reads,
-/// started in ten waves 100 ms apart, each held until `hold`; meanwhile the cgroup's working set
+/// started in ten waves 50 ms apart (all of them are admitted before keel refuses new requests at
+/// 90 %, so the working set must reach the reset level), each held until `hold`; meanwhile the cgroup's working set
 /// and keel's overload level are sampled every 20 ms, and (`legit_pod`) a client sends small
 /// keep-alive requests. Returns the samples, the uploads' reports and the legitimate client's.
 fn d5_attack(
@@ -968,7 +1061,7 @@ fn d5_attack(
             .map(|wave| {
                 let big_header = &big_header;
                 s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(100) * wave);
+                    std::thread::sleep(Duration::from_millis(50) * wave);
                     fx.agent.http_get(
                         bulk,
                         &HttpGet::new("http://sink:8080/upload")

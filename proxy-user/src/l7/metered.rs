@@ -148,6 +148,8 @@ fn code_details(flags: ResponseFlags, answered: bool) -> &'static str {
         (F::UpstreamRequestTimeout, "response_timeout"),
         (F::FaultInjected, "fault_filter_abort"),
         (F::DownstreamProtocolError, "downstream_protocol_error"),
+        (F::RateLimited, "local_rate_limited"),
+        (F::OverloadManager, "overload"),
     ];
     by_flag
         .iter()

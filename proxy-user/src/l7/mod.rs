@@ -33,7 +33,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::accept::ConnContext;
-use crate::admission::Pace;
+use crate::admission::{Pace, RequestSlot};
 use crate::metrics::span::SpanStart;
 use crate::outcome::{ResponseFlag, ResponseFlags};
 use crate::overload::Level as OverloadLevel;
@@ -240,13 +240,28 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the server reset because the client broke the protocol, per connection (hyper's default).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// The reply to a request admission refused before any routing (overload, the pod's caps).
-fn admission_reply<B>(why: LocalReply, req: &Request<B>) -> Response<ProxyBody> {
-    let mut flags = ResponseFlags::default();
-    let mut resp = reply(why, grpc::is_grpc(req.headers()), &mut flags);
-    resp.headers_mut()
-        .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
-    resp
+/// Admission of one request, before anything else reads it: Envoy's overload manager, then the
+/// client pod's request rate, then its in-flight cap. The slot holds the request's place under the
+/// cap until it is dropped.
+async fn admit_request(ctx: &ConnContext) -> Result<RequestSlot, LocalReply> {
+    // Envoy's `stop_accepting_requests`: near the memory limit new requests are refused at once.
+    if ctx.budget.overload().level() >= OverloadLevel::StopAcceptingRequests {
+        ctx.stats.overload_requests_refused.inc();
+        return Err(LocalReply::Overloaded);
+    }
+    // Over its pod's request rate a request waits for its turn, then goes on to the in-flight cap:
+    // paced first, so that a pod at its cap cannot spin on fast refusals. At most the rate times
+    // the longest wait can be waiting; one whose turn is further off is refused as Envoy's local
+    // rate limit.
+    match ctx.budget.pace() {
+        Pace::Now => {}
+        Pace::After(wait) => tokio::time::sleep(wait).await,
+        Pace::Refused => return Err(LocalReply::RateLimited),
+    }
+    // Over its pod's in-flight cap a request is refused at once (no queue): Envoy's overflow reply.
+    ctx.budget
+        .request()
+        .ok_or(LocalReply::Overflow { retried: false })
 }
 
 /// Route and forward one request; every response leaves with Envoy's `server` header.
@@ -256,25 +271,10 @@ where
     B::Error: Into<BoxError>,
 {
     ctx.stats.http_requests.inc();
-    // Envoy's `stop_accepting_requests`: near the memory limit new requests are refused at once.
-    if ctx.budget.overload().level() >= OverloadLevel::StopAcceptingRequests {
-        ctx.stats.overload_requests_refused.inc();
-        return admission_reply(LocalReply::Overloaded, &req);
-    }
-    // Over its pod's request rate a request waits for its turn, then goes on to the in-flight cap:
-    // paced first, so that a pod at its cap cannot spin on fast refusals. At most the rate times
-    // the longest wait can be waiting; one whose turn is further off is refused as Envoy's local
-    // rate limit. The wait is part of the request's duration.
+    // A refused request is answered, logged and counted like any other local reply; a paced one's
+    // wait is part of its duration.
     let started = Instant::now();
-    match ctx.budget.pace() {
-        Pace::Now => {}
-        Pace::After(wait) => tokio::time::sleep(wait).await,
-        Pace::Refused => return admission_reply(LocalReply::RateLimited, &req),
-    }
-    // Over its pod's in-flight cap a request is refused at once (no queue): Envoy's overflow reply.
-    let Some(_slot) = ctx.budget.request() else {
-        return admission_reply(LocalReply::Overflow { retried: false }, &req);
-    };
+    let admission = admit_request(ctx).await;
     // Checked and made canonical before anything reads it: the access log, routing and the
     // upstream all see the same authority and path. The limits apply to what the client sent.
     let admitted = hygiene::admit(&mut req);
@@ -304,9 +304,14 @@ where
         logging: log.is_some(),
         ..Served::default()
     };
-    let mut resp = match admitted {
-        Ok(()) => process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await,
-        Err(rejection) => rejected(rejection, &mut flags),
+    let mut resp = match (&admission, admitted) {
+        (Err(refused), _) => reply(
+            refused.clone(),
+            protocol == crate::metrics::RequestProtocol::Grpc,
+            &mut flags,
+        ),
+        (Ok(_), Ok(())) => process(ctx, &node, req, &mut flags, &mut served, &request_bytes).await,
+        (Ok(_), Err(rejection)) => rejected(rejection, &mut flags),
     };
     resp.headers_mut()
         .insert(http::header::SERVER, HeaderValue::from_static("envoy"));
