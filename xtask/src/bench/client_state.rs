@@ -49,6 +49,8 @@ pub struct Spec {
     pub rate: u32,
     /// Seconds of load.
     pub seconds: u64,
+    /// `keel run --upstream-state`: `per-client` (Keel's default, as sidecars have it) or `node`.
+    pub upstream_state: &'static str,
 }
 
 /// Memory figures of Keel's process, KiB (from `/proc/<pid>/status`).
@@ -96,6 +98,17 @@ pub struct ClientStateResult {
     pub error: Option<String>,
 }
 
+/// `spec` (Keel's default per-client upstream state), then the same with node-wide state.
+pub fn with_node_comparison(spec: &Spec) -> [Spec; 2] {
+    [
+        spec.clone(),
+        Spec {
+            upstream_state: "node",
+            ..spec.clone()
+        },
+    ]
+}
+
 /// Reads `VmRSS`, `RssAnon`, `RssFile`, `VmHWM` and `Threads` of `pid`.
 pub fn mem(pid: u32) -> Result<Mem> {
     let path = format!("/proc/{pid}/status");
@@ -129,7 +142,8 @@ pub fn run(spec: &Spec, tools: &Tools, keel_bin: &Path, index: u8) -> Result<Cli
     );
     let agent = keel_tests::host::pod_agent_bin(None)?;
     note!(
-        "bench: per-client state: {} client pods x {} clusters ({} backends), {} rps for {} s",
+        "bench: per-client state ({}): {} client pods x {} clusters ({} backends), {} rps for {} s",
+        spec.upstream_state,
         spec.pods,
         spec.clusters,
         backends,
@@ -192,6 +206,8 @@ pub fn run(spec: &Spec, tools: &Tools, keel_bin: &Path, index: u8) -> Result<Cli
     config.write("state.yaml", &mesh::keel_yaml_with(&services, &defs, false))?;
     let mut opts = KeelOptions::new(&net, config.path())?;
     opts.binary = Some(keel_bin.to_path_buf());
+    opts.extra_args
+        .extend(["--upstream-state".into(), spec.upstream_state.into()]);
     let keel = Keel::start_with(&net, opts).context("starting keel")?;
     std::thread::sleep(SETTLE);
     let idle = mem(keel.pid())?;
@@ -379,46 +395,61 @@ fn check(r: &ClientStateResult) -> Result<()> {
     Ok(())
 }
 
-/// The report's section.
-pub fn markdown(r: &ClientStateResult) -> String {
+/// The report's section: one row per run (Keel's default per-client upstream state, and, for
+/// comparison, node-wide state).
+pub fn markdown(runs: &[ClientStateResult]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
     let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
-    let s = &r.spec;
+    let s = &first.spec;
     let mut o = format!(
         "## Keel memory with per-client state under load\n\n{} client pods, each opening a new \
          connection per request at {} rps and cycling over {} Services (one cluster each, a \
          DestinationRule with connectionPool and outlierDetection, {} nginx backends), {} rps in \
-         all for {} s: Keel holds a balancer, connection pool, breaker and outlier detector (and \
-         pooled upstream connections) per (client, cluster) pair, as {} sidecars would.\n\n",
+         all for {} s. With Keel's default `--upstream-state per-client`, Keel holds a balancer, \
+         connection pool, breaker and outlier detector, and the pool's idle upstream connection, per \
+         (client, cluster) pair, as {} sidecars would; the `node` row is the same load with one \
+         state per cluster for the whole node, for comparison.\n\n",
         s.pods,
-        r.rate_per_pod,
+        first.rate_per_pod,
         s.clusters,
-        r.backends,
-        r.rate_per_pod * u32::from(s.pods),
+        first.backends,
+        first.rate_per_pod * u32::from(s.pods),
         s.seconds,
         s.pods,
     );
     o.push_str(
-        "| Keel RSS idle MiB | peak MiB | steady MiB (median, last third) | after MiB (anon / file) | VmHWM MiB | threads | requests (200) | pairs served | keel http_requests | clusters used | upstream connections open |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| upstream state | Keel RSS idle MiB | peak MiB | steady MiB (median, last third) | after MiB (anon / file) | VmHWM MiB | threads | requests (200) | pairs served | keel http_requests | clusters used | upstream connections open |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    o.push_str(&format!(
-        "| {} | {} | {} | {} ({} / {}) | {} | {} | {} ({}) | {} | {} | {} | {} |\n\n",
-        mib(r.idle.rss_kib),
-        mib(r.peak_rss_kib),
-        mib(r.steady_rss_kib),
-        mib(r.after.rss_kib),
-        mib(r.after.rss_anon_kib),
-        mib(r.after.rss_file_kib),
-        mib(r.after.hwm_kib),
-        r.after.threads,
-        r.requests,
-        r.ok,
-        r.pairs_served,
-        r.keel_http_requests,
-        r.clusters_used,
-        r.upstream_cx_active,
-    ));
-    if let Some(e) = &r.error {
-        o.push_str(&format!("**The run failed:** {e}\n\n"));
+    for r in runs {
+        o.push_str(&format!(
+            "| {} | {} | {} | {} | {} ({} / {}) | {} | {} | {} ({}) | {} | {} | {} | {} |\n",
+            r.spec.upstream_state,
+            mib(r.idle.rss_kib),
+            mib(r.peak_rss_kib),
+            mib(r.steady_rss_kib),
+            mib(r.after.rss_kib),
+            mib(r.after.rss_anon_kib),
+            mib(r.after.rss_file_kib),
+            mib(r.after.hwm_kib),
+            r.after.threads,
+            r.requests,
+            r.ok,
+            r.pairs_served,
+            r.keel_http_requests,
+            r.clusters_used,
+            r.upstream_cx_active,
+        ));
+    }
+    o.push('\n');
+    for r in runs {
+        if let Some(e) = &r.error {
+            o.push_str(&format!(
+                "**The `{}` run failed:** {e}\n\n",
+                r.spec.upstream_state
+            ));
+        }
     }
     o
 }

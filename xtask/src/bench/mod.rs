@@ -305,24 +305,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?
     };
 
-    let client_state = match (&keel_bin, &settings.client_state) {
-        (Some(keel), Some(spec)) => {
-            match client_state::run(spec, &tools, &keel.path, scale_index(&args)?) {
+    let mut client_state = Vec::new();
+    if let (Some(keel), Some(spec)) = (&keel_bin, &settings.client_state) {
+        for spec in client_state::with_node_comparison(spec) {
+            let what = format!("per-client state ({})", spec.upstream_state);
+            match client_state::run(&spec, &tools, &keel.path, scale_index(&args)?) {
                 Ok(r) => {
                     if let Some(e) = &r.error {
-                        failures.push((Mode::Keel, "per-client state".to_string(), e.clone()));
+                        failures.push((Mode::Keel, what, e.clone()));
                     }
-                    Some(r)
+                    client_state.push(r);
                 }
                 Err(e) => {
                     note!("bench: PER-CLIENT STATE RUN FAILED: {e:#}");
-                    failures.push((Mode::Keel, "per-client state".to_string(), format!("{e:#}")));
-                    None
+                    failures.push((Mode::Keel, what, format!("{e:#}")));
                 }
             }
         }
-        _ => None,
-    };
+    }
 
     let config_scale = match (&keel_bin, settings.config_scale_services) {
         (None, _) | (_, 0) => None,
@@ -433,6 +433,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
                 } else {
                     args.client_state_seconds.max(1)
                 },
+                upstream_state: "per-client",
             }
         }),
         config_scale_services: if smoke {
@@ -482,7 +483,15 @@ fn run_client_state_only(args: &BenchArgs, settings: &Settings, started: Instant
     };
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
-    let result = client_state::run(spec, &tools, &keel.path, scale_index(args)?)?;
+    let mut result = Vec::new();
+    for spec in client_state::with_node_comparison(spec) {
+        result.push(client_state::run(
+            &spec,
+            &tools,
+            &keel.path,
+            scale_index(args)?,
+        )?);
+    }
     let raw = serde_json::json!({
         "machine": report::machine_basics(),
         "keel": &keel,
@@ -506,7 +515,7 @@ fn run_client_state_only(args: &BenchArgs, settings: &Settings, started: Instant
         started.elapsed().as_secs_f64(),
         md_path.display()
     );
-    if let Some(e) = &result.error {
+    if let Some(e) = result.iter().find_map(|r| r.error.as_ref()) {
         bail!("per-client state run failed: {e}");
     }
     Ok(())

@@ -146,8 +146,9 @@ pub struct Results {
     pub verification: Vec<Verification>,
     pub runs: Vec<RunResult>,
     pub memory: Vec<MemoryPoint>,
-    /// The per-client state run (absent when skipped or failed to run).
-    pub client_state: Option<super::client_state::ClientStateResult>,
+    /// The per-client state runs: Keel's default per-client upstream state, then node-wide state
+    /// (empty when skipped; a run that could not run is missing).
+    pub client_state: Vec<super::client_state::ClientStateResult>,
     /// The config-scale benchmark (absent when skipped or failed).
     pub config_scale: Option<super::config_scale::ConfigScaleResult>,
     /// Path checks and runs that failed (their numbers are missing from the tables).
@@ -352,7 +353,23 @@ pub fn issue13_targets(r: &Results) -> Vec<Target> {
     let name = "RSS with per-client state under load";
     let goal =
         "keel ≤ 64 MiB with 100 client pods × 100 clusters (pools, outlier detection) at 1,000 rps";
-    out.push(match &r.client_state {
+    let per_client = r
+        .client_state
+        .iter()
+        .find(|c| c.spec.upstream_state == "per-client");
+    let node = r
+        .client_state
+        .iter()
+        .find(|c| c.spec.upstream_state == "node")
+        .map(|c| {
+            format!(
+                "; with `--upstream-state node` ({} upstream connections): peak {:.1} MiB",
+                c.upstream_cx_active,
+                c.peak_rss_kib as f64 / 1024.0
+            )
+        })
+        .unwrap_or_default();
+    out.push(match per_client {
         Some(c) => {
             let peak = c.peak_rss_kib as f64 / 1024.0;
             let full = c.spec.pods >= 100 && c.spec.clusters >= 100;
@@ -360,10 +377,11 @@ pub fn issue13_targets(r: &Results) -> Vec<Target> {
                 name,
                 goal: goal.into(),
                 value: format!(
-                    "{} pods × {} clusters, {} rps: peak {peak:.1} MiB, steady {:.1} MiB (idle {:.1} MiB){}",
+                    "{} pods × {} clusters, {} rps, {} upstream connections pooled: peak {peak:.1} MiB, steady {:.1} MiB (idle {:.1} MiB){node}{}",
                     c.spec.pods,
                     c.spec.clusters,
                     c.rate_per_pod * u32::from(c.spec.pods),
+                    c.upstream_cx_active,
                     c.steady_rss_kib as f64 / 1024.0,
                     c.idle.rss_kib as f64 / 1024.0,
                     if c.error.is_some() {
@@ -888,9 +906,7 @@ pub fn markdown(r: &Results) -> String {
         o.push('\n');
     }
 
-    if let Some(c) = &r.client_state {
-        o.push_str(&super::client_state::markdown(c));
-    }
+    o.push_str(&super::client_state::markdown(&r.client_state));
 
     if let Some(c) = &r.config_scale {
         o.push_str(&super::config_scale::markdown(c));
