@@ -662,7 +662,7 @@ fn config_per_mode(s: &Settings) -> String {
                 "as `keel`, on a pod network of its own (same services and backends)".to_string(),
                 format!(
                     "{keel_metrics}; access log on: Istio's text format to a file in the run's \
-                     work directory; every check and run requires one line per request Keel counted"
+                     work directory; every check and run requires one line per answered request"
                 ),
             ),
         };
@@ -704,8 +704,8 @@ fn access_log_cost(r: &Results) -> String {
     }
     format!(
         "## Access log cost\n\n`keel` -> `keel-access-log` (the same Keel with `--access-log FILE`), \
-         medians over rounds. Every run of `keel-access-log` checked that the log grew by exactly one \
-         line per request Keel counted.\n\n| workload | p50 ms | p99 ms | rps | proxy CPU-s / 1k req |\n\
+         medians over rounds. Every check and run of `keel-access-log` required the log to have grown by \
+         one line per answered request.\n\n| workload | p50 ms | p99 ms | rps | proxy CPU-s / 1k req |\n\
          |---|---|---|---|---|\n{rows}\n"
     )
 }
@@ -981,7 +981,9 @@ const METHOD: &str = "## How it was measured
   `/stats` `keel.http_requests`) moved by the number of requests oha completed, and that all answers were 200.
 - `keel-access-log` is a second Keel (one Keel captures its whole cgroup root) on a pod network of its
   own with the same services, backends and client layout; its access log goes to a file, and each of its
-  checks and runs also requires the file to have grown by exactly one line per request Keel counted.
+  checks and runs also requires the file to have grown by one line per answered request (and by no
+  more than Keel counted: requests oha cuts off at the end of a run before their response started are
+  counted by Keel but not logged).
 - Per-client state: N client pods under Keel's root, M Services each with its own nginx-backed cluster;
   every client opens a new connection per request and cycles over all M services, so Keel builds state
   for all N × M (client, cluster) pairs in the first M / (rate / N) seconds and holds it for the rest of
