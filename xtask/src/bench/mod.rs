@@ -115,7 +115,8 @@ pub struct BenchArgs {
     /// Seconds per measured run.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// Output directory [default: bench/results/<UTC date>].
+    /// Output directory [default: bench/results/<UTC date>]; `bench/LATEST.md` points at it if it
+    /// is directly in bench/results/.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Modes to run, comma separated.
@@ -375,7 +376,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .join("\n")
         );
     }
-    if args.out.is_none() {
+    // `LATEST.md` points at the run if it is in `bench/results/` (the default, or an `--out` there).
+    let in_results = std::fs::canonicalize(&out_dir)
+        .ok()
+        .zip(std::fs::canonicalize(bench_root()?.join("results")).ok())
+        .is_some_and(|(out, results)| out.parent() == Some(results.as_path()));
+    if args.out.is_none() || in_results {
         report::write_latest(&bench_root()?, &out_dir, &results)?;
     }
     note!(
