@@ -228,9 +228,12 @@ pub fn write(dir: &Path, results: &Results) -> Result<()> {
 
 /// Points `<bench>/LATEST.md` at `out_dir`'s report.
 pub fn write_latest(bench_root: &Path, out_dir: &Path, results: &Results) -> Result<()> {
-    let rel = out_dir
-        .strip_prefix(bench_root)
-        .unwrap_or(out_dir)
+    // Both absolute, so a relative `--out bench/results/x` links as `results/x`.
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (root, out) = (absolute(bench_root), absolute(out_dir));
+    let rel = out
+        .strip_prefix(&root)
+        .unwrap_or(&out)
         .to_string_lossy()
         .into_owned();
     let text = format!(
