@@ -259,7 +259,8 @@ fn test(e2e_filter: Option<&str>) -> Result<()> {
     run_step(e2e_tests(&bins, e2e_filter))?;
 
     // The benchmark harness in its short form: every data path (direct, Envoy sidecars, node Envoy,
-    // keel) must verify and produce a report. Correctness only; speed is not judged here.
+    // keel, keel with its access log) must verify, the per-client state run (10 pods x 10 clusters)
+    // must serve every request, and a report must come out. Correctness only; speed is not judged.
     if e2e_filter.is_none() {
         note!("xtask: demo smoke (demo --keep piped, demo shell, Ctrl-C cleanup)");
         demo::smoke(&bins).context("demo smoke")?;

@@ -22,6 +22,7 @@ fn color(mode: Mode) -> RGBColor {
         Mode::Sidecar => RGBColor(214, 39, 40),
         Mode::NodeEnvoy => RGBColor(31, 119, 180),
         Mode::Keel => RGBColor(44, 160, 44),
+        Mode::KeelAccessLog => RGBColor(148, 103, 189),
     }
 }
 

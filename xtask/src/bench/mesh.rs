@@ -310,6 +310,12 @@ pub struct PodDef {
 /// included: Keel identifies a client by its pod's cgroup), and per service the DestinationRule with
 /// subsets v1/v2 and the VirtualService with the weighted canary.
 pub fn keel_yaml(services: &[Service], pods: &[PodDef]) -> String {
+    keel_yaml_with(services, pods, true)
+}
+
+/// [`keel_yaml`]; without `routes`, each service's DestinationRule has only its `trafficPolicy` (no
+/// subsets) and there is no VirtualService: one cluster per service.
+pub fn keel_yaml_with(services: &[Service], pods: &[PodDef], routes: bool) -> String {
     let mut docs = Vec::new();
     for s in services {
         docs.push(format!(
@@ -322,15 +328,22 @@ pub fn keel_yaml(services: &[Service], pods: &[PodDef]) -> String {
             port_name = s.port_name(),
             target = s.target_port,
         ));
+        let subsets = if routes {
+            "  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      \
+             version: v2\n"
+        } else {
+            ""
+        };
         docs.push(format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {name}\n  \
-             namespace: {NAMESPACE}\nspec:\n  host: {fqdn}\n{traffic}  subsets:\n  - name: v1\n    \
-             labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n",
+             namespace: {NAMESPACE}\nspec:\n  host: {fqdn}\n{traffic}{subsets}",
             name = s.name,
             fqdn = s.fqdn(),
             traffic = s.traffic.yaml(),
         ));
-        docs.push(virtual_service_yaml(s));
+        if routes {
+            docs.push(virtual_service_yaml(s));
+        }
     }
     for p in pods {
         let mut d = format!(
@@ -467,6 +480,26 @@ mod tests {
             Some("30s")
         );
         assert_eq!(dr["spec"]["subsets"][1]["name"].as_str(), Some("v2"));
+    }
+
+    #[test]
+    fn without_routes_each_service_is_one_cluster_with_its_traffic_policy() {
+        let s = Service {
+            traffic: TrafficPolicy::PoolOutlier,
+            ..svc()
+        };
+        let docs: Vec<serde_yaml::Value> = keel_yaml_with(std::slice::from_ref(&s), &[], false)
+            .split("---\n")
+            .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+            .collect();
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert_eq!(kinds, ["Service", "DestinationRule"]);
+        let dr = &docs[1];
+        assert!(dr["spec"]["subsets"].is_null());
+        assert_eq!(
+            dr["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"].as_u64(),
+            Some(u64::from(POOL.consecutive_5xx))
+        );
     }
 
     #[test]

@@ -8,11 +8,18 @@
 //! | `sidecar` | Istio's shape: iptables REDIRECT in each pod, Envoy outbound (15001) in the client pod and Envoy inbound (15006) in each server pod, UID 1337 excluded |
 //! | `node-envoy` | one shared Envoy on the bridge IP (Cilium's shape); the client netns DNATs the service CIDR to it |
 //! | `keel` | Keel's eBPF connect() redirect and node proxy |
+//! | `keel-access-log` | the same with Keel's access log on (a file), on a network of its own; measured at `http1-rate` and `http1-max` only |
 //!
 //! Every meshed mode routes by the same VirtualService, chosen with `--route-policy`: `features`
 //! (default) adds what users turn on, a header-match rule ahead of the weighted canary and retries and a
-//! timeout on the canary; `plain` is the canary alone. `--keel-bin` measures another keel build, so
-//! two builds can be compared in one sitting.
+//! timeout on the canary; `plain` is the canary alone. Every meshed mode gets the same DestinationRule
+//! (subsets v1/v2 by label), by default with a connection pool and outlier detection
+//! (`--traffic-policy pool-outlier`). Keel runs with Istio's metrics on. `--keel-bin` measures another
+//! keel build, so two builds can be compared in one sitting.
+//!
+//! After the latency runs come the memory runs (idle proxies as the node grows, [`scale`]), the
+//! per-client state run (100 client pods each cycling over 100 clusters under load,
+//! [`client_state`]) and the config-scale runs.
 //!
 //! Modes are interleaved within every round (their order rotates per round), so slow drift of the
 //! machine (other builds, thermal, page cache) spreads over all modes instead of biasing one; the
@@ -26,6 +33,7 @@
 //! drop; every load run is bounded by a duration and a process timeout.
 
 mod chart;
+mod client_state;
 mod config_scale;
 mod envoy;
 mod install;
@@ -58,6 +66,8 @@ pub enum Mode {
     NodeEnvoy,
     /// Keel's eBPF redirect and node proxy.
     Keel,
+    /// Keel with its access log on (written to a file), on a pod network of its own.
+    KeelAccessLog,
 }
 
 impl Mode {
@@ -68,7 +78,21 @@ impl Mode {
             Mode::Sidecar => "sidecar",
             Mode::NodeEnvoy => "node-envoy",
             Mode::Keel => "keel",
+            Mode::KeelAccessLog => "keel-access-log",
         }
+    }
+
+    /// Whether the mode is measured with `w`: the access-log variant only at the HTTP/1.1 fixed rate
+    /// and maximum throughput (what the log costs per request and at the top), every other mode
+    /// with every workload.
+    pub fn runs(self, w: load::Workload) -> bool {
+        self != Mode::KeelAccessLog
+            || matches!(w, load::Workload::Http1Rate | load::Workload::Http1Max)
+    }
+
+    /// Whether the mode runs Keel.
+    pub fn is_keel(self) -> bool {
+        matches!(self, Mode::Keel | Mode::KeelAccessLog)
     }
 }
 
@@ -91,11 +115,12 @@ pub struct BenchArgs {
     /// Seconds per measured run.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// Output directory [default: bench/results/<UTC date>].
+    /// Output directory [default: bench/results/<UTC date>]; `bench/LATEST.md` points at it if it
+    /// is directly in bench/results/.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Modes to run, comma separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Direct, Mode::Sidecar, Mode::NodeEnvoy, Mode::Keel])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Direct, Mode::Sidecar, Mode::NodeEnvoy, Mode::Keel, Mode::KeelAccessLog])]
     pub modes: Vec<Mode>,
     /// Percent of requests the canary route sends to subset v1 (the rest go to v2).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=99))]
@@ -103,7 +128,8 @@ pub struct BenchArgs {
     /// Pod/service counts for the memory-vs-node-size runs, comma separated (`0`: skip them).
     #[arg(long, value_delimiter = ',', default_values_t = [10u16, 50, 100])]
     pub scale: Vec<u16>,
-    /// Subnet index of the bench's pod network (10.244.<n>.0/24); the memory runs use <n>+1.
+    /// Subnet index of the bench's pod network (10.244.<n>.0/24); the memory and per-client state
+    /// runs use <n>+1, `keel-access-log` and the config-scale runs <n>+2 (one after the other).
     #[arg(long, default_value_t = 200)]
     pub net_index: u8,
     /// Do not install missing tools (fail instead).
@@ -128,6 +154,24 @@ pub struct BenchArgs {
     /// Clusters of the upstream-state memory benchmark.
     #[arg(long, default_value_t = 100)]
     pub upstream_clusters: usize,
+    /// Run only the per-client state run (`--client-state-pods` client pods each cycling over
+    /// `--client-state-clusters` clusters at `--client-state-rate` rps in all); the full bench runs
+    /// it too, after the memory runs.
+    #[arg(long)]
+    pub client_state: bool,
+    /// Client pods of the per-client state run (`0`: skip it in the full bench; `--smoke`: 10).
+    #[arg(long, default_value_t = 100)]
+    pub client_state_pods: u16,
+    /// Services (clusters) of the per-client state run, each with a DestinationRule with a
+    /// connection pool and outlier detection (`--smoke`: 10).
+    #[arg(long, default_value_t = 100)]
+    pub client_state_clusters: u16,
+    /// Requests per second of the per-client state run, all pods together.
+    #[arg(long, default_value_t = 1000)]
+    pub client_state_rate: u32,
+    /// Seconds of load of the per-client state run (`--smoke`: 5).
+    #[arg(long, default_value_t = 30)]
+    pub client_state_seconds: u64,
     /// Keel's data-plane workers (`keel run --workers`); default: Keel's own (one per core).
     #[arg(long)]
     pub keel_workers: Option<usize>,
@@ -148,7 +192,7 @@ pub struct BenchArgs {
     /// The DestinationRule `trafficPolicy` of every benchmarked service: `pool-outlier` = a
     /// connection pool and outlier detection with limits the load never reaches; `none` = Istio's
     /// defaults. Envoy gets the same thresholds and outlier detection.
-    #[arg(long, value_enum, default_value_t = TrafficPolicy::None)]
+    #[arg(long, value_enum, default_value_t = TrafficPolicy::PoolOutlier)]
     pub traffic_policy: TrafficPolicy,
     /// The keel binary to measure [default: `KEEL_BIN`, else target/release/keel].
     #[arg(long)]
@@ -179,6 +223,8 @@ pub struct Settings {
     pub route_policy: RoutePolicy,
     /// The DestinationRule `trafficPolicy` every benchmarked service gets.
     pub traffic_policy: TrafficPolicy,
+    /// The per-client state run (`None`: not run).
+    pub client_state: Option<client_state::Spec>,
 }
 
 /// Runs the bench; see the module docs.
@@ -193,7 +239,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return run_config_scale_only(&args, &settings, started);
     }
     let tools = install::ensure(!args.no_install)?;
-    let keel_bin = if settings.modes.contains(&Mode::Keel) || settings.config_scale_services > 0 {
+    if args.client_state {
+        return run_client_state_only(&args, &settings, started);
+    }
+    let keel_bin = if settings.modes.iter().any(|m| m.is_keel())
+        || settings.config_scale_services > 0
+        || settings.client_state.is_some()
+    {
         Some(keel_binary(&args).context(
             "keel mode and the config-scale runs need a keel binary (`cargo build --release -p \
              proxy-user`, or --keel-bin), or leave them out with --modes direct,sidecar,node-envoy \
@@ -234,6 +286,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &tools,
             keel_bin.as_ref().map(|k| k.path.as_path()),
             args.net_index,
+            config_scale_index(&args)?,
         )?;
         let verification = rig.verify_all();
         let runs = measure(&rig, &settings, &verification, &mut failures);
@@ -244,19 +297,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let memory = if settings.scale.is_empty() {
         Vec::new()
     } else {
-        let scale_index = args
-            .net_index
-            .checked_add(1)
-            .filter(|i| *i < 255)
-            .context("--net-index must leave room for <n>+1 (the memory runs' network)")?;
         scale::run(
             &settings,
             &tools,
             keel_bin.as_ref().map(|k| k.path.as_path()),
-            scale_index,
+            scale_index(&args)?,
             &mut failures,
         )?
     };
+
+    let mut client_state = Vec::new();
+    if let (Some(keel), Some(spec)) = (&keel_bin, &settings.client_state) {
+        for spec in client_state::with_node_comparison(spec) {
+            let what = format!("per-client state ({})", spec.upstream_state);
+            match client_state::run(&spec, &tools, &keel.path, scale_index(&args)?) {
+                Ok(r) => {
+                    if let Some(e) = &r.error {
+                        failures.push((Mode::Keel, what, e.clone()));
+                    }
+                    client_state.push(r);
+                }
+                Err(e) => {
+                    note!("bench: PER-CLIENT STATE RUN FAILED: {e:#}");
+                    failures.push((Mode::Keel, what, format!("{e:#}")));
+                }
+            }
+        }
+    }
 
     let config_scale = match (&keel_bin, settings.config_scale_services) {
         (None, _) | (_, 0) => None,
@@ -282,6 +349,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         verification,
         runs,
         memory,
+        client_state,
         config_scale,
         failures: failures
             .into_iter()
@@ -308,7 +376,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .join("\n")
         );
     }
-    if args.out.is_none() {
+    // `LATEST.md` points at the run if it is in `bench/results/` (the default, or an `--out` there).
+    let in_results = std::fs::canonicalize(&out_dir)
+        .ok()
+        .zip(std::fs::canonicalize(bench_root()?.join("results")).ok())
+        .is_some_and(|(out, results)| out.parent() == Some(results.as_path()));
+    if args.out.is_none() || in_results {
         report::write_latest(&bench_root()?, &out_dir, &results)?;
     }
     note!(
@@ -348,6 +421,27 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         keel_no_metrics: args.keel_no_metrics,
         route_policy: args.route_policy,
         traffic_policy: args.traffic_policy,
+        client_state: (args.client_state_pods > 0 && args.client_state_clusters > 0).then(|| {
+            client_state::Spec {
+                pods: if smoke {
+                    args.client_state_pods.min(10)
+                } else {
+                    args.client_state_pods
+                },
+                clusters: if smoke {
+                    args.client_state_clusters.min(10)
+                } else {
+                    args.client_state_clusters
+                },
+                rate: args.client_state_rate.max(1),
+                seconds: if smoke {
+                    args.client_state_seconds.min(5)
+                } else {
+                    args.client_state_seconds.max(1)
+                },
+                upstream_state: "per-client",
+            }
+        }),
         config_scale_services: if smoke {
             args.config_scale_services.min(500)
         } else {
@@ -367,7 +461,74 @@ impl Settings {
     }
 }
 
-/// Subnet index of the config-scale network: `--net-index` + 2 (the memory runs use + 1).
+/// Subnet index of the memory and per-client state runs: `--net-index` + 1.
+fn scale_index(args: &BenchArgs) -> Result<u8> {
+    args.net_index
+        .checked_add(1)
+        .filter(|i| *i < 255)
+        .context("--net-index must leave room for <n>+1 (the memory runs' network)")
+}
+
+/// `--client-state`: only the per-client state run, with its own `report.md` and `raw.json`.
+fn run_client_state_only(args: &BenchArgs, settings: &Settings, started: Instant) -> Result<()> {
+    let spec = settings
+        .client_state
+        .as_ref()
+        .context("--client-state with 0 pods or 0 clusters has nothing to run")?;
+    let tools = install::ensure(!args.no_install)?;
+    let keel = keel_binary(args).context(
+        "the per-client state run needs a keel binary (`cargo build --release -p proxy-user`, or \
+         --keel-bin)",
+    )?;
+    note!("bench: keel binary {}", keel.describe());
+    let out_dir = match &args.out {
+        Some(p) => p.clone(),
+        None => bench_root()?
+            .join("results")
+            .join(format!("{}-client-state", report::utc_date())),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+    let mut result = Vec::new();
+    for spec in client_state::with_node_comparison(spec) {
+        result.push(client_state::run(
+            &spec,
+            &tools,
+            &keel.path,
+            scale_index(args)?,
+        )?);
+    }
+    let raw = serde_json::json!({
+        "machine": report::machine_basics(),
+        "keel": &keel,
+        "client_state": &result,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    let raw_path = out_dir.join("raw.json");
+    std::fs::write(&raw_path, serde_json::to_string_pretty(&raw)?)
+        .with_context(|| format!("writing {}", raw_path.display()))?;
+    let md = format!(
+        "# Keel per-client state benchmark — {}\n\n{}\nKeel: {}.\n\n{}",
+        report::utc_date(),
+        report::machine_line().replace("--config-scale", "--client-state"),
+        keel.describe(),
+        client_state::markdown(&result)
+    );
+    let md_path = out_dir.join("report.md");
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    note!(
+        "bench: per-client state done in {:.0} s; report: {}",
+        started.elapsed().as_secs_f64(),
+        md_path.display()
+    );
+    if let Some(e) = result.iter().find_map(|r| r.error.as_ref()) {
+        bail!("per-client state run failed: {e}");
+    }
+    Ok(())
+}
+
+/// Subnet index of the config-scale network (and of `keel-access-log`'s, which is gone by then):
+/// `--net-index` + 2 (the memory runs use + 1).
 fn config_scale_index(args: &BenchArgs) -> Result<u8> {
     args.net_index
         .checked_add(2)
@@ -578,10 +739,16 @@ fn measure(
     };
     let mut broken: Vec<(Mode, load::Workload)> = Vec::new();
     let mut runs = Vec::new();
-    let mut progress =
-        Progress::new(settings.rounds * load::Workload::ALL.len() * settings.modes.len());
+    let per_round: usize = load::Workload::ALL
+        .iter()
+        .map(|&w| settings.modes.iter().filter(|m| m.runs(w)).count())
+        .sum();
+    let mut progress = Progress::new(settings.rounds * per_round);
     note!("bench: warm-up, one 1 s run per mode and workload (not recorded)");
     let mut run = |mode: Mode, w: load::Workload, duration: Duration, round: usize| {
+        if !mode.runs(w) {
+            return;
+        }
         if !path_ok(mode, w) || broken.contains(&(mode, w)) {
             if round > 0 {
                 progress.skip();

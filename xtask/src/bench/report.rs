@@ -146,6 +146,9 @@ pub struct Results {
     pub verification: Vec<Verification>,
     pub runs: Vec<RunResult>,
     pub memory: Vec<MemoryPoint>,
+    /// The per-client state runs: Keel's default per-client upstream state, then node-wide state
+    /// (empty when skipped; a run that could not run is missing).
+    pub client_state: Vec<super::client_state::ClientStateResult>,
     /// The config-scale benchmark (absent when skipped or failed).
     pub config_scale: Option<super::config_scale::ConfigScaleResult>,
     /// Path checks and runs that failed (their numbers are missing from the tables).
@@ -225,9 +228,12 @@ pub fn write(dir: &Path, results: &Results) -> Result<()> {
 
 /// Points `<bench>/LATEST.md` at `out_dir`'s report.
 pub fn write_latest(bench_root: &Path, out_dir: &Path, results: &Results) -> Result<()> {
-    let rel = out_dir
-        .strip_prefix(bench_root)
-        .unwrap_or(out_dir)
+    // Both absolute, so a relative `--out bench/results/x` links as `results/x`.
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (root, out) = (absolute(bench_root), absolute(out_dir));
+    let rel = out
+        .strip_prefix(&root)
+        .unwrap_or(&out)
         .to_string_lossy()
         .into_owned();
     let text = format!(
@@ -242,21 +248,190 @@ pub fn write_latest(bench_root: &Path, out_dir: &Path, results: &Results) -> Res
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Every target with its goal, what was measured, and met / missed.
+/// Every target with its goal, what was measured, and met / missed: issue 13's first, then the
+/// earlier issues'.
 fn targets_table(r: &Results) -> String {
     let mut o = String::from(
-        "## Targets (reported, not asserted)\n\n| target | goal | measured | status |\n|---|---|---|---|\n",
+        "## Targets of issue 13 (P10) (reported, not asserted)\n\nMeasured side by side in this \
+         run, medians over rounds, with the feature config below (Config per mode).\n\n\
+         | target | goal | measured | status |\n|---|---|---|---|\n",
     );
-    for t in targets(r) {
+    let row = |o: &mut String, t: Target| {
         let status = match t.met {
             Some(true) => "met",
             Some(false) => "missed",
             None => "—",
         };
         let _ = writeln!(o, "| {} | {} | {} | {status} |", t.name, t.goal, t.value);
+    };
+    for t in issue13_targets(r) {
+        row(&mut o, t);
+    }
+    o.push_str(
+        "\n### Earlier targets\n\n| target | goal | measured | status |\n|---|---|---|---|\n",
+    );
+    for t in targets(r) {
+        row(&mut o, t);
     }
     o.push('\n');
     o
+}
+
+/// Issue 13's limit on keel's RSS with 100 client pods x 100 clusters under load, MiB.
+pub const CLIENT_STATE_RSS_MIB: f64 = 64.0;
+/// Issue 13's share of the sidecar pair's added latency and cost keel may have.
+const ISSUE13_SHARE: f64 = 0.15;
+/// Issue 13's minimum of keel's maximum throughput as a share of direct's.
+const ISSUE13_MAX_VS_DIRECT: f64 = 0.6;
+/// Issue 13's config-path limits: one VirtualService changed, every one changed, seconds.
+const ISSUE13_ONE_VS_S: f64 = 0.1;
+const ISSUE13_ALL_VS_S: f64 = 1.0;
+
+/// The targets of issue 13 (P10).
+pub fn issue13_targets(r: &Results) -> Vec<Target> {
+    let s = |w, m| r.summary(w, m);
+    let mut out = Vec::new();
+    let rate = (
+        s(Workload::Http1Rate, Mode::Keel),
+        s(Workload::Http1Rate, Mode::Sidecar),
+        s(Workload::Http1Rate, Mode::Direct),
+    );
+    for (name, i, label) in [
+        ("added p50 (http1-rate, 1,000 rps)", 0, "p50"),
+        ("added p99 (http1-rate, 1,000 rps)", 2, "p99"),
+    ] {
+        let goal = format!("keel's added {label} over direct ≤ 15 % of the sidecar pair's");
+        out.push(match rate {
+            (Some(k), Some(sc), Some(d)) => {
+                let added_k = k.latency_ms[i] - d.latency_ms[i];
+                let added_sc = sc.latency_ms[i] - d.latency_ms[i];
+                let share = added_k / added_sc;
+                Target {
+                    name,
+                    goal,
+                    value: format!(
+                        "keel {added_k:+.3} ms, sidecar {added_sc:+.3} ms: {:.0} %",
+                        share * 100.0
+                    ),
+                    met: share.is_finite().then_some(share <= ISSUE13_SHARE),
+                }
+            }
+            _ => na(name, &goal, "needs direct, sidecar and keel"),
+        });
+    }
+    let name = "CPU per 1k requests incl. softirq (http1-rate)";
+    let goal = "keel's proxy CPU + softirq above direct's ≤ 15 % of the sidecars'";
+    out.push(match rate {
+        (Some(k), Some(sc), Some(d)) => {
+            let cost = |x: &Summary| x.cpu_per_1k + (x.softirq_per_1k - d.softirq_per_1k).max(0.0);
+            let (ck, csc) = (cost(&k), cost(&sc));
+            Target {
+                name,
+                goal: goal.into(),
+                value: format!(
+                    "keel {ck:.4} ({:.4} + {:.4}) vs sidecar {csc:.4} ({:.4} + {:.4}) CPU-s: {:.0} %",
+                    k.cpu_per_1k,
+                    ck - k.cpu_per_1k,
+                    sc.cpu_per_1k,
+                    csc - sc.cpu_per_1k,
+                    ck / csc * 100.0
+                ),
+                met: (ck / csc).is_finite().then_some(ck <= ISSUE13_SHARE * csc),
+            }
+        }
+        _ => na(name, goal, "needs direct, sidecar and keel"),
+    });
+    let max = |m| s(Workload::Http1Max, m).map(|x| x.rps);
+    let name = "max throughput vs direct (http1-max)";
+    let goal = "keel ≥ 0.6× direct";
+    out.push(match (max(Mode::Keel), max(Mode::Direct)) {
+        (Some(k), Some(d)) => Target {
+            name,
+            goal: goal.into(),
+            value: format!("{k:.0} vs {d:.0} rps: {:.2}×", k / d),
+            met: Some(k >= ISSUE13_MAX_VS_DIRECT * d),
+        },
+        _ => na(name, goal, "needs direct and keel"),
+    });
+    let name = "RSS with per-client state under load";
+    let goal =
+        "keel ≤ 64 MiB with 100 client pods × 100 clusters (pools, outlier detection) at 1,000 rps";
+    let per_client = r
+        .client_state
+        .iter()
+        .find(|c| c.spec.upstream_state == "per-client");
+    let node = r
+        .client_state
+        .iter()
+        .find(|c| c.spec.upstream_state == "node")
+        .map(|c| {
+            format!(
+                "; with `--upstream-state node` ({} upstream connections): peak {:.1} MiB",
+                c.upstream_cx_active,
+                c.peak_rss_kib as f64 / 1024.0
+            )
+        })
+        .unwrap_or_default();
+    out.push(match per_client {
+        Some(c) => {
+            let peak = c.peak_rss_kib as f64 / 1024.0;
+            let full = c.spec.pods >= 100 && c.spec.clusters >= 100;
+            Target {
+                name,
+                goal: goal.into(),
+                value: format!(
+                    "{} pods × {} clusters, {} rps, {} upstream connections pooled: peak {peak:.1} MiB, steady {:.1} MiB (idle {:.1} MiB){node}{}",
+                    c.spec.pods,
+                    c.spec.clusters,
+                    c.rate_per_pod * u32::from(c.spec.pods),
+                    c.upstream_cx_active,
+                    c.steady_rss_kib as f64 / 1024.0,
+                    c.idle.rss_kib as f64 / 1024.0,
+                    if c.error.is_some() {
+                        "; the run failed (see below)"
+                    } else {
+                        ""
+                    }
+                ),
+                met: (full && c.error.is_none()).then_some(peak <= CLIENT_STATE_RSS_MIB),
+            }
+        }
+        None => na(name, goal, "skipped (--client-state-pods 0) or failed"),
+    });
+    for (name, goal, limit, pick) in [
+        (
+            "config: one VirtualService changed -> served",
+            "< 100 ms at 5,000 VS",
+            ISSUE13_ONE_VS_S,
+            super::config_scale::ConfigScaleResult::single_reload_median_s
+                as fn(&super::config_scale::ConfigScaleResult) -> f64,
+        ),
+        (
+            "config: every VirtualService changed -> served",
+            "< 1 s at 5,000 VS",
+            ISSUE13_ALL_VS_S,
+            super::config_scale::ConfigScaleResult::all_vs_reload_median_s,
+        ),
+    ] {
+        out.push(match &r.config_scale {
+            Some(c) => Target {
+                name,
+                goal: goal.into(),
+                value: format!(
+                    "{} VS: {:.2} s (see Config scale below)",
+                    c.virtual_services,
+                    pick(c)
+                ),
+                met: (c.virtual_services >= 5000).then_some(pick(c) < limit),
+            },
+            None => na(
+                name,
+                goal,
+                "see the config-scale report (`cargo xtask bench --config-scale`)",
+            ),
+        });
+    }
+    out
 }
 
 fn fmt(v: f64, decimals: usize) -> String {
@@ -290,35 +465,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let s = |w, m| r.summary(w, m);
     let mut out = Vec::new();
 
-    let lat = (
-        s(Workload::Http1Rate, Mode::Keel),
-        s(Workload::Http1Rate, Mode::Sidecar),
-        s(Workload::Http1Rate, Mode::Direct),
-    );
-    out.push(match lat {
-        (Some(k), Some(sc), Some(d)) => {
-            let added_k = k.latency_ms[0] - d.latency_ms[0];
-            let added_sc = sc.latency_ms[0] - d.latency_ms[0];
-            let share = added_k / added_sc;
-            Target {
-                name: "added p50 (http1-rate)",
-                goal: "keel's added p50 over direct ≤ 15 % of the sidecar pair's".into(),
-                value: format!(
-                    "keel +{:.3} ms, sidecar +{:.3} ms: {:.0} %",
-                    added_k,
-                    added_sc,
-                    share * 100.0
-                ),
-                met: share.is_finite().then_some(share <= 0.15),
-            }
-        }
-        _ => na(
-            "added p50 (http1-rate)",
-            "keel's added p50 over direct ≤ 15 % of the sidecar pair's",
-            "needs direct, sidecar and keel",
-        ),
-    });
-
+    // The added p50 target is issue 13's too (see `issue13_targets`).
     let max = |m| s(Workload::Http1Max, m).map(|x| x.rps);
     out.push(match (max(Mode::Keel), max(Mode::Sidecar)) {
         (Some(k), Some(sc)) => Target {
@@ -426,6 +573,118 @@ fn na(name: &'static str, goal: &str, why: &str) -> Target {
     }
 }
 
+/// What each mode was configured with: the features users turn on, stated per mode.
+fn config_per_mode(s: &Settings) -> String {
+    let mut o = String::from(
+        "## Config per mode\n\nEvery meshed mode serves the same two Services (`bench`, HTTP/1.1, and \
+         `bench-h2`, h2c), each with the same VirtualService and DestinationRule, written as Istio YAML \
+         for Keel and as what istiod generates for Envoy:\n\n",
+    );
+    let _ = writeln!(
+        o,
+        "- VirtualService: route policy {}.",
+        s.route_policy.describe()
+    );
+    let _ = writeln!(
+        o,
+        "- DestinationRule: subsets v1 and v2 by the pods' `version` label (the routes use them); \
+         traffic policy {}.\n",
+        s.traffic_policy.describe()
+    );
+    o.push_str("| mode | routes and clusters | telemetry |\n|---|---|---|\n");
+    let keel_metrics = if s.keel_no_metrics {
+        "Istio metrics off (`--no-metrics`)"
+    } else {
+        "Istio standard metrics on (`istio_requests_total`, durations, sizes; Envoy-named stats)"
+    };
+    for &mode in &s.modes {
+        let (routes, telemetry) = match mode {
+            Mode::Direct => (
+                "none: client -> backend v1's pod IP (the floor)".to_string(),
+                "—".to_string(),
+            ),
+            Mode::Sidecar | Mode::NodeEnvoy => (
+                format!(
+                    "Envoy route table: {}; clusters `outbound|80|v1|…`, `outbound|80|v2|…`{}",
+                    match s.route_policy {
+                        super::mesh::RoutePolicy::Features => {
+                            "header route to v2 first, then the weighted canary with `retry_policy` \
+                             and `timeout`"
+                        }
+                        super::mesh::RoutePolicy::Plain => "the weighted canary",
+                    },
+                    match s.traffic_policy {
+                        super::mesh::TrafficPolicy::PoolOutlier => {
+                            " with `circuit_breakers` thresholds and `outlier_detection` from the \
+                             DestinationRule"
+                        }
+                        super::mesh::TrafficPolicy::None => " with Istio's unlimited defaults",
+                    }
+                ),
+                "Envoy's built-in stats (upstream Envoy has no `istio.stats` filter); access log off"
+                    .to_string(),
+            ),
+            Mode::Keel => (
+                "the YAML above; per-client pools, breakers and outlier detectors".to_string(),
+                format!(
+                    "{keel_metrics}; access log {}",
+                    s.keel_access_log
+                        .as_ref()
+                        .map_or_else(|| "off".to_string(), |p| format!("`{p}`"))
+                ),
+            ),
+            Mode::KeelAccessLog => (
+                "as `keel`, on a pod network of its own (same services and backends)".to_string(),
+                format!(
+                    "{keel_metrics}; access log on: Istio's text format to a file in the run's \
+                     work directory; every check and run requires one line per answered request"
+                ),
+            ),
+        };
+        let _ = writeln!(o, "| {} | {routes} | {telemetry} |", mode.name());
+    }
+    o.push('\n');
+    o
+}
+
+/// `keel-access-log` against `keel`: what the access log costs.
+fn access_log_cost(r: &Results) -> String {
+    let mut rows = String::new();
+    for w in [Workload::Http1Rate, Workload::Http1Max] {
+        let (Some(k), Some(a)) = (r.summary(w, Mode::Keel), r.summary(w, Mode::KeelAccessLog))
+        else {
+            continue;
+        };
+        let pct = |x: f64, y: f64| format!("{:+.0} %", (y / x - 1.0) * 100.0);
+        let _ = writeln!(
+            rows,
+            "| {} | {} -> {} ({}) | {} -> {} ({}) | {} -> {} ({}) | {} -> {} ({}) |",
+            w.name(),
+            fmt(k.latency_ms[0], 3),
+            fmt(a.latency_ms[0], 3),
+            pct(k.latency_ms[0], a.latency_ms[0]),
+            fmt(k.latency_ms[2], 3),
+            fmt(a.latency_ms[2], 3),
+            pct(k.latency_ms[2], a.latency_ms[2]),
+            fmt(k.rps, 0),
+            fmt(a.rps, 0),
+            pct(k.rps, a.rps),
+            fmt(k.cpu_per_1k, 4),
+            fmt(a.cpu_per_1k, 4),
+            pct(k.cpu_per_1k, a.cpu_per_1k),
+        );
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "## Access log cost\n\n`keel` -> `keel-access-log` (the same Keel with `--access-log FILE`), \
+         medians over rounds. Every check and run of `keel-access-log` required the log to have grown by \
+         one line per answered request.\n\n| workload | p50 ms | p99 ms | rps | proxy CPU-s / 1k req |\n\
+         |---|---|---|---|---|\n{rows}\n"
+    )
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let m = &r.machine;
@@ -500,6 +759,7 @@ pub fn markdown(r: &Results) -> String {
         o.push('\n');
     }
     o.push_str(&targets_table(r));
+    o.push_str(&config_per_mode(s));
 
     for w in Workload::ALL {
         let rows: Vec<(Mode, Summary)> = s
@@ -585,6 +845,8 @@ pub fn markdown(r: &Results) -> String {
         o.push('\n');
     }
 
+    o.push_str(&access_log_cost(r));
+
     if !r.memory.is_empty() {
         let _ = writeln!(o, "## Proxy memory as the node grows\n");
         let _ = writeln!(
@@ -618,6 +880,8 @@ pub fn markdown(r: &Results) -> String {
         }
         o.push('\n');
     }
+
+    o.push_str(&super::client_state::markdown(&r.client_state));
 
     if let Some(c) = &r.config_scale {
         o.push_str(&super::config_scale::markdown(c));
@@ -690,6 +954,16 @@ const METHOD: &str = "## How it was measured
 - Memory: VmRSS of the mode's proxy processes after each run (median over rounds).
 - Every run checks that the proxies' request counters (Envoy `cluster.*.upstream_rq_total`, Keel
   `/stats` `keel.http_requests`) moved by the number of requests oha completed, and that all answers were 200.
+- `keel-access-log` is a second Keel (one Keel captures its whole cgroup root) on a pod network of its
+  own with the same services, backends and client layout; its access log goes to a file, and each of its
+  checks and runs also requires the file to have grown by one line per answered request (and by no
+  more than Keel counted: requests oha cuts off at the end of a run before their response started are
+  counted by Keel but not logged).
+- Per-client state: N client pods under Keel's root, M Services each with its own nginx-backed cluster;
+  every client opens a new connection per request and cycles over all M services, so Keel builds state
+  for all N × M (client, cluster) pairs in the first M / (rate / N) seconds and holds it for the rest of
+  the run. Keel's VmRSS is sampled every 250 ms; peak is the largest sample, steady the median of the
+  last third of the load.
 ";
 
 /// The machine facts that need no bench tool: cores, CPU model, kernel, memory.

@@ -12,6 +12,11 @@
 //! both a v1/v2 weighted canary under the run's route policy (with `features`, a header rule to v2
 //! first, which the path check also exercises). All modes' proxies stay up for the whole run (idle while another mode
 //! is measured), so modes can be interleaved without restarts.
+//!
+//! `keel-access-log` needs a second Keel, and one Keel captures its whole cgroup root, so it gets a
+//! network of its own (`10.244.<n+2>.0/24`, same layout: backends .10/.11, client .5) with the same
+//! services; its Keel writes the access log to a file in that network's work directory, and every
+//! check and run also requires the log to have grown by one line per answered request.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +49,9 @@ const VERIFY_H2: usize = 40;
 /// one must be answered by the rule's subset.
 const VERIFY_HEADER_H1: usize = 20;
 const VERIFY_HEADER_H2: usize = 10;
+/// How long counters may take to agree after the load stopped (the access log is written by its
+/// own thread, a little after the response).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a proxy or backend gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,6 +67,8 @@ enum Source {
     },
     /// Keel's admin `/stats` `http_requests`.
     Keel { admin: SocketAddr },
+    /// Lines of Keel's access log file.
+    AccessLog { path: PathBuf },
 }
 
 /// A counter that must move by exactly the number of requests sent through a mode's path (the sum
@@ -123,6 +133,8 @@ pub struct Rig {
     tools: Tools,
     clk_tck: f64,
     net: Option<PodNet>,
+    /// `keel-access-log`'s network.
+    alog_net: Option<PodNet>,
 }
 
 impl Rig {
@@ -132,6 +144,7 @@ impl Rig {
         tools: &Tools,
         keel_bin: Option<&Path>,
         index: u8,
+        alog_index: u8,
     ) -> Result<Rig> {
         let policy = settings.route_policy;
         load::check_oha(&tools.oha)?;
@@ -143,6 +156,7 @@ impl Rig {
             tools: tools.clone(),
             clk_tck: procs::clk_tck()?,
             net: None,
+            alog_net: None,
         };
         let want = |m: Mode| settings.modes.contains(&m);
 
@@ -222,7 +236,37 @@ impl Rig {
                         settings.traffic_policy,
                     );
                     let bin = keel_bin.context("keel mode without a keel binary")?;
-                    keel_mode(&mut net, &services, bin, settings)?
+                    let log = settings.keel_access_log.as_deref().map(PathBuf::from);
+                    keel_mode(&mut net, &services, bin, settings, Mode::Keel, log)?
+                }
+                Mode::KeelAccessLog => {
+                    let bin = keel_bin.context("keel-access-log mode without a keel binary")?;
+                    let mut alog = PodNet::new("kbalog", alog_index)
+                        .context("building keel-access-log's pod network")?;
+                    note!("bench: keel-access-log pod network {}", alog.subnet());
+                    let mut eps = Vec::new();
+                    for (name, suffix, version) in plain {
+                        let pod = alog.add_pod_outside_root(NAMESPACE, name, suffix)?;
+                        rig.backends.push(start_nginx(&alog, &pod, tools, version)?);
+                        eps.push(Endpoint {
+                            pod: name.into(),
+                            ip: pod.ip,
+                            version: version.into(),
+                        });
+                    }
+                    let services =
+                        services(eps, settings.v1_weight, policy, settings.traffic_policy);
+                    let log = alog.work_dir().join("access.log");
+                    let m = keel_mode(
+                        &mut alog,
+                        &services,
+                        bin,
+                        settings,
+                        Mode::KeelAccessLog,
+                        Some(log),
+                    );
+                    rig.alog_net = Some(alog);
+                    m?
                 }
             };
             rig.modes.push(m);
@@ -329,8 +373,9 @@ impl Rig {
             );
             v.header_rule_backends = Some(answers);
         }
-        let after = read_counters(&self.tools, &m.counters)?;
+        let after = settled_counters(&self.tools, &m.counters, &before)?;
         v.counters = deltas(&m.counters, &before, &after);
+        check_access_log(&v.counters, v.requests as u64)?;
         for (label, d) in &v.counters {
             ensure!(
                 *d == v.requests as u64,
@@ -401,7 +446,7 @@ impl Rig {
                 .exec(&self.tools.oha, &args, duration + Duration::from_secs(30))?;
         let softirq_after = procs::softirq_ticks()?;
         let cpu_after = cpu_sum(&pids)?;
-        let counters_after = read_counters(&self.tools, &m.counters)?;
+        let counters_after = settled_counters(&self.tools, &m.counters, &counters_before)?;
         ensure!(
             status.success(),
             "oha failed ({status}): {}",
@@ -424,6 +469,7 @@ impl Rig {
             counter_deltas: deltas(&m.counters, &counters_before, &counters_after),
         };
         load::check_run(&r)?;
+        check_access_log(&r.counter_deltas, r.completed())?;
         Ok(r)
     }
 
@@ -431,10 +477,15 @@ impl Rig {
     pub fn teardown(mut self) -> Result<()> {
         self.modes.clear();
         self.backends.clear();
+        let alog = match self.alog_net.take() {
+            Some(net) => net.teardown(),
+            None => Ok(()),
+        };
         match self.net.take() {
             Some(net) => net.teardown(),
             None => Ok(()),
-        }
+        }?;
+        alog
     }
 }
 
@@ -471,7 +522,7 @@ pub fn services(
     ]
 }
 
-fn start_nginx(net: &PodNet, pod: &Pod, tools: &Tools, identity: &str) -> Result<Proc> {
+pub(super) fn start_nginx(net: &PodNet, pod: &Pod, tools: &Tools, identity: &str) -> Result<Proc> {
     let dir = net.work_dir().join(format!("nginx-{}", pod.name));
     std::fs::create_dir_all(dir.join("tmp"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -839,11 +890,15 @@ fn has_header_rule(services: &[Service]) -> bool {
     !services.is_empty() && services.iter().all(|s| s.policy == RoutePolicy::Features)
 }
 
+/// Keel on `net` for `mode` (`keel` or `keel-access-log`), with its access log written to
+/// `access_log` if given; under `keel-access-log` the log's lines are one of the mode's counters.
 fn keel_mode(
     net: &mut PodNet,
     services: &[Service],
     bin: &Path,
     settings: &Settings,
+    mode: Mode,
+    access_log: Option<PathBuf>,
 ) -> Result<ModeRig> {
     let client = net.add_pod(NAMESPACE, "client-keel", 5)?;
     let mut pods: Vec<PodDef> = services[0]
@@ -873,22 +928,29 @@ fn keel_mode(
     if settings.keel_no_metrics {
         opts.extra_args.push("--no-metrics".into());
     }
-    if let Some(path) = &settings.keel_access_log {
+    if let Some(path) = &access_log {
         opts.extra_args
-            .extend(["--access-log".into(), path.clone()]);
+            .extend(["--access-log".into(), path.to_string_lossy().into_owned()]);
     }
     let keel = Keel::start_with(net, opts).context("starting keel")?;
     let admin = keel.options().admin_addr;
+    let mut counters = vec![Counter {
+        label: "keel http_requests".into(),
+        sources: vec![Source::Keel { admin }],
+    }];
+    if let (Mode::KeelAccessLog, Some(path)) = (mode, access_log) {
+        counters.push(Counter {
+            label: ACCESS_LOG_LABEL.into(),
+            sources: vec![Source::AccessLog { path }],
+        });
+    }
     Ok(ModeRig {
-        mode: Mode::Keel,
+        mode,
         url_h1: format!("http://{}/", services[0].vip),
         url_h2: format!("http://{}/", services[1].vip),
         subsets: vec!["v1", "v2"],
         header_rule: has_header_rule(services),
-        counters: vec![Counter {
-            label: "keel http_requests".into(),
-            sources: vec![Source::Keel { admin }],
-        }],
+        counters,
         client,
         proxies: Vec::new(),
         keel: Some(keel),
@@ -896,8 +958,77 @@ fn keel_mode(
     })
 }
 
+/// Label of the access-log line counter.
+const ACCESS_LOG_LABEL: &str = "keel access log lines";
+
+/// Newlines in the file at `path` (0 if it does not exist yet: keel creates it on the first line).
+fn count_lines(path: &Path) -> Result<u64> {
+    use std::io::Read as _;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+/// Reads `counters` until every one has moved by as much as the first (a mode's counters count the
+/// same requests; the access log trails the response a little), or they stopped moving for
+/// [`SETTLE_QUIET`], or [`SETTLE_TIMEOUT`] passed.
+fn settled_counters(tools: &Tools, counters: &[Counter], before: &[u64]) -> Result<Vec<u64>> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last: Option<(Vec<u64>, Instant)> = None;
+    loop {
+        let after = read_counters(tools, counters)?;
+        let d = deltas(counters, before, &after);
+        let agree = d.windows(2).all(|w| w[0].1 == w[1].1);
+        let quiet = match &last {
+            Some((prev, since)) if *prev == after => since.elapsed() >= SETTLE_QUIET,
+            _ => {
+                last = Some((after.clone(), Instant::now()));
+                false
+            }
+        };
+        if agree || quiet || Instant::now() >= deadline {
+            return Ok(after);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long counters that disagree must stay unchanged before they count as settled.
+const SETTLE_QUIET: Duration = Duration::from_millis(1000);
+
+/// The access log must hold one line per request the client got an answer to (`answered`), and
+/// none for requests Keel did not count. Requests the load generator cut off at the end of a run
+/// before their response started are counted by Keel but not logged (Keel writes the line when the
+/// response body ends or is dropped), so between the two is allowed.
+fn check_access_log(deltas: &[(String, u64)], answered: u64) -> Result<()> {
+    let keel = deltas.iter().find(|(l, _)| l == "keel http_requests");
+    let log = deltas.iter().find(|(l, _)| l == ACCESS_LOG_LABEL);
+    if let (Some((_, requests)), Some((_, lines))) = (keel, log) {
+        ensure!(
+            answered <= *lines && lines <= requests,
+            "keel counted {requests} requests and the client got {answered} answers, but the access \
+             log grew by {lines} lines"
+        );
+    }
+    Ok(())
+}
+
 fn read_source(tools: &Tools, s: &Source) -> Result<u64> {
     match s {
+        Source::AccessLog { path } => count_lines(path),
         Source::EnvoyInPod { netns, prefix } => {
             let url = format!(
                 "http://127.0.0.1:{}/stats?filter=upstream_rq_total",
@@ -960,4 +1091,39 @@ fn deltas(counters: &[Counter], before: &[u64], after: &[u64]) -> Vec<(String, u
 
 fn cpu_sum(pids: &[u32]) -> Result<u64> {
     pids.iter().map(|&p| procs::cpu_ticks(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(requests: u64, lines: u64) -> Vec<(String, u64)> {
+        vec![
+            ("keel http_requests".into(), requests),
+            (ACCESS_LOG_LABEL.into(), lines),
+        ]
+    }
+
+    #[test]
+    fn access_log_needs_a_line_per_answer_and_no_more_than_keel_counted() {
+        assert!(check_access_log(&d(100, 100), 100).is_ok());
+        // 3 requests cut off at the deadline: counted, never answered, not logged.
+        assert!(check_access_log(&d(103, 100), 100).is_ok());
+        assert!(check_access_log(&d(100, 99), 100).is_err());
+        assert!(check_access_log(&d(100, 101), 100).is_err());
+        // Modes without an access log have nothing to check.
+        assert!(check_access_log(&d(100, 0)[..1], 5).is_ok());
+    }
+
+    #[test]
+    fn lines_are_counted_and_a_missing_log_has_none() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("kbench-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("access.log");
+        assert_eq!(count_lines(&path)?, 0);
+        std::fs::write(&path, "a\nb\nc\n")?;
+        assert_eq!(count_lines(&path)?, 3);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }

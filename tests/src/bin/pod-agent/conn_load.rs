@@ -1,4 +1,5 @@
-//! `conn-load` (a new connection per request at a fixed rate, every one timed) and `tcp-hold` (one
+//! `conn-load` (a new connection per request at a fixed rate, every one timed), `conn-cycle` (the
+//! same over many targets in turn) and `tcp-hold` (one
 //! long-lived TCP connection exchanging a line every 100 ms): what a restart or a crash of the proxy
 //! does to an application's connections.
 
@@ -30,6 +31,42 @@ pub async fn conn_load(
         tick.tick().await;
         let host = host.clone();
         tasks.push(tokio::spawn(async move { one(addr, &host, timeout).await }));
+    }
+    let mut samples = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(s) = t.await {
+            samples.push(s);
+        }
+    }
+    ConnLoadReport { samples }
+}
+
+/// `rate` new connections per second for `duration`, the n-th to `targets[(start + n) % len]` (Host =
+/// the target's IP), each one `GET /` with `Connection: close`: one client spreading its requests
+/// evenly over many services, so a proxy holds state for every (client, service) pair.
+pub async fn conn_cycle(
+    targets: Vec<SocketAddr>,
+    start: usize,
+    rate: u32,
+    duration: Duration,
+    timeout: Duration,
+) -> ConnLoadReport {
+    if targets.is_empty() {
+        return ConnLoadReport::default();
+    }
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = tokio::time::Instant::now() + duration;
+    let mut tasks = Vec::new();
+    let mut n = start;
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let addr = targets[n % targets.len()];
+        n += 1;
+        tasks.push(tokio::spawn(async move {
+            one(addr, &addr.ip().to_string(), timeout).await
+        }));
     }
     let mut samples = Vec::with_capacity(tasks.len());
     for t in tasks {

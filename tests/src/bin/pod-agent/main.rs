@@ -330,6 +330,24 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// `rate` new connections per second for `duration_ms`, the n-th to the `(start + n)`-th of
+    /// `addrs` (cycling; Host = the target's IP), one `GET /` with `Connection: close` each; reports
+    /// like `conn-load`.
+    ConnCycle {
+        /// Targets, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        addrs: Vec<SocketAddr>,
+        /// Index of the first target.
+        #[arg(long, default_value_t = 0)]
+        start: usize,
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+        #[arg(long)]
+        duration_ms: u64,
+        /// Limit of each connect and of each exchange.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// One long-lived connection to a line echo server, a line every 100 ms for `duration_ms`.
     TcpHold {
         #[arg(long)]
@@ -677,6 +695,25 @@ async fn dispatch(cmd: Cmd) -> Result<bool> {
             )
             .await;
             let ok = report.samples.iter().all(|s| s.status == 200);
+            print_json(&report)?;
+            Ok(ok)
+        }
+        Cmd::ConnCycle {
+            addrs,
+            start,
+            rate,
+            duration_ms,
+            timeout_ms,
+        } => {
+            let report = conn_load::conn_cycle(
+                addrs,
+                start,
+                rate,
+                Duration::from_millis(duration_ms),
+                Duration::from_millis(timeout_ms),
+            )
+            .await;
+            let ok = !report.samples.is_empty() && report.samples.iter().all(|s| s.status == 200);
             print_json(&report)?;
             Ok(ok)
         }
