@@ -465,12 +465,13 @@ fn enrolment_follows_istio_labels() -> Result<()> {
     Ok(())
 }
 
-/// 200 pods come and go, one after another: each new pod's first connection is captured and
-/// attributed to it (IPs are reused, so an old pod would show), and no kernel entry outlives its pod.
+/// reliability-tests.md B8: pods come and go, one after another (200; 500 at full size), while
+/// traffic flows: each new pod's first connection is captured and attributed to it (IPs are
+/// reused, so an old pod would show), and no kernel entry outlives its pod.
 #[test]
-fn pod_churn_captures_every_first_connection() -> Result<()> {
+fn chaos_b8_pod_churn_captures_every_first_connection() -> Result<()> {
     let mut fx = KubeFixture::start(212)?;
-    let churn = 200u32;
+    let churn: u32 = keel_tests::figures::sized(200, 500);
     let started = Instant::now();
     // The sleep pod calls reviews the whole time the pods come and go: no request may fail.
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -533,6 +534,26 @@ fn pod_churn_captures_every_first_connection() -> Result<()> {
         "traffic during the churn: {served} served by v1; failed batches: {failures:#?}"
     );
     check_only_fixture_pods_remain(&fx)?;
+    let scenario = "B8 pod churn";
+    keel_tests::figures::record(
+        scenario,
+        "pods created and deleted",
+        f64::from(churn),
+        "count",
+    );
+    keel_tests::figures::record(
+        scenario,
+        "first connections captured and attributed",
+        f64::from(churn),
+        "count",
+    );
+    keel_tests::figures::record(
+        scenario,
+        "requests served meanwhile (0 failed)",
+        served as f64,
+        "count",
+    );
+    keel_tests::figures::record(scenario, "churn time", started.elapsed().as_secs_f64(), "s");
     ensure!(fx.versions(10)? == all("v1", 10));
     Ok(())
 }

@@ -11,7 +11,8 @@ use anyhow::{ensure, Context, Result};
 use common::{reviews_destination_rule, reviews_vip, Fixture, REVIEWS_URL};
 
 const PREFIX: &str = "ktreload";
-const RATE: u32 = 500;
+/// reliability-tests.md C2/C4: changes under 1,000 rps on keep-alive connections.
+const RATE: u32 = 1_000;
 const CONNECTIONS: u32 = 4;
 const VALID_CHANGES: usize = 50;
 /// One invalid write after every fifth valid change.
