@@ -414,7 +414,7 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
             &pod_rate,
         ],
     )?;
-    let secs = sized(4, 20);
+    let secs = sized(6, 20);
     legit(&fx, &fx.sleep, 200, "warm-up")?;
     let before = victim(&fx, secs, "baseline before")?;
     let (over_caps, _) = victim_under_attack(&fx, &noisy, NoisyAttack::OverCaps, secs)?;
@@ -511,10 +511,11 @@ fn chaos_d4_noisy_neighbour_does_not_slow_another_pod() -> Result<()> {
         "requests were refused for rate ({refused_rate}, {:?}) though none waited 1 s",
         flood.by_status
     );
-    // Target: +20 %, which the full run (10,000 samples a phase) holds. The smoke run's 2,000
-    // samples put a p99 within +-60 % on a shared 2-core VM with no change, so it only catches a
-    // real loss of isolation: at most double.
-    let allowed = sized(2.0, 1.2);
+    // Target: +20 %, which the full run (10,000 samples a phase) holds. A smoke phase's p99 (3,000
+    // samples) swings by 2x or more on a shared 2-core VM with nothing changed (baselines of 594
+    // and 2,704 us seen), so the smoke run's isolation checks are the pacing and rate checks above;
+    // its p99 bound only catches a proxy that stalls other pods outright.
+    let allowed = sized(3.0, 1.2);
     for (what, p99) in [
         ("pushed against its caps", caps_p99),
         ("flooded", flood_p99),
