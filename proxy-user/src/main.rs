@@ -1120,7 +1120,7 @@ impl Control {
                 let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
                 let pods = layout.resolve(&snapshot);
                 let resolved_ms = started.elapsed().as_secs_f64() * 1e3;
-                let previous = state.publish(snapshot, pods);
+                let previous = state.publish_changed(snapshot, pods, &loaded.changes);
                 let published_ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::debug!(
                     load_ms,

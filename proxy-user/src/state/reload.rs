@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::policy::{self, Converted, LoadReport};
+use crate::routing::Changes;
 use crate::source::kube::Change;
 use crate::source::{self, Document, ObjectKey, Origin, SourceObject};
 
@@ -57,11 +58,37 @@ pub struct Reloaded {
     pub kept_previous: usize,
     /// Those resources.
     pub kept: Vec<ObjectKey>,
+    /// What `serving` changed since the snapshot the previous load served (for rebuilding only
+    /// the routes that can differ).
+    pub changes: Changes,
 }
 
-/// The last accepted version of each resource, converted.
+/// The last accepted version of each resource, converted, and what was served last.
 #[derive(Debug, Default)]
-pub struct LastGood(HashMap<ObjectKey, Arc<Converted>>);
+pub struct LastGood {
+    accepted: HashMap<ObjectKey, Arc<Converted>>,
+    /// The objects the last snapshot was assembled from (`None` before the first).
+    served: Option<Vec<Arc<Converted>>>,
+}
+
+/// What changed from the objects served before (`None`: nothing served yet) to `now`.
+fn changes_between(before: Option<&[Arc<Converted>]>, now: &[Arc<Converted>]) -> Changes {
+    let Some(before) = before else {
+        return Changes::Everything;
+    };
+    let was: HashSet<*const Converted> = before.iter().map(Arc::as_ptr).collect();
+    let is: HashSet<*const Converted> = now.iter().map(Arc::as_ptr).collect();
+    let mut hosts = HashSet::new();
+    let added = now.iter().filter(|c| !was.contains(&Arc::as_ptr(c)));
+    let removed = before.iter().filter(|c| !is.contains(&Arc::as_ptr(c)));
+    for c in added.chain(removed) {
+        match c.routed_hosts() {
+            Some(h) => hosts.extend(h.iter().cloned()),
+            None => return Changes::Everything,
+        }
+    }
+    Changes::VirtualServiceHosts(hosts)
+}
 
 impl LastGood {
     /// Assembles `current` (the source's objects in order, with the key each stands for: its own,
@@ -74,18 +101,18 @@ impl LastGood {
         let rejected = |i: usize, c: &Converted| !c.accepted() || assembly_rejected.contains(&i);
 
         let mut kept = Vec::new();
-        let mut serving_objects: Vec<&Converted> = Vec::with_capacity(current.len());
+        let mut serving_objects: Vec<Arc<Converted>> = Vec::with_capacity(current.len());
         for (i, (_, c)) in current.iter().enumerate() {
             if !rejected(i, c) {
-                serving_objects.push(c);
+                serving_objects.push(Arc::clone(c));
             }
         }
         for (i, (key, c)) in current.iter().enumerate() {
             if !rejected(i, c) {
                 continue;
             }
-            if let Some((key, prev)) = key.as_ref().and_then(|k| Some((k, self.0.get(k)?))) {
-                serving_objects.push(prev);
+            if let Some((key, prev)) = key.as_ref().and_then(|k| Some((k, self.accepted.get(k)?))) {
+                serving_objects.push(Arc::clone(prev));
                 kept.push(key.clone());
             }
         }
@@ -93,16 +120,18 @@ impl LastGood {
             std::mem::take(&mut on_disk.snapshot)
         } else {
             on_disk.snapshot = policy::Snapshot::default();
-            policy::assemble(serving_objects).snapshot
+            policy::assemble(serving_objects.iter().map(|c| &**c)).snapshot
         };
+        let changes = changes_between(self.served.as_deref(), &serving_objects);
+        self.served = Some(serving_objects);
 
         // Accepted versions become the last good ones; resources gone from the source are
         // forgotten; rejected ones keep their previous version.
         let present: HashSet<&ObjectKey> = current.iter().filter_map(|(k, _)| k.as_ref()).collect();
-        self.0.retain(|k, _| present.contains(k));
+        self.accepted.retain(|k, _| present.contains(k));
         for (i, (key, c)) in current.iter().enumerate() {
             if let (Some(key), false) = (key, rejected(i, c)) {
-                self.0.insert(key.clone(), Arc::clone(c));
+                self.accepted.insert(key.clone(), Arc::clone(c));
             }
         }
         Reloaded {
@@ -110,6 +139,7 @@ impl LastGood {
             serving,
             kept_previous: kept.len(),
             kept,
+            changes,
         }
     }
 }
@@ -591,6 +621,87 @@ mod tests {
         .join("\n")
     }
 
+    /// How a table routes, view by view and service port by service port, with the clusters the
+    /// targets are (their policy and discovery included), and the clusters the registry holds.
+    fn routing_of(
+        table: &crate::routing::RouteTable,
+        registry: &crate::upstream::ClusterRegistry,
+    ) -> String {
+        use crate::routing::Target;
+        use std::fmt::Write as _;
+        let target = |t: &Target| match t {
+            Target::Cluster(c) => {
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    c.key, c.protocol, c.policy, c.discovery
+                )
+            }
+            Target::Missing(k) => format!("missing {k:?}"),
+        };
+        let mut views: Vec<String> = table
+            .views()
+            .map(|v| {
+                let mut out = format!(
+                    "{:?} sidecar {:?} {:?}\n",
+                    v.class, v.sidecar, v.outbound_traffic_policy
+                );
+                for port in v.service_ports() {
+                    let Some(p) = port else {
+                        out.push_str("  -\n");
+                        continue;
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {} {} {:?} {:?} vs {:?} default {} {:?} {:?}",
+                        p.hostname,
+                        p.port,
+                        p.protocol,
+                        p.location,
+                        p.virtual_service,
+                        target(&p.default_target),
+                        p.default_hash,
+                        p.default_policy
+                    );
+                    for r in p.http.iter().flatten() {
+                        let _ = writeln!(
+                            out,
+                            "    http {} {:?} {:?} {:?}",
+                            r.rule, r.blocks, r.spec, r.policy
+                        );
+                        for t in &r.targets.targets {
+                            let _ = writeln!(
+                                out,
+                                "      {} w{} i{} {:?}",
+                                target(&t.target),
+                                t.weight,
+                                t.index,
+                                t.hash
+                            );
+                        }
+                        for (t, pct) in &r.mirrors {
+                            let _ = writeln!(out, "      mirror {} {pct}", target(t));
+                        }
+                    }
+                    for t in p.tcp.iter().flat_map(|t| &t.targets) {
+                        let _ = writeln!(out, "    tcp {} w{}", target(&t.target), t.weight);
+                    }
+                    for t in p.tls.iter().flat_map(|t| t.targets()) {
+                        let _ = writeln!(out, "    tls {}", target(t));
+                    }
+                }
+                out
+            })
+            .collect();
+        views.sort();
+        let mut clusters: Vec<String> = registry
+            .clusters()
+            .iter()
+            .map(|c| format!("{:?}", c.key))
+            .collect();
+        clusters.sort();
+        format!("{}\nclusters {clusters:?}", views.join("\n"))
+    }
+
     fn report_of(r: &Reloaded) -> (String, Vec<String>, Vec<String>, Vec<ObjectKey>) {
         (
             canonical(&r.serving),
@@ -624,17 +735,32 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keel-reload-inc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        write(&dir, "svc.yaml", SERVICE);
+        let services = format!(
+            "{SERVICE}---\n{}",
+            SERVICE
+                .replace("reviews", "details")
+                .replace("10.96.0.20", "10.96.0.21")
+        );
+        write(&dir, "svc.yaml", &services);
         write(&dir, "dr.yaml", DR);
         write(&dir, "pods.yaml", PODS);
         write(&dir, "vs-a.yaml", &vs_for("a", &["reviews"], 90));
         write(&dir, "vs-b.yaml", &vs_for("b", &["ratings"], 90));
         let mut inc = Reloader::new(&dir);
         let mut full = Reloader::new(&dir);
-        assert_eq!(
-            report_of(&inc.load().expect("load")),
-            report_of(&full.load().expect("load"))
+        let first = inc.load().expect("load");
+        assert_eq!(report_of(&first), report_of(&full.load().expect("load")));
+        // The routing tables too: built incrementally from the previous table, with the clusters
+        // living on in one registry, against tables built from scratch.
+        let registry = crate::upstream::ClusterRegistry::default();
+        let mut table = crate::routing::RouteTable::rebuild_for_node(
+            &first.serving,
+            &registry,
+            None,
+            None,
+            &first.changes,
         );
+        assert!(table.view_count() > 0, "the client pod has a view");
 
         enum Step<'a> {
             Write(&'a str, String),
@@ -678,8 +804,8 @@ mod tests {
                 true,
             ),
             (
-                "modify the Service",
-                vec![Write("svc.yaml", SERVICE.replace("9080", "9081"))],
+                "modify a Service",
+                vec![Write("svc.yaml", services.replacen("9080", "9081", 1))],
                 true,
             ),
             (
@@ -758,12 +884,43 @@ mod tests {
                 };
                 names.insert(std::ffi::OsString::from(file));
             }
-            let incremental = report_of(&inc.load_changed(Some(&names)).expect("load"));
+            let loaded = inc.load_changed(Some(&names)).expect("load");
+            let incremental = report_of(&loaded);
             assert_eq!(
                 incremental,
                 report_of(&full.load().expect("load")),
                 "{what}: incremental vs full"
             );
+            table = crate::routing::RouteTable::rebuild_for_node(
+                &loaded.serving,
+                &registry,
+                None,
+                Some(&table),
+                &loaded.changes,
+            );
+            let scratch_registry = crate::upstream::ClusterRegistry::default();
+            let scratch_table =
+                crate::routing::RouteTable::build(&loaded.serving, &scratch_registry);
+            assert_eq!(
+                routing_of(&table, &registry),
+                routing_of(&scratch_table, &scratch_registry),
+                "{what}: incremental vs from-scratch routing"
+            );
+            // Each of these leaves the other service's host alone.
+            if what.contains("VS") && !what.contains("between") {
+                assert!(
+                    matches!(
+                        loaded.changes,
+                        crate::routing::Changes::VirtualServiceHosts(_)
+                    ),
+                    "{what}: {:?}",
+                    loaded.changes
+                );
+                assert!(
+                    table.reused_slots() > 0,
+                    "{what}: the other service's routes are kept"
+                );
+            }
             if valid {
                 assert!(incremental.1.is_empty(), "{what}: {:?}", incremental.1);
                 let scratch = report_of(&Reloader::new(&dir).load().expect("load"));
