@@ -91,7 +91,9 @@ impl RouteTable {
         previous: Option<&RouteTable>,
         changes: &Changes,
     ) -> RouteTable {
+        let started = std::time::Instant::now();
         let mut builder = Builder::new(snapshot, registry);
+        let indexed_ms = started.elapsed().as_secs_f64() * 1e3;
         builder.local = node.map(|n| snapshot.node_locality(n)).unwrap_or_default();
         let class_keys = class_label_keys(snapshot);
         builder.reuse = match (previous, changes) {
@@ -130,6 +132,8 @@ impl RouteTable {
             views = views_by_class.len(),
             slots = builder.slots.len(),
             reused = builder.reused_slots,
+            index_ms = indexed_ms,
+            views_ms = started.elapsed().as_secs_f64() * 1e3 - indexed_ms,
             "routing tables built"
         );
         RouteTable {

@@ -63,6 +63,16 @@ pub struct Reloaded {
     pub changes: Changes,
 }
 
+impl Reloaded {
+    /// `everything`, or how many hosts' routes changed (for logs).
+    pub fn changes_summary(&self) -> String {
+        match &self.changes {
+            Changes::Everything => "everything".to_string(),
+            Changes::VirtualServiceHosts(hosts) => format!("{} hosts", hosts.len()),
+        }
+    }
+}
+
 /// The last accepted version of each resource, converted, and what was served last.
 #[derive(Debug, Default)]
 pub struct LastGood {
@@ -262,7 +272,11 @@ impl Reloader {
         &mut self,
         changed: Option<&HashSet<std::ffi::OsString>>,
     ) -> Result<Reloaded, source::Error> {
+        let started = std::time::Instant::now();
+        let ms = |since: std::time::Instant| since.elapsed().as_secs_f64() * 1e3;
         let listing = list_yaml_files(&self.dir)?;
+        let listed_ms = ms(started);
+        let mut read_files = 0usize;
         let mut previous = std::mem::take(&mut self.files);
         let mut files: Vec<(PathBuf, FileStamp, Vec<Pending>)> = Vec::with_capacity(listing.len());
         // Documents to convert: (file, document) positions in `files`, and the object.
@@ -280,6 +294,7 @@ impl Reloader {
                 Some(old) => old.docs,
                 None => Vec::new(),
             };
+            read_files += 1;
             let text = std::fs::read_to_string(&path).map_err(|source| source::Error::Io {
                 path: path.clone(),
                 source,
@@ -313,6 +328,8 @@ impl Reloader {
             }
             files.push((path, stamp, pending));
         }
+        let read_ms = ms(started);
+        let converted_count = todo.len();
         for (file_at, doc_at, c) in convert_all(&todo) {
             let entry = &mut files[file_at].2[doc_at];
             // Unparseable now: it stands for what used to be at the same place.
@@ -344,7 +361,19 @@ impl Reloader {
             .flat_map(|(_, _, docs)| docs.iter())
             .map(|d| (d.key.clone(), Arc::clone(&d.converted)))
             .collect();
+        let converted_ms = ms(started);
         let reloaded = self.last_good.apply(&current);
+        tracing::debug!(
+            files = files.len(),
+            read_files,
+            converted = converted_count,
+            list_ms = listed_ms,
+            read_ms = read_ms - listed_ms,
+            convert_ms = converted_ms - read_ms,
+            assemble_ms = ms(started) - converted_ms,
+            changes = ?reloaded.changes_summary(),
+            "config directory loaded"
+        );
         self.fingerprint = Fingerprint(
             files
                 .iter()
