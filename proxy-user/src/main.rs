@@ -463,6 +463,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         let loaded = reloader
             .load()
             .with_context(|| format!("reading config directory {}", reloader.dir().display()))?;
+        fingerprint = Some(reloader.fingerprint().clone());
         first = Some(loaded);
     }
     let config_status = Arc::new(Mutex::new(
@@ -863,7 +864,10 @@ const POD_RESCAN_EVERY: u32 = 4;
 const SWEEP_EVERY: u32 = 240;
 const SWEEP_AGE: Duration = Duration::from_secs(300);
 
-/// A change is applied once the directory stops changing for this long...
+/// A change is applied once the directory stops changing for this long (watched: no event for
+/// this long)...
+const CONFIG_QUIET: Duration = Duration::from_millis(10);
+/// (not watched: the fingerprint stays the same over this long)...
 const CONFIG_SETTLE: Duration = Duration::from_millis(50);
 /// ...or after this long if it keeps changing.
 const CONFIG_SETTLE_MAX: Duration = Duration::from_secs(2);
@@ -976,7 +980,7 @@ async fn control_loop(mut c: Control) {
             change = next_change(&mut c.changes) => match change {
                 Some(change) => {
                     c.apply_changes(change).await;
-                    changed |= c.reload().await;
+                    changed |= c.reload(None).await;
                 }
                 None => {
                     tracing::error!("the API watchers stopped; keeping the current config");
@@ -990,12 +994,38 @@ async fn control_loop(mut c: Control) {
         let look_at_dir = dir_woke
             || (ticked && (c.dir_watch.is_none() || n.is_multiple_of(CONFIG_BACKSTOP_EVERY)));
         if look_at_dir {
-            if let (ConfigSource::Dir(reloader), Some(fingerprint)) = (&c.source, &c.fingerprint) {
+            // Watched: once the burst of changes is over, the watch names the files that changed,
+            // and only those are read again.
+            let mut names = None;
+            if let (true, Some(watch)) = (dir_woke, c.dir_watch.as_mut()) {
+                let settled = watch.settle(CONFIG_QUIET, CONFIG_SETTLE_MAX).await;
+                match settled.and_then(|()| watch.take_changed()) {
+                    Ok(keel::source::dir_watch::Changed::Names(n)) => names = Some(n),
+                    Ok(keel::source::dir_watch::Changed::Unknown) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the config directory watch failed; looking at it every 250 ms");
+                        c.dir_watch = None;
+                    }
+                }
+            }
+            // Only YAML files named: exactly those changed. Anything else (a ConfigMap volume's
+            // `..data` swapped, lost events, the backstop look): compare every file's metadata and,
+            // if any changed, read them all.
+            let only_yaml = names.as_ref().is_some_and(|n| {
+                !n.is_empty() && n.iter().all(|name| keel::source::is_yaml_name(name))
+            });
+            if only_yaml {
+                changed |= c.reload(names).await;
+            } else if let (ConfigSource::Dir(reloader), Some(fingerprint)) =
+                (&c.source, &c.fingerprint)
+            {
                 let dir = reloader.dir().to_path_buf();
                 match reload::fingerprint(&dir) {
                     Ok(fp) if fp != *fingerprint => {
-                        c.fingerprint = Some(settled_fingerprint(&dir, fp).await);
-                        changed |= c.reload().await;
+                        if c.dir_watch.is_none() {
+                            settled_fingerprint(&dir, fp).await;
+                        }
+                        changed |= c.reload(None).await;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -1081,16 +1111,31 @@ impl Control {
 
     /// Load the config directory and publish it, both off the runtime's workers (building the
     /// routing tables of a large config takes a while). True if published.
-    async fn reload(&mut self) -> bool {
+    ///
+    /// `changed`: file mode, the config files that changed (`None`: unknown, every file is read).
+    async fn reload(
+        &mut self,
+        changed: Option<std::collections::HashSet<std::ffi::OsString>>,
+    ) -> bool {
         let mut source =
             std::mem::replace(&mut self.source, ConfigSource::Kube(KubeObjects::default()));
         let state = Arc::clone(&self.state);
         let layout = self.layout.clone();
+        let started = std::time::Instant::now();
         let (source, loaded) = match tokio::task::spawn_blocking(move || {
-            let loaded = source.load().map(|mut loaded| {
+            let loaded = source.load(changed.as_ref()).map(|mut loaded| {
+                let load_ms = started.elapsed().as_secs_f64() * 1e3;
                 let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
                 let pods = layout.resolve(&snapshot);
-                let previous = state.publish(snapshot, pods);
+                let resolved_ms = started.elapsed().as_secs_f64() * 1e3;
+                let previous = state.publish_changed(snapshot, pods, &loaded.changes);
+                let published_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(
+                    load_ms,
+                    resolve_ms = resolved_ms - load_ms,
+                    publish_ms = published_ms - resolved_ms,
+                    "config reload phases"
+                );
                 (loaded, previous)
             });
             (source, loaded)
@@ -1104,6 +1149,10 @@ impl Control {
             }
         };
         self.source = source;
+        if let ConfigSource::Dir(reloader) = &self.source {
+            // What this load read: a later look compares against it.
+            self.fingerprint = Some(reloader.fingerprint().clone());
+        }
         let (loaded, previous) = match loaded {
             Ok(l) => l,
             Err(e) => {
@@ -1119,7 +1168,10 @@ impl Control {
             *s = status;
         }
         self.stats.config_reloads.inc();
-        tracing::info!("config reloaded");
+        tracing::info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "config reloaded"
+        );
         apply_access_log(&self.metrics, &self.state.load().snapshot.mesh);
         // The new config serves already; free the old one (requests still holding it keep it alive)
         // off the workers, and hand the freed memory back.

@@ -27,8 +27,8 @@ use http::HeaderMap;
 
 use crate::policy::{HashKey, HttpAction, HttpMatch, Labels, StringMatch};
 pub use policy::RoutePolicy;
-pub use table::RouteTable;
 pub use table::{cluster_policy, destination_rules_for};
+pub use table::{Changes, RouteTable};
 pub use target::{Target, WeightedTarget, WeightedTargets};
 pub use tls::{route_tls, routes_by_sni, TlsRoutes, TlsRule};
 pub use view::{ClientClass, ClientView, CompiledHttpRoute, Listener, Outbound, ServicePortRoutes};

@@ -48,6 +48,21 @@ pub struct RouteTable {
     views_by_class: HashMap<ClientClass, Arc<ClientView>>,
     /// Every meshed destination, for callers that only ask "is this meshed at all".
     index: Arc<HashMap<(IpAddr, u16), usize>>,
+    /// Service ports taken over from the previous table.
+    reused_slots: usize,
+}
+
+/// What changed between the snapshot a table was built from and the next one, as far as reusing
+/// the first table's routes for the second goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Changes {
+    /// Anything (or unknown): every route is built again.
+    #[default]
+    Everything,
+    /// Only VirtualServices changed (added, modified, removed), none of them with a wildcard host,
+    /// without hosts (a delegate) or delegating; these are the hosts of their old and new
+    /// versions. Only the service ports of these hosts can route differently.
+    VirtualServiceHosts(HashSet<String>),
 }
 
 impl RouteTable {
@@ -63,9 +78,37 @@ impl RouteTable {
         registry: &ClusterRegistry,
         node: Option<&str>,
     ) -> RouteTable {
+        Self::rebuild_for_node(snapshot, registry, node, None, &Changes::Everything)
+    }
+
+    /// [`RouteTable::build_for_node`], taking over from `previous` (the table of the snapshot
+    /// before, on the same node) the routes of every service port `changes` cannot have changed:
+    /// the result routes exactly as a table built from scratch.
+    pub fn rebuild_for_node(
+        snapshot: &Snapshot,
+        registry: &ClusterRegistry,
+        node: Option<&str>,
+        previous: Option<&RouteTable>,
+        changes: &Changes,
+    ) -> RouteTable {
+        let started = std::time::Instant::now();
         let mut builder = Builder::new(snapshot, registry);
+        let indexed_ms = started.elapsed().as_secs_f64() * 1e3;
         builder.local = node.map(|n| snapshot.node_locality(n)).unwrap_or_default();
         let class_keys = class_label_keys(snapshot);
+        builder.reuse = match (previous, changes) {
+            (Some(previous), Changes::VirtualServiceHosts(hosts))
+                if previous.class_keys == class_keys
+                    && *previous.index == *builder.index
+                    && !has_delegation(snapshot) =>
+            {
+                Some(Reuse {
+                    views: previous.views_by_class.clone(),
+                    hosts: hosts.clone(),
+                })
+            }
+            _ => None,
+        };
         let mut views_by_class: HashMap<ClientClass, Arc<ClientView>> = HashMap::new();
         let mut views_by_pod = vec![None; snapshot.pods.len()];
         for (pod_id, pod) in snapshot.pods.iter().enumerate() {
@@ -85,12 +128,21 @@ impl RouteTable {
             views_by_pod[pod_id] = Some(view);
         }
         registry.retain(&builder.live);
+        tracing::debug!(
+            views = views_by_class.len(),
+            slots = builder.slots.len(),
+            reused = builder.reused_slots,
+            index_ms = indexed_ms,
+            views_ms = started.elapsed().as_secs_f64() * 1e3 - indexed_ms,
+            "routing tables built"
+        );
         RouteTable {
             id: builder.table_id,
             class_keys,
             views_by_pod,
             views_by_class,
             index: builder.index,
+            reused_slots: builder.reused_slots,
         }
     }
 
@@ -108,6 +160,16 @@ impl RouteTable {
         ))
     }
 
+    /// Every client view (one per class), in no particular order.
+    pub fn views(&self) -> impl Iterator<Item = &Arc<ClientView>> {
+        self.views_by_class.values()
+    }
+
+    /// How many service ports of its views this table took over from the previous one.
+    pub fn reused_slots(&self) -> usize {
+        self.reused_slots
+    }
+
     /// Number of distinct client views (one per class).
     pub fn view_count(&self) -> usize {
         self.views_by_class.len()
@@ -123,6 +185,23 @@ impl RouteTable {
     pub fn id(&self) -> u64 {
         self.id
     }
+}
+
+/// Whether some VirtualService delegates (its routes then depend on another VirtualService).
+fn has_delegation(snapshot: &Snapshot) -> bool {
+    snapshot.virtual_services.iter().any(|vs| {
+        vs.http
+            .iter()
+            .any(|r| matches!(r.action, HttpAction::Delegate { .. }))
+    })
+}
+
+/// What a build takes over from the previous table.
+struct Reuse {
+    /// The previous table's views.
+    views: HashMap<ClientClass, Arc<ClientView>>,
+    /// Hosts whose service ports are built again.
+    hosts: HashSet<String>,
 }
 
 /// The label keys any client-selecting field reads: match `sourceLabels` (HTTP, TCP, TLS, delegates
@@ -206,6 +285,10 @@ struct Builder<'a> {
     live: HashSet<ClusterKey>,
     /// The locality of the node the proxy runs on: its clients' locality.
     local: Locality,
+    /// Routes to take over from the previous table, if any.
+    reuse: Option<Reuse>,
+    /// How many slots were taken over (for the log).
+    reused_slots: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -300,6 +383,8 @@ impl<'a> Builder<'a> {
             )),
             live: HashSet::from([passthrough_key()]),
             local: Locality::default(),
+            reuse: None,
+            reused_slots: 0,
         }
     }
 
@@ -317,6 +402,11 @@ impl<'a> Builder<'a> {
         let outbound_traffic_policy = scope
             .outbound_traffic_policy
             .unwrap_or(self.snapshot.mesh.outbound_traffic_policy);
+        let previous = self
+            .reuse
+            .as_ref()
+            .and_then(|r| r.views.get(&class))
+            .map(Arc::clone);
         let mut slots = Vec::with_capacity(self.slots.len());
         for slot in 0..self.slots.len() {
             let addr = self.slots[slot].addr;
@@ -325,7 +415,35 @@ impl<'a> Builder<'a> {
                 .iter()
                 .filter_map(|&(id, pi)| Some((id, self.catalog.services[id].port_at(pi)?)))
                 .find(|&(id, port)| self.visible(&client, &scope, id, port.number));
-            slots.push(seen.map(|(id, port)| self.service_port(&client, &scope, id, port, addr)));
+            let Some((id, port)) = seen else {
+                slots.push(None);
+                continue;
+            };
+            // A service port whose host no changed VirtualService names routes as before.
+            let kept = previous.as_ref().and_then(|view| {
+                let routes = view.slots.get(slot)?.as_ref()?;
+                let reuse = self.reuse.as_ref()?;
+                let same = routes.hostname == self.catalog.services[id].hostname
+                    && routes.port == port.number
+                    && !reuse.hosts.contains(&routes.hostname);
+                same.then(|| Arc::clone(routes))
+            });
+            match kept {
+                Some(routes) => {
+                    for target in routes.targets() {
+                        if let Target::Cluster(c) = target {
+                            if !self.live.contains(&c.key) {
+                                self.live.insert(c.key.clone());
+                            }
+                        }
+                    }
+                    self.reused_slots += 1;
+                    slots.push(Some(routes));
+                }
+                None => slots.push(Some(Arc::new(
+                    self.service_port(&client, &scope, id, port, addr),
+                ))),
+            }
         }
         let topology = Arc::new(Topology {
             locality: self.local.clone(),

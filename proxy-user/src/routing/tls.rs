@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 
 use crate::policy::{L4Match, OutboundTrafficPolicy};
 
-use super::target::WeightedTargets;
+use super::target::{Target, WeightedTargets};
 use super::view::{ClientView, Outbound};
 use super::{ClientInfo, TcpDecision, Unmet};
 
@@ -98,6 +98,13 @@ impl TlsRoutesBuilder {
 }
 
 impl TlsRoutes {
+    /// Every target of every rule.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.targets.targets.iter().map(|t| &t.target))
+    }
+
     /// The rule a connection with server name `sni` takes: an exact name, then the longest wildcard
     /// suffix; `None` when no block matches (or the client sent no SNI).
     pub fn rule_for(&self, sni: Option<&str>) -> Option<&TlsRule> {

@@ -98,6 +98,28 @@ pub struct ServicePortRoutes {
     pub default_policy: Arc<RoutePolicy>,
 }
 
+impl ServicePortRoutes {
+    /// Every target the routes lead to (default, rules, mirrors).
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        let http = self.http.iter().flatten().flat_map(|r| {
+            r.targets
+                .targets
+                .iter()
+                .map(|t| &t.target)
+                .chain(r.mirrors.iter().map(|(t, _)| t))
+        });
+        let tcp = self
+            .tcp
+            .iter()
+            .flat_map(|t| t.targets.iter().map(|t| &t.target));
+        let tls = self.tls.iter().flat_map(TlsRoutes::targets);
+        std::iter::once(&self.default_target)
+            .chain(http)
+            .chain(tcp)
+            .chain(tls)
+    }
+}
+
 /// What an original destination is for a client.
 #[derive(Debug, Clone, Copy)]
 pub enum Outbound<'a> {
@@ -148,8 +170,9 @@ pub struct ClientView {
     pub(super) index: Arc<HashMap<(IpAddr, u16), usize>>,
     /// Declared protocol per slot (shared), for traffic the client does not see.
     pub(super) protocols: Arc<Vec<Protocol>>,
-    /// Per slot: the service port this client sees there, if any.
-    pub(super) slots: Vec<Option<ServicePortRoutes>>,
+    /// Per slot: the service port this client sees there, if any (shared with the next table's
+    /// view of the class when nothing it depends on changed).
+    pub(super) slots: Vec<Option<Arc<ServicePortRoutes>>>,
     /// Istio's `PassthroughCluster` (shared).
     pub(super) passthrough: Target,
 }
@@ -163,7 +186,7 @@ impl ClientView {
         let slot = self.index.get(&key).copied();
         if let Some(routes) = slot
             .and_then(|s| self.slots.get(s))
-            .and_then(Option::as_ref)
+            .and_then(Option::as_deref)
         {
             return Outbound::Service(routes);
         }
@@ -174,6 +197,11 @@ impl ClientView {
             OutboundTrafficPolicy::AllowAny => Outbound::Passthrough { protocol },
             OutboundTrafficPolicy::RegistryOnly => Outbound::Blocked { protocol },
         }
+    }
+
+    /// The service port this client sees at each meshed destination of the table, in slot order.
+    pub fn service_ports(&self) -> impl Iterator<Item = Option<&ServicePortRoutes>> {
+        self.slots.iter().map(Option::as_deref)
     }
 
     /// Istio's `PassthroughCluster`: forward to the original destination.

@@ -5,15 +5,29 @@
 //! directory. The caller keeps a slow periodic look as the backstop for what inotify cannot report
 //! (network filesystems, a queue overflow).
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::inotify::Inotify;
+use crate::inotify::{Events, Inotify};
 
 /// An inotify watch on one config directory.
 #[derive(Debug)]
 pub struct DirWatch {
     inotify: Inotify,
+    /// What the events since the last [`DirWatch::take_changed`] said.
+    events: Events,
+}
+
+/// Which entries of the directory changed since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Exactly these names (files written, created, removed, renamed in or out).
+    Names(HashSet<OsString>),
+    /// Unknown: events were lost (the kernel's queue overflowed). Everything may have changed.
+    Unknown,
 }
 
 impl DirWatch {
@@ -33,15 +47,47 @@ impl DirWatch {
                 | libc::IN_MOVE_SELF
                 | libc::IN_ONLYDIR,
         )?;
-        Ok(Self { inotify })
+        Ok(Self {
+            inotify,
+            events: Events::default(),
+        })
     }
 
     /// Waits for the next burst of changes. An error (or the directory itself going away) means the
     /// watch no longer reports anything: the caller falls back to looking periodically.
     pub async fn changed(&mut self) -> io::Result<()> {
-        let mut ended = Vec::new();
-        self.inotify.wait(&mut ended).await?;
-        if ended.is_empty() {
+        self.inotify.wait_events(&mut self.events).await?;
+        self.check_ended()
+    }
+
+    /// Waits until no change came for `quiet` (at most `max` in all): a bulk update (a checkout
+    /// rewriting thousands of files) is then read once, whole, instead of half-written and again.
+    pub async fn settle(&mut self, quiet: Duration, max: Duration) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let until = (tokio::time::Instant::now() + quiet).min(deadline);
+            match tokio::time::timeout_at(until, self.changed()).await {
+                Ok(Ok(())) if tokio::time::Instant::now() < deadline => {}
+                Ok(Ok(())) | Err(_) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// The entries changed since the last call (events queued now included), and forgets them.
+    pub fn take_changed(&mut self) -> io::Result<Changed> {
+        self.inotify.drain(&mut self.events)?;
+        self.check_ended()?;
+        let events = std::mem::take(&mut self.events);
+        Ok(if events.overflowed {
+            Changed::Unknown
+        } else {
+            Changed::Names(events.names.into_iter().collect())
+        })
+    }
+
+    fn check_ended(&self) -> io::Result<()> {
+        if self.events.ended.is_empty() {
             Ok(())
         } else {
             Err(io::Error::new(
@@ -87,6 +133,29 @@ mod tests {
         assert!(fires(&mut w).await, "a file renamed into place");
         std::fs::remove_file(dir.join("a.yaml"))?;
         assert!(fires(&mut w).await, "a file removed");
+        let names = |list: &[&str]| Changed::Names(list.iter().map(OsString::from).collect());
+        assert_eq!(w.take_changed()?, names(&["a.yaml", ".tmp"]));
+        // Queued, not waited for: still reported.
+        std::fs::write(dir.join("b.yaml"), "x: 1\n")?;
+        assert_eq!(w.take_changed()?, names(&["b.yaml"]));
+        assert_eq!(w.take_changed()?, names(&[]));
+        // A burst settles once it stays quiet.
+        std::fs::write(dir.join("c.yaml"), "x: 1\n")?;
+        assert!(fires(&mut w).await);
+        let writer_dir = dir.clone();
+        let writer = std::thread::spawn(move || {
+            for i in 0..5 {
+                std::thread::sleep(Duration::from_millis(5));
+                let _ = std::fs::write(writer_dir.join(format!("d{i}.yaml")), "x: 1\n");
+            }
+        });
+        w.settle(Duration::from_millis(50), Duration::from_secs(2))
+            .await?;
+        let _ = writer.join();
+        assert_eq!(
+            w.take_changed()?,
+            names(&["c.yaml", "d0.yaml", "d1.yaml", "d2.yaml", "d3.yaml", "d4.yaml"])
+        );
         std::fs::remove_dir_all(&dir)?;
         assert!(
             tokio::time::timeout(Duration::from_secs(2), w.changed())

@@ -287,6 +287,14 @@ pub(crate) fn convert_path(p: &serde_path_to_error::Path) -> FieldPath {
     FieldPath(out)
 }
 
+/// Whether a directory entry named `name` is a config file (`*.yaml`, `*.yml`).
+pub fn is_yaml_name(name: &std::ffi::OsStr) -> bool {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e == "yaml" || e == "yml")
+}
+
 /// Reads `dir`'s `*.yaml` / `*.yml` files in name order and splits them into documents.
 pub fn read_dir(dir: &Path) -> Result<Vec<Document>, Error> {
     let meta = std::fs::metadata(dir).map_err(|source| Error::Io {

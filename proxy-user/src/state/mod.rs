@@ -14,7 +14,7 @@ pub mod reload;
 use arc_swap::ArcSwap;
 
 use crate::policy::{PodId, Snapshot};
-use crate::routing::{ClientInfo, RouteTable};
+use crate::routing::{Changes, ClientInfo, RouteTable};
 use crate::upstream::ClusterRegistry;
 
 /// Everything the request path reads, consistent with one snapshot.
@@ -107,11 +107,26 @@ impl State {
     /// Publish a new snapshot with the pod cgroup mapping resolved for it. Returns the state it
     /// replaced, so a caller can free it (a large config takes a while) after reporting the change.
     pub fn publish(&self, snapshot: Arc<Snapshot>, pods: PodCgroups) -> Arc<NodeState> {
-        let routes = Arc::new(RouteTable::build_for_node(
+        self.publish_changed(snapshot, pods, &Changes::Everything)
+    }
+
+    /// [`State::publish`] of a snapshot that differs from the one published now by `changes`
+    /// only: routes those changes cannot touch are taken over from the current tables.
+    pub fn publish_changed(
+        &self,
+        snapshot: Arc<Snapshot>,
+        pods: PodCgroups,
+        changes: &Changes,
+    ) -> Arc<NodeState> {
+        let current = self.current.load();
+        let routes = Arc::new(RouteTable::rebuild_for_node(
             &snapshot,
             &self.registry,
             self.node_name.as_deref(),
+            Some(&current.routes),
+            changes,
         ));
+        drop(current);
         self.current.swap(Arc::new(NodeState {
             snapshot,
             routes,

@@ -104,6 +104,26 @@ impl Converted {
     pub fn accepted(&self) -> bool {
         self.errors.is_empty()
     }
+
+    /// The hosts whose routing this object can change, when that is all it can change: none for
+    /// an object that contributes nothing (rejected, or a kind Keel ignores), the hosts of a
+    /// VirtualService that names hosts, none of them a wildcard, and delegates nowhere. `None`
+    /// for anything else (which may change any route).
+    pub fn routed_hosts(&self) -> Option<&[String]> {
+        match &self.piece {
+            None => Some(&[]),
+            Some(Piece::VirtualService { vs, .. }) => {
+                let local = !vs.hosts.is_empty()
+                    && vs.hosts.iter().all(|h| !h.contains('*'))
+                    && vs
+                        .http
+                        .iter()
+                        .all(|r| !matches!(r.action, HttpAction::Delegate { .. }));
+                local.then_some(vs.hosts.as_slice())
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 /// What an accepted object contributes to the snapshot.
