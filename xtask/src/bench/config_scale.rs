@@ -71,6 +71,9 @@ pub struct ConfigScaleResult {
     pub single_reload_s: Vec<f64>,
     /// Every VirtualService file rewritten -> reload counted and the last file's change served.
     pub all_vs_reload_s: Vec<f64>,
+    /// Keel's own phase timings of each one-VirtualService reload (its debug log lines `config
+    /// directory loaded` and `routing tables built`, fields only), in order.
+    pub single_reload_phases: Vec<String>,
     /// How long writing every VirtualService file took (not part of `all_vs_reload_s`).
     pub all_vs_write_s: Vec<f64>,
     /// `config_reloads` increments each all-VS rewrite took (a reload can start mid-write).
@@ -366,6 +369,8 @@ pub fn run(
         let mut opts = KeelOptions::new(&net, config.path())?;
         opts.ready_timeout = WAIT;
         opts.binary = Some(keel_bin.to_path_buf());
+        // The reload's phase timings (a handful of debug lines per reload, none per request).
+        opts.log_filter = Some(PHASE_LOG_FILTER.to_string());
         let t = Instant::now();
         let k = Keel::start_with(&net, opts).context("starting keel on the scale config")?;
         start_to_ready_s.push(t.elapsed().as_secs_f64());
@@ -431,6 +436,10 @@ pub fn run(
         rss_after_each_reload_kib.push(rss_hwm(keel.pid())?.0);
     }
     note!("bench: config scale: one-VS reload {single_reload_s:?} s");
+    let single_reload_phases = reload_phases(&keel.stderr(), single_reload_s.len());
+    for phases in &single_reload_phases {
+        note!("bench: config scale: one-VS reload phases: {phases}");
+    }
     let mut all_vs_reload_s = Vec::new();
     let mut all_vs_write_s = Vec::new();
     let mut all_vs_reloads = Vec::new();
@@ -467,6 +476,7 @@ pub fn run(
         validate_s,
         start_to_ready_s,
         single_reload_s,
+        single_reload_phases,
         all_vs_reload_s,
         all_vs_write_s,
         all_vs_reloads,
@@ -519,6 +529,31 @@ fn validate(keel_bin: &Path, dir: &Path) -> Result<(std::process::ExitStatus, St
     drop(proc);
     let _ = std::fs::remove_dir_all(&logs);
     Ok((status, output))
+}
+
+/// Keel's log filter for the run: info, and the debug lines that time each reload's phases.
+const PHASE_LOG_FILTER: &str = "info,keel::state::reload=debug,keel::routing::table=debug";
+
+/// The fields of the last `reloads` reloads' phase lines in keel's log `stderr` (each reload logs
+/// `config directory loaded`, then `routing tables built`), one string per reload.
+fn reload_phases(stderr: &str, reloads: usize) -> Vec<String> {
+    let fields = |line: &str, message: &str| {
+        line.split_once(message)
+            .map(|(_, rest)| rest.trim().to_string())
+    };
+    let mut out = Vec::new();
+    let mut loaded: Option<String> = None;
+    for line in stderr.lines() {
+        if let Some(f) = fields(line, "config directory loaded") {
+            loaded = Some(f);
+        } else if let Some(f) = fields(line, "routing tables built") {
+            if let Some(l) = loaded.take() {
+                out.push(format!("loaded: {l}; routing: {f}"));
+            }
+        }
+    }
+    let skip = out.len().saturating_sub(reloads);
+    out.split_off(skip)
 }
 
 /// Keel's reload count, from the Prometheus exposition: polled every few milliseconds, so it must
@@ -674,6 +709,17 @@ pub fn markdown(r: &ConfigScaleResult) -> String {
         all(&r.all_vs_reload_s),
         status(r.all_vs_reload_median_s())
     );
+    if !r.single_reload_phases.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nWhere a one-VirtualService reload's time goes (keel's debug log; `*_ms`: milliseconds each \
+             phase took; `reused`: service ports whose routes were taken over from the previous \
+             tables):\n"
+        );
+        for (i, phases) in r.single_reload_phases.iter().enumerate() {
+            let _ = writeln!(o, "- reload {}: `{phases}`", i + 1);
+        }
+    }
     let _ = writeln!(
         o,
         "\nMemory (keel, `/proc/<pid>/status`): after load VmRSS {:.1} MiB, VmHWM {:.1} MiB; after {} \
