@@ -4,7 +4,7 @@
 //! address and port), so what reached them is counted, not inferred; the proxy's side is read from
 //! the admin API's `cluster.<name>.<stat>` lines.
 //!
-//! Subnet indices 145..=154 belong to this file (154: node-wide state).
+//! Subnet indices 145..=154 belong to this file (154: node-wide state; 151: idle connections).
 
 mod common;
 
@@ -551,5 +551,65 @@ fn max_requests_per_connection_one_opens_a_connection_per_request() -> Result<()
             "upstream_cx_total"
         )? == 1
     );
+    Ok(())
+}
+
+/// An idle upstream connection outlives keel's parking of it (idle HTTP/1.1 connections keep only
+/// their socket after a second): a request after a pause reuses the same connection, and
+/// `connectionPool.http.idleTimeout` still closes it on time, counted as Envoy counts it.
+#[test]
+fn idle_connections_are_reused_after_a_pause_and_close_at_the_idle_timeout() -> Result<()> {
+    let mut fx = Fixture::reviews(PREFIX, 151, &[])?;
+    fx.add_logged_backend(
+        "reviews-v1",
+        11,
+        9080,
+        "v1",
+        &[("app", "reviews"), ("version", "v1")],
+        HttpServerOpts::default(),
+    )?;
+    fx.config.write(
+        "destinationrule.yaml",
+        &pool_rule(
+            "reviews",
+            "reviews",
+            "      http:\n        idleTimeout: 4s\n",
+        ),
+    )?;
+    let keel = fx.start_keel_strict()?;
+    let cluster = reviews_cluster();
+    let connections = |expected: usize| -> Result<(usize, usize)> {
+        let records = fx
+            .log("reviews-v1")?
+            .wait_for(expected, Duration::from_secs(5))?;
+        let ports: BTreeSet<String> = records.iter().map(|r| r.peer.clone()).collect();
+        Ok((records.len(), ports.len()))
+    };
+
+    // Two requests 2 s apart (the connection parks after 1 s): one upstream connection.
+    common::ensure_all_ok_via_proxy(&fx.get_reviews(1)?, &fx.net)?;
+    std::thread::sleep(Duration::from_secs(2));
+    common::ensure_all_ok_via_proxy(&fx.get_reviews(1)?, &fx.net)?;
+    let (n, conns) = connections(2)?;
+    ensure!(
+        n == 2 && conns == 1,
+        "two requests 2 s apart: {n} requests on {conns} connections"
+    );
+    ensure!(cluster_stat(&keel, &cluster, "upstream_cx_total")? == 1);
+    ensure!(cluster_stat(&keel, &cluster, "upstream_cx_active")? == 1);
+    ensure!(cluster_stat(&keel, &cluster, "upstream_cx_idle_timeout")? == 0);
+
+    // 4 s after the second request the idle timeout closes it; the next request dials anew.
+    common::wait_until("idle timeout", Duration::from_secs(8), || {
+        Ok(cluster_stat(&keel, &cluster, "upstream_cx_idle_timeout")? == 1)
+    })?;
+    ensure!(cluster_stat(&keel, &cluster, "upstream_cx_active")? == 0);
+    common::ensure_all_ok_via_proxy(&fx.get_reviews(1)?, &fx.net)?;
+    let (n, conns) = connections(3)?;
+    ensure!(
+        n == 3 && conns == 2,
+        "after the idle timeout: {n} requests on {conns} connections"
+    );
+    ensure!(cluster_stat(&keel, &cluster, "upstream_cx_total")? == 2);
     Ok(())
 }

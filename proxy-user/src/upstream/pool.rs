@@ -42,6 +42,9 @@ use super::policy::ClusterPolicy;
 use super::stats::{ClusterStats, StatsPair};
 use super::tls::{Alpn, ClusterTls};
 use crate::policy::Http2KeepAlive;
+use dormant::Dormant;
+
+mod dormant;
 
 /// Any error a body can end with (hyper's, or the proxy's own, e.g. a route timeout mid-response).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +56,10 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often a draining connection that still serves requests checks whether it may close.
 const DRAIN_CHECK: Duration = Duration::from_millis(250);
+/// How long an idle HTTP/1.1 connection keeps hyper's state before it parks (see [`dormant`]).
+pub const DEFAULT_DORMANT_AFTER: Duration = Duration::from_secs(1);
+/// How long a parking connection may take to hand its socket back before it is closed instead.
+const PARK_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +151,8 @@ pub struct PoolConfig {
     pub tls: Option<ClusterTls>,
     /// The cluster's counters, shared by all its clients.
     pub stats: Arc<ClusterStats>,
+    /// Idle time after which a plaintext HTTP/1.1 connection parks ([`dormant`]); `None`: never.
+    pub dormant_after: Option<Duration>,
 }
 
 impl PoolConfig {
@@ -166,6 +175,7 @@ impl PoolConfig {
             http2_keep_alive: pool.and_then(|p| p.http2_keep_alive),
             tls: policy.tls.as_ref().and_then(ClusterTls::new),
             stats,
+            dormant_after: Some(DEFAULT_DORMANT_AFTER),
         }
     }
 }
@@ -193,6 +203,8 @@ struct ConnShared {
     requests: AtomicU32,
     /// When the connection last became unused, in [`now_ms`].
     idle_since: AtomicU64,
+    /// When the connection was opened, in [`now_ms`].
+    born_ms: AtomicU64,
     /// No new requests: max requests or max duration reached; closes once unused.
     draining: AtomicBool,
     /// The connection's breaker slot: released by whoever closes the connection first (a request
@@ -224,6 +236,32 @@ struct H1Conn {
     shared: Arc<ConnShared>,
 }
 
+/// An idle HTTP/1.1 connection on an endpoint's idle list.
+enum IdleH1 {
+    /// hyper's connection runs: ready for a request at once.
+    Live(H1Conn),
+    /// Parked: only the socket is kept ([`dormant`]).
+    Dormant(Dormant),
+}
+
+impl IdleH1 {
+    fn shared(&self) -> &Arc<ConnShared> {
+        match self {
+            IdleH1::Live(conn) => &conn.shared,
+            IdleH1::Dormant(parked) => parked.shared(),
+        }
+    }
+
+    /// Whether a request may still use it.
+    fn usable(&self) -> bool {
+        let closed = match self {
+            IdleH1::Live(conn) => conn.sender.is_closed(),
+            IdleH1::Dormant(_) => false,
+        };
+        !closed && !self.shared().draining()
+    }
+}
+
 /// An HTTP/2 connection; every user holds a clone of the sender.
 #[derive(Clone)]
 struct H2Conn {
@@ -233,8 +271,8 @@ struct H2Conn {
 
 /// What a queued request is woken with.
 enum Grant {
-    /// An HTTP/1.1 connection handed over as it was returned.
-    Conn(H1Conn),
+    /// An HTTP/1.1 connection handed over as it was returned (or parked).
+    Conn(IdleH1),
     /// Permission (and the slot) to open a connection.
     Dial(ConnSlot),
     /// Capacity may have appeared (HTTP/2): look again.
@@ -247,7 +285,7 @@ struct EndpointState {
     /// Connections open or being opened.
     connections: u32,
     /// Idle HTTP/1.1 connections, most recently used last.
-    idle: Vec<H1Conn>,
+    idle: Vec<IdleH1>,
     /// HTTP/2 connections that take new streams.
     h2: Vec<H2Conn>,
     /// HTTP/2 connections being dialled.
@@ -626,13 +664,13 @@ impl ClientPool {
 
     // ---- HTTP/1.1
 
-    fn step_h1(self: &Arc<Self>, ep: &Arc<EndpointPool>) -> Result<Step<H1Conn>, SendError> {
+    fn step_h1(self: &Arc<Self>, ep: &Arc<EndpointPool>) -> Result<Step<IdleH1>, SendError> {
         let mut st = ep.lock();
         while let Some(conn) = st.idle.pop() {
-            if conn.sender.is_closed() || conn.shared.draining() {
+            if !conn.usable() {
                 continue;
             }
-            conn.shared.in_use.store(1, Ordering::Release);
+            conn.shared().in_use.store(1, Ordering::Release);
             return Ok(Step::Ready(conn));
         }
         let pending = self.pending_slot()?;
@@ -652,14 +690,20 @@ impl ClientPool {
     ) -> Result<(Response<Incoming>, ConnLease), SendError> {
         loop {
             let (mut conn, fresh) = match self.step_h1(ep)? {
-                Step::Ready(conn) => (conn, false),
+                Step::Ready(idle) => match self.take_idle(ep, idle).await {
+                    Some(conn) => (conn, false),
+                    None => continue,
+                },
                 Step::Dial(slot, pending) => {
                     let conn = self.dial_h1(ep, slot).await?;
                     drop(pending);
                     (conn, true)
                 }
                 Step::Wait(rx, pending) => match rx.await {
-                    Ok(Grant::Conn(conn)) => (conn, false),
+                    Ok(Grant::Conn(idle)) => match self.take_idle(ep, idle).await {
+                        Some(conn) => (conn, false),
+                        None => continue,
+                    },
                     Ok(Grant::Dial(slot)) => {
                         let conn = self.dial_h1(ep, slot).await?;
                         drop(pending);
@@ -702,6 +746,7 @@ impl ClientPool {
         slot: ConnSlot,
     ) -> Result<H1Conn, SendError> {
         let io = self.dial(ep, Alpn::Http1).await?;
+        let may_park = matches!(io, UpstreamIo::Plain(_));
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -711,10 +756,132 @@ impl ClientPool {
             })?;
         let shared = Arc::new(ConnShared {
             in_use: AtomicU32::new(1),
+            born_ms: AtomicU64::new(now_ms()),
             ..Default::default()
         });
-        self.spawn_driver(conn, Arc::clone(&shared), slot, ep.addr);
+        *shared.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+        self.spawn_h1_driver(conn, Arc::clone(&shared), Arc::clone(ep), may_park);
         Ok(H1Conn { sender, shared })
+    }
+
+    /// A connection from the idle list (or a waiter's grant), ready for a request: a parked one
+    /// gets hyper's connection back on its socket. `None`: it closed meanwhile (look again).
+    async fn take_idle(self: &Arc<Self>, ep: &Arc<EndpointPool>, idle: IdleH1) -> Option<H1Conn> {
+        let parked = match idle {
+            IdleH1::Live(conn) => return Some(conn),
+            IdleH1::Dormant(parked) => parked,
+        };
+        let (stream, shared) = parked.wake().await?;
+        match http1::Builder::new()
+            .handshake(TokioIo::new(UpstreamIo::Plain(stream)))
+            .await
+        {
+            Ok((sender, conn)) => {
+                self.spawn_h1_driver(conn, Arc::clone(&shared), Arc::clone(ep), true);
+                Some(H1Conn { sender, shared })
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %ep.addr, error = %e, "reviving a parked connection");
+                shared.draining.store(true, Ordering::Release);
+                shared.release_slot();
+                None
+            }
+        }
+    }
+
+    /// Run an HTTP/1.1 connection until it ends, or park it once idle for `dormant_after`
+    /// (`may_park`: plaintext). The connection's slot is in `shared` already.
+    fn spawn_h1_driver(
+        self: &Arc<Self>,
+        conn: http1::Connection<TokioIo<UpstreamIo>, ProxyBody>,
+        shared: Arc<ConnShared>,
+        ep: Arc<EndpointPool>,
+        may_park: bool,
+    ) {
+        let timers = self.timers();
+        let mut dormant_after = self.config.dormant_after.filter(|_| may_park);
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let conn = conn.without_shutdown();
+            tokio::pin!(conn);
+            loop {
+                match drive(conn.as_mut(), &shared, timers, &pool.stats, dormant_after).await {
+                    Driven::Ended(Ok(_)) | Driven::Close => break,
+                    Driven::Ended(Err(e)) => {
+                        tracing::debug!(endpoint = %ep.addr, error = %e, "upstream connection ended");
+                        break;
+                    }
+                    Driven::Idle => {}
+                }
+                let Some(listed) = pool.unlist_idle(&ep, &shared) else {
+                    // Handed to a request meanwhile, or dropped by the pool: stay as we are.
+                    dormant_after = None;
+                    continue;
+                };
+                // Without its sender, hyper's connection ends and hands the socket back.
+                drop(listed);
+                match tokio::time::timeout(PARK_WAIT, conn.as_mut()).await {
+                    Ok(Ok(parts)) if parts.read_buf.is_empty() => {
+                        if let UpstreamIo::Plain(stream) = parts.io.into_inner() {
+                            let parked = Dormant::park(
+                                stream,
+                                shared,
+                                Arc::clone(&ep),
+                                timers,
+                                pool.stats.clone(),
+                            );
+                            pool.list_idle(&ep, IdleH1::Dormant(parked));
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+                shared.draining.store(true, Ordering::Release);
+                break;
+            }
+            shared.release_slot();
+        });
+    }
+
+    /// Take `shared`'s connection off the idle list, if it is there and unused.
+    fn unlist_idle(&self, ep: &EndpointPool, shared: &Arc<ConnShared>) -> Option<H1Conn> {
+        let mut st = ep.lock();
+        let at = st
+            .idle
+            .iter()
+            .position(|c| matches!(c, IdleH1::Live(_)) && Arc::ptr_eq(c.shared(), shared))?;
+        if shared.busy() {
+            return None;
+        }
+        match st.idle.remove(at) {
+            IdleH1::Live(conn) => Some(conn),
+            other => {
+                st.idle.insert(at, other);
+                None
+            }
+        }
+    }
+
+    /// Put an idle connection on the list (oldest first), or hand it to a queued request.
+    fn list_idle(&self, ep: &EndpointPool, mut conn: IdleH1) {
+        let mut st = ep.lock();
+        while let Some(waiter) = st.waiters_h1.pop_front() {
+            conn.shared().in_use.store(1, Ordering::Release);
+            match waiter.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(back)) => conn = back,
+                Err(_) => return,
+            }
+        }
+        conn.shared().in_use.store(0, Ordering::Release);
+        st.idle.insert(0, conn);
+    }
+
+    fn timers(&self) -> Timers {
+        Timers {
+            idle: self.config.idle_timeout,
+            max_duration: self.config.max_connection_duration,
+        }
     }
 
     /// A response on `conn` ended (`complete`: read to its end).
@@ -737,7 +904,7 @@ impl ClientPool {
             return;
         }
         let mut st = ep.lock();
-        let mut conn = conn;
+        let mut conn = IdleH1::Live(conn);
         while let Some(waiter) = st.waiters_h1.pop_front() {
             match waiter.send(Grant::Conn(conn)) {
                 Ok(()) => return,
@@ -745,8 +912,8 @@ impl ClientPool {
                 Err(_) => return,
             }
         }
-        conn.shared.idle_since.store(now_ms(), Ordering::Release);
-        conn.shared.in_use.store(0, Ordering::Release);
+        conn.shared().idle_since.store(now_ms(), Ordering::Release);
+        conn.shared().in_use.store(0, Ordering::Release);
         st.idle.push(conn);
     }
 
@@ -865,6 +1032,7 @@ impl ClientPool {
         let shared = Arc::new(ConnShared {
             in_use: AtomicU32::new(1),
             requests: AtomicU32::new(1),
+            born_ms: AtomicU64::new(now_ms()),
             ..Default::default()
         });
         self.spawn_driver(conn, Arc::clone(&shared), slot, ep.addr);
@@ -933,14 +1101,12 @@ impl ClientPool {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let timers = Timers {
-            idle: self.config.idle_timeout,
-            max_duration: self.config.max_connection_duration,
-        };
+        let timers = self.timers();
         let stats = self.stats.clone();
         *shared.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tokio::spawn(async move {
-            if let Err(e) = drive(conn, &shared, timers, &stats).await {
+            tokio::pin!(conn);
+            if let Driven::Ended(Err(e)) = drive(conn, &shared, timers, &stats, None).await {
                 tracing::debug!(%endpoint, error = %e, "upstream connection ended");
             }
             shared.release_slot();
@@ -1034,38 +1200,47 @@ struct Timers {
     max_duration: Option<Duration>,
 }
 
+/// How [`drive`] returned.
+enum Driven<T> {
+    /// The connection ended by itself, with this output.
+    Ended(T),
+    /// It must close (idle timeout, or too old or draining and unused): drop it.
+    Close,
+    /// It has been unused for `dormant_after`: the caller may park it.
+    Idle,
+}
+
 /// Drive `conn` until it ends, or until it is idle for `timers.idle` or older than
-/// `timers.max_duration` and unused (then it is dropped, which closes it).
-async fn drive<F, E>(
-    conn: F,
+/// `timers.max_duration` and unused, or until it has been unused for `dormant_after`.
+async fn drive<F: Future>(
+    mut conn: std::pin::Pin<&mut F>,
     shared: &ConnShared,
     timers: Timers,
     stats: &StatsPair,
-) -> Result<(), E>
-where
-    F: Future<Output = Result<(), E>>,
-{
-    tokio::pin!(conn);
-    let born = Instant::now();
+    dormant_after: Option<Duration>,
+) -> Driven<F::Output> {
+    let born = at_ms(shared.born_ms.load(Ordering::Acquire));
     loop {
         let now = Instant::now();
         let busy = shared.busy();
+        let idle_since = at_ms(shared.idle_since.load(Ordering::Acquire));
         let mut deadline: Option<Instant> = None;
         let mut sooner = |at: Instant| {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         };
         if let Some(idle) = timers.idle {
-            let since = if busy {
-                now
-            } else {
-                at_ms(shared.idle_since.load(Ordering::Acquire))
-            };
-            sooner(since + idle);
+            sooner(if busy { now } else { idle_since } + idle);
         }
         if shared.draining() {
             sooner(now + DRAIN_CHECK);
-        } else if let Some(max) = timers.max_duration {
-            sooner(born + max);
+        } else {
+            if let Some(max) = timers.max_duration {
+                sooner(born + max);
+            }
+            // While busy, look again after a period: a connection is not told when it turns idle.
+            if let Some(after) = dormant_after {
+                sooner(if busy { now } else { idle_since } + after);
+            }
         }
         let timer = async {
             match deadline {
@@ -1074,7 +1249,7 @@ where
             }
         };
         tokio::select! {
-            ended = &mut conn => return ended,
+            ended = conn.as_mut() => return Driven::Ended(ended),
             () = timer => {}
         }
         let now = Instant::now();
@@ -1085,14 +1260,19 @@ where
             }
         }
         if shared.draining() && !busy {
-            return Ok(());
+            return Driven::Close;
         }
+        let since = at_ms(shared.idle_since.load(Ordering::Acquire));
         if let Some(idle) = timers.idle {
-            let since = at_ms(shared.idle_since.load(Ordering::Acquire));
             if !busy && now >= since + idle {
                 stats.inc(|s| &s.upstream_cx_idle_timeout);
                 shared.draining.store(true, Ordering::Release);
-                return Ok(());
+                return Driven::Close;
+            }
+        }
+        if let Some(after) = dormant_after {
+            if !busy && !shared.draining() && now >= since + after {
+                return Driven::Idle;
             }
         }
     }
@@ -1304,6 +1484,201 @@ mod tests {
             assert_eq!(t.await??, Some(200));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    /// A pool whose idle HTTP/1.1 connections park after `after`.
+    fn parking_pool(cp: ConnectionPool, after: Duration) -> Arc<ClientPool> {
+        let policy = ClusterPolicy {
+            connection_pool: Some(cp),
+            ..Default::default()
+        };
+        let mut config = PoolConfig::new(&policy, Arc::default());
+        config.dormant_after = Some(after);
+        Arc::new(ClientPool::new(Arc::new(config)))
+    }
+
+    /// Idle connections of `pool` that are parked, and those that are live.
+    fn idle_kinds(pool: &ClientPool) -> (usize, usize) {
+        let eps = pool.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kinds = (0, 0);
+        for ep in eps.values() {
+            for conn in &ep.lock().idle {
+                match conn {
+                    IdleH1::Dormant(_) => kinds.0 += 1,
+                    IdleH1::Live(_) => kinds.1 += 1,
+                }
+            }
+        }
+        kinds
+    }
+
+    /// A bare HTTP/1.1 server: answers each request `200 ok` and closes a connection that has
+    /// been idle for `close_idle_after`. Counts the connections it accepted.
+    async fn closing_server(
+        close_idle_after: Duration,
+    ) -> std::io::Result<(SocketAddr, Arc<AtomicUsize>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let read =
+                            tokio::time::timeout(close_idle_after, stream.read(&mut buf)).await;
+                        let Ok(Ok(n)) = read else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok((addr, accepted))
+    }
+
+    /// An idle plaintext HTTP/1.1 connection parks (hyper's state released) and serves the next
+    /// request as the same upstream connection, again and again.
+    #[tokio::test]
+    async fn idle_connections_park_and_serve_again() -> TestResult {
+        let (addr, accepted) = server(Duration::ZERO).await?;
+        let pool = parking_pool(ConnectionPool::default(), Duration::from_millis(50));
+        for _ in 0..3 {
+            assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+            assert_eq!(idle_kinds(&pool), (0, 1));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(idle_kinds(&pool), (1, 0));
+            assert_eq!(pool.connections_to(addr), 1);
+        }
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_cx_total.get(), 1);
+        assert_eq!(stats.upstream_cx_active.get(), 1);
+        // Requests back to back on a parked connection: the first wakes it, the rest reuse it.
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move { exchange(&pool, addr, false).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await??, Some(200));
+        }
+        assert_eq!(
+            pool.breaker.connections() as usize,
+            accepted.load(Ordering::SeqCst)
+        );
+        Ok(())
+    }
+
+    /// A parked connection the upstream closes is closed at once (not at its next use), and its
+    /// slot is free: with `maxConnections: 1` the next request dials without waiting.
+    #[tokio::test]
+    async fn parked_connection_closes_with_its_upstream() -> TestResult {
+        let (addr, accepted) = closing_server(Duration::from_millis(300)).await?;
+        let pool = parking_pool(
+            ConnectionPool {
+                tcp_max_connections: Some(1),
+                ..Default::default()
+            },
+            Duration::from_millis(50),
+        );
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(idle_kinds(&pool), (1, 0));
+        assert_eq!(pool.connections_to(addr), 1);
+        // The server closes at 300 ms idle.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(idle_kinds(&pool), (0, 0));
+        assert_eq!(pool.connections_to(addr), 0);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.config.stats.upstream_cx_overflow.get(), 0);
+        Ok(())
+    }
+
+    /// Idle timeout, maximum duration and `maxRequestsPerConnection` hold for parked connections
+    /// as for live ones.
+    #[tokio::test]
+    async fn parked_connections_keep_their_limits() -> TestResult {
+        let (addr, accepted) = server(Duration::ZERO).await?;
+        let after = Duration::from_millis(30);
+        let pool = parking_pool(
+            ConnectionPool {
+                idle_timeout: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+            after,
+        );
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(idle_kinds(&pool), (1, 0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = &pool.config.stats;
+        assert_eq!(stats.upstream_cx_idle_timeout.get(), 1);
+        assert_eq!(stats.upstream_cx_active.get(), 0);
+        assert_eq!(idle_kinds(&pool), (0, 0));
+
+        let pool = parking_pool(
+            ConnectionPool {
+                max_connection_duration: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+            after,
+        );
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(pool.config.stats.upstream_cx_max_duration_reached.get(), 1);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+
+        let before = accepted.load(Ordering::SeqCst);
+        let pool = parking_pool(
+            ConnectionPool {
+                max_requests_per_connection: Some(2),
+                ..Default::default()
+            },
+            after,
+        );
+        for _ in 0..2 {
+            assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The second request (on the woken connection) was its last.
+        assert_eq!(pool.config.stats.upstream_cx_max_requests.get(), 1);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        assert_eq!(accepted.load(Ordering::SeqCst) - before, 2);
+        Ok(())
+    }
+
+    /// Reclaimed client state closes parked connections too.
+    #[tokio::test]
+    async fn close_idle_closes_parked_connections() -> TestResult {
+        let (addr, _) = server(Duration::ZERO).await?;
+        let pool = parking_pool(ConnectionPool::default(), Duration::from_millis(30));
+        assert_eq!(exchange(&pool, addr, false).await?, Some(200));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(idle_kinds(&pool), (1, 0));
+        pool.close_idle();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.connections_to(addr), 0);
+        assert_eq!(pool.config.stats.upstream_cx_active.get(), 0);
         Ok(())
     }
 
