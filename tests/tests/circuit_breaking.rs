@@ -555,7 +555,7 @@ fn max_requests_per_connection_one_opens_a_connection_per_request() -> Result<()
 }
 
 /// An idle upstream connection outlives keel's parking of it (idle HTTP/1.1 connections keep only
-/// their socket after a second): a request after a pause reuses the same connection, and
+/// their socket after 250 ms): a request after a pause reuses the same connection, and
 /// `connectionPool.http.idleTimeout` still closes it on time, counted as Envoy counts it.
 #[test]
 fn idle_connections_are_reused_after_a_pause_and_close_at_the_idle_timeout() -> Result<()> {
@@ -586,7 +586,7 @@ fn idle_connections_are_reused_after_a_pause_and_close_at_the_idle_timeout() -> 
         Ok((records.len(), ports.len()))
     };
 
-    // Two requests 2 s apart (the connection parks after 1 s): one upstream connection.
+    // Two requests 2 s apart (the connection parks after 250 ms): one upstream connection.
     common::ensure_all_ok_via_proxy(&fx.get_reviews(1)?, &fx.net)?;
     std::thread::sleep(Duration::from_secs(2));
     common::ensure_all_ok_via_proxy(&fx.get_reviews(1)?, &fx.net)?;

@@ -57,7 +57,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often a draining connection that still serves requests checks whether it may close.
 const DRAIN_CHECK: Duration = Duration::from_millis(250);
 /// How long an idle HTTP/1.1 connection keeps hyper's state before it parks (see [`dormant`]).
-pub const DEFAULT_DORMANT_AFTER: Duration = Duration::from_secs(1);
+pub const DEFAULT_DORMANT_AFTER: Duration = Duration::from_millis(250);
 /// How long a parking connection may take to hand its socket back before it is closed instead.
 const PARK_WAIT: Duration = Duration::from_secs(1);
 
