@@ -425,19 +425,23 @@ impl Metrics {
             None,
             key.flags,
         );
-        let series = if self.admit(&labels) {
-            Some(Arc::new(TcpSeries {
-                opened: self.tcp_opened.get_or_create_owned(&labels),
-                closed: self.tcp_closed.get_or_create_owned(&labels),
-                sent: self.tcp_sent.get_or_create_owned(&labels),
-                received: self.tcp_received.get_or_create_owned(&labels),
-            }))
-        } else {
-            self.overflow.inc();
-            None
-        };
+        let series = self.tcp_handles(&labels);
         remember(&self.tcp, generation, key, series.clone());
         series
+    }
+
+    /// The handles of a TCP label set; `None` (counted) over the cap.
+    fn tcp_handles(&self, labels: &IstioLabels) -> Option<Arc<TcpSeries>> {
+        if !self.admit(labels) {
+            self.overflow.inc();
+            return None;
+        }
+        Some(Arc::new(TcpSeries {
+            opened: self.tcp_opened.get_or_create_owned(labels),
+            closed: self.tcp_closed.get_or_create_owned(labels),
+            sent: self.tcp_sent.get_or_create_owned(labels),
+            received: self.tcp_received.get_or_create_owned(labels),
+        }))
     }
 
     /// Whether `labels` has (or may get) a series.
