@@ -106,8 +106,11 @@ fn tcp_label_sets_have_no_response_code() -> Result<(), std::fmt::Error> {
     let mut l = labels("sleep", 0, ResponseFlags::default());
     l.protocol = RequestProtocol::Tcp;
     l.http = None;
-    let c = m.tcp_opened.get_or_create_owned(&l);
-    c.inc();
+    let series = m.tcp_handles(&l);
+    assert!(series.is_some());
+    if let Some(s) = series {
+        s.opened.inc();
+    }
     let text = m.encode()?;
     let line = text
         .lines()
@@ -514,5 +517,112 @@ fn exposition_of_recorded_series_is_pinned() -> Result<(), Box<dyn std::error::E
         want = want.replace(placeholder, labels);
     }
     assert_eq!(series_of(&text), series_of(&want), "got\n{text}");
+    // The store writes series in creation order, so the text is pinned byte for byte.
+    assert_eq!(text, want);
+    Ok(())
+}
+
+#[test]
+fn series_share_interned_label_pieces() {
+    let m = Metrics::default();
+    let ok = ResponseFlags::default();
+    // Separately built but equal labels, as two cache misses resolve them.
+    let a = m.http_handles(&istio(RequestProtocol::Http, http_result(200, None), &[]));
+    let b = m.http_handles(&istio(RequestProtocol::Http, http_result(503, None), &[]));
+    let t = m.tcp_handles(&istio(RequestProtocol::Tcp, None, &[]));
+    let other = m.http_handles(&labels("other", 200, ok));
+    let (Some(a), Some(b), Some(t), Some(other)) = (a, b, t, other) else {
+        panic!("all four label sets are under the cap");
+    };
+    let (la, lb, lt) = (a.labels(), b.labels(), t.labels());
+    assert!(Arc::ptr_eq(&la.source, &lb.source));
+    assert!(Arc::ptr_eq(&la.source, &lt.source));
+    assert!(Arc::ptr_eq(&la.destination, &lb.destination));
+    assert!(Arc::ptr_eq(&la.service, &lt.service));
+    // Different peers still share equal strings: `shop`, `unknown`, `Kubernetes`.
+    assert!(!Arc::ptr_eq(&la.source, &la.destination));
+    assert!(Arc::ptr_eq(&la.source.namespace, &la.destination.namespace));
+    assert!(Arc::ptr_eq(&la.source.principal, &la.destination.principal));
+    assert!(Arc::ptr_eq(&la.source.cluster, &la.destination.cluster));
+    let lo = other.labels();
+    assert!(Arc::ptr_eq(&lo.destination.workload, &la.source.principal));
+    // The same label set is the same series.
+    let again = m.http_handles(&istio(RequestProtocol::Http, http_result(200, None), &[]));
+    assert!(again.is_some_and(|again| Arc::ptr_eq(&again, &a)));
+}
+
+#[test]
+fn concurrent_recordings_are_all_counted() -> Result<(), Box<dyn std::error::Error>> {
+    const THREADS: u64 = 8;
+    const EACH: u64 = 10_000;
+    let m = Metrics::default();
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let m = &m;
+            scope.spawn(move || {
+                // Every thread finds the series itself, as concurrent cache misses do.
+                let http =
+                    m.http_handles(&istio(RequestProtocol::Http, http_result(200, None), &[]));
+                let tcp = m.tcp_handles(&istio(RequestProtocol::Tcp, None, &[]));
+                for i in 0..EACH {
+                    if let Some(s) = &http {
+                        // 1 ms or 100 ms, 3 or 7 bytes: sums stay exact in f64.
+                        let slow = (i + t) % 2 == 0;
+                        let ms = if slow { 100 } else { 1 };
+                        s.record(Duration::from_millis(ms), 3, 7);
+                    }
+                    if let Some(s) = &tcp {
+                        s.opened.inc();
+                        s.sent.inc_by(5);
+                    }
+                }
+            });
+        }
+    });
+    let text = m.encode()?;
+    // One HTTP and one TCP series: the first line of a name is theirs.
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+    };
+    let n = THREADS * EACH;
+    let half = n / 2;
+    let cases = [
+        ("istio_requests_total{", n.to_string()),
+        ("istio_request_duration_milliseconds_count{", n.to_string()),
+        (
+            "istio_request_duration_milliseconds_bucket{",
+            "0".to_string(),
+        ),
+        (
+            "istio_request_duration_milliseconds_sum{",
+            format!("{}.0", half * 100 + half),
+        ),
+        ("istio_request_bytes_sum{", format!("{}.0", 3 * n)),
+        ("istio_response_bytes_sum{", format!("{}.0", 7 * n)),
+        ("istio_tcp_connections_opened_total{", n.to_string()),
+        ("istio_tcp_sent_bytes_total{", (5 * n).to_string()),
+    ];
+    for (prefix, want) in cases {
+        assert_eq!(value(prefix), Some(want.as_str()), "{prefix}\n{text}");
+    }
+    let bucket = |le: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_request_duration_milliseconds_bucket{")
+                    && l.contains(&format!(",le=\"{le}\"}}"))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    assert_eq!(bucket("1"), Some(half.to_string()));
+    assert_eq!(bucket("50"), Some(half.to_string()));
+    assert_eq!(bucket("100"), Some(n.to_string()));
+    assert_eq!(bucket("+Inf"), Some(n.to_string()));
+    assert!(
+        text.contains("keel_metrics_series_overflow_total 0\n"),
+        "{text}"
+    );
     Ok(())
 }
