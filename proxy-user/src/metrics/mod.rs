@@ -4,9 +4,12 @@
 //! server only reads them ([`Metrics::encode`]).
 //!
 //! Cost on the request path: a label set is resolved from config (pods, services) once per
-//! (client pod, destination, endpoint, outcome) and interned with its metric handles; a request
-//! then costs one read-locked lookup of a small fixed-size key, the counter increment and three
-//! histogram observations. No label string is built per request.
+//! (client pod, destination, endpoint, outcome) and cached with its series; a request then costs
+//! one read-locked lookup of a small fixed-size key and a few atomic adds (three histogram
+//! observations). No label string is built per request.
+//!
+//! Memory: each label set is one allocation in the [`store`] holding all its metrics as atomics,
+//! its label pieces shared with the other series.
 //!
 //! Cardinality: label values come from config only (pod labels and owners, service hosts, Envoy
 //! response flags, status codes), never from request data, and the number of label sets is capped
@@ -18,21 +21,20 @@ pub mod keel;
 pub mod labels;
 pub mod log_sink;
 pub mod span;
+pub mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::outcome::ResponseFlags;
 use crate::state::NodeState;
 use labels::{PeerLabels, ServiceLabels};
+pub use store::{HttpSeries, TcpSeries};
 
 /// Envoy's default histogram buckets, which Istio uses for its duration and size histograms.
 pub const BUCKETS: [f64; 19] = [
@@ -126,36 +128,6 @@ impl EncodeLabelSet for IstioLabels {
     }
 }
 
-/// The metric handles of one HTTP label set.
-#[derive(Debug)]
-pub struct HttpSeries {
-    requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
-}
-
-impl HttpSeries {
-    /// One finished request.
-    pub fn record(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
-        self.requests.inc();
-        self.duration.observe(duration.as_secs_f64() * 1000.0);
-        self.request_bytes.observe(request_bytes as f64);
-        self.response_bytes.observe(response_bytes as f64);
-    }
-}
-
-/// The metric handles of one TCP label set.
-#[derive(Debug)]
-pub struct TcpSeries {
-    pub opened: Counter,
-    pub closed: Counter,
-    /// Bytes sent to the client.
-    pub sent: Counter,
-    /// Bytes received from the client.
-    pub received: Counter,
-}
-
 /// What identifies an HTTP label set within one config generation: all fixed-size, so a lookup
 /// allocates nothing. The cluster is its address (clusters outlive the generation's lookups; the
 /// cache is emptied when the generation changes, so an address is never reused within it).
@@ -210,17 +182,12 @@ impl<K, V> Default for Cache<K, V> {
 /// several endpoints of one unknown workload share a label set).
 const CACHE_LIMIT: usize = 4 * MAX_SERIES;
 
-/// The Istio metric families and the interned label sets.
+/// The Istio series and the caches that find them.
 pub struct Metrics {
+    /// Holds one collector, [`store::Exposition`]: it writes the Istio families from the store and
+    /// Keel's three metrics counters, in the order they were registered before the store.
     registry: Registry,
-    requests: Family<IstioLabels, Counter>,
-    duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
-    request_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
-    response_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
-    tcp_opened: Family<IstioLabels, Counter>,
-    tcp_closed: Family<IstioLabels, Counter>,
-    tcp_sent: Family<IstioLabels, Counter>,
-    tcp_received: Family<IstioLabels, Counter>,
+    store: Arc<store::Store>,
     overflow: Counter,
     /// `keel run --no-metrics` turns the Istio families off: nothing is looked up or recorded.
     istio_off: std::sync::atomic::AtomicBool,
@@ -228,7 +195,6 @@ pub struct Metrics {
     pub access_log: log_sink::AccessLog,
     /// The proxy's spans, exported over OTLP when a collector is configured (off by default).
     pub tracer: span::Tracer,
-    known: Mutex<HashSet<IstioLabels>>,
     max_series: usize,
     http: RwLock<Cache<HttpKey, HttpSeries>>,
     tcp: RwLock<Cache<TcpKey, TcpSeries>>,
@@ -242,10 +208,6 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn histogram() -> Histogram {
-    Histogram::new(BUCKETS)
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::with_limit(MAX_SERIES)
@@ -253,86 +215,30 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Families registered under Istio's names, keeping at most `max_series` label sets.
+    /// An empty store keeping at most `max_series` label sets.
     pub fn with_limit(max_series: usize) -> Metrics {
-        let hist = || Family::new_with_constructor(histogram as fn() -> Histogram);
-        let m = Metrics {
-            registry: Registry::default(),
-            requests: Family::default(),
-            duration: hist(),
-            request_bytes: hist(),
-            response_bytes: hist(),
-            tcp_opened: Family::default(),
-            tcp_closed: Family::default(),
-            tcp_sent: Family::default(),
-            tcp_received: Family::default(),
-            overflow: Counter::default(),
+        let store = Arc::new(store::Store::new(max_series));
+        let overflow = Counter::default();
+        let access_log = log_sink::AccessLog::default();
+        let tracer = span::Tracer::default();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(store::Exposition {
+            store: store.clone(),
+            overflow: overflow.clone(),
+            access_log_dropped: access_log.dropped().clone(),
+            spans_dropped: tracer.dropped().clone(),
+        }));
+        Metrics {
+            registry,
+            store,
+            overflow,
             istio_off: std::sync::atomic::AtomicBool::new(false),
-            access_log: log_sink::AccessLog::default(),
-            tracer: span::Tracer::default(),
-            known: Mutex::new(HashSet::new()),
+            access_log,
+            tracer,
             max_series,
             http: RwLock::default(),
             tcp: RwLock::default(),
-        };
-        let mut registry = Registry::default();
-        // Counters are registered without `_total`: the encoder appends it.
-        registry.register(
-            "istio_requests",
-            "Requests, by client and destination workload and outcome",
-            m.requests.clone(),
-        );
-        registry.register(
-            "istio_request_duration_milliseconds",
-            "Request duration in milliseconds, until the response's last byte",
-            m.duration.clone(),
-        );
-        registry.register(
-            "istio_request_bytes",
-            "Request body size in bytes",
-            m.request_bytes.clone(),
-        );
-        registry.register(
-            "istio_response_bytes",
-            "Response body size in bytes",
-            m.response_bytes.clone(),
-        );
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the client on TCP connections",
-            m.tcp_sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the client on TCP connections",
-            m.tcp_received.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections opened",
-            m.tcp_opened.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections closed",
-            m.tcp_closed.clone(),
-        );
-        registry.register(
-            "keel_metrics_series_overflow",
-            "Recordings dropped because the number of label sets reached its cap",
-            m.overflow.clone(),
-        );
-        registry.register(
-            "keel_access_log_dropped",
-            "Access log lines dropped because the writer fell behind",
-            m.access_log.dropped().clone(),
-        );
-        registry.register(
-            "keel_trace_spans_dropped",
-            "Spans not exported: the export queue was full or the collector failed",
-            m.tracer.dropped().clone(),
-        );
-        Metrics { registry, ..m }
+        }
     }
 
     /// Turns Istio's standard metrics on or off (`keel run --no-metrics`); the access log and
@@ -385,18 +291,13 @@ impl Metrics {
         series
     }
 
-    /// The handles of an HTTP label set; `None` (counted) over the cap.
+    /// The series of an HTTP label set; `None` (counted) over the cap.
     fn http_handles(&self, labels: &IstioLabels) -> Option<Arc<HttpSeries>> {
-        if !self.admit(labels) {
+        let series = self.store.http(labels);
+        if series.is_none() {
             self.overflow.inc();
-            return None;
         }
-        Some(Arc::new(HttpSeries {
-            requests: self.requests.get_or_create_owned(labels),
-            duration: self.duration.get_or_create_owned(labels),
-            request_bytes: self.request_bytes.get_or_create_owned(labels),
-            response_bytes: self.response_bytes.get_or_create_owned(labels),
-        }))
+        series
     }
 
     /// The handles for a TCP connection's label set (`None` when over the cap).
@@ -425,32 +326,18 @@ impl Metrics {
             None,
             key.flags,
         );
-        let series = if self.admit(&labels) {
-            Some(Arc::new(TcpSeries {
-                opened: self.tcp_opened.get_or_create_owned(&labels),
-                closed: self.tcp_closed.get_or_create_owned(&labels),
-                sent: self.tcp_sent.get_or_create_owned(&labels),
-                received: self.tcp_received.get_or_create_owned(&labels),
-            }))
-        } else {
-            self.overflow.inc();
-            None
-        };
+        let series = self.tcp_handles(&labels);
         remember(&self.tcp, generation, key, series.clone());
         series
     }
 
-    /// Whether `labels` has (or may get) a series.
-    fn admit(&self, labels: &IstioLabels) -> bool {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.contains(labels) {
-            return true;
+    /// The series of a TCP label set; `None` (counted) over the cap.
+    fn tcp_handles(&self, labels: &IstioLabels) -> Option<Arc<TcpSeries>> {
+        let series = self.store.tcp(labels);
+        if series.is_none() {
+            self.overflow.inc();
         }
-        if known.len() >= self.max_series {
-            return false;
-        }
-        known.insert(labels.clone());
-        true
+        series
     }
 
     /// Label values from config: the client pod, the routed service (else the VIP's), the
