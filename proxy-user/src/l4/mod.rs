@@ -257,7 +257,7 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
     if let Err(e) = upstream.write_all(&replay).await {
         tracing::debug!(%endpoint, error = %e, "upstream write failed");
         if let Some(s) = &series {
-            s.received.inc_by(downstream.received);
+            s.received.add(downstream.received);
             s.closed.inc();
         }
         log.write(
@@ -290,8 +290,8 @@ pub async fn proxy(mut downstream: TcpStream, ctx: Arc<ConnContext>) {
         Err(e) => tracing::debug!(%cluster, error = %e, "tcp relay ended"),
     }
     if let Some(s) = &series {
-        s.received.inc_by(downstream.received);
-        s.sent.inc_by(downstream.sent);
+        s.received.add(downstream.received);
+        s.sent.add(downstream.sent);
         s.closed.inc();
     }
     log.write(

@@ -28,30 +28,10 @@ use prometheus_client::metrics::MetricType;
 
 use super::labels::{PeerLabels, ServiceLabels};
 use super::{IstioLabels, BUCKETS};
+use crate::admin::Counter;
 
 /// Bucket counts per histogram: one per bound of [`BUCKETS`] and one for `+Inf`.
 const SLOTS: usize = BUCKETS.len() + 1;
-
-/// A monotonic count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Add one.
-    pub fn inc(&self) {
-        self.inc_by(1);
-    }
-
-    /// Add `v`.
-    pub fn inc_by(&self, v: u64) {
-        self.0.fetch_add(v, Ordering::Relaxed);
-    }
-
-    /// The count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// The bucket counts of one histogram over [`BUCKETS`]: slot `i` counts the observations `v` with
 /// `BUCKETS[i - 1] < v <= BUCKETS[i]`, the last slot those above every bound (and NaN), as the

@@ -203,8 +203,8 @@ fn record_pinned_series(m: &Metrics) -> Result<(), &'static str> {
     tcp.opened.inc();
     tcp.closed.inc();
     tcp.closed.inc();
-    tcp.sent.inc_by(1_234);
-    tcp.received.inc_by(99);
+    tcp.sent.add(1_234);
+    tcp.received.add(99);
     let refused = m
         .tcp_handles(&istio(
             RequestProtocol::Tcp,
@@ -573,7 +573,7 @@ fn concurrent_recordings_are_all_counted() -> Result<(), Box<dyn std::error::Err
                     }
                     if let Some(s) = &tcp {
                         s.opened.inc();
-                        s.sent.inc_by(5);
+                        s.sent.add(5);
                     }
                 }
             });

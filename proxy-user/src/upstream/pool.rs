@@ -830,7 +830,7 @@ impl ClientPool {
                                 timers,
                                 pool.stats.clone(),
                             );
-                            pool.list_idle(&ep, IdleH1::Dormant(parked));
+                            pool.list_idle(&ep, IdleH1::Dormant(parked), false);
                             return;
                         }
                     }
@@ -862,8 +862,9 @@ impl ClientPool {
         }
     }
 
-    /// Put an idle connection on the list (oldest first), or hand it to a queued request.
-    fn list_idle(&self, ep: &EndpointPool, mut conn: IdleH1) {
+    /// Hand an unused connection to a queued request, or put it on the idle list: last if it
+    /// `just_served` a response (it is idle from now on), first if it parked (idle longest).
+    fn list_idle(&self, ep: &EndpointPool, mut conn: IdleH1, just_served: bool) {
         let mut st = ep.lock();
         while let Some(waiter) = st.waiters_h1.pop_front() {
             conn.shared().in_use.store(1, Ordering::Release);
@@ -874,7 +875,12 @@ impl ClientPool {
             }
         }
         conn.shared().in_use.store(0, Ordering::Release);
-        st.idle.insert(0, conn);
+        if just_served {
+            conn.shared().idle_since.store(now_ms(), Ordering::Release);
+            st.idle.push(conn);
+        } else {
+            st.idle.insert(0, conn);
+        }
     }
 
     fn timers(&self) -> Timers {
@@ -903,18 +909,7 @@ impl ClientPool {
             shared.release_slot();
             return;
         }
-        let mut st = ep.lock();
-        let mut conn = IdleH1::Live(conn);
-        while let Some(waiter) = st.waiters_h1.pop_front() {
-            match waiter.send(Grant::Conn(conn)) {
-                Ok(()) => return,
-                Err(Grant::Conn(back)) => conn = back,
-                Err(_) => return,
-            }
-        }
-        conn.shared().idle_since.store(now_ms(), Ordering::Release);
-        conn.shared().in_use.store(0, Ordering::Release);
-        st.idle.push(conn);
+        self.list_idle(ep, IdleH1::Live(conn), true);
     }
 
     // ---- HTTP/2
