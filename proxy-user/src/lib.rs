@@ -24,3 +24,4 @@ pub mod source;
 pub mod state;
 pub mod upstream;
 pub mod wire;
+pub mod worker_id;

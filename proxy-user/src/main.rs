@@ -856,7 +856,7 @@ struct Control {
 /// How often the config directory is checked: a change applies well within a second.
 const CONFIG_POLL: Duration = Duration::from_millis(250);
 /// With the directory watched, it is still looked at this often (ticks), for what inotify cannot
-/// report (a network filesystem).
+/// report (a network filesystem, a file written through a link from elsewhere).
 const CONFIG_BACKSTOP_EVERY: u32 = 40;
 /// Pods' cgroups come and go independently of the config.
 const POD_RESCAN_EVERY: u32 = 4;
@@ -1234,6 +1234,7 @@ mod worker {
         std::thread::Builder::new()
             .name(format!("keel-worker-{index}"))
             .spawn(move || {
+                keel::worker_id::set(index);
                 runtime.block_on(async move {
                     let mut loops = Vec::with_capacity(listeners.len());
                     for listener in listeners {

@@ -369,6 +369,7 @@ impl<'a> Ctx<'a> {
             .virtual_services
             .iter()
             .find(|vs| vs.meta.display_name() == name)
+            .map(|vs| &**vs)
     }
 
     /// Every VirtualService for the host, in precedence order, with why it applies or not.
@@ -377,6 +378,7 @@ impl<'a> Ctx<'a> {
         let all = &self.snapshot.virtual_services;
         let order = by_precedence(
             all.iter()
+                .map(|vs| &**vs)
                 .enumerate()
                 .filter(|(_, vs)| !vs.hosts.is_empty()),
             host,
@@ -746,7 +748,10 @@ impl<'a> Ctx<'a> {
         let all = &self.snapshot.virtual_services;
         let scope = egress_scope(self.snapshot, self.client);
         for vs in by_precedence(
-            all.iter().enumerate().filter(|(_, v)| !v.hosts.is_empty()),
+            all.iter()
+                .map(|vs| &**vs)
+                .enumerate()
+                .filter(|(_, v)| !v.hosts.is_empty()),
             host,
         )
         .into_iter()

@@ -358,7 +358,7 @@ impl Metrics {
             .pod_by_cgroup
             .get(&source_cgroup)
             .and_then(|&id| snap.pods.get(id))
-            .map_or_else(PeerLabels::unknown, PeerLabels::of_pod);
+            .map_or_else(PeerLabels::unknown, |pod| PeerLabels::of_pod(pod));
         let host = dest.host.or_else(|| {
             snap.service_by_vip
                 .get(&(original_dst.ip(), original_dst.port()))
@@ -372,7 +372,7 @@ impl Metrics {
                 let ip = ep.ip().to_canonical();
                 snap.pods.iter().find(|p| p.ips.contains(&ip))
             })
-            .map_or_else(PeerLabels::unknown, PeerLabels::of_pod);
+            .map_or_else(PeerLabels::unknown, |pod| PeerLabels::of_pod(pod));
         IstioLabels {
             source: Arc::new(source),
             destination: Arc::new(destination),

@@ -1053,14 +1053,14 @@ impl DestinationRule {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub mesh: MeshConfig,
-    pub services: Vec<Service>,
-    pub pods: Vec<Pod>,
+    pub services: Vec<Arc<Service>>,
+    pub pods: Vec<Arc<Pod>>,
     /// Kubernetes `Node`s (their topology).
     pub nodes: Vec<Node>,
     /// Node name -> index into `nodes`.
     pub node_by_name: HashMap<String, usize>,
-    pub virtual_services: Vec<VirtualService>,
-    pub destination_rules: Vec<DestinationRule>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub destination_rules: Vec<Arc<DestinationRule>>,
     /// (cluster IP, service port) -> (service, index into `ports`).
     pub service_by_vip: HashMap<(IpAddr, u16), (ServiceId, usize)>,
     /// FQDN -> service.

@@ -12,7 +12,7 @@ use super::scope::exported_to;
 /// The `http` rules of `vs` with delegation expanded. Rules of a missing or invisible delegate, and
 /// delegate rules that conflict with every root match block, are dropped (with a warning), as istiod
 /// drops them.
-pub fn expand_http(vs: &VirtualService, all: &[VirtualService]) -> Vec<Arc<HttpRoute>> {
+pub fn expand_http(vs: &VirtualService, all: &[Arc<VirtualService>]) -> Vec<Arc<HttpRoute>> {
     let expanded = expand_http_traced(vs, all);
     for why in &expanded.dropped {
         tracing::warn!(root = %vs.meta.display_name(), "{why}");
@@ -39,7 +39,7 @@ pub struct Expanded {
 }
 
 /// Delegation expanded, with each rule's origin; see [`expand_http`].
-pub fn expand_http_traced(vs: &VirtualService, all: &[VirtualService]) -> Expanded {
+pub fn expand_http_traced(vs: &VirtualService, all: &[Arc<VirtualService>]) -> Expanded {
     let mut out = Expanded {
         rules: Vec::with_capacity(vs.http.len()),
         dropped: Vec::new(),

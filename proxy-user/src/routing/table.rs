@@ -259,6 +259,10 @@ type RuleWithPolicy = (Arc<HttpRoute>, Arc<RoutePolicy>);
 /// A resolved target is shared by every view that asks for the same thing.
 type TargetMemo = HashMap<(CatalogId, u16, Option<String>, String), Target>;
 
+/// The clusters a table references, by identity: every slot of every view adds its targets, and
+/// hashing a pointer costs a fraction of hashing a cluster's name.
+type LiveClusters = HashSet<*const crate::upstream::Cluster>;
+
 struct Builder<'a> {
     snapshot: &'a Snapshot,
     registry: &'a ClusterRegistry,
@@ -268,8 +272,9 @@ struct Builder<'a> {
     index: Arc<HashMap<(IpAddr, u16), usize>>,
     protocols: Arc<Vec<Protocol>>,
     /// Mesh-bound VirtualServices with hosts, with their delegation-expanded `http` rules and each
-    /// rule's policy (resolved once here, shared by every view).
-    virtual_services: Vec<(&'a VirtualService, Vec<RuleWithPolicy>)>,
+    /// rule's policy (resolved at most once, when a view first builds routes from it, and shared
+    /// by every view; a rebuild that takes routes over never expands the others).
+    virtual_services: Vec<(&'a VirtualService, std::cell::OnceCell<Vec<RuleWithPolicy>>)>,
     /// The policy of default routes (no VirtualService), shared by every view.
     default_policy: Arc<RoutePolicy>,
     /// Hostname -> indices into `virtual_services` in precedence order.
@@ -282,7 +287,7 @@ struct Builder<'a> {
     pods: PodIndex<'a>,
     targets: TargetMemo,
     passthrough: Target,
-    live: HashSet<ClusterKey>,
+    live: LiveClusters,
     /// The locality of the node the proxy runs on: its clients' locality.
     local: Locality,
     /// Routes to take over from the previous table, if any.
@@ -329,21 +334,13 @@ impl<'a> Builder<'a> {
                     .map_or(Protocol::Auto, |p| p.protocol)
             })
             .collect();
-        let virtual_services: Vec<(&VirtualService, Vec<RuleWithPolicy>)> = snapshot
-            .virtual_services
-            .iter()
-            .filter(|vs| vs.applies_to_mesh() && !vs.hosts.is_empty())
-            .map(|vs| {
-                let rules = super::delegate::expand_http(vs, &snapshot.virtual_services)
-                    .into_iter()
-                    .map(|spec| {
-                        let policy = Arc::new(RoutePolicy::for_route(&spec, &snapshot.mesh));
-                        (spec, policy)
-                    })
-                    .collect();
-                (vs, rules)
-            })
-            .collect();
+        let virtual_services: Vec<(&VirtualService, std::cell::OnceCell<Vec<RuleWithPolicy>>)> =
+            snapshot
+                .virtual_services
+                .iter()
+                .filter(|vs| vs.applies_to_mesh() && !vs.hosts.is_empty())
+                .map(|vs| (&**vs, std::cell::OnceCell::new()))
+                .collect();
         let mut vs_exact: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut vs_wildcard: Vec<usize> = Vec::new();
         for (i, (vs, _)) in virtual_services.iter().enumerate() {
@@ -358,6 +355,13 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        let passthrough = registry.ensure(
+            passthrough_key(),
+            UpstreamProtocol::SameAsDownstream,
+            ClusterPolicy::default(),
+            Discovery::OriginalDst,
+            Vec::new(),
+        );
         Builder {
             snapshot,
             registry,
@@ -374,18 +378,31 @@ impl<'a> Builder<'a> {
             destination_rules: DestinationRuleIndex::new(snapshot),
             pods: PodIndex::new(snapshot),
             targets: HashMap::new(),
-            passthrough: Target::Cluster(registry.ensure(
-                passthrough_key(),
-                UpstreamProtocol::SameAsDownstream,
-                ClusterPolicy::default(),
-                Discovery::OriginalDst,
-                Vec::new(),
-            )),
-            live: HashSet::from([passthrough_key()]),
+            passthrough: Target::Cluster(Arc::clone(&passthrough)),
+            live: LiveClusters::from([Arc::as_ptr(&passthrough)]),
             local: Locality::default(),
             reuse: None,
             reused_slots: 0,
         }
+    }
+
+    /// The `http` rules of the `vs_index`th VirtualService, delegation expanded, with policies.
+    fn expanded_rules(&self, vs_index: usize) -> Vec<RuleWithPolicy> {
+        let Some((vs, rules)) = self.virtual_services.get(vs_index) else {
+            return Vec::new();
+        };
+        let snapshot = self.snapshot;
+        rules
+            .get_or_init(|| {
+                super::delegate::expand_http(vs, &snapshot.virtual_services)
+                    .into_iter()
+                    .map(|spec| {
+                        let policy = Arc::new(RoutePolicy::for_route(&spec, &snapshot.mesh));
+                        (spec, policy)
+                    })
+                    .collect()
+            })
+            .clone()
     }
 
     /// The view of one client class.
@@ -409,6 +426,28 @@ impl<'a> Builder<'a> {
             .map(Arc::clone);
         let mut slots = Vec::with_capacity(self.slots.len());
         for slot in 0..self.slots.len() {
+            // Taken over: only VirtualServices changed, so which service port a client sees at
+            // each address (Services, ServiceEntries, Sidecars, exportTo) is as before, and the
+            // routes of a host no changed VirtualService names are too.
+            if let (Some(view), Some(reuse)) = (&previous, &self.reuse) {
+                match view.slots.get(slot) {
+                    Some(None) => {
+                        slots.push(None);
+                        continue;
+                    }
+                    Some(Some(routes)) if !reuse.hosts.contains(&routes.hostname) => {
+                        for target in routes.targets() {
+                            if let Target::Cluster(c) = target {
+                                self.live.insert(Arc::as_ptr(c));
+                            }
+                        }
+                        self.reused_slots += 1;
+                        slots.push(Some(Arc::clone(routes)));
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             let addr = self.slots[slot].addr;
             let seen = self.slots[slot]
                 .candidates
@@ -419,31 +458,9 @@ impl<'a> Builder<'a> {
                 slots.push(None);
                 continue;
             };
-            // A service port whose host no changed VirtualService names routes as before.
-            let kept = previous.as_ref().and_then(|view| {
-                let routes = view.slots.get(slot)?.as_ref()?;
-                let reuse = self.reuse.as_ref()?;
-                let same = routes.hostname == self.catalog.services[id].hostname
-                    && routes.port == port.number
-                    && !reuse.hosts.contains(&routes.hostname);
-                same.then(|| Arc::clone(routes))
-            });
-            match kept {
-                Some(routes) => {
-                    for target in routes.targets() {
-                        if let Target::Cluster(c) = target {
-                            if !self.live.contains(&c.key) {
-                                self.live.insert(c.key.clone());
-                            }
-                        }
-                    }
-                    self.reused_slots += 1;
-                    slots.push(Some(routes));
-                }
-                None => slots.push(Some(Arc::new(
-                    self.service_port(&client, &scope, id, port, addr),
-                ))),
-            }
+            slots.push(Some(Arc::new(
+                self.service_port(&client, &scope, id, port, addr),
+            )));
         }
         let topology = Arc::new(Topology {
             locality: self.local.clone(),
@@ -573,7 +590,7 @@ impl<'a> Builder<'a> {
         vs_index: usize,
         port: u16,
     ) -> Vec<CompiledHttpRoute> {
-        let routes = self.virtual_services[vs_index].1.clone();
+        let routes = self.expanded_rules(vs_index);
         let mut out = Vec::new();
         for (rule, (spec, policy)) in routes.into_iter().enumerate() {
             let blocks: Vec<usize> = spec
@@ -976,11 +993,11 @@ impl<'a> Builder<'a> {
         } else {
             discovery
         };
-        self.live.insert(key.clone());
-        Target::Cluster(
-            self.registry
-                .ensure_endpoints(key, protocol, policy, discovery, endpoints),
-        )
+        let cluster = self
+            .registry
+            .ensure_endpoints(key, protocol, policy, discovery, endpoints);
+        self.live.insert(Arc::as_ptr(&cluster));
+        Target::Cluster(cluster)
     }
 }
 
@@ -1062,7 +1079,7 @@ fn select_destination_rules<'s>(
     for level in levels {
         let candidates: Vec<(usize, &DestinationRule)> = candidates(level)
             .into_iter()
-            .filter_map(|i| snapshot.destination_rules.get(i))
+            .filter_map(|i| snapshot.destination_rules.get(i).map(|dr| &**dr))
             .filter(|dr| dr.meta.namespace == level)
             .filter(|dr| {
                 level == client.namespace

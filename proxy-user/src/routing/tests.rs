@@ -74,7 +74,7 @@ fn http_route(matches: Vec<HttpMatch>, dests: Vec<WeightedDestination>) -> HttpR
 fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
     let vip: IpAddr = "10.96.0.20".parse().expect("ip");
     let mut snap = Snapshot::default();
-    snap.services.push(Service {
+    snap.services.push(Arc::new(Service {
         meta: meta("Service", "default", "reviews", 0),
         hostname: HOST.into(),
         cluster_ips: vec![vip],
@@ -86,9 +86,9 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             protocol: Protocol::Http,
         }],
         selector: Some(labels(&[("app", "reviews")])),
-    });
+    }));
     for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
-        snap.pods.push(Pod {
+        snap.pods.push(Arc::new(Pod {
             meta: meta("Pod", "default", &format!("reviews-{v}"), i + 1),
             labels: labels(&[("app", "reviews"), ("version", v)]),
             annotations: Labels::new(),
@@ -103,11 +103,11 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             host_network: false,
             sidecar: false,
             traffic: None,
-        });
+        }));
     }
     snap.service_by_vip.insert((vip, 9080), (0, 0));
     snap.service_by_host.insert(HOST.into(), 0);
-    snap.destination_rules.push(DestinationRule {
+    snap.destination_rules.push(Arc::new(DestinationRule {
         meta: meta("DestinationRule", "default", "reviews", 10),
         host: HOST.into(),
         traffic_policy: None,
@@ -121,9 +121,9 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             .collect(),
         export_to: Vec::new(),
         workload_selector: None,
-    });
+    }));
     if !http.is_empty() {
-        snap.virtual_services.push(VirtualService {
+        snap.virtual_services.push(Arc::new(VirtualService {
             meta: meta("VirtualService", "default", "reviews", 11),
             hosts: vec![HOST.into()],
             gateways: Vec::new(),
@@ -131,7 +131,7 @@ fn snapshot(http: Vec<HttpRoute>) -> Snapshot {
             tcp: Vec::new(),
             tls: Vec::new(),
             export_to: Vec::new(),
-        });
+        }));
     }
     snap
 }
@@ -147,7 +147,7 @@ fn client(ns: &str, pairs: &[(&str, &str)]) -> ClientInfo {
 fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
     let mut snap = snap.clone();
     let order = snap.pods.len() + 100;
-    snap.pods.push(Pod {
+    snap.pods.push(Arc::new(Pod {
         meta: meta("Pod", &client.namespace, &format!("client-{order}"), order),
         labels: client.labels.clone(),
         annotations: Labels::new(),
@@ -162,7 +162,7 @@ fn with_client(snap: &Snapshot, client: &ClientInfo) -> Snapshot {
         host_network: false,
         sidecar: false,
         traffic: None,
-    });
+    }));
     snap
 }
 
@@ -474,7 +474,7 @@ fn port_and_namespace_conditions_are_static() {
 #[test]
 fn export_to_dot_hides_the_virtual_service_from_other_namespaces() {
     let mut snap = snapshot(vec![http_route(Vec::new(), vec![dest("v2", 1)])]);
-    snap.virtual_services[0].export_to = vec![".".into()];
+    Arc::make_mut(&mut snap.virtual_services[0]).export_to = vec![".".into()];
     assert_eq!(decide(&snap, &client("default", &[]), "/", &[]), "v2");
     assert_eq!(decide(&snap, &client("other", &[]), "/", &[]), "default");
 }
@@ -1315,16 +1315,19 @@ fn endpoints_carry_their_locality_and_clients_the_proxy_nodes() {
         snap.node_by_name.insert(node.to_string(), i);
     }
     // v1 on node-a, v2 on node-b, v3 nowhere known.
-    snap.pods[0].node_name = Some("node-a".into());
-    snap.pods[1].node_name = Some("node-b".into());
-    snap.pods[0].labels.insert("track".into(), "blue".into());
-    snap.destination_rules[0].traffic_policy = Some(crate::policy::TrafficPolicy {
-        locality_lb_setting: Some(crate::policy::LocalityLbSetting {
-            failover_priority: vec!["track".into()],
-            ..crate::policy::LocalityLbSetting::mesh_default()
-        }),
-        ..Default::default()
-    });
+    Arc::make_mut(&mut snap.pods[0]).node_name = Some("node-a".into());
+    Arc::make_mut(&mut snap.pods[1]).node_name = Some("node-b".into());
+    Arc::make_mut(&mut snap.pods[0])
+        .labels
+        .insert("track".into(), "blue".into());
+    Arc::make_mut(&mut snap.destination_rules[0]).traffic_policy =
+        Some(crate::policy::TrafficPolicy {
+            locality_lb_setting: Some(crate::policy::LocalityLbSetting {
+                failover_priority: vec!["track".into()],
+                ..crate::policy::LocalityLbSetting::mesh_default()
+            }),
+            ..Default::default()
+        });
     let client = client("default", &[("track", "green"), ("app", "sleep")]);
     let registry = ClusterRegistry::default();
     let table = RouteTable::build_for_node(&with_client(&snap, &client), &registry, Some("node-b"));

@@ -171,12 +171,12 @@ impl ClusterRegistry {
     }
 
     /// Forget clusters no routing table references any more.
-    pub fn retain(&self, live: &std::collections::HashSet<ClusterKey>) {
+    pub fn retain(&self, live: &std::collections::HashSet<*const Cluster>) {
         let mut clusters = self
             .clusters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clusters.retain(|k, _| live.contains(k));
+        clusters.retain(|_, c| live.contains(&Arc::as_ptr(c)));
     }
 }
 

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -211,6 +211,8 @@ struct ConnShared {
     /// that ends it at `maxRequestsPerConnection`, or the driver when the connection ends), so the
     /// next queued request may dial at once, as Envoy's synchronous close lets it.
     slot: Mutex<Option<ConnSlot>>,
+    /// The worker whose runtime drives the connection ([`crate::worker_id`]).
+    worker: AtomicU16,
 }
 
 impl ConnShared {
@@ -249,6 +251,15 @@ impl IdleH1 {
         match self {
             IdleH1::Live(conn) => &conn.shared,
             IdleH1::Dormant(parked) => parked.shared(),
+        }
+    }
+
+    /// Whether a request on the calling worker uses it without waking another thread: a live
+    /// connection driven by this worker, or a parked one (revived where it is taken).
+    fn local(&self, worker: u16) -> bool {
+        match self {
+            IdleH1::Live(conn) => conn.shared.worker.load(Ordering::Relaxed) == worker,
+            IdleH1::Dormant(_) => true,
         }
     }
 
@@ -666,10 +677,15 @@ impl ClientPool {
 
     fn step_h1(self: &Arc<Self>, ep: &Arc<EndpointPool>) -> Result<Step<IdleH1>, SendError> {
         let mut st = ep.lock();
-        while let Some(conn) = st.idle.pop() {
-            if !conn.usable() {
-                continue;
-            }
+        st.idle.retain(IdleH1::usable);
+        // The most recently returned connection of this worker, else the most recent one.
+        let worker = crate::worker_id::current();
+        let pick = st
+            .idle
+            .iter()
+            .rposition(|c| c.local(worker))
+            .or_else(|| st.idle.len().checked_sub(1));
+        if let Some(conn) = pick.map(|at| st.idle.remove(at)) {
             conn.shared().in_use.store(1, Ordering::Release);
             return Ok(Step::Ready(conn));
         }
@@ -798,6 +814,9 @@ impl ClientPool {
         ep: Arc<EndpointPool>,
         may_park: bool,
     ) {
+        shared
+            .worker
+            .store(crate::worker_id::current(), Ordering::Relaxed);
         let timers = self.timers();
         let mut dormant_after = self.config.dormant_after.filter(|_| may_park);
         let pool = Arc::clone(self);

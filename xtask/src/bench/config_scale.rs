@@ -47,6 +47,8 @@ const TARGET_PORT: u16 = 8080;
 const TARGET: Duration = Duration::from_secs(2);
 /// How long keel idles after ready before memory is read, and over which its idle CPU is measured.
 const SETTLE: Duration = Duration::from_secs(3);
+/// One-VirtualService reloads measured (the target is the median of ten).
+const SINGLE_RELOADS: usize = 10;
 /// Longest wait for keel to get ready or for a change to show.
 const WAIT: Duration = Duration::from_secs(120);
 /// RSS growth across reloads that still counts as noise (allocator slack): this much, or
@@ -426,7 +428,7 @@ pub fn run(
     let flip = |v: &str| if v == "v1" { "v2" } else { "v1" };
     let mut rss_after_each_reload_kib = Vec::new();
     let mut single_reload_s = Vec::new();
-    for _ in 0..rounds.max(3) {
+    for _ in 0..rounds.max(SINGLE_RELOADS) {
         version = flip(version);
         let before = reloads(&keel)?;
         mesh.write_probe(&config, version)?;

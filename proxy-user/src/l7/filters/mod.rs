@@ -38,7 +38,7 @@ pub(crate) mod testing {
             .virtual_services
             .into_iter()
             .next()
-            .map(|vs| vs.http)
+            .map(|vs| vs.http.clone())
             .unwrap_or_default()
     }
 

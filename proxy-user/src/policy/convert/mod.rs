@@ -15,15 +15,18 @@ pub mod pod_traffic;
 mod scoped_host;
 mod service_entry;
 mod sidecar;
+mod stamped;
 mod virtual_service;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::error::*;
 use super::model::*;
 use crate::source::{self, Document, FieldPath, ObjectKey, SourceObject};
 use crate::wire::Kind;
+use stamped::Stamped;
 
 /// The outcome of loading a config directory: the snapshot built from every valid resource, plus what was
 /// rejected (errors) and what looks suspicious (warnings).
@@ -71,7 +74,7 @@ pub fn build(docs: &[Document]) -> LoadReport {
 /// Assembles converted objects (in load order) into a snapshot: their errors and warnings, every
 /// accepted one indexed, cross-resource checks done. Duplicates: the first definition wins.
 pub fn assemble<'a>(objects: impl IntoIterator<Item = &'a Converted>) -> LoadReport {
-    let mut b = Builder::default();
+    let mut b = Builder::<'a>::default();
     for (order, c) in objects.into_iter().enumerate() {
         b.add(order, c);
     }
@@ -131,16 +134,19 @@ impl Converted {
 enum Piece {
     Namespace(NamespaceInfo),
     EndpointSlice(EndpointSlice),
-    Service(Service, Location),
-    Pod(Box<Pod>, Location, Option<String>),
+    Service(Stamped<Service>, Location),
+    Pod(Stamped<Pod>, Location, Option<String>),
     Node(Node),
     VirtualService {
-        vs: Box<VirtualService>,
+        vs: Stamped<VirtualService>,
         refs: Vec<DestinationRef>,
         gateway_refs: Vec<(Location, String)>,
         hosts_at: Location,
     },
-    DestinationRule(Box<DestinationRule>, (Location, Location, Vec<Location>)),
+    DestinationRule(
+        Stamped<DestinationRule>,
+        (Location, Location, Vec<Location>),
+    ),
     ServiceEntry(Box<ServiceEntry>, Location),
     Sidecar(Box<Sidecar>),
     Gateway(Box<Gateway>),
@@ -234,33 +240,35 @@ pub(crate) struct DestinationRef {
     pub destination: Destination,
 }
 
+/// Assembles a snapshot from converted objects it borrows (the checks that need every object
+/// read them in place; only the snapshot's own objects are shared into it).
 #[derive(Default)]
-struct Builder {
+struct Builder<'a> {
     report: LoadReport,
     /// `(kind, namespace, name)` -> `file:line` of the first definition.
-    seen: HashMap<ObjectKey, String>,
-    mesh_first: Option<String>,
+    seen: HashMap<&'a ObjectKey, &'a str>,
+    mesh_first: Option<&'a str>,
     /// Services waiting for VIP/host indexing (in load order).
-    services: Vec<(Service, Location)>,
-    refs: Vec<DestinationRef>,
+    services: Vec<(Arc<Service>, &'a Location)>,
+    refs: Vec<&'a DestinationRef>,
     /// Gateway references from VirtualServices: (where, `ns/name`).
-    gateway_refs: Vec<(Location, String)>,
+    gateway_refs: Vec<&'a (Location, String)>,
     /// Per VirtualService: (index in snapshot, location of `spec.hosts`).
-    vs_locations: Vec<Location>,
+    vs_locations: Vec<&'a Location>,
     /// Per DestinationRule: location of `spec.host`, of `spec.trafficPolicy` and of each subset name.
-    dr_locations: Vec<(Location, Location, Vec<Location>)>,
+    dr_locations: Vec<&'a (Location, Location, Vec<Location>)>,
     /// Per ServiceEntry: location of `spec.hosts`.
-    se_locations: Vec<Location>,
+    se_locations: Vec<&'a Location>,
     /// Per Pod, in snapshot order: where its status is, and a finished phase if it has one.
-    pod_locations: Vec<PodLocation>,
+    pod_locations: Vec<PodLocation<'a>>,
 }
 
 /// What the endpoint check needs to say about a pod.
-struct PodLocation {
+struct PodLocation<'a> {
     /// `status` (the document when it has none).
-    status_at: Location,
+    status_at: &'a Location,
     /// `Succeeded` or `Failed`: a finished pod never serves again.
-    finished_phase: Option<String>,
+    finished_phase: Option<&'a str>,
 }
 
 /// Converts one object on its own (see [`Converted`]).
@@ -476,13 +484,13 @@ fn convert_kind(
         Kind::Service => {
             let svc = decode!(wk::Service);
             let s = some!(k8s::service(ctx, &svc));
-            Piece::Service(s, ctx.location(&FieldPath::root()))
+            Piece::Service(Stamped::new(s), ctx.location(&FieldPath::root()))
         }
         Kind::Pod => {
             let pod = decode!(wk::Pod);
             let p = some!(k8s::pod(ctx, &pod));
             Piece::Pod(
-                Box::new(p),
+                Stamped::new(p),
                 ctx.location(&FieldPath::parse("status")),
                 pod.status
                     .phase
@@ -505,7 +513,7 @@ fn convert_kind(
                 &mut gateway_refs
             ));
             Piece::VirtualService {
-                vs: Box::new(vs),
+                vs: Stamped::new(vs),
                 refs,
                 gateway_refs,
                 hosts_at: ctx.location(&FieldPath::parse("spec.hosts")),
@@ -522,7 +530,7 @@ fn convert_kind(
                 ctx.location(&FieldPath::parse("spec.trafficPolicy")),
                 subsets,
             );
-            Piece::DestinationRule(Box::new(dr), at)
+            Piece::DestinationRule(Stamped::new(dr), at)
         }
         Kind::ServiceEntry => {
             let obj = decode!(IstioObject<istio::ServiceEntrySpec>);
@@ -553,10 +561,10 @@ fn convert_kind(
     }))
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// Adds one converted object: its problems to the report, its model (if accepted and not a
     /// duplicate) to the snapshot.
-    fn add(&mut self, order: usize, c: &Converted) {
+    fn add(&mut self, order: usize, c: &'a Converted) {
         self.report.errors.extend(c.errors.iter().cloned());
         self.report.warnings.extend(c.warnings.iter().cloned());
         if c.ignored {
@@ -567,10 +575,12 @@ impl Builder {
         };
         // Duplicates: the first definition wins, later ones are rejected.
         let duplicate = if matches!(piece, Piece::MeshConfig(_)) {
-            self.mesh_first.clone().map(|first| {
+            self.mesh_first.map(|first| {
                 (
                     c.root_at.clone(),
-                    Invalid::from(InvalidDocument::SecondMeshConfig { first }),
+                    Invalid::from(InvalidDocument::SecondMeshConfig {
+                        first: first.to_string(),
+                    }),
                 )
             })
         } else {
@@ -579,7 +589,7 @@ impl Builder {
                     (
                         c.name_at.clone(),
                         Invalid::from(InvalidDocument::Duplicate {
-                            first: first.clone(),
+                            first: first.to_string(),
                         }),
                     )
                 })
@@ -591,35 +601,33 @@ impl Builder {
             return;
         }
         if matches!(piece, Piece::MeshConfig(_)) {
-            self.mesh_first = Some(c.here.clone());
+            self.mesh_first = Some(&c.here);
         } else if let Some(key) = &c.key {
-            self.seen.insert(key.clone(), c.here.clone());
+            self.seen.insert(key, &c.here);
         }
         let snap = &mut self.report.snapshot;
-        match piece.clone() {
+        match piece {
             Piece::Namespace(ns) => {
-                snap.namespaces.insert(ns.name.clone(), ns);
+                snap.namespaces.insert(ns.name.clone(), ns.clone());
             }
-            Piece::EndpointSlice(mut slice) => {
+            Piece::EndpointSlice(slice) => {
+                let mut slice = slice.clone();
                 slice.meta.order = order;
                 snap.endpoint_slices.push(slice);
             }
-            Piece::Service(mut s, at) => {
-                s.meta.order = order;
-                self.services.push((s, at));
-            }
+            Piece::Service(s, at) => self.services.push((s.at(order), at)),
             Piece::Pod(p, status_at, finished_phase) => {
-                let mut p = *p;
-                p.meta.order = order;
+                let p = p.at(order);
                 self.pod_locations.push(PodLocation {
                     status_at,
-                    finished_phase,
+                    finished_phase: finished_phase.as_deref(),
                 });
                 let key = format!("{}/{}", p.meta.namespace, p.meta.name);
                 snap.pod_by_name.insert(key, snap.pods.len());
                 snap.pods.push(p);
             }
-            Piece::Node(mut n) => {
+            Piece::Node(n) => {
+                let mut n = n.clone();
                 n.meta.order = order;
                 snap.node_by_name
                     .insert(n.meta.name.clone(), snap.nodes.len());
@@ -631,36 +639,32 @@ impl Builder {
                 gateway_refs,
                 hosts_at,
             } => {
-                let mut vs = *vs;
-                vs.meta.order = order;
                 self.refs.extend(refs);
                 self.gateway_refs.extend(gateway_refs);
                 self.vs_locations.push(hosts_at);
-                snap.virtual_services.push(vs);
+                snap.virtual_services.push(vs.at(order));
             }
             Piece::DestinationRule(dr, at) => {
-                let mut dr = *dr;
-                dr.meta.order = order;
                 self.dr_locations.push(at);
-                snap.destination_rules.push(dr);
+                snap.destination_rules.push(dr.at(order));
             }
             Piece::ServiceEntry(se, at) => {
-                let mut se = *se;
+                let mut se = (**se).clone();
                 se.meta.order = order;
                 self.se_locations.push(at);
                 snap.service_entries.push(se);
             }
             Piece::Sidecar(sc) => {
-                let mut sc = *sc;
+                let mut sc = (**sc).clone();
                 sc.meta.order = order;
                 snap.sidecars.push(sc);
             }
             Piece::Gateway(gw) => {
-                let mut gw = *gw;
+                let mut gw = (**gw).clone();
                 gw.meta.order = order;
                 snap.gateways.push(gw);
             }
-            Piece::MeshConfig(mesh) => snap.mesh = *mesh,
+            Piece::MeshConfig(mesh) => snap.mesh = (**mesh).clone(),
         }
     }
 
@@ -702,7 +706,7 @@ impl Builder {
                 }
             }
             if let Some((addr, other)) = conflict {
-                let mut at = at;
+                let mut at = at.clone();
                 at.field = "spec.clusterIP".to_string();
                 self.report.errors.push(ConfigError {
                     at,
@@ -756,7 +760,7 @@ impl Builder {
             candidates.dedup();
             let selecting: Vec<&Service> = candidates
                 .into_iter()
-                .map(|i| &snap.services[i])
+                .map(|i| &*snap.services[i])
                 .filter(|svc| {
                     svc.selector
                         .as_ref()
@@ -887,7 +891,7 @@ impl Builder {
                         let first_vs = &snap.virtual_services[first];
                         if let Some(at) = self.vs_locations.get(i) {
                             warnings.push(ConfigWarning {
-                                at: at.clone(),
+                                at: (*at).clone(),
                                 message: format!(
                                     "host {h:?} is also claimed by {}; virtual services are not merged, only the oldest applies",
                                     first_vs.meta.display_name()
@@ -936,7 +940,7 @@ impl Builder {
                 .map_or(&dr_wildcards, |same_host| same_host)
                 .iter()
                 .take_while(|&&j| j < i)
-                .map(|&j| &snap.destination_rules[j])
+                .map(|&j| &*snap.destination_rules[j])
                 .filter(merged_with)
                 .collect();
             for (s, at) in dr.subsets.iter().zip(subset_ats) {
@@ -975,7 +979,7 @@ impl Builder {
                     .all(|h| snap.service_by_host.contains_key(h))
             {
                 warnings.push(ConfigWarning {
-                    at: at.clone(),
+                    at: (*at).clone(),
                     message: "no addresses: Keel captures connections by destination address, so connections to these hosts go direct; the hosts serve only as route destinations".to_string(),
                 });
             }
