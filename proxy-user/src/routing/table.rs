@@ -102,9 +102,19 @@ impl RouteTable {
                     && *previous.index == *builder.index
                     && !has_delegation(snapshot) =>
             {
+                // Slots with a candidate a changed VirtualService names are built again.
+                let rebuild = builder
+                    .slots
+                    .iter()
+                    .map(|slot| {
+                        slot.candidates
+                            .iter()
+                            .any(|&(id, _)| hosts.contains(builder.catalog.services[id].hostname))
+                    })
+                    .collect();
                 Some(Reuse {
                     views: previous.views_by_class.clone(),
-                    hosts: hosts.clone(),
+                    rebuild,
                 })
             }
             _ => None,
@@ -127,7 +137,7 @@ impl RouteTable {
             };
             views_by_pod[pod_id] = Some(view);
         }
-        registry.retain(&builder.live);
+        registry.retain_marked(builder.generation);
         tracing::debug!(
             views = views_by_class.len(),
             slots = builder.slots.len(),
@@ -200,8 +210,8 @@ fn has_delegation(snapshot: &Snapshot) -> bool {
 struct Reuse {
     /// The previous table's views.
     views: HashMap<ClientClass, Arc<ClientView>>,
-    /// Hosts whose service ports are built again.
-    hosts: HashSet<String>,
+    /// Per slot: built again (some service that may own it is a changed VirtualService's host).
+    rebuild: Vec<bool>,
 }
 
 /// The label keys any client-selecting field reads: match `sourceLabels` (HTTP, TCP, TLS, delegates
@@ -259,10 +269,6 @@ type RuleWithPolicy = (Arc<HttpRoute>, Arc<RoutePolicy>);
 /// A resolved target is shared by every view that asks for the same thing.
 type TargetMemo = HashMap<(CatalogId, u16, Option<String>, String), Target>;
 
-/// The clusters a table references, by identity: every slot of every view adds its targets, and
-/// hashing a pointer costs a fraction of hashing a cluster's name.
-type LiveClusters = HashSet<*const crate::upstream::Cluster>;
-
 struct Builder<'a> {
     snapshot: &'a Snapshot,
     registry: &'a ClusterRegistry,
@@ -283,11 +289,13 @@ struct Builder<'a> {
     vs_exact: HashMap<&'a str, Vec<usize>>,
     /// Indices into `virtual_services` with some wildcard host (ascending).
     vs_wildcard: Vec<usize>,
-    destination_rules: DestinationRuleIndex<'a>,
-    pods: PodIndex<'a>,
+    /// Built when first needed (a rebuild that takes every route over needs neither).
+    destination_rules: std::cell::OnceCell<DestinationRuleIndex<'a>>,
+    pods: std::cell::OnceCell<PodIndex<'a>>,
     targets: TargetMemo,
     passthrough: Target,
-    live: LiveClusters,
+    /// This build's mark on every cluster it references ([`ClusterRegistry::begin_build`]).
+    generation: u64,
     /// The locality of the node the proxy runs on: its clients' locality.
     local: Locality,
     /// Routes to take over from the previous table, if any.
@@ -355,6 +363,7 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        let generation = registry.begin_build();
         let passthrough = registry.ensure(
             passthrough_key(),
             UpstreamProtocol::SameAsDownstream,
@@ -375,15 +384,24 @@ impl<'a> Builder<'a> {
             vs_by_host: HashMap::new(),
             vs_exact,
             vs_wildcard,
-            destination_rules: DestinationRuleIndex::new(snapshot),
-            pods: PodIndex::new(snapshot),
+            destination_rules: std::cell::OnceCell::new(),
+            pods: std::cell::OnceCell::new(),
             targets: HashMap::new(),
-            passthrough: Target::Cluster(Arc::clone(&passthrough)),
-            live: LiveClusters::from([Arc::as_ptr(&passthrough)]),
+            passthrough: Target::Cluster(passthrough),
+            generation,
             local: Locality::default(),
             reuse: None,
             reused_slots: 0,
         }
+    }
+
+    fn dr_index(&self) -> &DestinationRuleIndex<'a> {
+        self.destination_rules
+            .get_or_init(|| DestinationRuleIndex::new(self.snapshot))
+    }
+
+    fn pod_index(&self) -> &PodIndex<'a> {
+        self.pods.get_or_init(|| PodIndex::new(self.snapshot))
     }
 
     /// The `http` rules of the `vs_index`th VirtualService, delegation expanded, with policies.
@@ -435,10 +453,10 @@ impl<'a> Builder<'a> {
                         slots.push(None);
                         continue;
                     }
-                    Some(Some(routes)) if !reuse.hosts.contains(&routes.hostname) => {
+                    Some(Some(routes)) if !reuse.rebuild.get(slot).copied().unwrap_or(true) => {
                         for target in routes.targets() {
                             if let Target::Cluster(c) = target {
-                                self.live.insert(Arc::as_ptr(c));
+                                c.mark_live(self.generation);
                             }
                         }
                         self.reused_slots += 1;
@@ -794,9 +812,9 @@ impl<'a> Builder<'a> {
         explicit_port: Option<u16>,
     ) -> Option<Arc<HashKey>> {
         let svc = self.catalog.services[id];
-        let rules =
-            self.destination_rules
-                .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        let rules = self
+            .dr_index()
+            .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
         // The same rule choice as `resolve_host_in`.
         let top = rules.iter().find_map(|r| r.traffic_policy.as_ref());
         let sub = subset
@@ -826,9 +844,9 @@ impl<'a> Builder<'a> {
         subset: Option<&str>,
     ) -> Target {
         let svc = self.catalog.services[id];
-        let rules =
-            self.destination_rules
-                .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        let rules = self
+            .dr_index()
+            .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
         let mut scope = match svc.kind {
             Kind::Kube { .. } => String::new(),
             Kind::Entry(se) => format!("se:{}/{}", se.meta.namespace, se.meta.name),
@@ -867,7 +885,7 @@ impl<'a> Builder<'a> {
         let target = match svc.kind {
             Kind::Kube { id: service, .. } => {
                 let candidates = self
-                    .pods
+                    .pod_index()
                     .candidates(&self.snapshot.services[service], subset_labels);
                 let keys = topology_keys(&policy);
                 let endpoints = self
@@ -996,7 +1014,7 @@ impl<'a> Builder<'a> {
         let cluster = self
             .registry
             .ensure_endpoints(key, protocol, policy, discovery, endpoints);
-        self.live.insert(Arc::as_ptr(&cluster));
+        cluster.mark_live(self.generation);
         Target::Cluster(cluster)
     }
 }

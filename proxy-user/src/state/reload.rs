@@ -1014,7 +1014,10 @@ mod tests {
         // names are all a watched load looks at; the periodic full look (no names) reads it.
         write(&dir, "vs-c.yaml", &vs_for("c", &["reviews", "extra"], 70));
         let watched = report_of(&inc.load_changed(Some(&HashSet::new())).expect("load"));
-        assert!(!watched.0.contains("extra"), "only named files are looked at");
+        assert!(
+            !watched.0.contains("extra"),
+            "only named files are looked at"
+        );
         let incremental = report_of(&inc.load_changed(None).expect("load"));
         assert_eq!(
             incremental,

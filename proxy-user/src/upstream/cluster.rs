@@ -89,6 +89,9 @@ pub struct Cluster {
     pool: Arc<PoolConfig>,
     /// Mirrored requests to this cluster in flight (`l7::filters::mirror` bounds them).
     mirrors_in_flight: AtomicUsize,
+    /// The last routing table build that references this cluster (its registry drops the
+    /// clusters the newest build did not mark).
+    live_mark: AtomicU64,
 }
 
 /// What the request path knows when it asks for an endpoint.
@@ -155,11 +158,22 @@ impl Cluster {
             clients: ClientTable::default(),
             pool,
             mirrors_in_flight: AtomicUsize::new(0),
+            live_mark: AtomicU64::new(0),
         }
     }
 
     /// Mirrored requests to this cluster in flight now; `l7::filters::mirror` takes and gives
     /// back its slots here.
+    /// Marks the cluster as referenced by the routing table build `generation`.
+    pub fn mark_live(&self, generation: u64) {
+        self.live_mark.store(generation, Ordering::Relaxed);
+    }
+
+    /// The last build that marked the cluster.
+    pub fn live_mark(&self) -> u64 {
+        self.live_mark.load(Ordering::Relaxed)
+    }
+
     pub fn mirrors_in_flight(&self) -> &AtomicUsize {
         &self.mirrors_in_flight
     }

@@ -24,6 +24,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::policy::H2UpgradePolicy;
@@ -107,6 +108,8 @@ impl UpstreamProtocol {
 #[derive(Debug, Default)]
 pub struct ClusterRegistry {
     clusters: Mutex<HashMap<ClusterKey, Arc<Cluster>>>,
+    /// The last routing table build's mark ([`ClusterRegistry::begin_build`]).
+    generation: AtomicU64,
 }
 
 impl ClusterRegistry {
@@ -170,13 +173,20 @@ impl ClusterRegistry {
         clusters.values().cloned().collect()
     }
 
-    /// Forget clusters no routing table references any more.
-    pub fn retain(&self, live: &std::collections::HashSet<*const Cluster>) {
+    /// Starts building a routing table: returns the mark the build puts on every cluster it
+    /// references ([`Cluster::mark_live`]), so that [`ClusterRegistry::retain_marked`] then drops
+    /// the others. One build at a time (the control loop's).
+    pub fn begin_build(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Forget clusters the build marked `generation` does not reference.
+    pub fn retain_marked(&self, generation: u64) {
         let mut clusters = self
             .clusters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clusters.retain(|_, c| live.contains(&Arc::as_ptr(c)));
+        clusters.retain(|_, c| c.live_mark() == generation);
     }
 }
 
