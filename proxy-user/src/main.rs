@@ -470,7 +470,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
         first.as_ref().map(report_load).unwrap_or_default(),
     ));
     if let Some(loaded) = first.as_mut() {
-        let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
+        let snapshot = Arc::clone(&loaded.serving);
         drop(state.publish(Arc::clone(&snapshot), layout.resolve(&snapshot)));
         state::release_freed_memory();
     }
@@ -554,8 +554,8 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     )?;
     if let (ConfigSource::Kube(objects), Some(rx)) = (&mut source, changes.as_mut()) {
         initial_sync(objects, rx).await?;
-        let mut loaded = objects.load();
-        let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
+        let loaded = objects.load();
+        let snapshot = Arc::clone(&loaded.serving);
         drop(state.publish(Arc::clone(&snapshot), layout.resolve(&snapshot)));
         if let Ok(mut status) = config_status.lock() {
             *status = report_load(&loaded);
@@ -1123,9 +1123,9 @@ impl Control {
         let layout = self.layout.clone();
         let started = std::time::Instant::now();
         let (source, loaded) = match tokio::task::spawn_blocking(move || {
-            let loaded = source.load(changed.as_ref()).map(|mut loaded| {
+            let loaded = source.load(changed.as_ref()).map(|loaded| {
                 let load_ms = started.elapsed().as_secs_f64() * 1e3;
-                let snapshot = Arc::new(std::mem::take(&mut loaded.serving));
+                let snapshot = Arc::clone(&loaded.serving);
                 let pods = layout.resolve(&snapshot);
                 let resolved_ms = started.elapsed().as_secs_f64() * 1e3;
                 let previous = state.publish_changed(snapshot, pods, &loaded.changes);

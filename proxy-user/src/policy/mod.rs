@@ -11,7 +11,10 @@ pub mod model;
 pub mod report;
 pub mod validate;
 
-pub use convert::{assemble, build, convert, load_dir, load_paths, Converted, LoadReport};
+pub use convert::{
+    assemble, assemble_placed, build, convert, load_dir, load_paths, reassemble, Assembled,
+    Converted, LoadReport, WarningPlaces,
+};
 pub use error::{ConfigError, ConfigWarning, Invalid};
 pub use model::*;
 pub use report::{run_validate, summary};

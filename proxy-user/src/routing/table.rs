@@ -137,7 +137,24 @@ impl RouteTable {
             };
             views_by_pod[pod_id] = Some(view);
         }
-        registry.retain_marked(builder.generation);
+        // A rebuild that takes routes over keeps every cluster unless a route built again dropped
+        // one; otherwise every route's clusters are marked and the registry keeps only those.
+        let keeps_every_cluster = builder
+            .reuse
+            .as_ref()
+            .is_some_and(|reuse| reuse.drops_no_cluster(&views_by_class));
+        if !keeps_every_cluster {
+            for view in views_by_class.values() {
+                let routes = view.slots.iter().flatten();
+                let targets = routes.flat_map(|r| r.targets()).chain([&view.passthrough]);
+                for target in targets {
+                    if let Target::Cluster(c) = target {
+                        c.mark_live(builder.generation);
+                    }
+                }
+            }
+            registry.retain_marked(builder.generation);
+        }
         tracing::debug!(
             views = views_by_class.len(),
             slots = builder.slots.len(),
@@ -212,6 +229,40 @@ struct Reuse {
     views: HashMap<ClientClass, Arc<ClientView>>,
     /// Per slot: built again (some service that may own it is a changed VirtualService's host).
     rebuild: Vec<bool>,
+}
+
+impl Reuse {
+    /// Whether every cluster the previous views' routes used is still used by `views`: the same
+    /// classes, and the clusters of the routes built again include those they replace (the routes
+    /// taken over use the clusters they used).
+    fn drops_no_cluster(&self, views: &HashMap<ClientClass, Arc<ClientView>>) -> bool {
+        if views.len() != self.views.len() {
+            return false;
+        }
+        let clusters = |slot: Option<&Option<Arc<ServicePortRoutes>>>| -> Vec<usize> {
+            slot.and_then(Option::as_ref)
+                .into_iter()
+                .flat_map(|r| r.targets())
+                .filter_map(|t| match t {
+                    Target::Cluster(c) => Some(Arc::as_ptr(c) as usize),
+                    _ => None,
+                })
+                .collect()
+        };
+        views.iter().all(|(class, view)| {
+            let Some(previous) = self.views.get(class) else {
+                return false;
+            };
+            let rebuilt = self.rebuild.iter().enumerate().filter(|(_, r)| **r);
+            let mut before = HashSet::new();
+            let mut now = HashSet::new();
+            for (slot, _) in rebuilt {
+                before.extend(clusters(previous.slots.get(slot)));
+                now.extend(clusters(view.slots.get(slot)));
+            }
+            before.is_subset(&now)
+        })
+    }
 }
 
 /// The label keys any client-selecting field reads: match `sourceLabels` (HTTP, TCP, TLS, delegates
@@ -454,11 +505,6 @@ impl<'a> Builder<'a> {
                         continue;
                     }
                     Some(Some(routes)) if !reuse.rebuild.get(slot).copied().unwrap_or(true) => {
-                        for target in routes.targets() {
-                            if let Target::Cluster(c) = target {
-                                c.mark_live(self.generation);
-                            }
-                        }
                         self.reused_slots += 1;
                         slots.push(Some(Arc::clone(routes)));
                         continue;

@@ -1,6 +1,6 @@
 //! Table tests for request matching and route selection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -1351,4 +1351,57 @@ fn endpoints_carry_their_locality_and_clients_the_proxy_nodes() {
     // Only the labels failoverPriority names are kept per endpoint.
     assert_eq!(set.topology[0].labels, labels(&[("track", "blue")]));
     assert!(set.topology[1].labels.is_empty());
+}
+
+/// A rebuild that takes routes over keeps the clusters the routes still use and drops the one an
+/// edited VirtualService stopped using, as a table built from scratch would have them.
+#[test]
+fn a_rebuild_after_a_virtual_service_edit_keeps_exactly_the_clusters_in_use() {
+    let client = client("default", &[]);
+    let names = |registry: &ClusterRegistry| {
+        let mut names: Vec<String> = registry
+            .clusters()
+            .iter()
+            .map(|c| c.key.to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let both = with_client(
+        &snapshot(vec![http_route(
+            Vec::new(),
+            vec![dest("v1", 50), dest("v2", 50)],
+        )]),
+        &client,
+    );
+    let registry = ClusterRegistry::default();
+    let first = RouteTable::build(&both, &registry);
+    let hosts = Changes::VirtualServiceHosts(HashSet::from([HOST.to_string()]));
+    let scratch = |snap: &Snapshot| {
+        let registry = ClusterRegistry::default();
+        drop(RouteTable::build(snap, &registry));
+        names(&registry)
+    };
+
+    // Weights moved: the same clusters.
+    let mut shifted = both.clone();
+    Arc::make_mut(&mut shifted.virtual_services[0]).http =
+        vec![http_route(Vec::new(), vec![dest("v1", 10), dest("v2", 90)])];
+    let second = RouteTable::rebuild_for_node(&shifted, &registry, None, Some(&first), &hosts);
+    assert_eq!(names(&registry), scratch(&shifted));
+    assert!(names(&registry).iter().any(|n| n.contains("|v2|")));
+
+    // v2 no longer routed to: its cluster goes.
+    let mut v1_only = both.clone();
+    Arc::make_mut(&mut v1_only.virtual_services[0]).http =
+        vec![http_route(Vec::new(), vec![dest("v1", 100)])];
+    drop(RouteTable::rebuild_for_node(
+        &v1_only,
+        &registry,
+        None,
+        Some(&second),
+        &hosts,
+    ));
+    assert_eq!(names(&registry), scratch(&v1_only));
+    assert!(!names(&registry).iter().any(|n| n.contains("|v2|")));
 }

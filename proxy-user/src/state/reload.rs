@@ -53,7 +53,7 @@ pub struct Reloaded {
     /// Its `snapshot` is left empty: the snapshot to serve is `serving` (not kept twice).
     pub on_disk: LoadReport,
     /// The snapshot to serve: accepted resources plus the last good version of rejected ones.
-    pub serving: policy::Snapshot,
+    pub serving: Arc<policy::Snapshot>,
     /// Rejected resources that kept serving their previous version.
     pub kept_previous: usize,
     /// Those resources.
@@ -61,6 +61,9 @@ pub struct Reloaded {
     /// What `serving` changed since the snapshot the previous load served (for rebuilding only
     /// the routes that can differ).
     pub changes: Changes,
+    /// VirtualServices edited in place and assembled by difference from the previous load (0:
+    /// the load was assembled whole).
+    pub edited_in_place: usize,
 }
 
 impl Reloaded {
@@ -79,6 +82,21 @@ pub struct LastGood {
     accepted: HashMap<ObjectKey, Arc<Converted>>,
     /// The objects the last snapshot was assembled from (`None` before the first).
     served: Option<Vec<Arc<Converted>>>,
+    /// The last load, when it served the source's objects as they are (nothing rejected when
+    /// assembled, no previous version kept): the next load that only edits VirtualServices in
+    /// place is assembled from it by difference.
+    last: Option<LastAssembly>,
+}
+
+/// One load's objects and what assembling them gave.
+#[derive(Debug)]
+struct LastAssembly {
+    objects: Vec<Arc<Converted>>,
+    snapshot: Arc<policy::Snapshot>,
+    errors: Vec<policy::ConfigError>,
+    warnings: Vec<policy::ConfigWarning>,
+    ignored: usize,
+    places: policy::WarningPlaces,
 }
 
 /// What changed from the objects served before (`None`: nothing served yet) to `now`.
@@ -105,7 +123,13 @@ impl LastGood {
     /// or for an unparseable one the resource that used to be there) into what to report and what
     /// to serve, and remembers the accepted versions.
     pub fn apply(&mut self, current: &[(Option<&ObjectKey>, &Arc<Converted>)]) -> Reloaded {
-        let mut on_disk = policy::assemble(current.iter().map(|(_, c)| c.as_ref()));
+        if let Some(reloaded) = self.apply_edits(current) {
+            return reloaded;
+        }
+        let policy::Assembled {
+            report: mut on_disk,
+            places,
+        } = policy::assemble_placed(current.iter().map(|(_, c)| c.as_ref()));
         let assembly_rejected: HashSet<usize> =
             on_disk.rejected_when_assembled.iter().copied().collect();
         let rejected = |i: usize, c: &Converted| !c.accepted() || assembly_rejected.contains(&i);
@@ -126,12 +150,21 @@ impl LastGood {
                 kept.push(key.clone());
             }
         }
-        let serving = if kept.is_empty() && assembly_rejected.is_empty() {
+        let as_is = kept.is_empty() && assembly_rejected.is_empty();
+        let serving = Arc::new(if as_is {
             std::mem::take(&mut on_disk.snapshot)
         } else {
             on_disk.snapshot = policy::Snapshot::default();
             policy::assemble(serving_objects.iter().map(|c| &**c)).snapshot
-        };
+        });
+        self.last = as_is.then(|| LastAssembly {
+            objects: current.iter().map(|(_, c)| Arc::clone(c)).collect(),
+            snapshot: Arc::clone(&serving),
+            errors: on_disk.errors.clone(),
+            warnings: on_disk.warnings.clone(),
+            ignored: on_disk.ignored,
+            places,
+        });
         let changes = changes_between(self.served.as_deref(), &serving_objects);
         self.served = Some(serving_objects);
 
@@ -154,9 +187,60 @@ impl LastGood {
             on_disk,
             serving,
             kept_previous: kept.len(),
+            edited_in_place: 0,
             kept,
             changes,
         }
+    }
+}
+
+impl LastGood {
+    /// [`LastGood::apply`] by difference from the last load, when `current` only edits
+    /// VirtualServices in place ([`policy::reassemble`]); `None` otherwise.
+    fn apply_edits(
+        &mut self,
+        current: &[(Option<&ObjectKey>, &Arc<Converted>)],
+    ) -> Option<Reloaded> {
+        let last = self.last.as_mut()?;
+        let before: Vec<&Converted> = last.objects.iter().map(|c| &**c).collect();
+        let now: Vec<&Converted> = current.iter().map(|(_, c)| c.as_ref()).collect();
+        let (snapshot, warnings, places, edited) =
+            policy::reassemble(&before, &last.snapshot, &last.warnings, &last.places, &now)?;
+        drop(before);
+        // Only the edited VirtualServices' hosts route differently (their hosts did not change).
+        let mut hosts = HashSet::new();
+        for &order in &edited {
+            hosts.extend(now[order].routed_hosts()?.iter().cloned());
+        }
+        for &order in &edited {
+            let (key, c) = current[order];
+            let old = std::mem::replace(&mut last.objects[order], Arc::clone(c));
+            if let Some(served) = self.served.as_mut() {
+                if let Some(at) = served.iter().position(|s| Arc::ptr_eq(s, &old)) {
+                    served[at] = Arc::clone(c);
+                }
+            }
+            if let Some(key) = key {
+                self.accepted.insert(key.clone(), Arc::clone(c));
+            }
+        }
+        last.snapshot = Arc::new(snapshot);
+        last.warnings = warnings;
+        last.places = places;
+        Some(Reloaded {
+            on_disk: LoadReport {
+                snapshot: policy::Snapshot::default(),
+                errors: last.errors.clone(),
+                warnings: last.warnings.clone(),
+                ignored: last.ignored,
+                rejected_when_assembled: Vec::new(),
+            },
+            serving: Arc::clone(&last.snapshot),
+            kept_previous: 0,
+            edited_in_place: edited.len(),
+            kept: Vec::new(),
+            changes: Changes::VirtualServiceHosts(hosts),
+        })
     }
 }
 
@@ -381,6 +465,7 @@ impl Reloader {
             convert_ms = converted_ms - read_ms,
             assemble_ms = ms(started) - converted_ms,
             changes = ?reloaded.changes_summary(),
+            edited_in_place = reloaded.edited_in_place,
             "config directory loaded"
         );
         self.fingerprint = Fingerprint(
@@ -869,6 +954,27 @@ mod tests {
             ),
             ("delete the DR", vec![Remove("dr.yaml")], true),
             (
+                "modify a VS whose subset no rule defines (edited in place: its warnings again)",
+                vec![Write("vs-a.yaml", vs_for("a", &["details"], 30))],
+                true,
+            ),
+            (
+                "route a VS to a known subset only (edited in place: its warnings go)",
+                vec![Write(
+                    "vs-a.yaml",
+                    vs_for("a", &["details"], 30).replace("        subset: v1\n", ""),
+                )],
+                true,
+            ),
+            (
+                "route a VS to an unknown host (edited in place: a warning more)",
+                vec![Write(
+                    "vs-c.yaml",
+                    vs_for("c", &["reviews"], 50).replacen("host: reviews", "host: nowhere", 1),
+                )],
+                true,
+            ),
+            (
                 "add a ServiceEntry",
                 vec![Write("se.yaml", ENTRY.to_string())],
                 true,
@@ -960,6 +1066,12 @@ mod tests {
                 names.insert(std::ffi::OsString::from(file));
             }
             let loaded = inc.load_changed(Some(&names)).expect("load");
+            if what.contains("edited in place") {
+                assert!(
+                    loaded.edited_in_place > 0,
+                    "{what}: assembled by difference"
+                );
+            }
             let incremental = report_of(&loaded);
             assert_eq!(
                 incremental,

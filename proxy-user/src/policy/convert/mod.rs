@@ -74,6 +74,11 @@ pub fn build(docs: &[Document]) -> LoadReport {
 /// Assembles converted objects (in load order) into a snapshot: their errors and warnings, every
 /// accepted one indexed, cross-resource checks done. Duplicates: the first definition wins.
 pub fn assemble<'a>(objects: impl IntoIterator<Item = &'a Converted>) -> LoadReport {
+    assemble_placed(objects).report
+}
+
+/// [`assemble`], with where each object's warnings are in the report (for [`reassemble`]).
+pub fn assemble_placed<'a>(objects: impl IntoIterator<Item = &'a Converted>) -> Assembled {
     let mut b = Builder::<'a>::default();
     for (order, c) in objects.into_iter().enumerate() {
         b.add(order, c);
@@ -106,6 +111,39 @@ impl Converted {
     /// True when the object is in (or may enter) the snapshot: no errors.
     pub fn accepted(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// Whether this object replaces `old` without changing anything an assembly derives from the
+    /// other objects: both accepted VirtualServices of the same name, with the same hosts,
+    /// gateways and places of them (which the checks across objects read), neither delegating
+    /// nor naming a wildcard host. Only its own routes and its own warnings change.
+    pub fn edits_in_place(&self, old: &Converted) -> bool {
+        let (
+            Some(Piece::VirtualService {
+                vs: new_vs,
+                gateway_refs: new_gateways,
+                hosts_at: new_hosts_at,
+                ..
+            }),
+            Some(Piece::VirtualService {
+                vs: old_vs,
+                gateway_refs: old_gateways,
+                hosts_at: old_hosts_at,
+                ..
+            }),
+        ) = (&self.piece, &old.piece)
+        else {
+            return false;
+        };
+        self.accepted()
+            && old.accepted()
+            && self.key == old.key
+            && new_vs.hosts == old_vs.hosts
+            && new_vs.gateways == old_vs.gateways
+            && new_gateways == old_gateways
+            && new_hosts_at == old_hosts_at
+            && self.routed_hosts().is_some()
+            && old.routed_hosts().is_some()
     }
 
     /// The hosts whose routing this object can change, when that is all it can change: none for
@@ -261,6 +299,9 @@ struct Builder<'a> {
     se_locations: Vec<&'a Location>,
     /// Per Pod, in snapshot order: where its status is, and a finished phase if it has one.
     pod_locations: Vec<PodLocation<'a>>,
+    /// Per VirtualService: its load order and its references' range in `refs`.
+    vs_refs: Vec<(usize, std::ops::Range<usize>)>,
+    places: WarningPlaces,
 }
 
 /// What the endpoint check needs to say about a pod.
@@ -567,6 +608,8 @@ impl<'a> Builder<'a> {
     fn add(&mut self, order: usize, c: &'a Converted) {
         self.report.errors.extend(c.errors.iter().cloned());
         self.report.warnings.extend(c.warnings.iter().cloned());
+        self.places.own.push(c.warnings.len());
+        self.places.refs.push(0);
         if c.ignored {
             self.report.ignored += 1;
         }
@@ -639,6 +682,8 @@ impl<'a> Builder<'a> {
                 gateway_refs,
                 hosts_at,
             } => {
+                self.vs_refs
+                    .push((order, self.refs.len()..self.refs.len() + refs.len()));
                 self.refs.extend(refs);
                 self.gateway_refs.extend(gateway_refs);
                 self.vs_locations.push(hosts_at);
@@ -668,7 +713,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn finish(mut self) -> LoadReport {
+    fn finish(mut self) -> Assembled {
         self.index_services();
         let snap = &mut self.report.snapshot;
         for (i, slice) in snap.endpoint_slices.iter().enumerate() {
@@ -680,7 +725,10 @@ impl<'a> Builder<'a> {
             }
         }
         self.cross_checks();
-        self.report
+        Assembled {
+            report: self.report,
+            places: self.places,
+        }
     }
 
     /// Indexes services by host and VIP; a service whose host or VIP:port is already taken is rejected.
@@ -814,55 +862,18 @@ impl<'a> Builder<'a> {
     fn cross_checks(&mut self) {
         let snap = &self.report.snapshot;
         let mut warnings = Vec::new();
-        // DestinationRules by host (ascending), so each check below reads only the rules that can
-        // cover a host: a host without a leading `*` covers only itself (`host_subset_of`).
-        let mut dr_by_host: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut dr_wildcards: Vec<usize> = Vec::new();
-        for (i, dr) in snap.destination_rules.iter().enumerate() {
-            if dr.host.starts_with('*') {
-                dr_wildcards.push(i);
-            } else {
-                dr_by_host.entry(dr.host.as_str()).or_default().push(i);
-            }
-        }
-        // Destination hosts and subsets.
-        for r in &self.refs {
-            let host = &r.destination.host;
-            let known_service = snap.service_by_host.contains_key(host)
-                || snap.service_entries.iter().any(|se| {
-                    se.hosts
-                        .iter()
-                        .any(|h| super::validate::host_subset_of(host, h))
-                });
-            if !known_service {
-                warnings.push(ConfigWarning {
-                    at: r.at.clone(),
-                    message: format!(
-                        "host {host:?} is not a known Service or ServiceEntry host; requests routed there fail (503 NC)"
-                    ),
-                });
-                continue;
-            }
-            if let Some(subset) = &r.destination.subset {
-                let defined = dr_by_host
-                    .get(host.as_str())
-                    .into_iter()
-                    .flatten()
-                    .chain(&dr_wildcards)
-                    .map(|&i| &snap.destination_rules[i])
-                    .any(|dr| {
-                        dr_visible(dr, &r.client_namespace, host, &snap.mesh.root_namespace)
-                            && super::validate::host_subset_of(host, &dr.host)
-                            && dr.subset(subset).is_some()
-                    });
-                if !defined {
-                    warnings.push(ConfigWarning {
-                        at: r.at.clone(),
-                        message: format!(
-                            "subset {subset:?} of {host} is not defined in any DestinationRule for that host; requests routed there fail (503 NC)"
-                        ),
-                    });
-                }
+        let rules = RulesByHost::new(snap);
+        let (dr_by_host, dr_wildcards) = (&rules.exact, &rules.wildcards);
+        // Destination hosts and subsets, each VirtualService's together.
+        for (order, refs) in &self.vs_refs {
+            let before = warnings.len();
+            warnings.extend(
+                self.refs[refs.clone()]
+                    .iter()
+                    .filter_map(|r| reference_warning(snap, &rules, r)),
+            );
+            if let Some(count) = self.places.refs.get_mut(*order) {
+                *count = warnings.len() - before;
             }
         }
         warnings.extend(self.pods_that_never_serve());
@@ -937,7 +948,7 @@ impl<'a> Builder<'a> {
             // Rules merged with this one share its host: only those can be earlier definitions.
             let earlier: Vec<&DestinationRule> = dr_by_host
                 .get(dr.host.as_str())
-                .map_or(&dr_wildcards, |same_host| same_host)
+                .map_or(dr_wildcards, |same_host| same_host)
                 .iter()
                 .take_while(|&&j| j < i)
                 .map(|&j| &*snap.destination_rules[j])
@@ -986,6 +997,167 @@ impl<'a> Builder<'a> {
         }
         self.report.warnings.extend(warnings);
     }
+}
+
+/// DestinationRules by host (ascending), so a check reads only the rules that can cover a host: a
+/// host without a leading `*` covers only itself (`host_subset_of`).
+struct RulesByHost<'s> {
+    exact: HashMap<&'s str, Vec<usize>>,
+    wildcards: Vec<usize>,
+}
+
+impl<'s> RulesByHost<'s> {
+    fn new(snap: &'s Snapshot) -> Self {
+        let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut wildcards = Vec::new();
+        for (i, dr) in snap.destination_rules.iter().enumerate() {
+            if dr.host.starts_with('*') {
+                wildcards.push(i);
+            } else {
+                exact.entry(dr.host.as_str()).or_default().push(i);
+            }
+        }
+        RulesByHost { exact, wildcards }
+    }
+}
+
+/// What is wrong with a route's destination: a host no Service or ServiceEntry has, or a subset
+/// no DestinationRule visible to the route's namespace defines.
+fn reference_warning(
+    snap: &Snapshot,
+    rules: &RulesByHost<'_>,
+    r: &DestinationRef,
+) -> Option<ConfigWarning> {
+    let host = &r.destination.host;
+    let known_service = snap.service_by_host.contains_key(host)
+        || snap.service_entries.iter().any(|se| {
+            se.hosts
+                .iter()
+                .any(|h| super::validate::host_subset_of(host, h))
+        });
+    if !known_service {
+        return Some(ConfigWarning {
+            at: r.at.clone(),
+            message: format!(
+                "host {host:?} is not a known Service or ServiceEntry host; requests routed there fail (503 NC)"
+            ),
+        });
+    }
+    let subset = r.destination.subset.as_ref()?;
+    let defined = rules
+        .exact
+        .get(host.as_str())
+        .into_iter()
+        .flatten()
+        .chain(&rules.wildcards)
+        .map(|&i| &snap.destination_rules[i])
+        .any(|dr| {
+            dr_visible(dr, &r.client_namespace, host, &snap.mesh.root_namespace)
+                && super::validate::host_subset_of(host, &dr.host)
+                && dr.subset(subset).is_some()
+        });
+    (!defined).then(|| ConfigWarning {
+        at: r.at.clone(),
+        message: format!(
+            "subset {subset:?} of {host} is not defined in any DestinationRule for that host; requests routed there fail (503 NC)"
+        ),
+    })
+}
+
+/// An assembly and where each object's warnings are in its report.
+#[derive(Debug, Default)]
+pub struct Assembled {
+    pub report: LoadReport,
+    pub places: WarningPlaces,
+}
+
+/// How many warnings of a report each object (by load order) has: the report's warnings are every
+/// object's own (from its conversion) in load order, then each VirtualService's route reference
+/// warnings in load order, then the other checks across objects.
+#[derive(Debug, Clone, Default)]
+pub struct WarningPlaces {
+    own: Vec<usize>,
+    refs: Vec<usize>,
+}
+
+/// The assembly of `now` from the assembly of `before` (`snapshot`, `warnings` and `places` of
+/// it, which rejected nothing when assembled), when they differ only by VirtualServices edited in
+/// place ([`Converted::edits_in_place`]): only those are put into the snapshot and checked again,
+/// with the same result as assembling `now` whole. `None` for any other difference. Also returns
+/// the load orders of the edited objects.
+pub fn reassemble(
+    before: &[&Converted],
+    snapshot: &Snapshot,
+    warnings: &[ConfigWarning],
+    places: &WarningPlaces,
+    now: &[&Converted],
+) -> Option<(Snapshot, Vec<ConfigWarning>, WarningPlaces, Vec<usize>)> {
+    if before.len() != now.len() || places.own.len() != now.len() {
+        return None;
+    }
+    let mut edited = Vec::new();
+    for (order, (old, new)) in before.iter().zip(now).enumerate() {
+        if std::ptr::eq(*old, *new) {
+            continue;
+        }
+        if !new.edits_in_place(old) {
+            return None;
+        }
+        edited.push(order);
+    }
+    let mut snapshot = snapshot.clone();
+    let rules = RulesByHost::new(&snapshot);
+    let mut new_refs = Vec::with_capacity(edited.len());
+    for &order in &edited {
+        let Some(Piece::VirtualService { refs, .. }) = &now[order].piece else {
+            return None;
+        };
+        new_refs.push(
+            refs.iter()
+                .filter_map(|r| reference_warning(&snapshot, &rules, r))
+                .collect::<Vec<_>>(),
+        );
+    }
+    drop(rules);
+    for &order in &edited {
+        let Some(Piece::VirtualService { vs, .. }) = &now[order].piece else {
+            return None;
+        };
+        let at = snapshot
+            .virtual_services
+            .binary_search_by_key(&order, |v| v.meta.order)
+            .ok()?;
+        snapshot.virtual_services[at] = vs.at(order);
+    }
+    // The warnings again, segment by segment, the edited objects' own and reference ones new.
+    let mut out = Vec::with_capacity(warnings.len());
+    let mut new_places = places.clone();
+    let mut pos = 0;
+    let mut next_edit = edited.iter().peekable();
+    for (order, len) in places.own.iter().enumerate() {
+        let old = warnings.get(pos..pos + len)?;
+        pos += len;
+        if next_edit.next_if(|&&e| e == order).is_some() {
+            out.extend(now[order].warnings.iter().cloned());
+            new_places.own[order] = now[order].warnings.len();
+        } else {
+            out.extend_from_slice(old);
+        }
+    }
+    let mut new_refs = edited.iter().zip(new_refs).peekable();
+    for (order, len) in places.refs.iter().enumerate() {
+        let old = warnings.get(pos..pos + len)?;
+        pos += len;
+        match new_refs.next_if(|(&e, _)| e == order) {
+            Some((_, fresh)) => {
+                new_places.refs[order] = fresh.len();
+                out.extend(fresh);
+            }
+            None => out.extend_from_slice(old),
+        }
+    }
+    out.extend_from_slice(warnings.get(pos..)?);
+    Some((snapshot, out, new_places, edited))
 }
 
 /// Whether a DestinationRule may apply to clients in `client_ns` for `host` (§2.0): rules in the client's
