@@ -119,24 +119,28 @@ impl RouteTable {
             }
             _ => None,
         };
-        let mut views_by_class: HashMap<ClientClass, Arc<ClientView>> = HashMap::new();
-        let mut views_by_pod = vec![None; snapshot.pods.len()];
+        // One view per class of the captured pods (only those ever reach the proxy).
+        let mut classes: Vec<ClientClass> = Vec::new();
+        let mut class_at: HashMap<ClientClass, usize> = HashMap::new();
+        let mut class_of_pod = vec![None; snapshot.pods.len()];
         for (pod_id, pod) in snapshot.pods.iter().enumerate() {
-            // Only captured pods ever reach the proxy.
             if !pod.capture {
                 continue;
             }
             let class = ClientClass::of(&pod.meta.namespace, &pod.labels, &class_keys);
-            let view = match views_by_class.get(&class) {
-                Some(v) => Arc::clone(v),
-                None => {
-                    let v = Arc::new(builder.view(class.clone()));
-                    views_by_class.insert(class, Arc::clone(&v));
-                    v
-                }
-            };
-            views_by_pod[pod_id] = Some(view);
+            let at = *class_at.entry(class).or_insert_with_key(|class| {
+                classes.push(class.clone());
+                classes.len() - 1
+            });
+            class_of_pod[pod_id] = Some(at);
         }
+        let views = builder.views(classes);
+        let views_by_pod = class_of_pod
+            .into_iter()
+            .map(|at| at.and_then(|at| views.get(at)).cloned())
+            .collect();
+        let views_by_class: HashMap<ClientClass, Arc<ClientView>> =
+            views.into_iter().map(|v| (v.class.clone(), v)).collect();
         // A rebuild that takes routes over keeps every cluster unless a route built again dropped
         // one; otherwise every route's clusters are marked and the registry keeps only those.
         let keeps_every_cluster = builder
@@ -224,6 +228,7 @@ fn has_delegation(snapshot: &Snapshot) -> bool {
 }
 
 /// What a build takes over from the previous table.
+#[derive(Clone)]
 struct Reuse {
     /// The previous table's views.
     views: HashMap<ClientClass, Arc<ClientView>>,
@@ -317,6 +322,9 @@ struct Slot {
 /// A delegation-expanded `http` rule and its policy.
 type RuleWithPolicy = (Arc<HttpRoute>, Arc<RoutePolicy>);
 
+/// Below this many (class, service port) pairs, views are built on one thread.
+const PARALLEL_VIEWS_MIN: usize = 4096;
+
 /// A resolved target is shared by every view that asks for the same thing.
 type TargetMemo = HashMap<(CatalogId, u16, Option<String>, String), Target>;
 
@@ -343,6 +351,9 @@ struct Builder<'a> {
     /// Built when first needed (a rebuild that takes every route over needs neither).
     destination_rules: std::cell::OnceCell<DestinationRuleIndex<'a>>,
     pods: std::cell::OnceCell<PodIndex<'a>>,
+    /// The DestinationRules that apply to the client of the view being built, by service (every
+    /// destination and hash policy of a route asks again).
+    rules_memo: std::cell::RefCell<HashMap<CatalogId, Arc<[&'a DestinationRule]>>>,
     targets: TargetMemo,
     passthrough: Target,
     /// This build's mark on every cluster it references ([`ClusterRegistry::begin_build`]).
@@ -437,6 +448,7 @@ impl<'a> Builder<'a> {
             vs_wildcard,
             destination_rules: std::cell::OnceCell::new(),
             pods: std::cell::OnceCell::new(),
+            rules_memo: std::cell::RefCell::default(),
             targets: HashMap::new(),
             passthrough: Target::Cluster(passthrough),
             generation,
@@ -449,6 +461,21 @@ impl<'a> Builder<'a> {
     fn dr_index(&self) -> &DestinationRuleIndex<'a> {
         self.destination_rules
             .get_or_init(|| DestinationRuleIndex::new(self.snapshot))
+    }
+
+    /// The DestinationRules of service `id` for `client`: the client of the view being built
+    /// ([`Builder::view`] forgets them when it starts the next).
+    fn rules_for_client(&self, client: &ClientInfo, id: CatalogId) -> Arc<[&'a DestinationRule]> {
+        if let Some(rules) = self.rules_memo.borrow().get(&id) {
+            return Arc::clone(rules);
+        }
+        let svc = self.catalog.services[id];
+        let rules: Arc<[&'a DestinationRule]> = self
+            .dr_index()
+            .rules_for(self.snapshot, client, svc.hostname, svc.namespace)
+            .into();
+        self.rules_memo.borrow_mut().insert(id, Arc::clone(&rules));
+        rules
     }
 
     fn pod_index(&self) -> &PodIndex<'a> {
@@ -474,9 +501,77 @@ impl<'a> Builder<'a> {
             .clone()
     }
 
+    /// The views of `classes`, in order: on two threads when there is much to build (a config
+    /// of thousands of services rebuilt whole), each with its own builder of this build.
+    fn views(&mut self, classes: Vec<ClientClass>) -> Vec<Arc<ClientView>> {
+        // Service ports to build per class: those not taken over from the previous table.
+        let per_class = match &self.reuse {
+            Some(reuse) => reuse.rebuild.iter().filter(|r| **r).count(),
+            None => self.slots.len(),
+        };
+        let work = classes.len() * per_class;
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        if classes.len() < 2 || work < PARALLEL_VIEWS_MIN || threads < 2 {
+            return classes
+                .into_iter()
+                .map(|class| Arc::new(self.view(class)))
+                .collect();
+        }
+        let mut classes = classes;
+        let theirs = classes.split_off(classes.len() / 2);
+        let fallback = theirs.clone();
+        let mut other = self.fork();
+        let (mut mine, theirs) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("keel-routes".to_string())
+                .spawn_scoped(scope, move || {
+                    let views: Vec<Arc<ClientView>> = theirs
+                        .into_iter()
+                        .map(|class| Arc::new(other.view(class)))
+                        .collect();
+                    (views, other.reused_slots)
+                });
+            let mine: Vec<Arc<ClientView>> = classes
+                .into_iter()
+                .map(|class| Arc::new(self.view(class)))
+                .collect();
+            let theirs = match helper {
+                Ok(handle) => Some(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a routing thread; building on one");
+                    None
+                }
+            };
+            (mine, theirs)
+        });
+        match theirs {
+            Some((views, reused)) => {
+                self.reused_slots += reused;
+                mine.extend(views);
+            }
+            None => mine.extend(fallback.into_iter().map(|class| Arc::new(self.view(class)))),
+        }
+        mine
+    }
+
+    /// A second builder of this build (same table, generation and reuse), for another thread.
+    fn fork(&self) -> Builder<'a> {
+        let mut other = Builder::new(self.snapshot, self.registry);
+        other.table_id = self.table_id;
+        other.generation = self.generation;
+        other.local = self.local.clone();
+        other.reuse = self.reuse.clone();
+        other
+    }
+
     /// The view of one client class.
     fn view(&mut self, class: ClientClass) -> ClientView {
         let client = class.client();
+        self.rules_memo.get_mut().clear();
         let scope = select_sidecar(
             &self.snapshot.sidecars,
             &client.namespace,
@@ -857,10 +952,7 @@ impl<'a> Builder<'a> {
         subset: Option<&str>,
         explicit_port: Option<u16>,
     ) -> Option<Arc<HashKey>> {
-        let svc = self.catalog.services[id];
-        let rules = self
-            .dr_index()
-            .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        let rules = self.rules_for_client(client, id);
         // The same rule choice as `resolve_host_in`.
         let top = rules.iter().find_map(|r| r.traffic_policy.as_ref());
         let sub = subset
@@ -890,9 +982,7 @@ impl<'a> Builder<'a> {
         subset: Option<&str>,
     ) -> Target {
         let svc = self.catalog.services[id];
-        let rules = self
-            .dr_index()
-            .rules_for(self.snapshot, client, svc.hostname, svc.namespace);
+        let rules = self.rules_for_client(client, id);
         let mut scope = match svc.kind {
             Kind::Kube { .. } => String::new(),
             Kind::Entry(se) => format!("se:{}/{}", se.meta.namespace, se.meta.name),
@@ -920,13 +1010,13 @@ impl<'a> Builder<'a> {
                 None => return Target::Missing(key),
             },
         };
-        let policy = cluster_policy(&rules, subset, port).0;
         let memo = (id, port, key.subset.clone(), key.scope.clone());
         if key.host == svc.hostname {
             if let Some(t) = self.targets.get(&memo) {
                 return t.clone();
             }
         }
+        let policy = cluster_policy(&rules, subset, port).0;
         let protocol = upstream_protocol(port_info.protocol);
         let target = match svc.kind {
             Kind::Kube { id: service, .. } => {

@@ -1405,3 +1405,50 @@ fn a_rebuild_after_a_virtual_service_edit_keeps_exactly_the_clusters_in_use() {
     assert_eq!(names(&registry), scratch(&v1_only));
     assert!(!names(&registry).iter().any(|n| n.contains("|v2|")));
 }
+
+/// A large table is built on two threads, one half of the client classes each: every class gets
+/// every service port, routed as its VirtualService says (here: subset v2 for everyone), and a
+/// rebuild after one VirtualService edit takes over all the other routes.
+#[test]
+fn a_large_table_built_on_two_threads_routes_every_service_for_every_class() {
+    const SERVICES: usize = 2100;
+    let mut snap = snapshot(vec![http_route(Vec::new(), vec![dest("v2", 1)])]);
+    for i in 1..SERVICES {
+        let vip: IpAddr = format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250)
+            .parse()
+            .expect("ip");
+        let mut svc = (*snap.services[0]).clone();
+        svc.meta = meta("Service", "default", &format!("svc-{i}"), 1000 + i);
+        svc.hostname = format!("svc-{i}.default.svc.cluster.local");
+        svc.cluster_ips = vec![vip];
+        let id = snap.services.len();
+        snap.service_by_vip.insert((vip, 9080), (id, 0));
+        snap.service_by_host.insert(svc.hostname.clone(), id);
+        snap.services.push(Arc::new(svc));
+    }
+    let a = client("default", &[]);
+    let b = client("team-b", &[]);
+    let snap = with_client(&with_client(&snap, &a), &b);
+    let registry = ClusterRegistry::default();
+    let table = RouteTable::build(&snap, &registry);
+    assert_eq!(table.view_count(), 2);
+    for c in [&a, &b] {
+        let view = table.view_for(c).expect("a view per class");
+        assert_eq!(view.service_ports().flatten().count(), SERVICES, "{c:?}");
+        match view.lookup(REVIEWS) {
+            Outbound::Service(routes) => {
+                let http = routes.http.as_ref().expect("http routes");
+                let target = &http[0].targets.targets[0].target;
+                assert!(matches!(target, Target::Cluster(_)), "{c:?}: {target:?}");
+                assert_eq!(target.key().subset.as_deref(), Some("v2"), "{c:?}");
+            }
+            other => panic!("{c:?}: {other:?}"),
+        }
+    }
+    let mut edited = snap.clone();
+    Arc::make_mut(&mut edited.virtual_services[0]).http =
+        vec![http_route(Vec::new(), vec![dest("v1", 1)])];
+    let hosts = Changes::VirtualServiceHosts(HashSet::from([HOST.to_string()]));
+    let next = RouteTable::rebuild_for_node(&edited, &registry, None, Some(&table), &hosts);
+    assert_eq!(next.reused_slots(), 2 * (SERVICES - 1));
+}

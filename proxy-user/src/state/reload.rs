@@ -372,8 +372,8 @@ impl Reloader {
         let mut read_files = 0usize;
         let mut previous = std::mem::take(&mut self.files);
         let mut files: Vec<(PathBuf, FileStamp, Vec<Pending>)> = Vec::with_capacity(listing.len());
-        // Documents to convert: (file, document) positions in `files`, and the object.
-        let mut todo: Vec<(usize, usize, SourceObject)> = Vec::new();
+        // Documents to parse and convert: (file, document) positions in `files`, and the document.
+        let mut todo: Vec<(usize, usize, Document)> = Vec::new();
         for (path, stamp) in listing {
             let unchanged_name = changed
                 .is_some_and(|names| path.file_name().is_some_and(|name| !names.contains(name)));
@@ -405,11 +405,7 @@ impl Reloader {
                 match old_by_place.remove(&place) {
                     Some(old) if old.doc == doc => pending.push(Pending::from(old)),
                     old => {
-                        todo.push((
-                            file_at,
-                            pending.len(),
-                            SourceObject::from_document(doc.clone()),
-                        ));
+                        todo.push((file_at, pending.len(), doc.clone()));
                         pending.push(Pending {
                             doc,
                             converted: None,
@@ -551,12 +547,16 @@ fn list_yaml_files(dir: &Path) -> Result<Vec<(PathBuf, FileStamp)>, source::Erro
     Ok(out)
 }
 
-/// Converts each object (on two threads when there are many), keeping the place it came with.
-fn convert_all(todo: &[(usize, usize, SourceObject)]) -> Vec<(usize, usize, Arc<Converted>)> {
-    let convert = |items: &[(usize, usize, SourceObject)]| -> Vec<(usize, usize, Arc<Converted>)> {
+/// Parses and converts each document (on two threads when there are many), keeping the place it
+/// came with.
+fn convert_all(todo: &[(usize, usize, Document)]) -> Vec<(usize, usize, Arc<Converted>)> {
+    let convert = |items: &[(usize, usize, Document)]| -> Vec<(usize, usize, Arc<Converted>)> {
         items
             .iter()
-            .map(|(f, d, obj)| (*f, *d, Arc::new(policy::convert(obj))))
+            .map(|(f, d, doc)| {
+                let obj = SourceObject::from_document(doc.clone());
+                (*f, *d, Arc::new(policy::convert(&obj)))
+            })
             .collect()
     };
     if todo.len() < 64 {
