@@ -40,6 +40,7 @@ mod install;
 mod load;
 mod mesh;
 mod procs;
+mod profile;
 mod report;
 mod rig;
 mod scale;
@@ -135,6 +136,10 @@ pub struct BenchArgs {
     /// Do not install missing tools (fail instead).
     #[arg(long)]
     pub no_install: bool,
+    /// After the measured rounds, profile keel (perf) under one more run of each HTTP/1.1 workload
+    /// and draw flamegraphs into the report directory (installs inferno when missing).
+    #[arg(long)]
+    pub profile: bool,
     /// Run only the config-scale benchmark (load/reload time and memory of Keel with a large mesh
     /// config; needs only keel and pod-agent). The full bench runs it too, as its own section.
     #[arg(long)]
@@ -225,6 +230,8 @@ pub struct Settings {
     pub traffic_policy: TrafficPolicy,
     /// The per-client state run (`None`: not run).
     pub client_state: Option<client_state::Spec>,
+    /// Profile keel under load after the measured rounds (`--profile`).
+    pub profile: bool,
 }
 
 /// Runs the bench; see the module docs.
@@ -280,6 +287,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // (mode, workload or path) -> why it failed; the report shows them and the run fails at the end.
     let mut failures: Vec<(Mode, String, String)> = Vec::new();
+    let profile_tools = if settings.profile && settings.modes.contains(&Mode::Keel) {
+        Some(profile::tools(!args.no_install)?)
+    } else {
+        None
+    };
+    let mut profiles = Vec::new();
     let (verification, runs) = {
         let rig = rig::Rig::build(
             &settings,
@@ -290,6 +303,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?;
         let verification = rig.verify_all();
         let runs = measure(&rig, &settings, &verification, &mut failures);
+        if let Some(tools) = &profile_tools {
+            let duration = Duration::from_secs(settings.duration_s);
+            match profile::record(&rig, &settings, tools, &out_dir, duration) {
+                Ok(p) => profiles = p,
+                Err(e) => failures.push((Mode::Keel, "profile".to_string(), format!("{e:#}"))),
+            }
+        }
         rig.teardown()?;
         (verification, runs)
     };
@@ -351,6 +371,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         memory,
         client_state,
         config_scale,
+        profiles,
         failures: failures
             .into_iter()
             .map(|(mode, what, error)| report::Failure { mode, what, error })
@@ -447,6 +468,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         } else {
             args.config_scale_services
         },
+        profile: args.profile,
     })
 }
 

@@ -151,6 +151,8 @@ pub struct Results {
     pub client_state: Vec<super::client_state::ClientStateResult>,
     /// The config-scale benchmark (absent when skipped or failed).
     pub config_scale: Option<super::config_scale::ConfigScaleResult>,
+    /// Flamegraphs of keel under load (`--profile`; empty otherwise).
+    pub profiles: Vec<super::profile::Flamegraph>,
     /// Path checks and runs that failed (their numbers are missing from the tables).
     pub failures: Vec<Failure>,
     pub elapsed_s: f64,
@@ -885,6 +887,23 @@ pub fn markdown(r: &Results) -> String {
 
     if let Some(c) = &r.config_scale {
         o.push_str(&super::config_scale::markdown(c));
+    }
+
+    if !r.profiles.is_empty() {
+        let _ = writeln!(
+            o,
+            "## Where keel spends its CPU (`--profile`)\n\nOne more run of each workload after the \
+             measured rounds, `perf record -F 499 --call-graph dwarf` on the keel process (not in the \
+             tables above: sampling costs the proxy CPU), drawn with inferno.\n"
+        );
+        for p in &r.profiles {
+            let _ = writeln!(
+                o,
+                "- {}: [{}]({}) ({} samples)",
+                p.workload, p.svg, p.svg, p.samples
+            );
+        }
+        o.push('\n');
     }
 
     let _ = writeln!(o, "## Path verification (before measuring)\n");

@@ -275,6 +275,11 @@ impl Rig {
         Ok(rig)
     }
 
+    /// The keel process of `mode` (none for the modes without keel).
+    pub fn keel_pids(&self, mode: Mode) -> Result<Vec<u32>> {
+        Ok(self.mode(mode)?.keel.iter().map(|k| k.pid()).collect())
+    }
+
     fn mode(&self, mode: Mode) -> Result<&ModeRig> {
         self.modes
             .iter()
