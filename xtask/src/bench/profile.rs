@@ -66,7 +66,6 @@ pub fn tools(install: bool) -> Result<Tools> {
 pub struct Flamegraph {
     pub workload: String,
     pub svg: String,
-    pub samples: u64,
 }
 
 /// Profiles keel under each HTTP/1.1 workload for `duration`; the SVGs go to `out_dir`.
@@ -108,23 +107,19 @@ pub fn record(
             "perf record failed ({status})"
         );
         let svg = format!("flamegraph-keel-{}.svg", workload.name());
-        let samples = draw(tools, &data, &out_dir.join(&svg), workload.name())?;
+        draw(tools, &data, &out_dir.join(&svg), workload.name())?;
         let _ = std::fs::remove_file(&data);
-        note!(
-            "bench: profile of keel under {}: {svg} ({samples} samples)",
-            workload.name()
-        );
+        note!("bench: profile of keel under {}: {svg}", workload.name());
         out.push(Flamegraph {
             workload: workload.name().to_string(),
             svg,
-            samples,
         });
     }
     Ok(out)
 }
 
-/// `perf script` of `data`, folded and drawn into `svg`; returns the number of samples.
-fn draw(tools: &Tools, data: &Path, svg: &Path, title: &str) -> Result<u64> {
+/// `perf script` of `data`, folded and drawn into `svg`.
+fn draw(tools: &Tools, data: &Path, svg: &Path, title: &str) -> Result<()> {
     let script = Command::new(&tools.perf)
         .args(["script", "-i"])
         .arg(data)
@@ -138,17 +133,12 @@ fn draw(tools: &Tools, data: &Path, svg: &Path, title: &str) -> Result<u64> {
     );
     let folded = pipe(Command::new(&tools.collapse).arg("--all"), &script.stdout)
         .context("inferno-collapse-perf")?;
-    let samples = String::from_utf8_lossy(&folded)
-        .lines()
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum();
     let drawn = pipe(
         Command::new(&tools.flamegraph).args(["--title", &format!("keel, {title}")]),
         &folded,
     )
     .context("inferno-flamegraph")?;
-    std::fs::write(svg, drawn).with_context(|| format!("writing {}", svg.display()))?;
-    Ok(samples)
+    std::fs::write(svg, drawn).with_context(|| format!("writing {}", svg.display()))
 }
 
 /// Runs `cmd` with `input` on stdin; returns its stdout.

@@ -897,11 +897,7 @@ pub fn markdown(r: &Results) -> String {
              tables above: sampling costs the proxy CPU), drawn with inferno.\n"
         );
         for p in &r.profiles {
-            let _ = writeln!(
-                o,
-                "- {}: [{}]({}) ({} samples)",
-                p.workload, p.svg, p.svg, p.samples
-            );
+            let _ = writeln!(o, "- {}: [{}]({})", p.workload, p.svg, p.svg);
         }
         o.push('\n');
     }
