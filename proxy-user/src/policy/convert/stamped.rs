@@ -34,7 +34,7 @@ has_meta!(Service, Pod, VirtualService, DestinationRule);
 #[derive(Debug)]
 pub(crate) struct Stamped<T> {
     /// As converted (order 0).
-    value: T,
+    value: Box<T>,
     /// The last version handed to a snapshot.
     latest: Mutex<Option<Arc<T>>>,
 }
@@ -42,7 +42,7 @@ pub(crate) struct Stamped<T> {
 impl<T: HasMeta> Stamped<T> {
     pub(crate) fn new(value: T) -> Self {
         Stamped {
-            value,
+            value: Box::new(value),
             latest: Mutex::new(None),
         }
     }
@@ -54,7 +54,7 @@ impl<T: HasMeta> Stamped<T> {
         match &*latest {
             Some(stamped) if stamped.meta().order == order => Arc::clone(stamped),
             _ => {
-                let mut copy = self.value.clone();
+                let mut copy = T::clone(&self.value);
                 copy.meta_mut().order = order;
                 let stamped = Arc::new(copy);
                 *latest = Some(Arc::clone(&stamped));
@@ -73,6 +73,6 @@ impl<T> std::ops::Deref for Stamped<T> {
 
 impl<T: HasMeta> Clone for Stamped<T> {
     fn clone(&self) -> Self {
-        Stamped::new(self.value.clone())
+        Stamped::new(T::clone(&self.value))
     }
 }
