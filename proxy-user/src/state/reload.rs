@@ -212,16 +212,27 @@ impl LastGood {
         for &order in &edited {
             hosts.extend(now[order].routed_hosts()?.iter().cloned());
         }
+        // The served list holds the same objects in the same order (minus rejected ones): one
+        // pass replaces every edited one, however many there are.
+        // (The old versions stay alive until then, so no pointer is reused meanwhile.)
+        let mut replaced: HashMap<*const Converted, (Arc<Converted>, &Arc<Converted>)> =
+            HashMap::new();
         for &order in &edited {
             let (key, c) = current[order];
             let old = std::mem::replace(&mut last.objects[order], Arc::clone(c));
-            if let Some(served) = self.served.as_mut() {
-                if let Some(at) = served.iter().position(|s| Arc::ptr_eq(s, &old)) {
-                    served[at] = Arc::clone(c);
+            if let Some(key) = key {
+                match self.accepted.get_mut(key) {
+                    Some(accepted) => *accepted = Arc::clone(c),
+                    None => {
+                        self.accepted.insert(key.clone(), Arc::clone(c));
+                    }
                 }
             }
-            if let Some(key) = key {
-                self.accepted.insert(key.clone(), Arc::clone(c));
+            replaced.insert(Arc::as_ptr(&old), (old, c));
+        }
+        for served in self.served.iter_mut().flatten() {
+            if let Some((_, new)) = replaced.get(&Arc::as_ptr(served)) {
+                *served = Arc::clone(new);
             }
         }
         last.snapshot = Arc::new(snapshot);
