@@ -21,6 +21,15 @@
 //! An action ends when the pressure falls [`RELEASE_MARGIN`] below its threshold, so a pressure
 //! hovering at a threshold does not flap.
 //!
+//! Sampling alone cannot keep up with request bodies: a client can make keel take a GiB/s over
+//! loopback, tens of MiB between two samples. So from [`WATCH_CLOSELY_FROM`] on, every sample also
+//! sets a **read budget**: the bytes all downstream connections together may still read from their
+//! clients before the next sample, half of what is left up to [`BUDGET_CEILING`] of the limit.
+//! Reads spend it as they happen; once it is spent, a connection with a request in flight stops
+//! reading (its client waits under TCP flow control) until the next sample grants more. Growth
+//! between two samples is thus bounded by the headroom, and the levels above are reached in steps
+//! the sampler sees, never skipped over into the OOM killer.
+//!
 //! What "used" and "limit" are ([`MemorySource`]):
 //! - every memory cgroup from keel's own up to the root that has a limit (cgroup v2 `memory.max`,
 //!   or v1 `memory.limit_in_bytes` on hybrid hosts): its working set, as kubelet counts it for
@@ -34,7 +43,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -48,9 +57,14 @@ use crate::admin::Stats;
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How far below its threshold the pressure must fall for an action to end.
 pub const RELEASE_MARGIN: f64 = 0.03;
-/// From this pressure on, it is sampled every [`SAMPLE_EVERY_UNDER_PRESSURE`]: an attack can add
-/// tens of MiB in one [`SAMPLE_EVERY`].
-pub const WATCH_CLOSELY_FROM: f64 = 0.75;
+/// From this pressure on, it is sampled every [`SAMPLE_EVERY_UNDER_PRESSURE`] (an attack can add
+/// tens of MiB in one [`SAMPLE_EVERY`]) and reads are held to the read budget.
+pub const WATCH_CLOSELY_FROM: f64 = 0.5;
+/// The pressure the read budget steers towards and never lets reads jump past in one sample: above
+/// the reset level, so that level is still reached and acts, and below the limit.
+pub const BUDGET_CEILING: f64 = 0.98;
+/// No read budget in force.
+const UNLIMITED: i64 = i64::MAX;
 /// The sampling interval near the limit.
 pub const SAMPLE_EVERY_UNDER_PRESSURE: Duration = Duration::from_millis(10);
 /// How often freed heap memory is handed back while under pressure.
@@ -129,28 +143,42 @@ pub struct ConnCost {
     reset: Notify,
     /// The node's level (shared with [`Overload`]), read by [`CostMetered`].
     level: Arc<AtomicU8>,
-    /// The reader paused at [`Level::ResetStreams`], woken when it may read again.
+    /// The node's read budget (shared with [`Overload`]): bytes every connection together may
+    /// still read until the next sample, [`UNLIMITED`] when none is in force.
+    budget: Arc<AtomicI64>,
+    /// The reader paused at [`Level::ResetStreams`] or on a spent budget, woken when it may read
+    /// again.
     paused: Mutex<Option<Waker>>,
 }
 
 impl ConnCost {
-    fn new(level: Arc<AtomicU8>) -> Self {
+    fn new(level: Arc<AtomicU8>, budget: Arc<AtomicI64>) -> Self {
         ConnCost {
             unanswered_bytes: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             reset: Notify::new(),
             level,
+            budget,
             paused: Mutex::new(None),
         }
     }
 
-    /// Whether reading from the client must wait: near the limit, a connection with a request in
-    /// flight takes no more of it (its body waits in the client's socket, under TCP flow control)
-    /// while the most expensive connections are reset; idle ones still read their next request,
-    /// which gets the 503.
+    /// Whether reading from the client must wait: near the limit, or once the read budget is
+    /// spent, a connection with a request in flight takes no more of it (its body waits in the
+    /// client's socket, under TCP flow control) while the most expensive connections are reset;
+    /// idle ones still read their next request, which gets the 503.
     fn must_pause(&self) -> bool {
-        self.level.load(Ordering::Relaxed) >= Level::ResetStreams as u8
-            && self.in_flight.load(Ordering::Relaxed) > 0
+        self.in_flight.load(Ordering::Relaxed) > 0
+            && (self.level.load(Ordering::Relaxed) >= Level::ResetStreams as u8
+                || self.budget.load(Ordering::Relaxed) <= 0)
+    }
+
+    /// Spends `read` bytes of the read budget, if one is in force.
+    fn spend(&self, read: usize) {
+        if self.budget.load(Ordering::Relaxed) != UNLIMITED {
+            self.budget
+                .fetch_sub(i64::try_from(read).unwrap_or(i64::MAX), Ordering::Relaxed);
+        }
     }
 
     fn resume(&self) {
@@ -192,6 +220,8 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Overload {
     level: Arc<AtomicU8>,
+    /// The read budget the connections spend (see the module's documentation).
+    budget: Arc<AtomicI64>,
     changes: watch::Sender<Level>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<ConnCost>>>,
@@ -205,6 +235,7 @@ impl Overload {
     pub fn new(stats: Arc<Stats>) -> Arc<Overload> {
         Arc::new(Overload {
             level: Arc::new(AtomicU8::new(Level::Normal as u8)),
+            budget: Arc::new(AtomicI64::new(UNLIMITED)),
             changes: watch::Sender::new(Level::Normal),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
@@ -226,7 +257,10 @@ impl Overload {
     /// Registers a downstream connection for the reset action; it leaves when the handle drops.
     pub fn register(self: &Arc<Self>) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cost = Arc::new(ConnCost::new(Arc::clone(&self.level)));
+        let cost = Arc::new(ConnCost::new(
+            Arc::clone(&self.level),
+            Arc::clone(&self.budget),
+        ));
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -246,22 +280,22 @@ impl Overload {
             .set((pressure.clamp(0.0, 10.0) * 10_000.0) as u64);
         let current = self.level();
         let next = Level::next(current, pressure);
+        let budget = if pressure >= WATCH_CLOSELY_FROM && limit > 0 {
+            ((BUDGET_CEILING - pressure).max(0.0) * limit as f64 / 2.0).round() as i64
+        } else {
+            UNLIMITED
+        };
+        let spent = self.budget.swap(budget, Ordering::Relaxed) <= 0;
         if next != current {
             self.level.store(next as u8, Ordering::Relaxed);
             self.stats.overload_level.set(next as u64);
-            if current == Level::ResetStreams {
-                // Paused readers may read again.
-                let conns: Vec<Arc<ConnCost>> = self
-                    .conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
-                for conn in conns {
-                    conn.resume();
-                }
-            }
+        }
+        let left_reset = current == Level::ResetStreams && next < current;
+        if (left_reset || spent) && budget > 0 && next < Level::ResetStreams {
+            // Paused readers may read again.
+            self.resume_paused();
+        }
+        if next != current {
             self.changes.send_replace(next);
             if next > current {
                 tracing::warn!(
@@ -294,6 +328,20 @@ impl Overload {
             self.stats.overload_connections_reset.add(reset as u64);
         }
         next
+    }
+
+    /// Wakes every reader paused at the reset level or on a spent budget.
+    fn resume_paused(&self) {
+        let conns: Vec<Arc<ConnCost>> = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for conn in conns {
+            conn.resume();
+        }
     }
 
     /// Resets the connections that hold the most unanswered request bytes: as many as hold
@@ -363,11 +411,14 @@ impl Overload {
                         shrink_heap();
                     }
                 }
-                Err(e) if !warned => {
-                    warned = true;
-                    tracing::warn!(error = %e, "cannot read memory use; overload actions are off");
+                Err(e) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "cannot read memory use; overload actions are off");
+                    }
+                    // Nothing known: no action and no budget, so no reader waits for a sample.
+                    self.apply(0.0, 0);
                 }
-                Err(_) => {}
             }
             std::thread::sleep(pause);
         }
@@ -441,6 +492,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for CostMetered<I> {
             self.cost
                 .unanswered_bytes
                 .fetch_add(read as u64, Ordering::Relaxed);
+            self.cost.spend(read);
         }
         polled
     }
@@ -679,6 +731,65 @@ mod tests {
         drop(conns);
         drop(idle);
         assert!(overload.conns.lock().map(|c| c.is_empty()).unwrap_or(false));
+    }
+
+    /// Polls `reader` once with a waker that records whether it was woken.
+    fn poll_once(
+        reader: &mut CostMetered<&[u8]>,
+        woken: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Poll<usize> {
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let waker = Waker::from(Arc::new(Flag(Arc::clone(woken))));
+        let mut cx = Context::from_waker(&waker);
+        let mut space = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut space);
+        match Pin::new(reader).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len()),
+            Poll::Ready(Err(e)) => panic!("read failed: {e}"),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[test]
+    fn a_spent_read_budget_pauses_requests_in_flight_until_the_next_sample() {
+        let overload = Overload::new(Arc::new(Stats::default()));
+        let busy = overload.register();
+        let idle = overload.register();
+        let _request = busy.cost().request();
+        let body = [7u8; 1000];
+        let mut busy_reader = CostMetered::new(&body[..], Arc::clone(busy.cost()));
+        let mut idle_reader = CostMetered::new(&body[..], Arc::clone(idle.cost()));
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+        // Below the watch point nothing is budgeted.
+        assert_eq!(overload.apply(0.4, 10_000), Level::Normal);
+        assert_eq!(poll_once(&mut busy_reader, &woken), Poll::Ready(64));
+        // At 88 % of 10,000 bytes: half of the 10 points up to the ceiling, 500 bytes.
+        assert_eq!(overload.apply(0.88, 10_000), Level::DisableKeepalive);
+        assert_eq!(overload.budget.load(Ordering::Relaxed), 500);
+        for _ in 0..8 {
+            assert_eq!(poll_once(&mut busy_reader, &woken), Poll::Ready(64));
+        }
+        // 512 bytes read: spent. The request in flight waits; an idle connection still reads its
+        // next request (which the level answers).
+        assert_eq!(poll_once(&mut busy_reader, &woken), Poll::Pending);
+        assert_eq!(poll_once(&mut idle_reader, &woken), Poll::Ready(64));
+        assert!(!woken.load(Ordering::SeqCst));
+        // The next sample grants more and wakes the paused reader.
+        assert_eq!(overload.apply(0.88, 10_000), Level::DisableKeepalive);
+        assert!(woken.load(Ordering::SeqCst));
+        assert_eq!(poll_once(&mut busy_reader, &woken), Poll::Ready(64));
+        // At the ceiling nothing is granted; a failed sample lifts every limit.
+        assert_eq!(overload.apply(0.99, 10_000), Level::ResetStreams);
+        assert_eq!(overload.budget.load(Ordering::Relaxed), 0);
+        assert_eq!(overload.apply(0.0, 0), Level::Normal);
+        assert_eq!(overload.budget.load(Ordering::Relaxed), UNLIMITED);
+        assert_eq!(poll_once(&mut busy_reader, &woken), Poll::Ready(64));
     }
 
     #[test]
