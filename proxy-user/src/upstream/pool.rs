@@ -844,13 +844,15 @@ impl ClientPool {
                         if let UpstreamIo::Plain(stream) = parts.io.into_inner() {
                             let parked = Dormant::park(
                                 stream,
-                                shared,
+                                Arc::clone(&shared),
                                 Arc::clone(&ep),
                                 timers,
                                 pool.stats.clone(),
                             );
-                            pool.list_idle(&ep, IdleH1::Dormant(parked), false);
-                            return;
+                            if let Some(parked) = parked {
+                                pool.list_idle(&ep, IdleH1::Dormant(parked), false);
+                                return;
+                            }
                         }
                     }
                     _ => {}
