@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod admin;
 pub mod admission;
+pub mod allocator;
 pub mod ebpf;
 pub mod error_chain;
 pub mod explain;

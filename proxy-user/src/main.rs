@@ -15,6 +15,10 @@ use keel::source::kube::Change;
 use keel::state::reload::{self, ConfigSource, KubeObjects, Reloader};
 use keel::state::{self, State};
 
+/// See `keel::allocator` for why jemalloc and how it is set.
+#[global_allocator]
+static ALLOCATOR: keel::allocator::Jemalloc = keel::allocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keel",

@@ -14,7 +14,7 @@
 //! client more than a closed connection, and the node-wide connection cap bounds them.
 //!
 //! From 85 % on, keel also hands freed heap memory back to the kernel (Envoy's `shrink_heap`,
-//! glibc's `malloc_trim`) at most every [`SHRINK_EVERY`]: the allocator keeps what connections
+//! [`crate::allocator::release_freed_memory`]) at most every [`SHRINK_EVERY`]: the allocator keeps what connections
 //! freed, and without this the working set would stay at its peak after an attack ends, holding the
 //! actions on for good.
 //!
@@ -427,11 +427,7 @@ impl Overload {
 
 /// Returns the allocator's free memory to the kernel (Envoy's `shrink_heap`).
 fn shrink_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::allocator::release_freed_memory();
 }
 
 /// A connection registered with the overload manager.

@@ -164,15 +164,10 @@ impl State {
 }
 
 /// Returns memory freed since the last call to the OS. A reload builds the new snapshot and routing
-/// tables on a blocking thread while the old ones still serve, so the old ones are freed in another
-/// allocator arena than the new ones live in; glibc keeps such freed pages resident, and without this
-/// the RSS after a few reloads settles at several configs' worth instead of one.
+/// tables on a blocking thread while the old ones still serve; without this the RSS after a reload
+/// would hold the freed config until the allocator's decay hands it back.
 pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::allocator::release_freed_memory();
 }
 
 /// How the captured pods' cgroups are found.
