@@ -37,7 +37,8 @@
 //! - `--memory-limit`: keel's resident set size against that number.
 //!
 //! The highest pressure among them counts. With no limit anywhere the manager stays idle.
-//! The cgroups are found again at every sample, so a process moved to another cgroup is followed.
+//! The cgroups with a limit are searched for again every [`LOOK_AGAIN_EVERY`], and at once when
+//! the process moves to another cgroup; a sample in between reads only theirs.
 
 use std::collections::HashMap;
 use std::io;
@@ -381,17 +382,17 @@ impl Overload {
     pub fn spawn(self: Arc<Self>, source: MemorySource) -> io::Result<()> {
         std::thread::Builder::new()
             .name("keel-overload".to_string())
-            .spawn(move || self.run(&source))
+            .spawn(move || self.run(Sampler::new(source)))
             .map(|_| ())
     }
 
-    fn run(&self, source: &MemorySource) {
+    fn run(&self, mut source: Sampler) {
         let mut warned = false;
         let mut shrunk_at = std::time::Instant::now();
         let mut shrink_pending = false;
         loop {
             let mut pause = SAMPLE_EVERY;
-            match source.pressure() {
+            match source.sample() {
                 Ok(sample) => {
                     let (pressure, limit) = sample.unwrap_or((0.0, 0));
                     let resets_before = self.stats.overload_connections_reset.get();
@@ -551,6 +552,11 @@ impl MemorySource {
     /// The highest `used / limit` among the sources with that limit, or `None` when nothing sets
     /// a limit.
     pub fn pressure(&self) -> io::Result<Option<(f64, u64)>> {
+        Sampler::new(self.clone()).sample()
+    }
+
+    /// The pressure of the process limit and of the cgroup directories in `limited`.
+    fn pressure_of(&self, limited: &[CgroupDir]) -> io::Result<Option<(f64, u64)>> {
         let mut highest: Option<(f64, u64)> = None;
         let mut consider = |used: u64, limit: u64| {
             let p = used as f64 / limit.max(1) as f64;
@@ -561,8 +567,7 @@ impl MemorySource {
         if let Some(limit) = self.process_limit {
             consider(resident_bytes()?, limit);
         }
-        let membership = std::fs::read_to_string(&self.proc_cgroup)?;
-        for dir in self.limited_cgroups(&membership) {
+        for dir in limited {
             if let Some((used, limit)) = cgroup_working_set(&dir.path, dir.v2)? {
                 consider(used, limit);
             }
@@ -571,7 +576,7 @@ impl MemorySource {
     }
 
     /// The memory cgroup directories of the process and their ancestors (both hierarchies).
-    fn limited_cgroups(&self, membership: &str) -> Vec<CgroupDir> {
+    fn cgroups(&self, membership: &str) -> Vec<CgroupDir> {
         let mut dirs = Vec::new();
         for line in membership.lines() {
             let mut parts = line.splitn(3, ':');
@@ -612,6 +617,50 @@ impl MemorySource {
 struct CgroupDir {
     path: PathBuf,
     v2: bool,
+}
+
+/// How often a [`Sampler`] searches the cgroup tree again for limits (one set or lifted later);
+/// between searches a sample reads only the cgroups found limited, and the process's membership
+/// (a move to another cgroup starts a search at once).
+pub const LOOK_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Samples a [`MemorySource`], remembering which cgroups have a limit: a search reads every
+/// ancestor's limit file (a dozen files on a Kubernetes node), a sample only the limited ones.
+pub struct Sampler {
+    source: MemorySource,
+    membership: String,
+    limited: Vec<CgroupDir>,
+    searched_at: Option<std::time::Instant>,
+}
+
+impl Sampler {
+    pub fn new(source: MemorySource) -> Sampler {
+        Sampler {
+            source,
+            membership: String::new(),
+            limited: Vec::new(),
+            searched_at: None,
+        }
+    }
+
+    /// `(used / limit, limit)` for the tightest limit, `None` with no limit anywhere.
+    pub fn sample(&mut self) -> io::Result<Option<(f64, u64)>> {
+        let membership = std::fs::read_to_string(&self.source.proc_cgroup)?;
+        let due = self
+            .searched_at
+            .is_none_or(|at| at.elapsed() >= LOOK_AGAIN_EVERY);
+        if due || membership != self.membership {
+            self.limited = self
+                .source
+                .cgroups(&membership)
+                .into_iter()
+                .filter(|dir| matches!(cgroup_working_set(&dir.path, dir.v2), Ok(Some(_))))
+                .collect();
+            self.membership = membership;
+            self.searched_at = Some(std::time::Instant::now());
+        }
+        self.source.pressure_of(&self.limited)
+    }
 }
 
 /// `(working set, limit)` of a cgroup with a memory limit; `None` without one (or without the
@@ -850,6 +899,38 @@ mod tests {
         std::fs::remove_dir_all(&root)?;
         // (950 - 50) / 1000.
         assert_eq!(pressure, Some((0.9, 1000)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_sampler_reads_the_limited_cgroups_and_follows_a_move() -> io::Result<()> {
+        let root = std::env::temp_dir().join(format!("keel-overload-s-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (dir, limit, usage) in [("a", "1000", "500"), ("b", "1000", "800")] {
+            std::fs::create_dir_all(root.join(dir))?;
+            std::fs::write(root.join(dir).join("memory.max"), format!("{limit}\n"))?;
+            std::fs::write(root.join(dir).join("memory.current"), format!("{usage}\n"))?;
+        }
+        std::fs::write(root.join("cgroup.controllers"), "memory")?;
+        std::fs::write(root.join("memory.max"), "max\n")?;
+        let membership = root.join("cgroup");
+        std::fs::write(&membership, "0::/a\n")?;
+        let mut sampler = Sampler::new(MemorySource {
+            process_limit: None,
+            cgroup_mount: root.clone(),
+            proc_cgroup: membership.clone(),
+        });
+        let first = sampler.sample()?;
+        // Usage moves: read at every sample.
+        std::fs::write(root.join("a/memory.current"), "600\n")?;
+        let second = sampler.sample()?;
+        // Moved to b: followed at the next sample, not after the next search.
+        std::fs::write(&membership, "0::/b\n")?;
+        let moved = sampler.sample()?;
+        std::fs::remove_dir_all(&root)?;
+        assert_eq!(first, Some((0.5, 1000)));
+        assert_eq!(second, Some((0.6, 1000)));
+        assert_eq!(moved, Some((0.8, 1000)));
         Ok(())
     }
 

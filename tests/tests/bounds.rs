@@ -872,11 +872,7 @@ fn chaos_d2_slow_readers_hold_no_memory_and_are_closed() -> Result<()> {
     // Flat: the buffers fill early (hyper's write buffer, then the upstream read stops), so the
     // second half of the window adds only noise.
     let midpoint = first.0 + (last.0 - first.0) / 2;
-    let settled = window
-        .iter()
-        .find(|(t, _)| *t >= midpoint)
-        .map_or(peak, |(_, r)| *r);
-    let growth_after_fill = peak.saturating_sub(settled);
+    let growth_after_fill = growth_in_second_half(&window, midpoint);
     let closed = prom(&keel, "keel_downstream_cx_write_idle_timeout_total")?;
     let active = prom(&keel, "keel_downstream_cx_active")?;
     eprintln!(
@@ -995,11 +991,7 @@ fn chaos_d1_requests_to_a_stalled_upstream_cost_bounded_memory() -> Result<()> {
     let delta = peak.saturating_sub(rss_before);
     let per_request = delta as f64 / f64::from(requests);
     let midpoint = first.0 + (last.0 - first.0) / 2;
-    let settled = window
-        .iter()
-        .find(|(t, _)| *t >= midpoint)
-        .map_or(peak, |(_, r)| *r);
-    let growth = peak.saturating_sub(settled);
+    let growth = growth_in_second_half(&window, midpoint);
     eprintln!(
         "{requests} stalled requests (58 KiB headers, 1 MiB bodies): RSS {rss_before} -> {peak} KiB, \
          {per_request:.0} KiB a request, +{growth} KiB in the second half; samples {samples:?}"
@@ -1041,6 +1033,20 @@ type PressureSample = (Duration, u64, u64);
 /// 90 %, so the working set must reach the reset level), each held until `hold`; meanwhile the cgroup's working set
 /// and keel's overload level are sampled every 20 ms, and (`legit_pod`) a client sends small
 /// keep-alive requests. Returns the samples, the uploads' reports and the legitimate client's.
+/// How much RSS the second half of a hold adds over its start: the highest sample from `midpoint`
+/// on less the first one there. A fall from an early peak (the allocator returning transient
+/// buffers) is not growth.
+fn growth_in_second_half(window: &[(Duration, u64)], midpoint: Duration) -> u64 {
+    let second_half: Vec<u64> = window
+        .iter()
+        .filter(|(t, _)| *t >= midpoint)
+        .map(|(_, rss)| *rss)
+        .collect();
+    let start = second_half.first().copied().unwrap_or(0);
+    let highest = second_half.iter().copied().max().unwrap_or(start);
+    highest.saturating_sub(start)
+}
+
 fn d5_attack(
     fx: &Fixture,
     keel: &Keel,
