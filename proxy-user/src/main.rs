@@ -476,7 +476,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
     if let Some(loaded) = first.as_mut() {
         let snapshot = Arc::clone(&loaded.serving);
         drop(state.publish(Arc::clone(&snapshot), layout.resolve(&snapshot)));
-        state::release_freed_memory();
+        keel::allocator::release_freed_memory();
     }
 
     // Listen before attaching, so no redirected connection finds the port closed. One listener per
@@ -565,7 +565,7 @@ async fn serve(args: RunArgs, log_filter: keel::admin::LogFilter) -> anyhow::Res
             *status = report_load(&loaded);
         }
         apply_access_log(&metrics, &snapshot.mesh);
-        state::release_freed_memory();
+        keel::allocator::release_freed_memory();
     }
     let mut redirector = Redirector::attach(&cgroup_root, proxy_v4, proxy_v6, args.max_connections)
         .with_context(|| format!("attaching eBPF programs to {}", cgroup_root.display()))?;
@@ -1181,7 +1181,7 @@ impl Control {
         // off the workers, and hand the freed memory back.
         drop(tokio::task::spawn_blocking(move || {
             drop(previous);
-            state::release_freed_memory();
+            keel::allocator::release_freed_memory();
         }));
         true
     }

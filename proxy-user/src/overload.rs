@@ -14,9 +14,9 @@
 //! client more than a closed connection, and the node-wide connection cap bounds them.
 //!
 //! From 85 % on, keel also hands freed heap memory back to the kernel (Envoy's `shrink_heap`,
-//! [`crate::allocator::release_freed_memory`]) at most every [`SHRINK_EVERY`]: the allocator keeps what connections
-//! freed, and without this the working set would stay at its peak after an attack ends, holding the
-//! actions on for good.
+//! [`crate::allocator::release_freed_memory`]) at most every [`SHRINK_EVERY`]: the allocator keeps
+//! what connections freed, and without this the working set would stay at its peak after an attack
+//! ends, holding the actions on for good.
 //!
 //! An action ends when the pressure falls [`RELEASE_MARGIN`] below its threshold, so a pressure
 //! hovering at a threshold does not flap.
@@ -409,7 +409,7 @@ impl Overload {
                     {
                         shrink_pending = false;
                         shrunk_at = std::time::Instant::now();
-                        shrink_heap();
+                        crate::allocator::release_freed_memory();
                     }
                 }
                 Err(e) => {
@@ -424,11 +424,6 @@ impl Overload {
             std::thread::sleep(pause);
         }
     }
-}
-
-/// Returns the allocator's free memory to the kernel (Envoy's `shrink_heap`).
-fn shrink_heap() {
-    crate::allocator::release_freed_memory();
 }
 
 /// A connection registered with the overload manager.
@@ -654,7 +649,7 @@ impl Sampler {
                 .source
                 .cgroups(&membership)
                 .into_iter()
-                .filter(|dir| matches!(cgroup_working_set(&dir.path, dir.v2), Ok(Some(_))))
+                .filter(|dir| cgroup_limit(&dir.path, dir.v2).is_some())
                 .collect();
             self.membership = membership;
             self.searched_at = Some(std::time::Instant::now());
@@ -666,25 +661,14 @@ impl Sampler {
 /// `(working set, limit)` of a cgroup with a memory limit; `None` without one (or without the
 /// memory controller there).
 fn cgroup_working_set(dir: &Path, v2: bool) -> io::Result<Option<(u64, u64)>> {
-    let (limit_file, usage_file, inactive_key) = if v2 {
-        ("memory.max", "memory.current", "inactive_file")
+    let Some(limit) = cgroup_limit(dir, v2) else {
+        return Ok(None);
+    };
+    let (usage_file, inactive_key) = if v2 {
+        ("memory.current", "inactive_file")
     } else {
-        (
-            "memory.limit_in_bytes",
-            "memory.usage_in_bytes",
-            "total_inactive_file",
-        )
+        ("memory.usage_in_bytes", "total_inactive_file")
     };
-    let Ok(limit) = std::fs::read_to_string(dir.join(limit_file)) else {
-        return Ok(None);
-    };
-    let Ok(limit) = limit.trim().parse::<u64>() else {
-        // "max": no limit.
-        return Ok(None);
-    };
-    if limit >= NO_LIMIT_FROM || limit == 0 {
-        return Ok(None);
-    }
     let usage: u64 = std::fs::read_to_string(dir.join(usage_file))?
         .trim()
         .parse()
@@ -692,6 +676,20 @@ fn cgroup_working_set(dir: &Path, v2: bool) -> io::Result<Option<(u64, u64)>> {
     let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
     let inactive = stat_value(&stat, inactive_key).unwrap_or(0);
     Ok(Some((usage.saturating_sub(inactive), limit)))
+}
+
+/// A cgroup's memory limit; `None` without one ("max", v1's no-limit value, or no memory
+/// controller there).
+fn cgroup_limit(dir: &Path, v2: bool) -> Option<u64> {
+    let limit_file = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit = std::fs::read_to_string(dir.join(limit_file)).ok()?;
+    // "max" does not parse: no limit.
+    let limit = limit.trim().parse::<u64>().ok()?;
+    (limit < NO_LIMIT_FROM && limit != 0).then_some(limit)
 }
 
 /// A value of a `memory.stat` file.

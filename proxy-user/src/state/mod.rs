@@ -163,13 +163,6 @@ impl State {
     }
 }
 
-/// Returns memory freed since the last call to the OS. A reload builds the new snapshot and routing
-/// tables on a blocking thread while the old ones still serve; without this the RSS after a reload
-/// would hold the freed config until the allocator's decay hands it back.
-pub fn release_freed_memory() {
-    crate::allocator::release_freed_memory();
-}
-
 /// How the captured pods' cgroups are found.
 #[derive(Debug, Clone)]
 pub enum PodLayout {
